@@ -1,0 +1,615 @@
+"""The tick store: one bounded, append-only Arrow ring per (exchange, symbol).
+
+Design (pure and synchronous; the async methods are thin facades the original API asks for):
+
+* A writer appends a tick as a tuple to a small *pending* list (tens of nanoseconds).
+* Pending rows are *sealed* into an immutable Arrow record batch (a segment) once, either
+  when :data:`SEAL_ROWS` are pending or when a reader needs rows that are still pending.
+  Each row is converted to Arrow once; reads only slice segments, they never copy stored
+  history.
+* Small segments (sealed early for a reader) are compacted into one when they pile up. The
+  compacted segment replaces them in the ring; readers that hold the small ones keep them.
+* Eviction is logical: the ring keeps the newest ``capacity`` rows (by a sequence number)
+  and drops a segment once every row in it is older. So a table a reader holds is never
+  mutated afterwards, however the ring wraps or is cleared.
+* ``symbol`` and ``exchange`` are constant per ring and are not stored per row: reads
+  materialise them as constant columns for the rows read, so memory stays ~81 bytes a tick.
+
+Threads: ingestion appends from one asyncio thread; Flight handlers read from many gRPC
+threads. Every ring has one short lock around structural changes (append, seal, evict,
+clear) and around taking a snapshot of its segment list; slicing and Table assembly happen
+on the snapshot, outside the lock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections import deque
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, Final
+
+import numpy as np
+import pyarrow as pa
+
+from flight_md.errors import AmbiguousExchange, SlowConsumer, UnknownExchange, UnknownSymbol
+from flight_md.schema import NUMERIC_FIELDS, NUMERIC_SCHEMA, SCHEMA, MarketTick, now_ms
+
+__all__ = [
+    "DEFAULT_BUFFER_SIZE",
+    "BufferStats",
+    "Follower",
+    "MarketDataBuffer",
+]
+
+DEFAULT_BUFFER_SIZE: Final = 10_000
+SEAL_ROWS: Final = 256
+"""Pending rows that make the writer seal a segment without waiting for a reader."""
+COMPACT_SEGMENTS: Final = 8
+"""Small trailing segments that trigger a compaction into one."""
+
+_EMPTY_NUMERIC = NUMERIC_SCHEMA.empty_table().to_batches() or [
+    pa.RecordBatch.from_pylist([], schema=NUMERIC_SCHEMA)]
+_TS = NUMERIC_FIELDS.index("timestamp")
+_SYMBOL_FIELD = SCHEMA.field("symbol")
+_EXCHANGE_FIELD = SCHEMA.field("exchange")
+_EXCHANGE_INDEX = SCHEMA.get_field_index("exchange")
+
+
+@dataclass(frozen=True, slots=True)
+class BufferStats:
+    """What one ring holds and has seen.
+
+    Attributes:
+        exchange: ccxt exchange id.
+        symbol: Unified symbol.
+        stored: Ticks currently held (at most the capacity).
+        appended: Ticks appended since the ring was created (evicted and cleared included).
+        last_timestamp: Exchange timestamp of the newest stored tick, Unix ms, or ``None``.
+        last_receive_timestamp: Local receive time of the newest stored tick, or ``None``.
+    """
+
+    exchange: str
+    symbol: str
+    stored: int
+    appended: int
+    last_timestamp: int | None
+    last_receive_timestamp: int | None
+
+    def age_ms(self, now: int | None = None) -> int | None:
+        """Milliseconds since the newest stored tick was received, or ``None``."""
+        if self.last_receive_timestamp is None:
+            return None
+        return (now_ms() if now is None else now) - self.last_receive_timestamp
+
+
+class _Segment:
+    """An immutable run of sealed rows with the sequence number of its first row."""
+
+    __slots__ = ("batch", "first_seq", "ordered", "ts", "max_ts", "min_ts")
+
+    def __init__(self, batch: pa.RecordBatch, first_seq: int) -> None:
+        self.batch = batch
+        self.first_seq = first_seq
+        ts = batch.column(_TS).to_numpy(zero_copy_only=True)
+        self.ts = ts
+        if len(ts):
+            self.min_ts = int(ts.min())
+            self.max_ts = int(ts.max())
+            self.ordered = bool(len(ts) < 2 or (np.diff(ts) >= 0).all())
+        else:
+            self.min_ts = self.max_ts = 0
+            self.ordered = True
+
+    @property
+    def end_seq(self) -> int:
+        return self.first_seq + self.batch.num_rows
+
+
+def _seal(rows: list[tuple[Any, ...]]) -> pa.RecordBatch:
+    """Convert pending row tuples into one numeric record batch (the only copy a row gets)."""
+    values = np.array(rows, dtype=np.float64)
+    columns: list[pa.Array] = [pa.array(values[:, 0].astype(np.int64))]
+    for index in range(1, len(NUMERIC_FIELDS) - 1):
+        columns.append(pa.array(np.ascontiguousarray(values[:, index]), from_pandas=True))
+    columns.append(pa.array(values[:, -1].astype(np.int64)))
+    return pa.RecordBatch.from_arrays(columns, schema=NUMERIC_SCHEMA)
+
+
+def _constant_strings(value: bytes, length: int) -> pa.Array:
+    """A string column repeating ``value`` (built from two buffers, no per-row Python)."""
+    offsets = np.arange(length + 1, dtype=np.int32) * len(value)
+    return pa.Array.from_buffers(pa.string(), length,
+                                 [None, pa.py_buffer(offsets), pa.py_buffer(value * length)])
+
+
+class _Ring:
+    """The bounded store of one (exchange, symbol).
+
+    Rows live in three places, oldest first: ``segments`` (sealed batches of ``seal_rows``
+    rows), ``fresh`` (small batches a reader sealed early, at most :data:`COMPACT_SEGMENTS`)
+    and ``pending`` (tuples not yet converted). When fresh plus pending reach ``seal_rows``
+    the writer folds them into one segment.
+    """
+
+    def __init__(self, exchange: str, symbol: str, capacity: int) -> None:
+        self.exchange = exchange
+        self.symbol = symbol
+        self.capacity = capacity
+        self.seal_rows = max(1, min(SEAL_ROWS, capacity // 4))
+        # Sealed segments merge up to this size: fewer Arrow objects per stored tick.
+        self.merge_rows = max(self.seal_rows, capacity // 8)
+        self.run = 0  # trailing segments not merged yet
+        self._constants: dict[int, tuple[pa.Array, pa.Array]] = {}
+        self._exchange_bytes = exchange.encode()
+        self._symbol_bytes = symbol.encode()
+        self.lock = threading.Lock()
+        self.changed = threading.Condition(self.lock)
+        self.segments: deque[_Segment] = deque()
+        self.fresh: list[pa.RecordBatch] = []
+        self.fresh_rows = 0
+        self.pending: list[tuple[Any, ...]] = []
+        self.next_seq = 0  # sequence number of the next appended row
+        self.start_seq = 0  # oldest retained row
+        self.sealed_seq = 0  # rows below this are in segments
+        self.last_timestamp: int | None = None
+        self.last_receive_timestamp: int | None = None
+        self.followers: set[Follower] = set()
+        self.waiting = 0
+
+    # -- writer side (caller holds the lock) ---------------------------------------------
+
+    def append_row(self, row: tuple[Any, ...]) -> None:
+        self.pending.append(row)
+        self.next_seq += 1
+        if self.fresh_rows + len(self.pending) >= self.seal_rows:
+            self._seal()
+        if self.next_seq - self.start_seq > self.capacity:
+            # Unsealed rows are fewer than seal_rows <= capacity / 4, so only whole
+            # segments ever fall out of the window.
+            self.start_seq = self.next_seq - self.capacity
+            while self.segments and self.segments[0].end_seq <= self.start_seq:
+                self.segments.popleft()
+
+    def finish_append(self, row: tuple[Any, ...]) -> None:
+        self.last_timestamp = row[0]
+        self.last_receive_timestamp = row[-1]
+        if self.waiting:
+            self.changed.notify_all()
+
+    def _seal(self) -> None:
+        parts = self.fresh
+        if self.pending:
+            parts = [*parts, _seal(self.pending)]
+        batch = parts[0] if len(parts) == 1 else pa.concat_batches(parts)
+        self.segments.append(_Segment(batch, self.sealed_seq))
+        self.sealed_seq += batch.num_rows
+        self.fresh = []
+        self.fresh_rows = 0
+        self.pending = []
+        self.run += 1
+        if self.run > 1 and self.run * self.seal_rows >= self.merge_rows:
+            merged = [self.segments.pop() for _ in range(min(self.run, len(self.segments)))]
+            merged.reverse()
+            self.segments.append(_Segment(pa.concat_batches([m.batch for m in merged]),
+                                          merged[0].first_seq))
+            self.run = 0
+
+    def _freshen(self) -> None:
+        """Convert pending rows so a reader can see them (each row converts once)."""
+        if not self.pending:
+            return
+        self.fresh.append(_seal(self.pending))
+        self.fresh_rows += len(self.pending)
+        self.pending = []
+        if len(self.fresh) >= COMPACT_SEGMENTS:
+            self.fresh = [pa.concat_batches(self.fresh)]
+
+    # -- reader side (caller holds the lock) ---------------------------------------------
+
+    def _all_segments(self) -> list[_Segment]:
+        self._freshen()
+        out = list(self.segments)
+        seq = self.sealed_seq
+        for batch in self.fresh:
+            out.append(_Segment(batch, seq))
+            seq += batch.num_rows
+        return out
+
+    def snapshot(self, first_seq: int, end_seq: int) -> list[pa.RecordBatch]:
+        """Immutable slices covering rows ``[first_seq, end_seq)``."""
+        if end_seq > self.sealed_seq:
+            self._freshen()
+        out: list[pa.RecordBatch] = []
+        seq = self.sealed_seq
+        pieces: list[tuple[int, pa.RecordBatch]] = [(s.first_seq, s.batch) for s in self.segments]
+        for batch in self.fresh:
+            pieces.append((seq, batch))
+            seq += batch.num_rows
+        for first, batch in pieces:
+            end = first + batch.num_rows
+            if end <= first_seq:
+                continue
+            if first >= end_seq:
+                break
+            lo = max(first_seq - first, 0)
+            hi = min(end_seq, end) - first
+            out.append(batch if (lo == 0 and hi == batch.num_rows) else batch.slice(lo, hi - lo))
+        return out
+
+    def segments_between(self, start_ms: int | None, end_ms: int | None) -> list[pa.RecordBatch]:
+        """Rows with ``start_ms <= timestamp < end_ms`` in arrival order."""
+        out: list[pa.RecordBatch] = []
+        lo_ms = -(2**63) if start_ms is None else start_ms
+        hi_ms = 2**63 - 1 if end_ms is None else end_ms
+        for segment in self._all_segments():
+            skip = max(self.start_seq - segment.first_seq, 0)
+            if segment.max_ts < lo_ms or segment.min_ts >= hi_ms or skip >= segment.batch.num_rows:
+                continue
+            if segment.ordered:
+                ts = segment.ts
+                a = max(int(np.searchsorted(ts, lo_ms, side="left")), skip)
+                b = int(np.searchsorted(ts, hi_ms, side="left"))
+                if b > a:
+                    out.append(segment.batch.slice(a, b - a))
+            else:
+                ts = segment.ts[skip:]
+                mask = (ts >= lo_ms) & (ts < hi_ms)
+                if mask.all():
+                    out.append(segment.batch.slice(skip))
+                elif mask.any():
+                    # Out-of-order exchange timestamps: only these rows are filtered (copied).
+                    out.append(segment.batch.slice(skip).filter(pa.array(mask)))
+        return out
+
+    def table(self, batches: Sequence[pa.RecordBatch], columns: Sequence[str] | None) -> pa.Table:
+        """Assemble a table in :data:`SCHEMA` (or its projection) from numeric batches."""
+        numeric = pa.Table.from_batches(batches or _EMPTY_NUMERIC, schema=NUMERIC_SCHEMA)
+        symbol, exchange = self._constant_columns(numeric.num_rows)
+        if columns is None:
+            return numeric.add_column(0, _SYMBOL_FIELD, symbol).add_column(
+                _EXCHANGE_INDEX, _EXCHANGE_FIELD, exchange)
+        table = numeric.select([c for c in columns if c not in ("symbol", "exchange")])
+        for index, name in enumerate(columns):
+            if name == "symbol":
+                table = table.add_column(index, _SYMBOL_FIELD, symbol)
+            elif name == "exchange":
+                table = table.add_column(index, _EXCHANGE_FIELD, exchange)
+        return table
+
+    def _constant_columns(self, n: int) -> tuple[pa.Array, pa.Array]:
+        """Symbol and exchange columns of length ``n``; small ones are reused (immutable)."""
+        cached = self._constants.get(n)
+        if cached is None:
+            cached = (_constant_strings(self._symbol_bytes, n),
+                      _constant_strings(self._exchange_bytes, n))
+            if n <= 1024:
+                if len(self._constants) >= 4:
+                    self._constants.pop(next(iter(self._constants), -1), None)
+                self._constants[n] = cached
+        return cached
+
+    def stats(self) -> BufferStats:
+        return BufferStats(self.exchange, self.symbol, self.next_seq - self.start_seq,
+                           self.next_seq, self.last_timestamp, self.last_receive_timestamp)
+
+    def clear(self) -> None:
+        """Drop every row. Live tails skip to the present."""
+        self.segments = deque()
+        self.fresh = []
+        self.fresh_rows = 0
+        self.pending = []
+        self.run = 0
+        self.start_seq = self.sealed_seq = self.next_seq
+        self.last_timestamp = self.last_receive_timestamp = None
+        for follower in self.followers:
+            follower.cursor = max(follower.cursor, self.next_seq)
+        self.changed.notify_all()
+
+
+class Follower:
+    """A cursor into one ring that returns the rows appended since its last read.
+
+    Created by :meth:`MarketDataBuffer.follow`. The bounded queue of a live tail is the
+    ring itself: the follower holds only a sequence number. If it falls more than
+    ``max_lag`` rows behind (or behind eviction), :meth:`read` raises
+    :class:`~flight_md.errors.SlowConsumer` instead of silently skipping ticks.
+    """
+
+    def __init__(self, ring: _Ring, cursor: int, max_lag: int,
+                 columns: Sequence[str] | None) -> None:
+        self._ring = ring
+        self.cursor = cursor
+        self.max_lag = max_lag
+        self._columns = columns
+        self.closed = False
+
+    @property
+    def exchange(self) -> str:
+        return self._ring.exchange
+
+    @property
+    def symbol(self) -> str:
+        return self._ring.symbol
+
+    def read(self, timeout: float, max_rows: int = 4096) -> pa.Table | None:
+        """Wait up to ``timeout`` seconds for new rows and return them, or ``None``.
+
+        Raises:
+            SlowConsumer: The follower fell more than ``max_lag`` rows behind.
+        """
+        ring = self._ring
+        with ring.lock:
+            if ring.next_seq <= self.cursor and timeout > 0 and not self.closed:
+                ring.waiting += 1
+                try:
+                    ring.changed.wait(timeout)
+                finally:
+                    ring.waiting -= 1
+            if self.closed or ring.next_seq <= self.cursor:
+                return None
+            lag = ring.next_seq - self.cursor
+            if lag > self.max_lag or self.cursor < ring.start_seq:
+                raise SlowConsumer(
+                    f"live tail of {ring.symbol!r} on {ring.exchange} fell {lag} ticks behind "
+                    f"(limit {self.max_lag}); read faster or resume with a new request")
+            end = min(ring.next_seq, self.cursor + max_rows)
+            batches = ring.snapshot(self.cursor, end)
+            self.cursor = end
+        return ring.table(batches, self._columns)
+
+    def close(self) -> None:
+        """Stop following; a pending :meth:`read` returns ``None`` promptly."""
+        ring = self._ring
+        with ring.lock:
+            self.closed = True
+            ring.followers.discard(self)
+            ring.changed.notify_all()
+
+
+class MarketDataBuffer:
+    """Bounded in-memory Arrow tick store, one ring per (exchange, symbol).
+
+    Args:
+        buffer_size: Capacity of each ring in ticks; the oldest ticks are evicted first.
+
+    Reads return :class:`pyarrow.Table` in :data:`flight_md.schema.SCHEMA` (or a projection
+    of it). ``exchange=`` selects the exchange; it may be omitted when the symbol is
+    buffered on exactly one exchange.
+    """
+
+    def __init__(self, buffer_size: int = DEFAULT_BUFFER_SIZE) -> None:
+        if not isinstance(buffer_size, int) or isinstance(buffer_size, bool) or buffer_size < 1:
+            raise ValueError(f"buffer_size must be a positive integer, got {buffer_size!r}")
+        self.buffer_size = buffer_size
+        self._rings: dict[tuple[str, str], _Ring] = {}
+        self._by_symbol: dict[str, list[str]] = {}
+        self._lock = threading.Lock()
+
+    # -- writers -------------------------------------------------------------------------
+
+    def _ring_for(self, exchange: str, symbol: str) -> _Ring:
+        ring = self._rings.get((exchange, symbol))
+        if ring is None:
+            with self._lock:
+                ring = self._rings.get((exchange, symbol))
+                if ring is None:
+                    ring = _Ring(exchange, symbol, self.buffer_size)
+                    self._rings = {**self._rings, (exchange, symbol): ring}
+                    exchanges = sorted([*self._by_symbol.get(symbol, []), exchange])
+                    self._by_symbol = {**self._by_symbol, symbol: exchanges}
+        return ring
+
+    def append(self, tick: MarketTick) -> None:
+        """Store one tick (amortised ~1 µs)."""
+        ring = self._ring_for(tick.exchange, tick.symbol)
+        row = tick.to_row()
+        with ring.lock:
+            ring.append_row(row)
+            ring.finish_append(row)
+
+    def extend(self, ticks: Iterable[MarketTick]) -> int:
+        """Store many ticks, taking each ring's lock once per run of the same ring.
+
+        Returns:
+            The number of ticks stored.
+        """
+        count = 0
+        ring: _Ring | None = None
+        row: tuple[Any, ...] | None = None
+        for tick in ticks:
+            target = self._ring_for(tick.exchange, tick.symbol)
+            if target is not ring:
+                if ring is not None and row is not None:
+                    with ring.lock:
+                        ring.finish_append(row)
+                ring = target
+            row = tick.to_row()
+            with ring.lock:
+                ring.append_row(row)
+            count += 1
+        if ring is not None and row is not None:
+            with ring.lock:
+                ring.finish_append(row)
+        return count
+
+    # -- lookup --------------------------------------------------------------------------
+
+    def resolve(self, symbol: str, exchange: str | None = None) -> tuple[str, str]:
+        """Find the ring a request means.
+
+        Returns:
+            ``(exchange, symbol)``.
+
+        Raises:
+            UnknownSymbol: No ring holds the symbol (on that exchange).
+            UnknownExchange: No ring belongs to the exchange.
+            AmbiguousExchange: The symbol is on several exchanges and none was given.
+        """
+        exchanges = self._by_symbol.get(symbol)
+        if exchange is not None:
+            if (exchange, symbol) in self._rings:
+                return exchange, symbol
+            known = self.exchanges()
+            if exchange not in known:
+                raise UnknownExchange(
+                    f"unknown exchange {exchange!r}; buffered: {', '.join(known) or 'none'}")
+            listed = sorted(s for (e, s) in self._rings if e == exchange)
+            raise UnknownSymbol(f"unknown symbol {symbol!r} on {exchange}; buffered: "
+                                f"{_preview(listed)}")
+        if not exchanges:
+            raise UnknownSymbol(f"unknown symbol {symbol!r}; buffered: "
+                                f"{_preview(sorted(self._by_symbol))}")
+        if len(exchanges) > 1:
+            raise AmbiguousExchange(f"symbol {symbol!r} is buffered on several exchanges; "
+                                    f"add exchange= one of: {', '.join(exchanges)}")
+        return exchanges[0], symbol
+
+    def _ring(self, symbol: str, exchange: str | None) -> _Ring:
+        return self._rings[self.resolve(symbol, exchange)]
+
+    def exchanges(self) -> list[str]:
+        """Exchanges with at least one ring, sorted."""
+        return sorted({e for (e, _) in self._rings})
+
+    def keys(self, exchange: str | None = None) -> list[tuple[str, str]]:
+        """Every ``(exchange, symbol)`` with a ring, sorted."""
+        return sorted(k for k in self._rings if exchange is None or k[0] == exchange)
+
+    def stats(self, exchange: str | None = None) -> list[BufferStats]:
+        """Per-ring counters, sorted by (exchange, symbol)."""
+        out = []
+        for key in self.keys(exchange):
+            ring = self._rings[key]
+            with ring.lock:
+                out.append(ring.stats())
+        return out
+
+    def count(self, symbol: str, exchange: str | None = None) -> int:
+        """Ticks currently stored for a symbol."""
+        ring = self._ring(symbol, exchange)
+        with ring.lock:
+            return ring.next_seq - ring.start_seq
+
+    # -- synchronous reads (Flight threads) --------------------------------------------------
+
+    def get_latest_sync(self, symbol: str, limit: int = 100, *, exchange: str | None = None,
+                        columns: Sequence[str] | None = None) -> pa.Table:
+        """The newest ``limit`` ticks, oldest first (``limit`` above the capacity clamps)."""
+        if limit < 0:
+            raise ValueError(f"limit must be >= 0, got {limit!r}")
+        ring = self._ring(symbol, exchange)
+        with ring.lock:
+            end = ring.next_seq
+            batches = ring.snapshot(max(ring.start_seq, end - limit), end) if limit else []
+        return ring.table(batches, columns)
+
+    def get_range_sync(self, symbol: str, start_ms: int | None = None, end_ms: int | None = None,
+                       *, exchange: str | None = None, latest: int | None = None,
+                       columns: Sequence[str] | None = None) -> pa.Table:
+        """Ticks with ``start_ms <= timestamp < end_ms`` (either bound optional), arrival order.
+
+        Args:
+            latest: Keep only the newest ``latest`` rows of the range.
+        """
+        ring = self._ring(symbol, exchange)
+        with ring.lock:
+            if start_ms is None and end_ms is None:
+                batches = ring.snapshot(ring.start_seq, ring.next_seq)
+            else:
+                batches = ring.segments_between(start_ms, end_ms)
+        table = ring.table(batches, columns)
+        if latest is not None and table.num_rows > latest:
+            table = table.slice(table.num_rows - latest)
+        return table
+
+    def snapshot_sync(self, exchange: str | None = None,
+                      columns: Sequence[str] | None = None) -> pa.Table:
+        """One row per buffered symbol: its newest tick (a market snapshot)."""
+        tables = []
+        for key in self.keys(exchange):
+            ring = self._rings[key]
+            with ring.lock:
+                if ring.next_seq == ring.start_seq:
+                    continue
+                batches = ring.snapshot(ring.next_seq - 1, ring.next_seq)
+            tables.append(ring.table(batches, columns))
+        schema = SCHEMA if columns is None else pa.schema([SCHEMA.field(c) for c in columns])
+        if not tables:
+            return schema.empty_table()
+        return pa.concat_tables(tables)
+
+    def clear_sync(self, symbol: str | None = None, *, exchange: str | None = None) -> int:
+        """Drop stored ticks of one symbol, of one exchange, or of everything.
+
+        Returns:
+            The number of ticks dropped.
+        """
+        if symbol is not None:
+            rings = [self._ring(symbol, exchange)]
+        else:
+            if exchange is not None and exchange not in self.exchanges():
+                raise UnknownExchange(f"unknown exchange {exchange!r}; buffered: "
+                                      f"{', '.join(self.exchanges()) or 'none'}")
+            rings = [self._rings[k] for k in self.keys(exchange)]
+        dropped = 0
+        for ring in rings:
+            with ring.lock:
+                dropped += ring.next_seq - ring.start_seq
+                ring.clear()
+        return dropped
+
+    def follow(self, symbol: str, *, exchange: str | None = None, backlog: int | None = 0,
+               max_lag: int | None = None,
+               columns: Sequence[str] | None = None) -> tuple[pa.Table, Follower]:
+        """Start a live tail: the backlog now, and a :class:`Follower` for what comes next.
+
+        Args:
+            backlog: Newest stored rows to return first (``None``: everything stored).
+            max_lag: Rows the follower may fall behind before it fails (default and
+                maximum: the ring capacity).
+
+        Returns:
+            ``(backlog_table, follower)``; no tick falls between the two.
+        """
+        ring = self._ring(symbol, exchange)
+        lag = ring.capacity if max_lag is None else max(1, min(max_lag, ring.capacity))
+        with ring.lock:
+            end = ring.next_seq
+            first = ring.start_seq if backlog is None else max(ring.start_seq, end - backlog)
+            batches = ring.snapshot(first, end) if end > first else []
+            follower = Follower(ring, end, lag, columns)
+            ring.followers.add(follower)
+        return ring.table(batches, columns), follower
+
+    # -- async facade (original API) --------------------------------------------------------
+
+    async def get_latest(self, symbol: str, limit: int = 100, *, exchange: str | None = None,
+                         columns: Sequence[str] | None = None) -> pa.Table:
+        """Async form of :meth:`get_latest_sync` (runs inline: reads take microseconds)."""
+        return self.get_latest_sync(symbol, limit, exchange=exchange, columns=columns)
+
+    async def get_range(self, symbol: str, start_ms: int | None = None,
+                        end_ms: int | None = None, *, exchange: str | None = None,
+                        columns: Sequence[str] | None = None) -> pa.Table:
+        """Async form of :meth:`get_range_sync`."""
+        return self.get_range_sync(symbol, start_ms, end_ms, exchange=exchange, columns=columns)
+
+    async def clear(self, symbol: str | None = None, *, exchange: str | None = None) -> int:
+        """Async form of :meth:`clear_sync` (all symbols when ``symbol`` is None)."""
+        await asyncio.sleep(0)
+        return self.clear_sync(symbol, exchange=exchange)
+
+    def __len__(self) -> int:
+        return sum(s.stored for s in self.stats())
+
+    def __repr__(self) -> str:
+        return f"MarketDataBuffer(buffer_size={self.buffer_size}, rings={len(self._rings)})"
+
+
+def _preview(names: Sequence[str], limit: int = 20) -> str:
+    if not names:
+        return "none"
+    shown = ", ".join(names[:limit])
+    return shown if len(names) <= limit else f"{shown}, ... ({len(names) - limit} more)"

@@ -1,0 +1,116 @@
+"""One exception tree for flight_md.
+
+Every error that crosses a public boundary is a :class:`FlightMdError`. The Flight
+service maps each branch to exactly one Flight status code, in one place
+(:func:`flight_md.service.map_errors`)::
+
+    FlightMdError
+    ├── InvalidArgument ........... INVALID_ARGUMENT
+    │   ├── InvalidTicket
+    │   ├── InvalidDescriptor
+    │   ├── InvalidActionBody
+    │   ├── AmbiguousExchange
+    │   └── RequestTooLarge
+    ├── NotFound .................. NOT_FOUND
+    │   ├── UnknownSymbol
+    │   └── UnknownExchange
+    ├── UnknownAction ............. UNIMPLEMENTED
+    ├── Unavailable ............... UNAVAILABLE
+    ├── SlowConsumer .............. RESOURCE_EXHAUSTED
+    ├── Unauthenticated ........... UNAUTHENTICATED
+    ├── PermissionDenied .......... PERMISSION_DENIED
+    ├── ConfigError ............... (command line and config files; never on the wire)
+    └── ExchangeDataError ......... (a bad exchange frame; counted and dropped by ingestion)
+
+Messages are short, lowercase, name the bad value with ``!r`` and say what is allowed.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AmbiguousExchange",
+    "ConfigError",
+    "ExchangeDataError",
+    "FlightMdError",
+    "InvalidActionBody",
+    "InvalidArgument",
+    "InvalidDescriptor",
+    "InvalidTicket",
+    "NotFound",
+    "PermissionDenied",
+    "RequestTooLarge",
+    "SlowConsumer",
+    "Unauthenticated",
+    "Unavailable",
+    "UnknownAction",
+    "UnknownExchange",
+    "UnknownSymbol",
+]
+
+
+class FlightMdError(Exception):
+    """Base class of every error raised by flight_md."""
+
+
+class InvalidArgument(FlightMdError):
+    """The request is malformed: a ticket, descriptor or action body."""
+
+
+class InvalidTicket(InvalidArgument):
+    """A ticket does not follow the grammar in :mod:`flight_md.tickets`."""
+
+
+class InvalidDescriptor(InvalidArgument):
+    """A flight descriptor is neither a valid path nor a valid command."""
+
+
+class InvalidActionBody(InvalidArgument):
+    """An action body is not the JSON object the action expects."""
+
+
+class AmbiguousExchange(InvalidArgument):
+    """A symbol is buffered on several exchanges and none was chosen."""
+
+
+class RequestTooLarge(InvalidArgument):
+    """A ticket, command or action body exceeds the size limit."""
+
+
+class NotFound(FlightMdError):
+    """The request names something that does not exist."""
+
+
+class UnknownSymbol(NotFound):
+    """No buffer holds the symbol."""
+
+
+class UnknownExchange(NotFound):
+    """No buffer or stream belongs to the exchange."""
+
+
+class UnknownAction(FlightMdError):
+    """The action type is not one the server implements."""
+
+
+class Unavailable(FlightMdError):
+    """The request is valid but cannot be served now (no ingestion, exchange down)."""
+
+
+class SlowConsumer(FlightMdError):
+    """A live tail fell further behind than its bounded queue allows."""
+
+
+class Unauthenticated(FlightMdError):
+    """The call carries no valid credentials."""
+
+
+class PermissionDenied(FlightMdError):
+    """The credentials are valid but do not allow this call."""
+
+
+class ConfigError(FlightMdError):
+    """A command-line option or configuration file is invalid."""
+
+
+class ExchangeDataError(FlightMdError):
+    """An exchange sent data that cannot become a tick (counted, then dropped)."""

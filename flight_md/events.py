@@ -1,0 +1,109 @@
+"""The event log: what happened to the streams, served as ``@events``.
+
+Ingestion records every connect, disconnect, reconnect, stale detection, mode change,
+subscribe, unsubscribe and clear here, so gaps in the data are visible to users. The log is
+bounded (oldest events dropped first) and thread-safe: ingestion writes from its asyncio
+thread, Flight handlers read from gRPC threads.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Final
+
+import pyarrow as pa
+
+from flight_md.schema import EVENT_SCHEMA, now_ms
+
+__all__ = ["Event", "EventKind", "EventLog"]
+
+DEFAULT_EVENT_CAPACITY: Final = 100_000
+
+
+class EventKind(StrEnum):
+    """What happened."""
+
+    CONNECT = "connect"
+    DISCONNECT = "disconnect"
+    RECONNECT = "reconnect"
+    STALE = "stale"
+    FAILED = "failed"
+    SUBSCRIBE = "subscribe"
+    UNSUBSCRIBE = "unsubscribe"
+    CLEAR = "clear"
+    MODE = "mode"  # websocket <-> REST polling switch
+    ERROR = "error"  # an exchange error that did not drop the connection
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One entry of the log.
+
+    Attributes:
+        timestamp: Local wall-clock time, Unix ms.
+        exchange: ccxt exchange id (``"*"`` for server-wide events).
+        kind: What happened.
+        symbols: Symbols concerned (empty for the whole connection).
+        detail: Human-readable reason, never containing secrets.
+    """
+
+    timestamp: int
+    exchange: str
+    kind: EventKind
+    symbols: tuple[str, ...]
+    detail: str
+
+
+class EventLog:
+    """A bounded, thread-safe, append-only log of :class:`Event`.
+
+    Args:
+        capacity: Events kept; the oldest are dropped first.
+    """
+
+    def __init__(self, capacity: int = DEFAULT_EVENT_CAPACITY) -> None:
+        self._events: deque[Event] = deque(maxlen=capacity)
+        self._lock = threading.Lock()
+        self.recorded = 0
+
+    def record(self, exchange: str, kind: EventKind, symbols: Sequence[str] = (),
+               detail: str = "", *, timestamp: int | None = None) -> Event:
+        """Append an event and return it."""
+        event = Event(now_ms() if timestamp is None else timestamp, exchange, EventKind(kind),
+                      tuple(symbols), detail)
+        with self._lock:
+            self._events.append(event)
+            self.recorded += 1
+        return event
+
+    def events(self, exchange: str | None = None, start: int | None = None,
+               end: int | None = None, latest: int | None = None) -> list[Event]:
+        """Events in order, filtered like a tick range (start inclusive, end exclusive)."""
+        with self._lock:
+            items = list(self._events)
+        out = [e for e in items
+               if (exchange is None or e.exchange == exchange)
+               and (start is None or e.timestamp >= start)
+               and (end is None or e.timestamp < end)]
+        if latest is not None:
+            out = out[len(out) - latest:] if latest else []
+        return out
+
+    def to_table(self, exchange: str | None = None, start: int | None = None,
+                 end: int | None = None, latest: int | None = None) -> pa.Table:
+        """The filtered log as a table in :data:`flight_md.schema.EVENT_SCHEMA`."""
+        events = self.events(exchange, start, end, latest)
+        return pa.Table.from_pydict({
+            "timestamp": [e.timestamp for e in events],
+            "exchange": [e.exchange for e in events],
+            "kind": [e.kind.value for e in events],
+            "symbols": [list(e.symbols) for e in events],
+            "detail": [e.detail for e in events],
+        }, schema=EVENT_SCHEMA)
+
+    def __len__(self) -> int:
+        return len(self._events)

@@ -1,0 +1,483 @@
+"""The Flight service: a thin ``pyarrow.flight`` adapter over the tick store.
+
+Threads meet at two points. Flight handlers run on gRPC threads and read the
+:class:`~flight_md.buffer.MarketDataBuffer` (immutable Arrow snapshots taken under a short
+per-ring lock); ingestion appends to it from its asyncio thread. Subscribe and unsubscribe
+go to ingestion through :class:`~flight_md.control.IngestionControl`, which hands them to the
+asyncio loop with ``run_coroutine_threadsafe(...).result(timeout)``.
+
+Errors are mapped to Flight status codes in exactly one place, :func:`map_errors`. pyarrow
+appends the server's Python traceback to the message of any non-Flight exception, and its
+Flight error classes have no INVALID_ARGUMENT or NOT_FOUND. So expected errors cross the
+boundary as *wire errors*: subclasses of the pyarrow exceptions that carry the right status
+code (``ArrowInvalid`` -> INVALID_ARGUMENT, ``ArrowKeyError`` -> NOT_FOUND, ...) whose
+metaclass makes ``traceback.format_exception`` fail for them, so pyarrow falls back to naming
+the type. The client sees ``"<message>. Detail: Python exception: InvalidArgument"`` and the
+right code; no path or source line leaves the server. Unexpected errors are logged here with
+their traceback and reach the client as INTERNAL with an incident id.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import logging
+import os
+import socket
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, Final
+
+import pyarrow as pa
+import pyarrow.flight as flight
+
+from flight_md import errors
+from flight_md.actions import ACTIONS, ActionName, ClearRequest, SubscribeRequest, encode_result, \
+    parse_action
+from flight_md.buffer import MarketDataBuffer
+from flight_md.control import IngestionControl
+from flight_md.events import EventKind, EventLog
+from flight_md.schema import EVENT_SCHEMA, SCHEMA, now_ms
+from flight_md.tickets import Query, Target, format_ticket, parse_descriptor, parse_ticket
+
+__all__ = ["DEFAULT_LOCATION", "FlightMarketDataServer", "map_errors"]
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_LOCATION: Final = "grpc://127.0.0.1:8815"
+TAIL_WAIT_S: Final = 0.05
+"""A live tail checks for shutdown and cancellation at least this often."""
+TAIL_BATCH_ROWS: Final = 4096
+GET_BATCH_ROWS: Final = 65_536
+
+
+class _Opaque(type):
+    """Metaclass of wire errors: ``traceback`` cannot format them (see the module docstring)."""
+
+    def __getattribute__(cls, name: str) -> Any:
+        if name == "__qualname__":
+            raise RuntimeError("wire errors carry no traceback")
+        return super().__getattribute__(name)
+
+
+class InvalidArgument(pa.ArrowInvalid, metaclass=_Opaque):
+    """INVALID_ARGUMENT on the wire."""
+
+
+class NotFound(pa.ArrowKeyError, metaclass=_Opaque):
+    """NOT_FOUND on the wire."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
+class Unimplemented(pa.ArrowNotImplementedError, metaclass=_Opaque):
+    """UNIMPLEMENTED on the wire."""
+
+
+class ResourceExhausted(MemoryError, metaclass=_Opaque):
+    """RESOURCE_EXHAUSTED on the wire."""
+
+
+_WIRE: Final[tuple[tuple[type[errors.FlightMdError], Callable[[str], Exception]], ...]] = (
+    (errors.InvalidArgument, InvalidArgument),
+    (errors.NotFound, NotFound),
+    (errors.UnknownAction, Unimplemented),
+    (errors.Unavailable, flight.FlightUnavailableError),
+    (errors.SlowConsumer, ResourceExhausted),
+    (errors.Unauthenticated, flight.FlightUnauthenticatedError),
+    (errors.PermissionDenied, flight.FlightUnauthorizedError),
+)
+
+
+class _Counters:
+    """Thread-safe counts of refused requests, by error class."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._counts: Counter[str] = Counter()
+
+    def add(self, name: str) -> None:
+        with self._lock:
+            self._counts[name] += 1
+
+    def snapshot(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self._counts)
+
+
+_incidents = itertools.count(1)
+
+
+@contextlib.contextmanager
+def map_errors(rpc: str, counters: _Counters | None = None) -> Iterator[None]:
+    """Translate every exception raised inside into a clean Flight error.
+
+    Args:
+        rpc: The RPC name, for logs.
+        counters: Where to count refused requests.
+    """
+    try:
+        yield
+    except errors.FlightMdError as exc:
+        if counters is not None:
+            counters.add(type(exc).__name__)
+        logger.info("%s refused: %s: %s", rpc, type(exc).__name__, exc)
+        for kind, wire in _WIRE:
+            if isinstance(exc, kind):
+                raise wire(str(exc)) from None
+        raise flight.FlightInternalError(str(exc)) from None
+    except flight.FlightError:
+        raise
+    except GeneratorExit:
+        raise
+    except Exception:
+        incident = next(_incidents)
+        logger.exception("%s failed unexpectedly (incident %d)", rpc, incident)
+        if counters is not None:
+            counters.add("internal")
+        raise flight.FlightInternalError(
+            f"internal error in {rpc} (incident {incident}); details are in the server log"
+        ) from None
+
+
+class FlightMarketDataServer(flight.FlightServerBase):
+    """Arrow Flight server over a :class:`~flight_md.buffer.MarketDataBuffer`.
+
+    Args:
+        location: Where to listen, e.g. ``"grpc://127.0.0.1:8815"`` (port 0 picks one).
+        buffer: The tick store to serve.
+        events: The event log served as ``@events`` (shared with ingestion).
+        control: Ingestion control for ``subscribe``/``unsubscribe``; without it those
+            actions answer UNAVAILABLE.
+        follow_max_lag: Ticks a live tail may fall behind before its stream ends with
+            RESOURCE_EXHAUSTED (default: the buffer capacity).
+        authorize: Called as ``authorize(context, mutating)`` at the start of every RPC;
+            raises ``Unauthenticated``/``PermissionDenied`` to refuse (see :mod:`flight_md.auth`).
+        **kwargs: Passed to :class:`pyarrow.flight.FlightServerBase` (``tls_certificates``,
+            ``verify_client``, ``root_certificates``, ``middleware``, ...).
+    """
+
+    def __init__(self, location: str | flight.Location = DEFAULT_LOCATION,
+                 buffer: MarketDataBuffer | None = None, *, events: EventLog | None = None,
+                 control: IngestionControl | None = None, follow_max_lag: int | None = None,
+                 authorize: Callable[[flight.ServerCallContext, bool], None] | None = None,
+                 **kwargs: Any) -> None:
+        super().__init__(location, **kwargs)
+        self.buffer = buffer if buffer is not None else MarketDataBuffer()
+        self.events = events if events is not None else EventLog()
+        self.control = control
+        self.follow_max_lag = follow_max_lag
+        self._authorize = authorize
+        self.refused = _Counters()
+        self._stopping = threading.Event()
+        self._started = time.monotonic()
+        self._shutdown_lock = threading.Lock()
+        self._shut_down = False
+
+    # -- helpers ---------------------------------------------------------------------------
+
+    def _check(self, context: flight.ServerCallContext, mutating: bool = False) -> None:
+        if self._authorize is not None:
+            self._authorize(context, mutating)
+
+    def _table(self, query: Query) -> pa.Table:
+        """Answer a non-follow query with an immutable table."""
+        if query.target is Target.EVENTS:
+            if query.exchange is not None and query.exchange not in self._known_exchanges():
+                raise errors.UnknownExchange(
+                    f"unknown exchange {query.exchange!r}; known: "
+                    f"{', '.join(self._known_exchanges()) or 'none'}")
+            return self.events.to_table(query.exchange, query.start, query.end, query.latest)
+        if query.target is Target.SNAPSHOT:
+            if query.exchange is not None and query.exchange not in self._known_exchanges():
+                raise errors.UnknownExchange(
+                    f"unknown exchange {query.exchange!r}; buffered: "
+                    f"{', '.join(self.buffer.exchanges()) or 'none'}")
+            return self.buffer.snapshot_sync(query.exchange, query.columns)
+        assert query.symbol is not None
+        if query.start is None and query.end is None:
+            limit = query.latest if query.latest is not None else self.buffer.buffer_size
+            return self.buffer.get_latest_sync(query.symbol, limit, exchange=query.exchange,
+                                               columns=query.columns)
+        return self.buffer.get_range_sync(query.symbol, query.start, query.end,
+                                          exchange=query.exchange, latest=query.latest,
+                                          columns=query.columns)
+
+    def _known_exchanges(self) -> list[str]:
+        known = set(self.buffer.exchanges())
+        if self.control is not None:
+            with contextlib.suppress(errors.FlightMdError):
+                known.update(e.exchange for e in self.control.status().exchanges)
+        return sorted(known)
+
+    @staticmethod
+    def _schema(query: Query) -> pa.Schema:
+        if query.target is Target.EVENTS:
+            return EVENT_SCHEMA
+        if query.columns is None:
+            return SCHEMA
+        return pa.schema([SCHEMA.field(c) for c in query.columns])
+
+    # -- RPCs ------------------------------------------------------------------------------
+
+    def list_flights(self, context: flight.ServerCallContext,
+                     criteria: bytes) -> Iterator[flight.FlightInfo]:
+        with map_errors("ListFlights", self.refused):
+            self._check(context)
+            infos = []
+            for stats in self.buffer.stats():
+                ticket = format_ticket(Query(Target.TICKS, symbol=stats.symbol,
+                                             exchange=stats.exchange))
+                descriptor = flight.FlightDescriptor.for_path(stats.exchange, stats.symbol)
+                endpoint = flight.FlightEndpoint(ticket.encode(), [])
+                infos.append(flight.FlightInfo(SCHEMA, descriptor, [endpoint], stats.stored, -1))
+        yield from infos
+
+    def get_flight_info(self, context: flight.ServerCallContext,
+                        descriptor: flight.FlightDescriptor) -> flight.FlightInfo:
+        with map_errors("GetFlightInfo", self.refused):
+            self._check(context)
+            query = self._descriptor_query(descriptor)
+            table = self._table(query)
+            endpoint = flight.FlightEndpoint(format_ticket(query).encode(), [])
+            return flight.FlightInfo(table.schema, descriptor, [endpoint], table.num_rows,
+                                     table.nbytes)
+
+    def get_schema(self, context: flight.ServerCallContext,
+                   descriptor: flight.FlightDescriptor) -> flight.SchemaResult:
+        with map_errors("GetSchema", self.refused):
+            self._check(context)
+            query = self._descriptor_query(descriptor)
+            if query.target is Target.TICKS:
+                assert query.symbol is not None
+                self.buffer.resolve(query.symbol, query.exchange)
+            return flight.SchemaResult(self._schema(query))
+
+    @staticmethod
+    def _descriptor_query(descriptor: flight.FlightDescriptor) -> Query:
+        kind = "path" if descriptor.descriptor_type == flight.DescriptorType.PATH else "cmd"
+        return parse_descriptor(kind, descriptor.path, descriptor.command)
+
+    def do_get(self, context: flight.ServerCallContext,
+               ticket: flight.Ticket) -> flight.FlightDataStream:
+        with map_errors("DoGet", self.refused):
+            self._check(context)
+            query = parse_ticket(ticket.ticket)
+            if query.follow:
+                return self._follow(context, query)
+            table = self._table(query)
+            # RecordBatchStream runs in C++ from here on: no Python in the bytes path.
+            return flight.RecordBatchStream(table)
+
+    def _follow(self, context: flight.ServerCallContext, query: Query) -> flight.FlightDataStream:
+        assert query.symbol is not None
+        if self._stopping.is_set():
+            raise errors.Unavailable("server is shutting down; no new live tails")
+        backlog_rows = query.latest
+        if query.start is not None:
+            backlog = self.buffer.get_range_sync(query.symbol, query.start, None,
+                                                 exchange=query.exchange, latest=query.latest,
+                                                 columns=query.columns)
+            backlog_rows = 0
+        else:
+            backlog = None
+        table, follower = self.buffer.follow(query.symbol, exchange=query.exchange,
+                                             backlog=backlog_rows, max_lag=self.follow_max_lag,
+                                             columns=query.columns)
+        if backlog is not None:
+            table = backlog
+        logger.info("live tail opened for (%s, %s) by %s", follower.exchange, follower.symbol,
+                    context.peer())
+        return flight.GeneratorStream(self._schema(query),
+                                      self._tail(context, table, follower))
+
+    def _tail(self, context: flight.ServerCallContext, backlog: pa.Table,
+              follower: Any) -> Iterator[pa.RecordBatch]:
+        try:
+            with map_errors("DoGet(follow)", self.refused):
+                yield from backlog.to_batches(max_chunksize=GET_BATCH_ROWS)
+                while not self._stopping.is_set() and not context.is_cancelled():
+                    table = follower.read(TAIL_WAIT_S, TAIL_BATCH_ROWS)
+                    if table is not None and table.num_rows:
+                        yield from table.to_batches()
+        finally:
+            follower.close()
+            logger.info("live tail closed for (%s, %s)", follower.exchange, follower.symbol)
+
+    def list_actions(self, context: flight.ServerCallContext) -> list[tuple[str, str]]:
+        with map_errors("ListActions", self.refused):
+            self._check(context)
+            return [(spec.name.value, spec.description) for spec in ACTIONS.values()]
+
+    def do_action(self, context: flight.ServerCallContext,
+                  action: flight.Action) -> Iterator[bytes]:
+        with map_errors("DoAction", self.refused):
+            body = action.body.to_pybytes() if action.body is not None else b""
+            request = parse_action(action.type, body)
+            self._check(context, ACTIONS[ActionName(action.type)].mutates)
+            result = self._run_action(ActionName(action.type), request)
+            payload = encode_result(result)
+        return iter([payload])
+
+    def _run_action(self, name: ActionName, request: Any) -> dict[str, Any]:
+        if name is ActionName.STATUS:
+            return self.status()
+        if name is ActionName.CLEAR:
+            assert isinstance(request, ClearRequest)
+            return self._clear(request)
+        assert isinstance(request, SubscribeRequest)
+        if self.control is None:
+            raise errors.Unavailable(
+                f"{name} needs ingestion, which is not running on this server; start the "
+                "server with --exchange ID --symbols ... or --demo")
+        if name is ActionName.SUBSCRIBE:
+            return self.control.subscribe(request.exchange, request.symbols)
+        return self.control.unsubscribe(request.exchange, request.symbols)
+
+    def _clear(self, request: ClearRequest) -> dict[str, Any]:
+        if request.symbols is None:
+            dropped = self.buffer.clear_sync(exchange=request.exchange)
+            targets: Sequence[tuple[str, Sequence[str]]] = [(request.exchange or "*", ())]
+        else:
+            resolved = [self.buffer.resolve(s, request.exchange) for s in request.symbols]
+            dropped = sum(self.buffer.clear_sync(s, exchange=e) for e, s in resolved)
+            by_exchange: dict[str, list[str]] = {}
+            for e, s in resolved:
+                by_exchange.setdefault(e, []).append(s)
+            targets = list(by_exchange.items())
+        for exchange, symbols in targets:
+            self.events.record(exchange, EventKind.CLEAR, symbols,
+                               f"cleared {dropped} stored ticks on request")
+        return {"cleared": dropped}
+
+    def status(self) -> dict[str, Any]:
+        """The ``status`` action's result: exchanges, symbols and server counters."""
+        now = now_ms()
+        ingestion = self.control.status() if self.control is not None else None
+        exchanges: dict[str, Any] = {}
+        per_symbol: dict[tuple[str, str], dict[str, Any]] = {}
+        if ingestion is not None:
+            for ex in ingestion.exchanges:
+                exchanges[ex.exchange] = {
+                    "state": ex.state, "mode": ex.mode, "channel": ex.channel,
+                    "reconnects": ex.reconnects, "symbols": list(ex.symbols),
+                    "bad_frames": dict(ex.bad_frames), "callback_errors": ex.callback_errors,
+                    "last_error": ex.last_error,
+                }
+            for sym in ingestion.symbols:
+                per_symbol[(sym.exchange, sym.symbol)] = {
+                    "subscribed": sym.subscribed, "ticks_received": sym.received,
+                    "ticks_dropped": sym.dropped, "stale": sym.stale,
+                    "last_message_ms": sym.last_message_ms,
+                }
+        for stats in self.buffer.stats():
+            entry = per_symbol.setdefault((stats.exchange, stats.symbol), {
+                "subscribed": False, "ticks_received": stats.appended, "ticks_dropped": 0,
+                "stale": False, "last_message_ms": stats.last_receive_timestamp})
+            entry.update(ticks_stored=stats.stored, ticks_appended=stats.appended,
+                         last_timestamp=stats.last_timestamp,
+                         last_receive_timestamp=stats.last_receive_timestamp,
+                         age_ms=stats.age_ms(now))
+        symbols = []
+        for (exchange, symbol), entry in sorted(per_symbol.items()):
+            entry.setdefault("ticks_stored", 0)
+            entry.setdefault("ticks_appended", 0)
+            entry.setdefault("last_timestamp", None)
+            entry.setdefault("last_receive_timestamp", None)
+            entry.setdefault("age_ms", None)
+            symbols.append({"exchange": exchange, "symbol": symbol, **entry})
+        return {
+            "server": {
+                "uptime_s": round(time.monotonic() - self._started, 3),
+                "buffer_size": self.buffer.buffer_size,
+                "ingestion": self.control is not None,
+                "refused_requests": self.refused.snapshot(),
+                "events": len(self.events),
+            },
+            "exchanges": exchanges,
+            "symbols": symbols,
+        }
+
+    def do_put(self, context: flight.ServerCallContext, descriptor: flight.FlightDescriptor,
+               reader: Any, writer: Any) -> None:
+        with map_errors("DoPut", self.refused):
+            raise errors.UnknownAction("DoPut is not supported: flight_md is fed by exchange "
+                                       "streams; use DoGet to read and DoAction to control")
+
+    def do_exchange(self, context: flight.ServerCallContext, descriptor: flight.FlightDescriptor,
+                    reader: Any, writer: Any) -> None:
+        with map_errors("DoExchange", self.refused):
+            raise errors.UnknownAction("DoExchange is not supported; use DoGet with "
+                                       "follow=true for a live tail")
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def stop(self, grace: float = 2.0) -> bool:
+        """Shut down within about ``2 * grace`` seconds, even with streams nobody reads.
+
+        Live tails end at their next check (every 50 ms). A stream blocked writing to a client
+        that stopped reading cannot be cancelled through pyarrow; after ``grace`` seconds its
+        connection is severed at the socket so that gRPC finishes the call.
+
+        Returns:
+            Whether the server shut down cleanly within the time.
+        """
+        with self._shutdown_lock:
+            if self._shut_down:
+                return True
+            self._shut_down = True
+        self._stopping.set()
+        done = threading.Event()
+
+        def _shutdown() -> None:
+            try:
+                flight.FlightServerBase.shutdown(self)
+            finally:
+                done.set()
+
+        threading.Thread(target=_shutdown, name="flight-md-shutdown", daemon=True).start()
+        if done.wait(grace):
+            return True
+        severed = _sever_connections(self.port)
+        logger.warning("shutdown: %d client connection(s) still busy after %.1f s; severed",
+                       severed, grace)
+        return done.wait(grace)
+
+    def shutdown(self) -> None:
+        """Alias of :meth:`stop` with the default grace, for ``pyarrow.flight`` callers."""
+        self.stop()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+
+def _sever_connections(port: int) -> int:
+    """Shut down the accepted TCP connections of this process's server on ``port``."""
+    severed = 0
+    try:
+        fds = [int(name) for name in os.listdir("/proc/self/fd")]
+    except OSError:  # not Linux: nothing more we can do
+        return 0
+    for fd in fds:
+        try:
+            dup = os.dup(fd)
+        except OSError:
+            continue
+        try:
+            sock = socket.socket(fileno=dup)
+        except OSError:
+            os.close(dup)
+            continue
+        try:
+            if sock.type == socket.SOCK_STREAM and sock.getsockname()[1] == port:
+                sock.getpeername()  # raises for the listening socket
+                sock.shutdown(socket.SHUT_RDWR)
+                severed += 1
+        except (OSError, IndexError, TypeError):
+            pass
+        finally:
+            sock.close()
+    return severed

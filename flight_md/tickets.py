@@ -1,0 +1,397 @@
+"""Ticket and descriptor grammar: parse and format, pure.
+
+A ticket is UTF-8 text of at most 4 KiB::
+
+    ticket   = target [ "?" params ]
+    target   = symbol / "*" / "@events"
+    symbol   = 1*64( ALPHA / DIGIT / "/" / "-" / "_" / ":" / "." )
+    params   = param *( "&" param )          ; each key at most once
+    param    = key "=" value                 ; value is percent-encoded UTF-8
+    key      = "latest" / "start" / "end" / "exchange" / "columns" / "follow"
+
+    latest   = 1*DIGIT                       ; 0 .. 2^31-1, newest N rows (oldest first);
+                                             ; above the buffer capacity it clamps
+    start    = time                          ; inclusive
+    end      = time                          ; exclusive
+    time     = 1*DIGIT                       ; Unix milliseconds
+             / iso8601                       ; e.g. 2026-11-23T10:00:00Z or ...+01:00,
+                                             ; no offset means UTC
+    exchange = 1*32( LOWER / DIGIT / "_" / "-" )   ; a ccxt exchange id
+    columns  = column *( "," column )        ; names from flight_md.schema.SCHEMA, no repeats
+    follow   = "true" / "false"              ; live tail after the backlog
+
+Targets and the keys they accept:
+
+* ``SYMBOL``: ``latest``, ``start``, ``end``, ``exchange``, ``columns``, ``follow``.
+  With no ``latest``/``start``/``end`` the whole buffer; with a range *and* ``latest``, the
+  newest rows of the range. ``follow=true`` takes no ``end``.
+* ``*``: market snapshot, one row per buffered symbol: ``exchange``, ``columns``.
+* ``@events``: the ingestion event log: ``exchange``, ``start``, ``end``, ``latest``.
+
+A descriptor is either a path ``[symbol]`` / ``[exchange, symbol]`` or a command whose body is
+a ticket or a JSON object ``{"symbol", "exchange", "latest", "start", "end", "columns"}``.
+
+:func:`format_ticket` is the inverse of :func:`parse_ticket`: ``parse_ticket(format_ticket(q))
+== q`` for every valid :class:`Query`.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from enum import StrEnum
+from typing import Any, Final
+from urllib.parse import quote, unquote
+
+from flight_md.errors import InvalidDescriptor, InvalidTicket, RequestTooLarge
+from flight_md.schema import SCHEMA
+
+__all__ = [
+    "EXCHANGE_RE",
+    "SYMBOL_RE",
+    "MAX_LATEST",
+    "MAX_REQUEST_BYTES",
+    "Query",
+    "Target",
+    "check_size",
+    "format_ticket",
+    "parse_descriptor",
+    "parse_ticket",
+    "parse_time",
+]
+
+MAX_REQUEST_BYTES: Final = 4096
+MAX_LATEST: Final = 2**31 - 1
+MAX_TIME_MS: Final = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z
+EVENTS: Final = "@events"
+SNAPSHOT: Final = "*"
+
+SYMBOL_RE: Final = re.compile(r"[A-Za-z0-9/_:.\-]{1,64}")
+"""What a symbol may look like (ccxt unified symbols such as ``BTC/USDT:USDT``)."""
+EXCHANGE_RE: Final = re.compile(r"[a-z0-9_\-]{1,32}")
+"""What an exchange id may look like (ccxt ids such as ``binance``)."""
+_DIGITS_RE: Final = re.compile(r"[0-9]{1,19}")
+_COLUMNS: Final = frozenset(SCHEMA.names)
+_KEYS: Final = ("latest", "start", "end", "exchange", "columns", "follow")
+_ALLOWED: Final = {
+    "ticks": frozenset(_KEYS),
+    "snapshot": frozenset({"exchange", "columns"}),
+    "events": frozenset({"exchange", "start", "end", "latest"}),
+}
+_EPOCH: Final = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_JSON_KEYS: Final = frozenset({"symbol", "exchange", "latest", "start", "end", "columns"})
+
+
+class Target(StrEnum):
+    """What a ticket asks for."""
+
+    TICKS = "ticks"
+    SNAPSHOT = "snapshot"
+    EVENTS = "events"
+
+
+@dataclass(frozen=True, slots=True)
+class Query:
+    """A parsed ticket.
+
+    Attributes:
+        target: Ticks of one symbol, the market snapshot, or the event log.
+        symbol: The symbol for :attr:`Target.TICKS`, else ``None``.
+        exchange: Exchange id, or ``None`` to let the server pick the only one.
+        latest: Newest N rows, or ``None``.
+        start: Inclusive lower bound on exchange timestamp, Unix ms, or ``None``.
+        end: Exclusive upper bound, Unix ms, or ``None``.
+        columns: Projection in the order given, or ``None`` for every column.
+        follow: Keep the stream open and push new ticks.
+    """
+
+    target: Target
+    symbol: str | None = None
+    exchange: str | None = None
+    latest: int | None = None
+    start: int | None = None
+    end: int | None = None
+    columns: tuple[str, ...] | None = None
+    follow: bool = False
+
+    def __post_init__(self) -> None:
+        _validate(self)
+
+
+def _validate(q: Query) -> None:
+    given = {k for k in _KEYS if _param_value(q, k) is not None}
+    allowed = _ALLOWED[q.target.value]
+    extra = sorted(given - allowed)
+    name = q.symbol if q.target is Target.TICKS else (SNAPSHOT if q.target is Target.SNAPSHOT
+                                                      else EVENTS)
+    if extra:
+        raise InvalidTicket(f"parameter {extra[0]!r} is not allowed for {name!r}; allowed: "
+                            f"{', '.join(k for k in _KEYS if k in allowed)}")
+    if q.target is Target.TICKS:
+        if q.symbol is None or not SYMBOL_RE.fullmatch(q.symbol):
+            raise InvalidTicket(f"invalid symbol {q.symbol!r}; expected 1-64 characters from "
+                                "A-Z a-z 0-9 / - _ : . (e.g. 'BTC/USDT')")
+    elif q.symbol is not None:
+        raise InvalidTicket(f"{name!r} takes no symbol")
+    if q.exchange is not None and not EXCHANGE_RE.fullmatch(q.exchange):
+        raise InvalidTicket(f"invalid exchange {q.exchange!r}; expected a ccxt exchange id "
+                            "such as 'binance' (lowercase letters, digits, _ and -)")
+    if q.latest is not None and (isinstance(q.latest, bool) or not isinstance(q.latest, int)
+                                 or not 0 <= q.latest <= MAX_LATEST):
+        raise InvalidTicket(f"invalid latest {q.latest!r}; expected an integer from 0 to "
+                            f"{MAX_LATEST}")
+    for key in ("start", "end"):
+        value = getattr(q, key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)
+                                  or not 0 <= value <= MAX_TIME_MS):
+            raise InvalidTicket(f"invalid {key} {value!r}; expected Unix milliseconds from 0 "
+                                f"to {MAX_TIME_MS} or an ISO-8601 time")
+    if q.start is not None and q.end is not None and q.start > q.end:
+        raise InvalidTicket(f"start {q.start} is after end {q.end}; start must be <= end")
+    if q.columns is not None:
+        if not q.columns:
+            raise InvalidTicket("columns is empty; name at least one of: " + ", ".join(SCHEMA.names))
+        for column in q.columns:
+            if column not in _COLUMNS:
+                raise InvalidTicket(f"unknown column {column!r}; allowed: {', '.join(SCHEMA.names)}")
+        if len(set(q.columns)) != len(q.columns):
+            raise InvalidTicket(f"columns {','.join(q.columns)!r} repeat a column")
+    if q.follow and q.end is not None:
+        raise InvalidTicket("follow=true cannot have an end; drop end or follow")
+
+
+def _param_value(q: Query, key: str) -> Any:
+    value = getattr(q, key)
+    if key == "follow":
+        return True if value else None
+    return value
+
+
+def check_size(data: bytes, what: str) -> None:
+    """Refuse oversized input before any parsing.
+
+    Raises:
+        RequestTooLarge: ``data`` is over :data:`MAX_REQUEST_BYTES`.
+    """
+    if len(data) > MAX_REQUEST_BYTES:
+        raise RequestTooLarge(f"{what} is {len(data)} bytes; the limit is {MAX_REQUEST_BYTES}")
+
+
+def parse_time(text: str, key: str = "time") -> int:
+    """Parse Unix milliseconds or an ISO-8601 time (no offset means UTC) to Unix ms.
+
+    Raises:
+        InvalidTicket: The text is neither.
+    """
+    if _DIGITS_RE.fullmatch(text):
+        value = int(text)
+        if value > MAX_TIME_MS:
+            raise InvalidTicket(f"invalid {key} {text!r}; Unix milliseconds must be <= "
+                                f"{MAX_TIME_MS}")
+        return value
+    try:
+        if len(text) > 40:
+            raise ValueError(text)
+        parsed = datetime.fromisoformat(text)
+    except ValueError:
+        raise InvalidTicket(f"invalid {key} {text!r}; expected Unix milliseconds or ISO-8601 "
+                            "such as '2026-11-23T10:00:00Z'") from None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=timezone.utc)
+    delta = parsed - _EPOCH
+    value = delta.days * 86_400_000 + delta.seconds * 1000 + delta.microseconds // 1000
+    if not 0 <= value <= MAX_TIME_MS:
+        raise InvalidTicket(f"invalid {key} {text!r}; must be at or after 1970-01-01T00:00:00Z")
+    return value
+
+
+def _parse_int(text: str, key: str) -> int:
+    if not _DIGITS_RE.fullmatch(text):
+        raise InvalidTicket(f"invalid {key} {text!r}; expected a non-negative integer")
+    return int(text)
+
+
+def parse_ticket(data: bytes | str) -> Query:
+    """Parse a ticket (see the module docstring for the grammar).
+
+    Raises:
+        InvalidTicket: The ticket is not valid UTF-8 or breaks the grammar.
+        RequestTooLarge: The ticket is over 4 KiB.
+    """
+    if isinstance(data, str):
+        data = data.encode("utf-8", "surrogatepass")
+    check_size(data, "ticket")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise InvalidTicket("ticket is not valid UTF-8 text; expected e.g. "
+                            "'BTC/USDT?latest=100'") from None
+    if not text:
+        raise InvalidTicket("ticket is empty; expected SYMBOL[?PARAMS], '*' or '@events', "
+                            "e.g. 'BTC/USDT?latest=100'")
+    head, sep, query = text.partition("?")
+    if head == SNAPSHOT:
+        target, symbol = Target.SNAPSHOT, None
+    elif head == EVENTS:
+        target, symbol = Target.EVENTS, None
+    else:
+        if not SYMBOL_RE.fullmatch(head):
+            raise InvalidTicket(f"invalid symbol {head[:80]!r}; expected 1-64 characters from "
+                                "A-Z a-z 0-9 / - _ : . (e.g. 'BTC/USDT'), '*' or '@events'")
+        target, symbol = Target.TICKS, head
+    values: dict[str, Any] = {}
+    if sep:
+        if not query:
+            raise InvalidTicket("ticket ends with '?' but has no parameters; expected "
+                                "key=value pairs joined by '&'")
+        for part in query.split("&"):
+            key, eq, raw = part.partition("=")
+            if not eq:
+                raise InvalidTicket(f"parameter {part[:80]!r} has no '='; expected key=value")
+            if key not in _KEYS:
+                raise InvalidTicket(f"unknown parameter {key[:40]!r}; allowed: {', '.join(_KEYS)}")
+            if key in values:
+                raise InvalidTicket(f"parameter {key!r} is given twice; give it once")
+            try:
+                value = unquote(raw, errors="strict")
+            except UnicodeDecodeError:
+                raise InvalidTicket(f"parameter {key!r} is not valid percent-encoded UTF-8") from None
+            values[key] = _convert(key, value)
+    try:
+        return Query(target=target, symbol=symbol, **values)
+    except TypeError as exc:  # pragma: no cover - keys are checked above
+        raise InvalidTicket(str(exc)) from None
+
+
+def _convert(key: str, value: str) -> Any:
+    if key == "latest":
+        return _parse_int(value, key)
+    if key in ("start", "end"):
+        return parse_time(value, key)
+    if key == "columns":
+        return tuple(value.split(",")) if value else ()
+    if key == "follow":
+        if value not in ("true", "false"):
+            raise InvalidTicket(f"invalid follow {value!r}; expected 'true' or 'false'")
+        return value == "true"
+    if not value:
+        raise InvalidTicket(f"parameter {key!r} is empty")
+    return value
+
+
+def format_ticket(query: Query) -> str:
+    """Format a :class:`Query` as ticket text (the inverse of :func:`parse_ticket`)."""
+    if query.target is Target.TICKS:
+        assert query.symbol is not None
+        head = query.symbol
+    else:
+        head = SNAPSHOT if query.target is Target.SNAPSHOT else EVENTS
+    parts = []
+    for key in _KEYS:
+        value = getattr(query, key)
+        if value is None or (key == "follow" and not value):
+            continue
+        if key == "columns":
+            text = ",".join(value)
+        elif key == "follow":
+            text = "true"
+        else:
+            text = str(value)
+        parts.append(f"{key}={quote(text, safe='/,:-_.')}")
+    return head + ("?" + "&".join(parts) if parts else "")
+
+
+def parse_descriptor(descriptor_type: str, path: list[bytes] | None,
+                     command: bytes | None) -> Query:
+    """Turn a Flight descriptor into a :class:`Query`.
+
+    Args:
+        descriptor_type: ``"path"`` or ``"cmd"``.
+        path: Path elements for a path descriptor.
+        command: Command bytes for a command descriptor.
+
+    Raises:
+        InvalidDescriptor: The descriptor is neither form.
+        RequestTooLarge: The command or path is over 4 KiB.
+    """
+    if descriptor_type == "path":
+        elements = path or []
+        check_size(b"/".join(elements), "descriptor path")
+        try:
+            names = [e.decode("utf-8") for e in elements]
+        except UnicodeDecodeError:
+            raise InvalidDescriptor("descriptor path is not valid UTF-8") from None
+        if len(names) == 1:
+            exchange, symbol = None, names[0]
+        elif len(names) == 2:
+            exchange, symbol = names
+        else:
+            raise InvalidDescriptor(f"descriptor path has {len(names)} elements; expected "
+                                    "[symbol] or [exchange, symbol]")
+        try:
+            return Query(Target.TICKS, symbol=symbol, exchange=exchange)
+        except InvalidTicket as exc:
+            raise InvalidDescriptor(f"descriptor path: {exc}") from None
+    command = command or b""
+    check_size(command, "descriptor command")
+    stripped = command.lstrip()
+    if stripped.startswith(b"{"):
+        return _parse_json_command(stripped)
+    try:
+        return parse_ticket(command)
+    except InvalidTicket as exc:
+        raise InvalidDescriptor(f"descriptor command: {exc}") from None
+
+
+def _parse_json_command(data: bytes) -> Query:
+    try:
+        body = json.loads(data)
+    except (ValueError, RecursionError):
+        raise InvalidDescriptor("descriptor command is not valid JSON; expected a ticket or "
+                                '{"symbol": "BTC/USDT", "latest": 100, ...}') from None
+    if not isinstance(body, dict):
+        raise InvalidDescriptor("descriptor command must be a JSON object")
+    unknown = sorted(set(body) - _JSON_KEYS)
+    if unknown:
+        raise InvalidDescriptor(f"unknown key {unknown[0]!r} in descriptor command; allowed: "
+                                f"{', '.join(sorted(_JSON_KEYS))}")
+    symbol = body.get("symbol")
+    if not isinstance(symbol, str):
+        raise InvalidDescriptor('descriptor command needs "symbol" as a string')
+    exchange = body.get("exchange")
+    if exchange is not None and not isinstance(exchange, str):
+        raise InvalidDescriptor('"exchange" must be a string or null')
+    latest = body.get("latest")
+    if latest is not None and (isinstance(latest, bool) or not isinstance(latest, int)):
+        raise InvalidDescriptor(f'"latest" must be an integer, got {latest!r}')
+    times: dict[str, int | None] = {}
+    for key in ("start", "end"):
+        value = body.get(key)
+        if value is None:
+            times[key] = None
+        elif isinstance(value, bool) or not isinstance(value, (int, str)):
+            raise InvalidDescriptor(f'"{key}" must be Unix ms or an ISO-8601 string')
+        elif isinstance(value, int):
+            times[key] = value
+        else:
+            try:
+                times[key] = parse_time(value, key)
+            except InvalidTicket as exc:
+                raise InvalidDescriptor(str(exc)) from None
+    columns = body.get("columns")
+    if columns is not None:
+        if isinstance(columns, str):
+            columns = columns.split(",")
+        if not isinstance(columns, list) or not all(isinstance(c, str) for c in columns):
+            raise InvalidDescriptor('"columns" must be a list of column names')
+        columns = tuple(columns)
+    target = Target.SNAPSHOT if symbol == SNAPSHOT else (
+        Target.EVENTS if symbol == EVENTS else Target.TICKS)
+    try:
+        return Query(target, symbol=symbol if target is Target.TICKS else None,
+                     exchange=exchange, latest=latest, start=times["start"], end=times["end"],
+                     columns=columns)
+    except InvalidTicket as exc:
+        raise InvalidDescriptor(str(exc)) from None
