@@ -1,0 +1,170 @@
+"""Assembly of a running flight_md: store, ingestion thread, optional emulator, Flight server.
+
+:class:`MarketDataApp` is what ``flight-md serve`` runs, and what tests and notebooks use to run
+the same thing in-process::
+
+    with MarketDataApp(ServerConfig(demo=True, port=0)) as app:
+        client = pyarrow.flight.connect(app.location)
+
+Ingestion (ccxt streams, and the emulator in demo mode) runs on one asyncio loop in a
+background thread; the Flight server runs on gRPC's threads. They meet at the buffer and at
+:class:`~flight_md.ingest.manager.ThreadedControl`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections.abc import Coroutine
+from typing import Any, Final, TypeVar
+
+from flight_md.buffer import MarketDataBuffer
+from flight_md.config import DEMO_SYMBOLS, ServerConfig, StreamConfig
+from flight_md.errors import ConfigError
+from flight_md.events import EventLog
+
+__all__ = ["DEMO_RATE", "MarketDataApp"]
+
+logger = logging.getLogger(__name__)
+
+DEMO_RATE: Final = 25.0
+"""Messages per second of the demo market, across its symbols (several a second each)."""
+START_TIMEOUT_S: Final = 30.0
+
+T = TypeVar("T")
+
+
+class MarketDataApp:
+    """A complete server: buffer, event log, ingestion loop thread and Flight service.
+
+    Args:
+        config: What to run. ``config.demo`` starts a synthetic Binance-protocol exchange
+            emulator on loopback and streams from it through real ccxt.
+        emulator_options: Extra keyword arguments for the demo's ``Emulator``.
+    """
+
+    def __init__(self, config: ServerConfig, **emulator_options: Any) -> None:
+        self.config = config
+        self.buffer = MarketDataBuffer(config.buffer_size)
+        self.events = EventLog()
+        self._emulator_options = emulator_options
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self.manager: Any = None
+        self.emulator: Any = None
+        self.server: Any = None
+
+    # -- the ingestion loop ------------------------------------------------------------------
+
+    def _run(self, coro: Coroutine[Any, Any, T], timeout: float = START_TIMEOUT_S) -> T:
+        assert self._loop is not None
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
+
+    def _start_loop(self) -> None:
+        loop = asyncio.new_event_loop()
+        self._loop = loop
+        self._thread = threading.Thread(target=loop.run_forever, name="flight-md-ingest",
+                                        daemon=True)
+        self._thread.start()
+
+    @property
+    def streams(self) -> tuple[StreamConfig, ...]:
+        if not self.config.demo:
+            return self.config.streams
+        assert self.emulator is not None
+        return (StreamConfig("binance", DEMO_SYMBOLS, channel="ticker", mode="websocket",
+                             url=self.emulator.url, heartbeat_interval=10.0,
+                             reconnect_delay=0.5, max_reconnect_delay=5.0,
+                             buffer_size=self.config.buffer_size),)
+
+    def start(self) -> MarketDataApp:
+        """Start ingestion (and the demo emulator), then the Flight server."""
+        from flight_md.service import FlightMarketDataServer
+
+        control = None
+        if self.config.demo or self.config.streams:
+            from flight_md.ingest.manager import MarketDataManager, ThreadedControl
+
+            self._start_loop()
+            assert self._loop is not None
+            if self.config.demo:
+                from flight_md.emulator import Emulator
+
+                options = {"exchange": "binance", "symbols": DEMO_SYMBOLS, "rate": DEMO_RATE,
+                           "seed": 7, **self._emulator_options}
+                self.emulator = Emulator(**options)
+                self._run(self.emulator.start())
+                logger.info("demo: exchange emulator (binance protocol) at %s", self.emulator.url)
+            self.manager = self._run(self._make_manager(MarketDataManager))
+            for stream in self.streams:
+                self._run(self.manager.add_stream(stream.exchange, symbols=list(stream.symbols),
+                                                  buffer_size=stream.buffer_size,
+                                                  **stream.stream_kwargs()))
+                logger.info("streaming %s: %s", stream.exchange, ", ".join(stream.symbols))
+            control = ThreadedControl(self.manager, self._loop)
+        self.server = FlightMarketDataServer(self.config.location, self.buffer,
+                                             events=self.events, control=control,
+                                             follow_max_lag=self.config.follow_max_lag,
+                                             **self._security())
+        logger.info("serving on %s", self.location)
+        return self
+
+    async def _make_manager(self, factory: Any) -> Any:
+        return factory(buffer=self.buffer, events=self.events)
+
+    def _security(self) -> dict[str, Any]:
+        options: dict[str, Any] = {}
+        config = self.config
+        if config.auth_tokens or config.read_only_tokens:
+            from flight_md.auth import MIDDLEWARE_KEY, TokenAuth
+
+            auth = TokenAuth(config.auth_tokens, config.read_only_tokens)
+            options["middleware"] = {MIDDLEWARE_KEY: auth}
+            options["authorize"] = auth.authorize
+        if config.tls_cert is not None and config.tls_key is not None:
+            try:
+                cert = config.tls_cert.read_bytes()
+                key = config.tls_key.read_bytes()
+                options["tls_certificates"] = [(cert, key)]
+                if config.tls_client_ca is not None:
+                    options["verify_client"] = True
+                    options["root_certificates"] = config.tls_client_ca.read_bytes()
+            except OSError as exc:
+                raise ConfigError(f"cannot read TLS file {exc.filename!r}: {exc.strerror}") from None
+        return options
+
+    @property
+    def location(self) -> str:
+        """Where clients connect (with the real port when the config asked for port 0)."""
+        assert self.server is not None
+        scheme = "grpc+tls" if self.config.tls_cert else "grpc"
+        host = "127.0.0.1" if self.config.host in ("0.0.0.0", "::") else self.config.host
+        host = f"[{host}]" if ":" in host else host
+        return f"{scheme}://{host}:{self.server.port}"
+
+    def stop(self, grace: float = 2.0) -> None:
+        """Stop the server (bounded, see ``FlightMarketDataServer.stop``), then ingestion."""
+        if self.server is not None:
+            self.server.stop(grace)
+            self.server = None
+        if self._loop is not None:
+            try:
+                if self.manager is not None:
+                    self._run(self.manager.shutdown(), timeout=grace * 2)
+                if self.emulator is not None:
+                    self._run(self.emulator.stop(), timeout=grace * 2)
+            except Exception:  # the process is exiting; never hang or mask the cause
+                logger.warning("ingestion did not stop cleanly", exc_info=True)
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            if self._thread is not None:
+                self._thread.join(grace)
+            if not self._loop.is_running():
+                self._loop.close()
+            self._loop = None
+
+    def __enter__(self) -> MarketDataApp:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()

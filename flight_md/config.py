@@ -1,0 +1,248 @@
+"""Server configuration: from ``flight-md serve`` options or a TOML file, pure.
+
+A config file describes the server and any number of exchanges::
+
+    [server]
+    host = "127.0.0.1"          # exposing beyond loopback is an explicit choice
+    port = 8815
+    buffer_size = 10000
+    auth_token_file = "tokens.txt"   # optional; see flight_md.auth
+    tls_cert = "server.pem"          # optional, with tls_key (and tls_client_ca for mTLS)
+    tls_key = "server.key"
+
+    [[exchanges]]
+    id = "binance"
+    symbols = ["BTC/USDT", "ETH/USDT"]
+    channel = "ticker"          # or "bidask"
+    mode = "auto"               # "websocket" | "rest"
+    url = "http://127.0.0.1:9000"    # optional: point ccxt at an emulator
+    api_key_env = "BINANCE_API_KEY"  # keys come from the environment, never the file
+
+Secrets never live in this module's values as plain fields that print: :class:`Secret`
+masks itself in ``repr`` and ``str``.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Final
+
+from flight_md.errors import ConfigError
+from flight_md.tickets import EXCHANGE_RE, SYMBOL_RE
+
+__all__ = ["DEMO_SYMBOLS", "Secret", "ServerConfig", "StreamConfig", "load_config"]
+
+DEMO_SYMBOLS: Final = ("BTC/USDT", "ETH/USDT", "SOL/USDT", "BNB/USDT", "XRP/USDT")
+CHANNELS: Final = ("ticker", "bidask")
+MODES: Final = ("auto", "websocket", "rest")
+
+
+class Secret:
+    """A string that never shows itself in ``repr``, ``str`` or f-strings."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        """The secret itself, for handing to ccxt only."""
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('***')"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
+@dataclass(frozen=True, slots=True)
+class StreamConfig:
+    """One exchange stream: every :class:`~flight_md.ingest.stream.MarketDataStream` option."""
+
+    exchange: str
+    symbols: tuple[str, ...] = ()
+    channel: str = "ticker"
+    mode: str = "auto"
+    url: str | None = None
+    testnet: bool = False
+    buffer_size: int = 10_000
+    heartbeat_interval: float = 30.0
+    reconnect_delay: float = 5.0
+    max_reconnect_delay: float = 300.0
+    poll_interval: float = 2.0
+    api_key: Secret | None = None
+    api_secret: Secret | None = None
+
+    def __post_init__(self) -> None:
+        if not EXCHANGE_RE.fullmatch(self.exchange):
+            raise ConfigError(f"invalid exchange id {self.exchange!r}; expected a ccxt id such "
+                              "as 'binance'")
+        for symbol in self.symbols:
+            if not SYMBOL_RE.fullmatch(symbol):
+                raise ConfigError(f"invalid symbol {symbol!r} for {self.exchange}; expected "
+                                  "e.g. 'BTC/USDT'")
+        if self.channel not in CHANNELS:
+            raise ConfigError(f"invalid channel {self.channel!r}; allowed: {', '.join(CHANNELS)}")
+        if self.mode not in MODES:
+            raise ConfigError(f"invalid mode {self.mode!r}; allowed: {', '.join(MODES)}")
+        for name in ("heartbeat_interval", "reconnect_delay", "max_reconnect_delay",
+                     "poll_interval"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
+                raise ConfigError(f"{name} must be a positive number, got {value!r}")
+        if self.max_reconnect_delay < self.reconnect_delay:
+            raise ConfigError("max_reconnect_delay must be >= reconnect_delay")
+        if not isinstance(self.buffer_size, int) or self.buffer_size < 1:
+            raise ConfigError(f"buffer_size must be a positive integer, got {self.buffer_size!r}")
+
+    def stream_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for ``MarketDataStream`` (secrets revealed for ccxt only)."""
+        return {
+            "testnet": self.testnet,
+            "api_key": self.api_key.reveal() if self.api_key else None,
+            "api_secret": self.api_secret.reveal() if self.api_secret else None,
+            "heartbeat_interval": self.heartbeat_interval,
+            "reconnect_delay": self.reconnect_delay,
+            "max_reconnect_delay": self.max_reconnect_delay,
+            "channel": self.channel,
+            "mode": self.mode,
+            "poll_interval": self.poll_interval,
+            "url": self.url,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    """The whole server."""
+
+    host: str = "127.0.0.1"
+    port: int = 8815
+    buffer_size: int = 10_000
+    streams: tuple[StreamConfig, ...] = ()
+    demo: bool = False
+    auth_tokens: tuple[Secret, ...] = ()
+    read_only_tokens: tuple[Secret, ...] = ()
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_client_ca: Path | None = None
+    follow_max_lag: int | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.port, int) or not 0 <= self.port <= 65535:
+            raise ConfigError(f"invalid port {self.port!r}; expected 0-65535")
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ConfigError("TLS needs both --tls-cert and --tls-key")
+        if self.tls_client_ca is not None and self.tls_cert is None:
+            raise ConfigError("--tls-client-ca (mutual TLS) needs --tls-cert and --tls-key")
+        if self.demo and self.streams:
+            raise ConfigError("--demo runs its own emulated exchange; drop --exchange/--config "
+                              "streams or drop --demo")
+
+    @property
+    def location(self) -> str:
+        scheme = "grpc+tls" if self.tls_cert else "grpc"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{scheme}://{host}:{self.port}"
+
+
+def read_tokens(path: Path) -> tuple[Secret, ...]:
+    """Read bearer tokens, one per line (blank lines and ``#`` comments ignored)."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        raise ConfigError(f"cannot read token file {str(path)!r}: {exc.strerror}") from None
+    tokens = tuple(Secret(line.strip()) for line in lines
+                   if line.strip() and not line.lstrip().startswith("#"))
+    if not tokens:
+        raise ConfigError(f"token file {str(path)!r} holds no tokens")
+    return tokens
+
+
+def secret_from_env(variable: str | None) -> Secret | None:
+    """The value of an environment variable as a :class:`Secret` (None when unset)."""
+    if not variable:
+        return None
+    value = os.environ.get(variable)
+    if value is None:
+        raise ConfigError(f"environment variable {variable!r} is not set")
+    return Secret(value)
+
+
+_STREAM_KEYS: Final = {f.name for f in fields(StreamConfig)} - {"exchange", "api_key",
+                                                                 "api_secret"}
+
+
+def load_config(path: Path) -> ServerConfig:
+    """Load a TOML config file (see the module docstring).
+
+    Raises:
+        ConfigError: The file is unreadable or invalid; the message names the key.
+    """
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"cannot read config {str(path)!r}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config {str(path)!r} is not valid TOML: {exc}") from None
+    unknown = sorted(set(data) - {"server", "exchanges"})
+    if unknown:
+        raise ConfigError(f"unknown section {unknown[0]!r} in {str(path)!r}; allowed: server, "
+                          "exchanges")
+    server = dict(data.get("server", {}))
+    base = path.parent
+    tokens: tuple[Secret, ...] = ()
+    read_only: tuple[Secret, ...] = ()
+    if "auth_token_file" in server:
+        tokens = read_tokens(base / server.pop("auth_token_file"))
+    if "read_only_token_file" in server:
+        read_only = read_tokens(base / server.pop("read_only_token_file"))
+    for key in ("auth_tokens", "read_only_tokens"):
+        values = server.pop(key, [])
+        if not isinstance(values, list) or not all(isinstance(v, str) and v for v in values):
+            raise ConfigError(f"[server] {key} must be a list of non-empty strings")
+        if key == "auth_tokens":
+            tokens += tuple(Secret(v) for v in values)
+        else:
+            read_only += tuple(Secret(v) for v in values)
+    paths = {k: base / server.pop(k) for k in ("tls_cert", "tls_key", "tls_client_ca")
+             if k in server}
+    allowed = {"host", "port", "buffer_size", "follow_max_lag"}
+    bad = sorted(set(server) - allowed)
+    if bad:
+        raise ConfigError(f"unknown key {bad[0]!r} in [server]; allowed: "
+                          "host, port, buffer_size, follow_max_lag, auth_token_file, "
+                          "read_only_token_file, auth_tokens, read_only_tokens, tls_cert, "
+                          "tls_key, tls_client_ca")
+    buffer_size = server.get("buffer_size", 10_000)
+    streams = []
+    for index, entry in enumerate(data.get("exchanges", [])):
+        if not isinstance(entry, dict) or "id" not in entry:
+            raise ConfigError(f"[[exchanges]] entry {index + 1} needs an id")
+        entry = dict(entry)
+        exchange = entry.pop("id")
+        key = secret_from_env(entry.pop("api_key_env", None))
+        secret = secret_from_env(entry.pop("api_secret_env", None))
+        bad = sorted(set(entry) - _STREAM_KEYS)
+        if bad:
+            raise ConfigError(f"unknown key {bad[0]!r} for exchange {exchange!r}; allowed: id, "
+                              f"{', '.join(sorted(_STREAM_KEYS))}, api_key_env, api_secret_env")
+        entry.setdefault("buffer_size", buffer_size)
+        if "symbols" in entry:
+            entry["symbols"] = tuple(entry["symbols"])
+        try:
+            streams.append(StreamConfig(exchange=exchange, api_key=key, api_secret=secret,
+                                        **entry))
+        except TypeError as exc:
+            raise ConfigError(f"invalid settings for exchange {exchange!r}: {exc}") from None
+    return ServerConfig(streams=tuple(streams), auth_tokens=tokens, read_only_tokens=read_only,
+                        **server, **{k: v for k, v in paths.items()})
