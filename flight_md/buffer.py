@@ -104,7 +104,7 @@ class _Segment:
 
     @property
     def end_seq(self) -> int:
-        return self.first_seq + self.batch.num_rows
+        return self.first_seq + int(self.batch.num_rows)
 
 
 def _seal(rows: list[tuple[Any, ...]]) -> pa.RecordBatch:

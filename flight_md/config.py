@@ -230,8 +230,8 @@ def load_config(path: Path) -> ServerConfig:
             raise ConfigError(f"[[exchanges]] entry {index + 1} needs an id")
         entry = dict(entry)
         exchange = entry.pop("id")
-        key = secret_from_env(entry.pop("api_key_env", None))
-        secret = secret_from_env(entry.pop("api_secret_env", None))
+        api_key = secret_from_env(entry.pop("api_key_env", None))
+        api_secret = secret_from_env(entry.pop("api_secret_env", None))
         bad = sorted(set(entry) - _STREAM_KEYS)
         if bad:
             raise ConfigError(f"unknown key {bad[0]!r} for exchange {exchange!r}; allowed: id, "
@@ -240,8 +240,8 @@ def load_config(path: Path) -> ServerConfig:
         if "symbols" in entry:
             entry["symbols"] = tuple(entry["symbols"])
         try:
-            streams.append(StreamConfig(exchange=exchange, api_key=key, api_secret=secret,
-                                        **entry))
+            streams.append(StreamConfig(exchange=exchange, api_key=api_key,
+                                        api_secret=api_secret, **entry))
         except TypeError as exc:
             raise ConfigError(f"invalid settings for exchange {exchange!r}: {exc}") from None
     return ServerConfig(streams=tuple(streams), auth_tokens=tokens, read_only_tokens=read_only,

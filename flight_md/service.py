@@ -34,8 +34,14 @@ import pyarrow as pa
 import pyarrow.flight as flight
 
 from flight_md import errors
-from flight_md.actions import ACTIONS, ActionName, ClearRequest, SubscribeRequest, encode_result, \
-    parse_action
+from flight_md.actions import (
+    ACTIONS,
+    ActionName,
+    ClearRequest,
+    SubscribeRequest,
+    encode_result,
+    parse_action,
+)
 from flight_md.buffer import MarketDataBuffer
 from flight_md.control import IngestionControl
 from flight_md.events import EventKind, EventLog
