@@ -137,12 +137,17 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     _serve_parser(sub)
-    try:
-        from flight_md.emulator import command as emulator_command
-    except ImportError:  # pragma: no cover - the emulator ships with the package
-        pass
-    else:
-        emulator_command.register(sub)
+    from flight_md.emulator import command as emulator_command
+
+    emulator = sub.add_parser("emulator", help="run the local exchange emulator",
+                              description="Run an exchange emulator (Binance spot or Bybit v5 "
+                              "protocol) on loopback: synthetic markets or recorded sessions.")
+    emulator_command.add_arguments(emulator)
+    emulator.set_defaults(func=emulator_command.run)
+    fault = sub.add_parser("emulator-fault", help="switch a fault on a running emulator",
+                           description="Inject or clear faults on a running emulator.")
+    emulator_command.add_fault_arguments(fault)
+    fault.set_defaults(func=emulator_command.run_fault)
     try:
         from flight_md import terminal
     except ImportError:  # pragma: no cover
