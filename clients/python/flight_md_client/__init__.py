@@ -1,0 +1,65 @@
+"""flight_md_client: the analyst's client for a flight_md market data server.
+
+::
+
+    from datetime import timedelta
+    from flight_md_client import MarketDataClient
+
+    with MarketDataClient("grpc://127.0.0.1:8815") as md:
+        md.symbols()                                      # what is buffered
+        ticks = md.latest("BTC/USDT", 500)                # pyarrow.Table
+        df = md.range_pandas("BTC/USDT", start=timedelta(minutes=5))
+        for batch in md.tail("BTC/USDT"):                 # live, until close() or Ctrl-C
+            print(batch.to_pylist())
+
+Depends on pyarrow only; ``pip install 'flight-md-client[pandas]'`` / ``[polars]`` for the data
+frame helpers.
+"""
+
+from __future__ import annotations
+
+from flight_md_client.client import DEFAULT_LOCATION, MarketDataClient, SymbolInfo, ticket
+from flight_md_client.errors import (
+    ConnectionFailed,
+    FlightMdClientError,
+    InvalidRequest,
+    NotFound,
+    PermissionDenied,
+    ServerError,
+    SlowConsumer,
+    TimedOut,
+    Unauthenticated,
+    Unavailable,
+    Unimplemented,
+)
+from flight_md_client.frames import to_pandas, to_polars, with_datetimes
+from flight_md_client.tail import LiveTail, TailEnd
+from flight_md_client.times import TimeLike, format_ms, to_ms
+
+__all__ = [
+    "DEFAULT_LOCATION",
+    "ConnectionFailed",
+    "FlightMdClientError",
+    "InvalidRequest",
+    "LiveTail",
+    "MarketDataClient",
+    "NotFound",
+    "PermissionDenied",
+    "ServerError",
+    "SlowConsumer",
+    "SymbolInfo",
+    "TailEnd",
+    "TimeLike",
+    "TimedOut",
+    "Unauthenticated",
+    "Unavailable",
+    "Unimplemented",
+    "format_ms",
+    "ticket",
+    "to_ms",
+    "to_pandas",
+    "to_polars",
+    "with_datetimes",
+]
+
+__version__ = "0.1.0"

@@ -1,0 +1,476 @@
+"""The analyst's client: :class:`MarketDataClient`.
+
+It speaks flight_md's ticket and action protocol over plain ``pyarrow.flight`` (the protocol is
+written out in the server's README and in ``clients/examples/raw_flight.py``), returns
+``pyarrow.Table`` everywhere, and raises the typed errors of :mod:`flight_md_client.errors`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import time
+import weakref
+from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Final, Self
+from urllib.parse import quote
+
+import pyarrow as pa
+from pyarrow import flight
+
+from flight_md_client.errors import ConnectionFailed, FlightMdClientError, translate
+from flight_md_client.frames import to_pandas, to_polars
+from flight_md_client.tail import LiveTail, aiterate
+from flight_md_client.times import TimeLike, to_ms
+
+if TYPE_CHECKING:
+    import pandas
+    import polars
+
+__all__ = ["DEFAULT_LOCATION", "MarketDataClient", "SymbolInfo"]
+
+DEFAULT_LOCATION: Final = "grpc://127.0.0.1:8815"
+DEFAULT_TIMEOUT: Final = 30.0
+_SAFE: Final = "/,:-_."  # characters the server's ticket formatter leaves unescaped
+
+Columns = str | Sequence[str] | None
+"""A projection: ``"timestamp,price"`` or ``["timestamp", "price"]``; ``None`` for all."""
+PemLike = bytes | str | os.PathLike[str] | None
+"""PEM text (``bytes`` or a ``str`` starting with ``-----BEGIN``) or the path of a PEM file."""
+
+
+@dataclass(frozen=True, slots=True)
+class SymbolInfo:
+    """One buffered (exchange, symbol), as listed by :meth:`MarketDataClient.symbols`.
+
+    Attributes:
+        exchange: ccxt exchange id, e.g. ``"binance"``.
+        symbol: Unified symbol, e.g. ``"BTC/USDT"``.
+        records: Ticks currently stored.
+        ticket: A ticket that reads the whole buffer.
+    """
+
+    exchange: str
+    symbol: str
+    records: int
+    ticket: str
+
+
+def _pem(value: PemLike, name: str) -> bytes | None:
+    if value is None:
+        return None
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, str) and value.lstrip().startswith("-----BEGIN"):
+        return value.encode()
+    try:
+        with open(value, "rb") as handle:
+            return handle.read()
+    except OSError as exc:
+        raise ValueError(f"{name}: cannot read {os.fspath(value)!r}: {exc.strerror}") from None
+
+
+def _columns(columns: Columns) -> str | None:
+    if columns is None:
+        return None
+    if isinstance(columns, str):
+        return columns
+    names = list(columns)
+    if not all(isinstance(c, str) for c in names):
+        raise TypeError(f"columns must be names (str), got {names!r}")
+    return ",".join(names)
+
+
+def _count(value: int | None, name: str) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {value!r}")
+    if value < 0:
+        raise ValueError(f"{name} must be >= 0, got {value!r}")
+    return value
+
+
+def _symbol_list(symbols: str | Iterable[str], name: str) -> list[str]:
+    items = [symbols] if isinstance(symbols, str) else list(symbols)
+    if not all(isinstance(s, str) for s in items):
+        raise TypeError(f"{name} must be a symbol or a list of symbols, got {symbols!r}")
+    return items
+
+
+def ticket(target: str, **params: Any) -> str:
+    """Format a ticket: ``target`` (a symbol, ``"*"`` or ``"@events"``) and its parameters.
+
+    Parameters that are ``None`` are left out; values are percent-encoded like the server's own
+    formatter (so ``+01:00`` in an ISO time becomes ``%2B01:00``).
+    """
+    parts = []
+    for key, value in params.items():
+        if value is None or value is False:
+            continue
+        text = "true" if value is True else str(value)
+        parts.append(f"{key}={quote(text, safe=_SAFE)}")
+    return target + ("?" + "&".join(parts) if parts else "")
+
+
+class MarketDataClient:
+    """A connection to a flight_md server.
+
+    Args:
+        location: ``grpc://host:port`` (``grpc+tls://`` for TLS); a bare ``host:port`` means
+            ``grpc://`` (``grpc+tls://`` when TLS options are given).
+        token: Bearer token sent as ``authorization: Bearer <token>`` on every call.
+        tls_root_certs: CA certificate(s) to verify the server (PEM text or a file path).
+        cert_chain: Client certificate for mutual TLS (PEM text or path).
+        private_key: The client certificate's key (PEM text or path).
+        override_hostname: Expect this name in the server certificate.
+        timeout: Deadline in seconds for every call except live tails (``None``: none).
+
+    Raises:
+        ValueError: A bad location, an unreadable PEM file, TLS options with a plaintext
+            location, or only one of ``cert_chain``/``private_key``.
+
+    The constructor does not connect; the first call does (use :meth:`wait_ready` to wait for
+    a server that is starting). Calls are thread-safe. Use it as a context manager, or call
+    :meth:`close`, which also stops this client's live tails.
+    """
+
+    def __init__(self, location: str = DEFAULT_LOCATION, *, token: str | None = None,
+                 tls_root_certs: PemLike = None, cert_chain: PemLike = None,
+                 private_key: PemLike = None, override_hostname: str | None = None,
+                 timeout: float | None = DEFAULT_TIMEOUT) -> None:
+        root = _pem(tls_root_certs, "tls_root_certs")
+        chain = _pem(cert_chain, "cert_chain")
+        key = _pem(private_key, "private_key")
+        if (chain is None) != (key is None):
+            raise ValueError("mutual TLS needs both cert_chain and private_key")
+        tls = root is not None or chain is not None
+        if "://" not in location:
+            location = ("grpc+tls://" if tls else "grpc://") + location
+        if tls and not location.startswith("grpc+tls://"):
+            raise ValueError(f"TLS options need a grpc+tls:// location, got {location!r}")
+        self.location = location
+        self.timeout = timeout
+        self._headers: list[tuple[bytes, bytes]] = []
+        if token is not None:
+            token = token.strip()
+            if not token:
+                raise ValueError("token is empty")
+            self._headers.append((b"authorization", b"Bearer " + token.encode()))
+        options: dict[str, Any] = {}
+        if root is not None:
+            options["tls_root_certs"] = root
+        if chain is not None:
+            options["cert_chain"] = chain
+            options["private_key"] = key
+        if override_hostname is not None:
+            options["override_hostname"] = override_hostname
+        try:
+            self._client = flight.FlightClient(location, **options)
+        except (pa.ArrowException, flight.FlightError) as exc:
+            raise ValueError(f"invalid location {location!r}: "
+                             f"{translate(exc, location).message}") from None
+        self._closed = False
+        self._tails: weakref.WeakSet[LiveTail] = weakref.WeakSet()
+
+    # -- plumbing --------------------------------------------------------------------------
+
+    def _options(self, timeout: float | None | bool = True) -> flight.FlightCallOptions:
+        """Call options: the bearer header, and the deadline unless ``timeout`` says otherwise."""
+        deadline = self.timeout if timeout is True else (None if timeout is False else timeout)
+        return flight.FlightCallOptions(timeout=deadline, headers=self._headers)
+
+    @contextlib.contextmanager
+    def _translated(self) -> Iterator[None]:
+        """Every pyarrow error leaves as a :class:`FlightMdClientError` (the only place)."""
+        if self._closed:
+            raise RuntimeError("this MarketDataClient is closed")
+        try:
+            yield
+        except FlightMdClientError:
+            raise
+        except (pa.ArrowException, flight.FlightError) as exc:
+            raise translate(exc, self.location) from None
+
+    def get(self, ticket_text: str) -> pa.Table:
+        """Read one ticket (any ticket of the grammar) into a table: the escape hatch."""
+        with self._translated():
+            reader = self._client.do_get(flight.Ticket(ticket_text.encode()), self._options())
+            return reader.read_all()
+
+    def action(self, name: str, body: dict[str, Any] | None = None) -> Any:
+        """Run any action with a JSON body and return its decoded JSON result: the escape hatch.
+
+        Raises:
+            Unimplemented: The server has no such action.
+        """
+        payload = json.dumps(body).encode() if body else b""
+        with self._translated():
+            results = list(self._client.do_action(flight.Action(name, payload), self._options()))
+        if not results:
+            return None
+        return json.loads(results[0].body.to_pybytes())
+
+    # -- reads -----------------------------------------------------------------------------
+
+    def symbols(self, exchange: str | None = None) -> list[SymbolInfo]:
+        """Every buffered (exchange, symbol) with its record count, sorted.
+
+        Args:
+            exchange: Only this exchange.
+        """
+        out = []
+        with self._translated():
+            for info in self._client.list_flights(b"", self._options()):
+                path = [p.decode() if isinstance(p, bytes) else p
+                        for p in (info.descriptor.path or [])]
+                if len(path) != 2:
+                    continue
+                ticket_text = info.endpoints[0].ticket.ticket.decode() if info.endpoints else ""
+                out.append(SymbolInfo(path[0], path[1], info.total_records, ticket_text))
+        return sorted((s for s in out if exchange is None or s.exchange == exchange),
+                      key=lambda s: (s.exchange, s.symbol))
+
+    def latest(self, symbol: str, n: int = 100, *, exchange: str | None = None,
+               columns: Columns = None) -> pa.Table:
+        """The newest ``n`` ticks of ``symbol``, oldest first.
+
+        Args:
+            symbol: Unified symbol, e.g. ``"BTC/USDT"``.
+            n: Rows wanted (more than the server's buffer returns what is stored).
+            exchange: ccxt exchange id; needed only when the symbol is on several exchanges.
+            columns: A projection, e.g. ``["timestamp", "price"]``.
+
+        Raises:
+            NotFound: Unknown symbol or exchange (the message lists what is buffered).
+            InvalidRequest: A bad column name, or an ambiguous symbol without ``exchange``.
+        """
+        return self.get(ticket(symbol, latest=_count(n, "n"), exchange=exchange,
+                               columns=_columns(columns)))
+
+    def range(self, symbol: str, start: TimeLike | None = None, end: TimeLike | None = None,
+              *, exchange: str | None = None, columns: Columns = None,
+              latest: int | None = None) -> pa.Table:
+        """Ticks with ``start <= timestamp < end`` (exchange time), in arrival order.
+
+        Args:
+            symbol: Unified symbol.
+            start: Inclusive bound: a ``datetime`` (naive means UTC), an ISO-8601 string, Unix
+                ms (int), or a ``timedelta`` before now (``timedelta(minutes=5)``: five
+                minutes ago). ``None``: from the oldest stored tick.
+            end: Exclusive bound, same forms. ``None``: up to the newest.
+            exchange: ccxt exchange id, when needed.
+            columns: A projection.
+            latest: Keep only the newest ``latest`` rows of the range.
+
+        Raises:
+            ValueError, TypeError: ``start``/``end`` is not a time (checked before sending).
+            InvalidRequest: ``start`` after ``end``, bad columns.
+            NotFound: Unknown symbol or exchange.
+        """
+        now = time.time_ns() // 1_000_000
+        start_ms = None if start is None else to_ms(start, "start", now_ms=now)
+        end_ms = None if end is None else to_ms(end, "end", now_ms=now)
+        return self.get(ticket(symbol, latest=_count(latest, "latest"), start=start_ms,
+                               end=end_ms, exchange=exchange, columns=_columns(columns)))
+
+    def snapshot(self, exchange: str | None = None, *, columns: Columns = None) -> pa.Table:
+        """The market now: one row per buffered symbol, its newest tick."""
+        return self.get(ticket("*", exchange=exchange, columns=_columns(columns)))
+
+    def events(self, exchange: str | None = None, start: TimeLike | None = None,
+               end: TimeLike | None = None, latest: int | None = None) -> pa.Table:
+        """The ingestion event log (connects, reconnects, stale streams, subscribes, clears).
+
+        Columns: ``timestamp`` (Unix ms), ``exchange``, ``kind``, ``symbols``, ``detail``.
+        ``start``/``end`` take the same forms as in :meth:`range`.
+        """
+        now = time.time_ns() // 1_000_000
+        return self.get(ticket(
+            "@events", latest=_count(latest, "latest"),
+            start=None if start is None else to_ms(start, "start", now_ms=now),
+            end=None if end is None else to_ms(end, "end", now_ms=now), exchange=exchange))
+
+    # -- data frames -----------------------------------------------------------------------
+
+    def latest_pandas(self, symbol: str, n: int = 100, *, exchange: str | None = None,
+                      columns: Columns = None) -> pandas.DataFrame:
+        """:meth:`latest` as a pandas DataFrame indexed by a tz-aware UTC ``timestamp``.
+
+        ``receive_timestamp`` is a tz-aware UTC column too. Needs
+        ``pip install 'flight-md-client[pandas]'``.
+        """
+        return to_pandas(self.latest(symbol, n, exchange=exchange, columns=columns))
+
+    def latest_polars(self, symbol: str, n: int = 100, *, exchange: str | None = None,
+                      columns: Columns = None) -> polars.DataFrame:
+        """:meth:`latest` as a polars DataFrame (``Datetime("ms", "UTC")`` times).
+
+        Needs ``pip install 'flight-md-client[polars]'``.
+        """
+        return to_polars(self.latest(symbol, n, exchange=exchange, columns=columns))
+
+    def range_pandas(self, symbol: str, start: TimeLike | None = None,
+                     end: TimeLike | None = None, *, exchange: str | None = None,
+                     columns: Columns = None, latest: int | None = None) -> pandas.DataFrame:
+        """:meth:`range` as a pandas DataFrame indexed by a tz-aware UTC ``timestamp``."""
+        return to_pandas(self.range(symbol, start, end, exchange=exchange, columns=columns,
+                                    latest=latest))
+
+    def range_polars(self, symbol: str, start: TimeLike | None = None,
+                     end: TimeLike | None = None, *, exchange: str | None = None,
+                     columns: Columns = None, latest: int | None = None) -> polars.DataFrame:
+        """:meth:`range` as a polars DataFrame (``Datetime("ms", "UTC")`` times)."""
+        return to_polars(self.range(symbol, start, end, exchange=exchange, columns=columns,
+                                    latest=latest))
+
+    # -- live tails ------------------------------------------------------------------------
+
+    def tail(self, symbol: str, *, exchange: str | None = None, columns: Columns = None,
+             backlog: int = 0, start: TimeLike | None = None) -> LiveTail:
+        """Follow ``symbol`` live: an iterator of record batches as ticks arrive.
+
+        Args:
+            symbol: Unified symbol.
+            exchange: ccxt exchange id, when needed.
+            columns: A projection.
+            backlog: Newest stored ticks to receive first (0: only new ticks).
+            start: Instead (or on top) of ``backlog``, first every stored tick since this time.
+
+        Returns:
+            A :class:`~flight_md_client.LiveTail`: iterate it; ``close()`` it from any thread
+            (or leave a ``with`` block) to stop. Iteration stops cleanly when the server shuts
+            down (``end_reason == TailEnd.SERVER_CLOSED``); Ctrl-C closes the stream and
+            re-raises ``KeyboardInterrupt``; a lost connection raises ``ConnectionFailed``; a
+            reader that falls too far behind gets ``SlowConsumer``.
+
+        Raises:
+            NotFound, InvalidRequest: Raised here, before iterating.
+        """
+        backlog_rows = _count(backlog, "backlog")
+        text = ticket(symbol, latest=backlog_rows if start is None or backlog_rows else None,
+                      start=None if start is None else to_ms(start, "start"),
+                      exchange=exchange, columns=_columns(columns), follow=True)
+        with self._translated():
+            reader = self._client.do_get(flight.Ticket(text.encode()), self._options(False))
+        live = LiveTail(reader, symbol, self.location, on_close=self._tails.discard)
+        self._tails.add(live)
+        return live
+
+    async def atail(self, symbol: str, *, exchange: str | None = None, columns: Columns = None,
+                    backlog: int = 0, start: TimeLike | None = None
+                    ) -> AsyncIterator[pa.RecordBatch]:
+        """:meth:`tail` for asyncio: ``async for batch in client.atail("BTC/USDT"): ...``.
+
+        The stream is read on a thread; the event loop never blocks. Cancelling the task (or
+        leaving the loop) closes the stream. Ends like :meth:`tail`.
+        """
+        import asyncio
+
+        live = await asyncio.to_thread(self.tail, symbol, exchange=exchange, columns=columns,
+                                       backlog=backlog, start=start)
+        async for batch in aiterate(live):
+            yield batch
+
+    # -- actions ---------------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        """Connection state per exchange, counters per symbol, server counters.
+
+        Returns:
+            ``{"server": {...}, "exchanges": {id: {"state", "mode", "reconnects", ...}},
+            "symbols": [{"exchange", "symbol", "ticks_stored", "ticks_received",
+            "ticks_dropped", "age_ms", "stale", ...}]}``.
+        """
+        result = self.action("status")
+        assert isinstance(result, dict)
+        return result
+
+    def subscribe(self, symbols: str | Iterable[str], exchange: str | None = None
+                  ) -> dict[str, Any]:
+        """Start streaming symbols; returns ``{"exchange": ..., "subscribed": [...]}``.
+
+        Raises:
+            Unavailable: The server runs without ingestion.
+            PermissionDenied: The token is read-only.
+        """
+        body: dict[str, Any] = {"symbols": _symbol_list(symbols, "symbols")}
+        if exchange is not None:
+            body["exchange"] = exchange
+        result = self.action("subscribe", body)
+        assert isinstance(result, dict)
+        return result
+
+    def unsubscribe(self, symbols: str | Iterable[str], exchange: str | None = None
+                    ) -> dict[str, Any]:
+        """Stop streaming symbols (stored ticks stay); returns ``{"unsubscribed": [...]}``."""
+        body: dict[str, Any] = {"symbols": _symbol_list(symbols, "symbols")}
+        if exchange is not None:
+            body["exchange"] = exchange
+        result = self.action("unsubscribe", body)
+        assert isinstance(result, dict)
+        return result
+
+    def clear(self, symbols: str | Iterable[str] | None = None,
+              exchange: str | None = None) -> int:
+        """Drop stored ticks: of ``symbols``, or of everything (of ``exchange`` if given).
+
+        Returns:
+            The number of ticks dropped.
+        """
+        body: dict[str, Any] = {}
+        if symbols is not None:
+            body["symbols"] = _symbol_list(symbols, "symbols")
+        if exchange is not None:
+            body["exchange"] = exchange
+        result = self.action("clear", body)
+        return int(result["cleared"])
+
+    def actions(self) -> dict[str, str]:
+        """The server's actions and their descriptions."""
+        with self._translated():
+            return {a.type: a.description
+                    for a in self._client.list_actions(self._options())}
+
+    def wait_ready(self, timeout: float = 10.0) -> MarketDataClient:
+        """Wait until the server answers (e.g. right after starting it).
+
+        Raises:
+            ConnectionFailed: Still unreachable after ``timeout`` seconds.
+            Unauthenticated: The server is up but refuses the token.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                with self._translated():
+                    list(self._client.list_actions(self._options(min(2.0, timeout))))
+                return self
+            except (ConnectionFailed, TimeoutError):
+                if time.monotonic() >= deadline:
+                    raise
+                time.sleep(0.1)
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Stop this client's live tails and close the connection (idempotent)."""
+        if self._closed:
+            return
+        for live in list(self._tails):
+            live.close()
+        self._closed = True
+        with contextlib.suppress(Exception):
+            self._client.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        auth = ", token=***" if self._headers else ""
+        state = " closed" if self._closed else ""
+        return f"<MarketDataClient {self.location}{auth}{state}>"

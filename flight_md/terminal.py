@@ -1,0 +1,901 @@
+"""Terminal views over a running server: ``flight-md get``, ``status``, ``top`` and ``tail``.
+
+:func:`register` adds the four subcommands to the ``flight-md`` parser (each sets
+``func=handler``, ``handler(args) -> int``); :func:`main` runs them alone. They talk to the
+server with plain ``pyarrow.flight`` and build tickets with :mod:`flight_md.tickets`, so a bad
+argument is refused locally with the server's own message.
+
+Exit codes: 0 done (``q`` in ``top``, ``--count``/``--iterations`` reached, the server ended a
+tail); 1 the server is unreachable or refused the request, as one line on stderr and never a
+traceback; 2 a bad argument; 130 Ctrl-C.
+
+Every command takes ``--location`` (default ``$FLIGHT_MD_LOCATION`` or
+``grpc://127.0.0.1:8815``), ``--token`` / ``--token-file`` / ``$FLIGHT_MD_TOKEN`` (bearer
+token), ``--tls-root-certs FILE`` and ``--tls-cert FILE --tls-key FILE`` (mutual TLS), and
+``--timeout`` (seconds per request; live tails have none).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import functools
+import json
+import math
+import os
+import queue
+import re
+import select
+import shutil
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import IO, Any, Final, Self, TextIO
+
+import pyarrow as pa
+from pyarrow import flight
+
+from flight_md.errors import FlightMdError
+from flight_md.tickets import Query, Target, format_ticket, parse_time
+
+__all__ = ["DEFAULT_LOCATION", "main", "register"]
+
+DEFAULT_LOCATION: Final = "grpc://127.0.0.1:8815"
+DEFAULT_TIMEOUT_S: Final = 10.0
+TABLE_LATEST: Final = 20
+"""Rows ``get`` prints as a table when no ``--latest``/``--start``/``--end`` is given."""
+TIME_COLUMNS: Final = ("timestamp", "receive_timestamp")
+TAIL_COLUMNS: Final = ("price", "bid", "ask", "volume")
+_POLL_S: Final = 0.1
+_RELATIVE_RE: Final = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
+_UNIT_MS: Final = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
+_FLIGHT_PREFIX_RE: Final = re.compile(r"^Flight (?:returned|cancelled) [a-z ]*?(?:error|call), "
+                                      r"with message: ")
+_TAILS: Final = (". Detail: ", ". gRPC client debug context: ", "gRPC client debug context: ",
+                 ". Client context: ")
+EXIT_OK: Final = 0
+EXIT_ERROR: Final = 1
+EXIT_USAGE: Final = 2
+EXIT_INTERRUPTED: Final = 130
+
+
+class CommandError(Exception):
+    """A failure reported as one line on stderr (``flight-md: <message>``)."""
+
+    def __init__(self, message: str, code: int = EXIT_ERROR) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+# -- connection ------------------------------------------------------------------------------
+
+
+def _clean(text: str) -> str:
+    """The server's message, without pyarrow's prefix and debug tails."""
+    text = _FLIGHT_PREFIX_RE.sub("", text.strip())
+    for tail in _TAILS:
+        index = text.find(tail)
+        if index >= 0:
+            text = text[:index]
+    return text.strip()
+
+
+def _reason(text: str) -> str:
+    lowered = text.lower()
+    for needle, reason in (("connection refused", "connection refused"),
+                           ("resolv", "name resolution failed"),
+                           ("connection reset", "connection reset"),
+                           ("socket closed", "connection closed"),
+                           ("ssl", "TLS handshake failed"), ("handshake", "TLS handshake failed"),
+                           ("deadline", "timed out")):
+        if needle in lowered:
+            return reason
+    return _clean(text) or "unavailable"
+
+
+def _describe(exc: BaseException, location: str, streaming: bool = False) -> str:
+    """One line for a pyarrow error (the client package's error mapping, in brief)."""
+    text = str(exc)
+    message = _clean(text)
+    if "ResourceExhausted" in text:
+        return f"{message} (the terminal could not keep up)"
+    if isinstance(exc, flight.FlightUnavailableError) and (
+            text.startswith("Flight returned unavailable error") or "Detail:" not in text):
+        if streaming:
+            return f"lost the connection to {location} ({_reason(text)})"
+        return (f"cannot reach {location} ({_reason(text)}); is `flight-md serve` running?")
+    if isinstance(exc, flight.FlightTimedOutError):
+        return f"{location} did not answer in time (see --timeout)"
+    if isinstance(exc, flight.FlightUnauthenticatedError):
+        return f"{message} (pass --token, --token-file or set FLIGHT_MD_TOKEN)"
+    if isinstance(exc, flight.FlightInternalError) and any(
+            hint in text.lower() for hint in ("socket closed", "connection reset", "goaway")):
+        return f"lost the connection to {location} ({_reason(text)})"
+    return message or type(exc).__name__
+
+
+@dataclass
+class Connection:
+    """A Flight client with the bearer header and deadline every call needs."""
+
+    location: str
+    client: flight.FlightClient
+    headers: list[tuple[bytes, bytes]] = field(default_factory=list)
+    timeout: float | None = DEFAULT_TIMEOUT_S
+
+    def options(self, deadline: bool = True) -> flight.FlightCallOptions:
+        return flight.FlightCallOptions(timeout=self.timeout if deadline else None,
+                                        headers=self.headers)
+
+    @contextlib.contextmanager
+    def errors(self) -> Iterator[None]:
+        """pyarrow errors become one-line :class:`CommandError`."""
+        try:
+            yield
+        except (pa.ArrowException, flight.FlightError) as exc:
+            raise CommandError(_describe(exc, self.location)) from None
+
+    def table(self, query: Query) -> pa.Table:
+        with self.errors():
+            reader = self.client.do_get(flight.Ticket(format_ticket(query).encode()),
+                                        self.options())
+            return reader.read_all()
+
+    def action(self, name: str, body: dict[str, Any] | None = None) -> Any:
+        payload = json.dumps(body).encode() if body else b""
+        with self.errors():
+            results = list(self.client.do_action(flight.Action(name, payload), self.options()))
+        return json.loads(results[0].body.to_pybytes()) if results else None
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.client.close()
+
+
+def _read_file(path: str, what: str) -> bytes:
+    try:
+        return Path(path).expanduser().read_bytes()
+    except OSError as exc:
+        raise CommandError(f"cannot read {what} {path!r}: {exc.strerror}", EXIT_USAGE) from None
+
+
+def _token(args: argparse.Namespace) -> str | None:
+    if args.token:
+        return str(args.token).strip()
+    if args.token_file:
+        for line in _read_file(args.token_file, "--token-file").decode().splitlines():
+            line = line.strip()
+            if line and not line.startswith("#"):
+                return line
+        raise CommandError(f"--token-file {args.token_file!r} holds no token", EXIT_USAGE)
+    env = os.environ.get("FLIGHT_MD_TOKEN", "").strip()
+    return env or None
+
+
+def connect(args: argparse.Namespace) -> Connection:
+    """A :class:`Connection` from the common options (nothing is sent yet)."""
+    location = args.location or os.environ.get("FLIGHT_MD_LOCATION") or DEFAULT_LOCATION
+    tls = bool(args.tls_root_certs or args.tls_cert or args.tls_key)
+    if "://" not in location:
+        location = ("grpc+tls://" if tls else "grpc://") + location
+    options: dict[str, Any] = {}
+    if tls and not location.startswith("grpc+tls://"):
+        raise CommandError(f"TLS options need a grpc+tls:// location, got {location!r}",
+                           EXIT_USAGE)
+    if args.tls_root_certs:
+        options["tls_root_certs"] = _read_file(args.tls_root_certs, "--tls-root-certs")
+    if bool(args.tls_cert) != bool(args.tls_key):
+        raise CommandError("mutual TLS needs both --tls-cert and --tls-key", EXIT_USAGE)
+    if args.tls_cert:
+        options["cert_chain"] = _read_file(args.tls_cert, "--tls-cert")
+        options["private_key"] = _read_file(args.tls_key, "--tls-key")
+    headers = []
+    token = _token(args)
+    if token:
+        headers.append((b"authorization", b"Bearer " + token.encode()))
+    try:
+        client = flight.FlightClient(location, **options)
+    except (pa.ArrowException, flight.FlightError) as exc:
+        raise CommandError(f"invalid --location {location!r}: {_clean(str(exc))}",
+                           EXIT_USAGE) from None
+    return Connection(location, client, headers, args.timeout)
+
+
+def _command(handler: Callable[[argparse.Namespace, Connection], int]
+             ) -> Callable[[argparse.Namespace], int]:
+    """Run a handler with a connection; every failure becomes one line and an exit code."""
+
+    @functools.wraps(handler)
+    def run(args: argparse.Namespace) -> int:
+        conn: Connection | None = None
+        try:
+            conn = connect(args)
+            return handler(args, conn)
+        except CommandError as exc:
+            print(f"flight-md: {exc}", file=sys.stderr)
+            return exc.code
+        except FlightMdError as exc:  # refused locally by the ticket grammar
+            print(f"flight-md: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+        except KeyboardInterrupt:
+            return EXIT_INTERRUPTED
+        except BrokenPipeError:  # e.g. `flight-md tail X | head`: the reader has had enough
+            with contextlib.suppress(OSError):
+                devnull = os.open(os.devnull, os.O_WRONLY)
+                os.dup2(devnull, sys.stdout.fileno())
+            return EXIT_OK
+        finally:
+            if conn is not None:
+                conn.close()
+
+    return run
+
+
+# -- formatting ------------------------------------------------------------------------------
+
+
+def format_time(ms: int | None) -> str:
+    """Unix ms as ISO-8601 UTC with milliseconds: ``2026-11-23T10:00:00.123Z``."""
+    if ms is None:
+        return "-"
+    moment = datetime.fromtimestamp(ms / 1000, tz=UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ms % 1000:03d}Z"
+
+
+def format_number(value: Any) -> str:
+    """A float in plain positional notation, as short as round-trips (no ``1e-05``)."""
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            return str(value)
+        text = format(Decimal(repr(value)), "f")
+        return text.removesuffix(".0")
+    return str(value)
+
+
+def format_age(ms: float | None) -> str:
+    """A duration for humans: ``850ms``, ``12.3s``, ``3m04s``, ``2h05m``, ``3d04h``."""
+    if ms is None:
+        return "-"
+    ms = max(0, int(ms))
+    if ms < 1000:
+        return f"{ms}ms"
+    seconds = ms / 1000
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    minutes, sec = divmod(int(seconds), 60)
+    if minutes < 60:
+        return f"{minutes}m{sec:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    if hours < 24:
+        return f"{hours}h{minutes:02d}m"
+    days, hours = divmod(hours, 24)
+    return f"{days}d{hours:02d}h"
+
+
+def _cell(name: str, value: Any) -> str:
+    if value is None:
+        return "-"
+    if name in TIME_COLUMNS and isinstance(value, int):
+        return format_time(value)
+    if isinstance(value, list):
+        return ",".join(str(v) for v in value)
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    return format_number(value)
+
+
+def grid(headers: Sequence[str], rows: Sequence[Sequence[str]],
+         right: Sequence[bool] | None = None, width: int | None = None) -> tuple[list[str], int]:
+    """Align cells in columns two spaces apart.
+
+    Args:
+        right: Per column, whether to right-align (numbers).
+        width: Drop trailing columns that do not fit in this many characters.
+
+    Returns:
+        The lines and the number of columns dropped.
+    """
+    sizes = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(headers)]
+    keep = len(headers)
+    if width is not None:
+        total = 0
+        for index, size in enumerate(sizes):
+            total += size + (2 if index else 0)
+            if total > width and index > 0:
+                keep = index
+                break
+    right = right or [False] * len(headers)
+
+    def line(cells: Sequence[str]) -> str:
+        out = [c.rjust(sizes[i]) if right[i] else c.ljust(sizes[i])
+               for i, c in enumerate(cells[:keep])]
+        return "  ".join(out).rstrip()
+
+    return [line(headers), *(line(r) for r in rows)], len(headers) - keep
+
+
+def table_lines(table: pa.Table, width: int | None = None) -> tuple[list[str], int]:
+    """A table as aligned text: ISO UTC times, plain numbers, ``-`` for nulls."""
+    names = table.column_names
+    columns = [table.column(n).to_pylist() for n in names]
+    rows = [[_cell(n, col[i]) for n, col in zip(names, columns)] for i in range(table.num_rows)]
+    right = [(pa.types.is_integer(t) or pa.types.is_floating(t)) and n not in TIME_COLUMNS
+             for n, t in zip(names, table.schema.types)]
+    return grid(names, rows, right, width)
+
+
+def with_times(table: pa.Table, as_text: bool) -> pa.Table:
+    """Time columns typed ``timestamp[ms, UTC]`` (Parquet) or ISO-8601 text (CSV); list
+    columns joined with commas (CSV has no lists)."""
+    import pyarrow.compute as pc
+
+    for index, (name, kind) in enumerate(zip(table.column_names, table.schema.types)):
+        column = table.column(index)
+        if name in TIME_COLUMNS and pa.types.is_integer(kind):
+            column = column.cast(pa.timestamp("ms", tz="UTC"))
+            if as_text:
+                column = pc.strftime(column, format="%Y-%m-%dT%H:%M:%SZ")
+        elif as_text and pa.types.is_list(kind):
+            column = pc.binary_join(column, ",")
+        else:
+            continue
+        table = table.set_column(index, name, column)
+    return table
+
+
+# -- time arguments --------------------------------------------------------------------------
+
+
+def parse_time_arg(text: str, now_ms: int | None = None) -> int:
+    """``--start``/``--end``: Unix ms, ISO-8601 (no offset: UTC), ``now``, or an age such as
+    ``90s``, ``5m``, ``2h``, ``1d`` (that long ago; ``5m ago`` and ``-5m`` also work)."""
+    now = time.time_ns() // 1_000_000 if now_ms is None else now_ms
+    value = text.strip().lower().removesuffix(" ago").lstrip("-")
+    if value == "now":
+        return now
+    match = _RELATIVE_RE.fullmatch(value)
+    if match:
+        return now - int(float(match.group(1)) * _UNIT_MS[match.group(2)])
+    try:
+        return parse_time(text.strip(), "time")
+    except FlightMdError:
+        raise argparse.ArgumentTypeError(
+            f"invalid time {text!r}; expected Unix ms, ISO-8601 such as 2026-11-23T10:00:00Z, "
+            "'now', or an age such as 90s, 5m, 2h, 1d") from None
+
+
+def _columns(text: str | None) -> tuple[str, ...] | None:
+    if text is None:
+        return None
+    return tuple(c.strip() for c in text.split(",") if c.strip())
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}")
+    return value
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected seconds > 0, got {text!r}")
+    return value
+
+
+# -- get -------------------------------------------------------------------------------------
+
+
+def _get_query(args: argparse.Namespace) -> Query:
+    columns = _columns(args.columns)
+    export = args.csv is not None or args.parquet is not None
+    ranged = args.start is not None or args.end is not None
+    latest = args.latest
+    if args.target == "*":
+        if latest is not None or ranged:
+            raise CommandError("'*' (the market snapshot) takes no --latest, --start or --end",
+                               EXIT_USAGE)
+        return Query(Target.SNAPSHOT, exchange=args.exchange, columns=columns)
+    if latest is None and not ranged and not export:
+        latest = TABLE_LATEST
+    if args.target == "@events":
+        if columns is not None:
+            raise CommandError("'@events' takes no --columns", EXIT_USAGE)
+        return Query(Target.EVENTS, exchange=args.exchange, latest=latest, start=args.start,
+                     end=args.end)
+    return Query(Target.TICKS, symbol=args.target, exchange=args.exchange, latest=latest,
+                 start=args.start, end=args.end, columns=columns)
+
+
+@_command
+def get_command(args: argparse.Namespace, conn: Connection) -> int:
+    """``flight-md get``: ticks as an aligned table, CSV or Parquet."""
+    table = conn.table(_get_query(args))
+    if args.parquet is not None:
+        import pyarrow.parquet as pq
+
+        try:
+            pq.write_table(with_times(table, as_text=False), args.parquet)
+        except OSError as exc:
+            raise CommandError(f"cannot write {args.parquet!r}: {exc}") from None
+        print(f"wrote {table.num_rows} rows to {args.parquet}", file=sys.stderr)
+        return EXIT_OK
+    if args.csv is not None:
+        import pyarrow.csv as pacsv
+
+        text_table = with_times(table, as_text=True)
+        if args.csv == "-":
+            sys.stdout.flush()
+            pacsv.write_csv(text_table, sys.stdout.buffer)
+            sys.stdout.buffer.flush()
+        else:
+            try:
+                pacsv.write_csv(text_table, args.csv)
+            except OSError as exc:
+                raise CommandError(f"cannot write {args.csv!r}: {exc}") from None
+            print(f"wrote {table.num_rows} rows to {args.csv}", file=sys.stderr)
+        return EXIT_OK
+    tty = sys.stdout.isatty()
+    lines, hidden = table_lines(table, shutil.get_terminal_size().columns if tty else None)
+    sys.stdout.write("\n".join(lines) + "\n")
+    if hidden:
+        print(f"({hidden} columns do not fit; choose with --columns, or use --csv)",
+              file=sys.stderr)
+    if table.num_rows == 0:
+        print("(no rows)", file=sys.stderr)
+    return EXIT_OK
+
+
+# -- status ----------------------------------------------------------------------------------
+
+
+def status_lines(status: dict[str, Any], location: str) -> list[str]:
+    """The ``status`` action's result as text."""
+    server = status.get("server", {})
+    refused = server.get("refused_requests") or {}
+    lines = [f"server {location}: up {format_age(server.get('uptime_s', 0) * 1000)}, "
+             f"buffer {server.get('buffer_size', '-')} ticks per symbol, ingestion "
+             f"{'on' if server.get('ingestion') else 'off'}, {server.get('events', 0)} events, "
+             f"{sum(refused.values())} refused requests"
+             + (f" ({', '.join(f'{k} {v}' for k, v in sorted(refused.items()))})"
+                if refused else "")]
+    exchanges = status.get("exchanges") or {}
+    if exchanges:
+        rows = []
+        for name, ex in sorted(exchanges.items()):
+            bad = sum((ex.get("bad_frames") or {}).values())
+            rows.append([name, str(ex.get("state", "-")), str(ex.get("mode", "-")),
+                         str(ex.get("channel", "-")), str(ex.get("reconnects", 0)),
+                         str(len(ex.get("symbols") or [])), str(bad),
+                         str(ex.get("last_error") or "-")])
+        lines.append("")
+        lines += grid(["EXCHANGE", "STATE", "MODE", "CHANNEL", "RECONNECTS", "SYMBOLS",
+                       "BAD FRAMES", "LAST ERROR"], rows,
+                      [False, False, False, False, True, True, True, False])[0]
+    symbols = status.get("symbols") or []
+    lines.append("")
+    if not symbols:
+        lines.append("no symbols buffered")
+        return lines
+    rows = [[s["exchange"], s["symbol"], "yes" if s.get("subscribed") else "no",
+             str(s.get("ticks_stored", 0)), str(s.get("ticks_received", 0)),
+             str(s.get("ticks_dropped", 0)), format_age(s.get("age_ms")),
+             "STALE" if s.get("stale") else "ok", format_time(s.get("last_timestamp"))]
+            for s in symbols]
+    lines += grid(["EXCHANGE", "SYMBOL", "SUBSCRIBED", "STORED", "RECEIVED", "DROPPED", "AGE",
+                   "FRESHNESS", "NEWEST TICK (EXCHANGE TIME)"], rows,
+                  [False, False, False, True, True, True, True, False, False])[0]
+    return lines
+
+
+@_command
+def status_command(args: argparse.Namespace, conn: Connection) -> int:
+    """``flight-md status``: connection states, reconnects, per-symbol counters and ages."""
+    status = conn.action("status")
+    if args.json:
+        print(json.dumps(status, indent=2, sort_keys=True))
+    else:
+        print("\n".join(status_lines(status, conn.location)))
+    return EXIT_OK
+
+
+# -- top -------------------------------------------------------------------------------------
+
+_COLORS: Final = {"connected": "32", "streaming": "32", "polling": "32", "ok": "32",
+                  "connecting": "33", "reconnecting": "33", "stale": "33",
+                  "disconnected": "31", "failed": "31", "error": "31"}
+
+
+@dataclass
+class TopModel:
+    """What ``top`` shows, updated from one ``status`` and one ``*`` snapshot per refresh."""
+
+    location: str
+    previous: dict[tuple[str, str], tuple[int, float]] = field(default_factory=dict)
+    rates: dict[tuple[str, str], float] = field(default_factory=dict)
+    status: dict[str, Any] = field(default_factory=dict)
+    prices: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
+    error: str | None = None
+    updated: float = 0.0
+
+    def update(self, status: dict[str, Any], snapshot: pa.Table, now: float) -> None:
+        """Take a new status and snapshot; ticks/s comes from the counter deltas."""
+        for sym in status.get("symbols", []):
+            key = (sym["exchange"], sym["symbol"])
+            count = int(sym.get("ticks_appended", sym.get("ticks_received", 0)) or 0)
+            before = self.previous.get(key)
+            if before is not None and now > before[1]:
+                self.rates[key] = max(0, count - before[0]) / (now - before[1])
+            self.previous[key] = (count, now)
+        self.status = status
+        self.prices = {(r["exchange"], r["symbol"]): r for r in snapshot.to_pylist()}
+        self.error = None
+        self.updated = now
+
+    def lines(self, width: int, height: int | None, color: bool) -> list[str]:
+        """The frame: a header, exchange states, and one row per stream."""
+        status = self.status
+        server = status.get("server", {})
+        symbols = status.get("symbols", [])
+        exchanges = status.get("exchanges", {})
+        total = sum(self.rates.get((s["exchange"], s["symbol"]), 0.0) for s in symbols)
+        clock = datetime.now(UTC).strftime("%H:%M:%S UTC")
+        head = [(f"flight-md top  {self.location}  {clock}  up "
+                 f"{format_age(server.get('uptime_s', 0) * 1000)}  {len(symbols)} streams  "
+                 f"{total:.1f} ticks/s")]
+        if exchanges:
+            head.append("  ".join(
+                f"{name}: {ex.get('state', '-')} ({ex.get('mode', '-')}, "
+                f"{ex.get('reconnects', 0)} reconnects)" for name, ex in sorted(exchanges.items())))
+        elif server:
+            head.append("no ingestion on this server (serving stored ticks only)")
+        if self.error:
+            head.append(f"! {self.error} (retrying)")
+        rows, states = [], []
+        for sym in symbols:
+            key = (sym["exchange"], sym["symbol"])
+            ex = exchanges.get(sym["exchange"], {})
+            state = str(ex.get("state", "idle"))
+            if exchanges and not sym.get("subscribed", True):
+                state = "unsubscribed"
+            elif sym.get("stale"):
+                state = "stale"
+            tick = self.prices.get(key, {})
+            rate = self.rates.get(key)
+            rows.append([sym["exchange"], sym["symbol"], state,
+                         "-" if rate is None else f"{rate:.1f}",
+                         format_number(tick.get("price")), format_number(tick.get("bid")),
+                         format_number(tick.get("ask")), format_age(sym.get("age_ms")),
+                         str(ex.get("reconnects", "-")), str(sym.get("ticks_stored", 0)),
+                         str(sym.get("ticks_dropped", 0))])
+            states.append(state)
+        headers = ["EXCHANGE", "SYMBOL", "STATE", "TICKS/S", "PRICE", "BID", "ASK", "AGE",
+                   "RECONNECTS", "STORED", "DROPPED"]
+        right = [False, False, False, True, True, True, True, True, True, True, True]
+        body, _ = grid(headers, rows, right, width)
+        if color:
+            body = [body[0]] + [_paint(line, state) for line, state in zip(body[1:], states)]
+        lines = [h[:width] for h in head] + [""] + body
+        if not symbols:
+            lines.append("(no streams yet)")
+        if height is None:
+            return lines
+        return lines[:max(1, height - 1)] + ["q or Ctrl-C quits"]
+
+
+def _paint(line: str, state: str) -> str:
+    code = _COLORS.get(state)
+    if code is None:
+        return line
+    return line.replace(f"  {state}", f"  \x1b[{code}m{state}\x1b[0m", 1)
+
+
+class _Keys:
+    """``q`` from a terminal in cbreak mode (restored on exit); a no-op without a tty."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self.fd: int | None = None
+        self.saved: Any = None
+        try:
+            if stream.isatty():
+                self.fd = stream.fileno()
+        except (AttributeError, ValueError, OSError):
+            self.fd = None
+
+    def __enter__(self) -> Self:
+        if self.fd is not None:
+            import termios
+            import tty
+
+            self.saved = termios.tcgetattr(self.fd)
+            tty.setcbreak(self.fd)
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self.fd is not None and self.saved is not None:
+            import termios
+
+            termios.tcsetattr(self.fd, termios.TCSADRAIN, self.saved)
+
+    def wait_quit(self, seconds: float) -> bool:
+        """Sleep ``seconds``; True as soon as ``q`` is pressed."""
+        deadline = time.monotonic() + seconds
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            if self.fd is None:
+                time.sleep(remaining)
+                return False
+            ready, _, _ = select.select([self.fd], [], [], remaining)
+            if ready:
+                data = os.read(self.fd, 64)
+                if not data or b"q" in data.lower():
+                    return True
+
+
+@_command
+def top_command(args: argparse.Namespace, conn: Connection) -> int:
+    """``flight-md top``: a live view of every stream, refreshed in place."""
+    model = TopModel(conn.location)
+    out = sys.stdout
+    interactive = out.isatty()
+    color = interactive and not os.environ.get("NO_COLOR")
+
+    def refresh() -> None:
+        status = conn.action("status")
+        snapshot = conn.table(Query(Target.SNAPSHOT,
+                                    columns=("symbol", "exchange", "price", "bid", "ask")))
+        model.update(status, snapshot, time.monotonic())
+
+    refresh()  # an unreachable server fails here, with one line and exit 1
+    frames = 0
+    with _Keys(sys.stdin) as keys:
+        if interactive:
+            out.write("\x1b[?1049h\x1b[?25l")  # alternate screen, hide the cursor
+        try:
+            while True:
+                size = shutil.get_terminal_size()
+                lines = model.lines(size.columns if interactive else 10_000,
+                                    size.lines if interactive else None, color)
+                if interactive:
+                    out.write("\x1b[H" + "\x1b[K\n".join(lines) + "\x1b[K\x1b[J")
+                else:
+                    out.write("\n".join(lines) + "\n\n")
+                out.flush()
+                frames += 1
+                if args.iterations is not None and frames >= args.iterations:
+                    return EXIT_OK
+                if keys.wait_quit(args.interval):
+                    return EXIT_OK
+                try:
+                    refresh()
+                except CommandError as exc:
+                    model.error = str(exc)
+        except KeyboardInterrupt:
+            return EXIT_INTERRUPTED
+        finally:
+            if interactive:
+                out.write("\x1b[?25h\x1b[?1049l")
+                out.flush()
+
+
+# -- tail ------------------------------------------------------------------------------------
+
+_END: Final = object()
+
+
+def _pump(reader: flight.FlightStreamReader, items: queue.Queue[Any],
+          stop: threading.Event) -> None:
+    """Read the live tail on a thread, so Ctrl-C is never stuck inside a C++ read."""
+
+    def put(item: Any) -> bool:
+        while not stop.is_set():  # bounded queue: a slow terminal pushes back on the server
+            try:
+                items.put(item, timeout=_POLL_S)
+            except queue.Full:
+                continue
+            return True
+        return False
+
+    try:
+        while not stop.is_set():
+            try:
+                chunk = reader.read_chunk()
+            except StopIteration:
+                put(_END)
+                return
+            if chunk.data is not None and chunk.data.num_rows and not put(chunk.data):
+                return
+    except BaseException as exc:  # noqa: BLE001 - handed to the main thread
+        if not stop.is_set():
+            put(exc)
+
+
+def tail_line(row: dict[str, Any], columns: Sequence[str] | None) -> str:
+    """One tick as one line: time, exchange, symbol, then ``name=value`` pairs."""
+    parts = []
+    if "timestamp" in row:
+        parts.append(format_time(row["timestamp"]))
+    for key in ("exchange", "symbol"):
+        if key in row:
+            parts.append(str(row[key]))
+    names = [c for c in (columns or TAIL_COLUMNS)
+             if c not in ("timestamp", "exchange", "symbol") and c in row]
+    parts += [f"{name}={_cell(name, row[name])}" for name in names]
+    return "  ".join(parts)
+
+
+def _tail_writer(args: argparse.Namespace, out: IO[str]) -> Callable[[dict[str, Any]], None]:
+    columns = _columns(args.columns)
+
+    def as_json(row: dict[str, Any]) -> None:
+        out.write(json.dumps(row, separators=(",", ":")) + "\n")
+
+    def as_text(row: dict[str, Any]) -> None:
+        out.write(tail_line(row, columns) + "\n")
+
+    return as_json if args.json else as_text
+
+
+@_command
+def tail_command(args: argparse.Namespace, conn: Connection) -> int:
+    """``flight-md tail``: one line per tick as ticks arrive."""
+    columns = _columns(args.columns)
+    if columns is not None and not args.json:  # every line starts with time, exchange, symbol
+        columns = tuple(dict.fromkeys(("timestamp", "exchange", "symbol", *columns)))
+    query = Query(Target.TICKS, symbol=args.symbol, exchange=args.exchange,
+                  latest=args.backlog, columns=columns, follow=True)
+    with conn.errors():
+        reader = conn.client.do_get(flight.Ticket(format_ticket(query).encode()),
+                                    conn.options(deadline=False))
+    items: queue.Queue[Any] = queue.Queue(64)
+    stop = threading.Event()
+    thread = threading.Thread(target=_pump, args=(reader, items, stop), daemon=True,
+                              name="flight-md-tail")
+    thread.start()
+    write = _tail_writer(args, sys.stdout)
+    printed = 0
+    try:
+        while args.count is None or printed < args.count:
+            try:
+                item = items.get(timeout=_POLL_S)
+            except queue.Empty:
+                continue
+            if item is _END:
+                print("flight-md: the server ended the live tail (it is shutting down)",
+                      file=sys.stderr)
+                return EXIT_OK
+            if isinstance(item, BaseException):
+                raise CommandError(_describe(item, conn.location, streaming=True))
+            for row in item.to_pylist():
+                write(row)
+                printed += 1
+                if args.count is not None and printed >= args.count:
+                    break
+            sys.stdout.flush()
+        return EXIT_OK
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+    finally:
+        stop.set()
+        with contextlib.suppress(Exception):
+            reader.cancel()
+        thread.join(2.0)
+
+
+# -- parser ----------------------------------------------------------------------------------
+
+
+def _common() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    group = common.add_argument_group("connection")
+    group.add_argument("--location", default=None, metavar="URI",
+                       help="server location (default: $FLIGHT_MD_LOCATION or "
+                            f"{DEFAULT_LOCATION}; grpc+tls:// for TLS)")
+    group.add_argument("--token", default=None,
+                       help="bearer token (visible to other local users in `ps`: prefer "
+                            "--token-file or $FLIGHT_MD_TOKEN)")
+    group.add_argument("--token-file", default=None, metavar="FILE",
+                       help="file whose first line is the bearer token")
+    group.add_argument("--tls-root-certs", default=None, metavar="FILE",
+                       help="CA certificate(s) to verify the server (PEM)")
+    group.add_argument("--tls-cert", default=None, metavar="FILE",
+                       help="client certificate for mutual TLS (PEM)")
+    group.add_argument("--tls-key", default=None, metavar="FILE",
+                       help="client private key for mutual TLS (PEM)")
+    group.add_argument("--timeout", type=_seconds, default=DEFAULT_TIMEOUT_S, metavar="S",
+                       help=f"seconds to wait for each request (default {DEFAULT_TIMEOUT_S:g})")
+    return common
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``get``, ``status``, ``top`` and ``tail`` to a ``flight-md`` parser.
+
+    Each subcommand sets ``func``: call ``args.func(args)`` and exit with its return value.
+    """
+    common = _common()
+    time_help = ("Unix ms, ISO-8601 (no offset means UTC), 'now', or an age such as 90s, 5m, "
+                 "2h, 1d")
+    get = subparsers.add_parser(
+        "get", parents=[common], help="print ticks as a table, CSV or Parquet",
+        description="Print ticks of a symbol (or '*' for the market snapshot, '@events' for "
+        "the event log). Without --latest/--start/--end the table shows the newest "
+        f"{TABLE_LATEST} rows, and --csv/--parquet export the whole buffer. Times print as "
+        "ISO-8601 UTC.")
+    get.add_argument("target", metavar="SYMBOL", help="e.g. BTC/USDT, '*' or '@events'")
+    get.add_argument("-n", "--latest", type=_positive, metavar="N", help="the newest N rows")
+    get.add_argument("--start", type=parse_time_arg, metavar="TIME",
+                     help=f"from this time, inclusive: {time_help}")
+    get.add_argument("--end", type=parse_time_arg, metavar="TIME",
+                     help="up to this time, exclusive (same forms)")
+    get.add_argument("--exchange", help="ccxt exchange id, when the symbol is on several")
+    get.add_argument("--columns", help="comma-separated columns, e.g. timestamp,price,bid,ask")
+    out = get.add_mutually_exclusive_group()
+    out.add_argument("--csv", nargs="?", const="-", metavar="FILE",
+                     help="write CSV to FILE, or to stdout without FILE (times as ISO-8601)")
+    out.add_argument("--parquet", metavar="FILE",
+                     help="write Parquet (times as timestamp[ms, UTC])")
+    get.set_defaults(func=get_command)
+
+    status = subparsers.add_parser(
+        "status", parents=[common], help="connection states and per-symbol counters",
+        description="Show each exchange's connection state and reconnects, and per symbol the "
+        "ticks stored, received and dropped and the age of the newest tick.")
+    status.add_argument("--json", action="store_true", help="print the raw status JSON")
+    status.set_defaults(func=status_command)
+
+    top = subparsers.add_parser(
+        "top", parents=[common], help="live view of every stream (q quits)",
+        description="A live, in-place view of every stream: state, ticks/s, last price, age "
+        "of the newest tick, reconnects. q or Ctrl-C quits. Without a terminal it prints "
+        "one frame per refresh.")
+    top.add_argument("--interval", type=_seconds, default=1.0, metavar="S",
+                     help="seconds between refreshes (default 1)")
+    top.add_argument("--iterations", type=_positive, metavar="N",
+                     help="stop after N frames (for scripts and non-interactive use)")
+    top.set_defaults(func=top_command)
+
+    tail = subparsers.add_parser(
+        "tail", parents=[common], help="print ticks as they arrive",
+        description="Follow a symbol live and print one line per tick until Ctrl-C.")
+    tail.add_argument("symbol", metavar="SYMBOL", help="e.g. BTC/USDT")
+    tail.add_argument("--exchange", help="ccxt exchange id, when the symbol is on several")
+    tail.add_argument("--backlog", type=_positive, default=0, metavar="N",
+                      help="print the newest N stored ticks first (default 0)")
+    tail.add_argument("--count", type=_positive, metavar="N", help="exit after N ticks")
+    tail.add_argument("--columns",
+                      help=f"columns to show (default {','.join(TAIL_COLUMNS)}); also limits "
+                           "what the server sends")
+    tail.add_argument("--json", action="store_true",
+                      help="one JSON object per line (times as Unix ms)")
+    tail.set_defaults(func=tail_command)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one terminal command (``get``, ``status``, ``top``, ``tail``) without the rest of
+    the ``flight-md`` command."""
+    parser = argparse.ArgumentParser(prog="flight-md",
+                                     description="Terminal views over a flight_md server.")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    register(subparsers)
+    args = parser.parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

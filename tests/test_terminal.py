@@ -1,0 +1,485 @@
+"""flight-md get / status / top / tail against a real server, in-process, in subprocesses and
+in a real pseudo-terminal."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import pty
+import re
+import select
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+# The synthetic market, feeder and control shared with tests/clients.
+sys.path.insert(0, str(Path(__file__).resolve().parent / "clients"))
+from client_support import (
+    ROWS,
+    STEP_MS,
+    Feeder,
+    free_port,
+    market,
+    scaled,
+    subprocess_env,
+    wait_for,
+)
+
+from flight_md import terminal
+from flight_md.auth import MIDDLEWARE_KEY, TokenAuth
+from flight_md.config import Secret
+from flight_md.service import FlightMarketDataServer
+from flight_md.terminal import (
+    TopModel,
+    format_age,
+    format_number,
+    format_time,
+    grid,
+    parse_time_arg,
+    table_lines,
+)
+
+ISO_RE = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z"
+
+
+@pytest.fixture
+def server() -> Iterator[FlightMarketDataServer]:
+    with market() as srv:
+        yield srv
+
+
+@pytest.fixture
+def loc(server: FlightMarketDataServer) -> list[str]:
+    return ["--location", f"grpc://127.0.0.1:{server.port}"]
+
+
+@pytest.fixture(autouse=True)
+def _no_ambient_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("FLIGHT_MD_TOKEN", raising=False)
+    monkeypatch.delenv("FLIGHT_MD_LOCATION", raising=False)
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = terminal.main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def start_of(server: FlightMarketDataServer) -> int:
+    return int(server.test_start)  # type: ignore[attr-defined]
+
+
+# -- get -------------------------------------------------------------------------------------
+
+
+def test_get_prints_an_aligned_table_with_iso_times(capsys: pytest.CaptureFixture[str],
+                                                    server: FlightMarketDataServer,
+                                                    loc: list[str]) -> None:
+    code, out, err = run(capsys, "get", "BTC/USDT", "--latest", "3", *loc)
+    assert code == 0 and err == ""
+    lines = out.splitlines()
+    assert len(lines) == 4
+    assert lines[0].split() == ["symbol", "timestamp", "price", "volume", "bid", "ask", "high",
+                                "low", "open", "close", "exchange", "receive_timestamp"]
+    first_ts = start_of(server) + (ROWS - 3) * STEP_MS
+    assert lines[1].split() == ["BTC/USDT", format_time(first_ts), "697", "1597", "696.5",
+                                "697.5", "707", "687", "696", "697", "binance",
+                                format_time(first_ts + 7)]
+    # numbers are right-aligned: every price ends in the same column
+    ends = {line.index(line.split()[2]) + len(line.split()[2]) for line in lines}
+    assert len(ends) == 1
+
+
+def test_get_defaults_to_twenty_rows_and_takes_columns_and_ranges(
+        capsys: pytest.CaptureFixture[str], server: FlightMarketDataServer,
+        loc: list[str]) -> None:
+    code, out, _ = run(capsys, "get", "ETH/USDT", *loc)
+    assert code == 0 and len(out.splitlines()) == 1 + terminal.TABLE_LATEST
+    start = start_of(server)
+    code, out, _ = run(capsys, "get", "ETH/USDT", "--columns", "timestamp,price", "--start",
+                       format_time(start + 10 * STEP_MS), "--end", str(start + 13 * STEP_MS),
+                       *loc)
+    assert code == 0
+    assert [line.split() for line in out.splitlines()] == [
+        ["timestamp", "price"], [format_time(start + 10_000), "20"],
+        [format_time(start + 11_000), "21"], [format_time(start + 12_000), "22"]]
+    code, out, _ = run(capsys, "get", "ETH/USDT", "--start", "10s", "--columns", "price", *loc)
+    assert code == 0 and 8 <= len(out.splitlines()) - 1 <= 11
+
+
+def test_get_snapshot_and_events(capsys: pytest.CaptureFixture[str], loc: list[str]) -> None:
+    code, out, _ = run(capsys, "get", "*", "--exchange", "bybit", "--columns", "symbol,price",
+                       *loc)
+    assert code == 0 and [line.split() for line in out.splitlines()] == [
+        ["symbol", "price"], ["SOL/USDT", "69"]]
+    code, out, _ = run(capsys, "get", "@events", *loc)
+    assert code == 0
+    assert re.search(rf"^{ISO_RE}\s+binance\s+subscribe\s+BTC/USDT,ETH/USDT\s+subscribed$",
+                     out, re.MULTILINE)
+    assert "reset by peer" in out
+
+
+def test_get_csv_to_stdout(capsys: pytest.CaptureFixture[str], server: FlightMarketDataServer,
+                           loc: list[str]) -> None:
+    code, out, _ = run(capsys, "get", "BTC/USDT", "-n", "2", "--columns",
+                       "timestamp,price,receive_timestamp", "--csv", *loc)
+    assert code == 0
+    rows = list(csv.reader(io.StringIO(out)))
+    ts = start_of(server) + (ROWS - 2) * STEP_MS
+    assert rows == [["timestamp", "price", "receive_timestamp"],
+                    [format_time(ts), "698", format_time(ts + 7)],
+                    [format_time(ts + STEP_MS), "699", format_time(ts + STEP_MS + 7)]]
+
+
+def test_get_exports_the_whole_buffer_to_csv_and_parquet(capsys: pytest.CaptureFixture[str],
+                                                         server: FlightMarketDataServer,
+                                                         loc: list[str], tmp_path: Path) -> None:
+    csv_file = tmp_path / "btc.csv"
+    code, out, err = run(capsys, "get", "BTC/USDT", "--csv", str(csv_file), *loc)
+    assert code == 0 and out == "" and err.strip() == f"wrote {ROWS} rows to {csv_file}"
+    assert len(csv_file.read_text().splitlines()) == ROWS + 1
+
+    parquet_file = tmp_path / "btc.parquet"
+    code, _, err = run(capsys, "get", "BTC/USDT", "--parquet", str(parquet_file), *loc)
+    assert code == 0 and err.strip() == f"wrote {ROWS} rows to {parquet_file}"
+    table = pq.read_table(parquet_file)
+    assert table.num_rows == ROWS
+    assert table.schema.field("timestamp").type == pa.timestamp("ms", tz="UTC")
+    first = table.column("timestamp")[0].value
+    assert first == start_of(server)
+
+    events_file = tmp_path / "events.csv"
+    assert run(capsys, "get", "@events", "--csv", str(events_file), *loc)[0] == 0
+    assert '"BTC/USDT,ETH/USDT"' in events_file.read_text()  # lists joined with commas
+
+
+def test_get_errors_are_one_line(capsys: pytest.CaptureFixture[str], loc: list[str]) -> None:
+    code, out, err = run(capsys, "get", "BTC/USDX", *loc)
+    assert (code, out) == (1, "")
+    assert err == ("flight-md: unknown symbol 'BTC/USDX'; buffered: BTC/USDT, ETH/USDT, "
+                   "SOL/USDT\n")
+    code, _, err = run(capsys, "get", "BTC/USDT", "--columns", "price,nope", *loc)
+    assert code == 2 and err.startswith("flight-md: unknown column 'nope'; allowed: ")
+    code, _, err = run(capsys, "get", "SOL/USDT", *loc)
+    assert code == 1 and "add exchange= one of: binance, bybit" in err
+    code, _, err = run(capsys, "get", "*", "--latest", "3", *loc)
+    assert code == 2 and err.count("\n") == 1
+    with pytest.raises(SystemExit) as exit_info:
+        terminal.main(["get", "BTC/USDT", "--start", "yesterday", *loc])
+    assert exit_info.value.code == 2
+    assert "invalid time 'yesterday'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv", [["get", "BTC/USDT"], ["status"], ["top", "--iterations", "1"],
+                                  ["tail", "BTC/USDT"]])
+def test_an_unreachable_server_is_one_line(capsys: pytest.CaptureFixture[str],
+                                           argv: list[str]) -> None:
+    port = free_port()
+    code, out, err = run(capsys, *argv, "--location", f"grpc://127.0.0.1:{port}")
+    assert (code, out) == (1, "")
+    assert err == (f"flight-md: cannot reach grpc://127.0.0.1:{port} (connection refused); "
+                   "is `flight-md serve` running?\n")
+
+
+# -- status ----------------------------------------------------------------------------------
+
+
+def test_status_shows_states_reconnects_counts_and_ages(capsys: pytest.CaptureFixture[str],
+                                                        loc: list[str]) -> None:
+    code, out, err = run(capsys, "status", *loc)
+    assert code == 0 and err == ""
+    assert re.search(r"^server grpc://127\.0\.0\.1:\d+: up \S+, buffer 1000 ticks per symbol, "
+                     r"ingestion on, 3 events, 0 refused requests$", out, re.MULTILINE)
+    assert re.search(r"^bybit\s+connected\s+websocket\s+ticker\s+2\s+1\s+0\s+-$", out, re.MULTILINE)
+    btc = re.search(r"^binance\s+BTC/USDT\s+yes\s+600\s+600\s+0\s+(\S+)\s+ok\s+(\S+)$", out,
+                    re.MULTILINE)
+    assert btc and re.fullmatch(ISO_RE, btc.group(2))
+    assert re.fullmatch(r"\d+ms|\d+\.\ds", btc.group(1))
+
+    code, out, _ = run(capsys, "status", "--json", *loc)
+    data = json.loads(out)
+    assert code == 0 and data["exchanges"]["binance"]["state"] == "connected"
+    assert {s["symbol"] for s in data["symbols"]} == {"BTC/USDT", "ETH/USDT", "SOL/USDT"}
+
+
+def test_bearer_token_from_option_file_or_environment(capsys: pytest.CaptureFixture[str],
+                                                      tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    auth = TokenAuth([Secret("s3cret")])
+    with market(middleware={MIDDLEWARE_KEY: auth}, authorize=auth.authorize) as server:
+        loc = ["--location", f"127.0.0.1:{server.port}"]
+        code, _, err = run(capsys, "status", *loc)
+        assert code == 1 and err == (
+            "flight-md: missing or invalid bearer token; send the header 'authorization: "
+            "Bearer <token>' (pass --token, --token-file or set FLIGHT_MD_TOKEN)\n")
+        assert run(capsys, "status", "--token", "s3cret", *loc)[0] == 0
+        token_file = tmp_path / "token"
+        token_file.write_text("# the analyst's token\ns3cret\n")
+        assert run(capsys, "get", "BTC/USDT", "--token-file", str(token_file), *loc)[0] == 0
+        monkeypatch.setenv("FLIGHT_MD_TOKEN", "s3cret")
+        assert run(capsys, "tail", "BTC/USDT", "--backlog", "1", "--count", "1", *loc)[0] == 0
+        code, _, err = run(capsys, "status", "--token-file", str(tmp_path / "none"), *loc)
+        assert code == 2 and err.startswith("flight-md: cannot read --token-file")
+
+
+def test_tls_options(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    trustme = pytest.importorskip("trustme")
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1")
+    ca_file = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+    with market(location="grpc+tls://127.0.0.1:0",
+                tls_certificates=[(cert.cert_chain_pems[0].bytes(),
+                                   cert.private_key_pem.bytes())]) as server:
+        code, out, _ = run(capsys, "get", "ETH/USDT", "-n", "1", "--location",
+                           f"grpc+tls://127.0.0.1:{server.port}", "--tls-root-certs",
+                           str(ca_file))
+        assert code == 0 and "ETH/USDT" in out
+    code, _, err = run(capsys, "status", "--location", "grpc://127.0.0.1:1", "--tls-root-certs",
+                       str(ca_file))
+    assert code == 2 and "TLS options need a grpc+tls:// location" in err
+    code, _, err = run(capsys, "status", "--location", "grpc+tls://127.0.0.1:1", "--tls-cert",
+                       str(ca_file))
+    assert code == 2 and "needs both --tls-cert and --tls-key" in err
+
+
+# -- top -------------------------------------------------------------------------------------
+
+
+def test_top_without_a_terminal_prints_frames(capsys: pytest.CaptureFixture[str],
+                                              server: FlightMarketDataServer,
+                                              loc: list[str]) -> None:
+    with Feeder(server.buffer, interval=0.01) as feeder:
+        wait_for(lambda: feeder.sent > 0)
+        code, out, err = run(capsys, "top", "--iterations", "2", "--interval", "0.3", *loc)
+    assert code == 0 and err == ""
+    frames = [f for f in re.split(r"(?m)^(?=flight-md top )", out) if f]
+    assert len(frames) == 2
+    assert "\x1b[" not in out  # no escape codes without a terminal
+    assert "binance: connected (websocket, 2 reconnects)" in frames[0]
+    first = re.search(r"^binance\s+BTC/USDT\s+connected\s+-\s", frames[0], re.MULTILINE)
+    assert first, frames[0]
+    row = re.search(r"^binance\s+BTC/USDT\s+connected\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+"
+                    r"([\d.]+)\s+(\S+)\s+2\s+(\d+)\s+0$", frames[1], re.MULTILINE)
+    assert row, frames[1]
+    assert float(row.group(1)) > 10  # ~100 ticks/s from the feeder
+    assert float(row.group(2)) >= 1000  # the feeder's prices
+    eth = re.search(r"^binance\s+ETH/USDT\s+connected\s+0\.0\s+609\s", frames[1], re.MULTILINE)
+    assert eth, frames[1]
+
+
+def test_top_model_rates_and_errors() -> None:
+    model = TopModel("grpc://x:1")
+    status = {"server": {"uptime_s": 61}, "exchanges": {},
+              "symbols": [{"exchange": "e", "symbol": "A/B", "ticks_appended": 10,
+                           "ticks_stored": 10, "ticks_dropped": 0, "age_ms": 1500}]}
+    snapshot = pa.table({"symbol": ["A/B"], "exchange": ["e"], "price": [1.5], "bid": [None],
+                         "ask": [2.0]})
+    model.update(status, snapshot, now=100.0)
+    status["symbols"][0]["ticks_appended"] = 40
+    model.update(status, snapshot, now=102.0)
+    model.error = "cannot reach grpc://x:1 (connection refused)"
+    lines = model.lines(width=200, height=None, color=False)
+    assert lines[0].startswith("flight-md top  grpc://x:1  ") and "up 1m01s" in lines[0]
+    assert "15.0 ticks/s" in lines[0]
+    assert "! cannot reach grpc://x:1 (connection refused) (retrying)" in lines
+    assert lines[-1].split() == ["e", "A/B", "idle", "15.0", "1.5", "-", "2", "1.5s", "-", "10",
+                                 "0"]
+    narrow = model.lines(width=40, height=5, color=False)
+    assert len(narrow) == 5 and narrow[-1] == "q or Ctrl-C quits"
+    assert all(len(line) <= 40 for line in narrow[:-1])
+
+
+def _pty_top(location: str) -> tuple[subprocess.Popen[bytes], int]:
+    main_fd, child_fd = pty.openpty()
+    env = subprocess_env(COLUMNS="140", LINES="30", TERM="xterm")
+    # A new session whose controlling terminal is the pty, so that ^C there sends SIGINT.
+    argv = [sys.executable, "-m", "flight_md.terminal", "top", "--interval", "0.2",
+            "--location", location]
+    shim = ("import fcntl, os, sys, termios; fcntl.ioctl(0, termios.TIOCSCTTY, 0); "
+            "os.execv(sys.argv[1], sys.argv[1:])")
+    proc = subprocess.Popen(
+        [sys.executable, "-c", shim, *argv], stdin=child_fd, stdout=child_fd, stderr=child_fd,
+        env=env, start_new_session=True)
+    os.close(child_fd)
+    return proc, main_fd
+
+
+def _read_until(fd: int, needle: bytes, timeout: float) -> bytes:
+    data = b""
+    deadline = time.monotonic() + scaled(timeout)
+    while needle not in data:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise AssertionError(f"{needle!r} never appeared; got {data[-2000:]!r}")
+        ready, _, _ = select.select([fd], [], [], remaining)
+        if ready:
+            try:
+                chunk = os.read(fd, 65536)
+            except OSError:  # EIO: the child closed the terminal
+                break
+            if not chunk:
+                break
+            data += chunk
+    return data
+
+
+def _drain(fd: int, proc: subprocess.Popen[bytes], timeout: float) -> bytes:
+    data = b""
+    deadline = time.monotonic() + scaled(timeout)
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([fd], [], [], 0.05)
+        if ready:
+            try:
+                chunk = os.read(fd, 65536)
+            except OSError:
+                break
+            if not chunk:
+                break
+            data += chunk
+        elif proc.poll() is not None:
+            break
+    return data
+
+
+@pytest.mark.parametrize(("key", "code"), [(b"q", 0), (b"\x03", 130)])
+def test_top_in_a_real_terminal_quits_on_q_and_ctrl_c(server: FlightMarketDataServer,
+                                                      key: bytes, code: int) -> None:
+    proc, fd = _pty_top(f"grpc://127.0.0.1:{server.port}")
+    try:
+        screen = _read_until(fd, b"q or Ctrl-C quits", timeout=20)
+        assert b"\x1b[?1049h" in screen  # the alternate screen, like top
+        assert b"BTC/USDT" in screen and b"connected" in screen
+        os.write(fd, key)
+        assert proc.wait(scaled(10)) == code
+        rest = _drain(fd, proc, timeout=2)
+        assert b"\x1b[?1049l" in screen + rest and b"\x1b[?25h" in screen + rest  # restored
+        assert b"Traceback" not in screen + rest
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(5)
+        os.close(fd)
+
+
+# -- tail ------------------------------------------------------------------------------------
+
+
+def test_tail_prints_one_line_per_tick(capsys: pytest.CaptureFixture[str],
+                                       server: FlightMarketDataServer, loc: list[str]) -> None:
+    with Feeder(server.buffer):
+        code, out, err = run(capsys, "tail", "BTC/USDT", "--backlog", "2", "--count", "5", *loc)
+    assert code == 0 and err == ""
+    lines = out.splitlines()
+    assert len(lines) == 5
+    assert re.fullmatch(rf"{ISO_RE}  binance  BTC/USDT  price=698  bid=697\.5  ask=698\.5  "
+                        r"volume=1598", lines[0])
+    assert re.fullmatch(rf"{ISO_RE}  binance  BTC/USDT  price=1000  bid=999\.5  ask=1000\.5  "
+                        r"volume=1000", lines[2])
+    assert [re.search(r"price=(\d+)", line).group(1) for line in lines] == [  # type: ignore
+        "698", "699", "1000", "1001", "1002"]
+
+
+def test_tail_json_and_columns(capsys: pytest.CaptureFixture[str],
+                               server: FlightMarketDataServer, loc: list[str]) -> None:
+    with Feeder(server.buffer):
+        code, out, _ = run(capsys, "tail", "BTC/USDT", "--count", "3", "--json", "--columns",
+                           "timestamp,price", *loc)
+        assert code == 0
+        rows = [json.loads(line) for line in out.splitlines()]
+        assert [r["price"] for r in rows] == [1000.0, 1001.0, 1002.0]
+        assert set(rows[0]) == {"timestamp", "price"} and isinstance(rows[0]["timestamp"], int)
+        code, out, _ = run(capsys, "tail", "BTC/USDT", "--count", "1", "--columns", "ask", *loc)
+        assert code == 0 and re.fullmatch(rf"{ISO_RE}  binance  BTC/USDT  ask=\d+\.5\n", out)
+
+
+def test_tail_ends_quietly_when_the_server_stops(capsys: pytest.CaptureFixture[str],
+                                                 server: FlightMarketDataServer,
+                                                 loc: list[str]) -> None:
+    threading.Timer(0.3, server.stop).start()
+    code, out, err = run(capsys, "tail", "ETH/USDT", "--backlog", "1", *loc)
+    assert code == 0 and len(out.splitlines()) == 1
+    assert err == "flight-md: the server ended the live tail (it is shutting down)\n"
+
+
+def test_tail_ctrl_c_exits_130_without_a_traceback(server: FlightMarketDataServer) -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "flight_md.terminal", "tail", "ETH/USDT", "--backlog", "1",
+         "--location", f"grpc://127.0.0.1:{server.port}"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=subprocess_env())
+    try:
+        assert proc.stdout is not None
+        assert b"ETH/USDT" in proc.stdout.readline()  # running, on a quiet symbol
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=scaled(10))
+        assert proc.returncode == 130
+        assert err == b""
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+
+
+def test_a_closed_pipe_is_not_an_error(server: FlightMarketDataServer) -> None:
+    # `flight-md get BTC/USDT --csv | head -1`
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "flight_md.terminal", "get", "BTC/USDT", "--csv", "--location",
+         f"grpc://127.0.0.1:{server.port}"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=subprocess_env())
+    assert proc.stdout is not None and proc.stderr is not None
+    assert proc.stdout.readline().startswith(b'"symbol"')
+    proc.stdout.close()
+    err = proc.stderr.read()
+    proc.stderr.close()
+    assert proc.wait(scaled(20)) == 0
+    assert err == b""
+
+
+def test_the_flight_md_command_has_the_terminal_views(server: FlightMarketDataServer) -> None:
+    base = [sys.executable, "-m", "flight_md"]
+    loc = ["--location", f"grpc://127.0.0.1:{server.port}"]
+    out = subprocess.run([*base, "get", "BTC/USDT", "-n", "1", *loc], capture_output=True,
+                         text=True, env=subprocess_env(), timeout=scaled(60), check=False)
+    assert out.returncode == 0, out.stderr
+    assert "BTC/USDT" in out.stdout.splitlines()[1]
+    port = free_port()
+    out = subprocess.run([*base, "status", "--location", f"grpc://127.0.0.1:{port}"],
+                         capture_output=True, text=True, env=subprocess_env(),
+                         timeout=scaled(60), check=False)
+    assert out.returncode == 1 and out.stdout == ""
+    assert out.stderr == (f"flight-md: cannot reach grpc://127.0.0.1:{port} (connection "
+                          "refused); is `flight-md serve` running?\n")
+
+
+# -- formatting ------------------------------------------------------------------------------
+
+
+def test_formatting_helpers() -> None:
+    assert format_time(1_795_428_000_123) == "2026-11-23T10:00:00.123Z"
+    assert format_time(None) == "-"
+    assert [format_number(v) for v in (43210.5, 100.0, 1.234e-05, 1e20, None, 7)] == [
+        "43210.5", "100", "0.00001234", "100000000000000000000", "-", "7"]
+    assert [format_age(v) for v in (None, 850, 12_345, 184_000, 7_500_000, 273_600_000)] == [
+        "-", "850ms", "12.3s", "3m04s", "2h05m", "3d04h"]
+    now = 1_000_000_000
+    assert parse_time_arg("5m", now) == now - 300_000
+    assert parse_time_arg("-90s", now) == parse_time_arg("90s ago", now) == now - 90_000
+    assert parse_time_arg("1.5h", now) == now - 5_400_000
+    assert parse_time_arg("now", now) == now
+    assert parse_time_arg("2026-11-23T11:00:00+01:00") == 1_795_428_000_000
+    assert parse_time_arg("1795428000000") == 1_795_428_000_000
+    lines, hidden = grid(["A", "BB"], [["x", "1"], ["yyy", "22"]], [False, True])
+    assert lines == ["A    BB", "x     1", "yyy  22"] and hidden == 0
+    assert grid(["A", "B"], [["aaaa", "bbbb"]], width=6) == (["A", "aaaa"], 1)
+    table = pa.table({"price": [1.5, None], "symbols": [["a", "b"], []]})
+    assert table_lines(table)[0] == ["price  symbols", "  1.5  a,b", "    -"]
