@@ -55,6 +55,7 @@ class ActionSpec:
     name: ActionName
     description: str
     mutates: bool
+    example: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,18 +86,20 @@ ACTIONS: Final[dict[ActionName, ActionSpec]] = {
         ActionSpec(ActionName.SUBSCRIBE,
                    'Start streaming symbols. Body: {"symbols": ["BTC/USDT", ...], '
                    '"exchange": "binance"} (exchange optional with one exchange). '
-                   'Result: {"exchange": ..., "subscribed": [...]}', True),
+                   'Result: {"exchange": ..., "subscribed": [...]}', True,
+                   '{"symbols": ["BTC/USDT"], "exchange": "binance"}'),
         ActionSpec(ActionName.UNSUBSCRIBE,
                    'Stop streaming symbols; stored ticks stay. Body: {"symbols": [...], '
                    '"exchange": "binance"}. Result: {"exchange": ..., "unsubscribed": [...]}',
-                   True),
+                   True, '{"symbols": ["BTC/USDT"], "exchange": "binance"}'),
         ActionSpec(ActionName.CLEAR,
                    'Drop stored ticks. Body: {"symbols": [...], "exchange": "binance"}; '
                    'without "symbols" every symbol (of "exchange" if given). '
-                   'Result: {"cleared": <ticks dropped>}', True),
+                   'Result: {"cleared": <ticks dropped>}', True, '{"symbols": ["BTC/USDT"]}'),
         ActionSpec(ActionName.STATUS,
                    'Connection state per exchange and counters per symbol. Body: empty or {}. '
-                   'Result: {"exchanges": {...}, "symbols": [...], "server": {...}}', False),
+                   'Result: {"exchanges": {...}, "symbols": [...], "server": {...}}', False,
+                   '{}'),
     )
 }
 
@@ -139,8 +142,7 @@ def _json_object(name: ActionName, body: bytes) -> dict[str, Any]:
         data = json.loads(body)
     except (ValueError, RecursionError):
         raise InvalidActionBody(f"{name} body is not valid UTF-8 JSON; expected an object such "
-                                f"as {ACTIONS[name].description.split('Body: ')[1].split('.')[0]}"
-                                ) from None
+                                f"as {ACTIONS[name].example}") from None
     if not isinstance(data, dict):
         raise InvalidActionBody(f"{name} body must be a JSON object, got {type(data).__name__}")
     return data

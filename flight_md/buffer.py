@@ -24,6 +24,7 @@ on the snapshot, outside the lock.
 from __future__ import annotations
 
 import asyncio
+import math
 import threading
 from collections import deque
 from collections.abc import Iterable, Sequence
@@ -68,6 +69,7 @@ class BufferStats:
         appended: Ticks appended since the ring was created (evicted and cleared included).
         last_timestamp: Exchange timestamp of the newest stored tick, Unix ms, or ``None``.
         last_receive_timestamp: Local receive time of the newest stored tick, or ``None``.
+        followers: Live tails currently open on the ring.
     """
 
     exchange: str
@@ -76,6 +78,7 @@ class BufferStats:
     appended: int
     last_timestamp: int | None
     last_receive_timestamp: int | None
+    followers: int = 0
 
     def age_ms(self, now: int | None = None) -> int | None:
         """Milliseconds since the newest stored tick was received, or ``None``."""
@@ -285,14 +288,15 @@ class _Ring:
             cached = (_constant_strings(self._symbol_bytes, n),
                       _constant_strings(self._exchange_bytes, n))
             if n <= 1024:
-                if len(self._constants) >= 4:
-                    self._constants.pop(next(iter(self._constants), -1), None)
-                self._constants[n] = cached
+                # Copy-on-write: readers on other threads only ever see a complete dict.
+                kept = list(self._constants.items())[-3:]
+                self._constants = {**dict(kept), n: cached}
         return cached
 
     def stats(self) -> BufferStats:
         return BufferStats(self.exchange, self.symbol, self.next_seq - self.start_seq,
-                           self.next_seq, self.last_timestamp, self.last_receive_timestamp)
+                           self.next_seq, self.last_timestamp, self.last_receive_timestamp,
+                           len(self.followers))
 
     def clear(self) -> None:
         """Drop every row. Live tails skip to the present."""
@@ -402,7 +406,13 @@ class MarketDataBuffer:
         return ring
 
     def append(self, tick: MarketTick) -> None:
-        """Store one tick (amortised ~1 µs)."""
+        """Store one tick (amortised ~1-2 µs).
+
+        Raises:
+            ValueError: The price is not a finite number or the timestamps are out of range
+                (use :mod:`flight_md.normalize` to turn raw exchange data into ticks).
+        """
+        _check(tick)
         ring = self._ring_for(tick.exchange, tick.symbol)
         row = tick.to_row()
         with ring.lock:
@@ -419,6 +429,7 @@ class MarketDataBuffer:
         ring: _Ring | None = None
         row: tuple[Any, ...] | None = None
         for tick in ticks:
+            _check(tick)
             target = self._ring_for(tick.exchange, tick.symbol)
             if target is not ring:
                 if ring is not None and row is not None:
@@ -561,27 +572,37 @@ class MarketDataBuffer:
         return dropped
 
     def follow(self, symbol: str, *, exchange: str | None = None, backlog: int | None = 0,
-               max_lag: int | None = None,
+               start_ms: int | None = None, max_lag: int | None = None,
                columns: Sequence[str] | None = None) -> tuple[pa.Table, Follower]:
         """Start a live tail: the backlog now, and a :class:`Follower` for what comes next.
 
         Args:
-            backlog: Newest stored rows to return first (``None``: everything stored).
+            backlog: Newest stored rows to return first (``None``: everything stored, or
+                everything from ``start_ms``).
+            start_ms: Backlog from this exchange timestamp on (``backlog`` then keeps the
+                newest rows of that range).
             max_lag: Rows the follower may fall behind before it fails (default and
                 maximum: the ring capacity).
 
         Returns:
-            ``(backlog_table, follower)``; no tick falls between the two.
+            ``(backlog_table, follower)``; no tick falls between the two: both are taken
+            under the ring's lock.
         """
         ring = self._ring(symbol, exchange)
         lag = ring.capacity if max_lag is None else max(1, min(max_lag, ring.capacity))
         with ring.lock:
             end = ring.next_seq
-            first = ring.start_seq if backlog is None else max(ring.start_seq, end - backlog)
-            batches = ring.snapshot(first, end) if end > first else []
+            if start_ms is not None:
+                batches = ring.segments_between(start_ms, None)
+            else:
+                first = ring.start_seq if backlog is None else max(ring.start_seq, end - backlog)
+                batches = ring.snapshot(first, end) if end > first else []
             follower = Follower(ring, end, lag, columns)
             ring.followers.add(follower)
-        return ring.table(batches, columns), follower
+        table = ring.table(batches, columns)
+        if start_ms is not None and backlog is not None and table.num_rows > backlog:
+            table = table.slice(table.num_rows - backlog)
+        return table, follower
 
     # -- async facade (original API) --------------------------------------------------------
 
@@ -606,6 +627,23 @@ class MarketDataBuffer:
 
     def __repr__(self) -> str:
         return f"MarketDataBuffer(buffer_size={self.buffer_size}, rings={len(self._rings)})"
+
+
+MAX_TIMESTAMP_MS: Final = 253_402_300_799_999
+"""9999-12-31T23:59:59.999Z; also keeps timestamps exact through the float64 seal."""
+
+
+def _check(tick: MarketTick) -> None:
+    price = tick.price
+    # The price column is not nullable: None or NaN would turn into an invented null.
+    if not (isinstance(price, (int, float)) and math.isfinite(price)):
+        raise ValueError(f"tick price must be a finite number, got {price!r} "
+                         f"({tick.exchange}, {tick.symbol})")
+    if not (0 <= tick.timestamp <= MAX_TIMESTAMP_MS
+            and 0 <= tick.receive_timestamp <= MAX_TIMESTAMP_MS):
+        raise ValueError(f"tick timestamps must be Unix ms from 0 to {MAX_TIMESTAMP_MS}, got "
+                         f"{tick.timestamp!r} and {tick.receive_timestamp!r} "
+                         f"({tick.exchange}, {tick.symbol})")
 
 
 def _preview(names: Sequence[str], limit: int = 20) -> str:

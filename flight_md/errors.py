@@ -16,7 +16,7 @@ service maps each branch to exactly one Flight status code, in one place
     │   └── UnknownExchange
     ├── UnknownAction ............. UNIMPLEMENTED
     ├── Unavailable ............... UNAVAILABLE
-    ├── SlowConsumer .............. RESOURCE_EXHAUSTED
+    ├── SlowConsumer .............. CANCELLED (extra_info b"slow_consumer")
     ├── Unauthenticated ........... UNAUTHENTICATED
     ├── PermissionDenied .......... PERMISSION_DENIED
     ├── ConfigError ............... (command line and config files; never on the wire)

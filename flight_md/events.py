@@ -90,7 +90,7 @@ class EventLog:
                and (start is None or e.timestamp >= start)
                and (end is None or e.timestamp < end)]
         if latest is not None:
-            out = out[len(out) - latest:] if latest else []
+            out = out[max(0, len(out) - latest):] if latest else []
         return out
 
     def to_table(self, exchange: str | None = None, start: int | None = None,

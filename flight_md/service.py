@@ -27,7 +27,7 @@ import socket
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from typing import Any, Final
 
 import pyarrow as pa
@@ -83,8 +83,13 @@ class Unimplemented(pa.ArrowNotImplementedError, metaclass=_Opaque):
     """UNIMPLEMENTED on the wire."""
 
 
-class ResourceExhausted(MemoryError, metaclass=_Opaque):
-    """RESOURCE_EXHAUSTED on the wire."""
+SLOW_CONSUMER: Final = b"slow_consumer"
+"""``extra_info`` of the CANCELLED error that ends a live tail which fell too far behind."""
+
+
+def _slow_consumer(message: str) -> Exception:
+    # pyarrow can send no RESOURCE_EXHAUSTED: the server cancels the stream, with a marker.
+    return flight.FlightCancelledError(message, extra_info=SLOW_CONSUMER)
 
 
 _WIRE: Final[tuple[tuple[type[errors.FlightMdError], Callable[[str], Exception]], ...]] = (
@@ -92,7 +97,7 @@ _WIRE: Final[tuple[tuple[type[errors.FlightMdError], Callable[[str], Exception]]
     (errors.NotFound, NotFound),
     (errors.UnknownAction, Unimplemented),
     (errors.Unavailable, flight.FlightUnavailableError),
-    (errors.SlowConsumer, ResourceExhausted),
+    (errors.SlowConsumer, _slow_consumer),
     (errors.Unauthenticated, flight.FlightUnauthenticatedError),
     (errors.PermissionDenied, flight.FlightUnauthorizedError),
 )
@@ -158,8 +163,8 @@ class FlightMarketDataServer(flight.FlightServerBase):
         events: The event log served as ``@events`` (shared with ingestion).
         control: Ingestion control for ``subscribe``/``unsubscribe``; without it those
             actions answer UNAVAILABLE.
-        follow_max_lag: Ticks a live tail may fall behind before its stream ends with
-            RESOURCE_EXHAUSTED (default: the buffer capacity).
+        follow_max_lag: Ticks a live tail may fall behind before the server cancels it
+            (CANCELLED, ``extra_info`` ``b"slow_consumer"``; default: the buffer capacity).
         authorize: Called as ``authorize(context, mutating)`` at the start of every RPC;
             raises ``Unauthenticated``/``PermissionDenied`` to refuse (see :mod:`flight_md.auth`).
         **kwargs: Passed to :class:`pyarrow.flight.FlightServerBase` (``tls_certificates``,
@@ -282,19 +287,10 @@ class FlightMarketDataServer(flight.FlightServerBase):
         assert query.symbol is not None
         if self._stopping.is_set():
             raise errors.Unavailable("server is shutting down; no new live tails")
-        backlog_rows = query.latest
-        if query.start is not None:
-            backlog = self.buffer.get_range_sync(query.symbol, query.start, None,
-                                                 exchange=query.exchange, latest=query.latest,
-                                                 columns=query.columns)
-            backlog_rows = 0
-        else:
-            backlog = None
         table, follower = self.buffer.follow(query.symbol, exchange=query.exchange,
-                                             backlog=backlog_rows, max_lag=self.follow_max_lag,
+                                             backlog=query.latest, start_ms=query.start,
+                                             max_lag=self.follow_max_lag,
                                              columns=query.columns)
-        if backlog is not None:
-            table = backlog
         logger.info("live tail opened for (%s, %s) by %s", follower.exchange, follower.symbol,
                     context.peer())
         return flight.GeneratorStream(self._schema(query),
@@ -345,19 +341,24 @@ class FlightMarketDataServer(flight.FlightServerBase):
 
     def _clear(self, request: ClearRequest) -> dict[str, Any]:
         if request.symbols is None:
-            dropped = self.buffer.clear_sync(exchange=request.exchange)
-            targets: Sequence[tuple[str, Sequence[str]]] = [(request.exchange or "*", ())]
+            if request.exchange is not None and request.exchange not in self.buffer.exchanges():
+                raise errors.UnknownExchange(
+                    f"unknown exchange {request.exchange!r}; buffered: "
+                    f"{', '.join(self.buffer.exchanges()) or 'none'}")
+            keys = self.buffer.keys(request.exchange)
         else:
-            resolved = [self.buffer.resolve(s, request.exchange) for s in request.symbols]
-            dropped = sum(self.buffer.clear_sync(s, exchange=e) for e, s in resolved)
-            by_exchange: dict[str, list[str]] = {}
-            for e, s in resolved:
-                by_exchange.setdefault(e, []).append(s)
-            targets = list(by_exchange.items())
-        for exchange, symbols in targets:
-            self.events.record(exchange, EventKind.CLEAR, symbols,
-                               f"cleared {dropped} stored ticks on request")
-        return {"cleared": dropped}
+            keys = [self.buffer.resolve(s, request.exchange) for s in request.symbols]
+        by_exchange: dict[str, tuple[list[str], int]] = {}
+        for exchange, symbol in keys:
+            symbols, count = by_exchange.get(exchange, ([], 0))
+            symbols.append(symbol)
+            by_exchange[exchange] = (symbols, count + self.buffer.clear_sync(symbol,
+                                                                            exchange=exchange))
+        for exchange, (symbols, count) in by_exchange.items():
+            listed = symbols if request.symbols is not None else []
+            self.events.record(exchange, EventKind.CLEAR, listed,
+                               f"cleared {count} stored ticks on request")
+        return {"cleared": sum(count for _, count in by_exchange.values())}
 
     def status(self) -> dict[str, Any]:
         """The ``status`` action's result: exchanges, symbols and server counters."""
@@ -386,7 +387,7 @@ class FlightMarketDataServer(flight.FlightServerBase):
             entry.update(ticks_stored=stats.stored, ticks_appended=stats.appended,
                          last_timestamp=stats.last_timestamp,
                          last_receive_timestamp=stats.last_receive_timestamp,
-                         age_ms=stats.age_ms(now))
+                         age_ms=stats.age_ms(now), live_tails=stats.followers)
         symbols = []
         for (exchange, symbol), entry in sorted(per_symbol.items()):
             entry.setdefault("ticks_stored", 0)
@@ -394,6 +395,7 @@ class FlightMarketDataServer(flight.FlightServerBase):
             entry.setdefault("last_timestamp", None)
             entry.setdefault("last_receive_timestamp", None)
             entry.setdefault("age_ms", None)
+            entry.setdefault("live_tails", 0)
             symbols.append({"exchange": exchange, "symbol": symbol, **entry})
         return {
             "server": {

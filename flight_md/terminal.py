@@ -102,7 +102,8 @@ def _describe(exc: BaseException, location: str, streaming: bool = False) -> str
     """One line for a pyarrow error (the client package's error mapping, in brief)."""
     text = str(exc)
     message = _clean(text)
-    if "ResourceExhausted" in text:
+    if isinstance(exc, flight.FlightCancelledError) and \
+            getattr(exc, "extra_info", b"") == b"slow_consumer":
         return f"{message} (the terminal could not keep up)"
     if isinstance(exc, flight.FlightUnavailableError) and (
             text.startswith("Flight returned unavailable error") or "Detail:" not in text):

@@ -120,6 +120,12 @@ class Query:
         _validate(self)
 
 
+def _show(value: object, limit: int = 80) -> str:
+    """``repr`` of a client-supplied value, cut short so errors stay short."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "...'"
+
+
 def _validate(q: Query) -> None:
     given = {k for k in _KEYS if _param_value(q, k) is not None}
     allowed = _ALLOWED[q.target.value]
@@ -131,22 +137,22 @@ def _validate(q: Query) -> None:
                             f"{', '.join(k for k in _KEYS if k in allowed)}")
     if q.target is Target.TICKS:
         if q.symbol is None or not SYMBOL_RE.fullmatch(q.symbol):
-            raise InvalidTicket(f"invalid symbol {q.symbol!r}; expected 1-64 characters from "
+            raise InvalidTicket(f"invalid symbol {_show(q.symbol)}; expected 1-64 characters from "
                                 "A-Z a-z 0-9 / - _ : . (e.g. 'BTC/USDT')")
     elif q.symbol is not None:
         raise InvalidTicket(f"{name!r} takes no symbol")
     if q.exchange is not None and not EXCHANGE_RE.fullmatch(q.exchange):
-        raise InvalidTicket(f"invalid exchange {q.exchange!r}; expected a ccxt exchange id "
+        raise InvalidTicket(f"invalid exchange {_show(q.exchange)}; expected a ccxt exchange id "
                             "such as 'binance' (lowercase letters, digits, _ and -)")
     if q.latest is not None and (isinstance(q.latest, bool) or not isinstance(q.latest, int)
                                  or not 0 <= q.latest <= MAX_LATEST):
-        raise InvalidTicket(f"invalid latest {q.latest!r}; expected an integer from 0 to "
+        raise InvalidTicket(f"invalid latest {_show(q.latest)}; expected an integer from 0 to "
                             f"{MAX_LATEST}")
     for key in ("start", "end"):
         value = getattr(q, key)
         if value is not None and (isinstance(value, bool) or not isinstance(value, int)
                                   or not 0 <= value <= MAX_TIME_MS):
-            raise InvalidTicket(f"invalid {key} {value!r}; expected Unix milliseconds from 0 "
+            raise InvalidTicket(f"invalid {key} {_show(value)}; expected Unix milliseconds from 0 "
                                 f"to {MAX_TIME_MS} or an ISO-8601 time")
     if q.start is not None and q.end is not None and q.start > q.end:
         raise InvalidTicket(f"start {q.start} is after end {q.end}; start must be <= end")
@@ -155,9 +161,9 @@ def _validate(q: Query) -> None:
             raise InvalidTicket("columns is empty; name at least one of: " + ", ".join(SCHEMA.names))
         for column in q.columns:
             if column not in _COLUMNS:
-                raise InvalidTicket(f"unknown column {column!r}; allowed: {', '.join(SCHEMA.names)}")
+                raise InvalidTicket(f"unknown column {_show(column)}; allowed: {', '.join(SCHEMA.names)}")
         if len(set(q.columns)) != len(q.columns):
-            raise InvalidTicket(f"columns {','.join(q.columns)!r} repeat a column")
+            raise InvalidTicket(f"columns {_show(','.join(q.columns))} repeat a column")
     if q.follow and q.end is not None:
         raise InvalidTicket("follow=true cannot have an end; drop end or follow")
 
@@ -202,8 +208,11 @@ def parse_time(text: str, key: str = "time") -> int:
         parsed = parsed.replace(tzinfo=timezone.utc)
     delta = parsed - _EPOCH
     value = delta.days * 86_400_000 + delta.seconds * 1000 + delta.microseconds // 1000
-    if not 0 <= value <= MAX_TIME_MS:
+    if value < 0:
         raise InvalidTicket(f"invalid {key} {text!r}; must be at or after 1970-01-01T00:00:00Z")
+    if value > MAX_TIME_MS:
+        raise InvalidTicket(f"invalid {key} {text!r}; must be at or before "
+                            "9999-12-31T23:59:59.999Z")
     return value
 
 
@@ -340,9 +349,13 @@ def parse_descriptor(descriptor_type: str, path: list[bytes] | None,
     if stripped.startswith(b"{"):
         return _parse_json_command(stripped)
     try:
-        return parse_ticket(command)
+        query = parse_ticket(command)
     except InvalidTicket as exc:
         raise InvalidDescriptor(f"descriptor command: {exc}") from None
+    if query.follow:
+        raise InvalidDescriptor("follow=true has no finite answer to describe; use it in a "
+                                "DoGet ticket, not a descriptor")
+    return query
 
 
 def _parse_json_command(data: bytes) -> Query:

@@ -12,7 +12,7 @@ R) can make the same way. There is no flight_md import here on purpose.
   and answers one JSON result.
 * Errors are gRPC status codes: INVALID_ARGUMENT (bad ticket), NOT_FOUND (unknown symbol),
   UNIMPLEMENTED (unknown action), UNAVAILABLE, UNAUTHENTICATED, PERMISSION_DENIED,
-  RESOURCE_EXHAUSTED (a live tail fell behind). With a token, send the header
+  CANCELLED with extra_info b"slow_consumer" (a live tail fell behind). With a token, send the header
   ``authorization: Bearer <token>`` on every call.
 
 Run it against a server (``flight-md serve --demo``)::

@@ -15,7 +15,7 @@ text before pyarrow's ``". Detail: ..."`` and ``"gRPC client debug context: ..."
     ├── Unauthenticated ....... UNAUTHENTICATED: missing or wrong bearer token
     ├── PermissionDenied ...... PERMISSION_DENIED: e.g. a read-only token tried to subscribe
     │                           (also a PermissionError)
-    ├── SlowConsumer .......... RESOURCE_EXHAUSTED: a live tail fell too far behind
+    ├── SlowConsumer .......... CANCELLED + extra_info slow_consumer: a live tail fell behind
     ├── TimedOut .............. the call's deadline (``timeout=``) passed (also a TimeoutError)
     └── ServerError ........... INTERNAL and anything else the server reports
 
@@ -180,7 +180,8 @@ def translate(exc: BaseException, location: str = "the server", *,
     detail = _detail(text)
     if isinstance(exc, FlightMdClientError):
         return exc
-    if detail == "ResourceExhausted" or isinstance(exc, (MemoryError, pa.ArrowMemoryError)):
+    if isinstance(exc, flight.FlightCancelledError) and \
+            getattr(exc, "extra_info", b"") == b"slow_consumer":
         return SlowConsumer(message, exc)
     if isinstance(exc, flight.FlightUnavailableError):
         if _is_connection_failure(exc, text):
