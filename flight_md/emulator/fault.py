@@ -1,0 +1,128 @@
+"""Faults the emulator can inject, and the board that tracks which are armed.
+
+Faults fall into four families that share :meth:`Emulator.inject`'s arguments:
+
+==================  ==========================================================  =====================
+family              effect                                                      count / duration
+==================  ==========================================================  =====================
+connection          ``RESET`` (TCP RST), ``CLOSE_1006`` (TCP FIN without a      ``count`` caps how many
+                    close frame: the client sees 1006), ``CLOSE_1001`` (close   open websockets it hits
+                    frame "going away"), ``SERVER_SHUTDOWN`` (Binance           (default all);
+                    ``{"e":"serverShutdown","E":...}`` event, then 1001)        ``duration`` is the
+                                                                                shutdown grace period
+frame               ``MALFORMED`` (invalid JSON), ``TRUNCATED`` (first half     next ``count`` data
+                    of the frame), ``MISSING_FIELDS`` (symbol field dropped),   frames (default 1), or
+                    ``NON_NUMERIC`` (price field set to ``"abc"``)             all within ``duration``
+REST                ``REST_429`` (with ``Retry-After``), ``REST_5XX`` (503)     next ``count`` requests
+                                                                                (default 1) or all
+                                                                                within ``duration``
+window              ``STALL`` (open sockets go silent: no data, no pings, no    for ``duration``
+                    pongs, no replies), ``REFUSE`` (new websocket handshakes    seconds, or until
+                    and REST requests get HTTP 503)                             ``clear_faults()``
+==================  ==========================================================  =====================
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+__all__ = ["CONNECTION_FAULTS", "FRAME_FAULTS", "REST_FAULTS", "WINDOW_FAULTS", "Fault", "FaultBoard"]
+
+
+class Fault(StrEnum):
+    """A fault kind; the value is the name used by the control endpoint and the CLI."""
+
+    RESET = "reset"
+    CLOSE_1006 = "close_1006"
+    CLOSE_1001 = "close_1001"
+    STALL = "stall"
+    MALFORMED = "malformed"
+    TRUNCATED = "truncated"
+    MISSING_FIELDS = "missing_fields"
+    NON_NUMERIC = "non_numeric"
+    REFUSE = "refuse"
+    SERVER_SHUTDOWN = "server_shutdown"
+    REST_429 = "rest_429"
+    REST_5XX = "rest_5xx"
+
+
+CONNECTION_FAULTS = frozenset({Fault.RESET, Fault.CLOSE_1006, Fault.CLOSE_1001, Fault.SERVER_SHUTDOWN})
+FRAME_FAULTS = frozenset({Fault.MALFORMED, Fault.TRUNCATED, Fault.MISSING_FIELDS, Fault.NON_NUMERIC})
+REST_FAULTS = frozenset({Fault.REST_429, Fault.REST_5XX})
+WINDOW_FAULTS = frozenset({Fault.STALL, Fault.REFUSE})
+
+
+@dataclass(slots=True)
+class _Armed:
+    remaining: int | None  # None: unlimited within the window
+    until: float | None  # loop time; None: no deadline
+
+
+class FaultBoard:
+    """Armed frame, REST and window faults; connection faults act at once and are not kept."""
+
+    __slots__ = ("_armed", "frame_armed")
+
+    def __init__(self) -> None:
+        self._armed: dict[Fault, _Armed] = {}
+        #: Whether any frame fault may be armed: a cheap test for the hot path.
+        self.frame_armed = False
+
+    def arm(self, fault: Fault, *, count: int | None, duration: float | None, now: float) -> None:
+        """Arm a frame, REST or window fault.
+
+        Args:
+            fault: The fault; not a connection fault.
+            count: How many frames or requests it hits; ignored for window faults.
+            duration: Seconds it stays armed; ``None`` means until used up or cleared.
+            now: Current loop time.
+        """
+        until = None if duration is None else now + duration
+        if fault in WINDOW_FAULTS:
+            count = None
+        elif count is None and duration is None:
+            count = 1
+        self._armed[fault] = _Armed(count, until)
+        self.frame_armed = any(armed in FRAME_FAULTS for armed in self._armed)
+
+    def take(self, fault: Fault, now: float) -> bool:
+        """Consume one use of a fault if it is armed.
+
+        Args:
+            fault: The fault.
+            now: Current loop time.
+
+        Returns:
+            Whether the fault applies to this frame or request.
+        """
+        armed = self._armed.get(fault)
+        if armed is None:
+            return False
+        if armed.until is not None and now >= armed.until:
+            self._disarm(fault)
+            return False
+        if armed.remaining is not None:
+            armed.remaining -= 1
+            if armed.remaining <= 0:
+                self._disarm(fault)
+        return True
+
+    def _disarm(self, fault: Fault) -> None:
+        del self._armed[fault]
+        self.frame_armed = any(armed in FRAME_FAULTS for armed in self._armed)
+
+    def active(self, fault: Fault, now: float) -> bool:
+        """Whether a window fault is in force, without consuming it."""
+        armed = self._armed.get(fault)
+        if armed is None:
+            return False
+        if armed.until is not None and now >= armed.until:
+            self._disarm(fault)
+            return False
+        return True
+
+    def clear(self) -> None:
+        """Disarm every fault."""
+        self._armed.clear()
+        self.frame_armed = False

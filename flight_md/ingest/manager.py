@@ -1,0 +1,359 @@
+"""Many exchange streams into one store, and the bridge the Flight service calls them through.
+
+:class:`MarketDataManager` runs one :class:`~flight_md.ingest.stream.MarketDataStream` per
+exchange, all writing into one shared :class:`~flight_md.buffer.MarketDataBuffer` and one
+:class:`~flight_md.events.EventLog`, on one asyncio loop.
+
+Threads meet at two points, and only there. Flight handlers run on gRPC threads; ingestion
+runs on the one asyncio loop thread (:class:`IngestionThread` runs it). They meet
+
+1. at the **buffer**: ingestion appends, handlers read immutable Arrow snapshots taken under
+   a short per-ring lock (and the event log, which is locked the same way); and
+2. at ``asyncio.run_coroutine_threadsafe(...).result(timeout)``: :class:`ThreadedControl`
+   implements :class:`~flight_md.control.IngestionControl` by handing subscribe, unsubscribe
+   and status to the loop and waiting at most ``timeout`` seconds for the answer.
+
+Nothing else in ingestion is touched from another thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import threading
+from collections.abc import Coroutine, Mapping, Sequence
+from types import MappingProxyType, TracebackType
+from typing import Any, Final, Self, TypeVar
+
+import ccxt.async_support as ccxt_async
+
+from flight_md.buffer import MarketDataBuffer
+from flight_md.control import IngestionStatus
+from flight_md.errors import FlightMdError, InvalidArgument, Unavailable, UnknownExchange
+from flight_md.events import EventKind, EventLog
+from flight_md.ingest.stream import MarketDataStream
+
+__all__ = ["DEFAULT_CONTROL_TIMEOUT", "IngestionThread", "MarketDataManager", "ThreadedControl"]
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_CONTROL_TIMEOUT: Final = 10.0
+"""Seconds a Flight handler waits for the ingestion loop."""
+
+T = TypeVar("T")
+
+
+class MarketDataManager:
+    """One stream per exchange, all into one buffer and one event log.
+
+    Args:
+        buffer: The shared store (a new one by default).
+        events: The shared event log (a new one by default).
+
+    Use it on the loop that runs ingestion; from other threads go through
+    :class:`ThreadedControl`.
+    """
+
+    def __init__(self, buffer: MarketDataBuffer | None = None,
+                 events: EventLog | None = None) -> None:
+        self.buffer = buffer if buffer is not None else MarketDataBuffer()
+        self.events = events if events is not None else EventLog()
+        self._streams: dict[str, MarketDataStream] = {}
+
+    @property
+    def streams(self) -> Mapping[str, MarketDataStream]:
+        """Running streams by exchange id (a read-only view)."""
+        return MappingProxyType(self._streams)
+
+    async def add_stream(self, exchange_id: str, symbols: Sequence[str] = (),
+                         **stream_kwargs: Any) -> MarketDataStream:
+        """Start a stream for ``exchange_id``: connect, then subscribe ``symbols``.
+
+        Args:
+            exchange_id: ccxt exchange id.
+            symbols: Symbols to subscribe right away.
+            **stream_kwargs: :class:`MarketDataStream` arguments (``buffer`` and ``events``
+                are the manager's; ``buffer_size`` is ignored: the shared buffer has one).
+
+        Returns:
+            The connected stream.
+
+        Raises:
+            InvalidArgument: A stream for the exchange already runs, or a bad argument or
+                symbol (the stream is not kept).
+            Unavailable: The exchange cannot be reached (the stream is not kept).
+        """
+        if exchange_id in self._streams:
+            raise InvalidArgument(f"a stream for {exchange_id!r} is already running; "
+                                  "subscribe to it or remove it first")
+        for reserved in ("buffer", "events"):
+            if reserved in stream_kwargs:
+                raise InvalidArgument(f"{reserved}= belongs to the manager; do not pass it")
+        stream_kwargs.pop("buffer_size", None)
+        stream = MarketDataStream(exchange_id, buffer=self.buffer, events=self.events,
+                                  **stream_kwargs)
+        self._streams[exchange_id] = stream  # reserve the id while connecting
+        try:
+            await stream.connect()
+            if symbols:
+                await stream.subscribe(symbols)
+        except BaseException:
+            if self._streams.get(exchange_id) is stream:
+                del self._streams[exchange_id]
+            await stream.disconnect()
+            raise
+        return stream
+
+    def get_stream(self, exchange_id: str) -> MarketDataStream:
+        """The stream of ``exchange_id``.
+
+        Raises:
+            UnknownExchange: No stream runs for it.
+        """
+        stream = self._streams.get(exchange_id)
+        if stream is None:
+            raise UnknownExchange(f"no stream for exchange {exchange_id!r}; running: "
+                                  f"{', '.join(self._streams) or 'none'}")
+        return stream
+
+    async def remove_stream(self, exchange_id: str) -> None:
+        """Disconnect and forget the stream of ``exchange_id`` (its ticks stay buffered).
+
+        Raises:
+            UnknownExchange: No stream runs for it.
+        """
+        stream = self.get_stream(exchange_id)
+        del self._streams[exchange_id]
+        await stream.disconnect()
+
+    async def shutdown(self) -> None:
+        """Disconnect every stream (concurrently); the buffer and the log stay readable."""
+        streams = list(self._streams.values())
+        self._streams.clear()
+        results = await asyncio.gather(*(s.disconnect() for s in streams), return_exceptions=True)
+        for stream, result in zip(streams, results):
+            if isinstance(result, Exception):
+                logger.warning("%s: error while disconnecting: %s", stream.exchange_id, result)
+
+    def status(self) -> IngestionStatus:
+        """Every stream's status, exchanges in the order they were added."""
+        parts = [stream.status() for stream in self._streams.values()]
+        return IngestionStatus(tuple(e for p in parts for e in p.exchanges),
+                               tuple(s for p in parts for s in p.symbols))
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        await self.shutdown()
+
+    def __repr__(self) -> str:
+        return f"MarketDataManager(streams={list(self._streams)!r})"
+
+
+class ThreadedControl:
+    """:class:`~flight_md.control.IngestionControl` for a manager running on another thread.
+
+    Every call hands a coroutine to the manager's loop with
+    ``asyncio.run_coroutine_threadsafe`` and blocks the calling (gRPC) thread for at most
+    ``timeout`` seconds.
+
+    Args:
+        manager: The manager; it must only be used on ``loop``.
+        loop: The running loop of the ingestion thread.
+        timeout: Seconds to wait for each answer.
+    """
+
+    def __init__(self, manager: MarketDataManager, loop: asyncio.AbstractEventLoop,
+                 timeout: float = DEFAULT_CONTROL_TIMEOUT) -> None:
+        self.manager = manager
+        self.loop = loop
+        self.timeout = timeout
+
+    def subscribe(self, exchange: str | None, symbols: Sequence[str]) -> dict[str, Any]:
+        """Start streaming ``symbols``; returns ``{"exchange": id, "subscribed": [...]}``."""
+        return self._call(self._subscribe(exchange, symbols), "subscribe")
+
+    def unsubscribe(self, exchange: str | None, symbols: Sequence[str]) -> dict[str, Any]:
+        """Stop streaming ``symbols``; returns ``{"exchange": id, "unsubscribed": [...]}``."""
+        return self._call(self._unsubscribe(exchange, symbols), "unsubscribe")
+
+    def status(self) -> IngestionStatus:
+        """A consistent snapshot of every stream (taken on the loop)."""
+        return self._call(self._status(), "status")
+
+    def record_clear(self, exchange: str | None, symbols: Sequence[str] | None,
+                     dropped: int) -> None:
+        """Note a clear in the event log (thread-safe; the buffer is already cleared)."""
+        what = ", ".join(symbols) if symbols else "all symbols"
+        self.manager.events.record(exchange or "*", EventKind.CLEAR, tuple(symbols or ()),
+                                   f"cleared {dropped} ticks ({what})")
+
+    # -- on the loop ------------------------------------------------------------------------
+
+    def _pick(self, exchange: str | None) -> MarketDataStream:
+        streams = self.manager.streams
+        if exchange is None:
+            if len(streams) == 1:
+                return next(iter(streams.values()))
+            if not streams:
+                raise Unavailable("no exchange is streaming")
+            raise InvalidArgument(f"several exchanges are streaming; name one of: "
+                                  f"{', '.join(streams)}")
+        return self.manager.get_stream(exchange)
+
+    async def _subscribe(self, exchange: str | None, symbols: Sequence[str]) -> dict[str, Any]:
+        stream = self._pick(exchange)
+        await stream.subscribe(symbols)
+        names = [symbols] if isinstance(symbols, str) else symbols
+        wanted = [s for s in dict.fromkeys(names) if s in stream.symbols]
+        return {"exchange": stream.exchange_id, "subscribed": wanted}
+
+    async def _unsubscribe(self, exchange: str | None, symbols: Sequence[str]) -> dict[str, Any]:
+        stream = self._pick(exchange)
+        removed = await stream.unsubscribe(symbols)
+        return {"exchange": stream.exchange_id, "unsubscribed": list(removed)}
+
+    async def _status(self) -> IngestionStatus:
+        return self.manager.status()
+
+    # -- the bridge -------------------------------------------------------------------------
+
+    def _call(self, coro: Coroutine[Any, Any, T], what: str) -> T:
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is self.loop:
+            coro.close()
+            raise RuntimeError("ThreadedControl must not be called from the ingestion loop "
+                               "itself (it would wait for itself); await the manager instead")
+        try:
+            future = asyncio.run_coroutine_threadsafe(coro, self.loop)
+        except RuntimeError:  # the loop is closed
+            coro.close()
+            raise Unavailable(f"ingestion is not running; cannot {what}") from None
+        try:
+            return future.result(self.timeout)
+        except concurrent.futures.TimeoutError:
+            future.cancel()
+            raise Unavailable(f"ingestion did not answer within {self.timeout:g} s ({what}); "
+                              "the exchange may be slow or unreachable") from None
+        except concurrent.futures.CancelledError:
+            raise Unavailable(f"ingestion stopped before answering ({what})") from None
+        except FlightMdError:
+            raise
+        except (ccxt_async.BaseError, OSError) as error:
+            raise Unavailable(f"{what} failed: {type(error).__name__}") from None
+
+
+class IngestionThread:
+    """An asyncio loop on a background thread running a :class:`MarketDataManager`.
+
+    The Flight server runs in the main thread; ingestion runs here::
+
+        with IngestionThread(buffer, events) as ingestion:
+            ingestion.add_stream("binance", symbols=["BTC/USDT"])
+            server = FlightMarketDataServer(..., control=ingestion.control())
+
+    Args:
+        buffer: The shared store.
+        events: The shared event log.
+        name: The thread's name.
+    """
+
+    def __init__(self, buffer: MarketDataBuffer | None = None, events: EventLog | None = None,
+                 *, name: str = "flight-md-ingest") -> None:
+        self.buffer = buffer if buffer is not None else MarketDataBuffer()
+        self.events = events if events is not None else EventLog()
+        self.name = name
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._manager: MarketDataManager | None = None
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        """The ingestion loop (after :meth:`start`)."""
+        if self._loop is None:
+            raise Unavailable("ingestion thread is not running; call start() first")
+        return self._loop
+
+    @property
+    def manager(self) -> MarketDataManager:
+        """The manager (after :meth:`start`); use it only on :attr:`loop`."""
+        if self._manager is None:
+            raise Unavailable("ingestion thread is not running; call start() first")
+        return self._manager
+
+    def start(self) -> Self:
+        """Start the loop thread and create the manager on it (idempotent)."""
+        if self._thread is not None:
+            return self
+        loop = asyncio.new_event_loop()
+        ready = threading.Event()
+
+        def run() -> None:
+            asyncio.set_event_loop(loop)
+            loop.call_soon(ready.set)
+            loop.run_forever()
+
+        self._loop = loop
+        self._thread = threading.Thread(target=run, name=self.name, daemon=True)
+        self._thread.start()
+        ready.wait()
+        self._manager = self.run(self._make_manager())
+        return self
+
+    async def _make_manager(self) -> MarketDataManager:
+        return MarketDataManager(self.buffer, self.events)
+
+    def run(self, coro: Coroutine[Any, Any, T], timeout: float | None = 30.0) -> T:
+        """Run a coroutine on the ingestion loop and wait for its result.
+
+        Raises:
+            Unavailable: It did not finish within ``timeout`` seconds (it is cancelled).
+        """
+        future = asyncio.run_coroutine_threadsafe(coro, self.loop)
+        try:
+            return future.result(timeout)
+        except concurrent.futures.TimeoutError:
+            future.cancel()
+            raise Unavailable(f"ingestion did not finish within {timeout:g} s") from None
+
+    def add_stream(self, exchange_id: str, symbols: Sequence[str] = (),
+                   timeout: float | None = 30.0, **stream_kwargs: Any) -> MarketDataStream:
+        """:meth:`MarketDataManager.add_stream`, from any thread (blocks until connected)."""
+        return self.run(self.manager.add_stream(exchange_id, symbols, **stream_kwargs), timeout)
+
+    def control(self, timeout: float = DEFAULT_CONTROL_TIMEOUT) -> ThreadedControl:
+        """The :class:`~flight_md.control.IngestionControl` for the Flight service."""
+        return ThreadedControl(self.manager, self.loop, timeout)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Disconnect every stream, stop the loop and join the thread (idempotent)."""
+        loop, thread = self._loop, self._thread
+        if loop is None or thread is None:
+            return
+        try:
+            if self._manager is not None and loop.is_running():
+                self.run(self._manager.shutdown(), timeout)
+        except Exception as error:  # noqa: BLE001 - stopping must finish even if a stream misbehaves
+            logger.warning("ingestion did not shut down cleanly: %s", error)
+        finally:
+            if loop.is_running():
+                loop.call_soon_threadsafe(loop.stop)
+            thread.join(timeout)
+            if not thread.is_alive():
+                loop.run_until_complete(loop.shutdown_asyncgens())
+                loop.close()
+            self._loop = self._thread = None
+            self._manager = None
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.stop()

@@ -1,0 +1,303 @@
+"""ccxt unified ticker dicts -> :class:`~flight_md.schema.MarketTick` rows; pure.
+
+This module imports neither asyncio nor ccxt: it is a function of its arguments, and a bad
+value never raises out of :func:`to_tick` (it returns a :class:`DropReason` instead), so
+ingestion can count and drop a bad update without touching its connection.
+
+Where each field comes from
+===========================
+
+``Channel.TICKER`` (the full 24h ticker: ccxt ``watch_tickers`` / ``fetch_tickers``; Binance
+``<symbol>@ticker``, Bybit ``tickers.<symbol>``):
+
+==================  ===============================================================
+``price``           ``last`` (the last trade price), else ``close``
+``volume``          ``baseVolume``: 24h rolling base-asset volume
+``high/low/open``   24h rolling high, low and open
+``close``           ``close``
+``bid/ask``         best bid and ask where the channel carries them (Bybit spot
+                    tickers do not: ``None``)
+``timestamp``       the exchange's event time (``timestamp``); when the exchange sends
+                    none (Bybit REST tickers) the receive time
+==================  ===============================================================
+
+``Channel.BIDASK`` (real-time best bid/ask: ccxt ``watch_bids_asks`` / ``fetch_bids_asks``;
+Binance ``<symbol>@bookTicker``, Bybit ``orderbook.1.<symbol>``):
+
+==================  ===============================================================
+``price``           the mid ``(bid + ask) / 2`` (the channel carries no trade)
+``bid/ask``         best bid and ask (both required)
+``volume``          ``None``: the channel has no traded volume
+``high/low/open``   ``None``
+``close``           ``None``
+``timestamp``       the exchange's time where it sends one (Bybit); Binance
+                    ``bookTicker`` carries **no timestamp**, so it is the receive time
+==================  ===============================================================
+
+``receive_timestamp`` is always the local wall-clock time (Unix ms) at which ingestion got
+the update. A value the exchange did not send is ``None``, never 0 and never NaN.
+
+What counts as bad data
+=======================
+
+An update is dropped, with the :class:`DropReason` in brackets, when:
+
+* it has no symbol [``missing_symbol``];
+* a numeric field is not a number, e.g. ``"abc"`` or ``True`` [``non_numeric``], or is
+  NaN or infinite [``non_finite``]. ccxt turns a non-numeric string into ``None`` while it
+  parses, so for exchanges listed in :data:`RAW_NUMERIC_FIELDS` the raw payload
+  (``info``) is checked too, whenever a field the tick is made of came out empty;
+* there is no price: neither ``last`` nor ``close`` for a ticker, a missing (or 0) bid
+  or ask for a best bid/ask [``missing_price``];
+* the price is zero or negative [``non_positive_price``];
+* any other price, or a volume, is negative [``negative_value``]. A bid, ask, high, low,
+  open or close of exactly 0 is how exchanges say "none" (an empty book side, no trade
+  today): it becomes ``None``. A volume of 0 is a real value and is kept;
+* the best bid is above the best ask [``crossed_book``]. Decision: one venue's top of
+  book is never crossed, so a crossed pair means the values are not from one consistent
+  snapshot; the whole update is dropped rather than served with a quote that is wrong on
+  one side. A locked book (bid == ask) is kept;
+* the exchange timestamp is not a number, is before 2010-01-01, or is more than a day
+  ahead of the receive time (a seconds/milliseconds mix-up, a corrupt field)
+  [``bad_timestamp``].
+
+``malformed_frame`` and ``unparseable_frame`` are counted by ingestion itself for frames
+that never became a ticker: invalid or truncated JSON, and frames ccxt's own parser
+raised on (e.g. a missing symbol field). A ticker that is not a mapping at all is
+``unparseable_frame`` too.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from enum import StrEnum
+from typing import Any, Final
+
+from flight_md.errors import ExchangeDataError
+from flight_md.schema import MarketTick
+
+__all__ = [
+    "MAX_FUTURE_MS",
+    "MIN_TIMESTAMP_MS",
+    "RAW_NUMERIC_FIELDS",
+    "Channel",
+    "DropReason",
+    "fingerprint",
+    "normalize_ticker",
+    "to_tick",
+]
+
+MIN_TIMESTAMP_MS: Final = 1_262_304_000_000
+"""2010-01-01T00:00:00Z: no crypto exchange timestamp is older."""
+MAX_FUTURE_MS: Final = 86_400_000
+"""How far an exchange timestamp may run ahead of the local receive time (one day)."""
+
+RAW_NUMERIC_FIELDS: Final[Mapping[str, frozenset[str]]] = {
+    # Binance spot: 24hrTicker and bookTicker websocket events, /api/v3/ticker/24hr and
+    # /api/v3/ticker/bookTicker rows.
+    "binance": frozenset({
+        "c", "o", "h", "l", "v", "q", "b", "B", "a", "A", "p", "P", "w", "x", "Q",
+        "lastPrice", "openPrice", "highPrice", "lowPrice", "volume", "quoteVolume",
+        "bidPrice", "bidQty", "askPrice", "askQty", "prevClosePrice", "weightedAvgPrice",
+    }),
+    # Bybit v5: tickers.<symbol> websocket data and /v5/market/tickers rows.
+    "bybit": frozenset({
+        "lastPrice", "bid1Price", "bid1Size", "ask1Price", "ask1Size", "prevPrice24h",
+        "highPrice24h", "lowPrice24h", "volume24h", "turnover24h", "markPrice", "indexPrice",
+    }),
+}
+"""Raw payload fields that must be numeric, per exchange.
+
+ccxt maps a non-numeric string to ``None`` while it parses, which would make ``"abc"``
+indistinguishable from a field the exchange did not send; these lists let
+:func:`to_tick` tell the two apart. Exchanges not listed skip the check.
+"""
+
+
+class Channel(StrEnum):
+    """What an exchange stream carries."""
+
+    TICKER = "ticker"
+    """The full 24h rolling ticker."""
+    BIDASK = "bidask"
+    """Real-time best bid and ask."""
+
+
+class DropReason(StrEnum):
+    """Why an exchange update did not become a tick (the keys of ``bad_frames``)."""
+
+    MISSING_SYMBOL = "missing_symbol"
+    MISSING_PRICE = "missing_price"
+    NON_NUMERIC = "non_numeric"
+    NON_FINITE = "non_finite"
+    NON_POSITIVE_PRICE = "non_positive_price"
+    NEGATIVE_VALUE = "negative_value"
+    CROSSED_BOOK = "crossed_book"
+    BAD_TIMESTAMP = "bad_timestamp"
+    MALFORMED_FRAME = "malformed_frame"
+    """Counted by ingestion: a frame that is not valid JSON (e.g. truncated)."""
+    UNPARSEABLE_FRAME = "unparseable_frame"
+    """Counted by ingestion: ccxt's parser raised on the frame."""
+
+
+_USED: Final[Mapping[Channel, tuple[str, ...]]] = {
+    Channel.TICKER: ("last", "close", "bid", "ask", "high", "low", "open", "baseVolume"),
+    Channel.BIDASK: ("bid", "ask"),
+}
+"""The unified fields each channel's tick is made of."""
+
+
+class _Bad(Exception):
+    """Internal: carries the reason out of the field helpers (never escapes this module)."""
+
+    def __init__(self, reason: DropReason, field: str) -> None:
+        super().__init__(reason, field)
+        self.reason = reason
+        self.field = field
+
+
+def _number(value: Any, field: str) -> float | None:
+    """A finite float, ``None`` for a missing value, or :class:`_Bad`."""
+    if value is None:
+        return None
+    if isinstance(value, float):
+        number = value
+    elif isinstance(value, bool):
+        raise _Bad(DropReason.NON_NUMERIC, field)
+    elif isinstance(value, (int, str)):
+        try:
+            number = float(value)
+        except (ValueError, OverflowError):
+            raise _Bad(DropReason.NON_NUMERIC, field) from None
+    else:
+        raise _Bad(DropReason.NON_NUMERIC, field)
+    if not math.isfinite(number):
+        raise _Bad(DropReason.NON_FINITE, field)
+    return number
+
+
+def _quote(value: Any, field: str) -> float | None:
+    """A price-like optional field: 0 means "none", negative is bad."""
+    number = _number(value, field)
+    if number is None or number > 0.0:
+        return number
+    if number == 0.0:
+        return None
+    raise _Bad(DropReason.NEGATIVE_VALUE, field)
+
+
+def _volume(value: Any, field: str) -> float | None:
+    number = _number(value, field)
+    if number is not None and number < 0.0:
+        raise _Bad(DropReason.NEGATIVE_VALUE, field)
+    return number
+
+
+def _timestamp(value: Any, receive_ms: int) -> int:
+    if value is None:
+        return receive_ms
+    try:
+        number = _number(value, "timestamp")
+    except _Bad:
+        raise _Bad(DropReason.BAD_TIMESTAMP, "timestamp") from None
+    assert number is not None
+    if number < MIN_TIMESTAMP_MS or number > receive_ms + MAX_FUTURE_MS:
+        raise _Bad(DropReason.BAD_TIMESTAMP, "timestamp")
+    return int(number)
+
+
+def _check_raw(info: Any, fields: frozenset[str]) -> None:
+    if not isinstance(info, Mapping):
+        return
+    for key in fields:
+        value = info.get(key)
+        if value is None or value == "" or isinstance(value, (list, dict)):
+            continue  # absent, Bybit's "no value", or structure ccxt parses itself
+        _number(value, key)
+
+
+def _build(ticker: Mapping[str, Any], exchange: str, channel: Channel,
+           receive_ms: int) -> MarketTick:
+    if not isinstance(ticker, Mapping):
+        raise _Bad(DropReason.UNPARSEABLE_FRAME, "ticker")
+    symbol = ticker.get("symbol")
+    if not isinstance(symbol, str) or not symbol:
+        raise _Bad(DropReason.MISSING_SYMBOL, "symbol")
+    fields = RAW_NUMERIC_FIELDS.get(exchange)
+    if fields is not None and any(ticker.get(name) is None for name in _USED[channel]):
+        # ccxt left a field we store empty: was it absent, or not a number?
+        _check_raw(ticker.get("info"), fields)
+    timestamp = _timestamp(ticker.get("timestamp"), receive_ms)
+    bid = _quote(ticker.get("bid"), "bid")
+    ask = _quote(ticker.get("ask"), "ask")
+    if bid is not None and ask is not None and bid > ask:
+        raise _Bad(DropReason.CROSSED_BOOK, "bid")
+    if channel is Channel.BIDASK:
+        if bid is None or ask is None:
+            raise _Bad(DropReason.MISSING_PRICE, "bid" if bid is None else "ask")
+        return MarketTick(symbol, timestamp, (bid + ask) / 2.0, None, bid, ask, None, None,
+                          None, None, exchange, receive_ms)
+    last = _number(ticker.get("last"), "last")
+    close = _quote(ticker.get("close"), "close")
+    price = last if last is not None else close
+    if price is None:
+        raise _Bad(DropReason.MISSING_PRICE, "last")
+    if price <= 0.0:
+        raise _Bad(DropReason.NON_POSITIVE_PRICE, "last")
+    return MarketTick(
+        symbol, timestamp, price, _volume(ticker.get("baseVolume"), "baseVolume"), bid, ask,
+        _quote(ticker.get("high"), "high"), _quote(ticker.get("low"), "low"),
+        _quote(ticker.get("open"), "open"), close, exchange, receive_ms)
+
+
+def to_tick(ticker: Mapping[str, Any], *, exchange: str, channel: Channel | str,
+            receive_ms: int) -> MarketTick | DropReason:
+    """Normalize one ccxt unified ticker, or say why it is bad.
+
+    Args:
+        ticker: A ccxt unified ticker (``symbol``, ``timestamp``, ``last``, ``bid``, ...,
+            ``info`` holding the raw payload).
+        exchange: ccxt exchange id; selects the raw-payload check.
+        channel: What the ticker came from (see the module docstring).
+        receive_ms: Local wall-clock time the update arrived, Unix ms.
+
+    Returns:
+        The tick, or the :class:`DropReason` it was rejected for. Never raises on bad data.
+    """
+    try:
+        return _build(ticker, exchange, Channel(channel), receive_ms)
+    except _Bad as bad:
+        return bad.reason
+
+
+def normalize_ticker(ticker: Mapping[str, Any], *, exchange: str,
+                     channel: Channel | str = Channel.TICKER,
+                     receive_ms: int) -> MarketTick:
+    """Like :func:`to_tick`, but raise on bad data.
+
+    Raises:
+        ExchangeDataError: The ticker cannot become a tick; the message names the reason
+            and the field.
+    """
+    try:
+        return _build(ticker, exchange, Channel(channel), receive_ms)
+    except _Bad as bad:
+        symbol = ticker.get("symbol") if isinstance(ticker, Mapping) else None
+        raise ExchangeDataError(
+            f"bad {channel} update from {exchange} for {symbol!r}: {bad.reason} "
+            f"(field {bad.field!r})") from None
+
+
+_FINGERPRINT_FIELDS: Final = ("last", "close", "bid", "ask", "high", "low", "open", "baseVolume")
+
+
+def fingerprint(ticker: Mapping[str, Any]) -> tuple[Any, ...]:
+    """The values that make two polled tickers "the same update".
+
+    REST polling stores a ticker only when this changes, so an unchanged market polled
+    twice is stored once. Values are compared, not object identity (ccxt builds a new
+    dict for every response). The timestamp is left out: Binance stamps a REST ticker with
+    the request time, so it changes on every poll even when the market did not.
+    """
+    return tuple(ticker.get(name) for name in _FINGERPRINT_FIELDS)

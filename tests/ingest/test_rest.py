@@ -1,0 +1,127 @@
+"""REST polling: rest mode, changed-only storage, 429/5xx backoff, auto fallback and return."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+
+import pytest
+
+from flight_md.emulator import Fault
+from flight_md.ingest.stream import ConnectionState, Mode
+
+from .support import MS, SYMBOLS, kinds, stored, wait_until
+
+pytestmark = pytest.mark.timeout(60 * MS)
+
+QUICK = {"poll_interval": 0.05, "ccxt_options": {"rateLimit": 5}}
+"""Poll often; ccxt's client-side rate limiter (Binance weighs a 24h ticker query heavily)
+would otherwise space the polls by most of a second."""
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("exchange, channel", [("binance", "ticker"), ("bybit", "ticker"),
+                                               ("binance", "bidask"), ("bybit", "bidask")])
+async def test_rest_mode_stores_a_polled_ticker_only_when_it_changed(
+        make_emulator, make_stream, exchange, channel):
+    emu = await make_emulator(exchange, rate=300.0)
+    # A websocket client keeps the emulator's markets moving; the REST stream polls them.
+    mover = await make_stream(emu, SYMBOLS, channel=channel, mode="websocket")
+    stream = await make_stream(emu, SYMBOLS, channel=channel, mode="rest", **QUICK)
+    assert stream.active_mode is Mode.REST
+    await wait_until(lambda: all(stored(stream, s) >= 4 for s in SYMBOLS), 10, "polled ticks")
+    for symbol in SYMBOLS:
+        rows = stream.buffer.get_latest_sync(symbol, 1000, exchange=exchange).to_pylist()
+        values = [tuple(r[k] for k in ("price", "bid", "ask", "volume")) for r in rows]
+        assert all(a != b for a, b in itertools.pairwise(values))  # each differs from the last
+        assert all(r["price"] > 0 and r["receive_timestamp"] > 0 for r in rows)
+        assert len(values) < stored(mover, symbol)  # polling sees fewer updates than the feed
+    status = stream.status().exchanges[0]
+    assert status.mode == "rest" and status.state == "connected"
+    # The polled stream never saw a websocket update: fetch_* does not write ccxt's cache.
+    assert not stream.exchange.tickers and not stream.exchange.bidsasks
+
+
+@pytest.mark.asyncio
+async def test_an_unchanged_market_polled_many_times_is_stored_once(make_emulator, make_stream):
+    emu = await make_emulator("binance", rate=0.0)  # nothing moves
+    stream = await make_stream(emu, SYMBOLS, mode="rest", **QUICK)
+    await wait_until(lambda: emu.stats.rest_requests >= 8, 10, "several polls")
+    await asyncio.sleep(0.1 * MS)
+    assert {s: stored(stream, s) for s in SYMBOLS} == dict.fromkeys(SYMBOLS, 1)
+    assert all(s.received == 1 for s in stream.status().symbols)
+
+
+@pytest.mark.asyncio
+async def test_rest_fetches_do_not_reach_the_websocket_tap(make_emulator, make_stream):
+    """A REST call on the stream's exchange cannot add ticks behind the websocket's back."""
+    emu = await make_emulator("binance", rate=0.0)
+    stream = await make_stream(emu, SYMBOLS, mode="websocket", ccxt_options={"rateLimit": 5})
+    await wait_until(lambda: emu.stats.subscriptions == len(SYMBOLS), 5, "the subscriptions")
+    for _ in range(3):
+        tickers = await stream.exchange.fetch_tickers(list(SYMBOLS))
+        assert set(tickers) == set(SYMBOLS)
+    await asyncio.sleep(0.1 * MS)
+    assert all(stored(stream, s) == 0 for s in SYMBOLS)
+    assert sum(s.received for s in stream.status().symbols) == 0
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("fault, error", [(Fault.REST_429, "DDoSProtection"),
+                                          (Fault.REST_5XX, "")])
+async def test_rest_429_and_5xx_back_off_and_recover(make_emulator, make_stream, fault, error):
+    emu = await make_emulator("binance", rate=0.0)
+    stream = await make_stream(emu, SYMBOLS, mode="rest", reconnect_delay=0.05,
+                               max_reconnect_delay=0.2, **QUICK)
+    await wait_until(lambda: all(stored(stream, s) == 1 for s in SYMBOLS), 5, "a first poll")
+    await emu.inject(fault, count=3, retry_after=0.3 * MS)
+    await wait_until(lambda: kinds(stream).count("error") == 3 and kinds(stream)[-1] == "reconnect",
+                     10, "three failed polls and a recovery")
+    errors = [e for e in stream.events.events() if e.kind == "error"]
+    assert all(e.detail.startswith("poll failed: ") and error in e.detail
+               and e.symbols == SYMBOLS for e in errors), errors
+    if fault is Fault.REST_429:  # Retry-After is honoured
+        gaps = [b.timestamp - a.timestamp for a, b in itertools.pairwise(errors)]
+        assert all(gap >= 0.3 * MS * 1000 - 20 for gap in gaps), gaps
+    assert stream.state is ConnectionState.CONNECTED
+    assert error in stream.status().exchanges[0].last_error
+    assert emu.stats.faults[fault] == 3
+
+
+@pytest.mark.asyncio
+async def test_auto_mode_falls_back_to_rest_and_returns_to_the_websocket(make_emulator, make_stream):
+    emu = await make_emulator("binance", rate=200.0)
+    stream = await make_stream(emu, SYMBOLS, heartbeat_interval=0.5 * MS, rest_fallback_after=2,
+                               ws_probe_interval=0.3 * MS, **QUICK)
+    await wait_until(lambda: all(stored(stream, s) >= 3 for s in SYMBOLS), 5, "ticks")
+    # Websockets go silent (REST still answers): two stale sessions, then polling.
+    await emu.inject(Fault.STALL, duration=2.5 * MS)
+    await wait_until(lambda: stream.active_mode is Mode.REST, 10, "the fall back to REST")
+    mode_events = [e for e in stream.events.events() if e.kind == "mode"]
+    assert mode_events[0].detail.startswith("rest: websocket failed 2 times in a row")
+    polled = {s: stored(stream, s) for s in SYMBOLS}
+    await wait_until(lambda: stream.state is ConnectionState.CONNECTED, 5, "polling to succeed")
+    assert stream.status().exchanges[0].mode == "rest"
+    assert all(stored(stream, s) >= polled[s] for s in SYMBOLS)
+    # The stall ends: a probe finds the websocket answering again and the stream goes back.
+    await wait_until(lambda: stream.active_mode is Mode.WEBSOCKET, 10, "the return to websocket")
+    assert [e.detail.split(":")[0] for e in stream.events.events() if e.kind == "mode"] == [
+        "rest", "websocket"]
+    await wait_until(lambda: emu.stats.subscriptions == len(SYMBOLS), 5, "the subscriptions")
+    before = {s: stored(stream, s) for s in SYMBOLS}
+    await wait_until(lambda: all(stored(stream, s) > before[s] + 3 for s in SYMBOLS), 5,
+                     "websocket ticks again")
+    assert stream.status().exchanges[0].mode == "websocket"
+
+
+@pytest.mark.asyncio
+async def test_an_exchange_without_the_websocket_method_polls_end_to_end(make_emulator, make_stream):
+    emu = await make_emulator("bybit", rate=0.0)
+    stream = await make_stream(emu, SYMBOLS, poll_interval=0.05,
+                               ccxt_options={"has": {"watchTickers": False}, "rateLimit": 5})
+    assert stream.active_mode is Mode.REST
+    await wait_until(lambda: all(stored(stream, s) == 1 for s in SYMBOLS), 5, "polled ticks")
+    assert emu.stats.connections_opened == 0  # never tried a websocket
+    row = stream.buffer.get_latest_sync("BTC/USDT", 1, exchange="bybit").to_pylist()[0]
+    # Bybit REST tickers carry no timestamp: the receive time stands in.
+    assert row["timestamp"] == row["receive_timestamp"]
