@@ -13,11 +13,8 @@ background thread; the Flight server runs on gRPC's threads. They meet at the bu
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import threading
-from collections.abc import Coroutine
-from typing import Any, Final, TypeVar
+from typing import Any, Final, Self
 
 from flight_md.buffer import MarketDataBuffer
 from flight_md.config import DEMO_SYMBOLS, ServerConfig, StreamConfig
@@ -31,8 +28,6 @@ logger = logging.getLogger(__name__)
 DEMO_RATE: Final = 25.0
 """Messages per second of the demo market, across its symbols (several a second each)."""
 START_TIMEOUT_S: Final = 30.0
-
-T = TypeVar("T")
 
 
 class MarketDataApp:
@@ -49,27 +44,13 @@ class MarketDataApp:
         self.buffer = MarketDataBuffer(config.buffer_size)
         self.events = EventLog()
         self._emulator_options = emulator_options
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
-        self.manager: Any = None
+        self.ingestion: Any = None
         self.emulator: Any = None
         self.server: Any = None
 
-    # -- the ingestion loop ------------------------------------------------------------------
-
-    def _run(self, coro: Coroutine[Any, Any, T], timeout: float = START_TIMEOUT_S) -> T:
-        assert self._loop is not None
-        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
-
-    def _start_loop(self) -> None:
-        loop = asyncio.new_event_loop()
-        self._loop = loop
-        self._thread = threading.Thread(target=loop.run_forever, name="flight-md-ingest",
-                                        daemon=True)
-        self._thread.start()
-
     @property
     def streams(self) -> tuple[StreamConfig, ...]:
+        """The exchange streams to run (the demo's one, pointed at its emulator)."""
         if not self.config.demo:
             return self.config.streams
         assert self.emulator is not None
@@ -84,34 +65,29 @@ class MarketDataApp:
 
         control = None
         if self.config.demo or self.config.streams:
-            from flight_md.ingest.manager import MarketDataManager, ThreadedControl
+            from flight_md.ingest.manager import IngestionThread
 
-            self._start_loop()
-            assert self._loop is not None
+            self.ingestion = IngestionThread(self.buffer, self.events).start()
             if self.config.demo:
                 from flight_md.emulator import Emulator
 
                 options = {"exchange": "binance", "symbols": DEMO_SYMBOLS, "rate": DEMO_RATE,
                            "seed": 7, **self._emulator_options}
                 self.emulator = Emulator(**options)
-                self._run(self.emulator.start())
+                self.ingestion.run(self.emulator.start(), START_TIMEOUT_S)
                 logger.info("demo: exchange emulator (binance protocol) at %s", self.emulator.url)
-            self.manager = self._run(self._make_manager(MarketDataManager))
             for stream in self.streams:
-                self._run(self.manager.add_stream(stream.exchange, symbols=list(stream.symbols),
-                                                  buffer_size=stream.buffer_size,
-                                                  **stream.stream_kwargs()))
+                self.ingestion.run(self.ingestion.manager.add_stream(
+                    stream.exchange, symbols=list(stream.symbols), **stream.stream_kwargs()),
+                    START_TIMEOUT_S)
                 logger.info("streaming %s: %s", stream.exchange, ", ".join(stream.symbols))
-            control = ThreadedControl(self.manager, self._loop)
+            control = self.ingestion.control()
         self.server = FlightMarketDataServer(self.config.location, self.buffer,
                                              events=self.events, control=control,
                                              follow_max_lag=self.config.follow_max_lag,
                                              **self._security())
         logger.info("serving on %s", self.location)
         return self
-
-    async def _make_manager(self, factory: Any) -> Any:
-        return factory(buffer=self.buffer, events=self.events)
 
     def _security(self) -> dict[str, Any]:
         options: dict[str, Any] = {}
@@ -124,9 +100,8 @@ class MarketDataApp:
             options["authorize"] = auth.authorize
         if config.tls_cert is not None and config.tls_key is not None:
             try:
-                cert = config.tls_cert.read_bytes()
-                key = config.tls_key.read_bytes()
-                options["tls_certificates"] = [(cert, key)]
+                options["tls_certificates"] = [(config.tls_cert.read_bytes(),
+                                                config.tls_key.read_bytes())]
                 if config.tls_client_ca is not None:
                     options["verify_client"] = True
                     options["root_certificates"] = config.tls_client_ca.read_bytes()
@@ -148,22 +123,18 @@ class MarketDataApp:
         if self.server is not None:
             self.server.stop(grace)
             self.server = None
-        if self._loop is not None:
+        if self.ingestion is not None:
             try:
-                if self.manager is not None:
-                    self._run(self.manager.shutdown(), timeout=grace * 2)
+                # Streams first, so that the emulator going away is not logged as a gap.
+                self.ingestion.run(self.ingestion.manager.shutdown(), grace * 2)
                 if self.emulator is not None:
-                    self._run(self.emulator.stop(), timeout=grace * 2)
-            except Exception:  # the process is exiting; never hang or mask the cause
+                    self.ingestion.run(self.emulator.stop(), grace * 2)
+            except Exception:
                 logger.warning("ingestion did not stop cleanly", exc_info=True)
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            if self._thread is not None:
-                self._thread.join(grace)
-            if not self._loop.is_running():
-                self._loop.close()
-            self._loop = None
+            self.ingestion.stop(grace * 2)
+            self.ingestion = None
 
-    def __enter__(self) -> MarketDataApp:
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *exc_info: object) -> None:
