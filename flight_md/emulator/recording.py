@@ -124,15 +124,25 @@ class Recording:
 def default_recording(exchange: str) -> Path:
     """Where the recording of an exchange lives by default.
 
-    ``$FLIGHT_MD_RECORDINGS`` overrides the directory; otherwise it is
-    ``../shared/recordings`` relative to the repository.
+    ``$FLIGHT_MD_RECORDINGS`` overrides the directory. Otherwise the first that exists of
+    ``../shared/recordings`` beside a source checkout of the package, then beside the current
+    directory (an installed package lives in site-packages, far from the repository), then
+    ``shared/recordings`` under the current directory.
 
     Args:
         exchange: Exchange id, e.g. ``binance``.
 
     Returns:
-        The path of ``<exchange>.jsonl.gz``.
+        The path of ``<exchange>.jsonl.gz`` (the first candidate when none exists, so the
+        error names a sensible place).
     """
     directory = os.environ.get(_RECORDINGS_ENV)
-    root = Path(directory) if directory else Path(__file__).resolve().parents[2].parent / "shared" / "recordings"
-    return root / f"{exchange}.jsonl.gz"
+    if directory:
+        return Path(directory) / f"{exchange}.jsonl.gz"
+    name = f"{exchange}.jsonl.gz"
+    candidates = [
+        Path(__file__).resolve().parents[2].parent / "shared" / "recordings" / name,
+        Path.cwd().parent / "shared" / "recordings" / name,
+        Path.cwd() / "shared" / "recordings" / name,
+    ]
+    return next((path for path in candidates if path.exists()), candidates[0])
