@@ -84,7 +84,7 @@ class BufferStats:
         """Milliseconds since the newest stored tick was received, or ``None``."""
         if self.last_receive_timestamp is None:
             return None
-        return (now_ms() if now is None else now) - self.last_receive_timestamp
+        return max(0, (now_ms() if now is None else now) - self.last_receive_timestamp)
 
 
 class _Segment:

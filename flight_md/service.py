@@ -83,23 +83,45 @@ class Unimplemented(pa.ArrowNotImplementedError, metaclass=_Opaque):
     """UNIMPLEMENTED on the wire."""
 
 
+# pyarrow's GetSchema handler alone has no ``except FlightError``: there even Flight errors
+# take the path that appends a traceback, so those cross the boundary opaque as well.
+class _Internal(flight.FlightInternalError, metaclass=_Opaque):
+    """INTERNAL on the wire."""
+
+
+class _Unavailable(flight.FlightUnavailableError, metaclass=_Opaque):
+    """UNAVAILABLE on the wire."""
+
+
+class _Unauthenticated(flight.FlightUnauthenticatedError, metaclass=_Opaque):
+    """UNAUTHENTICATED on the wire."""
+
+
+class _Unauthorized(flight.FlightUnauthorizedError, metaclass=_Opaque):
+    """PERMISSION_DENIED on the wire."""
+
+
+class _Cancelled(flight.FlightCancelledError, metaclass=_Opaque):
+    """CANCELLED on the wire."""
+
+
 SLOW_CONSUMER: Final = b"slow_consumer"
 """``extra_info`` of the CANCELLED error that ends a live tail which fell too far behind."""
 
 
 def _slow_consumer(message: str) -> Exception:
     # pyarrow can send no RESOURCE_EXHAUSTED: the server cancels the stream, with a marker.
-    return flight.FlightCancelledError(message, extra_info=SLOW_CONSUMER)
+    return _Cancelled(message, extra_info=SLOW_CONSUMER)
 
 
 _WIRE: Final[tuple[tuple[type[errors.FlightMdError], Callable[[str], Exception]], ...]] = (
     (errors.InvalidArgument, InvalidArgument),
     (errors.NotFound, NotFound),
     (errors.UnknownAction, Unimplemented),
-    (errors.Unavailable, flight.FlightUnavailableError),
+    (errors.Unavailable, _Unavailable),
     (errors.SlowConsumer, _slow_consumer),
-    (errors.Unauthenticated, flight.FlightUnauthenticatedError),
-    (errors.PermissionDenied, flight.FlightUnauthorizedError),
+    (errors.Unauthenticated, _Unauthenticated),
+    (errors.PermissionDenied, _Unauthorized),
 )
 
 
@@ -139,7 +161,7 @@ def map_errors(rpc: str, counters: _Counters | None = None) -> Iterator[None]:
         for kind, wire in _WIRE:
             if isinstance(exc, kind):
                 raise wire(str(exc)) from None
-        raise flight.FlightInternalError(str(exc)) from None
+        raise _Internal(str(exc)) from None
     except flight.FlightError:
         raise
     except GeneratorExit:
@@ -149,7 +171,7 @@ def map_errors(rpc: str, counters: _Counters | None = None) -> Iterator[None]:
         logger.exception("%s failed unexpectedly (incident %d)", rpc, incident)
         if counters is not None:
             counters.add("internal")
-        raise flight.FlightInternalError(
+        raise _Internal(
             f"internal error in {rpc} (incident {incident}); details are in the server log"
         ) from None
 
@@ -362,7 +384,6 @@ class FlightMarketDataServer(flight.FlightServerBase):
 
     def status(self) -> dict[str, Any]:
         """The ``status`` action's result: exchanges, symbols and server counters."""
-        now = now_ms()
         ingestion = self.control.status() if self.control is not None else None
         exchanges: dict[str, Any] = {}
         per_symbol: dict[tuple[str, str], dict[str, Any]] = {}
@@ -380,7 +401,9 @@ class FlightMarketDataServer(flight.FlightServerBase):
                     "ticks_dropped": sym.dropped, "stale": sym.stale,
                     "last_message_ms": sym.last_message_ms,
                 }
-        for stats in self.buffer.stats():
+        buffered = self.buffer.stats()
+        now = now_ms()  # after the (possibly slow) ingestion answer: ages are never negative
+        for stats in buffered:
             entry = per_symbol.setdefault((stats.exchange, stats.symbol), {
                 "subscribed": False, "ticks_received": stats.appended, "ticks_dropped": 0,
                 "stale": False, "last_message_ms": stats.last_receive_timestamp})
