@@ -47,6 +47,8 @@ __all__ = [
 DEFAULT_BUFFER_SIZE: Final = 10_000
 SEAL_ROWS: Final = 256
 """Pending rows that make the writer seal a segment without waiting for a reader."""
+MERGE_ROWS: Final = 8192
+"""Largest merged segment: a 1,000,000-tick ring holds ~120 segments, not ~500."""
 COMPACT_SEGMENTS: Final = 8
 """Small trailing segments that trigger a compaction into one."""
 
@@ -141,8 +143,9 @@ class _Ring:
         self.symbol = symbol
         self.capacity = capacity
         self.seal_rows = max(1, min(SEAL_ROWS, capacity // 4))
-        # Sealed segments merge up to this size: fewer Arrow objects per stored tick.
-        self.merge_rows = max(self.seal_rows, capacity // 8)
+        # Sealed segments merge up to this size: fewer Arrow objects per stored tick, and
+        # for large rings a bounded trailing run (at most MERGE_ROWS / seal_rows segments).
+        self.merge_rows = max(self.seal_rows, min(capacity // 8, MERGE_ROWS))
         self.run = 0  # trailing segments not merged yet
         self._constants: dict[int, tuple[pa.Array, pa.Array]] = {}
         self._exchange_bytes = exchange.encode()
