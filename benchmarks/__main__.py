@@ -1,0 +1,120 @@
+"""``python -m benchmarks``: measure flight_md beside its baselines and write BENCHMARKS.md.
+
+Usage::
+
+    python -m benchmarks [--smoke] [--out BENCHMARKS.md] [--only ingest,latency,...]
+
+The full run takes about ten minutes on a 2-core machine; ``--smoke`` runs tiny sizes in
+under a minute to prove the harness works (its figures mean nothing). Exit status 1 when a
+measurement failed (the report still gets written, with the failure in it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from contextlib import ExitStack
+from pathlib import Path
+
+from benchmarks import alternatives, buffer_micro, bulk, concurrency, freshness, ingest, latency, memory
+from benchmarks.findings import FINDINGS
+from benchmarks.latency import Loaded, loaded_servers
+from benchmarks.report import Section, load_average, render
+from benchmarks.settings import FULL, SMOKE, Settings
+
+__all__ = ["MEASUREMENTS", "main"]
+
+MEASUREMENTS: dict[str, tuple[str, Callable[..., Section]]] = {
+    "ingest": ("Ingest: capture and throughput through real ccxt", ingest.measure),
+    "latency": ("Query latency: DoGet latest=N round trips", latency.measure),
+    "concurrency": ("Concurrency: latest=100 requests/s while ingesting", concurrency.measure),
+    "bulk": ("Bulk range pull", bulk.measure),
+    "freshness": ("Freshness: emulator send -> live-tail client", freshness.measure),
+    "memory": ("Memory per stored tick at capacity", memory.measure),
+    "alternatives": ("Alternatives: DuckDB and pandas", alternatives.measure),
+    "buffer": ("Buffer micro figures (in-process)", buffer_micro.measure),
+}
+"""In run order. Latency and concurrency run back to back on one ingesting server."""
+_LOADED = ("latency", "concurrency")
+
+
+class _SharedLoad:
+    """The ingesting servers that latency and concurrency share, started on first use."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._stack = ExitStack()
+        self._loaded: Loaded | None = None
+
+    def get(self) -> Loaded:
+        if self._loaded is None:
+            self._loaded = self._stack.enter_context(loaded_servers(self._settings))
+        return self._loaded
+
+    def close(self) -> None:
+        self._loaded = None
+        self._stack.close()
+
+
+def _measure(name: str, settings: Settings, shared: _SharedLoad | None) -> Section:
+    """Run one measurement; a failure becomes a section that carries the traceback."""
+    title, measure = MEASUREMENTS[name]
+    begin = time.perf_counter()
+    try:
+        section = measure(settings, shared.get()) if shared is not None else measure(settings)
+    except Exception:  # noqa: BLE001 - any failure is reported in its section
+        section = Section(name, title, "", error=traceback.format_exc(limit=12))
+        print(section.error, file=sys.stderr, flush=True)
+    section.seconds = time.perf_counter() - begin
+    return section
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks",
+        description="Measure flight_md beside baselines on this machine; write BENCHMARKS.md.")
+    parser.add_argument("--smoke", action="store_true",
+                        help="tiny sizes, under a minute: checks the harness, not the figures")
+    parser.add_argument("--out", type=Path, default=Path("BENCHMARKS.md"),
+                        help="report to write (default: BENCHMARKS.md)")
+    parser.add_argument("--only", default="",
+                        help=f"comma-separated subset of: {', '.join(MEASUREMENTS)}")
+    args = parser.parse_args(argv)
+    names = [n.strip() for n in args.only.split(",") if n.strip()] or list(MEASUREMENTS)
+    unknown = [n for n in names if n not in MEASUREMENTS]
+    if unknown:
+        parser.error(f"unknown measurement {unknown[0]!r}; known: {', '.join(MEASUREMENTS)}")
+    settings = SMOKE if args.smoke else FULL
+    command = "python -m benchmarks" + (f" {shlex.join(argv)}" if argv else
+                                        f" {shlex.join(sys.argv[1:])}" if sys.argv[1:] else "")
+    names.sort(key=list(MEASUREMENTS).index)
+    started = time.perf_counter()
+    load_at_start = load_average()
+    sections: list[Section] = []
+    shared = _SharedLoad(settings)
+    share = sum(n in names for n in _LOADED) > 1
+    try:
+        for number, name in enumerate(names, 1):
+            print(f"[{number}/{len(names)}] {name} ...", file=sys.stderr, flush=True)
+            section = _measure(name, settings, shared if share and name in _LOADED else None)
+            if not any(n in _LOADED for n in names[number:]):
+                shared.close()  # an ingesting server must not load later measurements
+            print(f"[{number}/{len(names)}] {name}: {section.seconds:.0f} s", file=sys.stderr,
+                  flush=True)
+            sections.append(section)
+    finally:
+        shared.close()
+    text = render(sections, command=command.strip(), smoke=settings.smoke,
+                  seconds=time.perf_counter() - started, findings=FINDINGS,
+                  load_at_start=load_at_start)
+    args.out.write_text(text, encoding="utf-8")
+    print(f"wrote {args.out} in {time.perf_counter() - started:.0f} s", file=sys.stderr)
+    return 1 if any(s.error is not None for s in sections) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

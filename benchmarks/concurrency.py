@@ -1,0 +1,152 @@
+"""Requests per second for latest=100 with 1, 8 and 32 concurrent clients, while ingesting.
+
+Clients run in separate processes (at most ``settings.client_processes``, threads inside
+each; every thread has its own Flight connection), so no client shares the server's GIL.
+All client processes start together at an agreed wall-clock instant and count completed
+``do_get(...).read_all()`` calls for a fixed time. flight_md ingests from the emulator
+meanwhile; the bare server (idle) is measured in alternation under the same machine load.
+
+Run as a child: ``python -m benchmarks.concurrency`` (driven by :func:`measure`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import threading
+import time
+from collections.abc import Sequence
+from contextlib import ExitStack
+from typing import Any
+
+from pyarrow import flight
+
+from benchmarks.latency import Loaded, loaded_servers, tickets
+from benchmarks.process import Child, serve
+from benchmarks.report import Section, Table, median, ratio, show
+from benchmarks.settings import Settings
+
+__all__ = ["measure"]
+
+START_DELAY_S = 0.5
+
+
+def _hammer(location: str, ticket: str, threads: int, start_at: float, seconds: float
+            ) -> dict[str, Any]:
+    """Run ``threads`` clients from ``start_at`` for ``seconds``; count completed calls."""
+    t = flight.Ticket(ticket.encode())
+    clients = [flight.connect(location) for _ in range(threads)]
+    for client in clients:
+        client.do_get(t).read_all()  # connect and warm up before the start
+    counts = [0] * threads
+    errors: list[str] = []
+    end_at = start_at + seconds
+
+    def work(i: int) -> None:
+        client = clients[i]
+        while time.time() < start_at:
+            time.sleep(0.0005)
+        n = 0
+        try:
+            while time.time() < end_at:
+                client.do_get(t).read_all()
+                n += 1
+        except Exception as exc:  # noqa: BLE001 - reported to the parent
+            errors.append(repr(exc))
+        counts[i] = n
+
+    workers = [threading.Thread(target=work, args=(i,), daemon=True) for i in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(seconds + 30)
+    for client in clients:
+        client.close()
+    return {"count": sum(counts), "errors": errors[:3]}
+
+
+def _child() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--max-seconds", type=float, default=900)
+    args = parser.parse_args()
+    serve({"ready": True}, {"run": _hammer}, args.max_seconds)
+
+
+def _split(clients: int, processes: int) -> list[int]:
+    """Threads per process for ``clients`` spread over at most ``processes``."""
+    used = min(clients, processes)
+    return [clients // used + (1 if i < clients % used else 0) for i in range(used)]
+
+
+def _rate(children: Sequence[Child], location: str, ticket: str, clients: int,
+          seconds: float) -> tuple[float, list[str]]:
+    start_at = time.time() + START_DELAY_S + 0.05 * clients
+    split = _split(clients, len(children))
+    for child, threads in zip(children, split):
+        child.send("run", location=location, ticket=ticket, threads=threads,
+                   start_at=start_at, seconds=seconds)
+    total, errors = 0, []
+    for child, _ in zip(children, split):
+        reply = child.receive("run", timeout=seconds + 60)
+        total += reply["count"]
+        errors += reply["errors"]
+    return total / seconds, errors
+
+
+def measure(settings: Settings, loaded: Loaded | None = None) -> Section:
+    """Requests/s of flight_md (ingesting) and the bare server at each client count.
+
+    Args:
+        loaded: A running :func:`~benchmarks.latency.loaded_servers` to use (one is started
+            otherwise).
+    """
+    repetitions = min(settings.repetitions, 3)
+    seconds = settings.concurrency_seconds
+    ticket = tickets(100)
+    section = Section(
+        "concurrency", "Concurrency: latest=100 requests/s while ingesting",
+        f"""
+`{ticket}` requested back to back by 1..N clients for {seconds:g} s; clients are threads with one
+Flight connection each, spread over up to {settings.client_processes} client processes (never the
+server's). **flight_md** ingests {settings.load_rate:,} bookTicker msg/s across
+{settings.load_symbols} symbols from the emulator meanwhile (the same setup as the latency
+section). **Baseline**: the bare `pyarrow.flight` server with an equal pre-built table, measured
+in alternation under the same machine load. {repetitions} repetitions, medians. On 2 cores the
+clients, the emulator, ingestion and the server share the CPU: the figures are for comparing the
+two servers, not absolute capacity.
+""")
+    table = Table(("Clients", "flight_md req/s", "bare req/s", "Ratio"))
+    with ExitStack() as stack:
+        if loaded is None:
+            loaded = stack.enter_context(loaded_servers(settings))
+        children = [Child("benchmarks.concurrency", name=f"clients-{i}")
+                    for i in range(settings.client_processes)]
+        for child in children:
+            stack.callback(child.close)
+            child.launch()
+        for child in children:
+            child.wait_ready()
+        locations = {"flight_md": loaded.flight_md.hello["location"],
+                     "bare": loaded.bare.hello["location"]}
+        for clients in settings.concurrency_clients:
+            rates: dict[str, list[float]] = {name: [] for name in locations}
+            for rep in range(repetitions):
+                order = list(locations.items())
+                if rep % 2:
+                    order.reverse()
+                for name, location in order:
+                    rate, errors = _rate(children, location, ticket, clients, seconds)
+                    rates[name].append(rate)
+                    for error in errors:
+                        section.notes.append(f"{name}, {clients} clients: {error}")
+            fm, bare = median(rates["flight_md"]), median(rates["bare"])
+            table.add(str(clients), show(fm, "/s"), show(bare, "/s"), show(ratio(fm, bare), "x"))
+    section.tables.append(table)
+    section.notes.append(
+        "The flight_md process also runs ingestion (one asyncio thread parsing with ccxt); the "
+        "bare server's process does not. Why that costs request throughput is in the "
+        "under-ingest latency finding (the GIL).")
+    return section
+
+
+if __name__ == "__main__":
+    _child()

@@ -1,0 +1,158 @@
+"""DoGet round trips for the newest 100 and 10,000 ticks, beside a bare Flight server.
+
+The client is this process; each server runs in its own. Both servers answer the same
+ticket with an equal table: flight_md assembles it from its ring per request, the bare
+server streams one it built at start. Repetitions alternate between the two servers so
+that machine noise falls on both. Then the same again while flight_md ingests from an
+emulator through ccxt (the bare server idles meanwhile; the emulator and ingestion load the
+machine for both).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+
+from pyarrow import flight
+
+from benchmarks import ticks
+from benchmarks.exchange import exchange
+from benchmarks.process import Child, wait_until
+from benchmarks.report import Goal, Section, Table, median, percentile, ratio, show
+from benchmarks.servers import bare_server, flight_md_server
+from benchmarks.settings import Settings
+
+__all__ = ["Loaded", "loaded_servers", "measure", "round_trips"]
+
+GOAL_RATIO = 1.3
+CAPACITY = 10_000
+WARMUP = 20
+
+
+def tickets(latest: int) -> str:
+    return f"{ticks.symbols(1)[0]}?latest={latest}"
+
+
+def round_trips(client: flight.FlightClient, ticket: str, count: int) -> list[float]:
+    """Microseconds of ``count`` DoGet-and-read-all round trips."""
+    t = flight.Ticket(ticket.encode())
+    out = []
+    clock = time.perf_counter_ns
+    for _ in range(count):
+        start = clock()
+        client.do_get(t).read_all()
+        out.append((clock() - start) / 1000)
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class Loaded:
+    """A flight_md server ingesting from an emulator, and an idle bare server beside it."""
+
+    flight_md: Child
+    bare: Child
+    emulator: Child
+
+
+@contextmanager
+def loaded_servers(settings: Settings) -> Iterator[Loaded]:
+    """flight_md ingesting at ``settings.load_rate`` (its first symbol pre-filled to
+    capacity), a bare server with the latest=100 and latest=10,000 tables; all cleaned up."""
+    with ExitStack() as stack:
+        bare = bare_server([tickets(100), tickets(CAPACITY)], buffer_size=CAPACITY,
+                           fill_symbols=1, fill_ticks=CAPACITY)
+        stack.callback(bare.close)
+        bare.launch()  # starts while the emulator and flight_md do
+        emulator = stack.enter_context(exchange(symbols=settings.load_symbols,
+                                                rate=settings.load_rate))
+        fm = stack.enter_context(flight_md_server(
+            buffer_size=CAPACITY, fill_symbols=1, fill_ticks=CAPACITY,
+            exchange_url=emulator.hello["url"], ingest_symbols=settings.load_symbols,
+            name="flight_md-ingesting"))
+        bare.wait_ready()
+
+        def flowing() -> bool:
+            appended = fm.call("counts")["appended"]
+            return len(appended) >= settings.load_symbols and all(appended.values())
+
+        if not wait_until(flowing, 60.0, 0.2):
+            raise RuntimeError(f"ingestion did not reach all {settings.load_symbols} symbols "
+                               f"within 60 s: {fm.call('counts')}")
+        yield Loaded(fm, bare, emulator)
+
+
+def _compare(settings: Settings, fm: str, bare: str) -> dict[tuple[str, int], list[list[float]]]:
+    """Per (server, latest): per-repetition [p50, p99] lists."""
+    clients = {"flight_md": flight.connect(fm), "bare": flight.connect(bare)}
+    out: dict[tuple[str, int], list[list[float]]] = {}
+    try:
+        for latest in settings.latency_requests:
+            for client in clients.values():
+                round_trips(client, tickets(latest), WARMUP)
+        for rep in range(settings.repetitions):
+            order = list(clients.items()) if rep % 2 == 0 else list(reversed(clients.items()))
+            for latest, count in settings.latency_requests.items():
+                for name, client in order:
+                    samples = round_trips(client, tickets(latest), count)
+                    entry = out.setdefault((name, latest), [[], []])
+                    entry[0].append(median(samples))
+                    entry[1].append(percentile(samples, 99))
+    finally:
+        for client in clients.values():
+            client.close()
+    return out
+
+
+def measure(settings: Settings, loaded: Loaded | None = None) -> Section:
+    """Round-trip p50 and p99 of flight_md and the bare server, idle and under ingestion.
+
+    Args:
+        loaded: A running :func:`loaded_servers` to use (one is started otherwise).
+    """
+    section = Section(
+        "latency", "Query latency: DoGet latest=N round trips",
+        f"""
+A `pyarrow.flight` client in the harness process times `do_get(ticket).read_all()` for
+`{tickets(100)}` and `{tickets(CAPACITY)}` ({', '.join(f'{n:,} x latest={k:,}' for k, n in settings.latency_requests.items())}
+round trips per repetition, {settings.repetitions} repetitions alternating between servers, after
+{WARMUP} warm-up calls). **flight_md**: `FlightMarketDataServer` in its own process over a ring
+filled to its {CAPACITY:,}-tick capacity. **Baseline**: a bare `pyarrow.flight` server in its own
+process whose `do_get` returns `RecordBatchStream` of an equal pre-built table. **Under ingest**:
+the flight_md process also runs a `MarketDataApp` ingesting {settings.load_rate:,} bookTicker
+msg/s across {settings.load_symbols} symbols from the emulator (another process) through ccxt; the
+queried symbol is one of them. p50 and p99 are per repetition; the table shows their medians.
+""")
+    table = Table(("Request", "Condition", "flight_md p50", "bare p50", "p50 ratio",
+                   "flight_md p99", "bare p99", "p99 ratio"))
+    runs = []
+    with ExitStack() as stack:
+        fm = flight_md_server(buffer_size=CAPACITY, fill_symbols=1, fill_ticks=CAPACITY)
+        bare = bare_server([tickets(100), tickets(CAPACITY)], buffer_size=CAPACITY,
+                           fill_symbols=1, fill_ticks=CAPACITY)
+        for child in (fm, bare):
+            stack.callback(child.close)
+            child.launch()
+        for child in (fm, bare):
+            child.wait_ready()
+        runs.append(("idle", _compare(settings, fm.hello["location"], bare.hello["location"])))
+    with ExitStack() as stack:
+        if loaded is None:
+            loaded = stack.enter_context(loaded_servers(settings))
+        runs.append(("under ingest", _compare(settings, loaded.flight_md.hello["location"],
+                                              loaded.bare.hello["location"])))
+    for condition, result in runs:
+        for latest in settings.latency_requests:
+            fm_p50, fm_p99 = (median(v) for v in result[("flight_md", latest)])
+            bare_p50, bare_p99 = (median(v) for v in result[("bare", latest)])
+            p50_ratio = ratio(fm_p50, bare_p50)
+            table.add(f"latest={latest:,}", condition, show(fm_p50, "µs"), show(bare_p50, "µs"),
+                      show(p50_ratio, "x"), show(fm_p99, "µs"), show(bare_p99, "µs"),
+                      show(ratio(fm_p99, bare_p99), "x"))
+            section.goals.append(Goal(
+                f"latency.{'load' if condition != 'idle' else 'idle'}.{latest}",
+                f"DoGet latest={latest:,} p50 vs bare server, {condition}",
+                f"<= {GOAL_RATIO:g}x", show(p50_ratio, "x"), p50_ratio <= GOAL_RATIO))
+    section.tables.append(table)
+    return section

@@ -1,0 +1,141 @@
+"""How big and how long each measurement runs: the full run and the smoke run."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["FULL", "SMOKE", "Settings"]
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Sizes, durations and repetitions of one benchmark run.
+
+    Attributes:
+        smoke: Tiny sizes that only prove the harness works (figures mean nothing).
+        repetitions: Repetitions of each timed measurement; medians are reported.
+        micro_ticks: Ticks appended per repetition (buffer micro figures).
+        micro_reads: In-process reads per repetition.
+        memory_symbols: Symbol counts measured, one fresh process each.
+        memory_ticks: Capacity per symbol (ticks stored at capacity).
+        memory_naive_max_ticks: Largest total the naive baselines are run at (they need
+            gigabytes beyond it; their per-tick cost does not depend on the symbol count).
+        alt_symbols: Symbols in the alternatives data set.
+        alt_ticks: Ticks per symbol in the alternatives data set.
+        alt_row_inserts: Ticks inserted one statement at a time into DuckDB.
+        alt_pandas_ticks: Ticks appended one at a time to a pandas DataFrame.
+        alt_queries: Queries per repetition (alternatives).
+        latency_requests: Round trips per repetition, by ``latest``.
+        bulk_rows: Rows of the range pull.
+        ingest_rates: Emulator messages per second, total across symbols.
+        ingest_symbols: Symbol counts.
+        ingest_seconds: Steady-state seconds measured per configuration.
+        ingest_warmup: Seconds between every symbol flowing and the measured window.
+        ingest_ticker: Also run the 24h ticker channel (one rate, the first symbol count).
+        ingest_probe_rate: Extra flight_md-only rate that saturates it (0: none), so the
+            highest lossless rate is measured, not bounded by the rates offered.
+        ceiling_frames: Frames parsed per repetition for ccxt's parse ceiling.
+        freshness_rates: Emulator rates of the freshness runs.
+        freshness_seconds: Seconds of each freshness run.
+        freshness_follow: Symbols followed by live tails.
+        load_rate: Ingest rate while measuring latency and concurrency under load.
+        load_symbols: Symbols ingested meanwhile.
+        concurrency_clients: Concurrent client counts.
+        concurrency_seconds: Seconds per concurrency measurement.
+        client_processes: At most this many client processes share the clients.
+    """
+
+    smoke: bool
+    repetitions: int
+    micro_ticks: int
+    micro_reads: int
+    memory_symbols: tuple[int, ...]
+    memory_ticks: int
+    memory_naive_max_ticks: int
+    alt_symbols: int
+    alt_ticks: int
+    alt_row_inserts: int
+    alt_pandas_ticks: int
+    alt_queries: int
+    latency_requests: dict[int, int]
+    bulk_rows: int
+    ingest_rates: tuple[int, ...]
+    ingest_symbols: tuple[int, ...]
+    ingest_seconds: float
+    ingest_warmup: float
+    ingest_ticker: bool
+    ingest_probe_rate: int
+    ceiling_frames: int
+    freshness_rates: tuple[int, ...]
+    freshness_seconds: float
+    freshness_follow: int
+    load_rate: int
+    load_symbols: int
+    concurrency_clients: tuple[int, ...]
+    concurrency_seconds: float
+    client_processes: int
+
+
+FULL = Settings(
+    smoke=False,
+    repetitions=5,
+    micro_ticks=200_000,
+    micro_reads=20_000,
+    memory_symbols=(10, 100, 1000),
+    memory_ticks=10_000,
+    memory_naive_max_ticks=1_000_000,
+    alt_symbols=20,
+    alt_ticks=10_000,
+    alt_row_inserts=1_000,
+    alt_pandas_ticks=1_000,
+    alt_queries=300,
+    latency_requests={100: 500, 10_000: 100},
+    bulk_rows=1_000_000,
+    ingest_rates=(1_000, 5_000, 20_000),
+    ingest_symbols=(20, 200),
+    ingest_seconds=5.0,
+    ingest_warmup=1.0,
+    ingest_ticker=True,
+    ingest_probe_rate=40_000,
+    ceiling_frames=20_000,
+    freshness_rates=(1_000, 5_000),
+    freshness_seconds=12.0,
+    freshness_follow=5,
+    load_rate=5_000,
+    load_symbols=20,
+    concurrency_clients=(1, 8, 32),
+    concurrency_seconds=2.0,
+    client_processes=4,
+)
+
+SMOKE = Settings(
+    smoke=True,
+    repetitions=2,
+    micro_ticks=5_000,
+    micro_reads=500,
+    memory_symbols=(10,),
+    memory_ticks=1_000,
+    memory_naive_max_ticks=100_000,
+    alt_symbols=3,
+    alt_ticks=1_000,
+    alt_row_inserts=200,
+    alt_pandas_ticks=200,
+    alt_queries=20,
+    latency_requests={100: 30, 10_000: 5},
+    bulk_rows=20_000,
+    ingest_rates=(500,),
+    ingest_symbols=(5,),
+    ingest_seconds=0.5,
+    ingest_warmup=0.2,
+    ingest_ticker=False,
+    ingest_probe_rate=0,
+    ceiling_frames=5_000,
+    freshness_rates=(500,),
+    freshness_seconds=1.5,
+    freshness_follow=2,
+    load_rate=500,
+    load_symbols=5,
+    concurrency_clients=(1, 4),
+    concurrency_seconds=0.5,
+    client_processes=2,
+)
