@@ -36,7 +36,7 @@ flight_md serves a `MarketDataBuffer(buffer_size={rows:,})` holding {rows:,} tic
 the client (harness process) pulls `{ticket}` (every row) with `do_get(...).read_all()`.
 **Baseline**: a bare `pyarrow.flight` server (own process) streaming the identical table
 (built once through the same buffer) with `RecordBatchStream`. MB/s = Arrow bytes received
-(`Table.nbytes`, 10^6 bytes per MB) / wall time of the call. {settings.repetitions} repetitions
+(`Table.nbytes`, 10^6 bytes per MB) / wall time of the call. {settings.bulk_repetitions} repetitions
 alternating between the servers after one warm-up pull each; medians.
 """)
     with ExitStack() as stack:
@@ -55,7 +55,7 @@ alternating between the servers after one warm-up pull each; medians.
         try:
             for client in clients.values():
                 _pull(client, ticket)
-            for rep in range(settings.repetitions):
+            for rep in range(settings.bulk_repetitions):
                 order = list(clients.items())
                 if rep % 2:
                     order.reverse()

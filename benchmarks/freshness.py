@@ -117,7 +117,7 @@ async def _raw(url: str, symbols: Sequence[str], stop: asyncio.Event, out: list[
 
 def _run(settings: Settings, rate: int) -> list[dict[str, Any]]:
     """Two phases on one server: one live tail (the goal's case), then several at once."""
-    symbols = ticks.symbols(settings.load_symbols)
+    symbols = ticks.symbols(settings.freshness_symbols)
     followed = symbols[:settings.freshness_follow]
     phases = [(1, settings.freshness_seconds),
               (len(followed), max(1.0, settings.freshness_seconds / 2))]
@@ -177,7 +177,7 @@ def measure(settings: Settings) -> Section:
     section = Section(
         "freshness", "Freshness: emulator send -> live-tail client",
         f"""
-The emulator (own process) sends bookTicker frames at each rate across {settings.load_symbols}
+The emulator (own process) sends bookTicker frames at each rate across {settings.freshness_symbols}
 symbols and logs `time.time_ns()` as it renders each frame of {settings.freshness_follow} followed
 symbols, just before queueing it for its sockets (so the figures include the emulator's own
 queueing, if any). flight_md (own process, `MarketDataApp`) ingests them through ccxt. In the

@@ -203,7 +203,9 @@ def render(sections: Sequence[Section], *, command: str, smoke: bool, seconds: f
     ]
     info = machine(load_at_start)
     out += _table(Table(tuple(info), [tuple(info.values())]))
-    out += ["", "## Goals", ""]
+    out += ["", "## Goals", "",
+            ("Verdicts of figures within about 15 % of their target can flip from run to run on "
+             "a small shared machine; the sections give the baselines measured alongside."), ""]
     goals = Table(("Goal", "Target", "Measured", "Verdict"))
     for section in sections:
         for goal in section.goals:

@@ -27,6 +27,7 @@ class Settings:
         alt_queries: Queries per repetition (alternatives).
         latency_requests: Round trips per repetition, by ``latest``.
         bulk_rows: Rows of the range pull.
+        bulk_repetitions: Pulls per server (each is short, so more of them than elsewhere).
         ingest_rates: Emulator messages per second, total across symbols.
         ingest_symbols: Symbol counts.
         ingest_seconds: Steady-state seconds measured per configuration.
@@ -37,6 +38,7 @@ class Settings:
         ceiling_frames: Frames parsed per repetition for ccxt's parse ceiling.
         freshness_rates: Emulator rates of the freshness runs.
         freshness_seconds: Seconds of each freshness run.
+        freshness_symbols: Symbols the emulator streams in the freshness runs.
         freshness_follow: Symbols followed by live tails.
         load_rate: Ingest rate while measuring latency and concurrency under load.
         load_symbols: Symbols ingested meanwhile.
@@ -59,6 +61,7 @@ class Settings:
     alt_queries: int
     latency_requests: dict[int, int]
     bulk_rows: int
+    bulk_repetitions: int
     ingest_rates: tuple[int, ...]
     ingest_symbols: tuple[int, ...]
     ingest_seconds: float
@@ -68,6 +71,7 @@ class Settings:
     ceiling_frames: int
     freshness_rates: tuple[int, ...]
     freshness_seconds: float
+    freshness_symbols: int
     freshness_follow: int
     load_rate: int
     load_symbols: int
@@ -91,6 +95,7 @@ FULL = Settings(
     alt_queries=300,
     latency_requests={100: 500, 10_000: 100},
     bulk_rows=1_000_000,
+    bulk_repetitions=11,
     ingest_rates=(1_000, 5_000, 20_000),
     ingest_symbols=(20, 200),
     ingest_seconds=5.0,
@@ -99,7 +104,8 @@ FULL = Settings(
     ingest_probe_rate=40_000,
     ceiling_frames=20_000,
     freshness_rates=(1_000, 5_000),
-    freshness_seconds=12.0,
+    freshness_seconds=15.0,
+    freshness_symbols=10,
     freshness_follow=5,
     load_rate=5_000,
     load_symbols=20,
@@ -123,6 +129,7 @@ SMOKE = Settings(
     alt_queries=20,
     latency_requests={100: 30, 10_000: 5},
     bulk_rows=20_000,
+    bulk_repetitions=2,
     ingest_rates=(500,),
     ingest_symbols=(5,),
     ingest_seconds=0.5,
@@ -132,6 +139,7 @@ SMOKE = Settings(
     ceiling_frames=5_000,
     freshness_rates=(500,),
     freshness_seconds=1.5,
+    freshness_symbols=5,
     freshness_follow=2,
     load_rate=500,
     load_symbols=5,
