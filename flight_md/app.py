@@ -59,7 +59,7 @@ class MarketDataApp:
                              reconnect_delay=0.5, max_reconnect_delay=5.0,
                              buffer_size=self.config.buffer_size),)
 
-    def start(self) -> MarketDataApp:
+    def start(self) -> Self:
         """Start ingestion (and the demo emulator), then the Flight server."""
         from flight_md.service import FlightMarketDataServer
 
