@@ -3,7 +3,8 @@
 The report quotes an entry under every missed goal with that key. Entries are written by
 hand after profiling the flight_md process during the measurement (py-spy 0.4 ``record
 --threads [--gil] --nonblocking`` on the server child, pyinstrument in-process); they
-describe the code as profiled on 2026-11-23, so re-profile when the code changes. The
+describe the code as profiled on 2026-11-23 (bulk: after the segment merge cap), so
+re-profile when the code changes. The
 scripts are small: start the same children as the measurement (``benchmarks.exchange``,
 ``benchmarks.servers``) and point ``py-spy record --pid`` at the flight_md child.
 """
@@ -92,22 +93,20 @@ FINDINGS: dict[str, str] = {
     "latency.load.100": _LATENCY_LOAD,
     "latency.load.10000": _LATENCY_LOAD,
     "bulk.ratio": """
-**Limit: assembling the table per request (~20-60 ms of Python and allocation on a
-~70-120 ms transfer); the bare server built it once.** pyinstrument on `get_range_sync` over the
-1,000,000-row ring: `_constant_columns` ~50 % (two 1,000,000-row string columns rebuilt
+**Limit: assembling the table per request (~8 ms of Python and allocation per 1,000,000-row
+pull since the segment merge cap, ~25 ms before it); the bare server built it once.**
+pyinstrument on `get_range_sync` over the 1,000,000-row ring (124 segments with
+`MERGE_ROWS = 8192`): `_constant_columns` ~80 % (two 1,000,000-row string columns rebuilt
 per request from `value * length` Python bytes, ~15 MB written and page-faulted each time;
-only columns of at most 1,024 rows are cached) and `segments_between` ~40 % (a
-`np.searchsorted` pair per segment over ~490 segments: with `capacity // 8` as the merge
-size and `SEAL_ROWS = 256`, the trailing run holds up to ~490 unmerged 256-row segments).
-The numeric columns then arrive in ~490 chunks while the string columns are one chunk, so
-the IPC stream is ~490 record batches (the bare table has the same layout, so that part is
-common to both).
+only columns of at most 1,024 rows are cached) and `segments_between` ~20 % (a
+`np.searchsorted` pair per segment). Before the cap the ring held ~490 segments and
+`segments_between` was ~40 % of a ~26 ms call. The ratio moves with the machine's transfer
+speed: the fixed assembly cost is a larger share of a fast transfer.
 
 Suggestions: (1) cache the constant columns per ring at the largest length served and
 slice them (zero-copy), or keep one module-wide cache keyed by (value, length) with a byte
-budget; (2) merge segments geometrically (merge every 8 equal-sized neighbours, LSM style)
-so a ring holds O(log n) segments; (3) in `segments_between`, skip `searchsorted` for a
-segment entirely inside the range (`lo <= min_ts` and `max_ts < hi`).
+budget; (2) in `segments_between`, skip `searchsorted` for a segment entirely inside the
+range (`lo <= min_ts` and `max_ts < hi`).
 """,
     "freshness.p99": """
 **Limit: GIL hand-over between the ingestion thread and the live-tail threads, and a
