@@ -94,8 +94,3 @@ class IngestionControl(Protocol):
     def status(self) -> IngestionStatus:
         """A consistent snapshot of every stream."""
         ...
-
-    def record_clear(self, exchange: str | None, symbols: Sequence[str] | None,
-                     dropped: int) -> None:
-        """Note a clear in the event log (the buffer has already been cleared)."""
-        ...

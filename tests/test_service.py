@@ -377,9 +377,6 @@ class Ingestion:
             (SymbolStatus("binance", "BTC/USDT", True, 12, 2, False, 1234),
              SymbolStatus("binance", "XRP/USDT", True, 0, 0, True, None)))
 
-    def record_clear(self, exchange: str | None, symbols: Any, dropped: int) -> None:
-        self.calls.append(("record_clear", exchange, tuple(symbols or ())))
-
 
 def test_actions_with_ingestion(md_server_factory: Callable[..., Any]) -> None:
     buffer = MarketDataBuffer(100)

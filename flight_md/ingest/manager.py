@@ -31,7 +31,7 @@ import ccxt.async_support as ccxt_async
 from flight_md.buffer import MarketDataBuffer
 from flight_md.control import IngestionStatus
 from flight_md.errors import FlightMdError, InvalidArgument, Unavailable, UnknownExchange
-from flight_md.events import EventKind, EventLog
+from flight_md.events import EventLog
 from flight_md.ingest.stream import MarketDataStream
 
 __all__ = ["DEFAULT_CONTROL_TIMEOUT", "IngestionThread", "MarketDataManager", "ThreadedControl"]
@@ -183,13 +183,6 @@ class ThreadedControl:
     def status(self) -> IngestionStatus:
         """A consistent snapshot of every stream (taken on the loop)."""
         return self._call(self._status(), "status")
-
-    def record_clear(self, exchange: str | None, symbols: Sequence[str] | None,
-                     dropped: int) -> None:
-        """Note a clear in the event log (thread-safe; the buffer is already cleared)."""
-        what = ", ".join(symbols) if symbols else "all symbols"
-        self.manager.events.record(exchange or "*", EventKind.CLEAR, tuple(symbols or ()),
-                                   f"cleared {dropped} ticks ({what})")
 
     # -- on the loop ------------------------------------------------------------------------
 

@@ -118,10 +118,6 @@ class StaticControl:
                     stats.appended, 0, False, stats.last_receive_timestamp))
         return IngestionStatus(exchanges, tuple(symbols))
 
-    def record_clear(self, exchange: str | None, symbols: Sequence[str] | None,
-                     dropped: int) -> None:
-        pass
-
 
 @contextlib.contextmanager
 def running_server(buffer: MarketDataBuffer | None = None, *, location: str =

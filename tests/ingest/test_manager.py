@@ -135,12 +135,6 @@ def test_threaded_control_from_other_threads(ingestion):
     assert [e.exchange for e in status.exchanges] == ["binance", "bybit"]
     assert status.exchanges[0].symbols == ("BTC/USDT",)
 
-    dropped = thread.buffer.clear_sync("BTC/USDT", exchange="binance")
-    control.record_clear("binance", ["BTC/USDT"], dropped)
-    clear = thread.events.events("binance")[-1]
-    assert clear.kind == "clear" and clear.symbols == ("BTC/USDT",)
-    assert f"cleared {dropped} ticks" in clear.detail
-
 
 def test_threaded_control_times_out_when_the_loop_does_not_answer(ingestion):
     thread, binance, _ = ingestion
