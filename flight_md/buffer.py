@@ -2,7 +2,8 @@
 
 Design (pure and synchronous; the async methods are thin facades the original API asks for):
 
-* A writer appends a tick as a tuple to a small *pending* list (tens of nanoseconds).
+* A writer appends a tick's ten numbers to a flat *pending* ``array('d')`` (NaN for a
+  missing value): 80 bytes a row, where a list or tuple of Python floats takes ~320.
 * Pending rows are *sealed* into an immutable Arrow record batch (a segment) once, either
   when :data:`SEAL_ROWS` are pending or when a reader needs rows that are still pending.
   Each row is converted to Arrow once; reads only slice segments, they never copy stored
@@ -14,6 +15,11 @@ Design (pure and synchronous; the async methods are thin facades the original AP
   mutated afterwards, however the ring wraps or is cleared.
 * ``symbol`` and ``exchange`` are constant per ring and are not stored per row: reads
   materialise them as constant columns for the rows read, so memory stays ~81 bytes a tick.
+  Constant columns are cached per value at the longest length served (within a byte budget)
+  and sliced for shorter reads.
+* Arrow buffers the store allocates come from the system allocator (:data:`MEMORY_POOL`):
+  pyarrow's default mimalloc pool keeps ~16 bytes per stored tick of slack as segments are
+  merged and evicted.
 
 Threads: ingestion appends from one asyncio thread; Flight handlers read from many gRPC
 threads. Every ring has one short lock around structural changes (append, seal, evict,
@@ -26,10 +32,11 @@ from __future__ import annotations
 import asyncio
 import math
 import threading
-from collections import deque
+from array import array
+from collections import OrderedDict, deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Final
 
 import numpy as np
 import pyarrow as pa
@@ -39,6 +46,7 @@ from flight_md.schema import NUMERIC_FIELDS, NUMERIC_SCHEMA, SCHEMA, MarketTick,
 
 __all__ = [
     "DEFAULT_BUFFER_SIZE",
+    "MEMORY_POOL",
     "BufferStats",
     "Follower",
     "MarketDataBuffer",
@@ -51,6 +59,12 @@ MERGE_ROWS: Final = 8192
 """Largest merged segment: a 1,000,000-tick ring holds ~120 segments, not ~500."""
 COMPACT_SEGMENTS: Final = 8
 """Small trailing segments that trigger a compaction into one."""
+CONSTANT_CACHE_BYTES: Final = 32 * 1024 * 1024
+"""Budget of the cache of constant ``symbol``/``exchange`` columns (least recently used go)."""
+MEMORY_POOL: Final = pa.system_memory_pool()
+"""The Arrow memory pool of stored segments (the system allocator: least slack)."""
+ROW_WIDTH: Final = len(NUMERIC_FIELDS)
+NAN: Final = math.nan
 
 _EMPTY_NUMERIC = NUMERIC_SCHEMA.empty_table().to_batches() or [
     pa.RecordBatch.from_pylist([], schema=NUMERIC_SCHEMA)]
@@ -92,7 +106,7 @@ class BufferStats:
 class _Segment:
     """An immutable run of sealed rows with the sequence number of its first row."""
 
-    __slots__ = ("batch", "first_seq", "ordered", "ts", "max_ts", "min_ts")
+    __slots__ = ("batch", "first_seq", "max_ts", "min_ts", "ordered", "ts")
 
     def __init__(self, batch: pa.RecordBatch, first_seq: int) -> None:
         self.batch = batch
@@ -112,14 +126,61 @@ class _Segment:
         return self.first_seq + int(self.batch.num_rows)
 
 
-def _seal(rows: list[tuple[Any, ...]]) -> pa.RecordBatch:
-    """Convert pending row tuples into one numeric record batch (the only copy a row gets)."""
-    values = np.array(rows, dtype=np.float64)
-    columns: list[pa.Array] = [pa.array(values[:, 0].astype(np.int64))]
-    for index in range(1, len(NUMERIC_FIELDS) - 1):
-        columns.append(pa.array(np.ascontiguousarray(values[:, index]), from_pandas=True))
-    columns.append(pa.array(values[:, -1].astype(np.int64)))
+def _seal(flat: array[float], rows: int) -> pa.RecordBatch:
+    """Convert pending rows (flat, :data:`ROW_WIDTH` values each) into one numeric batch.
+
+    This is the only conversion a row gets: the columns are zero-copy views of two numpy
+    blocks (integers and floats); a NaN becomes a null (the price is never NaN).
+    """
+    values = np.frombuffer(flat, dtype=np.float64, count=rows * ROW_WIDTH).reshape(
+        rows, ROW_WIDTH)
+    floats = np.ascontiguousarray(values[:, 1:-1].T)
+    ints = np.ascontiguousarray(values[:, ::ROW_WIDTH - 1].T).astype(np.int64)
+    columns: list[pa.Array] = [pa.array(ints[0])]
+    for index in range(ROW_WIDTH - 2):
+        columns.append(pa.array(floats[index], from_pandas=True, memory_pool=MEMORY_POOL))
+    columns.append(pa.array(ints[1]))
     return pa.RecordBatch.from_arrays(columns, schema=NUMERIC_SCHEMA)
+
+
+def _concat(batches: list[pa.RecordBatch]) -> pa.RecordBatch:
+    return pa.concat_batches(batches, memory_pool=MEMORY_POOL)
+
+
+class _ConstantCache:
+    """Constant string columns by value, each at the longest length asked for so far.
+
+    Shorter requests get zero-copy slices. The least recently used values go once the
+    cache holds more than ``budget`` bytes; a column a reader holds stays valid regardless.
+    """
+
+    def __init__(self, budget: int) -> None:
+        self.budget = budget
+        self.size = 0
+        self._columns: OrderedDict[bytes, pa.Array] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, value: bytes, length: int) -> pa.Array:
+        with self._lock:
+            column = self._columns.get(value)
+            if column is not None and len(column) >= length:
+                self._columns.move_to_end(value)
+                return column if len(column) == length else column.slice(0, length)
+        built = _constant_strings(value, length)
+        with self._lock:
+            old = self._columns.pop(value, None)
+            if old is not None and len(old) > length:  # another thread built a longer one
+                built, old = old, built
+                self._columns[value] = built
+                return built.slice(0, length)
+            if old is not None:
+                self.size -= old.nbytes
+            self._columns[value] = built
+            self.size += built.nbytes
+            while self.size > self.budget and len(self._columns) > 1:
+                _, dropped = self._columns.popitem(last=False)
+                self.size -= dropped.nbytes
+        return built
 
 
 def _constant_strings(value: bytes, length: int) -> pa.Array:
@@ -129,13 +190,17 @@ def _constant_strings(value: bytes, length: int) -> pa.Array:
                                  [None, pa.py_buffer(offsets), pa.py_buffer(value * length)])
 
 
+_CONSTANTS: Final = _ConstantCache(CONSTANT_CACHE_BYTES)
+
+
 class _Ring:
     """The bounded store of one (exchange, symbol).
 
     Rows live in three places, oldest first: ``segments`` (sealed batches of ``seal_rows``
     rows), ``fresh`` (small batches a reader sealed early, at most :data:`COMPACT_SEGMENTS`)
-    and ``pending`` (tuples not yet converted). When fresh plus pending reach ``seal_rows``
-    the writer folds them into one segment.
+    and ``pending`` (``pending_rows`` rows of :data:`ROW_WIDTH` numbers each, not yet
+    converted). When fresh plus pending reach ``seal_rows`` the writer folds them into one
+    segment.
     """
 
     def __init__(self, exchange: str, symbol: str, capacity: int) -> None:
@@ -147,7 +212,6 @@ class _Ring:
         # for large rings a bounded trailing run (at most MERGE_ROWS / seal_rows segments).
         self.merge_rows = max(self.seal_rows, min(capacity // 8, MERGE_ROWS))
         self.run = 0  # trailing segments not merged yet
-        self._constants: dict[int, tuple[pa.Array, pa.Array]] = {}
         self._exchange_bytes = exchange.encode()
         self._symbol_bytes = symbol.encode()
         self.lock = threading.Lock()
@@ -155,7 +219,8 @@ class _Ring:
         self.segments: deque[_Segment] = deque()
         self.fresh: list[pa.RecordBatch] = []
         self.fresh_rows = 0
-        self.pending: list[tuple[Any, ...]] = []
+        self.pending: array[float] = array("d")
+        self.pending_rows = 0
         self.next_seq = 0  # sequence number of the next appended row
         self.start_seq = 0  # oldest retained row
         self.sealed_seq = 0  # rows below this are in segments
@@ -166,51 +231,67 @@ class _Ring:
 
     # -- writer side (caller holds the lock) ---------------------------------------------
 
-    def append_row(self, row: tuple[Any, ...]) -> None:
-        self.pending.append(row)
+    def append_row(self, row: Sequence[float]) -> None:
+        """Append one valid row (one method call: this is the hot path)."""
+        self.pending.extend(row)
+        self.pending_rows += 1
         self.next_seq += 1
-        if self.fresh_rows + len(self.pending) >= self.seal_rows:
-            self._seal()
         if self.next_seq - self.start_seq > self.capacity:
-            # Unsealed rows are fewer than seal_rows <= capacity / 4, so only whole
-            # segments ever fall out of the window.
-            self.start_seq = self.next_seq - self.capacity
-            while self.segments and self.segments[0].end_seq <= self.start_seq:
-                self.segments.popleft()
-
-    def finish_append(self, row: tuple[Any, ...]) -> None:
-        self.last_timestamp = row[0]
-        self.last_receive_timestamp = row[-1]
+            self.start_seq = self.next_seq - self.capacity  # logical eviction (see _evict)
+        if self.fresh_rows + self.pending_rows >= self.seal_rows:
+            self._seal()
+        self.last_timestamp = int(row[0])
+        self.last_receive_timestamp = int(row[-1])
         if self.waiting:
             self.changed.notify_all()
 
     def _seal(self) -> None:
         parts = self.fresh
-        if self.pending:
-            parts = [*parts, _seal(self.pending)]
-        batch = parts[0] if len(parts) == 1 else pa.concat_batches(parts)
+        if self.pending_rows:
+            parts = [*parts, _seal(self.pending, self.pending_rows)]
+        batch = parts[0] if len(parts) == 1 else _concat(parts)
         self.segments.append(_Segment(batch, self.sealed_seq))
         self.sealed_seq += batch.num_rows
         self.fresh = []
         self.fresh_rows = 0
-        self.pending = []
+        self.pending = array("d")
+        self.pending_rows = 0
         self.run += 1
         if self.run > 1 and self.run * self.seal_rows >= self.merge_rows:
             merged = [self.segments.pop() for _ in range(min(self.run, len(self.segments)))]
             merged.reverse()
-            self.segments.append(_Segment(pa.concat_batches([m.batch for m in merged]),
+            self.segments.append(_Segment(_concat([m.batch for m in merged]),
                                           merged[0].first_seq))
             self.run = 0
+        self._evict()
+
+    def _evict(self) -> None:
+        """Free rows that fell out of the window (``start_seq``); runs at each seal.
+
+        Whole segments are dropped. A merged segment the window cuts through is trimmed
+        (its live rows copied) once ``seal_rows`` of it are dead, so evicted rows never
+        hold more than ``seal_rows`` rows of memory per ring: without this a ring kept
+        half a merged segment (~``capacity // 16`` rows) of dead rows on average. Unsealed
+        rows are fewer than ``seal_rows <= capacity / 4``, so they are never evicted.
+        """
+        segments = self.segments
+        start = self.start_seq
+        while segments and segments[0].end_seq <= start:
+            segments.popleft()
+        if segments and start - segments[0].first_seq >= self.seal_rows:
+            head = segments[0]  # a merged segment: an unmerged one has seal_rows rows
+            segments[0] = _Segment(_concat([head.batch.slice(start - head.first_seq)]), start)
 
     def _freshen(self) -> None:
         """Convert pending rows so a reader can see them (each row converts once)."""
-        if not self.pending:
+        if not self.pending_rows:
             return
-        self.fresh.append(_seal(self.pending))
-        self.fresh_rows += len(self.pending)
-        self.pending = []
+        self.fresh.append(_seal(self.pending, self.pending_rows))
+        self.fresh_rows += self.pending_rows
+        self.pending = array("d")
+        self.pending_rows = 0
         if len(self.fresh) >= COMPACT_SEGMENTS:
-            self.fresh = [pa.concat_batches(self.fresh)]
+            self.fresh = [_concat(self.fresh)]
 
     # -- reader side (caller holds the lock) ---------------------------------------------
 
@@ -285,16 +366,8 @@ class _Ring:
         return table
 
     def _constant_columns(self, n: int) -> tuple[pa.Array, pa.Array]:
-        """Symbol and exchange columns of length ``n``; small ones are reused (immutable)."""
-        cached = self._constants.get(n)
-        if cached is None:
-            cached = (_constant_strings(self._symbol_bytes, n),
-                      _constant_strings(self._exchange_bytes, n))
-            if n <= 1024:
-                # Copy-on-write: readers on other threads only ever see a complete dict.
-                kept = list(self._constants.items())[-3:]
-                self._constants = {**dict(kept), n: cached}
-        return cached
+        """Symbol and exchange columns of length ``n`` (cached, immutable)."""
+        return _CONSTANTS.get(self._symbol_bytes, n), _CONSTANTS.get(self._exchange_bytes, n)
 
     def stats(self) -> BufferStats:
         return BufferStats(self.exchange, self.symbol, self.next_seq - self.start_seq,
@@ -306,7 +379,8 @@ class _Ring:
         self.segments = deque()
         self.fresh = []
         self.fresh_rows = 0
-        self.pending = []
+        self.pending = array("d")
+        self.pending_rows = 0
         self.run = 0
         self.start_seq = self.sealed_seq = self.next_seq
         self.last_timestamp = self.last_receive_timestamp = None
@@ -415,37 +489,42 @@ class MarketDataBuffer:
             ValueError: The price is not a finite number or the timestamps are out of range
                 (use :mod:`flight_md.normalize` to turn raw exchange data into ticks).
         """
-        _check(tick)
-        ring = self._ring_for(tick.exchange, tick.symbol)
-        row = tick.to_row()
+        row = _row(tick)
+        ring = self._rings.get((tick.exchange, tick.symbol)) or self._ring_for(
+            tick.exchange, tick.symbol)
         with ring.lock:
             ring.append_row(row)
-            ring.finish_append(row)
+
+    def append_row(self, exchange: str, symbol: str, row: Sequence[float]) -> None:
+        """Store one tick given as its numeric row: the ingestion fast path.
+
+        ``row`` holds the :data:`~flight_md.schema.NUMERIC_FIELDS` in order, NaN for a
+        missing value, and must already be valid (:func:`flight_md.normalize.to_row` makes
+        such rows): a finite price and integer Unix ms timestamps up to
+        :data:`MAX_TIMESTAMP_MS`. Nothing is checked here; :meth:`append` checks.
+        """
+        ring = self._rings.get((exchange, symbol)) or self._ring_for(exchange, symbol)
+        with ring.lock:
+            ring.append_row(row)
 
     def extend(self, ticks: Iterable[MarketTick]) -> int:
-        """Store many ticks, taking each ring's lock once per run of the same ring.
+        """Store many ticks (each is checked as by :meth:`append`; a bad one raises after
+        the ticks before it were stored).
 
         Returns:
             The number of ticks stored.
         """
         count = 0
-        ring: _Ring | None = None
-        row: tuple[Any, ...] | None = None
+        rings = self._rings
         for tick in ticks:
-            _check(tick)
-            target = self._ring_for(tick.exchange, tick.symbol)
-            if target is not ring:
-                if ring is not None and row is not None:
-                    with ring.lock:
-                        ring.finish_append(row)
-                ring = target
-            row = tick.to_row()
+            row = _row(tick)
+            ring = rings.get((tick.exchange, tick.symbol))
+            if ring is None:
+                ring = self._ring_for(tick.exchange, tick.symbol)
+                rings = self._rings
             with ring.lock:
                 ring.append_row(row)
             count += 1
-        if ring is not None and row is not None:
-            with ring.lock:
-                ring.finish_append(row)
         return count
 
     # -- lookup --------------------------------------------------------------------------
@@ -636,7 +715,8 @@ MAX_TIMESTAMP_MS: Final = 253_402_300_799_999
 """9999-12-31T23:59:59.999Z; also keeps timestamps exact through the float64 seal."""
 
 
-def _check(tick: MarketTick) -> None:
+def _row(tick: MarketTick) -> tuple[float, ...]:
+    """Check a tick and return its stored row (NaN for a missing value)."""
     price = tick.price
     # The price column is not nullable: None or NaN would turn into an invented null.
     if not (isinstance(price, (int, float)) and math.isfinite(price)):
@@ -647,6 +727,13 @@ def _check(tick: MarketTick) -> None:
         raise ValueError(f"tick timestamps must be Unix ms from 0 to {MAX_TIMESTAMP_MS}, got "
                          f"{tick.timestamp!r} and {tick.receive_timestamp!r} "
                          f"({tick.exchange}, {tick.symbol})")
+    volume, bid, ask, high, low, open_, close = (
+        tick.volume, tick.bid, tick.ask, tick.high, tick.low, tick.open, tick.close)
+    return (tick.timestamp, price, NAN if volume is None else volume,
+            NAN if bid is None else bid, NAN if ask is None else ask,
+            NAN if high is None else high, NAN if low is None else low,
+            NAN if open_ is None else open_, NAN if close is None else close,
+            tick.receive_timestamp)
 
 
 def _preview(names: Sequence[str], limit: int = 20) -> str:

@@ -1,5 +1,8 @@
 """ccxt unified ticker dicts -> :class:`~flight_md.schema.MarketTick` rows; pure.
 
+:func:`to_tick` returns a :class:`~flight_md.schema.MarketTick`; :func:`to_row` returns the
+same values as the buffer's stored row (NaN for a missing value), the ingestion hot path.
+
 This module imports neither asyncio nor ccxt: it is a function of its arguments, and a bad
 value never raises out of :func:`to_tick` (it returns a :class:`DropReason` instead), so
 ingestion can count and drop a bad update without touching its connection.
@@ -77,6 +80,11 @@ from typing import Any, Final
 from flight_md.errors import ExchangeDataError
 from flight_md.schema import MarketTick
 
+Row = tuple[float, ...]
+"""A tick's numbers in :data:`~flight_md.schema.NUMERIC_FIELDS` order, NaN for missing."""
+_NAN: Final = math.nan
+_INF: Final = math.inf
+
 __all__ = [
     "MAX_FUTURE_MS",
     "MIN_TIMESTAMP_MS",
@@ -85,6 +93,8 @@ __all__ = [
     "DropReason",
     "fingerprint",
     "normalize_ticker",
+    "row_to_tick",
+    "to_row",
     "to_tick",
 ]
 
@@ -179,6 +189,8 @@ def _number(value: Any, field: str) -> float | None:
 
 def _quote(value: Any, field: str) -> float | None:
     """A price-like optional field: 0 means "none", negative is bad."""
+    if type(value) is float and 0.0 < value < _INF:
+        return value  # what ccxt hands over almost always
     number = _number(value, field)
     if number is None or number > 0.0:
         return number
@@ -217,8 +229,12 @@ def _check_raw(info: Any, fields: frozenset[str]) -> None:
         _number(value, key)
 
 
+def _opt(value: float | None) -> float:
+    return _NAN if value is None else value
+
+
 def _build(ticker: Mapping[str, Any], exchange: str, channel: Channel,
-           receive_ms: int) -> MarketTick:
+           receive_ms: int) -> tuple[str, Row]:
     if not isinstance(ticker, Mapping):
         raise _Bad(DropReason.UNPARSEABLE_FRAME, "ticker")
     symbol = ticker.get("symbol")
@@ -236,8 +252,8 @@ def _build(ticker: Mapping[str, Any], exchange: str, channel: Channel,
     if channel is Channel.BIDASK:
         if bid is None or ask is None:
             raise _Bad(DropReason.MISSING_PRICE, "bid" if bid is None else "ask")
-        return MarketTick(symbol, timestamp, (bid + ask) / 2.0, None, bid, ask, None, None,
-                          None, None, exchange, receive_ms)
+        return symbol, (timestamp, (bid + ask) / 2.0, _NAN, bid, ask, _NAN, _NAN, _NAN, _NAN,
+                        receive_ms)
     last = _number(ticker.get("last"), "last")
     close = _quote(ticker.get("close"), "close")
     price = last if last is not None else close
@@ -245,10 +261,36 @@ def _build(ticker: Mapping[str, Any], exchange: str, channel: Channel,
         raise _Bad(DropReason.MISSING_PRICE, "last")
     if price <= 0.0:
         raise _Bad(DropReason.NON_POSITIVE_PRICE, "last")
-    return MarketTick(
-        symbol, timestamp, price, _volume(ticker.get("baseVolume"), "baseVolume"), bid, ask,
-        _quote(ticker.get("high"), "high"), _quote(ticker.get("low"), "low"),
-        _quote(ticker.get("open"), "open"), close, exchange, receive_ms)
+    return symbol, (
+        timestamp, price, _opt(_volume(ticker.get("baseVolume"), "baseVolume")), _opt(bid),
+        _opt(ask), _opt(_quote(ticker.get("high"), "high")), _opt(_quote(ticker.get("low"), "low")),
+        _opt(_quote(ticker.get("open"), "open")), _opt(close), receive_ms)
+
+
+def row_to_tick(symbol: str, row: Row, exchange: str) -> MarketTick:
+    """The :class:`MarketTick` of a row made by :func:`to_row` (NaN back to ``None``)."""
+    timestamp, price, volume, bid, ask, high, low, open_, close, receive_ms = row
+    return MarketTick(symbol, int(timestamp), price, _none(volume), _none(bid), _none(ask),
+                      _none(high), _none(low), _none(open_), _none(close), exchange,
+                      int(receive_ms))
+
+
+def _none(value: float) -> float | None:
+    return None if math.isnan(value) else value
+
+
+def to_row(ticker: Mapping[str, Any], *, exchange: str, channel: Channel,
+           receive_ms: int) -> tuple[str, Row] | DropReason:
+    """Like :func:`to_tick`, but return ``(symbol, row)``: the buffer's stored form.
+
+    The row can go straight to :meth:`MarketDataBuffer.append_row
+    <flight_md.buffer.MarketDataBuffer.append_row>`; :func:`row_to_tick` turns it into a
+    :class:`MarketTick`. ``channel`` must be a :class:`Channel` here.
+    """
+    try:
+        return _build(ticker, exchange, channel, receive_ms)
+    except _Bad as bad:
+        return bad.reason
 
 
 def to_tick(ticker: Mapping[str, Any], *, exchange: str, channel: Channel | str,
@@ -266,9 +308,10 @@ def to_tick(ticker: Mapping[str, Any], *, exchange: str, channel: Channel | str,
         The tick, or the :class:`DropReason` it was rejected for. Never raises on bad data.
     """
     try:
-        return _build(ticker, exchange, Channel(channel), receive_ms)
+        symbol, row = _build(ticker, exchange, Channel(channel), receive_ms)
     except _Bad as bad:
         return bad.reason
+    return row_to_tick(symbol, row, exchange)
 
 
 def normalize_ticker(ticker: Mapping[str, Any], *, exchange: str,
@@ -281,12 +324,13 @@ def normalize_ticker(ticker: Mapping[str, Any], *, exchange: str,
             and the field.
     """
     try:
-        return _build(ticker, exchange, Channel(channel), receive_ms)
+        symbol, row = _build(ticker, exchange, Channel(channel), receive_ms)
     except _Bad as bad:
-        symbol = ticker.get("symbol") if isinstance(ticker, Mapping) else None
+        named = ticker.get("symbol") if isinstance(ticker, Mapping) else None
         raise ExchangeDataError(
-            f"bad {channel} update from {exchange} for {symbol!r}: {bad.reason} "
+            f"bad {channel} update from {exchange} for {named!r}: {bad.reason} "
             f"(field {bad.field!r})") from None
+    return row_to_tick(symbol, row, exchange)
 
 
 _FINGERPRINT_FIELDS: Final = ("last", "close", "bid", "ask", "high", "low", "open", "baseVolume")

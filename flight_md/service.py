@@ -57,6 +57,7 @@ TAIL_WAIT_S: Final = 0.05
 """A live tail checks for shutdown and cancellation at least this often."""
 TAIL_BATCH_ROWS: Final = 4096
 GET_BATCH_ROWS: Final = 65_536
+_IPC_OPTIONS: Final = pa.ipc.IpcWriteOptions()
 
 
 class _Opaque(type):
@@ -302,8 +303,9 @@ class FlightMarketDataServer(flight.FlightServerBase):
             if query.follow:
                 return self._follow(context, query)
             table = self._table(query)
-            # RecordBatchStream runs in C++ from here on: no Python in the bytes path.
-            return flight.RecordBatchStream(table)
+            # RecordBatchStream runs in C++ from here on: no Python in the bytes path. Given
+            # options, pyarrow skips reading its IPC settings from the environment per call.
+            return flight.RecordBatchStream(table, options=_IPC_OPTIONS)
 
     def _follow(self, context: flight.ServerCallContext, query: Query) -> flight.FlightDataStream:
         assert query.symbol is not None

@@ -40,6 +40,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 from datetime import datetime, timezone
 from enum import StrEnum
 from typing import Any, Final
@@ -225,6 +226,10 @@ def _parse_int(text: str, key: str) -> int:
 def parse_ticket(data: bytes | str) -> Query:
     """Parse a ticket (see the module docstring for the grammar).
 
+    Clients repeat the same tickets, so the last :data:`TICKET_CACHE` valid ones are
+    remembered (a :class:`Query` is immutable); bad tickets are parsed, and refused, every
+    time.
+
     Raises:
         InvalidTicket: The ticket is not valid UTF-8 or breaks the grammar.
         RequestTooLarge: The ticket is over 4 KiB.
@@ -232,6 +237,15 @@ def parse_ticket(data: bytes | str) -> Query:
     if isinstance(data, str):
         data = data.encode("utf-8", "surrogatepass")
     check_size(data, "ticket")
+    return _parse_ticket(data)
+
+
+TICKET_CACHE: Final = 512
+"""Valid tickets :func:`parse_ticket` remembers."""
+
+
+@lru_cache(maxsize=TICKET_CACHE)
+def _parse_ticket(data: bytes) -> Query:
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError:

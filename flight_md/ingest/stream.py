@@ -83,7 +83,7 @@ from flight_md.control import ExchangeStatus, IngestionStatus, SymbolStatus
 from flight_md.errors import InvalidArgument, Unavailable
 from flight_md.events import EventKind, EventLog
 from flight_md.ingest.endpoints import apply_url_overrides, url_overrides
-from flight_md.normalize import Channel, DropReason, fingerprint, to_tick
+from flight_md.normalize import Channel, DropReason, fingerprint, row_to_tick, to_row
 from flight_md.schema import MarketTick, now_ms
 
 __all__ = [
@@ -879,17 +879,19 @@ class MarketDataStream:
         state.last_ms = receive_ms
         state.last_mono = mono
         self._last_frame = mono
-        tick = to_tick(ticker, exchange=self.exchange_id, channel=self.channel,
-                       receive_ms=receive_ms)
-        if isinstance(tick, DropReason):
+        made = to_row(ticker, exchange=self.exchange_id, channel=self.channel,
+                      receive_ms=receive_ms)
+        if isinstance(made, DropReason):
             state.dropped += 1
-            count = self._bad_frames[tick] = self._bad_frames[tick] + 1
+            count = self._bad_frames[made] = self._bad_frames[made] + 1
             self._log_bad(count, "%s %s: dropped a bad update (%s; %d so far)",
-                          self.exchange_id, symbol, tick, count)
+                          self.exchange_id, symbol, made, count)
             return False
-        self._buffer.append(tick)
+        # The row is valid by construction (normalize checked every value): it is stored
+        # without a MarketTick round trip, which is built only for callbacks.
+        self._buffer.append_row(self.exchange_id, made[0], made[1])
         if self._subscribers:
-            self._dispatch(tick)
+            self._dispatch(row_to_tick(made[0], made[1], self.exchange_id))
         return True
 
     def _on_frame_error(self, error: BaseException) -> None:
