@@ -57,9 +57,13 @@ class Loaded:
 
 
 @contextmanager
-def loaded_servers(settings: Settings) -> Iterator[Loaded]:
+def loaded_servers(settings: Settings, ingest_process: bool = False) -> Iterator[Loaded]:
     """flight_md ingesting at ``settings.load_rate`` (its first symbol pre-filled to
-    capacity), a bare server with the latest=100 and latest=10,000 tables; all cleaned up."""
+    capacity), a bare server with the latest=100 and latest=10,000 tables; all cleaned up.
+
+    Args:
+        ingest_process: Run flight_md's ingestion in a child process (``--ingest-process``).
+    """
     with ExitStack() as stack:
         bare = bare_server([tickets(100), tickets(CAPACITY)], buffer_size=CAPACITY,
                            fill_symbols=1, fill_ticks=CAPACITY)
@@ -70,7 +74,7 @@ def loaded_servers(settings: Settings) -> Iterator[Loaded]:
         fm = stack.enter_context(flight_md_server(
             buffer_size=CAPACITY, fill_symbols=1, fill_ticks=CAPACITY,
             exchange_url=emulator.hello["url"], ingest_symbols=settings.load_symbols,
-            name="flight_md-ingesting"))
+            ingest_process=ingest_process, name="flight_md-ingesting"))
         bare.wait_ready()
 
         def flowing() -> bool:

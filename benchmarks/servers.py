@@ -87,7 +87,7 @@ def _run_flight_md(args: argparse.Namespace) -> None:
                               buffer_size=args.buffer_size, heartbeat_interval=30.0,
                               reconnect_delay=0.5, max_reconnect_delay=5.0)
         app = MarketDataApp(ServerConfig(port=0, buffer_size=args.buffer_size,
-                                         streams=(stream,)))
+                                         streams=(stream,), ingest_process=args.ingest_process))
         _fill(app.buffer, args.fill_symbols, args.fill_ticks)
         app.start()
         buffer = app.buffer
@@ -126,6 +126,7 @@ def _main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--exchange-url")
     parser.add_argument("--ingest-symbols", type=int, default=20)
     parser.add_argument("--channel", default="bidask", choices=("bidask", "ticker"))
+    parser.add_argument("--ingest-process", action="store_true")
     parser.add_argument("--max-seconds", type=float, default=900)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
@@ -135,13 +136,15 @@ def _main(argv: Sequence[str] | None = None) -> None:
 def flight_md_server(*, buffer_size: int = 10_000, fill_symbols: int = 0, fill_ticks: int = 0,
                      exchange_url: str | None = None, ingest_symbols: int = 20,
                      channel: str = "bidask", name: str = "flight_md",
-                     max_seconds: float = 900) -> Child:
+                     ingest_process: bool = False, max_seconds: float = 900) -> Child:
     """A flight_md server child (not started: use it in a ``with``)."""
     args = ["flight_md", "--buffer-size", str(buffer_size), "--fill-symbols", str(fill_symbols),
             "--fill-ticks", str(fill_ticks)]
     if exchange_url:
         args += ["--exchange-url", exchange_url, "--ingest-symbols", str(ingest_symbols),
                  "--channel", channel]
+        if ingest_process:
+            args.append("--ingest-process")
     return Child("benchmarks.servers", *args, name=name, start_timeout=120.0,
                  max_seconds=max_seconds)
 

@@ -8,7 +8,9 @@ the same thing in-process::
 
 Ingestion (ccxt streams, and the emulator in demo mode) runs on one asyncio loop in a
 background thread; the Flight server runs on gRPC's threads. They meet at the buffer and at
-:class:`~flight_md.ingest.manager.ThreadedControl`.
+:class:`~flight_md.ingest.manager.ThreadedControl`. With ``ingest_process`` the streams run in
+a child process instead (:class:`~flight_md.ingest.process.IngestionProcess`) and the demo
+emulator on a thread of its own.
 """
 
 from __future__ import annotations
@@ -64,7 +66,9 @@ class MarketDataApp:
         from flight_md.service import FlightMarketDataServer
 
         control = None
-        if self.config.demo or self.config.streams:
+        if (self.config.demo or self.config.streams) and self.config.ingest_process:
+            control = self._start_process()
+        elif self.config.demo or self.config.streams:
             from flight_md.ingest.manager import IngestionThread
 
             self.ingestion = IngestionThread(self.buffer, self.events).start()
@@ -88,6 +92,28 @@ class MarketDataApp:
                                              **self._security())
         logger.info("serving on %s", self.location)
         return self
+
+    def _start_process(self) -> Any:
+        from flight_md.ingest.process import IngestionProcess
+
+        if self.config.demo:
+            from flight_md.emulator.thread import EmulatorThread
+
+            self.emulator = EmulatorThread(exchange="binance", symbols=DEMO_SYMBOLS,
+                                           rate=DEMO_RATE, seed=7, **self._emulator_options)
+            self.emulator.start()
+            logger.info("demo: exchange emulator (binance protocol) at %s", self.emulator.url)
+        self.ingestion = IngestionProcess(self.buffer, self.events).start()
+        try:
+            for stream in self.streams:
+                self.ingestion.add_stream(stream.exchange, list(stream.symbols),
+                                          START_TIMEOUT_S, **stream.stream_kwargs())
+                logger.info("streaming %s: %s (ingestion process %d)", stream.exchange,
+                            ", ".join(stream.symbols), self.ingestion.pid)
+        except BaseException:
+            self.stop()
+            raise
+        return self.ingestion.control()
 
     def _security(self) -> dict[str, Any]:
         options: dict[str, Any] = {}
@@ -123,7 +149,14 @@ class MarketDataApp:
         if self.server is not None:
             self.server.stop(grace)
             self.server = None
-        if self.ingestion is not None:
+        if self.config.ingest_process:
+            if self.ingestion is not None:
+                self.ingestion.stop(grace * 2)
+                self.ingestion = None
+            if self.emulator is not None:
+                self.emulator.stop()
+                self.emulator = None
+        elif self.ingestion is not None:
             try:
                 # Streams first, so that the emulator going away is not logged as a gap.
                 self.ingestion.run(self.ingestion.manager.shutdown(), grace * 2)

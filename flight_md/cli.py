@@ -60,6 +60,9 @@ def _serve_parser(sub: Any) -> None:
     p.add_argument("--tls-cert", type=Path, help="server certificate (PEM)")
     p.add_argument("--tls-key", type=Path, help="server private key (PEM)")
     p.add_argument("--tls-client-ca", type=Path, help="require client certificates from this CA")
+    p.add_argument("--ingest-process", action="store_true", default=None,
+                   help="run ingestion (ccxt) in a child process, so that queries do not wait "
+                   "for it (recommended under heavy ingest or query load)")
     p.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     p.set_defaults(func=_serve)
 
@@ -89,7 +92,9 @@ def build_config(args: argparse.Namespace) -> ServerConfig:
         read_only_tokens=read_only, tls_cert=args.tls_cert or base.tls_cert,
         tls_key=args.tls_key or base.tls_key,
         tls_client_ca=args.tls_client_ca or base.tls_client_ca,
-        follow_max_lag=base.follow_max_lag)
+        follow_max_lag=base.follow_max_lag,
+        ingest_process=args.ingest_process if args.ingest_process is not None
+        else base.ingest_process)
 
 
 def _serve(args: argparse.Namespace) -> int:

@@ -135,6 +135,8 @@ class ServerConfig:
     tls_key: Path | None = None
     tls_client_ca: Path | None = None
     follow_max_lag: int | None = None
+    ingest_process: bool = False
+    """Run ingestion in a child process (see :mod:`flight_md.ingest.process`)."""
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -144,6 +146,8 @@ class ServerConfig:
             raise ConfigError("TLS needs both --tls-cert and --tls-key")
         if self.tls_client_ca is not None and self.tls_cert is None:
             raise ConfigError("--tls-client-ca (mutual TLS) needs --tls-cert and --tls-key")
+        if not isinstance(self.ingest_process, bool):
+            raise ConfigError(f"ingest_process must be true or false, got {self.ingest_process!r}")
         if self.demo and self.streams:
             raise ConfigError("--demo runs its own emulated exchange; drop --exchange/--config "
                               "streams or drop --demo")
@@ -216,11 +220,12 @@ def load_config(path: Path) -> ServerConfig:
             read_only += tuple(Secret(v) for v in values)
     paths = {k: base / server.pop(k) for k in ("tls_cert", "tls_key", "tls_client_ca")
              if k in server}
-    allowed = {"host", "port", "buffer_size", "follow_max_lag"}
+    allowed = {"host", "port", "buffer_size", "follow_max_lag", "ingest_process"}
     bad = sorted(set(server) - allowed)
     if bad:
         raise ConfigError(f"unknown key {bad[0]!r} in [server]; allowed: "
-                          "host, port, buffer_size, follow_max_lag, auth_token_file, "
+                          "host, port, buffer_size, follow_max_lag, ingest_process, "
+                          "auth_token_file, "
                           "read_only_token_file, auth_tokens, read_only_tokens, tls_cert, "
                           "tls_key, tls_client_ca")
     buffer_size = server.get("buffer_size", 10_000)

@@ -40,9 +40,9 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
-from functools import lru_cache
 from datetime import datetime, timezone
 from enum import StrEnum
+from functools import lru_cache
 from typing import Any, Final
 from urllib.parse import quote, unquote
 
@@ -51,9 +51,9 @@ from flight_md.schema import SCHEMA
 
 __all__ = [
     "EXCHANGE_RE",
-    "SYMBOL_RE",
     "MAX_LATEST",
     "MAX_REQUEST_BYTES",
+    "SYMBOL_RE",
     "Query",
     "Target",
     "check_size",

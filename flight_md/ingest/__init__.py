@@ -2,7 +2,8 @@
 
 ``stream`` runs one exchange (:class:`MarketDataStream`), ``manager`` many
 (:class:`MarketDataManager`), plus the thread bridge the Flight service uses
-(:class:`ThreadedControl`, :class:`IngestionThread`); ``endpoints`` points ccxt at another
+(:class:`ThreadedControl`, :class:`IngestionThread`), the same in a child process
+(:class:`IngestionProcess`, :class:`ProcessControl`); ``endpoints`` points ccxt at another
 base URL. Names are imported lazily, so ``flight_md.ingest.endpoints`` does not load ccxt.
 """
 
@@ -13,14 +14,17 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from flight_md.ingest.manager import IngestionThread, MarketDataManager, ThreadedControl
+    from flight_md.ingest.process import IngestionProcess, ProcessControl
     from flight_md.ingest.stream import ConnectionState, MarketDataStream, Mode
 
 __all__ = [
     "ConnectionState",
+    "IngestionProcess",
     "IngestionThread",
     "MarketDataManager",
     "MarketDataStream",
     "Mode",
+    "ProcessControl",
     "ThreadedControl",
 ]
 
@@ -31,6 +35,8 @@ _LAZY = {
     "IngestionThread": "flight_md.ingest.manager",
     "MarketDataManager": "flight_md.ingest.manager",
     "ThreadedControl": "flight_md.ingest.manager",
+    "IngestionProcess": "flight_md.ingest.process",
+    "ProcessControl": "flight_md.ingest.process",
 }
 
 

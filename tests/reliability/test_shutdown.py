@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from typing import Any
 
+import psutil
 import pyarrow.flight as flight
 import pytest
 
@@ -162,11 +163,16 @@ def test_stop_is_bounded_with_unread_streams(load_factory: LoadFactory, grace: f
     assert load.finished(5), "a client is still blocked on a stopped server"
 
 
+@pytest.mark.parametrize("mode", [(), ("--ingest-process",)], ids=["thread", "process"])
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
-def test_signal_stops_a_loaded_demo_server_within_5_s(load_factory: LoadFactory, signum: int) -> None:
-    server = ServerProcess("--demo")
+def test_signal_stops_a_loaded_demo_server_within_5_s(load_factory: LoadFactory, signum: int,
+                                                       mode: tuple[str, ...]) -> None:
+    server = ServerProcess("--demo", *mode)
     with server:
         assert wait_until(lambda: _has_data(server.location), 30)
+        children = psutil.Process(server.pid).children(recursive=True)
+        # process mode: the ingestion child (and multiprocessing's resource tracker)
+        assert bool(children) == bool(mode), children
         load = load_factory(server.location, DEMO_SYMBOLS, pullers=8, tails=4,
                             unread=[(b"BTC/USDT", 2), (b"ETH/USDT?latest=0&follow=true", 2),
                                     (b"*", 1)])
@@ -180,6 +186,8 @@ def test_signal_stops_a_loaded_demo_server_within_5_s(load_factory: LoadFactory,
     # "stopped" is logged only when shutdown finished by itself, not by the 4.5 s watchdog.
     assert "stopped" in "".join(server.stderr), f"shutdown took the watchdog ({elapsed:.2f} s)"
     assert load.finished(5)
+    _gone, alive = psutil.wait_procs(children, timeout=5 * TIME_SCALE)
+    assert not alive, f"the ingestion process outlived the server: {alive}"
 
 
 def _has_data(location: str) -> bool:
