@@ -17,12 +17,11 @@ import sys
 import time
 import traceback
 from collections.abc import Callable, Sequence
-from contextlib import ExitStack
 from pathlib import Path
 
 from benchmarks import alternatives, buffer_micro, bulk, concurrency, freshness, ingest, latency, memory
 from benchmarks.findings import FINDINGS
-from benchmarks.latency import Loaded, loaded_servers
+from benchmarks.latency import LoadedServers
 from benchmarks.report import Section, load_average, render
 from benchmarks.settings import FULL, SMOKE, Settings
 
@@ -42,30 +41,12 @@ MEASUREMENTS: dict[str, tuple[str, Callable[..., Section]]] = {
 _LOADED = ("latency", "concurrency")
 
 
-class _SharedLoad:
-    """The ingesting servers that latency and concurrency share, started on first use."""
-
-    def __init__(self, settings: Settings) -> None:
-        self._settings = settings
-        self._stack = ExitStack()
-        self._loaded: Loaded | None = None
-
-    def get(self) -> Loaded:
-        if self._loaded is None:
-            self._loaded = self._stack.enter_context(loaded_servers(self._settings))
-        return self._loaded
-
-    def close(self) -> None:
-        self._loaded = None
-        self._stack.close()
-
-
-def _measure(name: str, settings: Settings, shared: _SharedLoad | None) -> Section:
+def _measure(name: str, settings: Settings, shared: LoadedServers | None) -> Section:
     """Run one measurement; a failure becomes a section that carries the traceback."""
     title, measure = MEASUREMENTS[name]
     begin = time.perf_counter()
     try:
-        section = measure(settings, shared.get()) if shared is not None else measure(settings)
+        section = measure(settings, shared) if shared is not None else measure(settings)
     except Exception:  # noqa: BLE001 - any failure is reported in its section
         section = Section(name, title, "", error=traceback.format_exc(limit=12))
         print(section.error, file=sys.stderr, flush=True)
@@ -95,7 +76,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = time.perf_counter()
     load_at_start = load_average()
     sections: list[Section] = []
-    shared = _SharedLoad(settings)
+    shared = LoadedServers(settings)
     share = sum(n in names for n in _LOADED) > 1
     try:
         for number, name in enumerate(names, 1):

@@ -20,7 +20,7 @@ from typing import Any
 
 from pyarrow import flight
 
-from benchmarks.latency import Loaded, loaded_servers, tickets
+from benchmarks.latency import MODES, LoadedServers, tickets
 from benchmarks.process import Child, serve
 from benchmarks.report import Section, Table, median, ratio, show
 from benchmarks.settings import Settings
@@ -92,12 +92,11 @@ def _rate(children: Sequence[Child], location: str, ticket: str, clients: int,
     return total / seconds, errors
 
 
-def measure(settings: Settings, loaded: Loaded | None = None) -> Section:
+def measure(settings: Settings, loaded: LoadedServers | None = None) -> Section:
     """Requests/s of flight_md (ingesting) and the bare server at each client count.
 
     Args:
-        loaded: A running :func:`~benchmarks.latency.loaded_servers` to use (one is started
-            otherwise).
+        loaded: Shared ingesting servers to use (started here otherwise).
     """
     repetitions = min(settings.repetitions, 3)
     seconds = settings.concurrency_seconds
@@ -112,12 +111,13 @@ server's). **flight_md** ingests {settings.load_rate:,} bookTicker msg/s across
 section). **Baseline**: the bare `pyarrow.flight` server with an equal pre-built table, measured
 in alternation under the same machine load. {repetitions} repetitions, medians. On 2 cores the
 clients, the emulator, ingestion and the server share the CPU: the figures are for comparing the
-two servers, not absolute capacity.
+two servers, not absolute capacity. **Child process**: flight_md with `ingest_process` (ccxt
+in a child process), measured the same way while the other server is stopped.
 """)
-    table = Table(("Clients", "flight_md req/s", "bare req/s", "Ratio"))
+    table = Table(("Ingestion", "Clients", "flight_md req/s", "bare req/s", "Ratio"))
     with ExitStack() as stack:
         if loaded is None:
-            loaded = stack.enter_context(loaded_servers(settings))
+            loaded = stack.enter_context(LoadedServers(settings))
         children = [Child("benchmarks.concurrency", name=f"clients-{i}")
                     for i in range(settings.client_processes)]
         for child in children:
@@ -125,27 +125,38 @@ two servers, not absolute capacity.
             child.launch()
         for child in children:
             child.wait_ready()
-        locations = {"flight_md": loaded.flight_md.hello["location"],
-                     "bare": loaded.bare.hello["location"]}
-        for clients in settings.concurrency_clients:
-            rates: dict[str, list[float]] = {name: [] for name in locations}
-            for rep in range(repetitions):
-                order = list(locations.items())
-                if rep % 2:
-                    order.reverse()
-                for name, location in order:
-                    rate, errors = _rate(children, location, ticket, clients, seconds)
-                    rates[name].append(rate)
-                    for error in errors:
-                        section.notes.append(f"{name}, {clients} clients: {error}")
-            fm, bare = median(rates["flight_md"]), median(rates["bare"])
-            table.add(str(clients), show(fm, "/s"), show(bare, "/s"), show(ratio(fm, bare), "x"))
+        for ingest_process, _ in reversed(MODES):  # the latency section ended with a process
+            servers = loaded.get(ingest_process)
+            _rows(table, section, children, servers.flight_md.hello["location"],
+                  servers.bare.hello["location"], settings, repetitions,
+                  "child process" if ingest_process else "thread")
     section.tables.append(table)
     section.notes.append(
-        "The flight_md process also runs ingestion (one asyncio thread parsing with ccxt); the "
-        "bare server's process does not. Why that costs request throughput is in the "
-        "under-ingest latency finding (the GIL).")
+        "The flight_md process also runs ingestion (one asyncio thread parsing with ccxt) unless "
+        "ingestion runs in a child process; the bare server's process does not. Why that costs "
+        "request throughput is in the under-ingest latency finding (the GIL).")
     return section
+
+
+def _rows(table: Table, section: Section, children: list[Child], fm_location: str,
+          bare_location: str, settings: Settings, repetitions: int, mode: str) -> None:
+    seconds = settings.concurrency_seconds
+    ticket = tickets(100)
+    locations = {"flight_md": fm_location, "bare": bare_location}
+    for clients in settings.concurrency_clients:
+        rates: dict[str, list[float]] = {name: [] for name in locations}
+        for rep in range(repetitions):
+            order = list(locations.items())
+            if rep % 2:
+                order.reverse()
+            for name, location in order:
+                rate, errors = _rate(children, location, ticket, clients, seconds)
+                rates[name].append(rate)
+                for error in errors:
+                    section.notes.append(f"{name}, {clients} clients: {error}")
+        fm, bare = median(rates["flight_md"]), median(rates["bare"])
+        table.add(mode, str(clients), show(fm, "/s"), show(bare, "/s"),
+                  show(ratio(fm, bare), "x"))
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
+from typing import Self
 
 from pyarrow import flight
 
@@ -24,7 +25,7 @@ from benchmarks.report import Goal, Section, Table, median, percentile, ratio, s
 from benchmarks.servers import bare_server, flight_md_server
 from benchmarks.settings import Settings
 
-__all__ = ["Loaded", "loaded_servers", "measure", "round_trips"]
+__all__ = ["MODES", "Loaded", "LoadedServers", "loaded_servers", "measure", "round_trips"]
 
 GOAL_RATIO = 1.3
 CAPACITY = 10_000
@@ -87,6 +88,40 @@ def loaded_servers(settings: Settings, ingest_process: bool = False) -> Iterator
         yield Loaded(fm, bare, emulator)
 
 
+class LoadedServers:
+    """The ingesting servers of one mode at a time, started on first use and shared by the
+    latency and concurrency sections; asking for the other mode stops the running one, so
+    that only one ingestion load is ever on the machine."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._stack = ExitStack()
+        self._mode: bool | None = None
+        self._loaded: Loaded | None = None
+
+    def get(self, ingest_process: bool = False) -> Loaded:
+        if self._loaded is None or self._mode != ingest_process:
+            self.close()
+            self._loaded = self._stack.enter_context(
+                loaded_servers(self._settings, ingest_process))
+            self._mode = ingest_process
+        return self._loaded
+
+    def close(self) -> None:
+        self._loaded = self._mode = None
+        self._stack.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+MODES = ((False, "under ingest"), (True, "under ingest, ingestion process"))
+"""(``ingest_process``, condition label) of the loaded measurements, in run order."""
+
+
 def _compare(settings: Settings, fm: str, bare: str) -> dict[tuple[str, int], list[list[float]]]:
     """Per (server, latest): per-repetition [p50, p99] lists."""
     clients = {"flight_md": flight.connect(fm), "bare": flight.connect(bare)}
@@ -109,11 +144,11 @@ def _compare(settings: Settings, fm: str, bare: str) -> dict[tuple[str, int], li
     return out
 
 
-def measure(settings: Settings, loaded: Loaded | None = None) -> Section:
+def measure(settings: Settings, loaded: LoadedServers | None = None) -> Section:
     """Round-trip p50 and p99 of flight_md and the bare server, idle and under ingestion.
 
     Args:
-        loaded: A running :func:`loaded_servers` to use (one is started otherwise).
+        loaded: Shared ingesting servers to use (started here otherwise).
     """
     section = Section(
         "latency", "Query latency: DoGet latest=N round trips",
@@ -126,7 +161,10 @@ filled to its {CAPACITY:,}-tick capacity. **Baseline**: a bare `pyarrow.flight` 
 process whose `do_get` returns `RecordBatchStream` of an equal pre-built table. **Under ingest**:
 the flight_md process also runs a `MarketDataApp` ingesting {settings.load_rate:,} bookTicker
 msg/s across {settings.load_symbols} symbols from the emulator (another process) through ccxt; the
-queried symbol is one of them. p50 and p99 are per repetition; the table shows their medians.
+queried symbol is one of them. **Under ingest, ingestion process**: the same with
+`ingest_process` (`flight-md serve --ingest-process`): ccxt parses in a child process and the
+Flight process only appends the rows it forwards. p50 and p99 are per repetition; the table
+shows their medians.
 """)
     table = Table(("Request", "Condition", "flight_md p50", "bare p50", "p50 ratio",
                    "flight_md p99", "bare p99", "p99 ratio"))
@@ -143,9 +181,11 @@ queried symbol is one of them. p50 and p99 are per repetition; the table shows t
         runs.append(("idle", _compare(settings, fm.hello["location"], bare.hello["location"])))
     with ExitStack() as stack:
         if loaded is None:
-            loaded = stack.enter_context(loaded_servers(settings))
-        runs.append(("under ingest", _compare(settings, loaded.flight_md.hello["location"],
-                                              loaded.bare.hello["location"])))
+            loaded = stack.enter_context(LoadedServers(settings))
+        for ingest_process, condition in MODES:
+            servers = loaded.get(ingest_process)
+            runs.append((condition, _compare(settings, servers.flight_md.hello["location"],
+                                             servers.bare.hello["location"])))
     for condition, result in runs:
         for latest in settings.latency_requests:
             fm_p50, fm_p99 = (median(v) for v in result[("flight_md", latest)])
@@ -154,8 +194,9 @@ queried symbol is one of them. p50 and p99 are per repetition; the table shows t
             table.add(f"latest={latest:,}", condition, show(fm_p50, "µs"), show(bare_p50, "µs"),
                       show(p50_ratio, "x"), show(fm_p99, "µs"), show(bare_p99, "µs"),
                       show(ratio(fm_p99, bare_p99), "x"))
+            key = {"idle": "idle", "under ingest": "load"}.get(condition, "process")
             section.goals.append(Goal(
-                f"latency.{'load' if condition != 'idle' else 'idle'}.{latest}",
+                f"latency.{key}.{latest}",
                 f"DoGet latest={latest:,} p50 vs bare server, {condition}",
                 f"<= {GOAL_RATIO:g}x", show(p50_ratio, "x"), p50_ratio <= GOAL_RATIO))
     section.tables.append(table)
