@@ -183,6 +183,10 @@ class _ConstantCache:
         return built
 
 
+def _timestamps(row: Sequence[float] | None) -> tuple[int | None, int | None]:
+    return (None, None) if row is None else (int(row[0]), int(row[-1]))
+
+
 def _constant_strings(value: bytes, length: int) -> pa.Array:
     """A string column repeating ``value`` (built from two buffers, no per-row Python)."""
     offsets = np.arange(length + 1, dtype=np.int32) * len(value)
@@ -224,8 +228,7 @@ class _Ring:
         self.next_seq = 0  # sequence number of the next appended row
         self.start_seq = 0  # oldest retained row
         self.sealed_seq = 0  # rows below this are in segments
-        self.last_timestamp: int | None = None
-        self.last_receive_timestamp: int | None = None
+        self.last_row: Sequence[float] | None = None  # the newest row (for stats)
         self.followers: set[Follower] = set()
         self.waiting = 0
 
@@ -240,8 +243,7 @@ class _Ring:
             self.start_seq = self.next_seq - self.capacity  # logical eviction (see _evict)
         if self.fresh_rows + self.pending_rows >= self.seal_rows:
             self._seal()
-        self.last_timestamp = int(row[0])
-        self.last_receive_timestamp = int(row[-1])
+        self.last_row = row
         if self.waiting:
             self.changed.notify_all()
 
@@ -371,7 +373,7 @@ class _Ring:
 
     def stats(self) -> BufferStats:
         return BufferStats(self.exchange, self.symbol, self.next_seq - self.start_seq,
-                           self.next_seq, self.last_timestamp, self.last_receive_timestamp,
+                           self.next_seq, *_timestamps(self.last_row),
                            len(self.followers))
 
     def clear(self) -> None:
@@ -383,7 +385,7 @@ class _Ring:
         self.pending_rows = 0
         self.run = 0
         self.start_seq = self.sealed_seq = self.next_seq
-        self.last_timestamp = self.last_receive_timestamp = None
+        self.last_row = None
         for follower in self.followers:
             follower.cursor = max(follower.cursor, self.next_seq)
         self.changed.notify_all()
