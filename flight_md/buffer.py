@@ -336,7 +336,9 @@ class _Ring:
             skip = max(self.start_seq - segment.first_seq, 0)
             if segment.max_ts < lo_ms or segment.min_ts >= hi_ms or skip >= segment.batch.num_rows:
                 continue
-            if segment.ordered:
+            if skip == 0 and lo_ms <= segment.min_ts and segment.max_ts < hi_ms:
+                out.append(segment.batch)  # entirely inside the range: no search
+            elif segment.ordered:
                 ts = segment.ts
                 a = max(int(np.searchsorted(ts, lo_ms, side="left")), skip)
                 b = int(np.searchsorted(ts, hi_ms, side="left"))
