@@ -170,9 +170,8 @@ class _ConstantCache:
         with self._lock:
             old = self._columns.pop(value, None)
             if old is not None and len(old) > length:  # another thread built a longer one
-                built, old = old, built
-                self._columns[value] = built
-                return built.slice(0, length)
+                self._columns[value] = old
+                return old.slice(0, length)
             if old is not None:
                 self.size -= old.nbytes
             self._columns[value] = built
