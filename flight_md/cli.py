@@ -25,6 +25,21 @@ __all__ = ["main"]
 
 logger = logging.getLogger("flight_md")
 
+SHUTDOWN_TIMEOUT_S = 4.5
+"""Seconds a signalled ``serve`` may spend shutting down before the watchdog forces it out."""
+EXIT_FORCED = 1
+"""Exit status when the shutdown watchdog fired: a hung shutdown must not look clean."""
+
+
+def _force_exit(timeout: float) -> None:
+    """The shutdown watchdog: log why, flush, and leave with :data:`EXIT_FORCED`."""
+    logger.error("shutdown did not finish within %g s; forcing exit with status %d",
+                 timeout, EXIT_FORCED)
+    for handler in logging.getLogger().handlers:
+        handler.flush()
+    sys.stderr.flush()
+    os._exit(EXIT_FORCED)
+
 
 def _serve_parser(sub: Any) -> None:
     p = sub.add_parser("serve", help="run the Flight server",
@@ -63,6 +78,9 @@ def _serve_parser(sub: Any) -> None:
     p.add_argument("--ingest-process", action="store_true", default=None,
                    help="run ingestion (ccxt) in a child process, so that queries do not wait "
                    "for it (recommended under heavy ingest or query load)")
+    p.add_argument("--shutdown-timeout", type=float, default=SHUTDOWN_TIMEOUT_S, metavar="S",
+                   help="after SIGINT/SIGTERM, force the process to exit (status 1) if shutdown has "
+                   f"not finished within S seconds (default {SHUTDOWN_TIMEOUT_S:g})")
     p.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     p.set_defaults(func=_serve)
 
@@ -103,6 +121,8 @@ def _serve(args: argparse.Namespace) -> int:
     logging.basicConfig(level=args.log_level,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     config = build_config(args)
+    if not args.shutdown_timeout > 0:
+        raise FlightMdError(f"--shutdown-timeout must be > 0 seconds, got {args.shutdown_timeout:g}")
     if not config.demo and not config.streams:
         logger.warning("no exchange configured: serving an empty store (try --demo, or "
                        "--exchange binance --symbols BTC/USDT)")
@@ -126,7 +146,7 @@ def _serve(args: argparse.Namespace) -> int:
             pass
     finally:
         # SIGINT/SIGTERM must stop the process within 5 s even with unread streams open.
-        watchdog = threading.Timer(4.5, lambda: os._exit(0))
+        watchdog = threading.Timer(args.shutdown_timeout, _force_exit, (args.shutdown_timeout,))
         watchdog.daemon = True
         watchdog.start()
         app.stop(grace=1.5)

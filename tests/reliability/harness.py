@@ -1,4 +1,7 @@
-"""What the reliability and security suites share: server processes, status codes, time scale.
+"""What the reliability and security suites share: status codes, tokens, ticks.
+
+Child processes, the time scale and condition waits live in :mod:`tests.support` and are
+re-exported here.
 
 Tests start ``python -m flight_md serve ...`` as a real process (so that signals, resident
 memory and everything it prints can be observed) and talk to it with a real
@@ -8,28 +11,21 @@ memory and everything it prints can be observed) and talk to it with a real
 
 from __future__ import annotations
 
-import os
 import re
-import signal
-import subprocess
-import sys
-import threading
-import time
-from collections.abc import Callable, Sequence
-from pathlib import Path
-from typing import Final, Self
+from typing import Final
 
 import pyarrow as pa
-import pyarrow.flight as flight
+from pyarrow import flight
 
-import flight_md
 from flight_md.schema import MarketTick
+from tests.support import REPO_ROOT, TIME_SCALE, ChildProcess, EmulatorProcess, ServerProcess, child_env, wait_until
 
 __all__ = [
     "ALLOWED_REFUSALS",
     "REPO_ROOT",
     "TIME_SCALE",
     "ChildProcess",
+    "EmulatorProcess",
     "ServerProcess",
     "assert_no_traceback",
     "bearer",
@@ -39,12 +35,6 @@ __all__ = [
     "wait_until",
 ]
 
-TIME_SCALE: Final = float(os.environ.get("FLIGHT_MD_TIME_SCALE", "1"))
-"""Every timeout in these suites is multiplied by this (``FLIGHT_MD_TIME_SCALE``)."""
-REPO_ROOT: Final = Path(flight_md.__file__).resolve().parent.parent
-"""Where the ``flight_md`` under test was imported from (a checkout or site-packages)."""
-START_TIMEOUT_S: Final = 30.0
-READY_RE: Final = re.compile(r"flight-md serving on (\S+)")
 
 # pyarrow raises these client-side for each gRPC status; checked in this order because
 # several Flight errors share base classes.
@@ -107,137 +97,3 @@ def tick(symbol: str, n: int, exchange: str = "binance") -> MarketTick:
                       None, None, None, 100.0 + n, exchange, 1_700_000_000_100 + n)
 
 
-def wait_until(predicate: Callable[[], object], timeout: float, interval: float = 0.05) -> bool:
-    """Poll ``predicate()`` until it is true or ``timeout * TIME_SCALE`` seconds pass."""
-    deadline = time.monotonic() + timeout * TIME_SCALE
-    while True:
-        if predicate():
-            return True
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(interval)
-
-
-def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
-    """Environment for child processes: the same ``flight_md`` importable, output unbuffered."""
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
-    env["PYTHONUNBUFFERED"] = "1"
-    env.update(extra or {})
-    return env
-
-
-class ChildProcess:
-    """A Python child process whose stdout and stderr are collected line by line.
-
-    Args:
-        argv: Arguments after ``python``.
-        env: Extra environment variables.
-        ready: A pattern on stdout that means the child is ready; its first group is kept
-            as :attr:`ready_value`.
-    """
-
-    def __init__(self, argv: Sequence[str], *, env: dict[str, str] | None = None,
-                 ready: re.Pattern[str] | None = None) -> None:
-        self.argv = [sys.executable, *argv]
-        self._env = child_env(env)
-        self._ready_re = ready
-        self._ready = threading.Event()
-        self.ready_value: str | None = None
-        self.stdout: list[str] = []
-        self.stderr: list[str] = []
-        self.proc: subprocess.Popen[str] | None = None
-        self._readers: list[threading.Thread] = []
-
-    def start(self, timeout: float = START_TIMEOUT_S) -> ChildProcess:
-        """Start the child and wait until it prints its ready line.
-
-        Raises:
-            AssertionError: The child exited or stayed silent; its output is in the message.
-        """
-        self.proc = subprocess.Popen(self.argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                     text=True, env=self._env, bufsize=1)
-        assert self.proc.stdout is not None and self.proc.stderr is not None
-        for stream, lines, watch in ((self.proc.stdout, self.stdout, True),
-                                     (self.proc.stderr, self.stderr, False)):
-            reader = threading.Thread(target=self._collect, args=(stream, lines, watch),
-                                      daemon=True)
-            reader.start()
-            self._readers.append(reader)
-        if self._ready_re is None:
-            return self
-        deadline = time.monotonic() + timeout * TIME_SCALE
-        while not self._ready.wait(0.05):
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                self.kill()
-                raise AssertionError(f"{' '.join(self.argv[1:4])} did not start:\n{self.output}")
-        return self
-
-    def _collect(self, stream: object, lines: list[str], watch: bool) -> None:
-        for line in stream:  # type: ignore[attr-defined]
-            lines.append(line)
-            if watch and self._ready_re is not None and not self._ready.is_set():
-                match = self._ready_re.search(line)
-                if match:
-                    self.ready_value = match.group(1) if match.groups() else match.group(0)
-                    self._ready.set()
-
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
-
-    @property
-    def output(self) -> str:
-        """Everything printed so far, stdout then stderr."""
-        return "".join(self.stdout) + "".join(self.stderr)
-
-    def signal(self, signum: int) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signum)
-
-    def wait(self, timeout: float) -> int | None:
-        """Wait for the exit code; ``None`` if still running after ``timeout`` seconds."""
-        assert self.proc is not None
-        try:
-            code = self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            return None
-        for reader in self._readers:
-            reader.join(5 * TIME_SCALE)
-        return code
-
-    def stop(self, timeout: float = 10.0) -> int | None:
-        """SIGTERM, then SIGKILL if it is still running after ``timeout`` seconds."""
-        if self.proc is None or self.proc.poll() is not None:
-            return self.wait(timeout) if self.proc is not None else None
-        self.signal(signal.SIGTERM)
-        code = self.wait(timeout * TIME_SCALE)
-        if code is None:
-            self.kill()
-        return code
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
-
-
-class ServerProcess(ChildProcess):
-    """``python -m flight_md serve --port 0 ARGS...``, ready once it prints its location."""
-
-    def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
-        super().__init__(["-m", "flight_md", "serve", "--port", "0", *args], env=env,
-                         ready=READY_RE)
-
-    @property
-    def location(self) -> str:
-        assert self.ready_value is not None, "server not started"
-        return self.ready_value
