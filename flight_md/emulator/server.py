@@ -334,7 +334,9 @@ class Emulator:
             return await handler(request)
         now = asyncio.get_running_loop().time()
         upgrade = request.headers.get("Upgrade", "").lower() == "websocket"
-        if not upgrade:
+        if upgrade:
+            self._stats.handshakes.append(now)
+        else:
             self._stats.rest_requests += 1
         if self._faults.active(Fault.REFUSE, now):
             self._stats.faults[Fault.REFUSE] += 1

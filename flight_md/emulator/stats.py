@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -10,7 +10,10 @@ from types import MappingProxyType
 from flight_md.emulator.fault import Fault
 from flight_md.emulator.market import StreamKey
 
-__all__ = ["EmulatorStats", "StatsCounter"]
+__all__ = ["HANDSHAKES_KEPT", "EmulatorStats", "StatsCounter"]
+
+HANDSHAKES_KEPT = 1000
+"""How many websocket handshake times :attr:`EmulatorStats.handshakes` keeps (the newest)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,6 +34,9 @@ class EmulatorStats:
         slow_drops: Websockets dropped because their outbound queue overflowed.
         faults: Applications of each fault: frames corrupted, connections cut,
             requests refused.
+        handshakes: When each websocket handshake request arrived, refused ones included
+            (``time.monotonic()`` seconds, the emulator loop's clock; the newest
+            :data:`HANDSHAKES_KEPT`): a client's reconnect attempts, as the exchange sees them.
     """
 
     frames: Mapping[StreamKey, int]
@@ -43,13 +49,15 @@ class EmulatorStats:
     limit_closes: int
     slow_drops: int
     faults: Mapping[Fault, int]
+    handshakes: tuple[float, ...] = ()
 
 
 class StatsCounter:
     """The emulator's mutable counters; only the emulator's loop thread touches them."""
 
     __slots__ = ("connections_open", "connections_opened", "control_messages", "faults", "frames",
-                 "frames_total", "limit_closes", "rest_requests", "slow_drops", "subscriptions")
+                 "frames_total", "handshakes", "limit_closes", "rest_requests", "slow_drops",
+                 "subscriptions")
 
     def __init__(self) -> None:
         self.frames: Counter[StreamKey] = Counter()
@@ -62,6 +70,7 @@ class StatsCounter:
         self.limit_closes = 0
         self.slow_drops = 0
         self.faults: Counter[Fault] = Counter()
+        self.handshakes: deque[float] = deque(maxlen=HANDSHAKES_KEPT)
 
     def snapshot(self) -> EmulatorStats:
         """Copy the counters into an immutable snapshot."""
@@ -76,6 +85,7 @@ class StatsCounter:
             limit_closes=self.limit_closes,
             slow_drops=self.slow_drops,
             faults=MappingProxyType(dict(self.faults)),
+            handshakes=tuple(self.handshakes),
         )
 
     def as_json(self) -> dict[str, object]:
@@ -91,4 +101,5 @@ class StatsCounter:
             "limit_closes": self.limit_closes,
             "slow_drops": self.slow_drops,
             "faults": {str(fault): count for fault, count in self.faults.items()},
+            "handshakes": list(self.handshakes),
         }
