@@ -67,7 +67,6 @@ import inspect
 import json
 import logging
 import math
-import random
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
@@ -83,6 +82,7 @@ from flight_md.control import ExchangeStatus, IngestionStatus, SymbolStatus
 from flight_md.errors import InvalidArgument, Unavailable
 from flight_md.events import EventKind, EventLog
 from flight_md.ingest.endpoints import apply_url_overrides, url_overrides
+from flight_md.ingest.policy import GiveUp, PolicySettings, ReconnectPolicy, retry_after_seconds
 from flight_md.normalize import Channel, DropReason, fingerprint, row_to_tick, to_row
 from flight_md.schema import MarketTick, now_ms
 
@@ -137,10 +137,6 @@ class Mode(StrEnum):
     """Websocket where ccxt supports it, REST polling while the websocket keeps failing."""
     WEBSOCKET = "websocket"
     REST = "rest"
-
-
-class _GiveUp(Exception):
-    """Internal: ``max_reconnect_attempts`` exhausted."""
 
 
 class _Stale(Exception):
@@ -475,8 +471,14 @@ class MarketDataStream:
         self._callback_errors = 0
         self._reconnects = 0
         self._last_error: str | None = None
-        self._attempt = 0  # failed attempts since the last good message
-        self._ws_failures = 0  # consecutive failed websocket sessions (auto fallback)
+        # Every reconnect decision (backoff, give-up, fallback, staleness) is the pure policy's.
+        self._policy = ReconnectPolicy(
+            PolicySettings(reconnect_delay=self.reconnect_delay,
+                           max_reconnect_delay=self.max_reconnect_delay,
+                           max_reconnect_attempts=max_reconnect_attempts,
+                           rest_fallback_after=rest_fallback_after,
+                           heartbeat_interval=self.heartbeat_interval),
+            can_fall_back=self.mode is Mode.AUTO and self._rest_method is not None)
         self._last_frame = time.monotonic()
         self._session: _Session | None = None
         self._task: asyncio.Task[None] | None = None
@@ -574,7 +576,7 @@ class MarketDataStream:
         """
         if self._task is not None and not self._task.done():
             return
-        self._attempt = self._ws_failures = 0
+        self._policy.reset()
         self._set_state(ConnectionState.CONNECTING)
         if self._log_filter is not None:
             self._ccxt_logger.addFilter(self._log_filter)
@@ -945,12 +947,12 @@ class MarketDataStream:
             while True:
                 if self._active_mode is Mode.WEBSOCKET:
                     await self._run_websocket()
-                    self._switch_mode(Mode.REST, f"websocket failed {self._ws_failures} times "
+                    self._switch_mode(Mode.REST, f"websocket failed {self._policy.ws_failures} times "
                                       f"in a row; polling every {self.poll_interval:g} s")
                 else:
                     await self._run_rest()
                     self._switch_mode(Mode.WEBSOCKET, "websocket answers again")
-        except _GiveUp as give_up:
+        except GiveUp as give_up:
             self._set_state(ConnectionState.FAILED)
             self._events.record(self.exchange_id, EventKind.FAILED, self.symbols, str(give_up))
             logger.error("%s: %s", self.exchange_id, give_up)
@@ -967,7 +969,7 @@ class MarketDataStream:
 
     def _switch_mode(self, mode: Mode, reason: str) -> None:
         self._active_mode = mode
-        self._ws_failures = 0
+        self._policy.mode_switched()
         self._events.record(self.exchange_id, EventKind.MODE, self.symbols,
                             f"{mode.value}: {reason}")
         logger.warning("%s: switching to %s: %s", self.exchange_id, mode.value, reason)
@@ -977,26 +979,20 @@ class MarketDataStream:
             self._changed.clear()
             await self._changed.wait()
 
-    def _failed(self, error: BaseException, what: str) -> None:
-        """Account a failed session or poll; raise :class:`_GiveUp` when out of attempts."""
+    def _failed(self, error: BaseException, what: str, *, websocket: bool) -> None:
+        """Account a failed session or poll; raise :class:`GiveUp` when out of attempts."""
         reason = self._describe(error)
         self._last_error = reason
-        self._attempt += 1
-        attempts = self.max_reconnect_attempts
-        if attempts is not None and self._attempt > attempts:
-            raise _GiveUp(f"gave up after {attempts} reconnect attempts; last error: {reason}")
+        try:
+            self._policy.failed(websocket=websocket)
+        except GiveUp as give_up:
+            raise GiveUp(f"{give_up}; last error: {reason}") from None
         self._set_state(ConnectionState.RECONNECTING)
         logger.warning("%s: %s (%s); retrying (attempt %d)", self.exchange_id, what, reason,
-                       self._attempt)
+                       self._policy.failures)
 
-    def _backoff(self) -> float:
-        """``reconnect_delay`` doubled per failed attempt, capped, with jitter."""
-        exponent = min(max(self._attempt - 1, 0), 32)
-        delay = min(self.max_reconnect_delay, self.reconnect_delay * 2.0 ** exponent)
-        return delay * random.uniform(0.5, 1.0)
-
-    def _recovered(self, how: str) -> None:
-        self._attempt = 0
+    def _recovered(self, how: str, *, websocket: bool) -> None:
+        self._policy.good(websocket=websocket)
         was = self._state
         if was is ConnectionState.CONNECTED:
             return
@@ -1022,17 +1018,15 @@ class MarketDataStream:
                 self._session = None  # nothing new joins a session that has ended
                 self._events.record(self.exchange_id, EventKind.DISCONNECT, self.symbols,
                                     self._describe(error))
-                self._ws_failures += 1
-                self._failed(error, "websocket disconnected")
+                self._failed(error, "websocket disconnected", websocket=True)
             finally:
                 self._session = None
                 session.fail(ConnectionError("session ended"))
                 # A silent server will not answer a close handshake either: do not wait.
                 await self._teardown(session, 0.1 if isinstance(error, _Stale) else CLOSE_TIMEOUT)
-            if (self.mode is Mode.AUTO and self._rest_method is not None
-                    and self._ws_failures >= self.rest_fallback_after):
+            if self._policy.should_fall_back():
                 return
-            await asyncio.sleep(self._backoff())
+            await asyncio.sleep(self._policy.next_delay())
             self._reconnects += 1
 
     async def _run_session(self, session: _Session) -> BaseException:
@@ -1091,7 +1085,7 @@ class MarketDataStream:
         setattr(self._exchange, self._cache, _Tap(self._sink, cache or {}))
 
     async def _watchdog(self, session: _Session) -> None:
-        interval = min(1.0, self.heartbeat_interval / 4)
+        interval = self._policy.watchdog_interval
         while True:
             await asyncio.sleep(interval)
             now = time.monotonic()
@@ -1100,7 +1094,7 @@ class MarketDataStream:
                 self._last_frame = now  # nothing is expected to arrive
                 continue
             silent = now - self._last_frame
-            if silent > self.heartbeat_interval:
+            if self._policy.is_stale(silent):
                 detail = (f"no message for {silent:.1f} s "
                           f"(heartbeat interval {self.heartbeat_interval:g} s); reconnecting")
                 self._events.record(self.exchange_id, EventKind.STALE, symbols, detail)
@@ -1111,8 +1105,7 @@ class MarketDataStream:
 
     def _session_good(self, session: _Session) -> None:
         session.good = True
-        self._ws_failures = 0
-        self._recovered("websocket reconnected")
+        self._recovered("websocket reconnected", websocket=True)
 
     async def _teardown(self, session: _Session, timeout: float = CLOSE_TIMEOUT) -> None:
         watchers = list(session.watchers.values())
@@ -1163,10 +1156,10 @@ class MarketDataStream:
             except Exception as error:  # noqa: BLE001 - every failed poll backs off alike
                 self._events.record(self.exchange_id, EventKind.ERROR, symbols,
                                     f"poll failed: {self._describe(error)}")
-                self._failed(error, "poll failed")
-                await asyncio.sleep(max(self._backoff(), self._retry_after(error)))
+                self._failed(error, "poll failed", websocket=False)
+                await asyncio.sleep(self._policy.next_delay(self._retry_after(error)))
                 continue
-            self._recovered("polling again")
+            self._recovered("polling again", websocket=False)
             receive_ms = now_ms()
             for symbol in symbols:
                 ticker = tickers.get(symbol)
@@ -1201,14 +1194,8 @@ class MarketDataStream:
     def _retry_after(self, error: BaseException) -> float:
         if not isinstance(error, ccxt_async.DDoSProtection):
             return 0.0
-        headers = getattr(self._exchange, "last_response_headers", None) or {}
-        for name, value in headers.items():
-            if name.lower() == "retry-after":
-                try:
-                    return min(max(float(value), 0.0), self.max_reconnect_delay)
-                except (TypeError, ValueError):
-                    return 0.0
-        return 0.0
+        return retry_after_seconds(getattr(self._exchange, "last_response_headers", None),
+                                   self.max_reconnect_delay)
 
     async def _probe(self) -> bool:
         """Whether the websocket delivers again (its ticks are not stored: REST is active)."""
@@ -1241,9 +1228,9 @@ class MarketDataStream:
             SymbolStatus(
                 exchange=self.exchange_id, symbol=symbol, subscribed=state.subscribed,
                 received=state.received, dropped=state.dropped,
-                stale=state.subscribed and now - (
+                stale=state.subscribed and self._policy.is_stale(now - (
                     state.last_mono if state.last_mono is not None and state.last_mono > state.since
-                    else state.since) > self.heartbeat_interval,
+                    else state.since)),
                 last_message_ms=state.last_ms)
             for symbol, state in self._symbols.items())
         return IngestionStatus((exchange,), symbols)

@@ -8,7 +8,6 @@ wrote; for a TCP reset only frames in flight when the connection died may be mis
 from __future__ import annotations
 
 import asyncio
-import random
 import time
 
 import pytest
@@ -175,17 +174,3 @@ async def test_bad_frames_are_counted_and_dropped_without_a_reconnect(
     assert total == intact + repaired
     assert sum(s.dropped for s in status.symbols) == expected.get("non_numeric", 0)
     emu.clear_faults()
-
-
-def test_backoff_doubles_to_the_cap_with_jitter():
-    from flight_md.ingest.stream import MarketDataStream
-
-    stream = MarketDataStream("binance", reconnect_delay=1.0, max_reconnect_delay=8.0)
-    random.seed(1)
-    delays = []
-    for attempt in range(1, 7):
-        stream._attempt = attempt
-        delays.append(stream._backoff())
-    caps = [1, 2, 4, 8, 8, 8]
-    assert all(cap / 2 <= d <= cap for d, cap in zip(delays, caps)), delays
-    assert len(set(delays)) == len(delays)  # jittered
