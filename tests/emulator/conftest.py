@@ -1,16 +1,15 @@
 """Fixtures for the emulator tests: a real emulator and real ccxt.pro clients pointed at it.
 
-``MS`` stretches every wait (``FLIGHT_MD_TIME_SCALE``). ``exchange_factory`` builds
+``MS`` stretches every wait (``FLIGHT_MD_TIME_SCALE``; from :mod:`tests.support`, like
+:func:`until`). ``exchange_factory`` builds
 unmodified ccxt.pro exchanges whose only change is :func:`url_overrides`, and closes
 every one of them at teardown so no session leaks.
 """
 
 from __future__ import annotations
 
-import asyncio
 import gzip
 import json
-import os
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -21,9 +20,9 @@ import pytest_asyncio
 
 from flight_md.emulator import default_recording
 from flight_md.ingest.endpoints import url_overrides
+from tests.support import MS, async_until
 
-MS = float(os.environ.get("FLIGHT_MD_TIME_SCALE", "1"))
-"""Time-scale factor for every wait in these tests."""
+__all__ = ["MS", "ExchangeFactory", "recorded_frames", "recording_path", "until"]
 
 ExchangeFactory = Callable[..., Any]
 
@@ -44,10 +43,15 @@ async def exchange_factory() -> AsyncIterator[ExchangeFactory]:
 
 
 def recording_path(exchange: str) -> Path:
-    """The shared recording of an exchange; the test is skipped if it is absent."""
+    """The shared recording of an exchange.
+
+    A missing recording is a broken checkout, not something the machine lacks: the test
+    fails (never skips) and says where the file was expected.
+    """
     path = default_recording(exchange)
-    if not path.exists():
-        pytest.skip(f"recording {path} not available")
+    if not path.is_file():
+        pytest.fail(f"recording of {exchange!r} missing: expected {path} (put the shared "
+                    "recordings there, or point $FLIGHT_MD_RECORDINGS at them)", pytrace=False)
     return path
 
 
@@ -65,8 +69,8 @@ def recorded_frames(exchange: str) -> list[tuple[str, str]]:
     return frames
 
 
-async def until(condition: Callable[[], bool], timeout: float = 5 * MS) -> None:
-    """Wait until ``condition()`` holds, polling; fail after ``timeout`` seconds."""
-    async with asyncio.timeout(timeout):
-        while not condition():
-            await asyncio.sleep(0.01 * MS)
+async def until(condition: Callable[[], object], timeout: float = 5.0,
+                what: str = "the condition") -> None:
+    """Wait until ``condition()`` holds; fail after ``timeout * MS`` seconds
+    (:func:`tests.support.async_until`)."""
+    await async_until(condition, timeout, what)

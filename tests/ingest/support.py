@@ -1,16 +1,17 @@
-"""Helpers shared by the ingestion tests (real ccxt.pro against the local emulator)."""
+"""Helpers shared by the ingestion tests (real ccxt.pro against the local emulator).
+
+``MS`` and ``wait_until`` (the asyncio condition wait) come from :mod:`tests.support`.
+"""
 
 from __future__ import annotations
 
-import asyncio
-import os
-from collections.abc import Callable
 from typing import Any
 
 from flight_md.errors import NotFound
+from tests.support import MS
+from tests.support import async_until as wait_until
 
-MS = float(os.environ.get("FLIGHT_MD_TIME_SCALE", "1"))
-"""Time-scale factor: every wait in these tests is multiplied by it."""
+__all__ = ["FAST", "MS", "SYMBOLS", "WIRE", "kinds", "sent", "stored", "wait_until"]
 
 SYMBOLS = ("BTC/USDT", "ETH/USDT", "SOL/USDT")
 
@@ -24,17 +25,6 @@ WIRE = {
     ("bybit", "bidask"): "orderbook.1",
 }
 """The emulator's channel name for each (exchange, stream channel)."""
-
-
-async def wait_until(predicate: Callable[[], Any], timeout: float, what: str,
-                     interval: float = 0.01) -> None:
-    """Poll ``predicate`` until it is true, for at most ``timeout * MS`` seconds."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout * MS
-    while not predicate():
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out after {timeout * MS:g} s waiting for {what}")
-        await asyncio.sleep(interval)
 
 
 def kinds(stream: Any) -> list[str]:
