@@ -15,21 +15,62 @@ emulator on a thread of its own.
 
 from __future__ import annotations
 
+import errno
 import logging
+import socket
 from typing import Any, Final, Self
 
 from flight_md.buffer import MarketDataBuffer
 from flight_md.config import DEMO_SYMBOLS, ServerConfig, StreamConfig
-from flight_md.errors import ConfigError
+from flight_md.errors import ConfigError, StartupError
 from flight_md.events import EventLog
 
-__all__ = ["DEMO_RATE", "MarketDataApp"]
+__all__ = ["DEMO_RATE", "MarketDataApp", "check_listen_address"]
 
 logger = logging.getLogger(__name__)
 
 DEMO_RATE: Final = 25.0
 """Messages per second of the demo market, across its symbols (several a second each)."""
 START_TIMEOUT_S: Final = 30.0
+
+
+def check_listen_address(host: str, port: int) -> None:
+    """Fail with one clear line where gRPC would only say "Server did not start properly".
+
+    Binds (and releases) a socket on each address ``host`` resolves to, as gRPC is about to;
+    gRPC listens if at least one binds, so this fails only if none does.
+
+    Raises:
+        StartupError: The port is in use or needs privileges, or ``host`` is not a name or
+            address this machine can listen on.
+    """
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except (socket.gaierror, UnicodeError) as exc:
+        reason = exc.strerror if isinstance(exc, socket.gaierror) else "not a valid host name"
+        raise StartupError(f"cannot listen on {host!r}: unknown host ({reason}); choose an "
+                           "address of this machine with --host, e.g. 127.0.0.1") from None
+    failures: list[OSError] = []
+    for family, kind, proto, _name, address in infos:
+        with socket.socket(family, kind, proto) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sock.bind(address)
+            except OSError as exc:
+                failures.append(exc)
+            else:
+                return
+    codes = {exc.errno for exc in failures}
+    if errno.EADDRINUSE in codes:
+        raise StartupError(f"port {port} is in use; is another flight-md serve running? "
+                           "choose another with --port")
+    if errno.EACCES in codes:
+        raise StartupError(f"port {port} needs privileges; choose one above 1023 with --port")
+    if errno.EADDRNOTAVAIL in codes:
+        raise StartupError(f"cannot listen on {host!r}: not an address of this machine; choose "
+                           "one with --host (127.0.0.1 for this machine only, 0.0.0.0 for all)")
+    detail = failures[0].strerror if failures else "no address"
+    raise StartupError(f"cannot listen on {host}:{port}: {detail}")
 
 
 class MarketDataApp:
@@ -62,8 +103,15 @@ class MarketDataApp:
                              buffer_size=self.config.buffer_size),)
 
     def start(self) -> Self:
-        """Start ingestion (and the demo emulator), then the Flight server."""
+        """Start ingestion (and the demo emulator), then the Flight server.
+
+        Raises:
+            StartupError: The server cannot listen where the config says (checked before
+                ingestion starts, so nothing is left running).
+        """
         from flight_md.service import FlightMarketDataServer
+
+        check_listen_address(self.config.host, self.config.port)
 
         control = None
         if (self.config.demo or self.config.streams) and self.config.ingest_process:
@@ -86,10 +134,20 @@ class MarketDataApp:
                     START_TIMEOUT_S)
                 logger.info("streaming %s: %s", stream.exchange, ", ".join(stream.symbols))
             control = self.ingestion.control()
-        self.server = FlightMarketDataServer(self.config.location, self.buffer,
-                                             events=self.events, control=control,
-                                             follow_max_lag=self.config.follow_max_lag,
-                                             **self._security())
+        security = self._security()
+        try:
+            self.server = FlightMarketDataServer(self.config.location, self.buffer,
+                                                 events=self.events, control=control,
+                                                 follow_max_lag=self.config.follow_max_lag,
+                                                 **security)
+        except Exception as exc:
+            # pyarrow says only "Server did not start properly" (the reason goes to gRPC's log):
+            # the address was taken between the check above and now, or TLS material is unusable.
+            if "did not start" not in str(exc):
+                raise
+            what = "with this certificate and key" if security.get("tls_certificates") else ""
+            raise StartupError(f"cannot listen on {self.config.host}:{self.config.port} {what}"
+                               .rstrip() + "; gRPC refused it (see its log line above)") from None
         logger.info("serving on %s", self.location)
         return self
 

@@ -20,6 +20,7 @@ service maps each branch to exactly one Flight status code, in one place
     ├── Unauthenticated ........... UNAUTHENTICATED
     ├── PermissionDenied .......... PERMISSION_DENIED
     ├── ConfigError ............... (command line and config files; never on the wire)
+    ├── StartupError .............. (the server cannot start, e.g. its port is taken; exit 1)
     └── ExchangeDataError ......... (a bad exchange frame; counted and dropped by ingestion)
 
 Messages are short, lowercase, name the bad value with ``!r`` and say what is allowed.
@@ -40,6 +41,7 @@ __all__ = [
     "PermissionDenied",
     "RequestTooLarge",
     "SlowConsumer",
+    "StartupError",
     "Unauthenticated",
     "Unavailable",
     "UnknownAction",
@@ -110,6 +112,11 @@ class PermissionDenied(FlightMdError):
 
 class ConfigError(FlightMdError):
     """A command-line option or configuration file is invalid."""
+
+
+class StartupError(FlightMdError):
+    """The server cannot start where it was asked to (its port is in use, its host is not
+    an address of this machine, a file it needs cannot be read); ``serve`` exits 1."""
 
 
 class ExchangeDataError(FlightMdError):
