@@ -20,7 +20,8 @@ GRPC_NOISE = ("Traceback", "E0000", "absl", "Server did not start properly", "ad
 def serve(*args: str, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
     """Run ``flight-md serve ARGS`` to completion (it must not start serving)."""
     return subprocess.run([sys.executable, "-m", "flight_md", "serve", *args],
-                          capture_output=True, text=True, env=child_env(), timeout=timeout * MS,
+                          check=False, capture_output=True, text=True, env=child_env(),
+                          timeout=timeout * MS,
                           stdin=subprocess.DEVNULL)
 
 
