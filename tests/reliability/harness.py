@@ -50,9 +50,9 @@ _STATUS_BY_CLASS: Final[tuple[tuple[type[BaseException], str], ...]] = (
     (pa.ArrowNotImplementedError, "UNIMPLEMENTED"),
     (flight.FlightServerError, "SERVER_ERROR"),  # RESOURCE_EXHAUSTED, UNKNOWN, ...
 )
-ALLOWED_REFUSALS: Final = frozenset({"INVALID_ARGUMENT", "NOT_FOUND", "UNIMPLEMENTED",
-                                     "UNAUTHENTICATED", "PERMISSION_DENIED"})
-"""What bad input may be answered with (besides a success)."""
+ALLOWED_REFUSALS: Final = frozenset({"INVALID_ARGUMENT", "NOT_FOUND", "UNIMPLEMENTED"})
+"""What bad input may be answered with (besides a success) by a server without auth: it has
+no credentials to check, so UNAUTHENTICATED or PERMISSION_DENIED would be a bug."""
 _TRACEBACK_MARKERS: Final = ("Traceback", 'File "', '.py"')
 
 
