@@ -75,9 +75,10 @@ def _serve_parser(sub: Any) -> None:
     p.add_argument("--tls-cert", type=Path, help="server certificate (PEM)")
     p.add_argument("--tls-key", type=Path, help="server private key (PEM)")
     p.add_argument("--tls-client-ca", type=Path, help="require client certificates from this CA")
-    p.add_argument("--ingest-process", action="store_true", default=None,
+    p.add_argument("--ingest-process", action=argparse.BooleanOptionalAction, default=None,
                    help="run ingestion (ccxt) in a child process, so that queries do not wait "
-                   "for it (recommended under heavy ingest or query load)")
+                   "for it (recommended under heavy ingest or query load); --no-ingest-process "
+                   "overrides ingest_process = true in --config")
     p.add_argument("--shutdown-timeout", type=float, default=SHUTDOWN_TIMEOUT_S, metavar="S",
                    help="after SIGINT/SIGTERM, force the process to exit (status 1) if shutdown has "
                    f"not finished within S seconds (default {SHUTDOWN_TIMEOUT_S:g})")

@@ -83,11 +83,14 @@ class StreamConfig:
     api_secret: Secret | None = None
 
     def __post_init__(self) -> None:
-        if not EXCHANGE_RE.fullmatch(self.exchange):
+        if not isinstance(self.exchange, str) or not EXCHANGE_RE.fullmatch(self.exchange):
             raise ConfigError(f"invalid exchange id {self.exchange!r}; expected a ccxt id such "
                               "as 'binance'")
+        if not isinstance(self.symbols, tuple):
+            raise ConfigError(must_be(f"symbols of {self.exchange}", "a list of symbols",
+                                      self.symbols))
         for symbol in self.symbols:
-            if not SYMBOL_RE.fullmatch(symbol):
+            if not isinstance(symbol, str) or not SYMBOL_RE.fullmatch(symbol):
                 raise ConfigError(f"invalid symbol {symbol!r} for {self.exchange}; expected "
                                   "e.g. 'BTC/USDT'")
         if self.channel not in CHANNELS:
@@ -98,11 +101,16 @@ class StreamConfig:
                      "poll_interval"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
-                raise ConfigError(f"{name} must be a positive number, got {value!r}")
+                raise ConfigError(must_be(name, "a positive number", value))
         if self.max_reconnect_delay < self.reconnect_delay:
             raise ConfigError("max_reconnect_delay must be >= reconnect_delay")
-        if not isinstance(self.buffer_size, int) or self.buffer_size < 1:
-            raise ConfigError(f"buffer_size must be a positive integer, got {self.buffer_size!r}")
+        if not _positive_int(self.buffer_size):
+            raise ConfigError(must_be("buffer_size", "a positive integer", self.buffer_size))
+        if self.url is not None and not isinstance(self.url, str):
+            raise ConfigError(must_be("url", "a string such as 'http://127.0.0.1:9000'",
+                                      self.url))
+        if not isinstance(self.testnet, bool):
+            raise ConfigError(must_be("testnet", "true or false", self.testnet))
 
     def stream_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for ``MarketDataStream`` (secrets revealed for ccxt only)."""
@@ -140,14 +148,21 @@ class ServerConfig:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if not isinstance(self.port, int) or not 0 <= self.port <= 65535:
+        if not isinstance(self.host, str) or not self.host:
+            raise ConfigError(must_be("host", "an address such as '127.0.0.1'", self.host))
+        if (not isinstance(self.port, int) or isinstance(self.port, bool)
+                or not 0 <= self.port <= 65535):
             raise ConfigError(f"invalid port {self.port!r}; expected 0-65535")
+        if not _positive_int(self.buffer_size):
+            raise ConfigError(must_be("buffer_size", "a positive integer", self.buffer_size))
+        if self.follow_max_lag is not None and not _positive_int(self.follow_max_lag):
+            raise ConfigError(must_be("follow_max_lag", "a positive integer", self.follow_max_lag))
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ConfigError("TLS needs both --tls-cert and --tls-key")
         if self.tls_client_ca is not None and self.tls_cert is None:
             raise ConfigError("--tls-client-ca (mutual TLS) needs --tls-cert and --tls-key")
         if not isinstance(self.ingest_process, bool):
-            raise ConfigError(f"ingest_process must be true or false, got {self.ingest_process!r}")
+            raise ConfigError(must_be("ingest_process", "true or false", self.ingest_process))
         if self.demo and self.streams:
             raise ConfigError("--demo runs its own emulated exchange; drop --exchange/--config "
                               "streams or drop --demo")
@@ -157,6 +172,23 @@ class ServerConfig:
         scheme = "grpc+tls" if self.tls_cert else "grpc"
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"{scheme}://{host}:{self.port}"
+
+
+def must_be(name: str, allowed: str, value: object) -> str:
+    """The one phrasing of a setting with a wrong value: ``NAME must be ALLOWED, got VALUE``."""
+    return f"{name} must be {allowed}, got {value!r}"
+
+
+def _positive_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+def _file_key(base: Path, table: dict[str, Any], key: str) -> Path:
+    """Pop a file name from a TOML table, relative to the config file's directory."""
+    value = table.pop(key)
+    if not isinstance(value, str) or not value:
+        raise ConfigError(must_be(f"[server] {key}", "a file name", value))
+    return base / value
 
 
 def read_tokens(path: Path) -> tuple[Secret, ...]:
@@ -202,14 +234,19 @@ def load_config(path: Path) -> ServerConfig:
     if unknown:
         raise ConfigError(f"unknown section {unknown[0]!r} in {str(path)!r}; allowed: server, "
                           "exchanges")
+    if not isinstance(data.get("server", {}), dict):
+        raise ConfigError(must_be("server", "a table ([server])", data["server"]))
+    entries = data.get("exchanges", [])
+    if not isinstance(entries, list):
+        raise ConfigError(must_be("exchanges", "an array of tables ([[exchanges]])", entries))
     server = dict(data.get("server", {}))
     base = path.parent
     tokens: tuple[Secret, ...] = ()
     read_only: tuple[Secret, ...] = ()
     if "auth_token_file" in server:
-        tokens = read_tokens(base / server.pop("auth_token_file"))
+        tokens = read_tokens(_file_key(base, server, "auth_token_file"))
     if "read_only_token_file" in server:
-        read_only = read_tokens(base / server.pop("read_only_token_file"))
+        read_only = read_tokens(_file_key(base, server, "read_only_token_file"))
     for key in ("auth_tokens", "read_only_tokens"):
         values = server.pop(key, [])
         if not isinstance(values, list) or not all(isinstance(v, str) and v for v in values):
@@ -218,7 +255,7 @@ def load_config(path: Path) -> ServerConfig:
             tokens += tuple(Secret(v) for v in values)
         else:
             read_only += tuple(Secret(v) for v in values)
-    paths = {k: base / server.pop(k) for k in ("tls_cert", "tls_key", "tls_client_ca")
+    paths = {k: _file_key(base, server, k) for k in ("tls_cert", "tls_key", "tls_client_ca")
              if k in server}
     allowed = {"host", "port", "buffer_size", "follow_max_lag", "ingest_process"}
     bad = sorted(set(server) - allowed)
@@ -230,11 +267,17 @@ def load_config(path: Path) -> ServerConfig:
                           "tls_key, tls_client_ca")
     buffer_size = server.get("buffer_size", 10_000)
     streams = []
-    for index, entry in enumerate(data.get("exchanges", [])):
+    for index, entry in enumerate(entries):
         if not isinstance(entry, dict) or "id" not in entry:
             raise ConfigError(f"[[exchanges]] entry {index + 1} needs an id")
         entry = dict(entry)
         exchange = entry.pop("id")
+        if not isinstance(exchange, str):
+            raise ConfigError(must_be(f"[[exchanges]] entry {index + 1} id",
+                                      "a ccxt id such as 'binance'", exchange))
+        for key in ("api_key_env", "api_secret_env"):
+            if not isinstance(entry.get(key, ""), str):
+                raise ConfigError(must_be(f"{key} of {exchange}", "a variable name", entry[key]))
         api_key = secret_from_env(entry.pop("api_key_env", None))
         api_secret = secret_from_env(entry.pop("api_secret_env", None))
         bad = sorted(set(entry) - _STREAM_KEYS)
@@ -243,6 +286,9 @@ def load_config(path: Path) -> ServerConfig:
                               f"{', '.join(sorted(_STREAM_KEYS))}, api_key_env, api_secret_env")
         entry.setdefault("buffer_size", buffer_size)
         if "symbols" in entry:
+            if not isinstance(entry["symbols"], list):
+                raise ConfigError(must_be(f"symbols of {exchange}",
+                                          'a list such as ["BTC/USDT"]', entry["symbols"]))
             entry["symbols"] = tuple(entry["symbols"])
         try:
             streams.append(StreamConfig(exchange=exchange, api_key=api_key,
@@ -250,4 +296,5 @@ def load_config(path: Path) -> ServerConfig:
         except TypeError as exc:
             raise ConfigError(f"invalid settings for exchange {exchange!r}: {exc}") from None
     return ServerConfig(streams=tuple(streams), auth_tokens=tokens, read_only_tokens=read_only,
-                        **server, **{k: v for k, v in paths.items()})
+                        tls_cert=paths.get("tls_cert"), tls_key=paths.get("tls_key"),
+                        tls_client_ca=paths.get("tls_client_ca"), **server)
