@@ -36,7 +36,7 @@ from flight_md.emulator.fault import CONNECTION_FAULTS, FRAME_FAULTS, Fault, Fau
 from flight_md.emulator.market import StreamKey, parse_symbols
 from flight_md.emulator.recording import Recording
 from flight_md.emulator.stats import EmulatorStats, StatsCounter
-from flight_md.emulator.synthetic import PriceWalk
+from flight_md.emulator.synthetic import IDLE_STEPS_PER_SECOND, PriceWalk, RestWalks
 
 __all__ = ["EXCHANGES", "Emulator"]
 
@@ -73,6 +73,8 @@ class Emulator:
             (``BTC/USDT`` spot, ``BTC/USDT:USDT`` linear on Bybit). Ignored in replay.
         rate: Synthetic updates per second in total, spread round-robin over the
             subscribed streams; each update goes to every connection subscribed to it.
+            A market no websocket streams still moves, at ``rate / markets`` updates per
+            second (at most 10), as REST reads see it (:class:`~flight_md.emulator.synthetic.RestWalks`).
         replay: A recording to replay instead of synthetic data; ``None`` for synthetic.
         speed: Replay pace: 1 is recorded timing, X is X times faster, 0 as fast as possible.
         loop: Replay the recording again and again.
@@ -125,9 +127,13 @@ class Emulator:
         recording = Recording.load(Path(replay)) if replay is not None else None
         markets = parse_symbols(symbols) if recording is None else ()
         walks = {market.symbol: PriceWalk(market, seed) for market in markets}
-        self._dialect: Dialect = _DIALECTS[exchange](markets, walks, recording)
+        idle_pace = min(IDLE_STEPS_PER_SECOND, rate / len(walks)) if walks else 0.0
+        self._rest_walks = RestWalks(walks, idle_pace)
+        self._dialect: Dialect = _DIALECTS[exchange](markets, self._rest_walks, recording)
         self._walks = walks
         self._replay_frames = self._prepare_replay(recording) if recording is not None else ()
+        self._replay_keys = frozenset(frame.key for frame in self._replay_frames)
+        self._source = recording.source if recording is not None else None
         self._stats = StatsCounter()
         self._faults = FaultBoard()
         self._retry_after = 1.0
@@ -215,6 +221,36 @@ class Emulator:
     def symbols(self) -> tuple[str, ...]:
         """Unified symbols of the markets listed."""
         return tuple(market.symbol for market in self._dialect.markets)
+
+    @property
+    def channels(self) -> dict[str, tuple[str, ...]]:
+        """What subscribers can get: exchange-native channel -> unified symbols, sorted.
+
+        In replay, exactly the streams the recording holds data frames for; in synthetic
+        mode, every listed symbol on every channel the dialect synthesizes.
+        """
+        if self._replay_frames:
+            by_channel: dict[str, set[str]] = {}
+            for key in self._replay_keys:
+                by_channel.setdefault(key.channel, set()).add(key.symbol)
+        else:
+            by_channel = {channel: set(self._walks) for channel in self._dialect.synthetic_channels}
+        return {channel: tuple(sorted(symbols)) for channel, symbols in sorted(by_channel.items())}
+
+    def summary(self) -> list[str]:
+        """What this emulator serves, as lines for a person starting it.
+
+        The first line names the source; then one ``<channel>: <symbol>, ...`` line per
+        channel (see :attr:`channels`).
+        """
+        if self._replay_frames:
+            span = max(frame.offset for frame in self._replay_frames)
+            head = (f"{self.exchange} replay of {self._source}: {len(self._replay_frames)} frames "
+                    f"over {span:.1f} s{', looped' if self.loop else ''}; streams by channel:")
+        else:
+            head = (f"{self.exchange} synthetic markets, {self.rate:g} updates/s; streams by "
+                    "channel:")
+        return [head, *(f"  {channel}: {', '.join(symbols)}" for channel, symbols in self.channels.items())]
 
     # -- observation ------------------------------------------------------------------
 
@@ -433,6 +469,8 @@ class Emulator:
                 control = self._dialect.control(conn.info(), message.data)
                 for reply in control.replies:
                     conn.push(None, reply)
+                for wire in control.unknown:
+                    self._unserved(conn, wire, "answered with the venue's error")
                 if control.subscribe:
                     self._subscribe(conn, control.subscribe)
                 for key in control.unsubscribe:
@@ -455,6 +493,8 @@ class Emulator:
             self._subscribers.setdefault(sub.key, {})[conn] = None
             self._stats.subscriptions += 1
             added.append(sub.key)
+            if not self._serves(sub.key):
+                self._unserved(conn, sub.wire, "accepted, as the venue does; no data will follow")
         if not added:
             return
         self._refresh_producible()
@@ -466,6 +506,18 @@ class Emulator:
             if walk is not None and self._dialect.renders(key.channel) and self._dialect.snapshot_on_subscribe(key):
                 quote = walk.quote._replace(time_ms=now_ms())
                 conn.push(key, self._dialect.render(key, walk.market, quote, snapshot=True))
+
+    def _serves(self, key: StreamKey) -> bool:
+        if self._replay_frames:
+            return key in self._replay_keys
+        return key.symbol in self._walks and self._dialect.renders(key.channel)
+
+    def _unserved(self, conn: Connection, wire: str, outcome: str) -> None:
+        self._stats.unserved_subscriptions += 1
+        source = "the recording" if self._replay_frames else "this emulator"
+        available = "; ".join(f"{channel}: {_abbreviated(symbols)}" for channel, symbols in self.channels.items())
+        logger.warning("emulator %s: websocket %s subscribed to %r, which %s has no data for (%s); "
+                       "available: %s", self.exchange, conn.conn_id, wire, source, outcome, available)
 
     def _unsubscribe(self, conn: Connection, key: StreamKey) -> None:
         if conn.subscriptions.pop(key, None) is None:
@@ -482,6 +534,7 @@ class Emulator:
         dialect = self._dialect
         self._producible = [key for key in self._subscribers
                             if key.symbol in self._walks and dialect.renders(key.channel)]
+        self._rest_walks.streamed(frozenset(key.symbol for key in self._producible))
 
     def _drop(self, conn: Connection) -> None:
         conn.closed = True
@@ -659,6 +712,11 @@ class Emulator:
             if not self.loop:
                 return
             lap += span
+
+
+def _abbreviated(symbols: tuple[str, ...], shown: int = 8) -> str:
+    more = len(symbols) - shown
+    return ", ".join(symbols[:shown]) + (f" and {more} more" if more > 0 else "")
 
 
 def _reset(transport: asyncio.BaseTransport | None) -> None:

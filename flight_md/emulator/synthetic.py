@@ -8,14 +8,19 @@ from __future__ import annotations
 
 import math
 import random
-from typing import NamedTuple
+import time
+from collections.abc import Iterator, Mapping
+from typing import Final, NamedTuple
 
 from flight_md.emulator.market import Market
 
-__all__ = ["PriceWalk", "Quote"]
+__all__ = ["IDLE_STEPS_PER_SECOND", "PriceWalk", "Quote", "RestWalks"]
 
 _STEP_SIGMA = 2e-4  # log-price standard deviation per update
 _SPREAD_TICKS_MAX = 3
+IDLE_STEPS_PER_SECOND: Final = 10.0
+"""Updates per second of a market no websocket streams (at most the emulator's rate per market)."""
+_CATCH_UP_MAX: Final = 1000  # steps one read may catch up; a longer idle spell just moves less
 
 
 class Quote(NamedTuple):
@@ -146,3 +151,53 @@ class PriceWalk:
         self._trade_id += 1
         return Quote(bid, ask, bid_size, ask_size, last, last_size, self._open, self._high, self._low,
                      self._volume, self._quote_volume, self._update_id, self._trade_id, time_ms, buyer_maker)
+
+
+class RestWalks(Mapping[str, PriceWalk]):
+    """The walks as REST handlers read them: a market moves whether or not anyone streams it.
+
+    The producer steps a walk only for its websocket subscribers. A market that no websocket
+    streams moves in time all the same: when REST reads it, it first takes the steps it would
+    have taken since it last moved, at ``steps_per_second``. A REST poll therefore sees what a
+    market moving all along would show, and a websocket session sees the walk step by step
+    from where REST left it (without REST reads, exactly as deterministic as before).
+
+    Args:
+        walks: The walks by unified symbol (the producer's own dict).
+        steps_per_second: Pace of an idle market; 0 keeps idle markets still.
+    """
+
+    __slots__ = ("_idle_since", "_rate", "_streamed", "_walks")
+
+    def __init__(self, walks: Mapping[str, PriceWalk], steps_per_second: float) -> None:
+        self._walks = walks
+        self._rate = steps_per_second
+        now = time.monotonic()
+        self._idle_since = dict.fromkeys(walks, now)
+        self._streamed: frozenset[str] = frozenset()
+
+    def streamed(self, symbols: frozenset[str]) -> None:
+        """Say which markets the producer moves now; a market leaving that set idles from now."""
+        now = time.monotonic()
+        for symbol in self._streamed - symbols:
+            self._idle_since[symbol] = now
+        self._streamed = symbols
+
+    def __getitem__(self, symbol: str) -> PriceWalk:
+        walk = self._walks[symbol]
+        if self._rate > 0 and symbol not in self._streamed:
+            now = time.monotonic()
+            steps = int((now - self._idle_since[symbol]) * self._rate)
+            if steps > 0:
+                time_ms = time.time_ns() // 1_000_000
+                for _ in range(min(steps, _CATCH_UP_MAX)):
+                    walk.step(time_ms)
+                self._idle_since[symbol] = (now if steps > _CATCH_UP_MAX
+                                            else self._idle_since[symbol] + steps / self._rate)
+        return walk
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._walks)
+
+    def __len__(self) -> int:
+        return len(self._walks)
