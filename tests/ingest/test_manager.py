@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import time
 
 import pytest
 
@@ -19,6 +18,7 @@ from flight_md.errors import (
 from flight_md.events import EventLog
 from flight_md.ingest.manager import IngestionThread, MarketDataManager, ThreadedControl
 from flight_md.ingest.stream import ConnectionState
+from tests.support import until as _wait
 
 from .support import FAST, MS, SYMBOLS, stored, wait_until
 
@@ -88,13 +88,6 @@ def ingestion():
             thread.stop()
 
 
-def _wait(predicate, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout * MS
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.01)
-
-
 def test_threaded_control_from_other_threads(ingestion):
     thread, binance, bybit = ingestion
     assert thread.start() is thread  # idempotent
@@ -140,11 +133,21 @@ def test_threaded_control_times_out_when_the_loop_does_not_answer(ingestion):
     thread, binance, _ = ingestion
     thread.add_stream("binance", symbols=["BTC/USDT"], url=binance.url, **FAST)
     control = ThreadedControl(thread.manager, thread.loop, timeout=0.2)
-    thread.loop.call_soon_threadsafe(time.sleep, 1.0 * MS)  # a blocked ingestion loop
-    started = time.monotonic()
-    with pytest.raises(Unavailable, match=r"did not answer within 0.2 s \(status\)"):
-        control.status()
-    assert time.monotonic() - started < 0.9 * MS
+    blocking, release = threading.Event(), threading.Event()
+
+    def block() -> None:  # a blocked ingestion loop, until the test lets it go
+        blocking.set()
+        release.wait(60 * MS)
+
+    thread.loop.call_soon_threadsafe(block)
+    assert blocking.wait(10 * MS), "the ingestion loop never ran the blocker"
+    try:
+        # Only the control's own timeout can end this call: the loop answers nothing
+        # until release is set.
+        with pytest.raises(Unavailable, match=r"did not answer within 0.2 s \(status\)"):
+            control.status()
+    finally:
+        release.set()
     assert thread.control(timeout=5.0 * MS).status().exchanges[0].exchange == "binance"
 
 
