@@ -54,6 +54,7 @@ class BinanceDialect(Dialect):
     name = "binance"
     control_rate_limit = _CONTROL_RATE_LIMIT
     server_pings = True
+    synthetic_channels = _SYNTHETIC_CHANNELS
 
     def __init__(self, markets: tuple[Market, ...], walks: Mapping[str, PriceWalk], recording: Recording | None) -> None:
         for market in markets:

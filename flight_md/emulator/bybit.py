@@ -49,6 +49,8 @@ _SYNTHETIC_CHANNELS = frozenset({"tickers", "orderbook.1", "publicTrade"})
 class BybitDialect(Dialect):
     """Bybit v5 public market data for spot and linear perpetual markets."""
 
+    synthetic_channels = _SYNTHETIC_CHANNELS
+
     name = "bybit"
 
     def __init__(self, markets: tuple[Market, ...], walks: Mapping[str, PriceWalk], recording: Recording | None) -> None:
@@ -200,7 +202,7 @@ class BybitDialect(Dialect):
             key = self._key(category, topic)
             if key is None:
                 reply.update(success=False, ret_msg=f"Invalid symbol :[{topic}]")
-                return Control((_dumps(reply),))
+                return Control((_dumps(reply),), unknown=(topic,) if op == "subscribe" else ())
             if op == "subscribe" and key in connection.subscribed:
                 reply.update(success=False, ret_msg=f"error:already subscribed,topic:{topic}")
                 return Control((_dumps(reply),))

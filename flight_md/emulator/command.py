@@ -3,7 +3,8 @@
 ``flight-md emulator --exchange binance --port 8765 [--symbols BTC/USDT,ETH/USDT]
 [--rate N] [--replay [FILE]] [--speed X] [--loop] [--seed N] [--host 127.0.0.1]
 [--ping-interval S] [--replay-gap S]`` runs an emulator until SIGINT or SIGTERM and
-prints its URL on stdout (one line, flushed) once it listens.
+prints its URL on stdout (one line, flushed) once it listens, after a summary of what it
+serves (each channel and its symbols; in replay, what the recording holds) on stderr.
 
 ``flight-md emulator-fault --url http://127.0.0.1:8765 reset [--count N]
 [--duration S] [--retry-after S]`` switches a fault on a running emulator through its
@@ -59,6 +60,8 @@ def run(args: argparse.Namespace) -> int:
     Returns:
         The process exit code.
     """
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     replay = None
     if args.replay is not None:
         replay = default_recording(args.exchange) if args.replay == _DEFAULT_REPLAY else args.replay
@@ -84,6 +87,9 @@ async def _serve(emulator: Emulator) -> None:
         loop.add_signal_handler(signum, stop.set)
     await emulator.start()
     try:
+        for line in emulator.summary():
+            print(f"flight-md emulator: {line}", file=sys.stderr)
+        sys.stderr.flush()
         print(emulator.url, flush=True)
         await stop.wait()
     finally:

@@ -52,12 +52,14 @@ class Control:
         subscribe: Streams to add.
         unsubscribe: Streams to drop.
         close: Close the connection with this code and reason (a protocol violation).
+        unknown: Wire names the venue refused as unknown (its own error is in ``replies``).
     """
 
     replies: tuple[str, ...] = ()
     subscribe: tuple[Subscription, ...] = ()
     unsubscribe: tuple[StreamKey, ...] = ()
     close: tuple[int, str] | None = None
+    unknown: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +92,8 @@ class Dialect(ABC):
     control_rate_limit: int | None = None
     #: Whether the server pings each websocket with ping frames.
     server_pings: bool = False
+    #: Exchange-native channels synthetic data is generated for.
+    synthetic_channels: frozenset[str] = frozenset()
 
     def __init__(self, markets: tuple[Market, ...], walks: Mapping[str, PriceWalk], recording: Recording | None) -> None:
         self.walks = walks

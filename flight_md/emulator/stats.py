@@ -34,6 +34,9 @@ class EmulatorStats:
         slow_drops: Websockets dropped because their outbound queue overflowed.
         faults: Applications of each fault: frames corrupted, connections cut,
             requests refused.
+        unserved_subscriptions: Subscriptions to a stream the emulator has no data for (a
+            symbol it does not list, a channel it cannot synthesize or the recording lacks),
+            whether the venue accepted them or answered with its own error.
         handshakes: When each websocket handshake request arrived, refused ones included
             (``time.monotonic()`` seconds, the emulator loop's clock; the newest
             :data:`HANDSHAKES_KEPT`): a client's reconnect attempts, as the exchange sees them.
@@ -50,6 +53,7 @@ class EmulatorStats:
     slow_drops: int
     faults: Mapping[Fault, int]
     handshakes: tuple[float, ...] = ()
+    unserved_subscriptions: int = 0
 
 
 class StatsCounter:
@@ -57,7 +61,7 @@ class StatsCounter:
 
     __slots__ = ("connections_open", "connections_opened", "control_messages", "faults", "frames",
                  "frames_total", "handshakes", "limit_closes", "rest_requests", "slow_drops",
-                 "subscriptions")
+                 "subscriptions", "unserved_subscriptions")
 
     def __init__(self) -> None:
         self.frames: Counter[StreamKey] = Counter()
@@ -71,6 +75,7 @@ class StatsCounter:
         self.slow_drops = 0
         self.faults: Counter[Fault] = Counter()
         self.handshakes: deque[float] = deque(maxlen=HANDSHAKES_KEPT)
+        self.unserved_subscriptions = 0
 
     def snapshot(self) -> EmulatorStats:
         """Copy the counters into an immutable snapshot."""
@@ -86,6 +91,7 @@ class StatsCounter:
             slow_drops=self.slow_drops,
             faults=MappingProxyType(dict(self.faults)),
             handshakes=tuple(self.handshakes),
+            unserved_subscriptions=self.unserved_subscriptions,
         )
 
     def as_json(self) -> dict[str, object]:
@@ -102,4 +108,5 @@ class StatsCounter:
             "slow_drops": self.slow_drops,
             "faults": {str(fault): count for fault, count in self.faults.items()},
             "handshakes": list(self.handshakes),
+            "unserved_subscriptions": self.unserved_subscriptions,
         }
