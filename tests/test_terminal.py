@@ -1,5 +1,10 @@
 """flight-md get / status / top / tail against a real server, in-process, in subprocesses and
-in a real pseudo-terminal."""
+in a real pseudo-terminal.
+
+Reads and tails run against the synthetic market (known values, no ingestion); what ``status``
+and ``top`` say about exchanges and streams runs against a server with real ccxt ingestion
+from the exchange emulator, and must show that server's own figures.
+"""
 
 from __future__ import annotations
 
@@ -17,10 +22,12 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import trustme
 
 # The synthetic market, feeder and control shared with tests/clients.
 sys.path.insert(0, str(Path(__file__).resolve().parent / "clients"))
@@ -28,16 +35,18 @@ from client_support import (
     ROWS,
     STEP_MS,
     Feeder,
-    free_port,
+    IngestingMarket,
+    followers,
     market,
+    refused_port,
     scaled,
-    subprocess_env,
-    wait_for,
 )
+from flight_md_client import MarketDataClient
 
 from flight_md import terminal
 from flight_md.auth import MIDDLEWARE_KEY, TokenAuth
 from flight_md.config import Secret
+from flight_md.schema import now_ms
 from flight_md.service import FlightMarketDataServer
 from flight_md.terminal import (
     TopModel,
@@ -48,6 +57,7 @@ from flight_md.terminal import (
     parse_time_arg,
     table_lines,
 )
+from tests.support import child_env, until
 
 ISO_RE = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z"
 
@@ -61,6 +71,13 @@ def server() -> Iterator[FlightMarketDataServer]:
 @pytest.fixture
 def loc(server: FlightMarketDataServer) -> list[str]:
     return ["--location", f"grpc://127.0.0.1:{server.port}"]
+
+
+@pytest.fixture
+def ingesting() -> Iterator[IngestingMarket]:
+    """A server streaming BTC/USDT and ETH/USDT from an emulated binance through real ccxt."""
+    with IngestingMarket() as rig:
+        yield rig
 
 
 @pytest.fixture(autouse=True)
@@ -113,8 +130,13 @@ def test_get_defaults_to_twenty_rows_and_takes_columns_and_ranges(
     assert [line.split() for line in out.splitlines()] == [
         ["timestamp", "price"], [format_time(start + 10_000), "20"],
         [format_time(start + 11_000), "21"], [format_time(start + 12_000), "22"]]
+    stamps = [start + i * STEP_MS for i in range(ROWS)]
+    before = now_ms()
     code, out, _ = run(capsys, "get", "ETH/USDT", "--start", "10s", "--columns", "price", *loc)
-    assert code == 0 and 8 <= len(out.splitlines()) - 1 <= 11
+    after = now_ms()
+    # "10 s ago", now being some instant of the command: exactly the ticks from there on
+    assert code == 0 and len(out.splitlines()) - 1 in {
+        sum(t >= now - 10_000 for t in stamps) for now in range(before, after + 1)}
 
 
 def test_get_snapshot_and_events(capsys: pytest.CaptureFixture[str], loc: list[str]) -> None:
@@ -184,8 +206,8 @@ def test_get_errors_are_one_line(capsys: pytest.CaptureFixture[str], loc: list[s
                                   ["tail", "BTC/USDT"]])
 def test_an_unreachable_server_is_one_line(capsys: pytest.CaptureFixture[str],
                                            argv: list[str]) -> None:
-    port = free_port()
-    code, out, err = run(capsys, *argv, "--location", f"grpc://127.0.0.1:{port}")
+    with refused_port() as port:
+        code, out, err = run(capsys, *argv, "--location", f"grpc://127.0.0.1:{port}")
     assert (code, out) == (1, "")
     assert err == (f"flight-md: cannot reach grpc://127.0.0.1:{port} (connection refused); "
                    "is `flight-md serve` running?\n")
@@ -194,22 +216,50 @@ def test_an_unreachable_server_is_one_line(capsys: pytest.CaptureFixture[str],
 # -- status ----------------------------------------------------------------------------------
 
 
-def test_status_shows_states_reconnects_counts_and_ages(capsys: pytest.CaptureFixture[str],
-                                                        loc: list[str]) -> None:
-    code, out, err = run(capsys, "status", *loc)
-    assert code == 0 and err == ""
-    assert re.search(r"^server grpc://127\.0\.0\.1:\d+: up \S+, buffer 1000 ticks per symbol, "
-                     r"ingestion on, 3 events, 0 refused requests$", out, re.MULTILINE)
-    assert re.search(r"^bybit\s+connected\s+websocket\s+ticker\s+2\s+1\s+0\s+-$", out, re.MULTILINE)
-    btc = re.search(r"^binance\s+BTC/USDT\s+yes\s+600\s+600\s+0\s+(\S+)\s+ok\s+(\S+)$", out,
-                    re.MULTILINE)
-    assert btc and re.fullmatch(ISO_RE, btc.group(2))
-    assert re.fullmatch(r"\d+ms|\d+\.\ds", btc.group(1))
+def _newest(location: str, symbol: str) -> dict[str, Any]:
+    with MarketDataClient(location) as md:
+        row: dict[str, Any] = md.latest(symbol, 1).to_pylist()[0]
+        return row
 
-    code, out, _ = run(capsys, "status", "--json", *loc)
+
+def test_status_shows_the_real_servers_figures(capsys: pytest.CaptureFixture[str],
+                                               ingesting: IngestingMarket) -> None:
+    ingesting.reset_once()  # one real reconnect
+    sent = ingesting.freeze()  # the exchange goes quiet: every figure below is final
+    location = ingesting.location
+    with MarketDataClient(location) as md:
+        exchange = md.status()["exchanges"]["binance"]
+
+    code, out, err = run(capsys, "status", "--location", location)
+    assert code == 0 and err == ""
+    assert re.search(rf"^server {re.escape(location)}: up \S+, buffer 5000 ticks per symbol, "
+                     rf"ingestion on, {len(ingesting.events)} events, 0 refused requests$", out,
+                     re.MULTILINE), out
+    last_error = re.escape(exchange["last_error"] or "-")
+    assert re.search(rf"^binance\s+connected\s+websocket\s+ticker\s+1\s+2\s+0\s+{last_error}$",
+                     out, re.MULTILINE), out
+    for symbol, frames in sent.items():
+        newest = format_time(_newest(location, symbol)["timestamp"])
+        row = re.search(rf"^binance\s+{re.escape(symbol)}\s+yes\s+{frames}\s+{frames}\s+0\s+"
+                        rf"(\S+)\s+ok\s+{newest}$", out, re.MULTILINE)
+        assert row, out
+        assert re.fullmatch(r"\d+ms|\d+\.\ds|\dm\d\ds", row.group(1))
+
+    code, out, _ = run(capsys, "status", "--json", "--location", location)
     data = json.loads(out)
-    assert code == 0 and data["exchanges"]["binance"]["state"] == "connected"
-    assert {s["symbol"] for s in data["symbols"]} == {"BTC/USDT", "ETH/USDT", "SOL/USDT"}
+    assert code == 0 and data["exchanges"]["binance"] == exchange
+    assert {s["symbol"]: s["ticks_stored"] for s in data["symbols"]} == sent
+
+
+def test_status_of_a_server_without_ingestion(capsys: pytest.CaptureFixture[str],
+                                              loc: list[str]) -> None:
+    code, out, _ = run(capsys, "status", *loc)
+    assert code == 0
+    assert re.search(r"^server grpc://127\.0\.0\.1:\d+: up \S+, buffer 1000 ticks per symbol, "
+                     r"ingestion off, 3 events, 0 refused requests$", out, re.MULTILINE)
+    assert "RECONNECTS" not in out  # no exchange table without ingestion
+    assert re.search(r"^binance\s+BTC/USDT\s+no\s+600\s+600\s+0\s+\S+\s+ok\s+" + ISO_RE + "$",
+                     out, re.MULTILINE), out
 
 
 def test_bearer_token_from_option_file_or_environment(capsys: pytest.CaptureFixture[str],
@@ -233,7 +283,6 @@ def test_bearer_token_from_option_file_or_environment(capsys: pytest.CaptureFixt
 
 
 def test_tls_options(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
-    trustme = pytest.importorskip("trustme")
     ca = trustme.CA()
     cert = ca.issue_cert("127.0.0.1")
     ca_file = tmp_path / "ca.pem"
@@ -256,26 +305,38 @@ def test_tls_options(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None
 # -- top -------------------------------------------------------------------------------------
 
 
-def test_top_without_a_terminal_prints_frames(capsys: pytest.CaptureFixture[str],
-                                              server: FlightMarketDataServer,
-                                              loc: list[str]) -> None:
-    with Feeder(server.buffer, interval=0.01) as feeder:
-        wait_for(lambda: feeder.sent > 0)
-        code, out, err = run(capsys, "top", "--iterations", "2", "--interval", "0.3", *loc)
+def _frames(out: str) -> list[str]:
+    return [f for f in re.split(r"(?m)^(?=flight-md top )", out) if f]
+
+
+def test_top_without_a_terminal_shows_the_real_servers_figures(
+        capsys: pytest.CaptureFixture[str], ingesting: IngestingMarket) -> None:
+    ingesting.reset_once()  # one real reconnect
+    location = ingesting.location
+    code, out, err = run(capsys, "top", "--iterations", "2", "--interval", "1", "--location",
+                         location)
     assert code == 0 and err == ""
-    frames = [f for f in re.split(r"(?m)^(?=flight-md top )", out) if f]
+    frames = _frames(out)
     assert len(frames) == 2
     assert "\x1b[" not in out  # no escape codes without a terminal
-    assert "binance: connected (websocket, 2 reconnects)" in frames[0]
-    first = re.search(r"^binance\s+BTC/USDT\s+connected\s+-\s", frames[0], re.MULTILINE)
-    assert first, frames[0]
-    row = re.search(r"^binance\s+BTC/USDT\s+connected\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+"
-                    r"([\d.]+)\s+(\S+)\s+2\s+(\d+)\s+0$", frames[1], re.MULTILINE)
-    assert row, frames[1]
-    assert float(row.group(1)) > 10  # ~100 ticks/s from the feeder
-    assert float(row.group(2)) >= 1000  # the feeder's prices
-    eth = re.search(r"^binance\s+ETH/USDT\s+connected\s+0\.0\s+609\s", frames[1], re.MULTILINE)
-    assert eth, frames[1]
+    assert all("binance: connected (websocket, 1 reconnects)" in f for f in frames)
+    assert re.search(r"^binance\s+BTC/USDT\s+connected\s+-\s", frames[0], re.MULTILINE), frames[0]
+    for symbol in ("BTC/USDT", "ETH/USDT"):  # the exchange is sending: both are ticking
+        row = re.search(rf"^binance\s+{re.escape(symbol)}\s+connected\s+([\d.]+)\s+.*\s1\s+"
+                        r"(\d+)\s+0$", frames[1], re.MULTILINE)
+        assert row, frames[1]
+        assert float(row.group(1)) > 0
+
+    sent = ingesting.freeze()  # now the exact figures: nothing moves any more
+    code, out, _ = run(capsys, "top", "--iterations", "2", "--interval", "0.3", "--location",
+                       location)
+    assert code == 0
+    last = _frames(out)[1]
+    for symbol, frames_sent in sent.items():
+        tick = _newest(location, symbol)
+        prices = r"\s+".join(re.escape(format_number(tick[k])) for k in ("price", "bid", "ask"))
+        assert re.search(rf"^binance\s+{re.escape(symbol)}\s+connected\s+0\.0\s+{prices}\s+\S+"
+                         rf"\s+1\s+{frames_sent}\s+0$", last, re.MULTILINE), last
 
 
 def test_top_model_rates_and_errors() -> None:
@@ -302,7 +363,7 @@ def test_top_model_rates_and_errors() -> None:
 
 def _pty_top(location: str) -> tuple[subprocess.Popen[bytes], int]:
     main_fd, child_fd = pty.openpty()
-    env = subprocess_env(COLUMNS="140", LINES="30", TERM="xterm")
+    env = child_env({"COLUMNS": "140", "LINES": "30", "TERM": "xterm"})
     # A new session whose controlling terminal is the pty, so that ^C there sends SIGINT.
     argv = [sys.executable, "-m", "flight_md.terminal", "top", "--interval", "0.2",
             "--location", location]
@@ -353,9 +414,9 @@ def _drain(fd: int, proc: subprocess.Popen[bytes], timeout: float) -> bytes:
 
 
 @pytest.mark.parametrize(("key", "code"), [(b"q", 0), (b"\x03", 130)])
-def test_top_in_a_real_terminal_quits_on_q_and_ctrl_c(server: FlightMarketDataServer,
+def test_top_in_a_real_terminal_quits_on_q_and_ctrl_c(ingesting: IngestingMarket,
                                                       key: bytes, code: int) -> None:
-    proc, fd = _pty_top(f"grpc://127.0.0.1:{server.port}")
+    proc, fd = _pty_top(ingesting.location)
     try:
         screen = _read_until(fd, b"q or Ctrl-C quits", timeout=20)
         assert b"\x1b[?1049h" in screen  # the alternate screen, like top
@@ -412,8 +473,14 @@ def test_tail_json_and_columns(capsys: pytest.CaptureFixture[str],
 def test_tail_ends_quietly_when_the_server_stops(capsys: pytest.CaptureFixture[str],
                                                  server: FlightMarketDataServer,
                                                  loc: list[str]) -> None:
-    threading.Timer(0.3, server.stop).start()
+    def stop_once_tailing() -> None:
+        until(lambda: followers(server.buffer, "ETH/USDT") == 1, 10, "the tail to be open")
+        server.stop()
+
+    stopper = threading.Thread(target=stop_once_tailing)
+    stopper.start()
     code, out, err = run(capsys, "tail", "ETH/USDT", "--backlog", "1", *loc)
+    stopper.join(scaled(10))
     assert code == 0 and len(out.splitlines()) == 1
     assert err == "flight-md: the server ended the live tail (it is shutting down)\n"
 
@@ -422,7 +489,7 @@ def test_tail_ctrl_c_exits_130_without_a_traceback(server: FlightMarketDataServe
     proc = subprocess.Popen(
         [sys.executable, "-m", "flight_md.terminal", "tail", "ETH/USDT", "--backlog", "1",
          "--location", f"grpc://127.0.0.1:{server.port}"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=subprocess_env())
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=child_env())
     try:
         assert proc.stdout is not None
         assert b"ETH/USDT" in proc.stdout.readline()  # running, on a quiet symbol
@@ -441,7 +508,7 @@ def test_a_closed_pipe_is_not_an_error(server: FlightMarketDataServer) -> None:
     proc = subprocess.Popen(
         [sys.executable, "-m", "flight_md.terminal", "get", "BTC/USDT", "--csv", "--location",
          f"grpc://127.0.0.1:{server.port}"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=subprocess_env())
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=child_env())
     assert proc.stdout is not None and proc.stderr is not None
     assert proc.stdout.readline().startswith(b'"symbol"')
     proc.stdout.close()
@@ -455,13 +522,13 @@ def test_the_flight_md_command_has_the_terminal_views(server: FlightMarketDataSe
     base = [sys.executable, "-m", "flight_md"]
     loc = ["--location", f"grpc://127.0.0.1:{server.port}"]
     out = subprocess.run([*base, "get", "BTC/USDT", "-n", "1", *loc], capture_output=True,
-                         text=True, env=subprocess_env(), timeout=scaled(60), check=False)
+                         text=True, env=child_env(), timeout=scaled(60), check=False)
     assert out.returncode == 0, out.stderr
     assert "BTC/USDT" in out.stdout.splitlines()[1]
-    port = free_port()
-    out = subprocess.run([*base, "status", "--location", f"grpc://127.0.0.1:{port}"],
-                         capture_output=True, text=True, env=subprocess_env(),
-                         timeout=scaled(60), check=False)
+    with refused_port() as port:
+        out = subprocess.run([*base, "status", "--location", f"grpc://127.0.0.1:{port}"],
+                             capture_output=True, text=True, env=child_env(),
+                             timeout=scaled(60), check=False)
     assert out.returncode == 1 and out.stdout == ""
     assert out.stderr == (f"flight-md: cannot reach grpc://127.0.0.1:{port} (connection "
                           "refused); is `flight-md serve` running?\n")

@@ -1,54 +1,48 @@
-"""Shared helpers for the client, example and notebook tests: real servers, synthetic ticks.
+"""Shared helpers for the client, terminal, example and notebook tests: real servers.
 
-Every test talks to a real :class:`~flight_md.service.FlightMarketDataServer` on
-``127.0.0.1:0`` through real gRPC. Waits are multiplied by :data:`SCALE`
-(``FLIGHT_MD_TIME_SCALE``, as in tests/conftest.py) so a slow machine can stretch them.
+Two kinds of real server:
+
+* :func:`market`: a :class:`~flight_md.service.FlightMarketDataServer` on ``127.0.0.1:0``
+  over a synthetic market (known prices and timestamps) and no ingestion, for what the client
+  does with what a server serves (reads, tails, errors, formatting);
+* :class:`IngestingMarket`: the same server assembled by :class:`~flight_md.app.MarketDataApp`
+  exactly as ``flight-md serve`` does, with real ccxt streaming from the exchange emulator
+  (:class:`~flight_md.emulator.EmulatorThread`), for every behaviour that needs ingestion
+  (``status`` of exchanges and symbols, reconnects, subscribe and unsubscribe).
+
+Every wait is a condition wait from :mod:`tests.support` (``MS`` stretches them all).
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
 import socket
-import subprocess
-import sys
 import threading
-import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Self
+from typing import Any, Final, Self
 
+from flight_md.app import MarketDataApp
 from flight_md.buffer import MarketDataBuffer
-from flight_md.control import ExchangeStatus, IngestionStatus, SymbolStatus
-from flight_md.errors import UnknownExchange
+from flight_md.config import DEMO_SYMBOLS, ServerConfig, StreamConfig
+from flight_md.emulator import EmulatorThread, Fault
+from flight_md.errors import NotFound
 from flight_md.events import EventKind, EventLog
 from flight_md.schema import MarketTick, now_ms
 from flight_md.service import FlightMarketDataServer
+from tests.support import MS, ServerProcess, until
 
 ROOT = Path(__file__).resolve().parents[2]
 CLIENT_DIR = ROOT / "clients" / "python"
 EXAMPLES = ROOT / "clients" / "examples"
-SCALE = float(os.environ.get("FLIGHT_MD_TIME_SCALE", "1"))
 STEP_MS = 1000
 ROWS = 600
 """Ticks per synthetic symbol: ten minutes, one a second, ending about now."""
 
 
 def scaled(seconds: float) -> float:
-    return seconds * SCALE
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float = 5.0, interval: float = 0.02) -> Any:
-    """Poll ``predicate`` until it is truthy; return it, or fail after ``timeout`` (scaled)."""
-    deadline = time.monotonic() + scaled(timeout)
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {scaled(timeout):.1f} s waiting for "
-                                 f"{getattr(predicate, '__name__', predicate)}")
-        time.sleep(interval)
+    """A timeout handed to an API (not a wait of ours), stretched by ``MS``."""
+    return seconds * MS
 
 
 def base_ms() -> int:
@@ -74,51 +68,6 @@ def fill(buffer: MarketDataBuffer, start_ms: int, rows: int = ROWS) -> None:
         buffer.append(tick("SOL/USDT", ts, 60.0 + i, exchange="bybit"))
 
 
-class StaticControl:
-    """A real :class:`~flight_md.control.IngestionControl` without exchanges: it keeps the
-    subscription list, reports a fixed connection state, and records what it was asked."""
-
-    def __init__(self, buffer: MarketDataBuffer, exchanges: Sequence[str] = ("binance",),
-                 reconnects: int = 2) -> None:
-        self.buffer = buffer
-        self.subscribed: dict[str, list[str]] = {e: [] for e in exchanges}
-        self.reconnects = reconnects
-        self.calls: list[tuple[str, str | None, tuple[str, ...]]] = []
-
-    def _exchange(self, exchange: str | None) -> str:
-        if exchange is None:
-            return next(iter(self.subscribed))
-        if exchange not in self.subscribed:
-            raise UnknownExchange(f"unknown exchange {exchange!r}")
-        return exchange
-
-    def subscribe(self, exchange: str | None, symbols: Sequence[str]) -> dict[str, Any]:
-        self.calls.append(("subscribe", exchange, tuple(symbols)))
-        name = self._exchange(exchange)
-        for symbol in symbols:
-            if symbol not in self.subscribed[name]:
-                self.subscribed[name].append(symbol)
-        return {"exchange": name, "subscribed": list(symbols)}
-
-    def unsubscribe(self, exchange: str | None, symbols: Sequence[str]) -> dict[str, Any]:
-        self.calls.append(("unsubscribe", exchange, tuple(symbols)))
-        name = self._exchange(exchange)
-        self.subscribed[name] = [s for s in self.subscribed[name] if s not in symbols]
-        return {"exchange": name, "unsubscribed": list(symbols)}
-
-    def status(self) -> IngestionStatus:
-        exchanges = tuple(ExchangeStatus(name, "connected", "websocket", "ticker",
-                                         self.reconnects, tuple(symbols))
-                          for name, symbols in self.subscribed.items())
-        symbols = []
-        for stats in self.buffer.stats():
-            if stats.exchange in self.subscribed:
-                symbols.append(SymbolStatus(
-                    stats.exchange, stats.symbol, stats.symbol in self.subscribed[stats.exchange],
-                    stats.appended, 0, False, stats.last_receive_timestamp))
-        return IngestionStatus(exchanges, tuple(symbols))
-
-
 @contextlib.contextmanager
 def running_server(buffer: MarketDataBuffer | None = None, *, location: str =
                    "grpc://127.0.0.1:0", **kwargs: Any) -> Iterator[FlightMarketDataServer]:
@@ -130,9 +79,14 @@ def running_server(buffer: MarketDataBuffer | None = None, *, location: str =
         server.stop(grace=1.0)
 
 
-def market(capacity: int = 1000, control: bool = True, **kwargs: Any
+def market(capacity: int = 1000, **kwargs: Any
            ) -> contextlib.AbstractContextManager[FlightMarketDataServer]:
-    """A server over the synthetic market, with an event log and (optionally) a control."""
+    """A server over the synthetic market and its event log, without ingestion.
+
+    For what the client does with data a real server serves (reads, tails, formatting).
+    Behaviour that needs ingestion (``status`` of exchanges, subscribe, reconnects) is tested
+    against :func:`ingesting_market`, real ccxt fed by the exchange emulator.
+    """
     buffer = MarketDataBuffer(capacity)
     events = EventLog()
     start = base_ms()
@@ -142,12 +96,8 @@ def market(capacity: int = 1000, control: bool = True, **kwargs: Any
                   timestamp=start + 1)
     events.record("bybit", EventKind.RECONNECT, ("SOL/USDT",), "reset by peer",
                   timestamp=start + 2)
-    ctl = StaticControl(buffer, ("binance", "bybit")) if control else None
-    if ctl is not None:
-        ctl.subscribed["binance"] = ["BTC/USDT", "ETH/USDT", "SOL/USDT"]
-        ctl.subscribed["bybit"] = ["SOL/USDT"]
-    server_cm = running_server(buffer, events=events, control=ctl, **kwargs)
-    return _with_attrs(server_cm, start=start, control_obj=ctl)
+    server_cm = running_server(buffer, events=events, **kwargs)
+    return _with_attrs(server_cm, start=start)
 
 
 @contextlib.contextmanager
@@ -178,96 +128,171 @@ class Feeder:
                                     exchange=self.exchange))
             self.sent += 1
 
-    def __enter__(self) -> Self:
-        self._thread.start()
+    def start(self) -> Self:
+        """Start feeding (idempotent)."""
+        if not self._thread.is_alive() and not self._stop.is_set():
+            self._thread.start()
         return self
 
-    def __exit__(self, *exc_info: object) -> None:
+    def stop(self) -> None:
         self._stop.set()
-        self._thread.join(5)
+        if self._thread.is_alive():
+            self._thread.join(5 * MS)
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
-def subprocess_env(**extra: str) -> dict[str, str]:
-    """The environment for child processes: flight_md and flight_md_client importable."""
-    env = dict(os.environ)
-    paths = [str(ROOT), str(CLIENT_DIR)]
-    if env.get("PYTHONPATH"):
-        paths.append(env["PYTHONPATH"])
-    env["PYTHONPATH"] = os.pathsep.join(paths)
-    env.pop("FLIGHT_MD_TOKEN", None)
-    env.update(extra)
-    return env
+def followers(buffer: MarketDataBuffer, symbol: str, exchange: str = "binance") -> int:
+    """Live tails the server holds open on (exchange, symbol)."""
+    return next((s.followers for s in buffer.stats(exchange) if s.symbol == symbol), 0)
 
 
 def tail_threads() -> list[threading.Thread]:
     return [t for t in threading.enumerate() if t.name.startswith("flight-md-tail")]
 
 
-# The demo server, as a user starts it.
-_MISSING = ("No module named", "ModuleNotFoundError", "invalid choice", "unrecognized arguments")
+@contextlib.contextmanager
+def refused_port() -> Iterator[int]:
+    """A loopback port that refuses connections for as long as the block runs.
+
+    The socket is bound (so no other process can take the port) but never listens, so a
+    connection attempt gets a TCP reset: "connection refused", with no race for the port.
+    """
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        yield int(sock.getsockname()[1])
 
 
-class DemoUnavailable(Exception):
-    """``flight-md serve --demo`` does not exist (yet) in this tree."""
+# -- real ingestion: the emulator, real ccxt, the server as `flight-md serve` assembles it --
+
+WIRE_CHANNEL: Final = "ticker"
+"""The emulator's name for the binance channel the ``ticker`` stream subscribes."""
+LISTED: Final = ("BTC/USDT", "ETH/USDT", "SOL/USDT", "XRP/USDT")
+"""Markets the emulator lists."""
+STREAMED: Final = ("BTC/USDT", "ETH/USDT")
+"""Symbols the server streams from the start."""
+
+
+class IngestingMarket:
+    """An emulated binance (on its own thread) and a :class:`MarketDataApp` streaming from it.
+
+    Fresh for each test: nothing (faults, subscriptions, counters) leaks between scenarios.
+
+    Args:
+        symbols: Symbols the server streams from the start.
+        rate: Emulator updates per second, spread over the subscribed streams.
+        **server: Further :class:`ServerConfig` fields (tokens, buffer size, ...).
+    """
+
+    def __init__(self, symbols: tuple[str, ...] = STREAMED, rate: float = 60.0,
+                 buffer_size: int = 5000, **server: Any) -> None:
+        self.symbols = symbols
+        self.emulator = EmulatorThread(exchange="binance", symbols=LISTED, rate=rate, seed=3)
+        self._buffer_size = buffer_size
+        self._server = server
+        self.app: MarketDataApp | None = None
+
+    def start(self) -> Self:
+        url = self.emulator.start()
+        stream = StreamConfig("binance", self.symbols, channel="ticker", mode="websocket",
+                              url=url, reconnect_delay=0.05, max_reconnect_delay=0.4,
+                              heartbeat_interval=60.0 * MS)
+        try:
+            self.app = MarketDataApp(ServerConfig(port=0, buffer_size=self._buffer_size,
+                                                  streams=(stream,), **self._server)).start()
+            until(lambda: all(self.stored(s) >= 3 for s in self.symbols), 30,
+                  f"ticks of {', '.join(self.symbols)} to be stored")
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def stop(self) -> None:
+        if self.app is not None:
+            self.app.stop(1.0)
+            self.app = None
+        self.emulator.stop()
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    @property
+    def location(self) -> str:
+        assert self.app is not None
+        return self.app.location
+
+    @property
+    def buffer(self) -> MarketDataBuffer:
+        assert self.app is not None
+        return self.app.buffer
+
+    @property
+    def events(self) -> EventLog:
+        assert self.app is not None
+        return self.app.events
+
+    def stored(self, symbol: str) -> int:
+        """Ticks the server holds for ``symbol``."""
+        try:
+            return self.buffer.count(symbol, "binance")
+        except NotFound:
+            return 0
+
+    def sent(self, symbol: str) -> int:
+        """Intact frames the emulator wrote for ``symbol``, over every connection."""
+        return self.emulator.sent(WIRE_CHANNEL, symbol)
+
+    def kinds(self) -> list[str]:
+        """The kinds of the events logged for binance, in order."""
+        return [e.kind.value for e in self.events.events("binance")]
+
+    def freeze(self) -> dict[str, int]:
+        """Stall the exchange and wait until every frame it wrote is stored.
+
+        Returns:
+            Frames written per subscribed symbol: from now on the exact figures of the server.
+        """
+        self.emulator.inject(Fault.STALL)
+        sent = {s: self.sent(s) for s in self.symbols}
+        until(lambda: {s: self.stored(s) for s in self.symbols} == sent, 30,
+              f"the {sum(sent.values())} frames written to be stored")
+        return sent
+
+    def reset_once(self) -> None:
+        """Reset every exchange connection and wait until the stream has reconnected and
+        ticks flow again."""
+        assert self.kinds().count("reconnect") == 0
+        before = {s: self.stored(s) for s in self.symbols}
+        assert self.emulator.inject(Fault.RESET) >= 1
+        until(lambda: "reconnect" in self.kinds(), 30, "the stream to reconnect")
+        until(lambda: all(self.stored(s) > before[s] for s in self.symbols), 30,
+              "ticks after the reconnect")
+
+
+# -- the demo server, as a user starts it ----------------------------------------------------
 
 
 @contextlib.contextmanager
-def demo_server(timeout: float = 60.0) -> Iterator[str]:
-    """Run ``python -m flight_md serve --demo`` on a free port; yield its location.
+def demo_server() -> Iterator[str]:
+    """``flight-md serve --demo --port 0`` in a child process; yield its location once every
+    demo symbol has at least 10 ticks stored.
 
-    Raises:
-        DemoUnavailable: The command is not there yet (the caller skips).
+    A demo that cannot start (a broken install, a missing module) fails the test: nothing here
+    turns it into a skip.
     """
-    import importlib.util
+    from flight_md_client import MarketDataClient
 
-    if importlib.util.find_spec("flight_md.ingest.manager") is None:
-        raise DemoUnavailable("`flight-md serve --demo` is not available yet: "
-                              "flight_md.ingest.manager does not exist")
-    port = free_port()
-    location = f"grpc://127.0.0.1:{port}"
-    log = subprocess.Popen(
-        [sys.executable, "-m", "flight_md", "serve", "--demo", "--port", str(port),
-         "--log-level", "WARNING"],
-        cwd=ROOT, env=subprocess_env(), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE, text=True)
-    try:
-        from flight_md_client import ConnectionFailed, MarketDataClient
-
-        deadline = time.monotonic() + scaled(timeout)
-        with MarketDataClient(location, timeout=2.0) as md:
-            while True:
-                if log.poll() is not None:
-                    err = log.stderr.read() if log.stderr else ""
-                    last = (err.strip().splitlines() or ["(no output)"])[-1]
-                    if any(marker in err for marker in _MISSING):
-                        raise DemoUnavailable(f"`flight-md serve --demo` is not available yet: "
-                                              f"{last}")
-                    raise AssertionError(f"flight-md serve --demo exited with {log.returncode}:"
-                                         f"\n{err}")
-                try:
-                    if any(s.records > 0 for s in md.symbols()):
-                        break
-                except ConnectionFailed:
-                    pass
-                if time.monotonic() > deadline:
-                    raise AssertionError("flight-md serve --demo did not serve ticks within "
-                                         f"{scaled(timeout):.0f} s")
-                time.sleep(0.1)
-        yield location
-    finally:
-        if log.poll() is None:
-            log.send_signal(2)  # SIGINT: the server's own clean shutdown
-            try:
-                log.wait(scaled(10))
-            except subprocess.TimeoutExpired:
-                log.kill()
-                log.wait(5)
-        for stream in (log.stdout, log.stderr):
-            if stream is not None:
-                stream.close()
+    with ServerProcess("--demo", "--log-level", "WARNING") as server, \
+            MarketDataClient(server.location, timeout=10.0 * MS) as md:
+        until(lambda: {s.symbol for s in md.symbols() if s.records >= 10} == set(DEMO_SYMBOLS),
+              60, "every demo symbol to have 10 ticks")
+        yield server.location

@@ -2,6 +2,11 @@
 
 The client is importable without installing it: ``clients/python`` goes on ``sys.path`` here
 (CI also installs it with ``pip install ./clients/python``).
+
+``server`` is the synthetic market without ingestion; ``ingesting`` is a server with real
+ccxt ingestion from the exchange emulator; ``demo_location`` is ``flight-md serve --demo``
+as a user starts it. Each is fresh per test, and a server that fails to start fails the test:
+none of them skips.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ _CLIENT = str(Path(__file__).resolve().parents[2] / "clients" / "python")
 if _CLIENT not in sys.path:
     sys.path.insert(0, _CLIENT)
 
-from client_support import DemoUnavailable, demo_server, market
+from client_support import IngestingMarket, demo_server, market
 from flight_md_client import MarketDataClient
 
 from flight_md.service import FlightMarketDataServer
@@ -40,11 +45,15 @@ def md(location: str) -> Iterator[MarketDataClient]:
         yield client
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture
+def ingesting() -> Iterator[IngestingMarket]:
+    """A server streaming BTC/USDT and ETH/USDT from an emulated binance through real ccxt."""
+    with IngestingMarket() as rig:
+        yield rig
+
+
+@pytest.fixture
 def demo_location() -> Iterator[str]:
-    """``flight-md serve --demo`` in a subprocess, shared by the tests that need it."""
-    try:
-        with demo_server() as location:
-            yield location
-    except DemoUnavailable as exc:
-        pytest.skip(str(exc))
+    """``flight-md serve --demo`` in a child process, one per test."""
+    with demo_server() as location:
+        yield location

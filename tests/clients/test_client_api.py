@@ -10,7 +10,8 @@ from datetime import UTC, date, datetime, timedelta, timezone
 import numpy as np
 import pyarrow as pa
 import pytest
-from client_support import ROWS, STEP_MS, free_port, market, running_server
+import trustme
+from client_support import ROWS, STEP_MS, IngestingMarket, refused_port, running_server
 from flight_md_client import (
     ConnectionFailed,
     FlightMdClientError,
@@ -32,10 +33,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pyarrow import flight
 
-from flight_md.auth import MIDDLEWARE_KEY, TokenAuth
 from flight_md.buffer import MarketDataBuffer
 from flight_md.config import Secret
-from flight_md.schema import EVENT_SCHEMA, SCHEMA
+from flight_md.schema import EVENT_SCHEMA, SCHEMA, now_ms
 from flight_md.service import FlightMarketDataServer
 from flight_md.tickets import parse_ticket, parse_time
 
@@ -119,9 +119,12 @@ def test_range_bounds_are_inclusive_exclusive_and_optional(md: MarketDataClient,
 
 
 def test_range_with_timedelta_means_before_now(md: MarketDataClient) -> None:
-    # ticks are one a second ending about now: the last 30 s hold about 30 of them
+    stamps = md.range("ETH/USDT", columns=["timestamp"]).column("timestamp").to_pylist()
+    before = now_ms()
     rows = md.range("ETH/USDT", start=timedelta(seconds=30)).num_rows
-    assert 25 <= rows <= 31
+    after = now_ms()
+    # "30 s before now", now being some instant of the call: exactly the ticks from there on
+    assert rows in {sum(t >= now - 30_000 for t in stamps) for now in range(before, after + 1)}
     assert md.range("ETH/USDT", start=timedelta(hours=1)).num_rows == ROWS
     assert md.range("ETH/USDT", start=date(2000, 1, 1)).num_rows == ROWS
 
@@ -176,28 +179,19 @@ def test_ticket_formatting_percent_encodes_like_the_server() -> None:
 # -- actions ---------------------------------------------------------------------------------
 
 
-def test_status_reports_exchanges_and_symbols(md: MarketDataClient) -> None:
+# Actions against real ingestion (status, subscribe, reconnects): test_client_ingestion.py.
+
+
+def test_status_without_ingestion_has_no_exchanges(md: MarketDataClient) -> None:
     status = md.status()
-    assert status["exchanges"]["binance"]["state"] == "connected"
-    assert status["exchanges"]["bybit"]["reconnects"] == 2
+    assert status["server"]["ingestion"] is False and status["exchanges"] == {}
     btc = next(s for s in status["symbols"] if s["symbol"] == "BTC/USDT")
-    assert btc["ticks_stored"] == ROWS and btc["subscribed"] is True
-    assert status["server"]["ingestion"] is True
+    assert (btc["ticks_stored"], btc["subscribed"]) == (ROWS, False)
 
 
-def test_subscribe_unsubscribe_and_clear(md: MarketDataClient,
-                                         server: FlightMarketDataServer) -> None:
-    control = server.test_control_obj  # type: ignore[attr-defined]
-    assert md.subscribe("XRP/USDT") == {"exchange": "binance", "subscribed": ["XRP/USDT"]}
-    assert md.subscribe(["ADA/USDT", "DOT/USDT"], exchange="bybit") == {
-        "exchange": "bybit", "subscribed": ["ADA/USDT", "DOT/USDT"]}
-    assert md.unsubscribe(("XRP/USDT",)) == {"exchange": "binance",
-                                             "unsubscribed": ["XRP/USDT"]}
-    assert control.calls == [("subscribe", None, ("XRP/USDT",)),
-                             ("subscribe", "bybit", ("ADA/USDT", "DOT/USDT")),
-                             ("unsubscribe", None, ("XRP/USDT",))]
+def test_clear_drops_stored_ticks(md: MarketDataClient) -> None:
     with pytest.raises(InvalidRequest, match="invalid symbol 'not a symbol' in subscribe"):
-        md.subscribe(["not a symbol"])
+        md.subscribe(["not a symbol"])  # refused before it reaches ingestion
 
     assert md.clear("ETH/USDT") == ROWS
     assert md.latest("ETH/USDT").num_rows == 0
@@ -206,12 +200,10 @@ def test_subscribe_unsubscribe_and_clear(md: MarketDataClient,
     assert md.events(latest=1).column("kind").to_pylist() == ["clear"]
 
 
-def test_subscribe_without_ingestion_is_unavailable() -> None:
-    with market(control=False) as server, \
-            MarketDataClient(f"grpc://127.0.0.1:{server.port}") as md:
-        with pytest.raises(Unavailable, match="^subscribe needs ingestion") as err:
-            md.subscribe("BTC/USDT")
-        assert not isinstance(err.value, ConnectionFailed)
+def test_subscribe_without_ingestion_is_unavailable(md: MarketDataClient) -> None:
+    with pytest.raises(Unavailable, match="^subscribe needs ingestion") as err:
+        md.subscribe("BTC/USDT")
+    assert not isinstance(err.value, ConnectionFailed)
 
 
 def test_actions_and_unknown_action(md: MarketDataClient) -> None:
@@ -234,8 +226,8 @@ def test_not_found_carries_the_clean_server_message(md: MarketDataClient) -> Non
 
 
 def test_unreachable_server_is_connection_failed() -> None:
-    port = free_port()
-    with MarketDataClient(f"127.0.0.1:{port}") as md:  # bare host:port means grpc://
+    with refused_port() as port, MarketDataClient(f"127.0.0.1:{port}") as md:
+        # bare host:port means grpc://
         assert md.location == f"grpc://127.0.0.1:{port}"
         with pytest.raises(ConnectionFailed) as err:
             md.latest("BTC/USDT")
@@ -246,11 +238,9 @@ def test_unreachable_server_is_connection_failed() -> None:
 
 def test_wait_ready(md: MarketDataClient) -> None:
     assert md.wait_ready(timeout=5) is md
-    with MarketDataClient(f"grpc://127.0.0.1:{free_port()}") as down:
-        started = time.monotonic()
-        with pytest.raises(ConnectionFailed):
-            down.wait_ready(timeout=0.3)
-        assert time.monotonic() - started < 5
+    with refused_port() as port, MarketDataClient(f"grpc://127.0.0.1:{port}") as down, \
+            pytest.raises(ConnectionFailed, match=r"\(connection refused\)"):
+        down.wait_ready(timeout=0.3)
 
 
 class _SlowServer(flight.FlightServerBase):  # type: ignore[misc]
@@ -282,9 +272,10 @@ def test_clean_message_strips_pyarrow_tails() -> None:
 
 @pytest.fixture
 def secured() -> Iterator[str]:
-    auth = TokenAuth([Secret("full-token")], [Secret("read-token")])
-    with market(middleware={MIDDLEWARE_KEY: auth}, authorize=auth.authorize) as server:
-        yield f"grpc://127.0.0.1:{server.port}"
+    """A server with real ingestion and two tokens: one full, one read-only."""
+    with IngestingMarket(auth_tokens=(Secret("full-token"),),
+                         read_only_tokens=(Secret("read-token"),)) as rig:
+        yield rig.location
 
 
 def test_bearer_token_on_every_call(secured: str) -> None:
@@ -301,7 +292,7 @@ def test_bearer_token_on_every_call(secured: str) -> None:
         assert md.symbols() and md.status() and md.actions()
         assert md.subscribe("XRP/USDT")["subscribed"] == ["XRP/USDT"]
         with md.tail("BTC/USDT", backlog=2) as live:
-            assert next(live).num_rows == 2
+            assert live.read_all(max_rows=2).num_rows == 2
     with MarketDataClient(secured, token=" read-token\n") as reader:
         assert reader.latest("BTC/USDT", 1).num_rows == 1
         with pytest.raises(PermissionDenied, match="^this token is read-only") as err:
@@ -310,7 +301,6 @@ def test_bearer_token_on_every_call(secured: str) -> None:
 
 
 def test_tls_and_mutual_tls(tmp_path: pytest.TempPathFactory) -> None:
-    trustme = pytest.importorskip("trustme")
     ca = trustme.CA()
     server_cert = ca.issue_cert("127.0.0.1", "localhost")
     client_cert = ca.issue_cert("analyst@example.com")

@@ -11,9 +11,10 @@ from types import ModuleType
 
 import pyarrow as pa
 import pytest
-from client_support import EXAMPLES, Feeder, scaled, subprocess_env
+from client_support import EXAMPLES, Feeder, IngestingMarket, scaled
 
 from flight_md.service import FlightMarketDataServer
+from tests.support import child_env
 
 
 @pytest.fixture
@@ -25,7 +26,7 @@ def live(server: FlightMarketDataServer) -> Iterator[str]:
 
 def _run(script: str, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, str(EXAMPLES / script), *args], capture_output=True,
-                          text=True, env=subprocess_env(), timeout=scaled(60), check=False)
+                          text=True, env=child_env(), timeout=scaled(60), check=False)
 
 
 def test_raw_flight_imports_nothing_but_pyarrow() -> None:
@@ -38,14 +39,15 @@ def test_raw_flight_imports_nothing_but_pyarrow() -> None:
                        "datetime", "urllib"} == {"pyarrow"}
 
 
-def test_raw_flight_walks_the_whole_protocol(live: str) -> None:
-    out = _run("raw_flight.py", "--location", live, "--tail-seconds", "0.5")
+def test_raw_flight_walks_the_whole_protocol(ingesting: IngestingMarket) -> None:
+    ingesting.reset_once()  # so that the event log holds a real reconnect
+    out = _run("raw_flight.py", "--location", ingesting.location, "--tail-seconds", "0.5")
     assert out.returncode == 0, out.stderr
     text = out.stdout
     for expected in ("['binance', 'BTC/USDT']  records=", "subscribe: Start streaming",
                      "DoGet 'BTC/USDT?latest=5&columns=timestamp,price,bid,ask'",
                      "%2B00:00&end=", "DoGet '*?columns=exchange,symbol,timestamp,price'",
-                     "'kind': 'reconnect'", '"state": "connected"',
+                     "'kind': 'reconnect'", '"state": "connected"', '"reconnects": 1',
                      "{'exchange': 'binance', 'subscribed': ['BTC/USDT']}",
                      "ArrowInvalid: invalid latest 'ten'; expected a non-negative integer",
                      "ArrowKeyError: unknown symbol 'NOPE/USDT'"):
@@ -53,6 +55,13 @@ def test_raw_flight_walks_the_whole_protocol(live: str) -> None:
     live_ticks = int(text.rsplit("== a live tail", 1)[1].split(" live ticks in")[0].split()[-1])
     assert live_ticks > 0
     assert "Traceback" not in out.stderr
+
+
+def test_raw_flight_on_a_server_without_ingestion(live: str) -> None:
+    out = _run("raw_flight.py", "--location", live, "--tail-seconds", "0.5")
+    assert out.returncode == 0, out.stderr
+    assert "UNAVAILABLE: subscribe needs ingestion" in out.stdout
+    assert '"exchanges": {}' in out.stdout and "'kind': 'reconnect'" in out.stdout
 
 
 def _load(name: str) -> ModuleType:

@@ -1,6 +1,6 @@
 """clients/examples/quickstart.ipynb runs top to bottom in a real kernel against a real server.
 
-Twice: against the synthetic market in this process (always available, deterministic), and
+Twice: against the synthetic market in this process (deterministic), and
 against ``flight-md serve --demo`` (ccxt fed by the exchange emulator), as a user runs it.
 """
 
@@ -9,15 +9,14 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 
+import ipykernel  # noqa: F401 - the kernel the notebook runs in (the test extra installs it)
+import matplotlib  # noqa: F401 - the notebook plots
+import nbclient
+import nbformat
 import pytest
 from client_support import CLIENT_DIR, EXAMPLES, ROOT, Feeder, scaled
 
 from flight_md.service import FlightMarketDataServer
-
-nbformat = pytest.importorskip("nbformat")
-nbclient = pytest.importorskip("nbclient")
-pytest.importorskip("ipykernel")
-pytest.importorskip("matplotlib")
 
 
 def _execute(location: str, monkeypatch: pytest.MonkeyPatch) -> object:
