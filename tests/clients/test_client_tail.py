@@ -4,27 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import os
+import re
 import signal
-import subprocess
-import sys
 import threading
-import time
 from datetime import timedelta
 
 import pyarrow as pa
 import pytest
-from client_support import (
-    ROWS,
-    Feeder,
-    free_port,
-    market,
-    scaled,
-    subprocess_env,
-    tail_threads,
-    tick,
-    wait_for,
-)
+from client_support import ROWS, Feeder, followers, market, scaled, tail_threads, tick
 from flight_md_client import (
     ConnectionFailed,
     InvalidRequest,
@@ -37,13 +24,16 @@ from flight_md_client import (
 
 from flight_md.schema import now_ms
 from flight_md.service import FlightMarketDataServer
+from tests.support import ChildProcess, until
 
 
 def _followers(server: FlightMarketDataServer, symbol: str = "BTC/USDT") -> int:
     """Live tails the server holds open for ``symbol`` on binance."""
-    ring = server.buffer._rings[("binance", symbol)]
-    with ring.lock:
-        return len(ring.followers)
+    return followers(server.buffer, symbol)
+
+
+def _wait_for(predicate: object, what: str = "the condition", timeout: float = 5.0) -> None:
+    until(predicate, timeout, what)  # type: ignore[arg-type]
 
 
 def _prices(batches: list[pa.RecordBatch]) -> list[float]:
@@ -52,19 +42,21 @@ def _prices(batches: list[pa.RecordBatch]) -> list[float]:
 
 def test_backlog_then_live_ticks_in_order(md: MarketDataClient,
                                           server: FlightMarketDataServer) -> None:
-    with Feeder(server.buffer) as feeder, md.tail("BTC/USDT", backlog=3) as live:
+    with md.tail("BTC/USDT", backlog=3) as live:
         assert live.schema.names[:3] == ["symbol", "timestamp", "price"]
-        batches = []
-        for batch in live:
-            batches.append(batch)
-            if sum(b.num_rows for b in batches) >= 3 + 10:
-                break
+        _wait_for(lambda: _followers(server) == 1, "the tail to be open")
+        with Feeder(server.buffer) as feeder:  # started after the backlog was taken
+            batches = []
+            for batch in live:
+                batches.append(batch)
+                if sum(b.num_rows for b in batches) >= 3 + 10:
+                    break
         prices = _prices(batches)
         assert prices[:3] == [100.0 + ROWS - 3, 100.0 + ROWS - 2, 100.0 + ROWS - 1]
         assert prices[3:] == [1000.0 + i for i in range(len(prices) - 3)]  # no gap, in order
         assert live.rows == len(prices) and feeder.sent >= 10
     assert live.end_reason is TailEnd.CLOSED
-    wait_for(lambda: _followers(server) == 0)
+    _wait_for(lambda: _followers(server) == 0, "the server to drop the tail")
 
 
 def test_projection_start_and_read_all(md: MarketDataClient,
@@ -92,13 +84,17 @@ def test_tail_errors_are_raised_before_iterating(md: MarketDataClient) -> None:
 def test_close_from_another_thread_stops_a_quiet_tail(md: MarketDataClient,
                                                       server: FlightMarketDataServer) -> None:
     live = md.tail("ETH/USDT")  # nothing arrives on this symbol
-    threading.Timer(0.2, live.close).start()
-    started = time.monotonic()
-    assert list(live) == []
-    assert time.monotonic() - started < scaled(3)
+    got: list[list[pa.RecordBatch]] = []
+    consumer = threading.Thread(target=lambda: got.append(list(live)))
+    consumer.start()
+    _wait_for(lambda: _followers(server, "ETH/USDT") == 1, "the tail to be open")
+    assert consumer.is_alive()  # waiting on a quiet symbol
+    live.close()
+    consumer.join(scaled(10))
+    assert not consumer.is_alive() and got == [[]]
     assert live.end_reason is TailEnd.CLOSED and live.closed
-    wait_for(lambda: not tail_threads())
-    wait_for(lambda: _followers(server, "ETH/USDT") == 0)
+    _wait_for(lambda: not tail_threads(), "the reader thread to end")
+    _wait_for(lambda: _followers(server, "ETH/USDT") == 0, "the server to drop the tail")
     live.close()  # idempotent
 
 
@@ -108,30 +104,69 @@ def test_closing_the_client_closes_its_tails(location: str) -> None:
     md.close()
     assert all(t.end_reason is TailEnd.CLOSED for t in tails)
     assert [list(t) for t in tails] == [[], []]
-    wait_for(lambda: not tail_threads())
+    _wait_for(lambda: not tail_threads(), "the reader threads to end")
 
 
-def test_ctrl_c_closes_the_stream_and_reraises(md: MarketDataClient,
-                                               server: FlightMarketDataServer) -> None:
-    live = md.tail("BTC/USDT")
-    timer = threading.Timer(0.2, os.kill, (os.getpid(), signal.SIGINT))
-    timer.start()
-    with pytest.raises(KeyboardInterrupt):
-        for _ in live:
-            pass
-    timer.join()
-    assert live.end_reason is TailEnd.INTERRUPTED
-    wait_for(lambda: _followers(server) == 0)
-    wait_for(lambda: not tail_threads())
+_CTRL_C = """
+import sys, threading, time
+from flight_md_client import MarketDataClient
+import flight_md_client.tail as tail_module
+
+md = MarketDataClient(sys.argv[1])
+live = md.tail("ETH/USDT")  # a quiet symbol: the loop below waits inside LiveTail.__next__
+main = threading.main_thread().ident
+
+def inside_next():
+    frame = sys._current_frames().get(main)
+    while frame is not None:
+        if frame.f_code is tail_module.LiveTail.__next__.__code__:
+            return True
+        frame = frame.f_back
+    return False
+
+def announce():
+    while not inside_next():
+        time.sleep(0.005)
+    print("waiting", flush=True)
+
+threading.Thread(target=announce, daemon=True).start()
+try:
+    for _ in live:
+        pass
+    print("iteration ended without KeyboardInterrupt", flush=True)
+except KeyboardInterrupt:
+    print("KeyboardInterrupt", live.end_reason.value, flush=True)
+while any(t.name.startswith("flight-md-tail") for t in threading.enumerate()):
+    time.sleep(0.01)
+print("reader thread ended", flush=True)
+"""
+
+
+def test_ctrl_c_closes_the_stream_and_reraises(server: FlightMarketDataServer) -> None:
+    # Ctrl-C goes to a child process that tails, never to the test runner.
+    child = ChildProcess(["-c", _CTRL_C, f"grpc://127.0.0.1:{server.port}"],
+                         ready=re.compile(r"^waiting$"))
+    with child:
+        assert _followers(server, "ETH/USDT") == 1
+        child.signal(signal.SIGINT)
+        assert child.wait(scaled(20)) == 0, child.output
+    assert child.stdout == ["waiting\n", "KeyboardInterrupt interrupted\n",
+                            "reader thread ended\n"], child.output
+    _wait_for(lambda: _followers(server, "ETH/USDT") == 0, "the server to drop the tail")
 
 
 def test_server_shutdown_ends_iteration_cleanly(location: str,
                                                 server: FlightMarketDataServer) -> None:
     with MarketDataClient(location) as md, md.tail("BTC/USDT", backlog=2) as live:
-        threading.Timer(0.2, server.stop).start()
-        batches = list(live)  # no exception
-        assert _prices(batches) == [100.0 + ROWS - 2, 100.0 + ROWS - 1]
+        backlog = [next(live)]
+        while sum(b.num_rows for b in backlog) < 2:
+            backlog.append(next(live))
+        assert _prices(backlog) == [100.0 + ROWS - 2, 100.0 + ROWS - 1]
+        stopper = threading.Thread(target=server.stop)
+        stopper.start()
+        assert list(live) == []  # no exception, nothing more
         assert live.end_reason is TailEnd.SERVER_CLOSED
+        stopper.join(scaled(10))
 
 
 def test_a_slow_reader_gets_slow_consumer() -> None:
@@ -148,38 +183,29 @@ def test_a_slow_reader_gets_slow_consumer() -> None:
 
 
 _SERVE = """
-import sys, time
+import time
 from flight_md.buffer import MarketDataBuffer
 from flight_md.schema import MarketTick
 from flight_md.service import FlightMarketDataServer
 buffer = MarketDataBuffer(100)
 buffer.append(MarketTick("BTC/USDT", 1, 1.0, None, None, None, None, None, None, None,
                          "binance", 1))
-server = FlightMarketDataServer(f"grpc://127.0.0.1:{sys.argv[1]}", buffer)
-print("ready", flush=True)
-time.sleep(60)
+server = FlightMarketDataServer("grpc://127.0.0.1:0", buffer)
+print(f"serving on grpc://127.0.0.1:{server.port}", flush=True)
+time.sleep(600)
 """
 
 
 def test_a_lost_connection_raises_connection_failed() -> None:
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-c", _SERVE, str(port)], env=subprocess_env(),
-                            stdout=subprocess.PIPE, text=True)
-    try:
-        assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
-        with MarketDataClient(f"grpc://127.0.0.1:{port}") as md, \
-                md.tail("BTC/USDT", backlog=1) as live:
+    with ChildProcess(["-c", _SERVE], ready=re.compile(r"serving on (\S+)")) as child:
+        location = child.ready_value
+        assert location is not None
+        with MarketDataClient(location) as md, md.tail("BTC/USDT", backlog=1) as live:
             assert next(live).num_rows == 1
-            proc.kill()  # no goodbye: the process is gone
-            with pytest.raises(ConnectionFailed,
-                               match=f"^lost the connection to grpc://127.0.0.1:{port} "):
+            child.kill()  # SIGKILL, no goodbye: the process is gone
+            with pytest.raises(ConnectionFailed, match=f"^lost the connection to {location} "):
                 next(live)
             assert live.end_reason is TailEnd.ERROR
-    finally:
-        proc.kill()
-        proc.wait(10)
-        if proc.stdout is not None:
-            proc.stdout.close()
 
 
 def test_an_abandoned_tail_stops_its_thread(md: MarketDataClient,
@@ -188,8 +214,8 @@ def test_an_abandoned_tail_stops_its_thread(md: MarketDataClient,
     assert tail_threads()
     del live
     gc.collect()
-    wait_for(lambda: not tail_threads())
-    wait_for(lambda: _followers(server) == 0)
+    _wait_for(lambda: not tail_threads(), "the reader thread to end")
+    _wait_for(lambda: _followers(server) == 0, "the server to drop the tail")
 
 
 # -- asyncio ---------------------------------------------------------------------------------
@@ -199,14 +225,19 @@ def test_an_abandoned_tail_stops_its_thread(md: MarketDataClient,
 async def test_atail_yields_live_batches(md: MarketDataClient,
                                          server: FlightMarketDataServer) -> None:
     prices: list[float] = []
-    with Feeder(server.buffer):
+    feeder = Feeder(server.buffer)
+    try:
         async for batch in md.atail("BTC/USDT", backlog=2, columns=["price"]):
             prices += batch.column("price").to_pylist()
+            if len(prices) >= 2:
+                feeder.start()  # after the backlog: every feeder tick is a live one
             if len(prices) >= 7:
                 break
+    finally:
+        feeder.stop()
     assert prices[:2] == [100.0 + ROWS - 2, 100.0 + ROWS - 1]
     assert prices[2:7] == [1000.0, 1001.0, 1002.0, 1003.0, 1004.0]
-    await asyncio.to_thread(wait_for, lambda: _followers(server) == 0)
+    await asyncio.to_thread(_wait_for, lambda: _followers(server) == 0)
 
 
 @pytest.mark.asyncio
@@ -225,16 +256,18 @@ async def test_cancelling_the_task_stops_the_tail(md: MarketDataClient,
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
-    await asyncio.to_thread(wait_for, lambda: _followers(server) == 0)
-    await asyncio.to_thread(wait_for, lambda: not tail_threads())
+    await asyncio.to_thread(_wait_for, lambda: _followers(server) == 0)
+    await asyncio.to_thread(_wait_for, lambda: not tail_threads())
 
 
 @pytest.mark.asyncio
 async def test_atail_ends_when_the_server_stops(md: MarketDataClient,
                                                 server: FlightMarketDataServer) -> None:
     rows = 0
-    loop = asyncio.get_running_loop()
-    loop.call_later(0.2, lambda: threading.Thread(target=server.stop).start())
+    stopper = threading.Thread(target=server.stop)
     async for batch in md.atail("ETH/USDT", backlog=4):
         rows += batch.num_rows
+        if rows == 4 and not stopper.is_alive():
+            stopper.start()  # the backlog is in: now the server goes away
     assert rows == 4
+    await asyncio.to_thread(stopper.join, scaled(10))
