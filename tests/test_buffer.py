@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from typing import Any
 from unittest import mock
@@ -10,14 +11,13 @@ import pyarrow as pa
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from hypothesis.stateful import (Bundle, RuleBasedStateMachine, consumes, initialize, invariant,
-                                 rule)
+from hypothesis.stateful import Bundle, RuleBasedStateMachine, consumes, initialize, invariant, rule
 
 from flight_md import buffer as buffer_module
 from flight_md.buffer import DEFAULT_BUFFER_SIZE, BufferStats, Follower, MarketDataBuffer
-from flight_md.errors import (AmbiguousExchange, FlightMdError, SlowConsumer, UnknownExchange,
-                              UnknownSymbol)
+from flight_md.errors import AmbiguousExchange, FlightMdError, SlowConsumer, UnknownExchange, UnknownSymbol
 from flight_md.schema import SCHEMA, MarketTick
+from tests.support import until
 
 EXCHANGES = ("binance", "bybit")
 SYMBOLS = ("BTC/USDT", "ETH/USDT", "SOL/USDT:USDT")
@@ -714,35 +714,39 @@ def test_follow_backlog_none_is_everything_and_zero_is_nothing() -> None:
     assert buf.follow("BTC/USDT", backlog=1000)[0].num_rows == 30
 
 
-def test_follow_read_waits_for_a_tick(time_scale: float) -> None:
-    import threading
+def _read_on_a_thread(buf: MarketDataBuffer, follower: Any) -> tuple[threading.Thread,
+                                                                    dict[str, Any]]:
+    """Start ``follower.read`` with an hour's timeout; return once it is waiting in the ring."""
+    out: dict[str, Any] = {}
+    reader = threading.Thread(target=lambda: out.update(table=follower.read(3600.0)),
+                              daemon=True)
+    reader.start()
+    ring = buf._rings[("binance", "BTC/USDT")]
+    until(lambda: ring.waiting == 1, 10, "the read to wait for a tick")
+    return reader, out
 
+
+def test_follow_read_waits_for_a_tick(time_scale: float) -> None:
+    """A waiting read returns as soon as a tick is appended (not at its hour's timeout)."""
     buf, _ = filled(3)
     _, follower = buf.follow("BTC/USDT")
     assert follower.read(0) is None
-    timer = threading.Timer(0.05 * time_scale, buf.append, args=(mk(5, 5),))
-    timer.start()
-    try:
-        table = follower.read(10 * time_scale)
-    finally:
-        timer.join()
-    assert table is not None and rows(table) == [row(mk(5, 5))]
+    reader, out = _read_on_a_thread(buf, follower)
+    buf.append(mk(5, 5))
+    reader.join(10 * time_scale)  # only a read that ignored the append outlasts this
+    assert not reader.is_alive(), "the append did not wake the waiting read"
+    assert out["table"] is not None and rows(out["table"]) == [row(mk(5, 5))]
 
 
 def test_follow_close_wakes_a_waiting_read(time_scale: float) -> None:
-    import threading
-    import time
-
+    """close() wakes a waiting read, which returns None (not at its hour's timeout)."""
     buf, _ = filled(3)
     _, follower = buf.follow("BTC/USDT")
-    timer = threading.Timer(0.05 * time_scale, follower.close)
-    timer.start()
-    started = time.monotonic()
-    try:
-        assert follower.read(30 * time_scale) is None
-    finally:
-        timer.join()
-    assert time.monotonic() - started < 10 * time_scale
+    reader, out = _read_on_a_thread(buf, follower)
+    follower.close()
+    reader.join(10 * time_scale)  # only a read that ignored the close outlasts this
+    assert not reader.is_alive(), "close() did not wake the waiting read"
+    assert out["table"] is None
     assert follower.closed
     buf.append(mk(9, 9))
     assert follower.read(0) is None
