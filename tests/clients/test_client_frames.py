@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from datetime import timedelta
+from datetime import UTC, datetime
 
 import pandas as pd
 import polars as pl
@@ -44,10 +44,15 @@ def test_latest_pandas_is_indexed_by_utc_datetimes(md: MarketDataClient,
     assert list(df.columns[:2]) == ["symbol", "price"]
 
 
-def test_range_pandas_and_polars_agree(md: MarketDataClient) -> None:
-    pdf = md.range_pandas("ETH/USDT", start=timedelta(minutes=5), columns=["timestamp", "price"])
-    plf = md.range_polars("ETH/USDT", start=timedelta(minutes=5), columns=["timestamp", "price"])
-    assert 290 <= len(pdf) <= 301
+def test_range_pandas_and_polars_agree(md: MarketDataClient,
+                                      server: FlightMarketDataServer) -> None:
+    # An absolute start, so both calls ask for the same rows however long apart they run
+    # ("before now" is tested in test_client_api.py).
+    start = datetime.fromtimestamp((server.test_start + 300 * STEP_MS) / 1000,  # type: ignore[attr-defined]
+                                   tz=UTC)
+    pdf = md.range_pandas("ETH/USDT", start=start, columns=["timestamp", "price"])
+    plf = md.range_polars("ETH/USDT", start=start, columns=["timestamp", "price"])
+    assert len(pdf) == ROWS - 300
     assert plf.schema == pl.Schema({"timestamp": pl.Datetime("ms", "UTC"), "price": pl.Float64})
     assert plf["price"].to_list() == pdf["price"].tolist()
     assert plf["timestamp"].to_list() == [t.to_pydatetime() for t in pdf.index]
