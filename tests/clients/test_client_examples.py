@@ -14,7 +14,7 @@ import pytest
 from client_support import EXAMPLES, Feeder, IngestingMarket, scaled
 
 from flight_md.service import FlightMarketDataServer
-from tests.support import child_env
+from tests.support import MS, child_env
 
 
 @pytest.fixture
@@ -41,7 +41,7 @@ def test_raw_flight_imports_nothing_but_pyarrow() -> None:
 
 def test_raw_flight_walks_the_whole_protocol(ingesting: IngestingMarket) -> None:
     ingesting.reset_once()  # so that the event log holds a real reconnect
-    out = _run("raw_flight.py", "--location", ingesting.location, "--tail-seconds", "0.5")
+    out = _run("raw_flight.py", "--location", ingesting.location, "--tail-seconds", str(2 * MS))
     assert out.returncode == 0, out.stderr
     text = out.stdout
     for expected in ("['binance', 'BTC/USDT']  records=", "subscribe: Start streaming",
@@ -58,7 +58,7 @@ def test_raw_flight_walks_the_whole_protocol(ingesting: IngestingMarket) -> None
 
 
 def test_raw_flight_on_a_server_without_ingestion(live: str) -> None:
-    out = _run("raw_flight.py", "--location", live, "--tail-seconds", "0.5")
+    out = _run("raw_flight.py", "--location", live, "--tail-seconds", str(2 * MS))
     assert out.returncode == 0, out.stderr
     assert "UNAVAILABLE: subscribe needs ingestion" in out.stdout
     assert '"exchanges": {}' in out.stdout and "'kind': 'reconnect'" in out.stdout

@@ -61,14 +61,16 @@ def test_backlog_then_live_ticks_in_order(md: MarketDataClient,
 
 def test_projection_start_and_read_all(md: MarketDataClient,
                                        server: FlightMarketDataServer) -> None:
+    before = now_ms()
     with Feeder(server.buffer, symbol="ETH/USDT"), \
             md.tail("ETH/USDT", columns=["timestamp", "price"],
                     start=timedelta(seconds=5)) as live:
         assert live.schema.names == ["timestamp", "price"]
         table = live.read_all(max_rows=8)
     assert table.num_rows == 8
-    assert table.column("timestamp").to_pylist() == sorted(table.column("timestamp").to_pylist())
-    assert table.column("timestamp")[0].as_py() >= now_ms() - scaled(10) * 1000
+    stamps = table.column("timestamp").to_pylist()
+    assert stamps == sorted(stamps)
+    assert stamps[0] >= before - 5000  # nothing older than 5 s before the call
 
 
 def test_tail_errors_are_raised_before_iterating(md: MarketDataClient) -> None:
