@@ -1,8 +1,11 @@
 """Exchange faults in cycles: real ccxt against the emulator, observed through Flight.
 
 After every cycle: the subscribed set is the requested set, every tick stored before the
-fault is still stored, the gap is in ``@events`` and fresh ticks flow again within the
-backoff bound. CI runs a few cycles of each fault; ``pytest -m soak`` runs 200.
+fault is still stored, the gap is in ``@events`` and fresh ticks flow again. Every fault
+scenario gets an emulator and a server of its own. How long recovery took is printed, not
+asserted (backoff timing is measured end to end in ``tests/e2e``); the wait for it is
+bounded by the backoff bound plus a generous margin, scaled by ``TIME_SCALE``, that only a
+hang exceeds. CI runs a few cycles of each fault; ``pytest -m soak`` runs 200.
 """
 
 from __future__ import annotations
@@ -19,8 +22,8 @@ from typing import Any
 import aiohttp
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.flight as flight
 import pytest
+from pyarrow import flight
 
 from flight_md.app import MarketDataApp
 from flight_md.config import ServerConfig, StreamConfig
@@ -122,7 +125,7 @@ class Rig:
         return sorted(latest) == sorted(SYMBOLS) and min(latest.values()) > after_ms
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def websocket_rig() -> Iterator[Rig]:
     rig = Rig("websocket")
     try:
@@ -132,7 +135,7 @@ def websocket_rig() -> Iterator[Rig]:
         rig.close()
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def rest_rig() -> Iterator[Rig]:
     rig = Rig("rest")
     try:
@@ -203,21 +206,19 @@ def test_fault_cycles(request: pytest.FixtureRequest, fault: str, cycles: int) -
                 return False
             return rig.flowing(max(e["timestamp"] for e in events if e["kind"] == "reconnect"))
 
-        assert wait_until(recovered, scenario.bound_s + 5), (
-            f"cycle {cycle}: no recovery in {scenario.bound_s + 5:.1f} s; "
+        # A hang detector, not a timing claim: three times the bound, and scaled.
+        assert wait_until(recovered, 3 * scenario.bound_s + 5), (
+            f"cycle {cycle}: no recovery in {(3 * scenario.bound_s + 5) * TIME_SCALE:.1f} s; "
             f"events {rig.events(injected_ms)}; status {rig.status()['exchanges']}")
-        elapsed = time.monotonic() - started
-        slowest = max(slowest, elapsed)
-        assert elapsed <= scenario.bound_s * TIME_SCALE, (
-            f"cycle {cycle}: back after {elapsed:.2f} s; the bound is {scenario.bound_s:.2f} s")
+        slowest = max(slowest, time.monotonic() - started)
         events = rig.events(injected_ms)
         for event in events:
             if event["kind"] in ("disconnect", "stale", "reconnect", "error"):
                 assert sorted(event["symbols"]) == sorted(SYMBOLS), event
-        if fault == "stall":
+        if fault == "stall":  # noticed as a stall (not only as the cut that follows it)
             stale = min(e["timestamp"] for e in events if e["kind"] == "stale")
-            assert stale - injected_ms <= (HEARTBEAT_S + 1.0) * 1000 * TIME_SCALE, (
-                f"stall detected after {stale - injected_ms} ms")
+            reconnected = min(e["timestamp"] for e in events if e["kind"] == "reconnect")
+            assert injected_ms < stale < reconnected, events
         for symbol, old in before.items():
             new = rig.rows(symbol)
             assert new.num_rows > old.num_rows
@@ -234,7 +235,9 @@ FRAME_FAULTS = (Fault.MALFORMED, Fault.TRUNCATED, Fault.MISSING_FIELDS, Fault.NO
 
 @pytest.fixture
 def fast_rig() -> Iterator[Rig]:
-    rig = Rig("websocket", rate=4000.0, heartbeat_s=10.0)
+    # A heartbeat far above the test's stall: the silence that lets in-flight frames drain
+    # must not count as a stale stream.
+    rig = Rig("websocket", rate=4000.0, heartbeat_s=600.0)
     try:
         assert wait_until(lambda: rig.flowing(0), 30), rig.status()
         yield rig
@@ -250,11 +253,16 @@ def test_ten_thousand_bad_frames(fast_rig: Rig) -> None:
     assert wait_until(lambda: sum(rig.emulator.stats.faults.get(f, 0) for f in FRAME_FAULTS)
                       >= BAD_FRAMES, 60), rig.emulator.stats.faults
     assert wait_until(lambda: rig.flowing(now_ms()), 10)
-    # Silence the emulator (well inside the heartbeat) and let what is in flight drain, so
-    # that what it sent and what was stored can be compared.
-    rig.emulator.inject(Fault.STALL, duration=5.0)
-    time.sleep(1.0 * TIME_SCALE)
+    # Silence the emulator (well inside the heartbeat): what it sent is then fixed, and once
+    # what is in flight has drained every intact frame must be stored, no more, no less.
+    rig.emulator.inject(Fault.STALL)
     sent = {s: rig.emulator.sent("ticker", s) for s in SYMBOLS}
+    assert all(sent.values()), sent
+
+    def stored() -> dict[str, int]:
+        return {s["symbol"]: s["ticks_stored"] for s in rig.status()["symbols"]}
+
+    assert wait_until(lambda: stored() == sent, 30), (stored(), sent)
     status = rig.status()
     tables = {s: rig.rows(s) for s in SYMBOLS}
     rig.emulator.clear_faults()
