@@ -22,7 +22,7 @@ from typing import Any, Final, Self
 
 from flight_md.buffer import MarketDataBuffer
 from flight_md.config import DEMO_SYMBOLS, ServerConfig, StreamConfig
-from flight_md.errors import ConfigError, StartupError
+from flight_md.errors import ConfigError, FlightMdError, StartupError
 from flight_md.events import EventLog
 
 __all__ = ["DEMO_RATE", "MarketDataApp", "check_listen_address"]
@@ -90,6 +90,9 @@ class MarketDataApp:
         self.ingestion: Any = None
         self.emulator: Any = None
         self.server: Any = None
+        self.fatal: FlightMdError | None = None
+        """An invalid argument found after start-up (a configured symbol the exchange does not
+        list, seen once its markets load): ``flight-md serve`` exits 2 with it."""
 
     @property
     def streams(self) -> tuple[StreamConfig, ...]:
@@ -119,7 +122,8 @@ class MarketDataApp:
         elif self.config.demo or self.config.streams:
             from flight_md.ingest.manager import IngestionThread
 
-            self.ingestion = IngestionThread(self.buffer, self.events).start()
+            self.ingestion = IngestionThread(self.buffer, self.events,
+                                             on_fatal=self._on_fatal).start()
             if self.config.demo:
                 from flight_md.emulator import Emulator
 
@@ -130,7 +134,8 @@ class MarketDataApp:
                 logger.info("demo: exchange emulator (binance protocol) at %s", self.emulator.url)
             for stream in self.streams:
                 self.ingestion.run(self.ingestion.manager.add_stream(
-                    stream.exchange, symbols=list(stream.symbols), **stream.stream_kwargs()),
+                    stream.exchange, symbols=list(stream.symbols), keep_retrying=True,
+                    **stream.stream_kwargs()),
                     START_TIMEOUT_S)
                 logger.info("streaming %s: %s", stream.exchange, ", ".join(stream.symbols))
             control = self.ingestion.control()
@@ -161,17 +166,25 @@ class MarketDataApp:
                                            rate=DEMO_RATE, seed=7, **self._emulator_options)
             self.emulator.start()
             logger.info("demo: exchange emulator (binance protocol) at %s", self.emulator.url)
-        self.ingestion = IngestionProcess(self.buffer, self.events).start()
+        self.ingestion = IngestionProcess(self.buffer, self.events,
+                                          on_fatal=self._on_fatal).start()
         try:
             for stream in self.streams:
                 self.ingestion.add_stream(stream.exchange, list(stream.symbols),
-                                          START_TIMEOUT_S, **stream.stream_kwargs())
+                                          START_TIMEOUT_S, keep_retrying=True,
+                                          **stream.stream_kwargs())
                 logger.info("streaming %s: %s (ingestion process %d)", stream.exchange,
                             ", ".join(stream.symbols), self.ingestion.pid)
         except BaseException:
             self.stop()
             raise
         return self.ingestion.control()
+
+    def _on_fatal(self, exchange: str, error: FlightMdError) -> None:
+        # A daemon keeps retrying an unreachable exchange; a symbol it does not list is the
+        # user's mistake, found only once the markets load: it ends the server (in cli).
+        if self.fatal is None:
+            self.fatal = error
 
     def _security(self) -> dict[str, Any]:
         options: dict[str, Any] = {}

@@ -143,7 +143,7 @@ def _serve(args: argparse.Namespace) -> int:
         app.start()
         print(f"flight-md serving on {app.location}"
               + (" (demo: emulated binance market)" if config.demo else ""), flush=True)
-        while not stop.wait(0.5):
+        while not stop.wait(0.5) and app.fatal is None:
             pass
     finally:
         # SIGINT/SIGTERM must stop the process within 5 s even with unread streams open.
@@ -152,6 +152,8 @@ def _serve(args: argparse.Namespace) -> int:
         watchdog.start()
         app.stop(grace=1.5)
         watchdog.cancel()
+    if app.fatal is not None:
+        raise app.fatal  # one line, exit 2 (main)
     logger.info("stopped")
     return 0
 

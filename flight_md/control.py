@@ -12,7 +12,25 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-__all__ = ["ExchangeStatus", "IngestionControl", "IngestionStatus", "SymbolStatus"]
+__all__ = ["ClockSkew", "ExchangeStatus", "IngestionControl", "IngestionStatus", "SymbolStatus"]
+
+
+@dataclass(frozen=True, slots=True)
+class ClockSkew:
+    """Receive time minus exchange time over a rolling window, in ms (``None``: no tick had an
+    exchange time). Computed by :class:`flight_md.ingest.skew.SkewWindow`.
+
+    Attributes:
+        median_ms: Nearest-rank median.
+        p99_ms: Nearest-rank 99th percentile.
+        samples: Ticks the figures are computed from.
+        window_ms: The window, ms of receive time (0: no window, nothing measured).
+    """
+
+    median_ms: int | None = None
+    p99_ms: int | None = None
+    samples: int = 0
+    window_ms: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,7 +69,12 @@ class ExchangeStatus:
         symbols: Subscribed symbols.
         bad_frames: Exchange messages dropped as malformed, by reason.
         callback_errors: Exceptions raised by user callbacks.
-        last_error: Last connection error (message only, never secrets), or ``None``.
+        last_error: The error of the current outage (message only, never secrets), or
+            ``None``: cleared by the first good message or poll after it.
+        last_error_ms: When ``last_error`` happened, local Unix ms, or ``None``.
+        clock_skew: Receive time minus exchange time over the last minute
+            (:mod:`flight_md.ingest.skew`); ``None`` figures where no tick carried an
+            exchange time.
     """
 
     exchange: str
@@ -63,6 +86,8 @@ class ExchangeStatus:
     bad_frames: dict[str, int] = field(default_factory=dict)
     callback_errors: int = 0
     last_error: str | None = None
+    last_error_ms: int | None = None
+    clock_skew: ClockSkew = field(default_factory=ClockSkew)
 
 
 @dataclass(frozen=True, slots=True)

@@ -32,6 +32,7 @@ class EventKind(StrEnum):
     RECONNECT = "reconnect"
     STALE = "stale"
     FAILED = "failed"
+    RESTARTED = "restarted"  # a supervised ingestion process came back
     SUBSCRIBE = "subscribe"
     UNSUBSCRIBE = "unsubscribe"
     CLEAR = "clear"

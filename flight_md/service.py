@@ -385,7 +385,13 @@ class FlightMarketDataServer(flight.FlightServerBase):
         return {"cleared": sum(count for _, count in by_exchange.values())}
 
     def status(self) -> dict[str, Any]:
-        """The ``status`` action's result: exchanges, symbols and server counters."""
+        """The ``status`` action's result: exchanges, symbols and server counters.
+
+        The store is read before ingestion: ingestion counts an update as received before it
+        stores it, so every symbol's ``ticks_appended`` (and ``ticks_stored``) is at most its
+        ``ticks_received`` by construction.
+        """
+        buffered = self.buffer.stats()
         ingestion = self.control.status() if self.control is not None else None
         exchanges: dict[str, Any] = {}
         per_symbol: dict[tuple[str, str], dict[str, Any]] = {}
@@ -395,7 +401,11 @@ class FlightMarketDataServer(flight.FlightServerBase):
                     "state": ex.state, "mode": ex.mode, "channel": ex.channel,
                     "reconnects": ex.reconnects, "symbols": list(ex.symbols),
                     "bad_frames": dict(ex.bad_frames), "callback_errors": ex.callback_errors,
-                    "last_error": ex.last_error,
+                    "last_error": ex.last_error, "last_error_ms": ex.last_error_ms,
+                    "clock_skew_ms": {"median": ex.clock_skew.median_ms,
+                                      "p99": ex.clock_skew.p99_ms,
+                                      "samples": ex.clock_skew.samples,
+                                      "window_s": ex.clock_skew.window_ms / 1000},
                 }
             for sym in ingestion.symbols:
                 per_symbol[(sym.exchange, sym.symbol)] = {
@@ -403,7 +413,6 @@ class FlightMarketDataServer(flight.FlightServerBase):
                     "ticks_dropped": sym.dropped, "stale": sym.stale,
                     "last_message_ms": sym.last_message_ms,
                 }
-        buffered = self.buffer.stats()
         now = now_ms()  # after the (possibly slow) ingestion answer: ages are never negative
         for stats in buffered:
             entry = per_symbol.setdefault((stats.exchange, stats.symbol), {

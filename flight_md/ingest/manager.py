@@ -22,7 +22,7 @@ import asyncio
 import concurrent.futures
 import logging
 import threading
-from collections.abc import Coroutine, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from types import MappingProxyType, TracebackType
 from typing import Any, Final, Self, TypeVar
 
@@ -50,15 +50,20 @@ class MarketDataManager:
     Args:
         buffer: The shared store (a new one by default).
         events: The shared event log (a new one by default).
+        on_fatal: Called on the loop with ``(exchange_id, error)`` when a stream added with
+            ``keep_retrying=True`` finds, once its markets load, a symbol the exchange does
+            not list (an invalid argument that could not be checked at start).
 
     Use it on the loop that runs ingestion; from other threads go through
     :class:`ThreadedControl`.
     """
 
     def __init__(self, buffer: MarketDataBuffer | None = None,
-                 events: EventLog | None = None) -> None:
+                 events: EventLog | None = None, *,
+                 on_fatal: Callable[[str, InvalidArgument], None] | None = None) -> None:
         self.buffer = buffer if buffer is not None else MarketDataBuffer()
         self.events = events if events is not None else EventLog()
+        self.on_fatal = on_fatal
         self._streams: dict[str, MarketDataStream] = {}
 
     @property
@@ -66,13 +71,17 @@ class MarketDataManager:
         """Running streams by exchange id (a read-only view)."""
         return MappingProxyType(self._streams)
 
-    async def add_stream(self, exchange_id: str, symbols: Sequence[str] = (),
+    async def add_stream(self, exchange_id: str, symbols: Sequence[str] = (), *,
+                         keep_retrying: bool = False,
                          **stream_kwargs: Any) -> MarketDataStream:
         """Start a stream for ``exchange_id``: connect, then subscribe ``symbols``.
 
         Args:
             exchange_id: ccxt exchange id.
             symbols: Symbols to subscribe right away.
+            keep_retrying: If the exchange cannot be reached, keep the stream and retry in
+                the background (:meth:`MarketDataStream.start`) instead of raising
+                ``Unavailable``: what a server does.
             **stream_kwargs: :class:`MarketDataStream` arguments (``buffer`` and ``events``
                 are the manager's; ``buffer_size`` is ignored: the shared buffer has one).
 
@@ -82,7 +91,8 @@ class MarketDataManager:
         Raises:
             InvalidArgument: A stream for the exchange already runs, or a bad argument or
                 symbol (the stream is not kept).
-            Unavailable: The exchange cannot be reached (the stream is not kept).
+            Unavailable: The exchange cannot be reached (the stream is not kept), unless
+                ``keep_retrying``.
         """
         if exchange_id in self._streams:
             raise InvalidArgument(f"a stream for {exchange_id!r} is already running; "
@@ -95,15 +105,23 @@ class MarketDataManager:
                                   **stream_kwargs)
         self._streams[exchange_id] = stream  # reserve the id while connecting
         try:
-            await stream.connect()
-            if symbols:
-                await stream.subscribe(symbols)
+            if keep_retrying:
+                await stream.start(symbols, on_invalid=lambda error: self._fatal(exchange_id, error))
+            else:
+                await stream.connect()
+                if symbols:
+                    await stream.subscribe(symbols)
         except BaseException:
             if self._streams.get(exchange_id) is stream:
                 del self._streams[exchange_id]
             await stream.disconnect()
             raise
         return stream
+
+    def _fatal(self, exchange_id: str, error: InvalidArgument) -> None:
+        logger.error("%s: %s", exchange_id, error)
+        if self.on_fatal is not None:
+            self.on_fatal(exchange_id, error)
 
     def get_stream(self, exchange_id: str) -> MarketDataStream:
         """The stream of ``exchange_id``.
@@ -255,13 +273,16 @@ class IngestionThread:
         buffer: The shared store.
         events: The shared event log.
         name: The thread's name.
+        on_fatal: The manager's ``on_fatal`` (called on the ingestion thread).
     """
 
     def __init__(self, buffer: MarketDataBuffer | None = None, events: EventLog | None = None,
-                 *, name: str = "flight-md-ingest") -> None:
+                 *, name: str = "flight-md-ingest",
+                 on_fatal: Callable[[str, InvalidArgument], None] | None = None) -> None:
         self.buffer = buffer if buffer is not None else MarketDataBuffer()
         self.events = events if events is not None else EventLog()
         self.name = name
+        self.on_fatal = on_fatal
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._manager: MarketDataManager | None = None
@@ -300,7 +321,7 @@ class IngestionThread:
         return self
 
     async def _make_manager(self) -> MarketDataManager:
-        return MarketDataManager(self.buffer, self.events)
+        return MarketDataManager(self.buffer, self.events, on_fatal=self.on_fatal)
 
     def run(self, coro: Coroutine[Any, Any, T], timeout: float | None = 30.0) -> T:
         """Run a coroutine on the ingestion loop and wait for its result.

@@ -14,7 +14,8 @@ Protocol: one duplex :func:`multiprocessing.Pipe`, pickled tuples.
 
 * parent -> child: ``("call", id, name, args)`` with ``name`` one of ``add_stream``,
   ``subscribe``, ``unsubscribe``, ``status``, ``stop``.
-* child -> parent: ``("rows", [(exchange, symbol, row), ...])``, ``("event", Event)`` and
+* child -> parent: ``("rows", [(exchange, symbol, row), ...])``, ``("event", Event)``,
+  ``("fatal", exchange, message)`` (a configured symbol the exchange turned out not to list) and
   ``("reply", id, error, value)`` (``error`` is ``None`` or ``(class name, message)`` of a
   :mod:`flight_md.errors` class; other exceptions arrive as ``Unavailable`` naming only their
   type, so no exchange message, which could quote a credential, crosses).
@@ -23,7 +24,8 @@ Rows are sent in batches: the first row of a batch schedules a flush at the end 
 current event-loop iteration, so a quiet stream sends each tick at once and a busy one
 sends what one read of the socket produced. Rows and events leave in the order they
 happened. If the parent dies, the child sees the pipe close and exits; if the child dies,
-the parent records an ``error`` event, logs it, and control calls fail with UNAVAILABLE.
+the parent records a ``failed`` event, starts a new child after a backoff and gives it every
+stream and symbol (:class:`IngestionProcess`, "Supervision").
 Callbacks (``add_callback``) are not available here: they would run in the child.
 """
 
@@ -36,17 +38,21 @@ import logging
 import multiprocessing
 import signal
 import threading
+import time
+from collections import Counter
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
 from multiprocessing.connection import Connection
 from types import TracebackType
 from typing import Any, Final, Self
 
 from flight_md import errors
 from flight_md.buffer import MarketDataBuffer
-from flight_md.control import IngestionStatus
+from flight_md.control import ExchangeStatus, IngestionStatus, SymbolStatus
 from flight_md.errors import FlightMdError, Unavailable
 from flight_md.events import Event, EventKind, EventLog
-from flight_md.schema import MarketTick
+from flight_md.ingest.policy import PolicySettings, ReconnectPolicy
+from flight_md.schema import MarketTick, now_ms
 
 __all__ = ["IngestionProcess", "ProcessControl"]
 
@@ -55,6 +61,9 @@ logger = logging.getLogger(__name__)
 START_TIMEOUT_S: Final = 60.0
 """Seconds the child may take to start (a fresh interpreter importing ccxt)."""
 DEFAULT_CONTROL_TIMEOUT: Final = 10.0
+RESTART_DELAY_S: Final = 0.5
+"""First wait before a dead child is started again; doubled per failed restart."""
+RESTART_MAX_DELAY_S: Final = 30.0
 FLUSH_INTERVAL_S: Final = 0.001
 """Rows are sent at most this often: a tick after a quiet spell goes at once, a busy stream's
 rows go together (each message wakes the parent's reader and takes its GIL once)."""
@@ -133,7 +142,9 @@ def _child_main(conn: Connection, log_level: int) -> None:  # pragma: no cover -
 
     buffer = _ForwardingBuffer(send)
     events = _ForwardingEvents(send, buffer)
-    ingestion = IngestionThread(buffer, events, name="flight-md-ingest").start()
+    ingestion = IngestionThread(buffer, events, name="flight-md-ingest",
+                                on_fatal=lambda exchange, error: send(("fatal", exchange,
+                                                                        str(error)))).start()
     buffer.loop = ingestion.loop
     control = ingestion.control(DEFAULT_CONTROL_TIMEOUT)
     pool = concurrent.futures.ThreadPoolExecutor(4, thread_name_prefix="flight-md-call")
@@ -187,45 +198,115 @@ def _child_main(conn: Connection, log_level: int) -> None:  # pragma: no cover -
 # -- the parent -----------------------------------------------------------------------------
 
 
+@dataclass(slots=True)
+class _Child:
+    """One generation of the child process, with its pipe and the parent's reader thread."""
+
+    process: Any
+    conn: Connection
+    reader: threading.Thread | None = None
+    ready: threading.Event = field(default_factory=threading.Event)
+    started: bool = False
+    discarded: bool = False
+    """Killed by the parent itself (a restart that failed): its end is not a crash."""
+    good: bool = False
+    """It has sent rows: the restart backoff starts over."""
+    last_status: IngestionStatus | None = None
+
+
+@dataclass(slots=True)
+class _Wanted:
+    """A stream the server asked for, as it is now: what a restarted child is given."""
+
+    symbols: list[str]
+    timeout: float | None
+    kwargs: dict[str, Any]
+
+
 class IngestionProcess:
     """Ingestion in a child process, filling this process's buffer and event log.
 
     It has the surface of :class:`~flight_md.ingest.manager.IngestionThread` that a server
     needs (``start``, ``add_stream``, ``control``, ``stop``); see the module docstring.
 
+    Supervision: if the child dies (``kill -9``, a crash), a ``failed`` event (exchange
+    ``*``) is recorded and the child is started again after a backoff
+    (:data:`RESTART_DELAY_S` doubling to :data:`RESTART_MAX_DELAY_S`, with jitter, reset
+    once a restarted child sends ticks), with every stream and every symbol subscribed at
+    that moment (run-time ``subscribe``/``unsubscribe`` included); then a ``restarted`` event
+    is recorded. Meanwhile ``status`` answers from what the parent knows, each exchange in
+    state ``down`` with the reason in ``last_error``; ``subscribe``/``unsubscribe`` answer
+    ``Unavailable``. Counters continue across restarts: a symbol's ``received`` never drops
+    below what this process has stored for it.
+
     Args:
         buffer: Where rows go (this process).
         events: Where the child's events go.
         name: The child's process name.
+        on_fatal: Called (on a reader thread) with ``(exchange_id, error)`` when a stream
+            finds, once its markets load, a symbol the exchange does not list.
     """
 
     def __init__(self, buffer: MarketDataBuffer | None = None, events: EventLog | None = None,
-                 *, name: str = "flight-md-ingest") -> None:
+                 *, name: str = "flight-md-ingest",
+                 on_fatal: Callable[[str, errors.InvalidArgument], None] | None = None) -> None:
         self.buffer = buffer if buffer is not None else MarketDataBuffer()
         self.events = events if events is not None else EventLog()
         self.name = name
-        self._process: Any = None
-        self._conn: Connection | None = None
-        self._reader: threading.Thread | None = None
+        self.on_fatal = on_fatal
+        self._child: _Child | None = None
         self._send_lock = threading.Lock()
+        self._reap_lock = threading.Lock()  # join/is_alive from two threads race on waitpid
+        self._lifecycle = threading.RLock()
         self._calls: dict[int, concurrent.futures.Future[Any]] = {}
         self._ids = itertools.count(1)
-        self._ready = threading.Event()
-        self._started = False
         self._stopping = False
+        self._stop_event = threading.Event()
+        self._restarter: threading.Thread | None = None
+        self._policy = ReconnectPolicy(PolicySettings(reconnect_delay=RESTART_DELAY_S,
+                                                      max_reconnect_delay=RESTART_MAX_DELAY_S))
+        self._wanted: dict[str, _Wanted] = {}
+        self._down: str | None = None
+        self._down_ms: int | None = None
+        self._base_symbols: dict[tuple[str, str], tuple[int, int]] = {}
+        self._base_exchanges: dict[str, tuple[int, Counter[str], int]] = {}
+        self._last_seen: dict[str, IngestionStatus] = {}
+        self.restarts = 0
+        """Times the child was started again after dying."""
         self.exitcode: int | None = None
-        """The child's exit code once it has ended."""
+        """The exit code of the child that ended last."""
 
     @property
     def pid(self) -> int | None:
-        """The child's process id (after :meth:`start`)."""
-        return None if self._process is None else self._process.pid
+        """The current child's process id (after :meth:`start`)."""
+        child = self._child
+        return None if child is None else int(child.process.pid)
 
     @property
     def alive(self) -> bool:
         """Whether the child runs and its pipe is open."""
-        return (self._process is not None and self._process.is_alive()
-                and self._reader is not None and self._reader.is_alive())
+        child = self._child
+        return (child is not None and self._is_alive(child.process)
+                and child.reader is not None and child.reader.is_alive())
+
+    @property
+    def down(self) -> str | None:
+        """Why ingestion is not running while it is being restarted, else ``None``."""
+        return self._down
+
+    def _is_alive(self, process: Any) -> bool:
+        with self._reap_lock:
+            return bool(process.is_alive())
+
+    def _join(self, process: Any, timeout: float) -> None:
+        deadline = time.monotonic() + max(timeout, 0.0)
+        while True:  # short slices: another thread may need the lock meanwhile
+            with self._reap_lock:
+                process.join(min(0.05, max(deadline - time.monotonic(), 0.0)))
+                if not process.is_alive():
+                    return
+            if time.monotonic() >= deadline:
+                return
 
     def start(self, timeout: float = START_TIMEOUT_S) -> Self:
         """Start the child and wait until it is ready (idempotent).
@@ -233,34 +314,54 @@ class IngestionProcess:
         Raises:
             Unavailable: It did not come up within ``timeout`` seconds.
         """
-        if self._process is not None:
-            return self
+        with self._lifecycle:
+            if self._child is not None:
+                return self
+            self._stopping = False
+            self._stop_event.clear()
+            self._spawn(timeout)
+        return self
+
+    def _spawn(self, timeout: float) -> _Child:
         context = multiprocessing.get_context("spawn")
-        parent, child = context.Pipe(duplex=True)
+        parent, child_end = context.Pipe(duplex=True)
         process = context.Process(target=_child_main, name=self.name, daemon=True,
-                                  args=(child, logging.getLogger().getEffectiveLevel()))
+                                  args=(child_end, logging.getLogger().getEffectiveLevel()))
         process.start()
-        child.close()
-        self._process, self._conn = process, parent
-        self._reader = threading.Thread(target=self._read, name=f"{self.name}-reader",
-                                        daemon=True)
-        self._reader.start()
-        if not self._ready.wait(timeout):
-            self.stop(1.0)
+        child_end.close()
+        child = _Child(process, parent)
+        self._child = child
+        child.reader = threading.Thread(target=self._read, args=(child,),
+                                        name=f"{self.name}-reader", daemon=True)
+        child.reader.start()
+        if not child.ready.wait(timeout):
+            self._discard(child)
             raise Unavailable(f"the ingestion process did not start within {timeout:g} s")
-        if not self._started:
-            process.join(2.0)
+        if not child.started:
+            self._join(process, 2.0)
             code = process.exitcode
-            self.stop(1.0)
+            self._discard(child)
             raise Unavailable(f"the ingestion process exited while starting (exit code {code}); "
                               "a script that starts one must guard its entry point with "
                               "if __name__ == '__main__' (multiprocessing spawns it)")
-        return self
+        return child
 
-    def _read(self) -> None:
-        """The reader thread: rows into the buffer, events into the log, replies to callers."""
-        conn = self._conn
-        assert conn is not None
+    def _discard(self, child: _Child) -> None:
+        """End a child the parent gave up on (its end is not reported as a crash)."""
+        child.discarded = True
+        if self._is_alive(child.process):
+            child.process.kill()
+        self._join(child.process, 2.0)
+        child.conn.close()
+        if child.reader is not None and child.reader is not threading.current_thread():
+            child.reader.join(2.0)
+        self.exitcode = child.process.exitcode
+        if self._child is child:
+            self._child = None
+
+    def _read(self, child: _Child) -> None:
+        """A reader thread: rows into the buffer, events into the log, replies to callers."""
+        conn = child.conn
         append_row = self.buffer.append_row
         try:
             while True:
@@ -269,6 +370,9 @@ class IngestionProcess:
                 if kind == "rows":
                     for exchange, symbol, row in message[1]:
                         append_row(exchange, symbol, row)
+                    if not child.good:
+                        child.good = True
+                        self._policy.good(websocket=False)
                 elif kind == "event":
                     event: Event = message[1]
                     self.events.record(event.exchange, event.kind, event.symbols, event.detail,
@@ -284,45 +388,140 @@ class IngestionProcess:
                             if not (isinstance(cls, type) and issubclass(cls, FlightMdError)):
                                 cls = Unavailable
                             future.set_exception(cls(error[1]))
+                elif kind == "fatal":
+                    _, exchange, text = message
+                    if self.on_fatal is not None:
+                        self.on_fatal(exchange, errors.InvalidArgument(text))
                 elif kind == "ready":
-                    self._started = True
-                    self._ready.set()
+                    child.started = True
+                    child.ready.set()
         except (EOFError, OSError):
             pass
         finally:
-            self._ended()
+            self._ended(child)
 
-    def _ended(self) -> None:
-        self._ready.set()
-        process = self._process
-        if process is not None:
-            process.join(2.0)
-            self.exitcode = process.exitcode
+    def _ended(self, child: _Child) -> None:
+        child.ready.set()
+        crashed = False
+        with self._lifecycle:
+            if not (self._stopping or child.discarded or not child.started
+                    or self._child is not child):
+                crashed = True  # stop() or _discard() reap the others
+                # Down before any caller hears of it, so that status answers without the child.
+                self._down, self._down_ms = "ingestion process exited unexpectedly", now_ms()
         for future in list(self._calls.values()):
             if not future.done():
                 future.set_exception(Unavailable("the ingestion process has stopped"))
         self._calls.clear()
-        if not self._stopping and self._started:
-            detail = f"ingestion process exited unexpectedly (exit code {self.exitcode})"
-            logger.error("%s; no new ticks will arrive", detail)
-            self.events.record("*", EventKind.FAILED, (), detail)
+        if not crashed:
+            return
+        self._join(child.process, 2.0)
+        self.exitcode = child.process.exitcode
+        detail = f"ingestion process exited unexpectedly (exit code {self.exitcode})"
+        with self._lifecycle:
+            self._carry_counters(child)
+            self._down = detail
+            child.conn.close()
+            if self._child is child:
+                self._child = None
+            symbols = [s for wanted in self._wanted.values() for s in wanted.symbols]
+            self.events.record("*", EventKind.FAILED, symbols, f"{detail}; restarting it")
+            logger.error("%s; restarting it", detail)
+            if not self._stopping and (self._restarter is None or not self._restarter.is_alive()):
+                self._restarter = threading.Thread(target=self._restart, args=(detail,),
+                                                   name=f"{self.name}-restart", daemon=True)
+                self._restarter.start()
+
+    def _carry_counters(self, child: _Child) -> None:
+        """Fold a dead child's counters into the bases its successor's are added to."""
+        seen = child.last_status
+        received = {(s.exchange, s.symbol): (s.received, s.dropped)
+                    for s in (seen.symbols if seen is not None else ())}
+        for stats in self.buffer.stats():
+            key = (stats.exchange, stats.symbol)
+            base, base_dropped = self._base_symbols.get(key, (0, 0))
+            got, dropped = received.pop(key, (0, 0))
+            # What this process stored from every child so far is a floor of what they received.
+            self._base_symbols[key] = (max(base + got, stats.appended), base_dropped + dropped)
+        for key, (got, dropped) in received.items():
+            base, base_dropped = self._base_symbols.get(key, (0, 0))
+            self._base_symbols[key] = (base + got, base_dropped + dropped)
+        for exchange in seen.exchanges if seen is not None else ():
+            reconnects, bad, callback_errors = self._base_exchanges.get(
+                exchange.exchange, (0, Counter(), 0))
+            self._base_exchanges[exchange.exchange] = (
+                reconnects + exchange.reconnects, bad + Counter(exchange.bad_frames),
+                callback_errors + exchange.callback_errors)
+        if seen is not None:
+            self._last_seen["*"] = seen
+
+    def _restart(self, detail: str) -> None:
+        """The restarter thread: start a new child after a backoff, give it every stream."""
+        while not self._stop_event.is_set():
+            self._policy.failed(websocket=False)  # never gives up: no attempt limit
+            delay = self._policy.next_delay()
+            self._down = f"{detail}; restarting in {delay:.1f} s (attempt {self._policy.failures})"
+            logger.warning("ingestion process: restarting in %.1f s (attempt %d)", delay,
+                           self._policy.failures)
+            if self._stop_event.wait(delay):
+                return
+            try:
+                if self._stopping:
+                    return
+                child = self._spawn(START_TIMEOUT_S)
+                if self._stopping:
+                    self._discard(child)
+                    return
+                for exchange, wanted in list(self._wanted.items()):
+                    wait = None if wanted.timeout is None else wanted.timeout + 5.0
+                    self._call(child, "add_stream", (exchange, list(wanted.symbols),
+                                                     wanted.timeout, wanted.kwargs), wait)
+            except FlightMdError as error:
+                detail = f"restarting the ingestion process failed: {error}"
+                logger.error("%s", detail)
+                failed = self._child
+                if failed is not None:
+                    self._discard(failed)
+                self._down = detail
+                continue
+            with self._lifecycle:
+                if self._child is not child:
+                    continue  # it died while being given its streams: _ended noted it
+                self.restarts += 1
+                self._down = self._down_ms = None
+            symbols = [s for wanted in self._wanted.values() for s in wanted.symbols]
+            self.events.record("*", EventKind.RESTARTED, symbols,
+                               f"ingestion process restarted (pid {child.process.pid}); "
+                               f"{len(symbols)} symbols subscribed again on "
+                               f"{', '.join(self._wanted) or 'no exchange'}")
+            logger.warning("ingestion process restarted (pid %s); %d symbols subscribed again",
+                           child.process.pid, len(symbols))
+            return
 
     def call(self, name: str, args: tuple[Any, ...], timeout: float | None) -> Any:
         """Ask the child to run ``name`` and wait up to ``timeout`` seconds for the answer.
 
         Raises:
             FlightMdError: What the child raised (``Unavailable`` for anything not a
-                flight_md error, and when the child is gone or too slow).
+                flight_md error, and when the child is gone, restarting or too slow).
         """
-        conn = self._conn
-        if conn is None or not self.alive:
+        down = self._down
+        if down is not None:
+            raise Unavailable(f"ingestion is restarting ({down}); cannot {name} now, "
+                              "try again shortly")
+        child = self._child
+        if child is None or not self.alive:
             raise Unavailable(f"ingestion is not running; cannot {name}")
+        return self._call(child, name, args, timeout)
+
+    def _call(self, child: _Child, name: str, args: tuple[Any, ...],
+              timeout: float | None) -> Any:
         future: concurrent.futures.Future[Any] = concurrent.futures.Future()
         call_id = next(self._ids)
         self._calls[call_id] = future
         try:
             with self._send_lock:
-                conn.send(("call", call_id, name, args))
+                child.conn.send(("call", call_id, name, args))
         except (OSError, ValueError):
             self._calls.pop(call_id, None)
             raise Unavailable(f"ingestion is not running; cannot {name}") from None
@@ -336,38 +535,136 @@ class IngestionProcess:
     def add_stream(self, exchange_id: str, symbols: Sequence[str] = (),
                    timeout: float | None = 30.0, **stream_kwargs: Any) -> None:
         """Start a stream in the child (``MarketDataManager.add_stream``); blocks until
-        connected."""
+        connected. A restarted child is given it again, with the symbols subscribed then."""
         wait = None if timeout is None else timeout + 5.0
         self.call("add_stream", (exchange_id, list(symbols), timeout, stream_kwargs), wait)
+        self._wanted[exchange_id] = _Wanted(list(dict.fromkeys(symbols)), timeout,
+                                            dict(stream_kwargs))
+
+    def subscribe(self, exchange: str | None, symbols: Sequence[str],
+                  timeout: float | None) -> dict[str, Any]:
+        """``subscribe`` in the child; what it subscribed is given to a restarted child too."""
+        result: dict[str, Any] = self.call("subscribe", (exchange, _names(symbols)), timeout)
+        wanted = self._wanted.get(result["exchange"])
+        if wanted is not None:
+            wanted.symbols.extend(s for s in result["subscribed"] if s not in wanted.symbols)
+        return result
+
+    def unsubscribe(self, exchange: str | None, symbols: Sequence[str],
+                    timeout: float | None) -> dict[str, Any]:
+        """``unsubscribe`` in the child; a restarted child does not subscribe those again."""
+        result: dict[str, Any] = self.call("unsubscribe", (exchange, _names(symbols)), timeout)
+        wanted = self._wanted.get(result["exchange"])
+        if wanted is not None:
+            gone = set(result["unsubscribed"])
+            wanted.symbols[:] = [s for s in wanted.symbols if s not in gone]
+        return result
+
+    def status(self, timeout: float | None) -> IngestionStatus:
+        """Every stream's status: from the child, or while it is being restarted, from what
+        the parent knows (state ``down``); counters include those of earlier children.
+
+        Raises:
+            Unavailable: Ingestion was stopped (or never started), or the child is too slow.
+        """
+        if self._down is None:
+            child = self._child
+            if child is None or not self.alive:
+                raise Unavailable("ingestion is not running; cannot status")
+            try:
+                status: IngestionStatus = self._call(child, "status", (), timeout)
+            except Unavailable:
+                if self._down is None:
+                    raise
+            else:
+                child.last_status = status
+                return self._with_bases(status)
+        return self._down_status()
+
+    def _with_bases(self, status: IngestionStatus) -> IngestionStatus:
+        if not self._base_symbols and not self._base_exchanges:
+            return status
+        exchanges = []
+        for ex in status.exchanges:
+            reconnects, bad, callback_errors = self._base_exchanges.get(ex.exchange,
+                                                                        (0, Counter(), 0))
+            exchanges.append(replace(ex, reconnects=ex.reconnects + reconnects,
+                                     bad_frames=dict(bad + Counter(ex.bad_frames)),
+                                     callback_errors=ex.callback_errors + callback_errors))
+        symbols = []
+        for sym in status.symbols:
+            received, dropped = self._base_symbols.get((sym.exchange, sym.symbol), (0, 0))
+            symbols.append(replace(sym, received=sym.received + received,
+                                   dropped=sym.dropped + dropped))
+        return IngestionStatus(tuple(exchanges), tuple(symbols))
+
+    def _down_status(self) -> IngestionStatus:
+        seen = self._last_seen.get("*")
+        known = {e.exchange: e for e in (seen.exchanges if seen is not None else ())}
+        last_ms = {(s.exchange, s.symbol): s.last_message_ms
+                   for s in (seen.symbols if seen is not None else ())}
+        reason, since = self._down, self._down_ms
+        exchanges, symbols = [], []
+        for exchange, wanted in list(self._wanted.items()):
+            previous = known.get(exchange)
+            reconnects, bad, callback_errors = self._base_exchanges.get(exchange,
+                                                                        (0, Counter(), 0))
+            exchanges.append(ExchangeStatus(
+                exchange=exchange, state="down",
+                mode=previous.mode if previous is not None else "websocket",
+                channel=previous.channel if previous is not None
+                else str(wanted.kwargs.get("channel", "ticker")),
+                reconnects=reconnects, symbols=tuple(wanted.symbols), bad_frames=dict(bad),
+                callback_errors=callback_errors, last_error=reason, last_error_ms=since))
+            for symbol in wanted.symbols:
+                received, dropped = self._base_symbols.get((exchange, symbol), (0, 0))
+                symbols.append(SymbolStatus(exchange, symbol, True, received, dropped, True,
+                                            last_ms.get((exchange, symbol))))
+        return IngestionStatus(tuple(exchanges), tuple(symbols))
 
     def control(self, timeout: float = DEFAULT_CONTROL_TIMEOUT) -> ProcessControl:
         """The :class:`~flight_md.control.IngestionControl` for the Flight service."""
         return ProcessControl(self, timeout)
 
     def stop(self, timeout: float = 10.0) -> None:
-        """Stop the streams and the child; bounded by ``timeout`` (idempotent)."""
-        process, conn = self._process, self._conn
-        if process is None or conn is None:
+        """Stop supervising, then the streams and the child; bounded by ``timeout`` in all
+        (then the child is terminated, then killed; idempotent)."""
+        began = time.monotonic()
+        deadline = began + timeout
+
+        def left() -> float:
+            return max(deadline - time.monotonic(), 0.0)
+
+        with self._lifecycle:
+            self._stopping = True
+            self._stop_event.set()
+            restarter, self._restarter = self._restarter, None
+        if restarter is not None and restarter is not threading.current_thread():
+            restarter.join(left())
+        with self._lifecycle:
+            child, self._child = self._child, None
+            self._down = self._down_ms = None
+        if child is None:
             return
-        self._stopping = True
         try:
-            if self.alive:
-                self.call("stop", (), timeout)
+            if self._is_alive(child.process) and child.reader is not None \
+                    and child.reader.is_alive():
+                self._call(child, "stop", (), left())
         except FlightMdError as error:
             logger.warning("ingestion process did not stop cleanly: %s", error)
-        process.join(timeout)
-        if process.is_alive():
-            logger.warning("ingestion process still running after %g s; terminating it", timeout)
-            process.terminate()
-            process.join(2.0)
-            if process.is_alive():
-                process.kill()
-                process.join(2.0)
-        conn.close()
-        if self._reader is not None:
-            self._reader.join(timeout)
-        self.exitcode = process.exitcode
-        self._process = self._conn = self._reader = None
+        self._join(child.process, left())
+        if self._is_alive(child.process):
+            logger.warning("ingestion process still running %.2f s after it was asked to stop "
+                           "(limit %g s); terminating it", time.monotonic() - began, timeout)
+            child.process.terminate()
+            self._join(child.process, 2.0)
+            if self._is_alive(child.process):
+                child.process.kill()
+                self._join(child.process, 2.0)
+        child.conn.close()
+        if child.reader is not None:
+            child.reader.join(max(left(), 1.0))
+        self.exitcode = child.process.exitcode
 
     def __enter__(self) -> Self:
         return self.start()
@@ -390,17 +687,13 @@ class ProcessControl:
 
     def subscribe(self, exchange: str | None, symbols: Sequence[str]) -> dict[str, Any]:
         """Start streaming ``symbols``; returns ``{"exchange": id, "subscribed": [...]}``."""
-        result: dict[str, Any] = self.process.call("subscribe", (exchange, _names(symbols)),
-                                                   self.timeout)
-        return result
+        return self.process.subscribe(exchange, symbols, self.timeout)
 
     def unsubscribe(self, exchange: str | None, symbols: Sequence[str]) -> dict[str, Any]:
         """Stop streaming ``symbols``; returns ``{"exchange": id, "unsubscribed": [...]}``."""
-        result: dict[str, Any] = self.process.call("unsubscribe", (exchange, _names(symbols)),
-                                                   self.timeout)
-        return result
+        return self.process.unsubscribe(exchange, symbols, self.timeout)
 
     def status(self) -> IngestionStatus:
-        """A consistent snapshot of every stream (taken in the child)."""
-        result: IngestionStatus = self.process.call("status", (), self.timeout)
-        return result
+        """A consistent snapshot of every stream (taken in the child; while the child is being
+        restarted, each exchange ``down``)."""
+        return self.process.status(self.timeout)

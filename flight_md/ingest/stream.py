@@ -83,6 +83,7 @@ from flight_md.errors import InvalidArgument, Unavailable
 from flight_md.events import EventKind, EventLog
 from flight_md.ingest.endpoints import apply_url_overrides, url_overrides
 from flight_md.ingest.policy import GiveUp, PolicySettings, ReconnectPolicy, retry_after_seconds
+from flight_md.ingest.skew import SkewWindow
 from flight_md.normalize import Channel, DropReason, fingerprint, row_to_tick, to_row
 from flight_md.schema import MarketTick, now_ms
 
@@ -128,6 +129,8 @@ class ConnectionState(StrEnum):
     CONNECTED = "connected"
     RECONNECTING = "reconnecting"
     FAILED = "failed"
+    DOWN = "down"
+    """Reported for the streams of an ingestion process that is not running (being restarted)."""
 
 
 class Mode(StrEnum):
@@ -471,6 +474,8 @@ class MarketDataStream:
         self._callback_errors = 0
         self._reconnects = 0
         self._last_error: str | None = None
+        self._last_error_ms: int | None = None
+        self._skew = SkewWindow()
         # Every reconnect decision (backoff, give-up, fallback, staleness) is the pure policy's.
         self._policy = ReconnectPolicy(
             PolicySettings(reconnect_delay=self.reconnect_delay,
@@ -576,12 +581,7 @@ class MarketDataStream:
         """
         if self._task is not None and not self._task.done():
             return
-        self._policy.reset()
-        self._set_state(ConnectionState.CONNECTING)
-        if self._log_filter is not None:
-            self._ccxt_logger.addFilter(self._log_filter)
-        self._exchange.open()  # ccxt.close() marks the instance closed; reopen after disconnect
-        self._exchange_closed = False
+        self._begin()
         try:
             await self._exchange.load_markets()
         except asyncio.CancelledError:
@@ -589,16 +589,83 @@ class MarketDataStream:
             self._set_state(ConnectionState.DISCONNECTED)
             raise
         except Exception as error:  # noqa: BLE001 - whatever ccxt raised, the exchange is unreachable
-            reason = self._describe(error)
-            self._last_error = reason
-            self._events.record(self.exchange_id, EventKind.ERROR, (),
-                                f"cannot load markets: {reason}")
-            logger.warning("%s: cannot load markets: %s", self.exchange_id, reason)
+            reason = self._markets_failed(error)
             await self._close_exchange()
             self._set_state(ConnectionState.DISCONNECTED)
             raise Unavailable(f"cannot reach {self.exchange_id}: {reason}") from None
-        loop = asyncio.get_running_loop()
+        self._markets_loaded()
+        self._task = asyncio.get_running_loop().create_task(
+            self._supervise(), name=f"flight-md-{self.exchange_id}")
+
+    async def start(self, symbols: Sequence[str] = (), *,
+                    on_invalid: Callable[[InvalidArgument], None] | None = None) -> None:
+        """Connect and subscribe ``symbols``, and if the exchange cannot be reached, keep trying.
+
+        What a daemon wants (``flight-md serve``): where :meth:`connect` raises
+        :class:`~flight_md.errors.Unavailable`, this returns with the stream ``RECONNECTING``
+        (``last_error`` says why) and loads the markets in the background with the reconnect
+        backoff; once they load, ``symbols`` are subscribed and streaming starts. Idempotent
+        like :meth:`connect`.
+
+        Args:
+            symbols: Symbols to subscribe once connected.
+            on_invalid: Called (on the loop) if, once the markets load in the background, a
+                symbol turns out not to be listed; the stream is then ``FAILED``. A symbol found
+                missing right away is raised instead.
+
+        Raises:
+            InvalidArgument: No symbols, a symbol that is not a string, or (when the markets
+                load at once) a symbol the exchange does not list.
+            Unavailable: ``max_reconnect_attempts=0`` and the exchange cannot be reached.
+        """
+        wanted = self._check_symbols(symbols, "subscribe") if symbols else []
+        if self._task is not None and not self._task.done():
+            if wanted and self._exchange.markets:
+                await self.subscribe(wanted)
+            return
+        self._begin()
+        try:
+            await self._exchange.load_markets()
+        except asyncio.CancelledError:
+            await self._close_exchange()
+            self._set_state(ConnectionState.DISCONNECTED)
+            raise
+        except Exception as error:  # noqa: BLE001 - whatever ccxt raised, the exchange is unreachable
+            reason = self._markets_failed(error)
+            try:
+                self._policy.failed(websocket=False)
+            except GiveUp:
+                await self._close_exchange()
+                self._set_state(ConnectionState.DISCONNECTED)
+                raise Unavailable(f"cannot reach {self.exchange_id}: {reason}") from None
+            self._set_state(ConnectionState.RECONNECTING)
+            self._task = asyncio.get_running_loop().create_task(
+                self._connect_later(wanted, on_invalid), name=f"flight-md-{self.exchange_id}")
+            return
+        self._markets_loaded()
+        self._task = asyncio.get_running_loop().create_task(
+            self._supervise(), name=f"flight-md-{self.exchange_id}")
+        if wanted:
+            await self.subscribe(wanted)
+
+    def _begin(self) -> None:
+        self._policy.reset()
+        self._set_state(ConnectionState.CONNECTING)
+        if self._log_filter is not None and self._log_filter not in self._ccxt_logger.filters:
+            self._ccxt_logger.addFilter(self._log_filter)
+        self._exchange.open()  # ccxt.close() marks the instance closed; reopen after disconnect
+        self._exchange_closed = False
+
+    def _markets_failed(self, error: BaseException) -> str:
+        reason = self._note_error(error)
+        self._events.record(self.exchange_id, EventKind.ERROR, (),
+                            f"cannot load markets: {reason}")
+        logger.warning("%s: cannot load markets: %s", self.exchange_id, reason)
+        return reason
+
+    def _markets_loaded(self) -> None:
         self._set_state(ConnectionState.CONNECTED)
+        self._last_error = self._last_error_ms = None
         self._events.record(self.exchange_id, EventKind.CONNECT, self.symbols,
                             f"{len(self._exchange.markets)} markets loaded; "
                             f"mode {self._active_mode.value}, channel {self.channel.value}")
@@ -606,7 +673,43 @@ class MarketDataStream:
                     len(self._exchange.markets), self._active_mode.value, self.channel.value)
         for subscriber in self._subscribers:
             self._start_worker(subscriber)
-        self._task = loop.create_task(self._supervise(), name=f"flight-md-{self.exchange_id}")
+
+    async def _connect_later(self, wanted: Sequence[str],
+                             on_invalid: Callable[[InvalidArgument], None] | None) -> None:
+        """:meth:`start`'s background part: load the markets with backoff, then stream."""
+        try:
+            while True:
+                await asyncio.sleep(self._policy.next_delay())
+                try:
+                    await self._exchange.load_markets()
+                except asyncio.CancelledError:
+                    raise
+                except Exception as error:  # noqa: BLE001 - unreachable still: back off, retry
+                    self._markets_failed(error)
+                    self._policy.failed(websocket=False)
+                    continue
+                break
+        except GiveUp as give_up:
+            self._set_state(ConnectionState.FAILED)
+            self._events.record(self.exchange_id, EventKind.FAILED, wanted,
+                                f"{give_up} loading markets; last error: {self._last_error}")
+            logger.error("%s: %s loading markets", self.exchange_id, give_up)
+            return
+        self._policy.reset()
+        self._markets_loaded()
+        if wanted:
+            try:
+                await self.subscribe(wanted)
+            except InvalidArgument as error:
+                self._last_error, self._last_error_ms = str(error), now_ms()
+                self._set_state(ConnectionState.FAILED)
+                self._events.record(self.exchange_id, EventKind.FAILED, wanted, str(error))
+                if on_invalid is None:
+                    logger.error("%s: %s", self.exchange_id, error)
+                else:
+                    on_invalid(error)
+                return
+        await self._supervise()
 
     async def disconnect(self) -> None:
         """Stop streaming and release every connection (idempotent)."""
@@ -679,8 +782,11 @@ class MarketDataStream:
         """
         wanted = self._check_symbols(symbols, "subscribe")
         markets = self._exchange.markets
-        if self._task is None or not markets:
+        if self._task is None:
             raise Unavailable(f"{self.exchange_id} stream is not connected; call connect() first")
+        if not markets:
+            raise Unavailable(f"{self.exchange_id} is not reachable yet ({self._last_error}); "
+                              "retrying: subscribe again once it is connected")
         if self._state is ConnectionState.FAILED:
             raise Unavailable(f"{self.exchange_id} stream has failed ({self._last_error}); "
                               "call connect() to restart it")
@@ -912,7 +1018,10 @@ class MarketDataStream:
             return False
         # The row is valid by construction (normalize checked every value): it is stored
         # without a MarketTick round trip, which is built only for callbacks.
-        self._buffer.append_row(self.exchange_id, made[0], made[1])
+        row = made[1]
+        self._buffer.append_row(self.exchange_id, made[0], row)
+        if ticker.get("timestamp") is not None:  # else the row's timestamp is receive_ms
+            self._skew.add(receive_ms, int(row[0]))
         if self._subscribers:
             self._dispatch(row_to_tick(made[0], made[1], self.exchange_id))
         return True
@@ -959,8 +1068,7 @@ class MarketDataStream:
         except asyncio.CancelledError:
             raise
         except Exception as error:  # noqa: BLE001 - a bug must leave a visible FAILED state
-            reason = self._describe(error)
-            self._last_error = reason
+            reason = self._note_error(error)
             self._set_state(ConnectionState.FAILED)
             self._events.record(self.exchange_id, EventKind.FAILED, self.symbols,
                                 f"ingestion stopped by an unexpected error: {reason}")
@@ -981,8 +1089,7 @@ class MarketDataStream:
 
     def _failed(self, error: BaseException, what: str, *, websocket: bool) -> None:
         """Account a failed session or poll; raise :class:`GiveUp` when out of attempts."""
-        reason = self._describe(error)
-        self._last_error = reason
+        reason = self._note_error(error)
         try:
             self._policy.failed(websocket=websocket)
         except GiveUp as give_up:
@@ -993,6 +1100,8 @@ class MarketDataStream:
 
     def _recovered(self, how: str, *, websocket: bool) -> None:
         self._policy.good(websocket=websocket)
+        # The outage is over: status stops reporting its error (the @events log keeps it).
+        self._last_error = self._last_error_ms = None
         was = self._state
         if was is ConnectionState.CONNECTED:
             return
@@ -1223,7 +1332,8 @@ class MarketDataStream:
             channel=self.channel.value, reconnects=self._reconnects, symbols=self.symbols,
             bad_frames={str(reason): count for reason, count in self._bad_frames.items()},
             callback_errors=self._callback_errors,
-            last_error=self._last_error)
+            last_error=self._last_error, last_error_ms=self._last_error_ms,
+            clock_skew=self._skew.summary(now_ms()))
         symbols = tuple(
             SymbolStatus(
                 exchange=self.exchange_id, symbol=symbol, subscribed=state.subscribed,
@@ -1241,6 +1351,12 @@ class MarketDataStream:
         if state is not self._state:
             logger.debug("%s: %s -> %s", self.exchange_id, self._state.value, state.value)
             self._state = state
+
+    def _note_error(self, error: BaseException) -> str:
+        """Remember ``error`` as the current outage's (status ``last_error``); its text."""
+        reason = self._describe(error)
+        self._last_error, self._last_error_ms = reason, now_ms()
+        return reason
 
     def _describe(self, error: BaseException) -> str:
         """A one-line, secret-free description of an error."""
