@@ -12,6 +12,8 @@ from typing import Any
 
 import pytest
 
+from tests.support import until
+
 
 class MarketMover:
     """A plain websocket client subscribed to every market of an emulator.
@@ -176,6 +178,18 @@ class IngestRig:
     def stored(self) -> dict[str, int]:
         """Ticks stored per symbol (``status`` → ``symbols[].ticks_stored``)."""
         return {s["symbol"]: s["ticks_stored"] for s in self.status()["symbols"]}
+
+    def quiet(self) -> dict[str, int]:
+        """Wait until no symbol's stored count changes over four looks 0.1 s apart (call it
+        once the emulator has stopped writing); return the counts."""
+        seen: list[dict[str, int]] = []
+
+        def settled() -> bool:
+            seen.append(self.stored())
+            return len(seen) >= 4 and all(counts == seen[-1] for counts in seen[-4:])
+
+        until(settled, 15, "the store to stop growing", interval=0.1)
+        return seen[-1]
 
     def rows(self, symbol: str) -> Any:
         """Every stored tick of ``symbol`` (its whole buffer, oldest first)."""

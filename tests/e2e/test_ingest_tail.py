@@ -45,18 +45,6 @@ def _inject(rig: Any, fault: Fault) -> None:
         rig.emulator.inject(fault)
 
 
-def _quiet(rig: Any) -> int:
-    """Wait until the stored count of the tailed symbol stops changing; return it."""
-    seen: list[int] = []
-
-    def settled() -> bool:
-        seen.append(rig.stored()[TAILED])
-        return len(seen) >= 4 and len(set(seen[-4:])) == 1
-
-    until(settled, 10, "the store to stop growing", interval=0.1)
-    return seen[-1]
-
-
 @pytest.mark.parametrize("fault", [Fault.RESET, Fault.CLOSE_1006, Fault.CLOSE_1001, Fault.STALL])
 def test_a_live_tail_stays_open_across_a_reconnect_and_delivers_every_stored_tick_once(
         ingest_rig: Any, fault: Fault) -> None:
@@ -85,7 +73,7 @@ def test_a_live_tail_stays_open_across_a_reconnect_and_delivers_every_stored_tic
 
     # The exchange stops writing; once the store is quiet, the tail must catch up with it.
     rig.emulator.inject(Fault.STALL)
-    count = _quiet(rig)
+    count = rig.quiet()[TAILED]
     sent = rig.sent(TAILED)
     store = rig.rows(TAILED)
     assert store.num_rows == count
