@@ -9,7 +9,7 @@ import aiohttp
 import pytest
 
 from flight_md.emulator import Emulator
-from tests.emulator.conftest import MS, ExchangeFactory
+from tests.emulator.conftest import MS, ExchangeFactory, until
 
 pytestmark = pytest.mark.asyncio
 
@@ -59,9 +59,13 @@ async def test_watch_bids_asks_streams_book_tickers_until_unwatched(exchange_fac
         # The acknowledgement follows every frame queued before it: the count is final.
         sent = emu.sent("bookTicker", "BTC/USDT")
         assert sent > 0
-        await asyncio.sleep(0.3 * MS)
-        assert emu.sent("bookTicker", "BTC/USDT") == sent
         assert emu.stats.subscriptions == 0
+        # The barrier: BTC/USDT keeps moving (its mini ticker channel gets 20 frames), and not one
+        # of those moves reaches the unwatched book ticker channel.
+        await asyncio.wait_for(exchange.watch_ticker("BTC/USDT"), 5 * MS)
+        await until(lambda: emu.sent("miniTicker", "BTC/USDT") >= 20, 10,
+                    "20 BTC/USDT mini ticker frames")
+        assert emu.sent("bookTicker", "BTC/USDT") == sent
 
 
 async def test_watch_ticker_on_the_full_ticker_channel(exchange_factory: ExchangeFactory) -> None:
@@ -157,16 +161,16 @@ async def test_server_pings_and_combined_streams_wrap_frames() -> None:
 
 async def test_synthetic_data_is_deterministic_given_a_seed() -> None:
     async def first_frames(seed: int) -> list[dict[str, object]]:
-        async with Emulator("binance", SYMBOLS, rate=400, seed=seed) as emu, aiohttp.ClientSession() as session:
-            async with session.ws_connect(ws_url(emu)) as ws:
-                await ws.send_str(json.dumps({"method": "SUBSCRIBE", "params": ["ethusdt@bookTicker"], "id": 1}))
-                frames = []
-                async with asyncio.timeout(5 * MS):
-                    while len(frames) < 30:
-                        message = json.loads((await ws.receive()).data)
-                        if "u" in message:
-                            frames.append(message)
-                return frames
+        async with Emulator("binance", SYMBOLS, rate=400, seed=seed) as emu, aiohttp.ClientSession() as session, \
+                session.ws_connect(ws_url(emu)) as ws:
+            await ws.send_str(json.dumps({"method": "SUBSCRIBE", "params": ["ethusdt@bookTicker"], "id": 1}))
+            frames = []
+            async with asyncio.timeout(5 * MS):
+                while len(frames) < 30:
+                    message = json.loads((await ws.receive()).data)
+                    if "u" in message:
+                        frames.append(message)
+            return frames
 
     first, again, other = await first_frames(7), await first_frames(7), await first_frames(8)
     assert first == again
@@ -175,21 +179,26 @@ async def test_synthetic_data_is_deterministic_given_a_seed() -> None:
 
 
 async def test_synthetic_rate_is_close_to_the_requested_rate() -> None:
+    """Over a window of 1,000 frames the emulator paces at about its rate.
+
+    The window is counted in frames, not seconds. Never faster than 1.5x the rate (load only
+    slows it down); the lower limit, 0.5x, is divided by ``MS`` for slow machines.
+    """
     rate = 1000.0
-    async with Emulator("binance", SYMBOLS, rate=rate) as emu, aiohttp.ClientSession() as session:
-        async with session.ws_connect(ws_url(emu)) as ws:
-            await ws.send_str(json.dumps({"method": "SUBSCRIBE", "params": ["btcusdt@bookTicker",
-                                                                             "ethusdt@bookTicker"], "id": 1}))
-            drain = asyncio.get_running_loop().create_task(_drain(ws))
-            try:
-                await asyncio.sleep(0.2 * MS)
-                loop = asyncio.get_running_loop()
-                before, started = emu.stats.frames_total, loop.time()
-                await asyncio.sleep(1.0 * MS)
-                achieved = (emu.stats.frames_total - before) / (loop.time() - started)
-            finally:
-                drain.cancel()
-    assert 0.5 * rate <= achieved <= 1.5 * rate
+    subscribe = {"method": "SUBSCRIBE", "params": ["btcusdt@bookTicker", "ethusdt@bookTicker"], "id": 1}
+    async with Emulator("binance", SYMBOLS, rate=rate) as emu, aiohttp.ClientSession() as session, \
+            session.ws_connect(ws_url(emu)) as ws:
+        await ws.send_str(json.dumps(subscribe))
+        drain = asyncio.get_running_loop().create_task(_drain(ws))
+        try:
+            await until(lambda: emu.stats.frames_total >= 200, 10, "the stream to start")
+            loop = asyncio.get_running_loop()
+            before, started = emu.stats.frames_total, loop.time()
+            await until(lambda: emu.stats.frames_total - before >= 1000, 10, "1,000 more frames")
+            achieved = (emu.stats.frames_total - before) / (loop.time() - started)
+        finally:
+            drain.cancel()
+    assert 0.5 * rate / MS <= achieved <= 1.5 * rate, achieved
 
 
 async def _drain(ws: aiohttp.ClientWebSocketResponse) -> None:

