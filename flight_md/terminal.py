@@ -13,6 +13,12 @@ Every command takes ``--location`` (default ``$FLIGHT_MD_LOCATION`` or
 ``grpc://127.0.0.1:8815``), ``--token`` / ``--token-file`` / ``$FLIGHT_MD_TOKEN`` (bearer
 token), ``--tls-root-certs FILE`` and ``--tls-cert FILE --tls-key FILE`` (mutual TLS), and
 ``--timeout`` (seconds per request; live tails have none).
+
+Prices print with the market's precision, learnt from the data (there is no market metadata
+on the wire yet): the quoted prices of a symbol (``bid``, ``ask``, ``open``, ``high``,
+``low``, ``close``) print as the exchange sent them, and ``price`` (on the ``bidask`` channel
+the mid, an average of two quotes) with at most one decimal more than those, so float noise
+such as ``64781.759999999995`` never shows. See :class:`PricePrecision`.
 """
 
 from __future__ import annotations
@@ -51,6 +57,13 @@ TABLE_LATEST: Final = 20
 """Rows ``get`` prints as a table when no ``--latest``/``--start``/``--end`` is given."""
 TIME_COLUMNS: Final = ("timestamp", "receive_timestamp")
 TAIL_COLUMNS: Final = ("price", "bid", "ask", "volume")
+QUOTED_COLUMNS: Final = ("bid", "ask", "open", "high", "low", "close")
+"""Prices as the exchange quoted them: their decimals are the market's display precision."""
+PRICE_COLUMNS: Final = ("price", *QUOTED_COLUMNS)
+MAX_PRICE_DECIMALS: Final = 12
+"""A quoted price with more decimals than this is float noise itself, not precision."""
+UNQUOTED_DIGITS: Final = 12
+"""Significant digits of a price shown without any quoted price of its symbol to go by."""
 _POLL_S: Final = 0.1
 _RELATIVE_RE: Final = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
 _UNIT_MS: Final = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
@@ -260,6 +273,45 @@ def format_number(value: Any) -> str:
     return str(value)
 
 
+def _decimals(value: float) -> int:
+    """Decimals of the shortest text that round-trips ``value`` (``64781.7`` -> 1)."""
+    exponent = Decimal(repr(value)).as_tuple().exponent
+    return -exponent if isinstance(exponent, int) and exponent < 0 else 0
+
+
+class PricePrecision:
+    """Display decimals per (exchange, symbol), learnt from the quoted prices seen so far.
+
+    A symbol's precision is the most decimals any of its quoted prices (:data:`QUOTED_COLUMNS`)
+    has had: the market's tick size as the data shows it. ``price`` gets one decimal more (a
+    mid of two quotes needs at most that), a quoted column its own precision; the text is the
+    shortest one of the value rounded to that, so ``64781.759999999995`` prints as
+    ``64781.76``. A price whose symbol has shown no quote yet prints with
+    :data:`UNQUOTED_DIGITS` significant digits.
+    """
+
+    def __init__(self) -> None:
+        self._decimals: dict[tuple[Any, Any], int] = {}
+
+    def learn(self, row: dict[str, Any]) -> None:
+        """Take the quoted prices of one row (a tick, or a snapshot row) into account."""
+        key = (row.get("exchange"), row.get("symbol"))
+        seen = [_decimals(v) for c in QUOTED_COLUMNS
+                if isinstance(v := row.get(c), float) and math.isfinite(v)]
+        seen = [d for d in seen if d <= MAX_PRICE_DECIMALS]
+        if seen:
+            self._decimals[key] = max(max(seen), self._decimals.get(key, 0))
+
+    def format(self, row: dict[str, Any], name: str, value: Any) -> str:
+        """``value`` of column ``name`` in ``row``: prices with the symbol's precision."""
+        if name not in PRICE_COLUMNS or not isinstance(value, float) or not math.isfinite(value):
+            return format_number(value)
+        places = self._decimals.get((row.get("exchange"), row.get("symbol")))
+        if places is None:
+            return format_number(float(f"{value:.{UNQUOTED_DIGITS}g}"))
+        return format_number(round(value, places + 1 if name == "price" else places))
+
+
 def format_age(ms: float | None) -> str:
     """A duration for humans: ``850ms``, ``12.3s``, ``3m04s``, ``2h05m``, ``3d04h``."""
     if ms is None:
@@ -280,7 +332,8 @@ def format_age(ms: float | None) -> str:
     return f"{days}d{hours:02d}h"
 
 
-def _cell(name: str, value: Any) -> str:
+def _cell(name: str, value: Any, row: dict[str, Any] | None = None,
+          precision: PricePrecision | None = None) -> str:
     if value is None:
         return "-"
     if name in TIME_COLUMNS and isinstance(value, int):
@@ -289,6 +342,8 @@ def _cell(name: str, value: Any) -> str:
         return ",".join(str(v) for v in value)
     if isinstance(value, bool):
         return "yes" if value else "no"
+    if precision is not None and row is not None:
+        return precision.format(row, name, value)
     return format_number(value)
 
 
@@ -323,10 +378,14 @@ def grid(headers: Sequence[str], rows: Sequence[Sequence[str]],
 
 
 def table_lines(table: pa.Table, width: int | None = None) -> tuple[list[str], int]:
-    """A table as aligned text: ISO UTC times, plain numbers, ``-`` for nulls."""
+    """A table as aligned text: ISO UTC times, plain numbers (prices with their market's
+    precision, see :class:`PricePrecision`), ``-`` for nulls."""
     names = table.column_names
-    columns = [table.column(n).to_pylist() for n in names]
-    rows = [[_cell(n, col[i]) for n, col in zip(names, columns)] for i in range(table.num_rows)]
+    records = table.to_pylist()
+    precision = PricePrecision()
+    for record in records:
+        precision.learn(record)
+    rows = [[_cell(n, record[n], record, precision) for n in names] for record in records]
     right = [(pa.types.is_integer(t) or pa.types.is_floating(t)) and n not in TIME_COLUMNS
              for n, t in zip(names, table.schema.types)]
     return grid(names, rows, right, width)
@@ -532,6 +591,7 @@ class TopModel:
     prices: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
     error: str | None = None
     updated: float = 0.0
+    precision: PricePrecision = field(default_factory=PricePrecision)
 
     def update(self, status: dict[str, Any], snapshot: pa.Table, now: float) -> None:
         """Take a new status and snapshot; ticks/s comes from the counter deltas."""
@@ -544,6 +604,8 @@ class TopModel:
             self.previous[key] = (count, now)
         self.status = status
         self.prices = {(r["exchange"], r["symbol"]): r for r in snapshot.to_pylist()}
+        for row in self.prices.values():
+            self.precision.learn(row)
         self.error = None
         self.updated = now
 
@@ -579,8 +641,9 @@ class TopModel:
             rate = self.rates.get(key)
             rows.append([sym["exchange"], sym["symbol"], state,
                          "-" if rate is None else f"{rate:.1f}",
-                         format_number(tick.get("price")), format_number(tick.get("bid")),
-                         format_number(tick.get("ask")), format_age(sym.get("age_ms")),
+                         *(self.precision.format(tick, name, tick.get(name))
+                           for name in ("price", "bid", "ask")),
+                         format_age(sym.get("age_ms")),
                          str(ex.get("reconnects", "-")), str(sym.get("ticks_stored", 0)),
                          str(sym.get("ticks_dropped", 0))])
             states.append(state)
@@ -727,8 +790,12 @@ def _pump(reader: flight.FlightStreamReader, items: queue.Queue[Any],
             put(exc)
 
 
-def tail_line(row: dict[str, Any], columns: Sequence[str] | None) -> str:
-    """One tick as one line: time, exchange, symbol, then ``name=value`` pairs."""
+def tail_line(row: dict[str, Any], columns: Sequence[str] | None,
+              precision: PricePrecision | None = None) -> str:
+    """One tick as one line: time, exchange, symbol, then ``name=value`` pairs (prices with
+    the precision ``precision`` has learnt, this tick included)."""
+    if precision is not None:
+        precision.learn(row)
     parts = []
     if "timestamp" in row:
         parts.append(format_time(row["timestamp"]))
@@ -737,18 +804,19 @@ def tail_line(row: dict[str, Any], columns: Sequence[str] | None) -> str:
             parts.append(str(row[key]))
     names = [c for c in (columns or TAIL_COLUMNS)
              if c not in ("timestamp", "exchange", "symbol") and c in row]
-    parts += [f"{name}={_cell(name, row[name])}" for name in names]
+    parts += [f"{name}={_cell(name, row[name], row, precision)}" for name in names]
     return "  ".join(parts)
 
 
 def _tail_writer(args: argparse.Namespace, out: IO[str]) -> Callable[[dict[str, Any]], None]:
     columns = _columns(args.columns)
+    precision = PricePrecision()
 
     def as_json(row: dict[str, Any]) -> None:
         out.write(json.dumps(row, separators=(",", ":")) + "\n")
 
     def as_text(row: dict[str, Any]) -> None:
-        out.write(tail_line(row, columns) + "\n")
+        out.write(tail_line(row, columns, precision) + "\n")
 
     return as_json if args.json else as_text
 
