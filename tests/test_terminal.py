@@ -334,9 +334,15 @@ def test_top_without_a_terminal_shows_the_real_servers_figures(
     last = _frames(out)[1]
     for symbol, frames_sent in sent.items():
         tick = _newest(location, symbol)
-        prices = r"\s+".join(re.escape(format_number(tick[k])) for k in ("price", "bid", "ask"))
-        assert re.search(rf"^binance\s+{re.escape(symbol)}\s+connected\s+0\.0\s+{prices}\s+\S+"
-                         rf"\s+1\s+{frames_sent}\s+0$", last, re.MULTILINE), last
+        row = re.search(rf"^binance\s+{re.escape(symbol)}\s+connected\s+0\.0\s+([\d.]+)\s+"
+                        rf"([\d.]+)\s+([\d.]+)\s+\S+\s+1\s+{frames_sent}\s+0$", last,
+                        re.MULTILINE)
+        assert row, last
+        for shown, name in zip(row.groups(), ("price", "bid", "ask")):
+            # the newest tick's value, to the decimals shown (the market's precision)
+            decimals = len(shown.partition(".")[2])
+            assert abs(float(shown) - tick[name]) <= 0.5 * 10**-decimals + 1e-9, (
+                name, shown, tick[name])
 
 
 def test_top_model_rates_and_errors() -> None:
