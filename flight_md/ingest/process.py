@@ -407,7 +407,9 @@ class IngestionProcess:
             if not (self._stopping or child.discarded or not child.started
                     or self._child is not child):
                 crashed = True  # stop() or _discard() reap the others
-                # Down before any caller hears of it, so that status answers without the child.
+                # Down (with every row it sent counted) before any caller hears of it, so that
+                # status answers without the child, and consistently.
+                self._carry_counters(child)
                 self._down, self._down_ms = "ingestion process exited unexpectedly", now_ms()
         for future in list(self._calls.values()):
             if not future.done():
@@ -419,7 +421,6 @@ class IngestionProcess:
         self.exitcode = child.process.exitcode
         detail = f"ingestion process exited unexpectedly (exit code {self.exitcode})"
         with self._lifecycle:
-            self._carry_counters(child)
             self._down = detail
             child.conn.close()
             if self._child is child:
