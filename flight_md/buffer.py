@@ -50,6 +50,7 @@ __all__ = [
     "BufferStats",
     "Follower",
     "MarketDataBuffer",
+    "ambiguous_exchange",
 ]
 
 DEFAULT_BUFFER_SIZE: Final = 10_000
@@ -558,9 +559,13 @@ class MarketDataBuffer:
             raise UnknownSymbol(f"unknown symbol {symbol!r}; buffered: "
                                 f"{_preview(sorted(self._by_symbol))}")
         if len(exchanges) > 1:
-            raise AmbiguousExchange(f"symbol {symbol!r} is buffered on several exchanges; "
-                                    f"add exchange= one of: {', '.join(exchanges)}")
+            raise AmbiguousExchange(ambiguous_exchange(symbol, exchanges))
         return exchanges[0], symbol
+
+    def ensure(self, exchange: str, symbol: str) -> None:
+        """Create the (empty) ring of ``(exchange, symbol)`` unless it exists, e.g. for a live
+        tail to wait on a subscribed symbol's first tick."""
+        self._ring_for(exchange, symbol)
 
     def _ring(self, symbol: str, exchange: str | None) -> _Ring:
         return self._rings[self.resolve(symbol, exchange)]
@@ -737,6 +742,12 @@ def _row(tick: MarketTick) -> tuple[float, ...]:
             NAN if high is None else high, NAN if low is None else low,
             NAN if open_ is None else open_, NAN if close is None else close,
             tick.receive_timestamp)
+
+
+def ambiguous_exchange(symbol: str, exchanges: Sequence[str]) -> str:
+    """The one phrasing of a symbol on several exchanges with none chosen."""
+    return (f"symbol {symbol!r} is buffered on several exchanges; add exchange= one of: "
+            f"{', '.join(exchanges)}")
 
 
 def _preview(names: Sequence[str], limit: int = 20) -> str:

@@ -9,6 +9,7 @@ service maps each branch to exactly one Flight status code, in one place
     │   ├── InvalidTicket
     │   ├── InvalidDescriptor
     │   ├── InvalidActionBody
+    │   ├── InvalidCriteria
     │   ├── AmbiguousExchange
     │   └── RequestTooLarge
     ├── NotFound .................. NOT_FOUND
@@ -16,6 +17,7 @@ service maps each branch to exactly one Flight status code, in one place
     │   └── UnknownExchange
     ├── UnknownAction ............. UNIMPLEMENTED
     ├── Unavailable ............... UNAVAILABLE
+    │   └── ShuttingDown .......... UNAVAILABLE (extra_info b"server_shutdown")
     ├── SlowConsumer .............. CANCELLED (extra_info b"slow_consumer")
     ├── Unauthenticated ........... UNAUTHENTICATED
     ├── PermissionDenied .......... PERMISSION_DENIED
@@ -35,11 +37,13 @@ __all__ = [
     "FlightMdError",
     "InvalidActionBody",
     "InvalidArgument",
+    "InvalidCriteria",
     "InvalidDescriptor",
     "InvalidTicket",
     "NotFound",
     "PermissionDenied",
     "RequestTooLarge",
+    "ShuttingDown",
     "SlowConsumer",
     "StartupError",
     "Unauthenticated",
@@ -70,6 +74,10 @@ class InvalidActionBody(InvalidArgument):
     """An action body is not the JSON object the action expects."""
 
 
+class InvalidCriteria(InvalidArgument):
+    """``ListFlights`` criteria are neither an exchange id nor a symbol glob."""
+
+
 class AmbiguousExchange(InvalidArgument):
     """A symbol is buffered on several exchanges and none was chosen."""
 
@@ -96,6 +104,10 @@ class UnknownAction(FlightMdError):
 
 class Unavailable(FlightMdError):
     """The request is valid but cannot be served now (no ingestion, exchange down)."""
+
+
+class ShuttingDown(Unavailable):
+    """The server is stopping: no new live tails, and open ones end with this error."""
 
 
 class SlowConsumer(FlightMdError):

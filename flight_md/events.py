@@ -4,6 +4,11 @@ Ingestion records every connect, disconnect, reconnect, stale detection, mode ch
 subscribe, unsubscribe and clear here, so gaps in the data are visible to users. The log is
 bounded (oldest events dropped first) and thread-safe: ingestion writes from its asyncio
 thread, Flight handlers read from gRPC threads.
+
+The log also knows what is subscribed, for the service to answer a subscribed symbol that
+has no tick yet with an empty table rather than NOT_FOUND: a symbol counts as subscribed
+from its ``subscribe`` event until its ``unsubscribe`` event, however many events the
+bounded log has dropped since.
 """
 
 from __future__ import annotations
@@ -70,6 +75,7 @@ class EventLog:
         self._events: deque[Event] = deque(maxlen=capacity)
         self._lock = threading.Lock()
         self.recorded = 0
+        self._subscribed: dict[str, frozenset[str]] = {}  # exchange -> symbols
 
     def record(self, exchange: str, kind: EventKind, symbols: Sequence[str] = (),
                detail: str = "", *, timestamp: int | None = None) -> Event:
@@ -79,7 +85,21 @@ class EventLog:
         with self._lock:
             self._events.append(event)
             self.recorded += 1
+            if event.kind is EventKind.SUBSCRIBE or event.kind is EventKind.UNSUBSCRIBE:
+                current = self._subscribed.get(exchange, frozenset())
+                changed = (current | set(event.symbols) if event.kind is EventKind.SUBSCRIBE
+                           else current - set(event.symbols))
+                # Replaced, never mutated: readers take the dict without the lock.
+                self._subscribed = {**self._subscribed, exchange: changed}
         return event
+
+    def subscribed(self) -> list[tuple[str, str]]:
+        """Every subscribed ``(exchange, symbol)``, sorted (see the module docstring)."""
+        return sorted((e, s) for e, symbols in self._subscribed.items() for s in symbols)
+
+    def subscribers(self, symbol: str) -> list[str]:
+        """The exchanges that subscribed ``symbol``, sorted."""
+        return sorted(e for e, symbols in self._subscribed.items() if symbol in symbols)
 
     def events(self, exchange: str | None = None, start: int | None = None,
                end: int | None = None, latest: int | None = None) -> list[Event]:

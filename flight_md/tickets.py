@@ -31,6 +31,16 @@ Targets and the keys they accept:
 A descriptor is either a path ``[symbol]`` / ``[exchange, symbol]`` or a command whose body is
 a ticket or a JSON object ``{"symbol", "exchange", "latest", "start", "end", "columns"}``.
 
+``ListFlights`` criteria (at most 4 KiB, checked by :func:`parse_criteria`)::
+
+    criteria = ""                            ; every flight
+             / exchange                      ; an exchange the server knows: its flights
+             / glob                          ; otherwise a symbol glob, e.g. BTC/* or */USDT
+    glob     = 1*64( ALPHA / DIGIT / "/" / "-" / "_" / ":" / "." / "*" / "?" / "[" / "]" / "!" )
+
+A glob matches whole symbols, case-sensitively (``fnmatch.fnmatchcase``); one that matches
+nothing, like an exchange the server does not know, lists nothing.
+
 :func:`format_ticket` is the inverse of :func:`parse_ticket`: ``parse_ticket(format_ticket(q))
 == q`` for every valid :class:`Query`.
 """
@@ -46,11 +56,12 @@ from functools import lru_cache
 from typing import Any, Final
 from urllib.parse import quote, unquote
 
-from flight_md.errors import InvalidDescriptor, InvalidTicket, RequestTooLarge
+from flight_md.errors import InvalidCriteria, InvalidDescriptor, InvalidTicket, RequestTooLarge
 from flight_md.schema import SCHEMA
 
 __all__ = [
     "EXCHANGE_RE",
+    "GLOB_RE",
     "MAX_LATEST",
     "MAX_REQUEST_BYTES",
     "SYMBOL_RE",
@@ -58,9 +69,12 @@ __all__ = [
     "Target",
     "check_size",
     "format_ticket",
+    "parse_criteria",
     "parse_descriptor",
     "parse_ticket",
     "parse_time",
+    "show_json",
+    "start_after_end",
 ]
 
 MAX_REQUEST_BYTES: Final = 4096
@@ -127,6 +141,23 @@ def _show(value: object, limit: int = 80) -> str:
     return text if len(text) <= limit else text[:limit] + "...'"
 
 
+def show_json(value: object, limit: int = 80) -> str:
+    """A value from a client's JSON as the client wrote it: strings quoted as ``!r`` does,
+    anything else as JSON (``null``, ``true``, ``[1]``), never a Python repr or type name."""
+    if isinstance(value, str):
+        return _show(value, limit)
+    try:
+        text = json.dumps(value, separators=(", ", ": "))
+    except (TypeError, ValueError):  # pragma: no cover - json.loads output always dumps
+        text = "?"
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def start_after_end(start: str, end: str) -> str:
+    """The one phrasing of a range whose start lies after its end, with the bounds as given."""
+    return f"start {start} is after end {end}; start must be <= end"
+
+
 def _validate(q: Query) -> None:
     given = {k for k in _KEYS if _param_value(q, k) is not None}
     allowed = _ALLOWED[q.target.value]
@@ -137,12 +168,15 @@ def _validate(q: Query) -> None:
         raise InvalidTicket(f"parameter {extra[0]!r} is not allowed for {name!r}; allowed: "
                             f"{', '.join(k for k in _KEYS if k in allowed)}")
     if q.target is Target.TICKS:
-        if q.symbol is None or not SYMBOL_RE.fullmatch(q.symbol):
+        if q.symbol is None:
+            raise InvalidTicket("no symbol given; expected one such as 'BTC/USDT'")
+        if not isinstance(q.symbol, str) or not SYMBOL_RE.fullmatch(q.symbol):
             raise InvalidTicket(f"invalid symbol {_show(q.symbol)}; expected 1-64 characters from "
                                 "A-Z a-z 0-9 / - _ : . (e.g. 'BTC/USDT')")
     elif q.symbol is not None:
         raise InvalidTicket(f"{name!r} takes no symbol")
-    if q.exchange is not None and not EXCHANGE_RE.fullmatch(q.exchange):
+    if q.exchange is not None and (not isinstance(q.exchange, str)
+                                   or not EXCHANGE_RE.fullmatch(q.exchange)):
         raise InvalidTicket(f"invalid exchange {_show(q.exchange)}; expected a ccxt exchange id "
                             "such as 'binance' (lowercase letters, digits, _ and -)")
     if q.latest is not None and (isinstance(q.latest, bool) or not isinstance(q.latest, int)
@@ -156,7 +190,7 @@ def _validate(q: Query) -> None:
             raise InvalidTicket(f"invalid {key} {_show(value)}; expected Unix milliseconds from 0 "
                                 f"to {MAX_TIME_MS} or an ISO-8601 time")
     if q.start is not None and q.end is not None and q.start > q.end:
-        raise InvalidTicket(f"start {q.start} is after end {q.end}; start must be <= end")
+        raise InvalidTicket(start_after_end(str(q.start), str(q.end)))
     if q.columns is not None:
         if not q.columns:
             raise InvalidTicket("columns is empty; name at least one of: " + ", ".join(SCHEMA.names))
@@ -265,6 +299,7 @@ def _parse_ticket(data: bytes) -> Query:
                                 "A-Z a-z 0-9 / - _ : . (e.g. 'BTC/USDT'), '*' or '@events'")
         target, symbol = Target.TICKS, head
     values: dict[str, Any] = {}
+    typed: dict[str, str] = {}
     if sep:
         if not query:
             raise InvalidTicket("ticket ends with '?' but has no parameters; expected "
@@ -282,6 +317,9 @@ def _parse_ticket(data: bytes) -> Query:
             except UnicodeDecodeError:
                 raise InvalidTicket(f"parameter {key!r} is not valid percent-encoded UTF-8") from None
             values[key] = _convert(key, value)
+            typed[key] = value
+    if "start" in values and "end" in values and values["start"] > values["end"]:
+        raise InvalidTicket(start_after_end(_show(typed["start"]), _show(typed["end"])))
     try:
         return Query(target=target, symbol=symbol, **values)
     except TypeError as exc:  # pragma: no cover - keys are checked above
@@ -324,6 +362,38 @@ def format_ticket(query: Query) -> str:
             text = str(value)
         parts.append(f"{key}={quote(text, safe='/,:-_.')}")
     return head + ("?" + "&".join(parts) if parts else "")
+
+
+GLOB_RE: Final = re.compile(r"[A-Za-z0-9/_:.\-*?\[\]!]{1,64}")
+"""What ``ListFlights`` criteria may look like: a symbol glob (``*``, ``?``, ``[...]``)."""
+
+
+def parse_criteria(data: bytes) -> str | None:
+    """Check ``ListFlights`` criteria: empty (everything), an exchange id or a symbol glob.
+
+    Which of the last two a criteria is depends on the server (is it a known exchange?), so
+    the text is returned as given; :func:`fnmatch.fnmatchcase` matches it against symbols.
+
+    Returns:
+        The criteria text, or ``None`` for empty criteria.
+
+    Raises:
+        RequestTooLarge: The criteria are over 4 KiB.
+        InvalidCriteria: They are not UTF-8 text of 1-64 glob characters.
+    """
+    check_size(data, "criteria")
+    if not data:
+        return None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise InvalidCriteria("criteria are not valid UTF-8 text; expected an exchange id "
+                              "such as 'binance' or a symbol glob such as 'BTC/*'") from None
+    if not GLOB_RE.fullmatch(text):
+        raise InvalidCriteria(f"invalid criteria {_show(text)}; expected an exchange id such as "
+                              "'binance' or a symbol glob such as 'BTC/*' (1-64 characters "
+                              "from A-Z a-z 0-9 / - _ : . * ? [ ] !)")
+    return text
 
 
 def parse_descriptor(descriptor_type: str, path: list[bytes] | None,
@@ -386,20 +456,23 @@ def _parse_json_command(data: bytes) -> Query:
                                 f"{', '.join(sorted(_JSON_KEYS))}")
     symbol = body.get("symbol")
     if not isinstance(symbol, str):
-        raise InvalidDescriptor('descriptor command needs "symbol" as a string')
+        raise InvalidDescriptor('descriptor command needs "symbol" as a string such as '
+                                f"'BTC/USDT', '*' or '@events', got {show_json(symbol)}")
     exchange = body.get("exchange")
     if exchange is not None and not isinstance(exchange, str):
-        raise InvalidDescriptor('"exchange" must be a string or null')
+        raise InvalidDescriptor('"exchange" must be a string or null, such as \'binance\', '
+                                f"got {show_json(exchange)}")
     latest = body.get("latest")
     if latest is not None and (isinstance(latest, bool) or not isinstance(latest, int)):
-        raise InvalidDescriptor(f'"latest" must be an integer, got {latest!r}')
+        raise InvalidDescriptor(f'"latest" must be an integer, got {show_json(latest)}')
     times: dict[str, int | None] = {}
     for key in ("start", "end"):
         value = body.get(key)
         if value is None:
             times[key] = None
         elif isinstance(value, bool) or not isinstance(value, (int, str)):
-            raise InvalidDescriptor(f'"{key}" must be Unix ms or an ISO-8601 string')
+            raise InvalidDescriptor(f'"{key}" must be Unix ms or an ISO-8601 string, got '
+                                    f"{show_json(value)}")
         elif isinstance(value, int):
             times[key] = value
         else:
@@ -407,12 +480,16 @@ def _parse_json_command(data: bytes) -> Query:
                 times[key] = parse_time(value, key)
             except InvalidTicket as exc:
                 raise InvalidDescriptor(str(exc)) from None
+    start, end = times["start"], times["end"]
+    if start is not None and end is not None and start > end:
+        raise InvalidDescriptor(start_after_end(show_json(body["start"]), show_json(body["end"])))
     columns = body.get("columns")
     if columns is not None:
         if isinstance(columns, str):
             columns = columns.split(",")
         if not isinstance(columns, list) or not all(isinstance(c, str) for c in columns):
-            raise InvalidDescriptor('"columns" must be a list of column names')
+            raise InvalidDescriptor('"columns" must be an array of column names or one '
+                                    f"comma-separated string, got {show_json(body['columns'])}")
         columns = tuple(columns)
     target = Target.SNAPSHOT if symbol == SNAPSHOT else (
         Target.EVENTS if symbol == EVENTS else Target.TICKS)

@@ -12,7 +12,9 @@ R) can make the same way. There is no flight_md import here on purpose.
   and answers one JSON result.
 * Errors are gRPC status codes: INVALID_ARGUMENT (bad ticket), NOT_FOUND (unknown symbol),
   UNIMPLEMENTED (unknown action), UNAVAILABLE, UNAUTHENTICATED, PERMISSION_DENIED,
-  CANCELLED with extra_info b"slow_consumer" (a live tail fell behind). With a token, send the header
+  CANCELLED with extra_info b"slow_consumer" (a live tail fell behind), UNAVAILABLE with
+  extra_info b"server_shutdown" (a live tail ended because the server is stopping: a tail never
+  ends like a finished stream). With a token, send the header
   ``authorization: Bearer <token>`` on every call.
 
 Run it against a server (``flight-md serve --demo``)::
@@ -131,6 +133,10 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"  {tick['timestamp']} {tick['symbol']} {tick['price']}")
     except flight.FlightCancelledError:
         pass  # our own cancel: the normal way to stop a tail
+    except flight.FlightUnavailableError as exc:
+        if exc.extra_info != b"server_shutdown":
+            raise
+        print("  the server is shutting down: the tail ended (UNAVAILABLE, server_shutdown)")
     finally:
         timer.cancel()
     print(f"  {rows} live ticks in {time.monotonic() - started:.1f} s")

@@ -10,6 +10,8 @@ text before pyarrow's ``". Detail: ..."`` and ``"gRPC client debug context: ..."
     ├── Unimplemented ......... UNIMPLEMENTED: unknown action, DoPut, DoExchange
     ├── Unavailable ........... UNAVAILABLE: the server cannot serve this now (no ingestion,
     │   │                       shutting down)
+    │   ├── ServerShuttingDown  UNAVAILABLE + extra_info server_shutdown: the server is
+    │   │                       stopping (it ends live tails with this)
     │   └── ConnectionFailed .. the server cannot be reached, or the connection was lost
     │                           (also a ConnectionError)
     ├── Unauthenticated ....... UNAUTHENTICATED: missing or wrong bearer token
@@ -38,6 +40,7 @@ __all__ = [
     "NotFound",
     "PermissionDenied",
     "ServerError",
+    "ServerShuttingDown",
     "SlowConsumer",
     "TimedOut",
     "Unauthenticated",
@@ -84,6 +87,10 @@ class Unavailable(FlightMdClientError):
     """The server cannot serve the request now (UNAVAILABLE)."""
 
 
+class ServerShuttingDown(Unavailable):
+    """The server is stopping: it refuses new live tails and ends open ones with this."""
+
+
 class ConnectionFailed(Unavailable, ConnectionError):
     """The server cannot be reached, or the connection to it was lost."""
 
@@ -111,6 +118,9 @@ class TimedOut(FlightMdClientError, TimeoutError):
 class ServerError(FlightMdClientError):
     """The server failed unexpectedly (INTERNAL); its log has the details."""
 
+
+SERVER_SHUTDOWN: Final = b"server_shutdown"
+"""``extra_info`` of the UNAVAILABLE error with which the server ends a live tail as it stops."""
 
 _PREFIX_RE: Final = re.compile(r"^Flight (?:returned|cancelled) [a-z ]*?(?:error|call), with "
                                r"message: ")
@@ -184,6 +194,8 @@ def translate(exc: BaseException, location: str = "the server", *,
             getattr(exc, "extra_info", b"") == b"slow_consumer":
         return SlowConsumer(message, exc)
     if isinstance(exc, flight.FlightUnavailableError):
+        if getattr(exc, "extra_info", b"") == SERVER_SHUTDOWN:
+            return ServerShuttingDown(message, exc)
         if _is_connection_failure(exc, text):
             if streaming:
                 return ConnectionFailed(f"lost the connection to {location} "

@@ -14,6 +14,10 @@ what happened             iteration                        ``end_reason``
 ``close()`` (any thread)  stops (``StopIteration``)        ``TailEnd.CLOSED``
 client ``close()``        stops                            ``TailEnd.CLOSED``
 server shut down          stops                            ``TailEnd.SERVER_CLOSED``
+                          (the server ends the stream with
+                          UNAVAILABLE + ``server_shutdown``;
+                          a plain end of stream, from older
+                          servers, counts the same)
 Ctrl-C while waiting      stream closed, then              ``TailEnd.INTERRUPTED``
                           ``KeyboardInterrupt`` re-raised
 connection lost           raises ``ConnectionFailed``      ``TailEnd.ERROR``
@@ -34,7 +38,7 @@ from typing import Final, Self
 import pyarrow as pa
 from pyarrow import flight
 
-from flight_md_client.errors import FlightMdClientError, translate
+from flight_md_client.errors import FlightMdClientError, ServerShuttingDown, translate
 
 __all__ = ["LiveTail", "TailEnd"]
 
@@ -109,6 +113,9 @@ def _pump(reader: flight.FlightStreamReader, channel: _Channel, location: str) -
             return
         error = (exc if isinstance(exc, FlightMdClientError)
                  else translate(exc, location, streaming=True))
+        if isinstance(error, ServerShuttingDown):  # the server's end of a tail: not an error
+            channel.put(_End(TailEnd.SERVER_CLOSED))
+            return
         channel.put(_End(TailEnd.ERROR, error))
 
 
