@@ -90,6 +90,8 @@ class MarketDataApp:
         self.ingestion: Any = None
         self.emulator: Any = None
         self.server: Any = None
+        self.metrics: Any = None
+        """The ``/metrics``, ``/healthz``, ``/readyz`` endpoint (``config.metrics_port``), if on."""
         self.fatal: FlightMdError | None = None
         """An invalid argument found after start-up (a configured symbol the exchange does not
         list, seen once its markets load): ``flight-md serve`` exits 2 with it."""
@@ -140,6 +142,13 @@ class MarketDataApp:
                 logger.info("streaming %s: %s", stream.exchange, ", ".join(stream.symbols))
             control = self.ingestion.control()
         security = self._security()
+        rpc_metrics = None
+        if self.config.metrics_port is not None:
+            from flight_md.metrics import METRICS_MIDDLEWARE_KEY, RpcMetrics
+
+            rpc_metrics = RpcMetrics()
+            security["middleware"] = {**security.get("middleware", {}),
+                                      METRICS_MIDDLEWARE_KEY: rpc_metrics.middleware()}
         try:
             self.server = FlightMarketDataServer(self.config.location, self.buffer,
                                                  events=self.events, control=control,
@@ -154,7 +163,22 @@ class MarketDataApp:
             raise StartupError(f"cannot listen on {self.config.host}:{self.config.port} {what}"
                                .rstrip() + "; gRPC refused it (see its log line above)") from None
         logger.info("serving on %s", self.location)
+        if rpc_metrics is not None:
+            self._start_metrics(rpc_metrics)
         return self
+
+    def _start_metrics(self, rpc_metrics: Any) -> None:
+        from flight_md.metrics import MetricsEndpoint
+
+        assert self.config.metrics_port is not None
+        try:
+            self.metrics = MetricsEndpoint(self.server, rpc_metrics, self.config.host,
+                                           self.config.metrics_port).start()
+        except OSError as exc:
+            self.stop()
+            raise StartupError(f"cannot serve metrics on {self.config.host}:"
+                               f"{self.config.metrics_port} ({exc.strerror}); choose another "
+                               "--metrics-port") from None
 
     def _start_process(self) -> Any:
         from flight_md.ingest.process import IngestionProcess
@@ -217,6 +241,9 @@ class MarketDataApp:
 
     def stop(self, grace: float = 2.0) -> None:
         """Stop the server (bounded, see ``FlightMarketDataServer.stop``), then ingestion."""
+        if self.metrics is not None:
+            self.metrics.stop()
+            self.metrics = None
         if self.server is not None:
             self.server.stop(grace)
             self.server = None

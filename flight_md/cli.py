@@ -79,6 +79,9 @@ def _serve_parser(sub: Any) -> None:
                    help="run ingestion (ccxt) in a child process, so that queries do not wait "
                    "for it (recommended under heavy ingest or query load); --no-ingest-process "
                    "overrides ingest_process = true in --config")
+    p.add_argument("--metrics-port", type=int, default=None, metavar="PORT",
+                   help="serve Prometheus /metrics, /healthz and /readyz over HTTP on this port "
+                   "of --host (0 picks one; default: off)")
     p.add_argument("--shutdown-timeout", type=float, default=SHUTDOWN_TIMEOUT_S, metavar="S",
                    help="after SIGINT/SIGTERM, force the process to exit (status 1) if shutdown has "
                    f"not finished within S seconds (default {SHUTDOWN_TIMEOUT_S:g})")
@@ -113,7 +116,8 @@ def build_config(args: argparse.Namespace) -> ServerConfig:
         tls_client_ca=args.tls_client_ca or base.tls_client_ca,
         follow_max_lag=base.follow_max_lag,
         ingest_process=args.ingest_process if args.ingest_process is not None
-        else base.ingest_process)
+        else base.ingest_process,
+        metrics_port=args.metrics_port if args.metrics_port is not None else base.metrics_port)
 
 
 def _serve(args: argparse.Namespace) -> int:

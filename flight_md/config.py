@@ -145,6 +145,9 @@ class ServerConfig:
     follow_max_lag: int | None = None
     ingest_process: bool = False
     """Run ingestion in a child process (see :mod:`flight_md.ingest.process`)."""
+    metrics_port: int | None = None
+    """Serve Prometheus ``/metrics``, ``/healthz`` and ``/readyz`` on this port of ``host``
+    (0 picks one); ``None``: off (see :mod:`flight_md.metrics`)."""
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -163,6 +166,10 @@ class ServerConfig:
             raise ConfigError("--tls-client-ca (mutual TLS) needs --tls-cert and --tls-key")
         if not isinstance(self.ingest_process, bool):
             raise ConfigError(must_be("ingest_process", "true or false", self.ingest_process))
+        if self.metrics_port is not None and (
+                not isinstance(self.metrics_port, int) or isinstance(self.metrics_port, bool)
+                or not 0 <= self.metrics_port <= 65535):
+            raise ConfigError(must_be("metrics_port", "a port 0-65535", self.metrics_port))
         if self.demo and self.streams:
             raise ConfigError("--demo runs its own emulated exchange; drop --exchange/--config "
                               "streams or drop --demo")
@@ -257,12 +264,12 @@ def load_config(path: Path) -> ServerConfig:
             read_only += tuple(Secret(v) for v in values)
     paths = {k: _file_key(base, server, k) for k in ("tls_cert", "tls_key", "tls_client_ca")
              if k in server}
-    allowed = {"host", "port", "buffer_size", "follow_max_lag", "ingest_process"}
+    allowed = {"host", "port", "buffer_size", "follow_max_lag", "ingest_process", "metrics_port"}
     bad = sorted(set(server) - allowed)
     if bad:
         raise ConfigError(f"unknown key {bad[0]!r} in [server]; allowed: "
                           "host, port, buffer_size, follow_max_lag, ingest_process, "
-                          "auth_token_file, "
+                          "metrics_port, auth_token_file, "
                           "read_only_token_file, auth_tokens, read_only_tokens, tls_cert, "
                           "tls_key, tls_client_ca")
     buffer_size = server.get("buffer_size", 10_000)
