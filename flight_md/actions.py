@@ -24,7 +24,7 @@ from enum import StrEnum
 from typing import Any, Final
 
 from flight_md.errors import InvalidActionBody, UnknownAction
-from flight_md.tickets import EXCHANGE_RE, SYMBOL_RE, check_size
+from flight_md.tickets import EXCHANGE_RE, SYMBOL_RE, check_size, show_json
 
 __all__ = [
     "ACTIONS",
@@ -150,7 +150,8 @@ def _json_object(name: ActionName, body: bytes) -> dict[str, Any]:
         raise InvalidActionBody(f"{name} body is not valid UTF-8 JSON; expected an object such "
                                 f"as {ACTIONS[name].example}") from None
     if not isinstance(data, dict):
-        raise InvalidActionBody(f"{name} body must be a JSON object, got {type(data).__name__}")
+        raise InvalidActionBody(f"{name} body must be a JSON object such as "
+                                f"{ACTIONS[name].example}, got {show_json(data)}")
     return data
 
 
@@ -164,15 +165,15 @@ def _only(name: ActionName, data: dict[str, Any], allowed: set[str]) -> None:
 
 def _symbols(name: ActionName, value: Any) -> tuple[str, ...]:
     if not isinstance(value, list):
-        raise InvalidActionBody(f'"symbols" in {name} must be a list of strings, got '
-                                f"{type(value).__name__}")
+        raise InvalidActionBody(f'"symbols" in {name} must be an array of strings such as '
+                                f'["BTC/USDT"], got {show_json(value)}')
     if len(value) > MAX_SYMBOLS:
         raise InvalidActionBody(f'"symbols" in {name} has {len(value)} entries; at most '
                                 f"{MAX_SYMBOLS}")
     out: list[str] = []
     for item in value:
         if not isinstance(item, str) or not SYMBOL_RE.fullmatch(item):
-            raise InvalidActionBody(f"invalid symbol {str(item)[:80]!r} in {name}; expected "
+            raise InvalidActionBody(f"invalid symbol {show_json(item)} in {name}; expected "
                                     "1-64 characters from A-Z a-z 0-9 / - _ : . like 'BTC/USDT'")
         if item not in out:
             out.append(item)
@@ -183,8 +184,8 @@ def _exchange(name: ActionName, value: Any) -> str | None:
     if value is None:
         return None
     if not isinstance(value, str) or not EXCHANGE_RE.fullmatch(value):
-        raise InvalidActionBody(f"invalid exchange {str(value)[:40]!r} in {name}; expected a "
-                                "ccxt exchange id such as 'binance'")
+        raise InvalidActionBody(f"invalid exchange {show_json(value, 40)} in {name}; expected "
+                                "a ccxt exchange id such as 'binance'")
     return value
 
 

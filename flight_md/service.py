@@ -20,6 +20,7 @@ their traceback and reach the client as INTERNAL with an incident id.
 from __future__ import annotations
 
 import contextlib
+import fnmatch
 import itertools
 import logging
 import os
@@ -42,12 +43,20 @@ from flight_md.actions import (
     encode_result,
     parse_action,
 )
-from flight_md.buffer import MarketDataBuffer
+from flight_md.buffer import MarketDataBuffer, ambiguous_exchange
 from flight_md.control import IngestionControl
 from flight_md.events import EventKind, EventLog
 from flight_md.metrics import mark_follow, server_health
 from flight_md.schema import EVENT_SCHEMA, SCHEMA, now_ms
-from flight_md.tickets import Query, Target, format_ticket, parse_descriptor, parse_ticket
+from flight_md.tickets import (
+    EXCHANGE_RE,
+    Query,
+    Target,
+    format_ticket,
+    parse_criteria,
+    parse_descriptor,
+    parse_ticket,
+)
 
 __all__ = ["DEFAULT_LOCATION", "FlightMarketDataServer", "map_errors"]
 
@@ -57,6 +66,7 @@ DEFAULT_LOCATION: Final = "grpc://127.0.0.1:8815"
 TAIL_WAIT_S: Final = 0.05
 """A live tail checks for shutdown and cancellation at least this often."""
 TAIL_BATCH_ROWS: Final = 4096
+TAIL_SHUTDOWN_MESSAGE: Final = "server is shutting down; the live tail ends here"
 GET_BATCH_ROWS: Final = 65_536
 _IPC_OPTIONS: Final = pa.ipc.IpcWriteOptions()
 
@@ -111,28 +121,126 @@ SLOW_CONSUMER: Final = b"slow_consumer"
 """``extra_info`` of the CANCELLED error that ends a live tail which fell too far behind."""
 
 
+SERVER_SHUTDOWN: Final = b"server_shutdown"
+"""``extra_info`` of the UNAVAILABLE error that ends a live tail when the server stops (and
+refuses a new one while it stops): a plain Flight client tells it from a finished stream."""
+
+
 def _slow_consumer(message: str) -> Exception:
     # pyarrow can send no RESOURCE_EXHAUSTED: the server cancels the stream, with a marker.
     return _Cancelled(message, extra_info=SLOW_CONSUMER)
 
 
-_WIRE: Final[tuple[tuple[type[errors.FlightMdError], Callable[[str], Exception]], ...]] = (
-    (errors.InvalidArgument, InvalidArgument),
-    (errors.NotFound, NotFound),
-    (errors.UnknownAction, Unimplemented),
-    (errors.Unavailable, _Unavailable),
-    (errors.SlowConsumer, _slow_consumer),
-    (errors.Unauthenticated, _Unauthenticated),
-    (errors.PermissionDenied, _Unauthorized),
+def _shutting_down(message: str) -> Exception:
+    return _Unavailable(message, extra_info=SERVER_SHUTDOWN)
+
+
+_WIRE: Final[tuple[tuple[type[errors.FlightMdError], str, Callable[[str], Exception]], ...]] = (
+    (errors.InvalidArgument, "INVALID_ARGUMENT", InvalidArgument),
+    (errors.NotFound, "NOT_FOUND", NotFound),
+    (errors.UnknownAction, "UNIMPLEMENTED", Unimplemented),
+    (errors.ShuttingDown, "UNAVAILABLE", _shutting_down),
+    (errors.Unavailable, "UNAVAILABLE", _Unavailable),
+    (errors.SlowConsumer, "CANCELLED", _slow_consumer),
+    (errors.Unauthenticated, "UNAUTHENTICATED", _Unauthenticated),
+    (errors.PermissionDenied, "PERMISSION_DENIED", _Unauthorized),
 )
+"""The error mapping: each branch of the tree, its Flight status, and its wire error (the
+first row whose class matches wins; anything else is INTERNAL)."""
+
+
+def _wire(exc: errors.FlightMdError) -> tuple[str, Exception]:
+    """The Flight status name and the wire error for ``exc`` (per :data:`_WIRE`)."""
+    for kind, status, wire in _WIRE:
+        if isinstance(exc, kind):
+            return status, wire(str(exc))
+    return "INTERNAL", _Internal(str(exc))
+
+
+REFUSAL_LOG_BURST: Final = 20
+"""Refused requests logged one line each per :data:`REFUSAL_LOG_INTERVAL_S`."""
+REFUSAL_LOG_INTERVAL_S: Final = 10.0
+"""Beyond the burst, refused requests of an interval are logged as one summary line."""
+
+
+class _RefusalLog:
+    """INFO lines for refused requests, aggregated so that a hostile client cannot flood the log.
+
+    In each interval the first ``burst`` refusals get a line each; the others are counted by
+    Flight status and reported in one line when the interval ends (a timer), or at
+    :meth:`flush`: ``"N more refused requests in the last T s (by status: ...)"``. Thread-safe:
+    gRPC threads call :meth:`refused`.
+    """
+
+    def __init__(self, burst: int = REFUSAL_LOG_BURST,
+                 interval_s: float = REFUSAL_LOG_INTERVAL_S,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.burst = burst
+        self.interval_s = interval_s
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._window_start = clock()
+        self._logged = 0
+        self._suppressed: Counter[str] = Counter()
+        self._timer: threading.Timer | None = None
+
+    def refused(self, rpc: str, status: str, exc: errors.FlightMdError) -> None:
+        """Log one refused request, or count it for the interval's summary line."""
+        with self._lock:
+            summary = self._roll_if_due()
+            if self._logged < self.burst:
+                self._logged += 1
+                line = True
+            else:
+                self._suppressed[status] += 1
+                line = False
+                if self._timer is None:
+                    delay = max(0.0, self._window_start + self.interval_s - self._clock())
+                    self._timer = threading.Timer(delay, self.flush)
+                    self._timer.daemon = True
+                    self._timer.start()
+        self._emit(summary)
+        if line:
+            logger.info("%s refused: %s: %s", rpc, type(exc).__name__, exc)
+
+    def flush(self) -> None:
+        """Log the summary of the refusals not logged so far, if any, and start a new interval."""
+        with self._lock:
+            summary = self._roll(self._clock())
+        self._emit(summary)
+
+    def _roll_if_due(self) -> tuple[int, float, str] | None:
+        now = self._clock()
+        if now - self._window_start < self.interval_s:
+            return None
+        return self._roll(now)
+
+    def _roll(self, now: float) -> tuple[int, float, str] | None:
+        """Start a new interval (caller holds the lock); the old one's summary, if any."""
+        suppressed, elapsed = self._suppressed, now - self._window_start
+        self._window_start, self._logged, self._suppressed = now, 0, Counter()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if not suppressed:
+            return None
+        by_status = ", ".join(f"{status} {count}" for status, count in sorted(suppressed.items()))
+        return sum(suppressed.values()), elapsed, by_status
+
+    @staticmethod
+    def _emit(summary: tuple[int, float, str] | None) -> None:
+        if summary is not None:
+            logger.info("%d more refused requests in the last %.1f s (by status: %s)", *summary)
 
 
 class _Counters:
-    """Thread-safe counts of refused requests, by error class."""
+    """Thread-safe counts of refused requests, by error class (exact), and their log lines
+    (aggregated, :class:`_RefusalLog`)."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._counts: Counter[str] = Counter()
+        self.log = _RefusalLog()
 
     def add(self, name: str) -> None:
         with self._lock:
@@ -157,13 +265,13 @@ def map_errors(rpc: str, counters: _Counters | None = None) -> Iterator[None]:
     try:
         yield
     except errors.FlightMdError as exc:
+        status, wire = _wire(exc)
         if counters is not None:
             counters.add(type(exc).__name__)
-        logger.info("%s refused: %s: %s", rpc, type(exc).__name__, exc)
-        for kind, wire in _WIRE:
-            if isinstance(exc, kind):
-                raise wire(str(exc)) from None
-        raise _Internal(str(exc)) from None
+            counters.log.refused(rpc, status, exc)
+        else:
+            logger.info("%s refused: %s: %s", rpc, type(exc).__name__, exc)
+        raise wire from None
     except flight.FlightError:
         raise
     except GeneratorExit:
@@ -233,16 +341,38 @@ class FlightMarketDataServer(flight.FlightServerBase):
                     f"{', '.join(self.buffer.exchanges()) or 'none'}")
             return self.buffer.snapshot_sync(query.exchange, query.columns)
         assert query.symbol is not None
-        if query.start is None and query.end is None:
-            limit = query.latest if query.latest is not None else self.buffer.buffer_size
-            return self.buffer.get_latest_sync(query.symbol, limit, exchange=query.exchange,
-                                               columns=query.columns)
-        return self.buffer.get_range_sync(query.symbol, query.start, query.end,
-                                          exchange=query.exchange, latest=query.latest,
-                                          columns=query.columns)
+        try:
+            if query.start is None and query.end is None:
+                limit = query.latest if query.latest is not None else self.buffer.buffer_size
+                return self.buffer.get_latest_sync(query.symbol, limit, exchange=query.exchange,
+                                                   columns=query.columns)
+            return self.buffer.get_range_sync(query.symbol, query.start, query.end,
+                                              exchange=query.exchange, latest=query.latest,
+                                              columns=query.columns)
+        except errors.NotFound:
+            if self._awaiting_first_tick(query.symbol, query.exchange) is None:
+                raise
+            return self._schema(query).empty_table()
+
+    def _awaiting_first_tick(self, symbol: str, exchange: str | None) -> tuple[str, str] | None:
+        """The ``(exchange, symbol)`` a request means if it is subscribed but has no ring yet.
+
+        Called where the buffer does not know the symbol: ``None`` means it is not subscribed
+        either (so NOT_FOUND stands).
+
+        Raises:
+            AmbiguousExchange: No exchange was given and several subscribed the symbol.
+        """
+        exchanges = self.events.subscribers(symbol)
+        if exchange is not None:
+            return (exchange, symbol) if exchange in exchanges else None
+        if len(exchanges) > 1:
+            raise errors.AmbiguousExchange(ambiguous_exchange(symbol, exchanges))
+        return (exchanges[0], symbol) if exchanges else None
 
     def _known_exchanges(self) -> list[str]:
         known = set(self.buffer.exchanges())
+        known.update(exchange for exchange, _ in self.events.subscribed())
         if self.control is not None:
             with contextlib.suppress(errors.FlightMdError):
                 known.update(e.exchange for e in self.control.status().exchanges)
@@ -262,13 +392,22 @@ class FlightMarketDataServer(flight.FlightServerBase):
                      criteria: bytes) -> Iterator[flight.FlightInfo]:
         with map_errors("ListFlights", self.refused):
             self._check(context)
+            wanted = parse_criteria(criteria)
+            records = {(s.exchange, s.symbol): s.stored for s in self.buffer.stats()}
+            for key in self.events.subscribed():
+                records.setdefault(key, 0)  # subscribed, no tick yet: listed with 0 records
+            if (wanted is not None and EXCHANGE_RE.fullmatch(wanted)
+                    and wanted in self._known_exchanges()):
+                keys = [k for k in records if k[0] == wanted]
+            else:
+                keys = [k for k in records if wanted is None or fnmatch.fnmatchcase(k[1], wanted)]
             infos = []
-            for stats in self.buffer.stats():
-                ticket = format_ticket(Query(Target.TICKS, symbol=stats.symbol,
-                                             exchange=stats.exchange))
-                descriptor = flight.FlightDescriptor.for_path(stats.exchange, stats.symbol)
+            for exchange, symbol in sorted(keys):
+                ticket = format_ticket(Query(Target.TICKS, symbol=symbol, exchange=exchange))
+                descriptor = flight.FlightDescriptor.for_path(exchange, symbol)
                 endpoint = flight.FlightEndpoint(ticket.encode(), [])
-                infos.append(flight.FlightInfo(SCHEMA, descriptor, [endpoint], stats.stored, -1))
+                infos.append(flight.FlightInfo(SCHEMA, descriptor, [endpoint],
+                                               records[(exchange, symbol)], -1))
         yield from infos
 
     def get_flight_info(self, context: flight.ServerCallContext,
@@ -288,7 +427,11 @@ class FlightMarketDataServer(flight.FlightServerBase):
             query = self._descriptor_query(descriptor)
             if query.target is Target.TICKS:
                 assert query.symbol is not None
-                self.buffer.resolve(query.symbol, query.exchange)
+                try:
+                    self.buffer.resolve(query.symbol, query.exchange)
+                except errors.NotFound:
+                    if self._awaiting_first_tick(query.symbol, query.exchange) is None:
+                        raise
             return flight.SchemaResult(self._schema(query))
 
     @staticmethod
@@ -311,9 +454,18 @@ class FlightMarketDataServer(flight.FlightServerBase):
     def _follow(self, context: flight.ServerCallContext, query: Query) -> flight.FlightDataStream:
         assert query.symbol is not None
         if self._stopping.is_set():
-            raise errors.Unavailable("server is shutting down; no new live tails")
+            raise errors.ShuttingDown("server is shutting down; no new live tails")
         mark_follow(context)  # RPC metrics: a tail's duration is no request latency
-        table, follower = self.buffer.follow(query.symbol, exchange=query.exchange,
+        exchange = query.exchange
+        try:
+            self.buffer.resolve(query.symbol, exchange)
+        except errors.NotFound:
+            key = self._awaiting_first_tick(query.symbol, exchange)
+            if key is None:
+                raise
+            exchange = key[0]
+            self.buffer.ensure(*key)  # the ring its first tick will go to: follow that
+        table, follower = self.buffer.follow(query.symbol, exchange=exchange,
                                              backlog=query.latest, start_ms=query.start,
                                              max_lag=self.follow_max_lag,
                                              columns=query.columns)
@@ -331,6 +483,11 @@ class FlightMarketDataServer(flight.FlightServerBase):
                     table = follower.read(TAIL_WAIT_S, TAIL_BATCH_ROWS)
                     if table is not None and table.num_rows:
                         yield from table.to_batches()
+                if not context.is_cancelled():
+                    # Not a finished stream: UNAVAILABLE with a marker any Flight client sees
+                    # after the rows (pyarrow sends a generator's Flight error as the status).
+                    # Raised as the wire error, so it is not counted as a refused request.
+                    raise _wire(errors.ShuttingDown(TAIL_SHUTDOWN_MESSAGE))[1]
         finally:
             follower.close()
             logger.info("live tail closed for (%s, %s)", follower.exchange, follower.symbol)
@@ -476,6 +633,7 @@ class FlightMarketDataServer(flight.FlightServerBase):
                 return True
             self._shut_down = True
         self._stopping.set()
+        self.refused.log.flush()
         done = threading.Event()
 
         def _shutdown() -> None:
