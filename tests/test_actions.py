@@ -25,7 +25,8 @@ def body(value: Any) -> bytes:
 
 def test_registry_covers_every_action() -> None:
     assert list(ACTIONS) == list(ActionName)
-    assert [a.value for a in ActionName] == ["subscribe", "unsubscribe", "clear", "status"]
+    assert [a.value for a in ActionName] == ["subscribe", "unsubscribe", "clear", "status",
+                                             "health"]
     for name, spec in ACTIONS.items():
         assert spec.name is name
         assert "Body:" in spec.description and "Result:" in spec.description, name
@@ -78,39 +79,40 @@ def test_valid_bodies(name: str, data: bytes, expected: Any) -> None:
 
 @pytest.mark.parametrize(("name", "data", "fragment"), [
     ("status", body({"verbose": True}), "unknown key 'verbose' in status body; allowed: none"),
-    ("status", b"[]", "status body must be a JSON object, got list"),
-    ("status", b"null", "status body must be a JSON object, got NoneType"),
+    ("status", b"[]", "status body must be a JSON object such as {}, got []"),
+    ("status", b"null", "status body must be a JSON object such as {}, got null"),
     ("status", b"{", "status body is not valid UTF-8 JSON"),
     ("status", b"\xff", "status body is not valid UTF-8 JSON"),
     ("clear", b"[", "clear body is not valid UTF-8 JSON"),
-    ("clear", b'"BTC/USDT"', "clear body must be a JSON object, got str"),
+    ("clear", b'"BTC/USDT"', "clear body must be a JSON object such as {\"symbols\": [\"BTC/USDT\"]}, got 'BTC/USDT'"),
     ("clear", body({"symbol": ["BTC/USDT"]}), "unknown key 'symbol' in clear body; allowed: "
                                               "exchange, symbols"),
-    ("clear", body({"symbols": "BTC/USDT"}), '"symbols" in clear must be a list of strings, '
-                                             'got str'),
-    ("clear", body({"symbols": [1]}), "invalid symbol '1' in clear"),
+    ("clear", body({"symbols": "BTC/USDT"}), '"symbols" in clear must be an array of strings such as '
+                                             '["BTC/USDT"], got \'BTC/USDT\''),
+    ("clear", body({"symbols": [1]}), "invalid symbol 1 in clear; expected 1-64 characters"),
     ("clear", body({"symbols": ["BTC USDT"]}), "invalid symbol 'BTC USDT' in clear; expected "
                                                "1-64 characters"),
     ("clear", body({"exchange": "Binance"}), "invalid exchange 'Binance' in clear; expected a "
                                              "ccxt exchange id"),
-    ("clear", body({"exchange": 5}), "invalid exchange '5' in clear"),
+    ("clear", body({"exchange": 5}), "invalid exchange 5 in clear; expected a ccxt exchange id"),
     ("clear", body({"exchange": ""}), "invalid exchange '' in clear"),
     ("subscribe", b"", 'subscribe needs "symbols": a list such as ["BTC/USDT"]'),
     ("subscribe", b"{}", 'subscribe needs "symbols"'),
     ("subscribe", body({"symbols": []}), 'subscribe needs at least one symbol in "symbols"'),
-    ("subscribe", body({"symbols": None}), '"symbols" in subscribe must be a list of strings, '
-                                           "got NoneType"),
-    ("subscribe", body({"symbols": {"BTC/USDT": 1}}), "must be a list of strings, got dict"),
-    ("subscribe", body({"symbols": ["BTC/USDT", None]}), "invalid symbol 'None' in subscribe"),
+    ("subscribe", body({"symbols": None}), '"symbols" in subscribe must be an array of strings such as '
+                                           '["BTC/USDT"], got null'),
+    ("subscribe", body({"symbols": {"BTC/USDT": 1}}), "must be an array of strings such as [\"BTC/USDT\"], got {\"BTC/USDT\": 1}"),
+    ("subscribe", body({"symbols": ["BTC/USDT", None]}), "invalid symbol null in subscribe"),
     ("subscribe", body({"symbols": ["x" * 65]}), "invalid symbol"),
     ("subscribe", body({"symbols": ["BTC/USDT"], "exchange": ["binance"]}),
-     "invalid exchange \"['binance']\" in subscribe"),
+     'invalid exchange ["binance"] in subscribe'  ),
     ("subscribe", body({"symbols": ["BTC/USDT"], "extra": 1}),
      "unknown key 'extra' in subscribe body; allowed: exchange, symbols"),
     ("unsubscribe", body({"symbols": []}), 'unsubscribe needs at least one symbol'),
     ("unsubscribe", body({"symbols": ["ETH/USDT"], "exchange": "BYBIT"}),
      "invalid exchange 'BYBIT' in unsubscribe"),
-    ("unsubscribe", b"1", "unsubscribe body must be a JSON object, got int"),
+    ("unsubscribe", b"1", "unsubscribe body must be a JSON object such as {\"symbols\": [\"BTC/USDT\"], "
+     "\"exchange\": \"binance\"}, got 1"),
     ("clear", b'{"symbols": ' + b"[" * 2000 + b"]" * 2000 + b"}", "clear body is not valid"),
 ])
 def test_invalid_bodies(name: str, data: bytes, fragment: str) -> None:

@@ -24,7 +24,7 @@ def filled(n: int = 10, capacity: int = DEFAULT_EVENT_CAPACITY) -> EventLog:
 
 def test_event_kinds() -> None:
     assert [k.value for k in EventKind] == ["connect", "disconnect", "reconnect", "stale",
-                                            "failed", "subscribe", "unsubscribe", "clear",
+                                            "failed", "restarted", "subscribe", "unsubscribe", "clear",
                                             "mode", "error"]
 
 

@@ -199,7 +199,7 @@ def test_iso_times_match_datetime(moment: datetime) -> None:
     ("BTC/USDT?start=1969-12-31T23:59:59Z", "invalid start '1969-12-31T23:59:59Z'; must be at "
                                             "or after 1970-01-01T00:00:00Z"),
     (f"BTC/USDT?start={MAX_TIME_MS + 1}", f"must be <= {MAX_TIME_MS}"),
-    ("BTC/USDT?start=5&end=4", "start 5 is after end 4; start must be <= end"),
+    ("BTC/USDT?start=5&end=4", "start '5' is after end '4'; start must be <= end"),
     ("BTC/USDT?exchange=Binance", "invalid exchange 'Binance'; expected a ccxt exchange id"),
     ("BTC/USDT?exchange=", "parameter 'exchange' is empty"),
     ("BTC/USDT?exchange=bin%20ance", "invalid exchange 'bin ance'"),
@@ -438,7 +438,7 @@ def test_command_descriptors(command: bytes, expected: Query) -> None:
     (b'{"symbol": "BTC/USDT", "exchange": "Binance"}', "invalid exchange 'Binance'"),
     (b'{"symbol": "BTC/USDT", "latest": "100"}', "\"latest\" must be an integer, got '100'"),
     (b'{"symbol": "BTC/USDT", "latest": 1.0}', '"latest" must be an integer, got 1.0'),
-    (b'{"symbol": "BTC/USDT", "latest": true}', '"latest" must be an integer, got True'),
+    (b'{"symbol": "BTC/USDT", "latest": true}', '"latest" must be an integer, got true'),
     (b'{"symbol": "BTC/USDT", "latest": -1}', "invalid latest -1"),
     (b'{"symbol": "BTC/USDT", "latest": 1e400}', '"latest" must be an integer'),
     (b'{"symbol": "BTC/USDT", "start": 1.5}', '"start" must be Unix ms or an ISO-8601 string'),
@@ -447,8 +447,10 @@ def test_command_descriptors(command: bytes, expected: Query) -> None:
     (b'{"symbol": "BTC/USDT", "start": -1}', "invalid start -1"),
     (b'{"symbol": "BTC/USDT", "start": "soon"}', "invalid start 'soon'"),
     (b'{"symbol": "BTC/USDT", "start": 5, "end": 4}', "start 5 is after end 4"),
-    (b'{"symbol": "BTC/USDT", "columns": [1]}', '"columns" must be a list of column names'),
-    (b'{"symbol": "BTC/USDT", "columns": {"a": 1}}', '"columns" must be a list'),
+    (b'{"symbol": "BTC/USDT", "columns": [1]}', '"columns" must be an array of column names or one '
+     'comma-separated string, got [1]'),
+    (b'{"symbol": "BTC/USDT", "columns": {"a": 1}}', '"columns" must be an array of column names '
+     'or one comma-separated string, got {"a": 1}'),
     (b'{"symbol": "BTC/USDT", "columns": []}', "columns is empty"),
     (b'{"symbol": "BTC/USDT", "columns": ["bogus"]}', "unknown column 'bogus'"),
     (b'{"symbol": "*", "latest": 5}', "parameter 'latest' is not allowed for '*'"),
