@@ -69,8 +69,8 @@ class ExchangeStatus:
         symbols: Subscribed symbols.
         bad_frames: Exchange messages dropped as malformed, by reason.
         callback_errors: Exceptions raised by user callbacks.
-        last_error: The error of the current outage (message only, never secrets), or
-            ``None``: cleared by the first good message or poll after it.
+        last_error: The last connection error (message only, never secrets), or ``None``.
+            It stays after the stream recovers: ``last_error_ms`` dates it.
         last_error_ms: When ``last_error`` happened, local Unix ms, or ``None``.
         clock_skew: Receive time minus exchange time over the last minute
             (:mod:`flight_md.ingest.skew`); ``None`` figures where no tick carried an

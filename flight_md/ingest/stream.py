@@ -665,7 +665,6 @@ class MarketDataStream:
 
     def _markets_loaded(self) -> None:
         self._set_state(ConnectionState.CONNECTED)
-        self._last_error = self._last_error_ms = None
         self._events.record(self.exchange_id, EventKind.CONNECT, self.symbols,
                             f"{len(self._exchange.markets)} markets loaded; "
                             f"mode {self._active_mode.value}, channel {self.channel.value}")
@@ -1100,8 +1099,6 @@ class MarketDataStream:
 
     def _recovered(self, how: str, *, websocket: bool) -> None:
         self._policy.good(websocket=websocket)
-        # The outage is over: status stops reporting its error (the @events log keeps it).
-        self._last_error = self._last_error_ms = None
         was = self._state
         if was is ConnectionState.CONNECTED:
             return

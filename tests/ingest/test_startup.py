@@ -14,8 +14,8 @@ import socket
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.flight as flight
 import pytest
+from pyarrow import flight
 
 from tests.support import MS, ChildProcess, EmulatorProcess, ServerProcess, until
 
@@ -72,8 +72,10 @@ def test_a_server_started_while_its_exchange_is_down_serves_and_connects_later(
         until(lambda: _stored(client, "BTC/USDT") >= 5, 60, "ticks once the exchange is up")
         up = _status(client)["exchanges"]["binance"]
         assert up["state"] == "connected" and up["symbols"] == ["BTC/USDT"]
-        # Recovered: the outage's error is no longer reported (item 5).
-        assert up["last_error"] is None and up["last_error_ms"] is None
+        # Recovered: the last error stays, dated before the first tick (item 5).
+        first = client.do_get(flight.Ticket(b"BTC/USDT?latest=100000")).read_all()
+        assert up["last_error"] and "127.0.0.1" in up["last_error"]
+        assert up["last_error_ms"] <= min(first.column("receive_timestamp").to_pylist())
         client.close()
     finally:
         server.signal(signal.SIGTERM)

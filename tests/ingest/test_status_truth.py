@@ -4,8 +4,8 @@
   ``ticks_stored <= ticks_appended <= ticks_received`` (the store is read before ingestion,
   which counts an update before storing it), under load, with ingestion in a thread or a
   child process.
-* ``last_error`` is the current outage's: it clears (with ``last_error_ms``) once the stream
-  recovers.
+* ``last_error`` stays after the stream recovers, dated by ``last_error_ms`` (when it
+  happened), so its age is visible.
 * Clock skew: per exchange, the nearest-rank median and p99 of ``receive_timestamp -
   timestamp`` over the last minute equal those of the rows stored in that minute; a channel
   without exchange timestamps (Binance ``bookTicker``) reports null.
@@ -20,8 +20,8 @@ import json
 from collections.abc import Iterator
 from typing import Any
 
-import pyarrow.flight as flight
 import pytest
+from pyarrow import flight
 
 from flight_md.app import MarketDataApp
 from flight_md.config import ServerConfig, StreamConfig
@@ -39,6 +39,10 @@ def _status(client: flight.FlightClient) -> dict[str, Any]:
     result = next(client.do_action(flight.Action("status", b"")))
     status: dict[str, Any] = json.loads(result.body.to_pybytes())
     return status
+
+
+def _symbols(app: MarketDataApp) -> list[str]:
+    return [symbol for _, symbol in app.buffer.keys("binance")]
 
 
 def _action(client: flight.FlightClient, name: str, body: Any) -> dict[str, Any]:
@@ -73,7 +77,7 @@ def test_stored_never_exceeds_received_at_any_status_call_under_load(
         client.close()
 
 
-def test_last_error_clears_once_the_stream_recovers() -> None:
+def test_last_error_is_dated_so_its_age_shows_once_the_stream_recovers() -> None:
     with EmulatorThread(exchange="binance", symbols=("BTC/USDT",), rate=40.0, seed=1) as emulator:
         config = ServerConfig(port=0, streams=(StreamConfig(
             "binance", ("BTC/USDT",), mode="websocket", url=emulator.url,
@@ -89,13 +93,22 @@ def test_last_error_clears_once_the_stream_recovers() -> None:
                            and ex, 30, "the outage to show in status")
             assert outage["state"] == "reconnecting" and outage["last_error_ms"] >= before
             emulator.clear_faults()
-            stored = app.buffer.count("BTC/USDT", "binance")
-            until(lambda: app.buffer.count("BTC/USDT", "binance") > stored, 30,
-                  "ticks after the outage")
+
+            def newest() -> int:
+                times = app.buffer.get_range_sync("BTC/USDT", exchange="binance",
+                                                  columns=["receive_timestamp"])
+                return int(times.column("receive_timestamp")[-1].as_py())
+
+            until(lambda: _status(client)["exchanges"]["binance"]["state"] == "connected", 30,
+                  "the stream to recover")
             recovered = _status(client)["exchanges"]["binance"]
-            assert recovered["state"] == "connected"
-            assert recovered["last_error"] is None and recovered["last_error_ms"] is None
-            assert recovered["reconnects"] >= 1
+            until(lambda: newest() > recovered["last_error_ms"] + 50, 30,
+                  "ticks well after the last error")
+            again = _status(client)["exchanges"]["binance"]
+            assert again["state"] == "connected" and again["reconnects"] >= 1
+            # The error stays, dated within the outage: its age grows while ticks flow.
+            assert again["last_error"] and again["last_error"] == recovered["last_error"]
+            assert before <= again["last_error_ms"] == recovered["last_error_ms"] < newest()
             client.close()
 
 
@@ -121,7 +134,7 @@ def test_clock_skew_is_the_median_and_p99_of_the_rows_stored_in_the_last_minute(
         with MarketDataApp(config) as app:
             client = flight.connect(app.location)
             until(lambda: all(app.buffer.count(s, "binance") >= 100 for s in symbols
-                              if ("binance", s) in app.buffer.keys()) and
+                              if s in _symbols(app)) and
                   len(app.buffer.keys()) == 2, 30, "ticks on both symbols")
             # Quiesce: no row is stored after an unsubscribe returns.
             _action(client, "unsubscribe", {"symbols": list(symbols)})
@@ -139,7 +152,7 @@ def test_a_channel_without_exchange_time_reports_null_skew() -> None:
             "binance", ("BTC/USDT",), channel="bidask", mode="websocket", url=emulator.url),))
         with MarketDataApp(config) as app:
             client = flight.connect(app.location)
-            until(lambda: ("binance", "BTC/USDT") in app.buffer.keys()
+            until(lambda: "BTC/USDT" in _symbols(app)
                   and app.buffer.count("BTC/USDT", "binance") >= 10, 30, "bid/ask ticks")
             skew = _status(client)["exchanges"]["binance"]["clock_skew_ms"]
             assert skew == {"median": None, "p99": None, "samples": 0, "window_s": 60.0}
