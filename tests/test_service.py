@@ -250,7 +250,7 @@ def test_list_flights_of_an_empty_server(md_server_factory: Callable[..., Any]) 
 
 def test_list_actions(server: Any) -> None:
     actions = {a.type: a.description for a in server.client.list_actions()}
-    assert list(actions) == ["subscribe", "unsubscribe", "clear", "status"]
+    assert list(actions) == ["subscribe", "unsubscribe", "clear", "status", "health"]
     for name, description in actions.items():
         assert "Body:" in description and "Result:" in description, name
     assert '{"symbols": ["BTC/USDT", ...], "exchange": "binance"}' in actions["subscribe"]
@@ -385,7 +385,8 @@ def test_actions_with_ingestion(md_server_factory: Callable[..., Any]) -> None:
     assert result["exchanges"]["binance"] == {
         "state": "connected", "mode": "websocket", "channel": "ticker", "reconnects": 2,
         "symbols": ["BTC/USDT", "XRP/USDT"], "bad_frames": {"bad_json": 3},
-        "callback_errors": 1, "last_error": "timeout"}
+        "callback_errors": 1, "last_error": "timeout", "last_error_ms": None,
+        "clock_skew_ms": {"median": None, "p99": None, "samples": 0, "window_s": 0.0}}
     assert result["exchanges"]["okx"]["state"] == "connecting"
     symbols = {s["symbol"]: s for s in result["symbols"]}
     assert symbols["BTC/USDT"] | {"age_ms": None} == {
@@ -505,7 +506,7 @@ ERROR_CASES: list[tuple[str, Callable[[flight.FlightClient], Any], tuple[type, s
     ("action-unknown", _action("drop_everything"), UNIMPLEMENTED, "UnknownAction",
      "unknown action 'drop_everything'; available: subscribe, unsubscribe, clear, status"),
     ("action-bad-body", _action("status", b"[1]"), INVALID, "InvalidActionBody",
-     "status body must be a JSON object, got list"),
+     "status body must be a JSON object such as {}, got [1]"),
     ("action-bad-key", _action("clear", b'{"symbol": "BTC/USDT"}'), INVALID,
      "InvalidActionBody", "unknown key 'symbol' in clear body; allowed: exchange, symbols"),
     ("action-too-large", _action("clear", b" " * 4097), INVALID, "RequestTooLarge",
@@ -837,7 +838,8 @@ def _stop_in_thread(server: Any, grace: float | None) -> tuple[threading.Thread,
 
 def test_stop_with_an_idle_live_tail(md_server_factory: Callable[..., Any], time_scale: float,
                                      caplog: pytest.LogCaptureFixture) -> None:
-    """An idle live tail ends at its next check: stop() is clean and severs nothing.
+    """An idle live tail ends at its next check (UNAVAILABLE, ``server_shutdown``): stop()
+    is clean and severs nothing.
 
     The join bound (3 times the grace) is there only to report a hang.
     """
@@ -853,9 +855,10 @@ def test_stop_with_an_idle_live_tail(md_server_factory: Callable[..., Any], time
     assert out["clean"] is True
     assert not [r for r in caplog.records if "severed" in r.getMessage()], caplog.text
     assert followers(buffer, "binance", "BTC/USDT") == 0
-    with pytest.raises(StopIteration):  # the stream ended cleanly: no error on the wire
+    with pytest.raises(flight.FlightUnavailableError, match="server is shutting down") as ended:
         while True:
             reader.read_chunk()
+    assert ended.value.extra_info == b"server_shutdown"
     assert harness.server.stop() is True  # idempotent
 
 
