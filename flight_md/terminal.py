@@ -47,6 +47,7 @@ import pyarrow as pa
 from pyarrow import flight
 
 from flight_md.errors import FlightMdError
+from flight_md.service import SERVER_SHUTDOWN
 from flight_md.tickets import Query, Target, format_ticket, parse_time
 
 __all__ = ["DEFAULT_LOCATION", "main", "register"]
@@ -786,8 +787,11 @@ def _pump(reader: flight.FlightStreamReader, items: queue.Queue[Any],
             if chunk.data is not None and chunk.data.num_rows and not put(chunk.data):
                 return
     except BaseException as exc:  # noqa: BLE001 - handed to the main thread
-        if not stop.is_set():
-            put(exc)
+        if stop.is_set():
+            return
+        # The server ends every live tail with this marker when it shuts down: an end, not
+        # an error (older servers simply ended the stream, handled above).
+        put(_END if getattr(exc, "extra_info", None) == SERVER_SHUTDOWN else exc)
 
 
 def tail_line(row: dict[str, Any], columns: Sequence[str] | None,
