@@ -138,7 +138,8 @@ def test_bad_times_are_refused_before_sending(md: MarketDataClient) -> None:
         md.range("BTC/USDT", end="yesterday")
     with pytest.raises(ValueError, match="between 1970-01-01 and 9999-12-31"):
         md.range("BTC/USDT", start=-5)
-    with pytest.raises(InvalidRequest, match=r"^start \d+ is after end \d+"):
+    with pytest.raises(InvalidRequest,
+                       match=r"^start '2000' is after end '1000'; start must be <= end$"):
         md.range("BTC/USDT", start=2000, end=1000)
 
 
@@ -207,8 +208,9 @@ def test_subscribe_without_ingestion_is_unavailable(md: MarketDataClient) -> Non
 
 
 def test_actions_and_unknown_action(md: MarketDataClient) -> None:
-    assert set(md.actions()) == {"subscribe", "unsubscribe", "clear", "status"}
-    with pytest.raises(Unimplemented, match="^unknown action 'explode'; available: subscribe"):
+    assert set(md.actions()) == {"subscribe", "unsubscribe", "clear", "status", "health"}
+    with pytest.raises(Unimplemented, match="^unknown action 'explode'; available: subscribe, "
+                                            "unsubscribe, clear, status, health$"):
         md.action("explode")
 
 
