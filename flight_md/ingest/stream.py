@@ -1104,6 +1104,10 @@ class MarketDataStream:
             return
         self._set_state(ConnectionState.CONNECTED)
         if was is ConnectionState.RECONNECTING:
+            if not websocket:
+                # A websocket session counts each attempt as it starts it; polling has no
+                # session to start, so an outage of failed polls counts once, as it ends.
+                self._reconnects += 1
             symbols = self.symbols
             self._events.record(self.exchange_id, EventKind.RECONNECT, symbols,
                                 f"{how}; {len(symbols)} symbols subscribed")

@@ -136,9 +136,6 @@ def test_the_ingestion_process_recovers_from_every_exchange_fault(ingest_rig: An
         assert exchange["reconnects"] == failures.count("disconnect"), (exchange, failures)
 
 
-@pytest.mark.xfail(strict=True, reason="REST mode records a 'reconnect' event after failed polls "
-                   "but status 'reconnects' stays 0 (MarketDataStream._run_rest never counts "
-                   "it); reported to the lead")
 def test_status_counts_a_rest_reconnect(ingest_rig: Any) -> None:
     """README: "``status`` shows ``state``, ``reconnects``, ``last_error``" after REST 429/5xx."""
     rig = ingest_rig(SYMBOLS, mode="rest", mover=True, **FAST)
