@@ -147,8 +147,9 @@ def test_a_dead_child_is_reported_and_nothing_stored_is_lost(app: MarketDataApp)
     held = app.buffer.count("BTC/USDT", "binance")
     table = client.do_get(flight.Ticket(b"BTC/USDT?latest=100000")).read_all()
     assert table.num_rows == held >= 20
-    with pytest.raises(flight.FlightUnavailableError, match="ingestion"):
-        _action(client, "status")
+    # status keeps answering while the child is down or being restarted (supervision is
+    # tested in test_supervision.py).
+    assert _action(client, "status")["server"]
     failure = [e for e in app.events.events("*") if e.kind.value == "failed"][-1]
     assert "exited unexpectedly" in failure.detail and str(-signal.SIGKILL) in failure.detail
     client.close()
