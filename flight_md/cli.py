@@ -19,7 +19,7 @@ from typing import Any
 
 from flight_md import __version__
 from flight_md.config import ServerConfig, StreamConfig, load_config, read_tokens, secret_from_env
-from flight_md.errors import FlightMdError
+from flight_md.errors import FlightMdError, StartupError
 
 __all__ = ["main"]
 
@@ -121,13 +121,14 @@ def build_config(args: argparse.Namespace) -> ServerConfig:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from flight_md.app import MarketDataApp
+    from flight_md.app import MarketDataApp, check_listen_address
 
     logging.basicConfig(level=args.log_level,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     config = build_config(args)
     if not args.shutdown_timeout > 0:
         raise FlightMdError(f"--shutdown-timeout must be > 0 seconds, got {args.shutdown_timeout:g}")
+    check_listen_address(config.host, config.port)  # before anything is logged or started
     if not config.demo and not config.streams:
         logger.warning("no exchange configured: serving an empty store (try --demo, or "
                        "--exchange binance --symbols BTC/USDT)")
@@ -195,6 +196,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
+    except StartupError as exc:
+        print(f"flight-md: {exc}", file=sys.stderr)
+        return 1
     except FlightMdError as exc:
         print(f"flight-md: {exc}", file=sys.stderr)
         return 2
