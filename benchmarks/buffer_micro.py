@@ -142,9 +142,9 @@ calls per repetition, each timed; `await buffer.get_latest(...)` is the async AP
               show(ratio(median(big_p50), median(naive_big_p50)), "x"))
     section.tables.append(table)
     section.goals += [
-        Goal("buffer.append", "Buffer append, amortised", f"<= {APPEND_GOAL_US:g} µs/tick",
-             show(append, "µs"), append <= APPEND_GOAL_US),
-        Goal("buffer.get_latest", "In-process get_latest(100), p50",
-             f"<= {LATEST_GOAL_US:g} µs", show(latest, "µs"), latest <= LATEST_GOAL_US),
+        Goal.judge("buffer.append", "Buffer append, amortised, µs/tick", append, "<=",
+                   APPEND_GOAL_US, "µs"),
+        Goal.judge("buffer.get_latest", "In-process get_latest(100), p50", latest, "<=",
+                   LATEST_GOAL_US, "µs"),
     ]
     return section

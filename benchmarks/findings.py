@@ -1,43 +1,41 @@
 """What limits each figure that misses its goal, from profiling flight_md (by goal key).
 
-The report quotes an entry under every missed goal with that key. Entries are written by
-hand after profiling the flight_md process during the measurement (py-spy 0.4 ``record
---threads [--gil] --nonblocking`` on the server child, pyinstrument in-process); they
-describe the code as profiled on 2026-11-23 (bulk: after the segment merge cap), so
-re-profile when the code changes. The
-scripts are small: start the same children as the measurement (``benchmarks.exchange``,
-``benchmarks.servers``) and point ``py-spy record --pid`` at the flight_md child.
+These are **notes, not measurements of a run**: the report quotes an entry under every
+missed goal with that key, under a heading that says so (:data:`PROFILED`). Entries are
+written by hand after profiling the flight_md process during the measurement (py-spy 0.4
+``record --threads [--gil] --nonblocking`` on the server child, pyinstrument in-process);
+every figure in them comes from those sessions, not from the run that quotes them.
+Re-profile when the code changes. The scripts are small: start the same children as the
+measurement (``benchmarks.exchange``, ``benchmarks.servers``) and point ``py-spy record
+--pid`` at the flight_md child.
 """
 
 from __future__ import annotations
 
-__all__ = ["FINDINGS"]
+__all__ = ["FINDINGS", "PROFILED"]
+
+PROFILED = "profiled 2026-11-23 on the code of that day; not re-profiled since"
 
 _INGEST = """
 **Limit: ccxt's own per-frame work on the one ingestion thread, plus the network path
 (aiohttp's websocket reader, the event loop, kernel socket reads), on a machine whose CPU it
-shares with the emulator.** Capture itself is 100 % at every rate: nothing is lost between
-ccxt and the store; what can fall short is the rate sustained, and a faster feed queues in
-socket buffers and ccxt's reader (drained after the emulator stops). py-spy (`record
---threads --nonblocking`) on the ingestion thread of a flight_md process saturated at
-40,000 msg/s over 200 symbols: ccxt `binance.handle_message` 83 % of its samples (of which
-`handle_bids_asks` 55 %, `parse_ws_ticker`/`safe_*` 16 %), aiohttp's reader and ccxt's
-receive loop most of the rest; flight_md's tap (`_Tap.__setitem__` -> `to_row` ->
-`append_row`) is ~2 %. The verdict swings with machine load: ccxt's parse ceiling itself
-measured 26,000-39,000 frames/s across runs of this harness.
+shares with the emulator.** Nothing is lost between ccxt and the store (see *capture after
+drain*); what falls short is the rate the ingestion thread sustains while the feed keeps
+coming, and the parse ceiling it is judged against already includes flight_md's own part of
+the hot path (tap, `to_row`, `append_row`). py-spy (`record --threads --nonblocking`) on the
+ingestion thread of a flight_md process saturated at 40,000 msg/s over 200 symbols: ccxt
+`binance.handle_message` 83 % of its samples (of which `handle_bids_asks` 55 %,
+`parse_ws_ticker`/`safe_*` 16 %), aiohttp's reader and ccxt's receive loop most of the rest;
+flight_md's tap (`_Tap.__setitem__` -> `to_row` -> `append_row`) ~2 %. The gap between the
+hot-path ceiling and the lossless rate is therefore the network path and the event loop, not
+the store.
 
-Fixed in this issue (before: 0.52-0.79x; the tap was 18 % of the thread and ccxt's
-`Client.resolve` 20 %):
-1. The watcher that keeps each subscription group alive re-armed its `watch_*()` call on
-   every update, and each call makes ccxt race one future per symbol of the group (100 for a
-   Binance group): O(group size) per update. It now re-arms at most every 20 ms; a
-   connection failure reaches the session through ccxt's `on_close`/`on_error` instead.
-2. `normalize.to_row` builds the stored row directly and `MarketDataBuffer.append_row`
-   stores it without the `MarketTick` round trip and re-check (a `MarketTick` is built only
-   when callbacks exist); bid/ask values take a one-comparison fast path.
-3. Pending rows are an `array('d')`; sealing is `np.frombuffer`, not a list-of-tuples
-   conversion.
-Remaining lever: ccxt itself (its generic `safe_*` parsing).
+Fixed earlier (the tap was 18 % of the thread and ccxt's `Client.resolve` 20 %): watchers
+re-arm their `watch_*()` call at most every 20 ms instead of on every update (each call races
+one future per symbol of the group); `normalize.to_row` + `MarketDataBuffer.append_row` store
+rows without a `MarketTick` round trip; pending rows are an `array('d')`.
+Remaining levers: a decoder of flight_md's own for the hot channels (issue "Performance"),
+and ingestion spread over processes.
 """
 
 _LATENCY_IDLE = """
@@ -45,7 +43,7 @@ _LATENCY_IDLE = """
 trip.** The bare server's `do_get` is one dict lookup; flight_md's (`FlightMarketDataServer
 .do_get`, timed in-process) now takes ~20 µs for latest=100 (was ~48 µs): ring snapshot and
 table assembly (`get_latest_sync`, ~16 µs), the rest error mapping and the stream set-up.
-Each Python step is also a GIL acquisition on a gRPC thread. Done in this issue: a prebuilt
+Each Python step is also a GIL acquisition on a gRPC thread. Done earlier: a prebuilt
 `IpcWriteOptions` for `RecordBatchStream` (pyarrow otherwise reads its IPC settings from the
 environment per call), an LRU of parsed tickets (clients repeat tickets), and constant
 `symbol`/`exchange` columns cached per value at the longest length served and sliced.
@@ -60,7 +58,7 @@ by the gRPC threads. A Flight handler needs the GIL several times per request, a
 that waits for it only forces a switch after `sys.getswitchinterval()` (5 ms). Lowering
 the switch interval made ingestion itself fall behind.
 
-**Fixed by design in this issue: `--ingest-process`** (`ServerConfig(ingest_process=True)`)
+**Fixed by design earlier: `--ingest-process`** (`ServerConfig(ingest_process=True)`)
 runs ingestion in a child process that forwards parsed rows (batched at most every 1 ms)
 to the server, whose process then only takes the GIL to append them (~1 µs a row) and for
 its own handlers: see the "ingestion process" rows. It is opt-in because it costs a
@@ -70,7 +68,7 @@ second interpreter and ~1.5 s of start-up, and callbacks cannot run in the serve
 _LATENCY_PROCESS = """
 **Limit: CPU, not the GIL: on 2 cores the ingestion child (~75 % of a core at 5,000 msg/s),
 the emulator (~20 %), the harness's client and the server share the machine.** The bare
-server slows down under the same load too (its p50 rose ~50 % over idle in the run above);
+server slows down under the same load too (its p50 rose ~50 % over idle in that session);
 flight_md does more work per request (~20 µs of Python, see the idle finding), which
 stretches more when the CPU is contended. The Flight process's own ingestion work is the
 reader thread: one wake-up per forwarded batch (at most 1,000 a second) and ~1 µs per row,
@@ -99,8 +97,8 @@ and leave sealing to the writer); (3) yield one combined batch per read.
 """
 
 FINDINGS: dict[str, str] = {
-    "ingest.capture.20": _INGEST,
-    "ingest.capture.200": _INGEST,
+    "ingest.lossless.20": _INGEST,
+    "ingest.lossless.200": _INGEST,
     "latency.idle.100": _LATENCY_IDLE,
     "latency.idle.10000": _LATENCY_IDLE,
     "latency.load.100": _LATENCY_LOAD,
@@ -129,7 +127,7 @@ Measured contributions: each sealed segment's ten Arrow arrays cost ~5-6 KB of C
 Python objects whatever their length (~5 B per tick at 1,280-row segments, which is where
 that overhead and the rows a straddling segment keeps balance); rows not yet sealed ~2 B.
 
-Fixed in this issue (before: 104 / 124 / 125 B at 10 / 100 / 1,000 symbols): segments are
+Fixed earlier (before: 104 / 124 / 125 B at 10 / 100 / 1,000 symbols): segments are
 allocated from the system allocator (`pa.system_memory_pool()`; pyarrow's default mimalloc
 pool kept ~16 B per tick of slack as segments were merged and evicted); pending rows are
 one `array('d')` (80 B a row instead of ~390 as tuples of floats); and the merged segment

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import os
 import platform
+import re
 import statistics
 import sys
 from collections.abc import Sequence
@@ -20,17 +21,29 @@ from importlib import metadata
 from pathlib import Path
 
 __all__ = [
+    "README_BLOCKS",
     "Goal",
     "Section",
     "Table",
+    "block",
+    "blocks",
+    "code_version",
+    "holds",
     "load_average",
     "machine",
     "median",
     "percentile",
     "ratio",
     "render",
+    "replace_block",
     "show",
+    "verdict",
 ]
+
+README_BLOCKS = ("goals", "ingest-process")
+"""Blocks of BENCHMARKS.md that the README quotes verbatim (see :mod:`benchmarks.readme`)."""
+_OPS = {"<": lambda a, b: a < b, "<=": lambda a, b: a <= b, ">": lambda a, b: a > b,
+        ">=": lambda a, b: a >= b}
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,15 +59,27 @@ class Table:
         self.rows.append(tuple(cells))
 
 
+def holds(value: float, op: str, limit: float) -> bool:
+    """Whether ``value op limit`` holds (``op`` one of ``<``, ``<=``, ``>``, ``>=``); a
+    missing (NaN) value never does."""
+    if op not in _OPS:
+        raise ValueError(f"unknown comparison {op!r}; expected one of: {', '.join(_OPS)}")
+    return math.isfinite(value) and bool(_OPS[op](value, limit))
+
+
 @dataclass(frozen=True, slots=True)
 class Goal:
     """One goal of the issue and whether this run met it.
 
+    Build it with :meth:`judge`, which computes the verdict from the measured figure, so
+    that a verdict cannot disagree with the figure it is printed beside.
+
     Attributes:
         key: Stable id, the key of its entry in :data:`benchmarks.findings.FINDINGS`.
         what: What is measured.
-        target: The goal, e.g. ``"<= 1.3x bare"``.
-        measured: The figure it is judged on, formatted.
+        target: The goal, e.g. ``"<= 1.3x"``: the comparison, then the limit.
+        measured: The figure it is judged on, formatted first; then, after ``"; "``, any
+            condition of the goal that failed.
         met: Whether the figure meets the target (``None``: not measured in this run).
     """
 
@@ -63,6 +88,30 @@ class Goal:
     target: str
     measured: str
     met: bool | None
+
+    @classmethod
+    def judge(cls, key: str, what: str, value: float, op: str, limit: float, unit: str = "",
+              *, failures: Sequence[str] = (), target_note: str = "",
+              measured_note: str = "", conditions: str = "") -> Goal:
+        """The goal ``value op limit`` (and no ``failures``), judged.
+
+        Args:
+            value: The measured figure (NaN: not measured, which misses).
+            op: ``<``, ``<=``, ``>`` or ``>=``.
+            limit: The goal's limit, in the unit of ``value``.
+            unit: Unit for :func:`show`.
+            failures: Other conditions of the goal that failed in this run, each said in a
+                few words; any makes the goal missed.
+            target_note: Shown after the limit, in parentheses.
+            measured_note: Shown after the figure, in parentheses.
+            conditions: The goal's other conditions, shown after the limit (e.g.
+                ``"every tick delivered"``).
+        """
+        target = f"{op} {show(limit, unit)}" + (f" ({target_note})" if target_note else "") \
+            + (f", {conditions}" if conditions else "")
+        measured = show(value, unit) + (f" ({measured_note})" if measured_note else "")
+        measured += "".join(f"; {failure}" for failure in failures)
+        return cls(key, what, target, measured, holds(value, op, limit) and not failures)
 
 
 @dataclass(slots=True)
@@ -77,6 +126,8 @@ class Section:
     notes: list[str] = field(default_factory=list)
     seconds: float = 0.0
     error: str | None = None
+    readme: dict[str, list[str]] = field(default_factory=dict)
+    """Lines this section contributes to the README blocks (:data:`README_BLOCKS`)."""
 
 
 # -- statistics -------------------------------------------------------------------------------
@@ -135,6 +186,22 @@ def load_average() -> str:
         return "unknown"
 
 
+def code_version(root: Path | None = None) -> str:
+    """The commit the measured code is at, and whether the measured paths differ from it."""
+    import subprocess
+
+    root = root or Path(__file__).resolve().parent.parent
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=root,
+                                capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "flight_md", "benchmarks",
+                                "pyproject.toml"], cwd=root, capture_output=True, text=True,
+                               check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return f"{commit} + uncommitted changes" if dirty else commit
+
+
 def machine(load_at_start: str | None = None) -> dict[str, str]:
     """The machine and versions the run measured."""
     model = platform.processor() or "unknown"
@@ -159,6 +226,7 @@ def machine(load_at_start: str | None = None) -> dict[str, str]:
     except ImportError:
         pass
     return {
+        "code (git)": code_version(),
         "CPUs (os.cpu_count)": str(os.cpu_count()),
         "CPU model": model,
         "memory": memory,
@@ -177,13 +245,41 @@ def _table(table: Table) -> list[str]:
     return lines
 
 
-def _verdict(met: bool | None) -> str:
+def verdict(met: bool | None) -> str:
+    """How a verdict is written: ``met``, ``**missed**`` or ``not measured``."""
     return {True: "met", False: "**missed**", None: "not measured"}[met]
+
+
+def block(name: str, lines: Sequence[str]) -> list[str]:
+    """``lines`` between the markers of README block ``name``."""
+    return [f"<!-- benchmarks:{name} -->", *lines, f"<!-- /benchmarks:{name} -->"]
+
+
+def _block_pattern(name: str) -> re.Pattern[str]:
+    return re.compile(rf"<!-- benchmarks:{re.escape(name)} -->\n(.*?)\n?"
+                      rf"<!-- /benchmarks:{re.escape(name)} -->", re.DOTALL)
+
+
+def blocks(text: str) -> dict[str, str]:
+    """The README blocks in ``text`` (BENCHMARKS.md or the README): name -> content."""
+    out: dict[str, str] = {}
+    for name in README_BLOCKS:
+        found = _block_pattern(name).search(text)
+        if found is not None:
+            out[name] = found.group(1)
+        elif f"<!-- benchmarks:{name} -->" in text:
+            raise ValueError(f"block {name!r} is not closed")
+    return out
+
+
+def replace_block(text: str, name: str, content: str) -> str:
+    """``text`` with the content of its block ``name`` replaced by ``content``."""
+    return _block_pattern(name).sub(lambda _: "\n".join(block(name, [content])), text, count=1)
 
 
 def render(sections: Sequence[Section], *, command: str, smoke: bool, seconds: float,
            findings: dict[str, str], when: datetime | None = None,
-           load_at_start: str | None = None) -> str:
+           load_at_start: str | None = None, findings_date: str = "") -> str:
     """The whole BENCHMARKS.md."""
     when = when or datetime.now(UTC)
     out = ["# flight_md benchmarks", ""]
@@ -192,11 +288,13 @@ def render(sections: Sequence[Section], *, command: str, smoke: bool, seconds: f
                  "below mean nothing; run the full benchmark for real ones."), ""]
     out += [
         (f"Generated {when:%Y-%m-%d %H:%M} UTC by `{command}` in {seconds:.0f} s. Every figure "
-         "is measured on this machine in this run, beside a baseline measured alongside it; "
-         "ratios are flight_md / baseline. Timed figures are medians over repetitions (p99 "
-         "where stated). The machine is small and may be shared (see the load averages): "
-         "figures that involve several processes move by tens of percent between runs, "
-         "in-process ones by a few percent."),
+         "in the tables and the goals is measured on this machine in this run, beside a "
+         "baseline measured alongside it; ratios are flight_md / baseline, both from this run. "
+         "A figure from anywhere else is marked *quoted*. Timed figures are medians over "
+         "repetitions (p99 where stated). The notes under \"Missed goals\" are written by hand "
+         "from profiling sessions outside this run and are marked as such. The machine is "
+         "small and may be shared (see the load averages): figures that involve several "
+         "processes move by tens of percent between runs, in-process ones by a few percent."),
         "",
         "## Machine",
         "",
@@ -204,15 +302,30 @@ def render(sections: Sequence[Section], *, command: str, smoke: bool, seconds: f
     info = machine(load_at_start)
     out += _table(Table(tuple(info), [tuple(info.values())]))
     out += ["", "## Goals", "",
-            ("Verdicts of figures within about 15 % of their target can flip from run to run on "
-             "a small shared machine; the sections give the baselines measured alongside."), ""]
+            ("Each verdict is computed from the figure beside it; a goal with several "
+             "conditions lists the ones that failed after the figure. Verdicts of figures "
+             "within about 15 % of their target can flip from run to run on a small shared "
+             "machine; the sections give the baselines measured alongside."), ""]
     goals = Table(("Goal", "Target", "Measured", "Verdict"))
     for section in sections:
         for goal in section.goals:
-            goals.add(goal.what, goal.target, goal.measured, _verdict(goal.met))
+            goals.add(goal.what, goal.target, goal.measured, verdict(goal.met))
         if section.error is not None:
             goals.add(f"{section.title}: all figures", "-", "failed to run", "**failed**")
-    out += _table(goals)
+    out += block("goals", _table(goals))
+    quoted: dict[str, list[str]] = {}
+    for section in sections:
+        for name, lines in section.readme.items():
+            quoted.setdefault(name, []).extend(lines)
+    if quoted:
+        out += ["", "## Quoted by the README", "",
+                ("The README copies these lines and the goals table above verbatim "
+                 "(`python -m benchmarks.readme` copies them; `--check` fails when they differ)."),
+                ""]
+        for name in README_BLOCKS:
+            if name in quoted:
+                out += block(name, quoted[name])
+                out.append("")
     for number, section in enumerate(sections, 1):
         out += ["", f"## {number}. {section.title}", "", section.method.strip(), ""]
         if section.error is not None:
@@ -230,6 +343,11 @@ def render(sections: Sequence[Section], *, command: str, smoke: bool, seconds: f
     out += ["", "## Missed goals: what limits them", ""]
     if not missed:
         out.append("Every goal measured in this run was met.")
+    else:
+        out += [(f"**Notes, not measurements of this run.** Written by hand from profiling "
+                 f"sessions{f' ({findings_date})' if findings_date else ''} of the flight_md "
+                 "process during these measurements; the figures they quote come from those "
+                 "sessions. Each miss above is judged on this run's figure only."), ""]
     groups: dict[str, list[Goal]] = {}  # one finding may explain several misses
     for goal in missed:
         groups.setdefault(findings.get(goal.key) or f"missing:{goal.key}", []).append(goal)
