@@ -23,6 +23,7 @@ from pyarrow import flight
 from benchmarks.latency import MODES, LoadedServers, tickets
 from benchmarks.process import Child, serve
 from benchmarks.report import Section, Table, median, ratio, show
+from benchmarks.servers import check_equal
 from benchmarks.settings import Settings
 
 __all__ = ["measure"]
@@ -108,8 +109,9 @@ def measure(settings: Settings, loaded: LoadedServers | None = None) -> Section:
 Flight connection each, spread over up to {settings.client_processes} client processes (never the
 server's). **flight_md** ingests {settings.load_rate:,} bookTicker msg/s across
 {settings.load_symbols} symbols from the emulator meanwhile (the same setup as the latency
-section). **Baseline**: the bare `pyarrow.flight` server with an equal pre-built table, measured
-in alternation under the same machine load. {repetitions} repetitions, medians. On 2 cores the
+section). **Baseline**: the bare `pyarrow.flight` server of the latency section (a contiguous
+table built without flight_md's buffer, the same schema and row count, flight_md's IPC
+options), measured in alternation under the same machine load. {repetitions} repetitions, medians. On 2 cores the
 clients, the emulator, ingestion and the server share the CPU: the figures are for comparing the
 two servers, not absolute capacity. **Child process**: flight_md with `ingest_process` (ccxt
 in a child process), measured the same way while the other server is stopped.
@@ -126,11 +128,20 @@ in a child process), measured the same way while the other server is stopped.
         for child in children:
             child.wait_ready()
         for ingest_process, _ in reversed(MODES):  # the latency section ended with a process
+            if ingest_process not in settings.ingest_process_modes:
+                continue
             servers = loaded.get(ingest_process)
             _rows(table, section, children, servers.flight_md.hello["location"],
                   servers.bare.hello["location"], settings, repetitions,
                   "child process" if ingest_process else "thread")
     section.tables.append(table)
+    figures = {(row[0], row[1]): row[4] for row in table.rows}
+    most = str(max(settings.concurrency_clients))
+    if ("thread", most) in figures and ("child process", most) in figures:
+        section.readme["ingest-process"] = [
+            (f"- `latest=100` requests/s with {most} concurrent clients while ingesting, vs a "
+            f"bare Flight server (no goal): {figures[('thread', most)]} with ingestion on a "
+            f"thread, {figures[('child process', most)]} with `--ingest-process`.")]
     section.notes.append(
         "The flight_md process also runs ingestion (one asyncio thread parsing with ccxt) unless "
         "ingestion runs in a child process; the bare server's process does not. Why that costs "
@@ -143,6 +154,13 @@ def _rows(table: Table, section: Section, children: list[Child], fm_location: st
     seconds = settings.concurrency_seconds
     ticket = tickets(100)
     locations = {"flight_md": fm_location, "bare": bare_location}
+    probes = {name: flight.connect(location) for name, location in locations.items()}
+    try:
+        # flight_md's ring holds live ticks: the same shape, other values.
+        check_equal({name: (probe, ticket) for name, probe in probes.items()}, values=False)
+    finally:
+        for probe in probes.values():
+            probe.close()
     for clients in settings.concurrency_clients:
         rates: dict[str, list[float]] = {name: [] for name in locations}
         for rep in range(repetitions):

@@ -4,10 +4,19 @@
 buffer filled with :mod:`benchmarks.ticks`, or, with ``--exchange-url``, a whole
 :class:`~flight_md.app.MarketDataApp` that also ingests from an emulator through ccxt.
 
-``python -m benchmarks.servers bare ...`` fills an identical buffer, answers each ticket given
-with ``--ticket`` once through the buffer, and from then on serves that pre-built table from
-memory with ``RecordBatchStream``: a Flight server with nothing between the request and the
-bytes, the floor flight_md is compared against.
+``python -m benchmarks.servers bare ...`` is the floor flight_md is compared against: a Flight
+server with nothing between the request and the bytes. For each ``--ticket`` it builds, at
+start and without flight_md's buffer, the table that ticket asks for: the same deterministic
+ticks (:mod:`benchmarks.ticks`), selected in plain Python and converted column by column
+from plain lists into one contiguous table (one chunk). ``do_get`` streams it with
+``RecordBatchStream`` and the very ``IpcWriteOptions`` object flight_md's service passes, so
+the two servers differ only in what happens before the bytes. The harness checks that both
+answer every ticket with equal tables before timing them (:func:`check_equal`).
+
+How a table is cut into record batches changes how fast Flight streams it (one 100 MB
+batch streams slower than sixteen of 6 MB), so the bare server also serves each table cut
+into :data:`BARE_BATCH_ROWS`-row batches (zero-copy slices of the contiguous one) under the
+ticket with :data:`BATCHED` appended; a measurement compares flight_md with the faster.
 
 Both bind ``grpc://127.0.0.1:0`` and say where in their hello line.
 
@@ -32,11 +41,17 @@ from pyarrow import flight
 from benchmarks import ticks
 from benchmarks.process import Child, serve
 from flight_md.buffer import MarketDataBuffer
+from flight_md.schema import SCHEMA
+from flight_md.service import _IPC_OPTIONS as FLIGHT_MD_IPC_OPTIONS
 from flight_md.tickets import parse_ticket
 
-__all__ = ["BareServer", "bare_server", "flight_md_server", "query_table"]
+__all__ = ["BARE_BATCH_ROWS", "BATCHED", "FLIGHT_MD_IPC_OPTIONS", "BareServer", "bare_server",
+           "bare_table", "check_equal", "flight_md_server"]
 
 LOCATION = "grpc://127.0.0.1:0"
+BARE_BATCH_ROWS = 65_536
+BATCHED = "#batched"
+"""Appended to a ticket, asks the bare server for its table cut into BARE_BATCH_ROWS batches."""
 
 
 class BareServer(flight.FlightServerBase):  # type: ignore[misc]
@@ -48,19 +63,55 @@ class BareServer(flight.FlightServerBase):  # type: ignore[misc]
 
     def do_get(self, context: flight.ServerCallContext,
                ticket: flight.Ticket) -> flight.FlightDataStream:
-        return flight.RecordBatchStream(self.tables[ticket.ticket])
+        # The IPC options are flight_md's own object: both servers write the same way.
+        return flight.RecordBatchStream(self.tables[ticket.ticket],
+                                        options=FLIGHT_MD_IPC_OPTIONS)
 
 
-def query_table(buffer: MarketDataBuffer, ticket: str) -> pa.Table:
-    """What flight_md's DoGet answers for a symbol ticket (latest and/or range)."""
+def bare_table(ticket: str, *, capacity: int, symbols: int, per_symbol: int) -> pa.Table:
+    """The table a symbol ticket (latest and/or range) asks for, built without the buffer.
+
+    The ring of a symbol filled with ``per_symbol`` ticks holds the newest ``capacity`` of
+    them; a range keeps ``start <= timestamp < end``, then ``latest`` keeps the newest rows.
+    """
     query = parse_ticket(ticket.encode())
-    assert query.symbol is not None, "only symbol tickets are supported"
-    if query.start is None and query.end is None:
-        limit = query.latest if query.latest is not None else buffer.buffer_size
-        return buffer.get_latest_sync(query.symbol, limit, exchange=query.exchange,
-                                      columns=query.columns)
-    return buffer.get_range_sync(query.symbol, query.start, query.end, exchange=query.exchange,
-                                 latest=query.latest, columns=query.columns)
+    if query.symbol is None or query.follow:
+        raise ValueError(f"only symbol tickets without follow are supported, got {ticket!r}")
+    kept = [row for row in ticks.full_rows(ticks.symbols(symbols), per_symbol)
+            if row[0] == query.symbol][-capacity:]
+    if query.start is not None or query.end is not None:
+        lo = query.start if query.start is not None else -(2**63)
+        hi = query.end if query.end is not None else 2**63
+        kept = [row for row in kept if lo <= row[1] < hi]
+    if query.latest is not None:
+        kept = kept[len(kept) - min(query.latest, len(kept)):]
+    names = list(query.columns) if query.columns else SCHEMA.names
+    columns = list(zip(*kept, strict=True)) if kept else [() for _ in SCHEMA.names]
+    return pa.Table.from_arrays(
+        [pa.array(list(columns[SCHEMA.get_field_index(name)]), type=SCHEMA.field(name).type)
+         for name in names],
+        schema=pa.schema([SCHEMA.field(name) for name in names]))
+
+
+def check_equal(clients: dict[str, tuple[flight.FlightClient, str]], *,
+                values: bool = True) -> None:
+    """Raise unless every server answers its ticket with an equal table.
+
+    Args:
+        clients: Name -> (client, ticket).
+        values: Compare values too; otherwise only the schema and the row count (a server
+            that ingests live ticks into the queried ring answers with other values).
+    """
+    tables = {name: client.do_get(flight.Ticket(ticket.encode())).read_all()
+              for name, (client, ticket) in clients.items()}
+    first_name, first = next(iter(tables.items()))
+    for name, table in tables.items():
+        same = table.equals(first) if values else (
+            table.schema.equals(first.schema) and table.num_rows == first.num_rows)
+        if not same:
+            raise RuntimeError(f"{name} and {first_name} answer differently "
+                               f"({table.num_rows} and {first.num_rows} rows): the comparison "
+                               "would not be of the same bytes")
 
 
 def _fill(buffer: MarketDataBuffer, symbols: int, per_symbol: int) -> None:
@@ -105,13 +156,15 @@ def _run_flight_md(args: argparse.Namespace) -> None:
 
 
 def _run_bare(args: argparse.Namespace) -> None:
-    buffer = MarketDataBuffer(args.buffer_size)
-    _fill(buffer, args.fill_symbols, args.fill_ticks)
-    tables = {t.encode(): query_table(buffer, t) for t in args.ticket}
-    del buffer
+    tables = {t.encode(): bare_table(t, capacity=args.buffer_size, symbols=args.fill_symbols,
+                                     per_symbol=args.fill_ticks) for t in args.ticket}
+    for ticket, table in list(tables.items()):
+        tables[ticket + BATCHED.encode()] = pa.Table.from_batches(
+            table.to_batches(max_chunksize=BARE_BATCH_ROWS), table.schema)
     server = BareServer(LOCATION, tables)
     hello = {"location": f"grpc://127.0.0.1:{server.port}",
              "rows": {t.decode(): table.num_rows for t, table in tables.items()},
+             "batches": {t.decode(): len(table.to_batches()) for t, table in tables.items()},
              "nbytes": {t.decode(): table.nbytes for t, table in tables.items()}}
     serve(hello, {}, args.max_seconds, on_exit=server.shutdown)
 
@@ -151,7 +204,7 @@ def flight_md_server(*, buffer_size: int = 10_000, fill_symbols: int = 0, fill_t
 
 def bare_server(tickets: Sequence[str], *, buffer_size: int = 10_000, fill_symbols: int = 0,
                 fill_ticks: int = 0, name: str = "bare", max_seconds: float = 900) -> Child:
-    """A bare-server child serving ``tickets`` as flight_md would answer them."""
+    """A bare-server child serving ``tickets`` from tables built without flight_md's buffer."""
     args = ["bare", "--buffer-size", str(buffer_size), "--fill-symbols", str(fill_symbols),
             "--fill-ticks", str(fill_ticks)]
     for ticket in tickets:

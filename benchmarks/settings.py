@@ -28,23 +28,32 @@ class Settings:
         latency_requests: Round trips per repetition, by ``latest``.
         bulk_rows: Rows of the range pull.
         bulk_repetitions: Pulls per server (each is short, so more of them than elsewhere).
-        ingest_rates: Emulator messages per second, total across symbols.
+        ingest_rates: Emulator messages per second, total across symbols, run for flight_md
+            and the naive design; flight_md's lossless-rate search starts from them.
         ingest_symbols: Symbol counts.
-        ingest_seconds: Steady-state seconds measured per configuration.
+        ingest_seconds: Seconds of the measured window per run.
         ingest_warmup: Seconds between every symbol flowing and the measured window.
-        ingest_ticker: Also run the 24h ticker channel (one rate, the first symbol count).
-        ingest_probe_rate: Extra flight_md-only rate that saturates it (0: none), so the
-            highest lossless rate is measured, not bounded by the rates offered.
-        ceiling_frames: Frames parsed per repetition for ccxt's parse ceiling.
+        ingest_sample_s: Seconds between samples of the sent and stored counters.
+        ingest_ticker: Also run the 24h ticker channel (the first rate and symbol count).
+        ingest_search_steps: Runs the lossless-rate search may add per symbol count.
+        ingest_max_rate: Highest rate the search probes.
+        ingest_resolution: The search stops when the lowest failed rate is within this
+            fraction above the lossless rate.
+        ceiling_frames: Frames fed per repetition for the parse ceiling.
+        ceiling_repetitions: Repetitions of the parse ceiling; the median is used.
         freshness_rates: Emulator rates of the freshness runs.
-        freshness_seconds: Seconds of each freshness run.
+        freshness_seconds: Seconds of the several-tails phase (the goal's case).
+        freshness_one_tail_seconds: Seconds of the one-tail phase.
         freshness_symbols: Symbols the emulator streams in the freshness runs.
-        freshness_follow: Symbols followed by live tails.
+        freshness_follow: Live tails at once in the several-tails phase, one symbol each.
         load_rate: Ingest rate while measuring latency and concurrency under load.
         load_symbols: Symbols ingested meanwhile.
         concurrency_clients: Concurrent client counts.
         concurrency_seconds: Seconds per concurrency measurement.
         client_processes: At most this many client processes share the clients.
+        ingest_process_modes: Where flight_md ingests in the latency, concurrency and
+            freshness sections: ``False`` on a thread of the server process (the
+            default), ``True`` in a child process (``--ingest-process``).
     """
 
     smoke: bool
@@ -66,11 +75,16 @@ class Settings:
     ingest_symbols: tuple[int, ...]
     ingest_seconds: float
     ingest_warmup: float
+    ingest_sample_s: float
     ingest_ticker: bool
-    ingest_probe_rate: int
+    ingest_search_steps: int
+    ingest_max_rate: int
+    ingest_resolution: float
     ceiling_frames: int
+    ceiling_repetitions: int
     freshness_rates: tuple[int, ...]
     freshness_seconds: float
+    freshness_one_tail_seconds: float
     freshness_symbols: int
     freshness_follow: int
     load_rate: int
@@ -78,6 +92,7 @@ class Settings:
     concurrency_clients: tuple[int, ...]
     concurrency_seconds: float
     client_processes: int
+    ingest_process_modes: tuple[bool, ...]
 
 
 FULL = Settings(
@@ -96,22 +111,28 @@ FULL = Settings(
     latency_requests={100: 500, 10_000: 100},
     bulk_rows=1_000_000,
     bulk_repetitions=11,
-    ingest_rates=(1_000, 5_000, 20_000),
+    ingest_rates=(5_000, 20_000),
     ingest_symbols=(20, 200),
     ingest_seconds=5.0,
     ingest_warmup=1.0,
+    ingest_sample_s=0.25,
     ingest_ticker=True,
-    ingest_probe_rate=40_000,
+    ingest_search_steps=4,
+    ingest_max_rate=80_000,
+    ingest_resolution=0.1,
     ceiling_frames=20_000,
+    ceiling_repetitions=5,
     freshness_rates=(1_000, 5_000),
-    freshness_seconds=15.0,
-    freshness_symbols=10,
-    freshness_follow=5,
+    freshness_seconds=10.0,
+    freshness_one_tail_seconds=5.0,
+    freshness_symbols=20,
+    freshness_follow=8,
     load_rate=5_000,
     load_symbols=20,
     concurrency_clients=(1, 8, 32),
     concurrency_seconds=2.0,
     client_processes=4,
+    ingest_process_modes=(False, True),
 )
 
 SMOKE = Settings(
@@ -134,11 +155,16 @@ SMOKE = Settings(
     ingest_symbols=(5,),
     ingest_seconds=0.5,
     ingest_warmup=0.2,
+    ingest_sample_s=0.1,
     ingest_ticker=False,
-    ingest_probe_rate=0,
-    ceiling_frames=5_000,
+    ingest_search_steps=1,
+    ingest_max_rate=1_000,
+    ingest_resolution=0.1,
+    ceiling_frames=2_000,
+    ceiling_repetitions=2,
     freshness_rates=(500,),
-    freshness_seconds=1.5,
+    freshness_seconds=1.0,
+    freshness_one_tail_seconds=0.5,
     freshness_symbols=5,
     freshness_follow=2,
     load_rate=500,
@@ -146,4 +172,5 @@ SMOKE = Settings(
     concurrency_clients=(1, 4),
     concurrency_seconds=0.5,
     client_processes=2,
+    ingest_process_modes=(False,),  # the process mode is the same code with one flag
 )

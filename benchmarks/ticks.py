@@ -15,7 +15,7 @@ from typing import Final
 from flight_md.buffer import MarketDataBuffer
 from flight_md.schema import MarketTick
 
-__all__ = ["EXCHANGE", "START_MS", "fill", "symbols", "tick_rows", "ticks"]
+__all__ = ["EXCHANGE", "START_MS", "fill", "full_rows", "symbols", "tick_rows", "ticks"]
 
 EXCHANGE: Final = "binance"
 START_MS: Final = 1_767_225_600_000  # 2026-01-01T00:00:00Z
@@ -46,13 +46,22 @@ def tick_rows(symbol_names: Sequence[str], per_symbol: int, seed: int = 0,
             yield symbol, ts, price, volume, price - 0.01, price + 0.01
 
 
+def full_rows(symbol_names: Sequence[str], per_symbol: int, seed: int = 0,
+              start_ms: int = START_MS) -> Iterator[tuple[str, int, float, float, float, float,
+                                                          float, float, float, float, str, int]]:
+    """Every field of :func:`ticks` as a plain tuple, in :data:`~flight_md.schema.SCHEMA`
+    order (what a baseline builds its table from without flight_md's types)."""
+    for symbol, ts, price, volume, bid, ask in tick_rows(symbol_names, per_symbol, seed,
+                                                           start_ms):
+        yield (symbol, ts, price, volume, bid, ask, price * 1.01, price * 0.99, price * 1.001,
+               price, EXCHANGE, ts + 3)
+
+
 def ticks(symbol_names: Sequence[str], per_symbol: int, seed: int = 0,
           start_ms: int = START_MS) -> Iterator[MarketTick]:
     """Full :class:`MarketTick` objects for :func:`tick_rows`."""
-    for symbol, ts, price, volume, bid, ask in tick_rows(symbol_names, per_symbol, seed,
-                                                           start_ms):
-        yield MarketTick(symbol, ts, price, volume, bid, ask, price * 1.01, price * 0.99,
-                         price * 1.001, price, EXCHANGE, ts + 3)
+    for row in full_rows(symbol_names, per_symbol, seed, start_ms):
+        yield MarketTick(*row)
 
 
 def fill(buffer: MarketDataBuffer, symbol_names: Sequence[str], per_symbol: int,
