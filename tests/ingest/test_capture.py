@@ -30,7 +30,8 @@ BASES = ("BTC", "ETH", "BNB", "SOL", "XRP", "DOGE", "ADA", "LTC", "DOT", "LINK")
 TWENTY = tuple(f"{base}/{quote}" for quote in ("USDT", "USDC") for base in BASES)
 RATE = 10_000.0
 """Updates per second the emulator is asked for, spread over the symbols."""
-RUN_S = 1.0
+RUN_FRAMES = 3000
+"""Updates the emulator writes before it is stalled (about 0.3 s at RATE)."""
 
 
 def _f8(value: float) -> float:
@@ -43,18 +44,20 @@ async def test_every_tick_is_captured_at_a_high_rate_without_duplicates(emulator
     emu = emulator_process("binance", TWENTY, RATE)
     stream = await make_stream(emu, TWENTY, heartbeat_interval=60.0)
     start = time.monotonic()
-    await asyncio.sleep(RUN_S * MS)
+
+    async def written() -> bool:
+        return sum((await emu.frames()).values()) >= RUN_FRAMES
+
+    await wait_until(written, 30, f"{RUN_FRAMES} updates written")
     await emu.inject("stall")  # the exchange stops writing; what it wrote is in flight
     elapsed = time.monotonic() - start
     frames = await emu.frames()
     expected = {s: frames.get(f"ticker {s}", 0) for s in TWENTY}
     total = sum(expected.values())
     print(f"{total} updates in {elapsed:.2f} s ({total / elapsed:,.0f}/s) over {len(TWENTY)} symbols")
-    await wait_until(lambda: all(stored(stream, s) >= expected[s] for s in TWENTY), 30,
-                     f"{total} ticks to be stored")
-    assert total >= 2000, f"only {total} updates in {elapsed:.1f} s"
-    await asyncio.sleep(0.1 * MS)  # room for a duplicate to show up
-    assert {s: stored(stream, s) for s in TWENTY} == expected  # none lost, none twice
+    # Exactly what was written: a lost tick never reaches the count, a duplicate overshoots it.
+    await wait_until(lambda: {s: stored(stream, s) for s in TWENTY} == expected, 30,
+                     f"exactly the {total} ticks written to be stored")
 
     # The values, in order, are the emulator's random walk step by step.
     for market in parse_symbols(TWENTY):
@@ -88,9 +91,18 @@ async def test_a_naive_watch_loop_would_miss_updates(make_emulator):
     try:
         await exchange.load_markets()
         task = asyncio.create_task(naive())
-        await asyncio.sleep(RUN_S * MS)
+        await wait_until(lambda: seen > 0 and emu.stats.frames_total >= RUN_FRAMES, 30,
+                         f"{RUN_FRAMES} updates written and the loop awake")
         await emu.inject(Fault.STALL)
-        await asyncio.sleep(0.5 * MS)
+        # What was in flight is read once the loop, woken at every delivery, stops waking.
+        last = -1
+
+        def settled() -> bool:
+            nonlocal last
+            done, last = seen == last, seen
+            return done
+
+        await wait_until(settled, 30, "the naive loop to read what was in flight", interval=0.2)
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
     finally:
@@ -125,9 +137,10 @@ async def test_replayed_binance_book_tickers_come_out_exactly(make_emulator, mak
         want[symbols[market_id]].append((float(data["b"]), float(data["a"])))
     emu = await make_emulator("binance", replay=default_recording("binance"), speed=0)
     stream = await make_stream(emu, tuple(want), channel="bidask")
-    await wait_until(lambda: all(stored(stream, s) >= len(want[s]) for s in want), 20,
-                     "the replay to be stored")
-    await asyncio.sleep(0.2 * MS)
+    await wait_until(lambda: all(sent(emu, stream, s) == len(want[s]) for s in want), 20,
+                     "the whole replay to be sent")
+    await wait_until(lambda: all(stored(stream, s) == len(want[s]) for s in want), 20,
+                     "exactly the replayed ticks to be stored")
     for symbol, quotes in want.items():
         rows = stream.buffer.get_latest_sync(symbol, 1000, exchange="binance").to_pylist()
         assert [(r["bid"], r["ask"]) for r in rows] == quotes, symbol
@@ -152,9 +165,8 @@ async def test_replayed_bybit_ticker_deltas_come_out_exactly(make_emulator, make
                                             frame["ts"]))
     emu = await make_emulator("bybit", replay=default_recording("bybit"), speed=0)
     stream = await make_stream(emu, tuple(want))
-    await wait_until(lambda: all(stored(stream, s) >= len(want[s]) for s in want), 30,
-                     "the replay to be stored")
-    await asyncio.sleep(0.2 * MS)
+    await wait_until(lambda: all(stored(stream, s) == len(want[s]) for s in want), 30,
+                     "exactly the replayed ticks to be stored")
     for symbol, ticks in want.items():
         rows = stream.buffer.get_latest_sync(symbol, 10_000, exchange="bybit").to_pylist()
         got = [(r["price"], r["bid"], r["ask"], r["volume"], r["timestamp"]) for r in rows]

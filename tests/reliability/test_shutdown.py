@@ -15,8 +15,8 @@ from contextlib import ExitStack
 from typing import Any
 
 import psutil
-import pyarrow.flight as flight
 import pytest
+from pyarrow import flight
 
 from flight_md.buffer import MarketDataBuffer
 from flight_md.config import DEMO_SYMBOLS
@@ -128,6 +128,11 @@ def _refuses_connections(port: int) -> bool:
 @pytest.mark.parametrize("grace", [0.5, 1.5])
 def test_stop_is_bounded_with_unread_streams(load_factory: LoadFactory, grace: float,
                                             caplog: pytest.LogCaptureFixture) -> None:
+    """stop(grace) returns cleanly, severing the streams nobody reads.
+
+    stop() waits at most ``grace`` twice (before and after severing); the elapsed-time check
+    adds 5 s (scaled) to that, so only a hang fails it, not a loaded machine.
+    """
     buffer = MarketDataBuffer(BIG_ROWS)
     buffer.extend(tick("BIG/USDT", n) for n in range(BIG_ROWS))
     buffer.extend(tick("BTC/USDT", n) for n in range(1000))
@@ -154,7 +159,7 @@ def test_stop_is_bounded_with_unread_streams(load_factory: LoadFactory, grace: f
     finally:
         writing.set()
         server.stop(grace)
-    assert elapsed < 2 * grace + 1.0 * TIME_SCALE, f"stop took {elapsed:.2f} s"
+    assert elapsed < 2 * grace + 5.0 * TIME_SCALE, f"stop took {elapsed:.2f} s"
     assert clean, "stop() reports an unclean shutdown"
     # The hard case really happened: streams blocked on unread sockets had to be severed.
     assert any("severed" in r.getMessage() for r in caplog.records
@@ -208,7 +213,8 @@ def test_shutdown_timeout_must_be_positive() -> None:
     server = ChildProcess(["-m", "flight_md", "serve", "--shutdown-timeout", "0"])
     server.start()
     assert server.wait(30 * TIME_SCALE) == 2
-    assert "--shutdown-timeout must be > 0" in "".join(server.stderr), server.output
+    assert "argument --shutdown-timeout: must be a number > 0, got '0'" in "".join(server.stderr), (
+        server.output)
     assert "Traceback" not in server.output
 
 
