@@ -8,17 +8,29 @@ print as one line on stderr, never a traceback.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
+import math
 import os
+import re
 import signal
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Final, NoReturn, cast
 
 from flight_md import __version__
-from flight_md.config import ServerConfig, StreamConfig, load_config, read_tokens, secret_from_env
+from flight_md.config import (
+    CHANNELS,
+    MODES,
+    STREAM_DEFAULTS,
+    ServerConfig,
+    StreamConfig,
+    load_config,
+    read_tokens,
+    secret_from_env,
+)
 from flight_md.errors import FlightMdError, StartupError
 
 __all__ = ["main"]
@@ -41,52 +53,166 @@ def _force_exit(timeout: float) -> None:
     os._exit(EXIT_FORCED)
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: ``flight-md serve: argument --port: ...``, exit 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
+def _number(kind: type[int | float], minimum: float, *, above: bool) -> Callable[[str], Any]:
+    """An argparse type: a number ``> minimum`` (``above``) or ``>= minimum``."""
+    bound = f"> {minimum:g}" if above else f">= {minimum:g}"
+    what = "an integer" if kind is int else "a number"
+
+    def parse(text: str) -> int | float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be {what} {bound}, got {text!r}") from None
+        if not math.isfinite(value) or (value <= minimum if above else value < minimum):
+            raise argparse.ArgumentTypeError(f"must be {what} {bound}, got {text!r}")
+        return value
+
+    parse.__name__ = f"{kind.__name__} {bound}"
+    return parse
+
+
+_POSITIVE = _number(float, 0, above=True)
+_POSITIVE_INT = _number(int, 0, above=True)
+_COUNT = _number(int, 0, above=False)
+
+
+def _port(text: str) -> int:
+    value = _COUNT(text)
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"must be a port 0-65535, got {text!r}")
+    return int(value)
+
+
+def _json_table(text: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError("must be a JSON object such as '{\"timeout\": 10000}'"
+                                         ) from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError("must be a JSON object such as '{\"timeout\": 10000}'")
+    return value
+
+
+def _default(name: str) -> str:
+    """The one default of a stream setting, as the option help shows it."""
+    value = STREAM_DEFAULTS[name]
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
 def _serve_parser(sub: Any) -> None:
     p = sub.add_parser("serve", help="run the Flight server",
                        description="Run the Flight server. With --demo it streams from a built-in "
                        "exchange emulator (offline); with --exchange from a real exchange or an "
                        "emulator given by --exchange-url; with --config from several exchanges.")
-    p.add_argument("--demo", action="store_true",
-                   help="stream from a built-in synthetic exchange on loopback (no network)")
-    p.add_argument("--host", default=None, help="address to bind (default 127.0.0.1)")
-    p.add_argument("--port", type=int, default=None, help="port (default 8815; 0 picks one)")
-    p.add_argument("--config", type=Path, help="TOML file describing the server and exchanges")
-    p.add_argument("--exchange", help="ccxt exchange id to stream, e.g. binance")
-    p.add_argument("--symbols", default="", help="comma-separated symbols, e.g. BTC/USDT,ETH/USDT")
-    p.add_argument("--channel", choices=("ticker", "bidask"), default="ticker",
-                   help="ticker: full 24h ticker; bidask: real-time best bid/ask")
-    p.add_argument("--exchange-url", help="point ccxt's REST and websocket URLs at this base URL "
-                   "(e.g. an emulator: http://127.0.0.1:9000)")
-    p.add_argument("--mode", choices=("auto", "websocket", "rest"), default="auto")
-    p.add_argument("--poll-interval", type=float, default=2.0, help="REST polling seconds")
-    p.add_argument("--buffer-size", type=int, default=None, help="ticks kept per symbol (10000)")
-    p.add_argument("--heartbeat-interval", type=float, default=30.0,
-                   help="seconds of silence before a stream is stale and reconnected")
-    p.add_argument("--reconnect-delay", type=float, default=5.0)
-    p.add_argument("--max-reconnect-delay", type=float, default=300.0)
-    p.add_argument("--testnet", action="store_true", help="use the exchange's sandbox URLs")
-    p.add_argument("--api-key-env", default=None, metavar="VAR",
-                   help="environment variable holding the exchange API key")
-    p.add_argument("--api-secret-env", default=None, metavar="VAR",
-                   help="environment variable holding the exchange API secret")
-    p.add_argument("--auth-token-file", type=Path, help="bearer tokens with full access, one per line")
-    p.add_argument("--read-only-token-file", type=Path,
-                   help="bearer tokens that may read but not subscribe/unsubscribe/clear")
-    p.add_argument("--tls-cert", type=Path, help="server certificate (PEM)")
-    p.add_argument("--tls-key", type=Path, help="server private key (PEM)")
-    p.add_argument("--tls-client-ca", type=Path, help="require client certificates from this CA")
-    p.add_argument("--ingest-process", action=argparse.BooleanOptionalAction, default=None,
-                   help="run ingestion (ccxt) in a child process, so that queries do not wait "
-                   "for it (recommended under heavy ingest or query load); --no-ingest-process "
-                   "overrides ingest_process = true in --config")
-    p.add_argument("--metrics-port", type=int, default=None, metavar="PORT",
-                   help="serve Prometheus /metrics, /healthz and /readyz over HTTP on this port "
-                   "of --host (0 picks one; default: off)")
-    p.add_argument("--shutdown-timeout", type=float, default=SHUTDOWN_TIMEOUT_S, metavar="S",
-                   help="after SIGINT/SIGTERM, force the process to exit (status 1) if shutdown has "
-                   f"not finished within S seconds (default {SHUTDOWN_TIMEOUT_S:g})")
-    p.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    add = p.add_argument
+    add("--demo", action="store_true",
+        help="stream from a built-in emulated Binance market on loopback (offline)")
+    add("--host", default=None, metavar="ADDR",
+        help="address to listen on; beyond loopback is an explicit choice (default 127.0.0.1)")
+    add("--port", type=_port, default=None, help="port to listen on; 0 picks one (default 8815)")
+    add("--config", type=Path, metavar="FILE.toml",
+        help="several exchanges and server settings (see below); options override it")
+    add("--exchange", metavar="ID", help="stream one exchange (a ccxt exchange id, e.g. binance)")
+    add("--symbols", default="", metavar="A,B",
+        help="comma-separated symbols of --exchange, e.g. BTC/USDT,ETH/USDT")
+    add("--channel", choices=CHANNELS, default=None,
+        help=f"ticker: full 24h ticker; bidask: real-time best bid/ask (default {_default('channel')})")
+    add("--exchange-url", metavar="URL",
+        help="point ccxt's REST and websocket URLs at this base URL, e.g. an emulator "
+        "(http://127.0.0.1:9000); TOML key url")
+    add("--urls", type=_json_table, default=None, metavar="JSON",
+        help="a ccxt urls object merged over the exchange's own (e.g. a testnet or proxy)")
+    add("--mode", choices=MODES, default=None,
+        help="auto falls back to REST polling after repeated websocket failures and returns when "
+        f"it recovers (default {_default('mode')})")
+    add("--poll-interval", type=_POSITIVE, default=None, metavar="S",
+        help=f"REST polling period, seconds (default {_default('poll_interval')})")
+    add("--buffer-size", type=_POSITIVE_INT, default=None, metavar="N",
+        help=f"ticks kept per (exchange, symbol) (default {_default('buffer_size')})")
+    add("--heartbeat-interval", type=_POSITIVE, default=None, metavar="S",
+        help="seconds of silence after which a stream is stale and reconnected "
+        f"(default {_default('heartbeat_interval')})")
+    add("--reconnect-delay", type=_POSITIVE, default=None, metavar="S",
+        help=f"first reconnect delay, doubled per failed attempt (default {_default('reconnect_delay')})")
+    add("--max-reconnect-delay", type=_POSITIVE, default=None, metavar="S",
+        help=f"cap of the reconnect delay (default {_default('max_reconnect_delay')})")
+    add("--max-reconnect-attempts", type=_COUNT, default=None, metavar="N",
+        help="failed attempts in a row before a stream gives up (state failed) (default: never)")
+    add("--rest-fallback-after", type=_POSITIVE_INT, default=None, metavar="N",
+        help="websocket failures in a row after which --mode auto polls over REST "
+        f"(default {_default('rest_fallback_after')})")
+    add("--ws-probe-interval", type=_POSITIVE, default=None, metavar="S",
+        help="while --mode auto polls, seconds between websocket probes "
+        f"(default {_default('ws_probe_interval')})")
+    add("--testnet", action="store_true", help="use the exchange's sandbox URLs (ccxt)")
+    add("--ccxt-options", type=_json_table, default=None, metavar="JSON",
+        help="more ccxt exchange settings, e.g. '{\"timeout\": 20000}' (never keys: use "
+        "--api-key-env)")
+    add("--api-key-env", default=None, metavar="VAR",
+        help="environment variable holding the exchange API key (never on the command line)")
+    add("--api-secret-env", default=None, metavar="VAR",
+        help="environment variable holding the exchange API secret")
+    add("--follow-max-lag", type=_POSITIVE_INT, default=None, metavar="N",
+        help="ticks a live tail may fall behind before it is cancelled (default: --buffer-size)")
+    add("--auth-token-file", type=Path, metavar="F",
+        help="bearer tokens with full access, one per line")
+    add("--read-only-token-file", type=Path, metavar="F",
+        help="bearer tokens that may read but not subscribe/unsubscribe/clear")
+    add("--tls-cert", type=Path, metavar="F", help="server certificate (PEM), with --tls-key")
+    add("--tls-key", type=Path, metavar="F", help="server private key (PEM)")
+    add("--tls-client-ca", type=Path, metavar="F",
+        help="mutual TLS: require client certificates signed by this CA")
+    add("--ingest-process", action=argparse.BooleanOptionalAction, default=None,
+        help="run ingestion (ccxt) in a child process, so that queries do not wait for it "
+        "(recommended under heavy ingest or query load); --no-ingest-process overrides "
+        "ingest_process = true in --config (default off)")
+    add("--metrics-port", type=_port, default=None, metavar="PORT",
+        help="serve Prometheus /metrics, /healthz and /readyz over HTTP on this port of --host "
+        "(0 picks one) (default off)")
+    add("--shutdown-timeout", type=_POSITIVE, default=SHUTDOWN_TIMEOUT_S, metavar="S",
+        help="after SIGINT/SIGTERM, force the process out (exit status 1) if shutdown has not "
+        f"finished (default {SHUTDOWN_TIMEOUT_S:g})")
+    add("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"),
+        help="log level (default INFO)")
     p.set_defaults(func=_serve)
+
+
+_DEFAULT_RE = re.compile(r"\s*\(default:? ([^()]*)\)$")
+
+
+def options_markdown() -> str:
+    """The README's table of ``flight-md serve`` options, made from the parser itself.
+
+    ``tests/test_readme_truth.py`` checks that the README holds exactly this table; print it
+    with ``python -c "from flight_md.cli import options_markdown; print(options_markdown())"``.
+    """
+    serve = _Parser(prog="flight-md").add_subparsers(dest="command")
+    _serve_parser(serve)
+    actions = serve.choices["serve"]._actions
+    rows = ["| option | default | meaning |", "|---|---|---|"]
+    for action in actions:
+        if not action.option_strings or action.dest == "help":
+            continue
+        flags = " / ".join(f"`{flag}`" if action.nargs == 0 or isinstance(
+            action, argparse.BooleanOptionalAction) else
+            f"`{flag} {action.metavar or action.dest.upper()}`" for flag in action.option_strings)
+        if action.choices is not None:
+            flags = f"`{action.option_strings[0]} {'|'.join(str(c) for c in action.choices)}`"
+        help_text = action.help or ""
+        match = _DEFAULT_RE.search(help_text)
+        default = match.group(1) if match else ""
+        meaning = help_text[:match.start()] if match else help_text
+        cells = (flags, default, meaning)
+        rows.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+    return "\n".join(rows)
 
 
 def build_config(args: argparse.Namespace) -> ServerConfig:
@@ -94,17 +220,21 @@ def build_config(args: argparse.Namespace) -> ServerConfig:
     base = load_config(args.config) if args.config else ServerConfig()
     streams = base.streams
     buffer_size = args.buffer_size if args.buffer_size is not None else base.buffer_size
+    stream_options = {name: getattr(args, name) for name in _STREAM_OPTIONS
+                      if getattr(args, name) is not None}
     if args.exchange:
         symbols = tuple(s.strip() for s in args.symbols.split(",") if s.strip())
         streams = (*streams, StreamConfig(
-            args.exchange, symbols, channel=args.channel, mode=args.mode, url=args.exchange_url,
-            testnet=args.testnet, buffer_size=buffer_size,
-            heartbeat_interval=args.heartbeat_interval, reconnect_delay=args.reconnect_delay,
-            max_reconnect_delay=args.max_reconnect_delay, poll_interval=args.poll_interval,
-            api_key=secret_from_env(args.api_key_env),
-            api_secret=secret_from_env(args.api_secret_env)))
-    elif args.symbols or args.exchange_url:
-        raise FlightMdError("--symbols and --exchange-url need --exchange")
+            args.exchange, symbols, url=args.exchange_url, testnet=args.testnet,
+            buffer_size=buffer_size, api_key=secret_from_env(args.api_key_env),
+            api_secret=secret_from_env(args.api_secret_env), **stream_options))
+    elif args.symbols or args.exchange_url or stream_options or args.testnet:
+        given = ["--symbols" if args.symbols else "", "--exchange-url" if args.exchange_url else "",
+                 "--testnet" if args.testnet else "",
+                 *(f"--{name.replace('_', '-')}" for name in stream_options)]
+        raise FlightMdError(f"{', '.join(g for g in given if g)} set a stream of --exchange; "
+                            "add --exchange ID (streams of --config take their settings from "
+                            "the file)")
     tokens = base.auth_tokens + (read_tokens(args.auth_token_file) if args.auth_token_file else ())
     read_only = base.read_only_tokens + (
         read_tokens(args.read_only_token_file) if args.read_only_token_file else ())
@@ -114,10 +244,17 @@ def build_config(args: argparse.Namespace) -> ServerConfig:
         read_only_tokens=read_only, tls_cert=args.tls_cert or base.tls_cert,
         tls_key=args.tls_key or base.tls_key,
         tls_client_ca=args.tls_client_ca or base.tls_client_ca,
-        follow_max_lag=base.follow_max_lag,
+        follow_max_lag=args.follow_max_lag if args.follow_max_lag is not None
+        else base.follow_max_lag,
         ingest_process=args.ingest_process if args.ingest_process is not None
         else base.ingest_process,
         metrics_port=args.metrics_port if args.metrics_port is not None else base.metrics_port)
+
+
+_STREAM_OPTIONS: Final = ("channel", "mode", "urls", "poll_interval", "heartbeat_interval",
+                          "reconnect_delay", "max_reconnect_delay", "max_reconnect_attempts",
+                          "rest_fallback_after", "ws_probe_interval", "ccxt_options")
+"""``serve`` options that set a StreamConfig field of the same name (unset: its default)."""
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -126,8 +263,6 @@ def _serve(args: argparse.Namespace) -> int:
     logging.basicConfig(level=args.log_level,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     config = build_config(args)
-    if not args.shutdown_timeout > 0:
-        raise FlightMdError(f"--shutdown-timeout must be > 0 seconds, got {args.shutdown_timeout:g}")
     check_listen_address(config.host, config.port)  # before anything is logged or started
     if not config.demo and not config.streams:
         logger.warning("no exchange configured: serving an empty store (try --demo, or "
@@ -164,7 +299,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="flight-md",
+    parser = _Parser(prog="flight-md",
                                      description="Live crypto market data over Arrow Flight.")
     parser.add_argument("--version", action="version", version=f"flight-md {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -186,7 +321,7 @@ def _parser() -> argparse.ArgumentParser:
     except ImportError:  # pragma: no cover
         pass
     else:
-        terminal.register(sub)
+        terminal.register(cast(Any, sub))
     return parser
 
 

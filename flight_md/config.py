@@ -18,6 +18,9 @@ A config file describes the server and any number of exchanges::
     url = "http://127.0.0.1:9000"    # optional: point ccxt at an emulator
     api_key_env = "BINANCE_API_KEY"  # keys come from the environment, never the file
 
+Every :class:`StreamConfig` field is a key of an ``[[exchanges]]`` entry, and every field's
+default is defined there once (``flight-md serve`` reads its option defaults from it).
+
 Secrets never live in this module's values as plain fields that print: :class:`Secret`
 masks itself in ``repr`` and ``str``.
 """
@@ -30,14 +33,18 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Final
 
+from flight_md.buffer import DEFAULT_BUFFER_SIZE
 from flight_md.errors import ConfigError
 from flight_md.tickets import EXCHANGE_RE, SYMBOL_RE
 
-__all__ = ["DEMO_SYMBOLS", "Secret", "ServerConfig", "StreamConfig", "load_config"]
+__all__ = ["DEMO_SYMBOLS", "STREAM_DEFAULTS", "Secret", "ServerConfig", "StreamConfig", "load_config"]
 
 DEMO_SYMBOLS: Final = ("BTC/USDT", "ETH/USDT", "SOL/USDT", "BNB/USDT", "XRP/USDT")
 CHANNELS: Final = ("ticker", "bidask")
 MODES: Final = ("auto", "websocket", "rest")
+SECRET_CCXT_KEYS: Final = frozenset({"apiKey", "secret", "password", "uid", "privateKey",
+                                     "walletAddress", "token"})
+"""ccxt credentials: never accepted in ``ccxt_options`` (they would be printed with it)."""
 
 
 class Secret:
@@ -74,11 +81,16 @@ class StreamConfig:
     mode: str = "auto"
     url: str | None = None
     testnet: bool = False
-    buffer_size: int = 10_000
+    buffer_size: int = DEFAULT_BUFFER_SIZE
     heartbeat_interval: float = 30.0
     reconnect_delay: float = 5.0
     max_reconnect_delay: float = 300.0
     poll_interval: float = 2.0
+    max_reconnect_attempts: int | None = None
+    rest_fallback_after: int = 3
+    ws_probe_interval: float = 60.0
+    urls: dict[str, Any] | None = field(default=None, hash=False)
+    ccxt_options: dict[str, Any] | None = field(default=None, hash=False)
     api_key: Secret | None = None
     api_secret: Secret | None = None
 
@@ -98,7 +110,7 @@ class StreamConfig:
         if self.mode not in MODES:
             raise ConfigError(f"invalid mode {self.mode!r}; allowed: {', '.join(MODES)}")
         for name in ("heartbeat_interval", "reconnect_delay", "max_reconnect_delay",
-                     "poll_interval"):
+                     "poll_interval", "ws_probe_interval"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
                 raise ConfigError(must_be(name, "a positive number", value))
@@ -111,6 +123,22 @@ class StreamConfig:
                                       self.url))
         if not isinstance(self.testnet, bool):
             raise ConfigError(must_be("testnet", "true or false", self.testnet))
+        attempts = self.max_reconnect_attempts
+        if attempts is not None and (not isinstance(attempts, int) or isinstance(attempts, bool)
+                                     or attempts < 0):
+            raise ConfigError(must_be("max_reconnect_attempts", "an integer >= 0 (omit it to "
+                                      "retry forever)", self.max_reconnect_attempts))
+        if not _positive_int(self.rest_fallback_after):
+            raise ConfigError(must_be("rest_fallback_after", "a positive integer",
+                                      self.rest_fallback_after))
+        for name in ("urls", "ccxt_options"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, dict):
+                raise ConfigError(must_be(name, "a table of ccxt settings", value))
+        secret = sorted(SECRET_CCXT_KEYS & set(self.ccxt_options or {}))
+        if secret:
+            raise ConfigError(f"ccxt_options must not hold {secret[0]!r}: keys come from the "
+                              "environment (api_key_env, api_secret_env), never from options")
 
     def stream_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for ``MarketDataStream`` (secrets revealed for ccxt only)."""
@@ -125,6 +153,11 @@ class StreamConfig:
             "mode": self.mode,
             "poll_interval": self.poll_interval,
             "url": self.url,
+            "urls": self.urls,
+            "max_reconnect_attempts": self.max_reconnect_attempts,
+            "ccxt_options": self.ccxt_options,
+            "rest_fallback_after": self.rest_fallback_after,
+            "ws_probe_interval": self.ws_probe_interval,
         }
 
 
@@ -134,7 +167,7 @@ class ServerConfig:
 
     host: str = "127.0.0.1"
     port: int = 8815
-    buffer_size: int = 10_000
+    buffer_size: int = DEFAULT_BUFFER_SIZE
     streams: tuple[StreamConfig, ...] = ()
     demo: bool = False
     auth_tokens: tuple[Secret, ...] = ()
@@ -221,6 +254,9 @@ def secret_from_env(variable: str | None) -> Secret | None:
     return Secret(value)
 
 
+STREAM_DEFAULTS: Final[dict[str, Any]] = {f.name: f.default for f in fields(StreamConfig)
+                                           if f.name != "exchange"}
+"""Each stream setting's one default (the CLI and the TOML loader read them from here)."""
 _STREAM_KEYS: Final = {f.name for f in fields(StreamConfig)} - {"exchange", "api_key",
                                                                  "api_secret"}
 
@@ -272,7 +308,7 @@ def load_config(path: Path) -> ServerConfig:
                           "metrics_port, auth_token_file, "
                           "read_only_token_file, auth_tokens, read_only_tokens, tls_cert, "
                           "tls_key, tls_client_ca")
-    buffer_size = server.get("buffer_size", 10_000)
+    buffer_size = server.get("buffer_size", DEFAULT_BUFFER_SIZE)
     streams = []
     for index, entry in enumerate(entries):
         if not isinstance(entry, dict) or "id" not in entry:

@@ -78,6 +78,7 @@ import ccxt.async_support as ccxt_async
 import ccxt.pro as ccxt_pro
 
 from flight_md.buffer import DEFAULT_BUFFER_SIZE, MarketDataBuffer
+from flight_md.config import STREAM_DEFAULTS as _DEFAULTS
 from flight_md.control import ExchangeStatus, IngestionStatus, SymbolStatus
 from flight_md.errors import InvalidArgument, Unavailable
 from flight_md.events import EventKind, EventLog
@@ -382,21 +383,21 @@ class MarketDataStream:
         api_key: str | None = None,
         api_secret: str | None = None,
         buffer_size: int = DEFAULT_BUFFER_SIZE,
-        heartbeat_interval: float = 30,
-        reconnect_delay: float = 5,
-        max_reconnect_delay: float = 300,
+        heartbeat_interval: float = _DEFAULTS["heartbeat_interval"],
+        reconnect_delay: float = _DEFAULTS["reconnect_delay"],
+        max_reconnect_delay: float = _DEFAULTS["max_reconnect_delay"],
         *,
         buffer: MarketDataBuffer | None = None,
         events: EventLog | None = None,
-        channel: Channel | str = Channel.TICKER,
-        mode: Mode | str = Mode.AUTO,
-        poll_interval: float = 2.0,
+        channel: Channel | str = _DEFAULTS["channel"],
+        mode: Mode | str = _DEFAULTS["mode"],
+        poll_interval: float = _DEFAULTS["poll_interval"],
         url: str | None = None,
         urls: Mapping[str, Any] | None = None,
         max_reconnect_attempts: int | None = None,
         ccxt_options: Mapping[str, Any] | None = None,
-        rest_fallback_after: int = 3,
-        ws_probe_interval: float = 60.0,
+        rest_fallback_after: int = _DEFAULTS["rest_fallback_after"],
+        ws_probe_interval: float = _DEFAULTS["ws_probe_interval"],
     ) -> None:
         if not isinstance(exchange_id, str) or exchange_id not in ccxt_async.exchanges:
             raise InvalidArgument(f"unknown exchange {exchange_id!r}; expected a ccxt exchange id "
