@@ -9,6 +9,7 @@ real ccxt.pro from two real ``flight-md emulator`` processes (Binance and Bybit 
 from __future__ import annotations
 
 import json
+import re
 import socket
 import subprocess
 import sys
@@ -275,13 +276,23 @@ def forks() -> Iterator[ForkRunner]:
         runner.close()
 
 
-def assert_one_line_error(result: subprocess.CompletedProcess[str], needles: list[str]) -> None:
+ERROR_LINE_RE = re.compile(r"flight-md( serve)?: ")
+"""A command-line error line: ``flight-md: ...``, or argparse's ``flight-md serve: ...``."""
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess[str],
+                          needles: list[str | re.Pattern[str]]) -> None:
+    """Exit 2, nothing on stdout, one line on stderr holding each needle (a substring, or a
+    pattern searched for)."""
     assert "Traceback" not in result.stderr, result.stderr
     assert (result.returncode, result.stdout) == (2, ""), result.stdout + result.stderr
     lines = result.stderr.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("flight-md: "), result.stderr
+    assert len(lines) == 1 and ERROR_LINE_RE.match(lines[0]), result.stderr
     for needle in needles:
-        assert needle in lines[0]
+        if isinstance(needle, str):
+            assert needle in lines[0], (needle, lines[0])
+        else:
+            assert needle.search(lines[0]), (needle.pattern, lines[0])
 
 
 @pytest.mark.parametrize("text, needles", list(CONFIG_ERRORS.values()), ids=list(CONFIG_ERRORS))

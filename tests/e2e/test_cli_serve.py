@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import re
 import socket
 import statistics
 import urllib.request
@@ -247,12 +248,14 @@ def test_max_reconnect_delay_caps_retries_of_refused_handshakes(
 # -- bad options: one line on stderr, exit 2 -------------------------------------------------
 
 OPTION_ERRORS = {
-    "buffer size zero": (("--buffer-size", "0"), ["buffer_size must be a positive integer, got 0"]),
-    "port out of range": (("--port", "70000"), ["invalid port 70000; expected 0-65535"]),
+    # Patterns where argparse ("--buffer-size: must be ...") or the config ("buffer_size must
+    # be ...") may be the one to refuse: either way the line names the option and the value.
+    "buffer size zero": (("--buffer-size", "0"), [re.compile(r"buffer[-_]size.*got '?0'?($| )")]),
+    "port out of range": (("--port", "70000"), [re.compile(r"port.*70000"), "65535"]),
     "symbols without exchange": (("--symbols", "BTC/USDT"),
-                                 ["--symbols and --exchange-url need --exchange"]),
+                                 [re.compile(r"--symbols .*--exchange")]),
     "poll interval zero": (("--exchange", "binance", "--poll-interval", "0"),
-                           ["poll_interval must be a positive number"]),
+                           [re.compile(r"poll[-_]interval.*got '?0(\.0)?'?")]),
     "cap below delay": (("--exchange", "binance", "--reconnect-delay", "10",
                          "--max-reconnect-delay", "1"),
                         ["max_reconnect_delay must be >= reconnect_delay"]),
@@ -263,12 +266,14 @@ OPTION_ERRORS = {
     "tls cert without key": (("--tls-cert", "cert.pem"), ["TLS needs both --tls-cert and --tls-key"]),
     "missing token file": (("--auth-token-file", "absent.txt"), ["cannot read token file",
                                                                  "absent.txt"]),
-    "shutdown timeout zero": (("--shutdown-timeout", "0"), ["--shutdown-timeout must be > 0"]),
+    "shutdown timeout zero": (("--shutdown-timeout", "0"),
+                              [re.compile(r"--shutdown-timeout:? must be .*> 0")]),
     "demo with exchange": (("--demo", "--exchange", "binance"), ["--demo runs its own emulated"]),
 }
 
 
 @pytest.mark.parametrize("args, needles", list(OPTION_ERRORS.values()), ids=list(OPTION_ERRORS))
 def test_bad_option_is_one_line_and_exit_2(forks: ForkRunner, tmp_path: Path,
-                                           args: tuple[str, ...], needles: list[str]) -> None:
+                                           args: tuple[str, ...],
+                                           needles: list[str | re.Pattern[str]]) -> None:
     assert_one_line_error(forks.run("serve", "--port", "0", *args, cwd=tmp_path), needles)
