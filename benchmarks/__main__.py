@@ -12,6 +12,7 @@ measurement failed (the report still gets written, with the failure in it).
 from __future__ import annotations
 
 import argparse
+import resource
 import shlex
 import sys
 import time
@@ -39,6 +40,13 @@ MEASUREMENTS: dict[str, tuple[str, Callable[..., Section]]] = {
 }
 """In run order. Latency and concurrency run back to back on one ingesting server."""
 _LOADED = ("latency", "concurrency")
+
+
+def _cpu_seconds() -> float:
+    """CPU time of this process and of its children that have exited (user + system)."""
+    own, children = (resource.getrusage(who) for who in (resource.RUSAGE_SELF,
+                                                          resource.RUSAGE_CHILDREN))
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
 def _measure(name: str, settings: Settings, shared: LoadedServers | None) -> Section:
@@ -81,11 +89,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         for number, name in enumerate(names, 1):
             print(f"[{number}/{len(names)}] {name} ...", file=sys.stderr, flush=True)
+            cpu = _cpu_seconds()
             section = _measure(name, settings, shared if share and name in _LOADED else None)
             if not any(n in _LOADED for n in names[number:]):
                 shared.close()  # an ingesting server must not load later measurements
-            print(f"[{number}/{len(names)}] {name}: {section.seconds:.0f} s", file=sys.stderr,
-                  flush=True)
+            # CPU includes the section's children once they have exited: on a shared machine
+            # it says what the section costs better than the wall time does.
+            print(f"[{number}/{len(names)}] {name}: {section.seconds:.0f} s "
+                  f"(CPU {_cpu_seconds() - cpu:.0f} s)", file=sys.stderr, flush=True)
             sections.append(section)
     finally:
         shared.close()
