@@ -4,9 +4,11 @@ Usage::
 
     python -m benchmarks [--smoke] [--out BENCHMARKS.md] [--only ingest,latency,...]
 
-The full run takes about ten minutes on a 2-core machine; ``--smoke`` runs tiny sizes in
-under a minute to prove the harness works (its figures mean nothing). Exit status 1 when a
-measurement failed (the report still gets written, with the failure in it).
+The full run takes about twelve minutes on an otherwise idle 2-core machine (the ingest
+search's length depends on where the lossless rate lies); ``--smoke`` runs tiny sizes in
+about a minute to prove the harness works (its figures mean nothing). Exit status 1 when a
+measurement failed (the report still gets written, with the failure in it). Then
+``python -m benchmarks.readme`` copies the report's quoted blocks into the README.
 """
 
 from __future__ import annotations
