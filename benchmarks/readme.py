@@ -43,8 +43,8 @@ def copy_blocks(benchmarks: str, readme: str) -> str:
     out = readme
     for name in blocks(readme):
         if name not in source:
-            raise ValueError(f"BENCHMARKS.md has no block {name!r}; regenerate it with the "
-                             "sections that produce it")
+            raise ValueError(f"no block {name!r}: regenerate it with the full run (a --smoke "
+                         "or --only run may not produce every block)")
         out = replace_block(out, name, source[name])
     return out
 
@@ -68,7 +68,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                   file=sys.stderr)
         return 1 if stale else 0
     if stale:
-        args.readme.write_text(copy_blocks(source, readme), encoding="utf-8")
+        try:
+            copied = copy_blocks(source, readme)
+        except ValueError as exc:
+            print(f"{args.benchmarks}: {exc}", file=sys.stderr)
+            return 1
+        args.readme.write_text(copied, encoding="utf-8")
         print(f"copied {', '.join(stale)} into {args.readme}", file=sys.stderr)
     return 0
 
