@@ -235,10 +235,18 @@ def _guarded_class(cls: type) -> type:
             cls.on_error(self, ws_client, error)  # type: ignore[attr-defined]
             _report_closed(self, ws_client, error, current is ws_client)
 
+        def ws_dial_delay(self: Any, url: str) -> float:
+            # ccxt 4.5.90 keeps its own per-URL dial backoff (0.1 s doubling to 30 s, no
+            # jitter) after a refused handshake. The stream's policy already waits before
+            # every new session; ccxt's wait on top of it would stretch retries past
+            # max_reconnect_delay. One policy decides: dial at once.
+            return 0.0
+
         guarded = type(cls.__name__, (cls,), {
             "client": client,
             "on_close": on_close,
             "on_error": on_error,
+            "ws_dial_delay": ws_dial_delay,
             "flight_md_closed": None,
             "flight_md_orphan": None,
             "flight_md_frame_error": None,
@@ -529,7 +537,9 @@ class MarketDataStream:
         if testnet:
             try:
                 exchange.set_sandbox_mode(True)
-            except ccxt_async.NotSupported:
+            except (ccxt_async.NotSupported, TypeError, KeyError):
+                # ccxt raises NotSupported, or for an exchange whose urls['test'] is None
+                # (kraken), a TypeError: either way there is no sandbox.
                 raise InvalidArgument(f"{exchange_id} has no testnet (sandbox) in ccxt") from None
             if url is not None:
                 apply_url_overrides(exchange, url)

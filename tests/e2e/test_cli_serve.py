@@ -178,9 +178,6 @@ def test_testnet_with_exchange_url_streams_from_the_url(emulator: EmulatorProces
         assert status(client)["exchanges"]["binance"]["state"] == "connected"
 
 
-@pytest.mark.xfail(strict=True, reason="ccxt's set_sandbox_mode raises TypeError (urls['test'] "
-                   "is None) for exchanges without a sandbox; stream.py catches only "
-                   "NotSupported, so serve ends in a traceback")
 def test_testnet_without_a_sandbox_is_one_line(tmp_path: Path, forks: ForkRunner) -> None:
     result = forks.run("serve", "--port", "0", "--testnet", "--exchange", "kraken",
                        "--symbols", "BTC/USD", cwd=tmp_path)
@@ -218,9 +215,6 @@ def test_reconnect_delay_sets_the_wait_after_a_disconnect(own_emulator: Emulator
         assert 0.05 <= waited <= 0.1 + 1.0 * MS, pairs
 
 
-@pytest.mark.xfail(strict=True, reason="ccxt's own per-URL dial backoff (Exchange.on_error / "
-                   "ws_dial_delay: 0.1 * 2**attempts s, up to 30 s, no jitter) stretches retries "
-                   "of refused handshakes past --max-reconnect-delay")
 def test_max_reconnect_delay_caps_retries_of_refused_handshakes(
         own_emulator: EmulatorProcess) -> None:
     """``--max-reconnect-delay 0.2``: while the emulator refuses every handshake, no retry waits
