@@ -119,7 +119,9 @@ def _serve_parser(sub: Any) -> None:
         help="address to listen on; beyond loopback is an explicit choice (default 127.0.0.1)")
     add("--port", type=_port, default=None, help="port to listen on; 0 picks one (default 8815)")
     add("--config", type=Path, metavar="FILE.toml",
-        help="several exchanges and server settings (see below); options override it")
+        help="several exchanges and server settings (see below); server options (host, port, "
+        "buffer size, tokens, TLS, ingestion process, metrics) override the file's, and "
+        "--exchange adds a stream beside the file's, set by the stream options")
     add("--exchange", metavar="ID", help="stream one exchange (a ccxt exchange id, e.g. binance)")
     add("--symbols", default="", metavar="A,B",
         help="comma-separated symbols of --exchange, e.g. BTC/USDT,ETH/USDT")
@@ -134,7 +136,8 @@ def _serve_parser(sub: Any) -> None:
         help="auto falls back to REST polling after repeated websocket failures and returns when "
         f"it recovers (default {_default('mode')})")
     add("--poll-interval", type=_POSITIVE, default=None, metavar="S",
-        help=f"REST polling period, seconds (default {_default('poll_interval')})")
+        help="pause between REST polls, seconds; ccxt's rate limiter may stretch it (Binance: "
+        f"about 1.1 s) (default {_default('poll_interval')})")
     add("--buffer-size", type=_POSITIVE_INT, default=None, metavar="N",
         help=f"ticks kept per (exchange, symbol) (default {_default('buffer_size')})")
     add("--heartbeat-interval", type=_POSITIVE, default=None, metavar="S",
@@ -152,7 +155,9 @@ def _serve_parser(sub: Any) -> None:
     add("--ws-probe-interval", type=_POSITIVE, default=None, metavar="S",
         help="while --mode auto polls, seconds between websocket probes "
         f"(default {_default('ws_probe_interval')})")
-    add("--testnet", action="store_true", help="use the exchange's sandbox URLs (ccxt)")
+    add("--testnet", action="store_true",
+        help="use the exchange's sandbox URLs (ccxt); --exchange-url overrides them; an exchange "
+        "without a sandbox is an error")
     add("--ccxt-options", type=_json_table, default=None, metavar="JSON",
         help="more ccxt exchange settings, e.g. '{\"timeout\": 20000}' (never keys: use "
         "--api-key-env)")
