@@ -14,6 +14,8 @@ Matching and judging
     matching and is counted, never dropped. The window judged is every frame of the
     followed symbols sent between the tails being live and the end of the phase
     (:func:`judge`): each must have been delivered, and the percentiles are over them.
+    After the window the emulator stalls and the receivers get what is in flight, so that
+    a late tick is counted late, not lost.
 
 Baseline, alongside: a raw websocket client (aiohttp, its own process, so that it shares
 no interpreter with the tails) subscribed to the same symbols' frames straight from the
@@ -36,6 +38,7 @@ from contextlib import ExitStack
 from dataclasses import dataclass, field
 from typing import Any
 
+import psutil
 import pyarrow as pa
 from pyarrow import flight
 
@@ -59,7 +62,11 @@ LOOKBACK_NS = 1_000_000_000
 """A receiver's first tick is looked for among frames sent at most this long before it
 subscribed (the tail or socket opened)."""
 SETTLE_S = 0.3
-GRACE_S = 0.5
+GRACE_S = 0.2
+"""After the window, the emulator keeps sending this long (frames of the window leave its
+queue), then stalls; receivers get what is in flight until they are quiet for QUIET_S."""
+QUIET_S = 0.5
+DRAIN_TIMEOUT_S = 10.0
 Arrival = tuple[str, int, float, float]  # market id, time_ns, bid, ask
 
 
@@ -275,6 +282,19 @@ class _Phase:
     flight_md: Judged
     raw: Judged
     errors: list[str]
+    cpu_pct: dict[str, float]
+    """CPU % of one core in the window: ``server`` (flight_md and its children),
+    ``tails`` (this process), ``raw``."""
+
+
+def _cpu(server_pid: int, raw_pid: int) -> dict[str, float]:
+    def seconds(proc: psutil.Process) -> float:
+        times = proc.cpu_times()
+        return float(times.user + times.system)
+
+    server = psutil.Process(server_pid)
+    return {"server": seconds(server) + sum(seconds(c) for c in server.children(recursive=True)),
+            "tails": seconds(psutil.Process()), "raw": seconds(psutil.Process(raw_pid))}
 
 
 def _run(settings: Settings, rate: int, ingest_process: bool) -> list[_Phase]:
@@ -311,10 +331,24 @@ def _run(settings: Settings, rate: int, ingest_process: bool) -> list[_Phase]:
                 if not wait_until(live, 10, 0.02):
                     raise RuntimeError("a live tail received nothing within 10 s")
                 time.sleep(SETTLE_S)
+                cpu0 = _cpu(fm.pid, raw.pid)
                 begin = time.time_ns()
                 time.sleep(seconds)
                 end = time.time_ns()
+                cpu1 = _cpu(fm.pid, raw.pid)
+                # Then the emulator stops sending, and every receiver gets what is in flight:
+                # a tick that is late is late, not lost.
                 time.sleep(GRACE_S)
+                emulator.call("stall")
+                seen = [-1.0, time.monotonic()]
+
+                def quiet(tails: list[_Tail] = tails, seen: list[float] = seen) -> bool:
+                    now = sum(len(t.arrivals) for t in tails) + raw.call("count")["count"]
+                    if now != seen[0]:
+                        seen[:] = [now, time.monotonic()]
+                    return time.monotonic() - seen[1] >= QUIET_S
+
+                drained = wait_until(quiet, DRAIN_TIMEOUT_S, 0.05)
             finally:
                 for tail in tails:
                     tail.close()
@@ -322,9 +356,14 @@ def _run(settings: Settings, rate: int, ingest_process: bool) -> list[_Phase]:
             reply = raw.call("take", timeout=60)
             sent += [tuple(e) for e in emulator.call("sends", timeout=60)["entries"]]
             raw_got += [tuple(e) for e in reply["entries"]]
+            emulator.call("resume")
             errors = [e for t in tails for e in t.errors]
             if reply["error"]:
                 errors.append(f"raw websocket client: {reply['error']}")
+            if not drained:
+                errors.append(f"receivers were still receiving {DRAIN_TIMEOUT_S:g} s after the "
+                              "emulator stopped")
+            elapsed = (end - begin) / 1e9
             fm_matching = Matching()
             for tail in tails:
                 one = match(sent, tail.arrivals, tail.opened_ns - LOOKBACK_NS)
@@ -335,7 +374,8 @@ def _run(settings: Settings, rate: int, ingest_process: bool) -> list[_Phase]:
             raw_sample = [a for a in raw_got if a[0] in sample]
             out.append(_Phase(
                 count, judge(sent, fm_matching, sample, begin, end),
-                judge(sent, match(sent, raw_sample, raw_since), sample, begin, end), errors))
+                judge(sent, match(sent, raw_sample, raw_since), sample, begin, end), errors,
+                {name: 100.0 * (cpu1[name] - cpu0[name]) / elapsed for name in cpu0}))
     return out
 
 
@@ -358,7 +398,11 @@ where a tail starts in the send log, then each tick takes the next frame with it
 a tick that matches no frame is counted as *unmatched*, a failure of the matching. *Expected*
 = every frame of the phase's symbols sent from {SETTLE_S:g} s after every tail had its first tick to
 the end of the phase; each must be *delivered* (the rest are *not delivered*); percentiles are
-over the delivered ones. **Baseline**: a raw aiohttp websocket client in its own process,
+over the delivered ones. After the window the emulator sends {GRACE_S:g} s more, then stalls,
+and the receivers get what is in flight until they are quiet for {QUIET_S:g} s (at most
+{DRAIN_TIMEOUT_S:g} s; then it resumes for the next phase): a late tick counts with its lateness, not as
+lost. *Client CPU %* is the receiving process's (the harness for the tails), *server CPU %* the
+flight_md process's with its children, both over the window, of one core. **Baseline**: a raw aiohttp websocket client in its own process,
 subscribed to the followed symbols straight from the emulator (no ccxt, no store, no Flight),
 judged over the same symbols and the same window. Each rate runs twice: ingestion on a thread
 of the server process (the default), and in a child process (`ingest_process`, which forwards
@@ -366,7 +410,7 @@ rows to the server at most every 1 ms).
 """)
     table = Table(("Rate msg/s", "Ingestion", "Live tails", "Path", "Expected", "Delivered",
                    "Not delivered", "Unmatched", "p50", "p99", "max", "p50 ratio to raw",
-                   "p99 ratio to raw"))
+                   "p99 ratio to raw", "Client CPU %", "Server CPU %"))
     goal_rate = max(settings.freshness_rates)
     for rate, ingest_process in [(r, p) for r in settings.freshness_rates
                                  for p in settings.ingest_process_modes]:
@@ -383,7 +427,9 @@ rows to the server at most every 1 ms).
                           show(max(lat) if lat else None, "ms"),
                           show(ratio(median(lat), median(raw.latencies)), "x") if is_fm else "1x",
                           show(ratio(percentile(lat, 99), percentile(raw.latencies, 99)), "x")
-                          if is_fm else "1x")
+                          if is_fm else "1x",
+                          show(phase.cpu_pct["tails" if is_fm else "raw"], "%"),
+                          show(phase.cpu_pct["server"], "%") if is_fm else "")
             for error in phase.errors:
                 section.notes.append(f"At {rate:,} msg/s ({mode}, {phase.tails} tails): {error}")
         if rate == goal_rate:
