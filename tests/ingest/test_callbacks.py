@@ -11,7 +11,7 @@ from flight_md.emulator import Fault
 from flight_md.errors import InvalidArgument
 from flight_md.schema import MarketTick
 
-from .support import MS, SYMBOLS, stored, wait_until
+from .support import MS, SYMBOLS, sent, stored, wait_until
 
 pytestmark = pytest.mark.timeout(60 * MS)
 
@@ -48,7 +48,9 @@ async def test_sync_and_async_callbacks_receive_every_tick(make_emulator, make_s
         await stream.subscribe(list(SYMBOLS))
         await wait_until(lambda: len(plain) >= 300, 10, "300 ticks")
         await emu.inject(Fault.STALL)
-        await asyncio.sleep(0.3 * MS)
+        # Nothing in flight: every frame the emulator sent has been stored.
+        await wait_until(lambda: all(stored(stream, s) == sent(emu, stream, s) for s in SYMBOLS),
+                         5, "the store to catch up with the emulator")
         total = sum(stored(stream, s) for s in SYMBOLS)
         await wait_until(lambda: len(awaited) == total and raised["async"] == total, 5,
                          "async callbacks to catch up")
