@@ -592,21 +592,12 @@ class MarketDataStream:
         """
         if self._task is not None and not self._task.done():
             return
-        self._begin()
-        try:
-            await self._exchange.load_markets()
-        except asyncio.CancelledError:
-            await self._close_exchange()
-            self._set_state(ConnectionState.DISCONNECTED)
-            raise
-        except Exception as error:  # noqa: BLE001 - whatever ccxt raised, the exchange is unreachable
-            reason = self._markets_failed(error)
-            await self._close_exchange()
-            self._set_state(ConnectionState.DISCONNECTED)
-            raise Unavailable(f"cannot reach {self.exchange_id}: {reason}") from None
+        reason = await self._first_load()
+        if reason is not None:
+            await self._abandon()
+            raise Unavailable(f"cannot reach {self.exchange_id}: {reason}")
         self._markets_loaded()
-        self._task = asyncio.get_running_loop().create_task(
-            self._supervise(), name=f"flight-md-{self.exchange_id}")
+        self._start_supervisor()
 
     async def start(self, symbols: Sequence[str] = (), *,
                     on_invalid: Callable[[InvalidArgument], None] | None = None) -> None:
@@ -634,30 +625,43 @@ class MarketDataStream:
             if wanted and self._exchange.markets:
                 await self.subscribe(wanted)
             return
-        self._begin()
-        try:
-            await self._exchange.load_markets()
-        except asyncio.CancelledError:
-            await self._close_exchange()
-            self._set_state(ConnectionState.DISCONNECTED)
-            raise
-        except Exception as error:  # noqa: BLE001 - whatever ccxt raised, the exchange is unreachable
-            reason = self._markets_failed(error)
+        reason = await self._first_load()
+        if reason is not None:
             try:
                 self._policy.failed(websocket=False)
             except GiveUp:
-                await self._close_exchange()
-                self._set_state(ConnectionState.DISCONNECTED)
+                await self._abandon()
                 raise Unavailable(f"cannot reach {self.exchange_id}: {reason}") from None
             self._set_state(ConnectionState.RECONNECTING)
             self._task = asyncio.get_running_loop().create_task(
                 self._connect_later(wanted, on_invalid), name=f"flight-md-{self.exchange_id}")
             return
         self._markets_loaded()
-        self._task = asyncio.get_running_loop().create_task(
-            self._supervise(), name=f"flight-md-{self.exchange_id}")
+        self._start_supervisor()
         if wanted:
             await self.subscribe(wanted)
+
+    def _start_supervisor(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(
+            self._supervise(), name=f"flight-md-{self.exchange_id}")
+
+    async def _first_load(self) -> str | None:
+        """Begin a connection and load the markets once: ``None`` when they loaded, else the
+        (recorded) reason. Cancelled, it leaves the stream disconnected."""
+        self._begin()
+        try:
+            await self._exchange.load_markets()
+        except asyncio.CancelledError:
+            await self._abandon()
+            raise
+        except Exception as error:  # noqa: BLE001 - whatever ccxt raised, the exchange is unreachable
+            return self._markets_failed(error)
+        return None
+
+    async def _abandon(self) -> None:
+        """Give up connecting: release ccxt's session, stay disconnected."""
+        await self._close_exchange()
+        self._set_state(ConnectionState.DISCONNECTED)
 
     def _begin(self) -> None:
         self._policy.reset()
