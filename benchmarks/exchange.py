@@ -46,7 +46,7 @@ class _SendLog:
         self.lock = threading.Lock()
 
     def install(self) -> None:
-        from flight_md.emulator.binance import BinanceDialect
+        from flight_md.emulator.dialects.binance import BinanceDialect
 
         original = BinanceDialect.render
         log = self

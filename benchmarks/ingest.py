@@ -326,7 +326,7 @@ def _one(design: str, channel: str, rate: int, symbols: int, settings: Settings)
 
 def _frames(symbols: Sequence[str], count: int, channel: str) -> list[tuple[str, str]]:
     """``count`` (symbol, frame) pairs exactly as the emulator renders them, round-robin."""
-    from flight_md.emulator.binance import BinanceDialect
+    from flight_md.emulator.dialects.binance import BinanceDialect
     from flight_md.emulator.market import StreamKey, parse_symbols
     from flight_md.emulator.synthetic import PriceWalk
 

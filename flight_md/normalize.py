@@ -48,7 +48,7 @@ An update is dropped, with the :class:`DropReason` in brackets, when:
 * it has no symbol [``missing_symbol``];
 * a numeric field is not a number, e.g. ``"abc"`` or ``True`` [``non_numeric``], or is
   NaN or infinite [``non_finite``]. ccxt turns a non-numeric string into ``None`` while it
-  parses, so for exchanges listed in :data:`RAW_NUMERIC_FIELDS` the raw payload
+  parses, so for venues that list their raw numeric fields the raw payload
   (``info``) is checked too, whenever a field the tick is made of came out empty;
 * there is no price: neither ``last`` nor ``close`` for a ticker, a missing (or 0) bid
   or ask for a best bid/ask [``missing_price``];
@@ -88,11 +88,11 @@ _INF: Final = math.inf
 __all__ = [
     "MAX_FUTURE_MS",
     "MIN_TIMESTAMP_MS",
-    "RAW_NUMERIC_FIELDS",
     "Channel",
     "DropReason",
     "fingerprint",
     "normalize_ticker",
+    "raw_numeric_fields",
     "row_to_tick",
     "to_row",
     "to_tick",
@@ -103,26 +103,17 @@ MIN_TIMESTAMP_MS: Final = 1_262_304_000_000
 MAX_FUTURE_MS: Final = 86_400_000
 """How far an exchange timestamp may run ahead of the local receive time (one day)."""
 
-RAW_NUMERIC_FIELDS: Final[Mapping[str, frozenset[str]]] = {
-    # Binance spot: 24hrTicker and bookTicker websocket events, /api/v3/ticker/24hr and
-    # /api/v3/ticker/bookTicker rows.
-    "binance": frozenset({
-        "c", "o", "h", "l", "v", "q", "b", "B", "a", "A", "p", "P", "w", "x", "Q",
-        "lastPrice", "openPrice", "highPrice", "lowPrice", "volume", "quoteVolume",
-        "bidPrice", "bidQty", "askPrice", "askQty", "prevClosePrice", "weightedAvgPrice",
-    }),
-    # Bybit v5: tickers.<symbol> websocket data and /v5/market/tickers rows.
-    "bybit": frozenset({
-        "lastPrice", "bid1Price", "bid1Size", "ask1Price", "ask1Size", "prevPrice24h",
-        "highPrice24h", "lowPrice24h", "volume24h", "turnover24h", "markPrice", "indexPrice",
-    }),
-}
-"""Raw payload fields that must be numeric, per exchange.
+def raw_numeric_fields(exchange: str) -> frozenset[str] | None:
+    """Raw payload fields that must be numeric on ``exchange`` (its venue's list), else ``None``.
 
-ccxt maps a non-numeric string to ``None`` while it parses, which would make ``"abc"``
-indistinguishable from a field the exchange did not send; these lists let
-:func:`to_tick` tell the two apart. Exchanges not listed skip the check.
-"""
+    ccxt maps a non-numeric string to ``None`` while it parses, which would make ``"abc"``
+    indistinguishable from a field the exchange did not send; these lists let
+    :func:`to_tick` tell the two apart. Exchanges without a list skip the check.
+    """
+    from flight_md.venues import VENUES  # the registry imports this module
+
+    found = VENUES.get(exchange)
+    return found.raw_numeric_fields or None if found is not None else None
 
 
 class Channel(StrEnum):
@@ -233,15 +224,14 @@ def _opt(value: float | None) -> float:
     return _NAN if value is None else value
 
 
-def _build(ticker: Mapping[str, Any], exchange: str, channel: Channel,
+def _build(ticker: Mapping[str, Any], fields: frozenset[str] | None, channel: Channel,
            receive_ms: int) -> tuple[str, Row]:
     if not isinstance(ticker, Mapping):
         raise _Bad(DropReason.UNPARSEABLE_FRAME, "ticker")
     symbol = ticker.get("symbol")
     if not isinstance(symbol, str) or not symbol:
         raise _Bad(DropReason.MISSING_SYMBOL, "symbol")
-    fields = RAW_NUMERIC_FIELDS.get(exchange)
-    if fields is not None and any(ticker.get(name) is None for name in _USED[channel]):
+    if fields and any(ticker.get(name) is None for name in _USED[channel]):
         # ccxt left a field we store empty: was it absent, or not a number?
         _check_raw(ticker.get("info"), fields)
     timestamp = _timestamp(ticker.get("timestamp"), receive_ms)
@@ -280,15 +270,18 @@ def _none(value: float) -> float | None:
 
 
 def to_row(ticker: Mapping[str, Any], *, exchange: str, channel: Channel,
-           receive_ms: int) -> tuple[str, Row] | DropReason:
+           receive_ms: int, raw_fields: frozenset[str] | None = None) -> tuple[str, Row] | DropReason:
     """Like :func:`to_tick`, but return ``(symbol, row)``: the buffer's stored form.
 
     The row can go straight to :meth:`MarketDataBuffer.append_row
     <flight_md.buffer.MarketDataBuffer.append_row>`; :func:`row_to_tick` turns it into a
-    :class:`MarketTick`. ``channel`` must be a :class:`Channel` here.
+    :class:`MarketTick`. ``channel`` must be a :class:`Channel` here. ``raw_fields`` is the
+    venue's raw numeric field list when the caller has it (the ingestion hot path); by
+    default it is looked up by ``exchange``.
     """
     try:
-        return _build(ticker, exchange, channel, receive_ms)
+        fields = raw_numeric_fields(exchange) if raw_fields is None else raw_fields
+        return _build(ticker, fields, channel, receive_ms)
     except _Bad as bad:
         return bad.reason
 
@@ -308,7 +301,7 @@ def to_tick(ticker: Mapping[str, Any], *, exchange: str, channel: Channel | str,
         The tick, or the :class:`DropReason` it was rejected for. Never raises on bad data.
     """
     try:
-        symbol, row = _build(ticker, exchange, Channel(channel), receive_ms)
+        symbol, row = _build(ticker, raw_numeric_fields(exchange), Channel(channel), receive_ms)
     except _Bad as bad:
         return bad.reason
     return row_to_tick(symbol, row, exchange)
@@ -324,7 +317,7 @@ def normalize_ticker(ticker: Mapping[str, Any], *, exchange: str,
             and the field.
     """
     try:
-        symbol, row = _build(ticker, exchange, Channel(channel), receive_ms)
+        symbol, row = _build(ticker, raw_numeric_fields(exchange), Channel(channel), receive_ms)
     except _Bad as bad:
         named = ticker.get("symbol") if isinstance(ticker, Mapping) else None
         raise ExchangeDataError(

@@ -28,10 +28,9 @@ from typing import Final, Self
 from aiohttp import WSMsgType, web
 from aiohttp.typedefs import Handler
 
-from flight_md.emulator.binance import BinanceDialect
-from flight_md.emulator.bybit import BybitDialect
 from flight_md.emulator.connection import Connection, text_frame
 from flight_md.emulator.dialect import Dialect, Subscription, now_ms
+from flight_md.emulator.dialects import dialect_class, emulated
 from flight_md.emulator.fault import CONNECTION_FAULTS, FRAME_FAULTS, Fault, FaultBoard
 from flight_md.emulator.market import StreamKey, parse_symbols
 from flight_md.emulator.recording import Recording
@@ -42,8 +41,7 @@ __all__ = ["EXCHANGES", "Emulator"]
 
 logger = logging.getLogger(__name__)
 
-EXCHANGES: Final = ("binance", "bybit")
-_DIALECTS: Final[dict[str, type[Dialect]]] = {"binance": BinanceDialect, "bybit": BybitDialect}
+EXCHANGES: Final = emulated()
 _CONTROL_PREFIX: Final = "/_emulator/"
 _MAX_BURST_SECONDS: Final = 0.01  # a late producer tick catches up at most this much
 _REPLAY_BACKLOG: Final = 4096  # an as-fast-as-possible replay waits while a queue is this long
@@ -68,7 +66,7 @@ class Emulator:
     Point ccxt at :attr:`url` with :func:`flight_md.ingest.endpoints.url_overrides`.
 
     Args:
-        exchange: ``"binance"`` or ``"bybit"``.
+        exchange: A venue the emulator speaks (:func:`flight_md.venues.emulated`).
         symbols: Unified symbols listed and streamed in synthetic mode
             (``BTC/USDT`` spot, ``BTC/USDT:USDT`` linear on Bybit). Ignored in replay.
         rate: Synthetic updates per second in total, spread round-robin over the
@@ -107,8 +105,7 @@ class Emulator:
         replay_gap: float = 0.0,
         max_queue: int = 200_000,
     ) -> None:
-        if exchange not in _DIALECTS:
-            raise ValueError(f"unknown exchange {exchange!r}; supported: {', '.join(EXCHANGES)}")
+        dialect_cls = dialect_class(exchange)
         if rate < 0 or not math.isfinite(rate):
             raise ValueError(f"bad rate {rate!r}; expected a finite number >= 0")
         if speed < 0 or not math.isfinite(speed):
@@ -129,7 +126,7 @@ class Emulator:
         walks = {market.symbol: PriceWalk(market, seed) for market in markets}
         idle_pace = min(IDLE_STEPS_PER_SECOND, rate / len(walks)) if walks else 0.0
         self._rest_walks = RestWalks(walks, idle_pace)
-        self._dialect: Dialect = _DIALECTS[exchange](markets, self._rest_walks, recording)
+        self._dialect: Dialect = dialect_cls(markets, self._rest_walks, recording)
         self._walks = walks
         self._replay_frames = self._prepare_replay(recording) if recording is not None else ()
         self._replay_keys = frozenset(frame.key for frame in self._replay_frames)
@@ -299,7 +296,8 @@ class Emulator:
         loop = asyncio.get_running_loop()
         if fault in CONNECTION_FAULTS:
             if fault is Fault.SERVER_SHUTDOWN and self._dialect.shutdown_event() is None:
-                raise ValueError(f"fault {fault.value!r} is a binance event; {self.exchange} has none")
+                raise ValueError(f"fault {fault.value!r} needs a venue 'server going away' message; "
+                                 f"{self.exchange} has none")
             targets = list(self._connections)[:count] if count is not None else list(self._connections)
             logger.info("emulator %s: injecting %s into %d connections", self.exchange, fault.value, len(targets))
             await asyncio.gather(*(self._cut(conn, fault, duration or 0.0) for conn in targets))

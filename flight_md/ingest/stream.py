@@ -26,8 +26,8 @@ One bad frame never tears down a connection
 Reconnecting (cryptofeed's connection handler)
     ccxt.pro neither backs off nor resubscribes after an error. A websocket *session*
     runs one watcher per subscription group (symbols of one market type, at most
-    :data:`MAX_GROUP` per subscribe message; Binance additionally gets one connection per
-    group and ccxt paces its control messages to 4 a second, under Binance's 5) and a
+    the venue's ``symbols_per_message`` per subscribe message; some venues open one
+    connection per group) and a
     watchdog. The first error or a silence longer than ``heartbeat_interval`` ends the
     session: every ccxt websocket is closed, the stream waits ``reconnect_delay`` doubled
     per failed attempt up to ``max_reconnect_delay`` with jitter (reset after a good
@@ -50,7 +50,8 @@ Unsubscribing
     The exchange is asked to drop the whole group the symbol was subscribed in, and the
     rest of the group is subscribed again (a gap of one round trip for those symbols,
     noted in the ``unsubscribe`` event); a connection left without subscriptions is
-    closed. Where ccxt cannot unsubscribe (Bybit bid/ask), the session is restarted.
+    closed. Where ccxt cannot unsubscribe (the venue's ``unwatch`` is ``None``), the session
+    is restarted.
     Updates for unsubscribed symbols that are still in flight are ignored.
 
 Secrets (``api_key``, ``api_secret``) are handed to ccxt and kept nowhere else on the
@@ -87,9 +88,9 @@ from flight_md.ingest.policy import GiveUp, PolicySettings, ReconnectPolicy, ret
 from flight_md.ingest.skew import SkewWindow
 from flight_md.normalize import Channel, DropReason, fingerprint, row_to_tick, to_row
 from flight_md.schema import MarketTick, now_ms
+from flight_md.venues import VENUES, has_key, venue
 
 __all__ = [
-    "MAX_GROUP",
     "Callback",
     "ConnectionState",
     "MarketDataStream",
@@ -101,10 +102,6 @@ logger = logging.getLogger(__name__)
 Callback: TypeAlias = Callable[[MarketTick], Awaitable[None] | None]
 """A tick consumer: a plain function, or a coroutine function (awaited in order)."""
 
-MAX_GROUP: Final[Mapping[str, int]] = {"binance": 100, "bybit": 10}
-"""Symbols per subscribe message. Bybit spot accepts at most 10 topics a request; a
-Binance group gets its own connection (at most 1,024 streams each)."""
-DEFAULT_GROUP: Final = 20
 REARM_INTERVAL_S: Final = 0.02
 """A watcher re-arms its ``watch_*`` call at most this often. Ticks never depend on it (the
 tap sees every update ccxt parses); the call only keeps the group subscribed and surfaces
@@ -115,11 +112,6 @@ CLOSE_TIMEOUT: Final = 2.0
 UNWATCH_TIMEOUT: Final = 10.0
 PROBE_TIMEOUT: Final = 10.0
 MAX_ERROR_CHARS: Final = 300
-_EXCHANGE_CONFIG: Final[Mapping[str, Mapping[str, Any]]] = {
-    # watch_tickers defaults to miniTicker, which has no bid and ask. With API keys set,
-    # load_markets would also call the private margin/allPairs to flag margin markets.
-    "binance": {"options": {"watchTickers": {"name": "ticker"}, "fetchMargins": False}},
-}
 
 
 class ConnectionState(StrEnum):
@@ -409,7 +401,8 @@ class MarketDataStream:
     ) -> None:
         if not isinstance(exchange_id, str) or exchange_id not in ccxt_async.exchanges:
             raise InvalidArgument(f"unknown exchange {exchange_id!r}; expected a ccxt exchange id "
-                                  "such as 'binance' or 'bybit'")
+                                  f"such as {', '.join(map(repr, VENUES))}")
+        self.venue = venue(exchange_id)
         try:
             self.channel = Channel(channel)
         except ValueError:
@@ -451,21 +444,17 @@ class MarketDataStream:
         self._exchange_closed = False
         has = self._exchange.has
         pro = exchange_id in ccxt_pro.exchanges
-        if self.channel is Channel.TICKER:
-            self._ws_method = "watch_tickers"
-            self._unwatch_method = "un_watch_tickers"
-            self._cache = "tickers"
-            self._ws_supported = pro and bool(has.get("watchTickers"))
-            rest = ["fetch_tickers" if has.get("fetchTickers") else None,
-                    "fetch_ticker" if has.get("fetchTicker") else None]
-        else:
-            self._ws_method = "watch_bids_asks"
-            self._unwatch_method = "un_watch_bids_asks"
-            self._cache = "bidsasks"
-            self._ws_supported = pro and bool(has.get("watchBidsAsks"))
-            rest = ["fetch_bids_asks" if has.get("fetchBidsAsks") else None,
-                    "fetch_tickers" if has.get("fetchTickers") else None,
-                    "fetch_ticker" if has.get("fetchTicker") else None]
+        methods = self.venue.channels.get(self.channel)
+        if methods is None:
+            raise InvalidArgument(f"{exchange_id} has no {self.channel} channel; it has: "
+                                  f"{', '.join(self.venue.channels)}")
+        self._methods = methods
+        self._ws_method = methods.watch
+        self._unwatch_method = methods.unwatch
+        self._cache = methods.cache
+        self._ws_supported = pro and bool(has.get(methods.has_key))
+        rest = [name if has.get(has_key(name)) else None
+                for name in methods.rest]
         self._rest_method = next((m for m in rest if m is not None), None)
         if self.mode is Mode.WEBSOCKET and not self._ws_supported:
             raise InvalidArgument(f"{exchange_id} has no websocket {self.channel} channel in ccxt; "
@@ -476,7 +465,7 @@ class MarketDataStream:
             raise InvalidArgument(f"{exchange_id} offers no {self.channel} data in ccxt")
         self._active_mode = Mode.WEBSOCKET if (self._ws_supported and self.mode is not Mode.REST) \
             else Mode.REST
-        self._max_group = MAX_GROUP.get(exchange_id, DEFAULT_GROUP)
+        self._max_group = self.venue.symbols_per_message
         self._state = ConnectionState.DISCONNECTED
         self._symbols: dict[str, _SymbolState] = {}
         self._bad_frames: Counter[str] = Counter()
@@ -515,7 +504,7 @@ class MarketDataStream:
         # Binance and Bybit: with API keys set it would be made, and fail on a public-only host.
         config: dict[str, Any] = {"enableRateLimit": True, "has": {"fetchCurrencies": False},
                                   "logger": self._ccxt_logger}
-        config = _deep_merge(config, _EXCHANGE_CONFIG.get(exchange_id, {}))
+        config = _deep_merge(config, self.venue.ccxt_config)
         if url is not None:
             try:
                 config = _deep_merge(config, url_overrides(exchange_id, url))
@@ -864,8 +853,9 @@ class MarketDataStream:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
             try:
-                await asyncio.wait_for(getattr(self._exchange, self._unwatch_method)(list(group)),
-                                       UNWATCH_TIMEOUT)
+                if self._unwatch_method is None:
+                    raise ConnectionError(f"ccxt cannot unsubscribe {self.exchange_id} {self.channel}")
+                await asyncio.wait_for(self._call(self._unwatch_method, group), UNWATCH_TIMEOUT)
             except asyncio.CancelledError:
                 raise
             except Exception as error:  # noqa: BLE001 - any failure: resubscribe from scratch
@@ -1023,7 +1013,7 @@ class MarketDataStream:
         state.last_mono = mono
         self._last_frame = mono
         made = to_row(ticker, exchange=self.exchange_id, channel=self.channel,
-                      receive_ms=receive_ms)
+                      receive_ms=receive_ms, raw_fields=self.venue.raw_numeric_fields)
         if isinstance(made, DropReason):
             state.dropped += 1
             count = self._bad_frames[made] = self._bad_frames[made] + 1
@@ -1189,12 +1179,10 @@ class MarketDataStream:
         connection fails, so an error that happens while the watcher waits to re-arm is
         raised by the next call (within :data:`REARM_INTERVAL_S`).
         """
-        watch = getattr(self._exchange, self._ws_method)
-        symbols = list(group)
         while True:
             self._ensure_tap()
             try:
-                await watch(symbols)
+                await self._call(self._ws_method, group)
             except asyncio.CancelledError:
                 task = asyncio.current_task()
                 if task is None or task.cancelling():
@@ -1202,6 +1190,24 @@ class MarketDataStream:
                 # ccxt cancelled the future under us: its websocket was closed.
                 raise ConnectionError("the websocket was closed under the subscription") from None
             await asyncio.sleep(REARM_INTERVAL_S)
+
+    async def _call(self, method: str, group: Sequence[str]) -> None:
+        """Call a venue's ``watch``/``unwatch`` method for a group of symbols.
+
+        A per-symbol method (Coinbase ``watch_ticker``) is called once per symbol; all calls
+        are awaited (never cancelled: ccxt shares the futures they wait on), and the first
+        error is raised.
+        """
+        call = getattr(self._exchange, method)
+        params = dict(self._methods.params)  # ccxt may write into params: a fresh dict each call
+        if not self._methods.per_symbol:
+            await call(list(group), params)
+            return
+        results = await asyncio.gather(*(call(symbol, dict(params)) for symbol in group),
+                                       return_exceptions=True)
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
 
     def _ensure_tap(self) -> None:
         cache = getattr(self._exchange, self._cache, None)
@@ -1326,7 +1332,7 @@ class MarketDataStream:
         """Whether the websocket delivers again (its ticks are not stored: REST is active)."""
         symbol = self.symbols[0]
         try:
-            await asyncio.wait_for(getattr(self._exchange, self._ws_method)([symbol]),
+            await asyncio.wait_for(self._call(self._ws_method, (symbol,)),
                                    min(PROBE_TIMEOUT, self.heartbeat_interval))
         except asyncio.CancelledError:
             raise

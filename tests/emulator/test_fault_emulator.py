@@ -189,6 +189,6 @@ async def test_the_control_endpoint_switches_faults() -> None:
         async with session.get(emu.url + "/_emulator/stats") as response:
             stats = await response.json()
         assert stats["faults"] == {"rest_5xx": 1} and stats["rest_requests"] == 2
-    with pytest.raises(ValueError, match="binance"):
+    with pytest.raises(ValueError, match="bybit has none"):
         async with Emulator("bybit", ("BTC/USDT",), rate=0) as emu:
             await emu.inject(Fault.SERVER_SHUTDOWN)

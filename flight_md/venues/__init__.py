@@ -1,0 +1,52 @@
+"""The venue registry: one module per exchange, registered by its ccxt id.
+
+``VENUES`` maps each registered ccxt id to its :class:`~flight_md.venues.base.Venue`. Adding a
+venue is one module here (``flight_md/venues/<id>.py`` defining ``VENUE``), one line in
+``_MODULES``, and its emulator dialect (``flight_md/emulator/dialects/<id>.py``).
+
+Any other ccxt exchange still works through :func:`venue`, which describes it with ccxt's
+generic methods (no emulator, no URL redirection, default limits).
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Mapping
+from types import MappingProxyType
+
+from flight_md.venues.base import GENERIC_CHANNELS, ChannelMethods, Venue, has_key, ws_bases
+
+__all__ = ["GENERIC_CHANNELS", "VENUES", "ChannelMethods", "Venue", "emulated", "has_key", "venue", "ws_bases"]
+
+_MODULES = ("binance", "bybit", "coinbase", "kraken", "okx")
+
+
+def _load() -> Mapping[str, Venue]:
+    found: dict[str, Venue] = {}
+    for name in _MODULES:
+        try:
+            module = importlib.import_module(f"{__name__}.{name}")
+        except ModuleNotFoundError as error:
+            if error.name != f"{__name__}.{name}":
+                raise
+            continue  # not written yet
+        registered: Venue = module.VENUE
+        if registered.id != name:
+            raise RuntimeError(f"venue module {name!r} registers {registered.id!r}")
+        found[name] = registered
+    return MappingProxyType(found)
+
+
+VENUES: Mapping[str, Venue] = _load()
+"""Every registered venue by ccxt id, in registration order."""
+
+
+def venue(exchange_id: str) -> Venue:
+    """The registered venue of ``exchange_id``, or a generic description of any other ccxt id."""
+    found = VENUES.get(exchange_id)
+    return found if found is not None else Venue(id=exchange_id, title=exchange_id)
+
+
+def emulated() -> tuple[str, ...]:
+    """Ids of the venues the emulator speaks."""
+    return tuple(name for name, item in VENUES.items() if item.dialect is not None)
