@@ -95,6 +95,10 @@ class Venue:
         test_symbols: Symbols the venue suite subscribes against the synthetic emulator.
         recording: File name of the venue's session in the recordings directory.
         quirks: What users should know: what its ticker lacks, how a channel is derived.
+        live_hosts: URL path prefix -> the real base URL serving it (``"/api/v3":
+            "https://api.binance.com"``, ``"/ws": "wss://stream.binance.com:9443"``), longest
+            prefix first: where ``flight-md record`` forwards what ccxt sends to the
+            redirected URLs of :meth:`overrides`.
     """
 
     id: str
@@ -112,6 +116,7 @@ class Venue:
     test_symbols: tuple[str, ...] = ()
     recording: str | None = None
     quirks: tuple[str, ...] = ()
+    live_hosts: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
 
     def overrides(self, base_url: str) -> dict[str, Any]:
         """Constructor config that sends all public market-data traffic to ``base_url``.
