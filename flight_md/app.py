@@ -21,7 +21,7 @@ import socket
 from typing import Any, Final, Self
 
 from flight_md.buffer import MarketDataBuffer
-from flight_md.config import DEMO_SYMBOLS, ServerConfig, StreamConfig
+from flight_md.config import DEMO_SYMBOLS, DEMO_VENUE, ServerConfig, StreamConfig
 from flight_md.errors import ConfigError, FlightMdError, StartupError
 from flight_md.events import EventLog
 
@@ -32,6 +32,12 @@ logger = logging.getLogger(__name__)
 DEMO_RATE: Final = 25.0
 """Messages per second of the demo market, across its symbols (several a second each)."""
 START_TIMEOUT_S: Final = 30.0
+
+
+def _demo_symbols(venue_id: str) -> tuple[str, ...]:
+    from flight_md.venues import VENUES
+
+    return DEMO_SYMBOLS if venue_id == DEMO_VENUE else VENUES[venue_id].demo_symbols
 
 
 def check_listen_address(host: str, port: int) -> None:
@@ -77,9 +83,10 @@ class MarketDataApp:
     """A complete server: buffer, event log, ingestion loop thread and Flight service.
 
     Args:
-        config: What to run. ``config.demo`` starts a synthetic Binance-protocol exchange
-            emulator on loopback and streams from it through real ccxt.
-        emulator_options: Extra keyword arguments for the demo's ``Emulator``.
+        config: What to run. ``config.demo`` starts one synthetic exchange emulator per
+            venue it names (plain ``--demo``: Binance) on loopback and streams each venue's
+            demo symbols from it through real ccxt.
+        emulator_options: Extra keyword arguments for the demo's ``Emulator`` (each of them).
     """
 
     def __init__(self, config: ServerConfig, **emulator_options: Any) -> None:
@@ -88,7 +95,8 @@ class MarketDataApp:
         self.events = EventLog()
         self._emulator_options = emulator_options
         self.ingestion: Any = None
-        self.emulator: Any = None
+        self.emulators: dict[str, Any] = {}
+        """The demo's emulators by venue id."""
         self.server: Any = None
         self.metrics: Any = None
         """The ``/metrics``, ``/healthz``, ``/readyz`` endpoint (``config.metrics_port``), if on."""
@@ -98,14 +106,19 @@ class MarketDataApp:
 
     @property
     def streams(self) -> tuple[StreamConfig, ...]:
-        """The exchange streams to run (the demo's one, pointed at its emulator)."""
+        """The exchange streams to run (the demo's, one per venue, pointed at its emulator)."""
         if not self.config.demo:
             return self.config.streams
-        assert self.emulator is not None
-        return (StreamConfig("binance", DEMO_SYMBOLS, channel="ticker", mode="websocket",
-                             url=self.emulator.url, heartbeat_interval=10.0,
-                             reconnect_delay=0.5, max_reconnect_delay=5.0,
-                             buffer_size=self.config.buffer_size),)
+        return tuple(StreamConfig(venue_id, _demo_symbols(venue_id), channel="ticker",
+                                  mode="websocket", url=emulator.url, heartbeat_interval=10.0,
+                                  reconnect_delay=0.5, max_reconnect_delay=5.0,
+                                  buffer_size=self.config.buffer_size)
+                     for venue_id, emulator in self.emulators.items())
+
+    @property
+    def emulator(self) -> Any:
+        """The demo's first (with plain ``--demo``: only) emulator, or ``None``."""
+        return next(iter(self.emulators.values()), None)
 
     def start(self) -> Self:
         """Start ingestion (and the demo emulator), then the Flight server.
@@ -129,11 +142,13 @@ class MarketDataApp:
             if self.config.demo:
                 from flight_md.emulator import Emulator
 
-                options = {"exchange": "binance", "symbols": DEMO_SYMBOLS, "rate": DEMO_RATE,
-                           "seed": 7, **self._emulator_options}
-                self.emulator = Emulator(**options)
-                self.ingestion.run(self.emulator.start(), START_TIMEOUT_S)
-                logger.info("demo: exchange emulator (binance protocol) at %s", self.emulator.url)
+                for venue_id in self.config.demo:
+                    options = {"exchange": venue_id, "symbols": _demo_symbols(venue_id),
+                               "rate": DEMO_RATE, "seed": 7, **self._emulator_options}
+                    emulator = self.emulators[venue_id] = Emulator(**options)
+                    self.ingestion.run(emulator.start(), START_TIMEOUT_S)
+                    logger.info("demo: exchange emulator (%s protocol) at %s", venue_id,
+                                emulator.url)
             for stream in self.streams:
                 self.ingestion.run(self.ingestion.manager.add_stream(
                     stream.exchange, symbols=list(stream.symbols), keep_retrying=True,
@@ -186,10 +201,12 @@ class MarketDataApp:
         if self.config.demo:
             from flight_md.emulator.thread import EmulatorThread
 
-            self.emulator = EmulatorThread(exchange="binance", symbols=DEMO_SYMBOLS,
-                                           rate=DEMO_RATE, seed=7, **self._emulator_options)
-            self.emulator.start()
-            logger.info("demo: exchange emulator (binance protocol) at %s", self.emulator.url)
+            for venue_id in self.config.demo:
+                emulator = self.emulators[venue_id] = EmulatorThread(
+                    exchange=venue_id, symbols=_demo_symbols(venue_id), rate=DEMO_RATE, seed=7,
+                    **self._emulator_options)
+                emulator.start()
+                logger.info("demo: exchange emulator (%s protocol) at %s", venue_id, emulator.url)
         self.ingestion = IngestionProcess(self.buffer, self.events,
                                           on_fatal=self._on_fatal).start()
         try:
@@ -251,15 +268,16 @@ class MarketDataApp:
             if self.ingestion is not None:
                 self.ingestion.stop(grace * 2)
                 self.ingestion = None
-            if self.emulator is not None:
-                self.emulator.stop()
-                self.emulator = None
+            for emulator in self.emulators.values():
+                emulator.stop()
+            self.emulators = {}
         elif self.ingestion is not None:
             try:
                 # Streams first, so that the emulator going away is not logged as a gap.
                 self.ingestion.run(self.ingestion.manager.shutdown(), grace * 2)
-                if self.emulator is not None:
-                    self.ingestion.run(self.emulator.stop(), grace * 2)
+                for emulator in self.emulators.values():
+                    self.ingestion.run(emulator.stop(), grace * 2)
+                self.emulators = {}
             except Exception:
                 logger.warning("ingestion did not stop cleanly", exc_info=True)
             self.ingestion.stop(grace * 2)

@@ -113,8 +113,9 @@ def _serve_parser(sub: Any) -> None:
                        "exchange emulator (offline); with --exchange from a real exchange or an "
                        "emulator given by --exchange-url; with --config from several exchanges.")
     add = p.add_argument
-    add("--demo", action="store_true",
-        help="stream from a built-in emulated Binance market on loopback (offline)")
+    add("--demo", nargs="?", const="binance", default=None, metavar="VENUE,...",
+        help="stream from built-in emulated exchanges on loopback (offline): binance by "
+             "default, or a comma list of venues such as coinbase,kraken")
     add("--host", default=None, metavar="ADDR",
         help="address to listen on; beyond loopback is an explicit choice (default 127.0.0.1)")
     add("--port", type=_port, default=None, help="port to listen on; 0 picks one (default 8815)")
@@ -245,7 +246,7 @@ def build_config(args: argparse.Namespace) -> ServerConfig:
         read_tokens(args.read_only_token_file) if args.read_only_token_file else ())
     return ServerConfig(
         host=args.host or base.host, port=args.port if args.port is not None else base.port,
-        buffer_size=buffer_size, streams=streams, demo=args.demo, auth_tokens=tokens,
+        buffer_size=buffer_size, streams=streams, demo=args.demo or (), auth_tokens=tokens,
         read_only_tokens=read_only, tls_cert=args.tls_cert or base.tls_cert,
         tls_key=args.tls_key or base.tls_key,
         tls_client_ca=args.tls_client_ca or base.tls_client_ca,
@@ -287,7 +288,8 @@ def _serve(args: argparse.Namespace) -> int:
     try:
         app.start()
         print(f"flight-md serving on {app.location}"
-              + (" (demo: emulated binance market)" if config.demo else ""), flush=True)
+              + (f" (demo: emulated {', '.join(config.demo)} market"
+                 f"{'s' if len(config.demo) > 1 else ''})" if config.demo else ""), flush=True)
         while not stop.wait(0.5) and app.fatal is None:
             pass
     finally:

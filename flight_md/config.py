@@ -37,9 +37,12 @@ from flight_md.buffer import DEFAULT_BUFFER_SIZE
 from flight_md.errors import ConfigError
 from flight_md.tickets import EXCHANGE_RE, SYMBOL_RE
 
-__all__ = ["DEMO_SYMBOLS", "STREAM_DEFAULTS", "Secret", "ServerConfig", "StreamConfig", "load_config"]
+__all__ = ["DEMO_SYMBOLS", "DEMO_VENUE", "STREAM_DEFAULTS", "Secret", "ServerConfig", "StreamConfig", "load_config"]
 
 DEMO_SYMBOLS: Final = ("BTC/USDT", "ETH/USDT", "SOL/USDT", "BNB/USDT", "XRP/USDT")
+"""What plain ``--demo`` serves: the emulated Binance market's symbols."""
+DEMO_VENUE: Final = "binance"
+"""The venue plain ``--demo`` emulates."""
 CHANNELS: Final = ("ticker", "bidask")
 MODES: Final = ("auto", "websocket", "rest")
 SECRET_CCXT_KEYS: Final = frozenset({"apiKey", "secret", "password", "uid", "privateKey",
@@ -169,7 +172,9 @@ class ServerConfig:
     port: int = 8815
     buffer_size: int = DEFAULT_BUFFER_SIZE
     streams: tuple[StreamConfig, ...] = ()
-    demo: bool = False
+    demo: tuple[str, ...] = ()
+    """Venues to emulate on loopback and stream from (``--demo [VENUE,...]``); ``True`` is
+    ``("binance",)``, ``False`` none."""
     auth_tokens: tuple[Secret, ...] = ()
     read_only_tokens: tuple[Secret, ...] = ()
     tls_cert: Path | None = None
@@ -203,6 +208,23 @@ class ServerConfig:
                 not isinstance(self.metrics_port, int) or isinstance(self.metrics_port, bool)
                 or not 0 <= self.metrics_port <= 65535):
             raise ConfigError(must_be("metrics_port", "a port 0-65535", self.metrics_port))
+        demo: Any = self.demo
+        if isinstance(demo, bool):
+            object.__setattr__(self, "demo", (DEMO_VENUE,) if demo else ())
+        elif isinstance(demo, str):
+            object.__setattr__(self, "demo", tuple(v.strip() for v in demo.split(",") if v.strip()))
+        elif isinstance(demo, (tuple, list)) and all(isinstance(v, str) for v in demo):
+            object.__setattr__(self, "demo", tuple(demo))
+        else:
+            raise ConfigError(must_be("demo", "true, false or a list of venue ids", demo))
+        from flight_md.venues import emulated
+
+        unknown = [v for v in self.demo if v not in emulated()]
+        if unknown:
+            raise ConfigError(f"--demo: unknown venue {unknown[0]!r}; the emulator speaks: "
+                              f"{', '.join(emulated())}")
+        if len(set(self.demo)) != len(self.demo):
+            raise ConfigError(f"--demo names a venue twice: {','.join(self.demo)}")
         if self.demo and self.streams:
             raise ConfigError("--demo runs its own emulated exchange; drop --exchange/--config "
                               "streams or drop --demo")
