@@ -16,7 +16,7 @@ from collections.abc import Iterable
 from enum import StrEnum
 from typing import Any, Final
 
-import pyarrow.flight as flight
+from pyarrow import flight
 
 from flight_md.config import Secret
 from flight_md.errors import PermissionDenied

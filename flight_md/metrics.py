@@ -129,7 +129,7 @@ _METHODS: Final = {
 }
 
 
-class _CallTimer(flight.ServerMiddleware):  # type: ignore[misc]
+class _CallTimer(flight.ServerMiddleware):
     """Times one call; :meth:`follow` renames a DoGet that is a live tail."""
 
     def __init__(self, metrics: RpcMetrics, rpc: str) -> None:
@@ -146,7 +146,7 @@ class _CallTimer(flight.ServerMiddleware):  # type: ignore[misc]
         self._metrics.observe(self.rpc, _code(exception), time.perf_counter() - self._started)
 
 
-class _TimerFactory(flight.ServerMiddlewareFactory):  # type: ignore[misc]
+class _TimerFactory(flight.ServerMiddlewareFactory):
     def __init__(self, metrics: RpcMetrics) -> None:
         super().__init__()
         self._metrics = metrics
