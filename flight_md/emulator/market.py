@@ -1,7 +1,9 @@
 """Markets the emulator lists: unified symbols, exchange ids and price grids.
 
 A synthetic emulator lists exactly the symbols it was given. ``BTC/USDT`` is a spot
-market with id ``BTCUSDT``; ``BTC/USDT:USDT`` is a linear perpetual (Bybit only).
+market with id ``BTCUSDT``; ``BTC/USDT:USDT`` is a linear perpetual (Bybit only);
+``BTC/USD:BTC-220527`` is a contract expiring on 2022-05-27 (a dialect that lists dated
+futures says what its ids are).
 """
 
 from __future__ import annotations
@@ -89,7 +91,8 @@ class Market:
         """Parse a unified symbol into a market with a deterministic price grid.
 
         Args:
-            symbol: ``BASE/QUOTE`` (spot) or ``BASE/QUOTE:SETTLE`` (linear).
+            symbol: ``BASE/QUOTE`` (spot), ``BASE/QUOTE:SETTLE`` (linear) or
+                ``BASE/QUOTE:SETTLE-YYMMDD`` (a dated future).
 
         Returns:
             The market.
@@ -99,14 +102,16 @@ class Market:
         """
         pair, _, settle = symbol.partition(":")
         base, slash, quote = pair.partition("/")
-        if not slash or not base.isalnum() or not quote.isalnum() or (settle and not settle.isalnum()):
+        code, dash, expiry = settle.partition("-")
+        if (not slash or not base.isalnum() or not quote.isalnum() or (settle and not code.isalnum())
+                or (dash and not (len(expiry) == 6 and expiry.isdigit()))):
             raise ValueError(f"bad symbol {symbol!r}; expected BASE/QUOTE or BASE/QUOTE:SETTLE, e.g. 'BTC/USDT'")
         base, quote = base.upper(), quote.upper()
         kind = MarketKind.LINEAR if settle else MarketKind.SPOT
         price = _reference_price(base, quote)
         price_decimals = min(8, max(0, 6 - math.floor(math.log10(price))))
         size_decimals = min(8, max(0, math.floor(math.log10(price)) + 2))
-        unified = f"{base}/{quote}:{settle.upper()}" if settle else f"{base}/{quote}"
+        unified = f"{base}/{quote}:{code.upper()}{dash}{expiry}" if settle else f"{base}/{quote}"
         return cls(unified, base + quote, base, quote, kind, price_decimals, size_decimals, price)
 
 
