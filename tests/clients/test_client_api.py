@@ -15,6 +15,7 @@ from client_support import ROWS, STEP_MS, IngestingMarket, refused_port, running
 from flight_md_client import (
     ConnectionFailed,
     FlightMdClientError,
+    InvalidLocation,
     InvalidRequest,
     MarketDataClient,
     NotFound,
@@ -348,8 +349,15 @@ def test_constructor_checks_its_arguments(tmp_path: pytest.TempPathFactory) -> N
                          tls_root_certs=tmp_path / "missing.pem")  # type: ignore[operator]
     with pytest.raises(ValueError, match="token is empty"):
         MarketDataClient(token="  ")
-    with pytest.raises(ValueError, match="invalid location"):
+    with pytest.raises(InvalidLocation) as bad:
         MarketDataClient("carrier-pigeon://x")
+    assert isinstance(bad.value, ValueError)  # refused before sending: not a server error
+    assert (bad.value.location, bad.value.reason) == (
+        "carrier-pigeon://x", "No client transport implementation for carrier-pigeon")
+    assert str(bad.value) == ("invalid location 'carrier-pigeon://x': No client transport "
+                              "implementation for carrier-pigeon")
+    with pytest.raises(InvalidLocation, match="^invalid location 'grpc://host:port'"):
+        MarketDataClient("host:port")  # a bare host:port gets grpc:// first
 
 
 def test_argument_types_are_checked(md: MarketDataClient) -> None:
@@ -408,6 +416,40 @@ def test_to_ms_forms() -> None:
     assert format_ms(1_795_428_000_123) == "2026-11-23T10:00:00.123Z"
     with pytest.raises(TypeError):
         to_ms(None)
+
+
+def test_to_ms_takes_now_and_ages_before_now() -> None:
+    """The forms a command line uses (``flight-md get --start 5m``): the terminal's parser."""
+    now = 1_000_000_000
+    assert to_ms("now", now_ms=now) == to_ms(" NOW ", now_ms=now) == now
+    assert to_ms("5m", now_ms=now) == now - 300_000
+    assert to_ms("90s", now_ms=now) == to_ms("90s ago", now_ms=now) == to_ms("-90s", now_ms=now)
+    assert to_ms("90s", now_ms=now) == now - 90_000
+    assert to_ms("1.5h", now_ms=now) == now - 5_400_000
+    assert to_ms("2d", now_ms=now) == now - 172_800_000
+    assert to_ms("250ms", now_ms=now) == now - 250
+    assert to_ms("1D", now_ms=now) == now - 86_400_000  # units in any case, like "now"
+    before = now_ms()
+    assert before - 60_000 <= to_ms("1m") <= now_ms() - 60_000  # the wall clock by default
+    assert to_ms("5", now_ms=now) == 5  # digits are Unix ms; a unit makes an age
+    with pytest.raises(ValueError, match=r"^start='-5' is not a time; expected"):
+        to_ms("-5", "start", now_ms=now)
+    for bad in ("5 minutes", "5x", "m5", "yesterday", "½"):
+        with pytest.raises(ValueError, match=(rf"^end={bad!r} is not a time; expected ISO-8601 "
+                                              r"such as '2026-11-23T10:00:00Z', Unix "
+                                              r"milliseconds, 'now', or an age such as '90s'")):
+            to_ms(bad, "end", now_ms=now)
+    with pytest.raises(ValueError, match="between 1970-01-01 and 9999-12-31"):
+        to_ms("2d", now_ms=1000)  # before 1970
+
+
+def test_range_takes_an_age(md: MarketDataClient) -> None:
+    stamps = md.latest("ETH/USDT", ROWS, columns="timestamp").column("timestamp").to_pylist()
+    before = now_ms()
+    rows = md.range("ETH/USDT", start="30s").num_rows
+    after = now_ms()
+    # "30 s ago", now being some instant of the call: exactly the ticks from there on
+    assert rows in {sum(t >= now - 30_000 for t in stamps) for now in range(before, after + 1)}
 
 
 # -- the client's encoding agrees with the server's grammar ----------------------------------

@@ -22,6 +22,7 @@ from flight_md_client.client import DEFAULT_LOCATION, MarketDataClient, SymbolIn
 from flight_md_client.errors import (
     ConnectionFailed,
     FlightMdClientError,
+    InvalidLocation,
     InvalidRequest,
     NotFound,
     PermissionDenied,
@@ -41,6 +42,7 @@ __all__ = [
     "DEFAULT_LOCATION",
     "ConnectionFailed",
     "FlightMdClientError",
+    "InvalidLocation",
     "InvalidRequest",
     "LiveTail",
     "MarketDataClient",

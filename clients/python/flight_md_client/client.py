@@ -20,7 +20,12 @@ from urllib.parse import quote
 import pyarrow as pa
 from pyarrow import flight
 
-from flight_md_client.errors import ConnectionFailed, FlightMdClientError, translate
+from flight_md_client.errors import (
+    ConnectionFailed,
+    FlightMdClientError,
+    InvalidLocation,
+    translate,
+)
 from flight_md_client.frames import to_pandas, to_polars
 from flight_md_client.tail import LiveTail, aiterate
 from flight_md_client.times import TimeLike, to_ms
@@ -129,8 +134,9 @@ class MarketDataClient:
         timeout: Deadline in seconds for every call except live tails (``None``: none).
 
     Raises:
-        ValueError: A bad location, an unreadable PEM file, TLS options with a plaintext
-            location, or only one of ``cert_chain``/``private_key``.
+        InvalidLocation: A location pyarrow cannot use (a ``ValueError``).
+        ValueError: An unreadable PEM file, TLS options with a plaintext location, only one
+            of ``cert_chain``/``private_key``, or an empty token.
 
     The constructor does not connect; the first call does (use :meth:`wait_ready` to wait for
     a server that is starting). Calls are thread-safe. Use it as a context manager, or call
@@ -170,8 +176,7 @@ class MarketDataClient:
         try:
             self._client = flight.FlightClient(location, **options)
         except (pa.ArrowException, flight.FlightError) as exc:
-            raise ValueError(f"invalid location {location!r}: "
-                             f"{translate(exc, location).message}") from None
+            raise InvalidLocation(location, translate(exc, location).message) from None
         self._closed = False
         self._tails: weakref.WeakSet[LiveTail] = weakref.WeakSet()
 

@@ -22,7 +22,8 @@ text before pyarrow's ``". Detail: ..."`` and ``"gRPC client debug context: ..."
     └── ServerError ........... INTERNAL and anything else the server reports
 
 Arguments the client rejects before sending (a bad ``start``, a symbol that is not a string)
-raise plain :class:`ValueError` or :class:`TypeError`.
+raise plain :class:`ValueError` or :class:`TypeError`; a location pyarrow cannot use raises
+:class:`InvalidLocation`, a :class:`ValueError` that names the location and the reason apart.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from pyarrow import flight
 __all__ = [
     "ConnectionFailed",
     "FlightMdClientError",
+    "InvalidLocation",
     "InvalidRequest",
     "NotFound",
     "PermissionDenied",
@@ -117,6 +119,26 @@ class TimedOut(FlightMdClientError, TimeoutError):
 
 class ServerError(FlightMdClientError):
     """The server failed unexpectedly (INTERNAL); its log has the details."""
+
+
+class InvalidLocation(ValueError):
+    """``MarketDataClient(location)`` got a location pyarrow cannot connect with.
+
+    Raised by the constructor, before anything is sent (so it is a :class:`ValueError`, not a
+    :class:`FlightMdClientError`). The message is ``invalid location '<location>': <reason>``;
+    the parts are attributes, so a caller can phrase the fact in its own terms (the terminal
+    says ``invalid --location ...``).
+
+    Attributes:
+        location: The location as the client saw it (``grpc://`` added to a bare
+            ``host:port``).
+        reason: pyarrow's reason, e.g. ``"No client transport implementation for foo"``.
+    """
+
+    def __init__(self, location: str, reason: str) -> None:
+        super().__init__(f"invalid location {location!r}: {reason}")
+        self.location = location
+        self.reason = reason
 
 
 SERVER_SHUTDOWN: Final = b"server_shutdown"
