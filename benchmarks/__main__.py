@@ -3,6 +3,7 @@
 Usage::
 
     python -m benchmarks [--smoke] [--out BENCHMARKS.md] [--only ingest,latency,...]
+                         [--venues bybit,okx,...]
 
 The full run takes about twelve minutes on an otherwise idle 2-core machine (the ingest
 search's length depends on where the lossless rate lies); ``--smoke`` runs tiny sizes in
@@ -14,6 +15,7 @@ measurement failed (the report still gets written, with the failure in it). Then
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import resource
 import shlex
 import sys
@@ -74,12 +76,24 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="report to write (default: BENCHMARKS.md)")
     parser.add_argument("--only", default="",
                         help=f"comma-separated subset of: {', '.join(MEASUREMENTS)}")
+    parser.add_argument("--venues",
+                        help="comma-separated emulated venues whose ticker channel the ingest "
+                        "section measures, skipping its Binance bidask search (default: the "
+                        "search and every emulated venue)")
     args = parser.parse_args(argv)
     names = [n.strip() for n in args.only.split(",") if n.strip()] or list(MEASUREMENTS)
     unknown = [n for n in names if n not in MEASUREMENTS]
     if unknown:
         parser.error(f"unknown measurement {unknown[0]!r}; known: {', '.join(MEASUREMENTS)}")
     settings = SMOKE if args.smoke else FULL
+    if args.venues is not None:
+        settings = dataclasses.replace(
+            settings, venues=tuple(v.strip() for v in args.venues.split(",") if v.strip()),
+            ingest_binance_search=False)
+        try:
+            ingest.selected_venues(settings)
+        except ValueError as error:
+            parser.error(str(error))
     command = "python -m benchmarks" + (f" {shlex.join(argv)}" if argv else
                                         f" {shlex.join(sys.argv[1:])}" if sys.argv[1:] else "")
     names.sort(key=list(MEASUREMENTS).index)

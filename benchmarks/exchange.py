@@ -1,10 +1,14 @@
 """The exchange emulator in its own process, with a send-time log for freshness.
 
-``python -m benchmarks.exchange --symbols N --rate R [--log-symbols A,B]`` runs
-:class:`flight_md.emulator.EmulatorThread` (Binance spot, synthetic) and answers:
+``python -m benchmarks.exchange --symbols N --rate R [--exchange ID] [--log-symbols A,B]``
+runs :class:`flight_md.emulator.EmulatorThread` (synthetic; Binance spot unless ``--exchange``
+names another emulated venue, whose symbols are then :func:`benchmarks.ticks.venue_symbols`)
+and answers:
 
 ``sent``
     Intact data frames written so far, by channel (the emulator's own counters).
+``counts``
+    The same by channel only: the cheap form, for sampling.
 ``stall`` / ``resume``
     Stop and restart production and sending (the emulator's ``stall`` fault), so that
     "frames sent" is final while the receiver drains.
@@ -18,7 +22,8 @@
     anything, overstated.
 
 The log is the only instrumentation: it wraps the Binance dialect's ``render`` (the
-emulator's ``Dialect`` contract) in this process.
+emulator's ``Dialect`` contract) in this process. It reads Binance frames, so it is
+refused for other venues.
 """
 
 from __future__ import annotations
@@ -79,15 +84,19 @@ def _main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--symbols", type=int, default=20)
     parser.add_argument("--rate", type=float, default=1000.0)
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--exchange", default="binance")
     parser.add_argument("--log-symbols", default="")
     parser.add_argument("--max-seconds", type=float, default=900)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     logged = [s for s in args.log_symbols.split(",") if s]
+    if logged and args.exchange != "binance":
+        parser.error(f"--log-symbols reads Binance frames; not available for {args.exchange!r}")
     log = _SendLog({s.replace("/", "") for s in logged})
     if logged:
         log.install()
-    emulator = EmulatorThread(exchange="binance", symbols=tuple(ticks.symbols(args.symbols)),
+    emulator = EmulatorThread(exchange=args.exchange,
+                              symbols=tuple(ticks.venue_symbols(args.exchange, args.symbols)),
                               rate=args.rate, seed=args.seed)
     url = emulator.start()
 
@@ -123,11 +132,13 @@ def _main(argv: Sequence[str] | None = None) -> None:
 
 
 def exchange(*, symbols: int, rate: float, log_symbols: Sequence[str] = (), seed: int = 7,
-             max_seconds: float = 900) -> Child:
-    """An emulator child (not started: use it in a ``with``); its hello holds ``url``."""
+             max_seconds: float = 900, venue: str = "binance") -> Child:
+    """An emulator child of ``venue`` (not started: use it in a ``with``); its hello holds
+    ``url``. It lists :func:`benchmarks.ticks.venue_symbols` of ``venue``."""
     return Child("benchmarks.exchange", "--symbols", str(symbols), "--rate", f"{rate:g}",
                  "--seed", str(seed), "--log-symbols", ",".join(log_symbols),
-                 name=f"exchange-{rate:g}x{symbols}", max_seconds=max_seconds)
+                 "--exchange", venue, name=f"exchange-{venue}-{rate:g}x{symbols}",
+                 max_seconds=max_seconds)
 
 
 if __name__ == "__main__":

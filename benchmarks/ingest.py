@@ -42,8 +42,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import math
+import re
+import sys
 import threading
 import time
+import traceback
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -59,7 +62,9 @@ from benchmarks.servers import flight_md_server
 from benchmarks.settings import Settings
 from benchmarks.sink import sink
 
-__all__ = ["TOLERANCE", "Run", "lossless_rate", "measure", "next_rate", "shortfalls", "slope"]
+__all__ = ["TOLERANCE", "Ceiling", "Run", "VenueResult", "lossless_rate", "measure",
+           "measure_venue", "next_rate", "parse_ceiling", "selected_venues", "shortfalls",
+           "slope"]
 
 GOAL_CEILING_FRACTION = 0.7
 TOLERANCE = 0.02
@@ -161,6 +166,7 @@ class Run:
     cpu_us_per_tick: float
     consumer_cpu_pct: float
     emulator_cpu_pct: float
+    venue: str = "binance"
 
     @property
     def shortfalls(self) -> list[str]:
@@ -179,31 +185,55 @@ class Run:
 # -- the naive design (child process) ----------------------------------------------------------
 
 
+def _merged(base: Mapping[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
+    """``base`` deep-merged with ``extra``, as plain dicts (ccxt's constructor takes dicts)."""
+    out = {key: _merged(value, {}) if isinstance(value, Mapping) else value
+           for key, value in base.items()}
+    for key, value in extra.items():
+        if isinstance(value, Mapping):
+            out[key] = _merged(out[key] if isinstance(out.get(key), Mapping) else {}, value)
+        else:
+            out[key] = value
+    return out
+
+
+def _ccxt_config(venue_id: str, url: str) -> dict[str, Any]:
+    """What flight_md passes a venue's ccxt constructor against the emulator at ``url``
+    (the venue's own options, then its URL overrides)."""
+    from flight_md.ingest.endpoints import url_overrides
+    from flight_md.venues import venue
+
+    return _merged(venue(venue_id).ccxt_config, url_overrides(venue_id, url))
+
+
 def _naive_child(args: argparse.Namespace) -> None:
     import ccxt.pro as ccxt_pro
 
     from flight_md.buffer import MarketDataBuffer
-    from flight_md.ingest.endpoints import url_overrides
-    from flight_md.normalize import to_tick
+    from flight_md.normalize import Channel, to_tick
     from flight_md.schema import MarketTick, now_ms
+    from flight_md.venues import venue
 
-    symbols = ticks.symbols(args.symbols)
+    symbols = ticks.venue_symbols(args.exchange, args.symbols)
+    methods = venue(args.exchange).channels[Channel(args.channel)]
     state: dict[str, Any] = {"ticks": 0, "error": None}
     loop = asyncio.new_event_loop()
     ready = threading.Event()
 
     async def run() -> None:
-        config = url_overrides("binance", args.url)
-        config["options"]["watchTickers"] = {"name": "ticker"}
-        exchange_ = ccxt_pro.binance(config)
+        exchange_ = getattr(ccxt_pro, args.exchange)(_ccxt_config(args.exchange, args.url))
         buffer = MarketDataBuffer()
-        watch = exchange_.watch_bids_asks if args.channel == "bidask" else exchange_.watch_tickers
+        watch = getattr(exchange_, methods.watch)
+        params = dict(methods.params)
 
         async def follow(group: list[str]) -> None:
             while True:
-                result = await watch(group)
-                for ticker in result.values():
-                    tick = to_tick(ticker, exchange="binance", channel=args.channel,
+                if methods.per_symbol:  # watch_ticker(symbol): one ticker per call
+                    results = [await watch(group[0], params)]
+                else:
+                    results = list((await watch(group, params)).values())
+                for ticker in results:
+                    tick = to_tick(ticker, exchange=args.exchange, channel=args.channel,
                                    receive_ms=now_ms())
                     if type(tick) is MarketTick:
                         buffer.append(tick)
@@ -212,7 +242,7 @@ def _naive_child(args: argparse.Namespace) -> None:
         try:
             await exchange_.load_markets()
             ready.set()
-            if args.per_symbol:
+            if args.per_symbol or methods.per_symbol:
                 await asyncio.gather(*(follow([s]) for s in symbols))
             else:
                 await follow(symbols)
@@ -238,10 +268,12 @@ def _naive_child(args: argparse.Namespace) -> None:
     serve({"ready": True}, {"count": lambda: dict(state)}, args.max_seconds, on_exit=stop)
 
 
-def _naive(url: str, symbols: int, channel: str, per_symbol: bool) -> Child:
+def _naive(url: str, symbols: int, channel: str, per_symbol: bool, venue: str = "binance"
+           ) -> Child:
     flags = ["--per-symbol"] if per_symbol else []
     return Child("benchmarks.ingest", "naive", "--url", url, "--symbols", str(symbols),
-                 "--channel", channel, *flags, name="naive-watch-loop")
+                 "--channel", channel, "--exchange", venue, *flags,
+                 name=f"naive-watch-loop-{venue}")
 
 
 # -- one run -----------------------------------------------------------------------------------
@@ -252,14 +284,14 @@ def _cpu(pid: int) -> float:
     return float(times.user + times.system)
 
 
-def _one(design: str, channel: str, rate: int, symbols: int, settings: Settings) -> Run:
-    wire = _CHANNELS[channel]
-    with exchange(symbols=symbols, rate=rate) as emulator:
+def _one(design: str, channel: str, rate: int, symbols: int, settings: Settings,
+         venue: str = "binance") -> Run:
+    with exchange(symbols=symbols, rate=rate, venue=venue) as emulator:
         url = emulator.hello["url"]
         consumer = (flight_md_server(exchange_url=url, ingest_symbols=symbols, channel=channel,
-                                     name="flight_md-ingest")
+                                     name=f"flight_md-ingest-{venue}", exchange=venue)
                     if design == "flight_md"
-                    else _naive(url, symbols, channel, per_symbol=True))
+                    else _naive(url, symbols, channel, per_symbol=True, venue=venue))
         with consumer:
             stored: Callable[[], int]
             if design == "flight_md":
@@ -276,11 +308,14 @@ def _one(design: str, channel: str, rate: int, symbols: int, settings: Settings)
                     return int(reply["ticks"])
 
                 def flowing() -> bool:
-                    sent = emulator.call("sent")["per_symbol"].get(wire, {})
-                    return len(sent) >= symbols and stored() > 0
+                    per_channel = emulator.call("sent")["per_symbol"].values()
+                    streamed = {symbol for counts in per_channel for symbol in counts}
+                    return len(streamed) >= symbols and stored() > 0
 
+            # Only the run's channel is subscribed, so every data frame the emulator counts
+            # is one of its frames, whatever the venue calls the channel.
             def sent() -> int:
-                return int(emulator.call("counts")["by_channel"].get(wire, 0))
+                return sum(emulator.call("counts")["by_channel"].values())
 
             if not wait_until(flowing, 60.0, 0.2):
                 raise RuntimeError(f"{design}: ingestion did not reach {symbols} symbols in 60 s")
@@ -298,7 +333,7 @@ def _one(design: str, channel: str, rate: int, symbols: int, settings: Settings)
                     break
                 time.sleep(max(0.0, min(settings.ingest_sample_s, end - time.perf_counter())))
             cpu1, emu_cpu1 = _cpu(consumer.pid), _cpu(emu_pid)
-            final = emulator.call("stall")["by_channel"].get(wire, 0)
+            final = sum(emulator.call("stall")["by_channel"].values())
             last = [stored(), time.perf_counter()]
 
             def drained() -> bool:
@@ -318,52 +353,148 @@ def _one(design: str, channel: str, rate: int, symbols: int, settings: Settings)
                (stored1 - stored0) / elapsed,
                slope([(t - t0, s - k) for t, s, k in samples]), sent1 - stored1, final,
                stored_total, (cpu1 - cpu0) / window * 1e6, 100.0 * (cpu1 - cpu0) / elapsed,
-               100.0 * (emu_cpu1 - emu_cpu0) / elapsed)
+               100.0 * (emu_cpu1 - emu_cpu0) / elapsed, venue)
 
 
 # -- the product's parse ceiling ---------------------------------------------------------------
 
 
-def _frames(symbols: Sequence[str], count: int, channel: str) -> list[tuple[str, str]]:
-    """``count`` (symbol, frame) pairs exactly as the emulator renders them, round-robin."""
-    from flight_md.emulator.dialects.binance import BinanceDialect
+def _route(clients: Sequence[Any], symbols: Sequence[str]) -> dict[str, Any]:
+    """The websocket client of a subscribed stream that carries each symbol's frames.
+
+    ccxt names a client's subscriptions by message hashes that hold the unified symbol
+    (``ticker:BTC/USDT:USDT``, ``bidsasks@BTC/USDT``): a symbol belongs to the client with
+    a hash naming it, as a whole word.
+
+    Raises:
+        RuntimeError: If a symbol has no client.
+    """
+    route: dict[str, Any] = {}
+    for symbol in symbols:
+        word = re.compile(rf"(?<![\w/:]){re.escape(symbol)}(?![\w/:])")
+        owner = next((client for client in clients
+                      if any(word.search(str(key)) for key in client.subscriptions)), None)
+        if owner is None and len(clients) == 1:
+            owner = clients[0]
+        if owner is not None:
+            route[symbol] = owner
+    missing = [s for s in symbols if s not in route]
+    if missing:
+        raise RuntimeError(f"no websocket client subscribed {missing[:3]}")
+    return route
+
+
+class _Capture:
+    """What the venue's clients asked an in-process emulator for: per websocket path, the
+    query it opened with, the control messages that subscribed, the streams they added and
+    whether data frames come wrapped. It wraps the dialect's ``on_open`` and ``control`` (the
+    emulator's ``Dialect`` contract) in this process only."""
+
+    def __init__(self, venue_id: str) -> None:
+        from flight_md.emulator.dialects import dialect_class
+
+        self.cls = dialect_class(venue_id)
+        self.queries: dict[str, str] = {}
+        self.combined: dict[str, bool] = {}
+        self.messages: dict[str, list[str]] = {}
+        self.streams: dict[str, tuple[str, str]] = {}  # symbol -> (path, native channel)
+        self._originals = (self.cls.on_open, self.cls.control)
+
+    def install(self) -> None:
+        from urllib.parse import urlencode
+
+        on_open, control = self._originals
+        capture = self
+
+        def opened(self: Any, path: str, query: Mapping[str, str]) -> Any:
+            subscriptions, combined = on_open(self, path, query)
+            capture.queries[path] = "?" + urlencode(dict(query)) if query else ""
+            capture.combined[path] = combined
+            for sub in subscriptions:
+                capture.streams[sub.key.symbol] = (path, sub.key.channel)
+            return subscriptions, combined
+
+        def controlled(self: Any, connection: Any, text: str) -> Any:
+            result = control(self, connection, text)
+            if result.subscribe:
+                capture.messages.setdefault(connection.path, []).append(text)
+                for sub in result.subscribe:
+                    capture.streams[sub.key.symbol] = (connection.path, sub.key.channel)
+            return result
+
+        self.cls.on_open = opened  # type: ignore[method-assign]
+        self.cls.control = controlled  # type: ignore[method-assign]
+
+    def uninstall(self) -> None:
+        self.cls.on_open, self.cls.control = self._originals  # type: ignore[method-assign]
+
+    def plan(self) -> list[tuple[str, list[str]]]:
+        """``(path with query, control messages)`` per websocket: a sink's subscriptions."""
+        paths = {path for path, _ in self.streams.values()}
+        return [(path + self.queries.get(path, ""), self.messages.get(path, []))
+                for path in sorted(paths)]
+
+
+def _frames(venue_id: str, symbols: Sequence[str], count: int,
+            streams: Mapping[str, tuple[str, bool]], *, snapshot: bool = False
+            ) -> list[tuple[str, str]]:
+    """``count`` (symbol, frame) pairs exactly as the venue's emulator renders them,
+    round-robin; ``streams`` gives each symbol's native channel and whether its connection
+    wraps frames."""
+    from flight_md.emulator.dialects import dialect_class
     from flight_md.emulator.market import StreamKey, parse_symbols
     from flight_md.emulator.synthetic import PriceWalk
 
     markets = parse_symbols(tuple(symbols))
     walks = {m.symbol: PriceWalk(m, 7) for m in markets}
-    dialect = BinanceDialect(markets, walks, None)
-    wire = _CHANNELS[channel]
+    dialect = dialect_class(venue_id)(markets, walks, None)
     out = []
     for i in range(count):
         market = markets[i % len(markets)]
-        out.append((market.symbol, dialect.render(StreamKey(wire, market.symbol), market,
-                                                  walks[market.symbol].step(ticks.START_MS + i),
-                                                  snapshot=False)))
+        channel, wrapped = streams[market.symbol]
+        key = StreamKey(channel, market.symbol)
+        text = dialect.render(key, market, walks[market.symbol].step(ticks.START_MS + i),
+                              snapshot=snapshot)
+        out.append((market.symbol, dialect.wrap(key.channel, text) if wrapped else text))
     return out
 
 
-async def _ceiling_async(symbols: int, count: int, channel: str, repetitions: int
-                         ) -> dict[str, Any]:
-    import ccxt.pro as ccxt_pro
-    from aiohttp import WSMessage, WSMsgType
+class _CeilingRig:
+    """The ceiling child's state: a silent in-process emulator, a real subscribed
+    ``MarketDataStream`` of one venue and a plain ccxt client of it, on an event loop of
+    their own thread, between the ``prepare`` and ``run`` requests."""
 
-    from flight_md.buffer import MarketDataBuffer
-    from flight_md.emulator import Emulator
-    from flight_md.ingest.endpoints import url_overrides
-    from flight_md.ingest.stream import MarketDataStream
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, name="ceiling-loop",
+                                       daemon=True)
+        self.thread.start()
+        self.state: dict[str, Any] = {}
 
-    names = ticks.symbols(symbols)
-    # A silent emulator of this process: it only lets the stream load markets and subscribe.
-    emulator = Emulator(exchange="binance", symbols=tuple(names), rate=0)
-    await emulator.start()
-    buffer = MarketDataBuffer()
-    stream = MarketDataStream("binance", buffer=buffer, channel=channel, mode="websocket",
-                              url=emulator.url, heartbeat_interval=60.0)
-    config = url_overrides("binance", emulator.url)
-    config["options"]["watchTickers"] = {"name": "ticker"}
-    plain = ccxt_pro.binance(config)
-    try:
+    def call(self, coroutine: Any, timeout: float) -> Any:
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout)
+
+    async def prepare(self, venue_id: str, symbols: int, channel: str) -> dict[str, Any]:
+        import ccxt.pro as ccxt_pro
+
+        from flight_md.buffer import MarketDataBuffer
+        from flight_md.emulator import Emulator
+        from flight_md.ingest.stream import MarketDataStream
+
+        await self.close()
+        names = ticks.venue_symbols(venue_id, symbols)
+        capture = _Capture(venue_id)
+        capture.install()
+        # A silent emulator of this process: it only lets the stream load markets and
+        # subscribe (and sends the venue's snapshot on subscribe, where it has one).
+        emulator = Emulator(exchange=venue_id, symbols=tuple(names), rate=0)
+        await emulator.start()
+        buffer = MarketDataBuffer()
+        stream = MarketDataStream(venue_id, buffer=buffer, channel=channel, mode="websocket",
+                                  url=emulator.url, heartbeat_interval=60.0)
+        plain = getattr(ccxt_pro, venue_id)(_ccxt_config(venue_id, emulator.url))
+        self.state = {"emulator": emulator, "stream": stream, "plain": plain,
+                      "buffer": buffer, "capture": capture, "names": names, "venue": venue_id}
         await stream.connect()
         await stream.subscribe(names)
         await plain.load_markets()
@@ -374,20 +505,37 @@ async def _ceiling_async(symbols: int, count: int, channel: str, repetitions: in
         else:
             raise RuntimeError(f"the stream did not subscribe {len(names)} symbols in 30 s")
         await asyncio.sleep(0.3)
-        route: dict[str, Any] = {}
-        for client in stream.exchange.clients.values():
-            for key in client.subscriptions:
-                route[str(key).rsplit("@", 1)[-1]] = client
-        missing = [s for s in names if s not in route]
+        capture.uninstall()
+        missing = [s for s in names if s not in capture.streams]
         if missing:
-            raise RuntimeError(f"no websocket client subscribed {missing[:3]}")
-        frames = _frames(names, count, channel)
+            raise RuntimeError(f"the emulator saw no subscription of {missing[:3]}")
+        return {"plan": capture.plan(),
+                "channels": sorted({c for _, c in capture.streams.values()})}
+
+    async def run(self, frames: int, repetitions: int) -> dict[str, Any]:
+        from aiohttp import WSMessage, WSMsgType
+
+        state = self.state
+        if not state:
+            raise RuntimeError("run before prepare")
+        capture: _Capture = state["capture"]
+        names, venue_id, plain = state["names"], state["venue"], state["plain"]
+        buffer = state["buffer"]
+        route = _route(list(state["stream"].exchange.clients.values()), names)
+        streams = {symbol: (channel, capture.combined.get(path, False))
+                   for symbol, (path, channel) in capture.streams.items()}
+        pairs = _frames(venue_id, names, frames, streams)
         # What ccxt's receive loop hands each client: aiohttp messages, to the client's
         # handle_message (flight_md's frame guard, then ccxt's own).
         messages = [(route[symbol].handle_message, WSMessage(WSMsgType.TEXT, text, None))
-                    for symbol, text in frames]
-        texts = [text for _, text in frames]
-        parse = plain.client(plain.urls["api"]["ws"]["spot"] + "/0").handle_text_or_binary_message
+                    for symbol, text in pairs]
+        # The plain client of the same URL parses the same text (no flight_md in between).
+        parsers = {symbol: plain.client(route[symbol].url).handle_text_or_binary_message
+                   for symbol in names}
+        texts = [(parsers[symbol], text) for symbol, text in pairs]
+        # Where a channel sends deltas, the plain client needs the snapshot the stream got.
+        for symbol, text in _frames(venue_id, names, len(names), streams, snapshot=True):
+            parsers[symbol](text)
 
         def appended() -> int:
             return sum(s.appended for s in buffer.stats())
@@ -403,13 +551,13 @@ async def _ceiling_async(symbols: int, count: int, channel: str, repetitions: in
                                    "frames: it is not the ingest path")
             return len(batch) / elapsed
 
-        def run_parse(batch: Sequence[str]) -> float:
+        def run_parse(batch: Sequence[tuple[Any, str]]) -> float:
             start = time.perf_counter()
-            for text in batch:
+            for parse, text in batch:
                 parse(text)
             return len(batch) / (time.perf_counter() - start)
 
-        warm = max(1, count // 10)  # untimed: first calls fill caches and create the rings
+        warm = max(1, frames // 10)  # untimed: first calls fill caches and create the rings
         run_hot_path(messages[:warm])
         run_parse(texts[:warm])
         hot_path: list[float] = []
@@ -422,24 +570,41 @@ async def _ceiling_async(symbols: int, count: int, channel: str, repetitions: in
                     parse_only.append(run_parse(texts))
             await asyncio.sleep(0.05)  # let the watchers re-arm, as between live frames
         return {"hot_path": hot_path, "parse_only": parse_only}
-    finally:
-        await stream.disconnect()
-        await plain.close()
-        await emulator.stop()
+
+    async def close(self) -> None:
+        state, self.state = self.state, {}
+        if state:
+            state["capture"].uninstall()
+            await state["stream"].disconnect()
+            await state["plain"].close()
+            await state["emulator"].stop()
 
 
 def _ceiling_child(args: argparse.Namespace) -> None:
     import ccxt.pro  # noqa: F401 - imported before the hello, not inside the timing
 
-    def run(symbols: int, channel: str, frames: int, repetitions: int) -> dict[str, Any]:
-        return asyncio.run(_ceiling_async(symbols, frames, channel, repetitions))
+    rig = _CeilingRig()
 
-    serve({"ready": True}, {"run": run}, args.max_seconds)
+    def prepare(venue: str, symbols: int, channel: str) -> dict[str, Any]:
+        return dict(rig.call(rig.prepare(venue, symbols, channel), 120.0))
+
+    def run(frames: int, repetitions: int) -> dict[str, Any]:
+        return dict(rig.call(rig.run(frames, repetitions), 600.0))
+
+    def stop() -> None:
+        try:
+            rig.call(rig.close(), 30.0)
+        finally:
+            rig.loop.call_soon_threadsafe(rig.loop.stop)
+            rig.thread.join(5)
+
+    serve({"ready": True}, {"prepare": prepare, "run": run}, args.max_seconds, on_exit=stop)
 
 
 @dataclass(frozen=True, slots=True)
 class Ceiling:
-    """The parse ceiling of one channel and symbol count, with the emulator competing."""
+    """The parse ceiling of one venue's channel and symbol count, with the emulator
+    competing."""
 
     channel: str
     symbols: int
@@ -447,60 +612,297 @@ class Ceiling:
     hot_path: float
     parse_only: float
     emulator_delivered_per_s: float
+    venue: str = "binance"
 
 
-def parse_ceiling(channel: str, symbols: int, rate: int, settings: Settings) -> Ceiling:
-    """Median ticks/s of the product's hot path (and of ccxt's parse alone), measured in a
-    child process while the emulator sends ``rate`` msg/s over ``symbols`` to a sink."""
-    wire = _CHANNELS[channel]
+def parse_ceiling(channel: str, symbols: int, rate: int, settings: Settings,
+                  venue: str = "binance") -> Ceiling:
+    """Median ticks/s of the product's hot path (and of ccxt's parse alone) for ``venue``'s
+    frames, measured in a child process while the venue's emulator sends ``rate`` msg/s
+    over ``symbols`` to sinks that discard the bytes.
+
+    The Binance bidask search (``settings.ingest_binance_search``) uses Binance's sink with
+    ``ceiling_frames``; a venue's ticker uses sinks that send the very subscriptions the
+    stream sent, with ``venue_ceiling_frames``.
+    """
+    legacy = venue == "binance" and channel == "bidask"
+    frames, repetitions = ((settings.ceiling_frames, settings.ceiling_repetitions) if legacy
+                           else (settings.venue_ceiling_frames,
+                                 settings.venue_ceiling_repetitions))
     with ExitStack() as stack:
-        emulator = stack.enter_context(exchange(symbols=symbols, rate=rate))
-        children = [sink(emulator.hello["url"], symbols, wire),
-                    Child("benchmarks.ingest", "ceiling", name=f"ceiling-{symbols}")]
-        for child in children:
-            stack.callback(child.close)
-            child.launch()
-        for child in children:
-            child.wait_ready()
-        drain, measurer = children
-        if not wait_until(lambda: drain.call("count")["bytes"] > 0, 30.0, 0.1):
-            raise RuntimeError("the sink received nothing from the emulator in 30 s")
+        emulator = stack.enter_context(exchange(symbols=symbols, rate=rate, venue=venue))
+        url = emulator.hello["url"]
+        measurer = Child("benchmarks.ingest", "ceiling", name=f"ceiling-{venue}-{symbols}")
+        stack.callback(measurer.close)
+        drains: list[Child] = []
+        if legacy:
+            drains.append(sink(url, symbols, _CHANNELS[channel]))
+            drains[0].launch()
+        measurer.start()
+        prepared = measurer.call("prepare", timeout=150, venue=venue, symbols=symbols,
+                                 channel=channel)
+        if not legacy:
+            drains += [sink(url, symbols, path=path, messages=messages)
+                       for path, messages in prepared["plan"]]
+            for drain in drains:
+                drain.launch()
+        for drain in drains:
+            stack.callback(drain.close)
+            drain.wait_ready()
+        def receiving() -> bool:
+            return all(drain.call("count")["bytes"] > 0 for drain in drains)
+
+        if not wait_until(receiving, 30.0, 0.1):
+            raise RuntimeError(f"a {venue} sink received nothing from the emulator in 30 s")
 
         def sent() -> tuple[float, int]:
-            return time.perf_counter(), int(emulator.call("counts")["by_channel"].get(wire, 0))
+            counts = emulator.call("counts")["by_channel"]
+            return time.perf_counter(), sum(counts.values())
 
         t0, sent0 = sent()
-        reply = measurer.call("run", timeout=600, symbols=symbols, channel=channel,
-                              frames=settings.ceiling_frames,
-                              repetitions=settings.ceiling_repetitions)
+        reply = measurer.call("run", timeout=600, frames=frames, repetitions=repetitions)
         t1, sent1 = sent()
     return Ceiling(channel, symbols, rate, median(reply["hot_path"]),
-                   median(reply["parse_only"]), (sent1 - sent0) / (t1 - t0))
+                   median(reply["parse_only"]), (sent1 - sent0) / (t1 - t0), venue)
 
 
 # -- the section -------------------------------------------------------------------------------
 
 
-def _search(symbols: int, settings: Settings, runs: list[Run]) -> dict[int, bool]:
-    """Run flight_md at the fixed rates, then search; every run is appended to ``runs``."""
+def _search(symbols: int, settings: Settings, runs: list[Run], *, venue: str = "binance",
+            channel: str = "bidask", rates: Sequence[int] | None = None,
+            steps: int | None = None, max_rate: int | None = None) -> dict[int, bool]:
+    """Run flight_md at the fixed rates, then search; every run is appended to ``runs``.
+
+    The defaults are the Binance bidask search's settings (``ingest_*``).
+    """
     kept_up: dict[int, bool] = {}
-    for rate in settings.ingest_rates:
-        run = _one("flight_md", "bidask", rate, symbols, settings)
+    for rate in settings.ingest_rates if rates is None else rates:
+        run = _one("flight_md", channel, rate, symbols, settings, venue)
         runs.append(run)
         kept_up[rate] = run.kept_up
-    for _ in range(settings.ingest_search_steps):
-        probe = next_rate(kept_up, max_rate=settings.ingest_max_rate,
+    for _ in range(settings.ingest_search_steps if steps is None else steps):
+        probe = next_rate(kept_up,
+                          max_rate=settings.ingest_max_rate if max_rate is None else max_rate,
                           resolution=settings.ingest_resolution)
         if probe is None:
             break
-        run = _one("flight_md", "bidask", probe, symbols, settings)
+        run = _one("flight_md", channel, probe, symbols, settings, venue)
         runs.append(run)
         kept_up[probe] = run.kept_up
     return kept_up
 
 
+def selected_venues(settings: Settings) -> tuple[str, ...]:
+    """The emulated venues whose ticker channel the section measures, in registry order.
+
+    Raises:
+        ValueError: If ``settings.venues`` names a venue the emulator does not speak.
+    """
+    from flight_md.venues import emulated
+
+    known = emulated()
+    if settings.venues is None:
+        return known
+    unknown = [v for v in settings.venues if v not in known]
+    if unknown:
+        raise ValueError(f"unknown venue {unknown[0]!r}; the emulator speaks: {', '.join(known)}")
+    return tuple(v for v in known if v in settings.venues)
+
+
+@dataclass(frozen=True, slots=True)
+class VenueResult:
+    """One venue's ticker figures: its search, the naive loop and its parse ceiling.
+
+    ``error`` is set (and the rest may be partial) when a run of the venue failed.
+    """
+
+    venue: str
+    kept_up: Mapping[int, bool]
+    runs: Sequence[Run]
+    ceiling: Ceiling | None
+    error: str | None = None
+
+
+def measure_venue(venue: str, settings: Settings) -> VenueResult:
+    """``venue``'s ticker channel: lossless rate by search, the naive loop at the start
+    rates, and its parse ceiling at the lossless rate. A failure is returned, not raised."""
+    runs: list[Run] = []
+    kept_up: dict[int, bool] = {}
+    try:
+        kept_up = _search(settings.venue_symbols, settings, runs, venue=venue, channel="ticker",
+                          rates=settings.venue_rates, steps=settings.venue_search_steps,
+                          max_rate=settings.venue_max_rate)
+        for rate in settings.venue_rates:
+            runs.append(_one("naive", "ticker", rate, settings.venue_symbols, settings, venue))
+        lossless = lossless_rate(kept_up)
+        ceiling = parse_ceiling("ticker", settings.venue_symbols,
+                                lossless if lossless is not None else min(kept_up), settings,
+                                venue)
+    except Exception as exc:  # noqa: BLE001 - one venue's failure is reported in its rows
+        print(f"ingest: venue {venue} failed:\n{traceback.format_exc(limit=12)}",
+              file=sys.stderr, flush=True)
+        return VenueResult(venue, kept_up, runs, None, _one_line(exc))
+    return VenueResult(venue, kept_up, runs, ceiling)
+
+
+def _one_line(exc: BaseException, limit: int = 300) -> str:
+    """An exception as one table-safe line: its type and the last line of its message."""
+    lines = [line for line in str(exc).splitlines() if line.strip()]
+    text = f"{type(exc).__name__}: {lines[-1] if lines else ''}".replace("|", "/")
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+_RUN_HEADERS = ("Target msg/s", "Design", "Delivered/s", "Stored/s", "Backlog growth",
+                "Backlog at end", "Kept up", "Capture after drain", "CPU µs/tick",
+                "Consumer CPU %", "Emulator CPU %")
+
+
+def _run_cells(run: Run) -> tuple[str, ...]:
+    return (f"{run.rate:,}", run.design, show(run.delivered_per_s, "/s"),
+            show(run.stored_per_s, "/s"), show(run.backlog_per_s, "/s"), f"{run.backlog_end:,}",
+            "yes" if run.kept_up else "no: " + "; ".join(run.shortfalls),
+            show(run.capture_after_drain, "%"), show(run.cpu_us_per_tick, "µs"),
+            show(run.consumer_cpu_pct, "%"), show(run.emulator_cpu_pct, "%"))
+
+
+def _lossless_cell(kept_up: Mapping[int, bool]) -> str:
+    lossless = lossless_rate(kept_up)
+    if lossless is not None:
+        return f"{lossless:,} msg/s"
+    return f"below {min(kept_up):,} msg/s" if kept_up else "not measured"
+
+
+def _venue_tables(results: Sequence[VenueResult], settings: Settings, section: Section) -> None:
+    """The venues' summary, their goals and one runs table per venue, into ``section``."""
+    from flight_md.normalize import Channel
+    from flight_md.venues import venue as venue_of
+
+    summary = Table(("Venue", "Channel (ccxt)", "Symbols", "Lossless rate (kept up)",
+                     "Lowest rate that did not keep up", "Parse ceiling (hot path)",
+                     "ccxt parse only", "Emulator competing at msg/s",
+                     "Emulator delivered meanwhile", "Ratio to ceiling",
+                     "flight_md CPU µs/tick there", "Hot path µs/tick", "Naive kept up at"))
+    tables: list[Table] = []
+    for result in results:
+        methods = venue_of(result.venue).channels[Channel.TICKER]
+        lossless = lossless_rate(result.kept_up)
+        failed = [r for r, ok in result.kept_up.items() if not ok]
+        ceiling = result.ceiling
+        hot = ceiling.hot_path if ceiling is not None else math.nan
+        value = float(lossless) if lossless is not None else math.nan
+        frac = ratio(value, hot)
+        at = next((r for r in result.runs if r.design == "flight_md" and r.rate == lossless),
+                  None)
+        naive = sorted(r.rate for r in result.runs if r.design == "naive" and r.kept_up)
+        summary.add(result.venue, f"ticker ({methods.watch})", str(settings.venue_symbols),
+                    _lossless_cell(result.kept_up),
+                    f"{min(failed):,} msg/s" if failed else "none probed",
+                    show(hot, "/s"),
+                    show(ceiling.parse_only if ceiling is not None else None, "/s"),
+                    f"{ceiling.emulator_rate:,}" if ceiling is not None else "n/a",
+                    show(ceiling.emulator_delivered_per_s if ceiling is not None else None, "/s"),
+                    show(frac, "x"), show(at.cpu_us_per_tick if at else None, "µs"),
+                    show(1e6 / hot if hot else None, "µs"),
+                    ", ".join(f"{r:,}" for r in naive) + " msg/s" if naive else "none")
+        failures = []
+        if result.error is not None:
+            failures.append(f"failed to run: {result.error}")
+        elif lossless is None:
+            failures.append(f"did not keep up at {min(result.kept_up):,} msg/s")
+        section.goals.append(Goal.judge(
+            f"ingest.venue.{result.venue}",
+            f"Lossless ticker ingest vs {result.venue}'s parse ceiling",
+            frac, ">=", GOAL_CEILING_FRACTION, "x",
+            target_note=show(GOAL_CEILING_FRACTION * hot, "/s") if ceiling is not None else "",
+            measured_note=f"{lossless:,} msg/s" if lossless is not None else "none",
+            failures=failures))
+        table = Table(("Venue", "Channel", "Symbols", *_RUN_HEADERS))
+        for run in result.runs:
+            table.add(run.venue, run.channel, str(run.symbols), *_run_cells(run))
+        tables.append(table)
+        if result.error is not None:
+            section.notes.append(f"{result.venue}: the measurement failed: {result.error} "
+                                 "(figures before the failure are shown).")
+        elif not failed and result.kept_up:
+            section.notes.append(
+                f"{result.venue}: flight_md kept up with every ticker rate probed, up to "
+                f"{max(result.kept_up):,} msg/s: the lossless rate is at least that.")
+    section.tables += [summary, *tables]
+
+
+def _binance_search(settings: Settings, section: Section) -> None:
+    """The Binance bidask search (and its ticker run) with its tables and goals."""
+    runs: list[Run] = []
+    found: dict[int, tuple[dict[int, bool], Ceiling]] = {}
+    for symbols in settings.ingest_symbols:
+        kept_up = _search(symbols, settings, runs)
+        for rate in settings.ingest_rates:
+            runs.append(_one("naive", "bidask", rate, symbols, settings))
+        lossless = lossless_rate(kept_up)
+        found[symbols] = (kept_up, parse_ceiling("bidask", symbols, lossless or min(kept_up),
+                                                 settings))
+    ceilings = [c for _, c in found.values()]
+    if settings.ingest_ticker:
+        symbols0 = settings.ingest_symbols[0]
+        ticker_rate = settings.ingest_rates[0]
+        for design in ("flight_md", "naive"):
+            runs.append(_one(design, "ticker", ticker_rate, symbols0, settings))
+        ceilings.append(parse_ceiling("ticker", symbols0, ticker_rate, settings))
+
+    ceiling_table = Table(("Channel", "Symbols", "Emulator competing at msg/s",
+                           "Emulator delivered meanwhile", "Product hot path, ticks/s",
+                           "ccxt parse only, ticks/s",
+                           f"{GOAL_CEILING_FRACTION:g} x hot path"))
+    for c in ceilings:
+        ceiling_table.add(f"{_CHANNELS[c.channel]} ({c.channel})", str(c.symbols),
+                          f"{c.emulator_rate:,}", show(c.emulator_delivered_per_s, "/s"),
+                          show(c.hot_path, "/s"), show(c.parse_only, "/s"),
+                          show(GOAL_CEILING_FRACTION * c.hot_path, "/s"))
+    table = Table(("Channel", "Symbols", *_RUN_HEADERS))
+    for run in runs:
+        table.add(_CHANNELS[run.channel], str(run.symbols), *_run_cells(run))
+    summary = Table(("Symbols", "Lossless rate (kept up)", "Lowest rate that did not keep up",
+                     "Parse ceiling (hot path)", "Ratio to ceiling",
+                     "flight_md CPU µs/tick there", "Hot path µs/tick",
+                     "Naive kept up at"))
+    for symbols, (kept_up, ceiling) in found.items():
+        lossless = lossless_rate(kept_up)
+        failed = [r for r, ok in kept_up.items() if not ok]
+        at = next((r for r in runs if r.design == "flight_md" and r.channel == "bidask"
+                   and r.symbols == symbols and r.rate == lossless), None)
+        naive = sorted(r.rate for r in runs if r.design == "naive" and r.channel == "bidask"
+                       and r.symbols == symbols and r.kept_up)
+        value = float(lossless) if lossless is not None else math.nan
+        frac = ratio(value, ceiling.hot_path)
+        summary.add(str(symbols), _lossless_cell(kept_up),
+                    f"{min(failed):,} msg/s" if failed else "none probed",
+                    show(ceiling.hot_path, "/s"), show(frac, "x"),
+                    show(at.cpu_us_per_tick if at else None, "µs"),
+                    show(1e6 / ceiling.hot_path if ceiling.hot_path else None, "µs"),
+                    ", ".join(f"{r:,}" for r in naive) + " msg/s" if naive else "none")
+        section.goals.append(Goal.judge(
+            f"ingest.lossless.{symbols}",
+            f"Lossless (kept-up) ingest rate vs the product's parse ceiling, {symbols} symbols",
+            frac, ">=", GOAL_CEILING_FRACTION, "x",
+            target_note=show(GOAL_CEILING_FRACTION * ceiling.hot_path, "/s"),
+            measured_note=f"{lossless:,} msg/s" if lossless is not None else "none",
+            failures=() if lossless is not None else
+            [f"did not keep up at {min(kept_up):,} msg/s"]))
+        if not failed:
+            section.notes.append(
+                f"{symbols} symbols: flight_md kept up with every rate probed, up to "
+                f"{max(kept_up):,} msg/s (the search's cap): the lossless rate is at least that.")
+    section.tables += [summary, table, ceiling_table]
+    section.notes.append(
+        "Rates between the lossless rate and the lowest one that did not keep up were not "
+        "probed (search resolution); a run that did not keep up lists what failed.")
+
+
 def measure(settings: Settings) -> Section:
-    """Lossless rate (kept up, by search) of flight_md; the naive loop; the parse ceiling."""
+    """Lossless rate (kept up, by search) of flight_md; the naive loop; the parse ceiling:
+    Binance's bidask search, then each selected venue's ticker channel."""
+    venues = selected_venues(settings)
     section = Section(
         "ingest", "Ingest: lossless rate through real ccxt",
         f"""
@@ -531,79 +933,24 @@ child process -- flight_md's frame guard, ccxt's JSON decode and `handle_message
 at the rate the verdict is about (the lossless rate found) over the same symbols to a sink that
 discards the bytes, so that it competes for the CPU as in the ingest runs. *ccxt parse only* is
 the same frames through a plain ccxt client's `handle_text_or_binary_message`, for reference.
-""")
-    runs: list[Run] = []
-    found: dict[int, tuple[dict[int, bool], Ceiling]] = {}
-    for symbols in settings.ingest_symbols:
-        kept_up = _search(symbols, settings, runs)
-        for rate in settings.ingest_rates:
-            runs.append(_one("naive", "bidask", rate, symbols, settings))
-        lossless = lossless_rate(kept_up)
-        found[symbols] = (kept_up, parse_ceiling("bidask", symbols, lossless or min(kept_up),
-                                                 settings))
-    ceilings = [c for _, c in found.values()]
-    if settings.ingest_ticker:
-        symbols0 = settings.ingest_symbols[0]
-        ticker_rate = settings.ingest_rates[0]
-        for design in ("flight_md", "naive"):
-            runs.append(_one(design, "ticker", ticker_rate, symbols0, settings))
-        ceilings.append(parse_ceiling("ticker", symbols0, ticker_rate, settings))
 
-    ceiling_table = Table(("Channel", "Symbols", "Emulator competing at msg/s",
-                           "Emulator delivered meanwhile", "Product hot path, ticks/s",
-                           "ccxt parse only, ticks/s",
-                           f"{GOAL_CEILING_FRACTION:g} x hot path"))
-    for c in ceilings:
-        ceiling_table.add(f"{_CHANNELS[c.channel]} ({c.channel})", str(c.symbols),
-                          f"{c.emulator_rate:,}", show(c.emulator_delivered_per_s, "/s"),
-                          show(c.hot_path, "/s"), show(c.parse_only, "/s"),
-                          show(GOAL_CEILING_FRACTION * c.hot_path, "/s"))
-    table = Table(("Channel", "Symbols", "Target msg/s", "Design", "Delivered/s", "Stored/s",
-                   "Backlog growth", "Backlog at end", "Kept up", "Capture after drain",
-                   "CPU µs/tick", "Consumer CPU %", "Emulator CPU %"))
-    for run in runs:
-        table.add(_CHANNELS[run.channel], str(run.symbols), f"{run.rate:,}", run.design,
-                  show(run.delivered_per_s, "/s"), show(run.stored_per_s, "/s"),
-                  show(run.backlog_per_s, "/s"), f"{run.backlog_end:,}",
-                  "yes" if run.kept_up else "no: " + "; ".join(run.shortfalls),
-                  show(run.capture_after_drain, "%"), show(run.cpu_us_per_tick, "µs"),
-                  show(run.consumer_cpu_pct, "%"), show(run.emulator_cpu_pct, "%"))
-    summary = Table(("Symbols", "Lossless rate (kept up)", "Lowest rate that did not keep up",
-                     "Parse ceiling (hot path)", "Ratio to ceiling",
-                     "flight_md CPU µs/tick there", "Hot path µs/tick",
-                     "Naive kept up at"))
-    for symbols, (kept_up, ceiling) in found.items():
-        lossless = lossless_rate(kept_up)
-        failed = [r for r, ok in kept_up.items() if not ok]
-        at = next((r for r in runs if r.design == "flight_md" and r.channel == "bidask"
-                   and r.symbols == symbols and r.rate == lossless), None)
-        naive = sorted(r.rate for r in runs if r.design == "naive" and r.channel == "bidask"
-                       and r.symbols == symbols and r.kept_up)
-        value = float(lossless) if lossless is not None else math.nan
-        frac = ratio(value, ceiling.hot_path)
-        summary.add(str(symbols), f"{lossless:,} msg/s" if lossless is not None else
-                    f"below {min(kept_up):,} msg/s",
-                    f"{min(failed):,} msg/s" if failed else "none probed",
-                    show(ceiling.hot_path, "/s"), show(frac, "x"),
-                    show(at.cpu_us_per_tick if at else None, "µs"),
-                    show(1e6 / ceiling.hot_path if ceiling.hot_path else None, "µs"),
-                    ", ".join(f"{r:,}" for r in naive) + " msg/s" if naive else "none")
-        section.goals.append(Goal.judge(
-            f"ingest.lossless.{symbols}",
-            f"Lossless (kept-up) ingest rate vs the product's parse ceiling, {symbols} symbols",
-            frac, ">=", GOAL_CEILING_FRACTION, "x",
-            target_note=show(GOAL_CEILING_FRACTION * ceiling.hot_path, "/s"),
-            measured_note=f"{lossless:,} msg/s" if lossless is not None else "none",
-            failures=() if lossless is not None else
-            [f"did not keep up at {min(kept_up):,} msg/s"]))
-        if not failed:
-            section.notes.append(
-                f"{symbols} symbols: flight_md kept up with every rate probed, up to "
-                f"{max(kept_up):,} msg/s (the search's cap): the lossless rate is at least that.")
-    section.tables += [summary, table, ceiling_table]
-    section.notes.append(
-        "Rates between the lossless rate and the lowest one that did not keep up were not "
-        "probed (search resolution); a run that did not keep up lists what failed.")
+**Each venue's ticker channel** ({', '.join(venues) or 'none in this run'}): the same rule,
+search and baselines in each emulated venue's own protocol. Its emulator (synthetic) lists
+{settings.venue_symbols} symbols of the venue's market type (`BTC/USDT:USDT`, `X0001/USDT:USDT`, ...
+on Bybit); flight_md ingests the `ticker` channel through the venue's ccxt method; the naive
+loop runs one task per symbol on that method. The search starts at {', '.join(f'{r:,}' for r in settings.venue_rates)} msg/s and adds
+at most {settings.venue_search_steps} runs (up to {settings.venue_max_rate:,} msg/s), so a venue's lossless rate is coarser than
+Binance's above. The venue's parse ceiling is measured as above, on the venue's own frames
+(its dialect's `render`, deltas where the venue sends deltas after a snapshot) through the
+hot path of a real `MarketDataStream` of that venue ({settings.venue_ceiling_frames:,} frames x
+{settings.venue_ceiling_repetitions} repetitions), while its emulator sends at the lossless rate found to sinks that
+subscribe with the very control messages the stream sent. One goal per venue: its lossless
+ticker rate >= {GOAL_CEILING_FRACTION:g}x its own parse ceiling.
+""")
+    if settings.ingest_binance_search:
+        _binance_search(settings, section)
+    if venues:
+        _venue_tables([measure_venue(v, settings) for v in venues], settings, section)
     return section
 
 
@@ -613,6 +960,7 @@ def _main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--url")
     parser.add_argument("--symbols", type=int, default=20)
     parser.add_argument("--channel", default="bidask", choices=("bidask", "ticker"))
+    parser.add_argument("--exchange", default="binance")
     parser.add_argument("--per-symbol", action="store_true")
     parser.add_argument("--max-seconds", type=float, default=900)
     args = parser.parse_args(argv)

@@ -133,7 +133,8 @@ def _run_flight_md(args: argparse.Namespace) -> None:
         from flight_md.app import MarketDataApp
         from flight_md.config import ServerConfig, StreamConfig
 
-        stream = StreamConfig("binance", tuple(ticks.symbols(args.ingest_symbols)),
+        stream = StreamConfig(args.exchange,
+                              tuple(ticks.venue_symbols(args.exchange, args.ingest_symbols)),
                               channel=args.channel, mode="websocket", url=args.exchange_url,
                               buffer_size=args.buffer_size, heartbeat_interval=30.0,
                               reconnect_delay=0.5, max_reconnect_delay=5.0)
@@ -178,6 +179,7 @@ def _main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--ticket", action="append", default=[])
     parser.add_argument("--exchange-url")
     parser.add_argument("--ingest-symbols", type=int, default=20)
+    parser.add_argument("--exchange", default="binance")
     parser.add_argument("--channel", default="bidask", choices=("bidask", "ticker"))
     parser.add_argument("--ingest-process", action="store_true")
     parser.add_argument("--max-seconds", type=float, default=900)
@@ -189,13 +191,15 @@ def _main(argv: Sequence[str] | None = None) -> None:
 def flight_md_server(*, buffer_size: int = 10_000, fill_symbols: int = 0, fill_ticks: int = 0,
                      exchange_url: str | None = None, ingest_symbols: int = 20,
                      channel: str = "bidask", name: str = "flight_md",
-                     ingest_process: bool = False, max_seconds: float = 900) -> Child:
-    """A flight_md server child (not started: use it in a ``with``)."""
+                     ingest_process: bool = False, max_seconds: float = 900,
+                     exchange: str = "binance") -> Child:
+    """A flight_md server child (not started: use it in a ``with``); with ``exchange_url``
+    it ingests :func:`benchmarks.ticks.venue_symbols` of ``exchange`` from there."""
     args = ["flight_md", "--buffer-size", str(buffer_size), "--fill-symbols", str(fill_symbols),
             "--fill-ticks", str(fill_ticks)]
     if exchange_url:
         args += ["--exchange-url", exchange_url, "--ingest-symbols", str(ingest_symbols),
-                 "--channel", channel]
+                 "--channel", channel, "--exchange", exchange]
         if ingest_process:
             args.append("--ingest-process")
     return Child("benchmarks.servers", *args, name=name, start_timeout=120.0,

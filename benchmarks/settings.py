@@ -41,6 +41,16 @@ class Settings:
             fraction above the lossless rate.
         ceiling_frames: Frames fed per repetition for the parse ceiling.
         ceiling_repetitions: Repetitions of the parse ceiling; the median is used.
+        venues: Emulated venues whose ticker channel the ingest section measures, each
+            against its own parse ceiling; ``None``: every emulated venue.
+        ingest_binance_search: Run the ingest section's Binance bidask search (its symbol
+            counts, the naive loop and the ticker run) beside the venues.
+        venue_symbols: Symbols of each venue's ticker runs.
+        venue_rates: Rates each venue's search starts from (the naive loop runs at them).
+        venue_search_steps: Runs each venue's search may add.
+        venue_max_rate: Highest rate a venue's search probes.
+        venue_ceiling_frames: Frames fed per repetition for a venue's parse ceiling.
+        venue_ceiling_repetitions: Repetitions of a venue's parse ceiling.
         freshness_rates: Emulator rates of the freshness runs.
         freshness_seconds: Seconds of the several-tails phase (the goal's case).
         freshness_one_tail_seconds: Seconds of the one-tail phase.
@@ -82,6 +92,14 @@ class Settings:
     ingest_resolution: float
     ceiling_frames: int
     ceiling_repetitions: int
+    venues: tuple[str, ...] | None
+    ingest_binance_search: bool
+    venue_symbols: int
+    venue_rates: tuple[int, ...]
+    venue_search_steps: int
+    venue_max_rate: int
+    venue_ceiling_frames: int
+    venue_ceiling_repetitions: int
     freshness_rates: tuple[int, ...]
     freshness_seconds: float
     freshness_one_tail_seconds: float
@@ -122,6 +140,14 @@ FULL = Settings(
     ingest_resolution=0.1,
     ceiling_frames=20_000,
     ceiling_repetitions=5,
+    venues=None,
+    ingest_binance_search=True,
+    venue_symbols=20,
+    venue_rates=(4_000,),
+    venue_search_steps=3,
+    venue_max_rate=32_000,
+    venue_ceiling_frames=10_000,
+    venue_ceiling_repetitions=3,
     freshness_rates=(1_000, 5_000),
     freshness_seconds=10.0,
     freshness_one_tail_seconds=5.0,
@@ -162,6 +188,14 @@ SMOKE = Settings(
     ingest_resolution=0.1,
     ceiling_frames=2_000,
     ceiling_repetitions=2,
+    venues=("bybit",),  # the per-venue path once beside Binance's; more venues add nothing new
+    ingest_binance_search=True,
+    venue_symbols=3,
+    venue_rates=(300,),
+    venue_search_steps=0,
+    venue_max_rate=600,
+    venue_ceiling_frames=600,
+    venue_ceiling_repetitions=1,
     freshness_rates=(500,),
     freshness_seconds=1.0,
     freshness_one_tail_seconds=0.5,

@@ -9,7 +9,9 @@ starts one of these beside the emulator.
 The sink sends an unsolicited pong every few seconds (allowed by RFC 6455) so that the
 emulator, which closes connections that miss pongs, keeps it.
 
-Run as a child: ``python -m benchmarks.sink --url URL --symbols N --stream bookTicker``.
+Run as a child: ``python -m benchmarks.sink --url URL --symbols N --stream bookTicker``
+(Binance's ``SUBSCRIBE`` on ``/ws``), or with ``--path P --send JSON`` for any venue: the
+websocket path (with its query) and the list of control messages to send after the handshake.
 """
 
 from __future__ import annotations
@@ -47,11 +49,11 @@ def _frame(opcode: int, payload: bytes) -> bytes:
     return head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
 
 
-def _connect(url: str, streams: Sequence[str]) -> socket.socket:
+def _connect(url: str, path: str, messages: Sequence[str]) -> socket.socket:
     parts = urlsplit(url)
     sock = socket.create_connection((parts.hostname or "127.0.0.1", parts.port or 80), 10)
     key = base64.b64encode(os.urandom(16)).decode()
-    sock.sendall((f"GET /ws HTTP/1.1\r\nHost: {parts.netloc}\r\nUpgrade: websocket\r\n"
+    sock.sendall((f"GET {path} HTTP/1.1\r\nHost: {parts.netloc}\r\nUpgrade: websocket\r\n"
                   f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
                   "Sec-WebSocket-Version: 13\r\n\r\n").encode())
     head = b""
@@ -63,8 +65,8 @@ def _connect(url: str, streams: Sequence[str]) -> socket.socket:
     status = head.split(b"\r\n", 1)[0]
     if b" 101 " not in status + b" ":
         raise ConnectionError(f"websocket handshake refused: {status!r}")
-    request = {"method": "SUBSCRIBE", "params": list(streams), "id": 1}
-    sock.sendall(_frame(_TEXT, json.dumps(request).encode()))
+    for message in messages:
+        sock.sendall(_frame(_TEXT, message.encode()))
     sock.settimeout(None)
     return sock
 
@@ -74,10 +76,17 @@ def _main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--url", required=True)
     parser.add_argument("--symbols", type=int, required=True)
     parser.add_argument("--stream", default="bookTicker")
+    parser.add_argument("--path", default="/ws")
+    parser.add_argument("--send", help="JSON list of control messages (default: Binance's "
+                        "SUBSCRIBE of --symbols x --stream)")
     parser.add_argument("--max-seconds", type=float, default=900)
     args = parser.parse_args(argv)
-    streams = [f"{s.replace('/', '').lower()}@{args.stream}" for s in ticks.symbols(args.symbols)]
-    sock = _connect(args.url, streams)
+    if args.send is None:
+        streams = [f"{s.replace('/', '').lower()}@{args.stream}" for s in ticks.symbols(args.symbols)]
+        messages = [json.dumps({"method": "SUBSCRIBE", "params": streams, "id": 1})]
+    else:
+        messages = json.loads(args.send)
+    sock = _connect(args.url, args.path, messages)
     received = [0]
     done = threading.Event()
     lock = threading.Lock()
@@ -111,13 +120,16 @@ def _main(argv: Sequence[str] | None = None) -> None:
         done.set()
         sock.close()
 
-    serve({"streams": len(streams)}, {"count": count}, args.max_seconds, on_exit=close)
+    serve({"messages": len(messages)}, {"count": count}, args.max_seconds, on_exit=close)
 
 
-def sink(url: str, symbols: int, stream: str = "bookTicker", max_seconds: float = 900) -> Child:
-    """A sink child (not started: use it in a ``with``) subscribed to ``symbols`` streams."""
+def sink(url: str, symbols: int, stream: str = "bookTicker", max_seconds: float = 900, *,
+         path: str = "/ws", messages: Sequence[str] | None = None) -> Child:
+    """A sink child (not started: use it in a ``with``) subscribed to ``symbols`` streams
+    (Binance), or opening ``path`` and sending ``messages`` (any venue)."""
+    extra = [] if messages is None else ["--path", path, "--send", json.dumps(list(messages))]
     return Child("benchmarks.sink", "--url", url, "--symbols", str(symbols), "--stream", stream,
-                 name=f"sink-{symbols}", max_seconds=max_seconds)
+                 *extra, name=f"sink-{symbols}", max_seconds=max_seconds)
 
 
 if __name__ == "__main__":

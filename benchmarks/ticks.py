@@ -15,7 +15,8 @@ from typing import Final
 from flight_md.buffer import MarketDataBuffer
 from flight_md.schema import MarketTick
 
-__all__ = ["EXCHANGE", "START_MS", "fill", "full_rows", "symbols", "tick_rows", "ticks"]
+__all__ = ["EXCHANGE", "START_MS", "fill", "full_rows", "symbols", "tick_rows", "ticks",
+           "venue_symbols"]
 
 EXCHANGE: Final = "binance"
 START_MS: Final = 1_767_225_600_000  # 2026-01-01T00:00:00Z
@@ -27,6 +28,29 @@ def symbols(count: int) -> list[str]:
     """``count`` distinct spot symbols: well-known ones first, then ``X0001/USDT``, ..."""
     known = [f"{base}/USDT" for base in _BASES]
     return (known + [f"X{i:04d}/USDT" for i in range(1, count - len(known) + 1)])[:count]
+
+
+def venue_symbols(venue_id: str, count: int) -> list[str]:
+    """``count`` distinct symbols a venue's emulator lists and streams in synthetic mode.
+
+    The market type is the venue's own: the quote (and settle currency) of its first
+    ``test_symbols`` entry, on the bases of :func:`symbols` (``BTC/USDT:USDT``,
+    ``X0001/USDT:USDT``, ... on Bybit; ``BTC/USD``, ... where the venue quotes USD). For
+    Binance it is :func:`symbols` itself.
+
+    Raises:
+        ValueError: If the venue is not emulated or has no test symbol to copy.
+    """
+    from flight_md.venues import VENUES, emulated
+
+    found = VENUES.get(venue_id)
+    if found is None or found.dialect is None:
+        raise ValueError(f"unknown venue {venue_id!r}; the emulator speaks: "
+                         f"{', '.join(emulated())}")
+    if not found.test_symbols:
+        raise ValueError(f"venue {venue_id!r} has no test_symbols to take its market type from")
+    _, _, market = found.test_symbols[0].partition("/")
+    return [f"{name.partition('/')[0]}/{market}" for name in symbols(count)]
 
 
 def tick_rows(symbol_names: Sequence[str], per_symbol: int, seed: int = 0,
