@@ -1,0 +1,621 @@
+"""Kraken spot: REST ``/0/public`` and the public websocket v2, as ccxt.pro uses them.
+
+REST (all GET, answered ``{"error":[...],"result":...}``): ``/0/public/AssetPairs`` (optional
+``pair=A,B``), ``/0/public/Assets`` (optional ``asset=A,B``; synthesised from the pairs:
+every base and quote asset, ``altname`` as the pair's ``wsname`` spells it),
+``/0/public/Ticker`` (``pair=`` ids or altnames, comma-separated; missing or empty: every
+pair; rows keyed by the pair id, Kraken's REST format: ``a``/``b`` ``[price, whole lot
+volume, lot volume]``, ``c`` ``[price, lot volume]``, ``v``/``p``/``t``/``l``/``h`` ``[today,
+last 24 hours]``, ``o`` today's opening price), ``/0/public/Time``, ``/0/public/SystemStatus``.
+An unknown pair is ``EQuery:Unknown asset pair``; 429 is ``EAPI:Rate limit exceeded``;
+unknown paths are ``EGeneral:Unknown method``.
+
+Websocket ``/v2`` (requests and replies as JSON objects; replies carry ``time_in`` and
+``time_out``, and ``req_id`` when the request had one):
+
+* ``{"method":"ping"}`` -> ``{"method":"pong",...}``: ccxt's keep-alive (every 6 s; it drops a
+  connection two intervals without a pong). The server sends no ping frames.
+* ``{"method":"subscribe","params":{"channel":"ticker"|"trade"|"book","symbol":[...],
+  "event_trigger":"trades"|"bbo","depth":10|25|100|500|1000,"snapshot":true}}`` -> one ack per
+  symbol ``{"method":"subscribe","result":{"channel":...,"symbol":...,...},"success":true}``,
+  or per symbol ``{"error":"Currency pair not supported X/Y","method":"subscribe","success":
+  false,"symbol":"X/Y",...}`` (``not in ISO 4217-A3 format`` without a slash), ``Already
+  subscribed``; ``Subscription depth not supported``; private channels (``executions``,
+  ``balances``, ``level3``) and trading methods get Kraken's "unavailable on this endpoint".
+  The wording for an unknown channel, event trigger or method is the emulator's own.
+* ``{"method":"unsubscribe",...}`` the same way; a stream not subscribed is ``Subscription
+  Not Found``.
+* Data: ``{"channel":"ticker","type":"snapshot"|"update","data":[{...}]}``. A ticker
+  subscription gets a snapshot right after its ack (synthetic mode; ``snapshot: false`` is
+  acknowledged but not honoured). Both event triggers are one stream per symbol
+  (``ticker``): subscribing to both on one connection is ``Already subscribed``.
+* Server going away: ``{"channel":"status","type":"update","data":[{"system":"maintenance",
+  ...}]}`` (Kraken announces maintenance on the status channel), then a close.
+* Not emulated: the ``status`` banner on connect and the ``heartbeat`` frames (about one a
+  second on a subscribed connection): ccxt acts on neither.
+
+Synthetic channels: ``ticker`` (the full v2 ticker with ``trades`` and ``timestamp``) and
+``trade``.
+
+Replay: the recording is websocket **v1** (``[channelID, payload, channelName, "XBT/USD"]``
+arrays), transcoded to v2 frames once, when the emulator starts; numbers keep the recorded
+digits (a v1 string ``"13.253900"`` becomes the JSON number ``13.253900``). A value a v1
+frame lacks is left out, never made up.
+
+==============  =========================================================================
+v2 ticker       from the v1 ticker payload
+==============  =========================================================================
+``symbol``      the pair's v2 name (``XBT`` is ``BTC``, ``XDG`` is ``DOGE``)
+``bid``         ``b[0]``;  ``bid_qty`` ``b[2]`` (lot volume; the whole lot volume ``b[1]``
+                has no v2 field)
+``ask``         ``a[0]``;  ``ask_qty`` ``a[2]``
+``last``        ``c[0]`` (the last trade's volume ``c[1]`` has no v2 field)
+``volume``      ``v[1]`` (24 hours);  ``vwap`` ``p[1]``;  ``low`` ``l[1]``;  ``high`` ``h[1]``;
+                ``trades`` ``t[1]``
+``change``      ``c[0] - o[1]`` in exact decimal arithmetic (v2 sends the 24 h change, not
+                the open; ccxt computes the open back as ``last - change``, which gives
+                ``o[1]`` exactly)
+``change_pct``  ``100 * change / o[1]``, rounded to 2 decimals as Kraken does
+``timestamp``   left out: v1 tickers carry none
+``type``        ``snapshot`` for a symbol's first recorded ticker, ``update`` after
+==============  =========================================================================
+
+A v1 ``trade`` frame (rows ``[price, volume, time, side b|s, type l|m, misc]``) becomes one
+v2 ``trade`` update: ``price``, ``qty``, ``side`` ``buy``/``sell``, ``ord_type``
+``limit``/``market``, ``timestamp`` (the epoch seconds as RFC 3339, digit for digit; no
+``trade_id``: v1 has none). A v1 ``book-<depth>`` frame becomes a v2 ``book`` frame: a
+snapshot (``as``/``bs``) or an update (``a``/``b``, with ``c`` as the integer ``checksum``;
+the republish flag and per-level times have no v2 field, so updates carry no
+``timestamp``). ``spread``, ``ohlc`` and event frames are not replayed. REST tickers in
+replay answer from the v1 ticker last replayed, in Kraken's REST format (``o`` is ``o[0]``,
+today's open).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
+from typing import Any, Final
+
+from aiohttp import web
+
+from flight_md.emulator.dialect import ConnectionInfo, Control, Dialect, RestHandler, Subscription, now_ms
+from flight_md.emulator.fault import Fault
+from flight_md.emulator.market import Market, MarketKind, StreamKey
+from flight_md.emulator.recording import RecordedMessage, Recording
+from flight_md.emulator.synthetic import PriceWalk, Quote
+
+__all__ = ["KrakenDialect"]
+
+# Kraken's legacy X/Z-prefixed asset ids, by unified code; newer assets use the code itself.
+_LEGACY_IDS: Final = {
+    "BTC": "XXBT", "DOGE": "XXDG", "ETH": "XETH", "ETC": "XETC", "LTC": "XLTC", "MLN": "XMLN",
+    "REP": "XREP", "XLM": "XXLM", "XMR": "XXMR", "XRP": "XXRP", "ZEC": "XZEC",
+    "USD": "ZUSD", "EUR": "ZEUR", "GBP": "ZGBP", "JPY": "ZJPY", "CAD": "ZCAD", "AUD": "ZAUD",
+}
+_ALTNAMES: Final = {"BTC": "XBT", "DOGE": "XDG"}  # what AssetPairs' altname and wsname still say
+_V2_NAMES: Final = {legacy: code for code, legacy in _ALTNAMES.items()}
+_CHANNELS: Final = frozenset({"ticker", "trade", "book"})
+_SYNTHETIC_CHANNELS: Final = frozenset({"ticker", "trade"})
+_PRIVATE_CHANNELS: Final = frozenset({"executions", "balances", "level3"})
+_TRADING_METHODS: Final = frozenset({"add_order", "amend_order", "edit_order", "cancel_order", "cancel_all",
+                                     "cancel_all_orders_after", "batch_add", "batch_cancel"})
+_PRIVATE_ERROR: Final = "Private data and trading are unavailable on this endpoint. Try ws-auth.kraken.com"
+_TRIGGERS: Final = ("trades", "bbo")
+_BOOK_DEPTHS: Final = frozenset({10, 25, 100, 500, 1000})
+_NUMBER: Final = re.compile(r"-?(?:0|[1-9]\d*)(?:\.\d+)?(?:[eE][+-]?\d+)?")
+_FEES: Final = [[0, 0.26], [50000, 0.24], [100000, 0.22], [250000, 0.2], [500000, 0.18], [1000000, 0.16],
+                [2500000, 0.14], [5000000, 0.12], [10000000, 0.1]]
+_FEES_MAKER: Final = [[0, 0.16], [50000, 0.14], [100000, 0.12], [250000, 0.1], [500000, 0.08],
+                      [1000000, 0.06], [2500000, 0.04], [5000000, 0.02], [10000000, 0]]
+_VERSION: Final = "2.0.10"
+
+
+class KrakenDialect(Dialect):
+    """Kraken spot public market data over websocket v2 and REST."""
+
+    name = "kraken"
+    synthetic_channels = _SYNTHETIC_CHANNELS
+
+    def __init__(self, markets: tuple[Market, ...], walks: Mapping[str, PriceWalk], recording: Recording | None) -> None:
+        for market in markets:
+            if market.kind is not MarketKind.SPOT:
+                raise ValueError(f"kraken emulator lists spot markets only; got {market.symbol!r}")
+        self._pairs: dict[str, dict[str, Any]] = {}
+        super().__init__(tuple(_kraken_market(market) for market in markets), walks, recording)
+        if recording is None:
+            self._pairs = {market.id: _asset_pair(market) for market in self.markets}
+        self._by_symbol = {market.symbol: market for market in self.markets}
+        self._by_id = {market.id: market for market in self.markets}
+        self._by_wsname = {entry["wsname"]: self._by_symbol[_v2_symbol(entry["wsname"])]
+                           for entry in self._pairs.values() if "wsname" in entry}
+        self._pair_names = {name: pair_id for pair_id, entry in self._pairs.items()
+                            for name in (pair_id, entry.get("altname", pair_id))}
+        self._assets = _assets(self._pairs.values())
+        self._transcoded: set[StreamKey] = set()
+        self._rest_rows: dict[str, dict[str, Any]] = {}
+        self._replayed: dict[str, dict[str, Any]] = {}
+        self._connection_id = 14_545_728_493_745_856_413
+
+    # -- markets and REST -------------------------------------------------------------
+
+    def recorded_markets(self, recording: Recording) -> tuple[Market, ...]:
+        body = recording.body("/0/public/AssetPairs")
+        if body is None:
+            raise ValueError(f"{recording.source}: no /0/public/AssetPairs response recorded")
+        self._pairs = dict(json.loads(body)["result"])
+        markets = []
+        for pair_id, entry in self._pairs.items():
+            wsname = entry.get("wsname")
+            if not isinstance(wsname, str) or "/" not in wsname:
+                continue  # dark pool pairs (".d") have no websocket name
+            symbol = _v2_symbol(wsname)
+            base, quote = symbol.split("/")
+            markets.append(Market(symbol, pair_id, base, quote, MarketKind.SPOT, int(entry["pair_decimals"]),
+                                  int(entry["lot_decimals"]), 1.0))
+        return tuple(markets)
+
+    def rest_routes(self) -> list[tuple[str, RestHandler]]:
+        return [
+            ("/0/public/AssetPairs", self._asset_pairs),
+            ("/0/public/Assets", self._assets_info),
+            ("/0/public/Ticker", self._ticker),
+            ("/0/public/Time", self._time),
+            ("/0/public/SystemStatus", self._system_status),
+        ]
+
+    def rest_error(self, status: int) -> str:
+        if status == 429:
+            return '{"error":["EAPI:Rate limit exceeded"]}'
+        if status == 404:
+            return '{"error":["EGeneral:Unknown method"]}'
+        return '{"error":["EGeneral:Internal error"]}'
+
+    async def _asset_pairs(self, request: web.Request) -> web.StreamResponse:
+        names = _names(request.query.get("pair"))
+        if not names and self.recording is not None:
+            body = self.recording.body("/0/public/AssetPairs")
+            assert body is not None  # checked when the markets were read
+            return web.Response(text=body, content_type="application/json")
+        selected = self._select(names)
+        if selected is None:
+            return _fail("EQuery:Unknown asset pair")
+        return _ok({pair_id: self._pairs[pair_id] for pair_id in selected})
+
+    async def _assets_info(self, request: web.Request) -> web.StreamResponse:
+        names = _names(request.query.get("asset"))
+        if not names:
+            return _ok(self._assets)
+        by_name = {name: asset_id for asset_id, entry in self._assets.items()
+                   for name in (asset_id, entry["altname"])}
+        if not all(name in by_name for name in names):
+            return _fail("EQuery:Unknown asset")
+        return _ok({by_name[name]: self._assets[by_name[name]] for name in names})
+
+    async def _ticker(self, request: web.Request) -> web.StreamResponse:
+        selected = self._select(_names(request.query.get("pair")))
+        if selected is None:
+            return _fail("EQuery:Unknown asset pair")
+        rows = {pair_id: row for pair_id in selected if (row := self._ticker_row(pair_id)) is not None}
+        return _ok(rows)
+
+    async def _time(self, request: web.Request) -> web.StreamResponse:
+        seconds = now_ms() // 1000
+        stamp = datetime.fromtimestamp(seconds, UTC).strftime("%a, %d %b %y %H:%M:%S +0000")
+        return _ok({"unixtime": seconds, "rfc1123": stamp})
+
+    async def _system_status(self, request: web.Request) -> web.StreamResponse:
+        return _ok({"status": "online", "timestamp": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")})
+
+    def _select(self, names: list[str]) -> list[str] | None:
+        """Pair ids named by ids or altnames, every pair if none; ``None`` if one is unknown."""
+        if not names:
+            return list(self._pairs) if self.recording is not None else [m.id for m in self.markets]
+        selected = [self._pair_names.get(name) for name in names]
+        if not all(selected):
+            return None
+        return [pair_id for pair_id in selected if pair_id is not None]
+
+    def _ticker_row(self, pair_id: str) -> dict[str, Any] | None:
+        if self.recording is not None:
+            return self._replayed.get(pair_id)
+        market = self._by_id[pair_id]
+        quote = self.walks[market.symbol].quote
+        p, s = market.price_decimals, market.size_decimals
+        vwap = quote.quote_volume / quote.volume if quote.volume else quote.last
+        return {
+            "a": [f"{quote.ask:.{p}f}", str(max(1, round(quote.ask_size))), f"{quote.ask_size:.{s}f}"],
+            "b": [f"{quote.bid:.{p}f}", str(max(1, round(quote.bid_size))), f"{quote.bid_size:.{s}f}"],
+            "c": [f"{quote.last:.{p}f}", f"{quote.last_size:.{s}f}"],
+            "v": [f"{quote.volume:.8f}"] * 2,
+            "p": [f"{vwap:.{p}f}"] * 2,
+            "t": [quote.trade_id] * 2,
+            "l": [f"{quote.low:.{p}f}"] * 2,
+            "h": [f"{quote.high:.{p}f}"] * 2,
+            "o": f"{quote.open:.{p}f}",
+        }
+
+    # -- websockets -------------------------------------------------------------------
+
+    def ws_paths(self) -> tuple[str, ...]:
+        return ("/v2",)
+
+    def control(self, connection: ConnectionInfo, text: str) -> Control:
+        time_in = _now_rfc3339()
+        try:
+            message = json.loads(text)
+        except ValueError:
+            message = None
+        if not isinstance(message, dict):
+            return Control((_reply({"error": "Malformed request", "success": False}, time_in),))
+        head: dict[str, Any] = {"method": message.get("method")}
+        if "req_id" in message:
+            head["req_id"] = message["req_id"]
+        method = head["method"]
+        if method == "ping":
+            return Control((_reply({**head, "method": "pong"}, time_in),))
+        if method in _TRADING_METHODS:
+            return Control((_reply({**head, "error": _PRIVATE_ERROR, "success": False}, time_in),))
+        if method not in ("subscribe", "unsubscribe"):
+            return Control((_reply({**head, "error": f"Unsupported method: {method}", "success": False}, time_in),))
+        params = message.get("params")
+        if not isinstance(params, dict):
+            return Control((_reply({**head, "error": "params field must be an object", "success": False},
+                                   time_in),))
+        failure, result = self._request(params)
+        if failure is not None:
+            return Control((_reply({**head, "error": failure, "success": False}, time_in),))
+        channel = result["channel"]
+        replies: list[str] = []
+        subscribe: list[Subscription] = []
+        unsubscribe: list[StreamKey] = []
+        unknown: list[str] = []
+        for symbol in params["symbol"]:
+            market = self._by_symbol.get(symbol)
+            if market is None:
+                error = (f"Currency pair not supported {symbol}" if "/" in symbol
+                         else f"Currency pair not in ISO 4217-A3 format {symbol}")
+                replies.append(_reply({**head, "error": error, "success": False, "symbol": symbol}, time_in))
+                if method == "subscribe":
+                    unknown.append(f"{channel}:{symbol}")
+                continue
+            key = StreamKey(channel, market.symbol)
+            if method == "subscribe":
+                if key in connection.subscribed or any(sub.key == key for sub in subscribe):
+                    replies.append(_reply({**head, "error": "Already subscribed", "success": False,
+                                           "symbol": symbol}, time_in))
+                    continue
+                subscribe.append(Subscription(key, f"{channel}:{symbol}"))
+            else:
+                if key not in connection.subscribed:
+                    replies.append(_reply({**head, "error": "Subscription Not Found", "success": False,
+                                           "symbol": symbol}, time_in))
+                    continue
+                unsubscribe.append(key)
+            replies.append(_reply({**head, "result": {**result, "symbol": symbol}, "success": True}, time_in))
+        return Control(tuple(replies), subscribe=tuple(subscribe), unsubscribe=tuple(unsubscribe),
+                       unknown=tuple(unknown))
+
+    @staticmethod
+    def _request(params: Mapping[str, Any]) -> tuple[str | None, dict[str, Any]]:
+        """Validate subscription params: ``(error, None-ish)`` or ``(None, the ack's result)``."""
+        channel = params.get("channel")
+        if channel in _PRIVATE_CHANNELS:
+            return _PRIVATE_ERROR, {}
+        if channel not in _CHANNELS:
+            return f"Channel not supported: {channel}", {}
+        symbols = params.get("symbol")
+        if not isinstance(symbols, list) or not symbols or not all(isinstance(s, str) for s in symbols):
+            return "symbol field must be a non-empty array of strings", {}
+        snapshot = params.get("snapshot", channel != "trade")
+        if not isinstance(snapshot, bool):
+            return "snapshot field must be a boolean", {}
+        result: dict[str, Any] = {"channel": channel, "snapshot": snapshot}
+        if channel == "ticker":
+            trigger = params.get("event_trigger", "trades")
+            if trigger not in _TRIGGERS:
+                return f"Unsupported event_trigger: {trigger}", {}
+            result["event_trigger"] = trigger
+        elif channel == "book":
+            depth = params.get("depth", 10)
+            if isinstance(depth, bool) or depth not in _BOOK_DEPTHS:
+                return "Subscription depth not supported", {}
+            result["depth"] = depth
+        return None, result
+
+    # -- data -------------------------------------------------------------------------
+
+    def renders(self, channel: str) -> bool:
+        return channel in _SYNTHETIC_CHANNELS
+
+    def snapshot_on_subscribe(self, key: StreamKey) -> bool:
+        return key.channel == "ticker"
+
+    def render(self, key: StreamKey, market: Market, quote: Quote, *, snapshot: bool) -> str:
+        market = self._by_symbol.get(key.symbol, market)
+        p, s = market.price_decimals, market.size_decimals
+        stamp = _ms_rfc3339(quote.time_ms or now_ms())
+        if key.channel == "ticker":
+            change = quote.last - quote.open
+            vwap = quote.quote_volume / quote.volume if quote.volume else quote.last
+            kind = "snapshot" if snapshot else "update"
+            return (f'{{"channel":"ticker","type":"{kind}","data":[{{"symbol":"{market.symbol}",'
+                    f'"bid":{quote.bid:.{p}f},"bid_qty":{quote.bid_size:.{s}f},"ask":{quote.ask:.{p}f},'
+                    f'"ask_qty":{quote.ask_size:.{s}f},"last":{quote.last:.{p}f},"volume":{quote.volume:.8f},'
+                    f'"vwap":{vwap:.{p}f},"low":{quote.low:.{p}f},"high":{quote.high:.{p}f},'
+                    f'"change":{change:.{p}f},"change_pct":{100.0 * change / quote.open:.2f},'
+                    f'"trades":{quote.trade_id},"timestamp":"{stamp}"}}]}}')
+        side = "sell" if quote.buyer_maker else "buy"
+        return (f'{{"channel":"trade","type":"update","data":[{{"symbol":"{market.symbol}","side":"{side}",'
+                f'"price":{quote.last:.{p}f},"qty":{quote.last_size:.{s}f},"ord_type":"market",'
+                f'"trade_id":{quote.trade_id},"timestamp":"{stamp}"}}]}}')
+
+    def recorded_frame(self, message: RecordedMessage) -> tuple[StreamKey, str, str] | None:
+        if not message.text.startswith("["):
+            return None  # v1 events (heartbeat, systemStatus, subscriptionStatus)
+        try:
+            frame = json.loads(message.text)
+        except ValueError:
+            return None
+        if not isinstance(frame, list) or len(frame) < 4 or not isinstance(frame[-2], str):
+            return None
+        market = self._by_wsname.get(frame[-1]) if isinstance(frame[-1], str) else None
+        if market is None:
+            return None
+        name, payloads = frame[-2], frame[1:-2]
+        channel = "book" if name.startswith("book-") else name
+        key = StreamKey(channel, market.symbol)
+        first = key not in self._transcoded
+        text: str | None = None
+        if channel == "ticker" and isinstance(payloads[0], dict):
+            text = _v2_ticker(market.symbol, payloads[0], "snapshot" if first else "update")
+            self._rest_rows[text] = _rest_row(payloads[0])
+        elif channel == "trade" and isinstance(payloads[0], list):
+            text = _v2_trades(market.symbol, payloads[0])
+        elif channel == "book" and all(isinstance(payload, dict) for payload in payloads):
+            text = _v2_book(market.symbol, payloads)
+        if text is None:
+            return None
+        self._transcoded.add(key)
+        return key, f"{channel}:{market.symbol}", text
+
+    def observe(self, key: StreamKey, text: str) -> None:
+        if key.channel != "ticker":
+            return
+        row = self._rest_rows.get(text)
+        market = self._by_symbol.get(key.symbol)
+        if row is not None and market is not None:
+            self._replayed[market.id] = row
+
+    def corrupt(self, fault: Fault, text: str) -> str:
+        if fault is Fault.TRUNCATED:
+            return text[: max(1, len(text) // 2)]
+        if fault is Fault.MALFORMED:
+            return text.replace('":', '"=', 1)
+        frame = json.loads(text)
+        data = frame.get("data")
+        row = data[0] if isinstance(data, list) and data and isinstance(data[0], dict) else None
+        if row is None:
+            frame.pop("channel", None)
+        elif fault is Fault.MISSING_FIELDS:
+            row.pop("symbol", None)
+        else:
+            field = next((name for name in ("bid", "last", "price") if name in row), None)
+            if field is not None:
+                row[field] = "abc"
+            else:
+                side = next((row[name] for name in ("bids", "asks") if row.get(name)), None)
+                if side is not None:
+                    side[0]["price"] = "abc"
+        return json.dumps(frame, separators=(",", ":"))
+
+    def shutdown_event(self) -> str | None:
+        return json.dumps({"channel": "status", "type": "update", "data": [{
+            "version": _VERSION, "system": "maintenance", "api_version": "v2",
+            "connection_id": self._connection_id}]}, separators=(",", ":"))
+
+
+# -- names ---------------------------------------------------------------------------
+
+
+def _v2_symbol(wsname: str) -> str:
+    """A pair's v2 name from its legacy ``wsname`` (``XBT/USD`` -> ``BTC/USD``)."""
+    return "/".join(_V2_NAMES.get(part, part) for part in wsname.split("/"))
+
+
+def _kraken_market(market: Market) -> Market:
+    """A synthetic market under Kraken's pair id (``XXBTZUSD``, ``SOLUSD``, ``XBTUSDT``)."""
+    base, quote = market.base, market.quote
+    if base in _LEGACY_IDS and quote in _LEGACY_IDS:
+        pair_id = _LEGACY_IDS[base] + _LEGACY_IDS[quote]
+    else:
+        pair_id = _ALTNAMES.get(base, base) + _ALTNAMES.get(quote, quote)
+    return Market(market.symbol, pair_id, base, quote, market.kind, market.price_decimals, market.size_decimals,
+                  market.reference_price)
+
+
+def _asset_pair(market: Market) -> dict[str, Any]:
+    base, quote = _ALTNAMES.get(market.base, market.base), _ALTNAMES.get(market.quote, market.quote)
+    return {
+        "altname": base + quote,
+        "wsname": f"{base}/{quote}",
+        "aclass_base": "currency",
+        "base": _LEGACY_IDS.get(market.base, market.base),
+        "aclass_quote": "currency",
+        "quote": _LEGACY_IDS.get(market.quote, market.quote),
+        "lot": "unit",
+        "cost_decimals": 5,
+        "pair_decimals": market.price_decimals,
+        "lot_decimals": market.size_decimals,
+        "lot_multiplier": 1,
+        "leverage_buy": [],
+        "leverage_sell": [],
+        "fees": _FEES,
+        "fees_maker": _FEES_MAKER,
+        "fee_volume_currency": "ZUSD",
+        "margin_call": 80,
+        "margin_stop": 40,
+        "ordermin": market.step,
+        "costmin": "0.5",
+        "tick_size": market.tick,
+        "status": "online",
+    }
+
+
+def _assets(pairs: Any) -> dict[str, dict[str, Any]]:
+    """``/0/public/Assets`` entries for every asset the pairs name, consistent with them."""
+    assets: dict[str, dict[str, Any]] = {}
+    for entry in pairs:
+        wsname = entry.get("wsname")
+        if not isinstance(wsname, str) or "/" not in wsname:
+            continue
+        for asset_id, altname in zip((entry["base"], entry["quote"]), wsname.split("/"), strict=True):
+            fiat = asset_id.startswith("Z") and len(asset_id) == 4
+            assets.setdefault(asset_id, {"aclass": "currency", "altname": altname, "decimals": 4 if fiat else 10,
+                                         "display_decimals": 2 if fiat else 5, "collateral_value": 1.0,
+                                         "status": "enabled"})
+    return assets
+
+
+def _names(value: str | None) -> list[str]:
+    return [name for name in (value or "").split(",") if name]
+
+
+# -- REST and reply bodies -------------------------------------------------------------
+
+
+def _ok(result: object) -> web.Response:
+    return web.Response(text=json.dumps({"error": [], "result": result}, separators=(",", ":")),
+                        content_type="application/json")
+
+
+def _fail(error: str) -> web.Response:
+    return web.Response(text=json.dumps({"error": [error]}, separators=(",", ":")), content_type="application/json")
+
+
+def _reply(body: Mapping[str, Any], time_in: str) -> str:
+    # Kraken's replies list their keys alphabetically.
+    return json.dumps({**body, "time_in": time_in, "time_out": _now_rfc3339()}, separators=(",", ":"), sort_keys=True)
+
+
+def _now_rfc3339() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _ms_rfc3339(ms: int) -> str:
+    return datetime.fromtimestamp(ms // 1000, UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{ms % 1000:03d}000Z"
+
+
+def _seconds_rfc3339(seconds: str) -> str | None:
+    """v1's ``"1618678142.557535"`` as ``2021-04-17T16:49:02.557535Z``, digit for digit."""
+    whole, _, fraction = seconds.partition(".")
+    if not whole.isdigit() or not (fraction.isdigit() or not fraction):
+        return None
+    return datetime.fromtimestamp(int(whole), UTC).strftime("%Y-%m-%dT%H:%M:%S.") + fraction.ljust(6, "0")[:9] + "Z"
+
+
+# -- v1 -> v2 transcoding --------------------------------------------------------------
+
+
+def _number(value: object) -> str | None:
+    """A recorded value as a JSON number with its recorded digits; ``None`` if it is none."""
+    if isinstance(value, str) and _NUMBER.fullmatch(value):
+        return value
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return json.dumps(value)
+    return None
+
+
+def _at(payload: Mapping[str, Any], name: str, index: int) -> object:
+    values = payload.get(name)
+    return values[index] if isinstance(values, list) and len(values) > index else None
+
+
+def _v2_ticker(symbol: str, payload: Mapping[str, Any], kind: str) -> str:
+    fields = [("symbol", json.dumps(symbol))]
+    for name, (v1, index) in (("bid", ("b", 0)), ("bid_qty", ("b", 2)), ("ask", ("a", 0)), ("ask_qty", ("a", 2)),
+                              ("last", ("c", 0)), ("volume", ("v", 1)), ("vwap", ("p", 1)), ("low", ("l", 1)),
+                              ("high", ("h", 1))):
+        number = _number(_at(payload, v1, index))
+        if number is not None:
+            fields.append((name, number))
+    last, open_ = _at(payload, "c", 0), _at(payload, "o", 1)
+    if isinstance(last, str) and isinstance(open_, str):
+        try:
+            change = Decimal(last) - Decimal(open_)
+            fields.append(("change", format(change, "f")))
+            if Decimal(open_) != 0:
+                percent = (change * 100 / Decimal(open_)).quantize(Decimal("0.01"), ROUND_HALF_UP)
+                fields.append(("change_pct", format(percent, "f")))
+        except InvalidOperation:
+            pass
+    trades = _number(_at(payload, "t", 1))
+    if trades is not None:
+        fields.append(("trades", trades))
+    body = ",".join(f'"{name}":{value}' for name, value in fields)
+    return f'{{"channel":"ticker","type":"{kind}","data":[{{{body}}}]}}'
+
+
+def _rest_row(payload: Mapping[str, Any]) -> dict[str, Any]:
+    """The REST ticker row a v1 ticker payload stands for (its ``o`` is today's open)."""
+    row = {name: payload[name] for name in ("a", "b", "c", "v", "p", "t", "l", "h") if name in payload}
+    opening = _at(payload, "o", 0)
+    if opening is not None:
+        row["o"] = opening
+    return row
+
+
+def _v2_trades(symbol: str, rows: list[Any]) -> str | None:
+    trades = []
+    for row in rows:
+        if not isinstance(row, list) or len(row) < 5:
+            return None
+        price, qty = _number(row[0]), _number(row[1])
+        stamp = _seconds_rfc3339(row[2]) if isinstance(row[2], str) else None
+        if price is None or qty is None:
+            return None
+        side = {"b": "buy", "s": "sell"}.get(row[3])
+        ord_type = {"l": "limit", "m": "market"}.get(row[4])
+        parts = [f'"symbol":{json.dumps(symbol)}']
+        if side is not None:
+            parts.append(f'"side":"{side}"')
+        parts += [f'"price":{price}', f'"qty":{qty}']
+        if ord_type is not None:
+            parts.append(f'"ord_type":"{ord_type}"')
+        if stamp is not None:
+            parts.append(f'"timestamp":"{stamp}"')
+        trades.append("{" + ",".join(parts) + "}")
+    return f'{{"channel":"trade","type":"update","data":[{",".join(trades)}]}}'
+
+
+def _levels(levels: object) -> str | None:
+    if not isinstance(levels, list):
+        return None
+    out = []
+    for level in levels:
+        if not isinstance(level, list) or len(level) < 2:
+            return None
+        price, qty = _number(level[0]), _number(level[1])
+        if price is None or qty is None:
+            return None
+        out.append(f'{{"price":{price},"qty":{qty}}}')
+    return "[" + ",".join(out) + "]"
+
+
+def _v2_book(symbol: str, payloads: list[Any]) -> str | None:
+    merged: dict[str, Any] = {}
+    for payload in payloads:
+        merged.update(payload)
+    snapshot = "as" in merged or "bs" in merged
+    bids = _levels(merged.get("bs" if snapshot else "b", []))
+    asks = _levels(merged.get("as" if snapshot else "a", []))
+    if bids is None or asks is None:
+        return None
+    body = f'"symbol":{json.dumps(symbol)},"bids":{bids},"asks":{asks}'
+    checksum = merged.get("c")
+    if isinstance(checksum, str) and checksum.isdigit():
+        body += f',"checksum":{int(checksum)}'
+    return f'{{"channel":"book","type":"{"snapshot" if snapshot else "update"}","data":[{{{body}}}]}}'
