@@ -1,13 +1,22 @@
 """Terminal views over a running server: ``flight-md get``, ``status``, ``top`` and ``tail``.
 
 :func:`register` adds the four subcommands to the ``flight-md`` parser (each sets
-``func=handler``, ``handler(args) -> int``); :func:`main` runs them alone. They talk to the
-server with plain ``pyarrow.flight`` and build tickets with :mod:`flight_md.tickets`, so a bad
-argument is refused locally with the server's own message.
+``func=handler``, ``handler(args) -> int``); :func:`main` runs them alone. They are views over
+the analyst's client, :class:`flight_md_client.MarketDataClient`: its connection options, its
+error mapping (:mod:`flight_md_client.errors`, the one translation of pyarrow's errors), its
+live tail (:class:`flight_md_client.LiveTail`) and its time parser
+(:func:`flight_md_client.to_ms`). What is the terminal's own: the options and where their
+defaults come from, the text (tables, hints that name an option), and the exit codes. Tickets
+are checked locally with :mod:`flight_md.tickets` before anything is sent, so a bad argument
+is refused with the server's own message.
+
+The client is a distribution of its own (``flight-md-client``, in ``clients/python``). Without
+it the four commands still parse their options, then print one line that says how to install
+it, and exit 1; ``flight-md serve`` and the emulator never need it.
 
 Exit codes: 0 done (``q`` in ``top``, ``--count``/``--iterations`` reached, the server ended a
-tail); 1 the server is unreachable or refused the request, as one line on stderr and never a
-traceback; 2 a bad argument; 130 Ctrl-C.
+tail); 1 the server is unreachable or refused the request (or the client is not installed), as
+one line on stderr and never a traceback; 2 a bad argument; 130 Ctrl-C.
 
 Every command takes ``--location`` (default ``$FLIGHT_MD_LOCATION`` or
 ``grpc://127.0.0.1:8815``), ``--token`` / ``--token-file`` / ``$FLIGHT_MD_TOKEN`` (bearer
@@ -29,14 +38,11 @@ import functools
 import json
 import math
 import os
-import queue
-import re
 import select
 import shutil
 import sys
-import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -44,20 +50,40 @@ from pathlib import Path
 from typing import IO, Any, Final, Self, TextIO
 
 import pyarrow as pa
-from pyarrow import flight
 
 from flight_md.errors import FlightMdError
-from flight_md.service import SERVER_SHUTDOWN
-from flight_md.tickets import Query, Target, format_ticket, parse_time
+from flight_md.tickets import Query, Target, format_ticket
 
-__all__ = ["DEFAULT_LOCATION", "main", "register"]
+CLIENT_MISSING: str | None = None
+"""Why the client cannot be imported (one line for the user), or ``None`` when it can."""
+try:
+    from flight_md_client import (
+        DEFAULT_LOCATION,
+        FlightMdClientError,
+        InvalidLocation,
+        MarketDataClient,
+        SlowConsumer,
+        TailEnd,
+        TimedOut,
+        Unauthenticated,
+        format_ms,
+        to_ms,
+        with_datetimes,
+    )
+except ImportError:  # `pip install .` alone: the client is a distribution of its own
+    CLIENT_MISSING = ("needs the Python client (the flight-md-client distribution), which is "
+                      "not installed; install it from the flight_md source tree with: "
+                      "pip install ./clients/python")
 
-DEFAULT_LOCATION: Final = "grpc://127.0.0.1:8815"
+__all__ = ["CLIENT_MISSING", "main", "register"]
+
 DEFAULT_TIMEOUT_S: Final = 10.0
 TABLE_LATEST: Final = 20
 """Rows ``get`` prints as a table when no ``--latest``/``--start``/``--end`` is given."""
 TIME_COLUMNS: Final = ("timestamp", "receive_timestamp")
 TAIL_COLUMNS: Final = ("price", "bid", "ask", "volume")
+TOP_COLUMNS: Final = ("symbol", "exchange", "price", "bid", "ask")
+"""What ``top`` asks of the snapshot on every refresh."""
 QUOTED_COLUMNS: Final = ("bid", "ask", "open", "high", "low", "close")
 """Prices as the exchange quoted them: their decimals are the market's display precision."""
 PRICE_COLUMNS: Final = ("price", *QUOTED_COLUMNS)
@@ -65,13 +91,6 @@ MAX_PRICE_DECIMALS: Final = 12
 """A quoted price with more decimals than this is float noise itself, not precision."""
 UNQUOTED_DIGITS: Final = 12
 """Significant digits of a price shown without any quoted price of its symbol to go by."""
-_POLL_S: Final = 0.1
-_RELATIVE_RE: Final = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
-_UNIT_MS: Final = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
-_FLIGHT_PREFIX_RE: Final = re.compile(r"^Flight (?:returned|cancelled) [a-z ]*?(?:error|call), "
-                                      r"with message: ")
-_TAILS: Final = (". Detail: ", ". gRPC client debug context: ", "gRPC client debug context: ",
-                 ". Client context: ")
 EXIT_OK: Final = 0
 EXIT_ERROR: Final = 1
 EXIT_USAGE: Final = 2
@@ -89,87 +108,16 @@ class CommandError(Exception):
 # -- connection ------------------------------------------------------------------------------
 
 
-def _clean(text: str) -> str:
-    """The server's message, without pyarrow's prefix and debug tails."""
-    text = _FLIGHT_PREFIX_RE.sub("", text.strip())
-    for tail in _TAILS:
-        index = text.find(tail)
-        if index >= 0:
-            text = text[:index]
-    return text.strip()
-
-
-def _reason(text: str) -> str:
-    lowered = text.lower()
-    for needle, reason in (("connection refused", "connection refused"),
-                           ("resolv", "name resolution failed"),
-                           ("connection reset", "connection reset"),
-                           ("socket closed", "connection closed"),
-                           ("ssl", "TLS handshake failed"), ("handshake", "TLS handshake failed"),
-                           ("deadline", "timed out")):
-        if needle in lowered:
-            return reason
-    return _clean(text) or "unavailable"
-
-
-def _describe(exc: BaseException, location: str, streaming: bool = False) -> str:
-    """One line for a pyarrow error (the client package's error mapping, in brief)."""
-    text = str(exc)
-    message = _clean(text)
-    if isinstance(exc, flight.FlightCancelledError) and \
-            getattr(exc, "extra_info", b"") == b"slow_consumer":
-        return f"{message} (the terminal could not keep up)"
-    if isinstance(exc, flight.FlightUnavailableError) and (
-            text.startswith("Flight returned unavailable error") or "Detail:" not in text):
-        if streaming:
-            return f"lost the connection to {location} ({_reason(text)})"
-        return (f"cannot reach {location} ({_reason(text)}); is `flight-md serve` running?")
-    if isinstance(exc, flight.FlightTimedOutError):
+def describe(error: FlightMdClientError, location: str) -> str:
+    """One line for an error of the client: its message, and where the terminal has one, the
+    hint a terminal user needs (the option to pass, who could not keep up)."""
+    if isinstance(error, TimedOut):
         return f"{location} did not answer in time (see --timeout)"
-    if isinstance(exc, flight.FlightUnauthenticatedError):
-        return f"{message} (pass --token, --token-file or set FLIGHT_MD_TOKEN)"
-    if isinstance(exc, flight.FlightInternalError) and any(
-            hint in text.lower() for hint in ("socket closed", "connection reset", "goaway")):
-        return f"lost the connection to {location} ({_reason(text)})"
-    return message or type(exc).__name__
-
-
-@dataclass
-class Connection:
-    """A Flight client with the bearer header and deadline every call needs."""
-
-    location: str
-    client: flight.FlightClient
-    headers: list[tuple[bytes, bytes]] = field(default_factory=list)
-    timeout: float | None = DEFAULT_TIMEOUT_S
-
-    def options(self, deadline: bool = True) -> flight.FlightCallOptions:
-        return flight.FlightCallOptions(timeout=self.timeout if deadline else None,
-                                        headers=self.headers)
-
-    @contextlib.contextmanager
-    def errors(self) -> Iterator[None]:
-        """pyarrow errors become one-line :class:`CommandError`."""
-        try:
-            yield
-        except (pa.ArrowException, flight.FlightError) as exc:
-            raise CommandError(_describe(exc, self.location)) from None
-
-    def table(self, query: Query) -> pa.Table:
-        with self.errors():
-            reader = self.client.do_get(flight.Ticket(format_ticket(query).encode()),
-                                        self.options())
-            return reader.read_all()
-
-    def action(self, name: str, body: dict[str, Any] | None = None) -> Any:
-        payload = json.dumps(body).encode() if body else b""
-        with self.errors():
-            results = list(self.client.do_action(flight.Action(name, payload), self.options()))
-        return json.loads(results[0].body.to_pybytes()) if results else None
-
-    def close(self) -> None:
-        with contextlib.suppress(Exception):
-            self.client.close()
+    if isinstance(error, Unauthenticated):
+        return f"{error.message} (pass --token, --token-file or set FLIGHT_MD_TOKEN)"
+    if isinstance(error, SlowConsumer):
+        return f"{error.message} (the terminal could not keep up)"
+    return str(error)  # the client's message
 
 
 def _read_file(path: str, what: str) -> bytes:
@@ -181,7 +129,7 @@ def _read_file(path: str, what: str) -> bytes:
 
 def _token(args: argparse.Namespace) -> str | None:
     if args.token:
-        return str(args.token).strip()
+        return str(args.token).strip() or None
     if args.token_file:
         for line in _read_file(args.token_file, "--token-file").decode().splitlines():
             line = line.strip()
@@ -192,48 +140,48 @@ def _token(args: argparse.Namespace) -> str | None:
     return env or None
 
 
-def connect(args: argparse.Namespace) -> Connection:
-    """A :class:`Connection` from the common options (nothing is sent yet)."""
+def connect(args: argparse.Namespace) -> MarketDataClient:
+    """A :class:`~flight_md_client.MarketDataClient` from the common options (nothing is sent
+    yet); option errors are :class:`CommandError` with exit code 2, naming the option."""
     location = args.location or os.environ.get("FLIGHT_MD_LOCATION") or DEFAULT_LOCATION
-    tls = bool(args.tls_root_certs or args.tls_cert or args.tls_key)
-    if "://" not in location:
-        location = ("grpc+tls://" if tls else "grpc://") + location
-    options: dict[str, Any] = {}
-    if tls and not location.startswith("grpc+tls://"):
-        raise CommandError(f"TLS options need a grpc+tls:// location, got {location!r}",
-                           EXIT_USAGE)
-    if args.tls_root_certs:
-        options["tls_root_certs"] = _read_file(args.tls_root_certs, "--tls-root-certs")
+    # The files are read here, not by the client, so that a bad one is named by its option.
     if bool(args.tls_cert) != bool(args.tls_key):
         raise CommandError("mutual TLS needs both --tls-cert and --tls-key", EXIT_USAGE)
-    if args.tls_cert:
-        options["cert_chain"] = _read_file(args.tls_cert, "--tls-cert")
-        options["private_key"] = _read_file(args.tls_key, "--tls-key")
-    headers = []
+    root = _read_file(args.tls_root_certs, "--tls-root-certs") if args.tls_root_certs else None
+    chain = _read_file(args.tls_cert, "--tls-cert") if args.tls_cert else None
+    key = _read_file(args.tls_key, "--tls-key") if args.tls_key else None
     token = _token(args)
-    if token:
-        headers.append((b"authorization", b"Bearer " + token.encode()))
     try:
-        client = flight.FlightClient(location, **options)
-    except (pa.ArrowException, flight.FlightError) as exc:
-        raise CommandError(f"invalid --location {location!r}: {_clean(str(exc))}",
+        return MarketDataClient(location, token=token, tls_root_certs=root, cert_chain=chain,
+                                private_key=key, timeout=args.timeout)
+    except InvalidLocation as exc:
+        raise CommandError(f"invalid --location {exc.location!r}: {exc.reason}",
                            EXIT_USAGE) from None
-    return Connection(location, client, headers, args.timeout)
+    except ValueError as exc:  # TLS options with a grpc:// location: the client's own words
+        raise CommandError(str(exc), EXIT_USAGE) from None
 
 
-def _command(handler: Callable[[argparse.Namespace, Connection], int]
+def _command(handler: Callable[[argparse.Namespace, MarketDataClient], int]
              ) -> Callable[[argparse.Namespace], int]:
-    """Run a handler with a connection; every failure becomes one line and an exit code."""
+    """Run a handler with a client; every failure becomes one line and an exit code."""
 
     @functools.wraps(handler)
     def run(args: argparse.Namespace) -> int:
-        conn: Connection | None = None
+        if CLIENT_MISSING is not None:
+            print(f"flight-md: {getattr(args, 'command', None) or 'this command'} "
+                  f"{CLIENT_MISSING}", file=sys.stderr)
+            return EXIT_ERROR
+        md: MarketDataClient | None = None
         try:
-            conn = connect(args)
-            return handler(args, conn)
+            md = connect(args)
+            return handler(args, md)
         except CommandError as exc:
             print(f"flight-md: {exc}", file=sys.stderr)
             return exc.code
+        except FlightMdClientError as exc:  # the server refused, or could not be reached
+            where = md.location if md is not None else str(args.location)
+            print(f"flight-md: {describe(exc, where)}", file=sys.stderr)
+            return EXIT_ERROR
         except FlightMdError as exc:  # refused locally by the ticket grammar
             print(f"flight-md: {exc}", file=sys.stderr)
             return EXIT_USAGE
@@ -245,8 +193,8 @@ def _command(handler: Callable[[argparse.Namespace, Connection], int]
                 os.dup2(devnull, sys.stdout.fileno())
             return EXIT_OK
         finally:
-            if conn is not None:
-                conn.close()
+            if md is not None:
+                md.close()
 
     return run
 
@@ -256,10 +204,7 @@ def _command(handler: Callable[[argparse.Namespace, Connection], int]
 
 def format_time(ms: int | None) -> str:
     """Unix ms as ISO-8601 UTC with milliseconds: ``2026-11-23T10:00:00.123Z``."""
-    if ms is None:
-        return "-"
-    moment = datetime.fromtimestamp(ms / 1000, tz=UTC)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ms % 1000:03d}Z"
+    return "-" if ms is None else format_ms(ms)
 
 
 def format_number(value: Any) -> str:
@@ -397,14 +342,14 @@ def with_times(table: pa.Table, as_text: bool) -> pa.Table:
     columns joined with commas (CSV has no lists)."""
     import pyarrow.compute as pc
 
+    table = with_datetimes(table)
+    if not as_text:
+        return table
     for index, (name, kind) in enumerate(zip(table.column_names, table.schema.types)):
-        column = table.column(index)
-        if name in TIME_COLUMNS and pa.types.is_integer(kind):
-            column = column.cast(pa.timestamp("ms", tz="UTC"))
-            if as_text:
-                column = pc.strftime(column, format="%Y-%m-%dT%H:%M:%SZ")
-        elif as_text and pa.types.is_list(kind):
-            column = pc.binary_join(column, ",")
+        if name in TIME_COLUMNS and pa.types.is_timestamp(kind):
+            column = pc.strftime(table.column(index), format="%Y-%m-%dT%H:%M:%SZ")
+        elif pa.types.is_list(kind):
+            column = pc.binary_join(table.column(index), ",")
         else:
             continue
         table = table.set_column(index, name, column)
@@ -416,17 +361,11 @@ def with_times(table: pa.Table, as_text: bool) -> pa.Table:
 
 def parse_time_arg(text: str, now_ms: int | None = None) -> int:
     """``--start``/``--end``: Unix ms, ISO-8601 (no offset: UTC), ``now``, or an age such as
-    ``90s``, ``5m``, ``2h``, ``1d`` (that long ago; ``5m ago`` and ``-5m`` also work)."""
-    now = time.time_ns() // 1_000_000 if now_ms is None else now_ms
-    value = text.strip().lower().removesuffix(" ago").lstrip("-")
-    if value == "now":
-        return now
-    match = _RELATIVE_RE.fullmatch(value)
-    if match:
-        return now - int(float(match.group(1)) * _UNIT_MS[match.group(2)])
+    ``90s``, ``5m``, ``2h``, ``1d`` (that long ago; ``5m ago`` and ``-5m`` also work): the
+    forms of :func:`flight_md_client.to_ms`, which parses them."""
     try:
-        return parse_time(text.strip(), "time")
-    except FlightMdError:
+        return int(to_ms(text, "time", now_ms=now_ms))
+    except ValueError:
         raise argparse.ArgumentTypeError(
             f"invalid time {text!r}; expected Unix ms, ISO-8601 such as 2026-11-23T10:00:00Z, "
             "'now', or an age such as 90s, 5m, 2h, 1d") from None
@@ -483,9 +422,9 @@ def _get_query(args: argparse.Namespace) -> Query:
 
 
 @_command
-def get_command(args: argparse.Namespace, conn: Connection) -> int:
+def get_command(args: argparse.Namespace, md: MarketDataClient) -> int:
     """``flight-md get``: ticks as an aligned table, CSV or Parquet."""
-    table = conn.table(_get_query(args))
+    table = md.get(format_ticket(_get_query(args)))  # the ticket checked locally, as is
     if args.parquet is not None:
         import pyarrow.parquet as pq
 
@@ -564,13 +503,13 @@ def status_lines(status: dict[str, Any], location: str) -> list[str]:
 
 
 @_command
-def status_command(args: argparse.Namespace, conn: Connection) -> int:
+def status_command(args: argparse.Namespace, md: MarketDataClient) -> int:
     """``flight-md status``: connection states, reconnects, per-symbol counters and ages."""
-    status = conn.action("status")
+    status = md.status()
     if args.json:
         print(json.dumps(status, indent=2, sort_keys=True))
     else:
-        print("\n".join(status_lines(status, conn.location)))
+        print("\n".join(status_lines(status, md.location)))
     return EXIT_OK
 
 
@@ -714,18 +653,15 @@ class _Keys:
 
 
 @_command
-def top_command(args: argparse.Namespace, conn: Connection) -> int:
+def top_command(args: argparse.Namespace, md: MarketDataClient) -> int:
     """``flight-md top``: a live view of every stream, refreshed in place."""
-    model = TopModel(conn.location)
+    model = TopModel(md.location)
     out = sys.stdout
     interactive = out.isatty()
     color = interactive and not os.environ.get("NO_COLOR")
 
     def refresh() -> None:
-        status = conn.action("status")
-        snapshot = conn.table(Query(Target.SNAPSHOT,
-                                    columns=("symbol", "exchange", "price", "bid", "ask")))
-        model.update(status, snapshot, time.monotonic())
+        model.update(md.status(), md.snapshot(columns=TOP_COLUMNS), time.monotonic())
 
     refresh()  # an unreachable server fails here, with one line and exit 1
     frames = 0
@@ -749,8 +685,8 @@ def top_command(args: argparse.Namespace, conn: Connection) -> int:
                     return EXIT_OK
                 try:
                     refresh()
-                except CommandError as exc:
-                    model.error = str(exc)
+                except FlightMdClientError as exc:
+                    model.error = describe(exc, md.location)
         except KeyboardInterrupt:
             return EXIT_INTERRUPTED
         finally:
@@ -760,39 +696,6 @@ def top_command(args: argparse.Namespace, conn: Connection) -> int:
 
 
 # -- tail ------------------------------------------------------------------------------------
-
-_END: Final = object()
-
-
-def _pump(reader: flight.FlightStreamReader, items: queue.Queue[Any],
-          stop: threading.Event) -> None:
-    """Read the live tail on a thread, so Ctrl-C is never stuck inside a C++ read."""
-
-    def put(item: Any) -> bool:
-        while not stop.is_set():  # bounded queue: a slow terminal pushes back on the server
-            try:
-                items.put(item, timeout=_POLL_S)
-            except queue.Full:
-                continue
-            return True
-        return False
-
-    try:
-        while not stop.is_set():
-            try:
-                chunk = reader.read_chunk()
-            except StopIteration:
-                put(_END)
-                return
-            if chunk.data is not None and chunk.data.num_rows and not put(chunk.data):
-                return
-    except BaseException as exc:  # noqa: BLE001 - handed to the main thread
-        if stop.is_set():
-            return
-        # The server ends every live tail with this marker when it shuts down: an end, not
-        # an error (older servers simply ended the stream, handled above).
-        put(_END if getattr(exc, "extra_info", None) == SERVER_SHUTDOWN else exc)
-
 
 def tail_line(row: dict[str, Any], columns: Sequence[str] | None,
               precision: PricePrecision | None = None) -> str:
@@ -826,52 +729,47 @@ def _tail_writer(args: argparse.Namespace, out: IO[str]) -> Callable[[dict[str, 
 
 
 @_command
-def tail_command(args: argparse.Namespace, conn: Connection) -> int:
-    """``flight-md tail``: one line per tick as ticks arrive."""
+def tail_command(args: argparse.Namespace, md: MarketDataClient) -> int:
+    """``flight-md tail``: one line per tick as ticks arrive (the client's live tail)."""
     columns = _columns(args.columns)
     if columns is not None and not args.json:  # every line starts with time, exchange, symbol
         columns = tuple(dict.fromkeys(("timestamp", "exchange", "symbol", *columns)))
-    query = Query(Target.TICKS, symbol=args.symbol, exchange=args.exchange,
-                  latest=args.backlog, columns=columns, follow=True)
-    with conn.errors():
-        reader = conn.client.do_get(flight.Ticket(format_ticket(query).encode()),
-                                    conn.options(deadline=False))
-    items: queue.Queue[Any] = queue.Queue(64)
-    stop = threading.Event()
-    thread = threading.Thread(target=_pump, args=(reader, items, stop), daemon=True,
-                              name="flight-md-tail")
-    thread.start()
+    # Refused here, with the server's message and exit 2, before the tail is opened.
+    Query(Target.TICKS, symbol=args.symbol, exchange=args.exchange, latest=args.backlog,
+          columns=columns, follow=True)
+    remaining: int | None = args.count
     write = _tail_writer(args, sys.stdout)
-    printed = 0
-    try:
-        while args.count is None or printed < args.count:
-            try:
-                item = items.get(timeout=_POLL_S)
-            except queue.Empty:
-                continue
-            if item is _END:
-                print("flight-md: the server ended the live tail (it is shutting down)",
-                      file=sys.stderr)
-                return EXIT_OK
-            if isinstance(item, BaseException):
-                raise CommandError(_describe(item, conn.location, streaming=True))
-            for row in item.to_pylist():
+    with md.tail(args.symbol, exchange=args.exchange, columns=columns,
+                 backlog=args.backlog) as live:
+        if remaining == 0:
+            return EXIT_OK
+        for batch in live:  # a lost connection or a slow consumer raises here
+            rows = batch.to_pylist()
+            if remaining is not None:
+                rows = rows[:remaining]
+                remaining -= len(rows)
+            for row in rows:
                 write(row)
-                printed += 1
-                if args.count is not None and printed >= args.count:
-                    break
             sys.stdout.flush()
-        return EXIT_OK
-    except KeyboardInterrupt:
-        return EXIT_INTERRUPTED
-    finally:
-        stop.set()
-        with contextlib.suppress(Exception):
-            reader.cancel()
-        thread.join(2.0)
+            if remaining == 0:
+                return EXIT_OK
+    if live.end_reason is TailEnd.SERVER_CLOSED:
+        print("flight-md: the server ended the live tail (it is shutting down)",
+              file=sys.stderr)
+    return EXIT_OK
 
 
 # -- parser ----------------------------------------------------------------------------------
+
+
+def _default_location() -> str:
+    return DEFAULT_LOCATION if CLIENT_MISSING is None else "the client's default"
+
+
+def _time_type() -> Callable[[str], Any]:
+    """How ``--start``/``--end`` are parsed: by the client, or (without it) not at all, so that
+    the command reaches its one-line "not installed" error instead of argparse's."""
+    return parse_time_arg if CLIENT_MISSING is None else str
 
 
 def _common() -> argparse.ArgumentParser:
@@ -879,7 +777,7 @@ def _common() -> argparse.ArgumentParser:
     group = common.add_argument_group("connection")
     group.add_argument("--location", default=None, metavar="URI",
                        help="server location (default: $FLIGHT_MD_LOCATION or "
-                            f"{DEFAULT_LOCATION}; grpc+tls:// for TLS)")
+                            f"{_default_location()}; grpc+tls:// for TLS)")
     group.add_argument("--token", default=None,
                        help="bearer token (visible to other local users in `ps`: prefer "
                             "--token-file or $FLIGHT_MD_TOKEN)")
@@ -912,9 +810,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "ISO-8601 UTC.")
     get.add_argument("target", metavar="SYMBOL", help="e.g. BTC/USDT, '*' or '@events'")
     get.add_argument("-n", "--latest", type=_positive, metavar="N", help="the newest N rows")
-    get.add_argument("--start", type=parse_time_arg, metavar="TIME",
+    get.add_argument("--start", type=_time_type(), metavar="TIME",
                      help=f"from this time, inclusive: {time_help}")
-    get.add_argument("--end", type=parse_time_arg, metavar="TIME",
+    get.add_argument("--end", type=_time_type(), metavar="TIME",
                      help="up to this time, exclusive (same forms)")
     get.add_argument("--exchange", help="ccxt exchange id, when the symbol is on several")
     get.add_argument("--columns", help="comma-separated columns, e.g. timestamp,price,bid,ask")

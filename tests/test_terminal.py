@@ -37,16 +37,18 @@ from client_support import (
     Feeder,
     IngestingMarket,
     followers,
+    killable_server,
     market,
     refused_port,
     scaled,
+    tick,
 )
 from flight_md_client import MarketDataClient
 
 from flight_md import terminal
 from flight_md.auth import MIDDLEWARE_KEY, TokenAuth
 from flight_md.config import Secret
-from flight_md.schema import now_ms
+from flight_md.schema import SCHEMA, now_ms
 from flight_md.service import FlightMarketDataServer
 from flight_md.terminal import (
     TopModel,
@@ -211,6 +213,111 @@ def test_an_unreachable_server_is_one_line(capsys: pytest.CaptureFixture[str],
     assert (code, out) == (1, "")
     assert err == (f"flight-md: cannot reach grpc://127.0.0.1:{port} (connection refused); "
                    "is `flight-md serve` running?\n")
+
+
+# Every refusal is the client's error (or the ticket grammar's, before sending) as one line; the
+# exit code says whose fault: 1 the server refused, 2 a bad argument refused locally.
+REFUSALS = [
+    (["get", "BTC/USDX"], 1, "unknown symbol 'BTC/USDX'; buffered: BTC/USDT, ETH/USDT, SOL/USDT"),
+    (["tail", "BTC/USDX"], 1, "unknown symbol 'BTC/USDX'; buffered: BTC/USDT, ETH/USDT, SOL/USDT"),
+    (["tail", "SOL/USDT"], 1, ("symbol 'SOL/USDT' is buffered on several exchanges; add "
+                               "exchange= one of: binance, bybit")),
+    (["get", "*", "--exchange", "kraken"], 1, None),
+    (["tail", "BTC/USDT", "--columns", "price,nope"], 2,
+     f"unknown column 'nope'; allowed: {', '.join(SCHEMA.names)}"),
+    (["get", "BTC/USDT?latest=1"], 2, ("invalid symbol 'BTC/USDT?latest=1'; expected 1-64 "
+                                       "characters from A-Z a-z 0-9 / - _ : . (e.g. 'BTC/USDT')")),
+    (["get", "@events", "--columns", "price"], 2, "'@events' takes no --columns"),
+]
+
+
+@pytest.mark.parametrize(("argv", "code", "message"), REFUSALS,
+                         ids=[" ".join(r[0]) for r in REFUSALS])
+def test_refusals_are_one_line_with_their_exit_code(capsys: pytest.CaptureFixture[str],
+                                                    loc: list[str], argv: list[str], code: int,
+                                                    message: str | None) -> None:
+    got_code, out, err = run(capsys, *argv, *loc)
+    assert (got_code, out) == (code, "")
+    assert err.startswith("flight-md: ") and err.endswith("\n") and err.count("\n") == 1, err
+    if message is not None:
+        assert err == f"flight-md: {message}\n"
+
+
+def test_a_bad_location_is_named_by_its_option(capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(capsys, "status", "--location", "carrier-pigeon://x") == (
+        2, "", ("flight-md: invalid --location 'carrier-pigeon://x': No client transport "
+                "implementation for carrier-pigeon\n"))
+    code, _, err = run(capsys, "tail", "BTC/USDT", "--location", "host:port")
+    assert code == 2 and err.startswith("flight-md: invalid --location 'grpc://host:port': ")
+
+
+def test_a_lost_connection_ends_the_tail_with_one_line() -> None:
+    with killable_server() as (child, location):
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "flight_md.terminal", "tail", "BTC/USDT", "--backlog", "1",
+             "--location", location], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            text=True, env=child_env())
+        try:
+            assert proc.stdout is not None
+            assert "BTC/USDT" in proc.stdout.readline()  # the tail is open
+            child.kill()  # SIGKILL: the server vanishes under the open stream
+            _, err = proc.communicate(timeout=scaled(20))
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
+    assert proc.returncode == 1
+    assert re.fullmatch(rf"flight-md: lost the connection to {re.escape(location)} "
+                        r"\([a-zA-Z ]+\)\n", err), err
+
+
+def test_a_tail_that_falls_behind_says_so(capsys: pytest.CaptureFixture[str]) -> None:
+    with market(capacity=5000, follow_max_lag=10) as server:
+        def burst() -> None:
+            until(lambda: followers(server.buffer, "BTC/USDT") == 1, 10, "the tail to be open")
+            stamp = now_ms()
+            server.buffer.extend(tick("BTC/USDT", stamp + i, 1.0) for i in range(2000))
+
+        burster = threading.Thread(target=burst)
+        burster.start()
+        code, out, err = run(capsys, "tail", "BTC/USDT", "--location",
+                             f"grpc://127.0.0.1:{server.port}")
+        burster.join(scaled(10))
+    assert code == 1 and out == ""  # nothing arrived before the burst
+    assert re.fullmatch(r"flight-md: live tail of 'BTC/USDT' on binance fell \d+ ticks behind "
+                        r"\(limit 10\); read faster or resume with a new request \(the terminal "
+                        r"could not keep up\)\n", err), err
+
+
+# Without the client the subcommands still exist and parse (``--start 5m`` included), then
+# say in one line what to install; serve and the emulator do not need the client.
+_WITHOUT_CLIENT = """
+import sys
+sys.modules["flight_md_client"] = None  # import fails exactly as if it were not installed
+from flight_md.cli import main
+for argv in (["get", "BTC/USDT", "--start", "5m"], ["status"], ["top", "--iterations", "1"],
+             ["tail", "BTC/USDT", "--json"]):
+    print(argv[0], main([*argv, "--location", "grpc://127.0.0.1:1"]), flush=True)
+    print("--", file=sys.stderr, flush=True)
+try:
+    main(["serve", "--help"])
+except SystemExit as done:
+    print("serve --help", done.code)
+"""
+
+
+def test_without_the_client_each_view_is_one_line_saying_what_to_install() -> None:
+    done = subprocess.run([sys.executable, "-c", _WITHOUT_CLIENT], capture_output=True,
+                          text=True, env=child_env(), timeout=scaled(60), check=False)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[:4] == ["get 1", "status 1", "top 1", "tail 1"], done.stdout
+    assert lines[-1] == "serve --help 0" and "--exchange" in done.stdout
+    errors = done.stderr.split("--\n")[:4]
+    assert errors == [f"flight-md: {command} needs the Python client (the flight-md-client "
+                      "distribution), which is not installed; install it from the flight_md "
+                      "source tree with: pip install ./clients/python\n"
+                      for command in ("get", "status", "top", "tail")]
 
 
 # -- status ----------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ Every wait is a condition wait from :mod:`tests.support` (``MS`` stretches them 
 from __future__ import annotations
 
 import contextlib
+import re
 import socket
 import threading
 from collections.abc import Iterator
@@ -30,7 +31,7 @@ from flight_md.errors import NotFound
 from flight_md.events import EventKind, EventLog
 from flight_md.schema import MarketTick, now_ms
 from flight_md.service import FlightMarketDataServer
-from tests.support import MS, ServerProcess, until
+from tests.support import MS, ChildProcess, ServerProcess, until
 
 ROOT = Path(__file__).resolve().parents[2]
 CLIENT_DIR = ROOT / "clients" / "python"
@@ -167,6 +168,32 @@ def refused_port() -> Iterator[int]:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         yield int(sock.getsockname()[1])
+
+
+_SERVE_ONE_TICK: Final = """
+import time
+from flight_md.buffer import MarketDataBuffer
+from flight_md.schema import MarketTick
+from flight_md.service import FlightMarketDataServer
+buffer = MarketDataBuffer(100)
+buffer.append(MarketTick("BTC/USDT", 1, 1.0, None, None, None, None, None, None, None,
+                         "binance", 1))
+server = FlightMarketDataServer("grpc://127.0.0.1:0", buffer)
+print(f"serving on grpc://127.0.0.1:{server.port}", flush=True)
+time.sleep(600)
+"""
+
+
+@contextlib.contextmanager
+def killable_server() -> Iterator[tuple[ChildProcess, str]]:
+    """A real server in a child process holding one BTC/USDT tick, and its location.
+
+    For a lost connection: ``child.kill()`` (SIGKILL, no goodbye) makes the process vanish
+    under an open stream.
+    """
+    with ChildProcess(["-c", _SERVE_ONE_TICK], ready=re.compile(r"serving on (\S+)")) as child:
+        assert child.ready_value is not None
+        yield child, child.ready_value
 
 
 # -- real ingestion: the emulator, real ccxt, the server as `flight-md serve` assembles it --

@@ -11,7 +11,16 @@ from datetime import timedelta
 
 import pyarrow as pa
 import pytest
-from client_support import ROWS, Feeder, followers, market, scaled, tail_threads, tick
+from client_support import (
+    ROWS,
+    Feeder,
+    followers,
+    killable_server,
+    market,
+    scaled,
+    tail_threads,
+    tick,
+)
 from flight_md_client import (
     ConnectionFailed,
     InvalidRequest,
@@ -184,30 +193,14 @@ def test_a_slow_reader_gets_slow_consumer() -> None:
         assert live.end_reason is TailEnd.ERROR
 
 
-_SERVE = """
-import time
-from flight_md.buffer import MarketDataBuffer
-from flight_md.schema import MarketTick
-from flight_md.service import FlightMarketDataServer
-buffer = MarketDataBuffer(100)
-buffer.append(MarketTick("BTC/USDT", 1, 1.0, None, None, None, None, None, None, None,
-                         "binance", 1))
-server = FlightMarketDataServer("grpc://127.0.0.1:0", buffer)
-print(f"serving on grpc://127.0.0.1:{server.port}", flush=True)
-time.sleep(600)
-"""
-
-
 def test_a_lost_connection_raises_connection_failed() -> None:
-    with ChildProcess(["-c", _SERVE], ready=re.compile(r"serving on (\S+)")) as child:
-        location = child.ready_value
-        assert location is not None
-        with MarketDataClient(location) as md, md.tail("BTC/USDT", backlog=1) as live:
-            assert next(live).num_rows == 1
-            child.kill()  # SIGKILL, no goodbye: the process is gone
-            with pytest.raises(ConnectionFailed, match=f"^lost the connection to {location} "):
-                next(live)
-            assert live.end_reason is TailEnd.ERROR
+    with killable_server() as (child, location), MarketDataClient(location) as md, \
+            md.tail("BTC/USDT", backlog=1) as live:
+        assert next(live).num_rows == 1
+        child.kill()  # SIGKILL, no goodbye: the process is gone
+        with pytest.raises(ConnectionFailed, match=f"^lost the connection to {location} "):
+            next(live)
+        assert live.end_reason is TailEnd.ERROR
 
 
 def test_an_abandoned_tail_stops_its_thread(md: MarketDataClient,
