@@ -3,16 +3,25 @@
 Flight handlers run on gRPC threads; ingestion runs on one asyncio loop thread. Besides the
 buffer, this is where they meet: the service calls an :class:`IngestionControl` from a gRPC
 thread, and the implementation (:class:`flight_md.ingest.manager.ThreadedControl`) hands the
-work to the loop with ``asyncio.run_coroutine_threadsafe(...).result(timeout)``.
+work to the loop with ``asyncio.run_coroutine_threadsafe(...).result(timeout)``. With
+ingestion in a child process (:class:`flight_md.ingest.process.ProcessControl`) the same calls
+cross the pipe of :mod:`flight_md.ingest.process`; what they return is plain picklable data.
+
+:class:`MarketInfo` (one market as ccxt loaded it) and :data:`MARKET_SCHEMA` (its Arrow form,
+the ``@markets`` table) are defined here, once: ingestion fills the one, the service serves the
+other, and :func:`markets_table` turns the first into the second.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field, fields
+from typing import Any, Final, Protocol
 
-__all__ = ["ClockSkew", "ExchangeStatus", "IngestionControl", "IngestionStatus", "SymbolStatus"]
+import pyarrow as pa
+
+__all__ = ["MARKET_SCHEMA", "ClockSkew", "ExchangeStatus", "IngestionControl", "IngestionStatus",
+           "MarketInfo", "SymbolStatus", "markets_table"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +107,82 @@ class IngestionStatus:
     symbols: tuple[SymbolStatus, ...]
 
 
+@dataclass(frozen=True, slots=True)
+class MarketInfo:
+    """One market of an exchange, as ccxt's ``load_markets`` describes it (``exchange.markets``).
+
+    Attributes:
+        exchange: ccxt exchange id.
+        symbol: Unified symbol (``BTC/USDT``, ``BTC/USDT:USDT``, ``BTC/USD:BTC-261225``).
+        id: The exchange's own id of the market (``BTCUSDT``).
+        base: Base currency code.
+        quote: Quote currency code.
+        type: ccxt's market type: ``spot``, ``margin``, ``swap``, ``future`` or ``option``.
+        contract: Whether it is a derivative contract (``None``: ccxt does not say).
+        linear: A contract settled in the quote currency (``None`` for spot).
+        inverse: A contract settled in the base currency (``None`` for spot).
+        contract_size: Units of the base one contract is worth (``None`` for spot).
+        settle: Settlement currency code (``None`` for spot).
+        expiry: Expiry of a future or option, Unix ms (``None``: none, e.g. spot and swaps).
+        price_tick: Smallest price step, as a number (see :mod:`flight_md.ingest.manager` for
+            how ccxt's precision modes are normalised; ``None``: ccxt gives none).
+        amount_tick: Smallest amount step, as a number (likewise).
+        active: Whether the exchange trades it now (``None``: ccxt does not say).
+        subscribed: Whether the server streams it now.
+    """
+
+    exchange: str
+    symbol: str
+    id: str
+    base: str
+    quote: str
+    type: str
+    contract: bool | None
+    linear: bool | None
+    inverse: bool | None
+    contract_size: float | None
+    settle: str | None
+    expiry: int | None
+    price_tick: float | None
+    amount_tick: float | None
+    active: bool | None
+    subscribed: bool
+
+
+MARKET_SCHEMA: Final = pa.schema([
+    pa.field("exchange", pa.string(), nullable=False),
+    pa.field("symbol", pa.string(), nullable=False),
+    pa.field("id", pa.string(), nullable=False),
+    pa.field("base", pa.string(), nullable=False),
+    pa.field("quote", pa.string(), nullable=False),
+    pa.field("type", pa.string(), nullable=False),
+    pa.field("contract", pa.bool_()),
+    pa.field("linear", pa.bool_()),
+    pa.field("inverse", pa.bool_()),
+    pa.field("contract_size", pa.float64()),
+    pa.field("settle", pa.string()),
+    pa.field("expiry", pa.int64()),
+    pa.field("price_tick", pa.float64()),
+    pa.field("amount_tick", pa.float64()),
+    pa.field("active", pa.bool_()),
+    pa.field("subscribed", pa.bool_(), nullable=False),
+])
+"""The schema of the ``@markets`` table: one row per :class:`MarketInfo`, same names, same order."""
+
+_MARKET_FIELDS: Final = tuple(f.name for f in fields(MarketInfo))
+assert _MARKET_FIELDS == tuple(MARKET_SCHEMA.names), "MarketInfo and MARKET_SCHEMA disagree"
+
+
+def markets_table(markets: Iterable[MarketInfo], columns: Sequence[str] | None = None) -> pa.Table:
+    """The ``@markets`` table of ``markets`` (in the order given), projected to ``columns``."""
+    rows = list(markets)
+    names = _MARKET_FIELDS if columns is None else tuple(columns)
+    schema = pa.schema([MARKET_SCHEMA.field(name) for name in names])
+    return pa.table({name: pa.array([getattr(m, name) for m in rows],
+                                    type=schema.field(name).type) for name in names},
+                    schema=schema)
+
+
 class IngestionControl(Protocol):
     """What the Flight service may ask of ingestion, from any thread.
 
@@ -118,4 +203,10 @@ class IngestionControl(Protocol):
 
     def status(self) -> IngestionStatus:
         """A consistent snapshot of every stream."""
+        ...
+
+    def markets(self, exchange: str | None) -> tuple[MarketInfo, ...]:
+        """Every market each stream's exchange loaded (``exchange``: that stream's only),
+        by exchange in the order streams were added, then by symbol. A stream whose markets
+        have not loaded yet (its exchange unreachable so far) contributes none."""
         ...

@@ -6,6 +6,10 @@ per-ring lock); ingestion appends to it from its asyncio thread. Subscribe and u
 go to ingestion through :class:`~flight_md.control.IngestionControl`, which hands them to the
 asyncio loop with ``run_coroutine_threadsafe(...).result(timeout)``.
 
+``@markets`` (the markets each served exchange lists) is read from ingestion through the same
+control call (:meth:`~flight_md.control.IngestionControl.markets`, on the ingestion loop or in
+the ingestion process), filtered by symbol glob here and served as one immutable table.
+
 Errors are mapped to Flight status codes in exactly one place, :func:`map_errors`. pyarrow
 appends the server's Python traceback to the message of any non-Flight exception, and its
 Flight error classes have no INVALID_ARGUMENT or NOT_FOUND. So expected errors cross the
@@ -44,7 +48,7 @@ from flight_md.actions import (
     parse_action,
 )
 from flight_md.buffer import MarketDataBuffer, ambiguous_exchange
-from flight_md.control import IngestionControl
+from flight_md.control import MARKET_SCHEMA, IngestionControl, markets_table
 from flight_md.events import EventKind, EventLog
 from flight_md.metrics import mark_follow, server_health
 from flight_md.schema import EVENT_SCHEMA, SCHEMA, now_ms
@@ -328,6 +332,8 @@ class FlightMarketDataServer(flight.FlightServerBase):
 
     def _table(self, query: Query) -> pa.Table:
         """Answer a non-follow query with an immutable table."""
+        if query.target is Target.MARKETS:
+            return self._markets(query)
         if query.target is Target.EVENTS:
             if query.exchange is not None and query.exchange not in self._known_exchanges():
                 raise errors.UnknownExchange(
@@ -353,6 +359,24 @@ class FlightMarketDataServer(flight.FlightServerBase):
             if self._awaiting_first_tick(query.symbol, query.exchange) is None:
                 raise
             return self._schema(query).empty_table()
+
+    def _markets(self, query: Query) -> pa.Table:
+        """The ``@markets`` table: every market ingestion's exchanges loaded, glob-filtered.
+
+        Raises:
+            UnknownExchange: ``exchange`` names no stream.
+        """
+        if self.control is None:
+            if query.exchange is not None:
+                raise errors.UnknownExchange(
+                    f"unknown exchange {query.exchange!r}; no exchange is streaming (markets "
+                    "come from ingestion)")
+            return markets_table((), query.columns)
+        markets = self.control.markets(query.exchange)
+        if query.symbol is not None:
+            pattern = query.symbol
+            markets = tuple(m for m in markets if fnmatch.fnmatchcase(m.symbol, pattern))
+        return markets_table(markets, query.columns)
 
     def _awaiting_first_tick(self, symbol: str, exchange: str | None) -> tuple[str, str] | None:
         """The ``(exchange, symbol)`` a request means if it is subscribed but has no ring yet.
@@ -382,9 +406,10 @@ class FlightMarketDataServer(flight.FlightServerBase):
     def _schema(query: Query) -> pa.Schema:
         if query.target is Target.EVENTS:
             return EVENT_SCHEMA
+        schema = MARKET_SCHEMA if query.target is Target.MARKETS else SCHEMA
         if query.columns is None:
-            return SCHEMA
-        return pa.schema([SCHEMA.field(c) for c in query.columns])
+            return schema
+        return pa.schema([schema.field(c) for c in query.columns])
 
     # -- RPCs ------------------------------------------------------------------------------
 
@@ -396,8 +421,9 @@ class FlightMarketDataServer(flight.FlightServerBase):
             records = {(s.exchange, s.symbol): s.stored for s in self.buffer.stats()}
             for key in self.events.subscribed():
                 records.setdefault(key, 0)  # subscribed, no tick yet: listed with 0 records
-            if (wanted is not None and EXCHANGE_RE.fullmatch(wanted)
-                    and wanted in self._known_exchanges()):
+            by_exchange = (wanted is not None and EXCHANGE_RE.fullmatch(wanted) is not None
+                           and wanted in self._known_exchanges())
+            if by_exchange:
                 keys = [k for k in records if k[0] == wanted]
             else:
                 keys = [k for k in records if wanted is None or fnmatch.fnmatchcase(k[1], wanted)]
@@ -408,7 +434,30 @@ class FlightMarketDataServer(flight.FlightServerBase):
                 endpoint = flight.FlightEndpoint(ticket.encode(), [])
                 infos.append(flight.FlightInfo(SCHEMA, descriptor, [endpoint],
                                                records[(exchange, symbol)], -1))
+            markets = self._markets_flight(wanted if by_exchange else None) \
+                if wanted is None or by_exchange else None
+            if markets is not None:
+                infos.append(markets)
         yield from infos
+
+    def _markets_flight(self, exchange: str | None) -> flight.FlightInfo | None:
+        """The ``@markets`` flight (of ``exchange``) where ingestion runs (of it), else ``None``.
+
+        Its record count is -1 (unknown): counting would fetch every market from ingestion for
+        each ListFlights; GetFlightInfo on its descriptor counts.
+        """
+        if self.control is None:
+            return None
+        if exchange is not None:
+            try:
+                streamed = {e.exchange for e in self.control.status().exchanges}
+            except errors.FlightMdError:
+                return None
+            if exchange not in streamed:
+                return None
+        ticket = format_ticket(Query(Target.MARKETS, exchange=exchange)).encode()
+        return flight.FlightInfo(MARKET_SCHEMA, flight.FlightDescriptor.for_command(ticket),
+                                 [flight.FlightEndpoint(ticket, [])], -1, -1)
 
     def get_flight_info(self, context: flight.ServerCallContext,
                         descriptor: flight.FlightDescriptor) -> flight.FlightInfo:

@@ -3,11 +3,11 @@
 A ticket is UTF-8 text of at most 4 KiB::
 
     ticket   = target [ "?" params ]
-    target   = symbol / "*" / "@events"
+    target   = symbol / "*" / "@events" / "@markets"
     symbol   = 1*64( ALPHA / DIGIT / "/" / "-" / "_" / ":" / "." )
     params   = param *( "&" param )          ; each key at most once
     param    = key "=" value                 ; value is percent-encoded UTF-8
-    key      = "latest" / "start" / "end" / "exchange" / "columns" / "follow"
+    key      = "latest" / "start" / "end" / "exchange" / "columns" / "follow" / "symbol"
 
     latest   = 1*DIGIT                       ; 0 .. 2^31-1, newest N rows (oldest first);
                                              ; above the buffer capacity it clamps
@@ -18,7 +18,9 @@ A ticket is UTF-8 text of at most 4 KiB::
                                              ; no offset means UTC
     exchange = 1*32( LOWER / DIGIT / "_" / "-" )   ; a ccxt exchange id
     columns  = column *( "," column )        ; names from flight_md.schema.SCHEMA, no repeats
+                                             ; (@markets: flight_md.control.MARKET_SCHEMA)
     follow   = "true" / "false"              ; live tail after the backlog
+    symbol   = glob                          ; @markets only: symbols matching it (see below)
 
 Targets and the keys they accept:
 
@@ -27,9 +29,15 @@ Targets and the keys they accept:
   newest rows of the range. ``follow=true`` takes no ``end``.
 * ``*``: market snapshot, one row per buffered symbol: ``exchange``, ``columns``.
 * ``@events``: the ingestion event log: ``exchange``, ``start``, ``end``, ``latest``.
+* ``@markets``: every market the served exchanges list, as ccxt loaded them (not only the
+  subscribed ones; :data:`flight_md.control.MARKET_SCHEMA`): ``exchange``, ``symbol`` (a glob
+  such as ``BTC/*`` or ``*/USDT:USDT``, matched as in ``ListFlights``), ``columns``. E.g.
+  ``@markets?exchange=binance&symbol=BTC/*&columns=symbol,price_tick``.
 
 A descriptor is either a path ``[symbol]`` / ``[exchange, symbol]`` or a command whose body is
-a ticket or a JSON object ``{"symbol", "exchange", "latest", "start", "end", "columns"}``.
+a ticket or a JSON object ``{"symbol", "exchange", "latest", "start", "end", "columns"}``
+(``"symbol"`` is the target: a symbol, ``"*"``, ``"@events"`` or ``"@markets"``; a glob over
+markets is given in ticket form, ``@markets?symbol=BTC/*``).
 
 ``ListFlights`` criteria (at most 4 KiB, checked by :func:`parse_criteria`)::
 
@@ -56,6 +64,7 @@ from functools import lru_cache
 from typing import Any, Final
 from urllib.parse import quote, unquote
 
+from flight_md.control import MARKET_SCHEMA
 from flight_md.errors import InvalidCriteria, InvalidDescriptor, InvalidTicket, RequestTooLarge
 from flight_md.schema import SCHEMA
 
@@ -81,6 +90,7 @@ MAX_REQUEST_BYTES: Final = 4096
 MAX_LATEST: Final = 2**31 - 1
 MAX_TIME_MS: Final = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z
 EVENTS: Final = "@events"
+MARKETS: Final = "@markets"
 SNAPSHOT: Final = "*"
 
 SYMBOL_RE: Final = re.compile(r"[A-Za-z0-9/_:.\-]{1,64}")
@@ -88,13 +98,15 @@ SYMBOL_RE: Final = re.compile(r"[A-Za-z0-9/_:.\-]{1,64}")
 EXCHANGE_RE: Final = re.compile(r"[a-z0-9_\-]{1,32}")
 """What an exchange id may look like (ccxt ids such as ``binance``)."""
 _DIGITS_RE: Final = re.compile(r"[0-9]{1,19}")
-_COLUMNS: Final = frozenset(SCHEMA.names)
-_KEYS: Final = ("latest", "start", "end", "exchange", "columns", "follow")
+_KEYS: Final = ("latest", "start", "end", "exchange", "columns", "follow", "symbol")
 _ALLOWED: Final = {
-    "ticks": frozenset(_KEYS),
+    "ticks": frozenset(_KEYS) - {"symbol"},  # the symbol is the target itself
     "snapshot": frozenset({"exchange", "columns"}),
     "events": frozenset({"exchange", "start", "end", "latest"}),
+    "markets": frozenset({"exchange", "columns", "symbol"}),
 }
+GLOB_RE: Final = re.compile(r"[A-Za-z0-9/_:.\-*?\[\]!]{1,64}")
+"""What a symbol glob may look like (``ListFlights`` criteria, ``@markets?symbol=``)."""
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _JSON_KEYS: Final = frozenset({"symbol", "exchange", "latest", "start", "end", "columns"})
 
@@ -105,6 +117,7 @@ class Target(StrEnum):
     TICKS = "ticks"
     SNAPSHOT = "snapshot"
     EVENTS = "events"
+    MARKETS = "markets"
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,13 +125,16 @@ class Query:
     """A parsed ticket.
 
     Attributes:
-        target: Ticks of one symbol, the market snapshot, or the event log.
-        symbol: The symbol for :attr:`Target.TICKS`, else ``None``.
+        target: Ticks of one symbol, the market snapshot, the event log or the market list.
+        symbol: The symbol for :attr:`Target.TICKS`; for :attr:`Target.MARKETS` a glob over
+            symbols or ``None`` (every market); else ``None``.
         exchange: Exchange id, or ``None`` to let the server pick the only one.
         latest: Newest N rows, or ``None``.
         start: Inclusive lower bound on exchange timestamp, Unix ms, or ``None``.
         end: Exclusive upper bound, Unix ms, or ``None``.
-        columns: Projection in the order given, or ``None`` for every column.
+        columns: Projection in the order given, or ``None`` for every column (names from
+            :data:`~flight_md.schema.SCHEMA`; for ``@markets`` from
+            :data:`~flight_md.control.MARKET_SCHEMA`).
         follow: Keep the stream open and push new ticks.
     """
 
@@ -158,12 +174,19 @@ def start_after_end(start: str, end: str) -> str:
     return f"start {start} is after end {end}; start must be <= end"
 
 
+_TARGET_NAMES: Final = {Target.SNAPSHOT: SNAPSHOT, Target.EVENTS: EVENTS,
+                        Target.MARKETS: MARKETS}
+_HEADS: Final = {text: target for target, text in _TARGET_NAMES.items()}
+
+
 def _validate(q: Query) -> None:
+    if not isinstance(q.target, Target):
+        raise InvalidTicket(f"invalid target {_show(q.target)}; expected one of: "
+                            f"{', '.join(Target)}")
     given = {k for k in _KEYS if _param_value(q, k) is not None}
     allowed = _ALLOWED[q.target.value]
     extra = sorted(given - allowed)
-    name = q.symbol if q.target is Target.TICKS else (SNAPSHOT if q.target is Target.SNAPSHOT
-                                                      else EVENTS)
+    name = q.symbol if q.target is Target.TICKS else _TARGET_NAMES[q.target]
     if extra:
         raise InvalidTicket(f"parameter {extra[0]!r} is not allowed for {name!r}; allowed: "
                             f"{', '.join(k for k in _KEYS if k in allowed)}")
@@ -173,6 +196,12 @@ def _validate(q: Query) -> None:
         if not isinstance(q.symbol, str) or not SYMBOL_RE.fullmatch(q.symbol):
             raise InvalidTicket(f"invalid symbol {_show(q.symbol)}; expected 1-64 characters from "
                                 "A-Z a-z 0-9 / - _ : . (e.g. 'BTC/USDT')")
+    elif q.target is Target.MARKETS:
+        if q.symbol is not None and (not isinstance(q.symbol, str)
+                                     or not GLOB_RE.fullmatch(q.symbol)):
+            raise InvalidTicket(f"invalid symbol glob {_show(q.symbol)} for {MARKETS!r}; "
+                                "expected 1-64 characters from A-Z a-z 0-9 / - _ : . * ? [ ] ! "
+                                "(e.g. 'BTC/*' or '*/USDT')")
     elif q.symbol is not None:
         raise InvalidTicket(f"{name!r} takes no symbol")
     if q.exchange is not None and (not isinstance(q.exchange, str)
@@ -192,11 +221,12 @@ def _validate(q: Query) -> None:
     if q.start is not None and q.end is not None and q.start > q.end:
         raise InvalidTicket(start_after_end(str(q.start), str(q.end)))
     if q.columns is not None:
+        names = MARKET_SCHEMA.names if q.target is Target.MARKETS else SCHEMA.names
         if not q.columns:
-            raise InvalidTicket("columns is empty; name at least one of: " + ", ".join(SCHEMA.names))
+            raise InvalidTicket("columns is empty; name at least one of: " + ", ".join(names))
         for column in q.columns:
-            if column not in _COLUMNS:
-                raise InvalidTicket(f"unknown column {_show(column)}; allowed: {', '.join(SCHEMA.names)}")
+            if column not in names:
+                raise InvalidTicket(f"unknown column {_show(column)}; allowed: {', '.join(names)}")
         if len(set(q.columns)) != len(q.columns):
             raise InvalidTicket(f"columns {_show(','.join(q.columns))} repeat a column")
     if q.follow and q.end is not None:
@@ -204,6 +234,8 @@ def _validate(q: Query) -> None:
 
 
 def _param_value(q: Query, key: str) -> Any:
+    if key == "symbol" and q.target is not Target.MARKETS:
+        return None  # a symbol target is the head of the ticket, not a parameter
     value = getattr(q, key)
     if key == "follow":
         return True if value else None
@@ -286,17 +318,17 @@ def _parse_ticket(data: bytes) -> Query:
         raise InvalidTicket("ticket is not valid UTF-8 text; expected e.g. "
                             "'BTC/USDT?latest=100'") from None
     if not text:
-        raise InvalidTicket("ticket is empty; expected SYMBOL[?PARAMS], '*' or '@events', "
-                            "e.g. 'BTC/USDT?latest=100'")
+        raise InvalidTicket("ticket is empty; expected SYMBOL[?PARAMS], '*', '@events' or "
+                            "'@markets', e.g. 'BTC/USDT?latest=100'")
     head, sep, query = text.partition("?")
-    if head == SNAPSHOT:
-        target, symbol = Target.SNAPSHOT, None
-    elif head == EVENTS:
-        target, symbol = Target.EVENTS, None
+    symbol: str | None = None
+    if head in _HEADS:
+        target = _HEADS[head]
     else:
         if not SYMBOL_RE.fullmatch(head):
             raise InvalidTicket(f"invalid symbol {head[:80]!r}; expected 1-64 characters from "
-                                "A-Z a-z 0-9 / - _ : . (e.g. 'BTC/USDT'), '*' or '@events'")
+                                "A-Z a-z 0-9 / - _ : . (e.g. 'BTC/USDT'), '*', '@events' or "
+                                "'@markets'")
         target, symbol = Target.TICKS, head
     values: dict[str, Any] = {}
     typed: dict[str, str] = {}
@@ -320,6 +352,13 @@ def _parse_ticket(data: bytes) -> Query:
             typed[key] = value
     if "start" in values and "end" in values and values["start"] > values["end"]:
         raise InvalidTicket(start_after_end(_show(typed["start"]), _show(typed["end"])))
+    if "symbol" in values:
+        if target is not Target.MARKETS:
+            allowed = _ALLOWED[target.value]
+            raise InvalidTicket(f"parameter 'symbol' is not allowed for "
+                                f"{head if symbol is not None else _TARGET_NAMES[target]!r}; "
+                                f"allowed: {', '.join(k for k in _KEYS if k in allowed)}")
+        symbol = values.pop("symbol")
     try:
         return Query(target=target, symbol=symbol, **values)
     except TypeError as exc:  # pragma: no cover - keys are checked above
@@ -348,11 +387,11 @@ def format_ticket(query: Query) -> str:
         assert query.symbol is not None
         head = query.symbol
     else:
-        head = SNAPSHOT if query.target is Target.SNAPSHOT else EVENTS
+        head = _TARGET_NAMES[query.target]
     parts = []
     for key in _KEYS:
-        value = getattr(query, key)
-        if value is None or (key == "follow" and not value):
+        value = _param_value(query, key)
+        if value is None:
             continue
         if key == "columns":
             text = ",".join(value)
@@ -360,12 +399,8 @@ def format_ticket(query: Query) -> str:
             text = "true"
         else:
             text = str(value)
-        parts.append(f"{key}={quote(text, safe='/,:-_.')}")
+        parts.append(f"{key}={quote(text, safe='/,:-_.*')}")
     return head + ("?" + "&".join(parts) if parts else "")
-
-
-GLOB_RE: Final = re.compile(r"[A-Za-z0-9/_:.\-*?\[\]!]{1,64}")
-"""What ``ListFlights`` criteria may look like: a symbol glob (``*``, ``?``, ``[...]``)."""
 
 
 def parse_criteria(data: bytes) -> str | None:
@@ -491,8 +526,7 @@ def _parse_json_command(data: bytes) -> Query:
             raise InvalidDescriptor('"columns" must be an array of column names or one '
                                     f"comma-separated string, got {show_json(body['columns'])}")
         columns = tuple(columns)
-    target = Target.SNAPSHOT if symbol == SNAPSHOT else (
-        Target.EVENTS if symbol == EVENTS else Target.TICKS)
+    target = _HEADS.get(symbol, Target.TICKS)
     try:
         return Query(target, symbol=symbol if target is Target.TICKS else None,
                      exchange=exchange, latest=latest, start=times["start"], end=times["end"],

@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from flight_md.control import MARKET_SCHEMA
 from flight_md.errors import (FlightMdError, InvalidArgument, InvalidDescriptor, InvalidTicket,
                               RequestTooLarge)
 from flight_md.schema import SCHEMA
@@ -26,6 +27,10 @@ exchanges = st.text(EXCHANGE_CHARS, min_size=1, max_size=32)
 times = st.integers(0, MAX_TIME_MS)
 columns = st.lists(st.sampled_from(SCHEMA.names), min_size=1, max_size=12, unique=True).map(
     tuple)
+GLOB_CHARS = SYMBOL_CHARS + "*?[]!"
+globs = st.text(GLOB_CHARS, min_size=1, max_size=64)
+market_columns = st.lists(st.sampled_from(MARKET_SCHEMA.names), min_size=1, max_size=16,
+                          unique=True).map(tuple)
 
 
 @st.composite
@@ -35,6 +40,9 @@ def queries(draw: st.DrawFn) -> Query:
     exchange = draw(st.none() | exchanges)
     if target is Target.SNAPSHOT:
         return Query(target, exchange=exchange, columns=draw(st.none() | columns))
+    if target is Target.MARKETS:
+        return Query(target, symbol=draw(st.none() | globs), exchange=exchange,
+                     columns=draw(st.none() | market_columns))
     start, end = draw(st.none() | times), draw(st.none() | times)
     if start is not None and end is not None and start > end:
         start, end = end, start
@@ -116,6 +124,13 @@ TICKS = Target.TICKS
     ("@events?exchange=bybit&latest=10", Query(Target.EVENTS, exchange="bybit", latest=10)),
     ("@events?start=2026-11-23T10:00:00Z&end=1795428060000",
      Query(Target.EVENTS, start=T0, end=T0 + 60_000)),
+    ("@markets", Query(Target.MARKETS)),
+    ("@markets?exchange=binance&symbol=BTC/*",
+     Query(Target.MARKETS, symbol="BTC/*", exchange="binance")),
+    ("@markets?symbol=*/USDT:USDT&columns=symbol,price_tick,subscribed",
+     Query(Target.MARKETS, symbol="*/USDT:USDT", columns=("symbol", "price_tick", "subscribed"))),
+    ("@markets?symbol=%5BBE%5DTC/US%3F", Query(Target.MARKETS, symbol="[BE]TC/US?")),
+    ("@markets?symbol=[!B]*", Query(Target.MARKETS, symbol="[!B]*")),
     ("a", Query(TICKS, symbol="a")),
     ("X" * 64, Query(TICKS, symbol="X" * 64)),
     ("../..", Query(TICKS, symbol="../..")),  # just a (nonexistent) symbol, never a path
@@ -135,6 +150,9 @@ def test_grammar_examples(ticket: str, expected: Query) -> None:
     (Query(TICKS, symbol="E", follow=True), "E?follow=true"),
     (Query(Target.SNAPSHOT, exchange="okx"), "*?exchange=okx"),
     (Query(Target.EVENTS, latest=3), "@events?latest=3"),
+    (Query(Target.MARKETS), "@markets"),
+    (Query(Target.MARKETS, symbol="BTC/*", exchange="bybit", columns=("symbol", "type")),
+     "@markets?exchange=bybit&columns=symbol,type&symbol=BTC/*"),
 ])
 def test_format_examples(query: Query, text: str) -> None:
     assert format_ticket(query) == text
@@ -174,7 +192,7 @@ def test_iso_times_match_datetime(moment: datetime) -> None:
 
 
 @pytest.mark.parametrize(("ticket", "fragment"), [
-    ("", "ticket is empty; expected SYMBOL[?PARAMS], '*' or '@events'"),
+    ("", "ticket is empty; expected SYMBOL[?PARAMS], '*', '@events' or '@markets'"),
     ("?latest=1", "invalid symbol ''"),
     ("BTC/USDT?", "ends with '?' but has no parameters"),
     ("BTC/USDT?latest", "parameter 'latest' has no '='; expected key=value"),
@@ -220,6 +238,22 @@ def test_iso_times_match_datetime(moment: datetime) -> None:
     ("@events?columns=kind", "parameter 'columns' is not allowed for '@events'; allowed: "
                              "latest, start, end, exchange"),
     ("@events?follow=true", "parameter 'follow' is not allowed for '@events'"),
+    ("@markets?latest=5", "parameter 'latest' is not allowed for '@markets'; allowed: exchange, "
+                          "columns, symbol"),
+    ("@markets?follow=true", "parameter 'follow' is not allowed for '@markets'"),
+    ("@markets?symbol=", "parameter 'symbol' is empty"),
+    ("@markets?symbol=BTC%20USDT", "invalid symbol glob 'BTC USDT' for '@markets'; expected 1-64 "
+                                   "characters from A-Z a-z 0-9 / - _ : . * ? [ ] !"),
+    ("@markets?symbol=" + "A" * 65, "invalid symbol glob"),
+    ("@markets?columns=price", "unknown column 'price'; allowed: exchange, symbol, id, base"),
+    ("@markets?columns=", "columns is empty; name at least one of: exchange, symbol, id"),
+    ("@markets?exchange=Binance", "invalid exchange 'Binance'"),
+    ("@markets?symbol=A&symbol=B", "parameter 'symbol' is given twice"),
+    ("BTC/USDT?symbol=ETH/USDT", "parameter 'symbol' is not allowed for 'BTC/USDT'; allowed: "
+                                 "latest, start, end, exchange, columns, follow"),
+    ("*?symbol=BTC/*", "parameter 'symbol' is not allowed for '*'; allowed: exchange, columns"),
+    ("@events?symbol=BTC/*", "parameter 'symbol' is not allowed for '@events'"),
+    ("@Markets", "invalid symbol '@Markets'"),
     ("BTC/USDT?latest=%ff", "parameter 'latest' is not valid percent-encoded UTF-8"),
 ])
 def test_malformed_tickets(ticket: str, fragment: str) -> None:
@@ -376,6 +410,7 @@ def test_path_descriptors() -> None:
     ([b"BTC USDT"], "descriptor path: invalid symbol 'BTC USDT'"),
     ([b"*"], "invalid symbol '*'"),
     ([b"@events"], "invalid symbol '@events'"),
+    ([b"@markets"], "invalid symbol '@markets'"),
     ([b"Binance", b"BTC/USDT"], "descriptor path: invalid exchange 'Binance'"),
     ([b"", b"BTC/USDT"], "invalid exchange ''"),
 ])
@@ -413,6 +448,10 @@ def test_oversized_descriptors() -> None:
     (b'{"symbol": "*", "exchange": "bybit", "columns": ["price"]}',
      Query(Target.SNAPSHOT, exchange="bybit", columns=("price",))),
     (b'{"symbol": "@events", "latest": 3}', Query(Target.EVENTS, latest=3)),
+    (b"@markets?exchange=bybit&symbol=*/USDT:USDT",
+     Query(Target.MARKETS, symbol="*/USDT:USDT", exchange="bybit")),
+    (b'{"symbol": "@markets", "exchange": "binance", "columns": ["symbol", "price_tick"]}',
+     Query(Target.MARKETS, exchange="binance", columns=("symbol", "price_tick"))),
 ])
 def test_command_descriptors(command: bytes, expected: Query) -> None:
     assert parse_descriptor("cmd", None, command) == expected
@@ -434,6 +473,8 @@ def test_command_descriptors(command: bytes, expected: Query) -> None:
     (b'{"symbol": 5}', 'needs "symbol" as a string'),
     (b'{"symbol": null}', 'needs "symbol" as a string'),
     (b'{"symbol": "BTC USDT"}', "invalid symbol 'BTC USDT'"),
+    (b'{"symbol": "@markets", "latest": 3}', "parameter 'latest' is not allowed for '@markets'"),
+    (b"@markets?start=1", "descriptor command: parameter 'start' is not allowed for '@markets'"),
     (b'{"symbol": "BTC/USDT", "exchange": 1}', '"exchange" must be a string or null'),
     (b'{"symbol": "BTC/USDT", "exchange": "Binance"}', "invalid exchange 'Binance'"),
     (b'{"symbol": "BTC/USDT", "latest": "100"}', "\"latest\" must be an integer, got '100'"),

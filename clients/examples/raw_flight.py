@@ -67,7 +67,8 @@ def main(argv: list[str] | None = None) -> int:
 
     section("ListFlights: what is buffered")
     for info in client.list_flights(b"", options):
-        path = [p.decode() for p in info.descriptor.path]
+        path = ([p.decode() for p in info.descriptor.path] if info.descriptor.path
+                else info.descriptor.command.decode())  # @markets is a command descriptor
         print(f"  {path}  records={info.total_records}  "
               f"ticket={info.endpoints[0].ticket.ticket.decode()!r}")
 

@@ -10,10 +10,20 @@ runs on the one asyncio loop thread (:class:`IngestionThread` runs it). They mee
 1. at the **buffer**: ingestion appends, handlers read immutable Arrow snapshots taken under
    a short per-ring lock (and the event log, which is locked the same way); and
 2. at ``asyncio.run_coroutine_threadsafe(...).result(timeout)``: :class:`ThreadedControl`
-   implements :class:`~flight_md.control.IngestionControl` by handing subscribe, unsubscribe
-   and status to the loop and waiting at most ``timeout`` seconds for the answer.
+   implements :class:`~flight_md.control.IngestionControl` by handing subscribe, unsubscribe,
+   status and markets to the loop and waiting at most ``timeout`` seconds for the answer.
 
 Nothing else in ingestion is touched from another thread.
+
+Markets (``@markets``)
+    :func:`market_infos` reads a stream's ``exchange.markets`` (ccxt's public result of
+    ``load_markets``) on the loop, so it never sees the dict while ccxt replaces it, and
+    returns plain :class:`~flight_md.control.MarketInfo` values. Precision is normalised to a
+    step size: ccxt gives ``precision.price``/``precision.amount`` in the exchange's
+    ``precisionMode``; under ``TICK_SIZE`` (Binance, Bybit, most venues) the value is the step
+    itself (``0.01``), under ``DECIMAL_PLACES`` it is a count of decimals (``2`` becomes
+    ``0.01``), and under ``SIGNIFICANT_DIGITS`` (Bitfinex) there is no fixed step, so the tick
+    is null.
 """
 
 from __future__ import annotations
@@ -29,12 +39,13 @@ from typing import Any, Final, Self, TypeVar
 import ccxt.async_support as ccxt_async
 
 from flight_md.buffer import MarketDataBuffer
-from flight_md.control import IngestionStatus
+from flight_md.control import IngestionStatus, MarketInfo
 from flight_md.errors import FlightMdError, InvalidArgument, Unavailable, UnknownExchange
 from flight_md.events import EventLog
 from flight_md.ingest.stream import MarketDataStream
 
-__all__ = ["DEFAULT_CONTROL_TIMEOUT", "IngestionThread", "MarketDataManager", "ThreadedControl"]
+__all__ = ["DEFAULT_CONTROL_TIMEOUT", "IngestionThread", "MarketDataManager", "ThreadedControl",
+           "market_infos", "tick_size"]
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +53,63 @@ DEFAULT_CONTROL_TIMEOUT: Final = 10.0
 """Seconds a Flight handler waits for the ingestion loop."""
 
 T = TypeVar("T")
+
+
+def tick_size(value: Any, precision_mode: Any) -> float | None:
+    """A ccxt precision value as a step size (see the module docstring), or ``None``."""
+    if value is None or isinstance(value, bool):
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    if precision_mode == ccxt_async.DECIMAL_PLACES:
+        return 10.0 ** -number if number == int(number) else None
+    if precision_mode == ccxt_async.TICK_SIZE:
+        return number if number > 0 else None
+    return None  # SIGNIFICANT_DIGITS: a relative precision has no fixed step
+
+
+def _optional(kind: type[T], value: Any) -> T | None:
+    """``value`` as ``kind`` (``bool``, ``float``, ``int``, ``str``), or ``None``."""
+    if value is None:
+        return None
+    if kind is bool:
+        return value if isinstance(value, bool) else None  # type: ignore[return-value]
+    try:
+        return kind(value)  # type: ignore[call-arg]
+    except (TypeError, ValueError):
+        return None
+
+
+def market_infos(stream: MarketDataStream) -> tuple[MarketInfo, ...]:
+    """Every market the stream's exchange loaded, by symbol (none before its first load).
+
+    Call it on the stream's loop.
+    """
+    exchange = stream.exchange
+    markets = exchange.markets or {}
+    mode = exchange.precisionMode
+    subscribed = set(stream.symbols)
+    infos = []
+    for symbol in sorted(markets):
+        market = markets[symbol]
+        precision = market.get("precision") or {}
+        infos.append(MarketInfo(
+            exchange=stream.exchange_id, symbol=symbol, id=str(market.get("id") or symbol),
+            base=str(market.get("base") or ""), quote=str(market.get("quote") or ""),
+            type=str(market.get("type") or ""),
+            contract=_optional(bool, market.get("contract")),
+            linear=_optional(bool, market.get("linear")),
+            inverse=_optional(bool, market.get("inverse")),
+            contract_size=_optional(float, market.get("contractSize")),
+            settle=_optional(str, market.get("settle")),
+            expiry=_optional(int, market.get("expiry")),
+            price_tick=tick_size(precision.get("price"), mode),
+            amount_tick=tick_size(precision.get("amount"), mode),
+            active=_optional(bool, market.get("active")),
+            subscribed=symbol in subscribed))
+    return tuple(infos)
 
 
 class MarketDataManager:
@@ -154,6 +222,17 @@ class MarketDataManager:
             if isinstance(result, Exception):
                 logger.warning("%s: error while disconnecting: %s", stream.exchange_id, result)
 
+    def markets(self, exchange_id: str | None = None) -> tuple[MarketInfo, ...]:
+        """Every stream's loaded markets (:func:`market_infos`), streams in the order they
+        were added; ``exchange_id``: that stream's only.
+
+        Raises:
+            UnknownExchange: No stream runs for ``exchange_id``.
+        """
+        streams = [self.get_stream(exchange_id)] if exchange_id is not None \
+            else list(self._streams.values())
+        return tuple(info for stream in streams for info in market_infos(stream))
+
     def status(self) -> IngestionStatus:
         """Every stream's status, exchanges in the order they were added."""
         parts = [stream.status() for stream in self._streams.values()]
@@ -202,6 +281,10 @@ class ThreadedControl:
         """A consistent snapshot of every stream (taken on the loop)."""
         return self._call(self._status(), "status")
 
+    def markets(self, exchange: str | None) -> tuple[MarketInfo, ...]:
+        """Every stream's loaded markets, read on the loop (:meth:`MarketDataManager.markets`)."""
+        return self._call(self._markets(exchange), "markets")
+
     # -- on the loop ------------------------------------------------------------------------
 
     def _pick(self, exchange: str | None) -> MarketDataStream:
@@ -229,6 +312,9 @@ class ThreadedControl:
 
     async def _status(self) -> IngestionStatus:
         return self.manager.status()
+
+    async def _markets(self, exchange: str | None) -> tuple[MarketInfo, ...]:
+        return self.manager.markets(exchange)
 
     # -- the bridge -------------------------------------------------------------------------
 

@@ -94,7 +94,8 @@ def test_demo_streams_the_emulated_binance_market() -> None:
     with ServerProcess("--demo") as server, flight.connect(server.location) as client:
         until(lambda: all(stored(client, s) >= 3 for s in DEMO_SYMBOLS), 30,
               "three ticks of every demo symbol")
-        flights = {tuple(p.decode() for p in f.descriptor.path) for f in client.list_flights()}
+        flights = {tuple(p.decode() for p in f.descriptor.path) for f in client.list_flights()
+                   if f.descriptor.path}  # symbol flights (not @markets)
         assert flights == {("binance", s) for s in DEMO_SYMBOLS}
         assert status(client)["exchanges"]["binance"]["state"] == "connected"
 
@@ -131,7 +132,8 @@ def test_exchange_symbols_channel_and_buffer_size(emulator: EmulatorProcess, cha
                        "--log-level", "WARNING")
     with ServerProcess(*args) as server, flight.connect(server.location) as client:
         until(lambda: stored(client, "BTC/USDT") == 30, 30, "a full 30-tick ring")
-        flights = [tuple(p.decode() for p in f.descriptor.path) for f in client.list_flights()]
+        flights = [tuple(p.decode() for p in f.descriptor.path) for f in client.list_flights()
+                   if f.descriptor.path]  # symbol flights (not @markets)
         assert flights == [("binance", "BTC/USDT")]
         info = status(client)
         assert info["server"]["buffer_size"] == 30
