@@ -323,6 +323,13 @@ def _parser() -> argparse.ArgumentParser:
                            description="Inject or clear faults on a running emulator.")
     emulator_command.add_fault_arguments(fault)
     fault.set_defaults(func=emulator_command.run_fault)
+    from flight_md import record as record_command
+
+    recorder = sub.add_parser("record", help="record a live exchange session for replay",
+                              description="Record an exchange session (REST and websocket "
+                              "frames) for flight-md emulator --replay.")
+    record_command.add_arguments(recorder)
+    recorder.set_defaults(func=record_command.run)
     try:
         from flight_md import terminal
     except ImportError:  # pragma: no cover

@@ -80,4 +80,17 @@ VENUE = Venue(
         "bookTicker (the bidask channel) carries no exchange timestamp: the receive time stands in",
         "the ticker channel is the full 24hrTicker (ccxt's default miniTicker has no bid/ask)",
     ),
+    # ccxt's urls.api hosts for the redirected paths that keep their path on the real host
+    # (``/dws`` is dstream.binance.com's ``/ws``: not listed, spot never uses it).
+    live_hosts={
+        "/api": "https://api.binance.com", "/sapi": "https://api.binance.com",
+        "/fapi": "https://fapi.binance.com", "/futures/data": "https://fapi.binance.com",
+        "/dapi": "https://dapi.binance.com", "/eapi": "https://eapi.binance.com",
+        "/papi": "https://papi.binance.com",
+        "/ws": "wss://stream.binance.com:9443", "/ws-api/v3": "wss://ws-api.binance.com:443",
+        "/ws-fapi/v1": "wss://ws-fapi.binance.com", "/ws-dapi/v1": "wss://ws-dapi.binance.com",
+        "/public/ws": "wss://fstream.binance.com", "/market/ws": "wss://fstream.binance.com",
+        "/private/ws": "wss://fstream.binance.com", "/pm/ws": "wss://fstream.binance.com",
+        "/equity/ws": "wss://nbstream.binance.com",
+    },
 )

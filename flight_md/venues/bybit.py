@@ -63,4 +63,11 @@ VENUE = Venue(
         "REST tickers carry no exchange timestamp: the receive time stands in",
         "ccxt cannot unsubscribe orderbook.1 (bidask): dropping a symbol restarts the session",
     ),
+    # ccxt's urls.api with {hostname} = bybit.com: REST on api., websockets on stream.
+    live_hosts={
+        "/v5": "https://api.bybit.com", "/v5/public": "wss://stream.bybit.com",
+        "/v5/private": "wss://stream.bybit.com", "/v5/trade": "wss://stream.bybit.com",
+        "/spot/private/v3": "wss://stream.bybit.com",
+        "/trade/option/usdc/private/v1": "wss://stream.bybit.com",
+    },
 )

@@ -42,6 +42,8 @@ _ENVELOPE = re.compile(r'\{"stream":"([^"]+)","data":')
 _STREAM_NAME = re.compile(r"^(?:[a-z0-9]+@[A-Za-z0-9_@]+|![A-Za-z0-9_@]+)$")
 _SYNTHETIC_CHANNELS = frozenset({"bookTicker", "ticker", "miniTicker", "trade", "aggTrade"})
 _JSON = "application/json;charset=UTF-8"
+_RAW_EVENTS = {"24hrTicker": "ticker", "24hrMiniTicker": "miniTicker", "trade": "trade",
+               "aggTrade": "aggTrade"}  # event type of a raw-stream frame -> its channel
 
 
 def _f8(value: float) -> str:
@@ -327,13 +329,35 @@ class BinanceDialect(Dialect):
 
     def recorded_frame(self, message: RecordedMessage) -> tuple[StreamKey, str, str] | None:
         match = _ENVELOPE.match(message.text)
-        if match is None or not message.text.endswith("}"):
+        if match is None:
+            return self._raw_recorded_frame(message)
+        if not message.text.endswith("}"):
             return None
         # The envelope is {"stream":...,"data":<payload>}: the payload is the text up to
         # the envelope's closing brace, kept byte for byte.
         payload = message.text[match.end():-1]
         subscription = self._subscription(match.group(1))
         return subscription.key, subscription.wire, payload
+
+    def _raw_recorded_frame(self, message: RecordedMessage) -> tuple[StreamKey, str, str] | None:
+        """A frame recorded on a raw ``/ws`` connection (``flight-md record`` through ccxt):
+        no envelope, so its stream is read from the payload (``e`` and ``s``; bookTicker has no
+        ``e`` but ``u``, ``b`` and ``a``)."""
+        try:
+            data = json.loads(message.text)
+        except ValueError:
+            return None
+        if not isinstance(data, dict) or not isinstance(data.get("s"), str):
+            return None  # a control reply such as {"result":null,"id":1}
+        event = data.get("e")
+        if event is None and {"u", "b", "a"} <= data.keys():
+            channel = "bookTicker"
+        elif isinstance(event, str) and event in _RAW_EVENTS:
+            channel = _RAW_EVENTS[event]
+        else:
+            return None
+        subscription = self._subscription(f"{data['s'].lower()}@{channel}")
+        return subscription.key, subscription.wire, message.text
 
     def observe(self, key: StreamKey, text: str) -> None:
         if key.channel not in ("bookTicker", "ticker", "miniTicker"):
