@@ -26,7 +26,7 @@ from flight_md.cli import main
 from flight_md.config import ServerConfig, StreamConfig
 from flight_md.emulator import EmulatorThread
 from flight_md.emulator.recording import Recording
-from flight_md.record import record, redact_url
+from flight_md.record import RecordingProxy, _Writer, record, redact_url
 from flight_md.venues import VENUES, emulated
 from tests.support import ChildProcess, until
 
@@ -37,6 +37,12 @@ Row = tuple[str, float, float | None, float | None]
 def _binance(frames: list[tuple[str, dict[str, Any]]]) -> list[Row]:
     return [(f["s"], float(f["c"]), float(f["b"]), float(f["a"])) for _, f in frames
             if f.get("e") == "24hrTicker"]
+
+
+def _binance_book(frames: list[tuple[str, dict[str, Any]]]) -> list[Row]:
+    # bookTicker: no event type; the price of a bid/ask tick is the mid.
+    return [(f["s"], (float(f["b"]) + float(f["a"])) / 2, float(f["b"]), float(f["a"]))
+            for _, f in frames if "e" not in f and {"u", "s", "b", "a"} <= f.keys()]
 
 
 def _bybit(frames: list[tuple[str, dict[str, Any]]]) -> list[Row]:
@@ -61,12 +67,13 @@ def _okx(frames: list[tuple[str, dict[str, Any]]]) -> list[Row]:
             for d in f["data"]]
 
 
-EXTRACT: dict[str, Callable[[list[tuple[str, dict[str, Any]]]], list[Row]]] = {
-    "binance": _binance, "bybit": _bybit, "okx": _okx}
+EXTRACT: dict[tuple[str, str], Callable[[list[tuple[str, dict[str, Any]]]], list[Row]]] = {
+    ("binance", "ticker"): _binance, ("binance", "bidask"): _binance_book,
+    ("bybit", "ticker"): _bybit, ("okx", "ticker"): _okx}
 """How each venue's recorded ticker frames read, straight from its wire format. (Kraken is
 not here yet: its dialect replays websocket v1 frames, and ccxt speaks v2.)"""
 
-RECORDABLE = [v for v in emulated() if v in EXTRACT and VENUES[v].url_overrides is not None]
+RECORDABLE = [(v, c) for v, c in EXTRACT if v in emulated() and VENUES[v].url_overrides is not None]
 REQUIRED = {"header": ("exchange", "config", "recorded"), "http": ("conn", "ts", "url", "data"),
             "connect": ("conn", "ts", "addr"), "send": ("conn", "ts", "addr", "data"),
             "recv": ("conn", "ts", "data")}
@@ -97,27 +104,29 @@ def recorded_frames(path: Path) -> list[tuple[str, dict[str, Any]]]:
 class Recorded:
     """One venue's recording, made by the real command from its synthetic emulator."""
 
-    def __init__(self, venue_id: str, directory: Path) -> None:
+    def __init__(self, venue_id: str, channel: str, directory: Path) -> None:
         self.venue = VENUES[venue_id]
+        self.channel = channel
         self.symbols = self.venue.test_symbols
         self.path = directory / f"{venue_id}.jsonl.gz"
         with EmulatorThread(exchange=venue_id, symbols=self.symbols, rate=60.0) as emulator:
             self.upstream = emulator.url
             self.summary = asyncio.run(record(venue_id, self.symbols, self.path, duration=1.0,
-                                              upstream=emulator.url)).line()
+                                              channel=channel, upstream=emulator.url)).line()
 
 
-@pytest.fixture(scope="module", params=RECORDABLE)
+@pytest.fixture(scope="module", params=RECORDABLE, ids=["-".join(c) for c in RECORDABLE])
 def recorded(request: pytest.FixtureRequest,
              tmp_path_factory: pytest.TempPathFactory) -> Iterator[Recorded]:
-    yield Recorded(request.param, tmp_path_factory.mktemp(f"record-{request.param}"))
+    venue_id, channel = request.param
+    yield Recorded(venue_id, channel, tmp_path_factory.mktemp(f"record-{venue_id}-{channel}"))
 
 
 def test_the_recording_is_in_the_shared_format(recorded: Recorded) -> None:
     lines = read_lines(recorded.path)
     assert lines[0]["t"] == "header"
     assert lines[0]["exchange"] == recorded.venue.id.upper()
-    assert lines[0]["config"] == {"ticker": list(recorded.symbols)}
+    assert lines[0]["config"] == {recorded.channel: list(recorded.symbols)}
     opened = set()
     for line in lines:
         assert line["t"] in REQUIRED, line
@@ -148,11 +157,12 @@ def test_the_recording_is_in_the_shared_format(recorded: Recorded) -> None:
 
 
 def test_the_replayed_recording_serves_the_recorded_values(recorded: Recorded) -> None:
-    rows = EXTRACT[recorded.venue.id](recorded_frames(recorded.path))
+    rows = EXTRACT[(recorded.venue.id, recorded.channel)](recorded_frames(recorded.path))
     assert len(rows) >= 10, "too short a recording to prove anything"
     with EmulatorThread(exchange=recorded.venue.id, replay=recorded.path, speed=0) as replay:
         stream = StreamConfig(recorded.venue.id, recorded.symbols, url=replay.url,
-                              mode="websocket", heartbeat_interval=300.0)
+                              channel=recorded.channel, mode="websocket",
+                              heartbeat_interval=300.0)
         with MarketDataApp(ServerConfig(port=0, streams=(stream,))) as app, \
                 flight.connect(app.location) as client:
             def get(ticket: str) -> list[dict[str, Any]]:
@@ -211,6 +221,32 @@ def test_bad_options_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[
     err = capsys.readouterr().err
     assert err.startswith("flight-md: ") and err.count("\n") == 1 and message in err, err
     assert not out.exists() and not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize(("venue_id", "path", "websocket", "target"), [
+    ("binance", "/api/v3/exchangeInfo", False, "https://api.binance.com/api/v3/exchangeInfo"),
+    ("binance", "/api/v3/ticker/24hr?symbols=%5B%22A%22%5D", False,
+     "https://api.binance.com/api/v3/ticker/24hr?symbols=%5B%22A%22%5D"),
+    ("binance", "/ws/0", True, "wss://stream.binance.com:9443/ws/0"),
+    ("binance", "/ws-api/v3", True, "wss://ws-api.binance.com:443/ws-api/v3"),
+    ("binance", "/fapi/v1/exchangeInfo", False, "https://fapi.binance.com/fapi/v1/exchangeInfo"),
+    ("binance", "/wsx", True, None),
+    ("bybit", "/v5/market/instruments-info?category=spot", False,
+     "https://api.bybit.com/v5/market/instruments-info?category=spot"),
+    ("bybit", "/v5/public/linear", True, "wss://stream.bybit.com/v5/public/linear"),
+    ("bybit", "/elsewhere", False, None),
+])
+def test_each_path_goes_to_the_real_host_that_serves_it(tmp_path: Path, venue_id: str, path: str,
+                                                          websocket: bool,
+                                                          target: str | None) -> None:
+    writer = _Writer(tmp_path / "x.jsonl.gz", venue_id, {})
+    try:
+        assert RecordingProxy(VENUES[venue_id], writer).target(path, websocket) == target
+        upstream = RecordingProxy(VENUES[venue_id], writer, upstream="http://127.0.0.1:9")
+        assert upstream.target(path, websocket) == \
+            ("ws" if websocket else "http") + "://127.0.0.1:9" + path
+    finally:
+        writer.close()
 
 
 @pytest.mark.parametrize(("url", "redacted"), [
