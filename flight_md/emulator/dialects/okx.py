@@ -97,12 +97,7 @@ class OkxDialect(Dialect):
     # -- markets and REST -------------------------------------------------------------
 
     def recorded_markets(self, recording: Recording) -> tuple[Market, ...]:
-        markets: list[Market] = []
-        for inst_type in _INST_TYPES:
-            for row in _recorded_rows(recording, inst_type):
-                market = _recorded_market(row)
-                if market is not None:
-                    markets.append(market)
+        markets = [_recorded_market(row) for inst_type in _INST_TYPES for row in _recorded_rows(recording, inst_type)]
         if not markets:
             raise ValueError(f"{recording.source}: no {_INSTRUMENTS} response recorded")
         return tuple(markets)
@@ -348,7 +343,7 @@ def _decimals(step: str) -> int:
     return len(step.partition(".")[2].rstrip("0")) if "." in step else 0
 
 
-def _recorded_market(row: dict[str, Any]) -> Market | None:
+def _recorded_market(row: dict[str, Any]) -> Market:
     """The market ccxt makes of an instrument row (its unified symbol, as ``parse_market``)."""
     inst_id, inst_type = row["instId"], row.get("instType", "")
     base_id, quote_id = row.get("baseCcy", ""), row.get("quoteCcy", "")
