@@ -27,9 +27,9 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, Self
 
 import pyarrow as pa
 import pytest
@@ -43,7 +43,8 @@ from flight_md.normalize import Channel
 from flight_md.venues import VENUES, Venue, emulated
 from tests.support import MS, until
 
-__all__ = ["BUFFER", "FAST", "SEED", "Case", "Rig", "Served", "Values", "sent", "walk_values"]
+__all__ = ["BUFFER", "FAST", "SEED", "Case", "Rig", "Served", "Values", "sent", "wait", "walk_positions",
+           "walk_values"]
 
 SEED: Final = 11
 RATE: Final = 60.0
@@ -92,6 +93,17 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         metafunc.parametrize("venue_id", emulated(), scope="module")
 
 
+def wait(predicate: Callable[[], Any], timeout: float, what: str,
+         show: Callable[[], object] | None = None) -> Any:
+    """:func:`tests.support.until`, whose failure also shows ``show()`` at the time it gave up."""
+    try:
+        return until(predicate, timeout, what)
+    except AssertionError as error:
+        if show is None:
+            raise
+        raise AssertionError(f"{error}; at the end: {show()}") from None
+
+
 # -- serving ---------------------------------------------------------------------------------
 
 
@@ -124,7 +136,7 @@ class Served:
             self.client.close()
         self.app.stop()
 
-    def __enter__(self) -> Served:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
@@ -182,8 +194,13 @@ class Served:
         stores new ticks; return the counts."""
         until(lambda: self.connected(mode), timeout, f"{self.case}: connected ({mode})")
         before = self.stored()
-        return until(lambda: (lambda now: now if all(now[s] > before[s] for s in now) else None)(
-            self.stored()), timeout, f"{self.case}: {what}")
+
+        def grown() -> dict[str, int] | None:
+            now = self.stored()
+            return now if all(now[s] > before[s] for s in now) else None
+
+        counts: dict[str, int] = wait(grown, timeout, f"{self.case}: {what}", self.stored)
+        return counts
 
 
 def sent(emulator: EmulatorThread, symbol: str) -> int:
@@ -194,8 +211,10 @@ def sent(emulator: EmulatorThread, symbol: str) -> int:
 class Rig:
     """A synthetic emulator of the case's venue and a server streaming the case's channel.
 
-    ``gap`` tracks, per symbol, an upper bound of the frames the emulator wrote that the store
-    will never hold (written to connections already given up on): 0 until a fault loses some.
+    ``gap`` tracks, per symbol, intact frames the emulator wrote less ticks stored, as of the
+    last :meth:`settled`: frames written to connections already given up on (an upper bound
+    once a fault lost some), less corrupted frames ccxt repaired and the stream stored (which
+    the emulator does not count as intact). 0 until a fault.
     """
 
     def __init__(self, case: Case) -> None:
@@ -228,9 +247,11 @@ class Rig:
         finally:
             self.emulator.clear_faults()
 
-    def settle(self, lost: int = 0) -> dict[str, tuple[int, int]]:
+    @contextlib.contextmanager
+    def settled(self, lost: int = 0) -> Iterator[dict[str, tuple[int, int]]]:
         """Stall the emulator until the store holds what it sent, less at most ``lost`` more
-        frames per symbol than already lost; return ``(sent, stored)`` per symbol.
+        frames per symbol than already lost; the block gets ``(sent, stored)`` per symbol and
+        runs with the emulator still stalled (so the store holds still).
 
         "Nothing in flight" is a condition, not a pause: the live connection delivers every
         frame written to it, so the stored counts reach the sent counts less what went to
@@ -243,13 +264,18 @@ class Rig:
                 return counts if all(a - b <= self.gap[s] + lost for s, (a, b) in counts.items()) \
                     else None
 
-            counts: dict[str, tuple[int, int]] = until(
-                caught_up, 10, f"{self.case}: the store to catch up with the emulator "
-                               f"(at most {lost} more frames lost per symbol; sent, stored: "
-                               f"{self.sent()}, {self.served.stored()})")
-        for symbol, (sent_, stored) in counts.items():
-            self.gap[symbol] = max(0, sent_ - stored)
-        return counts
+            counts: dict[str, tuple[int, int]] = wait(
+                caught_up, 10, f"{self.case}: the store to catch up with the emulator (at most "
+                               f"{lost} more frames lost per symbol than {self.gap})",
+                lambda: f"sent {self.sent()}, stored {self.served.stored()}")
+            for symbol, (sent_, stored) in counts.items():
+                self.gap[symbol] = sent_ - stored
+            yield counts
+
+    def settle(self, lost: int = 0) -> dict[str, tuple[int, int]]:
+        """:meth:`settled`, and the emulator goes on at once."""
+        with self.settled(lost) as counts:
+            return counts
 
 
 @pytest.fixture(scope="module")
