@@ -205,8 +205,10 @@ class IngestionControl(Protocol):
         """A consistent snapshot of every stream."""
         ...
 
-    def markets(self, exchange: str | None) -> tuple[MarketInfo, ...]:
-        """Every market each stream's exchange loaded (``exchange``: that stream's only),
-        by exchange in the order streams were added, then by symbol. A stream whose markets
-        have not loaded yet (its exchange unreachable so far) contributes none."""
+    def markets(self, exchange: str | None, pattern: str | None = None,
+                ) -> tuple[MarketInfo, ...]:
+        """Every market each stream's exchange loaded (``exchange``: that stream's only;
+        ``pattern``: a symbol glob, as :func:`fnmatch.fnmatchcase`), by exchange in the order
+        streams were added, then by symbol. A stream whose markets have not loaded yet (its
+        exchange unreachable so far) contributes none."""
         ...

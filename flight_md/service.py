@@ -8,7 +8,7 @@ asyncio loop with ``run_coroutine_threadsafe(...).result(timeout)``.
 
 ``@markets`` (the markets each served exchange lists) is read from ingestion through the same
 control call (:meth:`~flight_md.control.IngestionControl.markets`, on the ingestion loop or in
-the ingestion process), filtered by symbol glob here and served as one immutable table.
+the ingestion process, which also applies the symbol glob) and served as one immutable table.
 
 Errors are mapped to Flight status codes in exactly one place, :func:`map_errors`. pyarrow
 appends the server's Python traceback to the message of any non-Flight exception, and its
@@ -372,11 +372,9 @@ class FlightMarketDataServer(flight.FlightServerBase):
                     f"unknown exchange {query.exchange!r}; no exchange is streaming (markets "
                     "come from ingestion)")
             return markets_table((), query.columns)
-        markets = self.control.markets(query.exchange)
-        if query.symbol is not None:
-            pattern = query.symbol
-            markets = tuple(m for m in markets if fnmatch.fnmatchcase(m.symbol, pattern))
-        return markets_table(markets, query.columns)
+        # The glob is applied in ingestion, so only matching markets cross to this thread
+        # (or process).
+        return markets_table(self.control.markets(query.exchange, query.symbol), query.columns)
 
     def _awaiting_first_tick(self, symbol: str, exchange: str | None) -> tuple[str, str] | None:
         """The ``(exchange, symbol)`` a request means if it is subscribed but has no ring yet.

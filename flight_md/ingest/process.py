@@ -14,8 +14,8 @@ Protocol: one duplex :func:`multiprocessing.Pipe`, pickled tuples.
 
 * parent -> child: ``("call", id, name, args)`` with ``name`` one of ``add_stream``,
   ``subscribe``, ``unsubscribe``, ``status``, ``markets``, ``stop``. ``markets`` answers a
-  tuple of :class:`~flight_md.control.MarketInfo` (about 1,700 for Binance spot: a few
-  hundred KB pickled, once per ``@markets`` request).
+  tuple of :class:`~flight_md.control.MarketInfo`, filtered by symbol glob in the child (all
+  of Binance spot's 1,700 are some 125 KB pickled).
 * child -> parent: ``("rows", [(exchange, symbol, row), ...])``, ``("event", Event)``,
   ``("fatal", exchange, message)`` (a configured symbol the exchange turned out not to list) and
   ``("reply", id, error, value)`` (``error`` is ``None`` or ``(class name, message)`` of a
@@ -586,14 +586,15 @@ class IngestionProcess:
                 return self._with_bases(status)
         return self._down_status()
 
-    def markets(self, exchange: str | None, timeout: float | None) -> tuple[MarketInfo, ...]:
-        """Every stream's loaded markets, from the child.
+    def markets(self, exchange: str | None, pattern: str | None,
+                timeout: float | None) -> tuple[MarketInfo, ...]:
+        """Every stream's loaded markets (whose symbol ``pattern`` matches), from the child.
 
         Raises:
             Unavailable: The child is gone, being restarted or too slow.
             UnknownExchange: No stream runs for ``exchange``.
         """
-        markets: tuple[MarketInfo, ...] = self.call("markets", (exchange,), timeout)
+        markets: tuple[MarketInfo, ...] = self.call("markets", (exchange, pattern), timeout)
         return markets
 
     def _with_bases(self, status: IngestionStatus) -> IngestionStatus:
@@ -713,6 +714,8 @@ class ProcessControl:
         restarted, each exchange ``down``)."""
         return self.process.status(self.timeout)
 
-    def markets(self, exchange: str | None) -> tuple[MarketInfo, ...]:
-        """Every stream's loaded markets (read in the child)."""
-        return self.process.markets(exchange, self.timeout)
+    def markets(self, exchange: str | None, pattern: str | None = None,
+                ) -> tuple[MarketInfo, ...]:
+        """Every stream's loaded markets (read in the child; filtered there, so only the
+        matching ones cross the pipe)."""
+        return self.process.markets(exchange, pattern, self.timeout)
