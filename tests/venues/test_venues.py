@@ -138,14 +138,22 @@ def test_bad_frames_are_counted_and_dropped_without_a_reconnect(rig: Rig, case: 
     def bad_frames() -> int:
         return sum(rig.served.exchange()["bad_frames"].values()) - sum(before["bad_frames"].values())
 
+    def accounting() -> tuple[int, int, int]:
+        """(intact frames written, ticks stored, bad frames counted) since the start."""
+        sent_now, stored = rig.sent(), rig.served.stored()
+        return (sum(sent_now[s] - counts[s][0] for s in symbols),
+                sum(stored[s] - counts[s][1] for s in symbols), bad_frames())
+
     def accounted() -> bool:  # every frame written was read: stored, or counted as bad
-        sent, stored = rig.sent(), rig.served.stored()
-        intact = sum(sent[s] - counts[s][0] for s in symbols)
-        kept = sum(stored[s] - counts[s][1] for s in symbols)
-        return kept + bad_frames() == intact + len(FRAME_FAULTS)
+        intact, kept, bad = accounting()
+        return kept + bad == intact + len(FRAME_FAULTS)
 
     with rig.quiet():
-        until(accounted, 10, f"{case}: every frame written to be stored or counted as bad")
+        # Within the heartbeat: a longer silence would be a stale stream, not a bad frame.
+        wait(accounted, 0.8 * HEARTBEAT_S,
+             f"{case}: each of {len(FRAME_FAULTS)} corrupted frames stored or counted as bad",
+             lambda: "(intact frames, stored ticks, bad frames) since the faults: "
+                     f"{accounting()}; bad frames {rig.served.exchange()['bad_frames']}")
         after = rig.served.exchange()
         stored = rig.served.stored()
         rig.gap = {s: n - stored[s] for s, n in rig.sent().items()}
