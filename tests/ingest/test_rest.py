@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 from typing import Any
 
 import pytest
@@ -17,29 +16,6 @@ pytestmark = pytest.mark.timeout(60 * MS)
 QUICK = {"poll_interval": 0.05, "ccxt_options": {"rateLimit": 5}}
 """Poll often; ccxt's client-side rate limiter (Binance weighs a 24h ticker query heavily)
 would otherwise space the polls by most of a second."""
-
-
-@pytest.mark.asyncio
-@pytest.mark.parametrize("exchange, channel", [("binance", "ticker"), ("bybit", "ticker"),
-                                               ("binance", "bidask"), ("bybit", "bidask")])
-async def test_rest_mode_stores_a_polled_ticker_only_when_it_changed(
-        make_emulator, make_stream, exchange, channel):
-    emu = await make_emulator(exchange, rate=300.0)
-    # A websocket client keeps the emulator's markets moving; the REST stream polls them.
-    mover = await make_stream(emu, SYMBOLS, channel=channel, mode="websocket")
-    stream = await make_stream(emu, SYMBOLS, channel=channel, mode="rest", **QUICK)
-    assert stream.active_mode is Mode.REST
-    await wait_until(lambda: all(stored(stream, s) >= 4 for s in SYMBOLS), 10, "polled ticks")
-    for symbol in SYMBOLS:
-        rows = stream.buffer.get_latest_sync(symbol, 1000, exchange=exchange).to_pylist()
-        values = [tuple(r[k] for k in ("price", "bid", "ask", "volume")) for r in rows]
-        assert all(a != b for a, b in itertools.pairwise(values))  # each differs from the last
-        assert all(r["price"] > 0 and r["receive_timestamp"] > 0 for r in rows)
-        assert len(values) < stored(mover, symbol)  # polling sees fewer updates than the feed
-    status = stream.status().exchanges[0]
-    assert status.mode == "rest" and status.state == "connected"
-    # The polled stream never saw a websocket update: fetch_* does not write ccxt's cache.
-    assert not stream.exchange.tickers and not stream.exchange.bidsasks
 
 
 @pytest.mark.asyncio
