@@ -157,7 +157,10 @@ async def test_subscribe_unsubscribe_and_errors() -> None:
         await until(lambda: emu.stats.subscriptions == 0, 5, "the unsubscription")
         sent = emu.sent("ticker", "BTC/USD")
         # The barrier: ETH/USD frames flow on the same connection; not one more BTC/USD frame.
-        await ws.send_str(json.dumps({"method": "subscribe", "params": {"channel": "ticker", "symbol": ["ETH/USD"]}}))
+        await ws.send_str(json.dumps({"method": "subscribe", "params": {"channel": "ticker", "symbol": ["ETH/USD"],
+                                                                        "snapshot": False}}))
+        assert (await receive(ws))["result"]["snapshot"] is False
+        assert (await receive(ws))["type"] == "update"  # no snapshot asked, none sent
         await until(lambda: emu.sent("ticker", "ETH/USD") >= 10, 10, "10 ETH/USD frames")
         assert emu.sent("ticker", "BTC/USD") == sent
         await ws.send_str("{not json")

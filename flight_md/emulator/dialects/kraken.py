@@ -26,8 +26,8 @@ Websocket ``/v2`` (requests and replies as JSON objects; replies carry ``time_in
 * ``{"method":"unsubscribe",...}`` the same way; a stream not subscribed is ``Subscription
   Not Found``.
 * Data: ``{"channel":"ticker","type":"snapshot"|"update","data":[{...}]}``. A ticker
-  subscription gets a snapshot right after its ack (synthetic mode; ``snapshot: false`` is
-  acknowledged but not honoured). Both event triggers are one stream per symbol
+  subscription gets a snapshot right after its ack unless it asked ``snapshot: false``
+  (synthetic mode; a replay serves the recorded frames). Both event triggers are one stream per symbol
   (``ticker``): subscribing to both on one connection is ``Already subscribed``.
 * Server going away: ``{"channel":"status","type":"update","data":[{"system":"maintenance",
   ...}]}`` (Kraken announces maintenance on the status channel), then a close.
@@ -136,6 +136,7 @@ class KrakenDialect(Dialect):
                             for name in (pair_id, entry.get("altname", pair_id))}
         self._assets = _assets(self._pairs.values())
         self._transcoded: set[StreamKey] = set()
+        self._no_snapshot: frozenset[StreamKey] = frozenset()
         self._rest_rows: dict[str, dict[str, Any]] = {}
         self._replayed: dict[str, dict[str, Any]] = {}
         self._connection_id = 14_545_728_493_745_856_413
@@ -269,6 +270,10 @@ class KrakenDialect(Dialect):
         if failure is not None:
             return Control((_reply({**head, "error": failure, "success": False}, time_in),))
         channel = result["channel"]
+        if method == "subscribe":
+            # The server asks snapshot_on_subscribe right after this message, before the next.
+            self._no_snapshot = frozenset() if result["snapshot"] else frozenset(
+                StreamKey(channel, symbol) for symbol in params["symbol"])
         replies: list[str] = []
         subscribe: list[Subscription] = []
         unsubscribe: list[StreamKey] = []
@@ -332,7 +337,7 @@ class KrakenDialect(Dialect):
         return channel in _SYNTHETIC_CHANNELS
 
     def snapshot_on_subscribe(self, key: StreamKey) -> bool:
-        return key.channel == "ticker"
+        return key.channel == "ticker" and key not in self._no_snapshot
 
     def render(self, key: StreamKey, market: Market, quote: Quote, *, snapshot: bool) -> str:
         market = self._by_symbol.get(key.symbol, market)
