@@ -315,8 +315,9 @@ def _parser() -> argparse.ArgumentParser:
     from flight_md.emulator import command as emulator_command
 
     emulator = sub.add_parser("emulator", help="run the local exchange emulator",
-                              description="Run an exchange emulator (Binance spot or Bybit v5 "
-                              "protocol) on loopback: synthetic markets or recorded sessions.")
+                              description="Run an exchange emulator on loopback, speaking one venue's "
+                              "real public protocol (--exchange): synthetic markets or recorded "
+                              "sessions.")
     emulator_command.add_arguments(emulator)
     emulator.set_defaults(func=emulator_command.run)
     fault = sub.add_parser("emulator-fault", help="switch a fault on a running emulator",

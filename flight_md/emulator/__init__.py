@@ -1,6 +1,7 @@
 """A local exchange emulator that unmodified ccxt.pro clients talk to.
 
-It speaks the real public protocols of Binance spot and Bybit v5 (REST market lists
+It speaks the real public protocols of every venue with a dialect (Binance spot, Bybit v5,
+Coinbase Advanced Trade, Kraken v2, OKX v5: :func:`flight_md.venues.emulated`; REST market lists
 and tickers, websocket subscriptions, pings, limits) on 127.0.0.1, with data from
 deterministic random walks or from recorded sessions, and injects faults on demand::
 
@@ -10,7 +11,7 @@ deterministic random walks or from recorded sessions, and injects faults on dema
         await emu.inject(Fault.RESET)
         assert emu.sent("bookTicker", "BTC/USDT") > 0
 
-Modules: ``server`` (the emulator), ``binance`` and ``bybit`` (dialects), ``dialect``
+Modules: ``server`` (the emulator), ``dialects/<venue>`` (one per venue), ``dialect``
 (their contract), ``connection``, ``synthetic`` (random walks), ``recording`` (replay
 input), ``market``, ``fault``, ``stats``, ``thread`` (run it on a thread),
 ``command`` (the ``flight-md emulator`` and ``emulator-fault`` commands).

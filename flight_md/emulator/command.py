@@ -38,7 +38,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the ``emulator`` command's arguments to a parser."""
     parser.add_argument("--exchange", choices=EXCHANGES, default="binance", help="exchange dialect to speak")
     parser.add_argument("--symbols", default="BTC/USDT,ETH/USDT",
-                        help="comma-separated unified symbols for synthetic data (BTC/USDT:USDT is a Bybit perpetual)")
+                        help="comma-separated ccxt unified symbols for synthetic data (BTC/USDT spot, "
+                        "BTC/USDT:USDT a linear perpetual where the venue lists them)")
     parser.add_argument("--rate", type=float, default=100.0, help="synthetic updates per second, in total")
     parser.add_argument("--replay", nargs="?", const=_DEFAULT_REPLAY, default=None, metavar="FILE",
                         help="replay a recording instead of synthetic data (default: ../shared/recordings/<exchange>)")
