@@ -1,0 +1,444 @@
+"""Every ccxt internal flight_md relies on, in one place, checked against the installed ccxt.
+
+ccxt promises its unified methods (``load_markets``, ``watch_*``, ``fetch_*``, ``close``) and
+its unified structures. Ingestion needs more than that, and this module is the only one that
+touches it. :func:`check` verifies each assumption below when a stream starts; a broken one
+fails the stream loudly (:class:`~flight_md.errors.StartupError` naming the assumption and
+the ccxt version, an ``error`` event, ``status().last_error``) instead of leaving a stream
+that looks merely stale. ``pyproject.toml`` pins ccxt to the version the tests cover.
+
+Assumptions (the name each check reports):
+
+``version``
+    ``ccxt.__version__`` is in ``[MIN_VERSION, BELOW_VERSION)``: the 4.5 line from the
+    pinned release on. ccxt publishes a patch release almost daily, mostly exchange
+    definitions; the internals below live in its base and ws modules and are checked one by
+    one, so a later 4.5 patch is accepted when every check passes. An older release, or a
+    new minor or major line, is refused outright: the frame guard and the dial backoff
+    override were written against 4.5.90's receive loop, which nothing structural can
+    confirm behaves the same.
+``cache``
+    Every parsed ticker is stored by key, exactly once per exchange message, in the
+    exchange's ``tickers`` (bid/ask: ``bidsasks``) attribute, a plain ``dict``. The stream
+    replaces that dict with a :class:`Tap` (a ``dict`` whose ``__setitem__`` stores, then
+    reports the pair), so it sees every update, not only the latest one a ``watch_*`` loop
+    would wake up for (measured: 34 % of updates at 5,000 msg/s). ``clean_ws_data`` may
+    replace the dict; the tap is re-installed before every watch call. REST fetches do not
+    write the cache, so polling cannot double count. Checked: the attribute is a ``dict``,
+    and the exchange's ccxt.pro source assigns ``self.<cache>[...] =``.
+``client``
+    ``exchange.client(url)`` creates (once per URL) and returns a websocket client,
+    registered in the ``exchange.clients`` dict by its ``url``, whose ``on_message``,
+    ``on_error`` and ``on_close`` callbacks are the exchange's methods bound at creation
+    (so a subclass overriding ``on_close`` / ``on_error`` sees every client's). Checked on a
+    real client, created and unregistered again.
+``handle_message``
+    The client's receive loop calls ``self.handle_message(message)`` without a ``try``: a
+    frame that is not JSON, or that the exchange's parser raises on, stops reading the whole
+    connection (4.5.90). Each client's instance attribute ``handle_message`` is therefore
+    replaced by a :class:`FrameGuard`. Checked: the method exists, takes one message, and
+    ``receive_loop`` looks it up on ``self``.
+``client_state``
+    A client has ``url``, ``futures`` and ``subscriptions`` (dicts: empty ones mean the
+    connection carries nothing), ``connected`` (a future resolved when the handshake is
+    done), ``connection`` (``None`` until then) and a coroutine ``close()``.
+``on_close``, ``on_error``
+    ``on_close(client, error)`` and ``on_error(client, error)`` forget a client by URL
+    (which is why :func:`guarded_class` makes them forget only the current one).
+``ws_dial_delay``
+    ``ws_dial_delay(url)`` is ccxt's per-URL dial backoff after a refused handshake (0.1 s
+    doubling to 30 s, no jitter), consulted before every dial. The stream's reconnect policy
+    already waits before every session; the guarded class returns 0 so one policy decides.
+``open``
+    ``exchange.open()`` reopens an instance after ``close()`` (ccxt marks a closed instance
+    closed and refuses lazy requests on it).
+``last_response_headers``
+    The headers of the last HTTP response, read for a 429's ``Retry-After``.
+``fetch_currencies``
+    ``load_markets`` fetches currencies only when ``has["fetchCurrencies"]`` is ``True``, and
+    the constructor's ``has`` option overrides it: the stream turns it off (currencies are
+    never needed for market data, and on Binance and Bybit they are a private call, made
+    whenever API keys are set, failing on a public-only host). Not checked: a user's
+    ``ccxt_options`` may turn it back on on purpose.
+``logger``
+    The ``logger`` constructor option replaces the logger ccxt writes request headers to (at
+    DEBUG, with the API key): the stream gives it one whose records are redacted.
+
+Our own attributes on ccxt objects are prefixed ``flight_md_``: ``flight_md_closing`` on a
+client the stream is closing (its close is not a failure of the current connection), and on
+the class :func:`guarded_class` makes, the three hooks :func:`attach` sets and
+``flight_md_base``, the ccxt.pro class it guards.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import inspect
+import logging
+import re
+import sys
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, Final
+
+import ccxt
+import ccxt.pro as ccxt_pro
+
+from flight_md.errors import StartupError
+from flight_md.venues.base import ChannelMethods
+
+__all__ = [
+    "BELOW_VERSION",
+    "MIN_VERSION",
+    "FrameGuard",
+    "Tap",
+    "attach",
+    "check",
+    "close_clients",
+    "close_idle_clients",
+    "guarded_class",
+    "install_tap",
+    "reopen",
+    "response_headers",
+    "supported_version",
+]
+
+MIN_VERSION: Final = (4, 5, 90)
+"""The oldest ccxt accepted: the pinned release, whose internals this module was written for."""
+BELOW_VERSION: Final = (4, 6, 0)
+"""The first ccxt refused: a new minor line may move the internals without a trace."""
+_CHECK_URL: Final = "wss://flight-md.invalid/ccxt-compat-check"
+
+
+def _incompatible(assumption: str, found: str) -> StartupError:
+    """The one phrasing of a broken assumption."""
+    return StartupError(f"ccxt {ccxt.__version__} is incompatible with flight_md: {assumption}: "
+                        f"{found} (tested with ccxt {'.'.join(map(str, MIN_VERSION))})")
+
+
+class Tap(dict[str, Any]):
+    """ccxt's ``tickers`` / ``bidsasks`` cache, reporting every store to a sink.
+
+    It is a plain ``dict`` to ccxt: only ``__setitem__`` is extended, and it stores first.
+    """
+
+    __slots__ = ("sink",)
+
+    def __init__(self, sink: Callable[[str, Any], None], initial: Mapping[str, Any]) -> None:
+        super().__init__(initial)
+        self.sink = sink
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        super().__setitem__(key, value)
+        self.sink(key, value)
+
+
+def install_tap(exchange: Any, cache: str, sink: Callable[[str, Any], None]) -> None:
+    """Make ``exchange.<cache>`` a :class:`Tap` reporting to ``sink`` (again, if ccxt replaced it)."""
+    current = getattr(exchange, cache, None)
+    if type(current) is Tap and current.sink is sink:
+        return
+    setattr(exchange, cache, Tap(sink, current or {}))
+
+
+class FrameGuard:
+    """A ccxt websocket client's message handler that survives one bad frame.
+
+    Messages of a client that is no longer the exchange's current client for its URL
+    (left over from an earlier session) are dropped and the client is closed, so a late
+    handshake can never deliver a second copy of a tick.
+    """
+
+    __slots__ = ("_client", "_exchange", "_handle")
+
+    def __init__(self, client: Any, exchange: Any) -> None:
+        self._client = client
+        self._exchange = exchange
+        self._handle = client.handle_message
+
+    def __call__(self, message: Any) -> None:
+        client = self._client
+        clients = self._exchange.clients
+        if clients is None or clients.get(client.url) is not client:
+            if not getattr(client, "flight_md_closing", False):
+                client.flight_md_closing = True
+                orphan = self._exchange.flight_md_orphan
+                if orphan is not None:
+                    orphan(client)
+            return
+        try:
+            self._handle(message)
+        except Exception as error:  # noqa: BLE001 - one bad frame must not stop the receive loop
+            hook = self._exchange.flight_md_frame_error
+            if hook is not None:
+                hook(error)
+
+
+_GUARDED: dict[type, type] = {}
+
+
+def _report_closed(exchange: Any, ws_client: Any, error: Any, current: bool) -> None:
+    """Tell the stream that its current connection failed or closed (not one we closed)."""
+    hook = exchange.flight_md_closed
+    if hook is not None and current and not getattr(ws_client, "flight_md_closing", False):
+        hook(error)
+
+
+def guarded_class(cls: type) -> type:
+    """A subclass of a ccxt.pro exchange, made safe for reconnecting under load.
+
+    Its websocket clients get a :class:`FrameGuard`, and ``on_close`` forgets a closed
+    client only if it is still the one registered for its URL (ccxt forgets by URL, so an
+    old client finishing its close would otherwise unregister its successor, which would
+    then be reopened next to it and deliver every tick twice).
+    """
+    guarded = _GUARDED.get(cls)
+    if guarded is None:
+        def client(self: Any, url: str) -> Any:
+            ws_client = cls.client(self, url)  # type: ignore[attr-defined]
+            if "handle_message" not in vars(ws_client):
+                ws_client.handle_message = FrameGuard(ws_client, self)
+            return ws_client
+
+        def on_close(self: Any, ws_client: Any, error: Any) -> None:
+            # ccxt forgets a closed client by URL; a client retired earlier may close after
+            # its URL got a new client, which must not be forgotten in its place.
+            current = (self.clients or {}).get(ws_client.url)
+            if current is None or current is ws_client:
+                cls.on_close(self, ws_client, error)  # type: ignore[attr-defined]
+            _report_closed(self, ws_client, error, current is ws_client)
+
+        def on_error(self: Any, ws_client: Any, error: Any) -> None:
+            current = (self.clients or {}).get(ws_client.url)
+            cls.on_error(self, ws_client, error)  # type: ignore[attr-defined]
+            _report_closed(self, ws_client, error, current is ws_client)
+
+        def ws_dial_delay(self: Any, url: str) -> float:
+            # ccxt 4.5.90 keeps its own per-URL dial backoff (0.1 s doubling to 30 s, no
+            # jitter) after a refused handshake. The stream's policy already waits before
+            # every new session; ccxt's wait on top of it would stretch retries past
+            # max_reconnect_delay. One policy decides: dial at once.
+            return 0.0
+
+        guarded = type(cls.__name__, (cls,), {
+            "client": client,
+            "on_close": on_close,
+            "on_error": on_error,
+            "ws_dial_delay": ws_dial_delay,
+            "flight_md_closed": None,
+            "flight_md_orphan": None,
+            "flight_md_frame_error": None,
+            "flight_md_base": cls,
+            "__module__": __name__,
+            "__doc__": f"ccxt.pro {cls.__name__} whose websocket clients survive bad frames.",
+        })
+        _GUARDED[cls] = guarded
+    return guarded
+
+
+def attach(exchange: Any, *, frame_error: Callable[[BaseException], None],
+           closed: Callable[[Any], None], orphan: Callable[[Any], None]) -> None:
+    """Connect a guarded exchange's hooks: a bad frame, the current connection closing or
+    failing (not one the stream closed), and a message from a superseded client."""
+    exchange.flight_md_frame_error = frame_error
+    exchange.flight_md_closed = closed
+    exchange.flight_md_orphan = orphan
+
+
+def reopen(exchange: Any) -> None:
+    """Make a closed exchange usable again (ccxt marks an instance closed in ``close()``)."""
+    exchange.open()
+
+
+def response_headers(exchange: Any) -> Mapping[str, Any] | None:
+    """The headers of the exchange's last HTTP response, if ccxt kept them."""
+    headers = getattr(exchange, "last_response_headers", None)
+    return headers if isinstance(headers, Mapping) else None
+
+
+async def close_clients(exchange: Any, timeout: float,
+                        close_later: Callable[[Any], None]) -> None:
+    """Close every websocket of ``exchange`` now; one that is still connecting is passed to
+    ``close_later`` once it is up (closing it mid-handshake would leave it open)."""
+    clients = list((getattr(exchange, "clients", None) or {}).values())
+    if not clients:
+        return
+    exchange.clients.clear()
+    for client in clients:
+        client.flight_md_closing = True
+        connected = client.connected
+        if client.connection is None and connected is not None and not connected.done():
+            connected.add_done_callback(lambda _f, c=client: close_later(c))
+    tasks = [asyncio.ensure_future(client.close()) for client in clients]
+    try:
+        await asyncio.wait(tasks, timeout=timeout)
+    finally:
+        for task in tasks:
+            if not task.done():
+                task.cancel()  # aiohttp drops the connection when its close is cancelled
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def close_idle_clients(exchange: Any, close_later: Callable[[Any], None]) -> None:
+    """Unregister and close websockets left without subscriptions (Binance: one per former
+    group)."""
+    clients = getattr(exchange, "clients", None) or {}
+    for url, client in list(clients.items()):
+        if not client.subscriptions and not client.futures:
+            del clients[url]
+            client.flight_md_closing = True
+            close_later(client)
+
+
+# -- the check --------------------------------------------------------------------------------
+
+
+def supported_version(text: str) -> bool:
+    """Whether a ccxt version string is in ``[MIN_VERSION, BELOW_VERSION)``."""
+    match = re.fullmatch(r"(\d+)\.(\d+)\.(\d+)", text.strip())
+    if match is None:
+        return False
+    version = tuple(int(part) for part in match.groups())
+    return MIN_VERSION <= version < BELOW_VERSION
+
+
+def _params(fn: Any) -> list[str] | None:
+    """The parameter names of a function or bound method (``self`` excluded), if it is one."""
+    if not callable(fn) or isinstance(fn, type):
+        return None
+    try:
+        names = list(inspect.signature(fn).parameters)
+    except (TypeError, ValueError):
+        return None
+    return names[1:] if names[:1] == ["self"] else names
+
+
+def _method(owner: Any, name: str, arity: int, assumption: str) -> Any:
+    """``owner.<name>``, a callable taking ``arity`` positional arguments."""
+    fn: Any = getattr(owner, name, None)
+    params = _params(fn)
+    if params is None:
+        raise _incompatible(assumption, f"{name} is {type(fn).__name__}, not a method")
+    if len(params) < arity:
+        raise _incompatible(assumption, f"{name}({', '.join(params)}) takes fewer than {arity} "
+                                        "arguments")
+    return fn
+
+
+@functools.cache
+def _assigns_by_key(cls: type, cache: str) -> bool:
+    """Whether the module of a ccxt.pro class in ``cls``'s ancestry stores into
+    ``self.<cache>[...]`` (the module's text is searched: ``inspect.getsource`` of a class
+    takes a second on ccxt's largest)."""
+    pattern = re.compile(rf"self\.{re.escape(cache)}\[[^\]\n]+\]\s*=(?!=)")
+    for klass in cls.__mro__:
+        module = sys.modules.get(klass.__module__)
+        path = getattr(module, "__file__", None)
+        if not klass.__module__.startswith("ccxt.pro.") or path is None:
+            continue
+        try:
+            source = Path(path).read_text(encoding="utf-8")
+        except OSError:
+            continue
+        if pattern.search(source):
+            return True
+    return False
+
+
+@functools.cache
+def _calls_on_self(cls: type, method: str, callee: str) -> bool:
+    try:
+        source = inspect.getsource(getattr(cls, method))
+    except (AttributeError, OSError, TypeError):
+        return False
+    return f"self.{callee}(" in source
+
+
+def _check_client(exchange: Any) -> None:
+    clients = getattr(exchange, "clients", None)
+    if clients is not None and not isinstance(clients, dict):
+        raise _incompatible("client", f"exchange.clients is {type(clients).__name__}, not a dict")
+    make = _method(exchange, "client", 1, "client")
+    had = set(clients or ())
+    try:
+        client: Any = make(_CHECK_URL)
+    except Exception as error:
+        raise _incompatible("client", f"client(url) raised {type(error).__name__}: {error}") from error
+    try:
+        registry = getattr(exchange, "clients", None)
+        found: Any = registry.get(_CHECK_URL) if isinstance(registry, dict) else None
+        if found is None or found is not client:
+            raise _incompatible("client", "client(url) did not register the client in "
+                                          "exchange.clients by its url")
+        if getattr(client, "url", None) != _CHECK_URL:
+            raise _incompatible("client_state", "a client has no url")
+        for name in ("message", "error", "close"):
+            bound = getattr(client, f"on_{name}_callback", None)
+            expected = getattr(exchange, "handle_message" if name == "message" else f"on_{name}")
+            if bound != expected:
+                raise _incompatible("client", f"a client's on_{name}_callback is not the "
+                                              "exchange's method")
+        for name in ("futures", "subscriptions"):
+            if not isinstance(getattr(client, name, None), dict):
+                raise _incompatible("client_state", f"client.{name} is not a dict")
+        if not isinstance(getattr(client, "connected", None), asyncio.Future):
+            raise _incompatible("client_state", "client.connected is not a future")
+        if not hasattr(client, "connection") or client.connection is not None:
+            raise _incompatible("client_state", "client.connection is not None before connecting")
+        if not inspect.iscoroutinefunction(getattr(type(client), "close", None)):
+            raise _incompatible("client_state", "client.close is not a coroutine function")
+        client_cls: Any = type(client)
+        _method(client_cls, "handle_message", 1, "handle_message")
+        if not _calls_on_self(client_cls, "receive_loop", "handle_message"):
+            raise _incompatible("handle_message", "the receive loop does not call "
+                                                  "self.handle_message")
+        if not isinstance(vars(client).get("handle_message"), FrameGuard):
+            raise _incompatible("handle_message", "the frame guard could not be installed")
+    finally:
+        registry = getattr(exchange, "clients", None)
+        if isinstance(registry, dict) and _CHECK_URL not in had:
+            registry.pop(_CHECK_URL, None)
+
+
+def check(exchange: Any, methods: ChannelMethods, *, websocket: bool,
+          logger: logging.Logger | None = None) -> None:
+    """Verify every assumption in this module's docstring against ``exchange`` and its ccxt.
+
+    Call it on the running loop (creating a websocket client binds it), before any request.
+    The websocket assumptions are checked when ``websocket`` (the stream may use ccxt.pro
+    for this channel; ``exchange`` is then built with :func:`guarded_class`).
+
+    Args:
+        exchange: The stream's ccxt exchange instance.
+        methods: The channel's ccxt methods (the ``cache`` attribute is checked).
+        websocket: Whether the stream may stream the channel over ccxt.pro.
+        logger: The logger the exchange was constructed with, if any.
+
+    Raises:
+        StartupError: An assumption does not hold; the message names it and the ccxt version.
+    """
+    if not supported_version(str(getattr(ccxt, "__version__", ""))):
+        raise _incompatible("version", f"expected >={'.'.join(map(str, MIN_VERSION))},"
+                                       f"<{'.'.join(map(str, BELOW_VERSION))}")
+    _method(exchange, "open", 0, "open")
+    if not hasattr(exchange, "last_response_headers"):
+        raise _incompatible("last_response_headers", "the exchange has no last_response_headers")
+    if logger is not None and getattr(exchange, "logger", None) is not logger:
+        raise _incompatible("logger", "the logger constructor option was not used")
+    if not websocket:
+        return  # REST only: no websocket, no cache tap
+    base = getattr(type(exchange), "flight_md_base", None)
+    if base is None or not issubclass(base, ccxt_pro.Exchange):
+        raise _incompatible("client", f"{type(exchange).__name__} is not a guarded ccxt.pro exchange")
+    cache = getattr(exchange, methods.cache, None)
+    if not isinstance(cache, dict):
+        raise _incompatible("cache", f"exchange.{methods.cache} is {type(cache).__name__}, "
+                                     "not a dict")
+    if not _assigns_by_key(base, methods.cache):
+        raise _incompatible("cache", f"{base.__name__} does not store tickers by key in "
+                                     f"self.{methods.cache}")
+    for name in ("on_close", "on_error"):
+        _method(base, name, 2, name)
+    _method(base, "ws_dial_delay", 1, "ws_dial_delay")
+    _check_client(exchange)
