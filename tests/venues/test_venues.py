@@ -20,6 +20,7 @@ where the row's price is the mid; any other through ``ticker``.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import itertools
 from collections.abc import Callable
@@ -66,6 +67,10 @@ QUICK_REST: dict[str, Any] = {"poll_interval": 0.05, "ccxt_options": {"rateLimit
 
 def _has_shutdown_event(venue_id: str) -> bool:
     return dialect_class(venue_id).shutdown_event is not Dialect.shutdown_event
+
+
+def _applied(emulator: EmulatorThread, fault: Fault, before: int) -> bool:
+    return emulator.stats.faults.get(fault, 0) > before
 
 
 def _recovered(served: Served, since: int, needs: set[str], timeout: float) -> None:
@@ -132,11 +137,13 @@ def test_bad_frames_are_counted_and_dropped_without_a_reconnect(rig: Rig, case: 
     applied = dict(rig.emulator.stats.faults)
     for fault in FRAME_FAULTS:
         rig.emulator.inject(fault, count=1)
-        until(lambda f=fault: rig.emulator.stats.faults.get(f, 0) > applied.get(f, 0), 10,
+        until(functools.partial(_applied, rig.emulator, fault, applied.get(fault, 0)), 10,
               f"{case}: {fault} applied")
 
     def bad_frames() -> int:
-        return sum(rig.served.exchange()["bad_frames"].values()) - sum(before["bad_frames"].values())
+        now: dict[str, int] = rig.served.exchange()["bad_frames"]
+        was: dict[str, int] = before["bad_frames"]
+        return sum(now.values()) - sum(was.values())
 
     def accounting() -> tuple[int, int, int]:
         """(intact frames written, ticks stored, bad frames counted) since the start."""
@@ -305,9 +312,9 @@ def _expected_module(venue_id: str) -> ModuleType:
     except ModuleNotFoundError as error:
         if error.name != name:
             raise
-        pytest.fail(f"{venue_id} has no {name.replace('.', '/')}.py: write expected_replay(path) "
-                    "-> {symbol: [(last, bid, ask), ...]} read straight from its recording",
-                    pytrace=False)
+    pytest.fail(f"{venue_id} has no {name.replace('.', '/')}.py: write expected_replay(path) "
+                "-> {symbol: [(last, bid, ask), ...]} read straight from its recording",
+                pytrace=False)
 
 
 def _row_of(expected: Values, channel: Channel) -> Values:
