@@ -125,6 +125,15 @@ class Fanout:
             self.dispatch(row_to_tick(made[0], made[1], self._exchange_id))
         return True
 
+    def nameless(self) -> None:
+        """Count an update ccxt stored under no symbol (the frame named none, or one the
+        markets do not list): it can belong to no subscription, but it is not silently lost."""
+        self.last_update = time.monotonic()
+        reason = DropReason.MISSING_SYMBOL
+        count = self.bad_frames[reason] = self.bad_frames[reason] + 1
+        log_bad(count, "%s: dropped an update without a symbol (%d so far)", self._exchange_id,
+                count)
+
     def frame_error(self, error: BaseException, described: str) -> None:
         """Count a frame ccxt could not decode or parse (``described``: its safe text)."""
         reason = DropReason.MALFORMED_FRAME if isinstance(error, json.JSONDecodeError) \

@@ -280,6 +280,9 @@ class WebsocketRunner:
         """The tap's sink: ccxt has just parsed one update (runs inside ccxt's handler)."""
         if not self.delivering:
             return  # a REST-mode probe
+        if not isinstance(symbol, str) or not symbol:
+            self._fanout.nameless()
+            return
         state = self._subs.subscribed(symbol)
         if state is None:
             return  # unsubscribed: the exchange may still be sending it
