@@ -26,7 +26,7 @@ the hot path (tap, `to_row`, `append_row`). py-spy (`record --threads --nonblock
 ingestion thread of a flight_md process saturated at 40,000 msg/s over 200 symbols: ccxt
 `binance.handle_message` 83 % of its samples (of which `handle_bids_asks` 55 %,
 `parse_ws_ticker`/`safe_*` 16 %), aiohttp's reader and ccxt's receive loop most of the rest;
-flight_md's tap (`_Tap.__setitem__` -> `to_row` -> `append_row`) ~2 %. The gap between the
+flight_md's tap (`flight_md.ingest.ccxt_compat.Tap.__setitem__` -> `to_row` -> `append_row`) ~2 %. The gap between the
 hot-path ceiling and the lossless rate is therefore the network path and the event loop, not
 the store.
 
