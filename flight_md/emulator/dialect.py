@@ -94,6 +94,8 @@ class Dialect(ABC):
     server_pings: bool = False
     #: Exchange-native channels synthetic data is generated for.
     synthetic_channels: frozenset[str] = frozenset()
+    #: Seconds between two :meth:`keepalive` calls per connection; ``None``: never called.
+    keepalive_interval: float | None = None
 
     def __init__(self, markets: tuple[Market, ...], walks: Mapping[str, PriceWalk], recording: Recording | None) -> None:
         self.walks = walks
@@ -175,6 +177,17 @@ class Dialect(ABC):
     @abstractmethod
     def corrupt(self, fault: Fault, text: str) -> str:
         """Corrupt a data frame the way a frame fault asks."""
+
+    def keepalive(self, connection: ConnectionInfo) -> str | None:
+        """The keep-alive frame the venue sends a connection now (Coinbase ``heartbeats``), or ``None``.
+
+        Called every :attr:`keepalive_interval` seconds while the connection is open and the
+        emulator is not stalled; the frame is a control frame (never corrupted or counted).
+        """
+        return None
+
+    def closed(self, connection: ConnectionInfo) -> None:
+        """A websocket closed: forget what the dialect kept about it."""
 
     def shutdown_event(self) -> str | None:
         """The frame announcing an imminent server shutdown, if the exchange has one."""

@@ -434,12 +434,15 @@ class Emulator:
         self._spawn(conn, self._write(conn))
         if self._dialect.server_pings:
             self._spawn(conn, self._ping(conn))
+        if self._dialect.keepalive_interval is not None:
+            self._spawn(conn, self._keepalive(conn, self._dialect.keepalive_interval))
         if subscriptions:
             self._subscribe(conn, subscriptions)
         try:
             await self._read(conn)
         finally:
             self._drop(conn)
+            self._dialect.closed(conn.info())
         return ws
 
     def _spawn(self, conn: Connection, coroutine: object) -> None:
@@ -606,6 +609,16 @@ class Emulator:
                 await conn.ws.ping(str(now_ms()).encode())
             except (ConnectionError, RuntimeError):
                 return
+
+    async def _keepalive(self, conn: Connection, interval: float) -> None:
+        running = self._running
+        assert running is not None
+        while not conn.closed:
+            await asyncio.sleep(interval)
+            if running.is_set():
+                frame = self._dialect.keepalive(conn.info())
+                if frame is not None:
+                    conn.push(None, frame)
 
     # -- data sources -----------------------------------------------------------------
 
