@@ -17,6 +17,7 @@ import re
 import subprocess
 import sys
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -57,12 +58,19 @@ def _tables(text: str) -> list[list[list[str]]]:
     return tables
 
 
-def _table(text: str, *headers: str) -> list[dict[str, str]]:
+def _rows_of(text: str, *headers: str, without: str | None = None) -> list[list[dict[str, str]]]:
+    """The rows (as dicts) of every table of ``text`` having all ``headers`` (and not the
+    header ``without``)."""
+    found = [t for t in _tables(text)
+             if all(h in t[0] for h in headers) and (without is None or without not in t[0])]
+    return [[dict(zip(head, row, strict=True)) for row in rows] for head, *rows in found]
+
+
+def _table(text: str, *headers: str, without: str | None = None) -> list[dict[str, str]]:
     """The rows (as dicts) of the one table of ``text`` having all ``headers``."""
-    found = [t for t in _tables(text) if all(h in t[0] for h in headers)]
+    found = _rows_of(text, *headers, without=without)
     assert len(found) == 1, f"{len(found)} tables with {headers}"
-    head, *rows = found[0]
-    return [dict(zip(head, row, strict=True)) for row in rows]
+    return found[0]
 
 
 def _number(cell: str) -> float:
@@ -126,9 +134,8 @@ def _goal_lines(text: str) -> list[str]:
     return [line for line in part.splitlines() if line.startswith("|")]
 
 
-def _assert_ingest(text: str) -> None:
-    part = _section(text, "Ingest")
-    runs = _table(part, "Target msg/s", "Design", "Kept up")
+def _assert_kept_up_cells(runs: list[dict[str, str]]) -> None:
+    """Every run's "Kept up" is what the rule gives on its printed figures."""
     for row in runs:
         rate = _number(row["Target msg/s"])
         delivered, stored = _number(row["Delivered/s"]), _number(row["Stored/s"])
@@ -140,7 +147,13 @@ def _assert_ingest(text: str) -> None:
             continue  # a condition too close to call at the printed precision
         kept = not shortfalls(rate, delivered, stored, backlog)
         assert row["Kept up"].startswith("yes" if kept else "no: "), row
-    summary = _table(part, "Lossless rate (kept up)", "Parse ceiling (hot path)")
+
+
+def _assert_ingest(text: str) -> None:
+    part = _section(text, "Ingest")
+    runs = _table(part, "Target msg/s", "Design", "Kept up", without="Venue")
+    _assert_kept_up_cells(runs)
+    summary = _table(part, "Lossless rate (kept up)", "Parse ceiling (hot path)", without="Venue")
     assert summary
     for row in summary:
         symbols = row["Symbols"]
@@ -159,6 +172,33 @@ def _assert_ingest(text: str) -> None:
             row["Parse ceiling (hot path)"]
         assert ceiling[0]["Emulator competing at msg/s"] == (f"{best:,}" if best is not None
                                                              else f"{min(probed):,}")
+
+
+def _assert_venues(text: str, venues: tuple[str, ...]) -> None:
+    """Each venue's ticker row, runs table and goal agree with the figures printed."""
+    part = _section(text, "Ingest")
+    summary = {row["Venue"]: row for row in _table(part, "Venue", "Lossless rate (kept up)")}
+    assert tuple(summary) == venues
+    tables = {rows[0]["Venue"]: rows for rows in _rows_of(part, "Venue", "Target msg/s", "Kept up")
+              if rows}
+    assert tuple(tables) == venues
+    goals = {row["Goal"]: row for row in _table(text.split("## Goals", 1)[1], "Goal", "Verdict")}
+    for name in venues:
+        row, runs = summary[name], tables[name]
+        assert {r["Venue"] for r in runs} == {name} and {r["Channel"] for r in runs} == {"ticker"}
+        assert {r["Design"] for r in runs} == {"flight_md", "naive"}
+        _assert_kept_up_cells(runs)
+        probed = {int(_number(r["Target msg/s"])): r["Kept up"] == "yes" for r in runs
+                  if r["Design"] == "flight_md"}
+        best = lossless_rate(probed)
+        assert row["Lossless rate (kept up)"] == (
+            f"{best:,} msg/s" if best is not None else f"below {min(probed):,} msg/s"), row
+        assert row["Emulator competing at msg/s"] == f"{best if best is not None else min(probed):,}"
+        _assert_ratio(row["Ratio to ceiling"], row["Lossless rate (kept up)"],
+                      row["Parse ceiling (hot path)"], f"ingest {name}")
+        goal = goals[f"Lossless ticker ingest vs {name}'s parse ceiling"]
+        assert goal["Measured"].startswith(row["Ratio to ceiling"]), (goal, row)
+        assert "failed to run" not in goal["Measured"], goal
 
 
 def _assert_ratios(text: str) -> None:
@@ -227,9 +267,32 @@ def test_smoke_run_produces_every_section_with_consistent_verdicts(tmp_path: Pat
     assert "This measurement failed" not in text
     _assert_goal_verdicts(text)
     _assert_ingest(text)
+    _assert_venues(text, SMOKE.venues or ())
     _assert_ratios(text)
     # The README quotes the goals table exactly as the report prints it.
     assert blocks(text)["goals"].splitlines() == _goal_lines(text)
+
+
+def test_venues_are_checked_and_symbols_are_the_venues_own() -> None:
+    from benchmarks.__main__ import main
+    from benchmarks.ingest import selected_venues
+    from flight_md.emulator.market import parse_symbols
+    from flight_md.venues import VENUES, emulated
+
+    assert selected_venues(FULL) == emulated()
+    assert selected_venues(replace(FULL, venues=("bybit", "binance"))) == ("binance", "bybit")
+    with pytest.raises(ValueError, match=r"unknown venue 'nope'; the emulator speaks: binance"):
+        selected_venues(replace(FULL, venues=("nope",)))
+    with pytest.raises(SystemExit):
+        main(["--venues", "binance,nope"])
+    assert ticks.venue_symbols("binance", 300) == ticks.symbols(300)
+    assert ticks.venue_symbols("bybit", 14)[::12] == ["BTC/USDT:USDT", "X0001/USDT:USDT"]
+    for name in emulated():
+        # Each venue's symbols are of the market type of its own test symbols.
+        kinds = {m.kind for m in parse_symbols(ticks.venue_symbols(name, 30))}
+        assert kinds == {parse_symbols(VENUES[name].test_symbols[:1])[0].kind}, name
+    with pytest.raises(ValueError, match="unknown venue 'nope'"):
+        ticks.venue_symbols("nope", 3)
 
 
 # -- the rules, on chosen figures --------------------------------------------------------------
