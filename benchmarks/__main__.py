@@ -5,9 +5,11 @@ Usage::
     python -m benchmarks [--smoke] [--out BENCHMARKS.md] [--only ingest,latency,...]
                          [--venues bybit,okx,...]
 
-The full run takes about twelve minutes on an otherwise idle 2-core machine (the ingest
-search's length depends on where the lossless rate lies); ``--smoke`` runs tiny sizes in
-about a minute to prove the harness works (its figures mean nothing). Exit status 1 when a
+The full run takes about twenty minutes on an otherwise idle 2-core machine, some eight of
+them the five venues' ticker runs (the ingest searches' length depends on where the lossless
+rates lie); ``--smoke`` runs tiny sizes in about a minute and a half to prove the harness works
+(its figures mean nothing). ``--venues`` runs only those venues' ticker measurements of the
+ingest section (about a minute and a half each), without its Binance bidask search. Exit status 1 when a
 measurement failed (the report still gets written, with the failure in it). Then
 ``python -m benchmarks.readme`` copies the report's quoted blocks into the README.
 """
