@@ -33,8 +33,21 @@ The naive design
     exchange.watch_bids_asks([symbol])`` (``watch_tickers`` for the ticker channel), that
     stores each ticker it gets, against the same emulator configuration.
 
-Run as children: ``python -m benchmarks.ingest naive --url URL --symbols N --channel C``,
-``python -m benchmarks.ingest ceiling``.
+Each venue's ticker channel
+    The same rule, search and baselines for every emulated venue
+    (:func:`flight_md.venues.emulated`, or ``settings.venues``), on its own protocol: its
+    emulator dialect over :func:`benchmarks.ticks.venue_symbols`, flight_md and the naive
+    loop on the venue's ccxt method for the ``ticker`` channel (``watch_ticker`` per symbol
+    where the venue's channel is per symbol), and its parse ceiling on frames its dialect
+    renders. The ceiling child learns what to render and how the sinks must subscribe from
+    the stream itself: it wraps the dialect's ``on_open`` and ``control`` in its own process
+    and records the websocket paths, control messages and native channels the stream's
+    subscriptions used (:class:`_Capture`). One goal per venue, ``ingest.venue.<id>``; a
+    venue that fails is reported in its rows and goal, and the other venues still run.
+
+Run as children: ``python -m benchmarks.ingest naive --url URL --symbols N --channel C
+[--exchange ID]``, ``python -m benchmarks.ingest ceiling`` (requests ``prepare`` with venue,
+symbols and channel, then ``run`` with frames and repetitions).
 """
 
 from __future__ import annotations
