@@ -9,7 +9,8 @@ The full run takes about twenty minutes on an otherwise idle 2-core machine, som
 them the five venues' ticker runs (the ingest searches' length depends on where the lossless
 rates lie); ``--smoke`` runs tiny sizes in about a minute and a half to prove the harness works
 (its figures mean nothing). ``--venues`` runs only those venues' ticker measurements of the
-ingest section (about a minute and a half each), without its Binance bidask search. Exit status 1 when a
+ingest section (about a minute and a half each), without its Binance bidask search, and no
+other section unless ``--only`` names some. Exit status 1 when a
 measurement failed (the report still gets written, with the failure in it). Then
 ``python -m benchmarks.readme`` copies the report's quoted blocks into the README.
 """
@@ -80,10 +81,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help=f"comma-separated subset of: {', '.join(MEASUREMENTS)}")
     parser.add_argument("--venues",
                         help="comma-separated emulated venues whose ticker channel the ingest "
-                        "section measures, skipping its Binance bidask search (default: the "
-                        "search and every emulated venue)")
+                        "section measures, skipping its Binance bidask search; implies --only "
+                        "ingest unless --only is given (default: the search and every "
+                        "emulated venue)")
     args = parser.parse_args(argv)
-    names = [n.strip() for n in args.only.split(",") if n.strip()] or list(MEASUREMENTS)
+    names = [n.strip() for n in args.only.split(",") if n.strip()] or (
+        ["ingest"] if args.venues is not None else list(MEASUREMENTS))
     unknown = [n for n in names if n not in MEASUREMENTS]
     if unknown:
         parser.error(f"unknown measurement {unknown[0]!r}; known: {', '.join(MEASUREMENTS)}")
