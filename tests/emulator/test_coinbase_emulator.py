@@ -195,13 +195,13 @@ async def test_ccxt_watch_ticker_and_what_its_unwatch_can_do(exchange_factory: E
 
 
 async def test_ccxt_keep_alive_pings_are_answered(exchange_factory: ExchangeFactory) -> None:
-    async with Emulator("coinbase", (BTC,), rate=20) as emu:
+    async with Emulator("coinbase", (BTC,), rate=40) as emu:
         # ccxt pings every keepAlive ms and drops a connection whose pongs stop; 4 a second
         # stays under the 8 messages a second Coinbase allows.
         exchange = exchange_factory("coinbase", emu.url, streaming={"keepAlive": 250}, **QUICK)
         await asyncio.wait_for(exchange.watch_ticker(BTC), 5 * MS)
         sent = emu.sent("ticker", BTC)
-        await until(lambda: emu.sent("ticker", BTC) >= sent + 40, 10, "two seconds of ticks")
+        await until(lambda: emu.sent("ticker", BTC) >= sent + 40, 10, "a second of ticks: four pings")
         await asyncio.wait_for(exchange.watch_ticker(BTC), 5 * MS)  # raises if ccxt gave up
         assert emu.stats.connections_opened == 1 and emu.stats.limit_closes == 0
 
@@ -373,7 +373,8 @@ async def test_the_replay_serves_the_recorded_products_and_rest_follows_it(excha
     path = recording_path("coinbase")
     with gzip.open(path, "rt", encoding="utf-8") as lines:
         recorded = next(json.loads(line)["data"] for line in lines if '"t": "http"' in line or '"t":"http"' in line)
-    last = {symbol: values[-1] for symbol, values in expected_replay(path).items()}
+    expected = expected_replay(path)
+    last = {symbol: values[-1] for symbol, values in expected.items()}
     async with Emulator("coinbase", replay=path, speed=0) as emu:
         async with aiohttp.ClientSession() as session, session.get(emu.url + PRODUCTS) as response:
             assert await response.text() == recorded  # byte for byte
@@ -384,7 +385,7 @@ async def test_the_replay_serves_the_recorded_products_and_rest_follows_it(excha
         assert (empty["last"], empty["bid"], empty["ask"]) == (None, None, None)
         for symbol in (BTC, ETH):
             await asyncio.wait_for(exchange.watch_ticker(symbol), 5 * MS)
-        await until(lambda: all(emu.sent("ticker", s) == len(expected_replay(path)[s]) for s in (BTC, ETH)), 10,
+        await until(lambda: all(emu.sent("ticker", s) == len(expected[s]) for s in (BTC, ETH)), 10,
                     "the whole recording replayed")
         for symbol in (BTC, ETH):
             ticker = await exchange.fetch_ticker(symbol)
