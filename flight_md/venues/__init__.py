@@ -16,7 +16,7 @@ from types import MappingProxyType
 
 from flight_md.venues.base import GENERIC_CHANNELS, ChannelMethods, Venue, has_key, ws_bases
 
-__all__ = ["GENERIC_CHANNELS", "VENUES", "ChannelMethods", "Venue", "emulated", "has_key", "venue", "ws_bases"]
+__all__ = ["GENERIC_CHANNELS", "VENUES", "ChannelMethods", "Venue", "emulated", "has_key", "venue", "venues_markdown", "ws_bases"]
 
 _MODULES = ("binance", "bybit", "coinbase", "kraken", "okx")
 
@@ -50,3 +50,26 @@ def venue(exchange_id: str) -> Venue:
 def emulated() -> tuple[str, ...]:
     """Ids of the venues the emulator speaks."""
     return tuple(name for name, item in VENUES.items() if item.dialect is not None)
+
+
+def venues_markdown() -> str:
+    """The README's venue table, from the registry (``tests/test_readme_truth.py`` checks it)."""
+    from flight_md.normalize import Channel
+
+    lines = ["| venue | `--exchange` | `ticker` | `bidask` | unsubscribe | symbols per subscribe | what to know |",
+             "|---|---|---|---|---|---|---|"]
+    def method(item: Venue, channel: Channel) -> str:
+        found = item.channels.get(channel)
+        if found is None:
+            return "none"
+        return f"`{found.watch}`" + (" (per symbol)" if found.per_symbol else "")
+
+    for item in VENUES.values():
+        unsubscribes = [c for c, m in item.channels.items() if m.unwatch is not None]
+        unsub = ("yes" if len(unsubscribes) == len(item.channels) else
+                 "no (session restart)" if not unsubscribes else
+                 ", ".join(str(c) for c in unsubscribes) + " only")
+        lines.append(f"| {item.title} | `{item.id}` | {method(item, Channel.TICKER)} | "
+                     f"{method(item, Channel.BIDASK)} | {unsub} | {item.symbols_per_message} | "
+                     f"{'; '.join(item.quirks)} |")
+    return "\n".join(lines)
