@@ -134,6 +134,14 @@ class Dialect(ABC):
         """
         return (), False
 
+    def on_connect_frames(self, connection: ConnectionInfo) -> tuple[str, ...]:
+        """Frames the venue sends a new websocket before anything else (Kraken's ``status``).
+
+        Called once per connection, right after the handshake; the frames are control frames
+        (never corrupted or counted).
+        """
+        return ()
+
     @abstractmethod
     def control(self, connection: ConnectionInfo, text: str) -> Control:
         """Handle a control message (subscribe, unsubscribe, ping, ...)."""

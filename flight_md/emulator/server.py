@@ -432,6 +432,8 @@ class Emulator:
         self._stats.connections_open += 1
         logger.debug("emulator %s: websocket %s opened on %s", self.exchange, conn.conn_id, request.path)
         self._spawn(conn, self._write(conn))
+        for frame in self._dialect.on_connect_frames(conn.info()):
+            conn.push(None, frame)
         if self._dialect.server_pings:
             self._spawn(conn, self._ping(conn))
         if self._dialect.keepalive_interval is not None:
