@@ -61,6 +61,13 @@ def _bybit(frames: list[tuple[str, dict[str, Any]]]) -> list[Row]:
     return rows
 
 
+def _kraken(frames: list[tuple[str, dict[str, Any]]]) -> list[Row]:
+    # Websocket v2: a ticker frame (snapshot or update) is a full ticker of a unified symbol.
+    return [(d["symbol"], float(d["last"]), float(d["bid"]), float(d["ask"]))
+            for path, f in frames if path == "/v2" and f.get("channel") == "ticker"
+            and f.get("type") in ("snapshot", "update") for d in f["data"]]
+
+
 def _okx(frames: list[tuple[str, dict[str, Any]]]) -> list[Row]:
     return [(d["instId"], float(d["last"]), float(d["bidPx"]), float(d["askPx"]))
             for _, f in frames if f.get("arg", {}).get("channel") == "tickers" and "data" in f
@@ -69,9 +76,8 @@ def _okx(frames: list[tuple[str, dict[str, Any]]]) -> list[Row]:
 
 EXTRACT: dict[tuple[str, str], Callable[[list[tuple[str, dict[str, Any]]]], list[Row]]] = {
     ("binance", "ticker"): _binance, ("binance", "bidask"): _binance_book,
-    ("bybit", "ticker"): _bybit, ("okx", "ticker"): _okx}
-"""How each venue's recorded ticker frames read, straight from its wire format. (Kraken is
-not here yet: its dialect replays websocket v1 frames, and ccxt speaks v2.)"""
+    ("bybit", "ticker"): _bybit, ("kraken", "ticker"): _kraken, ("okx", "ticker"): _okx}
+"""How each venue's recorded ticker frames read, straight from its wire format."""
 
 RECORDABLE = [(v, c) for v, c in EXTRACT if v in emulated() and VENUES[v].url_overrides is not None]
 REQUIRED = {"header": ("exchange", "config", "recorded"), "http": ("conn", "ts", "url", "data"),

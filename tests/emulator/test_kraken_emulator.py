@@ -1,8 +1,10 @@
 """Unmodified ccxt.pro.kraken against the emulator's Kraken dialect (websocket v2, REST).
 
-Synthetic data for the protocol, recorded data for the values: the recording is websocket
-v1, which the emulator transcodes to v2; the expected values are read straight from the
-file (:mod:`tests.venues.expected_kraken`), never through the emulator's own code.
+Synthetic data for the protocol, recorded data for the values: the shared recording is
+websocket v1, which the emulator transcodes to v2; a v2 recording (made here by ``flight-md
+record`` from the synthetic emulator) is served verbatim. The expected values are read
+straight from the files (:mod:`tests.venues.expected_kraken`, ``recorded_v1``,
+``recorded_v2``), never through the emulator's own code.
 """
 
 from __future__ import annotations
@@ -10,8 +12,9 @@ from __future__ import annotations
 import asyncio
 import gzip
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -19,9 +22,10 @@ import ccxt.pro as ccxtpro
 import pytest
 import pytest_asyncio
 
-from flight_md.emulator import Emulator, Fault
+from flight_md.emulator import Emulator, EmulatorThread, Fault
 from flight_md.errors import NotFound
 from flight_md.ingest.stream import MarketDataStream
+from flight_md.record import record
 from tests.emulator.conftest import MS, ExchangeFactory, recording_path, until
 from tests.venues.expected_kraken import expected_replay
 
@@ -36,11 +40,32 @@ def ws_url(emu: Emulator) -> str:
     return emu.url.replace("http://", "ws://") + "/v2"
 
 
-async def receive(ws: aiohttp.ClientWebSocketResponse) -> dict[str, Any]:
-    message = await asyncio.wait_for(ws.receive(), 5 * MS)
-    assert message.type is aiohttp.WSMsgType.TEXT, message
-    decoded: dict[str, Any] = json.loads(message.data)
+HEARTBEAT = {"channel": "heartbeat"}
+
+
+async def receive_text(ws: aiohttp.ClientWebSocketResponse, *, heartbeats: bool = False) -> str:
+    """The next frame's text; heartbeats (about one a second once subscribed) skipped unless asked."""
+    while True:
+        message = await asyncio.wait_for(ws.receive(), 5 * MS)
+        assert message.type is aiohttp.WSMsgType.TEXT, message
+        text: str = message.data
+        if heartbeats or json.loads(text) != HEARTBEAT:
+            return text
+
+
+async def receive(ws: aiohttp.ClientWebSocketResponse, *, heartbeats: bool = False) -> dict[str, Any]:
+    decoded: dict[str, Any] = json.loads(await receive_text(ws, heartbeats=heartbeats))
     return decoded
+
+
+async def greeted(ws: aiohttp.ClientWebSocketResponse) -> int:
+    """Read the status banner every v2 connection starts with; its connection id."""
+    status = await receive(ws, heartbeats=True)
+    assert status["channel"] == "status" and status["type"] == "update", status
+    (data,) = status["data"]
+    assert (data["api_version"], data["system"], data["version"]) == ("v2", "online", "2.0.10")
+    assert isinstance(data["connection_id"], int)
+    return data["connection_id"]
 
 
 @pytest_asyncio.fixture
@@ -118,6 +143,7 @@ async def test_watch_tickers_and_bids_asks(exchange_factory: ExchangeFactory) ->
 async def test_subscribe_unsubscribe_and_errors() -> None:
     async with Emulator("kraken", SYMBOLS, rate=50) as emu, aiohttp.ClientSession() as session, \
             session.ws_connect(ws_url(emu)) as ws:
+        await greeted(ws)
         await ws.send_str(json.dumps({"method": "ping", "req_id": 7}))
         pong = await receive(ws)
         assert pong["method"] == "pong" and pong["req_id"] == 7 and pong["time_in"] <= pong["time_out"]
@@ -190,6 +216,28 @@ async def test_ccxt_keep_alive_is_answered(exchange_factory: ExchangeFactory) ->
                     await exchange.watch_tickers(["BTC/USD"])
 
 
+async def test_status_on_connect_then_heartbeats_once_subscribed(exchange_factory: ExchangeFactory) -> None:
+    async with Emulator("kraken", SYMBOLS, rate=0) as emu, aiohttp.ClientSession() as session, \
+            session.ws_connect(ws_url(emu)) as idle, session.ws_connect(ws_url(emu)) as subscribed:
+        assert await greeted(idle) != await greeted(subscribed)  # one connection id each
+        await subscribed.send_str(json.dumps({"method": "subscribe", "params": {
+            "channel": "ticker", "symbol": ["BTC/USD"], "snapshot": False}}))
+        assert (await receive(subscribed))["success"] is True
+        # Unmodified ccxt takes the banner and the heartbeats in its stride (4.5.90 routes a v2
+        # heartbeat to no handler, so its watch_heartbeat never resolves; nothing else minds).
+        exchange = exchange_factory("kraken", emu.url, **FAST_REST)
+        assert (await asyncio.wait_for(exchange.watch_ticker("ETH/USD"), 5 * MS))["symbol"] == "ETH/USD"
+        # rate 0 and no snapshot: nothing but heartbeats follows, about one a second. Two of
+        # them span a whole interval after ccxt subscribed: its connection has had one too.
+        assert [await receive(subscribed, heartbeats=True) for _ in range(2)] == [HEARTBEAT] * 2
+        assert (await asyncio.wait_for(exchange.watch_ticker("BTC/USD"), 5 * MS))["symbol"] == "BTC/USD"
+        # Meanwhile the connection subscribed to nothing got none: its next frame is the pong.
+        await idle.send_str(json.dumps({"method": "ping", "req_id": 1}))
+        assert (await receive(idle, heartbeats=True))["method"] == "pong"
+        assert emu.stats.connections_opened == 3 and emu.stats.connections_open == 3
+        assert emu.stats.frames_total == 2  # ccxt's two snapshots; the banners and heartbeats are no data
+
+
 # -- faults ------------------------------------------------------------------------------
 
 
@@ -213,6 +261,7 @@ async def test_a_cut_connection_raises_then_reconnects(exchange_factory: Exchang
 async def test_server_shutdown_announces_maintenance_then_closes() -> None:
     async with Emulator("kraken", SYMBOLS, rate=0) as emu, aiohttp.ClientSession() as session, \
             session.ws_connect(ws_url(emu)) as ws:
+        await greeted(ws)
         await ws.send_str(json.dumps({"method": "ping"}))
         await receive(ws)
         await emu.inject(Fault.SERVER_SHUTDOWN, duration=0.05 * MS)
@@ -298,6 +347,7 @@ async def test_replay_serves_v2_frames_and_rest_from_the_recording(exchange_fact
     async with Emulator("kraken", replay=recording_path("kraken"), speed=0) as emu, \
             aiohttp.ClientSession() as session:
         async with session.ws_connect(ws_url(emu)) as ws:
+            await greeted(ws)
             await ws.send_str(json.dumps({"method": "subscribe", "params": {"channel": "ticker",
                                                                             "symbol": ["SC/EUR"]}}))
             assert (await receive(ws))["success"] is True
@@ -321,3 +371,79 @@ async def test_replay_serves_v2_frames_and_rest_from_the_recording(exchange_fact
         assert (rest["bid"], rest["ask"], rest["last"], rest["open"]) == (
             float(tickers[-1]["b"][0]), float(tickers[-1]["a"][0]), float(tickers[-1]["c"][0]),
             float(tickers[-1]["o"][0]))
+
+
+# -- replay of a v2 recording ------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def v2_recording(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A websocket v2 session: ``flight-md record`` through real ccxt.pro from the synthetic emulator."""
+    path = tmp_path_factory.mktemp("kraken-v2") / "kraken.jsonl.gz"
+    with EmulatorThread(exchange="kraken", symbols=SYMBOLS, rate=60.0) as emulator:
+        asyncio.run(record("kraken", SYMBOLS, path, duration=1.0, upstream=emulator.url))
+    yield path
+
+
+def recorded_v2(path: Path) -> list[tuple[dict[str, Any], str]]:
+    """``(parsed, verbatim text)`` of every recorded v2 ticker frame, straight from the file."""
+    with gzip.open(path, "rt", encoding="utf-8") as lines:
+        records = [json.loads(line) for line in lines]
+    frames = [(json.loads(r["data"]), r["data"]) for r in records if r["t"] == "recv"]
+    return [(frame, text) for frame, text in frames if frame.get("channel") == "ticker"]
+
+
+async def test_a_v2_recording_is_served_verbatim(v2_recording: Path, exchange_factory: ExchangeFactory) -> None:
+    recorded = [(frame, text) for frame, text in recorded_v2(v2_recording)
+                if frame["data"][0]["symbol"] == "BTC/USD"]
+    assert len(recorded) >= 5 and recorded[0][0]["type"] == "snapshot"
+    async with Emulator("kraken", replay=v2_recording, speed=0) as emu, aiohttp.ClientSession() as session:
+        assert emu.channels == {"ticker": SYMBOLS}  # status, replies and heartbeats are no streams
+        async with session.ws_connect(ws_url(emu)) as ws:
+            await greeted(ws)
+            await ws.send_str(json.dumps({"method": "subscribe", "params": {"channel": "ticker",
+                                                                            "symbol": ["BTC/USD"]}}))
+            assert (await receive(ws))["success"] is True
+            assert [await receive_text(ws) for _ in recorded] == [text for _, text in recorded]
+        # REST answers from the last v2 ticker replayed, with its values; the open is last - change,
+        # the open ccxt derives from the websocket ticker.
+        last = recorded[-1][0]["data"][0]
+        exchange = exchange_factory("kraken", emu.url, **FAST_REST)
+        rest = await exchange.fetch_ticker("BTC/USD")
+        assert (rest["bid"], rest["bidVolume"], rest["ask"], rest["askVolume"], rest["last"]) == (
+            last["bid"], last["bid_qty"], last["ask"], last["ask_qty"], last["last"])
+        assert (rest["high"], rest["low"], rest["vwap"], rest["baseVolume"]) == (
+            last["high"], last["low"], last["vwap"], last["volume"])
+        assert rest["open"] == float(Decimal(str(last["last"])) - Decimal(str(last["change"])))
+
+
+async def test_a_v2_recording_reaches_the_buffer_exactly_as_recorded(v2_recording: Path,
+                                                                    streams: list[MarketDataStream]) -> None:
+    expected: dict[str, list[tuple[float, float, float]]] = {}
+    for frame, _ in recorded_v2(v2_recording):
+        data = frame["data"][0]
+        expected.setdefault(data["symbol"], []).append((data["last"], data["bid"], data["ask"]))
+    assert set(expected) == set(SYMBOLS)
+    async with Emulator("kraken", replay=v2_recording, speed=0) as emu:
+        stream = MarketDataStream("kraken", url=emu.url, heartbeat_interval=60.0)
+        streams.append(stream)
+        await stream.connect()
+        await stream.subscribe(list(SYMBOLS))
+        await until(lambda: all(stored(stream, s) == len(rows) for s, rows in expected.items()), 20,
+                    "every recorded ticker to be stored")
+        for symbol, rows in expected.items():
+            got = stream.buffer.get_latest_sync(symbol, 1000, exchange="kraken").to_pylist()
+            assert [(r["price"], r["bid"], r["ask"]) for r in got] == rows, symbol
+        assert stream.status().exchanges[0].bad_frames == {}
+
+
+async def test_a_recording_of_both_websocket_apis_is_refused(v2_recording: Path, tmp_path: Path) -> None:
+    with gzip.open(v2_recording, "rt", encoding="utf-8") as lines:
+        records = [json.loads(line) for line in lines]
+    v1 = [{"t": "connect", "conn": "v1", "ts": records[-1]["ts"], "addr": "wss://ws.kraken.com"},
+          {"t": "recv", "conn": "v1", "ts": records[-1]["ts"], "data": '{"event":"heartbeat"}'}]
+    mixed = tmp_path / "mixed.jsonl.gz"
+    with gzip.open(mixed, "wt", encoding="utf-8") as out:
+        out.writelines(json.dumps(r) + "\n" for r in records + v1)
+    with pytest.raises(ValueError, match=r"websockets of both kraken v1 and v2 recorded \('/', '/v2'\)"):
+        Emulator("kraken", replay=mixed)

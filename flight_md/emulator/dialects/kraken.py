@@ -29,17 +29,37 @@ Websocket ``/v2`` (requests and replies as JSON objects; replies carry ``time_in
   subscription gets a snapshot right after its ack unless it asked ``snapshot: false``
   (synthetic mode; a replay serves the recorded frames). Both event triggers are one stream per symbol
   (``ticker``): subscribing to both on one connection is ``Already subscribed``.
+* On connect: ``{"channel":"status","type":"update","data":[{"api_version":"v2",
+  "connection_id":...,"system":"online","version":"2.0.10"}]}``, before any reply (one
+  ``connection_id`` per connection).
+* ``{"channel":"heartbeat"}`` about once a second on a connection subscribed to anything (not
+  while the emulator is stalled: a stalled venue is silent). Kraken sends it only in the
+  absence of other updates; the emulator sends it regardless (the server does not tell a
+  dialect when data went out). ccxt ignores both this and the status banner (its
+  ``handle_message`` has no handler for either).
 * Server going away: ``{"channel":"status","type":"update","data":[{"system":"maintenance",
   ...}]}`` (Kraken announces maintenance on the status channel), then a close.
-* Not emulated: the ``status`` banner on connect and the ``heartbeat`` frames (about one a
-  second on a subscribed connection): ccxt acts on neither.
 
 Synthetic channels: ``ticker`` (the full v2 ticker with ``trades`` and ``timestamp``) and
 ``trade``.
 
-Replay: the recording is websocket **v1** (``[channelID, payload, channelName, "XBT/USD"]``
-arrays), transcoded to v2 frames once, when the emulator starts; numbers keep the recorded
-digits (a v1 string ``"13.253900"`` becomes the JSON number ``13.253900``). A value a v1
+Replay: a recording is websocket **v2** or **v1**, told apart by where its websockets were
+opened: on ``/v2`` (``wss://ws.kraken.com/v2``, what ``flight-md record`` captures from ccxt)
+every one, or on none (the shared ``kraken.jsonl.gz`` of 2021, opened on
+``wss://ws.kraken.com``); a recording with both is refused.
+
+A **v2** recording is served as recorded: every ``ticker``, ``trade`` and ``book`` frame
+(``{"channel":...,"type":"snapshot"|"update","data":[{"symbol":...}]}``) byte for byte, on
+the stream of its ``channel`` and ``symbol``; replies, ``status`` and ``heartbeat`` frames are
+not replayed (the emulator makes its own). REST tickers answer from the v2 ticker last
+replayed, in Kraken's REST shape with the recorded digits: ``a``/``b`` ``[price, whole lot
+volume, qty]`` (the whole lot volume, which v2 lacks, is the qty rounded up to an integer, as
+Kraken defines it); ``c`` ``[last]`` (v2 has no last trade volume); ``v``/``p``/``t``/``l``/``h``
+``[24 h, 24 h]`` (v2 has no "today" value: the 24 h one stands in); ``o`` ``last - change``
+in exact decimal arithmetic (the 24 h open, the open ccxt derives from the websocket ticker).
+
+A **v1** recording (``[channelID, payload, channelName, "XBT/USD"]`` arrays) is transcoded to
+v2 frames once, when the emulator starts; numbers keep the recorded digits (a v1 string ``"13.253900"`` becomes the JSON number ``13.253900``). A value a v1
 frame lacks is left out, never made up.
 
 ==============  =========================================================================
@@ -66,7 +86,7 @@ v2 ``trade`` update: ``price``, ``qty``, ``side`` ``buy``/``sell``, ``ord_type``
 ``trade_id``: v1 has none). A v1 ``book-<depth>`` frame becomes a v2 ``book`` frame: a
 snapshot (``as``/``bs``) or an update (``a``/``b``, with ``c`` as the integer ``checksum``;
 the republish flag and per-level times have no v2 field, so updates carry no
-``timestamp``). ``spread``, ``ohlc`` and event frames are not replayed. REST tickers in
+``timestamp``). ``spread``, ``ohlc`` and event frames are not replayed. REST tickers in a v1
 replay answer from the v1 ticker last replayed, in Kraken's REST format (``o`` is ``o[0]``,
 today's open).
 """
@@ -74,10 +94,12 @@ today's open).
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
+from enum import StrEnum
 from typing import Any, Final
 
 from aiohttp import web
@@ -88,7 +110,7 @@ from flight_md.emulator.market import Market, MarketKind, StreamKey
 from flight_md.emulator.recording import RecordedMessage, Recording
 from flight_md.emulator.synthetic import PriceWalk, Quote
 
-__all__ = ["KrakenDialect"]
+__all__ = ["KrakenDialect", "WireVersion", "wire_version"]
 
 # Kraken's legacy X/Z-prefixed asset ids, by unified code; newer assets use the code itself.
 _LEGACY_IDS: Final = {
@@ -112,6 +134,30 @@ _FEES: Final = [[0, 0.26], [50000, 0.24], [100000, 0.22], [250000, 0.2], [500000
 _FEES_MAKER: Final = [[0, 0.16], [50000, 0.14], [100000, 0.12], [250000, 0.1], [500000, 0.08],
                       [1000000, 0.06], [2500000, 0.04], [5000000, 0.02], [10000000, 0]]
 _VERSION: Final = "2.0.10"
+_HEARTBEAT: Final = '{"channel":"heartbeat"}'
+_HEARTBEAT_INTERVAL: Final = 1.0
+
+
+class WireVersion(StrEnum):
+    """The websocket API a recording speaks."""
+
+    V1 = "v1"
+    V2 = "v2"
+
+
+def wire_version(recording: Recording) -> WireVersion:
+    """Which websocket API a recording's frames are in, from the paths its websockets opened.
+
+    Raises:
+        ValueError: If it holds frames of both (some websockets on ``/v2``, some not).
+    """
+    paths = {message.path.rstrip("/") for message in recording.messages}
+    v2 = {path for path in paths if path.endswith("/v2")}
+    if v2 and v2 != paths:
+        shown = ", ".join(repr(path or "/") for path in sorted(paths))
+        raise ValueError(f"{recording.source}: websockets of both kraken v1 and v2 recorded ({shown}); "
+                         "expected one api version")
+    return WireVersion.V2 if v2 else WireVersion.V1
 
 
 class KrakenDialect(Dialect):
@@ -119,12 +165,15 @@ class KrakenDialect(Dialect):
 
     name = "kraken"
     synthetic_channels = _SYNTHETIC_CHANNELS
+    keepalive_interval = _HEARTBEAT_INTERVAL
 
     def __init__(self, markets: tuple[Market, ...], walks: Mapping[str, PriceWalk], recording: Recording | None) -> None:
         for market in markets:
             if market.kind is not MarketKind.SPOT:
                 raise ValueError(f"kraken emulator lists spot markets only; got {market.symbol!r}")
         self._pairs: dict[str, dict[str, Any]] = {}
+        #: The websocket API of the recording replayed (``None`` in synthetic mode).
+        self.wire = wire_version(recording) if recording is not None else None
         super().__init__(tuple(_kraken_market(market) for market in markets), walks, recording)
         if recording is None:
             self._pairs = {market.id: _asset_pair(market) for market in self.markets}
@@ -244,6 +293,23 @@ class KrakenDialect(Dialect):
     def ws_paths(self) -> tuple[str, ...]:
         return ("/v2",)
 
+    def on_connect_frames(self, connection: ConnectionInfo) -> tuple[str, ...]:
+        return (self._status("online", connection),)
+
+    def keepalive(self, connection: ConnectionInfo) -> str | None:
+        return _HEARTBEAT if connection.subscribed else None
+
+    def _status(self, system: str, connection: ConnectionInfo | None = None) -> str:
+        connection_id = self._connection_id
+        if connection is not None:
+            try:  # one id per connection, as Kraken gives (the server's ids are hex)
+                connection_id = int(connection.conn_id[:16], 16)
+            except ValueError:
+                pass
+        return json.dumps({"channel": "status", "type": "update", "data": [{
+            "api_version": "v2", "connection_id": connection_id, "system": system, "version": _VERSION}]},
+            separators=(",", ":"))
+
     def control(self, connection: ConnectionInfo, text: str) -> Control:
         time_in = _now_rfc3339()
         try:
@@ -359,6 +425,8 @@ class KrakenDialect(Dialect):
                 f'"trade_id":{quote.trade_id},"timestamp":"{stamp}"}}]}}')
 
     def recorded_frame(self, message: RecordedMessage) -> tuple[StreamKey, str, str] | None:
+        if self.wire is WireVersion.V2:
+            return self._recorded_v2(message)
         if not message.text.startswith("["):
             return None  # v1 events (heartbeat, systemStatus, subscriptionStatus)
         try:
@@ -386,6 +454,31 @@ class KrakenDialect(Dialect):
             return None
         self._transcoded.add(key)
         return key, f"{channel}:{market.symbol}", text
+
+    def _recorded_v2(self, message: RecordedMessage) -> tuple[StreamKey, str, str] | None:
+        """A recorded v2 data frame on its stream, verbatim; replies, status and heartbeats are skipped."""
+        if not message.text.startswith("{"):
+            return None
+        try:
+            # Strings for numbers: the REST row keeps the recorded digits.
+            frame = json.loads(message.text, parse_float=str, parse_int=str)
+        except ValueError:
+            return None
+        if not isinstance(frame, dict):
+            return None
+        channel, data = frame.get("channel"), frame.get("data")
+        if channel not in _CHANNELS or frame.get("type") not in ("snapshot", "update"):
+            return None
+        if not isinstance(data, list) or not data or not all(isinstance(row, dict) for row in data):
+            return None
+        symbols = {row.get("symbol") for row in data}
+        symbol = symbols.pop() if len(symbols) == 1 else None
+        market = self._by_symbol.get(symbol) if isinstance(symbol, str) else None
+        if market is None:
+            return None
+        if channel == "ticker":
+            self._rest_rows[message.text] = _rest_row_v2(data[0])
+        return StreamKey(channel, market.symbol), f"{channel}:{market.symbol}", message.text
 
     def observe(self, key: StreamKey, text: str) -> None:
         if key.channel != "ticker":
@@ -418,9 +511,7 @@ class KrakenDialect(Dialect):
         return json.dumps(frame, separators=(",", ":"))
 
     def shutdown_event(self) -> str | None:
-        return json.dumps({"channel": "status", "type": "update", "data": [{
-            "version": _VERSION, "system": "maintenance", "api_version": "v2",
-            "connection_id": self._connection_id}]}, separators=(",", ":"))
+        return self._status("maintenance")
 
 
 # -- names ---------------------------------------------------------------------------
@@ -570,6 +661,31 @@ def _rest_row(payload: Mapping[str, Any]) -> dict[str, Any]:
     opening = _at(payload, "o", 0)
     if opening is not None:
         row["o"] = opening
+    return row
+
+
+def _rest_row_v2(data: Mapping[str, Any]) -> dict[str, Any]:
+    """The REST ticker row a v2 ticker stands for (numbers as the recorded digits, see the docstring)."""
+    row: dict[str, Any] = {}
+    for name, price, qty in (("a", "ask", "ask_qty"), ("b", "bid", "bid_qty")):
+        if isinstance(data.get(price), str) and isinstance(data.get(qty), str):
+            try:
+                whole = str(max(1, math.ceil(Decimal(data[qty]))))
+            except InvalidOperation:
+                continue
+            row[name] = [data[price], whole, data[qty]]
+    if isinstance(data.get("last"), str):
+        row["c"] = [data["last"]]
+    for name, field in (("v", "volume"), ("p", "vwap"), ("l", "low"), ("h", "high")):
+        if isinstance(data.get(field), str):
+            row[name] = [data[field]] * 2
+    if isinstance(data.get("trades"), str) and data["trades"].isdigit():
+        row["t"] = [int(data["trades"])] * 2
+    if isinstance(data.get("last"), str) and isinstance(data.get("change"), str):
+        try:
+            row["o"] = format(Decimal(data["last"]) - Decimal(data["change"]), "f")
+        except InvalidOperation:
+            pass
     return row
 
 
