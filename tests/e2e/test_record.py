@@ -74,9 +74,17 @@ def _okx(frames: list[tuple[str, dict[str, Any]]]) -> list[Row]:
             for d in f["data"]]
 
 
+def _coinbase(frames: list[tuple[str, dict[str, Any]]]) -> list[Row]:
+    # Advanced Trade ``ticker`` channel: full tickers in ``events[].tickers[]``.
+    return [(t["product_id"], float(t["price"]), float(t["best_bid"]), float(t["best_ask"]))
+            for _, f in frames if f.get("channel") == "ticker"
+            for e in f.get("events", ()) for t in e.get("tickers", ())]
+
+
 EXTRACT: dict[tuple[str, str], Callable[[list[tuple[str, dict[str, Any]]]], list[Row]]] = {
     ("binance", "ticker"): _binance, ("binance", "bidask"): _binance_book,
-    ("bybit", "ticker"): _bybit, ("kraken", "ticker"): _kraken, ("okx", "ticker"): _okx}
+    ("bybit", "ticker"): _bybit, ("coinbase", "ticker"): _coinbase, ("kraken", "ticker"): _kraken,
+    ("okx", "ticker"): _okx}
 """How each venue's recorded ticker frames read, straight from its wire format."""
 
 RECORDABLE = [(v, c) for v, c in EXTRACT if v in emulated() and VENUES[v].url_overrides is not None]
@@ -126,6 +134,10 @@ def recorded(request: pytest.FixtureRequest,
              tmp_path_factory: pytest.TempPathFactory) -> Iterator[Recorded]:
     venue_id, channel = request.param
     yield Recorded(venue_id, channel, tmp_path_factory.mktemp(f"record-{venue_id}-{channel}"))
+
+
+def test_every_emulated_venue_is_recorded_and_replayed() -> None:
+    assert {v for v, _ in RECORDABLE} == set(emulated()), "add the venue's frame reader to EXTRACT"
 
 
 def test_the_recording_is_in_the_shared_format(recorded: Recorded) -> None:
