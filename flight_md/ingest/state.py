@@ -58,15 +58,23 @@ def check_symbols(symbols: Iterable[str], action: str) -> list[str]:
     return wanted
 
 
-def check_listed(symbols: Iterable[str], markets: Mapping[str, Any], exchange_id: str) -> None:
+def check_listed(symbols: Iterable[str], markets: Mapping[str, Any], exchange_id: str,
+                 alias_of: Callable[[Mapping[str, Any]], str | None] | None = None) -> None:
     """Raise :class:`InvalidArgument` for the first of ``symbols`` the exchange does not list
-    (the message suggests close matches)."""
+    (the message suggests close matches), or that it streams as another market (an alias,
+    whose updates arrive under the other symbol and would never reach this one)."""
     for symbol in symbols:
         if symbol not in markets:
             close = difflib.get_close_matches(symbol, list(markets), n=3)
             hint = f"; did you mean {', '.join(close)}?" if close else \
                 f"; it lists {len(markets)} markets"
             raise InvalidArgument(f"unknown symbol {symbol!r} on {exchange_id}{hint}")
+        target = alias_of(markets[symbol]) if alias_of is not None else None
+        if target:
+            streams_as = next((s for s, m in markets.items() if m.get("id") == target), target)
+            raise InvalidArgument(f"symbol {symbol!r} on {exchange_id} is an alias of "
+                                  f"{streams_as!r}, whose updates it streams; subscribe "
+                                  f"{streams_as!r} instead")
 
 
 class ConnectionState(StrEnum):

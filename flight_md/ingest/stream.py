@@ -488,7 +488,7 @@ class MarketDataStream:
         if self._health.state is ConnectionState.FAILED:
             raise Unavailable(f"{self.exchange_id} stream has failed ({self._health.last_error}); "
                               "call connect() to restart it")
-        check_listed(wanted, markets, self.exchange_id)
+        check_listed(wanted, markets, self.exchange_id, self.venue.alias_of)
         async with self._subs.lock:
             new = self._subs.add(wanted)
             if not new:

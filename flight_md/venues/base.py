@@ -99,6 +99,9 @@ class Venue:
             "https://api.binance.com"``, ``"/ws": "wss://stream.binance.com:9443"``), longest
             prefix first: where ``flight-md record`` forwards what ccxt sends to the
             redirected URLs of :meth:`overrides`.
+        alias_of: Given a ccxt market, the id of the market it streams as when the venue
+            serves it as an alias of another (Coinbase's ``BTC-USDC`` streams ``BTC-USD``),
+            else ``None``; such a symbol is refused at subscribe with the one to use.
     """
 
     id: str
@@ -117,6 +120,7 @@ class Venue:
     recording: str | None = None
     quirks: tuple[str, ...] = ()
     live_hosts: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    alias_of: Callable[[Mapping[str, Any]], str | None] | None = None
 
     def overrides(self, base_url: str) -> dict[str, Any]:
         """Constructor config that sends all public market-data traffic to ``base_url``.

@@ -42,6 +42,7 @@ takes about 10 s.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from flight_md.normalize import Channel
@@ -53,6 +54,13 @@ _TICKER = ChannelMethods("watch_ticker", None, "tickers", per_symbol=True, rest=
 
 def _overrides(rest: str, ws: str) -> dict[str, Any]:
     return {"urls": {"api": {"rest": rest, "ws": ws}}, "options": {}}
+
+
+def _alias_of(market: Mapping[str, Any]) -> str | None:
+    # A product's own "alias" names the product whose updates it streams (BTC-USDC: BTC-USD).
+    info = market.get("info")
+    alias = info.get("alias") if isinstance(info, Mapping) else None
+    return alias if isinstance(alias, str) and alias else None
 
 
 VENUE = Venue(
@@ -82,11 +90,13 @@ VENUE = Venue(
          "session"),
         ("REST polls fetch_ticker, one request per symbol (last trade, best bid/ask; no 24h "
          "figures); ccxt's fetch_bids_asks is private"),
-        "BTC/USDC and other USDC aliases stream as BTC/USD: subscribe the USD symbol",
+        ("BTC/USDC and other USDC aliases stream as BTC/USD: subscribing one is refused with "
+         "the USD symbol to use"),
     ),
     live_hosts={
         "/api/v3": "https://api.coinbase.com",
         "/v2": "https://api.coinbase.com",
         "/": "wss://advanced-trade-ws.coinbase.com",
     },
+    alias_of=_alias_of,
 )
