@@ -1,8 +1,9 @@
 """The venue registry: one module per exchange, registered by its ccxt id.
 
 ``VENUES`` maps each registered ccxt id to its :class:`~flight_md.venues.base.Venue`. Adding a
-venue is one module here (``flight_md/venues/<id>.py`` defining ``VENUE``), one line in
-``_MODULES``, and its emulator dialect (``flight_md/emulator/dialects/<id>.py``).
+venue is one module here (``flight_md/venues/<id>.py`` defining ``VENUE``; every module of this
+package but ``base`` is one, found by name, in alphabetical order) and its emulator dialect
+(``flight_md/emulator/dialects/<id>.py``).
 
 Any other ccxt exchange still works through :func:`venue`, which describes it with ccxt's
 generic methods (no emulator, no URL redirection, default limits).
@@ -11,6 +12,7 @@ generic methods (no emulator, no URL redirection, default limits).
 from __future__ import annotations
 
 import importlib
+import pkgutil
 from collections.abc import Mapping
 from types import MappingProxyType
 
@@ -18,18 +20,11 @@ from flight_md.venues.base import GENERIC_CHANNELS, ChannelMethods, Venue, has_k
 
 __all__ = ["GENERIC_CHANNELS", "VENUES", "ChannelMethods", "Venue", "emulated", "has_key", "venue", "venues_markdown", "ws_bases"]
 
-_MODULES = ("binance", "bybit", "coinbase", "kraken", "okx")
-
-
 def _load() -> Mapping[str, Venue]:
     found: dict[str, Venue] = {}
-    for name in _MODULES:
-        try:
-            module = importlib.import_module(f"{__name__}.{name}")
-        except ModuleNotFoundError as error:
-            if error.name != f"{__name__}.{name}":
-                raise
-            continue  # not written yet
+    names = sorted(m.name for m in pkgutil.iter_modules(__path__) if m.name != "base")
+    for name in names:
+        module = importlib.import_module(f"{__name__}.{name}")
         registered: Venue = module.VENUE
         if registered.id != name:
             raise RuntimeError(f"venue module {name!r} registers {registered.id!r}")
