@@ -1,0 +1,1 @@
+"""Tests of durable storage: the data directory, the journal, recovery and the history."""
