@@ -161,7 +161,7 @@ class Recovery:
     sealed_through: int
 
     def tables(self) -> dict[JournalKey, pa.Table]:
-        """Every key's rows as one table (chunked, no copy), keys in first-seen order."""
+        """Every key's rows as one table (chunked, no copy)."""
         parts: dict[JournalKey, list[pa.Table]] = {}
         for item in self.batches:
             parts.setdefault(item.key, []).append(item.table)

@@ -13,7 +13,9 @@ import textwrap
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
 
 from flight_md.errors import InvalidArgument, Unavailable
@@ -27,22 +29,23 @@ from tests.support import ChildProcess, until
 TRADE_SCHEMA = pa.schema([pa.field("timestamp", pa.int64(), nullable=False), ("id", pa.string()),
                           ("side", pa.dictionary(pa.int8(), pa.string())), ("amount", pa.float64())])
 """A second channel's schema, nothing like the ticker's ten numbers."""
+SIDES = pa.array(["buy", "sell"])
 
 
 def ticks(start: int, n: int) -> pa.RecordBatch:
     """``n`` rows of :data:`NUMERIC_SCHEMA` whose ``timestamp`` counts from ``start``."""
-    ts = pa.array(range(start, start + n), pa.int64())
-    floats = [pa.array([float(i) for i in range(start, start + n)])] * 8
+    ts = pa.array(np.arange(start, start + n, dtype=np.int64))
+    floats = [pa.array(np.arange(start, start + n, dtype=np.float64))] * 8
     return pa.RecordBatch.from_arrays([ts, *floats, ts], schema=NUMERIC_SCHEMA)
 
 
 def trades(start: int, n: int) -> pa.RecordBatch:
+    """``n`` rows of :data:`TRADE_SCHEMA`: ``timestamp`` counts from ``start``, ``id`` is ``t<ts>``."""
+    ts = pa.array(np.arange(start, start + n, dtype=np.int64))
     return pa.RecordBatch.from_arrays([
-        pa.array(range(start, start + n), pa.int64()),
-        pa.array([f"t{i}" for i in range(start, start + n)]),
-        pa.array(["buy", "sell"] * (n // 2) + ["buy"] * (n % 2)).dictionary_encode().cast(
-            pa.dictionary(pa.int8(), pa.string())),
-        pa.array([0.5] * n)], schema=TRADE_SCHEMA)
+        ts, pc.binary_join_element_wise("t", ts.cast(pa.string()), ""),
+        pa.DictionaryArray.from_arrays(pa.array(np.arange(n) % 2, pa.int8()), SIDES),
+        pa.array(np.full(n, 0.5))], schema=TRADE_SCHEMA)
 
 
 @pytest.fixture
