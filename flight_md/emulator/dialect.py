@@ -179,6 +179,16 @@ class Dialect(ABC):
         The data text is byte-for-byte what a subscriber receives.
         """
 
+    def recorded_frames(self, message: RecordedMessage) -> tuple[tuple[StreamKey, str, str], ...]:
+        """Every ``(stream, wire name, data text)`` a recorded frame is served as, in order.
+
+        Default: :meth:`recorded_frame`'s one mapping (or none). A dialect overrides it to
+        serve a frame on a further stream too (Binance: a recorded ``aggTrade`` also as a
+        ``trade`` event).
+        """
+        mapped = self.recorded_frame(message)
+        return () if mapped is None else (mapped,)
+
     def observe(self, key: StreamKey, text: str) -> None:
         """Note a replayed frame so REST endpoints can answer from the latest state."""
 

@@ -679,9 +679,7 @@ class Emulator:
         first = min(message.ts for message in recording.messages)
         frames = []
         for message in recording.messages:
-            mapped = self._dialect.recorded_frame(message)
-            if mapped is not None:
-                key, _wire, text = mapped
+            for key, _wire, text in self._dialect.recorded_frames(message):
                 frames.append(_ReplayFrame(message.ts - first, key, text))
         if not frames:
             raise ValueError(f"{recording.source}: no data frames of a known stream recorded")

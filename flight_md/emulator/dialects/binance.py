@@ -16,15 +16,44 @@ second per connection, beyond which the connection is closed; 1024 streams per c
 The server sends a ping frame every ``ping_interval`` seconds.
 
 Synthetic channels: ``bookTicker`` (no event time, like the real one), ``ticker``
-(``24hrTicker``), ``miniTicker`` (``24hrMiniTicker``), ``trade``, ``aggTrade``.
+(``24hrTicker``), ``miniTicker`` (``24hrMiniTicker``), ``trade``, ``aggTrade`` and the
+diff depth stream ``depth`` (``depth``, ``depth@100ms`` and ``depth@1000ms`` are one
+stream here, paced by the emulator's rate, not by the name's interval).
+
+Trades are at the touch: a buy at the ask, a sell at the bid (``m`` true), of the walk's
+trade size. Each rendered trade frame is a new trade with the next id of its market
+(``t``; ``aggTrade`` has ``a == f == l``, one trade each), so a stream sees consecutive
+ids; a market streaming both ``trade`` and ``aggTrade`` splits its trades between the two.
+The book has :data:`BOOK_LEVELS` levels a side: the top is the ticker's best bid and ask
+(with their sizes), deeper levels one tick further each. ``depthUpdate`` events carry every
+level of the new book plus zero-quantity removals of every price published since the
+previous event (on the stream or in a REST snapshot), with ``U`` = the previous event's
+``u`` + 1 and ``u`` = the walk's update id, so ccxt's sequence check
+(``U == previous u + 1``, and ``U <= lastUpdateId + 1 <= u`` against the snapshot) holds.
+REST ``/api/v3/depth`` (the snapshot ccxt fetches after subscribing; ``lastUpdateId`` is
+the walk's update id) answers the same book; ``/api/v3/trades``, ``/api/v3/historicalTrades``
+(``fromId``) and ``/api/v3/aggTrades`` (``fromId``, ``startTime``, ``endTime``; what ccxt's
+``fetch_trades(since=...)`` calls) answer the last :data:`TRADE_HISTORY` trades streamed.
+
+Replay: frames are sent verbatim. The recorded ``depth@100ms`` stream is served to a
+subscription of any ``depth`` speed: a replay serves the depth the recording holds
+(Binance's diff stream has no depth; the REST snapshot is the recorded one, at its recorded
+``limit``, whatever ``limit`` is asked). ``/api/v3/depth`` answers the latest recorded
+snapshot of the market whose ``lastUpdateId`` the replay has reached (the first one before
+that). Recorded ``aggTrade`` frames are served verbatim to ``aggTrade`` subscribers (ccxt's
+``watchTrades.name`` option) and, transcoded to ``trade`` events (``t`` = the recorded
+``f``; an aggregate of several trades (``f < l``) is sent as one trade ``t = f``), to
+``trade`` subscribers (ccxt's default). The REST trade endpoints answer the trades replayed
+so far.
 """
 
 from __future__ import annotations
 
 import json
 import re
+from collections import deque
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Final, NamedTuple
 
 from aiohttp import web
 
@@ -34,16 +63,32 @@ from flight_md.emulator.market import Market, MarketKind, StreamKey
 from flight_md.emulator.recording import RecordedMessage, Recording
 from flight_md.emulator.synthetic import PriceWalk, Quote
 
-__all__ = ["MAX_STREAMS", "BinanceDialect"]
+__all__ = ["BOOK_LEVELS", "MAX_STREAMS", "TRADE_HISTORY", "BinanceDialect"]
 
 MAX_STREAMS = 1024
 _CONTROL_RATE_LIMIT = 5
 _ENVELOPE = re.compile(r'\{"stream":"([^"]+)","data":')
 _STREAM_NAME = re.compile(r"^(?:[a-z0-9]+@[A-Za-z0-9_@]+|![A-Za-z0-9_@]+)$")
-_SYNTHETIC_CHANNELS = frozenset({"bookTicker", "ticker", "miniTicker", "trade", "aggTrade"})
+_SYNTHETIC_CHANNELS = frozenset({"bookTicker", "ticker", "miniTicker", "trade", "aggTrade", "depth"})
+_DEPTH_CHANNELS = frozenset({"depth", "depth@100ms", "depth@1000ms"})  # one stream, whatever the speed
+BOOK_LEVELS: Final = 20
+"""Levels a side of a synthetic book."""
+TRADE_HISTORY: Final = 1000
+"""Trades per market the REST trade endpoints remember (Binance's largest ``limit``)."""
+_DEFAULT_TRADES_LIMIT = 500
 _JSON = "application/json;charset=UTF-8"
 _RAW_EVENTS = {"24hrTicker": "ticker", "24hrMiniTicker": "miniTicker", "trade": "trade",
-               "aggTrade": "aggTrade"}  # event type of a raw-stream frame -> its channel
+               "aggTrade": "aggTrade", "depthUpdate": "depth"}  # event type of a raw-stream frame -> its channel
+
+
+class _Trade(NamedTuple):
+    """A trade as the REST trade endpoints answer it (prices and sizes as sent)."""
+
+    id: int
+    price: str
+    qty: str
+    time: int
+    buyer_maker: bool
 
 
 def _f8(value: float) -> str:
@@ -67,6 +112,23 @@ class BinanceDialect(Dialect):
         self._by_lower_id = {market.id.lower(): market for market in self.markets}
         self._replayed_books: dict[str, dict[str, Any]] = {}
         self._replayed_tickers: dict[str, dict[str, Any]] = {}
+        # Synthetic depth: the last u sent (or lastUpdateId served) per market, and the prices
+        # published since the last event, which the next event removes unless still quoted.
+        self._depth_u: dict[str, int] = {}
+        self._published: dict[str, tuple[set[str], set[str]]] = {}
+        self._next_trade: dict[str, int] = {}
+        self._trades: dict[str, deque[_Trade]] = {}  # by market id, synthetic or replayed
+        self._replayed_u: dict[str, int] = {}  # by market id: the last depth u replayed
+        self._snapshots: dict[str, list[tuple[int, str]]] = {}
+        if recording is not None:
+            for response in recording.http:
+                market_id = dict(response.query).get("symbol")
+                if response.path == "/api/v3/depth" and market_id:
+                    try:
+                        last_update_id = int(json.loads(response.body)["lastUpdateId"])
+                    except (ValueError, KeyError, TypeError):
+                        continue
+                    self._snapshots.setdefault(market_id, []).append((last_update_id, response.body))
 
     # -- markets and REST -------------------------------------------------------------
 
@@ -91,6 +153,10 @@ class BinanceDialect(Dialect):
             ("/api/v3/ticker/24hr", self._ticker_24hr),
             ("/api/v3/ticker/bookTicker", self._book_ticker),
             ("/api/v3/ticker/price", self._ticker_price),
+            ("/api/v3/depth", self._depth),
+            ("/api/v3/trades", self._recent_trades),
+            ("/api/v3/historicalTrades", self._historical_trades),
+            ("/api/v3/aggTrades", self._agg_trades),
             ("/fapi/v1/exchangeInfo", self._empty_exchange_info),
             ("/dapi/v1/exchangeInfo", self._empty_exchange_info),
         ]
@@ -156,6 +222,85 @@ class BinanceDialect(Dialect):
             return selected
         rows = [row(market) for market in selected]
         return _json(rows[0] if "symbol" in request.query else rows)
+
+    def _one(self, request: web.Request) -> Market | web.Response:
+        """The market named by the mandatory ``symbol=``; an error response otherwise."""
+        market_id = request.query.get("symbol")
+        if not market_id:
+            return _json({"code": -1102, "msg": "Mandatory parameter 'symbol' was not sent, was empty/null, "
+                                                "or malformed."}, 400)
+        market = self._by_id.get(market_id)
+        if market is None:
+            return _json({"code": -1121, "msg": "Invalid symbol."}, 400)
+        return market
+
+    async def _depth(self, request: web.Request) -> web.StreamResponse:
+        market = self._one(request)
+        if isinstance(market, web.Response):
+            return market
+        limit = _int_param(request, "limit", 100)
+        if limit is None or not 1 <= limit <= 5000:
+            return _json({"code": -1100, "msg": "Illegal characters found in parameter 'limit'."}, 400)
+        if self.recording is not None:
+            snapshots = self._snapshots.get(market.id)
+            if not snapshots:
+                return _json({"lastUpdateId": self._replayed_u.get(market.id, 0), "bids": [], "asks": []})
+            reached = self._replayed_u.get(market.id, -1)
+            body = max((snapshot for snapshot in snapshots if snapshot[0] <= reached), default=snapshots[0])[1]
+            return web.Response(text=body, content_type="application/json")
+        quote = self.walks[market.symbol].quote
+        bids, asks = _book_levels(market, quote, min(limit, BOOK_LEVELS))
+        published = self._published.setdefault(market.symbol, (set(), set()))
+        published[0].update(price for price, _ in bids)
+        published[1].update(price for price, _ in asks)
+        # The next event must start at lastUpdateId + 1 at the latest.
+        self._depth_u.setdefault(market.symbol, quote.update_id)
+        return _json({"lastUpdateId": quote.update_id, "bids": [list(level) for level in bids],
+                      "asks": [list(level) for level in asks]})
+
+    def _market_trades(self, request: web.Request) -> tuple[list[_Trade], int] | web.Response:
+        market = self._one(request)
+        if isinstance(market, web.Response):
+            return market
+        limit = _int_param(request, "limit", _DEFAULT_TRADES_LIMIT)
+        if limit is None or not 1 <= limit <= 1000:
+            return _json({"code": -1100, "msg": "Illegal characters found in parameter 'limit'."}, 400)
+        return list(self._trades.get(market.id, ())), limit
+
+    async def _recent_trades(self, request: web.Request) -> web.StreamResponse:
+        found = self._market_trades(request)
+        if isinstance(found, web.Response):
+            return found
+        trades, limit = found
+        return _json([_trade_row(trade) for trade in trades[-limit:]])
+
+    async def _historical_trades(self, request: web.Request) -> web.StreamResponse:
+        found = self._market_trades(request)
+        if isinstance(found, web.Response):
+            return found
+        trades, limit = found
+        from_id = _int_param(request, "fromId", None)
+        if from_id is None:
+            return _json([_trade_row(trade) for trade in trades[-limit:]])
+        return _json([_trade_row(trade) for trade in trades if trade.id >= from_id][:limit])
+
+    async def _agg_trades(self, request: web.Request) -> web.StreamResponse:
+        found = self._market_trades(request)
+        if isinstance(found, web.Response):
+            return found
+        trades, limit = found
+        from_id = _int_param(request, "fromId", None)
+        start = _int_param(request, "startTime", None)
+        end = _int_param(request, "endTime", None)
+        if from_id is not None:
+            trades = [trade for trade in trades if trade.id >= from_id][:limit]
+        elif start is not None or end is not None:
+            low, high = start if start is not None else -1, end if end is not None else 2**63
+            trades = [trade for trade in trades if low <= trade.time <= high][:limit]
+        else:
+            trades = trades[-limit:]
+        return _json([{"a": trade.id, "p": trade.price, "q": trade.qty, "f": trade.id, "l": trade.id,
+                       "T": trade.time, "m": trade.buyer_maker, "M": True} for trade in trades])
 
     def _select(self, request: web.Request) -> list[Market] | web.Response:
         """Markets named by ``symbol=`` or ``symbols=[...]``, all if neither; an error response otherwise."""
@@ -292,6 +437,8 @@ class BinanceDialect(Dialect):
         if name.startswith("!"):
             return Subscription(StreamKey(name[1:], "*"), name)
         market_id, _, channel = name.partition("@")
+        if channel in _DEPTH_CHANNELS:
+            channel = "depth"
         market = self._by_lower_id.get(market_id)
         return Subscription(StreamKey(channel, market.symbol if market else market_id.upper()), name)
 
@@ -319,13 +466,56 @@ class BinanceDialect(Dialect):
             return (f'{{"e":"24hrMiniTicker","E":{quote.time_ms},"s":"{market.id}","c":"{quote.last:.8f}",'
                     f'"o":"{quote.open:.8f}","h":"{quote.high:.8f}","l":"{quote.low:.8f}",'
                     f'"v":"{quote.volume:.8f}","q":"{quote.quote_volume:.8f}"}}')
+        if channel == "depth":
+            return self._depth_update(market, quote)
+        trade_id = self._next_trade.get(market.symbol, quote.trade_id)
+        self._next_trade[market.symbol] = trade_id + 1
+        price, qty = f"{quote.last:.8f}", f"{quote.last_size:.8f}"
+        self._remember(market.id, _Trade(trade_id, price, qty, quote.time_ms, quote.buyer_maker))
         maker = "true" if quote.buyer_maker else "false"
         if channel == "trade":
-            return (f'{{"e":"trade","E":{quote.time_ms},"s":"{market.id}","t":{quote.trade_id},'
-                    f'"p":"{quote.last:.8f}","q":"{quote.last_size:.8f}","T":{quote.time_ms},"m":{maker},"M":true}}')
-        return (f'{{"e":"aggTrade","E":{quote.time_ms},"s":"{market.id}","a":{quote.trade_id},'
-                f'"p":"{quote.last:.8f}","q":"{quote.last_size:.8f}","f":{quote.trade_id},"l":{quote.trade_id},'
+            return (f'{{"e":"trade","E":{quote.time_ms},"s":"{market.id}","t":{trade_id},'
+                    f'"p":"{price}","q":"{qty}","T":{quote.time_ms},"m":{maker},"M":true}}')
+        return (f'{{"e":"aggTrade","E":{quote.time_ms},"s":"{market.id}","a":{trade_id},'
+                f'"p":"{price}","q":"{qty}","f":{trade_id},"l":{trade_id},'
                 f'"T":{quote.time_ms},"m":{maker},"M":true}}')
+
+    def _depth_update(self, market: Market, quote: Quote) -> str:
+        bids, asks = _book_levels(market, quote, BOOK_LEVELS)
+        published_bids, published_asks = self._published.get(market.symbol, (set(), set()))
+        bid_prices = {price for price, _ in bids}
+        ask_prices = {price for price, _ in asks}
+        removed_bids = [(price, "0.00000000") for price in sorted(published_bids - bid_prices, key=float)]
+        removed_asks = [(price, "0.00000000") for price in sorted(published_asks - ask_prices, key=float)]
+        self._published[market.symbol] = (bid_prices, ask_prices)
+        first = self._depth_u.get(market.symbol, quote.update_id - 1) + 1
+        self._depth_u[market.symbol] = quote.update_id
+        return (f'{{"e":"depthUpdate","E":{quote.time_ms},"s":"{market.id}","U":{first},"u":{quote.update_id},'
+                f'"b":{_levels_json(bids + removed_bids)},"a":{_levels_json(asks + removed_asks)}}}')
+
+    def _remember(self, market_id: str, trade: _Trade) -> None:
+        trades = self._trades.get(market_id)
+        if trades is None:
+            trades = self._trades[market_id] = deque(maxlen=TRADE_HISTORY)
+        if not trades or trade.id > trades[-1].id:
+            trades.append(trade)
+
+    def recorded_frames(self, message: RecordedMessage) -> tuple[tuple[StreamKey, str, str], ...]:
+        mapped = self.recorded_frame(message)
+        if mapped is None:
+            return ()
+        key, wire, text = mapped
+        if key.channel != "aggTrade":
+            return (mapped,)
+        # The recording holds aggregate trades only; ccxt's default trade stream gets them as trades.
+        try:
+            data = json.loads(text)
+            trade = (f'{{"e":"trade","E":{data["E"]},"s":"{data["s"]}","t":{data["f"]},'
+                     f'"p":{json.dumps(data["p"])},"q":{json.dumps(data["q"])},"T":{data["T"]},'
+                     f'"m":{json.dumps(data["m"])},"M":{json.dumps(data.get("M", True))}}}')
+        except (ValueError, KeyError, TypeError):
+            return (mapped,)
+        return mapped, (StreamKey("trade", key.symbol), wire.replace("@aggTrade", "@trade"), trade)
 
     def recorded_frame(self, message: RecordedMessage) -> tuple[StreamKey, str, str] | None:
         match = _ENVELOPE.match(message.text)
@@ -360,14 +550,24 @@ class BinanceDialect(Dialect):
         return subscription.key, subscription.wire, message.text
 
     def observe(self, key: StreamKey, text: str) -> None:
-        if key.channel not in ("bookTicker", "ticker", "miniTicker"):
+        if key.channel not in ("bookTicker", "ticker", "miniTicker", "depth", "trade", "aggTrade"):
             return
         try:
             data = json.loads(text)
             market_id = data["s"]
         except (ValueError, KeyError, TypeError):
             return
-        if key.channel == "bookTicker":
+        if key.channel == "depth":
+            if isinstance(data.get("u"), int):
+                self._replayed_u[market_id] = max(data["u"], self._replayed_u.get(market_id, 0))
+        elif key.channel in ("trade", "aggTrade"):
+            try:
+                trade_id = int(data["t"] if key.channel == "trade" else data["f"])
+                self._remember(market_id, _Trade(trade_id, str(data["p"]), str(data["q"]), int(data["T"]),
+                                                 bool(data["m"])))
+            except (KeyError, TypeError, ValueError):
+                return
+        elif key.channel == "bookTicker":
             self._replayed_books[market_id] = data
         else:
             self._replayed_tickers.setdefault(market_id, {}).update(data)
@@ -380,6 +580,12 @@ class BinanceDialect(Dialect):
         data = json.loads(text)
         if fault is Fault.MISSING_FIELDS:
             data.pop("s", None)
+        elif data.get("e") == "depthUpdate":
+            side = next((data[name] for name in ("b", "a") if data.get(name)), None)
+            if side is not None:
+                side[0][0] = "abc"
+            else:
+                data["b"] = [["abc", "1"]]
         else:
             field = next((name for name in ("b", "p", "c") if name in data), "b")
             data[field] = "abc"
@@ -391,6 +597,48 @@ class BinanceDialect(Dialect):
 
 def _json(body: object, status: int = 200) -> web.Response:
     return web.Response(text=json.dumps(body, separators=(",", ":")), status=status, content_type="application/json")
+
+
+def _int_param(request: web.Request, name: str, default: int | None) -> int | None:
+    """An integer query parameter, ``default`` when absent; ``None`` when not an integer."""
+    text = request.query.get(name)
+    if text is None:
+        return default
+    try:
+        return int(text)
+    except ValueError:
+        return None
+
+
+def _trade_row(trade: _Trade) -> dict[str, Any]:
+    quote_qty = float(trade.price) * float(trade.qty)
+    return {"id": trade.id, "price": trade.price, "qty": trade.qty, "quoteQty": _f8(quote_qty), "time": trade.time,
+            "isBuyerMaker": trade.buyer_maker, "isBestMatch": True}
+
+
+def _book_levels(market: Market, quote: Quote, depth: int) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    """``depth`` levels a side around the quote, best first, as ``(price, quantity)`` strings.
+
+    The top is the quote's best bid and ask with their sizes; level ``i`` is ``i`` ticks
+    further, its size a deterministic multiple of the top's (no random draw, so the walk's
+    sequence stays what it is without books).
+    """
+    tick = 10.0 ** -market.price_decimals
+    unit = 10.0 ** -market.size_decimals
+    bid_ticks = round(quote.bid / tick)
+    ask_ticks = round(quote.ask / tick)
+    bids = [(f"{quote.bid:.8f}", f"{quote.bid_size:.8f}")]
+    asks = [(f"{quote.ask:.8f}", f"{quote.ask_size:.8f}")]
+    for level in range(1, depth):
+        factor = 1.0 + ((quote.update_id * 7 + level * 13) % 23) / 4.0
+        if bid_ticks - level > 0:
+            bids.append((f"{(bid_ticks - level) * tick:.8f}", f"{(round(quote.bid_size * factor / unit) or 1) * unit:.8f}"))
+        asks.append((f"{(ask_ticks + level) * tick:.8f}", f"{(round(quote.ask_size * factor / unit) or 1) * unit:.8f}"))
+    return bids, asks
+
+
+def _levels_json(levels: list[tuple[str, str]]) -> str:
+    return "[" + ",".join(f'["{price}","{qty}"]' for price, qty in levels) + "]"
 
 
 def _error(code: int, msg: str, request_id: object) -> Control:
