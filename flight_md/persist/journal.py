@@ -520,10 +520,9 @@ class Journal:
                                                 segment.good_size))
 
     def _write(self, pending: list[tuple[int, pa.RecordBatch]], through: int, rows: int) -> None:
-        segment = self._segment
+        segment = self._segment if self._segment is not None else self._open_segment()
         chunks: list[bytes | pa.Buffer] = []
-        if segment is None:
-            segment = self._open_segment()
+        if segment.good_size == 0:  # a new segment, or one whose first write failed
             header = json.dumps({"format": SEGMENT_VERSION, "segment": segment.seq,
                                  "start_lsn": segment.first_lsn - 1}).encode()
             chunks.append(MAGIC)

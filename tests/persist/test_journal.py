@@ -6,6 +6,7 @@ Everything is real files in ``tmp_path``; the journal's reader is :func:`recover
 
 from __future__ import annotations
 
+import ast
 import errno
 import itertools
 import json
@@ -18,6 +19,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
+from flight_md import persist
 from flight_md.errors import InvalidArgument, Unavailable
 from flight_md.events import Event, EventKind
 from flight_md.persist.datadir import DataDir
@@ -219,12 +221,13 @@ FULL_DISK = textwrap.dedent("""
     from test_journal import ticks
     from flight_md.persist.datadir import DataDir
     from flight_md.persist.recovery import open_journal
+    fresh = sys.argv[3] == "fresh"
     journal, _ = open_journal(DataDir.open(sys.argv[1]), commit_interval=60)
-    journal.append("ticker", "binance", "BTC/USDT", ticks(0, 1000))
-    journal.commit()
-    segment = journal.stats().segment
-    path = os.path.join(sys.argv[1], "journal", f"{segment:012d}.wal")
-    size = os.path.getsize(path)
+    path = os.path.join(sys.argv[1], "journal", f"{journal.stats().segment:012d}.wal")
+    if not fresh:
+        journal.append("ticker", "binance", "BTC/USDT", ticks(0, 1000))
+        journal.commit()
+    size = os.path.getsize(path) if os.path.exists(path) else 0
     hard = resource.getrlimit(resource.RLIMIT_FSIZE)[1]
     # The "disk" fills up 5000 bytes into the next commit: a partial write, then EFBIG.
     resource.setrlimit(resource.RLIMIT_FSIZE, (size + 5000, hard))
@@ -246,18 +249,41 @@ FULL_DISK = textwrap.dedent("""
 """)
 
 
-def test_a_failed_commit_keeps_its_rows_pending_and_retries(tmp_path: Path) -> None:
+@pytest.mark.parametrize("segment", ["fresh", "written"])
+def test_a_failed_commit_keeps_its_rows_pending_and_retries(tmp_path: Path, segment: str) -> None:
     """A real short write: the child's file size limit (RLIMIT_FSIZE) stands in for a full
-    disk. The torn commit is cut off, its rows stay pending, the retry writes them."""
-    child = ChildProcess(["-c", FULL_DISK, str(tmp_path / "data"), str(Path(__file__).parent)])
+    disk, in a segment's first write or a later one. The torn commit is cut off, its rows stay
+    pending, the retry writes them (and the segment header, if that was what failed)."""
+    child = ChildProcess(["-c", FULL_DISK, str(tmp_path / "data"), str(Path(__file__).parent),
+                          segment])
     child.start()
     assert child.wait(60) == 0, child.output
     report = json.loads(child.stdout[-1])
+    earlier = 0 if segment == "fresh" else 1
     assert report["failed"] == errno.EFBIG and report["last_error"].startswith("OSError")
     assert report["size_after"] == report["size"]  # the partial commit was cut off
-    assert (report["pending"], report["errors"], report["committed"]) == (1000, 1, 1)
-    assert report["retried"] == 2 and report["cleared"]
+    assert (report["pending"], report["errors"], report["committed"]) == (1000, 1, earlier)
+    assert report["retried"] == earlier + 1 and report["cleared"]
     with DataDir.open(tmp_path / "data") as d:
         recovery = recover(d.journal, d.quarantine)
     assert (recovery.torn, recovery.quarantined) == ((), ())
-    assert timestamps(pa.concat_tables(recovery.tables().values())) == list(range(2000))
+    start = 1000 if segment == "fresh" else 0
+    assert timestamps(pa.concat_tables(recovery.tables().values())) == list(range(start, 2000))
+
+
+def test_persist_loads_no_ccxt_and_imports_no_asyncio() -> None:
+    """The journal is plain threads and files (asyncio itself may come in with the package's
+    core, flight_md.buffer, but no persist module uses it)."""
+    code = ("import sys, flight_md.persist.journal, flight_md.persist.recovery, "
+            "flight_md.persist.datadir; print([m for m in ('ccxt', 'pyarrow.flight', 'aiohttp') "
+            "if m in sys.modules])")
+    child = ChildProcess(["-c", code])
+    child.start()
+    assert child.wait(60) == 0 and child.stdout == ["[]\n"], child.output
+    for name in ("journal", "recovery", "datadir"):
+        tree = ast.parse((Path(persist.__file__).parent / f"{name}.py").read_text())
+        imported = {alias.name.split(".")[0] for node in ast.walk(tree)
+                    if isinstance(node, ast.Import | ast.ImportFrom)
+                    for alias in (node.names if isinstance(node, ast.Import)
+                                  else [ast.alias(node.module or "")])}
+        assert not imported & {"asyncio", "ccxt"}, name
