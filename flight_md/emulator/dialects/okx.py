@@ -21,23 +21,54 @@ pings. Before a service upgrade OKX sends ``{"event":"notice","code":"64008",...
 then closes: :meth:`OkxDialect.shutdown_event` (ccxt turns it into a ``NetworkError``).
 
 Synthetic channels: ``tickers`` (the full ticker, pushed on subscribe and on every
-update), ``bbo-tbt`` (the best bid and ask, also pushed on subscribe) and ``trades``.
-Other public channels (``books``, ``books5``, ``mark-price``, ...) are acknowledged
-without data. Listed markets come from the symbols asked for: ``BTC/USDT`` is spot
+update), ``bbo-tbt`` (the best bid and ask, also pushed on subscribe), ``trades`` and
+``books``. Other public channels (``books5``, ``mark-price``, ...) are acknowledged
+without data.
+
+* ``trades``: every trade of the walk, at the touch (a ``buy``, the taker's side, at the
+  ask, a ``sell`` at the bid), with consecutive ``tradeId`` values: a frame carries every trade
+  the market made since the previous ``trades`` frame (several steps of one market can
+  go to other channels in between), oldest first. No snapshot on subscribe, as OKX.
+* ``books``: a snapshot of :data:`BOOK_DEPTH` levels a side on subscribe (``"action":
+  "snapshot"``), then one ``update`` of the changed levels per step (size ``"0"``
+  deletes). The best level is the walk's bid and ask of the same step (with their
+  sizes), deeper levels one to three ticks apart; levels the touch crosses are deleted,
+  and the side is refilled and trimmed to :data:`BOOK_DEPTH` in the same update. Every
+  frame carries ``seqId`` (the walk's book ``update_id``), ``prevSeqId`` (the ``seqId``
+  of the stream's previous frame; ``-1`` in a snapshot, as OKX) and ``checksum``
+  (:func:`book_checksum`). A snapshot sent to a late subscriber carries the stream's
+  last ``seqId``, so the next update chains for every subscriber. ccxt checks
+  ``prevSeqId`` (an ``InvalidNonce``, then it resubscribes) but not the checksum.
+
+REST for these channels: ``/api/v5/market/books`` and ``/api/v5/market/books-full``
+(``instId``, ``sz`` levels, default 1; the synthetic book of the walk's current step,
+or in a replay the book rebuilt from the replayed ``books`` frames),
+``/api/v5/market/trades`` (``instId``, ``limit`` default 100, at most 500: the latest
+trades, newest first) and ``/api/v5/market/history-trades`` (also ``after``/``before``, a
+``tradeId`` to page older/newer than; ``type`` 1 only); a synthetic market keeps its
+last 1,000 trades, a replay every replayed one. Listed markets come from the symbols asked for: ``BTC/USDT`` is spot
 ``BTC-USDT``; ``BTC/USDT:USDT`` a linear swap ``BTC-USDT-SWAP`` (settled in the quote),
 ``UNI/USD:UNI`` an inverse one (settled in the base); ``BTC/USD:BTC-220527`` a dated future
 ``BTC-USD-220527`` expiring at 08:00 UTC that day. Options are not synthesized.
 
 Replay serves the recorded instrument lists byte for byte (all four types), maps each
-recorded data frame to its stream by ``arg.channel`` and ``arg.instId``, and answers REST
-tickers from the last replayed ``tickers`` frame of each market. ``Market.kind`` only
+recorded data frame to its stream by ``arg.channel`` and ``arg.instId`` (``trades`` and
+``books`` frames byte for byte, with their recorded ``tradeId``, ``checksum`` and, where
+the recording has them, ``seqId``/``prevSeqId``; the 2022 recording has none), and answers
+REST tickers from the last replayed ``tickers`` frame of each market, books and trades from
+the replayed ``books`` and ``trades`` frames. A replay serves the depth the recording holds
+(``books``: 400 levels for BTC-USDT, fewer for thin markets), whatever depth ccxt asks for;
+``books5`` is not recorded and stays silent. ``Market.kind`` only
 tells spot from contract; the OKX instrument type is kept by the dialect.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+import random
+import zlib
+from collections import deque
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, Final
 
@@ -49,15 +80,15 @@ from flight_md.emulator.market import Market, MarketKind, StreamKey
 from flight_md.emulator.recording import RecordedMessage, Recording
 from flight_md.emulator.synthetic import PriceWalk, Quote
 
-__all__ = ["OkxDialect"]
+__all__ = ["BOOK_DEPTH", "OkxDialect", "book_checksum"]
 
 _INST_TYPES: Final = ("SPOT", "SWAP", "FUTURES", "OPTION")
 _INSTRUMENTS: Final = "/api/v5/public/instruments"
-_SYNTHETIC_CHANNELS: Final = frozenset({"tickers", "bbo-tbt", "trades"})
+_SYNTHETIC_CHANNELS: Final = frozenset({"tickers", "bbo-tbt", "trades", "books"})
 # Public channels OKX accepts on /ws/v5/public with an instId; those the emulator does not
 # synthesize are acknowledged and stay silent.
 _PUBLIC_CHANNELS: Final = _SYNTHETIC_CHANNELS | {
-    "books", "books5", "mark-price", "funding-rate", "open-interest", "price-limit", "estimated-price",
+    "books5", "mark-price", "funding-rate", "open-interest", "price-limit", "estimated-price",
 }
 # ccxt's okx commonCurrencies: how it renames OKX currency codes in unified symbols.
 _COMMON_CURRENCIES: Final = {"XBT": "BTC", "BCHSV": "BSV", "AE": "AET"}
@@ -66,6 +97,11 @@ _NOT_FOUND: Final = ("Wrong URL or channel:{channel},instId:{inst_id} doesn't ex
 _SHUTDOWN: Final = ('{"event":"notice","code":"64008","msg":"The connection will soon be closed for a service '
                     'upgrade. Please reconnect."}')
 _EXPIRY_HOUR_UTC: Final = 8
+BOOK_DEPTH: Final = 25
+"""Levels a side of a synthetic ``books`` stream: the 25 OKX's checksum covers."""
+_CHECKSUM_LEVELS: Final = 25
+_TRADES_KEPT: Final = 1000  # recent trades a synthetic market keeps for REST and the next frame
+_REST_TRADES_MAX: Final = 500
 
 
 class OkxDialect(Dialect):
@@ -93,6 +129,14 @@ class OkxDialect(Dialect):
         # The walks hold the markets as parsed from the symbols; the listed ones carry OKX ids.
         self._id_by_symbol: dict[str, str] = {market.symbol: market.id for market in self.markets}
         self._replayed: dict[str, dict[str, Any]] = {}
+        # Synthetic trades by symbol: the latest ones (REST), and those no trades frame carried yet.
+        self._trades: dict[str, deque[dict[str, str]]] = {}
+        self._unsent: dict[str, list[dict[str, str]]] = {}
+        self._last_trade: dict[str, int] = {}
+        self._books: dict[str, _Book] = {}  # synthetic book by symbol
+        # Replay: the book rebuilt from the replayed frames (price text -> level) and the trades.
+        self._replayed_books: dict[str, tuple[dict[str, list[str]], dict[str, list[str]], str]] = {}
+        self._replayed_trades: dict[str, dict[str, dict[str, str]]] = {}
 
     # -- markets and REST -------------------------------------------------------------
 
@@ -108,6 +152,10 @@ class OkxDialect(Dialect):
             ("/api/v5/market/tickers", self._tickers),
             ("/api/v5/market/ticker", self._ticker),
             ("/api/v5/public/time", self._time),
+            ("/api/v5/market/books", self._book),
+            ("/api/v5/market/books-full", self._book),
+            ("/api/v5/market/trades", self._recent_trades),
+            ("/api/v5/market/history-trades", self._recent_trades),
         ]
 
     def rest_error(self, status: int) -> str:
@@ -165,6 +213,71 @@ class OkxDialect(Dialect):
         ticker = self._ticker_row(inst_id)
         return _ok([] if ticker is None else [ticker])
 
+    def _rest_market(self, query: Mapping[str, str]) -> tuple[Market | None, web.Response | None]:
+        inst_id = query.get("instId")
+        if not inst_id:
+            return None, _fail("50014", "Parameter instId can not be empty.")
+        if inst_id not in self._instruments:
+            return None, _fail("51001", "Instrument ID does not exist")
+        return self._by_id.get(inst_id), None
+
+    async def _book(self, request: web.Request) -> web.StreamResponse:
+        market, failure = self._rest_market(request.query)
+        if failure is not None:
+            return failure
+        try:
+            size = int(request.query.get("sz", "1"))
+        except ValueError:
+            size = 0
+        if not 1 <= size <= 5000:
+            return _fail("51000", "Parameter sz error")
+        if market is None:
+            return _ok([])
+        if self.recording is not None:
+            replayed = self._replayed_books.get(market.symbol)
+            if replayed is None:
+                return _ok([])
+            bids, asks, ts = replayed
+            return _ok([{"asks": _sorted_levels(asks, False)[:size], "bids": _sorted_levels(bids, True)[:size],
+                         "ts": ts}])
+        walk = self.walks.get(market.symbol)
+        if walk is None:
+            return _ok([])
+        quote = walk.quote
+        self._saw(market, quote)
+        book = self._book_of(market, quote)
+        book.apply(quote)  # the subscribers get these changes with the next update
+        return _ok([{"asks": [[px, sz, "0", "1"] for px, sz in book.levels(False)[:size]],
+                     "bids": [[px, sz, "0", "1"] for px, sz in book.levels(True)[:size]],
+                     "ts": str(quote.time_ms or now_ms())}])
+
+    async def _recent_trades(self, request: web.Request) -> web.StreamResponse:
+        query = request.query
+        market, failure = self._rest_market(query)
+        if failure is not None:
+            return failure
+        try:
+            limit = int(query.get("limit", "100"))
+            after = int(query["after"]) if query.get("after") else None
+            before = int(query["before"]) if query.get("before") else None
+        except ValueError:
+            return _fail("51000", "Parameter limit, after or before error")
+        if market is None:
+            return _ok([])
+        if self.recording is not None:
+            rows: Iterable[dict[str, str]] = self._replayed_trades.get(market.symbol, {}).values()
+        else:
+            walk = self.walks.get(market.symbol)
+            if walk is not None:
+                self._saw(market, walk.quote)
+            rows = self._trades.get(market.symbol, ())
+        picked = [row for row in rows if (after is None or int(row["tradeId"]) < after)
+                  and (before is None or int(row["tradeId"]) > before)]
+        picked.sort(key=lambda row: int(row["tradeId"]), reverse=True)
+        if before is not None and after is None:
+            picked = picked[-max(1, min(limit, _REST_TRADES_MAX)):]  # the oldest newer than `before`
+        return _ok([dict(row) for row in picked[:max(1, min(limit, _REST_TRADES_MAX))]])
+
     def _ticker_row(self, inst_id: str) -> dict[str, Any] | None:
         market = self._by_id.get(inst_id)
         if market is None:
@@ -219,12 +332,18 @@ class OkxDialect(Dialect):
         return channel in _SYNTHETIC_CHANNELS
 
     def snapshot_on_subscribe(self, key: StreamKey) -> bool:
-        return key.channel in ("tickers", "bbo-tbt")
+        return key.channel in ("tickers", "bbo-tbt", "books")
 
     def render(self, key: StreamKey, market: Market, quote: Quote, *, snapshot: bool) -> str:
         ms = quote.time_ms or now_ms()
         inst_id = self._id_by_symbol.get(market.symbol, market.id)
         p, s = market.price_decimals, market.size_decimals
+        self._saw(market, quote)
+        if key.channel == "books":
+            return self._render_book(inst_id, market, quote, snapshot=snapshot)
+        if key.channel == "trades":
+            rows = self._unsent.pop(market.symbol, [])
+            return _dumps({"arg": {"channel": "trades", "instId": inst_id}, "data": rows})
         if key.channel == "tickers":
             data = _ticker_data(self._instruments[inst_id], market, quote)
             return _dumps({"arg": {"channel": "tickers", "instId": inst_id}, "data": [data]})
@@ -233,10 +352,53 @@ class OkxDialect(Dialect):
                     f'"asks":[["{quote.ask:.{p}f}","{quote.ask_size:.{s}f}","0","1"]],'
                     f'"bids":[["{quote.bid:.{p}f}","{quote.bid_size:.{s}f}","0","1"]],'
                     f'"ts":"{ms}","seqId":{quote.update_id}}}]}}')
-        side = "sell" if quote.buyer_maker else "buy"
-        return (f'{{"arg":{{"channel":"trades","instId":"{inst_id}"}},"data":[{{"instId":"{inst_id}",'
-                f'"tradeId":"{quote.trade_id}","px":"{quote.last:.{p}f}","sz":"{quote.last_size:.{s}f}",'
-                f'"side":"{side}","ts":"{ms}","count":"1"}}]}}')
+        raise ValueError(f"okx synthesizes no channel {key.channel!r}; it renders {sorted(_SYNTHETIC_CHANNELS)}")
+
+    def _saw(self, market: Market, quote: Quote) -> None:
+        """Note the walk's trade of a step, whichever channel the step was rendered for."""
+        symbol = market.symbol
+        last = self._last_trade.get(symbol, quote.trade_id - 1)
+        if quote.trade_id <= last:
+            return
+        self._last_trade[symbol] = quote.trade_id
+        inst_id = self._id_by_symbol.get(symbol, market.id)
+        p, s = market.price_decimals, market.size_decimals
+        row = {"instId": inst_id, "tradeId": str(quote.trade_id), "px": f"{quote.last:.{p}f}",
+               "sz": f"{quote.last_size:.{s}f}", "side": "sell" if quote.buyer_maker else "buy",
+               "ts": str(quote.time_ms or now_ms()), "count": "1"}
+        self._trades.setdefault(symbol, deque(maxlen=_TRADES_KEPT)).append(row)
+        unsent = self._unsent.setdefault(symbol, [])
+        unsent.append(row)
+        if len(unsent) > _TRADES_KEPT:
+            del unsent[0]
+
+    def _book_of(self, market: Market, quote: Quote) -> _Book:
+        book = self._books.get(market.symbol)
+        if book is None:
+            book = self._books[market.symbol] = _Book(market, quote)
+        return book
+
+    def _render_book(self, inst_id: str, market: Market, quote: Quote, *, snapshot: bool) -> str:
+        book = self._book_of(market, quote)
+        book.apply(quote)
+        bids, asks = book.levels(True), book.levels(False)
+        checksum = book_checksum(bids, asks)
+        ts = quote.time_ms or now_ms()
+        arg = f'{{"channel":"books","instId":"{inst_id}"}}'
+        if snapshot:
+            # The stream's last seqId: the next update then chains for every subscriber, and
+            # changes not yet sent to the others stay pending for that update.
+            if book.seq is None:
+                book.seq = quote.update_id
+            return (f'{{"arg":{arg},"action":"snapshot","data":[{{"asks":{_levels_json(asks)},'
+                    f'"bids":{_levels_json(bids)},"ts":"{ts}","checksum":{checksum},"prevSeqId":-1,'
+                    f'"seqId":{book.seq}}}]}}')
+        changed_bids, changed_asks = book.take()
+        prev = book.seq if book.seq is not None else -1
+        book.seq = max(quote.update_id, prev + 1)
+        return (f'{{"arg":{arg},"action":"update","data":[{{"asks":{_levels_json(changed_asks)},'
+                f'"bids":{_levels_json(changed_bids)},"ts":"{ts}","checksum":{checksum},"prevSeqId":{prev},'
+                f'"seqId":{book.seq}}}]}}')
 
     def recorded_frame(self, message: RecordedMessage) -> tuple[StreamKey, str, str] | None:
         try:
@@ -255,14 +417,36 @@ class OkxDialect(Dialect):
         return StreamKey(channel, market.symbol), f"{channel}:{inst_id}", message.text
 
     def observe(self, key: StreamKey, text: str) -> None:
-        if key.channel != "tickers":
+        if key.channel not in ("tickers", "trades", "books"):
             return
         try:
-            data = json.loads(text)["data"][0]
-        except (ValueError, KeyError, IndexError, TypeError):
+            frame = json.loads(text)
+            rows = [row for row in frame["data"] if isinstance(row, dict)]
+        except (ValueError, KeyError, TypeError):
             return
-        if isinstance(data, dict):
-            self._replayed[key.symbol] = data
+        if key.channel == "tickers":
+            if rows:
+                self._replayed[key.symbol] = rows[0]
+        elif key.channel == "trades":
+            trades = self._replayed_trades.setdefault(key.symbol, {})
+            for row in rows:
+                trades.setdefault(str(row.get("tradeId")), row)
+        else:
+            for row in rows:
+                self._observe_book(key.symbol, frame.get("action"), row)
+
+    def _observe_book(self, symbol: str, action: object, row: Mapping[str, Any]) -> None:
+        if action == "snapshot" or symbol not in self._replayed_books:
+            self._replayed_books[symbol] = ({}, {}, "")
+        bids, asks, _ = self._replayed_books[symbol]
+        for side, levels in ((bids, row.get("bids")), (asks, row.get("asks"))):
+            for level in levels if isinstance(levels, list) else ():
+                if isinstance(level, list) and len(level) >= 2:
+                    if _float(level[1]) == 0.0:
+                        side.pop(str(level[0]), None)
+                    else:
+                        side[str(level[0])] = [str(item) for item in level]
+        self._replayed_books[symbol] = (bids, asks, str(row.get("ts", "")))
 
     def corrupt(self, fault: Fault, text: str) -> str:
         if fault is Fault.TRUNCATED:
@@ -282,8 +466,11 @@ class OkxDialect(Dialect):
             field = next((name for name in ("bidPx", "px") if name in row), None)
             if field is not None:
                 row[field] = "abc"
-            elif isinstance(row.get("bids"), list) and row["bids"]:
-                row["bids"][0][0] = "abc"
+            else:
+                side = next((row[name] for name in ("bids", "asks") if isinstance(row.get(name), list)
+                             and row[name]), None)
+                if side is not None:
+                    side[0][0] = "abc"
         return _dumps(frame)
 
     def shutdown_event(self) -> str | None:
@@ -434,3 +621,110 @@ def _ticker_data(instrument: Mapping[str, Any], market: Market, quote: Quote) ->
         "sodUtc0": f"{quote.open:.{p}f}",
         "sodUtc8": f"{quote.open:.{p}f}",
     }
+
+
+def book_checksum(bids: Sequence[Sequence[str]], asks: Sequence[Sequence[str]]) -> int:
+    """OKX's order book checksum: CRC32 of the top 25 levels, as a signed 32-bit integer.
+
+    The string is ``bid1px:bid1sz:ask1px:ask1sz:bid2px:...`` over the price and size texts
+    exactly as OKX sent them (best first); where one side has fewer levels the other's
+    continue alone. Checked against every ``books`` frame of the shared recording.
+    """
+    parts: list[str] = []
+    for index in range(_CHECKSUM_LEVELS):
+        if index < len(bids):
+            parts += (bids[index][0], bids[index][1])
+        if index < len(asks):
+            parts += (asks[index][0], asks[index][1])
+    crc = zlib.crc32(":".join(parts).encode())
+    return crc - (1 << 32) if crc >= 1 << 31 else crc
+
+
+def _float(text: Any) -> float | None:
+    try:
+        return float(text)
+    except (TypeError, ValueError):
+        return None
+
+
+def _sorted_levels(side: Mapping[str, list[str]], descending: bool) -> list[list[str]]:
+    return sorted(side.values(), key=lambda level: float(level[0]), reverse=descending)
+
+
+def _levels_json(levels: Iterable[tuple[str, str]]) -> str:
+    """OKX levels: price, size, ``"0"`` (liquidated orders, deprecated), orders at the level."""
+    return "[" + ",".join(f'["{px}","{sz}","0","{0 if _float(sz) == 0.0 else 1}"]' for px, sz in levels) + "]"
+
+
+class _Book:
+    """One market's synthetic order book: :data:`BOOK_DEPTH` levels a side around the walk's touch.
+
+    Prices and sizes are kept in ticks and lots (integers), so a level prints exactly as the
+    ticker prints the same price. :meth:`apply` moves the book to a step of the walk and
+    collects the changed levels until :meth:`take` hands them to an update.
+    """
+
+    __slots__ = ("_asks", "_bids", "_changed", "_p", "_rng", "_s", "_tick", "_unit", "seq")
+
+    def __init__(self, market: Market, quote: Quote) -> None:
+        self._tick = 10.0 ** -market.price_decimals
+        self._unit = 10.0 ** -market.size_decimals
+        self._p, self._s = market.price_decimals, market.size_decimals
+        self._rng = random.Random(f"book:{market.symbol}:{quote.update_id}")
+        self._bids: dict[int, int] = {}
+        self._asks: dict[int, int] = {}
+        self._changed: dict[tuple[bool, int], int] = {}  # (is bid, ticks) -> lots, 0: deleted
+        self.seq: int | None = None
+
+    def _set(self, bid: bool, ticks: int, lots: int) -> None:
+        side = self._bids if bid else self._asks
+        if lots:
+            side[ticks] = lots
+        else:
+            side.pop(ticks, None)
+        self._changed[(bid, ticks)] = lots
+
+    def _lots(self, mid: float) -> int:
+        # Depth worth roughly 100 to 100,000 quote units a level, log-uniform, as the walk's touch.
+        return int(10.0 ** (2.0 + 3.0 * self._rng.random()) / (mid * self._unit)) or 1
+
+    def apply(self, quote: Quote) -> None:
+        """Move the book to a step: its touch becomes the quote's bid and ask, with their sizes."""
+        top_bid, top_ask = round(quote.bid / self._tick), round(quote.ask / self._tick)
+        mid = (quote.bid + quote.ask) / 2.0
+        for ticks in [t for t in self._bids if t > top_bid]:
+            self._set(True, ticks, 0)
+        for ticks in [t for t in self._asks if t < top_ask]:
+            self._set(False, ticks, 0)
+        for bid, top, size in ((True, top_bid, quote.bid_size), (False, top_ask, quote.ask_size)):
+            side = self._bids if bid else self._asks
+            lots = max(1, round(size / self._unit))
+            if side.get(top) != lots:
+                self._set(bid, top, lots)
+            deeper = [t for t in side if t != top]
+            if deeper and self._rng.random() < 0.5:  # some depth away from the touch changes too
+                self._set(bid, self._rng.choice(deeper), self._lots(mid))
+            while len(side) < BOOK_DEPTH:
+                worst = min(side) if bid else max(side)
+                gap = 1 + int(self._rng.random() * 3)
+                ticks = worst - gap if bid else worst + gap
+                if ticks <= 0:
+                    break
+                self._set(bid, ticks, self._lots(mid))
+            while len(side) > BOOK_DEPTH:
+                self._set(bid, min(side) if bid else max(side), 0)
+
+    def take(self) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+        """The levels changed since the last call, bids and asks best first (size ``"0"``: deleted)."""
+        changed, self._changed = self._changed, {}
+        bids = sorted(((t, lots) for (bid, t), lots in changed.items() if bid), reverse=True)
+        asks = sorted((t, lots) for (bid, t), lots in changed.items() if not bid)
+        return [self._level(t, lots) for t, lots in bids], [self._level(t, lots) for t, lots in asks]
+
+    def levels(self, bids: bool) -> list[tuple[str, str]]:
+        """The current levels of one side, best first."""
+        side = self._bids if bids else self._asks
+        return [self._level(t, side[t]) for t in sorted(side, reverse=bids)]
+
+    def _level(self, ticks: int, lots: int) -> tuple[str, str]:
+        return f"{ticks * self._tick:.{self._p}f}", f"{lots * self._unit:.{self._s}f}"
