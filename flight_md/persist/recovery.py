@@ -38,6 +38,7 @@ import os
 import shutil
 import zlib
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
@@ -205,29 +206,37 @@ def recover(journal_dir: Path | str, quarantine_dir: Path | str) -> Recovery:
     bad: list[Quarantined] = []
     last_lsn = 0
     rows = 0
-    for i, seq in enumerate(seqs):
-        scan = _scan(seq, segment_path(directory, seq))
-        if scan.damage is not None:
-            if i == len(seqs) - 1 and not scan.ended:
-                torn.append(TornTail(seq, scan.good_end, scan.size - scan.good_end, scan.damage))
-                log.warning("journal segment %d: torn tail of %d bytes cut at %d (%s)", seq,
-                            scan.size - scan.good_end, scan.good_end, scan.damage)
-            else:
-                copy = _quarantine_copy(scan.path, quarantine)
-                bad.append(Quarantined(seq, copy, scan.damage, scan.rows,
-                                       scan.size - scan.good_end))
-                log.error("journal segment %d is corrupt (%s); copied to %s, %d rows kept", seq,
-                          scan.damage, copy, scan.rows)
-            _repair(scan)
-        if not scan.rows:  # nothing committed in it (the writer never leaves such a file)
-            scan.path.unlink(missing_ok=True)
-            continue
-        contents = list(_decode(scan))
-        batches += contents
-        rows += scan.rows
-        last_lsn = max(last_lsn, scan.last_lsn)
-        infos.append(SegmentInfo(seq, scan.path, scan.first_lsn, scan.last_lsn, scan.rows,
-                                 os.path.getsize(scan.path)))
+    # Checksums and decoding run in C++ without the GIL: segments go in parallel, repairs
+    # (which move and cut files) one at a time in order, results in segment order.
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1),
+                            thread_name_prefix="flight-md-recovery") as pool:
+        scans = list(pool.map(lambda seq: _scan(seq, segment_path(directory, seq)), seqs))
+        intact: list[_Scan] = []
+        for i, scan in enumerate(scans):
+            if scan.damage is not None:
+                if i == len(seqs) - 1 and not scan.ended:
+                    torn.append(TornTail(scan.seq, scan.good_end, scan.size - scan.good_end,
+                                         scan.damage))
+                    log.warning("journal segment %d: torn tail of %d bytes cut at %d (%s)",
+                                scan.seq, scan.size - scan.good_end, scan.good_end, scan.damage)
+                else:
+                    copy = _quarantine_copy(scan.path, quarantine)
+                    bad.append(Quarantined(scan.seq, copy, scan.damage, scan.rows,
+                                           scan.size - scan.good_end))
+                    log.error("journal segment %d is corrupt (%s); copied to %s, %d rows kept",
+                              scan.seq, scan.damage, copy, scan.rows)
+                _repair(scan)
+            if not scan.rows:  # nothing committed in it (the writer never leaves such a file)
+                scan.path.unlink(missing_ok=True)
+                continue
+            intact.append(scan)
+        for scan, contents in zip(intact, pool.map(lambda sc: list(_decode(sc)), intact),
+                                  strict=True):
+            batches += contents
+            rows += scan.rows
+            last_lsn = max(last_lsn, scan.last_lsn)
+            infos.append(SegmentInfo(scan.seq, scan.path, scan.first_lsn, scan.last_lsn,
+                                     scan.rows, os.path.getsize(scan.path)))
     return Recovery(tuple(infos), tuple(batches), last_lsn, rows, tuple(torn), tuple(bad),
                     sealed)
 
