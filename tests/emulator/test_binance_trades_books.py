@@ -55,7 +55,7 @@ def test_synthetic_trades_and_books_are_consistent_with_the_ticker() -> None:
     last_id = None
     for step in range(200):
         quote = walk.step(1_000 + step)
-        channel = ("trade", "ticker", "depth")[step % 3]
+        channel = ("trade", "ticker", "depth@100ms")[step % 3]
         frame = json.loads(dialect.render(StreamKey(channel, SYMBOL), market, quote, snapshot=False))
         if channel == "trade":
             # At the touch: the taker buys at the ask, sells at the bid (m: the buyer is the maker).
@@ -78,7 +78,7 @@ def test_frame_faults_corrupt_trade_and_depth_frames() -> None:
     market = Market.from_symbol(SYMBOL)
     walk = PriceWalk(market, 7)
     dialect = BinanceDialect((market,), {SYMBOL: walk}, None)
-    for channel in ("trade", "aggTrade", "depth"):
+    for channel in ("trade", "aggTrade", "depth@100ms"):
         text = dialect.render(StreamKey(channel, SYMBOL), market, walk.step(1), snapshot=False)
         for fault in FRAME_FAULTS:
             corrupted = dialect.corrupt(fault, text)

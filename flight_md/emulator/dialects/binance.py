@@ -17,8 +17,8 @@ The server sends a ping frame every ``ping_interval`` seconds.
 
 Synthetic channels: ``bookTicker`` (no event time, like the real one), ``ticker``
 (``24hrTicker``), ``miniTicker`` (``24hrMiniTicker``), ``trade``, ``aggTrade`` and the
-diff depth stream ``depth`` (``depth``, ``depth@100ms`` and ``depth@1000ms`` are one
-stream here, paced by the emulator's rate, not by the name's interval).
+diff depth stream ``depth@100ms`` (``depth`` and ``depth@1000ms`` are the same stream
+here, paced by the emulator's rate, not by the name's interval).
 
 Trades are at the touch: a buy at the ask, a sell at the bid (``m`` true), of the walk's
 trade size. Each rendered trade frame is a new trade with the next id of its market
@@ -69,7 +69,8 @@ MAX_STREAMS = 1024
 _CONTROL_RATE_LIMIT = 5
 _ENVELOPE = re.compile(r'\{"stream":"([^"]+)","data":')
 _STREAM_NAME = re.compile(r"^(?:[a-z0-9]+@[A-Za-z0-9_@]+|![A-Za-z0-9_@]+)$")
-_SYNTHETIC_CHANNELS = frozenset({"bookTicker", "ticker", "miniTicker", "trade", "aggTrade", "depth"})
+_DEPTH = "depth@100ms"  # the channel of every diff depth stream: what ccxt subscribes and Binance records
+_SYNTHETIC_CHANNELS = frozenset({"bookTicker", "ticker", "miniTicker", "trade", "aggTrade", _DEPTH})
 _DEPTH_CHANNELS = frozenset({"depth", "depth@100ms", "depth@1000ms"})  # one stream, whatever the speed
 BOOK_LEVELS: Final = 20
 """Levels a side of a synthetic book."""
@@ -78,7 +79,7 @@ TRADE_HISTORY: Final = 1000
 _DEFAULT_TRADES_LIMIT = 500
 _JSON = "application/json;charset=UTF-8"
 _RAW_EVENTS = {"24hrTicker": "ticker", "24hrMiniTicker": "miniTicker", "trade": "trade",
-               "aggTrade": "aggTrade", "depthUpdate": "depth"}  # event type of a raw-stream frame -> its channel
+               "aggTrade": "aggTrade", "depthUpdate": _DEPTH}  # event type of a raw-stream frame -> its channel
 
 
 class _Trade(NamedTuple):
@@ -438,7 +439,7 @@ class BinanceDialect(Dialect):
             return Subscription(StreamKey(name[1:], "*"), name)
         market_id, _, channel = name.partition("@")
         if channel in _DEPTH_CHANNELS:
-            channel = "depth"
+            channel = _DEPTH
         market = self._by_lower_id.get(market_id)
         return Subscription(StreamKey(channel, market.symbol if market else market_id.upper()), name)
 
@@ -466,7 +467,7 @@ class BinanceDialect(Dialect):
             return (f'{{"e":"24hrMiniTicker","E":{quote.time_ms},"s":"{market.id}","c":"{quote.last:.8f}",'
                     f'"o":"{quote.open:.8f}","h":"{quote.high:.8f}","l":"{quote.low:.8f}",'
                     f'"v":"{quote.volume:.8f}","q":"{quote.quote_volume:.8f}"}}')
-        if channel == "depth":
+        if channel == _DEPTH:
             return self._depth_update(market, quote)
         trade_id = self._next_trade.get(market.symbol, quote.trade_id)
         self._next_trade[market.symbol] = trade_id + 1
@@ -550,14 +551,14 @@ class BinanceDialect(Dialect):
         return subscription.key, subscription.wire, message.text
 
     def observe(self, key: StreamKey, text: str) -> None:
-        if key.channel not in ("bookTicker", "ticker", "miniTicker", "depth", "trade", "aggTrade"):
+        if key.channel not in ("bookTicker", "ticker", "miniTicker", _DEPTH, "trade", "aggTrade"):
             return
         try:
             data = json.loads(text)
             market_id = data["s"]
         except (ValueError, KeyError, TypeError):
             return
-        if key.channel == "depth":
+        if key.channel == _DEPTH:
             if isinstance(data.get("u"), int):
                 self._replayed_u[market_id] = max(data["u"], self._replayed_u.get(market_id, 0))
         elif key.channel in ("trade", "aggTrade"):

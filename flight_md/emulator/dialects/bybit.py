@@ -15,8 +15,31 @@ answered with ``{"success":true,"ret_msg":"pong",...,"op":"ping"}``. Spot takes 
 
 Synthetic topics: ``tickers.<id>`` (linear: a snapshot on subscribe, then deltas with the
 changed fields; spot: snapshots, without best bid/ask, as the real spot stream),
-``orderbook.1.<id>`` (snapshots of the top level; ccxt's ``watch_bids_asks``) and
-``publicTrade.<id>``.
+``orderbook.1.<id>`` (snapshots of the top level; ccxt's ``watch_bids_asks``),
+``orderbook.<depth>.<id>`` for depths 50, 200 and 1000 (what ccxt's ``watch_order_book``
+subscribes: 50 by default) and ``publicTrade.<id>``.
+
+Trades are at the touch: ``S`` ``Buy`` at the ask, ``Sell`` at the bid, of the walk's trade
+size; ``i`` is a UUID (as on Bybit's linear markets: no sequence to check), ``seq`` the
+walk's update id. A book stream (``orderbook.<depth>``, depth > 1) starts with a
+``snapshot`` on subscribe and goes on with ``delta`` messages; the book has
+``min(depth, BOOK_LEVELS)`` levels a side, its top the ticker's best bid and ask (with
+their sizes), deeper levels one tick further each. A delta carries every level of the new
+book plus ``"0"``-size removals of every price published on the stream since the previous
+delta. ``u`` counts the stream's messages (a new subscriber's snapshot carries the stream's
+current ``u``; each delta the next one), ``seq`` is the walk's update id (cross sequence:
+strictly increasing, not consecutive). Bybit sends no checksum, and ccxt checks neither
+``u`` nor ``seq``. REST ``/v5/market/orderbook`` (``category``, ``symbol``, ``limit``)
+answers the walk's current book, ``/v5/market/recent-trade`` the last
+:data:`TRADE_HISTORY` trades streamed (Bybit's recent trades take no time range, so
+ccxt's ``fetch_trades(since=...)`` filters what this returns).
+
+Replay: frames are sent verbatim. A subscription to ``orderbook.<depth>.<id>`` of any depth
+above 1 gets the recorded book of that market, whatever depth it was recorded at (the
+recording holds ``orderbook.200``): a replay serves the depth the recording holds, so its
+topics say ``orderbook.200`` whatever was asked. REST ``/v5/market/orderbook`` answers the
+book rebuilt from the snapshot and deltas replayed so far (``limit`` levels), and
+``/v5/market/recent-trade`` the trades replayed so far.
 """
 
 from __future__ import annotations
@@ -24,8 +47,9 @@ from __future__ import annotations
 import json
 import re
 import uuid
+from collections import deque
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Final
 
 from aiohttp import web
 
@@ -35,7 +59,7 @@ from flight_md.emulator.market import Market, MarketKind, StreamKey
 from flight_md.emulator.recording import RecordedMessage, Recording
 from flight_md.emulator.synthetic import PriceWalk, Quote
 
-__all__ = ["BybitDialect"]
+__all__ = ["BOOK_LEVELS", "TRADE_HISTORY", "BybitDialect"]
 
 _CATEGORIES = ("spot", "linear", "inverse", "option")
 _PAGINATED = frozenset({"linear", "inverse", "option"})
@@ -43,7 +67,19 @@ _DEFAULT_PAGE = 500
 _MAX_PAGE = 1000
 _SPOT_MAX_ARGS = 10
 _CURSOR = re.compile(r"last%3D(\d+)")
-_SYNTHETIC_CHANNELS = frozenset({"tickers", "orderbook.1", "publicTrade"})
+_BOOK_DEPTHS = ("50", "200", "1000")  # besides 1, which is the bid/ask stream here
+_SYNTHETIC_CHANNELS = frozenset({"tickers", "orderbook.1", "publicTrade", *(f"orderbook.{d}" for d in _BOOK_DEPTHS)})
+_REPLAYED_BOOK = "orderbook"  # the one channel of every orderbook.<depth> (depth > 1) in a replay
+BOOK_LEVELS: Final = 20
+"""Levels a side of a synthetic book (fewer when the subscribed depth is smaller)."""
+TRADE_HISTORY: Final = 1000
+"""Trades per market ``/v5/market/recent-trade`` remembers (Bybit's largest ``limit``)."""
+_RECENT_TRADES_LIMITS = {"spot": (60, 60), "linear": (500, 1000)}  # (default, max)
+_REST_BOOK_LIMITS = {"spot": (1, 200), "linear": (25, 500)}
+
+
+def _book_channel(channel: str) -> bool:
+    return channel.startswith("orderbook.") and channel != "orderbook.1"
 
 
 class BybitDialect(Dialect):
@@ -60,6 +96,11 @@ class BybitDialect(Dialect):
             self._by_category[str(market.kind)][market.id] = market
         self._replayed: dict[str, dict[str, Any]] = {}
         self._checksum = 0
+        # Synthetic books, per stream: the last u, and the prices published since the last delta.
+        self._book_u: dict[StreamKey, int] = {}
+        self._published: dict[StreamKey, tuple[set[str], set[str]]] = {}
+        self._trades: dict[str, deque[dict[str, Any]]] = {}  # REST rows by unified symbol
+        self._replayed_books: dict[str, tuple[dict[str, str], dict[str, str], dict[str, Any]]] = {}
 
     # -- markets and REST -------------------------------------------------------------
 
@@ -89,6 +130,8 @@ class BybitDialect(Dialect):
             ("/v5/market/instruments-info", self._instruments_info),
             ("/v5/market/tickers", self._tickers),
             ("/v5/market/time", self._time),
+            ("/v5/market/orderbook", self._orderbook),
+            ("/v5/market/recent-trade", self._recent_trades),
         ]
 
     def rest_error(self, status: int) -> str:
@@ -146,6 +189,54 @@ class BybitDialect(Dialect):
             selected = list(markets.values())
         rows = [row for row in (self._ticker_row(market) for market in selected) if row is not None]
         return _ok({"category": category, "list": rows})
+
+    def _market_and_limit(self, request: web.Request,
+                          limits: Mapping[str, tuple[int, int]]) -> tuple[Market, int] | web.Response:
+        category = request.query.get("category", "")
+        if category not in _CATEGORIES:
+            return _fail(10001, "params error: Category is invalid")
+        market = self._by_category[category].get(request.query.get("symbol", ""))
+        if market is None:
+            return _fail(10001, "params error: symbol invalid")
+        default, most = limits.get(category, (25, 500))
+        try:
+            limit = int(request.query.get("limit", default))
+        except ValueError:
+            return _fail(10001, "params error: limit")
+        return market, max(1, min(most, limit))
+
+    async def _orderbook(self, request: web.Request) -> web.StreamResponse:
+        found = self._market_and_limit(request, _REST_BOOK_LIMITS)
+        if isinstance(found, web.Response):
+            return found
+        market, limit = found
+        ms = now_ms()
+        if self.recording is not None:
+            bids_by_price, asks_by_price, meta = self._replayed_books.get(market.symbol, ({}, {}, {}))
+            bids = sorted(bids_by_price.items(), key=lambda level: -float(level[0]))[:limit]
+            asks = sorted(asks_by_price.items(), key=lambda level: float(level[0]))[:limit]
+            return _ok({"s": market.id, "b": [list(level) for level in bids], "a": [list(level) for level in asks],
+                        "ts": meta.get("ts", ms), "u": meta.get("u", 0), "seq": meta.get("seq", 0),
+                        "cts": meta.get("cts", ms)})
+        quote = self.walks[market.symbol].quote
+        bids, asks = _book_levels(market, quote, min(limit, BOOK_LEVELS))
+        return _ok({"s": market.id, "b": [list(level) for level in bids], "a": [list(level) for level in asks],
+                    "ts": ms, "u": quote.update_id, "seq": quote.update_id, "cts": ms})
+
+    async def _recent_trades(self, request: web.Request) -> web.StreamResponse:
+        found = self._market_and_limit(request, _RECENT_TRADES_LIMITS)
+        if isinstance(found, web.Response):
+            return found
+        market, limit = found
+        rows = list(self._trades.get(market.symbol, ()))[-limit:]
+        rows.reverse()  # newest first, as Bybit lists them
+        return _ok({"category": str(market.kind), "list": rows})
+
+    def _remember(self, market: Market, row: dict[str, Any]) -> None:
+        trades = self._trades.get(market.symbol)
+        if trades is None:
+            trades = self._trades[market.symbol] = deque(maxlen=TRADE_HISTORY)
+        trades.append(row)
 
     def _ticker_row(self, market: Market) -> dict[str, Any] | None:
         if self.recording is not None:
@@ -216,6 +307,8 @@ class BybitDialect(Dialect):
         market = self._by_category.get(category, {}).get(market_id)
         if not channel or market is None:
             return None
+        if self.recording is not None and _book_channel(channel):
+            channel = _REPLAYED_BOOK
         return StreamKey(channel, market.symbol)
 
     # -- data -------------------------------------------------------------------------
@@ -224,7 +317,7 @@ class BybitDialect(Dialect):
         return channel in _SYNTHETIC_CHANNELS
 
     def snapshot_on_subscribe(self, key: StreamKey) -> bool:
-        return key.channel in ("tickers", "orderbook.1")
+        return key.channel == "tickers" or key.channel.startswith("orderbook.")
 
     def render(self, key: StreamKey, market: Market, quote: Quote, *, snapshot: bool) -> str:
         ms = quote.time_ms or now_ms()
@@ -245,10 +338,40 @@ class BybitDialect(Dialect):
                     f'"b":[["{quote.bid:.{p}f}","{quote.bid_size:.{s}f}"]],'
                     f'"a":[["{quote.ask:.{p}f}","{quote.ask_size:.{s}f}"]],"u":{quote.update_id},'
                     f'"seq":{quote.update_id}}},"cts":{ms}}}')
+        if _book_channel(key.channel):
+            return self._book_message(key, market, quote, ms, snapshot=snapshot)
         side = "Sell" if quote.buyer_maker else "Buy"
+        trade_id = str(uuid.UUID(int=quote.trade_id))
+        price, size = f"{quote.last:.{p}f}", f"{quote.last_size:.{s}f}"
+        self._remember(market, {"execId": trade_id, "symbol": market.id, "price": price, "size": size,
+                                "side": side, "time": str(ms), "isBlockTrade": False, "isRPITrade": False,
+                                "seq": str(quote.update_id)})
         return (f'{{"topic":"publicTrade.{market.id}","type":"snapshot","ts":{ms},"data":[{{"T":{ms},'
-                f'"s":"{market.id}","S":"{side}","v":"{quote.last_size:.{s}f}","p":"{quote.last:.{p}f}",'
-                f'"L":"PlusTick","i":"{uuid.UUID(int=quote.trade_id)}","BT":false}}]}}')
+                f'"s":"{market.id}","S":"{side}","v":"{size}","p":"{price}",'
+                f'"L":"PlusTick","i":"{trade_id}","BT":false,"RPI":false,"seq":{quote.update_id}}}]}}')
+
+    def _book_message(self, key: StreamKey, market: Market, quote: Quote, ms: int, *, snapshot: bool) -> str:
+        depth = int(key.channel.rpartition(".")[2])
+        bids, asks = _book_levels(market, quote, min(depth, BOOK_LEVELS))
+        bid_prices = {price for price, _ in bids}
+        ask_prices = {price for price, _ in asks}
+        published_bids, published_asks = self._published.get(key, (set(), set()))
+        if snapshot:
+            # Subscribers still holding the previous delta's book need those prices removed too.
+            self._published[key] = (published_bids | bid_prices, published_asks | ask_prices)
+            update_id = self._book_u.setdefault(key, quote.update_id)
+            kind = "snapshot"
+        else:
+            zero = "0"
+            bids = bids + [(price, zero) for price in sorted(published_bids - bid_prices, key=float)]
+            asks = asks + [(price, zero) for price in sorted(published_asks - ask_prices, key=float)]
+            self._published[key] = (bid_prices, ask_prices)
+            update_id = self._book_u.get(key, quote.update_id - 1) + 1
+            self._book_u[key] = update_id
+            kind = "delta"
+        return (f'{{"topic":"{key.channel}.{market.id}","type":"{kind}","ts":{ms},"data":{{"s":"{market.id}",'
+                f'"b":{_levels_json(bids)},"a":{_levels_json(asks)},"u":{update_id},"seq":{quote.update_id}}},'
+                f'"cts":{ms}}}')
 
     def recorded_frame(self, message: RecordedMessage) -> tuple[StreamKey, str, str] | None:
         try:
@@ -261,17 +384,51 @@ class BybitDialect(Dialect):
         return None if key is None else (key, topic, message.text)
 
     def observe(self, key: StreamKey, text: str) -> None:
-        if key.channel != "tickers":
+        if key.channel not in ("tickers", "publicTrade", _REPLAYED_BOOK):
             return
         try:
             frame = json.loads(text)
             data = frame["data"]
         except (ValueError, KeyError, TypeError):
             return
-        if frame.get("type") == "snapshot":
+        if key.channel == "publicTrade":
+            self._observe_trades(key, data)
+        elif key.channel == _REPLAYED_BOOK:
+            self._observe_book(key, frame)
+        elif frame.get("type") == "snapshot":
             self._replayed[key.symbol] = dict(data)
         else:
             self._replayed.setdefault(key.symbol, {}).update(data)
+
+    def _observe_trades(self, key: StreamKey, data: object) -> None:
+        market = self.market_by_symbol().get(key.symbol)
+        if market is None or not isinstance(data, list):
+            return
+        known = {row["execId"] for row in self._trades.get(key.symbol, ())}
+        for trade in data:
+            if isinstance(trade, dict) and trade.get("i") not in known:
+                self._remember(market, {"execId": trade.get("i"), "symbol": trade.get("s"), "price": trade.get("p"),
+                                        "size": trade.get("v"), "side": trade.get("S"), "time": str(trade.get("T")),
+                                        "isBlockTrade": trade.get("BT", False), "isRPITrade": trade.get("RPI", False),
+                                        "seq": str(trade.get("seq", ""))})
+
+    def _observe_book(self, key: StreamKey, frame: dict[str, Any]) -> None:
+        data = frame["data"]
+        if not isinstance(data, dict):
+            return
+        bids, asks, meta = self._replayed_books.get(key.symbol, ({}, {}, {}))
+        if frame.get("type") == "snapshot":
+            bids, asks = {}, {}
+        elif meta and isinstance(data.get("u"), int) and data["u"] <= meta.get("u", 0):
+            return  # a second connection replaying the same message
+        for side, levels in ((bids, data.get("b")), (asks, data.get("a"))):
+            for price, size in levels if isinstance(levels, list) else ():
+                if float(size):
+                    side[price] = size
+                else:
+                    side.pop(price, None)
+        meta = {"ts": frame.get("ts"), "cts": frame.get("cts"), "u": data.get("u"), "seq": data.get("seq")}
+        self._replayed_books[key.symbol] = (bids, asks, meta)
 
     def corrupt(self, fault: Fault, text: str) -> str:
         if fault is Fault.TRUNCATED:
@@ -295,6 +452,10 @@ class BybitDialect(Dialect):
                 row[field] = "abc"
             elif isinstance(row.get("b"), list) and row["b"]:
                 row["b"][0][0] = "abc"
+            elif isinstance(row.get("a"), list) and row["a"]:
+                row["a"][0][0] = "abc"
+            elif "b" in row:
+                row["b"] = [["abc", "1"]]
         return _dumps(frame)
 
 
@@ -310,6 +471,31 @@ def _ok(result: object) -> web.Response:
 def _fail(code: int, message: str) -> web.Response:
     body = {"retCode": code, "retMsg": message, "result": {}, "retExtInfo": {}, "time": now_ms()}
     return web.Response(text=_dumps(body), content_type="application/json")
+
+
+def _book_levels(market: Market, quote: Quote, depth: int) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    """``depth`` levels a side around the quote, best first, as ``(price, size)`` strings.
+
+    The top is the quote's best bid and ask with their sizes; level ``i`` is ``i`` ticks
+    further, its size a deterministic multiple of the top's (no random draw, so the walk's
+    sequence stays what it is without books).
+    """
+    p, s = market.price_decimals, market.size_decimals
+    tick, unit = 10.0 ** -p, 10.0 ** -s
+    bid_ticks, ask_ticks = round(quote.bid / tick), round(quote.ask / tick)
+    bids = [(f"{quote.bid:.{p}f}", f"{quote.bid_size:.{s}f}")]
+    asks = [(f"{quote.ask:.{p}f}", f"{quote.ask_size:.{s}f}")]
+    for level in range(1, depth):
+        factor = 1.0 + ((quote.update_id * 7 + level * 13) % 23) / 4.0
+        if bid_ticks - level > 0:
+            bids.append((f"{(bid_ticks - level) * tick:.{p}f}",
+                         f"{(round(quote.bid_size * factor / unit) or 1) * unit:.{s}f}"))
+        asks.append((f"{(ask_ticks + level) * tick:.{p}f}", f"{(round(quote.ask_size * factor / unit) or 1) * unit:.{s}f}"))
+    return bids, asks
+
+
+def _levels_json(levels: list[tuple[str, str]]) -> str:
+    return "[" + ",".join(f'["{price}","{size}"]' for price, size in levels) + "]"
 
 
 def _ticker_data(market: Market, quote: Quote) -> dict[str, Any]:
