@@ -6,7 +6,12 @@ every base and quote asset, ``altname`` as the pair's ``wsname`` spells it),
 ``/0/public/Ticker`` (``pair=`` ids or altnames, comma-separated; missing or empty: every
 pair; rows keyed by the pair id, Kraken's REST format: ``a``/``b`` ``[price, whole lot
 volume, lot volume]``, ``c`` ``[price, lot volume]``, ``v``/``p``/``t``/``l``/``h`` ``[today,
-last 24 hours]``, ``o`` today's opening price), ``/0/public/Time``, ``/0/public/SystemStatus``.
+last 24 hours]``, ``o`` today's opening price), ``/0/public/Depth`` (``pair=`` one pair,
+``count`` levels per side, default and most 100: ``{"asks":[[price, volume, time]...],
+"bids":...}``; ccxt ``fetch_order_book``), ``/0/public/Trades`` (``pair=`` one pair, ``since``
+in seconds, what ccxt sends, or nanoseconds, the ``last`` it returns; ``count`` at most
+1000; rows ``[price, volume, time, b|s, m|l, misc, trade_id]`` oldest first and ``last``; ccxt
+``fetch_trades(since=...)``), ``/0/public/Time``, ``/0/public/SystemStatus``.
 An unknown pair is ``EQuery:Unknown asset pair``; 429 is ``EAPI:Rate limit exceeded``;
 unknown paths are ``EGeneral:Unknown method``.
 
@@ -40,8 +45,22 @@ Websocket ``/v2`` (requests and replies as JSON objects; replies carry ``time_in
 * Server going away: ``{"channel":"status","type":"update","data":[{"system":"maintenance",
   ...}]}`` (Kraken announces maintenance on the status channel), then a close.
 
-Synthetic channels: ``ticker`` (the full v2 ticker with ``trades`` and ``timestamp``) and
-``trade``.
+Synthetic channels: ``ticker`` (the full v2 ticker with ``trades`` and ``timestamp``),
+``trade`` and ``book``, all from one walk per market:
+
+* ``trade``: one trade per update at the touch (a buy at the ask, a sell at the bid, the
+  walk's size), ``ord_type`` ``market``, ``trade_id`` one after the other per pair on this
+  channel (other channels stepping the walk take no ids from it), the ``timestamp`` the
+  update's. ``/0/public/Trades`` serves the last 1,000 trades sent.
+* ``book``: 10 levels a side, one tick apart from the touch, whatever ``depth`` is
+  subscribed (Kraken's thin-market case: fewer levels than the depth; 10 is also what the
+  checksum covers). The best bid and ask and their sizes are the walk's quote; a deeper
+  quantity stays while its level does and is drawn when it enters, and each update redraws
+  one. A subscription gets a ``snapshot`` of the book as every subscriber has it, then
+  ``update`` frames with the changed levels (``qty`` 0 deletes; both sides best first), a
+  ``timestamp`` and the ``checksum`` of the book after it (:func:`book_checksum`, over the
+  pair's ``pair_decimals``/``lot_decimals`` formatting). ``/0/public/Depth`` serves the
+  streamed book, or (nobody streams it) the book the current quote stands for.
 
 Replay: a recording is websocket **v2** or **v1**, told apart by where its websockets were
 opened: on ``/v2`` (``wss://ws.kraken.com/v2``, what ``flight-md record`` captures from ccxt)
@@ -83,20 +102,40 @@ v2 ticker       from the v1 ticker payload
 A v1 ``trade`` frame (rows ``[price, volume, time, side b|s, type l|m, misc]``) becomes one
 v2 ``trade`` update: ``price``, ``qty``, ``side`` ``buy``/``sell``, ``ord_type``
 ``limit``/``market``, ``timestamp`` (the epoch seconds as RFC 3339, digit for digit; no
-``trade_id``: v1 has none). A v1 ``book-<depth>`` frame becomes a v2 ``book`` frame: a
-snapshot (``as``/``bs``) or an update (``a``/``b``, with ``c`` as the integer ``checksum``;
-the republish flag and per-level times have no v2 field, so updates carry no
-``timestamp``). ``spread``, ``ohlc`` and event frames are not replayed. REST tickers in a v1
+``trade_id``: v1 has none, so ccxt's trade ``id`` is ``None``). A v1 ``book-<depth>`` frame
+becomes a v2 ``book`` frame: a snapshot (``as``/``bs``) or an update (``a``/``b``; the
+republish flag has no v2 field; ``timestamp`` the latest level time of the frame). The
+``checksum`` is recomputed, never copied: v1's is over the strings as sent (``354.80000000``),
+v2's over the pair's precision (``354.80``), so the emulator rebuilds the book (truncated to
+the recorded depth, as Kraken's subscribers do) and computes the v2 one over its top 10.
+
+Depths of a v1 replay: the recording holds one depth (``book-1000`` in the shared file). A
+subscription at that depth or deeper gets the recorded frames (stream ``book``); a narrower
+one (10, 25, 100, 500) gets the book re-windowed to its depth (stream ``book-<depth>``):
+the top ``depth`` levels of the snapshot, then per update the changes within the window and
+each level that enters it when one inside is deleted; a level pushed out by a better one
+gets no delete (the subscriber truncates, as Kraken says; ccxt does); an update that
+changes nothing in the window is not sent. (Only when the server asks
+:meth:`KrakenDialect.recorded_frames`; otherwise every depth gets the recorded one.) A **v2**
+recording is served verbatim at the depth it holds, whatever depth is subscribed.
+
+``spread``, ``ohlc`` and event frames are not replayed. REST tickers in a v1
 replay answer from the v1 ticker last replayed, in Kraken's REST format (``o`` is ``o[0]``,
-today's open).
+today's open); ``/0/public/Trades`` from the trades replayed so far (a frame replayed to a
+second connection or on a second lap is not counted again), ``/0/public/Depth`` from the
+book replayed so far (the recorded depth's stream, else the widest window replayed).
 """
 
 from __future__ import annotations
 
+import bisect
 import json
 import math
+import random
 import re
-from collections.abc import Mapping
+import zlib
+from collections import deque
+from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from enum import StrEnum
@@ -110,7 +149,7 @@ from flight_md.emulator.market import Market, MarketKind, StreamKey
 from flight_md.emulator.recording import RecordedMessage, Recording
 from flight_md.emulator.synthetic import PriceWalk, Quote
 
-__all__ = ["KrakenDialect", "WireVersion", "wire_version"]
+__all__ = ["BOOK_CHECKSUM_LEVELS", "KrakenDialect", "WireVersion", "book_checksum", "wire_version"]
 
 # Kraken's legacy X/Z-prefixed asset ids, by unified code; newer assets use the code itself.
 _LEGACY_IDS: Final = {
@@ -121,7 +160,7 @@ _LEGACY_IDS: Final = {
 _ALTNAMES: Final = {"BTC": "XBT", "DOGE": "XDG"}  # what AssetPairs' altname and wsname still say
 _V2_NAMES: Final = {legacy: code for code, legacy in _ALTNAMES.items()}
 _CHANNELS: Final = frozenset({"ticker", "trade", "book"})
-_SYNTHETIC_CHANNELS: Final = frozenset({"ticker", "trade"})
+_SYNTHETIC_CHANNELS: Final = frozenset({"ticker", "trade", "book"})
 _PRIVATE_CHANNELS: Final = frozenset({"executions", "balances", "level3"})
 _TRADING_METHODS: Final = frozenset({"add_order", "amend_order", "edit_order", "cancel_order", "cancel_all",
                                      "cancel_all_orders_after", "batch_add", "batch_cancel"})
@@ -136,6 +175,12 @@ _FEES_MAKER: Final = [[0, 0.16], [50000, 0.14], [100000, 0.12], [250000, 0.1], [
 _VERSION: Final = "2.0.10"
 _HEARTBEAT: Final = '{"channel":"heartbeat"}'
 _HEARTBEAT_INTERVAL: Final = 1.0
+BOOK_CHECKSUM_LEVELS: Final = 10
+"""Levels per side Kraken's book ``checksum`` covers (asks, then bids)."""
+_SYNTHETIC_LEVELS: Final = 10  # per side, whatever depth is subscribed (see the docstring)
+_REST_TRADES: Final = 1000  # recent trades kept for /0/public/Trades, Kraken's maximum count
+_REST_DEPTH: Final = 100  # /0/public/Depth levels per side without ``count``, as Kraken
+_SIDES: Final = {"b": "buy", "s": "sell"}
 
 
 class WireVersion(StrEnum):
@@ -189,6 +234,15 @@ class KrakenDialect(Dialect):
         self._rest_rows: dict[str, dict[str, Any]] = {}
         self._replayed: dict[str, dict[str, Any]] = {}
         self._connection_id = 14_545_728_493_745_856_413
+        self._v1_books: dict[str, _RecordedBook] = {}  # v1 transcoding, by symbol
+        self._windowed = False  # whether the replay serves a v1 book's narrower windows too
+        # Synthetic: books by symbol, the next trade id and the recent trades by symbol.
+        self._books: dict[str, _SyntheticBook] = {}
+        self._trade_ids: dict[str, int] = {}
+        self._trades: dict[str, deque[list[Any]]] = {}
+        # Replay: what REST serves, as of the frames replayed (observe).
+        self._rest_books: dict[StreamKey, _RecordedBook] = {}
+        self._observed_trades: set[str] = set()
 
     # -- markets and REST -------------------------------------------------------------
 
@@ -213,6 +267,8 @@ class KrakenDialect(Dialect):
             ("/0/public/AssetPairs", self._asset_pairs),
             ("/0/public/Assets", self._assets_info),
             ("/0/public/Ticker", self._ticker),
+            ("/0/public/Depth", self._depth),
+            ("/0/public/Trades", self._recent_trades),
             ("/0/public/Time", self._time),
             ("/0/public/SystemStatus", self._system_status),
         ]
@@ -251,6 +307,54 @@ class KrakenDialect(Dialect):
             return _fail("EQuery:Unknown asset pair")
         rows = {pair_id: row for pair_id in selected if (row := self._ticker_row(pair_id)) is not None}
         return _ok(rows)
+
+    def _one_pair(self, request: web.Request) -> Market | web.Response:
+        """The market a ``pair=`` parameter names (Kraken's Depth and Trades take exactly one)."""
+        names = _names(request.query.get("pair"))
+        if len(names) != 1:
+            return _fail("EGeneral:Invalid arguments")
+        pair_id = self._pair_names.get(names[0])
+        market = self._by_id.get(pair_id) if pair_id is not None else None
+        return market if market is not None else _fail("EQuery:Unknown asset pair")
+
+    async def _depth(self, request: web.Request) -> web.StreamResponse:
+        market = self._one_pair(request)
+        if isinstance(market, web.Response):
+            return market
+        count = _count(request.query.get("count"), _REST_DEPTH)
+        if count is None:
+            return _fail("EGeneral:Invalid arguments:count")
+        stamp = now_ms() // 1000
+        if self.recording is not None:
+            # The recorded depth's book, else the widest window replayed.
+            held = sorted((key for key in self._rest_books if key.symbol == market.symbol),
+                          key=lambda key: (key.channel != "book", -int(key.channel.partition("-")[2] or 0)))
+            recorded = self._rest_books[held[0]] if held else None
+            bids = recorded.bids.top(count) if recorded is not None else []
+            asks = recorded.asks.top(count) if recorded is not None else []
+        else:
+            # The streamed book, or (nobody streams it) the book the current quote stands for.
+            book = self._books.get(market.symbol) or _SyntheticBook(market, self.walks[market.symbol].quote)
+            p, s = market.price_decimals, market.size_decimals
+            levels = book.levels()
+            bids = [(_fixed(price, p), _fixed(qty, s)) for price, qty in levels[0][:count]]
+            asks = [(_fixed(price, p), _fixed(qty, s)) for price, qty in levels[1][:count]]
+        return _ok({market.id: {"asks": [[price, qty, stamp] for price, qty in asks],
+                                "bids": [[price, qty, stamp] for price, qty in bids]}})
+
+    async def _recent_trades(self, request: web.Request) -> web.StreamResponse:
+        market = self._one_pair(request)
+        if isinstance(market, web.Response):
+            return market
+        count = _count(request.query.get("count"), _REST_TRADES)
+        since_text = request.query.get("since", "0")
+        if count is None or not since_text.isdigit():
+            return _fail("EGeneral:Invalid arguments")
+        # Kraken takes seconds (what ccxt sends) or nanoseconds (the "last" it returns).
+        since = int(since_text) / (1e9 if int(since_text) > 10**12 else 1)
+        rows = [row for row in self._trades.get(market.symbol, ()) if row[2] >= since][:count]
+        last = str(int(rows[-1][2] * 1e9)) if rows else since_text
+        return _ok({market.id: rows, "last": last})
 
     async def _time(self, request: web.Request) -> web.StreamResponse:
         seconds = now_ms() // 1000
@@ -353,7 +457,9 @@ class KrakenDialect(Dialect):
                 if method == "subscribe":
                     unknown.append(f"{channel}:{symbol}")
                 continue
-            key = StreamKey(channel, market.symbol)
+            key = self._stream(channel, market.symbol, result.get("depth"))
+            if channel == "book":  # one book per symbol and connection, whatever its depth
+                key = next((held for held in connection.subscribed if _same_book(held, key)), key)
             if method == "subscribe":
                 if key in connection.subscribed or any(sub.key == key for sub in subscribe):
                     replies.append(_reply({**head, "error": "Already subscribed", "success": False,
@@ -369,6 +475,13 @@ class KrakenDialect(Dialect):
             replies.append(_reply({**head, "result": {**result, "symbol": symbol}, "success": True}, time_in))
         return Control(tuple(replies), subscribe=tuple(subscribe), unsubscribe=tuple(unsubscribe),
                        unknown=tuple(unknown))
+
+    def _stream(self, channel: str, symbol: str, depth: int | None) -> StreamKey:
+        """The stream a subscription feeds: a v1 replay's book narrower than recorded has its own."""
+        recorded = self._v1_books.get(symbol) if channel == "book" and self._windowed else None
+        if recorded is not None and depth is not None and depth < recorded.depth:
+            return _book_key(symbol, depth)
+        return StreamKey(channel, symbol)
 
     @staticmethod
     def _request(params: Mapping[str, Any]) -> tuple[str | None, dict[str, Any]]:
@@ -403,7 +516,7 @@ class KrakenDialect(Dialect):
         return channel in _SYNTHETIC_CHANNELS
 
     def snapshot_on_subscribe(self, key: StreamKey) -> bool:
-        return key.channel == "ticker" and key not in self._no_snapshot
+        return key.channel in ("ticker", "book") and key not in self._no_snapshot
 
     def render(self, key: StreamKey, market: Market, quote: Quote, *, snapshot: bool) -> str:
         market = self._by_symbol.get(key.symbol, market)
@@ -419,25 +532,63 @@ class KrakenDialect(Dialect):
                     f'"vwap":{vwap:.{p}f},"low":{quote.low:.{p}f},"high":{quote.high:.{p}f},'
                     f'"change":{change:.{p}f},"change_pct":{100.0 * change / quote.open:.2f},'
                     f'"trades":{quote.trade_id},"timestamp":"{stamp}"}}]}}')
+        if key.channel == "book":
+            return self._render_book(market, quote, stamp, snapshot=snapshot)
+        # One id after the other on the trade channel, whatever else steps the walk.
+        trade_id = self._trade_ids.get(market.symbol, quote.trade_id)
+        self._trade_ids[market.symbol] = trade_id + 1
         side = "sell" if quote.buyer_maker else "buy"
+        price, qty = f"{quote.last:.{p}f}", f"{quote.last_size:.{s}f}"
+        time_ms = quote.time_ms or now_ms()
+        recent = self._trades.setdefault(market.symbol, deque(maxlen=_REST_TRADES))
+        recent.append([price, qty, time_ms / 1000, side[0], "m", "", trade_id])
         return (f'{{"channel":"trade","type":"update","data":[{{"symbol":"{market.symbol}","side":"{side}",'
-                f'"price":{quote.last:.{p}f},"qty":{quote.last_size:.{s}f},"ord_type":"market",'
-                f'"trade_id":{quote.trade_id},"timestamp":"{stamp}"}}]}}')
+                f'"price":{price},"qty":{qty},"ord_type":"market","trade_id":{trade_id},"timestamp":"{stamp}"}}]}}')
+
+    def _render_book(self, market: Market, quote: Quote, stamp: str, *, snapshot: bool) -> str:
+        book = self._books.get(market.symbol)
+        if book is None:
+            # The book starts at this quote: every level is new (an update carrying them all
+            # when the subscriber asked no snapshot).
+            book = self._books[market.symbol] = _SyntheticBook(market, quote)
+            bids, asks = book.levels()
+        elif snapshot:
+            bids, asks = book.levels()  # the state the other subscribers have: a snapshot never moves it
+        else:
+            bids, asks = book.move(market, quote)
+        p, s = market.price_decimals, market.size_decimals
+        sides = [",".join(f'{{"price":{_fixed(price, p)},"qty":{_fixed(qty, s)}}}' for price, qty in levels)
+                 for levels in (bids, asks)]
+        body = (f'"symbol":"{market.symbol}","bids":[{sides[0]}],"asks":[{sides[1]}],'
+                f'"checksum":{book.checksum(market)}')
+        if snapshot:
+            return f'{{"channel":"book","type":"snapshot","data":[{{{body}}}]}}'
+        return f'{{"channel":"book","type":"update","data":[{{{body},"timestamp":"{stamp}"}}]}}'
 
     def recorded_frame(self, message: RecordedMessage) -> tuple[StreamKey, str, str] | None:
+        mapped = self._recorded(message)
+        return mapped[0] if mapped else None
+
+    def recorded_frames(self, message: RecordedMessage) -> tuple[tuple[StreamKey, str, str], ...]:
+        """A recorded frame on its stream; a v1 book frame also on each narrower depth's stream."""
+        self._windowed = True  # the server takes the windows: narrower subscriptions get them
+        return self._recorded(message)
+
+    def _recorded(self, message: RecordedMessage) -> tuple[tuple[StreamKey, str, str], ...]:
         if self.wire is WireVersion.V2:
-            return self._recorded_v2(message)
+            mapped = self._recorded_v2(message)
+            return () if mapped is None else (mapped,)
         if not message.text.startswith("["):
-            return None  # v1 events (heartbeat, systemStatus, subscriptionStatus)
+            return ()  # v1 events (heartbeat, systemStatus, subscriptionStatus)
         try:
             frame = json.loads(message.text)
         except ValueError:
-            return None
+            return ()
         if not isinstance(frame, list) or len(frame) < 4 or not isinstance(frame[-2], str):
-            return None
+            return ()
         market = self._by_wsname.get(frame[-1]) if isinstance(frame[-1], str) else None
         if market is None:
-            return None
+            return ()
         name, payloads = frame[-2], frame[1:-2]
         channel = "book" if name.startswith("book-") else name
         key = StreamKey(channel, market.symbol)
@@ -449,11 +600,47 @@ class KrakenDialect(Dialect):
         elif channel == "trade" and isinstance(payloads[0], list):
             text = _v2_trades(market.symbol, payloads[0])
         elif channel == "book" and all(isinstance(payload, dict) for payload in payloads):
-            text = _v2_book(market.symbol, payloads)
+            depth = name.removeprefix("book-")
+            return self._v2_books(market, payloads, int(depth) if depth.isdigit() else max(_BOOK_DEPTHS))
         if text is None:
-            return None
+            return ()
         self._transcoded.add(key)
-        return key, f"{channel}:{market.symbol}", text
+        return ((key, f"{channel}:{market.symbol}", text),)
+
+    def _v2_books(self, market: Market, payloads: list[Any], depth: int) -> tuple[tuple[StreamKey, str, str], ...]:
+        """A v1 book frame as v2 frames: the recorded depth's, and each narrower window's that changed."""
+        merged: dict[str, Any] = {}
+        for payload in payloads:
+            merged.update(payload)
+        snapshot = "as" in merged or "bs" in merged
+        bids = _v1_levels(merged.get("bs" if snapshot else "b", []))
+        asks = _v1_levels(merged.get("as" if snapshot else "a", []))
+        if bids is None or asks is None:
+            return ()
+        book = self._v1_books.get(market.symbol)
+        if book is None or snapshot:
+            if not snapshot:
+                return ()  # an update before any snapshot has nothing to apply to
+            book = self._v1_books[market.symbol] = _RecordedBook(depth)
+        windows = tuple(sorted(size for size in _BOOK_DEPTHS if size < book.depth))
+        changed = book.apply([(price, qty) for price, qty, _ in bids], [(price, qty) for price, qty, _ in asks],
+                             snapshot=snapshot, windows=windows)
+        checksum = book.checksum(market)
+        kind = "snapshot" if snapshot else "update"
+        tail = f',"checksum":{checksum}'
+        if not snapshot:
+            latest = max((stamp for _, _, stamp in bids + asks), key=float, default=None)
+            stamp = _seconds_rfc3339(latest) if latest is not None else None
+            if stamp is not None:
+                tail += f',"timestamp":"{stamp}"'
+        wire = f"book:{market.symbol}"
+        recorded = ([(price, qty) for price, qty, _ in bids], [(price, qty) for price, qty, _ in asks])
+        mapped = [(StreamKey("book", market.symbol), wire, _book_frame(kind, market.symbol, *recorded, tail))]
+        for size in windows:
+            window = changed[size] if not snapshot else (book.bids.top(size), book.asks.top(size))
+            if window[0] or window[1]:
+                mapped.append((_book_key(market.symbol, size), wire, _book_frame(kind, market.symbol, *window, tail)))
+        return tuple(mapped)
 
     def _recorded_v2(self, message: RecordedMessage) -> tuple[StreamKey, str, str] | None:
         """A recorded v2 data frame on its stream, verbatim; replies, status and heartbeats are skipped."""
@@ -481,12 +668,41 @@ class KrakenDialect(Dialect):
         return StreamKey(channel, market.symbol), f"{channel}:{market.symbol}", message.text
 
     def observe(self, key: StreamKey, text: str) -> None:
+        if key.channel == "trade":
+            self._observe_trades(key.symbol, text)
+            return
+        if _same_book(key, StreamKey("book", key.symbol)):
+            self._observe_book(key, text)
+            return
         if key.channel != "ticker":
             return
         row = self._rest_rows.get(text)
         market = self._by_symbol.get(key.symbol)
         if row is not None and market is not None:
             self._replayed[market.id] = row
+
+    def _observe_trades(self, symbol: str, text: str) -> None:
+        if text in self._observed_trades:
+            return  # a frame replayed on a second connection (or a second lap) is the same trades
+        self._observed_trades.add(text)
+        recent = self._trades.setdefault(symbol, deque(maxlen=_REST_TRADES))
+        for row in json.loads(text, parse_float=str)["data"]:
+            stamp = row.get("timestamp")
+            seconds = _rfc3339_seconds(stamp) if isinstance(stamp, str) else None
+            side, ord_type = row.get("side"), row.get("ord_type")
+            entry = [row.get("price"), row.get("qty"), seconds if seconds is not None else 0.0,
+                     side[0] if isinstance(side, str) else "", ord_type[0] if isinstance(ord_type, str) else "", ""]
+            if "trade_id" in row:
+                entry.append(row["trade_id"])
+            recent.append(entry)
+
+    def _observe_book(self, key: StreamKey, text: str) -> None:
+        frame = json.loads(text, parse_float=str, parse_int=str)
+        data = frame["data"][0]
+        book = self._rest_books.setdefault(key, _RecordedBook(max(_BOOK_DEPTHS)))
+        book.apply([(level["price"], level["qty"]) for level in data.get("bids", ())],
+                   [(level["price"], level["qty"]) for level in data.get("asks", ())],
+                   snapshot=frame.get("type") == "snapshot")
 
     def corrupt(self, fault: Fault, text: str) -> str:
         if fault is Fault.TRUNCATED:
@@ -508,6 +724,8 @@ class KrakenDialect(Dialect):
                 side = next((row[name] for name in ("bids", "asks") if row.get(name)), None)
                 if side is not None:
                     side[0]["price"] = "abc"
+                else:  # a book update with no level in it: its checksum is the number left
+                    row["checksum"] = "abc"
         return json.dumps(frame, separators=(",", ":"))
 
     def shutdown_event(self) -> str | None:
@@ -580,6 +798,13 @@ def _names(value: str | None) -> list[str]:
     return [name for name in (value or "").split(",") if name]
 
 
+def _count(value: str | None, default: int) -> int | None:
+    """A REST ``count`` parameter: at most ``default``; ``None`` if it is not a positive integer."""
+    if value is None:
+        return default
+    return min(int(value), default) if value.isdigit() and int(value) > 0 else None
+
+
 # -- REST and reply bodies -------------------------------------------------------------
 
 
@@ -603,6 +828,16 @@ def _now_rfc3339() -> str:
 
 def _ms_rfc3339(ms: int) -> str:
     return datetime.fromtimestamp(ms // 1000, UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{ms % 1000:03d}000Z"
+
+
+def _rfc3339_seconds(stamp: str) -> float | None:
+    """``2021-04-17T16:49:02.557535Z`` as epoch seconds (Kraken REST trade times)."""
+    whole, _, fraction = stamp.rstrip("Z").partition(".")
+    try:
+        seconds = int(datetime.strptime(whole, "%Y-%m-%dT%H:%M:%S").replace(tzinfo=UTC).timestamp())
+    except ValueError:
+        return None
+    return float(f"{seconds}.{fraction or '0'}") if fraction.isdigit() or not fraction else None
 
 
 def _seconds_rfc3339(seconds: str) -> str | None:
@@ -712,31 +947,219 @@ def _v2_trades(symbol: str, rows: list[Any]) -> str | None:
     return f'{{"channel":"trade","type":"update","data":[{",".join(trades)}]}}'
 
 
-def _levels(levels: object) -> str | None:
+def _v1_levels(levels: object) -> list[tuple[str, str, str]] | None:
+    """v1 ``[price, volume, time(, "r")]`` rows as ``(price, qty, time)`` numbers with the recorded digits."""
     if not isinstance(levels, list):
         return None
     out = []
     for level in levels:
-        if not isinstance(level, list) or len(level) < 2:
+        if not isinstance(level, list) or len(level) < 3:
             return None
-        price, qty = _number(level[0]), _number(level[1])
-        if price is None or qty is None:
+        price, qty, stamp = _number(level[0]), _number(level[1]), level[2]
+        if price is None or qty is None or not isinstance(stamp, str):
             return None
-        out.append(f'{{"price":{price},"qty":{qty}}}')
-    return "[" + ",".join(out) + "]"
+        out.append((price, qty, stamp))
+    return out
 
 
-def _v2_book(symbol: str, payloads: list[Any]) -> str | None:
-    merged: dict[str, Any] = {}
-    for payload in payloads:
-        merged.update(payload)
-    snapshot = "as" in merged or "bs" in merged
-    bids = _levels(merged.get("bs" if snapshot else "b", []))
-    asks = _levels(merged.get("as" if snapshot else "a", []))
-    if bids is None or asks is None:
-        return None
-    body = f'"symbol":{json.dumps(symbol)},"bids":{bids},"asks":{asks}'
-    checksum = merged.get("c")
-    if isinstance(checksum, str) and checksum.isdigit():
-        body += f',"checksum":{int(checksum)}'
-    return f'{{"channel":"book","type":"{"snapshot" if snapshot else "update"}","data":[{{{body}}}]}}'
+def _book_frame(kind: str, symbol: str, bids: list[tuple[str, str]], asks: list[tuple[str, str]], tail: str) -> str:
+    """A v2 book frame; levels are JSON number texts, ``tail`` the fields after ``asks``."""
+    sides = [",".join(f'{{"price":{price},"qty":{qty}}}' for price, qty in levels) for levels in (bids, asks)]
+    return (f'{{"channel":"book","type":"{kind}","data":[{{"symbol":{json.dumps(symbol)},"bids":[{sides[0]}],'
+            f'"asks":[{sides[1]}]{tail}}}]}}')
+
+
+def _same_book(held: StreamKey, key: StreamKey) -> bool:
+    """Whether two streams are one symbol's book (at any depth)."""
+    return held.symbol == key.symbol and all(k.channel == "book" or k.channel.startswith("book-") for k in (held, key))
+
+
+def _book_key(symbol: str, depth: int) -> StreamKey:
+    """The stream of a v1 replay's book windowed to a depth narrower than the recorded one."""
+    return StreamKey(f"book-{depth}", symbol)
+
+
+# -- books -----------------------------------------------------------------------------
+
+
+def _fixed(units: int, decimals: int) -> str:
+    """An integer count of ``10**-decimals`` as a fixed-point string (``6500012, 2`` -> ``65000.12``)."""
+    if decimals == 0:
+        return str(units)
+    digits = str(units).rjust(decimals + 1, "0")
+    return f"{digits[:-decimals]}.{digits[-decimals:]}"
+
+
+def _precise(value: str, decimals: int) -> str:
+    """A recorded number formatted to a precision (``"354.80000000", 2`` -> ``354.80``)."""
+    return format(Decimal(value).quantize(Decimal(1).scaleb(-decimals)), "f")
+
+
+def _checksum_digits(text: str) -> str:
+    return text.replace(".", "").lstrip("0")
+
+
+def book_checksum(asks: Iterable[tuple[str, str]], bids: Iterable[tuple[str, str]]) -> int:
+    """Kraken's book checksum: CRC32 of the top 10 asks (best first), then the top 10 bids.
+
+    Each level is its price then its quantity, each formatted to the pair's precision
+    (websocket v2: ``price_precision``/``qty_precision``; v1: the strings as sent), with the
+    decimal point and then the leading zeros removed; the strings are concatenated.
+
+    Args:
+        asks: ``(price, qty)`` strings, best (lowest) first; only the first 10 are used.
+        bids: ``(price, qty)`` strings, best (highest) first; only the first 10 are used.
+
+    Returns:
+        The unsigned 32-bit checksum, as Kraken sends it.
+    """
+    parts: list[str] = []
+    for side in (asks, bids):
+        for number, (price, qty) in enumerate(side):
+            if number == BOOK_CHECKSUM_LEVELS:
+                break
+            parts.append(_checksum_digits(price) + _checksum_digits(qty))
+    return zlib.crc32("".join(parts).encode())
+
+
+class _SyntheticBook:
+    """One market's synthetic book: ``_SYNTHETIC_LEVELS`` one-tick-apart levels from each touch.
+
+    The touch (price and quantity) is the walk's quote; deeper quantities are kept while a
+    level stays in the book and drawn (log-uniform, like the walk's sizes) when a level
+    enters; every move redraws one deeper level, so a still quote still changes the book.
+    Prices and quantities are integers on the market's grid.
+    """
+
+    __slots__ = ("_rng", "_scale", "asks", "bids")
+
+    def __init__(self, market: Market, quote: Quote) -> None:
+        self._rng = random.Random(f"kraken-book:{market.symbol}")
+        self._scale = 1.0 / (market.reference_price * 10.0 ** -market.size_decimals)
+        self.bids: dict[int, int] = {}
+        self.asks: dict[int, int] = {}
+        self.move(market, quote)
+
+    def _draw(self) -> int:
+        return int(10.0 ** (2.0 + 3.0 * self._rng.random()) * self._scale) or 1
+
+    def move(self, market: Market, quote: Quote) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
+        """Move to a new quote; the changed bids and asks (quantity 0: removed), best first."""
+        tick, unit = 10.0 ** -market.price_decimals, 10.0 ** -market.size_decimals
+        best_bid, best_ask = round(quote.bid / tick), round(quote.ask / tick)
+        redraw = 1 + int(self._rng.random() * (2 * _SYNTHETIC_LEVELS - 2))
+        changes: list[list[tuple[int, int]]] = []
+        for number, (old, best, size, step) in enumerate(((self.bids, best_bid, quote.bid_size, -1),
+                                                          (self.asks, best_ask, quote.ask_size, 1))):
+            new = {best: max(1, round(size / unit))}
+            for level in range(1, _SYNTHETIC_LEVELS):
+                price = best + step * level
+                fresh = level + number * (_SYNTHETIC_LEVELS - 1) == redraw or price not in old
+                new[price] = self._draw() if fresh else old[price]
+            changed = [(price, qty) for price, qty in new.items() if old.get(price) != qty]
+            changed += [(price, 0) for price in old if price not in new]
+            changed.sort(reverse=step < 0)
+            changes.append(changed)
+            old.clear()
+            old.update(new)
+        return changes[0], changes[1]
+
+    def levels(self) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
+        """Every bid and ask, best first."""
+        return sorted(self.bids.items(), reverse=True), sorted(self.asks.items())
+
+    def checksum(self, market: Market) -> int:
+        bids, asks = self.levels()
+        p, s = market.price_decimals, market.size_decimals
+        return book_checksum([(_fixed(pr, p), _fixed(q, s)) for pr, q in asks],
+                             [(_fixed(pr, p), _fixed(q, s)) for pr, q in bids])
+
+
+class _BookSide:
+    """One side of a recorded book: levels by price with their recorded digits, kept sorted."""
+
+    __slots__ = ("_keys", "_levels", "_sign")
+
+    def __init__(self, bids: bool) -> None:
+        self._sign = -1.0 if bids else 1.0
+        self._keys: list[float] = []  # sign * price, ascending: best first
+        self._levels: dict[float, tuple[str, str]] = {}
+
+    def clear(self) -> None:
+        self._keys.clear()
+        self._levels.clear()
+
+    def set(self, price: str, qty: str) -> int | None:
+        """Set a level (quantity 0 removes it); its index, best first, before (removed) or after."""
+        key = self._sign * float(price)
+        index = bisect.bisect_left(self._keys, key)
+        present = key in self._levels
+        if float(qty) == 0:
+            if present:
+                del self._keys[index]
+                del self._levels[key]
+                return index
+            return None
+        if not present:
+            self._keys.insert(index, key)
+        self._levels[key] = (price, qty)
+        return index
+
+    def truncate(self, depth: int) -> None:
+        for key in self._keys[depth:]:
+            del self._levels[key]
+        del self._keys[depth:]
+
+    def at(self, index: int) -> tuple[str, str]:
+        return self._levels[self._keys[index]]
+
+    def top(self, count: int) -> list[tuple[str, str]]:
+        return [self._levels[key] for key in self._keys[:count]]
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+
+class _RecordedBook:
+    """A book rebuilt from recorded frames (a v1 transcoding's, or what REST serves in a replay)."""
+
+    __slots__ = ("asks", "bids", "depth")
+
+    def __init__(self, depth: int) -> None:
+        self.depth = depth
+        self.bids = _BookSide(bids=True)
+        self.asks = _BookSide(bids=False)
+
+    def apply(self, bids: Iterable[tuple[str, str]], asks: Iterable[tuple[str, str]], *, snapshot: bool,
+              windows: tuple[int, ...] = ()) -> dict[int, tuple[list[tuple[str, str]], list[tuple[str, str]]]]:
+        """Apply levels; per window depth, the bid and ask deltas a subscriber of that depth needs.
+
+        Kraken's rule, per depth: a change within the window is sent; a level leaving it
+        because a better one came in is not (the subscriber truncates to its depth); a level
+        entering it because one inside was removed is sent.
+        """
+        if snapshot:
+            self.bids.clear()
+            self.asks.clear()
+        deltas: dict[int, tuple[dict[str, str], dict[str, str]]] = {size: ({}, {}) for size in windows}
+        for number, (side, levels) in enumerate(((self.bids, bids), (self.asks, asks))):
+            for price, qty in levels:
+                index = side.set(price, qty)
+                if index is None or snapshot:
+                    continue
+                for size in windows:
+                    if index < size:
+                        sent = deltas[size][number]
+                        sent[price] = qty
+                        if float(qty) == 0 and len(side) >= size:
+                            entering, entering_qty = side.at(size - 1)
+                            sent[entering] = entering_qty
+            # A level pushed beyond the depth gets no delete: the subscriber truncates, as Kraken says.
+            side.truncate(self.depth)
+        return {size: (list(sent_bids.items()), list(sent_asks.items()))
+                for size, (sent_bids, sent_asks) in deltas.items()}
+
+    def checksum(self, market: Market) -> int:
+        p, s = market.price_decimals, market.size_decimals
+        return book_checksum([(_precise(pr, p), _precise(q, s)) for pr, q in self.asks.top(BOOK_CHECKSUM_LEVELS)],
+                             [(_precise(pr, p), _precise(q, s)) for pr, q in self.bids.top(BOOK_CHECKSUM_LEVELS)])
