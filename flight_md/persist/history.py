@@ -528,6 +528,7 @@ class HistoryRoot:
         except FileNotFoundError:
             return None  # the compaction finished between listing and reading
         except (OSError, ValueError, KeyError, TypeError) as exc:
+            _reraise_environment(exc)
             # A marker is written atomically, so a bad one is not ours to interpret: set it aside
             # and read the partition as if it were absent (sources stay; nothing is hidden).
             self.quarantine(path, f"unreadable compaction marker: {exc}")
@@ -545,6 +546,7 @@ class HistoryRoot:
         except FileNotFoundError:
             return None
         except (pa.ArrowException, OSError, ValueError) as exc:
+            _reraise_environment(exc)
             self.quarantine(info.path, f"unreadable parquet footer: {exc}")
             return None
         return _Entry(info.path, info.base_name, lo, hi, meta.num_rows, int(info.size or 0))
@@ -606,6 +608,13 @@ class HistoryRoot:
             self.fs.delete_file(path)
         except FileNotFoundError:
             pass
+
+
+def _reraise_environment(exc: BaseException) -> None:
+    """Permission errors say the disk is set up wrong, not that a file is corrupt: never
+    quarantine a file for them (the move would fail too); let them reach the caller."""
+    if isinstance(exc, PermissionError):
+        raise exc
 
 
 def _timestamp_range(meta: pq.FileMetaData) -> tuple[int, int]:
@@ -862,6 +871,7 @@ class HistoryWriter:
                 except FileNotFoundError:
                     return None
                 except (pa.ArrowException, OSError) as exc:
+                    _reraise_environment(exc)
                     self.root.quarantine(entry.path, f"unreadable parquet file: {exc}")
                     return None
             schema = opened[0][1].schema_arrow
@@ -1019,6 +1029,7 @@ def _read_rows(entry: _Entry, pf: pq.ParquetFile, lo: int, hi: int, before: Seam
             raise _CorruptFile(entry, exc) from exc
         log.warning("history: %s vanished while read", entry.path)
     except (pa.ArrowException, OSError) as exc:
+        _reraise_environment(exc)
         if strict or root is None:
             raise _CorruptFile(entry, exc) from exc
         root.quarantine(entry.path, f"unreadable parquet data: {exc}")
@@ -1169,6 +1180,7 @@ class HistoryReader:
                     retry = True  # compacted or removed since listed: the listing is stale
                     break
                 except (pa.ArrowException, OSError) as exc:
+                    _reraise_environment(exc)
                     self.root.quarantine(entry.path, f"unreadable parquet file: {exc}")
             if not retry:
                 return opened
@@ -1288,6 +1300,7 @@ class HistoryReader:
         except FileNotFoundError:
             return [(entry.max_ts, entry.min_ts, entry.rows)]
         except (pa.ArrowException, OSError) as exc:
+            _reraise_environment(exc)
             self.root.quarantine(entry.path, f"unreadable parquet footer: {exc}")
             return []
         ts_index = meta.schema.to_arrow_schema().get_field_index(TIMESTAMP)
