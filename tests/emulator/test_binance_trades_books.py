@@ -180,6 +180,12 @@ async def test_replay_serves_every_recorded_trade_once(exchange_factory: Exchang
                      for symbol in symbols for t in exchange.trades[symbol])
         assert got == expected
         assert emu.sent(name, symbols[0]) == sum(1 for row in expected if row[0] == symbols[0])
+        # REST (ccxt's fetch_trades: aggTrades) answers the trades replayed so far, with their recorded ids.
+        for symbol in symbols:
+            fetched = await exchange.fetch_trades(symbol)
+            assert [(t["id"], t["price"], t["amount"]) for t in fetched] == [
+                (str(data["a"]), float(data["p"]), float(data["q"])) for data in aggregates
+                if RECORDED_SYMBOLS[data["s"]] == symbol]
 
 
 def rebuilt_book(market_id: str, depth: int) -> tuple[int, list[list[float]], list[list[float]]]:

@@ -90,6 +90,7 @@ class _Trade(NamedTuple):
     qty: str
     time: int
     buyer_maker: bool
+    agg_id: int  # the aggregate trade id (a synthetic aggregate is one trade: the same id)
 
 
 def _f8(value: float) -> str:
@@ -121,7 +122,16 @@ class BinanceDialect(Dialect):
         self._trades: dict[str, deque[_Trade]] = {}  # by market id, synthetic or replayed
         self._replayed_u: dict[str, int] = {}  # by market id: the last depth u replayed
         self._snapshots: dict[str, list[tuple[int, str]]] = {}
+        self._agg_of: dict[tuple[str, int], int] = {}  # (market id, trade id) -> recorded aggregate id
         if recording is not None:
+            for message in recording.messages:
+                if '"e":"aggTrade"' in message.text:
+                    mapped = self.recorded_frame(message)
+                    try:
+                        data = json.loads(mapped[2]) if mapped is not None else {}
+                        self._agg_of[(data["s"], int(data["f"]))] = int(data["a"])
+                    except (ValueError, KeyError, TypeError):
+                        continue
             for response in recording.http:
                 market_id = dict(response.query).get("symbol")
                 if response.path == "/api/v3/depth" and market_id:
@@ -294,13 +304,13 @@ class BinanceDialect(Dialect):
         start = _int_param(request, "startTime", None)
         end = _int_param(request, "endTime", None)
         if from_id is not None:
-            trades = [trade for trade in trades if trade.id >= from_id][:limit]
+            trades = [trade for trade in trades if trade.agg_id >= from_id][:limit]
         elif start is not None or end is not None:
             low, high = start if start is not None else -1, end if end is not None else 2**63
             trades = [trade for trade in trades if low <= trade.time <= high][:limit]
         else:
             trades = trades[-limit:]
-        return _json([{"a": trade.id, "p": trade.price, "q": trade.qty, "f": trade.id, "l": trade.id,
+        return _json([{"a": trade.agg_id, "p": trade.price, "q": trade.qty, "f": trade.id, "l": trade.id,
                        "T": trade.time, "m": trade.buyer_maker, "M": True} for trade in trades])
 
     def _select(self, request: web.Request) -> list[Market] | web.Response:
@@ -472,7 +482,7 @@ class BinanceDialect(Dialect):
         trade_id = self._next_trade.get(market.symbol, quote.trade_id)
         self._next_trade[market.symbol] = trade_id + 1
         price, qty = f"{quote.last:.8f}", f"{quote.last_size:.8f}"
-        self._remember(market.id, _Trade(trade_id, price, qty, quote.time_ms, quote.buyer_maker))
+        self._remember(market.id, _Trade(trade_id, price, qty, quote.time_ms, quote.buyer_maker, trade_id))
         maker = "true" if quote.buyer_maker else "false"
         if channel == "trade":
             return (f'{{"e":"trade","E":{quote.time_ms},"s":"{market.id}","t":{trade_id},'
@@ -564,8 +574,9 @@ class BinanceDialect(Dialect):
         elif key.channel in ("trade", "aggTrade"):
             try:
                 trade_id = int(data["t"] if key.channel == "trade" else data["f"])
+                agg_id = self._agg_of.get((market_id, trade_id), trade_id)
                 self._remember(market_id, _Trade(trade_id, str(data["p"]), str(data["q"]), int(data["T"]),
-                                                 bool(data["m"])))
+                                                 bool(data["m"]), agg_id))
             except (KeyError, TypeError, ValueError):
                 return
         elif key.channel == "bookTicker":
