@@ -9,10 +9,18 @@ REST (all GET):
   filters it; a filtered list (ccxt's ``fetch_tickers``) carries each product's price, 24 h
   volume, change, high and low from the last replayed ticker.
 * ``/api/v3/brokerage/market/products/{product_id}``: one product.
-* ``/api/v3/brokerage/market/products/{product_id}/ticker``: ``{"trades":[...],
-  "best_bid":...,"best_ask":...}`` with the latest trade only (whatever ``limit`` asks for).
-  In a replay, the trade is the last replayed ticker's price at that frame's time (side
-  ``UNKNOWN_ORDER_SIDE``, no size); before the first ticker, no trade and empty bid/ask.
+* ``/api/v3/brokerage/market/products/{product_id}/ticker`` (ccxt's ``fetch_ticker`` and
+  ``fetch_trades``): ``{"trades":[...],"best_bid":...,"best_ask":...}``, the latest trades
+  newest first, at most ``limit`` (default 1, at most 1,000), those between ``start`` and
+  ``end`` (epoch seconds) when given. Synthetic: the walk's trades (the last 1,000 kept). In a
+  replay: the replayed ``market_trades`` trades; before any, the last replayed ticker's price
+  at that frame's time (side ``UNKNOWN_ORDER_SIDE``, no size); before the first ticker, no
+  trade and empty bid/ask.
+* ``/api/v3/brokerage/market/product_book`` (``product_id``, ``limit`` levels, default all;
+  ccxt's ``fetch_order_book``): ``{"pricebook":{"product_id":...,"bids":[{"price":...,
+  "size":...}],"asks":[...],"time":...},"last":...,"mid_market":...,"spread_bps":...,
+  "spread_absolute":...}``: the synthetic book at the walk's current step, or in a replay
+  the book rebuilt from the replayed ``l2_data`` frames.
 * ``/api/v3/brokerage/time``, ``/v2/time``.
 * ``/v2/currencies`` (fiat), ``/v2/currencies/crypto`` and ``/v2/exchange-rates`` (rates to
   USD through the listed products' prices): what ccxt's ``fetch_currencies`` reads, made up
@@ -32,22 +40,42 @@ A request naming an unknown product or channel, a private channel (``user``,
 ``{"type":"error","message":"Failed to subscribe","reason":...}`` (the wording is the
 emulator's; ccxt raises the ``message`` as ``ExchangeError``). Subscribing an alias
 (``BTC-USDC``) streams its product (``BTC-USD``), as Coinbase does. Public channels the
-emulator has no data for (``status``, ``ticker_batch``, ``level2``, ``market_trades``,
-``candles`` in synthetic mode) are acknowledged and stay silent.
+emulator has no data for (``status``, ``ticker_batch``, ``candles`` in synthetic mode) are
+acknowledged and stay silent.
 
 Keep-alive: the ``heartbeats`` channel, one ``{"channel":"heartbeats",...,"events":
 [{"current_time":...,"heartbeat_counter":N}]}`` a second on a connection that subscribed it
 (the counter is the server's uptime in seconds, as Coinbase's is); websocket pings are
 answered. The server sends no pings.
 
-Synthetic channel: ``ticker`` (the full ticker; a ``snapshot`` event on subscribing, then an
-``update`` per step). Markets come from the symbols asked for: spot only, ``BTC/USD`` is
-product ``BTC-USD``. ``sequence_num`` counts the frames the dialect renders (one counter for
-every connection; Coinbase counts per connection, and ccxt reads neither).
+Synthetic channels (markets come from the symbols asked for: spot only, ``BTC/USD`` is
+product ``BTC-USD``):
+
+* ``ticker``: the full ticker; a ``snapshot`` event on subscribing, then an ``update`` per step.
+* ``market_trades``: every trade of the walk at the touch, with consecutive ``trade_id``
+  values. On subscribing, a ``snapshot`` event of the market's recent trades (up to 100,
+  newest first, as Coinbase sends them; a reconnecting client sees some of them again and
+  ccxt's trade cache, keyed by id, keeps one of each); then an ``update`` per step with every
+  trade since the previous one, newest first. ``side`` is the MAKER's side, as Coinbase
+  sends it (a trade at the ask, a taker buy, is ``SELL``) and ccxt passes it on unchanged.
+* ``level2`` (frames on channel ``l2_data``): a ``snapshot`` event of :data:`BOOK_DEPTH`
+  levels a side on subscribing, then an ``update`` event of the changed levels per step
+  (``new_quantity`` ``"0"`` deletes; ``side`` ``bid`` or ``offer``). The best level is the
+  walk's bid and ask of the same step, with their sizes; deeper levels one to three ticks
+  apart; levels the touch crosses are deleted and each side is refilled and trimmed to
+  :data:`BOOK_DEPTH` in the same update. Coinbase has no book checksum or book sequence;
+  ccxt checks nothing (a lost update goes unnoticed until the next snapshot).
+
+``sequence_num`` counts the frames the dialect renders (one counter for every connection;
+Coinbase counts per connection, and ccxt reads neither).
 
 Replay maps each recorded data frame to its stream by its channel (``l2_data`` frames are the
-``level2`` subscription's) and its first product; ``subscriptions`` and ``heartbeats`` frames
-are the emulator's own, live.
+``level2`` subscription's) and its first product, served byte for byte (``market_trades``
+snapshot and updates with their recorded ``trade_id``; ``l2_data`` snapshot and updates);
+``subscriptions`` and ``heartbeats`` frames are the emulator's own, live. A replay serves the
+depth the recording holds (Coinbase's whole book), whatever depth ccxt asks for, and only
+from the start: a client that resubscribes gets the rest of the recording, not a new
+snapshot.
 
 Not emulated: the 5 s deadline to subscribe after connecting, the closing of channels idle
 for 60-90 s without heartbeats, the per-IP message rate (the emulator closes a connection
@@ -58,10 +86,11 @@ that sends more than 8 messages in a second), authenticated channels, and the
 from __future__ import annotations
 
 import json
+import random
 import time
 import uuid
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any, Final
@@ -74,10 +103,15 @@ from flight_md.emulator.market import Market, MarketKind, StreamKey
 from flight_md.emulator.recording import RecordedMessage, Recording
 from flight_md.emulator.synthetic import PriceWalk, Quote
 
-__all__ = ["CoinbaseDialect"]
+__all__ = ["BOOK_DEPTH", "CoinbaseDialect"]
 
 _PRODUCTS: Final = "/api/v3/brokerage/market/products"
-_SYNTHETIC_CHANNELS: Final = frozenset({"ticker"})
+_SYNTHETIC_CHANNELS: Final = frozenset({"ticker", "market_trades", "level2"})
+BOOK_DEPTH: Final = 25
+"""Levels a side of a synthetic ``level2`` stream."""
+_TRADES_KEPT: Final = 1000  # recent trades a synthetic market keeps for REST and the next frame
+_SNAPSHOT_TRADES: Final = 100
+_REST_TRADES_MAX: Final = 1000
 _PRODUCT_CHANNELS: Final = frozenset({"ticker", "ticker_batch", "level2", "market_trades", "candles"})
 _PUBLIC_CHANNELS: Final = _PRODUCT_CHANNELS | {"heartbeats", "status"}
 _PRIVATE_CHANNELS: Final = frozenset({"user", "futures_balance_summary"})
@@ -132,6 +166,15 @@ class CoinbaseDialect(Dialect):
                                        if row.get("alias") and row["alias"] in self._by_id}
         self._replayed: dict[str, tuple[dict[str, Any], str]] = {}  # symbol -> (ticker, frame time)
         self._heartbeats: set[str] = set()  # connections subscribed to heartbeats
+        # Synthetic trades by symbol: the latest ones (snapshots, REST), and those no frame carried yet.
+        self._trades: dict[str, deque[dict[str, str]]] = {}
+        self._unsent: dict[str, list[dict[str, str]]] = {}
+        self._last_trade: dict[str, int] = {}
+        self._books: dict[str, _Book] = {}  # synthetic book by symbol
+        # Replay: the book rebuilt from the replayed l2_data (price text -> quantity text, by
+        # side) with the frame time, and the replayed trades by id.
+        self._replayed_books: dict[str, tuple[dict[str, str], dict[str, str], str]] = {}
+        self._replayed_trades: dict[str, dict[str, dict[str, Any]]] = {}
         self._sequence = 0
         self._started = time.monotonic()
         self._second = -1
@@ -151,6 +194,7 @@ class CoinbaseDialect(Dialect):
             (_PRODUCTS, self._products),
             (_PRODUCTS + "/{product_id}", self._product),
             (_PRODUCTS + "/{product_id}/ticker", self._ticker),
+            ("/api/v3/brokerage/market/product_book", self._product_book),
             ("/api/v3/brokerage/time", self._v3_time),
             ("/v2/time", self._v2_time),
             ("/v2/currencies", self._fiat_currencies),
@@ -199,21 +243,70 @@ class CoinbaseDialect(Dialect):
         market = self._by_id.get(self._alias.get(product_id, product_id))
         if market is None:  # a recorded product without a unified symbol
             return _json({"trades": [], "best_bid": "", "best_ask": ""})
+        query = request.query
+        try:
+            limit = min(_REST_TRADES_MAX, max(1, int(query.get("limit") or 1)))
+            start = float(query["start"]) if query.get("start") else None
+            end = float(query["end"]) if query.get("end") else None
+        except ValueError:
+            return _error(400, "INVALID_ARGUMENT", "limit, start and end must be numbers")
         if self.recording is not None:
             replayed = self._replayed.get(market.symbol)
-            if replayed is None:
-                return _json({"trades": [], "best_bid": "", "best_ask": ""})
-            ticker, stamp = replayed
-            trade = {"trade_id": "", "product_id": product_id, "price": ticker.get("price", ""), "size": "",
-                     "time": stamp, "side": "UNKNOWN_ORDER_SIDE", "bid": "", "ask": "", "exchange": ""}
-            return _json({"trades": [trade], "best_bid": ticker.get("best_bid", ""),
+            ticker, stamp = replayed if replayed is not None else ({}, "")
+            recorded = self._replayed_trades.get(market.symbol)
+            if recorded:
+                trades = _window(recorded.values(), start, end, limit)
+            elif replayed is not None:
+                trades = [{"trade_id": "", "product_id": product_id, "price": ticker.get("price", ""), "size": "",
+                           "time": stamp, "side": "UNKNOWN_ORDER_SIDE", "bid": "", "ask": "", "exchange": ""}]
+            else:
+                trades = []
+            return _json({"trades": trades, "best_bid": ticker.get("best_bid", ""),
                           "best_ask": ticker.get("best_ask", "")})
         quote = self.walks[market.symbol].quote
-        p, s = market.price_decimals, market.size_decimals
-        trade = {"trade_id": str(quote.trade_id), "product_id": product_id, "price": f"{quote.last:.{p}f}",
-                 "size": f"{quote.last_size:.{s}f}", "time": _iso(quote.time_ms or now_ms()),
-                 "side": "BUY" if quote.buyer_maker else "SELL", "bid": "", "ask": "", "exchange": ""}
-        return _json({"trades": [trade], "best_bid": f"{quote.bid:.{p}f}", "best_ask": f"{quote.ask:.{p}f}"})
+        self._saw(market, quote)
+        p = market.price_decimals
+        trades = _window(self._trades.get(market.symbol, ()), start, end, limit)
+        return _json({"trades": trades, "best_bid": f"{quote.bid:.{p}f}", "best_ask": f"{quote.ask:.{p}f}"})
+
+    async def _product_book(self, request: web.Request) -> web.StreamResponse:
+        product_id = request.query.get("product_id", "")
+        if not product_id:
+            return _error(400, "INVALID_ARGUMENT", "product_id is required")
+        if product_id not in self._rows:
+            return _not_found(product_id)
+        try:
+            limit = int(request.query["limit"]) if request.query.get("limit") else None
+        except ValueError:
+            return _error(400, "INVALID_ARGUMENT", "limit must be an integer")
+        market = self._by_id.get(self._alias.get(product_id, product_id))
+        bids: list[tuple[str, str]] = []
+        asks: list[tuple[str, str]] = []
+        stamp = _iso(now_ms())
+        if market is not None and self.recording is not None:
+            replayed = self._replayed_books.get(market.symbol)
+            if replayed is not None:
+                bid_side, ask_side, stamp = replayed
+                bids = sorted(bid_side.items(), key=lambda level: float(level[0]), reverse=True)
+                asks = sorted(ask_side.items(), key=lambda level: float(level[0]))
+        elif market is not None:
+            quote = self.walks[market.symbol].quote
+            self._saw(market, quote)
+            book = self._book_of(market, quote)
+            book.apply(quote)  # the subscribers get these changes with the next update
+            bids, asks, stamp = book.levels(True), book.levels(False), _iso(quote.time_ms or now_ms())
+        if limit is not None:
+            bids, asks = bids[:limit], asks[:limit]
+        body: dict[str, Any] = {"pricebook": {"product_id": product_id,
+                                              "bids": [{"price": px, "size": sz} for px, sz in bids],
+                                              "asks": [{"price": px, "size": sz} for px, sz in asks],
+                                              "time": stamp}}
+        if bids and asks:
+            best_bid, best_ask = float(bids[0][0]), float(asks[0][0])
+            mid = (best_bid + best_ask) / 2.0
+            body.update(mid_market=f"{mid:.12g}", spread_absolute=f"{best_ask - best_bid:.12g}",
+                        spread_bps=f"{(best_ask - best_bid) / mid * 10_000:.12g}")
+        return _json(body)
 
     async def _v3_time(self, request: web.Request) -> web.StreamResponse:
         ms = now_ms()
@@ -384,7 +477,7 @@ class CoinbaseDialect(Dialect):
         return channel in _SYNTHETIC_CHANNELS
 
     def snapshot_on_subscribe(self, key: StreamKey) -> bool:
-        return key.channel == "ticker"
+        return key.channel in _SYNTHETIC_CHANNELS
 
     def render(self, key: StreamKey, market: Market, quote: Quote, *, snapshot: bool) -> str:
         ms = quote.time_ms or now_ms()
@@ -394,6 +487,11 @@ class CoinbaseDialect(Dialect):
             self._second = second
             self._second_text = datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S")
         self._sequence += 1
+        self._saw(market, quote)
+        if key.channel == "market_trades":
+            return self._render_trades(market, snapshot=snapshot, ms=ms)
+        if key.channel == "level2":
+            return self._render_book(market, quote, snapshot=snapshot, ms=ms)
         # An f-string: this runs for every synthetic update (json.dumps is three times slower).
         return (f'{{"channel":"ticker","timestamp":"{self._second_text}.{ms % 1000:03d}000000Z",'
                 f'"sequence_num":{self._sequence},"events":[{{"type":"{"snapshot" if snapshot else "update"}",'
@@ -404,6 +502,65 @@ class CoinbaseDialect(Dialect):
                 f'"price_percent_chg_24_h":"{_percent(quote)}","best_bid":"{quote.bid:.{p}f}",'
                 f'"best_ask":"{quote.ask:.{p}f}","best_bid_quantity":"{quote.bid_size:.{s}f}",'
                 f'"best_ask_quantity":"{quote.ask_size:.{s}f}"}}]}}]}}')
+
+    def _stamp(self, ms: int) -> str:
+        return f"{self._second_text}.{ms % 1000:03d}000000Z"
+
+    def _saw(self, market: Market, quote: Quote) -> None:
+        """Note the walk's trade of a step, whichever channel the step was rendered for."""
+        symbol = market.symbol
+        if quote.trade_id <= self._last_trade.get(symbol, quote.trade_id - 1):
+            return
+        self._last_trade[symbol] = quote.trade_id
+        p, s = market.price_decimals, market.size_decimals
+        # Coinbase's side is the maker's: a trade at the bid (the buyer was the maker) is BUY.
+        row = {"product_id": self._id_by_symbol.get(symbol, market.id), "trade_id": str(quote.trade_id),
+               "price": f"{quote.last:.{p}f}", "size": f"{quote.last_size:.{s}f}",
+               "time": _iso_us(quote.time_ms or now_ms()), "side": "BUY" if quote.buyer_maker else "SELL"}
+        self._trades.setdefault(symbol, deque(maxlen=_TRADES_KEPT)).append(row)
+        unsent = self._unsent.setdefault(symbol, [])
+        unsent.append(row)
+        if len(unsent) > _TRADES_KEPT:
+            del unsent[0]
+
+    def _render_trades(self, market: Market, *, snapshot: bool, ms: int) -> str:
+        if snapshot:
+            # The trades already sent to the other subscribers; the unsent ones follow in the next
+            # update (all of them when nothing was sent yet: a snapshot is never empty).
+            recent = list(self._trades.get(market.symbol, ()))
+            sent = recent[:max(0, len(recent) - len(self._unsent.get(market.symbol, ())))]
+            if not sent:
+                sent = recent
+                self._unsent.pop(market.symbol, None)
+            rows = sent[-_SNAPSHOT_TRADES:]
+        else:
+            rows = self._unsent.pop(market.symbol, [])
+        trades = ",".join(_dumps(row) for row in reversed(rows))
+        return (f'{{"channel":"market_trades","client_id":"","timestamp":"{self._stamp(ms)}",'
+                f'"sequence_num":{self._sequence},"events":[{{"type":"{"snapshot" if snapshot else "update"}",'
+                f'"trades":[{trades}]}}]}}')
+
+    def _book_of(self, market: Market, quote: Quote) -> _Book:
+        book = self._books.get(market.symbol)
+        if book is None:
+            book = self._books[market.symbol] = _Book(market, quote)
+        return book
+
+    def _render_book(self, market: Market, quote: Quote, *, snapshot: bool, ms: int) -> str:
+        book = self._book_of(market, quote)
+        book.apply(quote)
+        if snapshot:
+            # Changes not yet sent to the other subscribers stay pending for the next update.
+            bids, asks = book.levels(True), book.levels(False)
+        else:
+            bids, asks = book.take()
+        event_time = _iso_us(ms)
+        updates = ",".join(
+            f'{{"side":"{side}","event_time":"{event_time}","price_level":"{px}","new_quantity":"{sz}"}}'
+            for side, levels in (("bid", bids), ("offer", asks)) for px, sz in levels)
+        return (f'{{"channel":"l2_data","client_id":"","timestamp":"{self._stamp(ms)}",'
+                f'"sequence_num":{self._sequence},"events":[{{"type":"{"snapshot" if snapshot else "update"}",'
+                f'"product_id":"{self._id_by_symbol.get(market.symbol, market.id)}","updates":[{updates}]}}]}}')
 
     def recorded_frame(self, message: RecordedMessage) -> tuple[StreamKey, str, str] | None:
         try:
@@ -420,6 +577,9 @@ class CoinbaseDialect(Dialect):
         return None if key is None else (key, product_id, message.text)
 
     def observe(self, key: StreamKey, text: str) -> None:
+        if key.channel in ("market_trades", "level2"):
+            self._observe_trades_or_book(key, text)
+            return
         if key.channel not in ("ticker", "ticker_batch"):
             return
         try:
@@ -433,6 +593,37 @@ class CoinbaseDialect(Dialect):
                 market = self._by_id.get(str(ticker.get("product_id")))
                 if market is not None:
                     self._replayed[market.symbol] = (ticker, stamp)
+
+    def _observe_trades_or_book(self, key: StreamKey, text: str) -> None:
+        try:
+            frame = json.loads(text)
+            events = [event for event in frame["events"] if isinstance(event, dict)]
+        except (ValueError, KeyError, TypeError):
+            return
+        stamp = str(frame.get("timestamp", ""))
+        for event in events:
+            if key.channel == "market_trades":
+                trades = self._replayed_trades.setdefault(key.symbol, {})
+                for row in event.get("trades") or ():
+                    if isinstance(row, dict):
+                        trades.setdefault(str(row.get("trade_id")), row)
+                continue
+            market = self._by_id.get(self._alias.get(str(event.get("product_id")), str(event.get("product_id"))))
+            if market is None:
+                continue
+            if event.get("type") == "snapshot" or market.symbol not in self._replayed_books:
+                self._replayed_books[market.symbol] = ({}, {}, stamp)
+            bids, asks, _ = self._replayed_books[market.symbol]
+            for update in event.get("updates") or ():
+                if not isinstance(update, dict):
+                    continue
+                side = bids if update.get("side") == "bid" else asks
+                price, quantity = str(update.get("price_level")), str(update.get("new_quantity"))
+                if _float(quantity) == 0.0:
+                    side.pop(price, None)
+                else:
+                    side[price] = quantity
+            self._replayed_books[market.symbol] = (bids, asks, stamp)
 
     def corrupt(self, fault: Fault, text: str) -> str:
         if fault is Fault.TRUNCATED:
@@ -495,6 +686,33 @@ def _iso_ns(ns: int) -> str:
     """``2026-08-09T21:05:48.228846629Z``, as Coinbase stamps its websocket messages."""
     base = datetime.fromtimestamp(ns // 1_000_000_000, UTC).strftime("%Y-%m-%dT%H:%M:%S")
     return f"{base}.{ns % 1_000_000_000:09d}Z"
+
+
+def _iso_us(ms: int) -> str:
+    """``2026-08-09T21:05:48.167000Z``, as Coinbase stamps trades and book events."""
+    base = datetime.fromtimestamp(ms // 1000, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+    return f"{base}.{ms % 1000:03d}000Z"
+
+
+def _window(rows: Iterable[dict[str, Any]], start: float | None, end: float | None,
+            limit: int) -> list[dict[str, Any]]:
+    """Trades between ``start`` and ``end`` (epoch seconds), newest first, at most ``limit``."""
+    picked = []
+    for row in rows:
+        seconds = _seconds(str(row.get("time", "")))
+        if (start is None or (seconds is not None and seconds >= start)) and (
+                end is None or (seconds is not None and seconds <= end)):
+            picked.append(row)
+    picked.sort(key=lambda row: int(row["trade_id"]) if str(row.get("trade_id", "")).isdigit() else 0,
+                reverse=True)
+    return [dict(row) for row in picked[:limit]]
+
+
+def _seconds(stamp: str) -> float | None:
+    try:
+        return datetime.fromisoformat(stamp).timestamp()
+    except ValueError:
+        return None
 
 
 def _percent(quote: Quote) -> str:
@@ -571,3 +789,77 @@ def _product_row(base: str, quote: str, tick: str, step: str) -> dict[str, Any]:
         "icon_color": "", "icon_url": "", "display_name_overwrite": "", "is_alpha_testing": False,
         "about_description": "", "best_bid_price": "", "best_ask_price": "", "high_24h": "", "low_24h": "",
     }
+
+
+class _Book:
+    """One market's synthetic order book: :data:`BOOK_DEPTH` levels a side around the walk's touch.
+
+    Prices and sizes are kept in ticks and lots (integers), so a level prints exactly as the
+    ticker prints the same price. :meth:`apply` moves the book to a step of the walk and
+    collects the changed levels until :meth:`take` hands them to an update.
+    """
+
+    __slots__ = ("_asks", "_bids", "_changed", "_p", "_rng", "_s", "_tick", "_unit", "seq")
+
+    def __init__(self, market: Market, quote: Quote) -> None:
+        self._tick = 10.0 ** -market.price_decimals
+        self._unit = 10.0 ** -market.size_decimals
+        self._p, self._s = market.price_decimals, market.size_decimals
+        self._rng = random.Random(f"book:{market.symbol}:{quote.update_id}")
+        self._bids: dict[int, int] = {}
+        self._asks: dict[int, int] = {}
+        self._changed: dict[tuple[bool, int], int] = {}  # (is bid, ticks) -> lots, 0: deleted
+        self.seq: int | None = None
+
+    def _set(self, bid: bool, ticks: int, lots: int) -> None:
+        side = self._bids if bid else self._asks
+        if lots:
+            side[ticks] = lots
+        else:
+            side.pop(ticks, None)
+        self._changed[(bid, ticks)] = lots
+
+    def _lots(self, mid: float) -> int:
+        # Depth worth roughly 100 to 100,000 quote units a level, log-uniform, as the walk's touch.
+        return int(10.0 ** (2.0 + 3.0 * self._rng.random()) / (mid * self._unit)) or 1
+
+    def apply(self, quote: Quote) -> None:
+        """Move the book to a step: its touch becomes the quote's bid and ask, with their sizes."""
+        top_bid, top_ask = round(quote.bid / self._tick), round(quote.ask / self._tick)
+        mid = (quote.bid + quote.ask) / 2.0
+        for ticks in [t for t in self._bids if t > top_bid]:
+            self._set(True, ticks, 0)
+        for ticks in [t for t in self._asks if t < top_ask]:
+            self._set(False, ticks, 0)
+        for bid, top, size in ((True, top_bid, quote.bid_size), (False, top_ask, quote.ask_size)):
+            side = self._bids if bid else self._asks
+            lots = max(1, round(size / self._unit))
+            if side.get(top) != lots:
+                self._set(bid, top, lots)
+            deeper = [t for t in side if t != top]
+            if deeper and self._rng.random() < 0.5:  # some depth away from the touch changes too
+                self._set(bid, self._rng.choice(deeper), self._lots(mid))
+            while len(side) < BOOK_DEPTH:
+                worst = min(side) if bid else max(side)
+                gap = 1 + int(self._rng.random() * 3)
+                ticks = worst - gap if bid else worst + gap
+                if ticks <= 0:
+                    break
+                self._set(bid, ticks, self._lots(mid))
+            while len(side) > BOOK_DEPTH:
+                self._set(bid, min(side) if bid else max(side), 0)
+
+    def take(self) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+        """The levels changed since the last call, bids and asks best first (size ``"0"``: deleted)."""
+        changed, self._changed = self._changed, {}
+        bids = sorted(((t, lots) for (bid, t), lots in changed.items() if bid), reverse=True)
+        asks = sorted((t, lots) for (bid, t), lots in changed.items() if not bid)
+        return [self._level(t, lots) for t, lots in bids], [self._level(t, lots) for t, lots in asks]
+
+    def levels(self, bids: bool) -> list[tuple[str, str]]:
+        """The current levels of one side, best first."""
+        side = self._bids if bids else self._asks
+        return [self._level(t, side[t]) for t in sorted(side, reverse=bids)]
+
+    def _level(self, ticks: int, lots: int) -> tuple[str, str]:
+        return f"{ticks * self._tick:.{self._p}f}", f"{lots * self._unit:.{self._s}f}"
