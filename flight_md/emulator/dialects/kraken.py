@@ -129,6 +129,7 @@ book replayed so far (the recorded depth's stream, else the widest window replay
 from __future__ import annotations
 
 import bisect
+import functools
 import json
 import math
 import random
@@ -986,10 +987,11 @@ def _fixed(units: int, decimals: int) -> str:
     """An integer count of ``10**-decimals`` as a fixed-point string (``6500012, 2`` -> ``65000.12``)."""
     if decimals == 0:
         return str(units)
-    digits = str(units).rjust(decimals + 1, "0")
-    return f"{digits[:-decimals]}.{digits[-decimals:]}"
+    whole, fraction = divmod(units, 10**decimals)
+    return f"{whole}.{fraction:0{decimals}d}"
 
 
+@functools.lru_cache(maxsize=1 << 16)  # the top levels of a replayed book repeat frame after frame
 def _precise(value: str, decimals: int) -> str:
     """A recorded number formatted to a precision (``"354.80000000", 2`` -> ``354.80``)."""
     return format(Decimal(value).quantize(Decimal(1).scaleb(-decimals)), "f")
