@@ -795,8 +795,9 @@ class _Book:
     """One market's synthetic order book: :data:`BOOK_DEPTH` levels a side around the walk's touch.
 
     Prices and sizes are kept in ticks and lots (integers), so a level prints exactly as the
-    ticker prints the same price. :meth:`apply` moves the book to a step of the walk and
-    collects the changed levels until :meth:`take` hands them to an update.
+    ticker prints the same price; each level keeps its texts, printed once when it changes
+    (printing is most of the cost of a frame). :meth:`apply` moves the book to a step of the
+    walk and collects the changed levels until :meth:`take` hands them to an update.
     """
 
     __slots__ = ("_asks", "_bids", "_changed", "_p", "_rng", "_s", "_tick", "_unit", "seq")
@@ -806,18 +807,21 @@ class _Book:
         self._unit = 10.0 ** -market.size_decimals
         self._p, self._s = market.price_decimals, market.size_decimals
         self._rng = random.Random(f"book:{market.symbol}:{quote.update_id}")
-        self._bids: dict[int, int] = {}
-        self._asks: dict[int, int] = {}
-        self._changed: dict[tuple[bool, int], int] = {}  # (is bid, ticks) -> lots, 0: deleted
+        # ticks -> (lots, price text, size text)
+        self._bids: dict[int, tuple[int, str, str]] = {}
+        self._asks: dict[int, tuple[int, str, str]] = {}
+        self._changed: dict[tuple[bool, int], tuple[str, str]] = {}  # (is bid, ticks) -> texts; size 0: deleted
         self.seq: int | None = None
 
     def _set(self, bid: bool, ticks: int, lots: int) -> None:
         side = self._bids if bid else self._asks
+        price = f"{ticks * self._tick:.{self._p}f}"
+        size = f"{lots * self._unit:.{self._s}f}" if lots else "0"  # a deletion, as the venues print it
         if lots:
-            side[ticks] = lots
+            side[ticks] = (lots, price, size)
         else:
             side.pop(ticks, None)
-        self._changed[(bid, ticks)] = lots
+        self._changed[(bid, ticks)] = (price, size)
 
     def _lots(self, mid: float) -> int:
         # Depth worth roughly 100 to 100,000 quote units a level, log-uniform, as the walk's touch.
@@ -834,32 +838,29 @@ class _Book:
         for bid, top, size in ((True, top_bid, quote.bid_size), (False, top_ask, quote.ask_size)):
             side = self._bids if bid else self._asks
             lots = max(1, round(size / self._unit))
-            if side.get(top) != lots:
+            if side.get(top, (0,))[0] != lots:
                 self._set(bid, top, lots)
-            deeper = [t for t in side if t != top]
-            if deeper and self._rng.random() < 0.5:  # some depth away from the touch changes too
+            if len(side) > 1 and self._rng.random() < 0.5:  # some depth away from the touch changes too
+                deeper = [t for t in side if t != top]
                 self._set(bid, self._rng.choice(deeper), self._lots(mid))
+            worst = (min(side) if bid else max(side)) if len(side) < BOOK_DEPTH else 0
             while len(side) < BOOK_DEPTH:
-                worst = min(side) if bid else max(side)
                 gap = 1 + int(self._rng.random() * 3)
-                ticks = worst - gap if bid else worst + gap
-                if ticks <= 0:
+                worst = worst - gap if bid else worst + gap
+                if worst <= 0:
                     break
-                self._set(bid, ticks, self._lots(mid))
+                self._set(bid, worst, self._lots(mid))
             while len(side) > BOOK_DEPTH:
                 self._set(bid, min(side) if bid else max(side), 0)
 
     def take(self) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
-        """The levels changed since the last call, bids and asks best first (size ``"0"``: deleted)."""
+        """The levels changed since the last call, bids and asks best first (size zero: deleted)."""
         changed, self._changed = self._changed, {}
-        bids = sorted(((t, lots) for (bid, t), lots in changed.items() if bid), reverse=True)
-        asks = sorted((t, lots) for (bid, t), lots in changed.items() if not bid)
-        return [self._level(t, lots) for t, lots in bids], [self._level(t, lots) for t, lots in asks]
+        bids = [changed[key] for key in sorted((key for key in changed if key[0]), reverse=True)]
+        asks = [changed[key] for key in sorted(key for key in changed if not key[0])]
+        return bids, asks
 
     def levels(self, bids: bool) -> list[tuple[str, str]]:
         """The current levels of one side, best first."""
         side = self._bids if bids else self._asks
-        return [self._level(t, side[t]) for t in sorted(side, reverse=bids)]
-
-    def _level(self, ticks: int, lots: int) -> tuple[str, str]:
-        return f"{ticks * self._tick:.{self._p}f}", f"{lots * self._unit:.{self._s}f}"
+        return [side[t][1:] for t in sorted(side, reverse=bids)]
