@@ -151,6 +151,8 @@ _MARKER_SUFFIX: Final = ".json"
 _CHANNEL_RE: Final = re.compile(r"^[a-z][a-z0-9_]*$")
 _EXCHANGE_RE: Final = re.compile(r"^[a-z0-9][a-z0-9_.-]*$")
 _FOOTER_CACHE: Final = 4096
+_WHOLE_GROUP_ROWS: Final = 1_000_000
+"""Row groups up to this size are decoded whole; bigger ones (other writers') batch by batch."""
 _LO: Final = -(2**63)
 _HI: Final = 2**63 - 1
 
@@ -1010,20 +1012,19 @@ def _read_rows(entry: _Entry, pf: pq.ParquetFile, lo: int, hi: int, before: Seam
             return
         whole = lo <= entry.min_ts and entry.max_ts < hi and before is None
         names = list(columns) if columns is not None else schema.names
-        for batch in pf.iter_batches(batch_size=batch_rows, row_groups=groups, columns=names,
-                                     use_threads=True):
+        for chunk in _row_group_chunks(pf, groups, names, batch_rows):
             if not whole:
-                ts = batch.column(TIMESTAMP).to_numpy()
+                ts = chunk.column(TIMESTAMP).to_numpy()
                 mask = (ts >= lo) & (ts < hi)
                 if before is not None:
                     if seam_seq is not None:
-                        mask &= batch.column(SEQUENCE).to_numpy() < seam_seq
+                        mask &= chunk.column(SEQUENCE).to_numpy() < seam_seq
                     else:
                         mask &= ts < before.timestamp
                 if not mask.all():
-                    batch = batch.filter(pa.array(mask))
-            if batch.num_rows:
-                yield batch
+                    chunk = chunk.filter(pa.array(mask))
+            if chunk.num_rows:
+                yield from chunk.to_batches(max_chunksize=batch_rows)
     except FileNotFoundError as exc:  # opened files cannot vanish; only a remote store's can
         if strict:
             raise _CorruptFile(entry, exc) from exc
@@ -1033,6 +1034,19 @@ def _read_rows(entry: _Entry, pf: pq.ParquetFile, lo: int, hi: int, before: Seam
         if strict or root is None:
             raise _CorruptFile(entry, exc) from exc
         root.quarantine(entry.path, f"unreadable parquet data: {exc}")
+
+
+def _row_group_chunks(pf: pq.ParquetFile, groups: list[int], columns: list[str],
+                      batch_rows: int) -> Iterator[pa.Table]:
+    """The row groups as tables, each decoded in one go (column-parallel, fewer and larger
+    allocations than batch by batch); a huge row group (not written by us) in batches."""
+    for i in groups:
+        if pf.metadata.row_group(i).num_rows <= _WHOLE_GROUP_ROWS:
+            yield pf.read_row_group(i, columns=columns, use_threads=True)
+        else:
+            for batch in pf.iter_batches(batch_size=batch_rows, row_groups=[i], columns=columns,
+                                         use_threads=True):
+                yield pa.Table.from_batches([batch])
 
 
 def _merge(streams: Sequence[Iterator[pa.RecordBatch]], keys: list[tuple[str, str]],
