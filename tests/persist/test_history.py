@@ -299,6 +299,23 @@ def test_latest_reads_the_newest_rows_across_files_and_days(several_days: tuple[
     assert reader.latest("ticker", "binance", "XRP/USDT", 3).num_rows == 0
 
 
+def test_latest_opens_only_the_newest_files(tmp_path: Path) -> None:
+    root = HistoryRoot(tmp_path)
+    writer = HistoryWriter(root)
+    for day in range(3):
+        writer.write(*KEY, ticks(T0 + day * DAY_MS + np.arange(1000) * 1000))
+    oldest = parquet_files(tmp_path)[0]
+    oldest.write_bytes(b"garbage: any read of this file quarantines it")
+    got = HistoryReader(root).latest(*KEY, 1500)
+    assert got.column("timestamp").to_pylist()[0] == T0 + DAY_MS + 500_000
+    assert root.quarantine_count == 0 and oldest.exists()  # never opened
+    HistoryReader(root).count(*KEY, T0 + DAY_MS)
+    assert root.quarantine_count == 0
+    assert HistoryReader(root).count(*KEY) == 3000  # whole files are counted from their names
+    assert sum(b.num_rows for b in HistoryReader(root).scan(*KEY)) == 2000
+    assert root.quarantine_count == 1
+
+
 def test_bounds_for_status(several_days: tuple[HistoryReader, pa.Table]) -> None:
     reader, everything = several_days
     bounds = reader.bounds(*KEY)
