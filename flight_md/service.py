@@ -36,7 +36,7 @@ from collections.abc import Callable, Iterator
 from typing import Any, Final
 
 import pyarrow as pa
-import pyarrow.flight as flight
+from pyarrow import flight
 
 from flight_md import errors
 from flight_md.actions import (

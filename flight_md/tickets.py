@@ -58,7 +58,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from enum import StrEnum
 from functools import lru_cache
 from typing import Any, Final
@@ -107,7 +107,7 @@ _ALLOWED: Final = {
 }
 GLOB_RE: Final = re.compile(r"[A-Za-z0-9/_:.\-*?\[\]!]{1,64}")
 """What a symbol glob may look like (``ListFlights`` criteria, ``@markets?symbol=``)."""
-_EPOCH: Final = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 _JSON_KEYS: Final = frozenset({"symbol", "exchange", "latest", "start", "end", "columns"})
 
 
@@ -272,7 +272,7 @@ def parse_time(text: str, key: str = "time") -> int:
         raise InvalidTicket(f"invalid {key} {text!r}; expected Unix milliseconds or ISO-8601 "
                             "such as '2026-11-23T10:00:00Z'") from None
     if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=timezone.utc)
+        parsed = parsed.replace(tzinfo=UTC)
     delta = parsed - _EPOCH
     value = delta.days * 86_400_000 + delta.seconds * 1000 + delta.microseconds // 1000
     if value < 0:
