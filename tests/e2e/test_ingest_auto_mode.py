@@ -38,6 +38,7 @@ def _mode_events(rig: Any, since_ms: int) -> list[dict[str, Any]]:
     return [e for e in rig.events(since_ms) if e["kind"] == "mode"]
 
 
+@pytest.mark.soak  # a minute of waiting at the defaults; tests/venues runs fallback and return fast
 def test_auto_mode_falls_back_after_3_failures_and_probes_back_after_60_s(
         ingest_rig: Any) -> None:
     rig = ingest_rig(SYMBOLS, mode="auto", rate=100.0, heartbeat_interval=HEARTBEAT_S,

@@ -79,7 +79,13 @@ def _collapse(kinds: list[str]) -> list[str]:
     return out
 
 
-@pytest.mark.parametrize("fault", SCENARIOS)
+DEFAULT_RUN = ("reset", "malformed", "rest_5xx")
+"""One connection cut, one bad-frame and one REST fault by default; every fault of every venue
+is run in-process by tests/venues, and all of them through the ingestion process with -m soak."""
+
+
+@pytest.mark.parametrize("fault", [
+    pytest.param(name, marks=() if name in DEFAULT_RUN else pytest.mark.soak) for name in SCENARIOS])
 def test_the_ingestion_process_recovers_from_every_exchange_fault(ingest_rig: Any,
                                                                  fault: str) -> None:
     scenario = SCENARIOS[fault]

@@ -25,6 +25,10 @@ from flight_md.emulator.market import Market, StreamKey
 from flight_md.emulator.synthetic import PriceWalk
 from tests.emulator.conftest import MS, ExchangeFactory, recording_path, until
 
+# Groundwork for issue 12 (trades and books): run with -m soak until ingestion stores
+# these channels and the venue suite covers them by default.
+pytestmark = pytest.mark.soak
+
 LINEAR = "BTC/USDT:USDT"
 SPOT = "ETH/USDT"
 

@@ -22,7 +22,7 @@ from flight_md.emulator.market import parse_symbols
 from flight_md.emulator.synthetic import PriceWalk, Quote
 from tests.emulator.conftest import MS, ExchangeFactory, recording_path, until
 
-pytestmark = [pytest.mark.asyncio, pytest.mark.timeout(60 * MS)]
+pytestmark = [pytest.mark.soak, pytest.mark.asyncio, pytest.mark.timeout(60 * MS)]
 
 BTC = "BTC/USD"
 ETH = "ETH/USD"

@@ -24,7 +24,7 @@ from flight_md.emulator.market import parse_symbols
 from flight_md.emulator.synthetic import PriceWalk, Quote
 from tests.emulator.conftest import MS, ExchangeFactory, recording_path, until
 
-pytestmark = [pytest.mark.asyncio, pytest.mark.timeout(60 * MS)]
+pytestmark = [pytest.mark.soak, pytest.mark.asyncio, pytest.mark.timeout(60 * MS)]
 
 SPOT = "BTC/USDT"
 LINEAR = "ETH/USDT:USDT"
