@@ -65,7 +65,6 @@ tells spot from contract; the OKX instrument type is kept by the dialect.
 from __future__ import annotations
 
 import json
-import random
 import zlib
 from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
@@ -74,6 +73,7 @@ from typing import Any, Final
 
 from aiohttp import web
 
+from flight_md.emulator.book import SyntheticBook
 from flight_md.emulator.dialect import ConnectionInfo, Control, Dialect, RestHandler, Subscription, now_ms
 from flight_md.emulator.fault import Fault
 from flight_md.emulator.market import Market, MarketKind, StreamKey
@@ -133,7 +133,7 @@ class OkxDialect(Dialect):
         self._trades: dict[str, deque[dict[str, str]]] = {}
         self._unsent: dict[str, list[dict[str, str]]] = {}
         self._last_trade: dict[str, int] = {}
-        self._books: dict[str, _Book] = {}  # synthetic book by symbol
+        self._books: dict[str, SyntheticBook] = {}  # synthetic book by symbol
         # Replay: the book rebuilt from the replayed frames (price text -> level) and the trades.
         self._replayed_books: dict[str, tuple[dict[str, list[str]], dict[str, list[str]], str]] = {}
         self._replayed_trades: dict[str, dict[str, dict[str, str]]] = {}
@@ -372,10 +372,10 @@ class OkxDialect(Dialect):
         if len(unsent) > _TRADES_KEPT:
             del unsent[0]
 
-    def _book_of(self, market: Market, quote: Quote) -> _Book:
+    def _book_of(self, market: Market, quote: Quote) -> SyntheticBook:
         book = self._books.get(market.symbol)
         if book is None:
-            book = self._books[market.symbol] = _Book(market, quote)
+            book = self._books[market.symbol] = SyntheticBook(market, quote, BOOK_DEPTH)
         return book
 
     def _render_book(self, inst_id: str, market: Market, quote: Quote, *, snapshot: bool) -> str:
@@ -656,76 +656,3 @@ def _levels_json(levels: Iterable[tuple[str, str]]) -> str:
     return "[" + ",".join(f'["{px}","{sz}","0","{0 if _float(sz) == 0.0 else 1}"]' for px, sz in levels) + "]"
 
 
-class _Book:
-    """One market's synthetic order book: :data:`BOOK_DEPTH` levels a side around the walk's touch.
-
-    Prices and sizes are kept in ticks and lots (integers), so a level prints exactly as the
-    ticker prints the same price; each level keeps its texts, printed once when it changes
-    (printing is most of the cost of a frame). :meth:`apply` moves the book to a step of the
-    walk and collects the changed levels until :meth:`take` hands them to an update.
-    """
-
-    __slots__ = ("_asks", "_bids", "_changed", "_p", "_rng", "_s", "_tick", "_unit", "seq")
-
-    def __init__(self, market: Market, quote: Quote) -> None:
-        self._tick = 10.0 ** -market.price_decimals
-        self._unit = 10.0 ** -market.size_decimals
-        self._p, self._s = market.price_decimals, market.size_decimals
-        self._rng = random.Random(f"book:{market.symbol}:{quote.update_id}")
-        # ticks -> (lots, price text, size text)
-        self._bids: dict[int, tuple[int, str, str]] = {}
-        self._asks: dict[int, tuple[int, str, str]] = {}
-        self._changed: dict[tuple[bool, int], tuple[str, str]] = {}  # (is bid, ticks) -> texts; size 0: deleted
-        self.seq: int | None = None
-
-    def _set(self, bid: bool, ticks: int, lots: int) -> None:
-        side = self._bids if bid else self._asks
-        price = f"{ticks * self._tick:.{self._p}f}"
-        size = f"{lots * self._unit:.{self._s}f}" if lots else "0"  # a deletion, as the venues print it
-        if lots:
-            side[ticks] = (lots, price, size)
-        else:
-            side.pop(ticks, None)
-        self._changed[(bid, ticks)] = (price, size)
-
-    def _lots(self, mid: float) -> int:
-        # Depth worth roughly 100 to 100,000 quote units a level, log-uniform, as the walk's touch.
-        return int(10.0 ** (2.0 + 3.0 * self._rng.random()) / (mid * self._unit)) or 1
-
-    def apply(self, quote: Quote) -> None:
-        """Move the book to a step: its touch becomes the quote's bid and ask, with their sizes."""
-        top_bid, top_ask = round(quote.bid / self._tick), round(quote.ask / self._tick)
-        mid = (quote.bid + quote.ask) / 2.0
-        for ticks in [t for t in self._bids if t > top_bid]:
-            self._set(True, ticks, 0)
-        for ticks in [t for t in self._asks if t < top_ask]:
-            self._set(False, ticks, 0)
-        for bid, top, size in ((True, top_bid, quote.bid_size), (False, top_ask, quote.ask_size)):
-            side = self._bids if bid else self._asks
-            lots = max(1, round(size / self._unit))
-            if side.get(top, (0,))[0] != lots:
-                self._set(bid, top, lots)
-            if len(side) > 1 and self._rng.random() < 0.5:  # some depth away from the touch changes too
-                deeper = [t for t in side if t != top]
-                self._set(bid, self._rng.choice(deeper), self._lots(mid))
-            worst = (min(side) if bid else max(side)) if len(side) < BOOK_DEPTH else 0
-            while len(side) < BOOK_DEPTH:
-                gap = 1 + int(self._rng.random() * 3)
-                worst = worst - gap if bid else worst + gap
-                if worst <= 0:
-                    break
-                self._set(bid, worst, self._lots(mid))
-            while len(side) > BOOK_DEPTH:
-                self._set(bid, min(side) if bid else max(side), 0)
-
-    def take(self) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
-        """The levels changed since the last call, bids and asks best first (size zero: deleted)."""
-        changed, self._changed = self._changed, {}
-        bids = [changed[key] for key in sorted((key for key in changed if key[0]), reverse=True)]
-        asks = [changed[key] for key in sorted(key for key in changed if not key[0])]
-        return bids, asks
-
-    def levels(self, bids: bool) -> list[tuple[str, str]]:
-        """The current levels of one side, best first."""
-        side = self._bids if bids else self._asks
-        return [side[t][1:] for t in sorted(side, reverse=bids)]
