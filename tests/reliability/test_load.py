@@ -96,9 +96,12 @@ class Puller:
     latencies: list[float] = field(default_factory=list)
     errors: list[tuple[float, str]] = field(default_factory=list)
 
-    def run(self, until: threading.Event) -> None:
+    def run(self, until: threading.Event, paused: threading.Event | None = None) -> None:
         ticket = flight.Ticket(f"{self.symbol}?latest=100".encode())
         while not until.is_set():
+            if paused is not None and paused.is_set():
+                until.wait(PULL_PAUSE_S)
+                continue
             started = time.monotonic()
             try:
                 table = self.client.do_get(ticket, OPTIONS).read_all()
@@ -153,13 +156,14 @@ def test_load(stack: ExitStack, steady: float) -> None:
     assert wait_until(lambda: len(_appended(control)) == len(SYMBOLS)
                       and min(_appended(control).values()) >= 100, 30)
     pulling = threading.Event()
+    paused = threading.Event()
     tails = [Tail(SYMBOLS[i % len(SYMBOLS)], connect()) for i in range(TAILS)]
     # The tails start from the oldest stored tick; nothing may have been evicted before.
     appended = _appended(control)
     assert max(appended.values()) < BUFFER, f"rings already wrapped before tails opened: {appended}"
     pullers = [Puller(SYMBOLS[i % len(SYMBOLS)], connect()) for i in range(PULLERS)]
     threads = [threading.Thread(target=t.run, daemon=True) for t in tails]
-    threads += [threading.Thread(target=p.run, args=(pulling,), daemon=True) for p in pullers]
+    threads += [threading.Thread(target=p.run, args=(pulling, paused), daemon=True) for p in pullers]
     # Clients that stop reading: a live tail now and, once the rings are full, large DoGets.
     never = flight.FlightCallOptions()  # no deadline: these stay open until the server stops
     stalled = [connect().do_get(flight.Ticket(f"{SYMBOLS[0]}?follow=true".encode()), never)]
@@ -193,8 +197,13 @@ def test_load(stack: ExitStack, steady: float) -> None:
           f"{sum(_appended(control).values()) / elapsed:.0f} ticks/s while serving "
           f"{pulls / elapsed:.0f} pulls/s; rings full after {warm_at - started - 1:.1f} s")
 
-    # Silence the exchange for a moment: then every tail must have every stored tick.
+    # Silence the exchange for a moment: then every tail must have every stored tick. The
+    # pullers pause meanwhile: with thread ingestion, 32 pulling clients leave the ingestion
+    # thread a small share of the GIL (it stored a third of what the emulator sent above), and
+    # the check here is that nothing is lost, not how fast a backlog drains under load
+    # (benchmarks/ measures that).
     _fault(str(emulator.ready_value), {"fault": "stall", "duration": 600})
+    paused.set()
     final: dict[str, int] = {}
 
     def settled() -> bool:
@@ -215,6 +224,7 @@ def test_load(stack: ExitStack, steady: float) -> None:
             f"{tail.symbol}: the tail's newest rows differ from the store")
 
     # Full load again, then SIGTERM with every client and the unread streams still open.
+    paused.clear()
     _fault(str(emulator.ready_value), None)
     # Loaded again: every ring has taken another 500 ticks since the stall ended.
     assert wait_until(lambda: all(n > final[s] + 500 for s, n in _appended(control).items()), 30)
