@@ -4,6 +4,15 @@
 buffer filled with :mod:`benchmarks.ticks`, or, with ``--exchange-url``, a whole
 :class:`~flight_md.app.MarketDataApp` that also ingests from an emulator through ccxt.
 
+Persistence is on by default in ``flight-md serve`` and ``MarketDataApp``: every ingesting
+server child gets a data dir of its own (``--data-dir``), a temporary one that the parent
+deletes when the child closes unless the caller names one, so that two servers never share a
+data dir (its lock refuses the second) and nothing lands in ``$XDG_DATA_HOME``. ``--memory-only``
+runs the app without persistence, for comparisons with it. ``--history`` runs a
+``MarketDataApp`` with no ingestion over an existing data dir (a restart: recovery, then the
+history and refilled rings served). The buffer-filled server without ``--exchange-url`` is a bare
+:class:`FlightMarketDataServer`, which never persists.
+
 ``python -m benchmarks.servers bare ...`` is the floor flight_md is compared against: a Flight
 server with nothing between the request and the bytes. For each ``--ticket`` it builds, at
 start and without flight_md's buffer, the table that ticket asks for: the same deterministic
@@ -30,9 +39,12 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shutil
 import sys
+import tempfile
 from collections.abc import Callable, Sequence
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
@@ -125,21 +137,36 @@ def _counts(buffer: MarketDataBuffer) -> dict[str, Any]:
             "stored": {s.symbol: s.stored for s in stats}}
 
 
+def _persist_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The ``ServerConfig`` persistence fields the child's flags ask for."""
+    if args.memory_only:
+        return {"memory_only": True}
+    if not args.data_dir:
+        raise SystemExit("a persisting flight_md child needs --data-dir (or --memory-only)")
+    options: dict[str, Any] = {"data_dir": Path(args.data_dir)}
+    if args.seal_interval is not None:
+        options["seal_interval"] = args.seal_interval
+    return options
+
+
 def _run_flight_md(args: argparse.Namespace) -> None:
     interval = os.environ.get("FLIGHT_MD_BENCH_SWITCH_INTERVAL")
     if interval:
         sys.setswitchinterval(float(interval))
-    if args.exchange_url:
+    if args.exchange_url or args.history:
         from flight_md.app import MarketDataApp
         from flight_md.config import ServerConfig, StreamConfig
 
-        stream = StreamConfig(args.exchange,
-                              tuple(ticks.venue_symbols(args.exchange, args.ingest_symbols)),
-                              channel=args.channel, mode="websocket", url=args.exchange_url,
-                              buffer_size=args.buffer_size, heartbeat_interval=30.0,
-                              reconnect_delay=0.5, max_reconnect_delay=5.0)
-        app = MarketDataApp(ServerConfig(port=0, buffer_size=args.buffer_size,
-                                         streams=(stream,), ingest_process=args.ingest_process))
+        streams: tuple[StreamConfig, ...] = ()
+        if args.exchange_url:
+            streams = (StreamConfig(
+                args.exchange, tuple(ticks.venue_symbols(args.exchange, args.ingest_symbols)),
+                channel=args.channel, mode="websocket", url=args.exchange_url,
+                buffer_size=args.buffer_size, heartbeat_interval=30.0, reconnect_delay=0.5,
+                max_reconnect_delay=5.0),)
+        app = MarketDataApp(ServerConfig(port=0, buffer_size=args.buffer_size, streams=streams,
+                                         ingest_process=args.ingest_process,
+                                         **_persist_options(args)))
         _fill(app.buffer, args.fill_symbols, args.fill_ticks)
         app.start()
         buffer = app.buffer
@@ -182,19 +209,47 @@ def _main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--exchange", default="binance")
     parser.add_argument("--channel", default="bidask", choices=("bidask", "ticker"))
     parser.add_argument("--ingest-process", action="store_true")
+    parser.add_argument("--data-dir")
+    parser.add_argument("--memory-only", action="store_true")
+    parser.add_argument("--history", action="store_true")
+    parser.add_argument("--seal-interval", type=float)
     parser.add_argument("--max-seconds", type=float, default=900)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     (_run_flight_md if args.kind == "flight_md" else _run_bare)(args)
 
 
+class _ServerChild(Child):
+    """A server child that owns a scratch data dir, deleted when the child closes."""
+
+    def __init__(self, *args: str, scratch: Path | None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.scratch = scratch
+
+    def close(self, grace: float = 10.0) -> None:
+        try:
+            super().close(grace)
+        finally:
+            if self.scratch is not None:
+                shutil.rmtree(self.scratch, ignore_errors=True)
+                self.scratch = None
+
+
 def flight_md_server(*, buffer_size: int = 10_000, fill_symbols: int = 0, fill_ticks: int = 0,
                      exchange_url: str | None = None, ingest_symbols: int = 20,
                      channel: str = "bidask", name: str = "flight_md",
                      ingest_process: bool = False, max_seconds: float = 900,
-                     exchange: str = "binance") -> Child:
+                     exchange: str = "binance", data_dir: Path | None = None,
+                     memory_only: bool = False, history: bool = False,
+                     seal_interval: float | None = None) -> Child:
     """A flight_md server child (not started: use it in a ``with``); with ``exchange_url``
-    it ingests :func:`benchmarks.ticks.venue_symbols` of ``exchange`` from there."""
+    it ingests :func:`benchmarks.ticks.venue_symbols` of ``exchange`` from there.
+
+    An ingesting (or ``history``) server persists, with the default settings, into
+    ``data_dir``, or into a scratch dir of its own that is deleted when the child closes;
+    ``memory_only`` turns persistence off. ``history``: no ingestion, the data dir's history
+    served (``data_dir`` required).
+    """
     args = ["flight_md", "--buffer-size", str(buffer_size), "--fill-symbols", str(fill_symbols),
             "--fill-ticks", str(fill_ticks)]
     if exchange_url:
@@ -202,8 +257,22 @@ def flight_md_server(*, buffer_size: int = 10_000, fill_symbols: int = 0, fill_t
                  "--channel", channel, "--exchange", exchange]
         if ingest_process:
             args.append("--ingest-process")
-    return Child("benchmarks.servers", *args, name=name, start_timeout=120.0,
-                 max_seconds=max_seconds)
+    if history:
+        if data_dir is None or memory_only:
+            raise ValueError("a history server needs a data_dir and persistence")
+        args.append("--history")
+    scratch = None
+    if exchange_url or history:
+        if memory_only:
+            args.append("--memory-only")
+        else:
+            if data_dir is None:
+                data_dir = scratch = Path(tempfile.mkdtemp(prefix=f"flight_md-bench-{name}-"))
+            args += ["--data-dir", str(data_dir)]
+            if seal_interval is not None:
+                args += ["--seal-interval", f"{seal_interval:g}"]
+    return _ServerChild("benchmarks.servers", *args, name=name, start_timeout=120.0,
+                        max_seconds=max_seconds, scratch=scratch)
 
 
 def bare_server(tickets: Sequence[str], *, buffer_size: int = 10_000, fill_symbols: int = 0,
