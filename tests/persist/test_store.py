@@ -204,10 +204,10 @@ def test_a_ring_wrapping_between_commits_holds_every_row_until_it_is_in_history(
     assert store.flush().rows == 3000
     assert_rows(history(tmp_path / "data"), 3000)
     assert buffer.held_rows() == 0
-    fill(buffer, 3000, 1000)
-    assert store.flush().rows == 1000
-    assert_rows(history(tmp_path / "data"), 4000)
-    assert buffer.stats()[0].appended == 4000
+    fill(buffer, 3000, 500)
+    assert store.flush().rows == 500
+    assert_rows(history(tmp_path / "data"), 3500)
+    assert buffer.stats()[0].appended == 3500
 
 
 def test_clear_empties_the_ring_not_the_history(
@@ -508,3 +508,64 @@ def test_degraded_with_concurrent_ingest_loses_nothing(
     store.flush()
     assert_rows(history(root), appended)
 
+
+
+@pytest.mark.xfail(strict=True, reason="store.py _open numbers a ring on from the history's newest "
+                   "row, below rows still only in the journal; the new run's rows are then "
+                   "skipped as duplicates (persist-bugs.md #3)")
+def test_a_restart_with_rows_still_in_the_journal_loses_none(
+        open_store: Callable[..., Persistence], small_fs: Path) -> None:
+    first_buffer = MarketDataBuffer(8)
+    first = open_store(first_buffer, history_uri=str(small_fs))
+    fill(first_buffer, 0, 1000)
+    first.flush()
+    fill(first_buffer, 1000, 1000)
+    filler = fill_disk(small_fs)
+    first.close()  # the final move fails: 1000..1999 stay in the journal
+
+    buffer = MarketDataBuffer(8)
+    store = open_store(buffer, history_uri=str(small_fs))  # the disk is still full
+    assert store.status()["state"] == "degraded"
+    fill(buffer, 2000, 500)
+    filler.unlink()
+    store.flush()
+    assert_rows(history(small_fs), 2500)
+    assert buffer.stats()[0].appended == 2500
+
+
+@pytest.mark.xfail(strict=True, reason="journal.py Journal.close sets _closing before its final "
+                   "feed, so events recorded by the final flush are never journalled "
+                   "(persist-bugs.md #4)")
+def test_events_recorded_while_closing_are_journalled(
+        open_store: Callable[..., Persistence], small_fs: Path) -> None:
+    buffer, events = MarketDataBuffer(8), EventLog()
+    first = open_store(buffer, events, history_uri=str(small_fs))
+    filler = fill_disk(small_fs)
+    fill(buffer, 0, 100)
+    first.close()  # its flush fails and records persist_error
+    assert len(events_of(events, EventKind.PERSIST_ERROR)) == 1
+    filler.unlink()
+
+    again = EventLog()
+    open_store(MarketDataBuffer(8), again, history_uri=str(small_fs))
+    assert_rows(history(small_fs), 100)
+    assert len(events_of(again, EventKind.PERSIST_ERROR)) == 1
+
+
+@pytest.mark.xfail(strict=True, reason="store.py flush keeps a failed rotate as _history_error: "
+                   "degraded until the next successful flush although the journal works again "
+                   "(persist-bugs.md #5)")
+def test_a_journal_that_works_again_resumes_without_waiting_for_a_flush(
+        open_store: Callable[..., Persistence], small_fs: Path) -> None:
+    buffer, events = MarketDataBuffer(8), EventLog()
+    store = open_store(buffer, events, data_dir=small_fs / "data")
+    journal = store.journal
+    assert journal is not None
+    filler = fill_disk(small_fs)
+    fill(buffer, 0, 500)
+    until(lambda: store.status()["state"] == "degraded", 5 * MS, "the failed commit noticed")
+    store.flush()  # the rotate fails too
+    filler.unlink()
+    until(lambda: journal.stats().last_error is None and journal.stats().pending_rows == 0,
+          5 * MS, "commits resumed")
+    until(lambda: store.status()["state"] == "ok", 1 * MS, "persistence resumed")
