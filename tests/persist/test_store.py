@@ -111,7 +111,8 @@ def open_store(tmp_path: Path) -> Iterator[Callable[..., Persistence]]:
 
 @pytest.fixture
 def small_fs(tmp_path: Path) -> Iterator[Path]:
-    """A real 1 MB tmpfs (root only; skipped where mounting is refused)."""
+    """A real 1 MB tmpfs (root only; skipped where mounting is refused). Request it before
+    ``open_store`` so the stores are closed before it is unmounted."""
     mount_point = tmp_path / "small"
     mount_point.mkdir()
     if os.geteuid() != 0 or shutil.which("mount") is None:
@@ -167,7 +168,7 @@ def test_rows_appended_while_flushes_run_reach_the_history_once(
         open_store: Callable[..., Persistence], tmp_path: Path) -> None:
     buffer = MarketDataBuffer(8)
     store = open_store(buffer)
-    n = 2500
+    n = 1500
     series = [("BTC/USDT", "binance"), ("ETH/USDT", "bybit")]
 
     def ingest() -> None:
@@ -420,11 +421,11 @@ def broken_history(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[Path
 
 
 def test_an_unwritable_history_degrades_then_resumes_without_losing_rows(
-        open_store: Callable[..., Persistence], broken_history: tuple[Path, Any]) -> None:
+        broken_history: tuple[Path, Any], open_store: Callable[..., Persistence]) -> None:
     root, break_it = broken_history
     buffer, events = MarketDataBuffer(8), EventLog()
     store = open_store(buffer, events, history_uri=str(root))
-    fill(buffer, 0, 3000)
+    fill(buffer, 0, 2000)
     repair = break_it(root)
 
     assert store.flush().rows == 0
@@ -436,9 +437,9 @@ def test_an_unwritable_history_degrades_then_resumes_without_losing_rows(
     # Memory stays bounded: the ring no longer holds evicted rows for the history...
     assert buffer.held_rows() == 0
     # ...and serving from memory goes on.
-    fill(buffer, 3000, 1000)
+    fill(buffer, 2000, 500)
     assert buffer.get_latest_sync("BTC/USDT", 100).column("price").to_pylist() == [
-        float(i) for i in range(3992, 4000)]
+        float(i) for i in range(2492, 2500)]
     store.flush()
     assert store.status()["state"] == "degraded"
     assert buffer.held_rows() == 0
@@ -447,15 +448,15 @@ def test_an_unwritable_history_degrades_then_resumes_without_losing_rows(
 
     repair()
     result = store.flush()
-    assert result.rows == 4000
+    assert result.rows == 2500
     status = store.status()
     assert (status["state"], status["last_error"]) == ("ok", None)
     assert len(events_of(events, EventKind.PERSIST_RESUMED)) == 1
-    assert_rows(history(root), 4000)
+    assert_rows(history(root), 2500)
 
 
 def test_a_full_journal_disk_degrades_keeps_the_rows_pending_and_resumes(
-        open_store: Callable[..., Persistence], small_fs: Path) -> None:
+        small_fs: Path, open_store: Callable[..., Persistence]) -> None:
     buffer, events = MarketDataBuffer(8), EventLog()
     store = open_store(buffer, events, data_dir=small_fs / "data")
     filler = fill_disk(small_fs)
@@ -514,7 +515,7 @@ def test_degraded_with_concurrent_ingest_loses_nothing(
                    "row, below rows still only in the journal; the new run's rows are then "
                    "skipped as duplicates (persist-bugs.md #3)")
 def test_a_restart_with_rows_still_in_the_journal_loses_none(
-        open_store: Callable[..., Persistence], small_fs: Path) -> None:
+        small_fs: Path, open_store: Callable[..., Persistence]) -> None:
     first_buffer = MarketDataBuffer(8)
     first = open_store(first_buffer, history_uri=str(small_fs))
     fill(first_buffer, 0, 1000)
@@ -537,7 +538,7 @@ def test_a_restart_with_rows_still_in_the_journal_loses_none(
                    "feed, so events recorded by the final flush are never journalled "
                    "(persist-bugs.md #4)")
 def test_events_recorded_while_closing_are_journalled(
-        open_store: Callable[..., Persistence], small_fs: Path) -> None:
+        small_fs: Path, open_store: Callable[..., Persistence]) -> None:
     buffer, events = MarketDataBuffer(8), EventLog()
     first = open_store(buffer, events, history_uri=str(small_fs))
     filler = fill_disk(small_fs)
@@ -556,7 +557,7 @@ def test_events_recorded_while_closing_are_journalled(
                    "degraded until the next successful flush although the journal works again "
                    "(persist-bugs.md #5)")
 def test_a_journal_that_works_again_resumes_without_waiting_for_a_flush(
-        open_store: Callable[..., Persistence], small_fs: Path) -> None:
+        small_fs: Path, open_store: Callable[..., Persistence]) -> None:
     buffer, events = MarketDataBuffer(8), EventLog()
     store = open_store(buffer, events, data_dir=small_fs / "data")
     journal = store.journal
