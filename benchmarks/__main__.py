@@ -27,7 +27,17 @@ import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from benchmarks import alternatives, buffer_micro, bulk, concurrency, freshness, ingest, latency, memory
+from benchmarks import (
+    alternatives,
+    buffer_micro,
+    bulk,
+    concurrency,
+    freshness,
+    ingest,
+    latency,
+    memory,
+    persist,
+)
 from benchmarks.findings import FINDINGS, PROFILED
 from benchmarks.latency import LoadedServers
 from benchmarks.report import Section, load_average, render
@@ -44,6 +54,7 @@ MEASUREMENTS: dict[str, tuple[str, Callable[..., Section]]] = {
     "memory": ("Memory per stored tick at capacity", memory.measure),
     "alternatives": ("Alternatives: DuckDB and pandas", alternatives.measure),
     "buffer": ("Buffer micro figures (in-process)", buffer_micro.measure),
+    "persist": ("Persistence: journal and Parquet history", persist.measure),
 }
 """In run order. Latency and concurrency run back to back on one ingesting server."""
 _LOADED = ("latency", "concurrency")

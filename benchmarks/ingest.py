@@ -298,11 +298,14 @@ def _cpu(pid: int) -> float:
 
 
 def _one(design: str, channel: str, rate: int, symbols: int, settings: Settings,
-         venue: str = "binance") -> Run:
+         venue: str = "binance", server: Mapping[str, Any] | None = None) -> Run:
+    """One run; ``server``: options of :func:`~benchmarks.servers.flight_md_server` (e.g.
+    ``memory_only``) for the flight_md design (default: the server's defaults)."""
     with exchange(symbols=symbols, rate=rate, venue=venue) as emulator:
         url = emulator.hello["url"]
         consumer = (flight_md_server(exchange_url=url, ingest_symbols=symbols, channel=channel,
-                                     name=f"flight_md-ingest-{venue}", exchange=venue)
+                                     name=f"flight_md-ingest-{venue}", exchange=venue,
+                                     **(server or {}))
                     if design == "flight_md"
                     else _naive(url, symbols, channel, per_symbol=True, venue=venue))
         with consumer:
@@ -684,14 +687,16 @@ def parse_ceiling(channel: str, symbols: int, rate: int, settings: Settings,
 
 def _search(symbols: int, settings: Settings, runs: list[Run], *, venue: str = "binance",
             channel: str = "bidask", rates: Sequence[int] | None = None,
-            steps: int | None = None, max_rate: int | None = None) -> dict[int, bool]:
+            steps: int | None = None, max_rate: int | None = None,
+            server: Mapping[str, Any] | None = None) -> dict[int, bool]:
     """Run flight_md at the fixed rates, then search; every run is appended to ``runs``.
 
-    The defaults are the Binance bidask search's settings (``ingest_*``).
+    The defaults are the Binance bidask search's settings (``ingest_*``); ``server`` as for
+    :func:`_one`.
     """
     kept_up: dict[int, bool] = {}
     for rate in settings.ingest_rates if rates is None else rates:
-        run = _one("flight_md", channel, rate, symbols, settings, venue)
+        run = _one("flight_md", channel, rate, symbols, settings, venue, server)
         runs.append(run)
         kept_up[rate] = run.kept_up
     for _ in range(settings.ingest_search_steps if steps is None else steps):
@@ -700,7 +705,7 @@ def _search(symbols: int, settings: Settings, runs: list[Run], *, venue: str = "
                           resolution=settings.ingest_resolution)
         if probe is None:
             break
-        run = _one("flight_md", channel, probe, symbols, settings, venue)
+        run = _one("flight_md", channel, probe, symbols, settings, venue, server)
         runs.append(run)
         kept_up[probe] = run.kept_up
     return kept_up

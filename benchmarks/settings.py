@@ -64,6 +64,22 @@ class Settings:
         ingest_process_modes: Where flight_md ingests in the latency, concurrency and
             freshness sections: ``False`` on a thread of the server process (the
             default), ``True`` in a child process (``--ingest-process``).
+        persist_symbols: Symbols of the persistence section's ticker ingest and kill -9 runs.
+        persist_rates: Rates the --memory-only search starts from.
+        persist_search_steps: Runs each of the two searches may add.
+        persist_max_rate: Highest rate the searches probe.
+        persist_kill_rate: Emulator rate of the kill -9 run (the goal's: 5,000 msg/s).
+        persist_kill_seconds: Seconds the live tails record before the kill.
+        persist_recovery_rows: Journalled rows of the recovery measurement (the goal's: 10 M).
+        persist_recovery_symbols: Symbols interleaved in every group commit of that journal.
+        persist_commit_rows: Rows per group commit of that journal.
+        persist_recovery_repetitions: Timed reads of the journal alone.
+        persist_pull_rows: History rows of the one symbol of the range pull (the goal's: 10 M).
+        persist_pull_chunk: Rows per history file of the range pull.
+        persist_pull_repetitions: Timed pulls on each side.
+        persist_ring: Ring capacity of the server serving the range pull.
+        persist_seal_run: Also run the persisting server at the lossless rate with a seal
+            every second.
     """
 
     smoke: bool
@@ -111,6 +127,21 @@ class Settings:
     concurrency_seconds: float
     client_processes: int
     ingest_process_modes: tuple[bool, ...]
+    persist_symbols: int
+    persist_rates: tuple[int, ...]
+    persist_search_steps: int
+    persist_max_rate: int
+    persist_kill_rate: int
+    persist_kill_seconds: float
+    persist_recovery_rows: int
+    persist_recovery_symbols: int
+    persist_commit_rows: int
+    persist_recovery_repetitions: int
+    persist_pull_rows: int
+    persist_pull_chunk: int
+    persist_pull_repetitions: int
+    persist_ring: int
+    persist_seal_run: bool
 
 
 FULL = Settings(
@@ -159,6 +190,21 @@ FULL = Settings(
     concurrency_seconds=2.0,
     client_processes=4,
     ingest_process_modes=(False, True),
+    persist_symbols=20,
+    persist_rates=(4_000,),
+    persist_search_steps=3,
+    persist_max_rate=32_000,
+    persist_kill_rate=5_000,
+    persist_kill_seconds=10.0,
+    persist_recovery_rows=10_000_000,
+    persist_recovery_symbols=200,
+    persist_commit_rows=33_000,
+    persist_recovery_repetitions=3,
+    persist_pull_rows=10_000_000,
+    persist_pull_chunk=1_000_000,
+    persist_pull_repetitions=3,
+    persist_ring=1_000,
+    persist_seal_run=True,
 )
 
 SMOKE = Settings(
@@ -207,4 +253,19 @@ SMOKE = Settings(
     concurrency_seconds=0.5,
     client_processes=2,
     ingest_process_modes=(False,),  # the process mode is the same code with one flag
+    persist_symbols=3,
+    persist_rates=(300,),
+    persist_search_steps=0,
+    persist_max_rate=600,
+    persist_kill_rate=500,
+    persist_kill_seconds=1.0,
+    persist_recovery_rows=40_000,
+    persist_recovery_symbols=20,
+    persist_commit_rows=1_000,
+    persist_recovery_repetitions=1,
+    persist_pull_rows=100_000,
+    persist_pull_chunk=25_000,
+    persist_pull_repetitions=2,
+    persist_ring=1_000,
+    persist_seal_run=False,
 )
