@@ -720,7 +720,7 @@ def _kill_tables(result: KillResult | None, settings: Settings, section: Section
         table = Table(("Rate msg/s", "Symbols", "Tailed for", "Commit interval",
                        "Sent by the emulator", "Stored (ticks_appended)", "Tails held",
                        "Held before kill - interval", "Of those not back", "Held later",
-                       "Of those not back", "Back more often than held", "Back, never tailed",
+                       "Later ones not back", "Back more often than held", "Back, never tailed",
                        "Oldest row not back, age at kill", "History sequence gaps",
                        "History sequence duplicates"))
         table.add(f"{settings.persist_kill_rate:,} (sent {show(result.rate, '/s')})",

@@ -38,7 +38,7 @@ from flight_md.buffer import MarketDataBuffer
 
 MS = float(os.environ.get("FLIGHT_MD_TIME_SCALE", "1"))
 SECTIONS = ("Ingest", "Query latency", "Concurrency", "Bulk range pull", "Freshness", "Memory",
-            "Alternatives", "Buffer micro figures")
+            "Alternatives", "Buffer micro figures", "Persistence")
 
 
 # -- reading a report back ---------------------------------------------------------------------
@@ -247,6 +247,44 @@ def _assert_ratios(text: str) -> None:
             _assert_ratio(row["Ratio"], row["flight_md"], row["deque + from_pylist"], "buffer")
 
 
+def _assert_persist(text: str) -> None:
+    """The persistence section's ratios, counts and per-10 M figures are its printed ones."""
+    part = _section(text, "Persistence")
+    goals = {row["Goal"]: row for row in _table(text.split("## Goals", 1)[1], "Goal", "Verdict")}
+    runs = _table(part, "Target msg/s", "Design", "Kept up")
+    _assert_kept_up_cells(runs)
+    summary = {row["Server"]: row for row in _table(part, "Server", "Ratio to --memory-only")}
+    for server, design in (("--memory-only", "--memory-only"),
+                           ("persisting (default settings)", "persisting (default settings)")):
+        probed = {int(_number(r["Target msg/s"])): r["Kept up"] == "yes" for r in runs
+                  if r["Design"] == design}
+        best = lossless_rate(probed)
+        assert summary[server]["Lossless rate (kept up)"] == (
+            f"{best:,} msg/s" if best is not None else f"below {min(probed):,} msg/s")
+    persisting = summary["persisting (default settings)"]
+    _assert_ratio(persisting["Ratio to --memory-only"], persisting["Lossless rate (kept up)"],
+                  summary["--memory-only"]["Lossless rate (kept up)"], "persist ingest")
+    assert goals["Lossless ticker ingest, persistence on vs --memory-only"]["Measured"] \
+        .startswith(persisting["Ratio to --memory-only"])
+    kill = _table(part, "Held before kill - interval", "Tails held")
+    assert len(kill) == 1
+    row = kill[0]
+    goal = next(g for name, g in goals.items() if name.startswith("Ticks lost on kill -9"))
+    assert goal["Measured"].startswith(f"{row['Of those not back']} (of "
+                                       f"{row['Held before kill - interval']})"), (goal, row)
+    assert _number(row["Held before kill - interval"]) + _number(row["Held later"]) == \
+        _number(row["Tails held"])
+    for row in _table(part, "What is timed", "Per 10 M rows"):
+        want = _number(row["Seconds"]) * 10_000_000 / _number(row["Rows"])
+        assert abs(_number(row["Per 10 M rows"]) - want) <= 0.01 * want, row
+    pull = _table(part, "Reader", "flight_md / DuckDB")
+    assert pull[1]["Reader"].startswith("DuckDB")
+    for row in pull:
+        _assert_ratio(row["flight_md / DuckDB"], row["Rows/s"], pull[1]["Rows/s"], "persist pull")
+    assert goals["Range pull from history over Flight vs DuckDB read_parquet in-process"][
+        "Measured"].startswith(pull[0]["flight_md / DuckDB"])
+
+
 @pytest.mark.timeout(int(300 * MS))
 def test_smoke_run_produces_every_section_with_consistent_verdicts(tmp_path: Path) -> None:
     out = tmp_path / "BENCHMARKS.md"
@@ -269,6 +307,7 @@ def test_smoke_run_produces_every_section_with_consistent_verdicts(tmp_path: Pat
     _assert_ingest(text)
     _assert_venues(text, SMOKE.venues or ())
     _assert_ratios(text)
+    _assert_persist(text)
     # The README quotes the goals table exactly as the report prints it.
     assert blocks(text)["goals"].splitlines() == _goal_lines(text)
 
@@ -384,6 +423,24 @@ def test_the_search_finds_the_highest_rate_that_kept_up() -> None:
     assert next_rate({5_000: True, 10_000: False, 20_000: True}, max_rate=80_000,
                      resolution=0.1) == 7_000
     assert next_rate({}, max_rate=80_000, resolution=0.1) is None
+
+
+def test_kill_nine_counts_rows_lost_before_the_commit_interval_apart_from_newer_ones() -> None:
+    from benchmarks.persist import count_kill
+
+    a, b, c, d = ("X", 1), ("X", 2), ("Y", 1), ("Y", 2)
+    # Held at 1.0, 2.0, 9.85 and 9.95 s; the kill at 10.0 s, a 0.2 s commit interval.
+    seen = [(1.0, a), (2.0, b), (9.85, c), (9.95, d)]
+    assert count_kill(seen, [a, b, c, d], 10.0, 0.2) == count_kill(seen, [d, c, b, a], 10.0, 0.2)
+    whole = count_kill(seen, [a, b, c, d, ("Z", 1)], 10.0, 0.2)
+    assert (whole.old, whole.old_missing, whole.new, whole.new_missing) == (2, 0, 2, 0)
+    assert (whole.duplicated, whole.unseen) == (0, 1) and math.isnan(whole.oldest_missing_s)
+    lost = count_kill(seen, [a, a, d], 10.0, 0.2)  # b (old) and c (new) lost, a twice
+    assert (lost.old_missing, lost.new_missing, lost.duplicated) == (1, 1, 1)
+    assert lost.oldest_missing_s == pytest.approx(8.0)
+    # A row held twice must come back twice: multisets, not sets.
+    twice = count_kill([(1.0, a), (1.5, a)], [a], 10.0, 0.2)
+    assert (twice.old, twice.old_missing, twice.duplicated) == (2, 1, 0)
 
 
 def test_freshness_counts_lost_and_unmatched_ticks() -> None:
