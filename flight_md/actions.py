@@ -11,6 +11,7 @@ unsubscribe    ``{"symbols": ["BTC/USDT", ...], "exchange": "binance"}``   ``{"e
 clear          ``{"symbols": [...]}`` (absent: all) ``, "exchange": ...``  ``{"cleared": ticks}``
 status         empty or ``{}``                                             see README
 health         empty or ``{}``                                             ``{"ready", "live", "exchanges"}``
+flush          empty or ``{}``                                             ``{"segments", "rows", "files", ...}``
 =============  ==========================================================  ================
 
 ``exchange`` may be omitted when the server runs exactly one exchange.
@@ -48,6 +49,7 @@ class ActionName(StrEnum):
     CLEAR = "clear"
     STATUS = "status"
     HEALTH = "health"
+    FLUSH = "flush"
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +108,10 @@ ACTIONS: Final[dict[ActionName, ActionSpec]] = {
                    'Readiness for load balancers: ready once an exchange is connected. Body: '
                    'empty or {}. Result: {"ready": bool, "live": true, "exchanges": {id: '
                    '{"state", "mode", "ready"}}} (with "reason" when not ready)', False, '{}'),
+        ActionSpec(ActionName.FLUSH,
+                   'Write everything journalled to the Parquet history now. Body: empty or {}. '
+                   'Result: {"segments", "rows", "files", "bytes", "events", "skipped_rows", '
+                   '"seconds"}', True, '{}'),
     )
 }
 
@@ -125,7 +131,7 @@ def parse_action(action_type: str, body: bytes) -> ActionRequest:
                             f"{', '.join(ACTIONS)}") from None
     check_size(body, f"{name} body")
     data = _json_object(name, body)
-    if name in (ActionName.STATUS, ActionName.HEALTH):
+    if name in (ActionName.STATUS, ActionName.HEALTH, ActionName.FLUSH):
         _only(name, data, set())
         return StatusRequest()
     if name is ActionName.CLEAR:

@@ -100,6 +100,9 @@ class MarketDataApp:
         self.server: Any = None
         self.metrics: Any = None
         """The ``/metrics``, ``/healthz``, ``/readyz`` endpoint (``config.metrics_port``), if on."""
+        self.persistence: Any = None
+        """The journal and Parquet history (:class:`~flight_md.persist.store.Persistence`),
+        unless ``config.memory_only``."""
         self.fatal: FlightMdError | None = None
         """An invalid argument found after start-up (a configured symbol the exchange does not
         list, seen once its markets load): ``flight-md serve`` exits 2 with it."""
@@ -125,11 +128,31 @@ class MarketDataApp:
 
         Raises:
             StartupError: The server cannot listen where the config says (checked before
-                ingestion starts, so nothing is left running).
+                ingestion starts, so nothing is left running), or the data dir is in use
+                by another server or unreadable.
         """
-        from flight_md.service import FlightMarketDataServer
-
         check_listen_address(self.config.host, self.config.port)
+        self._open_persistence()
+        try:
+            return self._start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def _open_persistence(self) -> None:
+        persist = self.config.persist_config()
+        if persist is None:
+            return
+        from flight_md.persist.store import Persistence
+
+        channels = {venue_id: "ticker" for venue_id in self.config.demo}
+        channels.update({stream.exchange: stream.channel for stream in self.config.streams})
+        self.persistence = Persistence(persist, self.buffer, self.events, channels).open()
+        logger.debug("data dir %s (fsync %s, commit every %g s)", persist.data_dir,
+                    persist.fsync.value, persist.commit_interval)
+
+    def _start(self) -> Self:
+        from flight_md.service import FlightMarketDataServer
 
         control = None
         if (self.config.demo or self.config.streams) and self.config.ingest_process:
@@ -156,6 +179,10 @@ class MarketDataApp:
                     START_TIMEOUT_S)
                 logger.info("streaming %s: %s", stream.exchange, ", ".join(stream.symbols))
             control = self.ingestion.control()
+        if control is not None and self.persistence is not None:
+            self._repeat_subscriptions(control)
+        if self.persistence is not None:
+            self.persistence.start()
         security = self._security()
         rpc_metrics = None
         if self.config.metrics_port is not None:
@@ -168,7 +195,7 @@ class MarketDataApp:
             self.server = FlightMarketDataServer(self.config.location, self.buffer,
                                                  events=self.events, control=control,
                                                  follow_max_lag=self.config.follow_max_lag,
-                                                 **security)
+                                                 persistence=self.persistence, **security)
         except Exception as exc:
             # pyarrow says only "Server did not start properly" (the reason goes to gRPC's log):
             # the address was taken between the check above and now, or TLS material is unusable.
@@ -181,6 +208,26 @@ class MarketDataApp:
         if rpc_metrics is not None:
             self._start_metrics(rpc_metrics)
         return self
+
+    def _repeat_subscriptions(self, control: Any) -> None:
+        """Repeat what ``subscribe``/``unsubscribe`` changed before the restart."""
+        streamed = {stream.exchange for stream in self.streams}
+        for exchange, change in self.persistence.run_time_subscriptions().items():
+            if exchange not in streamed:
+                logger.warning("not repeating the run-time subscriptions of %s: it is not "
+                               "configured now", exchange)
+                continue
+            for symbols, method in ((change["added"], control.subscribe),
+                                    (change["removed"], control.unsubscribe)):
+                if not symbols:
+                    continue
+                try:
+                    method(exchange, symbols)
+                    logger.info("repeated run-time %s of %s: %s", method.__name__, exchange,
+                                ", ".join(symbols))
+                except FlightMdError as exc:
+                    logger.warning("cannot repeat the run-time %s of %s %s: %s",
+                                   method.__name__, exchange, ", ".join(symbols), exc)
 
     def _start_metrics(self, rpc_metrics: Any) -> None:
         from flight_md.metrics import MetricsEndpoint
@@ -282,6 +329,13 @@ class MarketDataApp:
                 logger.warning("ingestion did not stop cleanly", exc_info=True)
             self.ingestion.stop(grace * 2)
             self.ingestion = None
+        if self.persistence is not None:
+            # After ingestion: everything stored is journalled, then moved into the history.
+            result = self.persistence.close()
+            self.persistence = None
+            if result.rows:
+                logger.info("wrote %d rows to the history (%d files) in %.2f s", result.rows,
+                            result.files, result.seconds)
 
     def __enter__(self) -> Self:
         return self.start()

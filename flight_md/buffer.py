@@ -231,6 +231,13 @@ class _Ring:
         self.last_row: Sequence[float] | None = None  # the newest row (for stats)
         self.followers: set[Follower] = set()
         self.waiting = 0
+        # Persistence (see MarketDataBuffer.persisting): rows below journal_seq were handed to
+        # the journal; rows below history_seq are in the Parquet history. Eviction frees no
+        # row at or above history_seq, so a query can read the rows between the history's
+        # end and the ring's start from here. None: not persisting.
+        self.journal_seq: int | None = None
+        self.history_seq: int | None = None
+        self.cleared: list[tuple[int, list[pa.RecordBatch]]] = []  # unjournalled, then cleared
 
     # -- writer side (caller holds the lock) ---------------------------------------------
 
@@ -277,7 +284,8 @@ class _Ring:
         rows are fewer than ``seal_rows <= capacity / 4``, so they are never evicted.
         """
         segments = self.segments
-        start = self.start_seq
+        start = self.start_seq if self.history_seq is None else min(self.start_seq,
+                                                                   self.history_seq)
         while segments and segments[0].end_seq <= start:
             segments.popleft()
         if segments and start - segments[0].first_seq >= self.seal_rows:
@@ -379,7 +387,17 @@ class _Ring:
                            len(self.followers))
 
     def clear(self) -> None:
-        """Drop every row. Live tails skip to the present."""
+        """Drop every row. Live tails skip to the present.
+
+        When persisting, rows not yet handed to the journal are kept aside for it (a clear
+        empties the ring, not the history), and the history seam moves to the present.
+        """
+        if self.journal_seq is not None and self.journal_seq < self.next_seq:
+            self.cleared.append((self.journal_seq, self.snapshot(self.journal_seq,
+                                                                 self.next_seq)))
+            self.journal_seq = self.next_seq
+        if self.history_seq is not None:
+            self.history_seq = self.next_seq
         self.segments = deque()
         self.fresh = []
         self.fresh_rows = 0
@@ -391,6 +409,39 @@ class _Ring:
         for follower in self.followers:
             follower.cursor = max(follower.cursor, self.next_seq)
         self.changed.notify_all()
+
+
+    # -- persistence (caller holds the lock) ---------------------------------------------
+
+    def take_unjournalled(self) -> list[tuple[int, list[pa.RecordBatch]]]:
+        """Rows not handed to the journal yet, as ``(first_seq, batches)`` runs, oldest
+        first; they count as handed from now on."""
+        assert self.journal_seq is not None
+        out, self.cleared = self.cleared, []
+        if self.journal_seq < self.next_seq:
+            out.append((self.journal_seq, self.snapshot(self.journal_seq, self.next_seq)))
+            self.journal_seq = self.next_seq
+        return out
+
+    def rows_from(self, first_seq: int, start_ms: int | None,
+                  end_ms: int | None) -> list[pa.RecordBatch]:
+        """Rows with sequence numbers from ``first_seq`` (evicted but still held ones
+        included) and ``start_ms <= timestamp < end_ms``, in arrival order."""
+        first_seq = max(first_seq, self.segments[0].first_seq if self.segments else first_seq)
+        batches = self.snapshot(first_seq, self.next_seq) if first_seq < self.next_seq else []
+        if start_ms is None and end_ms is None:
+            return batches
+        lo = -(2**63) if start_ms is None else start_ms
+        hi = 2**63 - 1 if end_ms is None else end_ms
+        out = []
+        for batch in batches:
+            ts = batch.column(_TS).to_numpy(zero_copy_only=True)
+            mask = (ts >= lo) & (ts < hi)
+            if mask.all():
+                out.append(batch)
+            elif mask.any():
+                out.append(batch.filter(pa.array(mask)))
+        return out
 
 
 class Follower:
@@ -471,6 +522,7 @@ class MarketDataBuffer:
         self._rings: dict[tuple[str, str], _Ring] = {}
         self._by_symbol: dict[str, list[str]] = {}
         self._lock = threading.Lock()
+        self._persisting = False
 
     # -- writers -------------------------------------------------------------------------
 
@@ -481,6 +533,8 @@ class MarketDataBuffer:
                 ring = self._rings.get((exchange, symbol))
                 if ring is None:
                     ring = _Ring(exchange, symbol, self.buffer_size)
+                    if self._persisting:
+                        ring.journal_seq = ring.history_seq = 0
                     self._rings = {**self._rings, (exchange, symbol): ring}
                     exchanges = sorted([*self._by_symbol.get(symbol, []), exchange])
                     self._by_symbol = {**self._by_symbol, symbol: exchanges}
@@ -693,6 +747,112 @@ class MarketDataBuffer:
         if start_ms is not None and backlog is not None and table.num_rows > backlog:
             table = table.slice(table.num_rows - backlog)
         return table, follower
+
+    # -- persistence (flight_md.persist.store) -----------------------------------------------
+
+    def persist(self) -> None:
+        """Track what the journal and the history hold, from every ring's next row on.
+
+        From now on :meth:`take_unjournalled` hands each stored row to the journal once, and
+        eviction keeps rows until :meth:`release` says they are in the history, so that a
+        query spanning history and ring has no gap (:meth:`seam_rows`).
+        """
+        with self._lock:
+            self._persisting = True
+            rings = list(self._rings.values())
+        for ring in rings:
+            with ring.lock:
+                if ring.journal_seq is None:
+                    ring.journal_seq = ring.history_seq = ring.next_seq
+
+    @property
+    def persisting(self) -> bool:
+        """Whether :meth:`persist` was called."""
+        return self._persisting
+
+    def take_unjournalled(self) -> list[tuple[str, str, int, list[pa.RecordBatch]]]:
+        """Every ring's rows not handed to the journal yet: ``(exchange, symbol, first_seq,
+        numeric batches)`` per run, each row exactly once over all calls."""
+        out = []
+        for (exchange, symbol), ring in list(self._rings.items()):
+            with ring.lock:
+                if ring.journal_seq is None:
+                    continue
+                runs = ring.take_unjournalled()
+            out += [(exchange, symbol, first, batches) for first, batches in runs if batches]
+        return out
+
+    def release(self, exchange: str, symbol: str, through_seq: int) -> None:
+        """Rows below ``through_seq`` are in the history: eviction may free them now."""
+        ring = self._rings.get((exchange, symbol))
+        if ring is None:
+            return
+        with ring.lock:
+            if ring.history_seq is not None and ring.journal_seq is not None:
+                # Never past the journal: a row not handed to it yet must stay in memory.
+                ring.history_seq = max(ring.history_seq, min(through_seq, ring.journal_seq))
+                ring._evict()
+
+    def held_rows(self) -> int:
+        """Rows evicted from the rings but held until they reach the history."""
+        held = 0
+        for ring in list(self._rings.values()):
+            with ring.lock:
+                if ring.history_seq is not None:
+                    held += max(0, ring.start_seq - ring.history_seq)
+        return held
+
+    def restore(self, exchange: str, symbol: str, numeric: pa.Table, next_seq: int,
+                history_seq: int | None = None) -> None:
+        """Refill an empty ring with its newest rows after a restart.
+
+        Args:
+            numeric: Rows in :data:`~flight_md.schema.NUMERIC_SCHEMA`, oldest first (only
+                the newest ``buffer_size`` are kept).
+            next_seq: The sequence number the next appended row gets (the newest restored
+                row has ``next_seq - 1``), so ``ticks_appended`` continues.
+            history_seq: The first restored row not in the history yet (default: all are);
+                the ring keeps it and every later row until :meth:`release`.
+        """
+        numeric = numeric.select(list(NUMERIC_FIELDS)).cast(NUMERIC_SCHEMA)
+        if numeric.num_rows > self.buffer_size:
+            numeric = numeric.slice(numeric.num_rows - self.buffer_size)
+        if numeric.num_rows > next_seq:
+            raise ValueError(f"cannot restore {numeric.num_rows} rows below sequence {next_seq}")
+        ring = self._ring_for(exchange, symbol)
+        with ring.lock:
+            if ring.next_seq:
+                raise ValueError(f"ring {exchange} {symbol} is not empty")
+            first = next_seq - numeric.num_rows
+            seq = first
+            for batch in numeric.combine_chunks(MEMORY_POOL).to_batches(ring.merge_rows):
+                ring.segments.append(_Segment(batch, seq))
+                seq += batch.num_rows
+            ring.start_seq = first
+            ring.next_seq = ring.sealed_seq = next_seq
+            if ring.journal_seq is not None:
+                ring.journal_seq = next_seq  # restored rows are journalled (or in history)
+                ring.history_seq = next_seq if history_seq is None else max(first, min(
+                    history_seq, next_seq))
+            if numeric.num_rows:
+                last = numeric.slice(numeric.num_rows - 1).to_pylist()[0]
+                ring.last_row = [last[name] for name in NUMERIC_FIELDS]
+
+    def seam_rows(self, symbol: str, exchange: str | None, start_ms: int | None,
+                  end_ms: int | None) -> tuple[_Ring, int | None, list[pa.RecordBatch]]:
+        """The ring's side of a query that spans history and ring.
+
+        Returns:
+            ``(ring, first_seq, batches)``: with persistence, ``first_seq`` is the first row
+            not in the history and ``batches`` every row from it in the range (rows evicted
+            from the ring but not yet in the history included); without, ``None`` and the
+            ring's rows in the range.
+        """
+        ring = self._ring(symbol, exchange)
+        with ring.lock:
+            if ring.history_seq is None:
+                return ring, None, ring.segments_between(start_ms, end_ms)
+            return ring, ring.history_seq, ring.rows_from(ring.history_seq, start_ms, end_ms)
 
     # -- async facade (original API) --------------------------------------------------------
 

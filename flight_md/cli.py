@@ -23,6 +23,7 @@ from typing import Any, Final, NoReturn, cast
 from flight_md import __version__
 from flight_md.config import (
     CHANNELS,
+    FSYNC_MODES,
     MODES,
     STREAM_DEFAULTS,
     ServerConfig,
@@ -107,6 +108,12 @@ def _default(name: str) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
+def _server_default(name: str) -> str:
+    """The one default of a server setting (a ``ServerConfig`` field), as help shows it."""
+    value = ServerConfig.__dataclass_fields__[name].default
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
 def _serve_parser(sub: Any) -> None:
     p = sub.add_parser("serve", help="run the Flight server",
                        description="Run the Flight server. With --demo it streams from a built-in "
@@ -183,6 +190,31 @@ def _serve_parser(sub: Any) -> None:
     add("--metrics-port", type=_port, default=None, metavar="PORT",
         help="serve Prometheus /metrics, /healthz and /readyz over HTTP on this port of --host "
         "(0 picks one) (default off)")
+    add("--data-dir", type=Path, default=None, metavar="DIR",
+        help="where the journal and the Parquet history live; one server per directory "
+        "(default $XDG_DATA_HOME/flight-md, i.e. ~/.local/share/flight-md; --demo: its demo/)")
+    add("--memory-only", action="store_true", default=None,
+        help="keep nothing on disk: a restart starts empty, ranges reach only as far back as "
+        "the rings")
+    add("--history-uri", default=None, metavar="URI",
+        help="keep the Parquet history elsewhere: a directory or s3://bucket/prefix, gs://... "
+        "(default DATA_DIR)")
+    add("--fsync", choices=FSYNC_MODES, default=None,
+        help="what survives a power cut: always fsyncs every commit, interval once per commit "
+        "interval, never leaves it to the OS; kill -9 loses at most one commit interval in "
+        f"every mode (default {_server_default('fsync')})")
+    add("--commit-interval", type=_POSITIVE, default=None, metavar="S",
+        help="seconds between journal group commits: the most a kill -9 loses "
+        f"(default {_server_default('commit_interval')})")
+    add("--seal-interval", type=_POSITIVE, default=None, metavar="S",
+        help="seconds between moves of the journal into the Parquet history "
+        f"(default {_server_default('seal_interval')})")
+    add("--retention", default=None, metavar="DURATION",
+        help="history older than this is removed by whole days, e.g. 30d, 12h, none "
+        "(default 30d; --demo 1d)")
+    add("--max-history-bytes", default=None, metavar="SIZE",
+        help="history beyond this size is removed oldest day first, e.g. 20GB, 500MiB, none "
+        "(default 20GB)")
     add("--shutdown-timeout", type=_POSITIVE, default=SHUTDOWN_TIMEOUT_S, metavar="S",
         help="after SIGINT/SIGTERM, force the process out (exit status 1) if shutdown has not "
         f"finished (default {SHUTDOWN_TIMEOUT_S:g})")
@@ -254,7 +286,14 @@ def build_config(args: argparse.Namespace) -> ServerConfig:
         else base.follow_max_lag,
         ingest_process=args.ingest_process if args.ingest_process is not None
         else base.ingest_process,
-        metrics_port=args.metrics_port if args.metrics_port is not None else base.metrics_port)
+        metrics_port=args.metrics_port if args.metrics_port is not None else base.metrics_port,
+        **{name: getattr(args, name) if getattr(args, name) is not None else getattr(base, name)
+           for name in _PERSIST_OPTIONS})
+
+
+_PERSIST_OPTIONS: Final = ("memory_only", "data_dir", "history_uri", "fsync", "commit_interval",
+                           "seal_interval", "retention", "max_history_bytes")
+"""``serve`` options that set the ServerConfig field of the same name (unset: the file's)."""
 
 
 _STREAM_OPTIONS: Final = ("channel", "mode", "urls", "poll_interval", "heartbeat_interval",
@@ -287,9 +326,12 @@ def _serve(args: argparse.Namespace) -> int:
     app = MarketDataApp(config)
     try:
         app.start()
+        data = (f"data in {app.persistence.data_dir.path}" if app.persistence is not None
+                else "memory only")
         print(f"flight-md serving on {app.location}"
               + (f" (demo: emulated {', '.join(config.demo)} market"
-                 f"{'s' if len(config.demo) > 1 else ''})" if config.demo else ""), flush=True)
+                 f"{'s' if len(config.demo) > 1 else ''}; {data})" if config.demo
+                 else f" ({data})"), flush=True)
         while not stop.wait(0.5) and app.fatal is None:
             pass
     finally:

@@ -28,6 +28,7 @@ masks itself in ``repr`` and ``str``.
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -186,6 +187,24 @@ class ServerConfig:
     metrics_port: int | None = None
     """Serve Prometheus ``/metrics``, ``/healthz`` and ``/readyz`` on this port of ``host``
     (0 picks one); ``None``: off (see :mod:`flight_md.metrics`)."""
+    memory_only: bool = False
+    """Keep nothing on disk (``--memory-only``): a restart starts empty."""
+    data_dir: Path | None = None
+    """Where the journal and history live (``None``: :func:`flight_md.persist.datadir.default_data_dir`,
+    ``$XDG_DATA_HOME/flight-md``, or its ``demo/`` for ``--demo``)."""
+    history_uri: str | None = None
+    """The Parquet history elsewhere than ``DATA_DIR`` (a path or ``s3://bucket/prefix``)."""
+    fsync: str = "interval"
+    """``always`` | ``interval`` | ``never``: what survives a power cut (README "Data on disk")."""
+    commit_interval: float = 0.2
+    """Seconds between journal group commits: the most a ``kill -9`` loses."""
+    seal_interval: float = 60.0
+    """Seconds between moves of the journal into the Parquet history."""
+    retention: str | None = None
+    """How long history is kept, e.g. ``"30d"``, ``"12h"``, ``"none"`` (``None``: 30 days,
+    1 day with ``--demo``)."""
+    max_history_bytes: str | int | None = None
+    """History size limit, e.g. ``"20GB"``, ``"none"`` (``None``: 20 GB)."""
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -228,12 +247,88 @@ class ServerConfig:
         if self.demo and self.streams:
             raise ConfigError("--demo runs its own emulated exchange; drop --exchange/--config "
                               "streams or drop --demo")
+        if not isinstance(self.memory_only, bool):
+            raise ConfigError(must_be("memory_only", "true or false", self.memory_only))
+        if self.data_dir is not None and not isinstance(self.data_dir, Path):
+            object.__setattr__(self, "data_dir", Path(str(self.data_dir)).expanduser())
+        if self.fsync not in FSYNC_MODES:
+            raise ConfigError(must_be("fsync", " or ".join(FSYNC_MODES), self.fsync))
+        for name in ("commit_interval", "seal_interval"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+                raise ConfigError(must_be(name, "a positive number of seconds", value))
+        self.persist_config()  # checks retention and max_history_bytes
+
+    def persist_config(self) -> Any:
+        """The :class:`~flight_md.persist.store.PersistConfig` of this server, ``None`` with
+        ``memory_only``."""
+        from datetime import timedelta
+
+        from flight_md.persist.datadir import default_data_dir
+        from flight_md.persist.journal import FsyncMode
+        from flight_md.persist.retention import (
+            DEFAULT_MAX_HISTORY_BYTES,
+            DEFAULT_RETENTION,
+            DEMO_RETENTION,
+            RetentionPolicy,
+        )
+        from flight_md.persist.store import PersistConfig
+
+        if self.retention is None:
+            max_age: timedelta | None = DEMO_RETENTION if self.demo else DEFAULT_RETENTION
+        else:
+            max_age = parse_duration(self.retention, "retention")
+        max_bytes = (DEFAULT_MAX_HISTORY_BYTES if self.max_history_bytes is None
+                     else parse_bytes(self.max_history_bytes, "max_history_bytes"))
+        if self.memory_only:
+            return None
+        return PersistConfig(
+            data_dir=self.data_dir or default_data_dir(demo=bool(self.demo)),
+            history_uri=self.history_uri, fsync=FsyncMode(self.fsync),
+            commit_interval=float(self.commit_interval), seal_interval=float(self.seal_interval),
+            retention=RetentionPolicy(max_age, max_bytes))
 
     @property
     def location(self) -> str:
         scheme = "grpc+tls" if self.tls_cert else "grpc"
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"{scheme}://{host}:{self.port}"
+
+
+FSYNC_MODES: Final = ("always", "interval", "never")
+_DURATION_RE: Final = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$")
+_DURATION_UNITS: Final = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400, "": 86400}
+_BYTES_RE: Final = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?i?b?)\s*$", re.IGNORECASE)
+_BYTE_UNITS: Final = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6,
+                      "g": 10**9, "gb": 10**9, "t": 10**12, "tb": 10**12, "kib": 2**10,
+                      "mib": 2**20, "gib": 2**30, "tib": 2**40, "ki": 2**10, "mi": 2**20,
+                      "gi": 2**30, "ti": 2**40}
+
+
+def parse_duration(value: object, name: str) -> Any:
+    """``"30d"``, ``"12h"``, ``"90m"``, ``"3600s"``, ``"2w"`` or a number of days as a
+    ``timedelta``; ``"none"`` (or ``"off"``) is ``None``: no limit."""
+    from datetime import timedelta
+
+    if isinstance(value, str) and value.strip().lower() in ("none", "off"):
+        return None
+    match = _DURATION_RE.match(str(value)) if isinstance(value, (str, int, float)) \
+        and not isinstance(value, bool) else None
+    if match is None or float(match.group(1)) <= 0:
+        raise ConfigError(must_be(name, "a positive duration such as 30d, 12h, 90m or none",
+                                  value))
+    return timedelta(seconds=float(match.group(1)) * _DURATION_UNITS[match.group(2)])
+
+
+def parse_bytes(value: object, name: str) -> int | None:
+    """``"20GB"``, ``"500MiB"`` or a number of bytes; ``"none"`` (or ``"off"``): no limit."""
+    if isinstance(value, str) and value.strip().lower() in ("none", "off"):
+        return None
+    match = _BYTES_RE.match(str(value)) if isinstance(value, (str, int)) \
+        and not isinstance(value, bool) else None
+    if match is None or match.group(2).lower() not in _BYTE_UNITS or float(match.group(1)) <= 0:
+        raise ConfigError(must_be(name, "a positive size such as 20GB, 500MiB or none", value))
+    return int(float(match.group(1)) * _BYTE_UNITS[match.group(2).lower()])
 
 
 def must_be(name: str, allowed: str, value: object) -> str:
@@ -322,14 +417,20 @@ def load_config(path: Path) -> ServerConfig:
             read_only += tuple(Secret(v) for v in values)
     paths = {k: _file_key(base, server, k) for k in ("tls_cert", "tls_key", "tls_client_ca")
              if k in server}
-    allowed = {"host", "port", "buffer_size", "follow_max_lag", "ingest_process", "metrics_port"}
+    allowed = {"host", "port", "buffer_size", "follow_max_lag", "ingest_process", "metrics_port",
+               *_PERSIST_KEYS}
     bad = sorted(set(server) - allowed)
     if bad:
         raise ConfigError(f"unknown key {bad[0]!r} in [server]; allowed: "
                           "host, port, buffer_size, follow_max_lag, ingest_process, "
-                          "metrics_port, auth_token_file, "
+                          f"metrics_port, {', '.join(_PERSIST_KEYS)}, auth_token_file, "
                           "read_only_token_file, auth_tokens, read_only_tokens, tls_cert, "
                           "tls_key, tls_client_ca")
+    if "data_dir" in server:
+        value = server.pop("data_dir")
+        if not isinstance(value, str) or not value:
+            raise ConfigError(must_be("[server] data_dir", "a directory name", value))
+        paths["data_dir"] = base / Path(value).expanduser()
     buffer_size = server.get("buffer_size", DEFAULT_BUFFER_SIZE)
     streams = []
     for index, entry in enumerate(entries):
@@ -362,4 +463,10 @@ def load_config(path: Path) -> ServerConfig:
             raise ConfigError(f"invalid settings for exchange {exchange!r}: {exc}") from None
     return ServerConfig(streams=tuple(streams), auth_tokens=tokens, read_only_tokens=read_only,
                         tls_cert=paths.get("tls_cert"), tls_key=paths.get("tls_key"),
-                        tls_client_ca=paths.get("tls_client_ca"), **server)
+                        tls_client_ca=paths.get("tls_client_ca"),
+                        data_dir=paths.get("data_dir"), **server)
+
+
+_PERSIST_KEYS: Final = ("memory_only", "data_dir", "history_uri", "fsync", "commit_interval",
+                        "seal_interval", "retention", "max_history_bytes")
+"""``[server]`` keys of persistence (``ServerConfig`` fields of the same name)."""

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import threading
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Final
@@ -43,6 +43,10 @@ class EventKind(StrEnum):
     CLEAR = "clear"
     MODE = "mode"  # websocket <-> REST polling switch
     ERROR = "error"  # an exchange error that did not drop the connection
+    RECOVERED = "recovered"  # the journal was read back at start (torn tails cut, ...)
+    PERSIST_ERROR = "persist_error"  # the disk refused a write: serving from memory
+    PERSIST_RESUMED = "persist_resumed"  # writes work again
+    QUARANTINED = "quarantined"  # a corrupt file was moved aside
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,10 +76,13 @@ class EventLog:
     """
 
     def __init__(self, capacity: int = DEFAULT_EVENT_CAPACITY) -> None:
+        self.capacity = capacity
         self._events: deque[Event] = deque(maxlen=capacity)
         self._lock = threading.Lock()
         self.recorded = 0
         self._subscribed: dict[str, frozenset[str]] = {}  # exchange -> symbols
+        self.sink: Callable[[Event], None] | None = None
+        """Called with every recorded event (the journal's queue, when persisting)."""
 
     def record(self, exchange: str, kind: EventKind, symbols: Sequence[str] = (),
                detail: str = "", *, timestamp: int | None = None) -> Event:
@@ -91,7 +98,24 @@ class EventLog:
                            else current - set(event.symbols))
                 # Replaced, never mutated: readers take the dict without the lock.
                 self._subscribed = {**self._subscribed, exchange: changed}
+        sink = self.sink
+        if sink is not None:
+            sink(event)
         return event
+
+    def restore(self, events: Sequence[Event]) -> None:
+        """Put events of an earlier run back in front of the log (after a restart).
+
+        They are served by ``@events`` but change nothing else: what is subscribed now is
+        what this run subscribes (the configured symbols and the run-time changes it
+        repeats), not what the old events say.
+        """
+        with self._lock:
+            current = list(self._events)
+            self._events.clear()
+            self._events.extend(events)
+            self._events.extend(current)
+            self.recorded += len(events)
 
     def subscribed(self) -> list[tuple[str, str]]:
         """Every subscribed ``(exchange, symbol)``, sorted (see the module docstring)."""

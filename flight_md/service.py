@@ -33,7 +33,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import pyarrow as pa
 from pyarrow import flight
@@ -51,6 +51,7 @@ from flight_md.buffer import MarketDataBuffer, ambiguous_exchange
 from flight_md.control import MARKET_SCHEMA, IngestionControl, markets_table
 from flight_md.events import EventKind, EventLog
 from flight_md.metrics import mark_follow, server_health
+from flight_md.persist.query import Spanned, span
 from flight_md.schema import EVENT_SCHEMA, SCHEMA, now_ms
 from flight_md.tickets import (
     EXCHANGE_RE,
@@ -61,6 +62,9 @@ from flight_md.tickets import (
     parse_descriptor,
     parse_ticket,
 )
+
+if TYPE_CHECKING:
+    from flight_md.persist.store import Persistence
 
 __all__ = ["DEFAULT_LOCATION", "FlightMarketDataServer", "map_errors"]
 
@@ -303,6 +307,9 @@ class FlightMarketDataServer(flight.FlightServerBase):
             (CANCELLED, ``extra_info`` ``b"slow_consumer"``; default: the buffer capacity).
         authorize: Called as ``authorize(context, mutating)`` at the start of every RPC;
             raises ``Unauthenticated``/``PermissionDenied`` to refuse (see :mod:`flight_md.auth`).
+        persistence: The journal and Parquet history: range and ``latest`` queries beyond the
+            ring read it (:mod:`flight_md.persist.query`), ``flush`` writes it, ``status``
+            reports it. ``None``: memory only.
         **kwargs: Passed to :class:`pyarrow.flight.FlightServerBase` (``tls_certificates``,
             ``verify_client``, ``root_certificates``, ``middleware``, ...).
     """
@@ -311,8 +318,9 @@ class FlightMarketDataServer(flight.FlightServerBase):
                  buffer: MarketDataBuffer | None = None, *, events: EventLog | None = None,
                  control: IngestionControl | None = None, follow_max_lag: int | None = None,
                  authorize: Callable[[flight.ServerCallContext, bool], None] | None = None,
-                 **kwargs: Any) -> None:
+                 persistence: Persistence | None = None, **kwargs: Any) -> None:
         super().__init__(location, **kwargs)
+        self.persistence = persistence
         self.buffer = buffer if buffer is not None else MarketDataBuffer()
         self.events = events if events is not None else EventLog()
         self.control = control
@@ -329,6 +337,17 @@ class FlightMarketDataServer(flight.FlightServerBase):
     def _check(self, context: flight.ServerCallContext, mutating: bool = False) -> None:
         if self._authorize is not None:
             self._authorize(context, mutating)
+
+    def _answer(self, query: Query) -> pa.Table | Spanned:
+        """Answer a non-follow query: an immutable table, or a read over history and ring."""
+        if query.target is Target.TICKS and self.persistence is not None:
+            try:
+                spanned = span(self.persistence, self.buffer, query)
+            except errors.NotFound:
+                spanned = None  # answered below (NOT_FOUND, or empty while awaiting a tick)
+            if spanned is not None:
+                return spanned
+        return self._table(query)
 
     def _table(self, query: Query) -> pa.Table:
         """Answer a non-follow query with an immutable table."""
@@ -462,10 +481,12 @@ class FlightMarketDataServer(flight.FlightServerBase):
         with map_errors("GetFlightInfo", self.refused):
             self._check(context)
             query = self._descriptor_query(descriptor)
-            table = self._table(query)
+            answer = self._answer(query)
             endpoint = flight.FlightEndpoint(format_ticket(query).encode(), [])
-            return flight.FlightInfo(table.schema, descriptor, [endpoint], table.num_rows,
-                                     table.nbytes)
+            if isinstance(answer, Spanned):  # counted from file footers, bytes unknown
+                return flight.FlightInfo(answer.schema, descriptor, [endpoint], answer.rows, -1)
+            return flight.FlightInfo(answer.schema, descriptor, [endpoint], answer.num_rows,
+                                     answer.nbytes)
 
     def get_schema(self, context: flight.ServerCallContext,
                    descriptor: flight.FlightDescriptor) -> flight.SchemaResult:
@@ -493,10 +514,21 @@ class FlightMarketDataServer(flight.FlightServerBase):
             query = parse_ticket(ticket.ticket)
             if query.follow:
                 return self._follow(context, query)
-            table = self._table(query)
+            answer = self._answer(query)
+            if isinstance(answer, Spanned):
+                # History streams from Parquet in bounded batches (never read whole).
+                return flight.GeneratorStream(answer.schema, self._spanned(answer),
+                                              options=_IPC_OPTIONS)
             # RecordBatchStream runs in C++ from here on: no Python in the bytes path. Given
             # options, pyarrow skips reading its IPC settings from the environment per call.
-            return flight.RecordBatchStream(table, options=_IPC_OPTIONS)
+            return flight.RecordBatchStream(answer, options=_IPC_OPTIONS)
+
+    def _spanned(self, answer: Spanned) -> Iterator[pa.RecordBatch]:
+        with map_errors("DoGet(history)", self.refused):
+            for batch in answer.batches():
+                if self._stopping.is_set():
+                    raise errors.ShuttingDown("server is shutting down; the read was cut short")
+                yield batch
 
     def _follow(self, context: flight.ServerCallContext, query: Query) -> flight.FlightDataStream:
         assert query.symbol is not None
@@ -562,14 +594,23 @@ class FlightMarketDataServer(flight.FlightServerBase):
         if name is ActionName.CLEAR:
             assert isinstance(request, ClearRequest)
             return self._clear(request)
+        if name is ActionName.FLUSH:
+            if self.persistence is None:
+                raise errors.Unavailable("flush needs persistence; this server runs with "
+                                         "--memory-only")
+            return self.persistence.flush().to_json()
         assert isinstance(request, SubscribeRequest)
         if self.control is None:
             raise errors.Unavailable(
                 f"{name} needs ingestion, which is not running on this server; start the "
                 "server with --exchange ID --symbols ... or --demo")
-        if name is ActionName.SUBSCRIBE:
-            return self.control.subscribe(request.exchange, request.symbols)
-        return self.control.unsubscribe(request.exchange, request.symbols)
+        subscribing = name is ActionName.SUBSCRIBE
+        result = (self.control.subscribe if subscribing else self.control.unsubscribe)(
+            request.exchange, request.symbols)
+        if self.persistence is not None:  # a restart repeats it
+            self.persistence.note_subscription(
+                result["exchange"], list(request.symbols), subscribed=subscribing)
+        return result
 
     def _clear(self, request: ClearRequest) -> dict[str, Any]:
         if request.symbols is None:
@@ -649,6 +690,8 @@ class FlightMarketDataServer(flight.FlightServerBase):
             },
             "exchanges": exchanges,
             "symbols": symbols,
+            "persistence": (self.persistence.status() if self.persistence is not None
+                            else {"state": "memory_only"}),
         }
 
     def do_put(self, context: flight.ServerCallContext, descriptor: flight.FlightDescriptor,

@@ -45,6 +45,39 @@ MD_FILL = {
 MD_BUFFER_SIZE = 10_000
 
 
+# -- data directories ------------------------------------------------------------------------
+
+
+def _data_home(factory: pytest.TempPathFactory, name: str) -> Iterator[Any]:
+    home = factory.mktemp(name)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("XDG_DATA_HOME", str(home))
+        yield home
+
+
+@pytest.fixture(scope="session", autouse=True)
+def md_session_data_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """The default data dir of servers started by session fixtures (see ``md_data_home``)."""
+    yield from _data_home(tmp_path_factory, "xdg-session")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def md_module_data_home(tmp_path_factory: pytest.TempPathFactory,
+                        md_session_data_home: Any) -> Iterator[Any]:
+    """The default data dir of servers started by module fixtures (see ``md_data_home``)."""
+    yield from _data_home(tmp_path_factory, "xdg-module")
+
+
+@pytest.fixture(autouse=True)
+def md_data_home(tmp_path_factory: pytest.TempPathFactory, md_module_data_home: Any) -> Iterator[Any]:
+    """Every test gets its own ``$XDG_DATA_HOME``: servers it starts (in process or as
+    processes, which inherit the variable) persist into a fresh default data dir, never into
+    the user's ``~/.local/share/flight-md`` and never into another test's. (Autouse fixtures
+    of a wider scope do the same for servers that session and module fixtures start: they
+    are set up before the other fixtures of their scope.)"""
+    yield from _data_home(tmp_path_factory, "xdg-data")
+
+
 # -- command line and markers --------------------------------------------------------------
 
 

@@ -26,12 +26,12 @@ def body(value: Any) -> bytes:
 def test_registry_covers_every_action() -> None:
     assert list(ACTIONS) == list(ActionName)
     assert [a.value for a in ActionName] == ["subscribe", "unsubscribe", "clear", "status",
-                                             "health"]
+                                             "health", "flush"]
     for name, spec in ACTIONS.items():
         assert spec.name is name
         assert "Body:" in spec.description and "Result:" in spec.description, name
     assert {n for n, s in ACTIONS.items() if s.mutates} == {
-        ActionName.SUBSCRIBE, ActionName.UNSUBSCRIBE, ActionName.CLEAR}
+        ActionName.SUBSCRIBE, ActionName.FLUSH, ActionName.UNSUBSCRIBE, ActionName.CLEAR}
 
 
 def test_descriptions_show_body_formats() -> None:

@@ -25,7 +25,8 @@ def filled(n: int = 10, capacity: int = DEFAULT_EVENT_CAPACITY) -> EventLog:
 def test_event_kinds() -> None:
     assert [k.value for k in EventKind] == ["connect", "disconnect", "reconnect", "stale",
                                             "failed", "restarted", "subscribe", "unsubscribe", "clear",
-                                            "mode", "error"]
+                                            "mode", "error", "recovered", "persist_error",
+                                            "persist_resumed", "quarantined"]
 
 
 def test_record_returns_the_event() -> None:

@@ -250,7 +250,7 @@ def test_list_flights_of_an_empty_server(md_server_factory: Callable[..., Any]) 
 
 def test_list_actions(server: Any) -> None:
     actions = {a.type: a.description for a in server.client.list_actions()}
-    assert list(actions) == ["subscribe", "unsubscribe", "clear", "status", "health"]
+    assert list(actions) == ["subscribe", "unsubscribe", "clear", "status", "health", "flush"]
     for name, description in actions.items():
         assert "Body:" in description and "Result:" in description, name
     assert '{"symbols": ["BTC/USDT", ...], "exchange": "binance"}' in actions["subscribe"]
@@ -262,7 +262,8 @@ def test_list_actions(server: Any) -> None:
 
 def test_status(server: Any, md_layout: Any) -> None:
     result = status(server.client)
-    assert set(result) == {"server", "exchanges", "symbols"}
+    assert set(result) == {"server", "exchanges", "symbols", "persistence"}
+    assert result["persistence"] == {"state": "memory_only"}  # a server without persistence
     info = result["server"]
     assert info["buffer_size"] == md_layout.buffer_size
     assert info["ingestion"] is False

@@ -75,7 +75,7 @@ import os
 import struct
 import threading
 import zlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from enum import IntEnum, StrEnum
 from pathlib import Path
@@ -296,7 +296,8 @@ class Journal:
                  commit_interval: float = DEFAULT_COMMIT_INTERVAL_S,
                  segment_bytes: int = DEFAULT_SEGMENT_BYTES,
                  max_pending_rows: int = DEFAULT_MAX_PENDING_ROWS, start_lsn: int = 0,
-                 closed: Sequence[SegmentInfo] = ()) -> None:
+                 closed: Sequence[SegmentInfo] = (),
+                 feed: Callable[[], None] | None = None) -> None:
         try:
             self.fsync = FsyncMode(fsync)
         except ValueError:
@@ -325,7 +326,8 @@ class Journal:
         self._pending_rows = 0
         self._lsn = start_lsn
         self._dropped = 0
-        self._closing = False
+        self._closing = False  # appends refused
+        self._close_started = False
         self._key_ids: dict[tuple[str, str, str], int] = {}
         self._key_schema: list[pa.Schema] = []  # by key id: the appended schema
         self._key_sid: list[int] = []  # by key id: schema id
@@ -343,6 +345,10 @@ class Journal:
         self._errors = 0
         self._last_error: str | None = None
 
+        self.feed = feed
+        """Called by the committer before each commit (and by :meth:`commit`, :meth:`rotate`
+        and :meth:`close`) to :meth:`append` what is waiting elsewhere, e.g. the rows the
+        rings stored since the last commit; so a row waits at most one interval."""
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="flight-md-journal", daemon=True)
         self._thread.start()
@@ -461,14 +467,23 @@ class Journal:
         Raises:
             OSError: The write failed; the batches stay pending and are retried.
         """
+        self._feed()
         with self._io:
             error = self._commit_locked(timed=False)
         if error is not None:
             raise error
         return self._committed
 
+    def _feed(self) -> None:
+        if self.feed is not None:
+            try:
+                self.feed()
+            except Exception:  # a bug in the feed must not stop the commits of what is queued
+                log.exception("journal %s: feeding the commit failed", self.directory)
+
     def _run(self) -> None:
         while not self._stop.wait(self.commit_interval):
+            self._feed()
             with self._io:
                 self._commit_locked(timed=True)
 
@@ -604,6 +619,7 @@ class Journal:
             OSError: The commit or the close failed (the data stays pending or in the
                 segment; nothing committed is lost).
         """
+        self._feed()
         with self._io:
             error = self._commit_locked(timed=False)
             if error is not None:
@@ -645,15 +661,18 @@ class Journal:
         """Commit what is pending, close the segment (END, fsync) and stop the committer.
         Idempotent; appends after it raise :class:`~flight_md.errors.Unavailable`."""
         with self._lock:
-            if self._closing:
+            if self._close_started:
                 already = True
             else:
-                already, self._closing = False, True
+                already, self._close_started = False, True
         if already:
             self._thread.join()
             return
         self._stop.set()
         self._thread.join()
+        self._feed()  # the last rows and events, while appends are still accepted
+        with self._lock:
+            self._closing = True
         with self._io:
             error = self._commit_locked(timed=False)
             if error is not None:

@@ -40,7 +40,7 @@ import logging
 import os
 import shutil
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -186,6 +186,7 @@ class _Scan:
     rows: int
     ended: bool
     damage: str | None  # what follows good_end, if anything
+    intact_after: bool = False  # an intact record lies beyond the damage: corruption, not a tear
 
 
 def recover(journal_dir: Path | str, quarantine_dir: Path | str) -> Recovery:
@@ -217,7 +218,7 @@ def recover(journal_dir: Path | str, quarantine_dir: Path | str) -> Recovery:
         intact: list[_Scan] = []
         for i, scan in enumerate(scans):
             if scan.damage is not None:
-                if i == len(seqs) - 1 and not scan.ended:
+                if i == len(seqs) - 1 and not scan.ended and not scan.intact_after:
                     torn.append(TornTail(scan.seq, scan.good_end, scan.size - scan.good_end,
                                          scan.damage))
                     log.warning("journal segment %d: torn tail of %d bytes cut at %d (%s)",
@@ -261,7 +262,8 @@ def read_segment(segment: SegmentInfo | Path) -> list[RecoveredBatch]:
 def open_journal(data_dir: DataDir, *, fsync: FsyncMode | str = FsyncMode.INTERVAL,
                  commit_interval: float = DEFAULT_COMMIT_INTERVAL_S,
                  segment_bytes: int = DEFAULT_SEGMENT_BYTES,
-                 max_pending_rows: int = DEFAULT_MAX_PENDING_ROWS) -> tuple[Journal, Recovery]:
+                 max_pending_rows: int = DEFAULT_MAX_PENDING_ROWS,
+                 feed: Callable[[], None] | None = None) -> tuple[Journal, Recovery]:
     """Recover the data dir's journal, then open a journal that continues it (the options
     are :class:`~flight_md.persist.journal.Journal`'s).
 
@@ -271,7 +273,7 @@ def open_journal(data_dir: DataDir, *, fsync: FsyncMode | str = FsyncMode.INTERV
     recovery = recover(data_dir.journal, data_dir.quarantine)
     journal = Journal(data_dir.journal, fsync=fsync, commit_interval=commit_interval,
                       segment_bytes=segment_bytes, max_pending_rows=max_pending_rows,
-                      start_lsn=recovery.last_lsn, closed=recovery.segments)
+                      start_lsn=recovery.last_lsn, closed=recovery.segments, feed=feed)
     return journal, recovery
 
 
@@ -316,6 +318,7 @@ def _scan_view(seq: int, path: Path, view: memoryview) -> _Scan:
     ended = False
     header_seen = False
     damage: str | None = None
+    damage_at: int | None = None  # a bad record that may be followed by intact ones
     while pos < size:
         if ended:
             damage = f"{size - pos} bytes after the end record at {pos}"
@@ -328,12 +331,15 @@ def _scan_view(seq: int, path: Path, view: memoryview) -> _Scan:
         end = start + length + (-length % 8)
         if kind not in _KINDS:
             damage = f"unknown record kind {kind} at {pos}"
+            damage_at = pos
             break
         if end > size:
             damage = f"a record of {length} bytes at {pos} runs past the end ({size})"
+            damage_at = pos
             break
         if zlib.crc32(view[start:start + length], zlib.crc32(LENGTH_KIND.pack(length, kind))) != crc:
             damage = f"checksum mismatch in a {RecordKind(kind).name} record at {pos}"
+            damage_at = pos
             break
         if not header_seen:
             problem = _header_problem(kind, view[start:start + length], seq)
@@ -362,8 +368,38 @@ def _scan_view(seq: int, path: Path, view: memoryview) -> _Scan:
         pos = end
     if damage is None and open_records:  # records after the last commit, then clean EOF
         damage = f"{len(open_records)} records of an unfinished commit at the end"
+    intact_after = damage_at is not None and _intact_record_after(view, damage_at)
     return _Scan(seq, path, size, good_end, tuple(committed), first_lsn, last_lsn, rows, ended,
-                 damage)
+                 damage, intact_after)
+
+
+def _intact_record_after(view: memoryview, pos: int) -> bool:
+    """Whether an intact record (a known kind and a matching checksum) starts anywhere after
+    the bad record at ``pos``. A write torn by a crash leaves nothing intact after it; a bit
+    flipped in the middle of a segment does, so the segment is corrupt, not torn.
+
+    Records start at multiples of 8 (the magic and every record are padded to 8 bytes), so
+    the candidates are found with numpy over the file as ``uint32`` words, and only those
+    with a known kind, a zero reserved word and a length inside the file get a checksum.
+    """
+    first = pos + 8
+    size = len(view)
+    if size - first < RECORD_HEADER.size:
+        return False
+    words = np.frombuffer(view[first:first + (size - first) // 8 * 8], dtype="<u4")
+    heads = words.reshape(-1, 2)
+    length, crc, kind, reserved = heads[:-1, 0], heads[:-1, 1], heads[1:, 0], heads[1:, 1]
+    offsets = first + np.arange(len(length), dtype=np.int64) * 8
+    known = np.isin(kind, np.array(sorted(_KINDS), dtype="<u4"))
+    candidates = np.flatnonzero(known & (reserved == 0)
+                                & (offsets + RECORD_HEADER.size + length <= size))
+    for index in candidates[:100_000]:
+        at = int(offsets[index])
+        n, k = int(length[index]), int(kind[index])
+        start = at + RECORD_HEADER.size
+        if zlib.crc32(view[start:start + n], zlib.crc32(LENGTH_KIND.pack(n, k))) == int(crc[index]):
+            return True
+    return False
 
 
 def _header_problem(kind: int, payload: memoryview, seq: int) -> str | None:

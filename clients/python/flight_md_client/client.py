@@ -433,6 +433,17 @@ class MarketDataClient:
         result = self.action("clear", body)
         return int(result["cleared"])
 
+    def flush(self) -> dict[str, Any]:
+        """Write everything the server journalled to its Parquet history now.
+
+        Returns:
+            ``{"segments", "rows", "files", "bytes", "events", "skipped_rows", "seconds"}``:
+            what this flush wrote. A ``--memory-only`` server answers UNAVAILABLE.
+        """
+        result = self.action("flush")
+        assert isinstance(result, dict)
+        return result
+
     def actions(self) -> dict[str, str]:
         """The server's actions and their descriptions."""
         with self._translated():
