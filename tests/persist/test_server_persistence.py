@@ -36,6 +36,7 @@ from typing import Any, Final
 from urllib.parse import quote
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
 from pyarrow import flight
 
@@ -204,8 +205,11 @@ class Tail:
 # one feed and commit take. The tail sees a row only after it was stored, so every row it got
 # was stored before the kill; what it cannot tell us is how long after receive_timestamp that
 # was. MARGIN_MS covers that stamping-to-store delay plus the commit's own duration, on a
-# 2-core machine shared with other work (GIL and scheduling: tens of ms), times MS. kill_ms is
-# read before the signal is sent, which only makes the cut-off earlier (stricter for nobody).
+# 2-core machine shared with other work (GIL and scheduling: tens of ms), times MS. The tail's
+# own delivery delay needs no margin: it decides only which rows the test knows of, never
+# whether a row was stored in time. kill_ms is read before the signal is sent, which can only
+# move the cut-off earlier (a looser check, never a wrong one). Measured here: the newest
+# survivor is 108 to 173 ms older than kill_ms (load average 3 to 7).
 MARGIN_MS: Final = 150
 RESTART_RING: Final = 100
 
@@ -268,17 +272,18 @@ def test_kill_9_loses_nothing_older_than_the_commit_interval(
         # tail may in turn have missed the last few rows stored just before the kill).
         common = min(len(old), len(seen))
         assert old[:common] == seen[:common], f"{symbol}: the survivors are not the tail's prefix"
-        must = [r for r in seen if r[-1] < cut_off]
+        at = table.column_names.index("receive_timestamp")
+        must = [r for r in seen if r[at] < cut_off]
         assert len(old) >= len(must), (
             f"{symbol}: {len(must) - len(old)} rows older than kill - commit interval - margin "
-            f"were lost (the newest survivor is {kill_ms - old[-1][-1] if old else None} ms "
+            f"were lost (the newest survivor is {kill_ms - old[-1][at] if old else None} ms "
             "before the kill)")
         twice = [r for r, n in Counter(everything).items() if n > 1]
         assert not twice, f"{symbol}: {len(twice)} rows stored twice, e.g. {twice[0]}"
         timestamps = table["timestamp"].to_pylist()
         assert timestamps == sorted(timestamps), f"{symbol}: the range is not in time order"
         print(f"{symbol}: {len(seen)} tailed, {len(old)} survived; newest survivor "
-              f"{kill_ms - old[-1][-1]} ms before the kill; {len(new)} new rows")
+              f"{kill_ms - old[-1][at]} ms before the kill; {len(new)} new rows")
 
 
 # -- 2. clean stop, Parquet history, rings back ---------------------------------------------------
@@ -338,7 +343,7 @@ def test_clean_stop_leaves_everything_in_parquet_that_duckdb_and_polars_read(
         # Every stored row, whole, in arrival order (the sequence).
         want = rows(table)
         columns = table.column_names
-        duck = by_duckdb.filter(pa.compute.equal(by_duckdb["symbol"], symbol)).select(columns)
+        duck = by_duckdb.filter(pc.equal(by_duckdb["symbol"], symbol)).select(columns)
         assert rows(duck) == want, f"{symbol}: DuckDB's rows differ from what the server held"
         pol = frame.filter(pl.col("symbol") == symbol).sort("sequence").select(columns)
         assert list(pol.iter_rows()) == want, f"{symbol}: polars' rows differ"
