@@ -14,6 +14,7 @@ import gzip
 import json
 import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
@@ -50,7 +51,7 @@ def binance_filter(entry: dict[str, Any], kind: str, key: str) -> float:
 class Rig:
     """A served app plus its emulators."""
 
-    def __init__(self, ingest_process: bool) -> None:
+    def __init__(self, ingest_process: bool, data_dir: Path) -> None:
         self.binance = EmulatorThread(exchange="binance", replay=default_recording("binance"),
                                       speed=1.0)
         self.bybit = EmulatorThread(exchange="bybit", symbols=BYBIT_SYMBOLS, rate=20.0)
@@ -61,7 +62,8 @@ class Rig:
             StreamConfig("bybit", BYBIT_SUBSCRIBED, url=self.bybit.url, mode="websocket"),
         )
         self.app = MarketDataApp(ServerConfig(port=0, streams=streams,
-                                              ingest_process=ingest_process)).start()
+                                              ingest_process=ingest_process,
+                                              data_dir=data_dir)).start()
         self.client = flight.connect(self.app.location)
         until(lambda: {"binance", "bybit"} <= set(self.get("@markets?columns=exchange")
                                                   .column("exchange").to_pylist()),
@@ -81,8 +83,9 @@ class Rig:
 
 
 @pytest.fixture(scope="module", params=[False, True], ids=["thread", "process"])
-def rig(request: pytest.FixtureRequest) -> Iterator[Rig]:
-    rig = Rig(ingest_process=request.param)
+def rig(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
+    # Each parameter its own data dir: the process rig must not refill from the thread one's.
+    rig = Rig(ingest_process=request.param, data_dir=tmp_path_factory.mktemp("markets-data"))
     try:
         yield rig
     finally:

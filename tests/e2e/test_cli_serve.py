@@ -127,7 +127,7 @@ def test_port_is_the_port_it_listens_on(tmp_path: Path, forks: ForkRunner) -> No
 def test_exchange_symbols_channel_and_buffer_size(emulator: EmulatorProcess, channel: str) -> None:
     """``--exchange binance --symbols BTC/USDT --channel C --buffer-size 30 --exchange-url U
     --log-level WARNING``: only that symbol of the two the emulator lists is streamed, from the
-    emulator, on that channel; ``latest`` clamps at 30; nothing below WARNING is logged."""
+    emulator, on that channel; the ring holds 30; nothing below WARNING is logged."""
     args = stream_args(emulator.url, "--channel", channel, "--buffer-size", "30",
                        "--log-level", "WARNING")
     with ServerProcess(*args) as server, flight.connect(server.location) as client:
@@ -138,7 +138,7 @@ def test_exchange_symbols_channel_and_buffer_size(emulator: EmulatorProcess, cha
         info = status(client)
         assert info["server"]["buffer_size"] == 30
         assert info["exchanges"]["binance"]["channel"] == channel
-        rows = get(client, "BTC/USDT?latest=1000").to_pylist()
+        rows = get(client, "BTC/USDT").to_pylist()  # the ring (latest=N would add history)
         assert len(rows) == 30
         if channel == "bidask":
             assert all(r["volume"] is None and r["high"] is None and

@@ -35,17 +35,21 @@ def _refused(client: flight.FlightClient) -> str:
 
 
 @pytest.fixture(scope="module")
-def tls_app(tls_files: TlsFiles) -> Iterator[MarketDataApp]:
-    config = ServerConfig(port=0, tls_cert=tls_files.cert, tls_key=tls_files.key)
+def tls_app(tls_files: TlsFiles,
+            tmp_path_factory: pytest.TempPathFactory) -> Iterator[MarketDataApp]:
+    # Each server of the module its own data dir: two cannot share one.
+    config = ServerConfig(port=0, tls_cert=tls_files.cert, tls_key=tls_files.key,
+                          data_dir=tmp_path_factory.mktemp("tls-data"))
     with MarketDataApp(config) as app:
         app.buffer.extend(tick("BTC/USDT", n) for n in range(20))
         yield app
 
 
 @pytest.fixture(scope="module")
-def mtls_app(tls_files: TlsFiles) -> Iterator[MarketDataApp]:
+def mtls_app(tls_files: TlsFiles,
+             tmp_path_factory: pytest.TempPathFactory) -> Iterator[MarketDataApp]:
     config = ServerConfig(port=0, tls_cert=tls_files.cert, tls_key=tls_files.key,
-                          tls_client_ca=tls_files.ca)
+                          tls_client_ca=tls_files.ca, data_dir=tmp_path_factory.mktemp("mtls-data"))
     with MarketDataApp(config) as app:
         app.buffer.extend(tick("BTC/USDT", n) for n in range(20))
         yield app

@@ -27,8 +27,11 @@ from __future__ import annotations
 
 import contextlib
 import json
+import shutil
+import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Final, Self
 
 import pyarrow as pa
@@ -123,7 +126,10 @@ class Served:
         self.symbols = tuple(symbols if symbols is not None else case.symbols)
         stream = StreamConfig(case.venue_id, self.symbols, channel=case.channel.value, url=url,
                               buffer_size=BUFFER, **{"mode": "websocket", **FAST, **options})
-        self.app = MarketDataApp(ServerConfig(port=0, buffer_size=BUFFER, streams=(stream,)))
+        # Its own data dir: cases share a module's fixtures, never their stored history.
+        self.data_dir = Path(tempfile.mkdtemp(prefix="flight-md-venue-"))
+        self.app = MarketDataApp(ServerConfig(port=0, buffer_size=BUFFER, streams=(stream,),
+                                              data_dir=self.data_dir))
         self.app.start()
         try:
             self.client = flight.connect(self.app.location)
@@ -135,6 +141,7 @@ class Served:
         with contextlib.suppress(pa.ArrowException, flight.FlightError):
             self.client.close()
         self.app.stop()
+        shutil.rmtree(self.data_dir, ignore_errors=True)
 
     def __enter__(self) -> Self:
         return self
