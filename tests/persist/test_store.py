@@ -24,6 +24,7 @@ import shutil
 import subprocess
 import threading
 from collections.abc import Callable, Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -557,3 +558,62 @@ def test_a_journal_that_works_again_resumes_without_waiting_for_a_flush(
     until(lambda: journal.stats().last_error is None and journal.stats().pending_rows == 0,
           5 * MS, "commits resumed")
     until(lambda: store.status()["state"] == "ok", 1 * MS, "persistence resumed")
+
+
+# -- retention and history roots -------------------------------------------------------------
+
+
+def test_retention_runs_at_start_and_removes_whole_old_days(
+        open_store: Callable[..., Persistence], tmp_path: Path) -> None:
+    """An open with ``--retention 2d`` removes the partitions of days older than that (and
+    keeps today's), as ``status`` then shows."""
+    data = tmp_path / "data"
+    day = 86_400_000
+    old_ts = (now_ms() // day - 10) * day + 1_000  # ten days ago
+    store = open_store(MarketDataBuffer(8), data_dir=data)
+    assert store.writer is not None
+    old = _with_sequence(pa.Table.from_pylist(
+        [_row_dict(tick(i, "ETH/USDT"), old_ts + i) for i in range(5)]))
+    store.writer.write("ticker", "binance", "ETH/USDT", old)
+    fill(store.buffer, 0, 20)
+    store.flush()
+    store.close()
+    days = sorted(p.name for p in (data / "history").glob("channel=*/exchange=*/symbol=*/date=*"))
+    assert len(days) == 2
+
+    again = open_store(MarketDataBuffer(8), data_dir=data,
+                       retention=RetentionPolicy(max_age=timedelta(days=2), max_bytes=None))
+    kept = {p.parent.name: p.name for p in
+            (data / "history").glob("channel=*/exchange=*/symbol=*/date=*")}
+    assert kept == {"symbol=BTC%2FUSDT": next(d for d in days if d != min(days))}
+    status = again.status()
+    assert status["retention"]["partitions_removed"] == 1
+    assert [s["symbol"] for s in status["series"]] == ["BTC/USDT"]
+
+
+def test_a_history_uri_elsewhere_keeps_the_journal_in_the_data_dir(
+        open_store: Callable[..., Persistence], tmp_path: Path) -> None:
+    """``--history-uri`` as a ``file://`` URI (what pyarrow's FileSystem.from_uri takes, as
+    for ``s3://``): the Parquet lands there, the journal stays in the data dir."""
+    elsewhere = tmp_path / "lake"
+    elsewhere.mkdir()
+    buffer = MarketDataBuffer(8)
+    store = open_store(buffer, history_uri=elsewhere.as_uri())
+    fill(buffer, 0, 100)
+    assert store.flush().rows == 100
+    assert_rows(history(elsewhere), 100)
+    assert not list((tmp_path / "data").glob("history/**/*.parquet"))
+    assert (tmp_path / "data" / "journal").is_dir()
+    assert store.status()["history"] == elsewhere.as_uri()
+
+
+def _row_dict(t: MarketTick, timestamp: int) -> dict[str, Any]:
+    row = {name: getattr(t, name) for name in SCHEMA.names}
+    row["timestamp"] = timestamp
+    return row
+
+
+def _with_sequence(table: pa.Table) -> pa.Table:
+    table = pa.Table.from_pylist(table.to_pylist(), schema=SCHEMA)
+    return table.append_column(pa.field(SEQUENCE, pa.int64(), nullable=False),
+                               pa.array(range(table.num_rows), pa.int64()))
