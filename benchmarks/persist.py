@@ -4,16 +4,17 @@ Five measurements, each beside its baseline from the same run:
 
 Lossless ingest, persistence on vs ``--memory-only``
     Binance's ``ticker`` channel through real ccxt, the rule and search of
-    :mod:`benchmarks.ingest` ("kept up"): first the ``--memory-only`` server's lossless rate
-    by search, then the default server's (journal and history on), its search starting at the
-    rate memory-only reached. The ratio of the two lossless rates is the goal. One more run at
-    the rates both kept up with seals the journal into Parquet every second
+    :mod:`benchmarks.ingest` ("kept up"): the ``--memory-only`` server's lossless rate and the
+    default server's (journal and history on), each by its own search from the same rates,
+    the two searches interleaved run by run so that a change in the machine's load meets both.
+    The ratio of the two lossless rates is the goal. One more run at the lower of the two
+    seals the journal into Parquet every second
     (``--seal-interval 1``), so that the history writer's work falls inside the measured
     window (with the default 60 s it does not, in a window of seconds).
 Ticks lost on ``kill -9``
-    The emulator streams tickers at 5,000 msg/s into a persisting server; one live tail per
-    symbol (``SYMBOL?exchange=..&start=0&follow=true``) records every row the server stored
-    and when it arrived. After a while the server gets SIGKILL; a new server restarts on the
+    The emulator streams tickers at 5,000 msg/s into a persisting server; a live tail on each
+    of a few symbols (``SYMBOL?exchange=..&start=0&follow=true``) records every row the server
+    stored and when it arrived. After a while the server gets SIGKILL; a new server restarts on the
     data dir (recovery), and each symbol's whole history is read back over Flight
     (``start=0``). A row the tail held before ``kill - commit_interval`` was stored before that,
     so it must be back (the goal: none missing, none duplicated); rows newer than that may be
@@ -233,26 +234,41 @@ class IngestResult:
     runs: list[ingest.Run] = field(default_factory=list)
 
 
+_DESIGNS: Final[tuple[tuple[str, dict[str, Any]], ...]] = (
+    ("--memory-only", {"memory_only": True}),
+                   ("persisting (default settings)", {}))
+
+
 def _ingest(settings: Settings) -> IngestResult:
+    """The two servers' searches, interleaved: each probe of one is followed by the other's
+    (in alternating order), so that a change in the machine's load meets both."""
     out = IngestResult()
-    runs: list[ingest.Run] = []
+    kept: list[dict[int, bool]] = [out.memory_only, out.persisting]
     symbols = settings.persist_symbols
-    out.memory_only = ingest._search(
-        symbols, settings, runs, venue=VENUE, channel=CHANNEL, rates=settings.persist_rates,
-        steps=settings.persist_search_steps, max_rate=settings.persist_max_rate,
-        server={"memory_only": True})
-    out.runs += [dataclasses.replace(r, design="--memory-only") for r in runs]
-    runs.clear()
-    start = ingest.lossless_rate(out.memory_only) or min(out.memory_only)
-    out.persisting = ingest._search(
-        symbols, settings, runs, venue=VENUE, channel=CHANNEL, rates=(start,),
-        steps=settings.persist_search_steps, max_rate=settings.persist_max_rate)
-    out.runs += [dataclasses.replace(r, design="persisting (default settings)")
-                 for r in runs]
+
+    def probe(which: int, rate: int) -> None:
+        name, server = _DESIGNS[which]
+        run = ingest._one("flight_md", CHANNEL, rate, symbols, settings, VENUE, server)
+        out.runs.append(dataclasses.replace(run, design=name))
+        kept[which][rate] = run.kept_up
+
+    for k, rate in enumerate(settings.persist_rates):
+        for which in ((0, 1) if k % 2 == 0 else (1, 0)):
+            probe(which, rate)
+    for step in range(settings.persist_search_steps):
+        rates = [ingest.next_rate(k, max_rate=settings.persist_max_rate,
+                                  resolution=settings.ingest_resolution) for k in kept]
+        if all(r is None for r in rates):
+            break
+        for which in ((0, 1) if step % 2 else (1, 0)):
+            next_one = rates[which]
+            if next_one is not None:
+                probe(which, next_one)
     if settings.persist_seal_run:
-        both = min(ingest.lossless_rate(out.memory_only) or start,
-                   ingest.lossless_rate(out.persisting) or start)
-        run = ingest._one("flight_md", CHANNEL, both, symbols, settings, VENUE,
+        both = [ingest.lossless_rate(k) for k in kept]
+        sealed = min(r for r in both if r is not None) if any(both) else \
+            min(settings.persist_rates)
+        run = ingest._one("flight_md", CHANNEL, sealed, symbols, settings, VENUE,
                           {"seal_interval": 1.0})
         out.runs.append(dataclasses.replace(run, design="persisting, seal every 1 s"))
     return out
@@ -376,7 +392,29 @@ class KillResult:
     history_bytes: int = 0
     history_rows: int = 0
     history_files: int = 0
+    last_commit_age_s: float = math.nan
+    commit_gap_median_s: float = math.nan
+    commit_gap_max_s: float = math.nan
     errors: list[str] = field(default_factory=list)
+
+
+def commit_times(path: Path) -> list[int]:
+    """The wall-clock ms of every intact COMMIT record of a journal segment, in file order
+    (read from the records as :mod:`flight_md.persist.journal` documents them)."""
+    from flight_md.persist.journal import COMMIT, MAGIC, RECORD_HEADER, RecordKind
+
+    data = path.read_bytes()
+    out: list[int] = []
+    at = len(MAGIC) if data.startswith(MAGIC) else len(data)
+    while at + RECORD_HEADER.size <= len(data):
+        length, _, kind, _ = RECORD_HEADER.unpack_from(data, at)
+        payload = at + RECORD_HEADER.size
+        if payload + length > len(data):
+            break  # a torn tail
+        if kind == RecordKind.COMMIT and length >= COMMIT.size:
+            out.append(COMMIT.unpack_from(data, payload)[2])
+        at = payload + length + (-length % 8)
+    return out
 
 
 def _status(location: str) -> dict[str, Any]:
@@ -422,7 +460,7 @@ def _kill(settings: Settings, work: Path) -> KillResult:
                 raise RuntimeError(f"ingestion did not reach {len(names)} symbols in 60 s")
             status = _status(location)["persistence"]
             out.commit_interval = float(status["commit_interval_s"])
-            tails = [_Tail(location, symbol) for symbol in names]
+            tails = [_Tail(location, symbol) for symbol in names[:settings.persist_kill_tails]]
             if not wait_until(lambda: all(t.batches or t.error for t in tails), 30.0, 0.05):
                 raise RuntimeError("a live tail received nothing within 30 s")
             started = time.time()
@@ -440,6 +478,13 @@ def _kill(settings: Settings, work: Path) -> KillResult:
             server.close(grace=2.0)
     journal = _files(data_dir / "journal", "*.wal")
     out.journal_bytes = _bytes(journal)
+    commits = [wall for path in journal for wall in commit_times(path)]
+    window = [c / 1e3 for c in commits if c / 1e3 >= started]
+    if commits:
+        out.last_commit_age_s = kill_time - commits[-1] / 1e3
+    if len(window) > 1:
+        out.commit_gap_max_s = float(np.max(np.diff(window)))
+        out.commit_gap_median_s = float(np.median(np.diff(window)))
     restart = flight_md_server(data_dir=data_dir, history=True, name="flight_md-restarted")
     began = time.perf_counter()
     with restart:
@@ -454,7 +499,7 @@ def _kill(settings: Settings, work: Path) -> KillResult:
         out.history_files = sum(int(s["files"]) for s in series)
         client = flight.connect(location)
         recovered: list[tuple[Any, ...]] = []
-        for symbol in names:
+        for symbol in names[:settings.persist_kill_tails]:
             table = client.do_get(flight.Ticket(
                 f"{symbol}?exchange={VENUE}&start=0".encode())).read_all()
             recovered += _keys(symbol, table)
@@ -717,14 +762,14 @@ def _kill_tables(result: KillResult | None, settings: Settings, section: Section
     failures = [e for e in errors if e.startswith("kill")]
     count = result.count if result is not None else None
     if result is not None and count is not None:
-        table = Table(("Rate msg/s", "Symbols", "Tailed for", "Commit interval",
+        table = Table(("Rate msg/s", "Symbols (tailed)", "Tailed for", "Commit interval",
                        "Sent by the emulator", "Stored (ticks_appended)", "Tails held",
                        "Held before kill - interval", "Of those not back", "Held later",
                        "Later ones not back", "Back more often than held", "Back, never tailed",
                        "Oldest row not back, age at kill", "History sequence gaps",
                        "History sequence duplicates"))
         table.add(f"{settings.persist_kill_rate:,} (sent {show(result.rate, '/s')})",
-                  str(settings.persist_symbols),
+                  f"{settings.persist_symbols} ({settings.persist_kill_tails})",
                   show(result.seconds, "s"), show(result.commit_interval * 1e3, "ms"),
                   f"{result.sent:,}", f"{result.stored:,}", f"{result.tail_rows:,}",
                   f"{count.old:,}", f"{count.old_missing:,}", f"{count.new:,}",
@@ -740,7 +785,12 @@ def _kill_tables(result: KillResult | None, settings: Settings, section: Section
             f"{recovery.get('torn_bytes', 0):,} bytes; quarantined: "
             f"{recovery.get('quarantined_segments', 0)}) in {recovery.get('seconds', 'n/a')} s "
             f"by its own count, and answered its first request {result.restart_s:.1f} s after "
-            "it was launched (Python start and imports included).")
+            "it was launched (Python start and imports included). The journal's COMMIT records "
+            f"(their wall-clock stamps): the last one {show(result.last_commit_age_s * 1e3, 'ms')} "
+            f"before the kill; between commits while the tails ran, median "
+            f"{show(result.commit_gap_median_s * 1e3, 'ms')}, longest "
+            f"{show(result.commit_gap_max_s * 1e3, 'ms')} (the commit interval is "
+            f"{show(result.commit_interval * 1e3, 'ms')}).")
         if result.errors:
             section.notes.append("kill -9: " + "; ".join(result.errors))
         if count.old_missing:
@@ -913,13 +963,13 @@ Persistence is on by default: every server here keeps its journal and Parquet hi
 temporary data dir of its own, with the default settings (`--fsync interval`, `--commit-interval
 0.2`, `--seal-interval 60`) unless a row says otherwise. **Lossless ingest**: Binance `ticker`
 through real ccxt, {settings.persist_symbols} symbols, the rule and search of the ingest section ("kept up"):
-the `--memory-only` server's lossless rate by search from {', '.join(f'{r:,}' for r in settings.persist_rates)} msg/s, then the persisting
-server's from the rate memory-only reached (each search at most {settings.persist_search_steps} more runs, up to
-{settings.persist_max_rate:,} msg/s); one more run at the lower of the two lossless rates seals the journal into Parquet
+the `--memory-only` server's and the persisting server's lossless rates, each by its own search
+from {', '.join(f'{r:,}' for r in settings.persist_rates)} msg/s (at most {settings.persist_search_steps} more runs each, up to {settings.persist_max_rate:,} msg/s), the two
+searches interleaved run by run so that the machine's load meets both alike; one more run at the lower of the two lossless rates seals the journal into Parquet
 every second, so that the history writer works inside the {settings.ingest_seconds:g} s window. **kill -9**: the
 emulator sends {settings.persist_kill_rate:,} tickers/s over {settings.persist_symbols} symbols to a persisting server; in this process one live
-tail per symbol (`SYMBOL?exchange=binance&start=0&follow=true`) records every row and when its
-batch arrived; after {settings.persist_kill_seconds:g} s the server gets SIGKILL. A new server starts on the data dir
+tail for each of {settings.persist_kill_tails} of them (`SYMBOL?exchange=binance&start=0&follow=true`; more tails load the server
+more) records every row and when its batch arrived; after {settings.persist_kill_seconds:g} s the server gets SIGKILL. A new server starts on the data dir
 (recovery) and each symbol is read back whole over Flight (`start=0`). A row a tail held before
 *kill - commit interval* was stored before then and must be back exactly as often as it was
 held (rows are matched as multisets on their symbol, timestamps, price, bid, ask and volume);

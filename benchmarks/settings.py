@@ -70,6 +70,8 @@ class Settings:
         persist_max_rate: Highest rate the searches probe.
         persist_kill_rate: Emulator rate of the kill -9 run (the goal's: 5,000 msg/s).
         persist_kill_seconds: Seconds the live tails record before the kill.
+        persist_kill_tails: Symbols followed by a live tail in the kill -9 run (the first
+            ones; every symbol is ingested).
         persist_recovery_rows: Journalled rows of the recovery measurement (the goal's: 10 M).
         persist_recovery_symbols: Symbols interleaved in every group commit of that journal.
         persist_commit_rows: Rows per group commit of that journal.
@@ -133,6 +135,7 @@ class Settings:
     persist_max_rate: int
     persist_kill_rate: int
     persist_kill_seconds: float
+    persist_kill_tails: int
     persist_recovery_rows: int
     persist_recovery_symbols: int
     persist_commit_rows: int
@@ -196,6 +199,7 @@ FULL = Settings(
     persist_max_rate=32_000,
     persist_kill_rate=5_000,
     persist_kill_seconds=10.0,
+    persist_kill_tails=4,
     persist_recovery_rows=10_000_000,
     persist_recovery_symbols=200,
     persist_commit_rows=33_000,
@@ -259,6 +263,7 @@ SMOKE = Settings(
     persist_max_rate=600,
     persist_kill_rate=500,
     persist_kill_seconds=1.0,
+    persist_kill_tails=2,
     persist_recovery_rows=40_000,
     persist_recovery_symbols=20,
     persist_commit_rows=1_000,
