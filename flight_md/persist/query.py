@@ -66,14 +66,16 @@ def span(persistence: Persistence, buffer: MarketDataBuffer, query: Query) -> Sp
     if query.start is None and query.end is None and query.latest is None:
         return None
     exchange, symbol = buffer.resolve(query.symbol, query.exchange)
-    ring, first_seq, ring_batches = buffer.seam_rows(symbol, exchange, query.start, query.end)
-    reader = persistence.reader
-    if first_seq is None or reader is None:
-        return None
-    ring_rows = sum(b.num_rows for b in ring_batches)
     if query.start is None and query.end is None and query.latest is not None \
             and query.latest <= buffer.count(symbol, exchange):
-        return None  # the ring's own rows answer it, as without persistence
+        return None  # the ring's own rows answer it, as without persistence (the hot path)
+    reader = persistence.reader
+    if reader is None:
+        return None
+    ring, first_seq, ring_batches = buffer.seam_rows(symbol, exchange, query.start, query.end)
+    if first_seq is None:
+        return None
+    ring_rows = sum(b.num_rows for b in ring_batches)
     columns = list(query.columns) if query.columns is not None else SCHEMA.names
     schema = pa.schema([SCHEMA.field(c) for c in columns])
     channel = persistence.channel(exchange)
