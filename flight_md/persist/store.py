@@ -98,6 +98,7 @@ DEFAULT_SEAL_INTERVAL_S: Final = 60.0
 rows it evicted, waiting for that)."""
 RETENTION_INTERVAL_S: Final = 300.0
 HISTORY_RETRY_S: Final = 1.0
+BOUNDS_TTL_S: Final = 5.0
 HOLD_LIMIT_ROWS: Final = 1_000_000
 """Evicted rows the rings keep in all, while the history cannot be written (~80 MB)."""
 SUBSCRIPTIONS_FILE: Final = "subscriptions.json"
@@ -207,7 +208,7 @@ class Persistence:
         self._released_unsaved = 0
         self._retention_removed = 0
         self._last_retention = 0.0
-        self._retry = threading.Event()
+        self._bounds: tuple[float, list[SeriesBounds]] | None = None
         self.recovery: dict[str, Any] = {}
         """What :meth:`open` found and did (for ``status`` and ``@events``)."""
 
@@ -500,6 +501,8 @@ class Persistence:
                 self._check_health()
         self._written_rows += rows
         self._written_files += files
+        if rows or events:
+            self._bounds = None
         return FlushResult(segments, rows, files, size, events, skipped,
                            time.monotonic() - started)
 
@@ -537,6 +540,8 @@ class Persistence:
             log.warning("retention pass failed: %s", exc)
             return
         self._retention_removed += len(result.removed)
+        if result.removed:
+            self._bounds = None
         if result.removed:
             log.info("retention removed %d partitions (%d bytes)", len(result.removed),
                      result.removed_bytes)
@@ -592,9 +597,19 @@ class Persistence:
     # -- status ------------------------------------------------------------------------------
 
     def history_bounds(self) -> list[SeriesBounds]:
-        """What the history holds per (channel, exchange, symbol)."""
+        """What the history holds per (channel, exchange, symbol).
+
+        Listing every partition of a month of history takes a while, and clients poll
+        ``status``: the answer is kept for :data:`BOUNDS_TTL_S` seconds, or until a flush or
+        a retention pass changes the history.
+        """
         assert self.reader is not None
-        return self.reader.all_bounds()
+        cached = self._bounds
+        if cached is not None and time.monotonic() - cached[0] < BOUNDS_TTL_S:
+            return cached[1]
+        bounds = self.reader.all_bounds()
+        self._bounds = (time.monotonic(), bounds)
+        return bounds
 
     def status(self) -> dict[str, Any]:
         """The ``persistence`` part of the ``status`` action's result."""
