@@ -191,6 +191,18 @@ CONFIG_ERRORS = {
                            ["cannot read token file", "absent.txt"]),
     "unset key variable": (BINANCE_ENTRY + 'api_key_env = "FLIGHT_MD_TEST_UNSET_KEY"\n',
                            ["environment variable 'FLIGHT_MD_TEST_UNSET_KEY' is not set"]),
+    "fsync unknown": ('[server]\nfsync = "sometimes"\n',
+                      ["fsync must be always or interval or never, got 'sometimes'"]),
+    "retention unreadable": ('[server]\nretention = "forever"\n',
+                             ["retention must be a positive duration such as 30d",
+                              "got 'forever'"]),
+    "max_history_bytes unreadable": ('[server]\nmax_history_bytes = "lots"\n',
+                                     ["max_history_bytes must be a positive size such as 20GB",
+                                      "got 'lots'"]),
+    "commit_interval zero": ('[server]\ncommit_interval = 0\n',
+                             ["commit_interval must be a positive number of seconds, got 0"]),
+    "data_dir of wrong type": ('[server]\ndata_dir = 5\n',
+                               ["data_dir must be a directory name, got 5"]),
 }
 
 
