@@ -711,6 +711,7 @@ def _step(name: str, errors: list[str], timings: dict[str, float], run: Any,
           *args: Any) -> Any:
     """One measurement; a failure is written into the section, and the others still run."""
     began = time.perf_counter()
+    timings[f"{name} load"] = os.getloadavg()[0]
     try:
         return run(*args)
     except Exception as exc:  # noqa: BLE001 - reported as a miss with its reason
@@ -952,8 +953,11 @@ def measure(settings: Settings) -> Section:
     for error in errors:
         section.notes.append(f"Failed: {error} (its goal is missed; see the log for the "
                              "traceback).")
-    section.notes.append("Time per measurement (data set building included): " + ", ".join(
-        f"{name} {seconds:.0f} s" for name, seconds in took.items()) + ".")
+    section.notes.append(
+        "Time per measurement (data set building included), and the machine's 1-minute load "
+        "average when it began (2 cores; other work on the machine moves the figures): "
+        + ", ".join(f"{name} {seconds:.0f} s (load {took[name + ' load']:.1f})"
+                    for name, seconds in took.items() if not name.endswith(" load")) + ".")
     return section
 
 
