@@ -52,7 +52,11 @@ Venue rules (from each venue's websocket documentation):
     channel's depth (400, or 50), since the 26th level moves up when one above it goes.
 
 A kept book is also checked for :func:`crossed` after every frame; for the sequence-only
-venues :meth:`BookVerifier.check_book` applies the same check to ccxt's book.
+venues :meth:`BookVerifier.check_book` applies the same check to ccxt's book. Every venue's
+levels must be numbers (a level ccxt cannot parse leaves its book wrong whatever the sequence
+says), and a book frame that names no book (no symbol, no product, no ``instId``) fails every
+book of the connection, since it may have been any one's: both are ``MALFORMED``. When ccxt
+raises on a frame the verifier passed, :meth:`BookVerifier.invalidate` fails that book.
 
 This module is pure: no asyncio, ccxt, pyarrow or disk.
 """
@@ -339,6 +343,23 @@ def _is_int(value: object) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+def _bad_level(levels: object, price: int | str, qty: int | str) -> str | None:
+    """Why a list of levels cannot be applied (not a list, a level without numbers), or ``None``.
+
+    The sequence-only venues' levels are checked too: ccxt stores a level it cannot parse as
+    ``None`` or raises half way through a frame, and either way the book is no longer the venue's.
+    """
+    if not isinstance(levels, list):
+        return _malformed(f"levels {levels!r}")
+    try:
+        for level in levels:
+            float(level[price])
+            float(level[qty])
+    except (IndexError, KeyError, TypeError, ValueError) as error:
+        return _malformed(f"level {error!r}")
+    return None
+
+
 # -- the verifiers -------------------------------------------------------------------------
 
 
@@ -373,6 +394,17 @@ class BookVerifier(ABC):
             return self._fail(symbol, Reason.CROSSED, _crossed(bids[0][0], asks[0][0]))
         return Verdict(symbol, Status.OK)
 
+    def invalidate(self, symbol: str, detail: str) -> Verdict:
+        """Fail a book for a reason found outside the verifier (ccxt raised on one of its frames).
+
+        Returns:
+            ``RESYNC`` (reason ``MALFORMED``, ``detail`` as given), or ``AWAITING`` when the
+            book already waits for its snapshot.
+        """
+        if symbol in self._awaiting:
+            return Verdict(symbol, Status.AWAITING)
+        return self._fail(symbol, Reason.MALFORMED, detail)
+
     def reset(self, symbol: str | None = None) -> None:
         """Forget what is known of one book (or of all): its next frame starts it afresh."""
         if symbol is None:
@@ -385,10 +417,19 @@ class BookVerifier(ABC):
     def _forget(self, symbol: str | None) -> None:
         """Drop the venue-specific state of a book (every book when ``None``)."""
 
+    @abstractmethod
+    def _held(self) -> set[str]:
+        """The books with state on this connection (in sync, or before their first snapshot)."""
+
     def _fail(self, symbol: str, reason: Reason, detail: str, sequence: int | None = None) -> Verdict:
         self._awaiting.add(symbol)
         self._forget(symbol)
         return Verdict(symbol, Status.RESYNC, reason, detail, sequence)
+
+    def _fail_all(self, detail: str, reason: Reason = Reason.MALFORMED, sequence: int | None = None,
+                  keep: frozenset[str] | set[str] = frozenset()) -> list[Verdict]:
+        """Fail every held book (but ``keep``): a book frame that names none may be any one's."""
+        return [self._fail(symbol, reason, detail, sequence) for symbol in sorted(self._held() - self._awaiting - keep)]
 
 
 class BinanceVerifier(BookVerifier):
@@ -437,10 +478,13 @@ class BinanceVerifier(BookVerifier):
             return ()
         symbol = frame.get("s")
         if not isinstance(symbol, str):
-            return ()
+            return tuple(self._fail_all(_malformed(f"symbol {symbol!r}")))
         first, last = frame.get("U"), frame.get("u")
         if not _is_int(first) or not _is_int(last) or first > last:
             return (self._fail(symbol, Reason.MALFORMED, _malformed(f"update ids U={first!r} u={last!r}")),)
+        bad = _bad_level(frame.get("b"), 0, 1) or _bad_level(frame.get("a"), 0, 1)
+        if bad is not None:
+            return (self._fail(symbol, Reason.MALFORMED, bad, last),)
         return (self._delta(symbol, first, last),)
 
     def _delta(self, symbol: str, first: int, last: int) -> Verdict:
@@ -474,6 +518,9 @@ class BinanceVerifier(BookVerifier):
         else:
             self._synced.discard(symbol)
 
+    def _held(self) -> set[str]:
+        return set(self._next) | self._synced
+
 
 class BybitVerifier(BookVerifier):
     """Bybit v5 ``orderbook.<depth>.<symbol>`` update ids: ``u`` one more per delta, reset by a snapshot."""
@@ -490,14 +537,18 @@ class BybitVerifier(BookVerifier):
         topic = frame.get("topic")
         if not isinstance(topic, str) or not topic.startswith("orderbook."):
             return ()
+        # The topic names the book; ccxt reads data.s, so a frame without it is lost to ccxt's book.
+        symbol = topic.rsplit(".", 1)[-1]
         data = frame.get("data")
-        symbol = data.get("s") if isinstance(data, Mapping) else None
-        if not isinstance(symbol, str):
-            symbol = topic.rsplit(".", 1)[-1]
-        kind = frame.get("type")
-        update_id = data.get("u") if isinstance(data, Mapping) else None
+        if not isinstance(data, Mapping) or data.get("s") != symbol:
+            named = data.get("s") if isinstance(data, Mapping) else data
+            return (self._fail(symbol, Reason.MALFORMED, _malformed(f"data.s {named!r} is not the topic's")),)
+        kind, update_id = frame.get("type"), data.get("u")
         if kind not in ("snapshot", "delta") or not _is_int(update_id):
             return (self._fail(symbol, Reason.MALFORMED, _malformed(f"type {kind!r}, u {update_id!r}")),)
+        bad = _bad_level(data.get("b"), 0, 1) or _bad_level(data.get("a"), 0, 1)
+        if bad is not None:
+            return (self._fail(symbol, Reason.MALFORMED, bad, update_id),)
         if kind == "snapshot":
             self._awaiting.discard(symbol)
             self._last[symbol] = update_id
@@ -515,6 +566,9 @@ class BybitVerifier(BookVerifier):
             self._last.clear()
         else:
             self._last.pop(symbol, None)
+
+    def _held(self) -> set[str]:
+        return set(self._last)
 
 
 class CoinbaseVerifier(BookVerifier):
@@ -543,20 +597,26 @@ class CoinbaseVerifier(BookVerifier):
                 detail = _gap("sequence_num", expected, sequence)
                 # The lost message may have been any product's l2_data: every book is suspect
                 # (but one this frame snapshots again).
-                for book in sorted(self._books - snapshots):
-                    verdicts.append(self._fail(book, Reason.GAP, detail, sequence))
+                verdicts += self._fail_all(detail, Reason.GAP, sequence, keep={s for s in snapshots if isinstance(s, str)})
         failed = {verdict.symbol for verdict in verdicts}
         for event in events:
             product = event.get("product_id") if isinstance(event, Mapping) else None
             if not isinstance(product, str):
+                verdicts += self._fail_all(_malformed(f"l2_data event without a product_id: {event!r:.80}"),
+                                           sequence=sequence)
+                failed = {verdict.symbol for verdict in verdicts}
                 continue
             kind = event.get("type")
-            if kind == "snapshot":
+            bad = _bad_level(event.get("updates"), "price_level", "new_quantity")
+            if bad is not None or kind not in ("snapshot", "update"):
+                detail = bad if bad is not None else _malformed(f"l2_data event type {kind!r}")
+                if product not in self._awaiting:
+                    verdicts.append(self._fail(product, Reason.MALFORMED, detail, sequence))
+                failed.add(product)
+            elif kind == "snapshot":
                 self._awaiting.discard(product)
                 self._books.add(product)
                 verdicts.append(Verdict(product, Status.OK, sequence=sequence))
-            elif kind != "update":
-                verdicts.append(self._fail(product, Reason.MALFORMED, _malformed(f"l2_data event type {kind!r}")))
             elif product not in failed:
                 ready = product in self._books and product not in self._awaiting
                 verdicts.append(Verdict(product, Status.OK if ready else Status.AWAITING, sequence=sequence))
@@ -568,6 +628,9 @@ class CoinbaseVerifier(BookVerifier):
             self._next = None
         else:
             self._books.discard(symbol)
+
+    def _held(self) -> set[str]:
+        return set(self._books)
 
 
 def _kraken_text(value: Any, decimals: int) -> str:
@@ -607,7 +670,10 @@ class KrakenVerifier(BookVerifier):
         for row in data:
             symbol = row.get("symbol") if isinstance(row, Mapping) else None
             if isinstance(symbol, str):
+                assert isinstance(row, Mapping)
                 verdicts.append(self._row(symbol, kind == "snapshot", row))
+            else:
+                verdicts += self._fail_all(_malformed(f"book row without a symbol: {row!r:.80}"))
         return tuple(verdicts)
 
     def _row(self, symbol: str, snapshot: bool, row: Mapping[str, Any]) -> Verdict:
@@ -665,6 +731,9 @@ class KrakenVerifier(BookVerifier):
         else:
             self._books.pop(symbol, None)
 
+    def _held(self) -> set[str]:
+        return set(self._books)
+
 
 class OkxVerifier(BookVerifier):
     """OKX v5 order books: ``prevSeqId`` chained to the last ``seqId``, and the top-25 CRC32 ``checksum``."""
@@ -682,8 +751,10 @@ class OkxVerifier(BookVerifier):
         arg, action, data = frame.get("arg"), frame.get("action"), frame.get("data")
         channel = arg.get("channel") if isinstance(arg, Mapping) else None
         symbol = arg.get("instId") if isinstance(arg, Mapping) else None
-        if channel not in _OKX_DEPTHS or not isinstance(symbol, str) or not isinstance(data, list):
+        if channel not in _OKX_DEPTHS or not isinstance(data, list):
             return ()
+        if not isinstance(symbol, str):
+            return tuple(self._fail_all(_malformed(f"arg without an instId: {arg!r:.80}")))
         if action not in ("snapshot", "update"):
             return (self._fail(symbol, Reason.MALFORMED, _malformed(f"action {action!r}")),)
         return tuple(self._row(symbol, _OKX_DEPTHS[channel], action == "snapshot", row) for row in data)
@@ -733,6 +804,9 @@ class OkxVerifier(BookVerifier):
                 state.clear()
             else:
                 state.pop(symbol, None)
+
+    def _held(self) -> set[str]:
+        return set(self._books)
 
 
 def _kraken(depth: int | None, precision: Mapping[str, Precision] | None) -> BookVerifier:

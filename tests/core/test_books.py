@@ -33,8 +33,13 @@ from flight_md.core.books import (
     okx_checksum,
     verifier_for,
 )
+from flight_md.emulator import Fault
+from flight_md.emulator.dialects.binance import BinanceDialect
+from flight_md.emulator.dialects.bybit import BybitDialect
+from flight_md.emulator.dialects.coinbase import CoinbaseDialect
 from flight_md.emulator.dialects.kraken import KrakenDialect
-from flight_md.emulator.market import Market, StreamKey, parse_symbols
+from flight_md.emulator.dialects.okx import OkxDialect
+from flight_md.emulator.market import StreamKey, parse_symbols
 from flight_md.emulator.recording import Recording
 from flight_md.emulator.synthetic import PriceWalk
 from tests.emulator.conftest import recording_path
@@ -428,35 +433,58 @@ def test_the_module_is_pure() -> None:
 # -- the emulator's synthetic book frames ---------------------------------------------------
 
 
-def synthetic(dialect_class: type, symbol: str, channel: str, steps: int = 300) -> tuple[Market, list[Frame]]:
+def synthetic(venue: str, steps: int = 300) -> tuple[BookVerifier, list[str], Any]:
+    """A verifier and the text of a synthetic book stream (snapshot, then updates), with its dialect."""
+    dialect_class, symbol, channel = {
+        "binance": (BinanceDialect, "BTC/USDT", "depth@100ms"),
+        "bybit": (BybitDialect, "BTC/USDT:USDT", "orderbook.50"),
+        "coinbase": (CoinbaseDialect, "BTC/USD", "level2"),
+        "kraken": (KrakenDialect, "BTC/USD", "book"),
+        "okx": (OkxDialect, "BTC/USDT", "books"),
+    }[venue]
     (market,) = parse_symbols((symbol,))
     walk = PriceWalk(market, 11)
     dialect = dialect_class((market,), {symbol: walk}, None)
     market = dialect.markets[0]
     key = StreamKey(channel, symbol)
-    frames = [json.loads(dialect.render(key, market, walk.quote, snapshot=True))]
-    frames += [json.loads(dialect.render(key, market, walk.step(n), snapshot=False)) for n in range(1, steps)]
-    return market, frames
+    texts = [dialect.render(key, market, walk.quote, snapshot=True)]
+    texts += [dialect.render(key, market, walk.step(n), snapshot=False) for n in range(1, steps)]
+    verifier = verifier_for(venue, precision={market.symbol: Precision(market.price_decimals, market.size_decimals)})
+    assert verifier is not None
+    if venue == "binance":
+        # No websocket snapshot: ccxt's is REST, its lastUpdateId the last u the emulator sent.
+        texts = texts[1:]
+        assert isinstance(verifier, BinanceVerifier)
+        assert verifier.on_rest_snapshot(market.id, json.loads(texts[0])["U"] - 1).status is Status.OK
+    return verifier, texts, dialect
 
 
-def test_the_emulator_s_synthetic_books_pass_every_check() -> None:
-    from flight_md.emulator.dialects.binance import BinanceDialect
-    from flight_md.emulator.dialects.bybit import BybitDialect
-    from flight_md.emulator.dialects.coinbase import CoinbaseDialect
-    from flight_md.emulator.dialects.okx import OkxDialect
+@pytest.mark.parametrize("venue", sorted(VERIFIERS))
+def test_the_emulator_s_synthetic_books_pass_every_check(venue: str) -> None:
+    verifier, texts, _ = synthetic(venue)
+    verdicts = feed(verifier, map(json.loads, texts))
+    assert len(verdicts) == len(texts)
+    assert {v.status for v in verdicts} == {Status.OK}
 
-    _, frames = synthetic(BybitDialect, "BTC/USDT:USDT", "orderbook.50")
-    assert {v.status for v in feed(BybitVerifier(), frames)} == {Status.OK}
-    _, frames = synthetic(CoinbaseDialect, "BTC/USD", "level2")
-    assert {v.status for v in feed(CoinbaseVerifier(), frames)} == {Status.OK}
-    _, frames = synthetic(OkxDialect, "BTC/USDT", "books")
-    verdicts = feed(OkxVerifier(), frames)
-    assert {v.status for v in verdicts} == {Status.OK} and verdicts[-1].sequence is not None
-    market, frames = synthetic(KrakenDialect, "BTC/USD", "book")
-    precision = {market.symbol: Precision(market.price_decimals, market.size_decimals)}
-    assert {v.status for v in feed(KrakenVerifier(precision, 10), frames)} == {Status.OK}
-    market, frames = synthetic(BinanceDialect, "BTC/USDT", "depth@100ms")
-    frames = frames[1:]  # Binance has no websocket snapshot: ccxt's is REST, stamped with the last u served
-    verifier = BinanceVerifier()
-    assert verifier.on_rest_snapshot(market.id, frames[0]["U"] - 1).status is Status.OK
-    assert {v.status for v in feed(verifier, frames)} == {Status.OK}
+
+@pytest.mark.parametrize("fault", [Fault.NON_NUMERIC, Fault.MISSING_FIELDS])
+@pytest.mark.parametrize("venue", sorted(VERIFIERS))
+def test_an_emulator_frame_fault_on_a_book_resyncs_it_once(venue: str, fault: Fault) -> None:
+    # A price ccxt cannot parse, or a frame that names no book (ccxt drops it): either way
+    # ccxt's book is no longer the venue's, whatever the sequence numbers say.
+    verifier, texts, dialect = synthetic(venue, steps=6)
+    texts[2] = dialect.corrupt(fault, texts[2])
+    statuses = [[v.status for v in verifier.verify(json.loads(text))] for text in texts]
+    assert statuses == [[Status.OK]] * 2 + [[Status.RESYNC]] + [[Status.AWAITING]] * (len(texts) - 3)
+    (verdict,) = verifier.verify(json.loads(texts[-1]))
+    assert verdict.status is Status.AWAITING
+
+
+def test_invalidate_fails_a_book_ccxt_could_not_apply() -> None:
+    symbol, frames = bybit_stream()
+    verifier = BybitVerifier()
+    feed(verifier, frames[:2])
+    assert verifier.invalidate(symbol, "ccxt raised TypeError") == Verdict(
+        symbol, Status.RESYNC, Reason.MALFORMED, "ccxt raised TypeError")
+    assert verifier.invalidate(symbol, "again") == Verdict(symbol, Status.AWAITING)
+    assert feed(verifier, frames[2:3]) == [Verdict(symbol, Status.AWAITING, sequence=frames[2]["data"]["u"])]
