@@ -7,6 +7,7 @@ checksums, counts) are read from the frames themselves.
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import functools
 import gzip
@@ -14,6 +15,7 @@ import json
 from collections.abc import Iterator
 from typing import Any
 
+import aiohttp
 import pytest
 
 from flight_md.core.books import (
@@ -33,7 +35,7 @@ from flight_md.core.books import (
     okx_checksum,
     verifier_for,
 )
-from flight_md.emulator import Fault
+from flight_md.emulator import Emulator, Fault
 from flight_md.emulator.dialects.binance import BinanceDialect
 from flight_md.emulator.dialects.bybit import BybitDialect
 from flight_md.emulator.dialects.coinbase import CoinbaseDialect
@@ -42,7 +44,7 @@ from flight_md.emulator.dialects.okx import OkxDialect
 from flight_md.emulator.market import StreamKey, parse_symbols
 from flight_md.emulator.recording import Recording
 from flight_md.emulator.synthetic import PriceWalk
-from tests.emulator.conftest import recording_path
+from tests.emulator.conftest import MS, recording_path
 from tests.test_core_imports import loaded_after
 
 Frame = dict[str, Any]
@@ -488,3 +490,28 @@ def test_invalidate_fails_a_book_ccxt_could_not_apply() -> None:
         symbol, Status.RESYNC, Reason.MALFORMED, "ccxt raised TypeError")
     assert verifier.invalidate(symbol, "again") == Verdict(symbol, Status.AWAITING)
     assert feed(verifier, frames[2:3]) == [Verdict(symbol, Status.AWAITING, sequence=frames[2]["data"]["u"])]
+
+
+async def coinbase_connection(url: str, frames: int) -> list[Frame]:
+    """``frames`` frames of one raw websocket subscribed to BTC-USD's level2 and the heartbeats."""
+    received: list[Frame] = []
+    async with aiohttp.ClientSession() as session, session.ws_connect(url, max_msg_size=0) as ws:
+        for request in ({"type": "subscribe", "product_ids": ["BTC-USD"], "channel": "level2"},
+                        {"type": "subscribe", "channel": "heartbeats"}):
+            await ws.send_str(json.dumps(request))
+        while len(received) < frames:
+            message = await asyncio.wait_for(ws.receive(), 10 * MS)
+            assert message.type is aiohttp.WSMsgType.TEXT, message
+            received.append(json.loads(message.data))
+    return received
+
+
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason="the Coinbase dialect numbers sequence_num with one counter for every "
+                                                             "connection (its docstring says so); Coinbase numbers each connection's")
+@pytest.mark.asyncio
+async def test_the_coinbase_emulator_numbers_each_connection_s_messages() -> None:
+    async with Emulator(exchange="coinbase", symbols=("BTC/USD",), rate=50) as emu:
+        url = emu.url.replace("http://", "ws://") + "/"
+        connections = await asyncio.gather(coinbase_connection(url, 40), coinbase_connection(url, 40))
+    for frames in connections:
+        assert {v.status for v in feed(CoinbaseVerifier(), frames)} == {Status.OK}
