@@ -742,7 +742,7 @@ def _ingest_tables(result: IngestResult | None, settings: Settings, section: Sec
         runs = Table(ingest._RUN_HEADERS)
         for run in result.runs:
             runs.add(*ingest._run_cells(run))
-        section.tables += [summary, runs]
+        section.tables += [summary, _same_rate(result), runs]
         if memory is None:
             failures.append(f"--memory-only did not keep up at {min(result.memory_only):,} msg/s")
         if persisting is None:
@@ -756,6 +756,25 @@ def _ingest_tables(result: IngestResult | None, settings: Settings, section: Sec
         value, ">=", GOAL_INGEST_RATIO, "x",
         measured_note=(f"{persisting:,} vs {memory:,} msg/s" if persisting and memory
                        else ""), failures=failures))
+
+
+def _same_rate(result: IngestResult) -> Table:
+    """CPU per stored tick of the two servers at each rate both kept up with: the cost of
+    persistence in CPU time, which the machine's load moves less than it moves the rates."""
+    table = Table(("Rate both kept up with", "--memory-only CPU µs/tick",
+                   "persisting CPU µs/tick", "persisting / --memory-only"))
+    by_rate: dict[int, dict[str, ingest.Run]] = {}
+    for run in result.runs:
+        if run.kept_up and run.design in (name for name, _ in _DESIGNS):
+            by_rate.setdefault(run.rate, {})[run.design] = run
+    for rate, pair in sorted(by_rate.items()):
+        if len(pair) == len(_DESIGNS):
+            memory, persisting = (pair[name].cpu_us_per_tick for name, _ in _DESIGNS)
+            table.add(f"{rate:,} msg/s", show(memory, "µs"), show(persisting, "µs"),
+                      show(ratio(persisting, memory), "x"))
+    if not table.rows:
+        table.add("none", "n/a", "n/a", "n/a")
+    return table
 
 
 def _kill_tables(result: KillResult | None, settings: Settings, section: Section,

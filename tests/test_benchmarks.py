@@ -266,6 +266,10 @@ def _assert_persist(text: str) -> None:
                   summary["--memory-only"]["Lossless rate (kept up)"], "persist ingest")
     assert goals["Lossless ticker ingest, persistence on vs --memory-only"]["Measured"] \
         .startswith(persisting["Ratio to --memory-only"])
+    for row in _table(part, "Rate both kept up with", "persisting / --memory-only"):
+        if row["Rate both kept up with"] != "none":
+            _assert_ratio(row["persisting / --memory-only"], row["persisting CPU µs/tick"],
+                          row["--memory-only CPU µs/tick"], "persist CPU")
     kill = _table(part, "Held before kill - interval", "Tails held")
     assert len(kill) == 1
     row = kill[0]
