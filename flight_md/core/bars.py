@@ -124,7 +124,8 @@ TRADE_COLUMNS: Final[dict[str, pa.DataType]] = {
 """The input columns bars are computed from (others are ignored); none may hold nulls."""
 
 SLICE_ROWS: Final = 1 << 16
-"""Rows reduced at a time: the slice's columns and temporaries fit in a core's L2 cache."""
+"""Rows reduced at a time: few enough that a slice's columns and temporaries stay in cache,
+enough that the fixed cost of each numpy call is spread over many trades."""
 
 
 _NO_BARS: Final = BAR_SCHEMA.empty_table()  # immutable, so one is shared
@@ -191,13 +192,13 @@ def _concat(parts: list[_Partial]) -> _Partial:
 
 def _check_schema(schema: pa.Schema) -> None:
     for name, expected in TRADE_COLUMNS.items():
-        index = schema.get_field_index(name)
-        if index < 0:
-            raise ValueError(f"trades have no column {name!r}; bars need "
-                             f"{', '.join(TRADE_COLUMNS)}")
-        if schema.field(index).type != expected:
-            raise ValueError(f"trades column {name!r} is {schema.field(index).type}; bars need "
-                             f"{expected}")
+        found = schema.get_all_field_indices(name)
+        if len(found) != 1:
+            raise ValueError(f"trades have {'no' if not found else len(found)} columns {name!r}; "
+                             f"bars need one each of {', '.join(TRADE_COLUMNS)}")
+        if schema.field(found[0]).type != expected:
+            raise ValueError(f"trades column {name!r} is {schema.field(found[0]).type}; bars "
+                             f"need {expected}")
 
 
 class _Slicer:

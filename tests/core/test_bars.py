@@ -10,6 +10,7 @@ rounding.
 
 from __future__ import annotations
 
+import itertools
 from datetime import UTC, datetime
 from typing import Any
 
@@ -53,11 +54,11 @@ def trade_table(ts: Any, price: Any, amount: Any) -> pa.Table:
 
 
 def random_trades(seed: int, n: int, span_ms: int, *, shuffled: float = 0.0,
-                  zero_amounts: float = 0.05) -> pa.Table:
+                  zero_amounts: float = 0.05, grid_ms: int = 10) -> pa.Table:
     """``n`` trades over ``span_ms`` from ``T0 + 7 ms`` in arrival order; many share a timestamp
-    (a 10 ms grid) and a price; ``shuffled`` of them arrive out of timestamp order."""
+    (on a ``grid_ms`` grid) and a price; ``shuffled`` of them arrive out of timestamp order."""
     rng = np.random.default_rng(seed)
-    ts = np.sort(T0 + 7 + rng.integers(0, span_ms // 10 + 1, n) * 10)
+    ts = np.sort(T0 + 7 + rng.integers(0, span_ms // grid_ms + 1, n) * grid_ms)
     moved = rng.random(n) < shuffled
     ts[moved] = rng.permutation(ts[moved])
     price = np.round(100 + rng.normal(0, 1, n).cumsum(), 1)
@@ -105,10 +106,10 @@ def split(table: pa.Table, cuts: list[int]) -> list[pa.RecordBatch]:
     bounds = [0, *sorted(min(c, table.num_rows) for c in cuts), table.num_rows]
     return [whole.slice(a, b - a) if whole is not None
             else pa.RecordBatch.from_pylist([], schema=table.schema)
-            for a, b in zip(bounds, bounds[1:], strict=False)]
+            for a, b in itertools.pairwise(bounds)]
 
 
-def follow(batches: list[pa.RecordBatch], interval: BarInterval) -> tuple[pa.Table, int]:
+def follow(batches: list[pa.RecordBatch] | list[pa.Table], interval: BarInterval) -> tuple[pa.Table, int]:
     """Every bar a BarBuilder returns over ``batches`` then close(), and its late count."""
     builder = BarBuilder(interval)
     out = [builder.add(batch) for batch in batches]
@@ -183,8 +184,12 @@ def test_matches_duckdb_over_many_slices(shuffled: float) -> None:
     """More rows than one slice, so bars straddle slices and (shuffled) pieces are merged."""
     n = 3 * SLICE_ROWS + 123
     trades = random_trades(seed=3, n=n, span_ms=3_600_000, shuffled=shuffled)
+    # 5,000-row chunks (like a ring's segments) are joined into slices; one chunk is cut.
+    segments = pa.Table.from_batches(trades.to_batches(max_chunksize=5_000))
     for interval in (BarInterval.S1, BarInterval.M1):
-        assert_same_bars(bars(trades, interval), duckdb_bars(trades, interval))
+        want = duckdb_bars(trades, interval)
+        assert_same_bars(bars(trades, interval), want)
+        assert_same_bars(bars(segments, interval), want)
 
 
 def test_chunked_table_and_reader_match_one_batch() -> None:
@@ -199,13 +204,13 @@ def test_chunked_table_and_reader_match_one_batch() -> None:
 
 @settings(max_examples=60, deadline=None)
 @given(seed=st.integers(0, 2**16), n=st.integers(1, 400), shuffled=st.sampled_from([0.0, 0.1, 1.0]),
-       cuts=st.lists(st.integers(0, 400), max_size=8),
+       cuts=st.lists(st.integers(0, 400), max_size=8), grid_ms=st.sampled_from([10, 1_000]),
        interval=st.sampled_from([BarInterval.S1, BarInterval.M1]))
 def test_batch_splits_change_nothing(seed: int, n: int, shuffled: float, cuts: list[int],
-                                     interval: BarInterval) -> None:
+                                     grid_ms: int, interval: BarInterval) -> None:
     """Cut anywhere (inside a bar, between equal timestamps, into empty batches): the same bars,
     the same open and close."""
-    trades = random_trades(seed, n, span_ms=600_000, shuffled=shuffled)
+    trades = random_trades(seed, n, span_ms=600_000, shuffled=shuffled, grid_ms=grid_ms)
     assert_same_bars(bars(split(trades, cuts), interval), bars(trades, interval))
 
 
@@ -214,8 +219,9 @@ def test_batch_splits_change_nothing(seed: int, n: int, shuffled: float, cuts: l
 
 def test_empty_input() -> None:
     empty = trade_table([], [], [])
-    for trades in (empty, pa.Table.from_batches([], schema=empty.schema), [],
-                   pa.RecordBatch.from_pylist([], schema=empty.schema)):
+    inputs: list[Any] = [empty, pa.Table.from_batches([], schema=empty.schema), [], iter([]),
+                         pa.RecordBatch.from_pylist([], schema=empty.schema)]
+    for trades in inputs:
         got = bars(trades, BarInterval.M1)
         assert got.schema == BAR_SCHEMA
         assert got.num_rows == 0
@@ -286,15 +292,18 @@ def test_vwap_is_null_only_when_volume_is_zero() -> None:
 
 def test_bad_trade_columns_are_refused() -> None:
     good = trade_table([T0], [1.0], [1.0])
-    with pytest.raises(ValueError, match="no column 'amount'; bars need timestamp, price, amount"):
+    with pytest.raises(ValueError, match="no columns 'amount'; bars need one each of timestamp, "
+                                         "price, amount"):
         bars(good.drop_columns(["amount"]), BarInterval.M1)
+    with pytest.raises(ValueError, match="2 columns 'price'"):
+        bars(good.append_column("price", pa.array([2.0])), BarInterval.M1)
     with pytest.raises(ValueError, match="column 'timestamp' is timestamp\\[ms\\]; bars need int64"):
         bars(good.set_column(1, "timestamp", pa.array([T0], pa.timestamp("ms"))), BarInterval.M1)
     with pytest.raises(ValueError, match="column 'price' holds 1 nulls"):
         bars(good.set_column(3, "price", pa.array([None], pa.float64())), BarInterval.M1)
-    with pytest.raises(ValueError, match="no column 'price'"):
+    with pytest.raises(ValueError, match="no columns 'price'"):
         bars(good.drop_columns(["price"]).slice(0, 0), BarInterval.M1)  # checked even when empty
-    with pytest.raises(ValueError, match="no column 'price'"):
+    with pytest.raises(ValueError, match="no columns 'price'"):
         BarBuilder(BarInterval.M1).add(good.drop_columns(["price"]))
     assert list(TRADE_COLUMNS) == ["timestamp", "price", "amount"]
 
@@ -309,6 +318,8 @@ def one(ts: int, price: float, amount: float = 1.0) -> pa.Table:
 def test_builder_follow_mode() -> None:
     builder = BarBuilder(BarInterval.M1)
     assert builder.open_bar_start is None
+    assert builder.add(trade_table([], [], [])).num_rows == 0
+    assert builder.closed_until(T0 + 999_999).num_rows == 0
     assert builder.add(one(T0 + 1_000, 1.0)).num_rows == 0
     assert builder.add(one(T0 + 2_000, 2.0)).num_rows == 0
     assert builder.open_bar_start == T0
@@ -339,6 +350,19 @@ def test_builder_follow_mode() -> None:
         builder.add(one(T0 + 200_000, 1.0))
 
 
+def test_builder_equal_timestamps_one_trade_per_batch() -> None:
+    """A live tail delivers one trade at a time, many in the same millisecond: the open is the
+    first to arrive, the close the last, even when the earliest time arrives mid-bar."""
+    builder = BarBuilder(BarInterval.S1)
+    for ts, price in [(T0 + 5, 3.0), (T0 + 5, 1.0), (T0 + 2, 8.0), (T0 + 2, 9.0), (T0 + 7, 4.0),
+                      (T0 + 7, 2.0), (T0 + 6, 5.0)]:
+        assert builder.add(one(ts, price)).num_rows == 0
+    assert builder.close().to_pylist() == [{"bar_start": T0, "open": 8.0, "high": 9.0,
+                                            "low": 1.0, "close": 2.0, "volume": 7.0,
+                                            "vwap": 32.0 / 7, "trades": 7}]
+    assert builder.late_trades == 0
+
+
 def test_builder_late_trade_after_a_later_bar_arrived() -> None:
     builder = BarBuilder(BarInterval.M1)
     batch = trade_table([T0 + 1, T0 + 60_001, T0 + 2, T0 + 120_001],
@@ -353,9 +377,15 @@ def test_builder_late_trade_after_a_later_bar_arrived() -> None:
 def test_builder_in_order_equals_bars() -> None:
     trades = random_trades(seed=5, n=2 * SLICE_ROWS + 17, span_ms=1_800_000)
     for interval in (BarInterval.S1, BarInterval.M1, BarInterval.D1):
+        want = bars(trades, interval)
         got, late = follow(split(trades, [1, 999, 40_000, 40_000, SLICE_ROWS + 5]), interval)
         assert late == 0
-        assert_same_bars(got, bars(trades, interval))
+        assert_same_bars(got, want)
+        # A backlog handed over at once, as a ring's 5,000-row segments (joined into slices).
+        got, late = follow([pa.Table.from_batches(trades.to_batches(max_chunksize=5_000))],
+                           interval)
+        assert late == 0
+        assert_same_bars(got, want)
 
 
 def on_time_reference(trades: pa.Table, interval: BarInterval) -> tuple[pa.Table, int]:
@@ -373,10 +403,10 @@ def on_time_reference(trades: pa.Table, interval: BarInterval) -> tuple[pa.Table
 
 @settings(max_examples=60, deadline=None)
 @given(seed=st.integers(0, 2**16), n=st.integers(1, 300), shuffled=st.sampled_from([0.0, 0.05, 0.5]),
-       cuts=st.lists(st.integers(0, 300), max_size=8))
+       cuts=st.lists(st.integers(0, 300), max_size=8), grid_ms=st.sampled_from([10, 1_000]))
 def test_builder_any_split_same_bars_and_late_count(seed: int, n: int, shuffled: float,
-                                                    cuts: list[int]) -> None:
-    trades = random_trades(seed, n, span_ms=300_000, shuffled=shuffled)
+                                                    cuts: list[int], grid_ms: int) -> None:
+    trades = random_trades(seed, n, span_ms=300_000, shuffled=shuffled, grid_ms=grid_ms)
     want, want_late = on_time_reference(trades, BarInterval.S1)
     got, late = follow(split(trades, cuts), BarInterval.S1)
     assert late == want_late
