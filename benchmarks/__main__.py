@@ -5,9 +5,10 @@ Usage::
     python -m benchmarks [--smoke] [--out BENCHMARKS.md] [--only ingest,latency,...]
                          [--venues bybit,okx,...]
 
-The full run takes about twenty minutes on an otherwise idle 2-core machine, some eight of
-them the five venues' ticker runs (the ingest searches' length depends on where the lossless
-rates lie); ``--smoke`` runs tiny sizes in about a minute and a half to prove the harness works
+The full run takes about twenty-five minutes on an otherwise idle 2-core machine, some eight
+of them the five venues' ticker runs and five or six the persistence section (the ingest
+searches' length depends on where the lossless rates lie); ``--smoke`` runs tiny sizes in
+about two and a half minutes to prove the harness works
 (its figures mean nothing). ``--venues`` runs only those venues' ticker measurements of the
 ingest section (about a minute and a half each), without its Binance bidask search, and no
 other section unless ``--only`` names some. Exit status 1 when a
