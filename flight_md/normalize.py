@@ -142,13 +142,6 @@ class DropReason(StrEnum):
     """Counted by ingestion: ccxt's parser raised on the frame."""
 
 
-_USED: Final[Mapping[Channel, tuple[str, ...]]] = {
-    Channel.TICKER: ("last", "close", "bid", "ask", "high", "low", "open", "baseVolume"),
-    Channel.BIDASK: ("bid", "ask"),
-}
-"""The unified fields each channel's tick is made of."""
-
-
 class _Bad(Exception):
     """Internal: carries the reason out of the field helpers (never escapes this module)."""
 
@@ -226,35 +219,48 @@ def _opt(value: float | None) -> float:
 
 def _build(ticker: Mapping[str, Any], fields: frozenset[str] | None, channel: Channel,
            receive_ms: int) -> tuple[str, Row]:
-    if not isinstance(ticker, Mapping):
+    # ccxt's tickers are dicts: the ABC check (slow next to the rest of a tick) is for others.
+    if type(ticker) is not dict and not isinstance(ticker, Mapping):
         raise _Bad(DropReason.UNPARSEABLE_FRAME, "ticker")
-    symbol = ticker.get("symbol")
+    get = ticker.get
+    symbol = get("symbol")
     if not isinstance(symbol, str) or not symbol:
         raise _Bad(DropReason.MISSING_SYMBOL, "symbol")
-    if fields and any(ticker.get(name) is None for name in _USED[channel]):
-        # ccxt left a field we store empty: was it absent, or not a number?
-        _check_raw(ticker.get("info"), fields)
-    timestamp = _timestamp(ticker.get("timestamp"), receive_ms)
-    bid = _quote(ticker.get("bid"), "bid")
-    ask = _quote(ticker.get("ask"), "ask")
-    if bid is not None and ask is not None and bid > ask:
-        raise _Bad(DropReason.CROSSED_BOOK, "bid")
+    # The unified fields a tick is made of (a ticker: last, close, bid, ask, high, low, open,
+    # baseVolume; a bid/ask: bid, ask) are each read once: this runs for every tick.
+    raw_bid, raw_ask = get("bid"), get("ask")
     if channel is Channel.BIDASK:
+        if fields and (raw_bid is None or raw_ask is None):
+            _check_raw(get("info"), fields)  # ccxt left a field empty: absent, or not a number?
+        timestamp = _timestamp(get("timestamp"), receive_ms)
+        bid, ask = _quote(raw_bid, "bid"), _quote(raw_ask, "ask")
+        if bid is not None and ask is not None and bid > ask:
+            raise _Bad(DropReason.CROSSED_BOOK, "bid")
         if bid is None or ask is None:
             raise _Bad(DropReason.MISSING_PRICE, "bid" if bid is None else "ask")
         return symbol, (timestamp, (bid + ask) / 2.0, _NAN, bid, ask, _NAN, _NAN, _NAN, _NAN,
                         receive_ms)
-    last = _number(ticker.get("last"), "last")
-    close = _quote(ticker.get("close"), "close")
+    raw_last, raw_close, raw_high, raw_low, raw_open, raw_volume = (
+        get("last"), get("close"), get("high"), get("low"), get("open"), get("baseVolume"))
+    if fields and (raw_last is None or raw_close is None or raw_bid is None or raw_ask is None
+                   or raw_high is None or raw_low is None or raw_open is None
+                   or raw_volume is None):
+        _check_raw(get("info"), fields)  # ccxt left a field empty: absent, or not a number?
+    timestamp = _timestamp(get("timestamp"), receive_ms)
+    bid, ask = _quote(raw_bid, "bid"), _quote(raw_ask, "ask")
+    if bid is not None and ask is not None and bid > ask:
+        raise _Bad(DropReason.CROSSED_BOOK, "bid")
+    last = _number(raw_last, "last")
+    close = _quote(raw_close, "close")
     price = last if last is not None else close
     if price is None:
         raise _Bad(DropReason.MISSING_PRICE, "last")
     if price <= 0.0:
         raise _Bad(DropReason.NON_POSITIVE_PRICE, "last")
     return symbol, (
-        timestamp, price, _opt(_volume(ticker.get("baseVolume"), "baseVolume")), _opt(bid),
-        _opt(ask), _opt(_quote(ticker.get("high"), "high")), _opt(_quote(ticker.get("low"), "low")),
-        _opt(_quote(ticker.get("open"), "open")), _opt(close), receive_ms)
+        timestamp, price, _opt(_volume(raw_volume, "baseVolume")), _opt(bid), _opt(ask),
+        _opt(_quote(raw_high, "high")), _opt(_quote(raw_low, "low")),
+        _opt(_quote(raw_open, "open")), _opt(close), receive_ms)
 
 
 def row_to_tick(symbol: str, row: Row, exchange: str) -> MarketTick:

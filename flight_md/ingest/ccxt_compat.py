@@ -130,7 +130,7 @@ class Tap(dict[str, Any]):
         self.sink = sink
 
     def __setitem__(self, key: str, value: Any) -> None:
-        super().__setitem__(key, value)
+        dict.__setitem__(self, key, value)  # not super(): this runs for every tick
         self.sink(key, value)
 
 
