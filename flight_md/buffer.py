@@ -807,33 +807,38 @@ class MarketDataBuffer:
         """Refill an empty ring with its newest rows after a restart.
 
         Args:
-            numeric: Rows in :data:`~flight_md.schema.NUMERIC_SCHEMA`, oldest first (only
-                the newest ``buffer_size`` are kept).
+            numeric: Rows in :data:`~flight_md.schema.NUMERIC_SCHEMA`, oldest first (the
+                newest ``buffer_size`` are kept, and those from ``history_seq`` on).
             next_seq: The sequence number the next appended row gets (the newest restored
                 row has ``next_seq - 1``), so ``ticks_appended`` continues.
             history_seq: The first restored row not in the history yet (default: all are);
                 the ring keeps it and every later row until :meth:`release`.
         """
         numeric = numeric.select(list(NUMERIC_FIELDS)).cast(NUMERIC_SCHEMA)
-        if numeric.num_rows > self.buffer_size:
-            numeric = numeric.slice(numeric.num_rows - self.buffer_size)
         if numeric.num_rows > next_seq:
             raise ValueError(f"cannot restore {numeric.num_rows} rows below sequence {next_seq}")
+        given = next_seq - numeric.num_rows  # sequence number of the first given row
+        # The newest buffer_size rows, and (persisting) every older one not in the history
+        # yet: the ring holds those for queries until release() (they may be many, e.g. a
+        # large journal not moved yet, so they are kept as given, zero copy).
+        hold = next_seq if history_seq is None else history_seq
+        first = max(given, min(hold, next_seq - self.buffer_size))
+        numeric = numeric.slice(first - given)
         ring = self._ring_for(exchange, symbol)
         with ring.lock:
             if ring.next_seq:
                 raise ValueError(f"ring {exchange} {symbol} is not empty")
-            first = next_seq - numeric.num_rows
+            if numeric.num_rows <= 2 * self.buffer_size:
+                numeric = numeric.combine_chunks(MEMORY_POOL)
             seq = first
-            for batch in numeric.combine_chunks(MEMORY_POOL).to_batches(ring.merge_rows):
+            for batch in numeric.to_batches(ring.merge_rows):
                 ring.segments.append(_Segment(batch, seq))
                 seq += batch.num_rows
-            ring.start_seq = first
+            ring.start_seq = max(first, next_seq - self.buffer_size)
             ring.next_seq = ring.sealed_seq = next_seq
             if ring.journal_seq is not None:
                 ring.journal_seq = next_seq  # restored rows are journalled (or in history)
-                ring.history_seq = next_seq if history_seq is None else max(first, min(
-                    history_seq, next_seq))
+                ring.history_seq = max(first, min(hold, next_seq))
             if numeric.num_rows:
                 last = numeric.slice(numeric.num_rows - 1).to_pylist()[0]
                 ring.last_row = [last[name] for name in NUMERIC_FIELDS]

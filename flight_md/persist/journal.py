@@ -74,6 +74,7 @@ import logging
 import os
 import struct
 import threading
+import time
 import zlib
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -482,7 +483,11 @@ class Journal:
                 log.exception("journal %s: feeding the commit failed", self.directory)
 
     def _run(self) -> None:
-        while not self._stop.wait(self.commit_interval):
+        # Fixed deadlines: the commit's own work (and a wait for the GIL under load) must not
+        # stretch the period, or kill -9 would lose more than one interval.
+        deadline = time.monotonic() + self.commit_interval
+        while not self._stop.wait(max(0.0, deadline - time.monotonic())):
+            deadline = max(deadline + self.commit_interval, time.monotonic())
             self._feed()
             with self._io:
                 self._commit_locked(timed=True)

@@ -15,9 +15,11 @@ footers plus the ring, without reading rows.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+import queue
+import threading
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import pyarrow as pa
 
@@ -91,22 +93,99 @@ def span(persistence: Persistence, buffer: MarketDataBuffer, query: Query) -> Sp
             table = table.slice(drop)
         yield from table.to_batches()
 
+    # Every file of a series holds one symbol and one exchange: those two columns are made
+    # here, not decoded from Parquet (a quarter to a half of a scan's time otherwise).
+    stored = [c for c in columns if c not in _CONSTANT] or ["timestamp"]
+    constants = _Constants(symbol, exchange)
+
+    def assemble(batch: pa.RecordBatch) -> pa.RecordBatch:
+        arrays = [constants.get(c, batch.num_rows) if c in _CONSTANT else batch.column(c)
+                  for c in columns]
+        return pa.RecordBatch.from_arrays(arrays, schema=schema)
+
     def batches() -> Iterator[pa.RecordBatch]:
         history_skip = min(skip, history_rows)
         if history_skip < history_rows:
             take = history_rows - history_skip
             if query.start is None and query.end is None and take <= LATEST_IN_MEMORY:
-                table = reader.latest(channel, exchange, symbol, take, columns, before=before)
+                table = reader.latest(channel, exchange, symbol, take, stored, before=before)
                 for batch in table.to_batches():
-                    yield _conform(batch, schema)
+                    yield assemble(batch)
             else:
-                yield from _skipping(
-                    (_conform(b, schema) for b in reader.scan(
-                        channel, exchange, symbol, query.start, query.end, columns,
-                        before=before)), history_skip)
+                scan = reader.scan(channel, exchange, symbol, query.start, query.end, stored,
+                                   before=before)
+                yield from _skipping((assemble(b) for b in _prefetch(scan)), history_skip)
         yield from ring_part(max(0, skip - history_rows))
 
     return Spanned(schema, wanted, batches)
+
+
+_CONSTANT: Final = ("symbol", "exchange")
+PREFETCH_BATCHES: Final = 2
+"""Batches decoded ahead of the one being sent (Parquet decoding releases the GIL, so it
+overlaps the transfer)."""
+
+
+class _Constants:
+    """The ``symbol`` and ``exchange`` columns of one scan, built once at the largest batch
+    length seen and sliced (immutable arrays may back many batches)."""
+
+    def __init__(self, symbol: str, exchange: str) -> None:
+        self._values = {"symbol": symbol, "exchange": exchange}
+        self._arrays: dict[str, pa.Array] = {}
+
+    def get(self, name: str, n: int) -> pa.Array:
+        array = self._arrays.get(name)
+        if array is None or len(array) < n:
+            array = self._arrays[name] = pa.repeat(pa.scalar(self._values[name], pa.string()),
+                                                   max(n, 1))
+        return array.slice(0, n)
+
+
+def _prefetch(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+    """``batches``, read by a worker thread up to :data:`PREFETCH_BATCHES` ahead; the worker
+    stops when the consumer does (a cancelled DoGet closes this generator)."""
+    ready: queue.Queue[tuple[str, Any]] = queue.Queue(PREFETCH_BATCHES)
+    stop = threading.Event()
+
+    def work() -> None:
+        try:
+            for batch in batches:
+                while not stop.is_set():
+                    try:
+                        ready.put(("batch", batch), timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    close = getattr(batches, "close", None)
+                    if close is not None:
+                        close()  # the scan's open files, now, not at garbage collection
+                    return
+            item: tuple[str, Any] = ("end", None)
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the consumer's thread
+            item = ("error", exc)
+        while not stop.is_set():
+            try:
+                ready.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    worker = threading.Thread(target=work, name="flight-md-history-read", daemon=True)
+    worker.start()
+    try:
+        while True:
+            kind, value = ready.get()
+            if kind == "batch":
+                yield value
+            elif kind == "error":
+                raise value
+            else:
+                return
+    finally:
+        stop.set()
+        worker.join(5.0)
 
 
 def _skipping(batches: Iterator[pa.RecordBatch], skip: int) -> Iterator[pa.RecordBatch]:
@@ -116,11 +195,3 @@ def _skipping(batches: Iterator[pa.RecordBatch], skip: int) -> Iterator[pa.Recor
             continue
         yield batch.slice(skip) if skip else batch
         skip = 0
-
-
-def _conform(batch: pa.RecordBatch, schema: pa.Schema) -> pa.RecordBatch:
-    """A history batch in the served schema (Parquet may relax nullability)."""
-    if batch.schema.equals(schema):
-        return batch
-    columns: Sequence[pa.Array] = [batch.column(name) for name in schema.names]
-    return pa.RecordBatch.from_arrays(list(columns), schema=schema)

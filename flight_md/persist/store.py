@@ -44,6 +44,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -63,12 +64,14 @@ from flight_md.persist.history import (
     HistoryWriter,
     Quarantined,
     SeriesBounds,
+    WrittenFile,
 )
 from flight_md.persist.journal import (
     DEFAULT_COMMIT_INTERVAL_S,
     EVENTS_KEY,
     FsyncMode,
     Journal,
+    JournalKey,
 )
 from flight_md.persist.recovery import (
     events_from_table,
@@ -99,6 +102,11 @@ rows it evicted, waiting for that)."""
 RETENTION_INTERVAL_S: Final = 300.0
 HISTORY_RETRY_S: Final = 1.0
 BOUNDS_TTL_S: Final = 5.0
+MOVE_AT_OPEN_ROWS: Final = 1_000_000
+"""A journal of at most this many rows moves into the history before the server starts; a
+larger one moves in the background right after (the rings hold its rows meanwhile)."""
+WRITE_THREADS: Final = 2
+"""Parquet writers in parallel (zstd and fsync release the GIL)."""
 HOLD_LIMIT_ROWS: Final = 1_000_000
 """Evicted rows the rings keep in all, while the history cannot be written (~80 MB)."""
 SUBSCRIPTIONS_FILE: Final = "subscriptions.json"
@@ -209,6 +217,10 @@ class Persistence:
         self._retention_removed = 0
         self._last_retention = 0.0
         self._bounds: tuple[float, list[SeriesBounds]] | None = None
+        self._dedupe_events = False
+        self._recovered: set[int] = set()
+        self._executor: ThreadPoolExecutor | None = None
+        self._writers = threading.local()
         self.recovery: dict[str, Any] = {}
         """What :meth:`open` found and did (for ``status`` and ``@events``)."""
 
@@ -249,21 +261,24 @@ class Persistence:
             newest = self.reader.newest(key.channel, key.exchange, key.symbol)
             if newest is not None and newest.sequence is not None:
                 self._history_seq[(key.channel, key.exchange, key.symbol)] = newest.sequence + 1
-        # Each key's rows still only in the journal (the move below may fail: a full disk)
-        # refill its ring too, and its numbering continues after them, never below.
-        journal_tail: dict[tuple[str, str, str], list[pa.Table]] = {}
-        for part in recovery.batches:
-            if part.key != EVENTS_KEY and part.table.num_rows:
-                journal_tail.setdefault((part.key.channel, part.key.exchange, part.key.symbol),
-                                        []).append(part.table)
-        # Everything the journal held goes to the history first, so that the rings refill
-        # from one place and no query meets a gap between the two. A crash may have come
-        # between a segment's Parquet writes and its seal: its rows are skipped by sequence
-        # number, its events by content (recovered segments only).
-        moved = self._move_closed(recovered=True)
+        # The journal's rows per key (zero copy: memory-mapped from the segments). A crash may
+        # have come between a segment's Parquet writes and its seal: rows the history holds
+        # are skipped by sequence number, events by content (the first move after a start).
+        recovered = recovery.tables()
+        self._dedupe_events = True
+        self._recovered = {seg.seq for seg in recovery.segments}
+        journal_tail = {(k.channel, k.exchange, k.symbol): [t] for k, t in recovered.items()
+                        if k != EVENTS_KEY and t.num_rows}
+        moved = _NOTHING
+        if recovery.rows <= MOVE_AT_OPEN_ROWS:
+            # A small journal goes to the history now: the start is as fast either way.
+            moved = self._move_closed()
         self.buffer.persist()
+        # Each ring is refilled with its newest rows and keeps every row the history does not
+        # hold yet (the journal's, memory-mapped), so queries have no gap while a large
+        # journal moves into the history in the background; numbering continues after them.
         rings = self._refill_rings(journal_tail)
-        restored_events = self._refill_events()
+        restored_events = self._refill_events(recovered.get(EVENTS_KEY))
         self.events.sink = self._pending_events.append
         self._retention()
         seconds = time.monotonic() - started
@@ -284,7 +299,8 @@ class Persistence:
                  self.data_dir.path, recovery.rows, rings, seconds)
 
     def start(self) -> Self:
-        """Start the history thread (seals and retention)."""
+        """Start the history thread (seals and retention); it first moves what the journal
+        still holds from before the start."""
         self._thread = threading.Thread(target=self._run, name="flight-md-history", daemon=True)
         self._thread.start()
         return self
@@ -312,7 +328,8 @@ class Persistence:
                          for t in journal_tail.get(series, [])]
             unwritten = [t for t in unwritten if t.num_rows]
             parts: list[pa.Table] = []
-            if in_history is not None:
+            if in_history is not None and sum(t.num_rows for t in unwritten) < \
+                    self.buffer.buffer_size:
                 try:
                     parts.append(_numeric(self.reader.latest(wanted, exchange, symbol,
                                                              self.buffer.buffer_size)))
@@ -322,7 +339,9 @@ class Persistence:
             parts += [_numeric(t) for t in unwritten]
             if not parts:
                 continue
-            rows = _sorted_by_sequence(pa.concat_tables(parts))
+            rows = pa.concat_tables(parts)
+            if len(parts) > 1 or SEQUENCE not in rows.column_names:
+                rows = _sorted_by_sequence(rows)
             if not rows.num_rows:
                 continue
             next_seq = int(pc.max(rows.column(SEQUENCE)).as_py()) + 1
@@ -331,7 +350,7 @@ class Persistence:
             refilled += 1
         return refilled
 
-    def _refill_events(self) -> int:
+    def _refill_events(self, journalled: pa.Table | None) -> int:
         assert self.reader is not None
         keep: deque[pa.RecordBatch] = deque()
         rows = 0
@@ -340,9 +359,11 @@ class Persistence:
             rows += batch.num_rows
             while keep and rows - keep[0].num_rows >= self.events.capacity:
                 rows -= keep.popleft().num_rows
-        if not keep:
+        events = events_from_table(pa.Table.from_batches(list(keep))) if keep else []
+        if journalled is not None and journalled.num_rows:  # not moved yet (a large journal)
+            events += events_from_table(self._new_events(journalled))
+        if not events:
             return 0
-        events = events_from_table(pa.Table.from_batches(list(keep)))
         self.events.restore(events[-self.events.capacity:])
         return min(len(events), self.events.capacity)
 
@@ -397,12 +418,15 @@ class Persistence:
     # -- the history thread -------------------------------------------------------------------
 
     def _run(self) -> None:
+        assert self.journal is not None
+        backlog = bool(self.journal.closed_segments())  # a large journal left by open()
         while True:
             # While a move failed (a full disk), retry every second, not every seal interval.
             wait = self.config.seal_interval if self._history_error is None else min(
                 self.config.seal_interval, HISTORY_RETRY_S)
-            if self._stop.wait(wait):
+            if self._stop.wait(0.0 if backlog else wait):
                 return
+            backlog = False
             try:
                 self.flush()
             except Exception:
@@ -452,59 +476,94 @@ class Persistence:
                 for row in table.to_pylist()]
         return table.filter(pa.array(keep, pa.bool_()))
 
-    def _move_closed(self, *, recovered: bool = False) -> FlushResult:
+    def _move_closed(self) -> FlushResult:
+        """Write every closed segment's rows to the history, one file per key and day over
+        all of them (in parallel, a writer per thread: keys are separate directories), then
+        seal them and let the rings free what they held."""
         assert self.journal is not None and self.writer is not None
         started = time.monotonic()
-        segments = rows = files = size = events = skipped = 0
-        for info in self.journal.closed_segments():
-            released: dict[tuple[str, str], int] = {}
+        infos = self.journal.closed_segments()
+        if not infos:
+            return _NOTHING
+        per_key: dict[JournalKey, list[pa.Table]] = {}
+        readable = []
+        for info in infos:
             try:
-                for part in read_segment(info):
-                    key = part.key
-                    if key == EVENTS_KEY:
-                        table = self._new_events(part.table) if recovered else part.table
-                        if table.num_rows:
-                            self.writer.write_events(table)
-                        events += table.num_rows
-                        continue
-                    table, dropped = self._unwritten(key.channel, key.exchange, key.symbol,
-                                                     part.table)
-                    skipped += dropped
-                    if table.num_rows:
-                        written = self.writer.write(key.channel, key.exchange, key.symbol,
-                                                    _with_constants(table, key.exchange,
-                                                                    key.symbol))
-                        files += len(written)
-                        size += sum(w.bytes for w in written)
-                        rows += table.num_rows
-                        last = int(pc.max(table.column(SEQUENCE)).as_py())
-                        self._history_seq[(key.channel, key.exchange, key.symbol)] = last + 1
-                    if key.channel == self.channel(key.exchange):
-                        released[(key.exchange, key.symbol)] = self._history_seq.get(
-                            (key.channel, key.exchange, key.symbol), 0)
-            except OSError as exc:
-                self._history_error = f"{type(exc).__name__}: {exc}"
-                self._check_health()
-                break
+                parts = read_segment(info)
             except FlightMdError as exc:  # a segment that became unreadable since recovery
                 log.error("journal segment %s cannot be read: %s", info.path, exc)
                 self.events.record("*", EventKind.PERSIST_ERROR, (),
                                    f"journal segment {info.path.name} cannot be read: {exc}")
                 break
-            self.journal.seal(info.seq)
-            segments += 1
-            for (exchange, symbol), through in released.items():
-                self.buffer.release(exchange, symbol, through)
-        else:
-            if self._history_error is not None:
-                self._history_error = None
+            except OSError as exc:
+                self._history_error = f"{type(exc).__name__}: {exc}"
                 self._check_health()
+                break
+            readable.append(info)
+            for part in parts:
+                per_key.setdefault(part.key, []).append(part.table)
+        if not readable:
+            return _NOTHING
+        events = 0
+        skipped = 0
+        jobs: list[tuple[JournalKey, pa.Table]] = []
+        try:
+            if EVENTS_KEY in per_key:
+                table = pa.concat_tables(per_key.pop(EVENTS_KEY))
+                if self._dedupe_events:
+                    table = self._new_events(table)
+                if table.num_rows:
+                    self.writer.write_events(table)
+                events = table.num_rows
+            for key, tables in per_key.items():
+                table, dropped = self._unwritten(key.channel, key.exchange, key.symbol,
+                                                 pa.concat_tables(tables))
+                skipped += dropped
+                if table.num_rows:
+                    jobs.append((key, table))
+            written = list(self._pool().map(self._write_key, jobs))
+        except OSError as exc:
+            self._history_error = f"{type(exc).__name__}: {exc}"
+            self._check_health()
+            return FlushResult(0, 0, 0, 0, 0, skipped, time.monotonic() - started)
+        self._dedupe_events = False
+        rows = files = size = 0
+        for (key, table), done in zip(jobs, written, strict=True):
+            files += len(done)
+            size += sum(w.bytes for w in done)
+            rows += table.num_rows
+            last = int(pc.max(table.column(SEQUENCE)).as_py())
+            self._history_seq[(key.channel, key.exchange, key.symbol)] = last + 1
+        self.journal.seal(readable[-1].seq)
+        for key in per_key:
+            if key.channel == self.channel(key.exchange):
+                self.buffer.release(key.exchange, key.symbol, self._history_seq.get(
+                    (key.channel, key.exchange, key.symbol), 0))
+        if len(readable) == len(infos) and self._history_error is not None:
+            self._history_error = None
+            self._check_health()
         self._written_rows += rows
         self._written_files += files
         if rows or events:
             self._bounds = None
-        return FlushResult(segments, rows, files, size, events, skipped,
+        return FlushResult(len(readable), rows, files, size, events, skipped,
                            time.monotonic() - started)
+
+    def _pool(self) -> ThreadPoolExecutor:
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(max_workers=WRITE_THREADS,
+                                                thread_name_prefix="flight-md-parquet")
+        return self._executor
+
+    def _write_key(self, job: tuple[JournalKey, pa.Table]) -> list[WrittenFile]:
+        key, table = job
+        writer = getattr(self._writers, "writer", None)
+        if writer is None:
+            assert self.root is not None
+            writer = self._writers.writer = HistoryWriter(self.root)
+        written: list[WrittenFile] = writer.write(
+            key.channel, key.exchange, key.symbol, _with_constants(table, key.exchange, key.symbol))
+        return written
 
     def _unwritten(self, channel: str, exchange: str, symbol: str,
                    table: pa.Table) -> tuple[pa.Table, int]:
@@ -672,6 +731,9 @@ class Persistence:
                 self.journal.close()
                 self.journal = None
         self._state = PersistState.CLOSED
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+            self._executor = None
         if self.data_dir is not None:
             self.data_dir.close()
             self.data_dir = None
@@ -688,10 +750,8 @@ def _with_constants(table: pa.Table, exchange: str, symbol: str) -> pa.Table:
     """Journal rows in the history's columns: ``symbol`` and ``exchange`` added."""
     n = table.num_rows
     columns = {name: table.column(name) for name in table.column_names}
-    columns["symbol"] = pa.chunked_array([pa.array([symbol] * n, pa.string())]) if n else \
-        pa.chunked_array([], pa.string())
-    columns["exchange"] = pa.chunked_array([pa.array([exchange] * n, pa.string())]) if n else \
-        pa.chunked_array([], pa.string())
+    columns["symbol"] = pa.chunked_array([pa.repeat(pa.scalar(symbol, pa.string()), n)])
+    columns["exchange"] = pa.chunked_array([pa.repeat(pa.scalar(exchange, pa.string()), n)])
     schema = history_schema()
     return pa.Table.from_arrays([columns[f.name] for f in schema], schema=schema)
 
