@@ -633,6 +633,20 @@ def _timestamp_range(meta: pq.FileMetaData) -> tuple[int, int]:
     return (lo, hi) if lo <= hi else (0, -1)
 
 
+def _max_sequence(meta: pq.FileMetaData) -> int | None:
+    """The largest ``sequence`` of a file from its row-group statistics (``None``: unknown)."""
+    index = meta.schema.to_arrow_schema().get_field_index(SEQUENCE)
+    if index < 0:
+        return None
+    hi: int | None = None
+    for i in range(meta.num_row_groups):
+        stats = meta.row_group(i).column(index).statistics
+        if stats is None or not stats.has_min_max:
+            return None
+        hi = int(stats.max) if hi is None else max(hi, int(stats.max))
+    return hi
+
+
 def _fsync_dir(path: str) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -1010,7 +1024,10 @@ def _read_rows(entry: _Entry, pf: pq.ParquetFile, lo: int, hi: int, before: Seam
             groups.append(i)
         if not groups:
             return
-        whole = lo <= entry.min_ts and entry.max_ts < hi and before is None
+        whole = lo <= entry.min_ts and entry.max_ts < hi and (
+            before is None or (seam_seq is not None and (newest := _max_sequence(meta)) is not None
+                               and newest < seam_seq)
+            or (seam_seq is None and before is not None and entry.max_ts < before.timestamp))
         names = list(columns) if columns is not None else schema.names
         for chunk in _row_group_chunks(pf, groups, names, batch_rows):
             if not whole:
@@ -1237,7 +1254,7 @@ class HistoryReader:
             for entry in listing.files:
                 if entry.max_ts < lo or entry.min_ts >= hi:
                     continue
-                if lo <= entry.min_ts and entry.max_ts < hi and before is None:
+                if lo <= entry.min_ts and entry.max_ts < hi and self._wholly_before(entry, before):
                     total += entry.rows
                 else:
                     partial.append(entry)
@@ -1257,6 +1274,18 @@ class HistoryReader:
                     for o in opened:
                         o.file.close()
         return total
+
+    def _wholly_before(self, entry: _Entry, before: SeamPoint | None) -> bool:
+        """Whether every row of the file is before the seam, known from its name or footer."""
+        if before is None:
+            return True
+        if before.sequence is None:
+            return entry.max_ts < before.timestamp
+        try:
+            newest = _max_sequence(self.root.footer(entry.path))
+        except (pa.ArrowException, OSError):
+            return False  # the read below quarantines it
+        return newest is not None and newest < before.sequence
 
     def latest(self, channel: str, exchange: str, symbol: str, n: int,
                columns: Sequence[str] | None = None, *, before: SeamPoint | None = None) -> pa.Table:
