@@ -289,6 +289,7 @@ def _assert_persist(text: str) -> None:
         "Measured"].startswith(pull[0]["flight_md / DuckDB"])
 
 
+@pytest.mark.soak  # ~110 s on 2 cores: the default suite must stay near 15 minutes
 @pytest.mark.timeout(int(300 * MS))
 def test_smoke_run_produces_every_section_with_consistent_verdicts(tmp_path: Path) -> None:
     out = tmp_path / "BENCHMARKS.md"
