@@ -601,7 +601,12 @@ def killed(emulator: EmulatorProcess, tmp_path_factory: pytest.TempPathFactory) 
         client = connect(stack, server)
         wait_ticks(client, 100)
         assert action(client, "flush")["files"] == len(SERVED)
+        commits = persistence(client)["journal"]["commits"]
         wait_ticks(client, 300)
+        # At least four group commits in the new segment, whatever the pace of the ticks:
+        # the tests damage one in the middle.
+        until(lambda: persistence(client)["journal"]["commits"] >= commits + 4, 30,
+              "four commits after the flush", interval=0.1)
         server.signal(signal.SIGKILL)
         server.wait(10 * MS)
     return data_dir
