@@ -218,7 +218,6 @@ class Persistence:
         self._last_retention = 0.0
         self._bounds: tuple[float, list[SeriesBounds]] | None = None
         self._dedupe_events = False
-        self._recovered: set[int] = set()
         self._executor: ThreadPoolExecutor | None = None
         self._writers = threading.local()
         self.recovery: dict[str, Any] = {}
@@ -266,7 +265,6 @@ class Persistence:
         # are skipped by sequence number, events by content (the first move after a start).
         recovered = recovery.tables()
         self._dedupe_events = True
-        self._recovered = {seg.seq for seg in recovery.segments}
         journal_tail = {(k.channel, k.exchange, k.symbol): [t] for k, t in recovered.items()
                         if k != EVENTS_KEY and t.num_rows}
         moved = _NOTHING

@@ -134,7 +134,6 @@ import json
 import math
 import random
 import re
-import zlib
 from collections import deque
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
@@ -144,6 +143,9 @@ from typing import Any, Final
 
 from aiohttp import web
 
+# The checksum is the venue's, not the emulator's: one implementation, in the pure core.
+from flight_md.core.books import KRAKEN_CHECKSUM_LEVELS as BOOK_CHECKSUM_LEVELS
+from flight_md.core.books import kraken_checksum as book_checksum
 from flight_md.emulator.dialect import ConnectionInfo, Control, Dialect, RestHandler, Subscription, now_ms
 from flight_md.emulator.fault import Fault
 from flight_md.emulator.market import Market, MarketKind, StreamKey
@@ -176,7 +178,6 @@ _FEES_MAKER: Final = [[0, 0.16], [50000, 0.14], [100000, 0.12], [250000, 0.1], [
 _VERSION: Final = "2.0.10"
 _HEARTBEAT: Final = '{"channel":"heartbeat"}'
 _HEARTBEAT_INTERVAL: Final = 1.0
-BOOK_CHECKSUM_LEVELS: Final = 10
 """Levels per side Kraken's book ``checksum`` covers (asks, then bids)."""
 _SYNTHETIC_LEVELS: Final = 10  # per side, whatever depth is subscribed (see the docstring)
 _REST_TRADES: Final = 1000  # recent trades kept for /0/public/Trades, Kraken's maximum count
@@ -1014,31 +1015,8 @@ def _precise(value: str, decimals: int) -> str:
     return format(Decimal(value).quantize(Decimal(1).scaleb(-decimals)), "f")
 
 
-def _checksum_digits(text: str) -> str:
-    return text.replace(".", "").lstrip("0")
 
 
-def book_checksum(asks: Iterable[tuple[str, str]], bids: Iterable[tuple[str, str]]) -> int:
-    """Kraken's book checksum: CRC32 of the top 10 asks (best first), then the top 10 bids.
-
-    Each level is its price then its quantity, each formatted to the pair's precision
-    (websocket v2: ``price_precision``/``qty_precision``; v1: the strings as sent), with the
-    decimal point and then the leading zeros removed; the strings are concatenated.
-
-    Args:
-        asks: ``(price, qty)`` strings, best (lowest) first; only the first 10 are used.
-        bids: ``(price, qty)`` strings, best (highest) first; only the first 10 are used.
-
-    Returns:
-        The unsigned 32-bit checksum, as Kraken sends it.
-    """
-    parts: list[str] = []
-    for side in (asks, bids):
-        for number, (price, qty) in enumerate(side):
-            if number == BOOK_CHECKSUM_LEVELS:
-                break
-            parts.append(_checksum_digits(price) + _checksum_digits(qty))
-    return zlib.crc32("".join(parts).encode())
 
 
 class _SyntheticBook:

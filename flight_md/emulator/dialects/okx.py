@@ -65,14 +65,14 @@ tells spot from contract; the OKX instrument type is kept by the dialect.
 from __future__ import annotations
 
 import json
-import zlib
 from collections import deque
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any, Final
 
 from aiohttp import web
 
+from flight_md.core.books import okx_checksum as book_checksum
 from flight_md.emulator.book import SyntheticBook
 from flight_md.emulator.dialect import ConnectionInfo, Control, Dialect, RestHandler, Subscription, now_ms
 from flight_md.emulator.fault import Fault
@@ -99,7 +99,6 @@ _SHUTDOWN: Final = ('{"event":"notice","code":"64008","msg":"The connection will
 _EXPIRY_HOUR_UTC: Final = 8
 BOOK_DEPTH: Final = 25
 """Levels a side of a synthetic ``books`` stream: the 25 OKX's checksum covers."""
-_CHECKSUM_LEVELS: Final = 25
 _TRADES_KEPT: Final = 1000  # recent trades a synthetic market keeps for REST and the next frame
 _REST_TRADES_MAX: Final = 500
 
@@ -623,21 +622,6 @@ def _ticker_data(instrument: Mapping[str, Any], market: Market, quote: Quote) ->
     }
 
 
-def book_checksum(bids: Sequence[Sequence[str]], asks: Sequence[Sequence[str]]) -> int:
-    """OKX's order book checksum: CRC32 of the top 25 levels, as a signed 32-bit integer.
-
-    The string is ``bid1px:bid1sz:ask1px:ask1sz:bid2px:...`` over the price and size texts
-    exactly as OKX sent them (best first); where one side has fewer levels the other's
-    continue alone. Checked against every ``books`` frame of the shared recording.
-    """
-    parts: list[str] = []
-    for index in range(_CHECKSUM_LEVELS):
-        if index < len(bids):
-            parts += (bids[index][0], bids[index][1])
-        if index < len(asks):
-            parts += (asks[index][0], asks[index][1])
-    crc = zlib.crc32(":".join(parts).encode())
-    return crc - (1 << 32) if crc >= 1 << 31 else crc
 
 
 def _float(text: Any) -> float | None:
