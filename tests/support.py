@@ -14,6 +14,7 @@ child processes, never to the test runner itself.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import signal
@@ -21,6 +22,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any, Final, Self
@@ -234,3 +236,14 @@ class EmulatorProcess(ChildProcess):
     def url(self) -> str:
         assert self.ready_value is not None, "emulator not started"
         return self.ready_value
+
+
+def emulator_fault(emulator_url: str, fault: dict[str, Any] | None) -> None:
+    """Switch a fault on an emulator process through its control endpoint (``None``: clear
+    every fault and end a stall)."""
+    request = urllib.request.Request(
+        f"{emulator_url}/_emulator/faults", method="DELETE" if fault is None else "POST",
+        data=None if fault is None else json.dumps(fault).encode(),
+        headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=10 * TIME_SCALE) as response:
+        assert json.loads(response.read())["ok"]

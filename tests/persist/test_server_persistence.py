@@ -26,7 +26,6 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
@@ -40,7 +39,7 @@ import pyarrow.compute as pc
 import pytest
 from pyarrow import flight
 
-from tests.support import MS, EmulatorProcess, ServerProcess, child_env, until
+from tests.support import MS, EmulatorProcess, ServerProcess, child_env, emulator_fault, until
 
 EMULATED: Final = ("BTC/USDT", "ETH/USDT", "SOL/USDT", "XRP/USDT")
 """What the emulator serves."""
@@ -118,24 +117,16 @@ def rows(table: pa.Table) -> list[Row]:
     return list(zip(*columns, strict=True))
 
 
-def fault(emulator: EmulatorProcess, body: dict[str, Any] | None) -> None:
-    """Set a fault on the emulator (``None``: clear every fault and end a stall)."""
-    request = urllib.request.Request(
-        f"{emulator.url}/_emulator/faults", method="DELETE" if body is None else "POST",
-        data=None if body is None else json.dumps(body).encode(),
-        headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=10 * MS) as response:
-        assert json.loads(response.read())["ok"]
 
 
 @contextmanager
 def silenced(emulator: EmulatorProcess) -> Iterator[None]:
     """The emulator sends nothing meanwhile (and answers no REST request)."""
-    fault(emulator, {"fault": "stall", "duration": 600})
+    emulator_fault(emulator.url, {"fault": "stall", "duration": 600})
     try:
         yield
     finally:
-        fault(emulator, None)
+        emulator_fault(emulator.url, None)
 
 
 def settled(client: flight.FlightClient) -> dict[str, int]:

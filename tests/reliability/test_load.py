@@ -27,6 +27,7 @@ import pytest
 from pyarrow import flight
 
 from flight_md.config import DEMO_SYMBOLS
+from tests.support import emulator_fault
 
 from .harness import TIME_SCALE, ChildProcess, ServerProcess, status_code, wait_until
 
@@ -122,14 +123,6 @@ def _sample_rss(pid: int, samples: list[tuple[float, int]], until: threading.Eve
         samples.append((time.monotonic(), process.memory_info().rss))
 
 
-def _fault(emulator_url: str, fault: dict[str, Any] | None) -> None:
-    """Switch a fault on the emulator process through its control endpoint (None: clear)."""
-    request = urllib.request.Request(
-        f"{emulator_url}/_emulator/faults", method="DELETE" if fault is None else "POST",
-        data=None if fault is None else json.dumps(fault).encode(),
-        headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=10 * TIME_SCALE) as response:
-        assert json.loads(response.read())["ok"]
 
 
 @pytest.fixture
@@ -202,7 +195,7 @@ def test_load(stack: ExitStack, steady: float) -> None:
     # thread a small share of the GIL (it stored a third of what the emulator sent above), and
     # the check here is that nothing is lost, not how fast a backlog drains under load
     # (benchmarks/ measures that).
-    _fault(str(emulator.ready_value), {"fault": "stall", "duration": 600})
+    emulator_fault(str(emulator.ready_value), {"fault": "stall", "duration": 600})
     paused.set()
     final: dict[str, int] = {}
 
@@ -225,7 +218,7 @@ def test_load(stack: ExitStack, steady: float) -> None:
 
     # Full load again, then SIGTERM with every client and the unread streams still open.
     paused.clear()
-    _fault(str(emulator.ready_value), None)
+    emulator_fault(str(emulator.ready_value), None)
     # Loaded again: every ring has taken another 500 ticks since the stall ended.
     assert wait_until(lambda: all(n > final[s] + 500 for s, n in _appended(control).items()), 30)
     terminated = time.monotonic()
