@@ -47,6 +47,9 @@ class EventKind(StrEnum):
     PERSIST_ERROR = "persist_error"  # the disk refused a write: serving from memory
     PERSIST_RESUMED = "persist_resumed"  # writes work again
     QUARANTINED = "quarantined"  # a corrupt file was moved aside
+    GAP = "gap"  # sequential trade ids jumped: detail says how many and which ids
+    BACKFILL = "backfill"  # missing trades fetched over REST after a gap or reconnect
+    BOOK_RESYNC = "book_resync"  # an out-of-sequence or failed-checksum book was rebuilt
 
 
 @dataclass(frozen=True, slots=True)

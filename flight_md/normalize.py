@@ -88,6 +88,7 @@ _INF: Final = math.inf
 __all__ = [
     "MAX_FUTURE_MS",
     "MIN_TIMESTAMP_MS",
+    "TICKER_LIKE",
     "Channel",
     "DropReason",
     "fingerprint",
@@ -123,6 +124,14 @@ class Channel(StrEnum):
     """The full 24h rolling ticker."""
     BIDASK = "bidask"
     """Real-time best bid and ask."""
+    TRADES = "trades"
+    """Every trade the exchange publishes, exactly once (issue 12)."""
+    BOOK = "book"
+    """The top N levels of the order book after every update (issue 12)."""
+
+
+TICKER_LIKE: Final = frozenset({Channel.TICKER, Channel.BIDASK})
+"""The channels whose updates are ccxt tickers (:func:`to_row`'s channels)."""
 
 
 class DropReason(StrEnum):
@@ -263,6 +272,15 @@ def _build(ticker: Mapping[str, Any], fields: frozenset[str] | None, channel: Ch
         _opt(_quote(raw_open, "open")), _opt(close), receive_ms)
 
 
+def _ticker_like(channel: Channel | str) -> Channel:
+    """``channel`` as a :class:`Channel` whose updates are tickers, else :class:`ValueError`."""
+    found = Channel(channel)
+    if found not in TICKER_LIKE:
+        raise ValueError(f"channel {str(found)!r} carries no tickers; ticker channels: "
+                         f"{', '.join(sorted(TICKER_LIKE))}")
+    return found
+
+
 def row_to_tick(symbol: str, row: Row, exchange: str) -> MarketTick:
     """The :class:`MarketTick` of a row made by :func:`to_row` (NaN back to ``None``)."""
     timestamp, price, volume, bid, ask, high, low, open_, close, receive_ms = row
@@ -307,7 +325,8 @@ def to_tick(ticker: Mapping[str, Any], *, exchange: str, channel: Channel | str,
         The tick, or the :class:`DropReason` it was rejected for. Never raises on bad data.
     """
     try:
-        symbol, row = _build(ticker, raw_numeric_fields(exchange), Channel(channel), receive_ms)
+        symbol, row = _build(ticker, raw_numeric_fields(exchange), _ticker_like(channel),
+                             receive_ms)
     except _Bad as bad:
         return bad.reason
     return row_to_tick(symbol, row, exchange)
@@ -323,7 +342,8 @@ def normalize_ticker(ticker: Mapping[str, Any], *, exchange: str,
             and the field.
     """
     try:
-        symbol, row = _build(ticker, raw_numeric_fields(exchange), Channel(channel), receive_ms)
+        symbol, row = _build(ticker, raw_numeric_fields(exchange), _ticker_like(channel),
+                             receive_ms)
     except _Bad as bad:
         named = ticker.get("symbol") if isinstance(ticker, Mapping) else None
         raise ExchangeDataError(

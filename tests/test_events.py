@@ -26,7 +26,8 @@ def test_event_kinds() -> None:
     assert [k.value for k in EventKind] == ["connect", "disconnect", "reconnect", "stale",
                                             "failed", "restarted", "subscribe", "unsubscribe", "clear",
                                             "mode", "error", "recovered", "persist_error",
-                                            "persist_resumed", "quarantined"]
+                                            "persist_resumed", "quarantined", "gap", "backfill",
+                                            "book_resync"]
 
 
 def test_record_returns_the_event() -> None:
