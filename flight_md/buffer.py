@@ -41,8 +41,17 @@ from typing import Final
 import numpy as np
 import pyarrow as pa
 
+from flight_md.core.channels import (
+    CHANNELS,
+    DEFAULT_BOOK_DEPTH,
+    TICKER_LIKE,
+    ChannelSpec,
+    book_row,
+    spec_for,
+    trade_row,
+)
 from flight_md.errors import AmbiguousExchange, SlowConsumer, UnknownExchange, UnknownSymbol
-from flight_md.schema import NUMERIC_FIELDS, NUMERIC_SCHEMA, SCHEMA, MarketTick, now_ms
+from flight_md.schema import MarketTick, now_ms
 
 __all__ = [
     "DEFAULT_BUFFER_SIZE",
@@ -50,6 +59,7 @@ __all__ = [
     "BufferStats",
     "Follower",
     "MarketDataBuffer",
+    "Store",
     "ambiguous_exchange",
 ]
 
@@ -64,15 +74,8 @@ CONSTANT_CACHE_BYTES: Final = 32 * 1024 * 1024
 """Budget of the cache of constant ``symbol``/``exchange`` columns (least recently used go)."""
 MEMORY_POOL: Final = pa.system_memory_pool()
 """The Arrow memory pool of stored segments (the system allocator: least slack)."""
-ROW_WIDTH: Final = len(NUMERIC_FIELDS)
 NAN: Final = math.nan
-
-_EMPTY_NUMERIC = NUMERIC_SCHEMA.empty_table().to_batches() or [
-    pa.RecordBatch.from_pylist([], schema=NUMERIC_SCHEMA)]
-_TS = NUMERIC_FIELDS.index("timestamp")
-_SYMBOL_FIELD = SCHEMA.field("symbol")
-_EXCHANGE_FIELD = SCHEMA.field("exchange")
-_EXCHANGE_INDEX = SCHEMA.get_field_index("exchange")
+_TS: Final = 0  # every channel's first stored column is its exchange timestamp
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,23 +128,6 @@ class _Segment:
     @property
     def end_seq(self) -> int:
         return self.first_seq + int(self.batch.num_rows)
-
-
-def _seal(flat: array[float], rows: int) -> pa.RecordBatch:
-    """Convert pending rows (flat, :data:`ROW_WIDTH` values each) into one numeric batch.
-
-    This is the only conversion a row gets: the columns are zero-copy views of two numpy
-    blocks (integers and floats); a NaN becomes a null (the price is never NaN).
-    """
-    values = np.frombuffer(flat, dtype=np.float64, count=rows * ROW_WIDTH).reshape(
-        rows, ROW_WIDTH)
-    floats = np.ascontiguousarray(values[:, 1:-1].T)
-    ints = np.ascontiguousarray(values[:, ::ROW_WIDTH - 1].T).astype(np.int64)
-    columns: list[pa.Array] = [pa.array(ints[0])]
-    for index in range(ROW_WIDTH - 2):
-        columns.append(pa.array(floats[index], from_pandas=True, memory_pool=MEMORY_POOL))
-    columns.append(pa.array(ints[1]))
-    return pa.RecordBatch.from_arrays(columns, schema=NUMERIC_SCHEMA)
 
 
 def _concat(batches: list[pa.RecordBatch]) -> pa.RecordBatch:
@@ -207,10 +193,17 @@ class _Ring:
     segment.
     """
 
-    def __init__(self, exchange: str, symbol: str, capacity: int) -> None:
+    def __init__(self, exchange: str, symbol: str, capacity: int, spec: ChannelSpec) -> None:
         self.exchange = exchange
         self.symbol = symbol
         self.capacity = capacity
+        self.spec = spec
+        self.stored_schema = spec.stored
+        self.empty = [spec.empty()]
+        self._symbol_field = spec.schema.field("symbol")
+        self._exchange_field = spec.schema.field("exchange")
+        self._symbol_index = spec.schema.get_field_index("symbol")
+        self._exchange_index = spec.schema.get_field_index("exchange")
         self.seal_rows = max(1, min(SEAL_ROWS, capacity // 4))
         # Sealed segments merge up to this size: fewer Arrow objects per stored tick, and
         # for large rings a bounded trailing run (at most MERGE_ROWS / seal_rows segments).
@@ -224,6 +217,7 @@ class _Ring:
         self.fresh: list[pa.RecordBatch] = []
         self.fresh_rows = 0
         self.pending: array[float] = array("d")
+        self.pending_ids: list[str | None] = []  # trades: the ids of the pending rows
         self.pending_rows = 0
         self.next_seq = 0  # sequence number of the next appended row
         self.start_seq = 0  # oldest retained row
@@ -254,17 +248,27 @@ class _Ring:
         if self.waiting:
             self.changed.notify_all()
 
+    def append_id_row(self, row: Sequence[float], row_id: str | None) -> None:
+        """Append one valid row whose id travels beside its floats (a trade)."""
+        self.pending_ids.append(row_id)
+        self.append_row(row)
+
+    def _sealed_pending(self) -> pa.RecordBatch:
+        batch = self.spec.seal(self.pending, self.pending_rows, self.pending_ids)
+        self.pending = array("d")
+        self.pending_ids = []
+        self.pending_rows = 0
+        return batch
+
     def _seal(self) -> None:
         parts = self.fresh
         if self.pending_rows:
-            parts = [*parts, _seal(self.pending, self.pending_rows)]
+            parts = [*parts, self._sealed_pending()]
         batch = parts[0] if len(parts) == 1 else _concat(parts)
         self.segments.append(_Segment(batch, self.sealed_seq))
         self.sealed_seq += batch.num_rows
         self.fresh = []
         self.fresh_rows = 0
-        self.pending = array("d")
-        self.pending_rows = 0
         self.run += 1
         if self.run > 1 and self.run * self.seal_rows >= self.merge_rows:
             merged = [self.segments.pop() for _ in range(min(self.run, len(self.segments)))]
@@ -296,10 +300,8 @@ class _Ring:
         """Convert pending rows so a reader can see them (each row converts once)."""
         if not self.pending_rows:
             return
-        self.fresh.append(_seal(self.pending, self.pending_rows))
         self.fresh_rows += self.pending_rows
-        self.pending = array("d")
-        self.pending_rows = 0
+        self.fresh.append(self._sealed_pending())
         if len(self.fresh) >= COMPACT_SEGMENTS:
             self.fresh = [_concat(self.fresh)]
 
@@ -363,18 +365,21 @@ class _Ring:
         return out
 
     def table(self, batches: Sequence[pa.RecordBatch], columns: Sequence[str] | None) -> pa.Table:
-        """Assemble a table in :data:`SCHEMA` (or its projection) from numeric batches."""
-        numeric = pa.Table.from_batches(batches or _EMPTY_NUMERIC, schema=NUMERIC_SCHEMA)
+        """Assemble a table in the channel's schema (or its projection) from stored batches."""
+        numeric = pa.Table.from_batches(batches or self.empty, schema=self.stored_schema)
         symbol, exchange = self._constant_columns(numeric.num_rows)
         if columns is None:
-            return numeric.add_column(0, _SYMBOL_FIELD, symbol).add_column(
-                _EXCHANGE_INDEX, _EXCHANGE_FIELD, exchange)
+            first, second = sorted([(self._symbol_index, self._symbol_field, symbol),
+                                    (self._exchange_index, self._exchange_field, exchange)],
+                                   key=lambda item: item[0])
+            return numeric.add_column(first[0], first[1], first[2]).add_column(
+                second[0], second[1], second[2])
         table = numeric.select([c for c in columns if c not in ("symbol", "exchange")])
         for index, name in enumerate(columns):
             if name == "symbol":
-                table = table.add_column(index, _SYMBOL_FIELD, symbol)
+                table = table.add_column(index, self._symbol_field, symbol)
             elif name == "exchange":
-                table = table.add_column(index, _EXCHANGE_FIELD, exchange)
+                table = table.add_column(index, self._exchange_field, exchange)
         return table
 
     def _constant_columns(self, n: int) -> tuple[pa.Array, pa.Array]:
@@ -402,6 +407,7 @@ class _Ring:
         self.fresh = []
         self.fresh_rows = 0
         self.pending = array("d")
+        self.pending_ids = []
         self.pending_rows = 0
         self.run = 0
         self.start_seq = self.sealed_seq = self.next_seq
@@ -505,19 +511,30 @@ class Follower:
 
 
 class MarketDataBuffer:
-    """Bounded in-memory Arrow tick store, one ring per (exchange, symbol).
+    """Bounded in-memory Arrow store of one channel, one ring per (exchange, symbol).
 
     Args:
-        buffer_size: Capacity of each ring in ticks; the oldest ticks are evicted first.
+        buffer_size: Capacity of each ring in rows; the oldest rows are evicted first.
+        channel: What the rings hold (:data:`~flight_md.core.channels.CHANNELS`): ``ticker``
+            (the default) and ``bidask`` hold ticks, ``trades`` trades, ``book`` book tops.
+        book_depth: Levels a side a ``book`` buffer keeps.
 
-    Reads return :class:`pyarrow.Table` in :data:`flight_md.schema.SCHEMA` (or a projection
-    of it). ``exchange=`` selects the exchange; it may be omitted when the symbol is
-    buffered on exactly one exchange.
+    Reads return :class:`pyarrow.Table` in the channel's schema (:attr:`schema`; for ticks
+    :data:`flight_md.schema.SCHEMA`) or a projection of it. ``exchange=`` selects the
+    exchange; it may be omitted when the symbol is buffered on exactly one exchange.
+
+    Raises:
+        ValueError: A bad size, channel or depth.
     """
 
-    def __init__(self, buffer_size: int = DEFAULT_BUFFER_SIZE) -> None:
+    def __init__(self, buffer_size: int = DEFAULT_BUFFER_SIZE, *, channel: str = "ticker",
+                 book_depth: int = DEFAULT_BOOK_DEPTH) -> None:
         if not isinstance(buffer_size, int) or isinstance(buffer_size, bool) or buffer_size < 1:
             raise ValueError(f"buffer_size must be a positive integer, got {buffer_size!r}")
+        self.spec = spec_for(str(channel), book_depth)
+        self.channel = self.spec.name
+        self.schema = self.spec.schema
+        self.book_depth = self.spec.depth
         self.buffer_size = buffer_size
         self._rings: dict[tuple[str, str], _Ring] = {}
         self._by_symbol: dict[str, list[str]] = {}
@@ -532,7 +549,7 @@ class MarketDataBuffer:
             with self._lock:
                 ring = self._rings.get((exchange, symbol))
                 if ring is None:
-                    ring = _Ring(exchange, symbol, self.buffer_size)
+                    ring = _Ring(exchange, symbol, self.buffer_size, self.spec)
                     if self._persisting:
                         ring.journal_seq = ring.history_seq = 0
                     self._rings = {**self._rings, (exchange, symbol): ring}
@@ -564,6 +581,60 @@ class MarketDataBuffer:
         ring = self._rings.get((exchange, symbol)) or self._ring_for(exchange, symbol)
         with ring.lock:
             ring.append_row(row)
+
+    def append_trade(self, exchange: str, symbol: str, timestamp: int, trade_id: str | None,
+                     price: float, amount: float, side: str | None,
+                     receive_timestamp: int) -> None:
+        """Store one trade (a ``trades`` buffer).
+
+        Raises:
+            ValueError: A price or amount that is not a finite number, a side other than
+                ``buy``/``sell``/``None``, an id that is not a string, or timestamps
+                outside 0..:data:`MAX_TIMESTAMP_MS`.
+        """
+        if not (isinstance(price, (int, float)) and math.isfinite(price)
+                and isinstance(amount, (int, float)) and math.isfinite(amount)):
+            raise ValueError(f"trade price and amount must be finite numbers, got {price!r} "
+                             f"and {amount!r} ({exchange}, {symbol})")
+        _check_times(timestamp, receive_timestamp, exchange, symbol)
+        if trade_id is not None and not isinstance(trade_id, str):
+            raise ValueError(f"trade id must be a string or None, got {trade_id!r}")
+        try:
+            row = trade_row(timestamp, price, amount, side, receive_timestamp)
+        except (KeyError, TypeError):
+            raise ValueError(f"trade side must be 'buy', 'sell' or None, got {side!r} "
+                             f"({exchange}, {symbol})") from None
+        self._need("trades")
+        ring = self._rings.get((exchange, symbol)) or self._ring_for(exchange, symbol)
+        with ring.lock:
+            ring.append_id_row(row, trade_id)
+
+    def append_book(self, exchange: str, symbol: str, timestamp: int,
+                    bids: Sequence[Sequence[float]], asks: Sequence[Sequence[float]],
+                    nonce: int | None, receive_timestamp: int) -> None:
+        """Store one book update (a ``book`` buffer): its first :attr:`book_depth` levels
+        a side, ccxt's ``[[price, amount], ...]`` form, best first.
+
+        Raises:
+            ValueError: A level that is not a pair of finite numbers, a nonce that is not an
+                integer, or timestamps outside 0..:data:`MAX_TIMESTAMP_MS`.
+        """
+        self._need("book")
+        _check_times(timestamp, receive_timestamp, exchange, symbol)
+        if nonce is not None and (isinstance(nonce, bool) or not isinstance(nonce, int)):
+            raise ValueError(f"book nonce must be an integer or None, got {nonce!r}")
+        try:
+            row = book_row(timestamp, bids, asks, nonce, receive_timestamp, self.book_depth)
+        except (TypeError, IndexError):
+            raise ValueError(f"book levels must be [price, amount] pairs of numbers "
+                             f"({exchange}, {symbol})") from None
+        ring = self._rings.get((exchange, symbol)) or self._ring_for(exchange, symbol)
+        with ring.lock:
+            ring.append_row(row)
+
+    def _need(self, channel: str) -> None:
+        if self.channel != channel:
+            raise ValueError(f"this buffer holds {self.channel}, not {channel}")
 
     def extend(self, ticks: Iterable[MarketTick]) -> int:
         """Store many ticks (each is checked as by :meth:`append`; a bad one raises after
@@ -690,7 +761,8 @@ class MarketDataBuffer:
                     continue
                 batches = ring.snapshot(ring.next_seq - 1, ring.next_seq)
             tables.append(ring.table(batches, columns))
-        schema = SCHEMA if columns is None else pa.schema([SCHEMA.field(c) for c in columns])
+        schema = self.schema if columns is None else pa.schema(
+            [self.schema.field(c) for c in columns])
         if not tables:
             return schema.empty_table()
         return pa.concat_tables(tables)
@@ -814,7 +886,8 @@ class MarketDataBuffer:
             history_seq: The first restored row not in the history yet (default: all are);
                 the ring keeps it and every later row until :meth:`release`.
         """
-        numeric = numeric.select(list(NUMERIC_FIELDS)).cast(NUMERIC_SCHEMA)
+        stored = self.spec.stored
+        numeric = numeric.select(stored.names).cast(stored)
         if numeric.num_rows > next_seq:
             raise ValueError(f"cannot restore {numeric.num_rows} rows below sequence {next_seq}")
         given = next_seq - numeric.num_rows  # sequence number of the first given row
@@ -841,7 +914,7 @@ class MarketDataBuffer:
                 ring.history_seq = max(first, min(hold, next_seq))
             if numeric.num_rows:
                 last = numeric.slice(numeric.num_rows - 1).to_pylist()[0]
-                ring.last_row = [last[name] for name in NUMERIC_FIELDS]
+                ring.last_row = [last["timestamp"], last["receive_timestamp"]]
 
     def seam_rows(self, symbol: str, exchange: str | None, start_ms: int | None,
                   end_ms: int | None) -> tuple[_Ring, int | None, list[pa.RecordBatch]]:
@@ -884,6 +957,121 @@ class MarketDataBuffer:
         return f"MarketDataBuffer(buffer_size={self.buffer_size}, rings={len(self._rings)})"
 
 
+class Store:
+    """Every channel's :class:`MarketDataBuffer`: one ring per (exchange, symbol, channel).
+
+    Args:
+        buffer_size: Rows per ring, every channel.
+        book_depth: Levels a side the ``book`` buffer keeps.
+        buffers: Buffers to start with, by channel (e.g. one built elsewhere); a buffer
+            given under ``ticker`` also serves ``bidask`` unless one is given for it, which
+            keeps code that stores both in one tick buffer working.
+
+    A buffer is created when a channel is first asked for (:meth:`buffer`), so listing
+    (:meth:`channels`) shows only channels something streams or stores.
+    """
+
+    def __init__(self, buffer_size: int = DEFAULT_BUFFER_SIZE, *,
+                 book_depth: int = DEFAULT_BOOK_DEPTH,
+                 buffers: dict[str, MarketDataBuffer] | None = None) -> None:
+        spec_for("book", book_depth)  # check the depth now, not when a book first streams
+        self.buffer_size = buffer_size
+        self.book_depth = book_depth
+        self._buffers: dict[str, MarketDataBuffer] = {}
+        self._lock = threading.Lock()
+        for channel, buffer in (buffers or {}).items():
+            if buffer.spec.schema != spec_for(channel, buffer.book_depth or book_depth).schema:
+                raise ValueError(f"a {buffer.channel} buffer cannot hold {channel}")
+            self._buffers[channel] = buffer
+        self._shared_tick = "ticker" in self._buffers and "bidask" not in self._buffers
+
+    @classmethod
+    def of(cls, buffer: MarketDataBuffer) -> Store:
+        """A store around one existing buffer (a tick buffer serves ticker and bid/ask)."""
+        return cls(buffer.buffer_size, book_depth=buffer.book_depth or DEFAULT_BOOK_DEPTH,
+                   buffers={buffer.channel: buffer})
+
+    def buffer(self, channel: str) -> MarketDataBuffer:
+        """The buffer of ``channel``, created on first use.
+
+        Raises:
+            ValueError: Unknown channel.
+        """
+        found = self._buffers.get(channel)
+        if found is not None:
+            return found
+        if channel == "bidask" and self._shared_tick:
+            return self._buffers["ticker"]
+        with self._lock:
+            found = self._buffers.get(channel)
+            if found is None:
+                found = MarketDataBuffer(self.buffer_size, channel=channel,
+                                         book_depth=self.book_depth)
+                self._buffers = {**self._buffers, channel: found}
+            return found
+
+    def get(self, channel: str) -> MarketDataBuffer | None:
+        """The buffer of ``channel`` if it exists (never creates one)."""
+        found = self._buffers.get(channel)
+        if found is None and channel == "bidask" and self._shared_tick:
+            return self._buffers["ticker"]
+        return found
+
+    def channels(self) -> list[str]:
+        """Channels with a buffer, in :data:`~flight_md.core.channels.CHANNELS` order."""
+        return [c for c in CHANNELS if c in self._buffers]
+
+    def buffers(self) -> list[MarketDataBuffer]:
+        """Every distinct buffer, in channel order."""
+        return [self._buffers[c] for c in self.channels()]
+
+    def channels_of(self, symbol: str, exchange: str | None = None) -> list[str]:
+        """Channels holding a ring of ``symbol`` (on ``exchange``), in channel order."""
+        out = []
+        for channel in self.channels():
+            buffer = self._buffers[channel]
+            try:
+                buffer.resolve(symbol, exchange)
+            except (UnknownSymbol, UnknownExchange):
+                continue
+            except AmbiguousExchange:
+                pass
+            out.append(channel)
+        return out
+
+    def ticker_like(self, symbol: str, exchange: str | None = None) -> MarketDataBuffer:
+        """The buffer a ticket without ``channel=`` reads: ``ticker`` if it holds the symbol,
+        else ``bidask``.
+
+        Raises:
+            UnknownSymbol, UnknownExchange, AmbiguousExchange: As
+                :meth:`MarketDataBuffer.resolve` of the ticker-like buffers; a symbol that only
+                other channels hold is refused with the channels it has.
+        """
+        first: Exception | None = None
+        for channel in TICKER_LIKE:
+            buffer = self._buffers.get(channel)
+            if buffer is None:
+                continue
+            try:
+                buffer.resolve(symbol, exchange)
+            except (UnknownSymbol, UnknownExchange) as error:
+                first = first or error
+                continue
+            return buffer
+        others = [c for c in self.channels_of(symbol, exchange) if c not in TICKER_LIKE]
+        if others:
+            where = f" on {exchange}" if exchange else ""
+            raise UnknownSymbol(f"symbol {symbol!r}{where} has no ticker or bidask channel; "
+                                f"add channel= one of: {', '.join(others)}")
+        if first is not None:
+            raise first
+        raise UnknownSymbol(f"unknown symbol {symbol!r}; nothing is buffered")
+
+    def __repr__(self) -> str:
+        return f"Store(channels={self.channels()}, buffer_size={self.buffer_size})"
+
+
 MAX_TIMESTAMP_MS: Final = 253_402_300_799_999
 """9999-12-31T23:59:59.999Z; also keeps timestamps exact through the float64 seal."""
 
@@ -895,11 +1083,7 @@ def _row(tick: MarketTick) -> tuple[float, ...]:
     if not (isinstance(price, (int, float)) and math.isfinite(price)):
         raise ValueError(f"tick price must be a finite number, got {price!r} "
                          f"({tick.exchange}, {tick.symbol})")
-    if not (0 <= tick.timestamp <= MAX_TIMESTAMP_MS
-            and 0 <= tick.receive_timestamp <= MAX_TIMESTAMP_MS):
-        raise ValueError(f"tick timestamps must be Unix ms from 0 to {MAX_TIMESTAMP_MS}, got "
-                         f"{tick.timestamp!r} and {tick.receive_timestamp!r} "
-                         f"({tick.exchange}, {tick.symbol})")
+    _check_times(tick.timestamp, tick.receive_timestamp, tick.exchange, tick.symbol)
     volume, bid, ask, high, low, open_, close = (
         tick.volume, tick.bid, tick.ask, tick.high, tick.low, tick.open, tick.close)
     return (tick.timestamp, price, NAN if volume is None else volume,
@@ -907,6 +1091,12 @@ def _row(tick: MarketTick) -> tuple[float, ...]:
             NAN if high is None else high, NAN if low is None else low,
             NAN if open_ is None else open_, NAN if close is None else close,
             tick.receive_timestamp)
+
+
+def _check_times(timestamp: int, receive_timestamp: int, exchange: str, symbol: str) -> None:
+    if not (0 <= timestamp <= MAX_TIMESTAMP_MS and 0 <= receive_timestamp <= MAX_TIMESTAMP_MS):
+        raise ValueError(f"timestamps must be Unix ms from 0 to {MAX_TIMESTAMP_MS}, got "
+                         f"{timestamp!r} and {receive_timestamp!r} ({exchange}, {symbol})")
 
 
 def ambiguous_exchange(symbol: str, exchanges: Sequence[str]) -> str:

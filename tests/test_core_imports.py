@@ -13,7 +13,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 CORE = ["flight_md.schema", "flight_md.buffer", "flight_md.tickets", "flight_md.actions",
         "flight_md.events", "flight_md.errors", "flight_md.control", "flight_md.core.bars",
-        "flight_md.core.books", "flight_md.persist.history", "flight_md.persist.journal",
+        "flight_md.core.books", "flight_md.core.channels", "flight_md.persist.history", "flight_md.persist.journal",
         "flight_md.persist.recovery", "flight_md.persist.store", "flight_md.persist.query"]
 IO_MODULES = ["ccxt", "ccxt.pro", "pyarrow.flight", "pyarrow._flight", "aiohttp", "grpc"]
 
