@@ -7,7 +7,8 @@ A ticket is UTF-8 text of at most 4 KiB::
     symbol   = 1*64( ALPHA / DIGIT / "/" / "-" / "_" / ":" / "." )
     params   = param *( "&" param )          ; each key at most once
     param    = key "=" value                 ; value is percent-encoded UTF-8
-    key      = "latest" / "start" / "end" / "exchange" / "columns" / "follow" / "symbol"
+    key      = "latest" / "start" / "end" / "exchange" / "columns" / "follow" / "channel"
+             / "bars" / "symbol"
 
     latest   = 1*DIGIT                       ; 0 .. 2^31-1, newest N rows (oldest first);
                                              ; above the buffer capacity it clamps
@@ -17,27 +18,58 @@ A ticket is UTF-8 text of at most 4 KiB::
              / iso8601                       ; e.g. 2026-11-23T10:00:00Z or ...+01:00,
                                              ; no offset means UTC
     exchange = 1*32( LOWER / DIGIT / "_" / "-" )   ; a ccxt exchange id
-    columns  = column *( "," column )        ; names from flight_md.schema.SCHEMA, no repeats
-                                             ; (@markets: flight_md.control.MARKET_SCHEMA)
+    columns  = column *( "," column )        ; names from the answer's schema, no repeats
+                                             ; (see "Columns" below)
     follow   = "true" / "false"              ; live tail after the backlog
+    channel  = "ticker" / "bidask" / "trades" / "book"
+                                             ; flight_md.normalize.Channel; absent: the
+                                             ; symbol's ticker-like channel (see below)
+    bars     = "1s" / "1m" / "5m" / "15m" / "1h" / "1d"
+                                             ; OHLCV bars from trades
+                                             ; (flight_md.core.bars.BarInterval)
     symbol   = glob                          ; @markets only: symbols matching it (see below)
 
 Targets and the keys they accept:
 
-* ``SYMBOL``: ``latest``, ``start``, ``end``, ``exchange``, ``columns``, ``follow``.
-  With no ``latest``/``start``/``end`` the whole buffer; with a range *and* ``latest``, the
-  newest rows of the range. ``follow=true`` takes no ``end``.
-* ``*``: market snapshot, one row per buffered symbol: ``exchange``, ``columns``.
+* ``SYMBOL``: ``latest``, ``start``, ``end``, ``exchange``, ``columns``, ``follow``,
+  ``channel``, ``bars``. With no ``latest``/``start``/``end`` the whole buffer; with a range
+  *and* ``latest``, the newest rows of the range. ``follow=true`` takes no ``end``.
+* ``*``: market snapshot, one row per buffered symbol (of ``channel``, if given; its newest
+  row): ``exchange``, ``columns``, ``channel``.
 * ``@events``: the ingestion event log: ``exchange``, ``start``, ``end``, ``latest``.
 * ``@markets``: every market the served exchanges list, as ccxt loaded them (not only the
   subscribed ones; :data:`flight_md.control.MARKET_SCHEMA`): ``exchange``, ``symbol`` (a glob
   such as ``BTC/*`` or ``*/USDT:USDT``, matched as in ``ListFlights``), ``columns``. E.g.
   ``@markets?exchange=binance&symbol=BTC/*&columns=symbol,price_tick``.
 
-A descriptor is either a path ``[symbol]`` / ``[exchange, symbol]`` or a command whose body is
-a ticket or a JSON object ``{"symbol", "exchange", "latest", "start", "end", "columns"}``
-(``"symbol"`` is the target: a symbol, ``"*"``, ``"@events"`` or ``"@markets"``; a glob over
-markets is given in ticket form, ``@markets?symbol=BTC/*``).
+Channels and bars:
+
+* ``channel`` picks the stream a symbol's rows come from: ``ticker`` and ``bidask``
+  (:data:`flight_md.schema.SCHEMA`), ``trades`` (one row per trade) and ``book`` (the top N
+  levels after every update) (their schemas: :func:`flight_md.core.channels.schema_for`).
+  Without ``channel`` a ticket means what it always has: the symbol's ticker-like channel
+  (``ticker`` where it is subscribed, else ``bidask``), e.g. ``BTC/USDT?latest=100``; so
+  ``BTC/USDT?channel=trades&latest=1000`` is the newest 1,000 trades.
+* ``bars=1m`` turns the symbol's trades into OHLCV bars (:data:`flight_md.core.bars.BAR_SCHEMA`)
+  over the ticket's range: it is allowed with ``channel=trades`` or with no ``channel``, which
+  then means ``trades`` (``BTC/USDT?bars=1m`` and ``BTC/USDT?channel=trades&bars=1m`` ask for
+  the same bars, and stay two distinct tickets so that formatting is the exact inverse of
+  parsing: :attr:`Query.effective_channel` is the channel either way). ``latest`` counts bars,
+  ``start``/``end`` bound the trades' exchange time; with ``follow=true`` each bar is sent
+  when it closes.
+
+Columns
+    ``columns`` names columns of the schema the answer has: with ``bars``,
+    :data:`~flight_md.core.bars.BAR_SCHEMA`; with ``channel``, that channel's schema; without
+    either, :data:`~flight_md.schema.SCHEMA` (``@markets``:
+    :data:`flight_md.control.MARKET_SCHEMA`). :func:`answer_schema` gives it.
+
+A descriptor is a path ``[symbol]``, ``[exchange, symbol]`` or ``[exchange, symbol, channel]``
+(the third element a channel name such as ``trades``: the form ``ListFlights`` gives a flight
+of a channel), or a command whose body is a ticket or a JSON object ``{"symbol", "exchange",
+"latest", "start", "end", "columns", "channel", "bars"}`` (``"symbol"`` is the target: a symbol,
+``"*"``, ``"@events"`` or ``"@markets"``; a glob over markets is given in ticket form,
+``@markets?symbol=BTC/*``).
 
 ``ListFlights`` criteria (at most 4 KiB, checked by :func:`parse_criteria`)::
 
@@ -64,8 +96,13 @@ from functools import lru_cache
 from typing import Any, Final
 from urllib.parse import quote, unquote
 
+import pyarrow as pa
+
 from flight_md.control import MARKET_SCHEMA
+from flight_md.core.bars import BAR_SCHEMA, BarInterval, parse_interval
+from flight_md.core.channels import schema_for
 from flight_md.errors import InvalidCriteria, InvalidDescriptor, InvalidTicket, RequestTooLarge
+from flight_md.normalize import Channel
 from flight_md.schema import SCHEMA
 
 __all__ = [
@@ -76,6 +113,7 @@ __all__ = [
     "SYMBOL_RE",
     "Query",
     "Target",
+    "answer_schema",
     "check_size",
     "format_ticket",
     "parse_criteria",
@@ -98,17 +136,19 @@ SYMBOL_RE: Final = re.compile(r"[A-Za-z0-9/_:.\-]{1,64}")
 EXCHANGE_RE: Final = re.compile(r"[a-z0-9_\-]{1,32}")
 """What an exchange id may look like (ccxt ids such as ``binance``)."""
 _DIGITS_RE: Final = re.compile(r"[0-9]{1,19}")
-_KEYS: Final = ("latest", "start", "end", "exchange", "columns", "follow", "symbol")
+_KEYS: Final = ("latest", "start", "end", "exchange", "columns", "follow", "channel", "bars",
+                 "symbol")
 _ALLOWED: Final = {
     "ticks": frozenset(_KEYS) - {"symbol"},  # the symbol is the target itself
-    "snapshot": frozenset({"exchange", "columns"}),
+    "snapshot": frozenset({"exchange", "columns", "channel"}),
     "events": frozenset({"exchange", "start", "end", "latest"}),
     "markets": frozenset({"exchange", "columns", "symbol"}),
 }
 GLOB_RE: Final = re.compile(r"[A-Za-z0-9/_:.\-*?\[\]!]{1,64}")
 """What a symbol glob may look like (``ListFlights`` criteria, ``@markets?symbol=``)."""
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
-_JSON_KEYS: Final = frozenset({"symbol", "exchange", "latest", "start", "end", "columns"})
+_JSON_KEYS: Final = frozenset({"symbol", "exchange", "latest", "start", "end", "columns",
+                               "channel", "bars"})
 
 
 class Target(StrEnum):
@@ -133,9 +173,16 @@ class Query:
         start: Inclusive lower bound on exchange timestamp, Unix ms, or ``None``.
         end: Exclusive upper bound, Unix ms, or ``None``.
         columns: Projection in the order given, or ``None`` for every column (names from
-            :data:`~flight_md.schema.SCHEMA`; for ``@markets`` from
+            :func:`answer_schema`: the channel's, the bars', or
+            :data:`~flight_md.schema.SCHEMA`; for ``@markets``
             :data:`~flight_md.control.MARKET_SCHEMA`).
-        follow: Keep the stream open and push new ticks.
+        follow: Keep the stream open and push new rows (with ``bars``: each closed bar).
+        channel: The :class:`~flight_md.normalize.Channel` to read (``SYMBOL`` and ``*``), or
+            ``None`` for the symbol's ticker-like channel (trades, with ``bars``). A valid
+            name given as ``str`` is stored as its ``Channel``.
+        bars: A :class:`~flight_md.core.bars.BarInterval` to aggregate trades into OHLCV bars
+            (``SYMBOL`` only, with ``channel`` trades or ``None``), or ``None``. A valid name
+            given as ``str`` is stored as its ``BarInterval``.
     """
 
     target: Target
@@ -146,9 +193,58 @@ class Query:
     end: int | None = None
     columns: tuple[str, ...] | None = None
     follow: bool = False
+    channel: str | None = None
+    bars: str | None = None
 
     def __post_init__(self) -> None:
+        # The enums are what the rest of the code compares with; a str naming one is the
+        # same value (StrEnum), so equality and hashing do not change.
+        if self.channel is not None:
+            object.__setattr__(self, "channel", _channel(self.channel))
+        if self.bars is not None:
+            object.__setattr__(self, "bars", _interval(self.bars))
         _validate(self)
+
+    @property
+    def effective_channel(self) -> Channel | None:
+        """The channel the query reads: :attr:`channel`, or trades for ``bars`` without one;
+        ``None`` means the symbol's ticker-like channel (the server resolves it)."""
+        if self.channel is not None:
+            return Channel(self.channel)
+        return Channel.TRADES if self.bars is not None else None
+
+
+_CHANNEL_NAMES: Final = ", ".join(c.value for c in Channel)
+
+
+def _channel(value: object) -> Channel:
+    if isinstance(value, str):
+        try:
+            return Channel(value)
+        except ValueError:
+            pass
+    raise InvalidTicket(f"invalid channel {_show(value)}; expected one of: {_CHANNEL_NAMES}")
+
+
+def _interval(value: object) -> BarInterval:
+    if isinstance(value, str):
+        return parse_interval(value)
+    return parse_interval(_show(value))
+
+
+def answer_schema(query: Query) -> pa.Schema:
+    """The schema :attr:`Query.columns` are names of (the answer before projection) for a
+    ``SYMBOL``, ``*`` or ``@markets`` query: the bars', the channel's,
+    :data:`~flight_md.schema.SCHEMA` when neither is given, or
+    :data:`~flight_md.control.MARKET_SCHEMA`. (``@events`` has its own, in
+    :mod:`flight_md.events`.)"""
+    if query.target is Target.MARKETS:
+        return MARKET_SCHEMA
+    if query.bars is not None:
+        return BAR_SCHEMA
+    if query.channel is not None:
+        return schema_for(Channel(query.channel))
+    return SCHEMA
 
 
 def _show(value: object, limit: int = 80) -> str:
@@ -220,13 +316,20 @@ def _validate(q: Query) -> None:
                                 f"to {MAX_TIME_MS} or an ISO-8601 time")
     if q.start is not None and q.end is not None and q.start > q.end:
         raise InvalidTicket(start_after_end(str(q.start), str(q.end)))
+    if q.bars is not None and q.channel is not None and q.channel != Channel.TRADES:
+        raise InvalidTicket(f"bars={q.bars} needs trades; channel {str(q.channel)!r} has no "
+                            "bars (use channel=trades, or no channel)")
     if q.columns is not None:
-        names = MARKET_SCHEMA.names if q.target is Target.MARKETS else SCHEMA.names
+        names = answer_schema(q).names
+        of = ("" if q.target is Target.MARKETS or (q.channel is None and q.bars is None)
+              else " for bars" if q.bars is not None else f" for channel {str(q.channel)!r}")
         if not q.columns:
-            raise InvalidTicket("columns is empty; name at least one of: " + ", ".join(names))
+            raise InvalidTicket(f"columns is empty; name at least one{of} of: "
+                                + ", ".join(names))
         for column in q.columns:
             if column not in names:
-                raise InvalidTicket(f"unknown column {_show(column)}; allowed: {', '.join(names)}")
+                raise InvalidTicket(f"unknown column {_show(column)}{of}; allowed: "
+                                    f"{', '.join(names)}")
         if len(set(q.columns)) != len(q.columns):
             raise InvalidTicket(f"columns {_show(','.join(q.columns))} repeat a column")
     if q.follow and q.end is not None:
@@ -376,6 +479,10 @@ def _convert(key: str, value: str) -> Any:
         if value not in ("true", "false"):
             raise InvalidTicket(f"invalid follow {value!r}; expected 'true' or 'false'")
         return value == "true"
+    if key == "channel":
+        return _channel(value)
+    if key == "bars":
+        return parse_interval(value)
     if not value:
         raise InvalidTicket(f"parameter {key!r} is empty")
     return value
@@ -451,15 +558,18 @@ def parse_descriptor(descriptor_type: str, path: list[bytes] | None,
             names = [e.decode("utf-8") for e in elements]
         except UnicodeDecodeError:
             raise InvalidDescriptor("descriptor path is not valid UTF-8") from None
+        channel: str | None = None
         if len(names) == 1:
             exchange, symbol = None, names[0]
         elif len(names) == 2:
             exchange, symbol = names
+        elif len(names) == 3:
+            exchange, symbol, channel = names
         else:
             raise InvalidDescriptor(f"descriptor path has {len(names)} elements; expected "
-                                    "[symbol] or [exchange, symbol]")
+                                    "[symbol], [exchange, symbol] or [exchange, symbol, channel]")
         try:
-            return Query(Target.TICKS, symbol=symbol, exchange=exchange)
+            return Query(Target.TICKS, symbol=symbol, exchange=exchange, channel=channel)
         except InvalidTicket as exc:
             raise InvalidDescriptor(f"descriptor path: {exc}") from None
     command = command or b""
@@ -526,10 +636,17 @@ def _parse_json_command(data: bytes) -> Query:
             raise InvalidDescriptor('"columns" must be an array of column names or one '
                                     f"comma-separated string, got {show_json(body['columns'])}")
         columns = tuple(columns)
+    names: dict[str, str | None] = {}
+    for key, example in (("channel", "trades"), ("bars", "1m")):
+        value = body.get(key)
+        if value is not None and not isinstance(value, str):
+            raise InvalidDescriptor(f'"{key}" must be a string or null, such as {example!r}, '
+                                    f"got {show_json(value)}")
+        names[key] = value
     target = _HEADS.get(symbol, Target.TICKS)
     try:
         return Query(target, symbol=symbol if target is Target.TICKS else None,
                      exchange=exchange, latest=latest, start=times["start"], end=times["end"],
-                     columns=columns)
+                     columns=columns, channel=names["channel"], bars=names["bars"])
     except InvalidTicket as exc:
         raise InvalidDescriptor(str(exc)) from None

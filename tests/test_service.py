@@ -490,8 +490,9 @@ ERROR_CASES: list[tuple[str, Callable[[flight.FlightClient], Any], tuple[type, s
      "unknown symbol 'XRP/USDT'"),
     ("info-ambiguous", _info(CMD(b'{"symbol": "ETH/USDT"}')), INVALID, "AmbiguousExchange",
      "add exchange= one of: binance, bybit"),
-    ("info-bad-path", _info(PATH("a", "b", "c")), INVALID, "InvalidDescriptor",
-     "descriptor path has 3 elements; expected [symbol] or [exchange, symbol]"),
+    ("info-bad-path", _info(PATH("a", "b", "trades", "d")), INVALID, "InvalidDescriptor",
+     "descriptor path has 4 elements; expected [symbol], [exchange, symbol] or "
+     "[exchange, symbol, channel]"),
     ("info-bad-json", _info(CMD(b'{"symbol": ')), INVALID, "InvalidDescriptor",
      "descriptor command is not valid JSON"),
     ("info-json-types", _info(CMD(b'{"symbol": "BTC/USDT", "latest": "5"}')), INVALID,

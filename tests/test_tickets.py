@@ -6,17 +6,21 @@ import json
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
+import pyarrow as pa
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from flight_md.control import MARKET_SCHEMA
+from flight_md.core.bars import BAR_SCHEMA, BarInterval
+from flight_md.core.channels import BOOK_SCHEMA, TRADE_SCHEMA
 from flight_md.errors import (FlightMdError, InvalidArgument, InvalidDescriptor, InvalidTicket,
                               RequestTooLarge)
+from flight_md.normalize import Channel
 from flight_md.schema import SCHEMA
 from flight_md.tickets import (MAX_LATEST, MAX_REQUEST_BYTES, MAX_TIME_MS, Query, Target,
-                               check_size, format_ticket, parse_descriptor, parse_ticket,
-                               parse_time)
+                               answer_schema, check_size, format_ticket, parse_descriptor,
+                               parse_ticket, parse_time)
 
 T0 = int(datetime(2026, 11, 23, 10, 0, tzinfo=timezone.utc).timestamp() * 1000)
 SYMBOL_CHARS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789/-_:."
@@ -403,9 +407,15 @@ def test_path_descriptors() -> None:
 
 
 @pytest.mark.parametrize(("path", "fragment"), [
-    ([], "descriptor path has 0 elements; expected [symbol] or [exchange, symbol]"),
+    ([], "descriptor path has 0 elements; expected [symbol], [exchange, symbol] or "
+         "[exchange, symbol, channel]"),
     (None, "descriptor path has 0 elements"),
-    ([b"a", b"b", b"c"], "descriptor path has 3 elements"),
+    ([b"a", b"b", b"trades", b"d"], "descriptor path has 4 elements"),
+    ([b"a", b"b", b"c"], "descriptor path: invalid channel 'c'; expected one of: ticker, "
+                         "bidask, trades, book"),
+    ([b"binance", b"BTC/USDT", b"1m"], "invalid channel '1m'"),
+    ([b"binance", b"BTC/USDT", b"Trades"], "invalid channel 'Trades'"),
+    ([b"binance", b"BTC/USDT", b""], "invalid channel ''"),
     ([b"\xff"], "descriptor path is not valid UTF-8"),
     ([b"BTC USDT"], "descriptor path: invalid symbol 'BTC USDT'"),
     ([b"*"], "invalid symbol '*'"),
@@ -467,8 +477,8 @@ def test_command_descriptors(command: bytes, expected: Query) -> None:
     (b"{\"symbol\": \"\xff\"}", "not valid JSON"),
     (b"[" * 3000, "invalid symbol"),  # not an object: parsed as a ticket
     (b'{"symbol": "BTC/USDT", "follow": true}', "unknown key 'follow' in descriptor command; "
-                                                "allowed: columns, end, exchange, latest, "
-                                                "start, symbol"),
+                                                "allowed: bars, channel, columns, end, "
+                                                "exchange, latest, start, symbol"),
     (b'{}', 'descriptor command needs "symbol" as a string'),
     (b'{"symbol": 5}', 'needs "symbol" as a string'),
     (b'{"symbol": null}', 'needs "symbol" as a string'),
@@ -531,3 +541,179 @@ def test_json_command_strict_types_are_not_coerced() -> None:
                  {"symbol": "BTC/USDT", "start": {"ms": 1}}):
         with pytest.raises(InvalidDescriptor):
             parse_descriptor("cmd", None, json.dumps(body).encode())
+
+
+# -- channels and bars (issue 12) -----------------------------------------------------------
+
+
+@pytest.mark.parametrize(("ticket", "expected"), [
+    ("BTC/USDT?channel=trades&latest=1000",
+     Query(TICKS, symbol="BTC/USDT", channel="trades", latest=1000)),
+    ("BTC/USDT?channel=ticker", Query(TICKS, symbol="BTC/USDT", channel="ticker")),
+    ("BTC/USDT?channel=bidask&columns=bid,ask",
+     Query(TICKS, symbol="BTC/USDT", channel="bidask", columns=("bid", "ask"))),
+    ("BTC/USDT?channel=book&latest=1&columns=timestamp,bids,asks,nonce",
+     Query(TICKS, symbol="BTC/USDT", channel="book", latest=1,
+           columns=("timestamp", "bids", "asks", "nonce"))),
+    ("BTC/USDT?channel=trades&columns=trade_id,price,amount,side&follow=true",
+     Query(TICKS, symbol="BTC/USDT", channel="trades", follow=True,
+           columns=("trade_id", "price", "amount", "side"))),
+    ("BTC/USDT?bars=1m", Query(TICKS, symbol="BTC/USDT", bars="1m")),
+    ("BTC/USDT?channel=trades&bars=1h&start=2026-11-23T10:00:00Z",
+     Query(TICKS, symbol="BTC/USDT", channel="trades", bars="1h", start=T0)),
+    ("BTC/USDT?bars=1s&follow=true&columns=bar_start,close,volume,vwap",
+     Query(TICKS, symbol="BTC/USDT", bars="1s", follow=True,
+           columns=("bar_start", "close", "volume", "vwap"))),
+    ("ETH/USDT?bars=15m&latest=96&exchange=okx",
+     Query(TICKS, symbol="ETH/USDT", bars="15m", latest=96, exchange="okx")),
+    ("*?channel=trades", Query(Target.SNAPSHOT, channel="trades")),
+    ("*?channel=book&exchange=kraken&columns=symbol,bids",
+     Query(Target.SNAPSHOT, channel="book", exchange="kraken", columns=("symbol", "bids"))),
+    ("*?channel=bidask", Query(Target.SNAPSHOT, channel="bidask")),
+])
+def test_channel_and_bars_examples(ticket: str, expected: Query) -> None:
+    assert parse_ticket(ticket) == expected
+    assert parse_ticket(format_ticket(expected)) == expected
+
+
+def test_channel_and_bars_are_stored_as_their_enums() -> None:
+    q = parse_ticket("BTC/USDT?channel=trades&bars=5m")
+    assert q.channel is Channel.TRADES and q.bars is BarInterval.M5
+    built = Query(TICKS, symbol="BTC/USDT", channel="trades", bars="5m")
+    assert built.channel is Channel.TRADES and built.bars is BarInterval.M5
+    assert built == q and hash(built) == hash(q)
+    assert format_ticket(q) == "BTC/USDT?channel=trades&bars=5m"
+    assert Query(TICKS, symbol="X", channel=Channel.BOOK).channel is Channel.BOOK
+
+
+@pytest.mark.parametrize(("query", "channel"), [
+    (Query(TICKS, symbol="B"), None),
+    (Query(TICKS, symbol="B", channel="bidask"), Channel.BIDASK),
+    (Query(TICKS, symbol="B", bars="1d"), Channel.TRADES),
+    (Query(TICKS, symbol="B", channel="trades", bars="1d"), Channel.TRADES),
+    (Query(Target.SNAPSHOT, channel="book"), Channel.BOOK),
+])
+def test_effective_channel(query: Query, channel: Channel | None) -> None:
+    assert query.effective_channel is channel
+
+
+@pytest.mark.parametrize(("query", "schema"), [
+    (Query(TICKS, symbol="B"), SCHEMA),
+    (Query(TICKS, symbol="B", channel="ticker"), SCHEMA),
+    (Query(TICKS, symbol="B", channel="bidask"), SCHEMA),
+    (Query(TICKS, symbol="B", channel="trades"), TRADE_SCHEMA),
+    (Query(TICKS, symbol="B", channel="book"), BOOK_SCHEMA),
+    (Query(TICKS, symbol="B", bars="1m"), BAR_SCHEMA),
+    (Query(TICKS, symbol="B", channel="trades", bars="1m"), BAR_SCHEMA),
+    (Query(Target.SNAPSHOT), SCHEMA),
+    (Query(Target.SNAPSHOT, channel="trades"), TRADE_SCHEMA),
+    (Query(Target.MARKETS), MARKET_SCHEMA),
+])
+def test_answer_schema(query: Query, schema: pa.Schema) -> None:
+    assert answer_schema(query).equals(schema)
+
+
+@pytest.mark.parametrize(("ticket", "fragment"), [
+    ("BTC/USDT?channel=trade", "invalid channel 'trade'; expected one of: ticker, bidask, "
+                               "trades, book"),
+    ("BTC/USDT?channel=TRADES", "invalid channel 'TRADES'"),
+    ("BTC/USDT?channel=", "invalid channel ''"),
+    ("BTC/USDT?channel=trades&channel=book", "parameter 'channel' is given twice"),
+    ("BTC/USDT?bars=2m", "invalid bars '2m'; expected one of: 1s, 1m, 5m, 15m, 1h, 1d"),
+    ("BTC/USDT?bars=1M", "invalid bars '1M'"),
+    ("BTC/USDT?bars=", "invalid bars ''"),
+    ("BTC/USDT?bars=%201m", "invalid bars ' 1m'"),
+    ("BTC/USDT?channel=book&bars=1m", "bars=1m needs trades; channel 'book' has no bars (use "
+                                      "channel=trades, or no channel)"),
+    ("BTC/USDT?bars=1m&channel=ticker", "channel 'ticker' has no bars"),
+    ("BTC/USDT?channel=bidask&bars=1d", "channel 'bidask' has no bars"),
+    ("BTC/USDT?channel=trades&columns=bid", "unknown column 'bid' for channel 'trades'; allowed: "
+                                            "symbol, exchange, timestamp, trade_id, price, "
+                                            "amount, side, receive_timestamp"),
+    ("BTC/USDT?channel=book&columns=price", "unknown column 'price' for channel 'book'; allowed: "
+                                            "symbol, exchange, timestamp, bids, asks, nonce, "
+                                            "receive_timestamp"),
+    ("BTC/USDT?channel=trades&columns=", "columns is empty; name at least one for channel "
+                                         "'trades' of: symbol, exchange"),
+    ("BTC/USDT?bars=1m&columns=price", "unknown column 'price' for bars; allowed: bar_start, "
+                                       "open, high, low, close, volume, vwap, trades"),
+    ("BTC/USDT?channel=trades&bars=1m&columns=trade_id", "unknown column 'trade_id' for bars"),
+    ("BTC/USDT?bars=1m&columns=open,open", "repeat a column"),
+    ("BTC/USDT?channel=ticker&columns=bids", "unknown column 'bids' for channel 'ticker'; "
+                                             "allowed: symbol, timestamp, price"),
+    ("BTC/USDT?bars=1m&follow=true&end=5", "follow=true cannot have an end"),
+    ("*?bars=1m", "parameter 'bars' is not allowed for '*'; allowed: exchange, columns, "
+                  "channel"),
+    ("*?channel=trades&columns=bid", "unknown column 'bid' for channel 'trades'"),
+    ("@events?channel=trades", "parameter 'channel' is not allowed for '@events'; allowed: "
+                               "latest, start, end, exchange"),
+    ("@markets?channel=book", "parameter 'channel' is not allowed for '@markets'"),
+    ("@markets?bars=1m", "parameter 'bars' is not allowed for '@markets'"),
+    ("BTC/USDT?chanel=trades", "unknown parameter 'chanel'; allowed: latest, start, end, "
+                               "exchange, columns, follow, channel, bars, symbol"),
+])
+def test_bad_channel_and_bars_tickets(ticket: str, fragment: str) -> None:
+    with pytest.raises(InvalidTicket) as info:
+        parse_ticket(ticket)
+    assert fragment in str(info.value)
+    assert len(str(info.value)) < 300
+
+
+@pytest.mark.parametrize("kwargs", [
+    dict(target=TICKS, symbol="B", channel="trade"),
+    dict(target=TICKS, symbol="B", channel=5),
+    dict(target=TICKS, symbol="B", bars="2m"),
+    dict(target=TICKS, symbol="B", bars=60_000),
+    dict(target=TICKS, symbol="B", channel="book", bars="1m"),
+    dict(target=TICKS, symbol="B", channel="trades", columns=("bid",)),
+    dict(target=Target.SNAPSHOT, bars="1m"),
+    dict(target=Target.EVENTS, channel="trades"),
+    dict(target=Target.MARKETS, channel="trades"),
+])
+def test_query_validates_channel_and_bars(kwargs: dict[str, Any]) -> None:
+    with pytest.raises(InvalidTicket):
+        Query(**kwargs)
+
+
+def test_path_descriptor_with_channel() -> None:
+    assert parse_descriptor("path", [b"binance", b"BTC/USDT", b"trades"], None) == Query(
+        TICKS, symbol="BTC/USDT", exchange="binance", channel="trades")
+    for channel in Channel:
+        q = parse_descriptor("path", [b"okx", b"ETH/USDT", channel.value.encode()], None)
+        assert q.channel is channel
+
+
+@pytest.mark.parametrize(("command", "expected"), [
+    (b'{"symbol": "BTC/USDT", "channel": "trades", "latest": 1000}',
+     Query(TICKS, symbol="BTC/USDT", channel="trades", latest=1000)),
+    (b'{"symbol": "BTC/USDT", "bars": "1m", "start": "2026-11-23T10:00:00Z"}',
+     Query(TICKS, symbol="BTC/USDT", bars="1m", start=T0)),
+    (b'{"symbol": "BTC/USDT", "channel": "trades", "bars": "5m", "columns": ["close"]}',
+     Query(TICKS, symbol="BTC/USDT", channel="trades", bars="5m", columns=("close",))),
+    (b'{"symbol": "BTC/USDT", "channel": null, "bars": null}', Query(TICKS, symbol="BTC/USDT")),
+    (b'{"symbol": "*", "channel": "book"}', Query(Target.SNAPSHOT, channel="book")),
+    (b"BTC/USDT?channel=book&latest=1", Query(TICKS, symbol="BTC/USDT", channel="book",
+                                              latest=1)),
+])
+def test_command_descriptors_with_channel_and_bars(command: bytes, expected: Query) -> None:
+    assert parse_descriptor("cmd", None, command) == expected
+
+
+@pytest.mark.parametrize(("command", "fragment"), [
+    (b'{"symbol": "BTC/USDT", "channel": 1}', '"channel" must be a string or null, such as '
+                                             "'trades', got 1"),
+    (b'{"symbol": "BTC/USDT", "channel": ["trades"]}', '"channel" must be a string or null'),
+    (b'{"symbol": "BTC/USDT", "bars": 60}', "\"bars\" must be a string or null, such as '1m', "
+                                           "got 60"),
+    (b'{"symbol": "BTC/USDT", "channel": "tick"}', "invalid channel 'tick'; expected one of"),
+    (b'{"symbol": "BTC/USDT", "bars": "1w"}', "invalid bars '1w'; expected one of: 1s, 1m"),
+    (b'{"symbol": "BTC/USDT", "channel": "book", "bars": "1m"}', "channel 'book' has no bars"),
+    (b'{"symbol": "@events", "channel": "trades"}', "parameter 'channel' is not allowed for "
+                                                    "'@events'"),
+    (b'{"symbol": "*", "bars": "1m"}', "parameter 'bars' is not allowed for '*'"),
+    (b"BTC/USDT?bars=1m&follow=true", "follow=true has no finite answer"),
+])
+def test_bad_command_descriptors_with_channel_and_bars(command: bytes, fragment: str) -> None:
+    with pytest.raises(InvalidDescriptor) as info:
+        parse_descriptor("cmd", None, command)
+    assert fragment in str(info.value)
