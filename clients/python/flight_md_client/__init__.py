@@ -9,6 +9,9 @@
         md.symbols()                                      # what is buffered
         ticks = md.latest("BTC/USDT", 500)                # pyarrow.Table
         df = md.range_pandas("BTC/USDT", start=timedelta(minutes=5))
+        trades = md.trades("BTC/USDT", start="5m")        # every trade of the last 5 minutes
+        bars = md.bars_pandas("BTC/USDT", "1m")           # OHLCV from trades, by the server
+        book = md.book("BTC/USDT", latest=1)              # the top-N book now
         for batch in md.tail("BTC/USDT"):                 # live, until close() or Ctrl-C
             print(batch.to_pylist())
 
@@ -18,7 +21,14 @@ frame helpers.
 
 from __future__ import annotations
 
-from flight_md_client.client import DEFAULT_LOCATION, MarketDataClient, SymbolInfo, ticket
+from flight_md_client.client import (
+    BAR_INTERVALS,
+    CHANNELS,
+    DEFAULT_LOCATION,
+    MarketDataClient,
+    SymbolInfo,
+    ticket,
+)
 from flight_md_client.errors import (
     ConnectionFailed,
     FlightMdClientError,
@@ -39,6 +49,8 @@ from flight_md_client.tail import LiveTail, TailEnd
 from flight_md_client.times import TimeLike, format_ms, to_ms
 
 __all__ = [
+    "BAR_INTERVALS",
+    "CHANNELS",
     "DEFAULT_LOCATION",
     "ConnectionFailed",
     "FlightMdClientError",

@@ -15,7 +15,7 @@ import weakref
 from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, Self
-from urllib.parse import quote
+from urllib.parse import quote, unquote
 
 import pyarrow as pa
 from pyarrow import flight
@@ -34,11 +34,15 @@ if TYPE_CHECKING:
     import pandas
     import polars
 
-__all__ = ["DEFAULT_LOCATION", "MarketDataClient", "SymbolInfo"]
+__all__ = ["BAR_INTERVALS", "CHANNELS", "DEFAULT_LOCATION", "MarketDataClient", "SymbolInfo"]
 
 DEFAULT_LOCATION: Final = "grpc://127.0.0.1:8815"
 DEFAULT_TIMEOUT: Final = 30.0
 _SAFE: Final = "/,:-_."  # characters the server's ticket formatter leaves unescaped
+CHANNELS: Final = ("ticker", "bidask", "trades", "book")
+"""The channels a flight_md server stores (``channel=`` of the reads and tails)."""
+BAR_INTERVALS: Final = ("1s", "1m", "5m", "15m", "1h", "1d")
+"""The bar lengths :meth:`MarketDataClient.bars` takes."""
 
 Columns = str | Sequence[str] | None
 """A projection: ``"timestamp,price"`` or ``["timestamp", "price"]``; ``None`` for all."""
@@ -53,14 +57,17 @@ class SymbolInfo:
     Attributes:
         exchange: ccxt exchange id, e.g. ``"binance"``.
         symbol: Unified symbol, e.g. ``"BTC/USDT"``.
-        records: Ticks currently stored.
+        records: Rows currently stored.
         ticket: A ticket that reads the whole buffer.
+        channel: The flight's channel (``"trades"``, ``"book"``, ...), or ``None`` where the
+            server does not name one: the symbol's ticker-like channel.
     """
 
     exchange: str
     symbol: str
     records: int
     ticket: str
+    channel: str | None = None
 
 
 def _pem(value: PemLike, name: str) -> bytes | None:
@@ -96,6 +103,28 @@ def _count(value: int | None, name: str) -> int | None:
     if value < 0:
         raise ValueError(f"{name} must be >= 0, got {value!r}")
     return value
+
+
+def _name(value: str | None, name: str, allowed: Sequence[str]) -> str | None:
+    """A channel or interval name: checked for type here, for meaning by the server (which
+    names what it allows), so a newer server's names work with this client."""
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise TypeError(f"{name} must be a str such as {allowed[-2]!r}, got {value!r}")
+    return value
+
+
+def _channel_of(path: Sequence[str], ticket_text: str) -> str | None:
+    """A listed flight's channel: the third path element, else the ticket's ``channel=``."""
+    if len(path) == 3:
+        return path[2]
+    _, _, query = ticket_text.partition("?")
+    for part in query.split("&"):
+        key, _, value = part.partition("=")
+        if key == "channel":
+            return unquote(value)
+    return None
 
 
 def _symbol_list(symbols: str | Iterable[str], name: str) -> list[str]:
@@ -220,26 +249,53 @@ class MarketDataClient:
 
     # -- reads -----------------------------------------------------------------------------
 
-    def symbols(self, exchange: str | None = None) -> list[SymbolInfo]:
-        """Every buffered (exchange, symbol) with its record count, sorted.
+    def symbols(self, exchange: str | None = None, *,
+                channel: str | None = None) -> list[SymbolInfo]:
+        """Every buffered (exchange, symbol, channel) with its record count, sorted.
 
         Args:
             exchange: Only this exchange.
+            channel: Only flights of this channel (e.g. ``"trades"``).
         """
         out = []
         with self._translated():
             for info in self._client.list_flights(b"", self._options()):
                 path = [p.decode() if isinstance(p, bytes) else p
                         for p in (info.descriptor.path or [])]
-                if len(path) != 2:
-                    continue
+                if len(path) not in (2, 3):
+                    continue  # @markets and other non-symbol flights
                 ticket_text = info.endpoints[0].ticket.ticket.decode() if info.endpoints else ""
-                out.append(SymbolInfo(path[0], path[1], info.total_records, ticket_text))
-        return sorted((s for s in out if exchange is None or s.exchange == exchange),
-                      key=lambda s: (s.exchange, s.symbol))
+                out.append(SymbolInfo(path[0], path[1], info.total_records, ticket_text,
+                                      _channel_of(path, ticket_text)))
+        order = {name: i for i, name in enumerate(CHANNELS)}
+        return sorted((s for s in out if (exchange is None or s.exchange == exchange)
+                       and (channel is None or s.channel == channel)),
+                      key=lambda s: (s.exchange, s.symbol, order.get(s.channel or "", -1),
+                                     s.channel or ""))
+
+    def schema(self, symbol: str, *, channel: str | None = None, bars: str | None = None,
+               exchange: str | None = None, columns: Columns = None) -> pa.Schema:
+        """The Arrow schema a read of ``symbol`` returns (GetSchema), without reading rows.
+
+        Args:
+            symbol: Unified symbol, or ``"*"`` for the snapshot.
+            channel: ``"ticker"``, ``"bidask"``, ``"trades"`` or ``"book"``; ``None``: the
+                symbol's ticker-like channel.
+            bars: A bar interval (the schema of :meth:`bars`).
+            exchange: ccxt exchange id, when needed.
+            columns: A projection.
+        """
+        text = ticket(symbol, exchange=exchange, columns=_columns(columns),
+                      channel=_name(channel, "channel", CHANNELS),
+                      bars=_name(bars, "bars", BAR_INTERVALS))
+        with self._translated():
+            result = self._client.get_schema(flight.FlightDescriptor.for_command(text.encode()),
+                                             self._options())
+        schema: pa.Schema = result.schema
+        return schema
 
     def latest(self, symbol: str, n: int = 100, *, exchange: str | None = None,
-               columns: Columns = None) -> pa.Table:
+               columns: Columns = None, channel: str | None = None) -> pa.Table:
         """The newest ``n`` ticks of ``symbol``, oldest first.
 
         Args:
@@ -247,17 +303,32 @@ class MarketDataClient:
             n: Rows wanted (more than the server's buffer returns what is stored).
             exchange: ccxt exchange id; needed only when the symbol is on several exchanges.
             columns: A projection, e.g. ``["timestamp", "price"]``.
+            channel: Rows of this channel (``"ticker"``, ``"bidask"``, ``"trades"``,
+                ``"book"``); ``None``: the symbol's ticker-like channel.
 
         Raises:
             NotFound: Unknown symbol or exchange (the message lists what is buffered).
             InvalidRequest: A bad column name, or an ambiguous symbol without ``exchange``.
         """
         return self.get(ticket(symbol, latest=_count(n, "n"), exchange=exchange,
-                               columns=_columns(columns)))
+                               columns=_columns(columns),
+                               channel=_name(channel, "channel", CHANNELS)))
+
+    def _read(self, symbol: str, start: TimeLike | None, end: TimeLike | None, *,
+              exchange: str | None, columns: Columns, latest: int | None,
+              channel: str | None = None, bars: str | None = None) -> pa.Table:
+        """One ranged read: every public read of rows comes through here."""
+        now = time.time_ns() // 1_000_000
+        start_ms = None if start is None else to_ms(start, "start", now_ms=now)
+        end_ms = None if end is None else to_ms(end, "end", now_ms=now)
+        return self.get(ticket(symbol, latest=_count(latest, "latest"), start=start_ms,
+                               end=end_ms, exchange=exchange, columns=_columns(columns),
+                               channel=_name(channel, "channel", CHANNELS),
+                               bars=_name(bars, "bars", BAR_INTERVALS)))
 
     def range(self, symbol: str, start: TimeLike | None = None, end: TimeLike | None = None,
               *, exchange: str | None = None, columns: Columns = None,
-              latest: int | None = None) -> pa.Table:
+              latest: int | None = None, channel: str | None = None) -> pa.Table:
         """Ticks with ``start <= timestamp < end`` (exchange time), in arrival order.
 
         Args:
@@ -269,21 +340,79 @@ class MarketDataClient:
             exchange: ccxt exchange id, when needed.
             columns: A projection.
             latest: Keep only the newest ``latest`` rows of the range.
+            channel: Rows of this channel (see :meth:`latest`).
 
         Raises:
             ValueError, TypeError: ``start``/``end`` is not a time (checked before sending).
             InvalidRequest: ``start`` after ``end``, bad columns.
             NotFound: Unknown symbol or exchange.
         """
-        now = time.time_ns() // 1_000_000
-        start_ms = None if start is None else to_ms(start, "start", now_ms=now)
-        end_ms = None if end is None else to_ms(end, "end", now_ms=now)
-        return self.get(ticket(symbol, latest=_count(latest, "latest"), start=start_ms,
-                               end=end_ms, exchange=exchange, columns=_columns(columns)))
+        return self._read(symbol, start, end, exchange=exchange, columns=columns,
+                          latest=latest, channel=channel)
 
-    def snapshot(self, exchange: str | None = None, *, columns: Columns = None) -> pa.Table:
-        """The market now: one row per buffered symbol, its newest tick."""
-        return self.get(ticket("*", exchange=exchange, columns=_columns(columns)))
+    def trades(self, symbol: str, start: TimeLike | None = None, end: TimeLike | None = None,
+               *, latest: int | None = None, exchange: str | None = None,
+               columns: Columns = None) -> pa.Table:
+        """Every stored trade of ``symbol`` with ``start <= timestamp < end``, in arrival order.
+
+        Columns: ``symbol, exchange, timestamp`` (exchange trade time, Unix ms), ``trade_id``
+        (the exchange's, as a string; null where it has none), ``price``, ``amount`` (base
+        units on spot markets, contracts on derivatives), ``side`` (the taker's: ``buy`` or
+        ``sell``; null where the venue does not say), ``receive_timestamp``. Arguments as in
+        :meth:`range` (``latest``: only the newest N trades).
+
+        Raises:
+            NotFound: The symbol has no trades channel here (the message lists its channels).
+        """
+        return self._read(symbol, start, end, exchange=exchange, columns=columns,
+                          latest=latest, channel="trades")
+
+    def book(self, symbol: str, start: TimeLike | None = None, end: TimeLike | None = None,
+             *, latest: int | None = None, exchange: str | None = None,
+             columns: Columns = None) -> pa.Table:
+        """Stored order-book updates of ``symbol``: the top N levels after each update.
+
+        Columns: ``symbol, exchange, timestamp``, ``bids`` and ``asks`` (lists of
+        ``{price, amount}``, best first), ``nonce`` (the venue's sequence number or update id;
+        null where it has none), ``receive_timestamp``. ``book(symbol, latest=1)`` is the book
+        now. Arguments as in :meth:`range`.
+        """
+        return self._read(symbol, start, end, exchange=exchange, columns=columns,
+                          latest=latest, channel="book")
+
+    def bars(self, symbol: str, interval: str, start: TimeLike | None = None,
+             end: TimeLike | None = None, *, latest: int | None = None,
+             exchange: str | None = None, columns: Columns = None) -> pa.Table:
+        """OHLCV bars of ``symbol``'s trades, computed by the server, oldest first.
+
+        Args:
+            symbol: Unified symbol.
+            interval: ``"1s"``, ``"1m"``, ``"5m"``, ``"15m"``, ``"1h"`` or ``"1d"``; bars are
+                aligned to UTC (``1d`` bars start at 00:00Z).
+            start: Trades from this time (the forms of :meth:`range`).
+            end: Trades before this time.
+            latest: Only the newest N bars.
+            exchange: ccxt exchange id, when needed.
+            columns: A projection of ``bar_start, open, high, low, close, volume, vwap,
+                trades``.
+
+        Only bars that hold trades are returned: ``bar_start`` (Unix ms), the OHLC prices,
+        ``volume`` (sum of amounts), ``vwap`` and ``trades`` (how many).
+
+        Raises:
+            InvalidRequest: An interval the server does not offer (it lists those it does).
+        """
+        if not isinstance(interval, str):
+            raise TypeError(f"interval must be a str such as '1m', got {interval!r}")
+        return self._read(symbol, start, end, exchange=exchange, columns=columns,
+                          latest=latest, bars=interval)
+
+    def snapshot(self, exchange: str | None = None, *, columns: Columns = None,
+                 channel: str | None = None) -> pa.Table:
+        """The market now: one row per buffered symbol, its newest tick (of ``channel``, if
+        given: e.g. each symbol's last trade, or its book now)."""
+        return self.get(ticket("*", exchange=exchange, columns=_columns(columns),
+                               channel=_name(channel, "channel", CHANNELS)))
 
     def events(self, exchange: str | None = None, start: TimeLike | None = None,
                end: TimeLike | None = None, latest: int | None = None) -> pa.Table:
@@ -301,40 +430,90 @@ class MarketDataClient:
     # -- data frames -----------------------------------------------------------------------
 
     def latest_pandas(self, symbol: str, n: int = 100, *, exchange: str | None = None,
-                      columns: Columns = None) -> pandas.DataFrame:
+                      columns: Columns = None, channel: str | None = None) -> pandas.DataFrame:
         """:meth:`latest` as a pandas DataFrame indexed by a tz-aware UTC ``timestamp``.
 
         ``receive_timestamp`` is a tz-aware UTC column too. Needs
         ``pip install 'flight-md-client[pandas]'``.
         """
-        return to_pandas(self.latest(symbol, n, exchange=exchange, columns=columns))
+        return to_pandas(self.latest(symbol, n, exchange=exchange, columns=columns,
+                                     channel=channel))
 
     def latest_polars(self, symbol: str, n: int = 100, *, exchange: str | None = None,
-                      columns: Columns = None) -> polars.DataFrame:
+                      columns: Columns = None, channel: str | None = None) -> polars.DataFrame:
         """:meth:`latest` as a polars DataFrame (``Datetime("ms", "UTC")`` times).
 
         Needs ``pip install 'flight-md-client[polars]'``.
         """
-        return to_polars(self.latest(symbol, n, exchange=exchange, columns=columns))
+        return to_polars(self.latest(symbol, n, exchange=exchange, columns=columns,
+                                     channel=channel))
 
     def range_pandas(self, symbol: str, start: TimeLike | None = None,
                      end: TimeLike | None = None, *, exchange: str | None = None,
-                     columns: Columns = None, latest: int | None = None) -> pandas.DataFrame:
+                     columns: Columns = None, latest: int | None = None,
+                     channel: str | None = None) -> pandas.DataFrame:
         """:meth:`range` as a pandas DataFrame indexed by a tz-aware UTC ``timestamp``."""
         return to_pandas(self.range(symbol, start, end, exchange=exchange, columns=columns,
-                                    latest=latest))
+                                    latest=latest, channel=channel))
 
     def range_polars(self, symbol: str, start: TimeLike | None = None,
                      end: TimeLike | None = None, *, exchange: str | None = None,
-                     columns: Columns = None, latest: int | None = None) -> polars.DataFrame:
+                     columns: Columns = None, latest: int | None = None,
+                     channel: str | None = None) -> polars.DataFrame:
         """:meth:`range` as a polars DataFrame (``Datetime("ms", "UTC")`` times)."""
         return to_polars(self.range(symbol, start, end, exchange=exchange, columns=columns,
-                                    latest=latest))
+                                    latest=latest, channel=channel))
+
+    def trades_pandas(self, symbol: str, start: TimeLike | None = None,
+                      end: TimeLike | None = None, *, latest: int | None = None,
+                      exchange: str | None = None, columns: Columns = None) -> pandas.DataFrame:
+        """:meth:`trades` as a pandas DataFrame indexed by a tz-aware UTC ``timestamp``."""
+        return to_pandas(self.trades(symbol, start, end, latest=latest, exchange=exchange,
+                                     columns=columns))
+
+    def trades_polars(self, symbol: str, start: TimeLike | None = None,
+                      end: TimeLike | None = None, *, latest: int | None = None,
+                      exchange: str | None = None, columns: Columns = None) -> polars.DataFrame:
+        """:meth:`trades` as a polars DataFrame (``Datetime("ms", "UTC")`` times)."""
+        return to_polars(self.trades(symbol, start, end, latest=latest, exchange=exchange,
+                                     columns=columns))
+
+    def book_pandas(self, symbol: str, start: TimeLike | None = None,
+                    end: TimeLike | None = None, *, latest: int | None = None,
+                    exchange: str | None = None, columns: Columns = None) -> pandas.DataFrame:
+        """:meth:`book` as a pandas DataFrame indexed by a tz-aware UTC ``timestamp``;
+        ``bids``/``asks`` hold lists of ``{"price", "amount"}`` dicts, best first."""
+        return to_pandas(self.book(symbol, start, end, latest=latest, exchange=exchange,
+                                   columns=columns))
+
+    def book_polars(self, symbol: str, start: TimeLike | None = None,
+                    end: TimeLike | None = None, *, latest: int | None = None,
+                    exchange: str | None = None, columns: Columns = None) -> polars.DataFrame:
+        """:meth:`book` as a polars DataFrame; ``bids``/``asks`` are
+        ``List(Struct({"price", "amount"}))`` (``.list.first().struct.field("price")`` is the
+        best price)."""
+        return to_polars(self.book(symbol, start, end, latest=latest, exchange=exchange,
+                                   columns=columns))
+
+    def bars_pandas(self, symbol: str, interval: str, start: TimeLike | None = None,
+                    end: TimeLike | None = None, *, latest: int | None = None,
+                    exchange: str | None = None, columns: Columns = None) -> pandas.DataFrame:
+        """:meth:`bars` as a pandas DataFrame indexed by a tz-aware UTC ``bar_start``."""
+        return to_pandas(self.bars(symbol, interval, start, end, latest=latest,
+                                   exchange=exchange, columns=columns), index="bar_start")
+
+    def bars_polars(self, symbol: str, interval: str, start: TimeLike | None = None,
+                    end: TimeLike | None = None, *, latest: int | None = None,
+                    exchange: str | None = None, columns: Columns = None) -> polars.DataFrame:
+        """:meth:`bars` as a polars DataFrame (``bar_start`` as ``Datetime("ms", "UTC")``)."""
+        return to_polars(self.bars(symbol, interval, start, end, latest=latest,
+                                   exchange=exchange, columns=columns))
 
     # -- live tails ------------------------------------------------------------------------
 
     def tail(self, symbol: str, *, exchange: str | None = None, columns: Columns = None,
-             backlog: int = 0, start: TimeLike | None = None) -> LiveTail:
+             backlog: int = 0, start: TimeLike | None = None, channel: str | None = None,
+             bars: str | None = None) -> LiveTail:
         """Follow ``symbol`` live: an iterator of record batches as ticks arrive.
 
         Args:
@@ -343,6 +522,10 @@ class MarketDataClient:
             columns: A projection.
             backlog: Newest stored ticks to receive first (0: only new ticks).
             start: Instead (or on top) of ``backlog``, first every stored tick since this time.
+            channel: Follow this channel (``"trades"``: every trade as it arrives; ``"book"``:
+                the book after every update); ``None``: the ticker-like channel.
+            bars: Follow bars of this interval instead: each bar is sent once, when it closes
+                (``backlog``: that many closed bars first).
 
         Returns:
             A :class:`~flight_md_client.LiveTail`: iterate it; ``close()`` it from any thread
@@ -357,7 +540,9 @@ class MarketDataClient:
         backlog_rows = _count(backlog, "backlog")
         text = ticket(symbol, latest=backlog_rows if start is None or backlog_rows else None,
                       start=None if start is None else to_ms(start, "start"),
-                      exchange=exchange, columns=_columns(columns), follow=True)
+                      exchange=exchange, columns=_columns(columns), follow=True,
+                      channel=_name(channel, "channel", CHANNELS),
+                      bars=_name(bars, "bars", BAR_INTERVALS))
         with self._translated():
             reader = self._client.do_get(flight.Ticket(text.encode()), self._options(False))
         live = LiveTail(reader, symbol, self.location, on_close=self._tails.discard)
@@ -365,7 +550,8 @@ class MarketDataClient:
         return live
 
     async def atail(self, symbol: str, *, exchange: str | None = None, columns: Columns = None,
-                    backlog: int = 0, start: TimeLike | None = None
+                    backlog: int = 0, start: TimeLike | None = None,
+                    channel: str | None = None, bars: str | None = None
                     ) -> AsyncIterator[pa.RecordBatch]:
         """:meth:`tail` for asyncio: ``async for batch in client.atail("BTC/USDT"): ...``.
 
@@ -375,7 +561,7 @@ class MarketDataClient:
         import asyncio
 
         live = await asyncio.to_thread(self.tail, symbol, exchange=exchange, columns=columns,
-                                       backlog=backlog, start=start)
+                                       backlog=backlog, start=start, channel=channel, bars=bars)
         async for batch in aiterate(live):
             yield batch
 

@@ -1,8 +1,9 @@
 """Arrow tables to pandas and polars data frames, with real UTC datetimes.
 
 The server sends times as Unix milliseconds (``int64``). These helpers reinterpret the
-``timestamp`` and ``receive_timestamp`` columns as ``timestamp[ms, tz=UTC]`` first (a cast that
-keeps the same buffer: no copy), so both libraries see tz-aware datetimes.
+``timestamp``, ``receive_timestamp`` and (bars) ``bar_start`` columns as
+``timestamp[ms, tz=UTC]`` first (a cast that keeps the same buffer: no copy), so both
+libraries see tz-aware datetimes.
 
 pandas and polars are optional: they are imported on first use, and a missing one raises an
 ``ImportError`` that names the extra to install.
@@ -21,8 +22,8 @@ if TYPE_CHECKING:
 
 __all__ = ["TIME_COLUMNS", "to_pandas", "to_polars", "with_datetimes"]
 
-TIME_COLUMNS: Final = ("timestamp", "receive_timestamp")
-"""Columns holding Unix milliseconds in tick, snapshot and event tables."""
+TIME_COLUMNS: Final = ("timestamp", "receive_timestamp", "bar_start")
+"""Columns holding Unix milliseconds in tick, trade, book, bar, snapshot and event tables."""
 UTC_MS: Final = pa.timestamp("ms", tz="UTC")
 
 
@@ -73,7 +74,7 @@ def to_pandas(table: pa.Table, *, index: str | None = "timestamp") -> pandas.Dat
 def to_polars(table: pa.Table) -> polars.DataFrame:
     """A polars DataFrame via ``pl.from_arrow`` (numeric columns are not copied).
 
-    ``timestamp`` and ``receive_timestamp`` become ``Datetime("ms", "UTC")``.
+    ``timestamp``, ``receive_timestamp`` and ``bar_start`` become ``Datetime("ms", "UTC")``.
 
     Raises:
         ImportError: polars is not installed (``pip install 'flight-md-client[polars]'``).
