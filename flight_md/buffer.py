@@ -984,6 +984,7 @@ class Store:
                 raise ValueError(f"a {buffer.channel} buffer cannot hold {channel}")
             self._buffers[channel] = buffer
         self._shared_tick = "ticker" in self._buffers and "bidask" not in self._buffers
+        self._persisting = False
 
     @classmethod
     def of(cls, buffer: MarketDataBuffer) -> Store:
@@ -1007,8 +1008,18 @@ class Store:
             if found is None:
                 found = MarketDataBuffer(self.buffer_size, channel=channel,
                                          book_depth=self.book_depth)
+                if self._persisting:
+                    found.persist()
                 self._buffers = {**self._buffers, channel: found}
             return found
+
+    def persist(self) -> None:
+        """:meth:`MarketDataBuffer.persist` every buffer, and every one created later."""
+        with self._lock:
+            self._persisting = True
+            buffers = list(self._buffers.values())
+        for buffer in buffers:
+            buffer.persist()
 
     def get(self, channel: str) -> MarketDataBuffer | None:
         """The buffer of ``channel`` if it exists (never creates one)."""

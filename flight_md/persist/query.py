@@ -24,7 +24,6 @@ from typing import TYPE_CHECKING, Any, Final
 import pyarrow as pa
 
 from flight_md.persist.history import SeamPoint
-from flight_md.schema import SCHEMA
 from flight_md.tickets import Query
 
 if TYPE_CHECKING:
@@ -43,7 +42,7 @@ class Spanned:
     """A result over history and ring.
 
     Attributes:
-        schema: The result's schema (the query's columns of :data:`SCHEMA`).
+        schema: The result's schema (the query's columns of the channel's schema).
         rows: Exactly how many rows :attr:`batches` yields.
         batches: Starts the read: history batches, then ring batches.
     """
@@ -78,9 +77,10 @@ def span(persistence: Persistence, buffer: MarketDataBuffer, query: Query) -> Sp
     if first_seq is None:
         return None
     ring_rows = sum(b.num_rows for b in ring_batches)
-    columns = list(query.columns) if query.columns is not None else SCHEMA.names
-    schema = pa.schema([SCHEMA.field(c) for c in columns])
-    channel = persistence.channel(exchange)
+    full = buffer.schema
+    columns = list(query.columns) if query.columns is not None else full.names
+    schema = pa.schema([full.field(c) for c in columns])
+    channel = persistence.channel(exchange, buffer)
     before = SeamPoint(0, first_seq)
     history_rows = reader.count(channel, exchange, symbol, query.start, query.end, before=before)
     total = history_rows + ring_rows

@@ -54,7 +54,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from flight_md.buffer import MarketDataBuffer
+from flight_md.buffer import MarketDataBuffer, Store
+from flight_md.core.channels import TICKER_LIKE, spec_for
 from flight_md.errors import FlightMdError
 from flight_md.events import Event, EventKind, EventLog
 from flight_md.persist.datadir import DataDir, write_atomic
@@ -79,7 +80,7 @@ from flight_md.persist.recovery import (
     read_segment,
 )
 from flight_md.persist.retention import RetentionPolicy, apply_retention
-from flight_md.schema import NUMERIC_FIELDS, SCHEMA, now_ms
+from flight_md.schema import SCHEMA, now_ms
 
 __all__ = [
     "DEFAULT_SEAL_INTERVAL_S",
@@ -115,14 +116,18 @@ EVENT_RESTORE_MS: Final = 24 * 3600 * 1000
 STOP_BUDGET_S: Final = 5.0
 
 
-def history_schema() -> pa.Schema:
-    """The ticker/bid-ask channels' history and journal columns: :data:`SCHEMA` and ``sequence``."""
-    return SCHEMA.append(pa.field(SEQUENCE, pa.int64(), nullable=False))
+_SEQUENCE_FIELD: Final = pa.field(SEQUENCE, pa.int64(), nullable=False)
 
 
-_JOURNAL_SCHEMA: Final = pa.schema([*(SCHEMA.field(n) for n in NUMERIC_FIELDS),
-                                    pa.field(SEQUENCE, pa.int64(), nullable=False)])
-"""What the journal holds per row (``symbol`` and ``exchange`` are in its key)."""
+def history_schema(schema: pa.Schema = SCHEMA) -> pa.Schema:
+    """A channel's history columns: its schema (default: ticks, :data:`SCHEMA`) and ``sequence``."""
+    return schema.append(_SEQUENCE_FIELD)
+
+
+def _journal_schema(buffer: MarketDataBuffer) -> pa.Schema:
+    """What the journal holds per row of ``buffer``'s channel (``symbol`` and ``exchange`` are
+    in its key)."""
+    return buffer.spec.stored.append(_SEQUENCE_FIELD)
 
 
 class PersistState(StrEnum):
@@ -183,18 +188,23 @@ class Persistence:
 
     Args:
         config: Where and how.
-        buffer: The store to journal and refill.
+        store: The rings to journal and refill: a :class:`~flight_md.buffer.Store` (each
+            channel's buffer under its own channel; channels the history holds are refilled
+            whether streamed now or not), or one tick buffer.
         events: The event log to journal and refill.
-        channels: The channel each configured exchange streams (``ticker`` or ``bidask``):
-            its rings are journalled and refilled under that channel.
+        channels: For a tick buffer that holds both ticker and bid/ask rings (a single
+            buffer, or ``Store.of(buffer)``): the channel each exchange streams, which its
+            rings are journalled and refilled under (default ``ticker``).
     """
 
-    def __init__(self, config: PersistConfig, buffer: MarketDataBuffer, events: EventLog,
-                 channels: Mapping[str, str]) -> None:
+    def __init__(self, config: PersistConfig, store: Store | MarketDataBuffer, events: EventLog,
+                 channels: Mapping[str, str] | None = None) -> None:
         self.config = config
-        self.buffer = buffer
+        self.store = store if isinstance(store, Store) else Store.of(store)
+        # The tick buffer of the legacy form (one buffer for ticker and bid/ask rings).
+        self.buffer: MarketDataBuffer | None = None if isinstance(store, Store) else store
         self.events = events
-        self._channels = dict(channels)
+        self._channels = dict(channels or {})
         self.data_dir: DataDir | None = None
         self.journal: Journal | None = None
         self.root: HistoryRoot | None = None
@@ -225,9 +235,28 @@ class Persistence:
 
     # -- start ---------------------------------------------------------------------------
 
-    def channel(self, exchange: str) -> str:
-        """The channel ``exchange``'s rings are persisted under."""
+    def channel(self, exchange: str, buffer: MarketDataBuffer | None = None) -> str:
+        """The channel the rings of ``exchange`` in ``buffer`` (default: the tick buffer) are
+        persisted under."""
+        if buffer is not None and (buffer.channel not in TICKER_LIKE or not self._shared(buffer)):
+            return buffer.channel
         return self._channels.get(exchange, "ticker")
+
+    def _shared(self, buffer: MarketDataBuffer) -> bool:
+        """Whether ``buffer`` holds the rings of both tick channels (legacy single buffer)."""
+        return buffer.channel in TICKER_LIKE and self.store.get("bidask") is self.store.get(
+            "ticker") is buffer
+
+    def _buffer_of(self, channel: str) -> MarketDataBuffer | None:
+        """The buffer whose rings are persisted under ``channel``."""
+        if channel in TICKER_LIKE:
+            ticker = self.store.get("ticker")
+            if ticker is not None and self._shared(ticker):
+                return ticker
+        return self.store.get(channel)
+
+    def _buffers(self) -> list[MarketDataBuffer]:
+        return self.store.buffers()
 
     def open(self) -> Self:
         """Lock the data dir, recover it and refill the store (see the module docstring).
@@ -271,7 +300,7 @@ class Persistence:
         if recovery.rows <= MOVE_AT_OPEN_ROWS:
             # A small journal goes to the history now: the start is as fast either way.
             moved = self._move_closed()
-        self.buffer.persist()
+        self.store.persist()
         # Each ring is refilled with its newest rows and keeps every row the history does not
         # hold yet (the journal's, memory-mapped), so queries have no gap while a large
         # journal moves into the history in the background; numbering continues after them.
@@ -313,40 +342,57 @@ class Persistence:
             if channel not in channels:
                 channels.append(channel)
         refilled = 0
+        shared = self.buffer is not None and self._shared(self.buffer)
         for (exchange, symbol), channels in sorted(found.items()):
-            wanted = self._channels.get(exchange)
-            if wanted is None:  # not configured now: the channel its history has (ticker first)
-                wanted = "ticker" if "ticker" in channels else min(channels)
-                self._channels[exchange] = wanted
-            if wanted not in channels:
-                continue
-            series = (wanted, exchange, symbol)
-            in_history = self._history_seq.get(series)
-            unwritten = [self._unwritten(wanted, exchange, symbol, t)[0]
-                         for t in journal_tail.get(series, [])]
-            unwritten = [t for t in unwritten if t.num_rows]
-            parts: list[pa.Table] = []
-            if in_history is not None and sum(t.num_rows for t in unwritten) < \
-                    self.buffer.buffer_size:
-                try:
-                    parts.append(_numeric(self.reader.latest(wanted, exchange, symbol,
-                                                             self.buffer.buffer_size)))
-                except (OSError, FlightMdError) as exc:
-                    log.warning("cannot refill %s %s %s from history: %s", wanted, exchange,
-                                symbol, exc)
-            parts += [_numeric(t) for t in unwritten]
-            if not parts:
-                continue
-            rows = pa.concat_tables(parts)
-            if len(parts) > 1 or SEQUENCE not in rows.column_names:
-                rows = _sorted_by_sequence(rows)
-            if not rows.num_rows:
-                continue
-            next_seq = int(pc.max(rows.column(SEQUENCE)).as_py()) + 1
-            self.buffer.restore(exchange, symbol, rows, next_seq,
-                                history_seq=in_history if unwritten else None)
-            refilled += 1
+            for channel in sorted(channels):
+                if channel in TICKER_LIKE and shared:
+                    wanted = self._channels.get(exchange)
+                    if wanted is None:  # not configured now: the channel its history has
+                        wanted = "ticker" if "ticker" in channels else min(
+                            c for c in channels if c in TICKER_LIKE)
+                        self._channels[exchange] = wanted
+                    if channel != wanted:
+                        continue
+                    assert self.buffer is not None
+                    buffer = self.buffer
+                else:
+                    try:
+                        spec_for(channel)
+                    except ValueError:
+                        continue  # a channel this version does not know: the history keeps it
+                    buffer = self.store.buffer(channel)
+                refilled += self._refill_ring(buffer, channel, exchange, symbol, journal_tail)
         return refilled
+
+    def _refill_ring(self, buffer: MarketDataBuffer, wanted: str, exchange: str, symbol: str,
+                     journal_tail: Mapping[tuple[str, str, str], list[pa.Table]]) -> int:
+        assert self.reader is not None
+        series = (wanted, exchange, symbol)
+        in_history = self._history_seq.get(series)
+        unwritten = [self._unwritten(wanted, exchange, symbol, t)[0]
+                     for t in journal_tail.get(series, [])]
+        unwritten = [t for t in unwritten if t.num_rows]
+        parts: list[pa.Table] = []
+        if in_history is not None and sum(t.num_rows for t in unwritten) < \
+                buffer.buffer_size:
+            try:
+                parts.append(_numeric(buffer, self.reader.latest(
+                    wanted, exchange, symbol, buffer.buffer_size)))
+            except (OSError, FlightMdError) as exc:
+                log.warning("cannot refill %s %s %s from history: %s", wanted, exchange,
+                            symbol, exc)
+        parts += [_numeric(buffer, t) for t in unwritten]
+        if not parts:
+            return 0
+        rows = pa.concat_tables(parts)
+        if len(parts) > 1 or SEQUENCE not in rows.column_names:
+            rows = _sorted_by_sequence(rows)
+        if not rows.num_rows:
+            return 0
+        next_seq = int(pc.max(rows.column(SEQUENCE)).as_py()) + 1
+        buffer.restore(exchange, symbol, rows, next_seq,
+                       history_seq=in_history if unwritten else None)
+        return 1
 
     def _refill_events(self, journalled: pa.Table | None) -> int:
         assert self.reader is not None
@@ -379,14 +425,16 @@ class Persistence:
         self._release_if_degraded()
 
     def _feed_locked(self, journal: Journal) -> None:
-        for exchange, symbol, first, batches in self.buffer.take_unjournalled():
-            channel = self.channel(exchange)
-            for batch in batches:
-                n = batch.num_rows
-                seq = pa.array(np.arange(first, first + n, dtype=np.int64))
-                journal.append(channel, exchange, symbol, pa.RecordBatch.from_arrays(
-                    [*batch.columns, seq], schema=_JOURNAL_SCHEMA))
-                first += n
+        for buffer in self._buffers():
+            schema = _journal_schema(buffer)
+            for exchange, symbol, first, batches in buffer.take_unjournalled():
+                channel = self.channel(exchange, buffer)
+                for batch in batches:
+                    n = batch.num_rows
+                    seq = pa.array(np.arange(first, first + n, dtype=np.int64))
+                    journal.append(channel, exchange, symbol, pa.RecordBatch.from_arrays(
+                        [*batch.columns, seq], schema=schema))
+                    first += n
         if self._pending_events:
             events = []
             while self._pending_events:
@@ -534,8 +582,9 @@ class Persistence:
             self._history_seq[(key.channel, key.exchange, key.symbol)] = last + 1
         self.journal.seal(readable[-1].seq)
         for key in per_key:
-            if key.channel == self.channel(key.exchange):
-                self.buffer.release(key.exchange, key.symbol, self._history_seq.get(
+            buffer = self._buffer_of(key.channel)
+            if buffer is not None and key.channel == self.channel(key.exchange, buffer):
+                buffer.release(key.exchange, key.symbol, self._history_seq.get(
                     (key.channel, key.exchange, key.symbol), 0))
         if len(readable) == len(infos) and self._history_error is not None:
             self._history_error = None
@@ -560,7 +609,8 @@ class Persistence:
             assert self.root is not None
             writer = self._writers.writer = HistoryWriter(self.root)
         written: list[WrittenFile] = writer.write(
-            key.channel, key.exchange, key.symbol, _with_constants(table, key.exchange, key.symbol))
+            key.channel, key.exchange, key.symbol,
+            _with_constants(table, key.channel, key.exchange, key.symbol))
         return written
 
     def _unwritten(self, channel: str, exchange: str, symbol: str,
@@ -579,14 +629,19 @@ class Persistence:
         """While the disk refuses writes, rings keep the rows they evicted (queries still
         read them) up to :data:`HOLD_LIMIT_ROWS` in all; beyond, they let them go (in the
         journal, they reach the history when the disk comes back), so memory stays bounded."""
-        if self._state is not PersistState.DEGRADED or self.buffer.held_rows() <= HOLD_LIMIT_ROWS:
+        if self._state is not PersistState.DEGRADED or self.held_rows() <= HOLD_LIMIT_ROWS:
             return
         if not self._released_unsaved:
             log.warning("persistence degraded for long: the rings stop holding evicted rows "
                         "(range queries miss them until the history is written)")
         self._released_unsaved += 1
-        for stats in self.buffer.stats():
-            self.buffer.release(stats.exchange, stats.symbol, stats.appended)
+        for buffer in self._buffers():
+            for stats in buffer.stats():
+                buffer.release(stats.exchange, stats.symbol, stats.appended)
+
+    def held_rows(self) -> int:
+        """Rows every ring evicted but holds until they reach the history."""
+        return sum(buffer.held_rows() for buffer in self._buffers())
 
     def _retention(self) -> None:
         assert self.root is not None
@@ -690,7 +745,7 @@ class Persistence:
                         journal.pending_rows, "commits": journal.commits, "bytes_written":
                         journal.bytes_written, "write_errors": journal.write_errors,
                         "dropped_rows": journal.dropped_rows, "segment": journal.segment},
-            "held_rows": self.buffer.held_rows(),
+            "held_rows": self.held_rows(),
             "history_rows_written": self._written_rows,
             "history_files_written": self._written_files,
             "flushes": self._flushes,
@@ -744,19 +799,24 @@ class Persistence:
         self.close()
 
 
-def _with_constants(table: pa.Table, exchange: str, symbol: str) -> pa.Table:
+def _with_constants(table: pa.Table, channel: str, exchange: str, symbol: str) -> pa.Table:
     """Journal rows in the history's columns: ``symbol`` and ``exchange`` added."""
     n = table.num_rows
     columns = {name: table.column(name) for name in table.column_names}
     columns["symbol"] = pa.chunked_array([pa.repeat(pa.scalar(symbol, pa.string()), n)])
     columns["exchange"] = pa.chunked_array([pa.repeat(pa.scalar(exchange, pa.string()), n)])
-    schema = history_schema()
+    try:
+        schema = history_schema(spec_for(channel).schema)
+    except ValueError:  # a channel this version does not know: its rows as journalled
+        schema = pa.schema([*(pa.field(n, t) for n, t in (("symbol", pa.string()),
+                                                          ("exchange", pa.string()))),
+                            *table.schema])
     return pa.Table.from_arrays([columns[f.name] for f in schema], schema=schema)
 
 
-def _numeric(table: pa.Table) -> pa.Table:
-    """History or journal rows as a ring stores them, with their sequence numbers."""
-    return table.select([*NUMERIC_FIELDS, SEQUENCE])
+def _numeric(buffer: MarketDataBuffer, table: pa.Table) -> pa.Table:
+    """History or journal rows as ``buffer``'s rings store them, with their sequence numbers."""
+    return table.select([*buffer.spec.stored.names, SEQUENCE])
 
 
 def _sorted_by_sequence(table: pa.Table) -> pa.Table:

@@ -496,8 +496,10 @@ def test_degraded_with_concurrent_ingest_loses_nothing(
     writer = threading.Thread(target=ingest)
     writer.start()
     try:
-        for _ in range(20):
-            store.flush()  # fails, and releases what the ring held
+        for flushes in range(1, 2001):
+            store.flush()  # fails once rows reached the journal, and releases what the ring held
+            if flushes >= 20 and store.status()["state"] == "degraded":
+                break
     finally:
         stop.set()
         writer.join()
