@@ -371,6 +371,9 @@ class BookVerifier(ABC):
 
     venue: ClassVar[str]
     """The venue id (``flight_md.venues``) the verifier speaks."""
+    rest_snapshot: ClassVar[bool] = False
+    """Whether the venue's snapshots come over REST, not in the frames (Binance): the caller
+    reports each one with ``on_rest_snapshot`` once :meth:`pending_snapshots` names its book."""
 
     def __init__(self) -> None:
         self._awaiting: set[str] = set()  # books that failed and wait for their next snapshot
@@ -405,6 +408,14 @@ class BookVerifier(ABC):
             return Verdict(symbol, Status.AWAITING)
         return self._fail(symbol, Reason.MALFORMED, detail)
 
+    def pending_snapshots(self) -> set[str]:
+        """The books seen in frames that wait for a REST snapshot (none unless :attr:`rest_snapshot`)."""
+        return set()
+
+    def on_rest_snapshot(self, symbol: str, last_update_id: int) -> Verdict:
+        """The REST snapshot a book was rebuilt from (only where :attr:`rest_snapshot`)."""
+        raise TypeError(f"{self.venue} books have no REST snapshot")
+
     def reset(self, symbol: str | None = None) -> None:
         """Forget what is known of one book (or of all): its next frame starts it afresh."""
         if symbol is None:
@@ -436,6 +447,7 @@ class BinanceVerifier(BookVerifier):
     """Binance spot diff-depth update ids (``U``/``u``) against the REST snapshot's ``lastUpdateId``."""
 
     venue = "binance"
+    rest_snapshot = True
 
     def __init__(self) -> None:
         super().__init__()
@@ -520,6 +532,9 @@ class BinanceVerifier(BookVerifier):
 
     def _held(self) -> set[str]:
         return set(self._next) | self._synced
+
+    def pending_snapshots(self) -> set[str]:
+        return set(self._next) - self._synced
 
 
 class BybitVerifier(BookVerifier):

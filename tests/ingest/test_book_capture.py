@@ -1,0 +1,343 @@
+"""Book capture (:mod:`flight_md.ingest.books`): real ccxt.pro against the emulator's replays, into a real buffer.
+
+The capture is installed into ccxt's frame handling the way the book stream installs it: a
+subclass of the ccxt.pro class calls ``before`` / ``after`` around ccxt's own
+``handle_message`` and ``connection_lost`` from ``on_close`` (:func:`observed`). Expected
+books are rebuilt here from the recording files (snapshot, then every delta), read with gzip
+and json, never through the emulator's code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import json
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+
+import ccxt.pro as ccxtpro
+import pyarrow as pa
+import pytest
+
+from flight_md.buffer import MarketDataBuffer
+from flight_md.emulator import Emulator
+from flight_md.events import EventKind, EventLog
+from flight_md.ingest.books import COUNTERS, BookCapture
+from flight_md.ingest.endpoints import url_overrides
+from flight_md.venues import venue
+from tests.emulator.conftest import recording_path
+from tests.support import MS, async_until
+
+DEPTH = 10
+Side = dict[Decimal, Decimal]
+Top = tuple[list[list[float]], list[list[float]]]
+
+
+# -- the capture, installed as the book stream installs it -------------------------------------
+
+
+def observed(exchange_id: str, base_url: str, **config: Any) -> Any:
+    """A ccxt.pro exchange whose frames go through ``exchange.capture`` (when set) around ccxt's handling."""
+    base = getattr(ccxtpro, exchange_id)
+
+    def handle_message(self: Any, client: Any, message: Any) -> None:
+        capture: BookCapture | None = self.capture
+        if capture is None:
+            base.handle_message(self, client, message)
+            return
+        capture.before(client, message)
+        try:
+            base.handle_message(self, client, message)
+        except Exception as error:  # noqa: BLE001 - as the stream's frame guard: one frame, not the connection
+            capture.after(client, message, error)
+            return
+        capture.after(client, message, None)
+
+    def on_close(self: Any, client: Any, error: Any) -> None:
+        if self.capture is not None:
+            self.capture.connection_lost(client)
+        base.on_close(self, client, error)
+
+    cls = type(base.__name__, (base,), {"handle_message": handle_message, "on_close": on_close, "capture": None})
+    return cls({**url_overrides(exchange_id, base_url), "enableRateLimit": False, **config})
+
+
+@dataclass
+class Rig:
+    """An emulator, an observed ccxt, its capture and what the capture stored and asked for."""
+
+    emulator: Emulator
+    exchange: Any
+    capture: BookCapture
+    buffer: MarketDataBuffer
+    events: EventLog
+    resyncs: list[str] = field(default_factory=list)
+
+    def rows(self, symbol: str) -> pa.Table:
+        return self.buffer.get_range_sync(symbol, exchange=self.exchange.id)
+
+    def latest(self, symbol: str) -> Top | None:
+        held = self.buffer.keys(self.exchange.id)
+        if (self.exchange.id, symbol) not in held:
+            return None
+        table = self.buffer.get_latest_sync(symbol, 1, exchange=self.exchange.id)
+        if table.num_rows == 0:
+            return None
+        row = table.slice(table.num_rows - 1).to_pylist()[0]
+        return ([[lv["price"], lv["amount"]] for lv in row["bids"]], [[lv["price"], lv["amount"]] for lv in row["asks"]])
+
+    def book_resyncs(self) -> list[Any]:
+        return [e for e in self.events.events() if e.kind is EventKind.BOOK_RESYNC]
+
+
+@asynccontextmanager
+async def rig(exchange_id: str, *, depth: int = DEPTH, subscribed: Callable[[str], bool] = lambda _: True,
+              **emulator: Any) -> AsyncIterator[Rig]:
+    async with Emulator(exchange_id, **emulator) as emu:
+        exchange = observed(exchange_id, emu.url)
+        try:
+            await exchange.load_markets()
+            buffer = MarketDataBuffer(100_000, channel="book", book_depth=depth)
+            events = EventLog()
+            resyncs: list[str] = []
+            capture = BookCapture(venue(exchange_id), exchange, buffer, events, depth,
+                                  subscribed=subscribed, resync=resyncs.append)
+            exchange.capture = capture
+            yield Rig(emu, exchange, capture, buffer, events, resyncs)
+        finally:
+            await exchange.close()
+
+
+def never_crossed(table: pa.Table) -> None:
+    for row in table.select(["bids", "asks"]).to_pylist():
+        if row["bids"] and row["asks"]:
+            assert row["bids"][0]["price"] < row["asks"][0]["price"], row
+
+
+# -- books rebuilt from the recordings -----------------------------------------------------------
+
+
+def records(exchange: str) -> Iterator[dict[str, Any]]:
+    with gzip.open(recording_path(exchange), "rt", encoding="utf-8") as lines:
+        for line in lines:
+            yield json.loads(line)
+
+
+def apply(side: Side, levels: Any, *, depth: int | None = None, bids: bool = True) -> None:
+    for level in levels:
+        price, qty = (level["price"], level["qty"]) if isinstance(level, dict) else (level[0], level[1])
+        price, qty = Decimal(str(price)), Decimal(str(qty))
+        if qty == 0:
+            side.pop(price, None)
+        else:
+            side[price] = qty
+    while depth is not None and len(side) > depth:
+        del side[min(side) if bids else max(side)]
+
+
+def top(bids: Side, asks: Side, count: int = DEPTH) -> Top:
+    return ([[float(p), float(q)] for p, q in sorted(bids.items(), reverse=True)[:count]],
+            [[float(p), float(q)] for p, q in sorted(asks.items())[:count]])
+
+
+@dataclass
+class Expected:
+    """A venue's replayed books: the top levels after the last recorded delta, and book frames per symbol."""
+
+    tops: dict[str, Top]
+    frames: dict[str, int | None]  # None: not every frame reaches ccxt (Binance's before its snapshot, Kraken's windows)
+    sequenced: bool = True  # the recorded frames carry the venue's sequence numbers (not Kraken's, not OKX's 2022 ones)
+
+
+def binance_expected() -> Expected:
+    snapshot: dict[str, Any] = {}
+    deltas: list[dict[str, Any]] = []
+    for record in records("binance"):
+        if record["t"] == "http" and "/api/v3/depth" in record["url"] and "NKNUSDT" in record["url"]:
+            snapshot = json.loads(record["data"])
+        elif record["t"] == "recv" and '"depthUpdate"' in record["data"]:
+            data = json.loads(record["data"]).get("data", {})
+            if data.get("s") == "NKNUSDT":
+                deltas.append(data)
+    nonce = snapshot["lastUpdateId"]
+    bids: Side = {}
+    asks: Side = {}
+    apply(bids, snapshot["bids"])
+    apply(asks, snapshot["asks"])
+    for delta in deltas:
+        if delta["u"] <= nonce:
+            continue
+        assert delta["U"] <= nonce + 1 <= delta["u"]  # the recording is one unbroken chain
+        apply(bids, delta["b"])
+        apply(asks, delta["a"])
+        nonce = delta["u"]
+    return Expected({"NKN/USDT": top(bids, asks)}, {"NKN/USDT": None})
+
+
+def bybit_expected() -> Expected:
+    category: dict[str, str] = {}
+    books: dict[str, tuple[Side, Side]] = {}
+    frames: dict[str, int | None] = {}
+    for record in records("bybit"):
+        if record["t"] == "connect":
+            category[record["conn"]] = record["addr"].rsplit("/", 1)[-1]
+        elif record["t"] == "recv" and '"orderbook.200.BTCUSDT"' in record["data"]:
+            frame = json.loads(record["data"])
+            symbol = "BTC/USDT:USDT" if category[record["conn"]] == "linear" else "BTC/USDT"
+            if frame["type"] == "snapshot":
+                books[symbol] = ({}, {})
+            apply(books[symbol][0], frame["data"]["b"])
+            apply(books[symbol][1], frame["data"]["a"])
+            frames[symbol] = (frames.get(symbol) or 0) + 1
+    return Expected({symbol: top(*book) for symbol, book in books.items()}, frames)
+
+
+def coinbase_expected() -> Expected:
+    products = {"BTC-USD": "BTC/USD", "ETH-USD": "ETH/USD"}
+    books: dict[str, tuple[Side, Side]] = {}
+    frames: dict[str, int | None] = {}
+    for record in records("coinbase"):
+        if record["t"] != "recv" or '"l2_data"' not in record["data"][:200]:
+            continue
+        frame = json.loads(record["data"])
+        touched = set()
+        for event in frame["events"]:
+            symbol = products[event["product_id"]]
+            if event["type"] == "snapshot":
+                books[symbol] = ({}, {})
+            for update in event["updates"]:
+                side = books[symbol][0 if update["side"] == "bid" else 1]
+                apply(side, [(update["price_level"], update["new_quantity"])])
+            touched.add(symbol)
+        for symbol in touched:
+            frames[symbol] = (frames.get(symbol) or 0) + 1
+    return Expected({symbol: top(*book) for symbol, book in books.items()}, frames)
+
+
+def okx_expected() -> Expected:
+    inst_ids = {"BTC-USDT": "BTC/USDT", "BTC-USD-220527": "BTC/USD:BTC-220527", "UNI-USD-SWAP": "UNI/USD:UNI"}
+    books: dict[str, tuple[Side, Side]] = {}
+    frames: dict[str, int | None] = {}
+    sequenced = True
+    for record in records("okx"):
+        if record["t"] != "recv" or '"books"' not in record["data"][:120]:
+            continue
+        frame = json.loads(record["data"])
+        if "data" not in frame:
+            continue
+        symbol = inst_ids[frame["arg"]["instId"]]
+        if frame["action"] == "snapshot":
+            books[symbol] = ({}, {})
+        for row in frame["data"]:
+            apply(books[symbol][0], row["bids"])
+            apply(books[symbol][1], row["asks"])
+        frames[symbol] = (frames.get(symbol) or 0) + 1
+        sequenced = sequenced and all("seqId" in row for row in frame["data"])
+    return Expected({symbol: top(*book) for symbol, book in books.items()}, frames, sequenced)
+
+
+def kraken_expected() -> Expected:
+    # v1 book frames ([channelID, payload..., "book-N", pair]); the emulator serves them as v2.
+    books: dict[str, tuple[Side, Side]] = {}
+    wanted = {"XMR/USD", "SC/EUR", "GRT/ETH"}
+    for record in records("kraken"):
+        if record["t"] != "recv" or not record["data"].startswith("["):
+            continue
+        frame = json.loads(record["data"])
+        symbol = frame[-1].replace("XBT", "BTC").replace("XDG", "DOGE")
+        if not str(frame[-2]).startswith("book-") or symbol not in wanted:
+            continue
+        payloads = frame[1:-2]
+        if "as" in payloads[0]:
+            books[symbol] = ({}, {})
+        for payload in payloads:
+            apply(books[symbol][0], payload.get("bs", payload.get("b", [])))
+            apply(books[symbol][1], payload.get("as", payload.get("a", [])))
+    return Expected({symbol: top(*book) for symbol, book in books.items()}, dict.fromkeys(books), sequenced=False)
+
+
+EXPECTED: dict[str, Callable[[], Expected]] = {
+    "binance": binance_expected,
+    "bybit": bybit_expected,
+    "coinbase": coinbase_expected,
+    "kraken": kraken_expected,
+    "okx": okx_expected,
+}
+
+
+# -- exact replay per venue --------------------------------------------------------------------
+
+
+async def watch_books(exchange: Any, symbols: list[str], depth: int) -> None:
+    """Subscribe every book, and tell the capture each time ccxt's watch returns it, as the stream does."""
+    for symbol in symbols:
+        await asyncio.wait_for(exchange.watch_order_book(symbol, depth if exchange.id == "kraken" else None), 10 * MS)
+        exchange.capture.watched(symbol)
+
+
+COINBASE_NUMBERING = pytest.mark.xfail(
+    strict=True, raises=AssertionError,
+    reason="the Coinbase emulator serves recorded sequence_num values as recorded and numbers its own frames with one "
+           "counter for every connection: a connection subscribed to level2 alone sees gaps, and the capture resyncs")
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("exchange_id", [pytest.param(e, marks=COINBASE_NUMBERING) if e == "coinbase" else e
+                                         for e in sorted(EXPECTED)])
+async def test_a_replay_stores_every_update_and_ends_with_the_recorded_book_never_crossed(exchange_id: str) -> None:
+    expected = EXPECTED[exchange_id]()
+    symbols = sorted(expected.tops)
+    async with rig(exchange_id, replay=recording_path(exchange_id), speed=0) as r:
+        await watch_books(r.exchange, symbols, DEPTH)
+        await async_until(lambda: all(r.latest(s) == expected.tops[s] for s in symbols), 10,
+                          "the stored books to equal the recording's")
+        for symbol in symbols:
+            rows = r.rows(symbol)
+            never_crossed(rows)
+            count = expected.frames[symbol]
+            if count is not None:
+                # Every update once: one row per recorded book frame, snapshot included.
+                await async_until(lambda s=symbol, c=count: r.rows(s).num_rows >= c, 5, "every frame stored")
+                assert r.rows(symbol).num_rows == count, symbol
+            nonces = rows.column("nonce").to_pylist()
+            if expected.sequenced:
+                assert None not in nonces and nonces == sorted(nonces), symbol  # the venue's sequence, rising
+            else:
+                assert set(nonces) == {None}, symbol
+            assert all(t > 0 for t in rows.column("timestamp").to_pylist())
+        assert r.book_resyncs() == [] and r.resyncs == []
+        assert r.capture.counters["stored"] == sum(r.rows(s).num_rows for s in symbols)
+        assert set(r.capture.counters) == set(COUNTERS)
+
+
+@pytest.mark.asyncio
+async def test_bybit_spot_and_linear_books_of_one_id_are_told_apart_by_the_connection() -> None:
+    # Both books arrive as BTCUSDT (on /v5/public/spot and /v5/public/linear): each lands in its own symbol.
+    expected = bybit_expected()
+    assert sorted(expected.tops) == ["BTC/USDT", "BTC/USDT:USDT"]
+    assert expected.tops["BTC/USDT"] != expected.tops["BTC/USDT:USDT"]
+    async with rig("bybit", replay=recording_path("bybit"), speed=0) as r:
+        await watch_books(r.exchange, ["BTC/USDT:USDT"], DEPTH)
+        await async_until(lambda: r.latest("BTC/USDT:USDT") == expected.tops["BTC/USDT:USDT"], 10, "the linear book")
+        assert r.latest("BTC/USDT") is None  # not subscribed on ccxt: no spot connection at all
+
+
+@pytest.mark.asyncio
+async def test_a_book_no_longer_subscribed_is_not_stored() -> None:
+    wanted = {"BTC/USDT"}
+    expected = okx_expected()
+    async with rig("okx", subscribed=wanted.__contains__, replay=recording_path("okx"), speed=0) as r:
+        await watch_books(r.exchange, ["BTC/USDT", "UNI/USD:UNI"], DEPTH)
+        await async_until(lambda: r.latest("BTC/USDT") == expected.tops["BTC/USDT"], 10, "the BTC/USDT book")
+        await async_until(lambda: r.capture.counters["unsubscribed"] == expected.frames["UNI/USD:UNI"], 5,
+                          "every UNI/USD:UNI frame refused")
+        assert r.latest("UNI/USD:UNI") is None
+
+
+def test_a_bad_depth_is_refused() -> None:
+    with pytest.raises(ValueError, match="book depth must be a positive integer, got 0"):
+        BookCapture(venue("okx"), object(), MarketDataBuffer(10, channel="book"), EventLog(), 0,
+                    subscribed=lambda _: True, resync=lambda _: None)
