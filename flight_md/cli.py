@@ -102,6 +102,18 @@ def _json_table(text: str) -> dict[str, Any]:
     return value
 
 
+def _channel_list(text: str) -> str:
+    """``--channel``: one channel or a comma list of them, each once (``ticker,trades``)."""
+    names = [name.strip() for name in text.split(",")]
+    for name in names:
+        if name not in CHANNELS:
+            raise argparse.ArgumentTypeError(
+                f"invalid channel {name!r}; expected a comma list of: {', '.join(CHANNELS)}")
+    if len(set(names)) != len(names):
+        raise argparse.ArgumentTypeError(f"{text!r} names a channel twice; name each once")
+    return ",".join(names)
+
+
 def _default(name: str) -> str:
     """The one default of a stream setting, as the option help shows it."""
     value = STREAM_DEFAULTS[name]
@@ -133,8 +145,10 @@ def _serve_parser(sub: Any) -> None:
     add("--exchange", metavar="ID", help="stream one exchange (a ccxt exchange id, e.g. binance)")
     add("--symbols", default="", metavar="A,B",
         help="comma-separated symbols of --exchange, e.g. BTC/USDT,ETH/USDT")
-    add("--channel", choices=CHANNELS, default=None,
-        help=f"ticker: full 24h ticker; bidask: real-time best bid/ask (default {_default('channel')})")
+    add("--channel", type=_channel_list, default=None, metavar="CHANNEL,...",
+        help=f"what to stream, a comma list of {', '.join(CHANNELS)}: ticker the full 24h "
+        "ticker, bidask the real-time best bid/ask, trades every trade, book the top levels "
+        f"after every update (e.g. ticker,trades,book) (default {_default('channel')})")
     add("--exchange-url", metavar="URL",
         help="point ccxt's REST and websocket URLs at this base URL, e.g. an emulator "
         "(http://127.0.0.1:9000); TOML key url")

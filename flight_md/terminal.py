@@ -51,7 +51,9 @@ from typing import IO, Any, Final, Self, TextIO
 
 import pyarrow as pa
 
+from flight_md.core.bars import BarInterval
 from flight_md.errors import FlightMdError
+from flight_md.normalize import Channel
 from flight_md.tickets import Query, Target, format_ticket
 
 CLIENT_MISSING: str | None = None
@@ -80,8 +82,16 @@ __all__ = ["CLIENT_MISSING", "main", "register"]
 DEFAULT_TIMEOUT_S: Final = 10.0
 TABLE_LATEST: Final = 20
 """Rows ``get`` prints as a table when no ``--latest``/``--start``/``--end`` is given."""
-TIME_COLUMNS: Final = ("timestamp", "receive_timestamp")
+TIME_COLUMNS: Final = ("timestamp", "receive_timestamp", "bar_start")
 TAIL_COLUMNS: Final = ("price", "bid", "ask", "volume")
+"""What ``tail`` shows of a tick by default; :data:`TAIL_DEFAULTS` for the other channels."""
+TAIL_DEFAULTS: Final[dict[str, tuple[str, ...]]] = {
+    Channel.TRADES: ("side", "price", "amount", "trade_id"),
+    Channel.BOOK: ("bids", "asks", "nonce"),
+    "bars": ("open", "high", "low", "close", "volume", "vwap", "trades"),
+}
+LEVELS_SHOWN: Final = 3
+"""Book levels a side shows in a table cell or a tail line (CSV and Parquet keep them all)."""
 TOP_COLUMNS: Final = ("symbol", "exchange", "price", "bid", "ask")
 """What ``top`` asks of the snapshot on every refresh."""
 QUOTED_COLUMNS: Final = ("bid", "ask", "open", "high", "low", "close")
@@ -258,6 +268,16 @@ class PricePrecision:
         return format_number(round(value, places + 1 if name == "price" else places))
 
 
+def format_levels(levels: Sequence[dict[str, Any]], shown: int = LEVELS_SHOWN) -> str:
+    """Book levels, best first, as ``amount@price`` (``0.5@64000.1 1.2@64000``), the first
+    ``shown`` of them and how many more there are."""
+    parts = [f"{format_number(level.get('amount'))}@{format_number(level.get('price'))}"
+             for level in levels[:shown]]
+    if len(levels) > shown:
+        parts.append(f"(+{len(levels) - shown})")
+    return " ".join(parts)
+
+
 def format_age(ms: float | None) -> str:
     """A duration for humans: ``850ms``, ``12.3s``, ``3m04s``, ``2h05m``, ``3d04h``."""
     if ms is None:
@@ -284,6 +304,8 @@ def _cell(name: str, value: Any, row: dict[str, Any] | None = None,
         return "-"
     if name in TIME_COLUMNS and isinstance(value, int):
         return format_time(value)
+    if isinstance(value, list) and value and isinstance(value[0], dict):
+        return format_levels(value)
     if isinstance(value, list):
         return ",".join(str(v) for v in value)
     if isinstance(value, bool):
@@ -339,7 +361,8 @@ def table_lines(table: pa.Table, width: int | None = None) -> tuple[list[str], i
 
 def with_times(table: pa.Table, as_text: bool) -> pa.Table:
     """Time columns typed ``timestamp[ms, UTC]`` (Parquet) or ISO-8601 text (CSV); list
-    columns joined with commas (CSV has no lists)."""
+    columns joined with commas, book sides as JSON ``[[price, amount], ...]`` (CSV has no
+    lists)."""
     import pyarrow.compute as pc
 
     table = with_datetimes(table)
@@ -348,6 +371,11 @@ def with_times(table: pa.Table, as_text: bool) -> pa.Table:
     for index, (name, kind) in enumerate(zip(table.column_names, table.schema.types)):
         if name in TIME_COLUMNS and pa.types.is_timestamp(kind):
             column = pc.strftime(table.column(index), format="%Y-%m-%dT%H:%M:%SZ")
+        elif pa.types.is_list(kind) and pa.types.is_struct(kind.value_type):
+            # Book sides: ccxt's [[price, amount], ...] as JSON text, which CSV can hold.
+            column = pa.array([None if levels is None else json.dumps(
+                [[level["price"], level["amount"]] for level in levels])
+                for levels in table.column(index).to_pylist()], pa.string())
         elif pa.types.is_list(kind):
             column = pc.binary_join(table.column(index), ",")
         else:
@@ -409,16 +437,24 @@ def _get_query(args: argparse.Namespace) -> Query:
         if latest is not None or ranged:
             raise CommandError("'*' (the market snapshot) takes no --latest, --start or --end",
                                EXIT_USAGE)
-        return Query(Target.SNAPSHOT, exchange=args.exchange, columns=columns)
+        if args.bars is not None:
+            raise CommandError("'*' (the market snapshot) takes no --bars; ask a symbol for "
+                               "its bars", EXIT_USAGE)
+        return Query(Target.SNAPSHOT, exchange=args.exchange, columns=columns,
+                     channel=args.channel)
     if latest is None and not ranged and not export:
         latest = TABLE_LATEST
     if args.target == "@events":
-        if columns is not None:
-            raise CommandError("'@events' takes no --columns", EXIT_USAGE)
+        given = [option for option, value in (("--columns", columns),
+                                              ("--channel", args.channel),
+                                              ("--bars", args.bars)) if value is not None]
+        if given:
+            raise CommandError(f"'@events' takes no {' or '.join(given)}", EXIT_USAGE)
         return Query(Target.EVENTS, exchange=args.exchange, latest=latest, start=args.start,
                      end=args.end)
     return Query(Target.TICKS, symbol=args.target, exchange=args.exchange, latest=latest,
-                 start=args.start, end=args.end, columns=columns)
+                 start=args.start, end=args.end, columns=columns, channel=args.channel,
+                 bars=args.bars)
 
 
 @_command
@@ -532,16 +568,21 @@ class TopModel:
     error: str | None = None
     updated: float = 0.0
     precision: PricePrecision = field(default_factory=PricePrecision)
+    trade_previous: dict[tuple[str, str], tuple[int, float]] = field(default_factory=dict)
+    trade_rates: dict[tuple[str, str], float] = field(default_factory=dict)
+    traded: set[tuple[str, str]] = field(default_factory=set)
+    """(exchange, symbol) pairs with a trades buffer: they get a TRADES/S column."""
 
     def update(self, status: dict[str, Any], snapshot: pa.Table, now: float) -> None:
-        """Take a new status and snapshot; ticks/s comes from the counter deltas."""
+        """Take a new status and snapshot; ticks/s and trades/s come from counter deltas."""
         for sym in status.get("symbols", []):
             key = (sym["exchange"], sym["symbol"])
             count = int(sym.get("ticks_appended", sym.get("ticks_received", 0)) or 0)
-            before = self.previous.get(key)
-            if before is not None and now > before[1]:
-                self.rates[key] = max(0, count - before[0]) / (now - before[1])
-            self.previous[key] = (count, now)
+            _rate(self.previous, self.rates, key, count, now)
+        for buffer in _trade_buffers(status):
+            key = (buffer["exchange"], buffer["symbol"])
+            self.traded.add(key)
+            _rate(self.trade_previous, self.trade_rates, key, _appended(buffer), now)
         self.status = status
         self.prices = {(r["exchange"], r["symbol"]): r for r in snapshot.to_pylist()}
         for row in self.prices.values():
@@ -553,13 +594,19 @@ class TopModel:
         """The frame: a header, exchange states, and one row per stream."""
         status = self.status
         server = status.get("server", {})
-        symbols = status.get("symbols", [])
+        symbols = list(status.get("symbols", []))
         exchanges = status.get("exchanges", {})
         total = sum(self.rates.get((s["exchange"], s["symbol"]), 0.0) for s in symbols)
+        listed = {(s["exchange"], s["symbol"]) for s in symbols}
+        # A symbol streamed for trades only has no ticker row in status: give it one.
+        symbols += [{"exchange": e, "symbol": sym, "ticks_stored": "-", "ticks_dropped": "-"}
+                    for e, sym in sorted(self.traded - listed)]
+        trades = bool(self.traded)
         clock = datetime.now(UTC).strftime("%H:%M:%S UTC")
         head = [(f"flight-md top  {self.location}  {clock}  up "
                  f"{format_age(server.get('uptime_s', 0) * 1000)}  {len(symbols)} streams  "
-                 f"{total:.1f} ticks/s")]
+                 f"{total:.1f} ticks/s"
+                 + (f"  {sum(self.trade_rates.values()):.1f} trades/s" if trades else ""))]
         if exchanges:
             head.append("  ".join(
                 f"{name}: {ex.get('state', '-')} ({ex.get('mode', '-')}, "
@@ -579,17 +626,19 @@ class TopModel:
                 state = "stale"
             tick = self.prices.get(key, {})
             rate = self.rates.get(key)
+            trade_rate = self.trade_rates.get(key)
             rows.append([sym["exchange"], sym["symbol"], state,
                          "-" if rate is None else f"{rate:.1f}",
+                         *(["-" if trade_rate is None else f"{trade_rate:.1f}"] if trades else []),
                          *(self.precision.format(tick, name, tick.get(name))
                            for name in ("price", "bid", "ask")),
                          format_age(sym.get("age_ms")),
                          str(ex.get("reconnects", "-")), str(sym.get("ticks_stored", 0)),
                          str(sym.get("ticks_dropped", 0))])
             states.append(state)
-        headers = ["EXCHANGE", "SYMBOL", "STATE", "TICKS/S", "PRICE", "BID", "ASK", "AGE",
-                   "RECONNECTS", "STORED", "DROPPED"]
-        right = [False, False, False, True, True, True, True, True, True, True, True]
+        headers = ["EXCHANGE", "SYMBOL", "STATE", "TICKS/S", *(["TRADES/S"] if trades else []),
+                   "PRICE", "BID", "ASK", "AGE", "RECONNECTS", "STORED", "DROPPED"]
+        right = [False, False, False] + [True] * (len(headers) - 3)
         body, _ = grid(headers, rows, right, width)
         if color:
             body = [body[0]] + [_paint(line, state) for line, state in zip(body[1:], states)]
@@ -599,6 +648,44 @@ class TopModel:
         if height is None:
             return lines
         return lines[:max(1, height - 1)] + ["q or Ctrl-C quits"]
+
+
+def _rate(previous: dict[tuple[str, str], tuple[int, float]],
+          rates: dict[tuple[str, str], float], key: tuple[str, str], count: int,
+          now: float) -> None:
+    """Per-second rate of a cumulative counter since the last refresh (never negative: a
+    counter that went back, after a restart, reads as 0)."""
+    before = previous.get(key)
+    if before is not None and now > before[1]:
+        rates[key] = max(0, count - before[0]) / (now - before[1])
+    previous[key] = (count, now)
+
+
+_APPENDED_KEYS: Final = ("appended", "rows_appended", "trades_appended", "received",
+                         "trades_received", "stored", "trades_stored")
+"""Where a status buffer entry may hold its cumulative row count, most exact first (a
+``stored`` count stops growing at the ring's capacity: the last resort)."""
+
+
+def _trade_buffers(status: dict[str, Any]) -> list[dict[str, Any]]:
+    """The ``status()["buffers"]`` entries of the trades channel; none from a server whose
+    status has no per-channel buffers (it streams no trades)."""
+    buffers = status.get("buffers")
+    if isinstance(buffers, dict):  # keyed by channel, or by anything else
+        buffers = [b for value in buffers.values()
+                   for b in (value if isinstance(value, list) else [value])]
+    if not isinstance(buffers, list):
+        return []
+    return [b for b in buffers if isinstance(b, dict) and b.get("channel") == Channel.TRADES
+            and isinstance(b.get("exchange"), str) and isinstance(b.get("symbol"), str)]
+
+
+def _appended(buffer: dict[str, Any]) -> int:
+    for key in _APPENDED_KEYS:
+        value = buffer.get(key)
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    return 0
 
 
 def _paint(line: str, state: str) -> str:
@@ -699,24 +786,34 @@ def top_command(args: argparse.Namespace, md: MarketDataClient) -> int:
 
 def tail_line(row: dict[str, Any], columns: Sequence[str] | None,
               precision: PricePrecision | None = None) -> str:
-    """One tick as one line: time, exchange, symbol, then ``name=value`` pairs (prices with
-    the precision ``precision`` has learnt, this tick included)."""
+    """One row as one line: time, exchange, symbol, then ``name=value`` pairs (prices with
+    the precision ``precision`` has learnt, this row included; book sides as their best
+    levels). ``columns`` ``None`` shows :data:`TAIL_COLUMNS`."""
     if precision is not None:
         precision.learn(row)
     parts = []
-    if "timestamp" in row:
-        parts.append(format_time(row["timestamp"]))
+    for key in ("timestamp", "bar_start"):
+        if key in row:
+            parts.append(format_time(row[key]))
+            break
     for key in ("exchange", "symbol"):
         if key in row:
             parts.append(str(row[key]))
     names = [c for c in (columns or TAIL_COLUMNS)
-             if c not in ("timestamp", "exchange", "symbol") and c in row]
+             if c not in ("timestamp", "bar_start", "exchange", "symbol") and c in row]
     parts += [f"{name}={_cell(name, row[name], row, precision)}" for name in names]
     return "  ".join(parts)
 
 
+def _tail_defaults(args: argparse.Namespace) -> tuple[str, ...]:
+    """What ``tail`` shows without ``--columns``: per channel (bars: the bar)."""
+    if args.bars is not None:
+        return TAIL_DEFAULTS["bars"]
+    return TAIL_DEFAULTS.get(args.channel or "", TAIL_COLUMNS)
+
+
 def _tail_writer(args: argparse.Namespace, out: IO[str]) -> Callable[[dict[str, Any]], None]:
-    columns = _columns(args.columns)
+    columns = _columns(args.columns) or _tail_defaults(args)
     precision = PricePrecision()
 
     def as_json(row: dict[str, Any]) -> None:
@@ -733,14 +830,15 @@ def tail_command(args: argparse.Namespace, md: MarketDataClient) -> int:
     """``flight-md tail``: one line per tick as ticks arrive (the client's live tail)."""
     columns = _columns(args.columns)
     if columns is not None and not args.json:  # every line starts with time, exchange, symbol
-        columns = tuple(dict.fromkeys(("timestamp", "exchange", "symbol", *columns)))
+        lead = ("bar_start",) if args.bars is not None else ("timestamp", "exchange", "symbol")
+        columns = tuple(dict.fromkeys((*lead, *columns)))
     # Refused here, with the server's message and exit 2, before the tail is opened.
     Query(Target.TICKS, symbol=args.symbol, exchange=args.exchange, latest=args.backlog,
-          columns=columns, follow=True)
+          columns=columns, follow=True, channel=args.channel, bars=args.bars)
     remaining: int | None = args.count
     write = _tail_writer(args, sys.stdout)
     with md.tail(args.symbol, exchange=args.exchange, columns=columns,
-                 backlog=args.backlog) as live:
+                 backlog=args.backlog, channel=args.channel, bars=args.bars) as live:
         if remaining == 0:
             return EXIT_OK
         for batch in live:  # a lost connection or a slow consumer raises here
@@ -794,6 +892,18 @@ def _common() -> argparse.ArgumentParser:
     return common
 
 
+def _channel_options(parser: argparse.ArgumentParser, verb: str) -> None:
+    """``--channel`` and ``--bars`` of ``get`` and ``tail`` (their values: the enums')."""
+    parser.add_argument("--channel", choices=[c.value for c in Channel], default=None,
+                        help=f"{verb} this channel: ticker, bidask, trades (every trade) or "
+                             "book (top levels after every update) (default: the symbol's "
+                             "ticker, else bidask)")
+    parser.add_argument("--bars", choices=[b.value for b in BarInterval], default=None,
+                        metavar="INTERVAL",
+                        help=f"{verb} OHLCV bars of the symbol's trades: "
+                             f"{', '.join(b.value for b in BarInterval)} (UTC-aligned)")
+
+
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``get``, ``status``, ``top`` and ``tail`` to a ``flight-md`` parser.
 
@@ -815,7 +925,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     get.add_argument("--end", type=_time_type(), metavar="TIME",
                      help="up to this time, exclusive (same forms)")
     get.add_argument("--exchange", help="ccxt exchange id, when the symbol is on several")
-    get.add_argument("--columns", help="comma-separated columns, e.g. timestamp,price,bid,ask")
+    _channel_options(get, "rows of")
+    get.add_argument("--columns", help="comma-separated columns, e.g. timestamp,price,bid,ask "
+                     "(names of the channel's columns; with --bars of the bars')")
     out = get.add_mutually_exclusive_group()
     out.add_argument("--csv", nargs="?", const="-", metavar="FILE",
                      help="write CSV to FILE, or to stdout without FILE (times as ISO-8601)")
@@ -846,12 +958,15 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         description="Follow a symbol live and print one line per tick until Ctrl-C.")
     tail.add_argument("symbol", metavar="SYMBOL", help="e.g. BTC/USDT")
     tail.add_argument("--exchange", help="ccxt exchange id, when the symbol is on several")
+    _channel_options(tail, "follow")
     tail.add_argument("--backlog", type=_positive, default=0, metavar="N",
                       help="print the newest N stored ticks first (default 0)")
     tail.add_argument("--count", type=_positive, metavar="N", help="exit after N ticks")
     tail.add_argument("--columns",
-                      help=f"columns to show (default {','.join(TAIL_COLUMNS)}); also limits "
-                           "what the server sends")
+                      help=f"columns to show (default {','.join(TAIL_COLUMNS)}; trades "
+                           f"{','.join(TAIL_DEFAULTS[Channel.TRADES])}; book "
+                           f"{','.join(TAIL_DEFAULTS[Channel.BOOK])}); also limits what the "
+                           "server sends")
     tail.add_argument("--json", action="store_true",
                       help="one JSON object per line (times as Unix ms)")
     tail.set_defaults(func=tail_command)

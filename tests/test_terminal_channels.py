@@ -1,0 +1,208 @@
+"""flight-md get / tail / top over the trades and book channels and bars (issue 12).
+
+The parts that need no server (option refusals, book cells, CSV of book sides, the trades/s of
+``top`` from status counters) run here without one; reads and tails of trades, books and bars
+run against a real server holding known trades and books.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent / "clients"))
+from client_support import refused_port
+
+from flight_md import terminal
+from flight_md.core.channels import BOOK_SCHEMA
+from flight_md.terminal import TopModel, format_levels, table_lines, tail_line, with_times
+
+
+@pytest.fixture(autouse=True)
+def _no_ambient_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("FLIGHT_MD_TOKEN", raising=False)
+    monkeypatch.delenv("FLIGHT_MD_LOCATION", raising=False)
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = terminal.main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+# -- refusals before anything is sent ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["get", "BTC/USDT", "--channel", "book", "--bars", "1m"],
+     "flight-md: bars=1m needs trades; channel 'book' has no bars (use channel=trades, or no "
+     "channel)"),
+    (["get", "BTC/USDT", "--channel", "trades", "--columns", "bid"],
+     "flight-md: unknown column 'bid' for channel 'trades'; allowed: symbol, exchange, "
+     "timestamp, trade_id, price, amount, side, receive_timestamp"),
+    (["get", "BTC/USDT", "--bars", "1m", "--columns", "price"],
+     "flight-md: unknown column 'price' for bars; allowed: bar_start, open, high, low, close, "
+     "volume, vwap, trades"),
+    (["get", "@events", "--channel", "trades"], "flight-md: '@events' takes no --channel"),
+    (["get", "@events", "--bars", "1m"], "flight-md: '@events' takes no --bars"),
+    (["get", "*", "--bars", "1m"], "flight-md: '*' (the market snapshot) takes no --bars; ask a "
+                                   "symbol for its bars"),
+    (["tail", "BTC/USDT", "--channel", "ticker", "--bars", "5m"],
+     "flight-md: bars=5m needs trades; channel 'ticker' has no bars"),
+    (["tail", "BTC/USDT", "--channel", "book", "--columns", "price"],
+     "flight-md: unknown column 'price' for channel 'book'; allowed: symbol, exchange, "
+     "timestamp, bids, asks, nonce, receive_timestamp"),
+])
+def test_channel_refusals_are_local_one_line_exit_2(capsys: pytest.CaptureFixture[str],
+                                                    argv: list[str], message: str) -> None:
+    # The port refuses connections: a refusal here proves nothing was sent.
+    with refused_port() as port:
+        code, out, err = run(capsys, *argv, "--location", f"grpc://127.0.0.1:{port}")
+    assert (code, out) == (2, "")
+    assert err.splitlines() == [err.strip()] and err.strip().startswith(message), err
+
+
+@pytest.mark.parametrize(("argv", "fragment", "allowed"), [
+    (["get", "BTC/USDT", "--channel", "trade"], "argument --channel: invalid choice: 'trade'",
+     ["ticker", "bidask", "trades", "book"]),
+    (["get", "BTC/USDT", "--bars", "2m"], "argument --bars: invalid choice: '2m'",
+     ["1s", "1m", "5m", "15m", "1h", "1d"]),
+    (["tail", "BTC/USDT", "--channel", "TRADES"], "argument --channel: invalid choice",
+     ["trades"]),
+])
+def test_unknown_channel_or_interval_is_an_argument_error(capsys: pytest.CaptureFixture[str],
+                                                          argv: list[str], fragment: str,
+                                                          allowed: list[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        terminal.main(argv)
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert fragment in err
+    assert all(name in err.partition("choose from")[2] for name in allowed), err
+
+
+# -- book cells, CSV, tail lines ---------------------------------------------------------------
+
+
+LEVELS = [{"price": 100.5, "amount": 2.0}, {"price": 100.0, "amount": 0.25},
+          {"price": 99.5, "amount": 1e-05}, {"price": 99.0, "amount": 3.0}]
+
+
+def test_book_levels_print_as_amount_at_price_best_first() -> None:
+    assert format_levels(LEVELS) == "2@100.5 0.25@100 0.00001@99.5 (+1)"
+    assert format_levels(LEVELS[:2]) == "2@100.5 0.25@100"
+    assert format_levels([]) == ""
+    assert format_levels(LEVELS, shown=1) == "2@100.5 (+3)"
+
+
+def _book_table() -> pa.Table:
+    return pa.Table.from_pylist([
+        {"symbol": "BTC/USDT", "exchange": "binance", "timestamp": 1_764_000_000_000,
+         "bids": LEVELS, "asks": [{"price": 101.0, "amount": 1.5}], "nonce": 42,
+         "receive_timestamp": 1_764_000_000_003},
+        {"symbol": "BTC/USDT", "exchange": "binance", "timestamp": 1_764_000_000_100,
+         "bids": [], "asks": [], "nonce": None, "receive_timestamp": 1_764_000_000_104},
+    ], schema=BOOK_SCHEMA)
+
+
+def test_a_book_table_shows_the_best_levels_of_each_side() -> None:
+    lines, hidden = table_lines(_book_table())
+    assert hidden == 0
+    assert lines[0].split() == ["symbol", "exchange", "timestamp", "bids", "asks", "nonce",
+                                "receive_timestamp"]
+    assert "2@100.5 0.25@100 0.00001@99.5 (+1)" in lines[1]
+    assert "1.5@101" in lines[1] and lines[1].split()[-2] == "42"
+    assert lines[2].split() == ["BTC/USDT", "binance", "2025-11-24T16:00:00.100Z", "-",
+                                "2025-11-24T16:00:00.104Z"]
+
+
+def test_book_sides_go_to_csv_as_ccxt_json_lists() -> None:
+    text_table = with_times(_book_table(), as_text=True)
+    out = io.BytesIO()
+    import pyarrow.csv as pacsv
+
+    pacsv.write_csv(text_table, out)
+    rows = list(csv.DictReader(io.StringIO(out.getvalue().decode())))
+    assert json.loads(rows[0]["bids"]) == [[100.5, 2.0], [100.0, 0.25], [99.5, 1e-05],
+                                           [99.0, 3.0]]
+    assert json.loads(rows[0]["asks"]) == [[101.0, 1.5]]
+    assert json.loads(rows[1]["bids"]) == [] and rows[1]["nonce"] == ""
+    assert rows[0]["timestamp"] == "2025-11-24T16:00:00.000Z"
+
+
+def test_tail_lines_of_trades_books_and_bars() -> None:
+    trade = {"symbol": "BTC/USDT", "exchange": "binance", "timestamp": 1_764_000_000_000,
+             "trade_id": "123456789", "price": 100.25, "amount": 0.5, "side": "sell",
+             "receive_timestamp": 1_764_000_000_002}
+    assert tail_line(trade, terminal.TAIL_DEFAULTS["trades"]) == (
+        "2025-11-24T16:00:00.000Z  binance  BTC/USDT  side=sell  price=100.25  amount=0.5  "
+        "trade_id=123456789")
+    book = _book_table().to_pylist()[0]
+    assert tail_line(book, terminal.TAIL_DEFAULTS["book"]) == (
+        "2025-11-24T16:00:00.000Z  binance  BTC/USDT  bids=2@100.5 0.25@100 0.00001@99.5 (+1)  "
+        "asks=1.5@101  nonce=42")
+    bar = {"bar_start": 1_764_000_000_000, "open": 1.0, "high": 2.0, "low": 0.5, "close": 1.5,
+           "volume": 10.0, "vwap": 1.25, "trades": 7}
+    assert tail_line(bar, terminal.TAIL_DEFAULTS["bars"]) == (
+        "2025-11-24T16:00:00.000Z  open=1  high=2  low=0.5  close=1.5  volume=10  vwap=1.25  "
+        "trades=7")
+
+
+# -- top: trades/s ------------------------------------------------------------------------------
+
+
+def _status(ticks: int, trades: dict[str, int], **extra: Any) -> dict[str, Any]:
+    return {"server": {"uptime_s": 5}, "exchanges": {},
+            "symbols": [{"exchange": "e", "symbol": "A/B", "ticks_appended": ticks,
+                         "ticks_stored": ticks, "ticks_dropped": 0, "age_ms": 100}],
+            "buffers": [{"exchange": "e", "symbol": s, "channel": "trades", "appended": n,
+                         "stored": n} for s, n in trades.items()]
+            + [{"exchange": "e", "symbol": "A/B", "channel": "book", "appended": 999}],
+            **extra}
+
+
+SNAPSHOT = pa.table({"symbol": ["A/B"], "exchange": ["e"], "price": [1.5], "bid": [1.0],
+                     "ask": [2.0]})
+
+
+def test_top_shows_trades_per_second_where_trades_are_streamed() -> None:
+    model = TopModel("grpc://x:1")
+    model.update(_status(10, {"A/B": 100, "C/D": 0}), SNAPSHOT, now=10.0)
+    model.update(_status(30, {"A/B": 1100, "C/D": 50}), SNAPSHOT, now=12.0)
+    lines = model.lines(width=200, height=None, color=False)
+    assert "10.0 ticks/s  525.0 trades/s" in lines[0]
+    header = lines[lines.index("") + 1].split()
+    assert header[:5] == ["EXCHANGE", "SYMBOL", "STATE", "TICKS/S", "TRADES/S"]
+    rows = {line.split()[1]: line.split() for line in lines[lines.index("") + 2:]}
+    assert rows["A/B"][3:5] == ["10.0", "500.0"]
+    # A symbol streamed for trades only still gets its row, with no ticker figures.
+    assert rows["C/D"][:5] == ["e", "C/D", "idle", "-", "25.0"]
+
+
+def test_top_without_trades_has_no_trades_column() -> None:
+    model = TopModel("grpc://x:1")
+    status = _status(10, {})
+    model.update(status, SNAPSHOT, now=10.0)
+    del status["buffers"]  # an older server: no per-channel buffers at all
+    model.update(status, SNAPSHOT, now=11.0)
+    lines = model.lines(width=200, height=None, color=False)
+    assert "trades/s" not in lines[0] and "TRADES/S" not in "\n".join(lines)
+
+
+@pytest.mark.parametrize("buffers", [
+    None, "nonsense", [1, None, "x"], [{"channel": "trades"}],
+    [{"channel": "trades", "exchange": "e", "symbol": "A/B", "appended": "many"}],
+    {"trades": [{"channel": "trades", "exchange": "e", "symbol": "A/B", "rows_appended": 5}]},
+])
+def test_top_degrades_gracefully_on_unexpected_buffer_entries(buffers: Any) -> None:
+    model = TopModel("grpc://x:1")
+    for now in (1.0, 2.0):
+        model.update({**_status(1, {}), "buffers": buffers}, SNAPSHOT, now=now)
+    assert model.lines(width=200, height=None, color=False)
