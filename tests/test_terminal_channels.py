@@ -11,6 +11,7 @@ import csv
 import io
 import json
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,11 +19,20 @@ import pyarrow as pa
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "clients"))
-from client_support import refused_port
+from client_support import channel_market, refused_port
 
 from flight_md import terminal
 from flight_md.core.channels import BOOK_SCHEMA
-from flight_md.terminal import TopModel, format_levels, table_lines, tail_line, with_times
+from flight_md.service import FlightMarketDataServer
+from flight_md.terminal import (
+    TopModel,
+    format_levels,
+    format_number,
+    format_time,
+    table_lines,
+    tail_line,
+    with_times,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -206,3 +216,81 @@ def test_top_degrades_gracefully_on_unexpected_buffer_entries(buffers: Any) -> N
     for now in (1.0, 2.0):
         model.update({**_status(1, {}), "buffers": buffers}, SNAPSHOT, now=now)
     assert model.lines(width=200, height=None, color=False)
+
+
+# -- against a real server with trades and books ------------------------------------------------
+
+
+@pytest.fixture
+def channel_server() -> Iterator[FlightMarketDataServer]:
+    with channel_market() as srv:
+        yield srv
+
+
+@pytest.fixture
+def loc(channel_server: FlightMarketDataServer) -> list[str]:
+    return ["--location", f"grpc://127.0.0.1:{channel_server.port}"]
+
+
+def _stored_trades(server: FlightMarketDataServer) -> list[dict[str, Any]]:
+    return list(server.test_trades)  # type: ignore[attr-defined]
+
+
+def test_get_trades_prints_the_newest_trades(capsys: pytest.CaptureFixture[str],
+                                             channel_server: FlightMarketDataServer,
+                                             loc: list[str]) -> None:
+    code, out, err = run(capsys, "get", "BTC/USDT", "--channel", "trades", "--latest", "3",
+                         "--columns", "timestamp,trade_id,side,price,amount", *loc)
+    assert code == 0 and err == ""
+    lines = [line.split() for line in out.splitlines()]
+    assert lines[0] == ["timestamp", "trade_id", "side", "price", "amount"]
+    assert lines[1:] == [[format_time(t["timestamp"]), t["trade_id"], t["side"],
+                          format_number(t["price"]), format_number(t["amount"])]
+                         for t in _stored_trades(channel_server)[-3:]]
+
+
+def test_get_bars_prints_one_row_per_bar(capsys: pytest.CaptureFixture[str],
+                                         channel_server: FlightMarketDataServer,
+                                         loc: list[str]) -> None:
+    trades = _stored_trades(channel_server)
+    code, out, _ = run(capsys, "get", "BTC/USDT", "--bars", "1m", "--csv", *loc)
+    assert code == 0
+    rows = list(csv.DictReader(io.StringIO(out)))
+    starts = sorted({t["timestamp"] // 60_000 * 60_000 for t in trades})
+    assert [r["bar_start"] for r in rows] == [format_time(s) for s in starts]
+    assert sum(int(r["trades"]) for r in rows) == len(trades)
+    assert float(rows[0]["open"]) == trades[0]["price"]
+    assert float(rows[-1]["close"]) == trades[-1]["price"]
+
+
+def test_get_book_exports_every_level(capsys: pytest.CaptureFixture[str], tmp_path: Path,
+                                      channel_server: FlightMarketDataServer,
+                                      loc: list[str]) -> None:
+    books = list(channel_server.test_books)  # type: ignore[attr-defined]
+    target = tmp_path / "book.parquet"
+    code, _, err = run(capsys, "get", "BTC/USDT", "--channel", "book", "--parquet",
+                       str(target), *loc)
+    assert code == 0 and f"wrote {len(books)} rows" in err
+    import pyarrow.parquet as pq
+
+    stored = pq.read_table(target).to_pylist()
+    assert [[[lv["price"], lv["amount"]] for lv in row["bids"]] for row in stored] == [
+        b["bids"][:10] for b in books]
+    code, out, _ = run(capsys, "get", "BTC/USDT", "--channel", "book", "--latest", "1", *loc)
+    assert code == 0 and "(+7)" in out  # ten levels stored, three shown
+
+
+def test_tail_trades_prints_one_line_per_new_trade(capsys: pytest.CaptureFixture[str],
+                                                   channel_server: FlightMarketDataServer,
+                                                   loc: list[str]) -> None:
+    trades = _stored_trades(channel_server)
+    code, out, _ = run(capsys, "tail", "BTC/USDT", "--channel", "trades", "--backlog", "2",
+                       "--count", "2", *loc)
+    assert code == 0
+    assert out.splitlines() == [
+        f"{format_time(t['timestamp'])}  binance  BTC/USDT  side={t['side']}  "
+        f"price={format_number(t['price'])}  amount={format_number(t['amount'])}  "
+        f"trade_id={t['trade_id']}" for t in trades[-2:]]
+    code, out, _ = run(capsys, "tail", "BTC/USDT", "--channel", "trades", "--backlog", "1",
+                       "--count", "1", "--json", *loc)
+    assert code == 0 and json.loads(out) == trades[-1]

@@ -323,3 +323,51 @@ def demo_server() -> Iterator[str]:
         until(lambda: {s.symbol for s in md.symbols() if s.records >= 10} == set(DEMO_SYMBOLS),
               60, "every demo symbol to have 10 ticks")
         yield server.location
+
+
+TRADE_ROWS = 300
+"""Synthetic trades of BTC/USDT on binance: one every 400 ms (two minutes)."""
+BOOK_ROWS = 50
+BOOK_LEVELS = 12
+"""Levels a side each synthetic book update has (the store keeps the default 10)."""
+
+
+def synthetic_trades(start_ms: int) -> list[dict[str, Any]]:
+    """The trades :func:`channel_market` stores, as rows of the trades schema."""
+    return [{"symbol": "BTC/USDT", "exchange": "binance", "timestamp": start_ms + i * 400,
+             "trade_id": str(1_000_000 + i), "price": 100.0 + (i % 17) * 0.5,
+             "amount": 0.1 + (i % 5) * 0.25, "side": "buy" if i % 3 else "sell",
+             "receive_timestamp": start_ms + i * 400 + 3} for i in range(TRADE_ROWS)]
+
+
+def synthetic_books(start_ms: int) -> list[dict[str, Any]]:
+    """The book updates :func:`channel_market` stores, in ccxt form (all levels)."""
+    return [{"timestamp": start_ms + i * 1000, "nonce": 5000 + i,
+             "bids": [[99.5 - k * 0.5 + i * 0.01, 0.1 * (i + k + 1)] for k in range(BOOK_LEVELS)],
+             "asks": [[100.5 + k * 0.5 + i * 0.01, 0.2 * (i + k + 1)] for k in range(BOOK_LEVELS)],
+             "receive_timestamp": start_ms + i * 1000 + 5} for i in range(BOOK_ROWS)]
+
+
+def channel_market(capacity: int = 1000, **kwargs: Any
+                   ) -> contextlib.AbstractContextManager[FlightMarketDataServer]:
+    """:func:`market`'s ticks, plus trades and books of BTC/USDT on binance, in one store.
+
+    ETH/USDT and SOL/USDT have ticks only. The server's ``test_store`` is the
+    :class:`~flight_md.buffer.Store`, ``test_trades``/``test_books`` what was stored.
+    """
+    from flight_md.buffer import Store
+
+    start = base_ms()
+    store = Store(capacity)
+    fill(store.buffer("ticker"), start)
+    trades = synthetic_trades(start)
+    for t in trades:
+        store.buffer("trades").append_trade(
+            t["exchange"], t["symbol"], t["timestamp"], t["trade_id"], t["price"], t["amount"],
+            t["side"], t["receive_timestamp"])
+    books = synthetic_books(start)
+    for b in books:
+        store.buffer("book").append_book("binance", "BTC/USDT", b["timestamp"], b["bids"],
+                                         b["asks"], b["nonce"], b["receive_timestamp"])
+    server_cm = running_server(store.buffer("ticker"), store=store, **kwargs)
+    return _with_attrs(server_cm, start=start, store=store, trades=trades, books=books)
