@@ -47,16 +47,19 @@ from flight_md.actions import (
     encode_result,
     parse_action,
 )
-from flight_md.buffer import MarketDataBuffer, ambiguous_exchange
+from flight_md.buffer import MarketDataBuffer, Store, ambiguous_exchange
 from flight_md.control import MARKET_SCHEMA, IngestionControl, markets_table
+from flight_md.core.bars import BAR_SCHEMA, BarBuilder, BarInterval, bars
+from flight_md.core.channels import TICKER_LIKE
 from flight_md.events import EventKind, EventLog
 from flight_md.metrics import mark_follow, server_health
 from flight_md.persist.query import Spanned, span
-from flight_md.schema import EVENT_SCHEMA, SCHEMA, now_ms
+from flight_md.schema import EVENT_SCHEMA, now_ms
 from flight_md.tickets import (
     EXCHANGE_RE,
     Query,
     Target,
+    answer_schema,
     format_ticket,
     parse_criteria,
     parse_descriptor,
@@ -75,6 +78,9 @@ TAIL_WAIT_S: Final = 0.05
 """A live tail checks for shutdown and cancellation at least this often."""
 TAIL_BATCH_ROWS: Final = 4096
 TAIL_SHUTDOWN_MESSAGE: Final = "server is shutting down; the live tail ends here"
+BAR_CLOSE_DELAY_MS: Final = 500
+"""How long after a bar's end (on the feed's clock) a ``follow=true&bars=`` tail waits for
+its last trades before it sends the bar; a trade arriving later is late and left out."""
 GET_BATCH_ROWS: Final = 65_536
 _IPC_OPTIONS: Final = pa.ipc.IpcWriteOptions()
 
@@ -295,11 +301,12 @@ def map_errors(rpc: str, counters: _Counters | None = None) -> Iterator[None]:
 
 
 class FlightMarketDataServer(flight.FlightServerBase):
-    """Arrow Flight server over a :class:`~flight_md.buffer.MarketDataBuffer`.
+    """Arrow Flight server over the rings of every channel (:class:`~flight_md.buffer.Store`).
 
     Args:
         location: Where to listen, e.g. ``"grpc://127.0.0.1:8815"`` (port 0 picks one).
-        buffer: The tick store to serve.
+        buffer: A tick store to serve (ticker and bid/ask rings), when ``store`` is not given.
+        store: Every channel's buffer (ticker, bidask, trades, book).
         events: The event log served as ``@events`` (shared with ingestion).
         control: Ingestion control for ``subscribe``/``unsubscribe``; without it those
             actions answer UNAVAILABLE.
@@ -315,13 +322,17 @@ class FlightMarketDataServer(flight.FlightServerBase):
     """
 
     def __init__(self, location: str | flight.Location = DEFAULT_LOCATION,
-                 buffer: MarketDataBuffer | None = None, *, events: EventLog | None = None,
+                 buffer: MarketDataBuffer | None = None, *, store: Store | None = None,
+                 events: EventLog | None = None,
                  control: IngestionControl | None = None, follow_max_lag: int | None = None,
                  authorize: Callable[[flight.ServerCallContext, bool], None] | None = None,
                  persistence: Persistence | None = None, **kwargs: Any) -> None:
         super().__init__(location, **kwargs)
         self.persistence = persistence
-        self.buffer = buffer if buffer is not None else MarketDataBuffer()
+        if store is None:
+            store = Store.of(buffer if buffer is not None else MarketDataBuffer())
+        self.store = store
+        self.buffer = buffer if buffer is not None else store.buffer("ticker")
         self.events = events if events is not None else EventLog()
         self.control = control
         self.follow_max_lag = follow_max_lag
@@ -338,16 +349,57 @@ class FlightMarketDataServer(flight.FlightServerBase):
         if self._authorize is not None:
             self._authorize(context, mutating)
 
+    def _buffer_for(self, query: Query) -> MarketDataBuffer:
+        """The buffer a ``SYMBOL`` query reads: its channel's, or the ticker-like one.
+
+        Raises:
+            NotFound: No ring holds the symbol in that channel (the message lists the
+                channels that do, or the channels streamed).
+        """
+        assert query.symbol is not None
+        channel = query.effective_channel
+        if channel is None:
+            return self.store.ticker_like(query.symbol, query.exchange)
+        buffer = self.store.get(channel)
+        if buffer is not None:
+            try:
+                buffer.resolve(query.symbol, query.exchange)
+                return buffer
+            except errors.UnknownSymbol:
+                if not self.store.channels_of(query.symbol, query.exchange):
+                    raise
+        others = self.store.channels_of(query.symbol, query.exchange)
+        if others:
+            raise errors.UnknownSymbol(
+                f"symbol {query.symbol!r} has no {channel} channel; it has: {', '.join(others)}")
+        raise errors.UnknownSymbol(
+            f"no {channel} channel is streamed; streamed: "
+            f"{', '.join(self.store.channels()) or 'none'}")
+
     def _answer(self, query: Query) -> pa.Table | Spanned:
         """Answer a non-follow query: an immutable table, or a read over history and ring."""
+        if query.target is Target.TICKS and query.bars is not None:
+            return self._bars(query)
         if query.target is Target.TICKS and self.persistence is not None:
             try:
-                spanned = span(self.persistence, self.buffer, query)
+                spanned = span(self.persistence, self._buffer_for(query), query)
             except errors.NotFound:
                 spanned = None  # answered below (NOT_FOUND, or empty while awaiting a tick)
             if spanned is not None:
                 return spanned
         return self._table(query)
+
+    def _bars(self, query: Query) -> pa.Table:
+        """OHLCV bars of the query's trades (history and ring), computed in Arrow."""
+        assert query.bars is not None
+        trades = Query(Target.TICKS, symbol=query.symbol, exchange=query.exchange,
+                       start=query.start, end=query.end, channel="trades")
+        answer = self._answer(trades)
+        batches = answer.batches() if isinstance(answer, Spanned) else answer.to_batches()
+        table = bars(batches, BarInterval(query.bars))
+        if query.latest is not None and table.num_rows > query.latest:
+            table = table.slice(table.num_rows - query.latest)
+        return table if query.columns is None else table.select(list(query.columns))
 
     def _table(self, query: Query) -> pa.Table:
         """Answer a non-follow query with an immutable table."""
@@ -363,21 +415,50 @@ class FlightMarketDataServer(flight.FlightServerBase):
             if query.exchange is not None and query.exchange not in self._known_exchanges():
                 raise errors.UnknownExchange(
                     f"unknown exchange {query.exchange!r}; buffered: "
-                    f"{', '.join(self.buffer.exchanges()) or 'none'}")
-            return self.buffer.snapshot_sync(query.exchange, query.columns)
+                    f"{', '.join(self._buffered_exchanges()) or 'none'}")
+            return self._snapshot(query)
         assert query.symbol is not None
         try:
+            buffer = self._buffer_for(query)
             if query.start is None and query.end is None:
-                limit = query.latest if query.latest is not None else self.buffer.buffer_size
-                return self.buffer.get_latest_sync(query.symbol, limit, exchange=query.exchange,
-                                                   columns=query.columns)
-            return self.buffer.get_range_sync(query.symbol, query.start, query.end,
-                                              exchange=query.exchange, latest=query.latest,
+                limit = query.latest if query.latest is not None else buffer.buffer_size
+                return buffer.get_latest_sync(query.symbol, limit, exchange=query.exchange,
                                               columns=query.columns)
+            return buffer.get_range_sync(query.symbol, query.start, query.end,
+                                         exchange=query.exchange, latest=query.latest,
+                                         columns=query.columns)
         except errors.NotFound:
-            if self._awaiting_first_tick(query.symbol, query.exchange) is None:
+            if self._awaiting_first_tick(query.symbol, query.exchange) is None or (
+                    query.effective_channel is None
+                    and self.store.channels_of(query.symbol, query.exchange)):
                 raise
             return self._schema(query).empty_table()
+
+    def _snapshot(self, query: Query) -> pa.Table:
+        """The ``*`` table: each symbol's newest row, of one channel or of the ticker-like
+        channels (ticker, then bid/ask for symbols without a ticker)."""
+        if query.channel is not None:
+            buffer = self.store.get(query.channel)
+            if buffer is None:
+                return self._schema(query).empty_table()
+            return buffer.snapshot_sync(query.exchange, query.columns)
+        buffers = [b for b in dict.fromkeys(
+            self.store.get(c) for c in TICKER_LIKE) if b is not None]
+        tables = [b.snapshot_sync(query.exchange, query.columns) for b in buffers]
+        if len(tables) == 2:
+            have = set(zip(tables[0].column("exchange").to_pylist(),
+                           tables[0].column("symbol").to_pylist(), strict=True)) \
+                if {"exchange", "symbol"} <= set(tables[0].column_names) else set()
+            if have:
+                keep = [(e, s) not in have for e, s in zip(
+                    tables[1].column("exchange").to_pylist(),
+                    tables[1].column("symbol").to_pylist(), strict=True)]
+                tables[1] = tables[1].filter(pa.array(keep, pa.bool_()))
+        tables = [t for t in tables if t.num_rows] or [self._schema(query).empty_table()]
+        return tables[0] if len(tables) == 1 else pa.concat_tables(tables)
+
+    def _buffered_exchanges(self) -> list[str]:
+        return sorted({e for b in self.store.buffers() for e in b.exchanges()})
 
     def _markets(self, query: Query) -> pa.Table:
         """The ``@markets`` table: every market ingestion's exchanges loaded, glob-filtered.
@@ -412,7 +493,7 @@ class FlightMarketDataServer(flight.FlightServerBase):
         return (exchanges[0], symbol) if exchanges else None
 
     def _known_exchanges(self) -> list[str]:
-        known = set(self.buffer.exchanges())
+        known = set(self._buffered_exchanges())
         known.update(exchange for exchange, _ in self.events.subscribed())
         if self.control is not None:
             with contextlib.suppress(errors.FlightMdError):
@@ -423,7 +504,7 @@ class FlightMarketDataServer(flight.FlightServerBase):
     def _schema(query: Query) -> pa.Schema:
         if query.target is Target.EVENTS:
             return EVENT_SCHEMA
-        schema = MARKET_SCHEMA if query.target is Target.MARKETS else SCHEMA
+        schema = answer_schema(query)
         if query.columns is None:
             return schema
         return pa.schema([schema.field(c) for c in query.columns])
@@ -435,9 +516,19 @@ class FlightMarketDataServer(flight.FlightServerBase):
         with map_errors("ListFlights", self.refused):
             self._check(context)
             wanted = parse_criteria(criteria)
-            records = {(s.exchange, s.symbol): s.stored for s in self.buffer.stats()}
-            for key in self.events.subscribed():
-                records.setdefault(key, 0)  # subscribed, no tick yet: listed with 0 records
+            # (exchange, symbol, channel or None for the ticker-like one) -> rows stored
+            records: dict[tuple[str, str, str | None], int] = {}
+            ticker = self.store.get("ticker")
+            for buffer in self.store.buffers():
+                for s in buffer.stats():
+                    plain = buffer is ticker or (buffer.channel == "bidask" and (
+                        ticker is None or (s.exchange, s.symbol) not in ticker.keys(s.exchange)))
+                    records[(s.exchange, s.symbol, None if plain else buffer.channel)] = s.stored
+            streamed = {(e, s) for e, s, c in records if c is None}
+            for exchange, symbol in self.events.subscribed():
+                if (exchange, symbol) not in streamed and not any(
+                        k[:2] == (exchange, symbol) for k in records):
+                    records[(exchange, symbol, None)] = 0  # subscribed, no row yet: 0 records
             by_exchange = (wanted is not None and EXCHANGE_RE.fullmatch(wanted) is not None
                            and wanted in self._known_exchanges())
             if by_exchange:
@@ -445,12 +536,14 @@ class FlightMarketDataServer(flight.FlightServerBase):
             else:
                 keys = [k for k in records if wanted is None or fnmatch.fnmatchcase(k[1], wanted)]
             infos = []
-            for exchange, symbol in sorted(keys):
-                ticket = format_ticket(Query(Target.TICKS, symbol=symbol, exchange=exchange))
-                descriptor = flight.FlightDescriptor.for_path(exchange, symbol)
+            for exchange, symbol, channel in sorted(keys, key=lambda k: (k[0], k[1], k[2] or "")):
+                query = Query(Target.TICKS, symbol=symbol, exchange=exchange, channel=channel)
+                ticket = format_ticket(query)
+                descriptor = flight.FlightDescriptor.for_path(
+                    exchange, symbol, *([channel] if channel else []))
                 endpoint = flight.FlightEndpoint(ticket.encode(), [])
-                infos.append(flight.FlightInfo(SCHEMA, descriptor, [endpoint],
-                                               records[(exchange, symbol)], -1))
+                infos.append(flight.FlightInfo(answer_schema(query), descriptor, [endpoint],
+                                               records[(exchange, symbol, channel)], -1))
             markets = self._markets_flight(wanted if by_exchange else None) \
                 if wanted is None or by_exchange else None
             if markets is not None:
@@ -496,7 +589,7 @@ class FlightMarketDataServer(flight.FlightServerBase):
             if query.target is Target.TICKS:
                 assert query.symbol is not None
                 try:
-                    self.buffer.resolve(query.symbol, query.exchange)
+                    self._buffer_for(query).resolve(query.symbol, query.exchange)
                 except errors.NotFound:
                     if self._awaiting_first_tick(query.symbol, query.exchange) is None:
                         raise
@@ -536,31 +629,78 @@ class FlightMarketDataServer(flight.FlightServerBase):
             raise errors.ShuttingDown("server is shutting down; no new live tails")
         mark_follow(context)  # RPC metrics: a tail's duration is no request latency
         exchange = query.exchange
+        channel = query.effective_channel
         try:
-            self.buffer.resolve(query.symbol, exchange)
+            buffer = self._buffer_for(query)
+            buffer.resolve(query.symbol, exchange)
         except errors.NotFound:
             key = self._awaiting_first_tick(query.symbol, exchange)
-            if key is None:
+            if key is None or (channel is None
+                               and self.store.channels_of(query.symbol, exchange)):
                 raise
             exchange = key[0]
-            self.buffer.ensure(*key)  # the ring its first tick will go to: follow that
-        table, follower = self.buffer.follow(query.symbol, exchange=exchange,
-                                             backlog=query.latest, start_ms=query.start,
-                                             max_lag=self.follow_max_lag,
-                                             columns=query.columns)
-        logger.info("live tail opened for (%s, %s) by %s", follower.exchange, follower.symbol,
-                    context.peer())
-        return flight.GeneratorStream(self._schema(query),
-                                      self._tail(context, table, follower))
+            # The ring its first row will go to: follow that.
+            buffer = self.store.buffer(channel) if channel is not None else self.buffer
+            buffer.ensure(*key)
+        interval = BarInterval(query.bars) if query.bars is not None else None
+        start = query.start
+        if interval is not None and start is None:
+            # The bar now open (and the latest=N closed ones before it) from the ring.
+            start = (now_ms() // interval.ms - (query.latest or 0)) * interval.ms
+        table, follower = buffer.follow(query.symbol, exchange=exchange,
+                                        backlog=None if interval is not None else query.latest,
+                                        start_ms=start, max_lag=self.follow_max_lag,
+                                        columns=None if interval is not None else query.columns)
+        logger.info("live tail opened for (%s, %s, %s) by %s", follower.exchange,
+                    follower.symbol, buffer.channel, context.peer())
+        rows = self._tail(context, table, follower) if interval is None else \
+            self._bar_tail(context, table, follower, interval, query.columns)
+        return flight.GeneratorStream(self._schema(query), rows)
+
+    def _bar_tail(self, context: flight.ServerCallContext, backlog: pa.Table, follower: Any,
+                  interval: BarInterval, columns: tuple[str, ...] | None,
+                  ) -> Iterator[pa.RecordBatch]:
+        """Bars of a live tail of trades, each sent once, when it closes: when a trade of a
+        later bar arrives, or when the wall clock (less the feed's delay, and
+        :data:`BAR_CLOSE_DELAY_MS` for trades still on their way) passes the bar's end."""
+        builder = BarBuilder(interval)
+        offset = 0  # receive time minus exchange time of the newest trade (replays: large)
+
+        def send(table: pa.Table) -> Iterator[pa.RecordBatch]:
+            if table.num_rows:
+                yield from (table if columns is None else table.select(list(columns))).to_batches()
+
+        def fed(table: pa.Table) -> pa.Table:
+            nonlocal offset
+            if not table.num_rows:
+                return BAR_SCHEMA.empty_table()
+            last = table.num_rows - 1
+            offset = int(table.column("receive_timestamp")[last].as_py()) - int(
+                table.column("timestamp")[last].as_py())
+            return builder.add(table)
+
+        for row in self._tail(context, backlog, follower, mapper=fed):
+            yield from send(row)
+            yield from send(builder.closed_until(now_ms() - offset - BAR_CLOSE_DELAY_MS))
 
     def _tail(self, context: flight.ServerCallContext, backlog: pa.Table,
-              follower: Any) -> Iterator[pa.RecordBatch]:
+              follower: Any, mapper: Callable[[pa.Table], pa.Table] | None = None,
+              ) -> Iterator[Any]:
+        """The backlog, then every row the follower reads, until the client or the server
+        ends it. With ``mapper`` (bars), yields ``mapper(rows)`` tables instead of batches,
+        and an empty table at least every :data:`TAIL_WAIT_S` (so the caller can close bars
+        by the clock)."""
         try:
             with map_errors("DoGet(follow)", self.refused):
-                yield from backlog.to_batches(max_chunksize=GET_BATCH_ROWS)
+                if mapper is not None:
+                    yield mapper(backlog)
+                else:
+                    yield from backlog.to_batches(max_chunksize=GET_BATCH_ROWS)
                 while not self._stopping.is_set() and not context.is_cancelled():
                     table = follower.read(TAIL_WAIT_S, TAIL_BATCH_ROWS)
-                    if table is not None and table.num_rows:
+                    if mapper is not None:
+                        yield mapper(table if table is not None else backlog.slice(0, 0))
+                    elif table is not None and table.num_rows:
                         yield from table.to_batches()
                 if not context.is_cancelled():
                     # Not a finished stream: UNAVAILABLE with a marker any Flight client sees
@@ -613,20 +753,34 @@ class FlightMarketDataServer(flight.FlightServerBase):
         return result
 
     def _clear(self, request: ClearRequest) -> dict[str, Any]:
+        """Empty the rings of the symbols (of the exchange), in every channel."""
+        buffers = self.store.buffers()
         if request.symbols is None:
-            if request.exchange is not None and request.exchange not in self.buffer.exchanges():
+            if request.exchange is not None and request.exchange not in \
+                    self._buffered_exchanges():
                 raise errors.UnknownExchange(
                     f"unknown exchange {request.exchange!r}; buffered: "
-                    f"{', '.join(self.buffer.exchanges()) or 'none'}")
-            keys = self.buffer.keys(request.exchange)
+                    f"{', '.join(self._buffered_exchanges()) or 'none'}")
+            keys = [(b, k) for b in buffers for k in b.keys(request.exchange)]
         else:
-            keys = [self.buffer.resolve(s, request.exchange) for s in request.symbols]
+            keys = []
+            for symbol in request.symbols:
+                found = []
+                for buffer in buffers:
+                    try:
+                        found.append((buffer, buffer.resolve(symbol, request.exchange)))
+                    except (errors.UnknownSymbol, errors.UnknownExchange):
+                        continue
+                if not found:  # the ticker-like lookup says why, with what is buffered
+                    self.store.ticker_like(symbol, request.exchange)
+                keys += found
         by_exchange: dict[str, tuple[list[str], int]] = {}
-        for exchange, symbol in keys:
+        for buffer, (exchange, symbol) in keys:
             symbols, count = by_exchange.get(exchange, ([], 0))
-            symbols.append(symbol)
-            by_exchange[exchange] = (symbols, count + self.buffer.clear_sync(symbol,
-                                                                            exchange=exchange))
+            if symbol not in symbols:
+                symbols.append(symbol)
+            by_exchange[exchange] = (symbols, count + buffer.clear_sync(symbol,
+                                                                       exchange=exchange))
         for exchange, (symbols, count) in by_exchange.items():
             listed = symbols if request.symbols is not None else []
             self.events.record(exchange, EventKind.CLEAR, listed,
@@ -640,13 +794,15 @@ class FlightMarketDataServer(flight.FlightServerBase):
         stores it, so every symbol's ``ticks_appended`` (and ``ticks_stored``) is at most its
         ``ticks_received`` by construction.
         """
-        buffered = self.buffer.stats()
+        buffered = [(buffer, stats) for buffer in self.store.buffers()
+                    for stats in buffer.stats()]
         ingestion = self.control.status() if self.control is not None else None
         exchanges: dict[str, Any] = {}
-        per_symbol: dict[tuple[str, str], dict[str, Any]] = {}
+        tick_channel: dict[str, str] = {}  # exchange -> the tick channel it streams
+        per_symbol: dict[tuple[str, str, str], dict[str, Any]] = {}
         if ingestion is not None:
             for ex in ingestion.exchanges:
-                exchanges[ex.exchange] = {
+                entry = {
                     "state": ex.state, "mode": ex.mode, "channel": ex.channel,
                     "reconnects": ex.reconnects, "symbols": list(ex.symbols),
                     "bad_frames": dict(ex.bad_frames), "callback_errors": ex.callback_errors,
@@ -655,16 +811,32 @@ class FlightMarketDataServer(flight.FlightServerBase):
                                       "p99": ex.clock_skew.p99_ms,
                                       "samples": ex.clock_skew.samples,
                                       "window_s": ex.clock_skew.window_ms / 1000},
+                    "counters": dict(getattr(ex, "counters", {}) or {}),
                 }
+                # One entry per exchange: its ticker-like stream's (or its first stream's)
+                # fields, and every stream of the exchange under "channels".
+                first = exchanges.get(ex.exchange)
+                if first is None or (ex.channel in TICKER_LIKE
+                                     and first["channel"] not in TICKER_LIKE):
+                    channels = first["channels"] if first is not None else {}
+                    exchanges[ex.exchange] = {**entry, "channels": channels}
+                exchanges[ex.exchange]["channels"][ex.channel] = entry
+                if ex.channel in TICKER_LIKE:
+                    tick_channel.setdefault(ex.exchange, ex.channel)
             for sym in ingestion.symbols:
-                per_symbol[(sym.exchange, sym.symbol)] = {
+                channel = getattr(sym, "channel", None) or tick_channel.get(sym.exchange,
+                                                                            "ticker")
+                per_symbol[(sym.exchange, sym.symbol, channel)] = {
                     "subscribed": sym.subscribed, "ticks_received": sym.received,
                     "ticks_dropped": sym.dropped, "stale": sym.stale,
                     "last_message_ms": sym.last_message_ms,
                 }
         now = now_ms()  # after the (possibly slow) ingestion answer: ages are never negative
-        for stats in buffered:
-            entry = per_symbol.setdefault((stats.exchange, stats.symbol), {
+        for buffer, stats in buffered:
+            channel = buffer.channel
+            if channel in TICKER_LIKE and self.store.get("bidask") is self.store.get("ticker"):
+                channel = tick_channel.get(stats.exchange, channel)  # one shared tick buffer
+            entry = per_symbol.setdefault((stats.exchange, stats.symbol, channel), {
                 "subscribed": False, "ticks_received": stats.appended, "ticks_dropped": 0,
                 "stale": False, "last_message_ms": stats.last_receive_timestamp})
             entry.update(ticks_stored=stats.stored, ticks_appended=stats.appended,
@@ -672,14 +844,15 @@ class FlightMarketDataServer(flight.FlightServerBase):
                          last_receive_timestamp=stats.last_receive_timestamp,
                          age_ms=stats.age_ms(now), live_tails=stats.followers)
         symbols = []
-        for (exchange, symbol), entry in sorted(per_symbol.items()):
+        for (exchange, symbol, channel), entry in sorted(per_symbol.items()):
             entry.setdefault("ticks_stored", 0)
             entry.setdefault("ticks_appended", 0)
             entry.setdefault("last_timestamp", None)
             entry.setdefault("last_receive_timestamp", None)
             entry.setdefault("age_ms", None)
             entry.setdefault("live_tails", 0)
-            symbols.append({"exchange": exchange, "symbol": symbol, **entry})
+            symbols.append({"exchange": exchange, "symbol": symbol, "channel": channel,
+                            **entry})
         return {
             "server": {
                 "uptime_s": round(time.monotonic() - self._started, 3),

@@ -383,15 +383,21 @@ def test_actions_with_ingestion(md_server_factory: Callable[..., Any]) -> None:
                              ("unsubscribe", "okx", ("BTC/USDT",))]
     result = status(client)
     assert result["server"]["ingestion"] is True
-    assert result["exchanges"]["binance"] == {
+    binance = dict(result["exchanges"]["binance"])
+    streams = binance.pop("channels")
+    expected = {
         "state": "connected", "mode": "websocket", "channel": "ticker", "reconnects": 2,
         "symbols": ["BTC/USDT", "XRP/USDT"], "bad_frames": {"bad_json": 3},
         "callback_errors": 1, "last_error": "timeout", "last_error_ms": None,
-        "clock_skew_ms": {"median": None, "p99": None, "samples": 0, "window_s": 0.0}}
+        "clock_skew_ms": {"median": None, "p99": None, "samples": 0, "window_s": 0.0},
+        "counters": {}}
+    assert binance == expected
+    assert streams == {"ticker": expected}  # every stream of the exchange, by channel
     assert result["exchanges"]["okx"]["state"] == "connecting"
     symbols = {s["symbol"]: s for s in result["symbols"]}
     assert symbols["BTC/USDT"] | {"age_ms": None} == {
-        "exchange": "binance", "symbol": "BTC/USDT", "subscribed": True, "ticks_received": 12,
+        "exchange": "binance", "symbol": "BTC/USDT", "channel": "ticker", "subscribed": True,
+        "ticks_received": 12,
         "ticks_dropped": 2, "stale": False, "last_message_ms": 1234, "ticks_stored": 5,
         "ticks_appended": 5, "last_timestamp": 4, "last_receive_timestamp": 11, "age_ms": None,
         "live_tails": 0}
