@@ -570,7 +570,13 @@ class Emulator:
                 key, text = queue.popleft()
                 if key is not None:
                     fault = self._frame_fault(loop.time()) if faults.frame_armed else None
-                    if fault is None:
+                    book = faults.book(key.channel, text, loop.time()) if fault is None and faults.book_armed else None
+                    if book is not None:
+                        stats.faults[book[0]] += 1
+                        if book[1] is None:
+                            continue  # a lost book update
+                        text = book[1]
+                    elif fault is None:
                         frames[key] += 1
                         stats.frames_total += 1
                     else:

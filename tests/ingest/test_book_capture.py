@@ -95,7 +95,9 @@ class Rig:
 
 @asynccontextmanager
 async def rig(exchange_id: str, *, depth: int = DEPTH, subscribed: Callable[[str], bool] = lambda _: True,
-              **emulator: Any) -> AsyncIterator[Rig]:
+              on_resync: Callable[[str], None] | None = None, **emulator: Any) -> AsyncIterator[Rig]:
+    """An emulator (``Emulator(exchange_id, **emulator)``) and an observed ccxt whose capture stores
+    into a real book buffer; ``on_resync(symbol)`` is called after each resync is noted."""
     async with Emulator(exchange_id, **emulator) as emu:
         exchange = observed(exchange_id, emu.url)
         try:
@@ -103,8 +105,14 @@ async def rig(exchange_id: str, *, depth: int = DEPTH, subscribed: Callable[[str
             buffer = MarketDataBuffer(100_000, channel="book", book_depth=depth)
             events = EventLog()
             resyncs: list[str] = []
+
+            def resync(symbol: str) -> None:
+                resyncs.append(symbol)
+                if on_resync is not None:
+                    on_resync(symbol)
+
             capture = BookCapture(venue(exchange_id), exchange, buffer, events, depth,
-                                  subscribed=subscribed, resync=resyncs.append)
+                                  subscribed=subscribed, resync=resync)
             exchange.capture = capture
             yield Rig(emu, exchange, capture, buffer, events, resyncs)
         finally:
