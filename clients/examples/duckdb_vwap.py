@@ -1,68 +1,63 @@
-"""DuckDB over a pulled range: VWAP and 1-second OHLC bars in SQL, straight on the Arrow table.
+"""DuckDB over pulled trades: the VWAP and 1-second OHLCV bars in SQL, straight on Arrow.
 
-Run against a server (``flight-md serve --demo`` in another terminal)::
+Run against a server that streams trades (``flight-md serve --demo`` streams them, or
+``flight-md serve --exchange binance --symbols BTC/USDT --channel ticker,trades``)::
 
     python clients/examples/duckdb_vwap.py --symbol BTC/USDT --minutes 5
 
-The range arrives as a ``pyarrow.Table``; DuckDB scans it in place (no copy, no pandas).
+Every trade of the range arrives as a ``pyarrow.Table`` (``md.trades()``); DuckDB scans it in
+place (no copy, no pandas). The VWAP is the real one, ``sum(price * amount) / sum(amount)``
+over the exchange's own trades, each exactly once. ``amount`` is ccxt's unified amount: base
+units on spot markets, contracts on derivatives (the contract size is in ``@markets``).
 
-About the volume: ticker updates carry the exchange's *24-hour rolling* base volume, not the
-size of a trade. The traded volume between two updates is therefore estimated as the increase
-of that rolling volume (clipped at zero, since trades leaving the 24-hour window make it
-fall). On a ``bidask`` stream there is no volume at all, and the VWAP is null; the
-time-weighted mean price (TWAP) is reported either way.
+The same bars also come ready-made from the server (``md.bars(symbol, "1s")``, computed in
+Arrow); the script checks that DuckDB's and the server's agree.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
-from datetime import timedelta
+import time
 
 import duckdb
 import pyarrow as pa
 from flight_md_client import FlightMdClientError, MarketDataClient
 
-# One row per tick with a real timestamp and the estimated traded volume since the last tick.
-TRADES_SQL = """
-    SELECT epoch_ms(timestamp)                         AS ts,
-           timestamp                                    AS ms,
-           price,
-           bid,
-           ask,
-           greatest(volume - lag(volume) OVER (ORDER BY timestamp, receive_timestamp), 0)
-                                                        AS traded
-    FROM ticks
-"""
+SETTLE_MS = 1000
+"""The range ends this long before now: a trade's exchange time is at most about this far
+behind its arrival, so the range is complete when it is read."""
 
-VWAP_SQL = f"""
-    WITH trades AS ({TRADES_SQL}),
-    spans AS (
-        SELECT *, coalesce(lead(ms) OVER (ORDER BY ms) - ms, 0) AS held_ms FROM trades
-    )
-    SELECT count(*)                                          AS ticks,
-           min(ts)                                           AS first,
-           max(ts)                                           AS last,
-           sum(price * traded) / nullif(sum(traded), 0)      AS vwap,
-           sum(price * held_ms) / nullif(sum(held_ms), 0)    AS twap,
-           sum(traded)                                       AS traded_volume,
-           avg(ask - bid)                                    AS mean_spread
-    FROM spans
-"""
-
-BARS_SQL = f"""
-    WITH trades AS ({TRADES_SQL})
-    SELECT date_trunc('second', ts)   AS bar,
-           arg_min(price, ms)         AS open,
-           max(price)                 AS high,
-           min(price)                 AS low,
-           arg_max(price, ms)         AS close,
-           sum(traded)                AS volume,
-           count(*)                   AS ticks
+SUMMARY_SQL = """
+    SELECT count(*)                                           AS trades,
+           epoch_ms(min(timestamp))                           AS first,
+           epoch_ms(max(timestamp))                           AS last,
+           sum(price * amount) / nullif(sum(amount), 0)       AS vwap,
+           sum(amount)                                        AS volume,
+           sum(price * amount)                                AS notional,
+           sum(amount) FILTER (WHERE side = 'buy')            AS taker_buy_volume,
+           sum(amount) FILTER (WHERE side = 'sell')           AS taker_sell_volume,
+           min(price)                                         AS low,
+           max(price)                                         AS high
     FROM trades
-    GROUP BY bar
-    ORDER BY bar
+"""
+
+# ``seq`` is the arrival order: among trades of one millisecond, the first to arrive opens
+# the bar and the last closes it (as the server's bars do).
+BARS_SQL = """
+    SELECT (timestamp // 1000) * 1000                         AS bar_start,
+           arg_min(price, (timestamp, seq))                   AS open,
+           max(price)                                         AS high,
+           min(price)                                         AS low,
+           arg_max(price, (timestamp, seq))                   AS close,
+           sum(amount)                                        AS volume,
+           sum(price * amount) / nullif(sum(amount), 0)       AS vwap,
+           count(*)                                           AS trades
+    FROM trades
+    GROUP BY bar_start
+    ORDER BY bar_start
 """
 
 
@@ -71,18 +66,39 @@ def _arrow(relation: duckdb.DuckDBPyRelation) -> pa.Table:
     return result.read_all() if isinstance(result, pa.RecordBatchReader) else result
 
 
-def vwap(ticks: pa.Table) -> pa.Table:
-    """One row: tick count, first/last time, VWAP, TWAP, traded volume, mean spread."""
+def _connect(trades: pa.Table) -> duckdb.DuckDBPyConnection:
     con = duckdb.connect()
-    con.register("ticks", ticks)
-    return _arrow(con.sql(VWAP_SQL))
+    con.register("trades", trades.append_column("seq", pa.array(range(trades.num_rows),
+                                                                 pa.int64())))
+    return con
 
 
-def ohlc_bars(ticks: pa.Table) -> pa.Table:
-    """1-second OHLC bars: bar (UTC), open, high, low, close, volume, ticks."""
-    con = duckdb.connect()
-    con.register("ticks", ticks)
-    return _arrow(con.sql(BARS_SQL))
+def summary(trades: pa.Table) -> pa.Table:
+    """One row: trade count, first/last time, VWAP, volume, notional, taker buy/sell volume,
+    low and high."""
+    return _arrow(_connect(trades).sql(SUMMARY_SQL))
+
+
+def ohlcv_bars(trades: pa.Table) -> pa.Table:
+    """1-second OHLCV bars, only those with trades: the columns of the server's bars."""
+    return _arrow(_connect(trades).sql(BARS_SQL))
+
+
+def same_bars(ours: pa.Table, theirs: pa.Table) -> bool:
+    """Whether two bar tables agree: exactly on times, prices and counts, to rounding on the
+    sums (``volume``, ``vwap``), which depend on the order of summation."""
+    a, b = ours.to_pylist(), theirs.to_pylist()
+    if len(a) != len(b):
+        return False
+    for x, y in zip(a, b):
+        for name in ("bar_start", "open", "high", "low", "close", "trades"):
+            if x[name] != y[name]:
+                return False
+        for name in ("volume", "vwap"):
+            if (x[name] is None) != (y[name] is None) or (
+                    x[name] is not None and not math.isclose(x[name], y[name], rel_tol=1e-9)):
+                return False
+    return True
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -95,28 +111,32 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bars", type=int, default=10, help="bars to print (default 10)")
     args = parser.parse_args(argv)
 
+    # One range for both reads, so that DuckDB and the server see the same trades; it ends a
+    # second ago, so that trades still on their way (exchange time) do not fall in between.
+    end = time.time_ns() // 1_000_000 - SETTLE_MS
+    start = end - int(args.minutes * 60_000)
     try:
         with MarketDataClient(args.location) as md:
-            ticks = md.range(args.symbol, start=timedelta(minutes=args.minutes),
-                             exchange=args.exchange,
-                             columns=["timestamp", "price", "bid", "ask", "volume",
-                                      "receive_timestamp"])
+            trades = md.trades(args.symbol, start=start, end=end, exchange=args.exchange,
+                               columns=["timestamp", "price", "amount", "side"])
+            served = md.bars(args.symbol, "1s", start=start, end=end, exchange=args.exchange)
     except FlightMdClientError as exc:
         print(f"duckdb_vwap: {exc}", file=sys.stderr)
         return 1
-    print(f"{ticks.num_rows} ticks of {args.symbol} in the last {args.minutes:g} minutes")
-    if ticks.num_rows == 0:
+    print(f"{trades.num_rows} trades of {args.symbol} in the {args.minutes:g} minutes up to "
+          "a second ago")
+    if trades.num_rows == 0:
         return 0
 
-    summary = vwap(ticks).to_pylist()[0]
-    for key, value in summary.items():
-        print(f"  {key:>14}: {value}")
+    for key, value in summary(trades).to_pylist()[0].items():
+        print(f"  {key:>17}: {value}")
 
-    bars = ohlc_bars(ticks)
+    bars = ohlcv_bars(trades)
     print(f"\n{bars.num_rows} one-second bars (the last {min(args.bars, bars.num_rows)}):")
     con = duckdb.connect()
     con.register("bars", bars.slice(max(0, bars.num_rows - args.bars)))
-    con.sql("SELECT * FROM bars").show()
+    con.sql("SELECT epoch_ms(bar_start) AS bar, * EXCLUDE (bar_start) FROM bars").show()
+    print(f"the server's bars=1s agree with DuckDB's: {same_bars(bars, served)}")
     return 0
 
 

@@ -8,10 +8,11 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from types import ModuleType
+from typing import Any
 
 import pyarrow as pa
 import pytest
-from client_support import EXAMPLES, Feeder, IngestingMarket, scaled
+from client_support import EXAMPLES, Feeder, IngestingMarket, channel_market, scaled
 
 from flight_md.service import FlightMarketDataServer
 from tests.support import MS, child_env
@@ -48,7 +49,7 @@ def test_raw_flight_walks_the_whole_protocol(ingesting: IngestingMarket) -> None
                      "DoGet 'BTC/USDT?latest=5&columns=timestamp,price,bid,ask'",
                      "%2B00:00&end=", "DoGet '*?columns=exchange,symbol,timestamp,price'",
                      "'kind': 'reconnect'", '"state": "connected"', '"reconnects": 1',
-                     "{'exchange': 'binance', 'subscribed': ['BTC/USDT']}",
+                     "'exchange': 'binance'", "'subscribed': ['BTC/USDT']}",
                      "ArrowInvalid: invalid latest 'ten'; expected a non-negative integer",
                      "ArrowKeyError: unknown symbol 'NOPE/USDT'"):
         assert expected in text, expected
@@ -75,43 +76,58 @@ def _load(name: str) -> ModuleType:
 def test_duckdb_vwap_and_bars_are_exact() -> None:
     vwap_example = _load("duckdb_vwap")
     base = 1_795_428_000_000
-    ticks = pa.table({
-        "timestamp": [base, base + 400, base + 900, base + 1000, base + 1500, base + 2200],
-        "price": [10.0, 11.0, 9.0, 12.0, 13.0, 14.0],
-        "bid": [9.5, 10.5, 8.5, 11.5, 12.5, 13.5],
-        "ask": [10.5, 11.5, 9.5, 12.5, 13.5, 14.5],
-        # 24h rolling volume: traded = increase, clipped at zero (the window also drops trades)
-        "volume": [100.0, 102.0, 101.0, 104.0, 105.0, 105.0],
-        "receive_timestamp": [base + i for i in range(6)],
+    trades = pa.table({
+        # two trades in one millisecond: the first to arrive opens the bar, the last closes
+        "timestamp": [base, base, base + 400, base + 900, base + 1000, base + 1500, base + 2200],
+        "price": [10.0, 10.5, 11.0, 9.0, 12.0, 13.0, 14.0],
+        "amount": [1.0, 0.5, 2.0, 0.5, 3.0, 1.0, 0.25],
+        "side": ["buy", "sell", "buy", None, "sell", "buy", "buy"],
     })
-    summary = vwap_example.vwap(ticks).to_pylist()[0]
-    # traded: -, 2 @ 11, 0 @ 9 (fell), 3 @ 12 (since 101), 1 @ 13, 0 @ 14
-    assert summary["ticks"] == 6
-    assert summary["traded_volume"] == 6.0
-    assert summary["vwap"] == pytest.approx((2 * 11 + 3 * 12 + 1 * 13) / 6)
-    assert summary["twap"] == pytest.approx((10 * 400 + 11 * 500 + 9 * 100 + 12 * 500
-                                             + 13 * 700) / 2200)
-    assert summary["mean_spread"] == pytest.approx(1.0)
-    bars = vwap_example.ohlc_bars(ticks).to_pylist()
-    assert [(b["open"], b["high"], b["low"], b["close"], b["volume"], b["ticks"])
-            for b in bars] == [(10.0, 11.0, 9.0, 9.0, 2.0, 3),
-                               (12.0, 13.0, 12.0, 13.0, 4.0, 2),
-                               (14.0, 14.0, 14.0, 14.0, 0.0, 1)]
-    assert [b["bar"].isoformat() for b in bars] == ["2026-11-23T10:00:00",
-                                                    "2026-11-23T10:00:01",
-                                                    "2026-11-23T10:00:02"]
+    summary = vwap_example.summary(trades).to_pylist()[0]
+    notional = 10 + 5.25 + 22 + 4.5 + 36 + 13 + 3.5
+    assert summary["trades"] == 7
+    assert summary["volume"] == 8.25
+    assert summary["notional"] == pytest.approx(notional)
+    assert summary["vwap"] == pytest.approx(notional / 8.25)
+    assert summary["taker_buy_volume"] == 4.25 and summary["taker_sell_volume"] == 3.5
+    assert (summary["low"], summary["high"]) == (9.0, 14.0)
+    bars = vwap_example.ohlcv_bars(trades).to_pylist()
+    assert [(b["bar_start"] - base, b["open"], b["high"], b["low"], b["close"], b["volume"],
+             b["trades"]) for b in bars] == [(0, 10.0, 11.0, 9.0, 9.0, 4.0, 4),
+                                             (1000, 12.0, 13.0, 12.0, 13.0, 4.0, 2),
+                                             (2000, 14.0, 14.0, 14.0, 14.0, 0.25, 1)]
+    assert bars[0]["vwap"] == pytest.approx((10 + 5.25 + 22 + 4.5) / 4.0)
+    # The server's bars of the same trades agree (flight_md.core.bars computes them).
+    from flight_md.core.bars import BarInterval, bars as server_bars
+
+    assert vwap_example.same_bars(vwap_example.ohlcv_bars(trades),
+                                  server_bars(trades.to_batches(), BarInterval.S1))
+    assert not vwap_example.same_bars(vwap_example.ohlcv_bars(trades.slice(1)),
+                                      server_bars(trades.to_batches(), BarInterval.S1))
 
 
-def test_duckdb_vwap_runs_against_a_server(live: str) -> None:
-    out = _run("duckdb_vwap.py", "--location", live, "--minutes", "5", "--bars", "3")
+@pytest.fixture
+def trades_location() -> Iterator[tuple[str, list[dict[str, Any]]]]:
+    """A server holding known trades of BTC/USDT (ten to eight minutes ago)."""
+    with channel_market() as srv:
+        yield f"grpc://127.0.0.1:{srv.port}", list(srv.test_trades)  # type: ignore[attr-defined]
+
+
+def test_duckdb_vwap_runs_against_a_server(
+        trades_location: tuple[str, list[dict[str, Any]]]) -> None:
+    location, trades = trades_location
+    out = _run("duckdb_vwap.py", "--location", location, "--minutes", "15", "--bars", "3")
     assert out.returncode == 0, out.stderr
-    assert "ticks of BTC/USDT in the last 5 minutes" in out.stdout
-    assert "vwap:" in out.stdout and "twap:" in out.stdout
+    assert f"{len(trades)} trades of BTC/USDT in the 15 minutes up to a second ago" in out.stdout
+    vwap = sum(t["price"] * t["amount"] for t in trades) / sum(t["amount"] for t in trades)
+    shown = float(out.stdout.split("vwap: ", 1)[1].split()[0])
+    assert shown == pytest.approx(vwap, rel=1e-12)
     assert "one-second bars (the last 3)" in out.stdout
+    assert "the server's bars=1s agree with DuckDB's: True" in out.stdout
 
 
-def test_duckdb_vwap_reports_errors_in_one_line(live: str) -> None:
-    out = _run("duckdb_vwap.py", "--location", live, "--symbol", "NOPE/USDT")
+def test_duckdb_vwap_reports_errors_in_one_line(
+        trades_location: tuple[str, list[dict[str, Any]]]) -> None:
+    out = _run("duckdb_vwap.py", "--location", trades_location[0], "--symbol", "NOPE/USDT")
     assert out.returncode == 1
-    assert out.stderr.strip() == ("duckdb_vwap: unknown symbol 'NOPE/USDT'; buffered: BTC/USDT, "
-                                  "ETH/USDT, SOL/USDT")
+    assert out.stderr.strip() == "duckdb_vwap: unknown symbol 'NOPE/USDT'; buffered: BTC/USDT"
