@@ -84,6 +84,8 @@ class ExchangeStatus:
         clock_skew: Receive time minus exchange time over the last minute
             (:mod:`flight_md.ingest.skew`); ``None`` figures where no tick carried an
             exchange time.
+        counters: The channel's own counts (``trades``: stored, duplicates, gaps, missing,
+            backfilled; ``book``: stored, resyncs, ...); empty for ticker and bidask.
     """
 
     exchange: str
@@ -97,6 +99,7 @@ class ExchangeStatus:
     last_error: str | None = None
     last_error_ms: int | None = None
     clock_skew: ClockSkew = field(default_factory=ClockSkew)
+    counters: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)

@@ -64,6 +64,20 @@ An update is dropped, with the :class:`DropReason` in brackets, when:
   ahead of the receive time (a seconds/milliseconds mix-up, a corrupt field)
   [``bad_timestamp``].
 
+Trades
+======
+
+``Channel.TRADES`` (ccxt ``watch_trades_for_symbols`` / ``fetch_trades``): :func:`to_trade`
+turns one ccxt unified trade into a :class:`Trade`'s fields: ``timestamp`` the exchange's
+trade time (the receive time where the venue sends none), ``trade_id`` ccxt's ``id`` as a
+string (``None`` where the venue has none), ``price``, ``amount`` (ccxt's unified amount: base
+units on spot markets, contracts on derivatives), ``side`` the taker's side (``buy``/``sell``,
+``None`` where the venue does not say). A trade is dropped for no symbol, a price that is
+missing, not a finite number or not positive [``missing_price``, ``non_numeric``,
+``non_finite``, ``non_positive_price``], an amount that is missing or negative
+[``missing_amount``, ``negative_value``], a side other than buy/sell [``bad_side``] or a bad
+timestamp (as for tickers). A book row is :class:`BookTop`.
+
 ``malformed_frame`` and ``unparseable_frame`` are counted by ingestion itself for frames
 that never became a ticker: invalid or truncated JSON, and frames ccxt's own parser
 raised on (e.g. a missing symbol field). A ticker that is not a mapping at all is
@@ -74,6 +88,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Final
 
@@ -89,14 +104,18 @@ __all__ = [
     "MAX_FUTURE_MS",
     "MIN_TIMESTAMP_MS",
     "TICKER_LIKE",
+    "BookTop",
     "Channel",
     "DropReason",
+    "Side",
+    "Trade",
     "fingerprint",
     "normalize_ticker",
     "raw_numeric_fields",
     "row_to_tick",
     "to_row",
     "to_tick",
+    "to_trade",
 ]
 
 MIN_TIMESTAMP_MS: Final = 1_262_304_000_000
@@ -145,10 +164,74 @@ class DropReason(StrEnum):
     NEGATIVE_VALUE = "negative_value"
     CROSSED_BOOK = "crossed_book"
     BAD_TIMESTAMP = "bad_timestamp"
+    MISSING_AMOUNT = "missing_amount"
+    """A trade without an amount."""
+    BAD_SIDE = "bad_side"
+    """A trade whose side is neither buy nor sell."""
     MALFORMED_FRAME = "malformed_frame"
     """Counted by ingestion: a frame that is not valid JSON (e.g. truncated)."""
     UNPARSEABLE_FRAME = "unparseable_frame"
     """Counted by ingestion: ccxt's parser raised on the frame."""
+
+
+class Side(StrEnum):
+    """The taker's side of a trade."""
+
+    BUY = "buy"
+    SELL = "sell"
+
+
+@dataclass(frozen=True, slots=True)
+class Trade:
+    """One trade, as stored in the ``trades`` channel and handed to trade callbacks.
+
+    Attributes:
+        symbol: Unified ccxt symbol.
+        exchange: ccxt exchange id.
+        timestamp: The exchange's trade time, Unix ms.
+        trade_id: The exchange's id of the trade (``None`` where it has none).
+        price: Trade price.
+        amount: ccxt's unified amount (base units on spot, contracts on derivatives).
+        side: The taker's side, ``None`` where the venue does not say.
+        receive_timestamp: Local wall-clock time ingestion got it, Unix ms.
+    """
+
+    symbol: str
+    exchange: str
+    timestamp: int
+    trade_id: str | None
+    price: float
+    amount: float
+    side: Side | None
+    receive_timestamp: int
+
+
+@dataclass(frozen=True, slots=True)
+class BookTop:
+    """The top levels of one order book after an update (``book`` channel callbacks).
+
+    Attributes:
+        symbol: Unified ccxt symbol.
+        exchange: ccxt exchange id.
+        timestamp: The book's exchange time, Unix ms (the receive time where none).
+        bids: ``(price, amount)`` levels, best (highest) first.
+        asks: ``(price, amount)`` levels, best (lowest) first.
+        nonce: The venue's sequence/update id of the update, ``None`` where it has none.
+        receive_timestamp: Local wall-clock time ingestion got it, Unix ms.
+    """
+
+    symbol: str
+    exchange: str
+    timestamp: int
+    bids: tuple[tuple[float, float], ...]
+    asks: tuple[tuple[float, float], ...]
+    nonce: int | None
+    receive_timestamp: int
+
+
+TradeFields = tuple[str, int, str | None, float, float, Side | None]
+"""``(symbol, timestamp, trade_id, price, amount, side)`` of a good trade."""
+_SIDE_OF: Final = {"buy": Side.BUY, "sell": Side.SELL, None: None}
 
 
 class _Bad(Exception):
@@ -279,6 +362,36 @@ def _ticker_like(channel: Channel | str) -> Channel:
         raise ValueError(f"channel {str(found)!r} carries no tickers; ticker channels: "
                          f"{', '.join(sorted(TICKER_LIKE))}")
     return found
+
+
+def to_trade(trade: Mapping[str, Any], receive_ms: int) -> TradeFields | DropReason:
+    """A ccxt unified trade's stored fields, or why it is bad (see "Trades" above); pure,
+    never raises on bad data."""
+    if type(trade) is not dict and not isinstance(trade, Mapping):
+        return DropReason.UNPARSEABLE_FRAME
+    get = trade.get
+    symbol = get("symbol")
+    if not isinstance(symbol, str) or not symbol:
+        return DropReason.MISSING_SYMBOL
+    try:
+        price = _number(get("price"), "price")
+        if price is None:
+            return DropReason.MISSING_PRICE
+        if price <= 0.0:
+            return DropReason.NON_POSITIVE_PRICE
+        amount = _volume(get("amount"), "amount")
+        if amount is None:
+            return DropReason.MISSING_AMOUNT
+        timestamp = _timestamp(get("timestamp"), receive_ms)
+    except _Bad as bad:
+        return bad.reason
+    raw_side = get("side")
+    side = _SIDE_OF.get(raw_side) if raw_side is None or isinstance(raw_side, str) else None
+    if side is None and raw_side is not None:
+        return DropReason.BAD_SIDE
+    raw_id = get("id")
+    trade_id = None if raw_id is None or raw_id == "" else str(raw_id)
+    return symbol, timestamp, trade_id, price, amount, side
 
 
 def row_to_tick(symbol: str, row: Row, exchange: str) -> MarketTick:

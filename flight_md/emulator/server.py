@@ -8,7 +8,9 @@ and the writer is the only place where frames are corrupted and counted, so
 
 Control endpoint (for the CLI and other processes), exempt from faults:
 ``POST /_emulator/faults`` with ``{"fault": "reset", "count": 1, "duration": 2.0,
-"retry_after": 1.0}``, ``DELETE /_emulator/faults`` and ``GET /_emulator/stats``.
+"retry_after": 1.0}``, ``DELETE /_emulator/faults``, ``GET /_emulator/stats`` and
+``POST /_emulator/burst`` with ``{"channel": "trade", "symbol": "BTC/USDT", "count": 20000}``
+(:meth:`Emulator.burst`).
 """
 
 from __future__ import annotations
@@ -160,6 +162,7 @@ class Emulator:
         app.router.add_post(_CONTROL_PREFIX + "faults", self._post_fault)
         app.router.add_delete(_CONTROL_PREFIX + "faults", self._delete_faults)
         app.router.add_get(_CONTROL_PREFIX + "stats", self._get_stats)
+        app.router.add_post(_CONTROL_PREFIX + "burst", self._post_burst)
         runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=_CLOSE_TIMEOUT)
         await runner.setup()
         site = web.TCPSite(runner, self.host, self._requested_port, reuse_address=True)
@@ -268,6 +271,51 @@ class Emulator:
             The count.
         """
         return self._stats.frames[StreamKey(channel, symbol)]
+
+    def burst(self, channel: str, symbol: str, count: int) -> int:
+        """Publish ``count`` synthetic updates of one stream at once, on top of the paced feed.
+
+        Each update steps the market's walk and goes to the stream's subscribers now (queued
+        in one go, so a subscriber receives them as fast as the socket takes them: the 20,000
+        trades a second of a busy market, or more). Without subscribers the updates are still
+        published (a venue's trade ids and REST history move on), which is how a test makes a
+        subscriber that is away miss trades.
+
+        Args:
+            channel: Exchange-native channel the dialect renders (Binance ``trade``, Bybit
+                ``publicTrade``, Coinbase ``market_trades``, OKX ``trades``, Kraken ``trade``).
+            symbol: A unified symbol the emulator lists.
+            count: Updates, at least 1.
+
+        Returns:
+            ``count``.
+
+        Raises:
+            ValueError: In replay mode, an unknown symbol or channel, or a count below 1.
+        """
+        if self._replay_frames:
+            raise ValueError("a burst is synthetic data; this emulator replays a recording")
+        walk = self._walks.get(symbol)
+        if walk is None:
+            raise ValueError(f"unknown symbol {symbol!r}; listed: {', '.join(self._walks)}")
+        if not self._dialect.renders(channel):
+            raise ValueError(f"{self.exchange} renders no channel {channel!r}; it renders "
+                             f"{', '.join(sorted(self._dialect.synthetic_channels))}")
+        if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+            raise ValueError(f"bad burst count {count!r}; expected an integer >= 1")
+        key = StreamKey(channel, symbol)
+        render, ms = self._dialect.render, now_ms()
+        subscribers = list(self._subscribers.get(key, ()))
+        for _ in range(count):
+            text = render(key, walk.market, walk.step(ms), snapshot=False)
+            for conn in subscribers:
+                conn.push(key, text)
+        for conn in subscribers:
+            if len(conn.queue) > self.max_queue:
+                self._slow(conn)
+        logger.info("emulator %s: burst of %d %s updates of %s to %d connections", self.exchange,
+                    count, channel, symbol, len(subscribers))
+        return count
 
     # -- faults -----------------------------------------------------------------------
 
@@ -410,6 +458,14 @@ class Emulator:
             return web.json_response({"ok": False, "error": f"bad fault request: {error}; faults: {allowed}"},
                                      status=400)
         return web.json_response({"ok": True, "fault": fault.value, "affected": affected})
+
+    async def _post_burst(self, request: web.Request) -> web.StreamResponse:
+        try:
+            body = await request.json()
+            count = self.burst(str(body["channel"]), str(body["symbol"]), body.get("count", 1))
+        except (ValueError, KeyError, TypeError) as error:
+            return web.json_response({"ok": False, "error": f"bad burst request: {error}"}, status=400)
+        return web.json_response({"ok": True, "count": count})
 
     async def _delete_faults(self, request: web.Request) -> web.StreamResponse:
         self.clear_faults()

@@ -26,6 +26,35 @@ Assumptions (the name each check reports):
     replace the dict; the tap is re-installed before every watch call. REST fetches do not
     write the cache, so polling cannot double count. Checked: the attribute is a ``dict``,
     and the exchange's ccxt.pro source assigns ``self.<cache>[...] =``.
+``trades``
+    Every trade ccxt parses is appended, exactly once, with ``append`` to an ``ArrayCache``
+    (or a subclass: Coinbase's ``ArrayCacheBySymbolById``) from
+    ``ccxt.async_support.base.ws.cache``, stored by symbol in the exchange's ``trades`` dict;
+    the cache keeps ``tradesLimit`` trades (1,000), so a ``watch_trades`` loop misses what a
+    burst pushes out before it runs. The stream replaces the dict with a :class:`TradeTap`:
+    every cache stored into it has its class swapped in place to a subclass whose ``append``
+    stores, then reports the trade (:func:`report_appends`); trades a cache already held when
+    it was swapped are reported then (Binance appends a new cache's first trade before it
+    stores the cache). ccxt 4.5.90 stores a symbol's cache in ``self.trades[symbol] = ...``
+    on every venue (Binance on every message: the swap is once per cache), and
+    ``clean_ws_data`` replaces the dict (re-tapped before every watch call). REST
+    ``fetch_trades`` does not write the cache. Checked: ``trades`` is a ``dict``, the venue's
+    ccxt.pro source assigns ``self.trades[...] =``, and an ``ArrayCache`` swapped in place
+    reports its appends.
+``book``
+    Books are not tapped: ccxt applies snapshots and deltas to ``exchange.orderbooks`` inside
+    ``handle_message(client, message)``, the exchange method every client calls with each
+    parsed frame (``on_message_callback``). A book stream sets ``flight_md_book`` on the
+    guarded exchange (a :class:`BookObserver`: :class:`flight_md.ingest.books.BookCapture`);
+    the guarded ``handle_message`` calls ``flight_md_book.before(client, message)`` first and
+    ``flight_md_book.after(client, message, error)`` once ccxt handled the frame (``error``:
+    what ccxt raised, which is raised on to the :class:`FrameGuard`), and the guarded
+    ``on_close``/``on_error`` call ``flight_md_book.connection_lost(client)``. Resynchronising
+    one book (``BookCapture``'s ``resync``): ccxt re-requests a snapshot only for a new
+    subscription (Bybit, OKX, Kraken and Coinbase send one on subscribe; Binance fetches its
+    REST snapshot when it subscribes), so the stream ends its websocket session and the next
+    one subscribes every book afresh (one resync per session; measured on the emulator: a
+    gap of one reconnect delay). Checked: ``handle_message`` takes ``(client, message)``.
 ``client``
     ``exchange.client(url)`` creates (once per URL) and returns a websocket client,
     registered in the ``exchange.clients`` dict by its ``url``, whose ``on_message``,
@@ -65,9 +94,11 @@ Assumptions (the name each check reports):
     DEBUG, with the API key): the stream gives it one whose records are redacted.
 
 Our own attributes on ccxt objects are prefixed ``flight_md_``: ``flight_md_closing`` on a
-client the stream is closing (its close is not a failure of the current connection), and on
-the class :func:`guarded_class` makes, the three hooks :func:`attach` sets and
-``flight_md_base``, the ccxt.pro class it guards.
+client the stream is closing (its close is not a failure of the current connection); on
+the class :func:`guarded_class` makes, the three hooks :func:`attach` sets,
+``flight_md_book`` (the book observer, ``None`` but on a book stream) and ``flight_md_base``,
+the ccxt.pro class it guards; ``flight_md_sink`` and ``flight_md_symbol`` on a tapped trade
+cache.
 """
 
 from __future__ import annotations
@@ -80,26 +111,31 @@ import re
 import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 import ccxt
 import ccxt.pro as ccxt_pro
+from ccxt.async_support.base.ws.cache import ArrayCache
 
 from flight_md.errors import StartupError
-from flight_md.venues.base import ChannelMethods
+from flight_md.venues.base import BOOKS_CACHE, TRADES_CACHE, ChannelMethods
 
 __all__ = [
     "BELOW_VERSION",
     "MIN_VERSION",
+    "BookObserver",
     "FrameGuard",
     "Tap",
+    "TradeTap",
     "attach",
+    "attach_book",
     "check",
     "close_clients",
     "close_idle_clients",
     "guarded_class",
     "install_tap",
     "reopen",
+    "report_appends",
     "response_headers",
     "supported_version",
 ]
@@ -134,12 +170,97 @@ class Tap(dict[str, Any]):
         self.sink(key, value)
 
 
-def install_tap(exchange: Any, cache: str, sink: Callable[[str, Any], None]) -> None:
-    """Make ``exchange.<cache>`` a :class:`Tap` reporting to ``sink`` (again, if ccxt replaced it)."""
-    current = getattr(exchange, cache, None)
-    if type(current) is Tap and current.sink is sink:
+_REPORTING: dict[type, type] = {}
+
+
+def _reporting_class(cls: type) -> type:
+    """The subclass of a ccxt trade cache class whose ``append`` reports (made once per class)."""
+    found = _REPORTING.get(cls)
+    if found is None:
+        base_append = cls.append  # type: ignore[attr-defined]
+
+        def append(self: Any, item: Any) -> None:
+            base_append(self, item)
+            self.flight_md_sink(self.flight_md_symbol, item)
+
+        found = type(cls.__name__, (cls,), {
+            "append": append, "flight_md_sink": None, "flight_md_symbol": None,
+            "__module__": __name__,
+            "__doc__": f"ccxt's {cls.__name__} reporting every appended trade to flight_md."})
+        _REPORTING[cls] = found
+    return found
+
+
+def report_appends(cache: Any, symbol: str, sink: Callable[[str, Any], None]) -> None:
+    """Make a ccxt trade cache report every trade appended to it as ``sink(symbol, trade)``.
+
+    Its class is swapped in place (the object ccxt holds stays the same object); what it held
+    before is reported now, once. A cache already reporting only gets the new sink.
+
+    Raises:
+        TypeError: ``cache`` is not one of ccxt's ``ArrayCache`` classes.
+    """
+    if getattr(type(cache), "flight_md_sink", False) is None:  # a reporting class already
+        cache.flight_md_symbol = symbol
+        cache.flight_md_sink = sink
         return
-    setattr(exchange, cache, Tap(sink, current or {}))
+    if not isinstance(cache, ArrayCache):
+        raise TypeError(f"ccxt stored a {type(cache).__name__} of trades, not an ArrayCache")
+    held = list(cache)
+    cache.flight_md_symbol = symbol
+    cache.flight_md_sink = sink
+    cache.__class__ = _reporting_class(type(cache))
+    for item in held:
+        sink(symbol, item)
+
+
+class TradeTap(dict[str, Any]):
+    """ccxt's ``trades`` dict (``{symbol: ArrayCache}``) whose caches report every trade.
+
+    A plain ``dict`` to ccxt: ``__setitem__`` stores, then makes the cache report
+    (:func:`report_appends`) unless it reports to this sink already.
+    """
+
+    __slots__ = ("sink",)
+
+    def __init__(self, sink: Callable[[str, Any], None], initial: Mapping[str, Any]) -> None:
+        super().__init__()
+        self.sink = sink
+        for key, value in initial.items():
+            self[key] = value
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        dict.__setitem__(self, key, value)
+        if getattr(value, "flight_md_sink", None) is not self.sink:
+            report_appends(value, key, self.sink)
+
+
+def install_tap(exchange: Any, cache: str, sink: Callable[[str, Any], None]) -> None:
+    """Make ``exchange.<cache>`` report every update to ``sink`` (again, if ccxt replaced it).
+
+    A ticker cache becomes a :class:`Tap`; ``trades`` a :class:`TradeTap`; ``orderbooks`` is
+    left alone (books are observed per frame: ``flight_md_book``).
+    """
+    if cache == BOOKS_CACHE:
+        return
+    current = getattr(exchange, cache, None)
+    kind = TradeTap if cache == TRADES_CACHE else Tap
+    if type(current) is kind and current.sink is sink:
+        return
+    setattr(exchange, cache, kind(sink, current or {}))
+
+
+class BookObserver(Protocol):
+    """What a book stream installs as ``exchange.flight_md_book`` (see ``book`` above)."""
+
+    def before(self, client: Any, message: Any) -> None:
+        """A parsed frame of ``client``, before ccxt handles it."""
+
+    def after(self, client: Any, message: Any, error: BaseException | None) -> None:
+        """The same frame once ccxt handled it (``error``: what ccxt raised on it)."""
+
+    def connection_lost(self, client: Any) -> None:
+        """``client``'s websocket closed or failed."""
 
 
 class FrameGuard:
@@ -207,12 +328,27 @@ def guarded_class(cls: type) -> type:
             current = (self.clients or {}).get(ws_client.url)
             if current is None or current is ws_client:
                 cls.on_close(self, ws_client, error)  # type: ignore[attr-defined]
+            _book_lost(self, ws_client)
             _report_closed(self, ws_client, error, current is ws_client)
 
         def on_error(self: Any, ws_client: Any, error: Any) -> None:
             current = (self.clients or {}).get(ws_client.url)
             cls.on_error(self, ws_client, error)  # type: ignore[attr-defined]
+            _book_lost(self, ws_client)
             _report_closed(self, ws_client, error, current is ws_client)
+
+        def handle_message(self: Any, ws_client: Any, message: Any) -> Any:
+            book = self.flight_md_book
+            if book is None:
+                return cls.handle_message(self, ws_client, message)  # type: ignore[attr-defined]
+            book.before(ws_client, message)
+            try:
+                result = cls.handle_message(self, ws_client, message)  # type: ignore[attr-defined]
+            except Exception as error:
+                book.after(ws_client, message, error)
+                raise  # the frame guard counts it
+            book.after(ws_client, message, None)
+            return result
 
         def ws_dial_delay(self: Any, url: str) -> float:
             # ccxt 4.5.90 keeps its own per-URL dial backoff (0.1 s doubling to 30 s, no
@@ -225,7 +361,9 @@ def guarded_class(cls: type) -> type:
             "client": client,
             "on_close": on_close,
             "on_error": on_error,
+            "handle_message": handle_message,
             "ws_dial_delay": ws_dial_delay,
+            "flight_md_book": None,
             "flight_md_closed": None,
             "flight_md_orphan": None,
             "flight_md_frame_error": None,
@@ -235,6 +373,17 @@ def guarded_class(cls: type) -> type:
         })
         _GUARDED[cls] = guarded
     return guarded
+
+
+def _book_lost(exchange: Any, ws_client: Any) -> None:
+    book = exchange.flight_md_book
+    if book is not None:
+        book.connection_lost(ws_client)
+
+
+def attach_book(exchange: Any, book: BookObserver | None) -> None:
+    """Install (``None``: remove) the book observer of a guarded exchange (see ``book``)."""
+    exchange.flight_md_book = book
 
 
 def attach(exchange: Any, *, frame_error: Callable[[BaseException], None],
@@ -438,7 +587,28 @@ def check(exchange: Any, methods: ChannelMethods, *, websocket: bool,
     if not _assigns_by_key(base, methods.cache):
         raise _incompatible("cache", f"{base.__name__} does not store tickers by key in "
                                      f"self.{methods.cache}")
+    if methods.cache == TRADES_CACHE:
+        _check_trade_cache()
+    elif methods.cache == BOOKS_CACHE:
+        _method(base, "handle_message", 2, "book")
     for name in ("on_close", "on_error"):
         _method(base, name, 2, name)
     _method(base, "ws_dial_delay", 1, "ws_dial_delay")
     _check_client(exchange)
+
+
+def _check_trade_cache() -> None:
+    """A small ``ArrayCache``, swapped to report, reports each append once and still evicts."""
+    seen: list[tuple[str, Any]] = []
+    try:
+        cache = ArrayCache(2)
+        cache.append({"id": "0"})
+        report_appends(cache, "X/Y", lambda symbol, item: seen.append((symbol, item["id"])))
+        for number in (1, 2, 3):
+            cache.append({"id": str(number)})
+        kept = [item["id"] for item in cache]
+    except Exception as error:
+        raise _incompatible("trades", f"a trade cache cannot be tapped ({type(error).__name__}: "
+                                      f"{error})") from error
+    if seen != [("X/Y", "0"), ("X/Y", "1"), ("X/Y", "2"), ("X/Y", "3")] or kept != ["2", "3"]:
+        raise _incompatible("trades", f"a tapped ArrayCache(2) reported {seen} and kept {kept}")

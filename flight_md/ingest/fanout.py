@@ -29,16 +29,19 @@ from typing import Any, Final, TypeAlias
 from flight_md.buffer import MarketDataBuffer
 from flight_md.ingest.skew import SkewWindow
 from flight_md.ingest.state import SymbolState
-from flight_md.normalize import Channel, DropReason, row_to_tick, to_row
+from flight_md.normalize import BookTop, Channel, DropReason, Trade, row_to_tick, to_row
 from flight_md.schema import MarketTick
 
-__all__ = ["DRAIN_TIMEOUT", "Callback", "Fanout", "Subscriber"]
+__all__ = ["DRAIN_TIMEOUT", "Callback", "Fanout", "Subscriber", "Update"]
 
 # The stream's parts log as the stream: one logger to configure for a stream's story.
 logger = logging.getLogger("flight_md.ingest.stream")
 
-Callback: TypeAlias = Callable[[MarketTick], Awaitable[None] | None]
-"""A tick consumer: a plain function, or a coroutine function (awaited in order)."""
+Update: TypeAlias = MarketTick | Trade | BookTop
+"""What callbacks receive: a tick (ticker, bidask), a trade (trades) or a book top (book)."""
+Callback: TypeAlias = Callable[[Any], Awaitable[None] | None]
+"""A consumer of a stream's :data:`Update` values: a plain function, or a coroutine function
+(awaited in order)."""
 
 DRAIN_TIMEOUT: Final = 2.0
 """Seconds a stopping worker may take to deliver what is queued for its callback."""
@@ -53,7 +56,7 @@ class Subscriber:
         self.fn = fn
         call = getattr(fn, "__call__", None)  # noqa: B004 - callable objects with async __call__
         self.is_async = inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(call)
-        self.queue: asyncio.Queue[MarketTick] | None = None
+        self.queue: asyncio.Queue[Update] | None = None
         self.task: asyncio.Task[None] | None = None
 
 
@@ -143,8 +146,8 @@ class Fanout:
         log_bad(count, "%s: dropped a bad frame (%s: %s; %d so far)", self._exchange_id,
                 reason, described, count)
 
-    def dispatch(self, tick: MarketTick) -> None:
-        """Hand ``tick`` to every callback: inline, or to its worker's queue."""
+    def dispatch(self, tick: Update) -> None:
+        """Hand ``tick`` (any :data:`Update`) to every callback: inline, or to its worker's queue."""
         for subscriber in self.subscribers:
             if subscriber.is_async:
                 if subscriber.queue is not None:

@@ -1,8 +1,13 @@
 """Many exchange streams into one store, and the bridge the Flight service calls them through.
 
 :class:`MarketDataManager` runs one :class:`~flight_md.ingest.stream.MarketDataStream` per
-exchange, all writing into one shared :class:`~flight_md.buffer.MarketDataBuffer` and one
-:class:`~flight_md.events.EventLog`, on one asyncio loop.
+(exchange, channel), each writing into its channel's buffer of one shared
+:class:`~flight_md.buffer.Store` (``store.buffer(channel)``) and all into one
+:class:`~flight_md.events.EventLog`, on one asyncio loop. ``manager.streams`` and
+:meth:`~MarketDataManager.get_stream` name streams by exchange, as before channels: the
+exchange's ticker-like stream (``ticker``, else ``bidask``), else its first;
+:meth:`~MarketDataManager.stream` takes the channel. Subscribing without a channel goes to
+every stream of the exchange.
 
 Threads meet at two points, and only there. Flight handlers run on gRPC threads; ingestion
 runs on the one asyncio loop thread (:class:`IngestionThread` runs it). They meet
@@ -42,11 +47,12 @@ from typing import Any, Final, Self, TypeVar
 
 import ccxt.async_support as ccxt_async
 
-from flight_md.buffer import MarketDataBuffer
+from flight_md.buffer import MarketDataBuffer, Store
 from flight_md.control import IngestionStatus, MarketInfo
 from flight_md.errors import FlightMdError, InvalidArgument, Unavailable, UnknownExchange
 from flight_md.events import EventLog
 from flight_md.ingest.stream import MarketDataStream
+from flight_md.normalize import TICKER_LIKE, Channel
 
 __all__ = ["DEFAULT_CONTROL_TIMEOUT", "IngestionThread", "MarketDataManager", "ThreadedControl",
            "market_infos", "tick_size"]
@@ -119,12 +125,23 @@ def market_infos(stream: MarketDataStream, markets: Mapping[str, Any] | None = N
     return tuple(infos)
 
 
+def _channel(channel: Channel | str) -> Channel:
+    try:
+        return Channel(channel)
+    except ValueError:
+        raise InvalidArgument(f"unknown channel {channel!r}; expected one of: "
+                              f"{', '.join(Channel)}") from None
+
+
 class MarketDataManager:
-    """One stream per exchange, all into one buffer and one event log.
+    """One stream per (exchange, channel), into one store and one event log.
 
     Args:
-        buffer: The shared store (a new one by default).
+        buffer: The tick buffer (ticker and bidask) when no ``store`` is given: the store is
+            then one around it (:meth:`Store.of <flight_md.buffer.Store.of>`).
         events: The shared event log (a new one by default).
+        store: Every channel's buffer (a new one by default); each stream gets
+            ``store.buffer(channel)``.
         on_fatal: Called on the loop with ``(exchange_id, error)`` when a stream added with
             ``keep_retrying=True`` finds, once its markets load, a symbol the exchange does
             not list (an invalid argument that could not be checked at start).
@@ -135,52 +152,112 @@ class MarketDataManager:
 
     def __init__(self, buffer: MarketDataBuffer | None = None,
                  events: EventLog | None = None, *,
-                 on_fatal: Callable[[str, InvalidArgument], None] | None = None) -> None:
-        self.buffer = buffer if buffer is not None else MarketDataBuffer()
+                 on_fatal: Callable[[str, InvalidArgument], None] | None = None,
+                 store: Store | None = None) -> None:
+        if store is not None and buffer is not None and store.buffer(buffer.channel) is not buffer:
+            raise InvalidArgument("pass a store or a buffer, not both (or the store's own buffer)")
+        if store is None:
+            store = Store.of(buffer) if buffer is not None else Store.of(MarketDataBuffer())
+        self.store = store
         self.events = events if events is not None else EventLog()
         self.on_fatal = on_fatal
-        self._streams: dict[str, MarketDataStream] = {}
+        self._streams: dict[tuple[str, Channel], MarketDataStream] = {}
         self._markets: dict[str, tuple[Any, tuple[MarketInfo, ...]]] = {}
         """Per exchange: ccxt's markets dict and its infos (``subscribed`` all false)."""
 
     @property
+    def buffer(self) -> MarketDataBuffer:
+        """The tick buffer (``store.buffer("ticker")``, which bidask shares in a store made
+        around one buffer)."""
+        return self.store.buffer(Channel.TICKER.value)
+
+    @property
     def streams(self) -> Mapping[str, MarketDataStream]:
-        """Running streams by exchange id (a read-only view)."""
-        return MappingProxyType(self._streams)
+        """Running streams by exchange id (a read-only view): each exchange's ticker-like
+        stream, else its first; :meth:`stream` and :meth:`all_streams` see every channel."""
+        by_exchange: dict[str, MarketDataStream] = {}
+        for (exchange_id, channel), stream in self._streams.items():
+            current = by_exchange.get(exchange_id)
+            if current is None or (channel in TICKER_LIKE and (
+                    current.channel not in TICKER_LIKE
+                    or (channel is Channel.TICKER and current.channel is not Channel.TICKER))):
+                by_exchange[exchange_id] = stream
+        return MappingProxyType(by_exchange)
+
+    def all_streams(self) -> tuple[MarketDataStream, ...]:
+        """Every running stream, in the order they were added."""
+        return tuple(self._streams.values())
+
+    def streams_of(self, exchange_id: str) -> tuple[MarketDataStream, ...]:
+        """Every stream of ``exchange_id`` (one per channel), in the order they were added.
+
+        Raises:
+            UnknownExchange: No stream runs for it.
+        """
+        found = tuple(s for (e, _), s in self._streams.items() if e == exchange_id)
+        if not found:
+            raise UnknownExchange(f"no stream for exchange {exchange_id!r}; running: "
+                                  f"{', '.join(self.streams) or 'none'}")
+        return found
+
+    def stream(self, exchange_id: str, channel: Channel | str) -> MarketDataStream:
+        """The stream of ``exchange_id`` for ``channel``.
+
+        Raises:
+            UnknownExchange: No such stream runs (the message lists the exchange's channels).
+            InvalidArgument: Unknown channel.
+        """
+        found = self._streams.get((exchange_id, _channel(channel)))
+        if found is None:
+            has = [c.value for (e, c) in self._streams if e == exchange_id]
+            raise UnknownExchange(f"no {Channel(channel)} stream for exchange {exchange_id!r}; "
+                                  f"it streams: {', '.join(has) or 'nothing'}")
+        return found
 
     async def add_stream(self, exchange_id: str, symbols: Sequence[str] = (), *,
                          keep_retrying: bool = False,
                          **stream_kwargs: Any) -> MarketDataStream:
-        """Start a stream for ``exchange_id``: connect, then subscribe ``symbols``.
+        """Start a stream for ``exchange_id`` and a channel: connect, then subscribe ``symbols``.
 
         Args:
             exchange_id: ccxt exchange id.
             symbols: Symbols to subscribe right away.
+            channel: The stream's channel (``stream_kwargs["channel"]``, default ``ticker``);
+                one stream per (exchange, channel).
             keep_retrying: If the exchange cannot be reached, keep the stream and retry in
                 the background (:meth:`MarketDataStream.start`) instead of raising
                 ``Unavailable``: what a server does.
             **stream_kwargs: :class:`MarketDataStream` arguments (``buffer`` and ``events``
-                are the manager's; ``buffer_size`` is ignored: the shared buffer has one).
+                are the manager's; ``buffer_size`` and ``book_depth`` are ignored: the store's
+                buffers have them).
 
         Returns:
             The connected stream.
 
         Raises:
-            InvalidArgument: A stream for the exchange already runs, or a bad argument or
-                symbol (the stream is not kept).
+            InvalidArgument: A stream for the exchange and channel already runs, or a bad
+                argument or symbol (the stream is not kept).
             Unavailable: The exchange cannot be reached (the stream is not kept), unless
                 ``keep_retrying``.
         """
-        if exchange_id in self._streams:
-            raise InvalidArgument(f"a stream for {exchange_id!r} is already running; "
+        channel = _channel(stream_kwargs.pop("channel", Channel.TICKER))
+        key = (exchange_id, channel)
+        if key in self._streams:
+            raise InvalidArgument(f"a {channel} stream for {exchange_id!r} is already running; "
                                   "subscribe to it or remove it first")
         for reserved in ("buffer", "events"):
             if reserved in stream_kwargs:
                 raise InvalidArgument(f"{reserved}= belongs to the manager; do not pass it")
         stream_kwargs.pop("buffer_size", None)
-        stream = MarketDataStream(exchange_id, buffer=self.buffer, events=self.events,
+        stream_kwargs.pop("book_depth", None)
+        try:
+            buffer = self.store.buffer(channel.value)
+        except ValueError as error:
+            raise InvalidArgument(str(error)) from None
+        stream = MarketDataStream(exchange_id, buffer=buffer, events=self.events,
+                                  channel=channel, book_depth=self.store.book_depth,
                                   **stream_kwargs)
-        self._streams[exchange_id] = stream  # reserve the id while connecting
+        self._streams[key] = stream  # reserve the key while connecting
         try:
             if keep_retrying:
                 await stream.start(symbols, on_invalid=lambda error: self._fatal(exchange_id, error))
@@ -189,8 +266,8 @@ class MarketDataManager:
                 if symbols:
                     await stream.subscribe(symbols)
         except BaseException:
-            if self._streams.get(exchange_id) is stream:
-                del self._streams[exchange_id]
+            if self._streams.get(key) is stream:
+                del self._streams[key]
             await stream.disconnect()
             raise
         return stream
@@ -201,27 +278,33 @@ class MarketDataManager:
             self.on_fatal(exchange_id, error)
 
     def get_stream(self, exchange_id: str) -> MarketDataStream:
-        """The stream of ``exchange_id``.
+        """The stream of ``exchange_id`` (its ticker-like stream, else its first: see
+        :attr:`streams`).
 
         Raises:
             UnknownExchange: No stream runs for it.
         """
-        stream = self._streams.get(exchange_id)
+        stream = self.streams.get(exchange_id)
         if stream is None:
             raise UnknownExchange(f"no stream for exchange {exchange_id!r}; running: "
-                                  f"{', '.join(self._streams) or 'none'}")
+                                  f"{', '.join(self.streams) or 'none'}")
         return stream
 
-    async def remove_stream(self, exchange_id: str) -> None:
-        """Disconnect and forget the stream of ``exchange_id`` (its ticks stay buffered).
+    async def remove_stream(self, exchange_id: str, channel: Channel | str | None = None) -> None:
+        """Disconnect and forget the stream of ``exchange_id`` and ``channel`` (``None``: every
+        stream of the exchange); what they stored stays buffered.
 
         Raises:
-            UnknownExchange: No stream runs for it.
+            UnknownExchange: No such stream runs.
         """
-        stream = self.get_stream(exchange_id)
-        del self._streams[exchange_id]
-        self._markets.pop(exchange_id, None)
-        await stream.disconnect()
+        streams = [self.stream(exchange_id, channel)] if channel is not None \
+            else list(self.streams_of(exchange_id))
+        for stream in streams:
+            del self._streams[(exchange_id, stream.channel)]
+        if not any(e == exchange_id for e, _ in self._streams):
+            self._markets.pop(exchange_id, None)
+        for stream in streams:
+            await stream.disconnect()
 
     async def shutdown(self) -> None:
         """Disconnect every stream (concurrently); the buffer and the log stay readable."""
@@ -242,7 +325,7 @@ class MarketDataManager:
             UnknownExchange: No stream runs for ``exchange_id``.
         """
         streams = [self.get_stream(exchange_id)] if exchange_id is not None \
-            else list(self._streams.values())
+            else list(self.streams.values())
         found: list[MarketInfo] = []
         for stream in streams:
             loaded = stream.exchange.markets or {}
@@ -251,7 +334,7 @@ class MarketDataManager:
                 cached = (loaded, tuple(replace(info, subscribed=False)
                                         for info in market_infos(stream, loaded)))
                 self._markets[stream.exchange_id] = cached
-            subscribed = set(stream.symbols)
+            subscribed = {s for other in self.streams_of(stream.exchange_id) for s in other.symbols}
             for info in cached[1]:
                 if pattern is not None and not fnmatch.fnmatchcase(info.symbol, pattern):
                     continue
@@ -273,7 +356,8 @@ class MarketDataManager:
         await self.shutdown()
 
     def __repr__(self) -> str:
-        return f"MarketDataManager(streams={list(self._streams)!r})"
+        keys = [f"{e}/{c.value}" for e, c in self._streams]
+        return f"MarketDataManager(streams={keys!r})"
 
 
 class ThreadedControl:
@@ -295,13 +379,19 @@ class ThreadedControl:
         self.loop = loop
         self.timeout = timeout
 
-    def subscribe(self, exchange: str | None, symbols: Sequence[str]) -> dict[str, Any]:
-        """Start streaming ``symbols``; returns ``{"exchange": id, "subscribed": [...]}``."""
-        return self._call(self._subscribe(exchange, symbols), "subscribe")
+    def subscribe(self, exchange: str | None, symbols: Sequence[str],
+                  channels: Sequence[str] | None = None) -> dict[str, Any]:
+        """Start streaming ``symbols`` on ``channels`` (``None``: every channel the exchange
+        streams); returns ``{"exchange": id, "subscribed": [...]}``, plus ``"channels": [...]``
+        when ``channels`` is given or the exchange streams several."""
+        return self._call(self._subscribe(exchange, symbols, channels), "subscribe")
 
-    def unsubscribe(self, exchange: str | None, symbols: Sequence[str]) -> dict[str, Any]:
-        """Stop streaming ``symbols``; returns ``{"exchange": id, "unsubscribed": [...]}``."""
-        return self._call(self._unsubscribe(exchange, symbols), "unsubscribe")
+    def unsubscribe(self, exchange: str | None, symbols: Sequence[str],
+                    channels: Sequence[str] | None = None) -> dict[str, Any]:
+        """Stop streaming ``symbols`` on ``channels`` (``None``: every channel that has them);
+        returns ``{"exchange": id, "unsubscribed": [...]}`` (``"channels"`` as for
+        :meth:`subscribe`)."""
+        return self._call(self._unsubscribe(exchange, symbols, channels), "unsubscribe")
 
     def status(self) -> IngestionStatus:
         """A consistent snapshot of every stream (taken on the loop)."""
@@ -325,17 +415,48 @@ class ThreadedControl:
                                   f"{', '.join(streams)}")
         return self.manager.get_stream(exchange)
 
-    async def _subscribe(self, exchange: str | None, symbols: Sequence[str]) -> dict[str, Any]:
-        stream = self._pick(exchange)
-        await stream.subscribe(symbols)
-        names = [symbols] if isinstance(symbols, str) else symbols
-        wanted = [s for s in dict.fromkeys(names) if s in stream.symbols]
-        return {"exchange": stream.exchange_id, "subscribed": wanted}
+    def _targets(self, exchange: str | None,
+                 channels: Sequence[str] | None) -> list[MarketDataStream]:
+        exchange_id = self._pick(exchange).exchange_id
+        if channels is None:
+            return list(self.manager.streams_of(exchange_id))
+        if isinstance(channels, str) or not channels:
+            raise InvalidArgument(f"channels must be a non-empty list of channel names, got "
+                                  f"{channels!r}")
+        return [self.manager.stream(exchange_id, channel) for channel in dict.fromkeys(channels)]
 
-    async def _unsubscribe(self, exchange: str | None, symbols: Sequence[str]) -> dict[str, Any]:
-        stream = self._pick(exchange)
-        removed = await stream.unsubscribe(symbols)
-        return {"exchange": stream.exchange_id, "unsubscribed": list(removed)}
+    async def _subscribe(self, exchange: str | None, symbols: Sequence[str],
+                         channels: Sequence[str] | None = None) -> dict[str, Any]:
+        streams = self._targets(exchange, channels)
+        for stream in streams:
+            await stream.subscribe(symbols)
+        names = [symbols] if isinstance(symbols, str) else symbols
+        wanted = [s for s in dict.fromkeys(names) if all(s in st.symbols for st in streams)]
+        return self._answer(streams, "subscribed", wanted, channels)
+
+    async def _unsubscribe(self, exchange: str | None, symbols: Sequence[str],
+                           channels: Sequence[str] | None = None) -> dict[str, Any]:
+        streams = self._targets(exchange, channels)
+        names = [symbols] if isinstance(symbols, str) else list(symbols)
+        if channels is None:  # every channel that has them
+            if not names or any(all(s not in st.symbols for st in streams) for s in names):
+                await streams[0].unsubscribe(symbols)  # raises: says what is wrong, as before
+            streams = [st for st in streams if any(s in st.symbols for s in names)]
+        removed: dict[str, None] = {}
+        for stream in streams:
+            for symbol in await stream.unsubscribe(
+                    [s for s in names if s in stream.symbols] if channels is None else names):
+                removed[symbol] = None
+        return self._answer(streams, "unsubscribed", list(removed), channels)
+
+    def _answer(self, streams: list[MarketDataStream], key: str, symbols: list[str],
+                channels: Sequence[str] | None) -> dict[str, Any]:
+        # "channels" only where channels are in play: a one-channel exchange answers as before.
+        exchange_id = streams[0].exchange_id
+        answer: dict[str, Any] = {"exchange": exchange_id, key: symbols}
+        if channels is not None or len(self.manager.streams_of(exchange_id)) > 1:
+            answer["channels"] = [stream.channel.value for stream in streams]
+        return answer
 
     async def _status(self) -> IngestionStatus:
         return self.manager.status()

@@ -4,7 +4,10 @@ REST polling
     Used when the exchange has no websocket support in ccxt, when ``mode="rest"``, and in
     ``mode="auto"`` after ``rest_fallback_after`` consecutive websocket failures; auto mode
     probes the websocket every ``ws_probe_interval`` seconds and returns to it when it
-    answers. A polled ticker is stored only when its values changed. 429 and 5xx answers
+    answers. A polled ticker is stored only when its values changed. Trades are polled with
+    ``fetch_trades`` per symbol (the venue's latest page); the trade path stores each trade id
+    once (:class:`~flight_md.ingest.trades.TradeFanout`), so the overlap of two polls is
+    dropped without being counted as a resend, and a jump between polls is a gap it backfills. 429 and 5xx answers
     back off like a reconnect (at least ``Retry-After``). REST fetches do not write ccxt's
     ticker cache, so the websocket tap cannot count a polled ticker twice.
 """
@@ -25,6 +28,7 @@ from flight_md.ingest.fanout import Fanout
 from flight_md.ingest.policy import retry_after_seconds
 from flight_md.ingest.session import WebsocketRunner
 from flight_md.ingest.state import Health, Subscriptions
+from flight_md.ingest.trades import TradeFanout
 from flight_md.normalize import fingerprint
 from flight_md.schema import now_ms
 
@@ -95,6 +99,9 @@ class Poller:
                 state = self._subs.subscribed(symbol)
                 if ticker is None or state is None:
                     continue
+                if isinstance(self._fanout, TradeFanout):
+                    self._fanout.ingest_polled(symbol, state, ticker, receive_ms)
+                    continue
                 key = fingerprint(ticker)
                 if key == state.polled:
                     continue  # unchanged since the last poll
@@ -109,9 +116,10 @@ class Poller:
     async def _poll(self, symbols: Sequence[str]) -> dict[str, Any]:
         method = self._method
         out: dict[str, Any] = {}
-        if method == "fetch_ticker":
+        if method in ("fetch_ticker", "fetch_trades"):
+            fetch_one = getattr(self._exchange, method)
             for symbol in symbols:
-                out[symbol] = await self._exchange.fetch_ticker(symbol)
+                out[symbol] = await fetch_one(symbol)
             return out
         fetch = getattr(self._exchange, method)
         for group in self._subs.pack(symbols):

@@ -540,7 +540,18 @@ class IngestionProcess:
     def add_stream(self, exchange_id: str, symbols: Sequence[str] = (),
                    timeout: float | None = 30.0, **stream_kwargs: Any) -> None:
         """Start a stream in the child (``MarketDataManager.add_stream``); blocks until
-        connected. A restarted child is given it again, with the symbols subscribed then."""
+        connected. A restarted child is given it again, with the symbols subscribed then.
+
+        Raises:
+            InvalidArgument: A ``trades`` or ``book`` stream: the child hands ticks to the
+                serving process row by row, which only the tick channels have (the columnar
+                hand-off of issue 15 replaces it).
+        """
+        channel = str(stream_kwargs.get("channel", "ticker"))
+        if channel in ("trades", "book"):
+            raise errors.InvalidArgument(
+                f"--ingest-process streams ticker and bidask only; run {channel} in the serving "
+                "process (without --ingest-process)")
         wait = None if timeout is None else timeout + 5.0
         self.call("add_stream", (exchange_id, list(symbols), timeout, stream_kwargs), wait)
         self._wanted[exchange_id] = _Wanted(list(dict.fromkeys(symbols)), timeout,

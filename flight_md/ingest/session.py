@@ -14,8 +14,12 @@ Reconnecting (cryptofeed's connection handler)
 
 Where the ticks come from
     Not from the watchers: ccxt stores every update it parses in the cache the
-    :class:`~flight_md.ingest.ccxt_compat.Tap` replaces, and the tap calls
-    :meth:`WebsocketRunner.on_update`. A watcher keeps its group subscribed and surfaces
+    :class:`~flight_md.ingest.ccxt_compat.Tap` replaces (trades: every trade it appends to a
+    cache of the :class:`~flight_md.ingest.ccxt_compat.TradeTap`), and the tap calls
+    :meth:`WebsocketRunner.on_update`. Books are captured per frame by the stream's book
+    observer, which calls :meth:`WebsocketRunner.frame_ok` for a frame ccxt handled and
+    :meth:`WebsocketRunner.resync` for a book that must be rebuilt (the session ends; the
+    next one subscribes every book afresh, each from a new snapshot). A watcher keeps its group subscribed and surfaces
     connection errors; a failing or closing connection also ends the session at once through
     the guarded exchange's ``closed`` hook (:mod:`flight_md.ingest.ccxt_compat`).
 
@@ -32,7 +36,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from types import MappingProxyType
 from typing import Any, Final
 
 from flight_md.events import EventKind
@@ -85,6 +90,8 @@ class WebsocketRunner:
         background: The stream's set of futures to cancel on disconnect.
         heartbeat_interval: Seconds of silence that make a session stale.
         channel: The channel's name, for messages.
+        watch_kwargs: Keyword arguments of every ``watch`` call besides ``params`` (a book's
+            ``limit``).
 
     Attributes:
         delivering: Whether updates are stored (the websocket is the stream's active mode);
@@ -93,13 +100,14 @@ class WebsocketRunner:
     """
 
     __slots__ = ("_background", "_channel", "_exchange", "_fanout", "_health", "_methods", "_subs",
-                 "delivering", "heartbeat_interval", "session")
+                 "_watch_kwargs", "delivering", "heartbeat_interval", "session")
 
     def __init__(self, exchange: Any, methods: ChannelMethods, health: Health,
                  subscriptions: Subscriptions, fanout: Fanout,
                  background: set[asyncio.Future[Any]], heartbeat_interval: float,
-                 channel: str) -> None:
+                 channel: str, *, watch_kwargs: Mapping[str, Any] = MappingProxyType({})) -> None:
         self._exchange = exchange
+        self._watch_kwargs = dict(watch_kwargs)
         self._channel = channel
         self._methods = methods
         self._health = health
@@ -241,11 +249,14 @@ class WebsocketRunner:
         """
         call = getattr(self._exchange, method)
         params = dict(self._methods.params)  # ccxt may write into params: a fresh dict each call
+        # By keyword: watch_trades_for_symbols(symbols, since, limit, params) is not
+        # watch_tickers(symbols, params).
+        extra = self._watch_kwargs if method == self._methods.watch else {}
         if not self._methods.per_symbol:
-            await call(list(group), params)
+            await call(list(group), **extra, params=params)
             return
-        results = await asyncio.gather(*(call(symbol, dict(params)) for symbol in group),
-                                       return_exceptions=True)
+        results = await asyncio.gather(*(call(symbol, **extra, params=dict(params))
+                                         for symbol in group), return_exceptions=True)
         for result in results:
             if isinstance(result, BaseException):
                 raise result
@@ -295,6 +306,22 @@ class WebsocketRunner:
         if good and session is not None and not session.good:
             session.good = True
             self._health.recovered("websocket reconnected", websocket=True)
+
+    def frame_ok(self) -> None:
+        """A frame ccxt handled without error (book streams, whose updates no tap reports):
+        the session delivers."""
+        session = self.session
+        if session is not None and not session.good and self.delivering:
+            session.good = True
+            self._health.recovered("websocket reconnected", websocket=True)
+
+    def resync(self, symbol: str) -> None:
+        """Rebuild ``symbol``'s book from a new snapshot: end the session (ccxt asks for a
+        snapshot only when it subscribes; see :mod:`flight_md.ingest.ccxt_compat`, ``book``).
+        Called from inside ccxt's handler: it only marks the session ended."""
+        session = self.session
+        if session is not None:
+            session.fail(ConnectionError(f"resynchronising the {symbol} book"))
 
     def on_closed(self, error: Any) -> None:
         """ccxt saw the current websocket fail or close: end the session (as a watcher that

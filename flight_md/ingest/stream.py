@@ -11,8 +11,19 @@ The stream is a facade over its parts, each in its own module:
   unsubscribing, closing connections);
 - :mod:`flight_md.ingest.poller`: REST polling, ``Retry-After``, websocket probes;
 - :mod:`flight_md.ingest.fanout`: the tick path into the buffer and out to callbacks;
+- :mod:`flight_md.ingest.trades`: the trade path (every trade once, gaps, backfill);
+- :mod:`flight_md.ingest.books`: the book capture (the top N levels after every frame);
 - :mod:`flight_md.ingest.state`: connection state, last error, symbols and their groups;
 - :mod:`flight_md.ingest.policy`: every reconnect decision, pure.
+
+One stream, one channel
+    A stream carries one :class:`~flight_md.normalize.Channel` and writes into that channel's
+    buffer (``Store.buffer(channel)``): ``ticker`` and ``bidask`` store ticks, ``trades``
+    every trade ccxt parses (``watch_trades_for_symbols``; REST ``fetch_trades``), ``book``
+    the top ``book_depth`` levels after every update (``watch_order_book_for_symbols`` at the
+    venue's depth :meth:`Venue.book_limit <flight_md.venues.base.Venue.book_limit>`; websocket
+    only). Callbacks receive the channel's value objects: :class:`~flight_md.schema.MarketTick`,
+    :class:`~flight_md.normalize.Trade` or :class:`~flight_md.normalize.BookTop`.
 
 Gaps are visible
     Connect, disconnect, reconnect, stale, subscribe, unsubscribe, mode and failed events
@@ -46,6 +57,7 @@ import ccxt.pro as ccxt_pro
 from flight_md.buffer import DEFAULT_BUFFER_SIZE, MarketDataBuffer
 from flight_md.config import STREAM_DEFAULTS as _DEFAULTS
 from flight_md.control import ExchangeStatus, IngestionStatus, SymbolStatus
+from flight_md.core.channels import DEFAULT_BOOK_DEPTH
 from flight_md.errors import InvalidArgument, StartupError, Unavailable
 from flight_md.events import EventKind, EventLog
 from flight_md.ingest import ccxt_compat
@@ -64,7 +76,8 @@ from flight_md.ingest.state import (
     preview,
 )
 from flight_md.ingest.supervisor import Supervisor
-from flight_md.normalize import Channel
+from flight_md.ingest.trades import TradeFanout
+from flight_md.normalize import TICKER_LIKE, BookTop, Channel
 from flight_md.schema import now_ms
 from flight_md.venues import VENUES, venue
 
@@ -98,10 +111,14 @@ class MarketDataStream:
             (and reconnected), and a symbol is reported stale.
         reconnect_delay: First reconnect delay, seconds; doubled per failed attempt.
         max_reconnect_delay: Cap of the reconnect delay, seconds.
-        buffer: Store ticks here (shared with other streams) instead of a new buffer.
+        buffer: Store here (shared with other streams) instead of a new buffer: a buffer of
+            the stream's channel (a tick buffer for ticker and bidask).
         events: Record connection events here instead of a new log.
-        channel: ``"ticker"`` (full 24h ticker, ``watch_tickers``) or ``"bidask"``
-            (real-time best bid/ask, ``watch_bids_asks``).
+        channel: ``"ticker"`` (full 24h ticker, ``watch_tickers``), ``"bidask"``
+            (real-time best bid/ask, ``watch_bids_asks``), ``"trades"`` (every trade) or
+            ``"book"`` (the top ``book_depth`` levels after every update).
+        book_depth: Levels a side a ``book`` stream stores (the buffer's depth when one is
+            given).
         mode: ``"auto"``, ``"websocket"`` or ``"rest"``.
         poll_interval: Seconds between REST polls.
         url: Base URL (``http://host:port``) to point ccxt's REST and websocket URLs at,
@@ -140,6 +157,7 @@ class MarketDataStream:
         ccxt_options: Mapping[str, Any] | None = None,
         rest_fallback_after: int = _DEFAULTS["rest_fallback_after"],
         ws_probe_interval: float = _DEFAULTS["ws_probe_interval"],
+        book_depth: int = DEFAULT_BOOK_DEPTH,
     ) -> None:
         if not isinstance(exchange_id, str) or exchange_id not in ccxt_async.exchanges:
             raise InvalidArgument(f"unknown exchange {exchange_id!r}; expected a ccxt exchange id "
@@ -174,7 +192,8 @@ class MarketDataStream:
         self.testnet = testnet
         self.max_reconnect_attempts = max_reconnect_attempts
         self.rest_fallback_after = rest_fallback_after
-        self._buffer = buffer if buffer is not None else MarketDataBuffer(buffer_size)
+        self._buffer = self._buffer_for(buffer, buffer_size, book_depth)
+        self.book_depth = self._buffer.book_depth if self.channel is Channel.BOOK else book_depth
         self._events = events if events is not None else EventLog()
         self._redact = redactor((api_key, api_secret))
         # ccxt logs request headers (the API key among them) at DEBUG: give it a logger of
@@ -204,16 +223,28 @@ class MarketDataStream:
                               lambda: self._subs.symbols)
         self._task: asyncio.Task[None] | None = None
         self._background: set[asyncio.Future[Any]] = set()
-        self._fanout = Fanout(exchange_id, self.channel, self.venue.raw_numeric_fields,
-                              self._buffer, self._background)
+        self._fanout: Fanout
+        if self.channel is Channel.TRADES:
+            self._fanout = TradeFanout(exchange_id, self.venue, self._buffer, self._background,
+                                       self._events, self._exchange, self._subs.subscribed)
+        else:
+            self._fanout = Fanout(exchange_id, self.channel, self.venue.raw_numeric_fields,
+                                  self._buffer, self._background)
+        self._book: Any = None
         self._websocket: WebsocketRunner | None = None
         if pro:
+            watch_kwargs: dict[str, Any] = {}
+            if self.channel is Channel.BOOK:
+                watch_kwargs["limit"] = self.venue.book_limit(self.book_depth)
             self._websocket = WebsocketRunner(
                 self._exchange, methods, self._health, self._subs, self._fanout,
-                self._background, self.heartbeat_interval, self.channel.value)
+                self._background, self.heartbeat_interval, self.channel.value,
+                watch_kwargs=watch_kwargs)
             ccxt_compat.attach(self._exchange, frame_error=self._websocket.on_frame_error,
                                closed=self._websocket.on_closed,
                                orphan=self._websocket.close_later)
+            if self.channel is Channel.BOOK:
+                self._attach_book(self._websocket)
         self._poller: Poller | None = None
         if self._rest_method is not None:
             self._poller = Poller(
@@ -224,6 +255,33 @@ class MarketDataStream:
                 max_reconnect_delay=self.max_reconnect_delay)
         self._supervisor = Supervisor(self._health, self._subs, self._websocket, self._poller,
                                       active)
+
+    def _buffer_for(self, buffer: MarketDataBuffer | None, buffer_size: int,
+                    book_depth: int) -> MarketDataBuffer:
+        """The given buffer if it holds the stream's channel, else a new one of it."""
+        channel = self.channel
+        if buffer is None:
+            try:
+                return MarketDataBuffer(buffer_size, channel=channel.value, book_depth=book_depth)
+            except ValueError as error:
+                raise InvalidArgument(str(error)) from None
+        held = Channel(buffer.channel)
+        if held is not channel and not (held in TICKER_LIKE and channel in TICKER_LIKE):
+            raise InvalidArgument(f"a {channel} stream needs a {channel} buffer, got a "
+                                  f"{held} buffer (Store.buffer({channel.value!r}))")
+        return buffer
+
+    def _attach_book(self, websocket: WebsocketRunner) -> None:
+        """Install the book capture (the book helper's) into the guarded exchange's frames."""
+        from flight_md.ingest.books import BookCapture  # the book channel only
+
+        sink = _BookSink(self.exchange_id, self._buffer, self._fanout, self._subs)
+        capture = BookCapture(
+            self.venue, self._exchange, sink, self._events, self.book_depth,
+            subscribed=lambda symbol: self._subs.subscribed(symbol) is not None,
+            resync=websocket.resync)
+        self._book = capture
+        ccxt_compat.attach_book(self._exchange, _BookFrames(capture, websocket, self._fanout))
 
     # -- public properties ------------------------------------------------------------------
 
@@ -530,7 +588,10 @@ class MarketDataStream:
     # -- callbacks --------------------------------------------------------------------------
 
     def add_callback(self, callback: Callback) -> None:
-        """Call ``callback(tick)`` for every stored tick.
+        """Call ``callback(update)`` for every stored update: a
+        :class:`~flight_md.schema.MarketTick` (ticker, bidask), a
+        :class:`~flight_md.normalize.Trade` (trades) or a
+        :class:`~flight_md.normalize.BookTop` (book).
 
         A plain function runs inline; a coroutine function is awaited in order by a task
         of its own (its backlog grows if it is slower than the feed). An exception from a
@@ -562,7 +623,7 @@ class MarketDataStream:
             bad_frames={str(reason): count for reason, count in self._fanout.bad_frames.items()},
             callback_errors=self._fanout.callback_errors,
             last_error=self._health.last_error, last_error_ms=self._health.last_error_ms,
-            clock_skew=self._fanout.skew.summary(now_ms()))
+            clock_skew=self._fanout.skew.summary(now_ms()), counters=self.counters())
         symbols = tuple(
             SymbolStatus(
                 exchange=self.exchange_id, symbol=symbol, subscribed=state.subscribed,
@@ -574,8 +635,84 @@ class MarketDataStream:
             for symbol, state in self._subs.states.items())
         return IngestionStatus((exchange,), symbols)
 
+    def counters(self) -> dict[str, int]:
+        """The channel's own counts: a trades stream's
+        :data:`~flight_md.ingest.trades.TRADE_COUNTERS`, a book stream's
+        :data:`~flight_md.ingest.books.COUNTERS`; empty for ticker and bidask."""
+        if isinstance(self._fanout, TradeFanout):
+            return dict(self._fanout.counters)
+        if self._book is not None:
+            return dict(self._book.counters)
+        return {}
+
     # -- helpers ----------------------------------------------------------------------------
 
     def _describe(self, error: BaseException) -> str:
         """A one-line, secret-free description of an error."""
         return self._health.describe(error)
+
+
+class _BookSink:
+    """Where the book capture stores: the buffer, then the stream's callbacks and counts."""
+
+    __slots__ = ("_buffer", "_exchange_id", "_fanout", "_subs")
+
+    def __init__(self, exchange_id: str, buffer: MarketDataBuffer, fanout: Fanout,
+                 subscriptions: Subscriptions) -> None:
+        self._exchange_id = exchange_id
+        self._buffer = buffer
+        self._fanout = fanout
+        self._subs = subscriptions
+
+    def append_book(self, exchange: str, symbol: str, timestamp: int, bids: Any, asks: Any,
+                    nonce: int | None, receive_timestamp: int) -> None:
+        self._buffer.append_book(exchange, symbol, timestamp, bids, asks, nonce,
+                                 receive_timestamp)
+        state = self._subs.subscribed(symbol)
+        if state is not None:
+            state.received += 1
+            state.last_ms = receive_timestamp
+            state.last_mono = time.monotonic()
+        fanout = self._fanout
+        if fanout.subscribers:
+            depth = self._buffer.book_depth
+            fanout.dispatch(BookTop(
+                symbol, exchange, timestamp,
+                tuple((float(p), float(a)) for p, a, *_ in bids[:depth]),
+                tuple((float(p), float(a)) for p, a, *_ in asks[:depth]), nonce,
+                receive_timestamp))
+
+
+class _BookFrames:
+    """The book observer ccxt's frames go through (``exchange.flight_md_book``): the capture,
+    plus what every stream needs from a frame (the watchdog fed, a reconnect confirmed).
+
+    A capture that raises is logged, never raised into ccxt's handler."""
+
+    __slots__ = ("_capture", "_fanout", "_websocket")
+
+    def __init__(self, capture: Any, websocket: WebsocketRunner, fanout: Fanout) -> None:
+        self._capture = capture
+        self._websocket = websocket
+        self._fanout = fanout
+
+    def before(self, client: Any, message: Any) -> None:
+        self._fanout.last_update = time.monotonic()
+        try:
+            self._capture.before(client, message)
+        except Exception:
+            logger.exception("book capture failed before a frame")
+
+    def after(self, client: Any, message: Any, error: BaseException | None) -> None:
+        try:
+            self._capture.after(client, message, error)
+        except Exception:
+            logger.exception("book capture failed after a frame")
+        if error is None:
+            self._websocket.frame_ok()
+
+    def connection_lost(self, client: Any) -> None:
+        try:
+            self._capture.connection_lost(client)
+        except Exception:
+            logger.exception("book capture failed on a lost connection")

@@ -60,8 +60,11 @@ def venues_markdown() -> str:
         return f"`{found.watch}`" + (" (per symbol)" if found.per_symbol else "")
 
     for item in VENUES.values():
-        unsubscribes = [c for c, m in item.channels.items() if m.unwatch is not None]
-        unsub = ("yes" if len(unsubscribes) == len(item.channels) else
+        # The table's columns are the tick channels; trades and book have their own table
+        # (issue 12), so their unsubscribe support does not change this one's.
+        ticks = {c: m for c, m in item.channels.items() if c in (Channel.TICKER, Channel.BIDASK)}
+        unsubscribes = [c for c, m in ticks.items() if m.unwatch is not None]
+        unsub = ("yes" if len(unsubscribes) == len(ticks) else
                  "no (session restart)" if not unsubscribes else
                  ", ".join(str(c) for c in unsubscribes) + " only")
         lines.append(f"| {item.title} | `{item.id}` | {method(item, Channel.TICKER)} | "

@@ -15,12 +15,13 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any
+from typing import Any, Final
 from urllib.parse import urlsplit
 
 from flight_md.normalize import Channel
 
-__all__ = ["GENERIC_CHANNELS", "ChannelMethods", "Venue", "has_key", "ws_bases"]
+__all__ = ["BOOKS_CACHE", "BOOK_METHODS", "GENERIC_CHANNELS", "TRADES_CACHE", "TRADES_METHODS",
+           "ChannelMethods", "Venue", "has_key", "ws_bases"]
 
 UrlOverrides = Callable[[str, str], dict[str, Any]]
 """``(rest_base, ws_base) -> {"urls": {...}, "options": {...}}`` for a ccxt constructor."""
@@ -62,10 +63,25 @@ def has_key(name: str) -> str:
     return head + "".join(part.capitalize() for part in rest)
 
 
+TRADES_CACHE = "trades"
+"""ccxt's attribute of parsed trades: ``{symbol: ArrayCache}`` (tapped per append)."""
+BOOKS_CACHE = "orderbooks"
+"""ccxt's attribute of order books: ``{symbol: OrderBook}`` (books are captured per frame)."""
+
+TRADES_METHODS: Final = ChannelMethods(
+    "watch_trades_for_symbols", "un_watch_trades_for_symbols", TRADES_CACHE, rest=("fetch_trades",))
+"""``trades`` where ccxt subscribes many symbols in one call (every registered venue)."""
+BOOK_METHODS: Final = ChannelMethods(
+    "watch_order_book_for_symbols", "un_watch_order_book_for_symbols", BOOKS_CACHE, rest=())
+"""``book`` where ccxt subscribes many symbols in one call. No REST: a polled book would be a
+snapshot now and then, not the book after every update, so a book stream only streams."""
+
 GENERIC_CHANNELS: Mapping[Channel, ChannelMethods] = MappingProxyType({
     Channel.TICKER: ChannelMethods("watch_tickers", "un_watch_tickers", "tickers"),
     Channel.BIDASK: ChannelMethods("watch_bids_asks", "un_watch_bids_asks", "bidsasks",
                                    rest=("fetch_bids_asks", "fetch_tickers", "fetch_ticker")),
+    Channel.TRADES: TRADES_METHODS,
+    Channel.BOOK: BOOK_METHODS,
 })
 """What ingestion uses for a ccxt exchange that has no venue module."""
 
@@ -102,6 +118,18 @@ class Venue:
         alias_of: Given a ccxt market, the id of the market it streams as when the venue
             serves it as an alias of another (Coinbase's ``BTC-USDC`` streams ``BTC-USD``),
             else ``None``; such a symbol is refused at subscribe with the one to use.
+        book_depths: The order-book depths the venue's stream offers, ascending (Bybit: 1,
+            50, 200, 1000); a ``book`` stream of depth N subscribes the smallest that is at
+            least N (:meth:`book_limit`) and stores the top N. Empty: the venue streams its
+            whole book whatever is asked (Coinbase ``level2``), and no depth is passed to ccxt.
+        sequential_trade_ids: The venue numbers its trades one by one per market (Binance
+            ``t``, OKX ``tradeId``): a jump between two consecutive ids is a gap of missed
+            trades, recorded and backfilled.
+        maker_side_trades: The venue's trade side is the maker's (Coinbase), which ccxt passes
+            on unchanged: the stored side (the taker's) is the other one.
+        trade_backfill: ``(ccxt options, first missing id) -> fetch_trades params`` that fetch
+            trades from that id on (Binance ``fromId``); ``None``: a backfill asks
+            ``fetch_trades(since=...)`` from the last stored trade's time.
     """
 
     id: str
@@ -121,6 +149,18 @@ class Venue:
     quirks: tuple[str, ...] = ()
     live_hosts: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     alias_of: Callable[[Mapping[str, Any]], str | None] | None = None
+    book_depths: tuple[int, ...] = ()
+    sequential_trade_ids: bool = False
+    maker_side_trades: bool = False
+    trade_backfill: Callable[[Mapping[str, Any], int], Mapping[str, Any]] | None = None
+
+    def book_limit(self, depth: int) -> int | None:
+        """The depth a ``book`` stream storing ``depth`` levels asks ccxt for: the smallest the
+        venue offers that is at least ``depth`` (the largest if none is), ``None`` where the
+        venue streams its whole book (:attr:`book_depths` empty)."""
+        if not self.book_depths:
+            return None
+        return next((d for d in self.book_depths if d >= depth), self.book_depths[-1])
 
     def overrides(self, base_url: str) -> dict[str, Any]:
         """Constructor config that sends all public market-data traffic to ``base_url``.

@@ -2,7 +2,11 @@
 
 Channels: ``ticker`` is ``<symbol>@ticker`` (ccxt ``watch_tickers`` with
 ``watchTickers.name = ticker``: the default ``miniTicker`` has no bid and ask); ``bidask`` is
-``<symbol>@bookTicker``, which carries **no timestamp** (the receive time stands in).
+``<symbol>@bookTicker``, which carries **no timestamp** (the receive time stands in);
+``trades`` is ``<symbol>@trade`` (ccxt's default; the ccxt option
+``watchTradesForSymbols.name = "aggTrade"`` selects aggregate trades, ids ``a``, which is what
+the recording holds); ``book`` is the diff stream ``<symbol>@depth@100ms`` on a REST snapshot
+(ccxt's ``watch_order_book_for_symbols``; the depth asked is the snapshot's).
 
 URLs (``urls.api``): every REST key (``public``, ``private``, ``v1``, ``sapi*``, ``fapi*``,
 ``dapi*``, ``eapi*``, ``papi*``) keeps its path (``/api/v3``, ``/fapi/v1``, ...);
@@ -19,10 +23,11 @@ streams a connection); ccxt paces control messages to 4 a second, under Binance'
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from flight_md.normalize import Channel
-from flight_md.venues.base import ChannelMethods, Venue
+from flight_md.venues.base import BOOK_METHODS, TRADES_METHODS, ChannelMethods, Venue
 
 _REST = {
     "public": "/api/v3", "private": "/api/v3", "v1": "/api/v1",
@@ -50,6 +55,16 @@ def _overrides(rest: str, ws: str) -> dict[str, Any]:
     return {"urls": {"api": api}, "options": {"fetchMarkets": {"types": ["spot"]}}}
 
 
+def _trade_backfill(options: Mapping[str, Any], first_id: int) -> dict[str, Any]:
+    # ccxt's fetch_trades reads aggTrades (ids a) by default; a trade stream's ids (t) are
+    # those of historicalTrades. Both take fromId, the first id wanted.
+    watch = options.get("watchTradesForSymbols")
+    name = watch.get("name") if isinstance(watch, Mapping) else None
+    if name == "aggTrade":
+        return {"fromId": first_id}
+    return {"fetchTradesMethod": "publicGetHistoricalTrades", "fromId": first_id}
+
+
 VENUE = Venue(
     id="binance",
     title="Binance spot",
@@ -57,8 +72,15 @@ VENUE = Venue(
         Channel.TICKER: ChannelMethods("watch_tickers", "un_watch_tickers", "tickers"),
         Channel.BIDASK: ChannelMethods("watch_bids_asks", "un_watch_bids_asks", "bidsasks",
                                        rest=("fetch_bids_asks", "fetch_tickers", "fetch_ticker")),
+        Channel.TRADES: TRADES_METHODS,
+        Channel.BOOK: BOOK_METHODS,
     },
     symbols_per_message=100,
+    # The diff stream (<symbol>@depth@100ms) maintains the whole book; the depth is that of
+    # the REST snapshot ccxt fetches to start it (GET /api/v3/depth limits).
+    book_depths=(5, 10, 20, 50, 100, 500, 1000, 5000),
+    sequential_trade_ids=True,  # trade: t; aggTrade: a (both count up by one per market)
+    trade_backfill=_trade_backfill,
     streams_per_connection=1024,
     control_per_second=5,
     connection_per_group=True,

@@ -19,7 +19,7 @@ from __future__ import annotations
 from typing import Any
 
 from flight_md.normalize import Channel
-from flight_md.venues.base import ChannelMethods, Venue
+from flight_md.venues.base import BOOK_METHODS, TRADES_METHODS, ChannelMethods, Venue
 
 _REST_KEYS = ("spot", "futures", "v2", "public", "private")
 _CATEGORIES = ("spot", "linear", "inverse", "option")
@@ -46,8 +46,11 @@ VENUE = Venue(
         Channel.TICKER: ChannelMethods("watch_tickers", "un_watch_tickers", "tickers"),
         Channel.BIDASK: ChannelMethods("watch_bids_asks", None, "bidsasks",
                                        rest=("fetch_bids_asks", "fetch_tickers", "fetch_ticker")),
+        Channel.TRADES: TRADES_METHODS,  # publicTrade.<symbol>: ids are UUIDs, not sequential
+        Channel.BOOK: BOOK_METHODS,  # orderbook.<depth>.<symbol>
     },
     symbols_per_message=10,
+    book_depths=(1, 50, 200, 1000),
     url_overrides=_overrides,
     # tickers.<symbol> websocket data and /v5/market/tickers rows.
     raw_numeric_fields=frozenset({

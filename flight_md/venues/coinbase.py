@@ -46,10 +46,14 @@ from collections.abc import Mapping
 from typing import Any
 
 from flight_md.normalize import Channel
-from flight_md.venues.base import ChannelMethods, Venue
+from flight_md.venues.base import BOOKS_CACHE, TRADES_CACHE, ChannelMethods, Venue
 
 # Both channels are the per-symbol ticker: see the module docstring.
 _TICKER = ChannelMethods("watch_ticker", None, "tickers", per_symbol=True, rest=("fetch_ticker",))
+# ccxt's un_watch_trades / un_watch_order_book wait for a subscriptions answer listing nothing
+# left on the connection, like un_watch_ticker (see the module docstring): no unwatch.
+_TRADES = ChannelMethods("watch_trades_for_symbols", None, TRADES_CACHE, rest=("fetch_trades",))
+_BOOK = ChannelMethods("watch_order_book_for_symbols", None, BOOKS_CACHE, rest=())
 
 
 def _overrides(rest: str, ws: str) -> dict[str, Any]:
@@ -66,7 +70,11 @@ def _alias_of(market: Mapping[str, Any]) -> str | None:
 VENUE = Venue(
     id="coinbase",
     title="Coinbase Advanced Trade (spot)",
-    channels={Channel.TICKER: _TICKER, Channel.BIDASK: _TICKER},
+    channels={Channel.TICKER: _TICKER, Channel.BIDASK: _TICKER, Channel.TRADES: _TRADES,
+              Channel.BOOK: _BOOK},
+    sequential_trade_ids=True,  # market_trades trade_id counts up by one per product
+    # market_trades' side is the maker's (a taker buy at the ask is SELL), as ccxt passes it on.
+    maker_side_trades=True,
     symbols_per_message=1,
     control_per_second=8,
     # 5 tokens of ccxt's 34 ms bucket per websocket message: under Coinbase's 8 a second.

@@ -35,7 +35,7 @@ from __future__ import annotations
 from typing import Any
 
 from flight_md.normalize import Channel
-from flight_md.venues.base import ChannelMethods, Venue
+from flight_md.venues.base import BOOKS_CACHE, TRADES_CACHE, ChannelMethods, Venue
 
 _WS = {
     "publicV2": "/v2", "public": "/", "private": "/auth", "privateV2": "/auth/v2",
@@ -59,8 +59,13 @@ VENUE = Venue(
         Channel.TICKER: ChannelMethods("watch_tickers", None, "tickers", rest=_REST),
         # ccxt's handle_ticker serves both: a bbo-triggered ticker lands in `tickers` too.
         Channel.BIDASK: ChannelMethods("watch_bids_asks", None, "tickers", rest=_REST),
+        # ccxt has no un_watch_trades / un_watch_order_book for Kraken.
+        Channel.TRADES: ChannelMethods("watch_trades_for_symbols", None, TRADES_CACHE,
+                                       rest=("fetch_trades",)),
+        Channel.BOOK: ChannelMethods("watch_order_book_for_symbols", None, BOOKS_CACHE, rest=()),
     },
     symbols_per_message=100,
+    book_depths=(10, 25, 100, 500, 1000),
     url_overrides=_overrides,
     # v2 ticker data (numbers on the wire) and the REST ticker's "o" (a string; its other
     # fields are arrays, which ccxt parses itself).

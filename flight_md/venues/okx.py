@@ -34,7 +34,7 @@ from __future__ import annotations
 from typing import Any
 
 from flight_md.normalize import Channel
-from flight_md.venues.base import ChannelMethods, Venue
+from flight_md.venues.base import BOOK_METHODS, TRADES_METHODS, ChannelMethods, Venue
 
 
 def _overrides(rest: str, ws: str) -> dict[str, Any]:
@@ -48,8 +48,14 @@ VENUE = Venue(
         Channel.TICKER: ChannelMethods("watch_tickers", "un_watch_tickers", "tickers"),
         Channel.BIDASK: ChannelMethods("watch_bids_asks", None, "bidsasks",
                                        rest=("fetch_tickers", "fetch_ticker")),
+        Channel.TRADES: TRADES_METHODS,  # trades: tradeId counts up by one per instrument
+        Channel.BOOK: BOOK_METHODS,
     },
     symbols_per_message=100,
+    # ccxt's depth for a limit: 1 bbo-tbt, 2..5 books5, 400 books (its default). books50-l2-tbt
+    # and books-l2-tbt need a VIP login, so they are not offered.
+    book_depths=(1, 5, 400),
+    sequential_trade_ids=True,
     url_overrides=_overrides,
     # tickers websocket data and /api/v5/market/ticker(s) rows (the same fields);
     # bbo-tbt carries its prices in lists, which ccxt parses itself.

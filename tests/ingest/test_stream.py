@@ -141,8 +141,8 @@ async def test_shared_buffer_and_event_log(make_emulator, make_stream):
 def test_constructor_validates_arguments():
     with pytest.raises(InvalidArgument, match="unknown exchange 'nope'"):
         MarketDataStream("nope")
-    with pytest.raises(InvalidArgument, match="unknown channel 'trades'"):
-        MarketDataStream("binance", channel="trades")
+    with pytest.raises(InvalidArgument, match="unknown channel 'candles'"):
+        MarketDataStream("binance", channel="candles")
     with pytest.raises(InvalidArgument, match="unknown mode 'udp'"):
         MarketDataStream("binance", mode="udp")
     with pytest.raises(InvalidArgument, match="heartbeat_interval"):

@@ -42,7 +42,7 @@ from flight_md.app import MarketDataApp
 from flight_md.config import ServerConfig, StreamConfig
 from flight_md.emulator import EmulatorThread, Fault, Market
 from flight_md.emulator.synthetic import PriceWalk
-from flight_md.normalize import Channel
+from flight_md.normalize import TICKER_LIKE, Channel
 from flight_md.venues import VENUES, Venue, emulated
 from tests.support import MS, until
 
@@ -85,8 +85,10 @@ class Case:
 
 
 def cases() -> list[Case]:
-    """Every (emulated venue, channel) pair, in registration order."""
-    return [Case(venue_id, channel) for venue_id in emulated() for channel in VENUES[venue_id].channels]
+    """Every (emulated venue, tick channel) pair, in registration order (trades and books have
+    suites of their own: tests/ingest/test_trades*.py, tests/ingest/test_book*.py)."""
+    return [Case(venue_id, channel) for venue_id in emulated() for channel in VENUES[venue_id].channels
+            if channel in TICKER_LIKE]
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
