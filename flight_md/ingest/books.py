@@ -4,10 +4,7 @@ A book stream (``MarketDataStream(..., channel="book")``) installs one :class:`B
 into ccxt's frame handling: :meth:`BookCapture.before` sees every parsed frame of every
 websocket of the exchange before ccxt handles it, :meth:`BookCapture.after` sees it again once
 ccxt has (with the exception ccxt raised, if any), and :meth:`BookCapture.connection_lost`
-is told when a websocket goes. The stream's ``watch_order_book`` loop also calls
-:meth:`BookCapture.watched` each time a watch returns: where the snapshot is REST (Binance),
-ccxt rebuilds the book in a task of its own, and that book is stored then, not with the next
-frame (after a burst, no next frame may come). All run on the stream's loop, never
+is told when a websocket goes. All three run on the stream's loop, in frame order, never
 concurrently (ccxt handles a frame synchronously between ``before`` and ``after``).
 
 What is stored, and when
@@ -41,15 +38,19 @@ Symbols
 
 ccxt internals relied on (besides ``orderbooks``, ``markets_by_id`` and ``safe_symbol``)
     Venues whose snapshot is REST (Binance): ccxt applies it, then the deltas it buffered,
-    in a task of its own, not in a frame; the capture notices it before the next frame of
-    the book: ccxt's book has a ``nonce`` again, and the book's delta buffer (``book.cache``,
-    a list ccxt replaces at every subscription and snapshot) is not the one the book had when
-    it last failed. The book's ``nonce`` is then the last update id ccxt applied, which is
-    the snapshot the verifier chains the next delta to.
+    in a task of its own, not in a frame. While a book waits for it, the capture looks every
+    :data:`SNAPSHOT_POLL_S` (a timer on the stream's loop, only then) and before every frame:
+    the snapshot is in once ccxt's book has a ``nonce`` again and the book's delta buffer
+    (``book.cache``, a list ccxt replaces at every subscription and snapshot) is not the one
+    the book had when it last failed. The book's ``nonce`` is then the last update id ccxt
+    applied, the snapshot the verifier chains the next delta to, and that book is stored at
+    once (its ``timestamp``: the last buffered delta's ``E``, else the time it was noticed),
+    so a book whose deltas all came before its snapshot is stored too.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -72,6 +73,8 @@ COUNTERS: Final = ("stored", "resyncs", "refused", "crossed", "gap", "checksum",
 snapshot; ``ccxt_errors`` book frames ccxt raised on; ``unsubscribed`` books not stored because
 no longer subscribed; ``no_book`` verified frames after which ccxt had no book to store."""
 
+SNAPSHOT_POLL_S: Final = 0.05
+"""How often a book waiting for its REST snapshot is looked at (besides before every frame)."""
 _SEVERITY: Final = {Status.OK: 0, Status.UNCHECKED: 1, Status.AWAITING: 2, Status.RESYNC: 3}
 _ERROR_TEXT: Final = 160
 
@@ -168,6 +171,7 @@ class BookCapture:
         # a REST-snapshot book is in sync again only once ccxt rebuilt it (see the module docstring).
         self._retired: dict[str, tuple[Any, Any]] = {}
         self._counts = dict.fromkeys(COUNTERS, 0)
+        self._poll: asyncio.TimerHandle | None = None
         self._precision = _Precisions(self._symbol_any, lambda: getattr(exchange, "markets", None) or {})
 
     @property
@@ -215,22 +219,8 @@ class BookCapture:
                 self._counts["refused"] += 1
             else:
                 self._store(client, conn, market_id, verdict)
-
-    def watched(self, symbol: str) -> None:
-        """The stream's ``watch_order_book`` returned ``symbol``'s book: store a book ccxt rebuilt
-        from a REST snapshot outside any frame (Binance), which the next frame would store too late
-        or, when none comes, never. Nothing happens for venues whose snapshots are frames."""
-        self._received = _now_ms()
-        for client, conn in list(self._connections.values()):
-            verifier = conn.verifier
-            if not verifier.rest_snapshot:
-                continue
-            for market_id in sorted(verifier.pending_snapshots()):
-                if self._symbol(client, conn, market_id) != symbol:
-                    continue
-                verdict = self._rest_snapshot(client, conn, market_id)
-                if verdict is not None and verdict.storable:
-                    self._store(client, conn, market_id, verdict)
+        if verifier.rest_snapshot and self._poll is None and verifier.pending_snapshots():
+            self._arm_poll()
 
     def connection_lost(self, client: Any) -> None:
         """Forget a websocket's verifier: its books start again from their next snapshots."""
@@ -257,6 +247,30 @@ class BookCapture:
         conn = _Connection(verifier)
         self._connections[id(client)] = (client, conn)
         return conn
+
+    def _arm_poll(self) -> None:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return  # not on a loop (a test feeding frames by hand): the next frame looks
+        self._poll = loop.call_later(SNAPSHOT_POLL_S, self._poll_snapshots)
+
+    def _poll_snapshots(self) -> None:
+        """Store the books ccxt rebuilt from their REST snapshots since the last look."""
+        self._poll = None
+        self._received = _now_ms()
+        waiting = False
+        for client, conn in list(self._connections.values()):
+            if not conn.verifier.rest_snapshot:
+                continue
+            for market_id in sorted(conn.verifier.pending_snapshots()):
+                verdict = self._rest_snapshot(client, conn, market_id)
+                if verdict is None:
+                    waiting = True
+                elif verdict.storable:
+                    self._store(client, conn, market_id, verdict)
+        if waiting:
+            self._arm_poll()
 
     def _rest_snapshots(self, client: Any, conn: _Connection, pending: set[str]) -> None:
         """Report the REST snapshots ccxt applied since the last frame to the verifier."""

@@ -28,14 +28,12 @@ CASES = [*((venue, Fault.BOOK_GAP, detail) for venue, detail in sorted(LOST.item
 
 
 async def watch(r: Rig, symbol: str) -> None:
-    """The stream's book loop: watch, tell the capture, and after a failed session watch again."""
+    """The stream's book loop: watch, and after a failed watch (ccxt's own sequence error) watch again."""
     while True:
         try:
             await r.exchange.watch_order_book(symbol, 10 if r.exchange.id == "kraken" else None)
         except Exception:  # noqa: BLE001 - a closed session or ccxt's own sequence error: resubscribe
             await asyncio.sleep(0.01)
-            continue
-        r.capture.watched(symbol)
 
 
 @pytest.mark.asyncio
