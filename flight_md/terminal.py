@@ -527,14 +527,21 @@ def status_lines(status: dict[str, Any], location: str) -> list[str]:
     if not symbols:
         lines.append("no symbols buffered")
         return lines
-    rows = [[s["exchange"], s["symbol"], "yes" if s.get("subscribed") else "no",
+    # A CHANNEL column once anything beside ticker-like ticks is streamed (trades, books).
+    channels = any(s.get("channel") not in (None, Channel.TICKER, Channel.BIDASK)
+                   for s in symbols)
+    rows = [[s["exchange"], s["symbol"], *([str(s.get("channel") or "-")] if channels else []),
+             "yes" if s.get("subscribed") else "no",
              str(s.get("ticks_stored", 0)), str(s.get("ticks_received", 0)),
              str(s.get("ticks_dropped", 0)), format_age(s.get("age_ms")),
              "STALE" if s.get("stale") else "ok", format_time(s.get("last_timestamp"))]
             for s in symbols]
-    lines += grid(["EXCHANGE", "SYMBOL", "SUBSCRIBED", "STORED", "RECEIVED", "DROPPED", "AGE",
-                   "FRESHNESS", "NEWEST TICK (EXCHANGE TIME)"], rows,
-                  [False, False, False, True, True, True, True, False, False])[0]
+    headers = ["EXCHANGE", "SYMBOL", *(["CHANNEL"] if channels else []), "SUBSCRIBED",
+               "STORED", "RECEIVED", "DROPPED", "AGE", "FRESHNESS",
+               "NEWEST " + ("ROW" if channels else "TICK") + " (EXCHANGE TIME)"]
+    right = [False, False, *([False] if channels else []), False, True, True, True, True,
+             False, False]
+    lines += grid(headers, rows, right)[0]
     return lines
 
 
@@ -575,11 +582,11 @@ class TopModel:
 
     def update(self, status: dict[str, Any], snapshot: pa.Table, now: float) -> None:
         """Take a new status and snapshot; ticks/s and trades/s come from counter deltas."""
-        for sym in status.get("symbols", []):
+        for sym in _tick_symbols(status):
             key = (sym["exchange"], sym["symbol"])
             count = int(sym.get("ticks_appended", sym.get("ticks_received", 0)) or 0)
             _rate(self.previous, self.rates, key, count, now)
-        for buffer in _trade_buffers(status):
+        for buffer in _trade_entries(status):
             key = (buffer["exchange"], buffer["symbol"])
             self.traded.add(key)
             _rate(self.trade_previous, self.trade_rates, key, _appended(buffer), now)
@@ -594,7 +601,7 @@ class TopModel:
         """The frame: a header, exchange states, and one row per stream."""
         status = self.status
         server = status.get("server", {})
-        symbols = list(status.get("symbols", []))
+        symbols = _tick_symbols(status)
         exchanges = status.get("exchanges", {})
         total = sum(self.rates.get((s["exchange"], s["symbol"]), 0.0) for s in symbols)
         listed = {(s["exchange"], s["symbol"]) for s in symbols}
@@ -661,23 +668,39 @@ def _rate(previous: dict[tuple[str, str], tuple[int, float]],
     previous[key] = (count, now)
 
 
-_APPENDED_KEYS: Final = ("appended", "rows_appended", "trades_appended", "received",
-                         "trades_received", "stored", "trades_stored")
-"""Where a status buffer entry may hold its cumulative row count, most exact first (a
-``stored`` count stops growing at the ring's capacity: the last resort)."""
+_APPENDED_KEYS: Final = ("ticks_appended", "appended", "rows_appended", "trades_appended",
+                         "ticks_received", "received", "trades_received", "ticks_stored",
+                         "stored", "trades_stored")
+"""Where a status entry may hold its cumulative row count, most exact first (a ``stored``
+count stops growing at the ring's capacity: the last resort)."""
 
 
-def _trade_buffers(status: dict[str, Any]) -> list[dict[str, Any]]:
-    """The ``status()["buffers"]`` entries of the trades channel; none from a server whose
-    status has no per-channel buffers (it streams no trades)."""
-    buffers = status.get("buffers")
-    if isinstance(buffers, dict):  # keyed by channel, or by anything else
-        buffers = [b for value in buffers.values()
-                   for b in (value if isinstance(value, list) else [value])]
-    if not isinstance(buffers, list):
+def _entries(status: dict[str, Any], key: str) -> list[dict[str, Any]]:
+    """The well-formed (exchange, symbol) entries of ``status[key]``: a list, or a dict of
+    lists or entries; nothing where the key is missing or holds anything else."""
+    found = status.get(key)
+    if isinstance(found, dict):
+        found = [e for value in found.values()
+                 for e in (value if isinstance(value, list) else [value])]
+    if not isinstance(found, list):
         return []
-    return [b for b in buffers if isinstance(b, dict) and b.get("channel") == Channel.TRADES
-            and isinstance(b.get("exchange"), str) and isinstance(b.get("symbol"), str)]
+    return [e for e in found if isinstance(e, dict) and isinstance(e.get("exchange"), str)
+            and isinstance(e.get("symbol"), str)]
+
+
+def _tick_symbols(status: dict[str, Any]) -> list[dict[str, Any]]:
+    """The ``symbols`` entries of ticker-like streams: those with a ticker or bidask
+    ``channel``, or none (a server from before channels)."""
+    return [e for e in _entries(status, "symbols")
+            if e.get("channel") in (None, Channel.TICKER, Channel.BIDASK)]
+
+
+def _trade_entries(status: dict[str, Any]) -> list[dict[str, Any]]:
+    """The status entries of the trades channel: ``symbols`` entries with ``channel``
+    trades (and ``buffers`` entries, the other shape a server may give); none from a server
+    that streams no trades."""
+    return [e for e in _entries(status, "symbols") + _entries(status, "buffers")
+            if e.get("channel") == Channel.TRADES]
 
 
 def _appended(buffer: dict[str, Any]) -> int:

@@ -10,7 +10,9 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,6 +25,7 @@ from client_support import channel_market, refused_port
 
 from flight_md import terminal
 from flight_md.core.channels import BOOK_SCHEMA
+from flight_md.schema import now_ms
 from flight_md.service import FlightMarketDataServer
 from flight_md.terminal import (
     TopModel,
@@ -168,24 +171,32 @@ def test_tail_lines_of_trades_books_and_bars() -> None:
 # -- top: trades/s ------------------------------------------------------------------------------
 
 
-def _status(ticks: int, trades: dict[str, int], **extra: Any) -> dict[str, Any]:
-    return {"server": {"uptime_s": 5}, "exchanges": {},
-            "symbols": [{"exchange": "e", "symbol": "A/B", "ticks_appended": ticks,
-                         "ticks_stored": ticks, "ticks_dropped": 0, "age_ms": 100}],
-            "buffers": [{"exchange": "e", "symbol": s, "channel": "trades", "appended": n,
-                         "stored": n} for s, n in trades.items()]
-            + [{"exchange": "e", "symbol": "A/B", "channel": "book", "appended": 999}],
-            **extra}
+def _status(ticks: int, trades: dict[str, int], shape: str = "symbols") -> dict[str, Any]:
+    """A status as the server gives it: one ``symbols`` entry per (exchange, symbol,
+    channel); ``shape="buffers"`` puts the trades and book entries under ``buffers``."""
+    tick = {"exchange": "e", "symbol": "A/B", "channel": "ticker", "ticks_appended": ticks,
+            "ticks_stored": ticks, "ticks_dropped": 0, "age_ms": 100}
+    others = [{"exchange": "e", "symbol": sym, "channel": "trades", "ticks_appended": n,
+               "ticks_stored": n, "ticks_dropped": 0, "age_ms": 50} for sym, n in trades.items()]
+    others.append({"exchange": "e", "symbol": "A/B", "channel": "book", "ticks_appended": 999,
+                   "ticks_stored": 999})
+    status: dict[str, Any] = {"server": {"uptime_s": 5}, "exchanges": {}, "symbols": [tick]}
+    if shape == "symbols":
+        status["symbols"] += others
+    else:
+        status["buffers"] = [{**e, "appended": e.pop("ticks_appended")} for e in others]
+    return status
 
 
 SNAPSHOT = pa.table({"symbol": ["A/B"], "exchange": ["e"], "price": [1.5], "bid": [1.0],
                      "ask": [2.0]})
 
 
-def test_top_shows_trades_per_second_where_trades_are_streamed() -> None:
+@pytest.mark.parametrize("shape", ["symbols", "buffers"])
+def test_top_shows_trades_per_second_where_trades_are_streamed(shape: str) -> None:
     model = TopModel("grpc://x:1")
-    model.update(_status(10, {"A/B": 100, "C/D": 0}), SNAPSHOT, now=10.0)
-    model.update(_status(30, {"A/B": 1100, "C/D": 50}), SNAPSHOT, now=12.0)
+    model.update(_status(10, {"A/B": 100, "C/D": 0}, shape), SNAPSHOT, now=10.0)
+    model.update(_status(30, {"A/B": 1100, "C/D": 50}, shape), SNAPSHOT, now=12.0)
     lines = model.lines(width=200, height=None, color=False)
     assert "10.0 ticks/s  525.0 trades/s" in lines[0]
     header = lines[lines.index("") + 1].split()
@@ -198,10 +209,11 @@ def test_top_shows_trades_per_second_where_trades_are_streamed() -> None:
 
 def test_top_without_trades_has_no_trades_column() -> None:
     model = TopModel("grpc://x:1")
+    # An older server: no channel in its entries at all.
     status = _status(10, {})
+    status["symbols"] = [{k: v for k, v in status["symbols"][0].items() if k != "channel"}]
     model.update(status, SNAPSHOT, now=10.0)
-    del status["buffers"]  # an older server: no per-channel buffers at all
-    model.update(status, SNAPSHOT, now=11.0)
+    model.update(_status(20, {}), SNAPSHOT, now=11.0)
     lines = model.lines(width=200, height=None, color=False)
     assert "trades/s" not in lines[0] and "TRADES/S" not in "\n".join(lines)
 
@@ -215,7 +227,8 @@ def test_top_degrades_gracefully_on_unexpected_buffer_entries(buffers: Any) -> N
     model = TopModel("grpc://x:1")
     for now in (1.0, 2.0):
         model.update({**_status(1, {}), "buffers": buffers}, SNAPSHOT, now=now)
-    assert model.lines(width=200, height=None, color=False)
+    lines = model.lines(width=200, height=None, color=False)
+    assert lines[-1].split()[:4] == ["e", "A/B", "idle", "0.0"]
 
 
 # -- against a real server with trades and books ------------------------------------------------
@@ -294,3 +307,40 @@ def test_tail_trades_prints_one_line_per_new_trade(capsys: pytest.CaptureFixture
     code, out, _ = run(capsys, "tail", "BTC/USDT", "--channel", "trades", "--backlog", "1",
                        "--count", "1", "--json", *loc)
     assert code == 0 and json.loads(out) == trades[-1]
+
+
+def test_status_and_top_show_the_trades_channel(capsys: pytest.CaptureFixture[str],
+                                                channel_server: FlightMarketDataServer,
+                                                loc: list[str]) -> None:
+    trades = channel_server.test_store.buffer("trades")  # type: ignore[attr-defined]
+    code, out, _ = run(capsys, "status", *loc)
+    assert code == 0
+    assert re.search(r"^EXCHANGE\s+SYMBOL\s+CHANNEL\s+SUBSCRIBED\s+STORED", out, re.MULTILINE)
+    assert re.search(rf"^binance\s+BTC/USDT\s+trades\s+no\s+{len(_stored_trades(channel_server))}"
+                     r"\s", out, re.MULTILINE), out
+    assert re.search(r"^binance\s+BTC/USDT\s+book\s+no\s+50\s", out, re.MULTILINE), out
+    stop = threading.Event()
+
+    def feed() -> None:  # a steady trickle of trades while top samples the counters
+        i = 0
+        while not stop.wait(0.005):
+            ts = now_ms()
+            trades.append_trade("binance", "BTC/USDT", ts, f"t{i}", 100.0, 1.0, "buy", ts)
+            i += 1
+
+    feeder = threading.Thread(target=feed, daemon=True)
+    feeder.start()
+    try:
+        code, out, _ = run(capsys, "top", "--iterations", "2", "--interval", "0.3", *loc)
+    finally:
+        stop.set()
+        feeder.join()
+    assert code == 0
+    last = out.rsplit("flight-md top", 1)[1]  # the second frame
+    assert re.search(r"\d+\.\d ticks/s  \d+\.\d trades/s", last), last
+    header = next(line for line in last.splitlines() if line.startswith("EXCHANGE"))
+    assert header.split()[:5] == ["EXCHANGE", "SYMBOL", "STATE", "TICKS/S", "TRADES/S"]
+    rows = {tuple(line.split()[:2]): line.split() for line in last.splitlines()
+            if line.startswith(("binance", "bybit"))}
+    assert float(rows[("binance", "BTC/USDT")][4]) > 0  # trades arrived between the frames
+    assert rows[("binance", "ETH/USDT")][4] == "-"  # no trades channel for it
