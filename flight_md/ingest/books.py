@@ -66,9 +66,10 @@ __all__ = ["COUNTERS", "BookCapture", "BookSink"]
 
 logger = logging.getLogger(__name__)
 
-COUNTERS: Final = ("stored", "resyncs", "refused", "crossed", "gap", "checksum", "malformed", "ccxt_errors",
-                   "unsubscribed", "no_book")
-"""The names of :attr:`BookCapture.counters`: books stored; resyncs (all), and by reason
+COUNTERS: Final = ("stored", "unchecked", "resyncs", "refused", "crossed", "gap", "checksum", "malformed",
+                   "ccxt_errors", "unsubscribed", "no_book")
+"""The names of :attr:`BookCapture.counters`: books stored, and of those ``unchecked`` ones (a
+Kraken pair whose precision ccxt's markets lack: its checksum cannot be computed); resyncs (all), and by reason
 (``crossed``, ``gap``, ``checksum``, ``malformed``); ``refused`` updates of a book awaiting its
 snapshot; ``ccxt_errors`` book frames ccxt raised on; ``unsubscribed`` books not stored because
 no longer subscribed; ``no_book`` verified frames after which ccxt had no book to store."""
@@ -328,6 +329,8 @@ class BookCapture:
             self._fail(client, conn, conn.verifier.invalidate(market_id, f"unstorable book: {error}"))
             return
         self._counts["stored"] += 1
+        if verdict.status is Status.UNCHECKED:
+            self._counts["unchecked"] += 1
 
     def _fail(self, client: Any, conn: _Connection, verdict: Verdict) -> None:
         if verdict.status is not Status.RESYNC:

@@ -10,6 +10,7 @@ and json, never through the emulator's code.
 from __future__ import annotations
 
 import asyncio
+import copy
 import gzip
 import json
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -317,6 +318,7 @@ async def test_a_replay_stores_every_update_and_ends_with_the_recorded_book_neve
             assert all(t > 0 for t in rows.column("timestamp").to_pylist())
         assert r.book_resyncs() == [] and r.resyncs == []
         assert r.capture.counters["stored"] == sum(r.rows(s).num_rows for s in symbols)
+        assert r.capture.counters["unchecked"] == 0  # Kraken's checksums verified with ccxt's precisions
         assert set(r.capture.counters) == set(COUNTERS)
 
 
@@ -348,3 +350,91 @@ def test_a_bad_depth_is_refused() -> None:
     with pytest.raises(ValueError, match="book depth must be a positive integer, got 0"):
         BookCapture(venue("okx"), object(), MarketDataBuffer(10, channel="book"), EventLog(), 0,
                     subscribed=lambda _: True, resync=lambda _: None)
+
+
+# -- frames fed to ccxt by hand: a crossed book, a frame ccxt raised on, a lost connection ------------
+
+
+def bybit_linear_frames() -> list[dict[str, Any]]:
+    """The recorded linear BTCUSDT book frames (snapshot first), as the venue sent them."""
+    category: dict[str, str] = {}
+    frames = []
+    for record in records("bybit"):
+        if record["t"] == "connect":
+            category[record["conn"]] = record["addr"].rsplit("/", 1)[-1]
+        elif (record["t"] == "recv" and '"orderbook.200.BTCUSDT"' in record["data"]
+              and category[record["conn"]] == "linear"):
+            frames.append(json.loads(record["data"]))
+    assert frames[0]["type"] == "snapshot" and len(frames) > 10
+    return frames
+
+
+@asynccontextmanager
+async def hand_fed() -> AsyncIterator[tuple[Rig, Callable[[str], Any]]]:
+    """A rig over Bybit's replay markets whose frames the test hands to ccxt itself (``feed(url)`` -> client)."""
+    async with rig("bybit", replay=recording_path("bybit"), speed=0) as r:
+        def client(url: str) -> Any:
+            return r.exchange.client(url)  # a ccxt websocket client, never connected: frames come from the test
+        yield r, client
+
+
+@pytest.mark.asyncio
+async def test_a_crossed_book_is_resynced_and_not_stored_until_its_next_snapshot() -> None:
+    frames = bybit_linear_frames()
+    symbol = "BTC/USDT:USDT"
+    async with hand_fed() as (r, make_client):
+        client = make_client("wss://emulator.invalid/v5/public/linear")
+        for frame in frames[:4]:
+            r.exchange.handle_message(client, frame)
+        assert r.rows(symbol).num_rows == 4
+        best_ask = r.exchange.orderbooks[symbol]["asks"][0][0]
+        crossing = copy.deepcopy(frames[4])
+        crossing["data"]["b"] = [[repr(best_ask), "1"]]  # a bid at the best ask, in sequence: only the book shows it
+        crossing["data"]["a"] = []
+        r.exchange.handle_message(client, crossing)
+        (event,) = r.book_resyncs()
+        assert event.symbols == (symbol,)
+        assert event.detail == f"crossed book: best bid {best_ask} >= best ask {best_ask}"
+        assert r.resyncs == [symbol] and r.rows(symbol).num_rows == 4
+        r.exchange.handle_message(client, frames[5])  # in sequence, but the book is not the venue's: refused
+        assert r.rows(symbol).num_rows == 4 and r.capture.counters["refused"] == 1
+        r.exchange.handle_message(client, frames[0])  # a new snapshot brings it back
+        r.exchange.handle_message(client, {**frames[1], "data": {**frames[1]["data"], "u": frames[0]["data"]["u"] + 1}})
+        assert r.rows(symbol).num_rows == 6 and len(r.book_resyncs()) == 1
+        assert r.capture.counters["crossed"] == 1
+        never_crossed(r.rows(symbol))
+
+
+@pytest.mark.asyncio
+async def test_a_frame_ccxt_raised_on_resyncs_its_book() -> None:
+    frames = bybit_linear_frames()
+    symbol = "BTC/USDT:USDT"
+    async with hand_fed() as (r, make_client):
+        client = make_client("wss://emulator.invalid/v5/public/linear")
+        for frame in frames[:2]:
+            r.exchange.handle_message(client, frame)
+        # The stream's guarded handle_message reports what ccxt raised on a frame: after(..., error).
+        r.capture.before(client, frames[2])
+        r.capture.after(client, frames[2], TypeError("'NoneType' object is not subscriptable"))
+        (event,) = r.book_resyncs()
+        assert event.detail == "ccxt could not apply the frame: TypeError: 'NoneType' object is not subscriptable"
+        assert r.rows(symbol).num_rows == 2 and r.resyncs == [symbol]
+        assert (r.capture.counters["ccxt_errors"], r.capture.counters["malformed"]) == (1, 1)
+
+
+@pytest.mark.asyncio
+async def test_a_lost_connection_s_books_wait_for_the_next_connection_s_snapshots() -> None:
+    frames = bybit_linear_frames()
+    symbol = "BTC/USDT:USDT"
+    async with hand_fed() as (r, make_client):
+        first = make_client("wss://emulator.invalid/v5/public/linear")
+        for frame in frames[:3]:
+            r.exchange.handle_message(first, frame)
+        r.capture.connection_lost(first)
+        r.exchange.clients.pop(first.url)
+        second = make_client("wss://emulator.invalid/v5/public/linear")
+        assert second is not first
+        r.exchange.handle_message(second, frames[3])  # the next delta, on a connection without a snapshot
+        assert r.rows(symbol).num_rows == 3 and r.capture.counters["refused"] == 1
+        r.exchange.handle_message(second, frames[0])
+        assert r.rows(symbol).num_rows == 4 and r.book_resyncs() == []
