@@ -56,13 +56,14 @@ def _overrides(rest: str, ws: str) -> dict[str, Any]:
 
 
 def _trade_backfill(options: Mapping[str, Any], first_id: int) -> dict[str, Any]:
-    # ccxt's fetch_trades reads aggTrades (ids a) by default; a trade stream's ids (t) are
-    # those of historicalTrades. Both take fromId, the first id wanted.
+    # ccxt's fetch_trades reads aggTrades (ids a, from any fromId) by default. A trade
+    # stream's ids (t) are those of /api/v3/trades and /historicalTrades; ccxt refuses the
+    # latter without an API key, so a trade stream backfills from the last 1,000 trades.
     watch = options.get("watchTradesForSymbols")
     name = watch.get("name") if isinstance(watch, Mapping) else None
     if name == "aggTrade":
         return {"fromId": first_id}
-    return {"fetchTradesMethod": "publicGetHistoricalTrades", "fromId": first_id}
+    return {"fetchTradesMethod": "publicGetTrades", "limit": 1000}
 
 
 VENUE = Venue(
