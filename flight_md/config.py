@@ -9,11 +9,12 @@ A config file describes the server and any number of exchanges::
     auth_token_file = "tokens.txt"   # optional; see flight_md.auth
     tls_cert = "server.pem"          # optional, with tls_key (and tls_client_ca for mTLS)
     tls_key = "server.key"
+    book_depth = 10                  # book levels a side the book channel keeps
 
     [[exchanges]]
     id = "binance"
     symbols = ["BTC/USDT", "ETH/USDT"]
-    channel = "ticker"          # or "bidask"
+    channel = "ticker,trades"   # any of ticker, bidask, trades, book (a list works too)
     mode = "auto"               # "websocket" | "rest"
     url = "http://127.0.0.1:9000"    # optional: point ccxt at an emulator
     api_key_env = "BINANCE_API_KEY"  # keys come from the environment, never the file
@@ -44,7 +45,8 @@ DEMO_SYMBOLS: Final = ("BTC/USDT", "ETH/USDT", "SOL/USDT", "BNB/USDT", "XRP/USDT
 """What plain ``--demo`` serves: the emulated Binance market's symbols."""
 DEMO_VENUE: Final = "binance"
 """The venue plain ``--demo`` emulates."""
-CHANNELS: Final = ("ticker", "bidask")
+CHANNELS: Final = ("ticker", "bidask", "trades", "book")
+"""What a stream's ``channel`` may name (a comma list of them: one stream per channel)."""
 MODES: Final = ("auto", "websocket", "rest")
 SECRET_CCXT_KEYS: Final = frozenset({"apiKey", "secret", "password", "uid", "privateKey",
                                      "walletAddress", "token"})
@@ -109,8 +111,19 @@ class StreamConfig:
             if not isinstance(symbol, str) or not SYMBOL_RE.fullmatch(symbol):
                 raise ConfigError(f"invalid symbol {symbol!r} for {self.exchange}; expected "
                                   "e.g. 'BTC/USDT'")
-        if self.channel not in CHANNELS:
-            raise ConfigError(f"invalid channel {self.channel!r}; allowed: {', '.join(CHANNELS)}")
+        if isinstance(self.channel, (list, tuple)) and all(isinstance(c, str) for c in self.channel):
+            object.__setattr__(self, "channel", ",".join(self.channel))  # TOML list form
+        if not isinstance(self.channel, str):
+            raise ConfigError(must_be("channel", f"a comma list of {', '.join(CHANNELS)}",
+                                      self.channel))
+        names = [c.strip() for c in self.channel.split(",")]
+        for name in names:
+            if name not in CHANNELS:
+                raise ConfigError(f"invalid channel {name!r}; allowed: {', '.join(CHANNELS)} "
+                                  "(a comma list of them)")
+        if len(set(names)) != len(names):
+            raise ConfigError(f"channel {self.channel!r} names a channel twice")
+        object.__setattr__(self, "channel", ",".join(names))
         if self.mode not in MODES:
             raise ConfigError(f"invalid mode {self.mode!r}; allowed: {', '.join(MODES)}")
         for name in ("heartbeat_interval", "reconnect_delay", "max_reconnect_delay",
@@ -144,8 +157,14 @@ class StreamConfig:
             raise ConfigError(f"ccxt_options must not hold {secret[0]!r}: keys come from the "
                               "environment (api_key_env, api_secret_env), never from options")
 
+    @property
+    def channels(self) -> tuple[str, ...]:
+        """The channels of :attr:`channel`, in the order given: one stream each."""
+        return tuple(self.channel.split(","))
+
     def stream_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments for ``MarketDataStream`` (secrets revealed for ccxt only)."""
+        """Keyword arguments for ``MarketDataStream`` (secrets revealed for ccxt only);
+        ``channel`` is the first of :attr:`channels` (set it per stream)."""
         return {
             "testnet": self.testnet,
             "api_key": self.api_key.reveal() if self.api_key else None,
@@ -153,7 +172,7 @@ class StreamConfig:
             "heartbeat_interval": self.heartbeat_interval,
             "reconnect_delay": self.reconnect_delay,
             "max_reconnect_delay": self.max_reconnect_delay,
-            "channel": self.channel,
+            "channel": self.channels[0],
             "mode": self.mode,
             "poll_interval": self.poll_interval,
             "url": self.url,
@@ -182,6 +201,9 @@ class ServerConfig:
     tls_key: Path | None = None
     tls_client_ca: Path | None = None
     follow_max_lag: int | None = None
+    book_depth: int = 10
+    """Levels a side the ``book`` channel stores (each venue subscribes the smallest depth
+    it offers that is at least this)."""
     ingest_process: bool = False
     """Run ingestion in a child process (see :mod:`flight_md.ingest.process`)."""
     metrics_port: int | None = None
@@ -217,6 +239,8 @@ class ServerConfig:
             raise ConfigError(must_be("buffer_size", "a positive integer", self.buffer_size))
         if self.follow_max_lag is not None and not _positive_int(self.follow_max_lag):
             raise ConfigError(must_be("follow_max_lag", "a positive integer", self.follow_max_lag))
+        if not _positive_int(self.book_depth) or self.book_depth > 1000:
+            raise ConfigError(must_be("book_depth", "an integer from 1 to 1000", self.book_depth))
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ConfigError("TLS needs both --tls-cert and --tls-key")
         if self.tls_client_ca is not None and self.tls_cert is None:
@@ -418,11 +442,11 @@ def load_config(path: Path) -> ServerConfig:
     paths = {k: _file_key(base, server, k) for k in ("tls_cert", "tls_key", "tls_client_ca")
              if k in server}
     allowed = {"host", "port", "buffer_size", "follow_max_lag", "ingest_process", "metrics_port",
-               *_PERSIST_KEYS}
+               "book_depth", *_PERSIST_KEYS}
     bad = sorted(set(server) - allowed)
     if bad:
         raise ConfigError(f"unknown key {bad[0]!r} in [server]; allowed: "
-                          "host, port, buffer_size, follow_max_lag, ingest_process, "
+                          "host, port, buffer_size, follow_max_lag, book_depth, ingest_process, "
                           f"metrics_port, {', '.join(_PERSIST_KEYS)}, auth_token_file, "
                           "read_only_token_file, auth_tokens, read_only_tokens, tls_cert, "
                           "tls_key, tls_client_ca")
