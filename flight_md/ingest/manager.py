@@ -505,16 +505,21 @@ class IngestionThread:
             server = FlightMarketDataServer(..., control=ingestion.control())
 
     Args:
-        buffer: The shared store.
+        buffer: The tick buffer (as for :class:`MarketDataManager`).
         events: The shared event log.
         name: The thread's name.
         on_fatal: The manager's ``on_fatal`` (called on the ingestion thread).
+        store: Every channel's buffer (as for :class:`MarketDataManager`).
     """
 
     def __init__(self, buffer: MarketDataBuffer | None = None, events: EventLog | None = None,
                  *, name: str = "flight-md-ingest",
-                 on_fatal: Callable[[str, InvalidArgument], None] | None = None) -> None:
-        self.buffer = buffer if buffer is not None else MarketDataBuffer()
+                 on_fatal: Callable[[str, InvalidArgument], None] | None = None,
+                 store: Store | None = None) -> None:
+        if store is None:
+            store = Store.of(buffer if buffer is not None else MarketDataBuffer())
+        self.store = store
+        self.buffer = buffer if buffer is not None else store.buffer(Channel.TICKER.value)
         self.events = events if events is not None else EventLog()
         self.name = name
         self.on_fatal = on_fatal
@@ -556,7 +561,7 @@ class IngestionThread:
         return self
 
     async def _make_manager(self) -> MarketDataManager:
-        return MarketDataManager(self.buffer, self.events, on_fatal=self.on_fatal)
+        return MarketDataManager(events=self.events, on_fatal=self.on_fatal, store=self.store)
 
     def run(self, coro: Coroutine[Any, Any, T], timeout: float | None = 30.0) -> T:
         """Run a coroutine on the ingestion loop and wait for its result.
