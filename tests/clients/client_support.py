@@ -352,7 +352,8 @@ def channel_market(capacity: int = 1000, **kwargs: Any
                    ) -> contextlib.AbstractContextManager[FlightMarketDataServer]:
     """:func:`market`'s ticks, plus trades and books of BTC/USDT on binance, in one store.
 
-    ETH/USDT and SOL/USDT have ticks only. The server's ``test_store`` is the
+    ETH/USDT and SOL/USDT have ticks only; the event log holds a connect and a reconnect.
+    The server's ``test_store`` is the
     :class:`~flight_md.buffer.Store`, ``test_trades``/``test_books`` what was stored.
     """
     from flight_md.buffer import Store
@@ -369,5 +370,49 @@ def channel_market(capacity: int = 1000, **kwargs: Any
     for b in books:
         store.buffer("book").append_book("binance", "BTC/USDT", b["timestamp"], b["bids"],
                                          b["asks"], b["nonce"], b["receive_timestamp"])
-    server_cm = running_server(store.buffer("ticker"), store=store, **kwargs)
+    events = EventLog()
+    events.record("binance", EventKind.CONNECT, (), "connected", timestamp=start)
+    events.record("bybit", EventKind.RECONNECT, ("SOL/USDT",), "reset by peer",
+                  timestamp=start + 2)
+    server_cm = running_server(store.buffer("ticker"), store=store, events=events, **kwargs)
     return _with_attrs(server_cm, start=start, store=store, trades=trades, books=books)
+
+
+class ChannelFeeder:
+    """Appends trades (and a book every ``book_every`` trades) of BTC/USDT at now, on a thread:
+    prices wander around 100, books around the last trade, as a live market would."""
+
+    def __init__(self, store: Any, symbol: str = "BTC/USDT", exchange: str = "binance",
+                 interval: float = 0.01, book_every: int = 5) -> None:
+        self.store = store
+        self.symbol = symbol
+        self.exchange = exchange
+        self.interval = interval
+        self.book_every = book_every
+        self.sent = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="test-channel-feeder",
+                                        daemon=True)
+
+    def _run(self) -> None:
+        trades, books = self.store.buffer("trades"), self.store.buffer("book")
+        while not self._stop.wait(self.interval):
+            i = self.sent
+            ts = now_ms()
+            price = 100.0 + (i % 40 - 20) * 0.05
+            trades.append_trade(self.exchange, self.symbol, ts, str(5_000_000 + i), price,
+                                0.01 * (1 + i % 7), "buy" if i % 2 else "sell", ts)
+            if i % self.book_every == 0:
+                books.append_book(self.exchange, self.symbol, ts,
+                                  [[price - 0.05 * (k + 1), 0.5 + k] for k in range(10)],
+                                  [[price + 0.05 * (k + 1), 0.4 + k] for k in range(10)],
+                                  i, ts)
+            self.sent += 1
+
+    def __enter__(self) -> Self:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stop.set()
+        self._thread.join(5 * MS)

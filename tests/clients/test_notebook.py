@@ -1,12 +1,14 @@
 """clients/examples/quickstart.ipynb runs top to bottom in a real kernel against a real server.
 
-Twice: against the synthetic market in this process (deterministic), and
-against ``flight-md serve --demo`` (ccxt fed by the exchange emulator), as a user runs it.
+Twice: against the synthetic market in this process (deterministic; ticks, trades and books
+fed live), and against ``flight-md serve --demo`` (ccxt fed by the exchange emulator), as a
+user runs it.
 """
 
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterator
 
 import ipykernel  # noqa: F401 - the kernel the notebook runs in (the test extra installs it)
@@ -14,9 +16,8 @@ import matplotlib  # noqa: F401 - the notebook plots
 import nbclient
 import nbformat
 import pytest
-from client_support import CLIENT_DIR, EXAMPLES, ROOT, Feeder, scaled
+from client_support import CLIENT_DIR, EXAMPLES, ROOT, ChannelFeeder, Feeder, channel_market, scaled
 
-from flight_md.service import FlightMarketDataServer
 
 
 def _execute(location: str, monkeypatch: pytest.MonkeyPatch) -> object:
@@ -47,17 +48,28 @@ def _outputs(notebook: object) -> str:
 
 
 @pytest.fixture
-def live(server: FlightMarketDataServer) -> Iterator[str]:
-    with Feeder(server.buffer, interval=0.05):
+def live() -> Iterator[str]:
+    """The synthetic market with ticks, trades and books of BTC/USDT arriving live."""
+    with channel_market() as server, Feeder(server.buffer, interval=0.05), \
+            ChannelFeeder(server.test_store):  # type: ignore[attr-defined]
         yield f"grpc://127.0.0.1:{server.port}"
 
 
 def test_quickstart_runs_against_the_synthetic_market(live: str,
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
-    text = _outputs(_execute(live, monkeypatch))
+    notebook = _execute(live, monkeypatch)
+    text = _outputs(notebook)
     assert "SymbolInfo(exchange='binance', symbol='BTC/USDT'" in text
-    assert "<image/png>" in text  # the price plot with its bid/ask band
     assert "live ticks in 3 s" in text and "ended: closed" in text
+    # trades, bars and the book: every section ran on real data, plots included
+    assert "BTC/USDT streams: ticker-like, book, trades" in text
+    assert re.search(r"\d+ trades in the last 5 minutes; VWAP \d+\.\d+; taker buys \d+%", text)
+    assert "one-second bars of BTC/USDT" in text
+    assert "10 bids, 10 asks (nonce" in text and "bp" in text
+    assert "book updates in the last 5 minutes; median spread" in text
+    assert "never crossed: True" in text
+    assert "no trades of" not in text and "no book of" not in text
+    assert text.count("<image/png>") == 3  # price and bid/ask band, bars, depth
     assert "reset by peer" in text  # the event log
 
 
