@@ -96,6 +96,8 @@ class Dialect(ABC):
     synthetic_channels: frozenset[str] = frozenset()
     #: Seconds between two :meth:`keepalive` calls per connection; ``None``: never called.
     keepalive_interval: float | None = None
+    #: Whether :meth:`renumber` is applied to every frame a connection is sent.
+    renumbers: bool = False
 
     def __init__(self, markets: tuple[Market, ...], walks: Mapping[str, PriceWalk], recording: Recording | None) -> None:
         self.walks = walks
@@ -148,6 +150,15 @@ class Dialect(ABC):
 
     def wrap(self, wire: str, text: str) -> str:
         """Put a data frame in the stream envelope of a combined connection."""
+        return text
+
+    def renumber(self, conn_id: str, text: str) -> str:
+        """Number a frame as the connection's next message (only where :attr:`renumbers`).
+
+        Called for every frame written to a connection, in wire order, data and control alike
+        (and for a book update a ``book_gap`` fault loses, which uses up its number); frames
+        are rendered once for every subscriber, so a per-connection counter goes in here.
+        """
         return text
 
     # -- data -------------------------------------------------------------------------

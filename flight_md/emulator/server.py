@@ -609,7 +609,7 @@ class Emulator:
         running = self._running
         assert running is not None
         queue, transport, stats, faults, dialect = conn.queue, conn.transport, self._stats, self._faults, self._dialect
-        frames = stats.frames
+        frames, renumbers, conn_id = stats.frames, dialect.renumbers, conn.conn_id
         loop = asyncio.get_running_loop()
         if transport is None:
             return
@@ -630,6 +630,8 @@ class Emulator:
                     if book is not None:
                         stats.faults[book[0]] += 1
                         if book[1] is None:
+                            if renumbers:
+                                dialect.renumber(conn_id, text)  # lost on the way: its number too
                             continue  # a lost book update
                         text = book[1]
                     elif fault is None:
@@ -640,6 +642,8 @@ class Emulator:
                         stats.faults[fault] += 1
                     if conn.combined:
                         text = dialect.wrap(conn.subscriptions.get(key, ""), text)
+                if renumbers:
+                    text = dialect.renumber(conn_id, text)
                 batch.append(text_frame(text.encode()))
             transport.write(b"".join(batch))  # type: ignore[attr-defined]
             if transport.get_write_buffer_size() > _WRITE_HIGH_WATER:  # type: ignore[attr-defined]

@@ -506,8 +506,6 @@ async def coinbase_connection(url: str, frames: int) -> list[Frame]:
     return received
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason="the Coinbase dialect numbers sequence_num with one counter for every "
-                                                             "connection (its docstring says so); Coinbase numbers each connection's")
 @pytest.mark.asyncio
 async def test_the_coinbase_emulator_numbers_each_connection_s_messages() -> None:
     async with Emulator(exchange="coinbase", symbols=("BTC/USD",), rate=50) as emu:

@@ -286,15 +286,8 @@ async def watch_books(exchange: Any, symbols: list[str], depth: int) -> None:
         await asyncio.wait_for(exchange.watch_order_book(symbol, depth if exchange.id == "kraken" else None), 10 * MS)
 
 
-COINBASE_NUMBERING = pytest.mark.xfail(
-    strict=True, raises=AssertionError,
-    reason="the Coinbase emulator serves recorded sequence_num values as recorded and numbers its own frames with one "
-           "counter for every connection: a connection subscribed to level2 alone sees gaps, and the capture resyncs")
-
-
 @pytest.mark.asyncio
-@pytest.mark.parametrize("exchange_id", [pytest.param(e, marks=COINBASE_NUMBERING) if e == "coinbase" else e
-                                         for e in sorted(EXPECTED)])
+@pytest.mark.parametrize("exchange_id", sorted(EXPECTED))
 async def test_a_replay_stores_every_update_and_ends_with_the_recorded_book_never_crossed(exchange_id: str) -> None:
     expected = EXPECTED[exchange_id]()
     symbols = sorted(expected.tops)

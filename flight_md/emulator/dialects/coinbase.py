@@ -66,8 +66,9 @@ product ``BTC-USD``):
   :data:`BOOK_DEPTH` in the same update. Coinbase has no book checksum or book sequence;
   ccxt checks nothing (a lost update goes unnoticed until the next snapshot).
 
-``sequence_num`` counts the frames the dialect renders (one counter for every connection;
-Coinbase counts per connection, and ccxt reads neither).
+``sequence_num`` numbers every message of a connection from 0, data and control alike, as
+Coinbase does (:meth:`CoinbaseDialect.renumber`, as each frame is written: a replayed frame's
+recorded number is replaced too); ccxt reads none of it, flight_md's book verifier all of it.
 
 Replay maps each recorded data frame to its stream by its channel (``l2_data`` frames are the
 ``level2`` subscription's) and its first product, served byte for byte (``market_trades``
@@ -108,6 +109,7 @@ __all__ = ["BOOK_DEPTH", "CoinbaseDialect"]
 _PRODUCTS: Final = "/api/v3/brokerage/market/products"
 _SYNTHETIC_CHANNELS: Final = frozenset({"ticker", "market_trades", "level2"})
 BOOK_DEPTH: Final = 25
+_SEQUENCE_KEY: Final = '"sequence_num":'
 """Levels a side of a synthetic ``level2`` stream."""
 _TRADES_KEPT: Final = 1000  # recent trades a synthetic market keeps for REST and the next frame
 _SNAPSHOT_TRADES: Final = 100
@@ -141,6 +143,7 @@ class CoinbaseDialect(Dialect):
     # Coinbase allows 8 unauthenticated messages a second (per IP; here per connection).
     control_rate_limit = 8
     keepalive_interval = _HEARTBEAT_INTERVAL
+    renumbers = True
 
     def __init__(self, markets: tuple[Market, ...], walks: Mapping[str, PriceWalk], recording: Recording | None) -> None:
         super().__init__(markets, walks, recording)
@@ -176,6 +179,7 @@ class CoinbaseDialect(Dialect):
         self._replayed_books: dict[str, tuple[dict[str, str], dict[str, str], str]] = {}
         self._replayed_trades: dict[str, dict[str, dict[str, Any]]] = {}
         self._sequence = 0
+        self._numbers: dict[str, int] = {}  # connection -> its next sequence_num
         self._started = time.monotonic()
         self._second = -1
         self._second_text = ""
@@ -466,6 +470,22 @@ class CoinbaseDialect(Dialect):
 
     def closed(self, connection: ConnectionInfo) -> None:
         self._heartbeats.discard(connection.conn_id)
+        self._numbers.pop(connection.conn_id, None)
+
+    def renumber(self, conn_id: str, text: str) -> str:
+        # Frames are rendered once for every subscriber: the connection's own number goes in
+        # as it is written. sequence_num is near the start of every frame (after channel,
+        # client_id and timestamp), so a 5 MB replayed snapshot is not searched through.
+        at = text.find(_SEQUENCE_KEY, 0, 256)
+        if at < 0:
+            return text
+        start = at + len(_SEQUENCE_KEY)
+        end = start
+        while end < len(text) and text[end].isdigit():
+            end += 1
+        number = self._numbers.get(conn_id, 0)
+        self._numbers[conn_id] = number + 1
+        return f"{text[:start]}{number}{text[end:]}"
 
     def _next_sequence(self) -> int:
         self._sequence += 1
