@@ -97,7 +97,9 @@ def test_the_trade_tap_swaps_every_cache_ccxt_stores_and_coinbases_by_id_cache_t
 
 def test_install_tap_keeps_a_tap_and_rewraps_a_dict_ccxt_replaced() -> None:
     exchange = ccxt_pro.binance()
-    sink = lambda symbol, item: None  # noqa: E731
+    def sink(symbol: str, item: Any) -> None:
+        pass
+
     ccxt_compat.install_tap(exchange, "trades", sink)
     tap = exchange.trades
     ccxt_compat.install_tap(exchange, "trades", sink)
@@ -121,10 +123,11 @@ def test_holes_fill_once_each() -> None:
     assert seen.holes == [[11, 11, 0], [13, 13, 0]]
 
 
-def fanout(venue_id: str) -> tuple[TradeFanout, MarketDataBuffer, SymbolState]:
+def fanout(venue_id: str, exchange: Any = None,
+           events: EventLog | None = None) -> tuple[TradeFanout, MarketDataBuffer, SymbolState]:
     buffer = MarketDataBuffer(10_000, channel="trades")
     state = SymbolState()
-    made = TradeFanout(venue_id, venue(venue_id), buffer, set(), EventLog(), None,
+    made = TradeFanout(venue_id, venue(venue_id), buffer, set(), events or EventLog(), exchange,
                        lambda symbol: state)
     return made, buffer, state
 
@@ -170,9 +173,9 @@ def test_coinbase_sides_are_the_makers_and_are_turned_round() -> None:
 
 @pytest.mark.asyncio
 async def test_a_jump_is_one_gap_event_with_its_count_and_ids() -> None:
-    made, buffer, state = fanout("binance")
-    events: EventLog = made._events
-    made._exchange = ccxt_pro.binance({"urls": {"api": {"public": "http://127.0.0.1:9/api/v3"}}})
+    events = EventLog()
+    unreachable = ccxt_pro.binance({"urls": {"api": {"public": "http://127.0.0.1:9/api/v3"}}})
+    made, _, state = fanout("binance", unreachable, events)
     try:
         for number in [100, 101, 105]:
             made.ingest("BTC/USDT", state, trade(id=str(number)), NOW)
@@ -189,7 +192,7 @@ async def test_a_jump_is_one_gap_event_with_its_count_and_ids() -> None:
         (backfill,) = [e for e in events.events() if e.kind is EventKind.BACKFILL]
         assert '"count": 0' in backfill.detail and '"error"' in backfill.detail
     finally:
-        await made._exchange.close()
+        await unreachable.close()
 
 
 # -- the venues --------------------------------------------------------------------------------
