@@ -127,7 +127,7 @@ def fanout(venue_id: str, exchange: Any = None,
            events: EventLog | None = None) -> tuple[TradeFanout, MarketDataBuffer, SymbolState]:
     buffer = MarketDataBuffer(10_000, channel="trades")
     state = SymbolState()
-    made = TradeFanout(venue_id, venue(venue_id), buffer, set(), events or EventLog(), exchange,
+    made = TradeFanout(venue_id, venue(venue_id), buffer, set(), events if events is not None else EventLog(), exchange,
                        lambda symbol: state)
     return made, buffer, state
 
