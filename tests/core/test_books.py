@@ -513,3 +513,23 @@ async def test_the_coinbase_emulator_numbers_each_connection_s_messages() -> Non
         connections = await asyncio.gather(coinbase_connection(url, 40), coinbase_connection(url, 40))
     for frames in connections:
         assert {v.status for v in feed(CoinbaseVerifier(), frames)} == {Status.OK}
+
+
+def test_only_binance_books_wait_for_a_rest_snapshot() -> None:
+    verifier = BinanceVerifier()
+    def depth(first: int, last: int) -> Frame:
+        return {"e": "depthUpdate", "s": "XYZ", "U": first, "u": last, "b": [], "a": []}
+    assert verifier.rest_snapshot and verifier.pending_snapshots() == set()
+    verifier.verify(depth(10, 12))
+    assert verifier.pending_snapshots() == {"XYZ"}  # a chain of deltas, no snapshot yet
+    assert verifier.on_rest_snapshot("XYZ", 12).status is Status.OK
+    assert verifier.pending_snapshots() == set()
+    assert verifier.verify(depth(14, 15))[0].status is Status.RESYNC
+    assert verifier.pending_snapshots() == set()  # failed: nothing held until the next delta
+    verifier.verify(depth(16, 16))
+    assert verifier.pending_snapshots() == {"XYZ"}
+    for venue_id in ("bybit", "coinbase", "okx"):
+        other = verifier_for(venue_id)
+        assert other is not None and not other.rest_snapshot and other.pending_snapshots() == set()
+        with pytest.raises(TypeError, match=f"{venue_id} books have no REST snapshot"):
+            other.on_rest_snapshot("XYZ", 1)
