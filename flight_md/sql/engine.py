@@ -19,12 +19,12 @@ Tables
         SELECT <columns> FROM __ring_<channel>
         UNION ALL
         SELECT <columns> FROM __history_<channel> AS h
-        WHERE NOT EXISTS (SELECT 1 FROM __seams_<channel> AS s WHERE s.exchange = h.exchange
-                          AND s.symbol = h.symbol AND h.sequence >= s.before_sequence)
+        LEFT JOIN __seams_<channel> AS s ON s.exchange = h.exchange AND s.symbol = h.symbol
+        WHERE s.before_sequence IS NULL OR h.sequence < s.before_sequence
 
     (see :mod:`flight_md.sql.source` for why this has no duplicate and no gap). DuckDB pushes a
-    ``WHERE symbol = ... AND timestamp > ...`` through the union and the anti-join into the
-    dataset scan, so other symbols' files are never opened.
+    ``WHERE symbol = ... AND timestamp > ...`` through the union and the join into the dataset
+    scan, so other symbols' files are never opened.
 
 Statements
     :func:`check_statement` allows exactly one statement of DuckDB's SELECT kind (``SELECT``,
@@ -257,6 +257,18 @@ class _Watchdog:
         with self._lock:
             self._entries.pop(key, None)
 
+    def stop_all(self, reason: str) -> int:
+        """Interrupt every running query now; how many there were."""
+        with self._lock:
+            entries = list(self._entries.values())
+        for entry in entries:
+            entry.reason = reason
+            try:
+                entry.cursor.interrupt()
+            except Exception:
+                logger.debug("sql: interrupt failed", exc_info=True)
+        return len(entries)
+
     def _run(self) -> None:
         while True:
             with self._lock:
@@ -350,11 +362,23 @@ class Engine:
             raise errors.ConfigError(f"cannot start the SQL engine: {_clean(exc)}") from None
         self._slots = threading.BoundedSemaphore(self.limits.max_concurrent)
         self._lock = threading.Lock()
+        self._active = 0
         self._views: tuple[Any, ...] | None = None
         self._tables: list[TableInfo] = []
         self._watchdog = _Watchdog()
         self._parser = self._db.cursor()
         self._parser_lock = threading.Lock()
+
+    @property
+    def running(self) -> int:
+        """Queries holding a slot now (planning or streaming)."""
+        with self._lock:
+            return self._active
+
+    def close(self) -> int:
+        """Interrupt every running query (a server stopping: gRPC waits for its calls to end);
+        how many there were. Queries started afterwards still run."""
+        return self._watchdog.stop_all("shutdown")
 
     # -- catalogue ---------------------------------------------------------------------------
 
@@ -459,6 +483,8 @@ class Engine:
             raise TooManyQueries(
                 f"too many concurrent SQL queries (limit {self.limits.max_concurrent}); "
                 "retry shortly")
+        with self._lock:
+            self._active += 1
         cursor: duckdb.DuckDBPyConnection | None = None
         key = 0
         entry: _Running | None = None
@@ -482,11 +508,11 @@ class Engine:
                 raise self._translate(exc, entry) from None
             return Execution(schema, self, reader, entry, key)
         except BaseException:
-            self._finish(key, entry, None, cursor)
+            self._finish(key, entry, None, cursor, slot=True)
             raise
 
     def _finish(self, key: int, entry: _Running | None, reader: pa.RecordBatchReader | None,
-                cursor: duckdb.DuckDBPyConnection | None = None) -> None:
+                cursor: duckdb.DuckDBPyConnection | None = None, *, slot: bool = True) -> None:
         if key:
             self._watchdog.remove(key)
         cursor = entry.cursor if entry is not None else cursor
@@ -503,7 +529,9 @@ class Engine:
                     cursor.close()
                 except Exception:
                     logger.debug("sql: closing a cursor failed", exc_info=True)
-            if cursor is not None:
+            if slot:
+                with self._lock:
+                    self._active -= 1
                 self._slots.release()
 
     def _register(self, cursor: duckdb.DuckDBPyConnection, sql: str) -> None:
@@ -534,6 +562,8 @@ class Engine:
             if entry is not None and entry.reason == "timeout":
                 return QueryTimeout(f"query cancelled: it ran longer than the SQL timeout "
                                     f"({self.limits.timeout_s:g} s, --sql-timeout)")
+            if entry is not None and entry.reason == "shutdown":
+                return errors.ShuttingDown("server is shutting down; the query was cancelled")
             return errors.Unavailable("query cancelled")
         if isinstance(exc, duckdb.OutOfMemoryException):
             return EngineMemoryExhausted(
@@ -559,15 +589,16 @@ def _quote(name: str) -> str:
 
 
 def _channel_view(channel: str, schema: pa.Schema) -> str:
+    # A LEFT JOIN, not NOT EXISTS: DuckDB pushes the query's filters through it into the
+    # dataset scan (through an anti-join it does not, and every file would be opened).
     columns = ", ".join(_quote(n) for n in schema.names)
     history = ", ".join(f"h.{_quote(n)}" for n in schema.names)
     return (f"CREATE OR REPLACE VIEW {channel} AS "
             f"SELECT {columns} FROM __ring_{channel} "
             f"UNION ALL "
             f"SELECT {history} FROM __history_{channel} AS h "
-            f"WHERE NOT EXISTS (SELECT 1 FROM __seams_{channel} AS s "
-            f"WHERE s.exchange = h.exchange AND s.symbol = h.symbol "
-            f"AND h.{SEQUENCE} >= s.before_sequence)")
+            f"LEFT JOIN __seams_{channel} AS s ON s.exchange = h.exchange AND s.symbol = h.symbol "
+            f"WHERE s.before_sequence IS NULL OR h.{SEQUENCE} < s.before_sequence")
 
 
 def _register_channel(cursor: duckdb.DuckDBPyConnection, channel: str, schema: pa.Schema,

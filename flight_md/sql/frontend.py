@@ -220,6 +220,10 @@ class SqlFrontend:
         self._guard = guard if guard is not None else _nothing
         self._info = sql_info_values(server_name, version, int(self.limits.timeout_s * 1000))
 
+    def close(self) -> None:
+        """Cancel the running queries: call before the server's shutdown, which waits for them."""
+        self.engine.close()
+
     # -- routing -----------------------------------------------------------------------------
 
     @staticmethod

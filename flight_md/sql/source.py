@@ -16,8 +16,9 @@ The contract, per channel (``ticker``, ``bidask``, ``trades``, ``book``, ...):
   history (hive: ``exchange=/symbol=/date=``, the files holding every public column plus
   ``sequence``), or ``None`` (memory only). SQL filters on ``exchange`` and ``symbol`` prune its
   directories, filters on ``timestamp`` its row groups (pyarrow's pushdown).
-* :meth:`~TableSource.history_seams` says where, per key, the ring takes over: one row per
-  ``(exchange, symbol)`` whose ring holds rows, ``before_sequence`` being the sequence number of
+* :meth:`~TableSource.history_seams` says where, per key, the ring takes over: exactly one
+  row per ``(exchange, symbol)`` whose ring holds rows (a second row would double that key's
+  history), ``before_sequence`` being the sequence number of
   the ring's first row (:data:`SEAMS_SCHEMA`). History rows of that key with
   ``sequence >= before_sequence`` are left out (the ring has them); keys without a row are read
   wholly from the history. ``None``: no history (or no overlap to remove).

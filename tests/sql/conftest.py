@@ -211,6 +211,7 @@ def serving(source: MemorySource, **limits: Any) -> Iterator[SqlOnlyServer]:
     try:
         yield server
     finally:
+        frontend.close()  # a query still running would keep shutdown waiting
         server.shutdown()
 
 
