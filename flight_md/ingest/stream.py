@@ -577,6 +577,8 @@ class MarketDataStream:
                                       f"{self.exchange_id}; subscribed: {preview(current)}")
             for symbol in wanted:
                 self._subs.states[symbol].subscribed = False
+            if isinstance(self._fanout, TradeFanout):
+                self._fanout.unsubscribed(wanted)
             detail = f"unsubscribed over {self._supervisor.active.value}"
             if self._websocket is not None:
                 detail += await self._websocket.remove(set(wanted))

@@ -22,7 +22,8 @@ Exactly once
 Gaps and backfill
     On a venue with sequential ids, an id more than one above the highest stored means trades
     were missed (a reconnect, a dropped frame): one ``gap`` event records the symbol, the count
-    and the id range (``{"count": 5, "first_id": "101", "last_id": "105"}``), and a backfill
+    and the id range (``{"count": 5, "first_id": "101", "last_id": "105"}``; not after the
+    symbol was unsubscribed and subscribed again: those trades were not wanted), and a backfill
     task fetches them with ccxt ``fetch_trades`` (``since`` the last stored trade's time, or
     the venue's ``trade_backfill`` parameters: Binance asks from the first missing id), page by
     page in id order, storing only the missing ones, until the gap is filled, a page brings
@@ -40,7 +41,7 @@ import json
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Final
 
 from flight_md.buffer import MarketDataBuffer
@@ -69,9 +70,10 @@ dropped, gaps seen, trades those gaps missed, trades backfilled."""
 class _Seen:
     """What one symbol's stored trades say about the next one (see the module docstring)."""
 
-    __slots__ = ("holes", "last_id", "last_ms", "recent", "window")
+    __slots__ = ("holes", "last_id", "last_ms", "recent", "resumed", "window")
 
     def __init__(self) -> None:
+        self.resumed = False  # unsubscribed since the last trade: a jump is no gap
         self.last_id: int | None = None
         self.last_ms: int | None = None
         self.holes: list[list[int]] = []  # [first, last, since_ms], ascending, disjoint
@@ -230,6 +232,11 @@ class TradeFanout(Fanout):
             return seen.fill(number)
         if backfill:
             return None
+        if seen.resumed:  # the trades while it was unsubscribed were not wanted
+            seen.resumed = False
+            seen.holes.clear()
+            seen.last_id = number
+            return True
         self._gap(symbol, seen, last + 1, number - 1)
         seen.last_id = number
         return True
@@ -297,6 +304,17 @@ class TradeFanout(Fanout):
         self._events.record(self._exchange_id, EventKind.BACKFILL, (symbol,), detail)
         logger.info("%s %s: backfilled %d of %d missing trades (%d pages)%s", self._exchange_id,
                     symbol, got, asked, pages, f"; {error}" if error else "")
+
+    def unsubscribed(self, symbols: Iterable[str]) -> None:
+        """``symbols`` were unsubscribed: when they come back, their first id jump is no gap
+        (what they remember of ids still drops a resent trade)."""
+        for symbol in symbols:
+            seen = self._seen.get(symbol)
+            if seen is not None:
+                seen.resumed = True
+            task = self._backfills.get(symbol)
+            if task is not None:
+                task.cancel()
 
     # -- status ---------------------------------------------------------------------------
 

@@ -100,6 +100,33 @@ async def test_trades_flow_on_every_venue_each_once(venue_id: str) -> None:
 
 
 @pytest.mark.asyncio
+@pytest.mark.parametrize("venue_id", emulated())
+async def test_an_unsubscribed_symbols_trades_stop_the_others_go_on_and_resubscribing_is_no_gap(venue_id: str) -> None:
+    kept, dropped = VENUES[venue_id].test_symbols[:2]
+    async with Emulator(venue_id, [kept, dropped], rate=0) as emu:
+        # Venues where ccxt cannot unsubscribe restart the session: the new one resubscribes.
+        stream = await trades_stream(emu, [kept, dropped])
+        try:
+            await subscribed(emu, 2)
+            await stream.unsubscribe([dropped])
+            await wait_until(lambda: emu.stats.subscriptions == 1, 10 * MS, "the unsubscribe")
+            before = stored(stream, dropped)
+            emu.burst(TRADE_WIRE[venue_id], dropped, 20)
+            emu.burst(TRADE_WIRE[venue_id], kept, 20)
+            await wait_until(lambda: stored(stream, kept) >= 20, 10 * MS, "the kept symbol's trades")
+            assert stored(stream, dropped) == before
+            # Subscribed again: the 20 it missed on purpose are no gap.
+            await stream.subscribe([dropped])
+            await subscribed(emu, 2)
+            emu.burst(TRADE_WIRE[venue_id], dropped, 10)
+            await wait_until(lambda: stored(stream, dropped) >= before + 10, 10 * MS, "its trades again")
+            assert stream.status().exchanges[0].counters["gaps"] == 0
+            assert EventKind.GAP not in {e.kind for e in stream.events.events(venue_id)}
+        finally:
+            await stream.disconnect()
+
+
+@pytest.mark.asyncio
 async def test_a_burst_of_20000_trades_in_one_second_is_captured_whole_and_once() -> None:
     # ccxt keeps 1,000 trades per symbol (tradesLimit): a watch_trades loop would see a fraction.
     async with Emulator("binance", ["BTC/USDT"], rate=0) as emu:
