@@ -32,6 +32,7 @@ from flight_md.config import (
     read_tokens,
     secret_from_env,
 )
+from flight_md.core.channels import MAX_BOOK_DEPTH
 from flight_md.errors import FlightMdError, StartupError
 
 __all__ = ["main"]
@@ -114,6 +115,18 @@ def _channel_list(text: str) -> str:
     return ",".join(names)
 
 
+def _book_depth(text: str) -> int:
+    """``--book-depth``: levels a side, 1 to :data:`MAX_BOOK_DEPTH`."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if not 1 <= value <= MAX_BOOK_DEPTH:
+        raise argparse.ArgumentTypeError(f"must be an integer from 1 to {MAX_BOOK_DEPTH}, "
+                                         f"got {text!r}")
+    return value
+
+
 def _default(name: str) -> str:
     """The one default of a stream setting, as the option help shows it."""
     value = STREAM_DEFAULTS[name]
@@ -162,6 +175,9 @@ def _serve_parser(sub: Any) -> None:
         f"about 1.1 s) (default {_default('poll_interval')})")
     add("--buffer-size", type=_POSITIVE_INT, default=None, metavar="N",
         help=f"ticks kept per (exchange, symbol) (default {_default('buffer_size')})")
+    add("--book-depth", type=_book_depth, default=None, metavar="N",
+        help="book levels a side the book channel stores (1-1000); each venue subscribes the "
+        f"smallest depth it offers that is at least N (default {_server_default('book_depth')})")
     add("--heartbeat-interval", type=_POSITIVE, default=None, metavar="S",
         help="seconds of silence after which a stream is stale and reconnected "
         f"(default {_default('heartbeat_interval')})")
@@ -306,7 +322,7 @@ def build_config(args: argparse.Namespace) -> ServerConfig:
 
 
 _PERSIST_OPTIONS: Final = ("memory_only", "data_dir", "history_uri", "fsync", "commit_interval",
-                           "seal_interval", "retention", "max_history_bytes")
+                           "seal_interval", "retention", "max_history_bytes", "book_depth")
 """``serve`` options that set the ServerConfig field of the same name (unset: the file's)."""
 
 

@@ -25,9 +25,10 @@ token), ``--tls-root-certs FILE`` and ``--tls-cert FILE --tls-key FILE`` (mutual
 
 Prices print with the market's precision, learnt from the data (there is no market metadata
 on the wire yet): the quoted prices of a symbol (``bid``, ``ask``, ``open``, ``high``,
-``low``, ``close``) print as the exchange sent them, and ``price`` (on the ``bidask`` channel
-the mid, an average of two quotes) with at most one decimal more than those, so float noise
-such as ``64781.759999999995`` never shows. See :class:`PricePrecision`.
+``low``, ``close``; a bar's prices are trade prices, quoted too) print as the exchange sent
+them, and ``price`` (on the ``bidask`` channel the mid, an average of two quotes) and a bar's
+``vwap`` with at most one decimal more than those, so float noise such as
+``64781.759999999995`` never shows. See :class:`PricePrecision`.
 """
 
 from __future__ import annotations
@@ -96,7 +97,9 @@ TOP_COLUMNS: Final = ("symbol", "exchange", "price", "bid", "ask")
 """What ``top`` asks of the snapshot on every refresh."""
 QUOTED_COLUMNS: Final = ("bid", "ask", "open", "high", "low", "close")
 """Prices as the exchange quoted them: their decimals are the market's display precision."""
-PRICE_COLUMNS: Final = ("price", *QUOTED_COLUMNS)
+AVERAGED_COLUMNS: Final = ("price", "vwap")
+"""Prices that are averages of quoted ones (a mid, a bar's VWAP): one decimal more."""
+PRICE_COLUMNS: Final = (*AVERAGED_COLUMNS, *QUOTED_COLUMNS)
 MAX_PRICE_DECIMALS: Final = 12
 """A quoted price with more decimals than this is float noise itself, not precision."""
 UNQUOTED_DIGITS: Final = 12
@@ -239,8 +242,9 @@ class PricePrecision:
     """Display decimals per (exchange, symbol), learnt from the quoted prices seen so far.
 
     A symbol's precision is the most decimals any of its quoted prices (:data:`QUOTED_COLUMNS`)
-    has had: the market's tick size as the data shows it. ``price`` gets one decimal more (a
-    mid of two quotes needs at most that), a quoted column its own precision; the text is the
+    has had: the market's tick size as the data shows it. ``price`` and ``vwap``
+    (:data:`AVERAGED_COLUMNS`) get one decimal more (a mid of two quotes needs at most that;
+    a VWAP is rounded as far), a quoted column its own precision; the text is the
     shortest one of the value rounded to that, so ``64781.759999999995`` prints as
     ``64781.76``. A price whose symbol has shown no quote yet prints with
     :data:`UNQUOTED_DIGITS` significant digits.
@@ -265,7 +269,7 @@ class PricePrecision:
         places = self._decimals.get((row.get("exchange"), row.get("symbol")))
         if places is None:
             return format_number(float(f"{value:.{UNQUOTED_DIGITS}g}"))
-        return format_number(round(value, places + 1 if name == "price" else places))
+        return format_number(round(value, places + 1 if name in AVERAGED_COLUMNS else places))
 
 
 def format_levels(levels: Sequence[dict[str, Any]], shown: int = LEVELS_SHOWN) -> str:

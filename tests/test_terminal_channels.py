@@ -344,3 +344,12 @@ def test_status_and_top_show_the_trades_channel(capsys: pytest.CaptureFixture[st
             if line.startswith(("binance", "bybit"))}
     assert float(rows[("binance", "BTC/USDT")][4]) > 0  # trades arrived between the frames
     assert rows[("binance", "ETH/USDT")][4] == "-"  # no trades channel for it
+
+
+def test_a_bars_table_prints_the_vwap_without_float_noise() -> None:
+    bars = pa.table({"bar_start": [1_764_000_000_000], "open": [64648.9], "high": [64658.07],
+                     "low": [64542.93], "close": [64562.04], "volume": [0.176956],
+                     "vwap": [64589.911182949436], "trades": [15]})
+    lines, _ = table_lines(bars)
+    assert lines[1].split() == ["2025-11-24T16:00:00.000Z", "64648.9", "64658.07", "64542.93",
+                                "64562.04", "0.176956", "64589.911", "15"]
