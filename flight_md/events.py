@@ -8,7 +8,9 @@ thread, Flight handlers read from gRPC threads.
 The log also knows what is subscribed, for the service to answer a subscribed symbol that
 has no tick yet with an empty table rather than NOT_FOUND: a symbol counts as subscribed
 from its ``subscribe`` event until its ``unsubscribe`` event, however many events the
-bounded log has dropped since.
+bounded log has dropped since. Subscriptions are kept per (exchange, channel) when the
+events name their channel (every stream's do): unsubscribing a symbol's trades leaves it
+subscribed on the exchange while its ticker stream still has it.
 """
 
 from __future__ import annotations
@@ -62,6 +64,8 @@ class Event:
         kind: What happened.
         symbols: Symbols concerned (empty for the whole connection).
         detail: Human-readable reason, never containing secrets.
+        channel: The stream's channel (``subscribe``/``unsubscribe`` and the stream's other
+            events); empty for the exchange as a whole. Not part of ``@events``' schema.
     """
 
     timestamp: int
@@ -69,6 +73,7 @@ class Event:
     kind: EventKind
     symbols: tuple[str, ...]
     detail: str
+    channel: str = ""
 
 
 class EventLog:
@@ -83,24 +88,25 @@ class EventLog:
         self._events: deque[Event] = deque(maxlen=capacity)
         self._lock = threading.Lock()
         self.recorded = 0
-        self._subscribed: dict[str, frozenset[str]] = {}  # exchange -> symbols
+        self._subscribed: dict[tuple[str, str], frozenset[str]] = {}  # (exchange, channel) -> symbols
         self.sink: Callable[[Event], None] | None = None
         """Called with every recorded event (the journal's queue, when persisting)."""
 
     def record(self, exchange: str, kind: EventKind, symbols: Sequence[str] = (),
-               detail: str = "", *, timestamp: int | None = None) -> Event:
-        """Append an event and return it."""
+               detail: str = "", *, timestamp: int | None = None, channel: str = "") -> Event:
+        """Append an event and return it (``channel``: the stream's, see :class:`Event`)."""
         event = Event(now_ms() if timestamp is None else timestamp, exchange, EventKind(kind),
-                      tuple(symbols), detail)
+                      tuple(symbols), detail, str(channel))
         with self._lock:
             self._events.append(event)
             self.recorded += 1
             if event.kind is EventKind.SUBSCRIBE or event.kind is EventKind.UNSUBSCRIBE:
-                current = self._subscribed.get(exchange, frozenset())
+                key = (exchange, event.channel)
+                current = self._subscribed.get(key, frozenset())
                 changed = (current | set(event.symbols) if event.kind is EventKind.SUBSCRIBE
                            else current - set(event.symbols))
                 # Replaced, never mutated: readers take the dict without the lock.
-                self._subscribed = {**self._subscribed, exchange: changed}
+                self._subscribed = {**self._subscribed, key: changed}
         sink = self.sink
         if sink is not None:
             sink(event)
@@ -121,12 +127,19 @@ class EventLog:
             self.recorded += len(events)
 
     def subscribed(self) -> list[tuple[str, str]]:
-        """Every subscribed ``(exchange, symbol)``, sorted (see the module docstring)."""
-        return sorted((e, s) for e, symbols in self._subscribed.items() for s in symbols)
+        """Every subscribed ``(exchange, symbol)``, on any channel, sorted (see the module
+        docstring)."""
+        return sorted({(e, s) for (e, _), symbols in self._subscribed.items() for s in symbols})
 
     def subscribers(self, symbol: str) -> list[str]:
-        """The exchanges that subscribed ``symbol``, sorted."""
-        return sorted(e for e, symbols in self._subscribed.items() if symbol in symbols)
+        """The exchanges that subscribed ``symbol`` on any channel, sorted."""
+        return sorted({e for (e, _), symbols in self._subscribed.items() if symbol in symbols})
+
+    def subscribed_channels(self, exchange: str, symbol: str) -> list[str]:
+        """The channels ``symbol`` is subscribed on at ``exchange``, sorted (``""``: events
+        that named no channel)."""
+        return sorted(c for (e, c), symbols in self._subscribed.items()
+                      if e == exchange and symbol in symbols)
 
     def events(self, exchange: str | None = None, start: int | None = None,
                end: int | None = None, latest: int | None = None) -> list[Event]:

@@ -122,8 +122,9 @@ class _ForwardingEvents(EventLog):
         self._rows = rows
 
     def record(self, exchange: str, kind: EventKind, symbols: Sequence[str] = (),
-               detail: str = "", *, timestamp: int | None = None) -> Event:
-        event = super().record(exchange, kind, symbols, detail, timestamp=timestamp)
+               detail: str = "", *, timestamp: int | None = None, channel: str = "") -> Event:
+        event = super().record(exchange, kind, symbols, detail, timestamp=timestamp,
+                               channel=channel)
         self._rows.flush()
         self._send(("event", event))
         return event
@@ -380,7 +381,7 @@ class IngestionProcess:
                 elif kind == "event":
                     event: Event = message[1]
                     self.events.record(event.exchange, event.kind, event.symbols, event.detail,
-                                       timestamp=event.timestamp)
+                                       timestamp=event.timestamp, channel=event.channel)
                 elif kind == "reply":
                     _, call_id, error, value = message
                     future = self._calls.pop(call_id, None)

@@ -552,7 +552,8 @@ class MarketDataStream:
             if not new:
                 return ()
             self._events.record(self.exchange_id, EventKind.SUBSCRIBE, new,
-                                f"subscribed over {self._supervisor.active.value}")
+                                f"subscribed over {self._supervisor.active.value}",
+                                channel=self.channel.value)
             logger.info("%s: subscribed %s", self.exchange_id, preview(new))
             if self._websocket is not None:
                 self._websocket.add(new)
@@ -582,7 +583,8 @@ class MarketDataStream:
             detail = f"unsubscribed over {self._supervisor.active.value}"
             if self._websocket is not None:
                 detail += await self._websocket.remove(set(wanted))
-            self._events.record(self.exchange_id, EventKind.UNSUBSCRIBE, wanted, detail)
+            self._events.record(self.exchange_id, EventKind.UNSUBSCRIBE, wanted, detail,
+                                channel=self.channel.value)
             logger.info("%s: unsubscribed %s", self.exchange_id, preview(wanted))
             self._subs.changed.set()
         return tuple(wanted)

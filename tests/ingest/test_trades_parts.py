@@ -274,3 +274,18 @@ async def test_the_manager_runs_each_channel_of_an_exchange_into_its_buffer_of_t
 
 def test_every_emulated_venue_is_a_registered_venue() -> None:
     assert set(emulated()) <= set(VENUES)
+
+
+def test_the_event_log_keeps_subscriptions_per_channel() -> None:
+    log = EventLog()
+    log.record("binance", EventKind.SUBSCRIBE, ("BTC/USDT", "ETH/USDT"), channel="ticker")
+    log.record("binance", EventKind.SUBSCRIBE, ("BTC/USDT",), channel="trades")
+    log.record("binance", EventKind.UNSUBSCRIBE, ("BTC/USDT",), channel="trades")
+    log.record("bybit", EventKind.SUBSCRIBE, ("BTC/USDT",))  # an event naming no channel
+    # Dropping BTC/USDT's trades leaves it subscribed: its ticker stream still has it.
+    assert log.subscribed() == [("binance", "BTC/USDT"), ("binance", "ETH/USDT"), ("bybit", "BTC/USDT")]
+    assert log.subscribers("BTC/USDT") == ["binance", "bybit"]
+    assert log.subscribed_channels("binance", "BTC/USDT") == ["ticker"]
+    assert log.subscribed_channels("bybit", "BTC/USDT") == [""]
+    assert log.events()[1].channel == "trades"
+    assert "channel" not in log.to_table().schema.names  # not part of @events' schema
