@@ -12,6 +12,6 @@ Importing this package loads DuckDB and protobuf, not the server.
 from __future__ import annotations
 
 from flight_md.sql.engine import SqlLimits
-from flight_md.sql.source import SEAMS_SCHEMA, TableSource
+from flight_md.sql.source import SEAMS_SCHEMA, RingSnapshot, TableSource
 
-__all__ = ["SEAMS_SCHEMA", "SqlLimits", "TableSource"]
+__all__ = ["SEAMS_SCHEMA", "RingSnapshot", "SqlLimits", "TableSource"]

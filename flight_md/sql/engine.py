@@ -543,12 +543,12 @@ class Engine:
             wanted.add("trades")
         for channel, schema in channels.items():
             if channel in wanted:
-                ring = self.source.ring_tables(channel)
+                snapshot = self.source.ring_snapshot(channel)
+                ring = snapshot.table
                 if isinstance(ring, pa.RecordBatchReader):
                     ring = ring.read_all()  # a reader scans once; a view may scan twice
                 _register_channel(cursor, channel, schema, ring,
-                                  self.source.history_dataset(channel),
-                                  self.source.history_seams(channel))
+                                  self.source.history_dataset(channel), snapshot.seams)
         if EVENTS_TABLE in words:
             cursor.register("__events", self.source.events())
         if STATUS_TABLE in words:

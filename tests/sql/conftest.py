@@ -37,7 +37,7 @@ from flight_md.schema import EVENT_SCHEMA, SCHEMA
 from flight_md.service import map_errors
 from flight_md.sql.engine import SqlLimits
 from flight_md.sql.frontend import SqlFrontend
-from flight_md.sql.source import SEAMS_SCHEMA
+from flight_md.sql.source import SEAMS_SCHEMA, RingSnapshot
 
 T0 = int(datetime(2026, 11, 30, 23, 58, tzinfo=UTC).timestamp() * 1000)
 """First trade: two minutes before midnight, so the history spans two date partitions."""
@@ -111,18 +111,15 @@ class MemorySource:
     def schema(self, channel: str) -> pa.Schema:
         return self.schemas[channel]
 
-    def ring_tables(self, channel: str) -> pa.Table:
+    def ring_snapshot(self, channel: str) -> RingSnapshot:
         self.calls.append(f"ring:{channel}")
-        return self.rings[channel]
+        return RingSnapshot(self.rings[channel], self.seams.get(channel))
 
     def history_dataset(self, channel: str) -> ds.Dataset | None:
         if self.history_root is None or not (self.history_root / f"channel={channel}").exists():
             return None
         return ds.dataset(self.history_root / f"channel={channel}", format="parquet",
                           partitioning="hive")
-
-    def history_seams(self, channel: str) -> pa.Table | None:
-        return self.seams.get(channel)
 
     def events(self) -> pa.Table:
         return self.event_table
