@@ -20,7 +20,7 @@ import logging
 import socket
 from typing import Any, Final, Self
 
-from flight_md.buffer import MarketDataBuffer
+from flight_md.buffer import MarketDataBuffer, Store
 from flight_md.config import DEMO_SYMBOLS, DEMO_VENUE, ServerConfig, StreamConfig
 from flight_md.errors import ConfigError, FlightMdError, StartupError
 from flight_md.events import EventLog
@@ -31,6 +31,8 @@ logger = logging.getLogger(__name__)
 
 DEMO_RATE: Final = 25.0
 """Messages per second of the demo market, across its symbols (several a second each)."""
+DEMO_CHANNELS: Final = "ticker,trades,book"
+"""What ``--demo`` streams of each venue: tickers, every trade and the order book's top."""
 START_TIMEOUT_S: Final = 30.0
 
 
@@ -91,7 +93,15 @@ class MarketDataApp:
 
     def __init__(self, config: ServerConfig, **emulator_options: Any) -> None:
         self.config = config
-        self.buffer = MarketDataBuffer(config.buffer_size)
+        if config.ingest_process:
+            # The ingestion process hands over ticks of either tick channel through one
+            # buffer (its streams are labelled by exchange, as persistence records them).
+            self.store = Store.of(MarketDataBuffer(config.buffer_size))
+        else:
+            self.store = Store(config.buffer_size, book_depth=config.book_depth)
+        """Every channel's rings (one buffer per channel)."""
+        self.buffer = self.store.buffer("ticker")
+        """The ticker channel's buffer."""
         self.events = EventLog()
         self._emulator_options = emulator_options
         self.ingestion: Any = None
@@ -112,11 +122,16 @@ class MarketDataApp:
         """The exchange streams to run (the demo's, one per venue, pointed at its emulator)."""
         if not self.config.demo:
             return self.config.streams
-        return tuple(StreamConfig(venue_id, _demo_symbols(venue_id), channel="ticker",
+        return tuple(StreamConfig(venue_id, _demo_symbols(venue_id), channel=DEMO_CHANNELS,
                                   mode="websocket", url=emulator.url, heartbeat_interval=10.0,
                                   reconnect_delay=0.5, max_reconnect_delay=5.0,
                                   buffer_size=self.config.buffer_size)
                      for venue_id, emulator in self.emulators.items())
+
+    def streams_planned(self) -> tuple[StreamConfig, ...]:
+        """The configured streams, and the demo's venues (before their emulators run)."""
+        return (*self.config.streams, *(StreamConfig(venue_id, channel=DEMO_CHANNELS)
+                                        for venue_id in self.config.demo))
 
     @property
     def emulator(self) -> Any:
@@ -145,9 +160,10 @@ class MarketDataApp:
             return
         from flight_md.persist.store import Persistence
 
-        channels = {venue_id: "ticker" for venue_id in self.config.demo}
-        channels.update({stream.exchange: stream.channel for stream in self.config.streams})
-        self.persistence = Persistence(persist, self.buffer, self.events, channels).open()
+        channels = None
+        if self.config.ingest_process:  # one tick buffer: say which channel each exchange has
+            channels = {stream.exchange: stream.channels[0] for stream in self.streams_planned()}
+        self.persistence = Persistence(persist, self.store, self.events, channels).open()
         logger.debug("data dir %s (fsync %s, commit every %g s)", persist.data_dir,
                     persist.fsync.value, persist.commit_interval)
 
@@ -160,7 +176,7 @@ class MarketDataApp:
         elif self.config.demo or self.config.streams:
             from flight_md.ingest.manager import IngestionThread
 
-            self.ingestion = IngestionThread(self.buffer, self.events,
+            self.ingestion = IngestionThread(events=self.events, store=self.store,
                                              on_fatal=self._on_fatal).start()
             if self.config.demo:
                 from flight_md.emulator import Emulator
@@ -173,11 +189,13 @@ class MarketDataApp:
                     logger.info("demo: exchange emulator (%s protocol) at %s", venue_id,
                                 emulator.url)
             for stream in self.streams:
-                self.ingestion.run(self.ingestion.manager.add_stream(
-                    stream.exchange, symbols=list(stream.symbols), keep_retrying=True,
-                    **stream.stream_kwargs()),
-                    START_TIMEOUT_S)
-                logger.info("streaming %s: %s", stream.exchange, ", ".join(stream.symbols))
+                for channel in stream.channels:  # one stream per channel
+                    self.ingestion.run(self.ingestion.manager.add_stream(
+                        stream.exchange, symbols=list(stream.symbols), keep_retrying=True,
+                        **{**stream.stream_kwargs(), "channel": channel}),
+                        START_TIMEOUT_S)
+                logger.info("streaming %s (%s): %s", stream.exchange,
+                            ", ".join(stream.channels), ", ".join(stream.symbols))
             control = self.ingestion.control()
         if control is not None and self.persistence is not None:
             self._repeat_subscriptions(control)
@@ -192,7 +210,7 @@ class MarketDataApp:
             security["middleware"] = {**security.get("middleware", {}),
                                       METRICS_MIDDLEWARE_KEY: rpc_metrics.middleware()}
         try:
-            self.server = FlightMarketDataServer(self.config.location, self.buffer,
+            self.server = FlightMarketDataServer(self.config.location, store=self.store,
                                                  events=self.events, control=control,
                                                  follow_max_lag=self.config.follow_max_lag,
                                                  persistence=self.persistence, **security)
@@ -244,6 +262,13 @@ class MarketDataApp:
 
     def _start_process(self) -> Any:
         from flight_md.ingest.process import IngestionProcess
+
+        other = [f"{s.exchange} {c}" for s in self.config.streams for c in s.channels
+                 if c not in ("ticker", "bidask")]
+        if other:
+            raise ConfigError(f"--ingest-process streams ticker and bidask only, not "
+                              f"{', '.join(other)}; run without --ingest-process for trades "
+                              "and books")
 
         if self.config.demo:
             from flight_md.emulator.thread import EmulatorThread

@@ -224,13 +224,22 @@ class StatusCollector(Collector):
         yield _counter("flight_md_callback_errors", "Exceptions raised by user callbacks",
                        ("exchange",), [((ex,), entry.get("callback_errors", 0))
                                        for ex, entry in exchanges.items()])
+        yield _counter("flight_md_channel_counts", "Per-channel ingestion counts (trades: "
+                       "stored, duplicates, gaps, backfilled; book: stored, resyncs, ...)",
+                       ("exchange", "channel", "count"),
+                       [((ex, channel, name), value) for ex, entry in exchanges.items()
+                        for channel, stream in sorted((entry.get("channels") or {}).items())
+                        for name, value in sorted((stream.get("counters") or {}).items())])
         symbols = status.get("symbols", [])
 
+        def key(s: dict[str, Any]) -> tuple[str, ...]:
+            return (s["exchange"], s["symbol"], s.get("channel") or "ticker")
+
         def per_symbol(field: str, scale: float = 1.0) -> list[tuple[tuple[str, ...], float]]:
-            return [((s["exchange"], s["symbol"]), float(s[field]) * scale) for s in symbols
+            return [(key(s), float(s[field]) * scale) for s in symbols
                     if s.get(field) is not None]
 
-        labels = ("exchange", "symbol")
+        labels = ("exchange", "symbol", "channel")
         yield _counter("flight_md_ticks_received", "Updates received from the exchange "
                        "(rate() of it is the ingest rate)", labels, per_symbol("ticks_received"))
         yield _counter("flight_md_ticks_stored", "Ticks appended to the store", labels,
@@ -243,7 +252,7 @@ class StatusCollector(Collector):
                      per_symbol("age_ms", 0.001))
         yield _gauge("flight_md_stale", "1 while a subscribed symbol has been silent longer than "
                      "the heartbeat interval", labels,
-                     [((s["exchange"], s["symbol"]), float(bool(s.get("stale")))) for s in symbols])
+                     [(key(s), float(bool(s.get("stale")))) for s in symbols])
         yield _gauge("flight_md_live_tails", "Open live tails", labels, per_symbol("live_tails"))
 
 

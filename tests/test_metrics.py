@@ -99,7 +99,7 @@ def test_metrics_are_the_servers_own_figures(emulator: EmulatorProcess) -> None:
         samples = scrape(base)
         after = action(client, "status")
         for old, new in zip(before["symbols"], after["symbols"]):
-            labels = {"exchange": "binance", "symbol": old["symbol"]}
+            labels = {"exchange": "binance", "symbol": old["symbol"], "channel": "ticker"}
             received = value(samples, "flight_md_ticks_received_total", **labels)
             stored = value(samples, "flight_md_ticks_stored_total", **labels)
             assert received is not None and old["ticks_received"] <= received <= new["ticks_received"]
@@ -108,8 +108,8 @@ def test_metrics_are_the_servers_own_figures(emulator: EmulatorProcess) -> None:
             assert value(samples, "flight_md_stale", **labels) == 0
             age = value(samples, "flight_md_tick_age_seconds", **labels)
             assert age is not None and age >= 0
-        assert value(samples, "flight_md_live_tails", exchange="binance", symbol="ETH/USDT") == 1
-        assert value(samples, "flight_md_live_tails", exchange="binance", symbol="BTC/USDT") == 0
+        assert value(samples, "flight_md_live_tails", exchange="binance", symbol="ETH/USDT", channel="ticker") == 1
+        assert value(samples, "flight_md_live_tails", exchange="binance", symbol="BTC/USDT", channel="ticker") == 0
         assert value(samples, "flight_md_ready") == 1
         assert value(samples, "flight_md_exchange_state", exchange="binance", state="connected") == 1
         assert value(samples, "flight_md_exchange_state", exchange="binance", state="reconnecting") == 0
@@ -125,7 +125,8 @@ def test_metrics_are_the_servers_own_figures(emulator: EmulatorProcess) -> None:
 
         tail.cancel()
         samples = until(lambda: (s := scrape(base)) and value(
-            s, "flight_md_live_tails", exchange="binance", symbol="ETH/USDT") == 0 and value(
+            s, "flight_md_live_tails", exchange="binance", symbol="ETH/USDT",
+            channel="ticker") == 0 and value(
             s, "flight_md_rpc_duration_seconds_count", rpc="DoGet(follow)") == 1 and s, 10,
             "the closed tail in the metrics")
         assert value(samples, "flight_md_rpc_duration_seconds_count", rpc="DoGet") == 4

@@ -90,14 +90,23 @@ def stream_args(url: str, *more: str) -> tuple[str, ...]:
 
 
 def test_demo_streams_the_emulated_binance_market() -> None:
-    """``--demo``: the five demo symbols on binance, ticking, with no exchange given."""
+    """``--demo``: the five demo symbols on binance, ticking, trading and quoting their book,
+    with no exchange given."""
     with ServerProcess("--demo") as server, flight.connect(server.location) as client:
         until(lambda: all(stored(client, s) >= 3 for s in DEMO_SYMBOLS), 30,
               "three ticks of every demo symbol")
         flights = {tuple(p.decode() for p in f.descriptor.path) for f in client.list_flights()
                    if f.descriptor.path}  # symbol flights (not @markets)
-        assert flights == {("binance", s) for s in DEMO_SYMBOLS}
-        assert status(client)["exchanges"]["binance"]["state"] == "connected"
+        assert {("binance", s) for s in DEMO_SYMBOLS} <= flights  # tickers
+        assert flights <= {("binance", s, *c) for s in DEMO_SYMBOLS
+                           for c in ((), ("trades",), ("book",))}  # and trades and books
+        until(lambda: {("binance", s, c) for s in DEMO_SYMBOLS for c in ("trades", "book")} <= {
+            tuple(p.decode() for p in f.descriptor.path) for f in client.list_flights()
+            if f.descriptor.path}, 30,
+            "trades and books of every demo symbol")
+        streams = status(client)["exchanges"]["binance"]["channels"]
+        assert {c: s["state"] for c, s in streams.items()} == {
+            "ticker": "connected", "trades": "connected", "book": "connected"}
 
 
 def test_host_binds_the_address_given() -> None:
