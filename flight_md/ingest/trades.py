@@ -136,7 +136,7 @@ class TradeFanout(Fanout):
         counters: :data:`TRADE_COUNTERS` by name.
     """
 
-    __slots__ = ("_backfills", "_events", "_exchange", "_flip", "_seen", "_sequential",
+    __slots__ = ("_backfills", "_events", "_exchange", "_flip", "_seen", "_sequential", "_span",
                  "_subscribed", "_venue", "counters")
 
     def __init__(self, exchange_id: str, venue: Venue, buffer: MarketDataBuffer,
@@ -146,6 +146,7 @@ class TradeFanout(Fanout):
         self._venue = venue
         self._sequential = venue.sequential_trade_ids
         self._flip = venue.maker_side_trades
+        self._span = venue.trade_id_span if venue.sequential_trade_ids else None
         self._events = events
         self._exchange = exchange
         self._subscribed = subscribed
@@ -198,7 +199,9 @@ class TradeFanout(Fanout):
         if seen is None:
             seen = self._seen[symbol] = _Seen()
         if trade_id is not None:
-            fresh = self._fresh(symbol, seen, trade_id, backfill)
+            info = trade.get("info")
+            span = self._span(info) if self._span is not None and isinstance(info, Mapping) else 1
+            fresh = self._fresh(symbol, seen, trade_id, backfill, span)
             if not fresh:
                 if fresh is False and resend and not backfill:  # overlapping pages are no resend
                     self.counters["duplicates"] += 1
@@ -215,7 +218,8 @@ class TradeFanout(Fanout):
                                 side, receive_ms))
         return True
 
-    def _fresh(self, symbol: str, seen: _Seen, trade_id: str, backfill: bool) -> bool | None:
+    def _fresh(self, symbol: str, seen: _Seen, trade_id: str, backfill: bool,
+               span: int = 1) -> bool | None:
         """Whether a trade id was not stored before (``None``: a backfill reached past the
         gap, to trades the websocket delivers); notes it, and any gap it reveals."""
         number = _number(trade_id) if self._sequential else None
@@ -225,7 +229,8 @@ class TradeFanout(Fanout):
             seen.remember(trade_id)
             return True
         last = seen.last_id
-        if last is None or number == last + 1:
+        first = number - span + 1  # an aggregate's id is its last fill's
+        if last is None or first == last + 1:
             seen.last_id = number
             return True
         if number <= last:
@@ -237,7 +242,10 @@ class TradeFanout(Fanout):
             seen.holes.clear()
             seen.last_id = number
             return True
-        self._gap(symbol, seen, last + 1, number - 1)
+        if first <= last:  # overlaps what was stored: no gap, nothing missing
+            seen.last_id = number
+            return True
+        self._gap(symbol, seen, last + 1, first - 1)
         seen.last_id = number
         return True
 

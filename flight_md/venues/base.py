@@ -125,6 +125,9 @@ class Venue:
         sequential_trade_ids: The venue numbers its trades one by one per market (Binance
             ``t``, OKX ``tradeId``): a jump between two consecutive ids is a gap of missed
             trades, recorded and backfilled.
+        trade_id_span: Given a trade's raw payload (ccxt's ``info``), how many consecutive ids
+            it stands for, its id being the last of them (OKX aggregates the fills of one
+            taker order: ``count``); ``None``: one each.
         maker_side_trades: The venue's trade side is the maker's (Coinbase), which ccxt passes
             on unchanged: the stored side (the taker's) is the other one.
         trade_backfill: ``(ccxt options, first missing id) -> fetch_trades params`` that fetch
@@ -151,6 +154,7 @@ class Venue:
     alias_of: Callable[[Mapping[str, Any]], str | None] | None = None
     book_depths: tuple[int, ...] = ()
     sequential_trade_ids: bool = False
+    trade_id_span: Callable[[Mapping[str, Any]], int] | None = None
     maker_side_trades: bool = False
     trade_backfill: Callable[[Mapping[str, Any], int], Mapping[str, Any]] | None = None
 

@@ -289,3 +289,20 @@ def test_the_event_log_keeps_subscriptions_per_channel() -> None:
     assert log.subscribed_channels("bybit", "BTC/USDT") == [""]
     assert log.events()[1].channel == "trades"
     assert "channel" not in log.to_table().schema.names  # not part of @events' schema
+
+
+@pytest.mark.asyncio
+async def test_an_okx_aggregate_stands_for_count_ids_ending_at_its_own() -> None:
+    events = EventLog()
+    unreachable = ccxt_pro.okx({"urls": {"api": {"rest": "http://127.0.0.1:9"}}})
+    made, buffer, state = fanout("okx", unreachable, events)
+    try:
+        for number, count in [(10, "1"), (13, "3"), (14, "1"), (20, "2")]:
+            made.ingest("BTC/USDT", state, trade(id=str(number), info={"count": count}), NOW)
+        assert stored_ids(buffer, "okx") == ["10", "13", "14", "20"]
+        (gap,) = [e for e in events.events() if e.kind is EventKind.GAP]
+        assert gap.detail == '{"count": 4, "first_id": "15", "last_id": "18"}'
+        await wait_until(lambda: any(e.kind is EventKind.BACKFILL for e in events.events()), 10 * MS,
+                         "the failed backfill")
+    finally:
+        await unreachable.close()
