@@ -53,8 +53,12 @@ Assumptions (the name each check reports):
     one book (``BookCapture``'s ``resync``): ccxt re-requests a snapshot only for a new
     subscription (Bybit, OKX, Kraken and Coinbase send one on subscribe; Binance fetches its
     REST snapshot when it subscribes), so the stream ends its websocket session and the next
-    one subscribes every book afresh (one resync per session; measured on the emulator: a
-    gap of one reconnect delay). Checked: ``handle_message`` takes ``(client, message)``.
+    one subscribes every book afresh (one resync per session: the books of the stream pause
+    for one reconnect delay; tried on the emulator's ``book_gap`` fault on every venue: one
+    ``book_resync``, storing resumes from the new snapshot, nothing crossed stored).
+    Unsubscribing and subscribing the one symbol would keep the other books going on venues
+    whose ccxt can unsubscribe; not done yet. Checked: ``handle_message`` takes
+    ``(client, message)``.
 ``client``
     ``exchange.client(url)`` creates (once per URL) and returns a websocket client,
     registered in the ``exchange.clients`` dict by its ``url``, whose ``on_message``,
