@@ -1,0 +1,96 @@
+"""The server's :class:`~flight_md.sql.source.TableSource`: a :class:`~flight_md.buffer.Store`,
+its Parquet history and the event log.
+
+* ``ring_snapshot(channel)``: for every ring of the channel's buffer,
+  :meth:`~flight_md.buffer.MarketDataBuffer.seam_rows` (under that ring's lock: its rows from
+  the first one the history does not hold, and that row's sequence number), assembled in the
+  public schema without copying (the ring's immutable batches plus constant ``exchange`` and
+  ``symbol`` columns) and concatenated (zero-copy: chunks side by side).
+* ``history_dataset(channel)``: a ``pyarrow.dataset`` over
+  ``ROOT/history/channel=<channel>/`` on the history's filesystem (local or an object store),
+  hive-partitioned; pyarrow's discovery skips ``.``- and ``_``-prefixed names, so temporary
+  files and compaction markers are never read (a compaction's sources may be seen beside its
+  target for the instant between its rename and its deletes, as any external reader sees them:
+  :mod:`flight_md.persist.history`).
+* ``events()``: the whole in-memory event log; ``status_table()``: what ``status`` returns.
+
+Threads: called on Flight threads; everything it reads is guarded by the rings' own locks or
+immutable.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
+
+import pyarrow as pa
+import pyarrow.dataset as ds
+import pyarrow.fs as pafs
+
+from flight_md import errors
+from flight_md.sql.source import SEAMS_SCHEMA, RingSnapshot
+
+if TYPE_CHECKING:
+    from flight_md.buffer import Store
+    from flight_md.events import EventLog
+    from flight_md.persist.history import HistoryRoot
+
+__all__ = ["StoreTableSource"]
+
+
+class StoreTableSource:
+    """A :class:`~flight_md.sql.source.TableSource` over the server's store.
+
+    Args:
+        store: Every channel's buffer.
+        events: The event log (``events`` table).
+        history: The Parquet history's root (``Persistence.root``), or ``None``: memory only.
+        status: Returns the ``status`` table (one row per series), or ``None``: no such table.
+    """
+
+    def __init__(self, store: Store, events: EventLog, *, history: HistoryRoot | None = None,
+                 status: Callable[[], pa.Table | None] | None = None) -> None:
+        self.store = store
+        self.event_log = events
+        self.history = history
+        self._status = status
+
+    def channels(self) -> Sequence[str]:
+        return self.store.channels()
+
+    def schema(self, channel: str) -> pa.Schema:
+        schema: pa.Schema = self.store.buffer(channel).schema
+        return schema
+
+    def ring_snapshot(self, channel: str) -> RingSnapshot:
+        buffer = self.store.get(channel)
+        schema = self.schema(channel)
+        if buffer is None:
+            return RingSnapshot(schema.empty_table())
+        tables, seams = [], []
+        for exchange, symbol in buffer.keys():
+            try:
+                ring, first_seq, batches = buffer.seam_rows(symbol, exchange, None, None)
+            except errors.NotFound:  # cleared since keys() listed it
+                continue
+            tables.append(ring.table(batches, None))
+            if first_seq is not None:
+                seams.append({"exchange": exchange, "symbol": symbol, "before_sequence": first_seq})
+        table = pa.concat_tables(tables) if tables else schema.empty_table()
+        return RingSnapshot(table, pa.Table.from_pylist(seams, schema=SEAMS_SCHEMA)
+                            if seams else None)
+
+    def history_dataset(self, channel: str) -> ds.Dataset | None:
+        if self.history is None:
+            return None
+        path = self.history.path(f"history/channel={channel}")
+        if self.history.fs.get_file_info(path).type != pafs.FileType.Directory:
+            return None
+        return ds.dataset(path, filesystem=self.history.fs, format="parquet",
+                          partitioning="hive")
+
+    def events(self) -> pa.Table:
+        return self.event_log.to_table()
+
+    def status_table(self) -> pa.Table | None:
+        return self._status() if self._status is not None else None
