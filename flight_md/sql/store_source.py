@@ -68,7 +68,8 @@ class StoreTableSource:
         if buffer is None:
             return RingSnapshot(schema.empty_table())
         tables, seams = [], []
-        for exchange, symbol in buffer.keys():
+        series = buffer.keys()  # every (exchange, symbol) with a ring
+        for exchange, symbol in series:
             try:
                 ring, first_seq, batches = buffer.seam_rows(symbol, exchange, None, None)
             except errors.NotFound:  # cleared since keys() listed it
