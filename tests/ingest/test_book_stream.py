@@ -18,9 +18,11 @@ from flight_md.buffer import MarketDataBuffer
 from flight_md.emulator import Emulator, Fault
 from flight_md.errors import NotFound
 from flight_md.events import EventKind
+from flight_md.ingest.books import COUNTERS
 from flight_md.venues import emulated, venue
-from tests.ingest.support import wait_until
-from tests.ingest.test_book_capture import never_crossed
+from tests.emulator.conftest import recording_path
+from tests.ingest.support import MS, wait_until
+from tests.ingest.test_book_capture import EXPECTED, never_crossed
 from tests.ingest.test_book_faults import LOST
 
 
@@ -67,3 +69,45 @@ async def test_a_book_stream_resyncs_a_lost_update_and_stores_from_the_new_snaps
             # Nothing stale: the first row stored after the failure was received after it.
             times = table.column("receive_timestamp").to_pylist()
             assert min(times[before[symbol]:]) >= failed_at
+
+
+def top(buffer: MarketDataBuffer, exchange: str, symbol: str) -> Any:
+    table = rows(buffer, exchange, symbol)
+    if table is None or table.num_rows == 0:
+        return None
+    row = table.slice(table.num_rows - 1).to_pylist()[0]
+    return ([[lv["price"], lv["amount"]] for lv in row["bids"]], [[lv["price"], lv["amount"]] for lv in row["asks"]])
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("exchange_id", sorted(EXPECTED))
+async def test_a_book_stream_s_replay_ends_with_the_book_rebuilt_from_the_recording(
+        exchange_id: str, make_emulator: Callable[..., Awaitable[Emulator]],
+        make_stream: Callable[..., Awaitable[Any]]) -> None:
+    expected = EXPECTED[exchange_id]()
+    symbols = sorted(expected.tops)
+    emulator = await make_emulator(exchange_id, (), replay=recording_path(exchange_id), speed=0)
+    buffer = MarketDataBuffer(10_000, channel="book", book_depth=10)
+    # A replay goes silent when it ends: no stale reconnect (which replays the rest again) in the test.
+    stream = await make_stream(emulator, symbols, channel="book", buffer=buffer, heartbeat_interval=60.0 * MS)
+    await wait_until(lambda: all(top(buffer, exchange_id, s) == expected.tops[s] for s in symbols), 15,
+                     "the stored books to equal the recording's")
+    for symbol in symbols:
+        wanted = expected.frames[symbol]
+        if wanted is not None:  # every update, once (the last ones may leave the top 10 as it was)
+            await wait_until(lambda s=symbol, n=wanted: count(buffer, exchange_id, s) >= n, 5, f"{symbol}'s rows")
+            assert count(buffer, exchange_id, symbol) == wanted, symbol
+        table = rows(buffer, exchange_id, symbol)
+        assert table is not None
+        never_crossed(table)
+        nonces = table.column("nonce").to_pylist()
+        if expected.sequenced:
+            assert None not in nonces and nonces == sorted(nonces), symbol  # the venue's sequence, rising
+        else:
+            assert set(nonces) == {None}, symbol
+        assert min(table.column("timestamp").to_pylist()) > 0
+    assert [e for e in stream.events.events(exchange_id) if e.kind is EventKind.BOOK_RESYNC] == []
+    counters = stream.status().exchanges[0].counters
+    assert set(counters) == set(COUNTERS)
+    assert counters["stored"] == sum(count(buffer, exchange_id, s) for s in symbols)
+    assert counters["unchecked"] == counters["resyncs"] == 0  # every Kraken checksum was checked
