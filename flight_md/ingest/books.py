@@ -161,8 +161,7 @@ class BookCapture:
         self._subscribed = subscribed
         self._resync = resync
         # The depth the stream subscribes (Kraken's checksum runs over the book truncated to it).
-        book_limit = getattr(venue, "book_limit", None)
-        self._verifier_depth: int | None = book_limit(depth) if callable(book_limit) else None
+        self._verifier_depth = venue.book_limit(depth)
         self._connections: dict[int, tuple[Any, _Connection]] = {}  # id(client) -> (client, state)
         self._current: Any = None
         self._current_conn: _Connection | None = None
