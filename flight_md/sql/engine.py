@@ -393,21 +393,37 @@ class Engine:
 
     def tables(self) -> list[TableInfo]:
         """Every SQL table, with the schema ``SELECT *`` gives (views are (re)defined here)."""
-        self._ensure_views()
+        self._ensure_views(refresh=True)
         with self._lock:
             return list(self._tables)
 
-    def _ensure_views(self) -> tuple[list[tuple[str, pa.Schema]], pa.Schema, pa.Schema | None]:
+    def _ensure_views(self, *, refresh: bool = False, events: pa.Schema | None = None,
+                      status: pa.Schema | None | bool = False) -> None:
+        """(Re)define the views if a schema changed.
+
+        The channels' schemas are checked on every call (cheap); the events' and the status
+        table's only when ``refresh`` (the catalogue) or when a query fetched them (``events``,
+        ``status``: their schemas then; ``status=False`` means not fetched): building those
+        tables costs more than a small query.
+        """
         channels = self._channels()
-        events = self.source.events().schema
-        status = self.source.status_table()
-        status_schema = status.schema if status is not None else None
-        signature = (tuple(channels), events, status_schema)
+        with self._lock:
+            known = self._views
+        if refresh or known is None:
+            events = self.source.events().schema
+            table = self.source.status_table()
+            status = table.schema if table is not None else None
+        if known is not None:
+            if events is None:
+                events = known[1]
+            if status is False:
+                status = known[2]
+        assert events is not None and not isinstance(status, bool)
+        signature = (tuple(channels), events, status)
         with self._lock:
             if signature != self._views:
-                self._define_views(channels, events, status_schema)
+                self._define_views(channels, events, status)
                 self._views = signature
-        return channels, events, status_schema
 
     def _define_views(self, channels: list[tuple[str, pa.Schema]], events: pa.Schema,
                       status: pa.Schema | None) -> None:
@@ -550,9 +566,12 @@ class Engine:
                 _register_channel(cursor, channel, schema, ring,
                                   self.source.history_dataset(channel), snapshot.seams)
         if EVENTS_TABLE in words:
-            cursor.register("__events", self.source.events())
+            events = self.source.events()
+            self._ensure_views(events=events.schema)
+            cursor.register("__events", events)
         if STATUS_TABLE in words:
             status = self.source.status_table()
+            self._ensure_views(status=status.schema if status is not None else None)
             if status is not None:
                 cursor.register("__status", status)
 
