@@ -79,3 +79,7 @@ def test_quickstart_runs_against_the_demo(demo_location: str,
     assert "symbol='BTC/USDT'" in text
     assert "<image/png>" in text
     assert "live ticks in 3 s" in text
+    # The demo streams trades and the book too: those sections ran on its data.
+    assert "BTC/USDT streams: ticker-like, book, trades" in text
+    assert "one-second bars of BTC/USDT" in text and "never crossed: True" in text
+    assert text.count("<image/png>") == 3
