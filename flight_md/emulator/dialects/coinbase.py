@@ -71,7 +71,8 @@ Coinbase does (:meth:`CoinbaseDialect.renumber`, as each frame is written: a rep
 recorded number is replaced too); ccxt reads none of it, flight_md's book verifier all of it.
 
 Replay maps each recorded data frame to its stream by its channel (``l2_data`` frames are the
-``level2`` subscription's) and its first product, served byte for byte (``market_trades``
+``level2`` subscription's) and its first product, served byte for byte but for its
+``sequence_num``, which is the connection's (``market_trades``
 snapshot and updates with their recorded ``trade_id``; ``l2_data`` snapshot and updates);
 ``subscriptions`` and ``heartbeats`` frames are the emulator's own, live. A replay serves the
 depth the recording holds (Coinbase's whole book), whatever depth ccxt asks for, and only
