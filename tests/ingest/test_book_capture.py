@@ -287,18 +287,6 @@ async def watch_books(exchange: Any, symbols: list[str], depth: int) -> None:
 
 
 @pytest.mark.asyncio
-async def test_bybit_spot_and_linear_books_of_one_id_are_told_apart_by_the_connection() -> None:
-    # Both books arrive as BTCUSDT (on /v5/public/spot and /v5/public/linear): each lands in its own symbol.
-    expected = bybit_expected()
-    assert sorted(expected.tops) == ["BTC/USDT", "BTC/USDT:USDT"]
-    assert expected.tops["BTC/USDT"] != expected.tops["BTC/USDT:USDT"]
-    async with rig("bybit", replay=recording_path("bybit"), speed=0) as r:
-        await watch_books(r.exchange, ["BTC/USDT:USDT"], DEPTH)
-        await async_until(lambda: r.latest("BTC/USDT:USDT") == expected.tops["BTC/USDT:USDT"], 10, "the linear book")
-        assert r.latest("BTC/USDT") is None  # not subscribed on ccxt: no spot connection at all
-
-
-@pytest.mark.asyncio
 async def test_a_book_no_longer_subscribed_is_not_stored() -> None:
     wanted = {"BTC/USDT"}
     expected = okx_expected()
