@@ -21,7 +21,7 @@ import pyarrow as pa
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "clients"))
-from client_support import channel_market, refused_port
+from client_support import channel_market, followers, refused_port
 
 from flight_md import terminal
 from flight_md.core.channels import BOOK_SCHEMA
@@ -36,6 +36,7 @@ from flight_md.terminal import (
     tail_line,
     with_times,
 )
+from tests.support import until
 
 
 @pytest.fixture(autouse=True)
@@ -353,3 +354,27 @@ def test_a_bars_table_prints_the_vwap_without_float_noise() -> None:
     lines, _ = table_lines(bars)
     assert lines[1].split() == ["2025-11-24T16:00:00.000Z", "64648.9", "64658.07", "64542.93",
                                 "64562.04", "0.176956", "64589.911", "15"]
+
+
+def test_tail_bars_prints_each_bar_when_it_closes(capsys: pytest.CaptureFixture[str],
+                                                  channel_server: FlightMarketDataServer,
+                                                  loc: list[str]) -> None:
+    trades = channel_server.test_store.buffer("trades")  # type: ignore[attr-defined]
+    second = (now_ms() // 1000 + 5) * 1000  # a bar that has no trades yet
+
+    def feed() -> None:
+        until(lambda: followers(trades, "BTC/USDT") == 1, 10, "the tail to open")
+        for i, price in enumerate((10.0, 12.0, 9.0, 11.0)):
+            trades.append_trade("binance", "BTC/USDT", second + i, f"b{i}", price, 2.0, None,
+                                second + i)
+        # a trade well into a later bar closes the first one
+        trades.append_trade("binance", "BTC/USDT", second + 3000, "b9", 50.0, 1.0, None,
+                            second + 3000)
+
+    feeder = threading.Thread(target=feed, daemon=True)
+    feeder.start()
+    code, out, _ = run(capsys, "tail", "BTC/USDT", "--bars", "1s", "--count", "1", *loc)
+    feeder.join()
+    assert code == 0
+    assert out.splitlines() == [f"{format_time(second)}  open=10  high=12  low=9  close=11  "
+                                "volume=8  vwap=10.5  trades=4"]
