@@ -371,26 +371,33 @@ def to_trade(trade: Mapping[str, Any], receive_ms: int) -> TradeFields | DropRea
         return DropReason.UNPARSEABLE_FRAME
     get = trade.get
     symbol = get("symbol")
-    if not isinstance(symbol, str) or not symbol:
+    if type(symbol) is not str or not symbol:
         return DropReason.MISSING_SYMBOL
-    try:
-        price = _number(get("price"), "price")
-        if price is None:
-            return DropReason.MISSING_PRICE
-        if price <= 0.0:
-            return DropReason.NON_POSITIVE_PRICE
-        amount = _volume(get("amount"), "amount")
-        if amount is None:
-            return DropReason.MISSING_AMOUNT
-        timestamp = _timestamp(get("timestamp"), receive_ms)
-    except _Bad as bad:
-        return bad.reason
+    # What ccxt hands over (finite floats, an int time in range) is taken as it is: this runs
+    # for every trade; anything else goes through the checks.
+    price, amount, timestamp = get("price"), get("amount"), get("timestamp")
+    if not (type(price) is float and 0.0 < price < _INF and type(amount) is float
+            and 0.0 <= amount < _INF and type(timestamp) is int
+            and MIN_TIMESTAMP_MS <= timestamp <= receive_ms + MAX_FUTURE_MS):
+        try:
+            price = _number(price, "price")
+            if price is None:
+                return DropReason.MISSING_PRICE
+            if price <= 0.0:
+                return DropReason.NON_POSITIVE_PRICE
+            amount = _volume(amount, "amount")
+            if amount is None:
+                return DropReason.MISSING_AMOUNT
+            timestamp = _timestamp(timestamp, receive_ms)
+        except _Bad as bad:
+            return bad.reason
     raw_side = get("side")
     side = _SIDE_OF.get(raw_side) if raw_side is None or isinstance(raw_side, str) else None
     if side is None and raw_side is not None:
         return DropReason.BAD_SIDE
     raw_id = get("id")
-    trade_id = None if raw_id is None or raw_id == "" else str(raw_id)
+    trade_id = raw_id if type(raw_id) is str and raw_id else (
+        None if raw_id is None or raw_id == "" else str(raw_id))
     return symbol, timestamp, trade_id, price, amount, side
 
 
