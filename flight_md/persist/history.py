@@ -619,9 +619,22 @@ def _reraise_environment(exc: BaseException) -> None:
         raise exc
 
 
+def _leaf(meta: pq.FileMetaData, name: str) -> int:
+    """The Parquet column (leaf) index of the top-level primitive column ``name``, or -1.
+
+    Not the Arrow field index: a nested column (a book side, ``list<struct<price, amount>>``)
+    is several Parquet columns, so the two differ for every column after it.
+    """
+    schema = meta.schema
+    for i in range(len(schema)):
+        if schema.column(i).path == name:
+            return i
+    return -1
+
+
 def _timestamp_range(meta: pq.FileMetaData) -> tuple[int, int]:
     """Smallest and largest timestamp of a file from its row-group statistics."""
-    index = meta.schema.to_arrow_schema().get_field_index(TIMESTAMP)
+    index = _leaf(meta, TIMESTAMP)
     if index < 0:
         raise ValueError(f"no {TIMESTAMP!r} column")
     lo, hi = _HI, _LO
@@ -635,7 +648,7 @@ def _timestamp_range(meta: pq.FileMetaData) -> tuple[int, int]:
 
 def _max_sequence(meta: pq.FileMetaData) -> int | None:
     """The largest ``sequence`` of a file from its row-group statistics (``None``: unknown)."""
-    index = meta.schema.to_arrow_schema().get_field_index(SEQUENCE)
+    index = _leaf(meta, SEQUENCE)
     if index < 0:
         return None
     hi: int | None = None
@@ -1002,8 +1015,8 @@ def _read_rows(entry: _Entry, pf: pq.ParquetFile, lo: int, hi: int, before: Seam
     try:
         meta = pf.metadata
         schema = pf.schema_arrow
-        ts_index = schema.get_field_index(TIMESTAMP)
-        seq_index = schema.get_field_index(SEQUENCE)
+        ts_index = _leaf(meta, TIMESTAMP)
+        seq_index = _leaf(meta, SEQUENCE)
         seam_seq = before.sequence if before is not None and seq_index >= 0 else None
         by_seq = seam_seq is not None
         groups: list[int] = []
@@ -1346,7 +1359,7 @@ class HistoryReader:
             _reraise_environment(exc)
             self.root.quarantine(entry.path, f"unreadable parquet footer: {exc}")
             return []
-        ts_index = meta.schema.to_arrow_schema().get_field_index(TIMESTAMP)
+        ts_index = _leaf(meta, TIMESTAMP)
         spans = []
         for i in range(meta.num_row_groups):
             group = meta.row_group(i)
@@ -1382,7 +1395,7 @@ class HistoryReader:
                     meta = self.root.footer(entry.path)
                 except (pa.ArrowException, OSError):
                     continue
-                index = meta.schema.to_arrow_schema().get_field_index(SEQUENCE)
+                index = _leaf(meta, SEQUENCE)
                 if index < 0:
                     continue
                 for i in range(meta.num_row_groups):
