@@ -27,7 +27,8 @@ market id as the frame spells it (``BTCUSDT``, ``BTC-USD``, ``BTC/USD``, ``BTC-U
 Venue rules (from each venue's websocket documentation):
 
 ``binance`` (spot diff depth, ``depthUpdate``, raw or in a combined-stream envelope)
-    The snapshot is REST (``lastUpdateId``): :meth:`BinanceVerifier.on_rest_snapshot`.
+    The snapshot is REST (``lastUpdateId``): :meth:`BinanceVerifier.on_rest_snapshot`, for
+    the books :meth:`~BookVerifier.pending_snapshots` names (``rest_snapshot`` is true).
     Deltas before it are chained among themselves and are ``AWAITING``; the first delta
     applied must have ``U <= lastUpdateId + 1 <= u`` (older ones are dropped, ``OK``), every
     later one ``U == previous u + 1``. ccxt checks the same; this is for completeness.
