@@ -18,6 +18,10 @@ Exit codes: 0 done (``q`` in ``top``, ``--count``/``--iterations`` reached, the 
 tail); 1 the server is unreachable or refused the request (or the client is not installed), as
 one line on stderr and never a traceback; 2 a bad argument; 130 Ctrl-C.
 
+``get`` and ``tail`` read any channel (``--channel ticker|bidask|trades|book``; without it the
+symbol's ticker-like one) or bars of trades (``--bars 1m``); ``status`` and ``top`` show the
+trades and book streams beside the ticks.
+
 Every command takes ``--location`` (default ``$FLIGHT_MD_LOCATION`` or
 ``grpc://127.0.0.1:8815``), ``--token`` / ``--token-file`` / ``$FLIGHT_MD_TOKEN`` (bearer
 token), ``--tls-root-certs FILE`` and ``--tls-cert FILE --tls-key FILE`` (mutual TLS), and
@@ -971,9 +975,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
     top = subparsers.add_parser(
         "top", parents=[common], help="live view of every stream (q quits)",
-        description="A live, in-place view of every stream: state, ticks/s, last price, age "
-        "of the newest tick, reconnects. q or Ctrl-C quits. Without a terminal it prints "
-        "one frame per refresh.")
+        description="A live, in-place view of every stream: state, ticks/s (and trades/s where "
+        "trades are streamed), last price, age of the newest tick, reconnects. q or Ctrl-C "
+        "quits. Without a terminal it prints one frame per refresh.")
     top.add_argument("--interval", type=_seconds, default=1.0, metavar="S",
                      help="seconds between refreshes (default 1)")
     top.add_argument("--iterations", type=_positive, metavar="N",
