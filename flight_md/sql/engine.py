@@ -52,6 +52,7 @@ import logging
 import re
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -94,6 +95,7 @@ DEFAULT_QUEUE_WAIT_S: Final = 1.0
 WATCH_INTERVAL_S: Final = 0.05
 """How often the watchdog checks deadlines and cancelled calls."""
 MAX_MESSAGE_CHARS: Final = 2000
+SCHEMA_CACHE_ENTRIES: Final = 512
 
 EVENTS_TABLE: Final = "events"
 STATUS_TABLE: Final = "status"
@@ -364,6 +366,8 @@ class Engine:
         self._lock = threading.Lock()
         self._active = 0
         self._views: tuple[Any, ...] | None = None
+        self._generation = 0  # bumped whenever the views are redefined
+        self._schemas: OrderedDict[tuple[Any, ...], pa.Schema] = OrderedDict()
         self._tables: list[TableInfo] = []
         self._watchdog = _Watchdog()
         self._parser = self._db.cursor()
@@ -424,6 +428,7 @@ class Engine:
             if signature != self._views:
                 self._define_views(channels, events, status)
                 self._views = signature
+                self._generation += 1
 
     def _define_views(self, channels: list[tuple[str, pa.Schema]], events: pa.Schema,
                       status: pa.Schema | None) -> None:
@@ -469,9 +474,29 @@ class Engine:
             return check_statement(self._parser, sql)
 
     def schema(self, sql: str, params: Sequence[Any] | Mapping[str, Any] | None = None) -> pa.Schema:
-        """The result schema of ``sql`` (planned, not run: ``LIMIT 0``)."""
+        """The result schema of ``sql`` (planned over empty tables, not run: ``LIMIT 0``).
+
+        Cached per statement text, parameter types and view definitions: BI tools and
+        dashboards send the same statements again and again, and planning costs about as much
+        as running a small query.
+        """
+        self._ensure_views()  # first: a redefinition changes the key
+        if isinstance(params, Mapping):
+            kinds: tuple[Any, ...] = tuple(sorted((k, type(v).__name__) for k, v in params.items()))
+        else:
+            kinds = tuple(type(v).__name__ for v in params) if params is not None else ()
+        with self._lock:
+            key = (sql, kinds, self._generation)
+            cached = self._schemas.get(key)
+            if cached is not None:
+                self._schemas.move_to_end(key)
+                return cached
         execution = self.execute(sql, params, schema_only=True)
         execution.close()
+        with self._lock:
+            self._schemas[key] = execution.schema
+            while len(self._schemas) > SCHEMA_CACHE_ENTRIES:
+                self._schemas.popitem(last=False)
         return execution.schema
 
     def execute(self, sql: str, params: Sequence[Any] | Mapping[str, Any] | None = None, *,
@@ -506,7 +531,7 @@ class Engine:
         entry: _Running | None = None
         try:
             cursor = self._db.cursor()
-            self._register(cursor, sql)
+            self._register(cursor, sql, placeholders=schema_only)
             entry = _Running(cursor, time.monotonic() + self.limits.timeout_s, cancelled)
             key = self._watchdog.add(entry)
             try:
@@ -550,30 +575,46 @@ class Engine:
                     self._active -= 1
                 self._slots.release()
 
-    def _register(self, cursor: duckdb.DuckDBPyConnection, sql: str) -> None:
-        """Register, on ``cursor``, a snapshot of every table ``sql`` names."""
+    def _register(self, cursor: duckdb.DuckDBPyConnection, sql: str, *,
+                  placeholders: bool = False) -> None:
+        """Register, on ``cursor``, a snapshot of every table ``sql`` names (``placeholders``:
+        empty tables of the same schemas, which is all planning needs)."""
         words = {w.lower() for w in re.findall(r"[A-Za-z_][A-Za-z0-9_]*", sql)}
         channels = dict(self._channels())
         wanted = set(words)
         if BARS_TABLE in words:
             wanted.add("trades")
         for channel, schema in channels.items():
-            if channel in wanted:
-                snapshot = self.source.ring_snapshot(channel)
-                ring = snapshot.table
-                if isinstance(ring, pa.RecordBatchReader):
-                    ring = ring.read_all()  # a reader scans once; a view may scan twice
-                _register_channel(cursor, channel, schema, ring,
-                                  self.source.history_dataset(channel), snapshot.seams)
+            if channel not in wanted:
+                continue
+            if placeholders:
+                _register_channel(cursor, channel, schema, schema.empty_table(), None, None)
+                continue
+            snapshot = self.source.ring_snapshot(channel)
+            ring = snapshot.table
+            if isinstance(ring, pa.RecordBatchReader):
+                ring = ring.read_all()  # a reader scans once; a view may scan twice
+            _register_channel(cursor, channel, schema, ring,
+                              self.source.history_dataset(channel), snapshot.seams)
+        with self._lock:
+            known = self._views
+        assert known is not None
         if EVENTS_TABLE in words:
-            events = self.source.events()
-            self._ensure_views(events=events.schema)
-            cursor.register("__events", events)
+            if placeholders:
+                cursor.register("__events", known[1].empty_table())
+            else:
+                events = self.source.events()
+                self._ensure_views(events=events.schema)
+                cursor.register("__events", events)
         if STATUS_TABLE in words:
-            status = self.source.status_table()
-            self._ensure_views(status=status.schema if status is not None else None)
-            if status is not None:
-                cursor.register("__status", status)
+            if placeholders:
+                if known[2] is not None:
+                    cursor.register("__status", known[2].empty_table())
+            else:
+                status = self.source.status_table()
+                self._ensure_views(status=status.schema if status is not None else None)
+                if status is not None:
+                    cursor.register("__status", status)
 
     def _translate(self, exc: BaseException, entry: _Running | None) -> errors.FlightMdError:
         """The flight_md error for an engine failure (logged where it is the server's fault)."""
