@@ -146,3 +146,22 @@ def test_pandas_read_sql(adbc: Any) -> None:
                         "GROUP BY symbol ORDER BY symbol", adbc)
     want = {s: pc.mean(all_trades("binance", s)["price"]).as_py() for s in ("BTC/USDT", "ETH/USDT")}
     assert dict(zip(frame["symbol"], frame["mean"], strict=True)) == pytest.approx(want)
+
+
+def test_planning_takes_no_snapshot(sql_server: Any, source: MemorySource) -> None:
+    from pyarrow import flight
+
+    from tests.sql.test_safety import statement
+
+    source.calls.clear()
+    with flight.FlightClient(f"grpc://127.0.0.1:{sql_server.port}") as client:
+        info = client.get_flight_info(statement("SELECT * FROM trades"))
+        assert info.schema.names == TRADE_SCHEMA.names
+        assert source.calls == []  # GetFlightInfo plans over empty tables of the same schemas
+        client.do_get(info.endpoints[0].ticket).read_all()
+    assert source.calls == ["ring:trades"]
+
+
+def test_parameter_types_change_the_result_schema(adbc: Any) -> None:
+    assert pa.types.is_integer(run(adbc, "SELECT ? AS x", (1,)).schema.field("x").type)
+    assert run(adbc, "SELECT ? AS x", ("a",)).schema.field("x").type == pa.string()
