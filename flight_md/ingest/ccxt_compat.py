@@ -52,12 +52,13 @@ Assumptions (the name each check reports):
     ``on_close``/``on_error`` call ``flight_md_book.connection_lost(client)``. Resynchronising
     one book (``BookCapture``'s ``resync``): ccxt re-requests a snapshot only for a new
     subscription (Bybit, OKX, Kraken and Coinbase send one on subscribe; Binance fetches its
-    REST snapshot when it subscribes), so the stream ends its websocket session and the next
-    one subscribes every book afresh (one resync per session: the books of the stream pause
-    for one reconnect delay; tried on the emulator's ``book_gap`` fault on every venue: one
-    ``book_resync``, storing resumes from the new snapshot, nothing crossed stored).
-    Unsubscribing and subscribing the one symbol would keep the other books going on venues
-    whose ccxt can unsubscribe; not done yet. Checked: ``handle_message`` takes
+    REST snapshot when it subscribes), and its ``un_watch_order_book_for_symbols`` forgets the
+    books it unsubscribes. So where the venue has an ``unwatch`` (Binance, Bybit, OKX) the
+    stream unsubscribes the book's subscription group and subscribes it again on the same
+    connection; elsewhere (Coinbase, Kraken: no ccxt unsubscribe) it ends the websocket session
+    and the next one subscribes every book afresh. Tried with the emulator's ``book_gap`` on
+    every venue (tests/ingest/test_trades_book_plumbing.py): one ``book_resync``, storing
+    resumes from the new snapshot, nothing crossed stored. Checked: ``handle_message`` takes
     ``(client, message)``.
 ``client``
     ``exchange.client(url)`` creates (once per URL) and returns a websocket client,

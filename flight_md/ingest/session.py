@@ -18,8 +18,9 @@ Where the ticks come from
     cache of the :class:`~flight_md.ingest.ccxt_compat.TradeTap`), and the tap calls
     :meth:`WebsocketRunner.on_update`. Books are captured per frame by the stream's book
     observer, which calls :meth:`WebsocketRunner.frame_ok` for a frame ccxt handled and
-    :meth:`WebsocketRunner.resync` for a book that must be rebuilt (the session ends; the
-    next one subscribes every book afresh, each from a new snapshot). A watcher keeps its group subscribed and surfaces
+    :meth:`WebsocketRunner.resync` for a book that must be rebuilt (its group is unsubscribed
+    and subscribed again, or without a ccxt unsubscribe the session ends: either way each
+    book starts again from a new snapshot). A watcher keeps its group subscribed and surfaces
     connection errors; a failing or closing connection also ends the session at once through
     the guarded exchange's ``closed`` hook (:mod:`flight_md.ingest.ccxt_compat`).
 
@@ -99,8 +100,9 @@ class WebsocketRunner:
         session: The running session, if any.
     """
 
-    __slots__ = ("_background", "_channel", "_exchange", "_fanout", "_health", "_methods", "_subs",
-                 "_watch_kwargs", "delivering", "heartbeat_interval", "session")
+    __slots__ = ("_background", "_channel", "_exchange", "_fanout", "_health", "_methods",
+                 "_resyncing", "_subs", "_watch_kwargs", "delivering", "heartbeat_interval",
+                 "session")
 
     def __init__(self, exchange: Any, methods: ChannelMethods, health: Health,
                  subscriptions: Subscriptions, fanout: Fanout,
@@ -108,6 +110,7 @@ class WebsocketRunner:
                  channel: str, *, watch_kwargs: Mapping[str, Any] = MappingProxyType({})) -> None:
         self._exchange = exchange
         self._watch_kwargs = dict(watch_kwargs)
+        self._resyncing: set[str] = set()
         self._channel = channel
         self._methods = methods
         self._health = health
@@ -316,12 +319,50 @@ class WebsocketRunner:
             self._health.recovered("websocket reconnected", websocket=True)
 
     def resync(self, symbol: str) -> None:
-        """Rebuild ``symbol``'s book from a new snapshot: end the session (ccxt asks for a
-        snapshot only when it subscribes; see :mod:`flight_md.ingest.ccxt_compat`, ``book``).
-        Called from inside ccxt's handler: it only marks the session ended."""
+        """Rebuild ``symbol``'s book from a new snapshot (ccxt asks for one only when it
+        subscribes; see :mod:`flight_md.ingest.ccxt_compat`, ``book``): its subscription group
+        is unsubscribed and subscribed again where ccxt can unsubscribe, else the session ends
+        and the next one subscribes everything afresh. Called from inside ccxt's handler: it
+        only schedules the work."""
         session = self.session
-        if session is not None:
+        if session is None or session.ended.done() or symbol in self._resyncing:
+            return
+        if self._methods.unwatch is None:
             session.fail(ConnectionError(f"resynchronising the {symbol} book"))
+            return
+        self._resyncing.add(symbol)
+        task = asyncio.get_running_loop().create_task(
+            self._resubscribe(session, symbol), name=f"flight-md-{self._health.exchange_id}-resync")
+        self._background.add(task)
+
+        def done(finished: asyncio.Future[Any]) -> None:
+            self._background.discard(finished)
+            self._resyncing.discard(symbol)
+
+        task.add_done_callback(done)
+
+    async def _resubscribe(self, session: Session, symbol: str) -> None:
+        """Unsubscribe the group holding ``symbol`` and subscribe it again (see :meth:`resync`)."""
+        async with self._subs.lock:
+            group = next((g for g in session.watchers if symbol in g), None)
+            if group is None or session.ended.done():
+                return  # unsubscribed, or the session is going: the next one starts afresh
+            task = session.watchers.pop(group)
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            try:
+                await asyncio.wait_for(self.call(self._methods.unwatch or "", group),
+                                       UNWATCH_TIMEOUT)
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:  # noqa: BLE001 - any failure: resubscribe from scratch
+                session.fail(ConnectionError(f"resynchronising the {symbol} book "
+                                             f"({self._health.describe(error)})"))
+                return
+            ccxt_compat.close_idle_clients(self._exchange, self.close_later)
+            wanted = tuple(s for s in group if self._subs.subscribed(s) is not None)
+            if wanted:
+                self._start_watcher(session, wanted)
 
     def on_closed(self, error: Any) -> None:
         """ccxt saw the current websocket fail or close: end the session (as a watcher that
