@@ -18,7 +18,8 @@ from types import MappingProxyType
 
 from flight_md.venues.base import GENERIC_CHANNELS, ChannelMethods, Venue, has_key, ws_bases
 
-__all__ = ["GENERIC_CHANNELS", "VENUES", "ChannelMethods", "Venue", "emulated", "has_key", "venue", "venues_markdown", "ws_bases"]
+__all__ = ["GENERIC_CHANNELS", "VENUES", "ChannelMethods", "Venue", "channels_markdown", "emulated", "has_key",
+           "venue", "venues_markdown", "ws_bases"]
 
 def _load() -> Mapping[str, Venue]:
     found: dict[str, Venue] = {}
@@ -70,4 +71,23 @@ def venues_markdown() -> str:
         lines.append(f"| {item.title} | `{item.id}` | {method(item, Channel.TICKER)} | "
                      f"{method(item, Channel.BIDASK)} | {unsub} | {item.symbols_per_message} | "
                      f"{'; '.join(item.quirks)} |")
+    return "\n".join(lines)
+
+
+def channels_markdown() -> str:
+    """A table of each venue's trades and book channels, from the registry (for the README)."""
+    from flight_md.normalize import Channel
+
+    lines = [("| venue | `trades` | sequential ids (gaps, backfill) | `book` | book depths subscribed |"
+              " unsubscribe |"),
+             "|---|---|---|---|---|---|"]
+    for item in VENUES.values():
+        trades, book = item.channels.get(Channel.TRADES), item.channels.get(Channel.BOOK)
+        if trades is None or book is None:
+            continue
+        depths = ", ".join(map(str, item.book_depths)) if item.book_depths else "the whole book"
+        unsub = ", ".join(str(c) for c, m in ((Channel.TRADES, trades), (Channel.BOOK, book))
+                          if m.unwatch is not None) or "no (session restart)"
+        lines.append(f"| {item.title} | `{trades.watch}` | {'yes' if item.sequential_trade_ids else 'no'} | "
+                     f"`{book.watch}` | {depths} | {unsub} |")
     return "\n".join(lines)
