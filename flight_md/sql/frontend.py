@@ -251,7 +251,8 @@ class SqlFrontend:
     def get_flight_info(self, context: flight.ServerCallContext,
                         descriptor: flight.FlightDescriptor) -> flight.FlightInfo:
         """Plan a query or a catalogue command; its endpoint's ticket is for :meth:`do_get`."""
-        command, message = unpack(_limited(descriptor.command, "command"), _INFO_COMMANDS)
+        command, message = unpack(_limited(descriptor.command, "command", _HANDLE_LIMIT),
+                                  _INFO_COMMANDS)
         if command in _CATALOGUE:
             schema = self._catalogue_schema(command, message)
             ticket = descriptor.command
@@ -265,7 +266,8 @@ class SqlFrontend:
     def get_schema(self, context: flight.ServerCallContext,
                    descriptor: flight.FlightDescriptor) -> flight.SchemaResult:
         """The result schema of a query or a catalogue command."""
-        command, message = unpack(_limited(descriptor.command, "command"), _INFO_COMMANDS)
+        command, message = unpack(_limited(descriptor.command, "command", _HANDLE_LIMIT),
+                                  _INFO_COMMANDS)
         if command in _CATALOGUE:
             return flight.SchemaResult(self._catalogue_schema(command, message))
         sql, params = self._statement(command, message)
@@ -275,11 +277,11 @@ class SqlFrontend:
     def do_get(self, context: flight.ServerCallContext,
                ticket: flight.Ticket) -> flight.FlightDataStream:
         """Stream a query's result (cancellable) or a catalogue command's table."""
-        command, message = unpack(_limited(ticket.ticket, "ticket"), _TICKETS)
+        command, message = unpack(_limited(ticket.ticket, "ticket", _HANDLE_LIMIT), _TICKETS)
         if command in _CATALOGUE:
             return flight.RecordBatchStream(self._catalogue(command, message))
         assert isinstance(message, pb.TicketStatementQuery)
-        sql, params = _decode_handle(_limited(message.statement_handle, "statement handle"))
+        sql, params = _decode_handle(message.statement_handle)
         _limited(sql.encode(), "SQL text")
         execution = self.engine.execute(sql, _params(params, self.engine.check(sql)),
                                         cancelled=context.is_cancelled)
@@ -309,6 +311,7 @@ class SqlFrontend:
         if message.HasField("transaction_id"):
             raise _no_transactions()
         sql = message.query
+        _limited(sql.encode(), "SQL text")
         names = self.engine.check(sql)
         # With parameters the result's types may depend on the values: its schema comes with
         # GetFlightInfo once they are bound.
@@ -326,10 +329,11 @@ class SqlFrontend:
 
         Writes the new handle (``DoPutPreparedStatementResult``) the client uses from then on.
         """
-        _, message = unpack(_limited(descriptor.command, "command"),
+        _, message = unpack(_limited(descriptor.command, "command", _HANDLE_LIMIT),
                             {Command.PREPARED_STATEMENT_QUERY})
         assert isinstance(message, pb.CommandPreparedStatementQuery)
-        sql, _ = _decode_handle(_limited(message.prepared_statement_handle, "statement handle"))
+        sql, _ = _decode_handle(_limited(message.prepared_statement_handle, "statement handle",
+                                         _HANDLE_LIMIT))
         names = self.engine.check(sql)
         batches, size = [], 0
         for chunk in reader:
@@ -353,8 +357,13 @@ class SqlFrontend:
         if command is Command.STATEMENT_QUERY:
             if message.HasField("transaction_id"):
                 raise _no_transactions()
-            return str(message.query), None
-        return _decode_handle(_limited(message.prepared_statement_handle, "statement handle"))
+            sql = str(message.query)
+            _limited(sql.encode(), "SQL text")
+            return sql, None
+        sql, params = _decode_handle(_limited(message.prepared_statement_handle,
+                                              "statement handle", _HANDLE_LIMIT))
+        _limited(sql.encode(), "SQL text")
+        return sql, params
 
     def _catalogue_schema(self, command: Command, message: Any) -> pa.Schema:
         if command is Command.GET_SQL_INFO:
@@ -404,11 +413,16 @@ def _param_order(name: str) -> tuple[int, str]:
     return (int(name), "") if name.isdigit() else (1 << 30, name)
 
 
-def _limited(data: bytes, what: str) -> bytes:
-    if len(data) > MAX_COMMAND_BYTES:
+def _limited(data: bytes, what: str, limit: int = MAX_COMMAND_BYTES) -> bytes:
+    if len(data) > limit:
         raise errors.RequestTooLarge(
-            f"Flight SQL {what} is {len(data)} bytes; the limit is {MAX_COMMAND_BYTES} (1 MiB)")
+            f"Flight SQL {what} is {len(data)} bytes; the limit is {limit} "
+            f"({limit / (1 << 20):g} MiB)")
     return data
+
+
+_HANDLE_LIMIT: Final = 2 * MAX_COMMAND_BYTES + 4096
+"""A handle or ticket the server made: SQL of up to 1 MiB, parameters of up to 1 MiB, framing."""
 
 
 def _no_transactions() -> errors.FlightMdError:

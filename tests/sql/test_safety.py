@@ -155,8 +155,9 @@ def test_forged_statement_handle_is_invalid_argument(client: flight.FlightClient
 
 
 def test_sql_size_limit_is_one_mib(client: flight.FlightClient) -> None:
-    padding = "-" * (MAX_COMMAND_BYTES - 4096) + "\n"
-    assert query(client, padding + "SELECT 42 AS x").to_pylist() == [{"x": 42}]  # BI-sized SQL
+    tail = "\nSELECT 42 AS x"
+    padding = "-" * (MAX_COMMAND_BYTES - len(tail))
+    assert query(client, padding + tail).to_pylist() == [{"x": 42}]  # exactly 1 MiB of SQL
     with pytest.raises(pa.ArrowInvalid, match=r"limit is 1048576 \(1 MiB\)"):
         query(client, "-" * MAX_COMMAND_BYTES + "\nSELECT 1")
     assert_serving(client)
