@@ -61,9 +61,11 @@ VENUE = Venue(
         Channel.BOOK: BOOK_METHODS,
     },
     symbols_per_message=100,
-    # ccxt's depth for a limit: 1 bbo-tbt, 2..5 books5, 400 books (its default). books50-l2-tbt
-    # and books-l2-tbt need a VIP login, so they are not offered.
-    book_depths=(1, 5, 400),
+    # ccxt's channel for a limit: 1 bbo-tbt, 2..5 books5, 50 books50-l2-tbt, 400 books (its
+    # default). Only books (400 levels, snapshot + deltas with seqId and checksum) carries every
+    # update: books5 pushes a 5-level snapshot at most every 100 ms, bbo-tbt is the bidask
+    # channel, and the two l2-tbt channels need a VIP login.
+    book_depths=(400,),
     sequential_trade_ids=True,
     trade_id_span=_trade_id_span,
     url_overrides=_overrides,

@@ -36,7 +36,6 @@ def count(stream: MarketDataStream, symbol: str) -> int:
 async def test_a_failed_book_is_resubscribed_and_storing_resumes(venue_id: str) -> None:
     symbol = VENUES[venue_id].test_symbols[0]
     async with Emulator(venue_id, [symbol], rate=100) as emu:
-        # Depth 10: OKX's 5 would be books5, which the emulator does not serve (yet).
         stream = MarketDataStream(venue_id, url=emu.url, channel="book", book_depth=10,
                                   reconnect_delay=0.05, heartbeat_interval=10 * MS)
         tops: list[BookTop] = []

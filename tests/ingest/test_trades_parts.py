@@ -216,7 +216,7 @@ def test_a_book_subscribes_the_smallest_depth_the_venue_offers_that_holds_n() ->
     assert [VENUES["bybit"].book_limit(n) for n in (1, 2, 10, 50, 51, 1000, 5000)] == [
         1, 50, 50, 50, 200, 1000, 1000]
     assert VENUES["kraken"].book_limit(10) == 10 and VENUES["kraken"].book_limit(11) == 25
-    assert VENUES["okx"].book_limit(10) == 400 and VENUES["okx"].book_limit(3) == 5
+    assert VENUES["okx"].book_limit(10) == 400 and VENUES["okx"].book_limit(3) == 400  # books only
     assert VENUES["coinbase"].book_limit(10) is None  # level2 is the whole book
     assert venue("bitstamp").book_limit(10) is None
 
