@@ -6,8 +6,9 @@ Usage::
                          [--venues bybit,okx,...]
 
 The full run takes about twenty-five minutes on an otherwise idle 2-core machine, some eight
-of them the five venues' ticker runs and five or six the persistence section (the ingest
-searches' length depends on where the lossless rates lie); ``--smoke`` runs tiny sizes in
+of them the five venues' ticker runs and five or six the persistence section, plus three or
+four for trades, books and bars (the ingest searches' length depends on where the lossless
+rates lie); ``--smoke`` runs tiny sizes in
 about two and a half minutes to prove the harness works
 (its figures mean nothing). ``--venues`` runs only those venues' ticker measurements of the
 ingest section (about a minute and a half each), without its Binance bidask search, and no
@@ -32,6 +33,7 @@ from benchmarks import (
     alternatives,
     buffer_micro,
     bulk,
+    channels,
     concurrency,
     freshness,
     ingest,
@@ -56,6 +58,7 @@ MEASUREMENTS: dict[str, tuple[str, Callable[..., Section]]] = {
     "alternatives": ("Alternatives: DuckDB and pandas", alternatives.measure),
     "buffer": ("Buffer micro figures (in-process)", buffer_micro.measure),
     "persist": ("Persistence: journal and Parquet history", persist.measure),
+    "channels": ("Trades, books and bars", channels.measure),
 }
 """In run order. Latency and concurrency run back to back on one ingesting server."""
 _LOADED = ("latency", "concurrency")

@@ -20,13 +20,14 @@ from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
+import pyarrow as pa
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # `pytest` (not `python -m pytest`) leaves the repo root off
     sys.path.insert(0, str(ROOT))
 
-from benchmarks import freshness, ticks
+from benchmarks import channels, freshness, ticks
 from benchmarks.concurrency import _split
 from benchmarks.freshness import Matching, judge, match
 from benchmarks.ingest import TOLERANCE, lossless_rate, next_rate, shortfalls, slope
@@ -38,7 +39,7 @@ from flight_md.buffer import MarketDataBuffer
 
 MS = float(os.environ.get("FLIGHT_MD_TIME_SCALE", "1"))
 SECTIONS = ("Ingest", "Query latency", "Concurrency", "Bulk range pull", "Freshness", "Memory",
-            "Alternatives", "Buffer micro figures", "Persistence")
+            "Alternatives", "Buffer micro figures", "Persistence", "Trades, books and bars")
 
 
 # -- reading a report back ---------------------------------------------------------------------
@@ -289,13 +290,13 @@ def _assert_persist(text: str) -> None:
         "Measured"].startswith(pull[0]["flight_md / DuckDB"])
 
 
-@pytest.mark.soak  # ~110 s on 2 cores: the default suite must stay near 15 minutes
-@pytest.mark.timeout(int(300 * MS))
+@pytest.mark.soak  # ~190 s on 2 cores: the default suite must stay near 15 minutes
+@pytest.mark.timeout(int(420 * MS))
 def test_smoke_run_produces_every_section_with_consistent_verdicts(tmp_path: Path) -> None:
     out = tmp_path / "BENCHMARKS.md"
     result = subprocess.run(
         [sys.executable, "-m", "benchmarks", "--smoke", "--out", str(out)], cwd=ROOT,
-        capture_output=True, text=True, timeout=280 * MS, check=False)
+        capture_output=True, text=True, timeout=400 * MS, check=False)
     assert result.returncode == 0, result.stderr[-4000:]
     text = out.read_text(encoding="utf-8")
     _assert_well_formed(text)
@@ -313,6 +314,7 @@ def test_smoke_run_produces_every_section_with_consistent_verdicts(tmp_path: Pat
     _assert_venues(text, SMOKE.venues or ())
     _assert_ratios(text)
     _assert_persist(text)
+    _assert_channels(text)
     # The README quotes the goals table exactly as the report prints it.
     assert blocks(text)["goals"].splitlines() == _goal_lines(text)
 
@@ -534,6 +536,98 @@ def test_statistics_and_client_split() -> None:
     assert _split(32, 4) == [8, 8, 8, 8]
     assert _split(3, 4) == [1, 1, 1]
     assert _split(10, 4) == [3, 3, 2, 2]
+
+
+# -- trades, books and bars (issue 12) ---------------------------------------------------------
+
+
+def _assert_channels(text: str) -> None:
+    """The trades/books/bars section's goals and ratios are its printed figures'."""
+    part = _section(text, "Trades, books and bars")
+    goals = {row["Goal"]: row for row in _table(text.split("## Goals", 1)[1], "Goal", "Verdict")}
+    summary = _table(part, "Lossless rate (kept up, 100 % capture)", "Ratio to ceiling")[0]
+    _assert_ratio(summary["Ratio to ceiling"], summary["Lossless rate (kept up, 100 % capture)"],
+                  summary["Trade-parse ceiling (hot path)"], "trades ingest")
+    assert goals["Lossless trades ingest vs ccxt's trade-parse ceiling"]["Measured"] \
+        .startswith(summary["Ratio to ceiling"])
+    runs = _table(part, "Target trades/s", "Kept up (and every id once)")
+    assert runs
+    for row in runs:  # nothing is lost between ccxt and the store, whatever the verdict
+        assert row["Sent in all"] == row["Stored in all"], row
+    memory = {row["Row"]: row for row in _table(part, "flight_md Arrow pools B/row")}
+    numeric = memory["trade, 10-digit id (Binance)"]
+    assert goals["Bytes per stored trade, numeric id (Arrow pools)"]["Measured"].startswith(
+        numeric["flight_md Arrow pools B/row"])
+    assert goals["Bytes per stored top-10 book (Arrow pools)"]["Measured"].startswith(
+        memory["top-10 book"]["flight_md Arrow pools B/row"])
+    for row in memory.values():
+        _assert_ratio(row["Ratio (pools / baseline)"], row["flight_md Arrow pools B/row"],
+                      row["Baseline RSS B/row"], f"memory {row['Row']}")
+    bars = _table(part, "flight_md DoGet bars=1m (ms)")[0]
+    assert bars["Bars"] == "1,440"
+    _assert_ratio(bars["Ratio"], bars["flight_md DoGet bars=1m (ms)"],
+                  bars["DuckDB in-process GROUP BY (ms)"], "bars")
+    fresh = _table(part, "receive -> tail p50 (ms)")[0]
+    assert _number(fresh["Trades judged"]) > 0
+    goal = next(row for name, row in goals.items() if name.startswith("Trades freshness"))
+    assert goal["Measured"].startswith(fresh["p99 (ms)"]), (goal, fresh)
+
+
+@pytest.mark.soak  # ~90 s on 2 cores
+@pytest.mark.timeout(int(300 * MS))
+def test_smoke_run_of_trades_books_and_bars(tmp_path: Path) -> None:
+    out = tmp_path / "BENCHMARKS.md"
+    result = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "--smoke", "--only", "channels", "--out", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=280 * MS, check=False)
+    assert result.returncode == 0, result.stderr[-4000:]
+    text = out.read_text(encoding="utf-8")
+    _assert_well_formed(text)
+    assert re.search(r"^## 1\. Trades, books and bars", text, re.MULTILINE)
+    assert "This measurement failed" not in text
+    _assert_goal_verdicts(text)
+    _assert_channels(text)
+
+
+def test_trades_capture_is_every_sent_id_once() -> None:
+    held = {"BTC/USDT": {"rows": 5, "distinct": 5, "low": 10, "high": 14},
+            "ETH/USDT": {"rows": 4, "distinct": 3, "low": 1, "high": 3},
+            "SOL/USDT": {"rows": 3, "distinct": 3, "low": 1, "high": 4}}
+    assert channels._capture({"BTC/USDT": 5}, held, ["BTC/USDT"]) == []
+    assert channels._capture({"ETH/USDT": 4}, held, ["ETH/USDT"]) == \
+        ["ETH/USDT: 4 rows, 3 ids, 4 sent"]  # a duplicate
+    assert channels._capture({"SOL/USDT": 3}, held, ["SOL/USDT"]) == \
+        ["SOL/USDT: ids 1..4 have holes"]
+    assert channels._capture({"XRP/USDT": 2}, held, ["XRP/USDT"]) == \
+        ["XRP/USDT: 0 rows, 0 ids, 2 sent"]  # nothing stored
+
+
+def test_the_bars_baseline_is_the_same_query_as_flight_md() -> None:
+    """DuckDB's GROUP BY and flight_md's bars agree on the benchmark's trades, and a
+    disagreement is refused before anything is timed."""
+    from flight_md.core.bars import BarInterval, bars
+
+    trades = channels.trades_table(20_000)
+    ours = bars(trades.to_batches(max_chunksize=3_000), BarInterval("1m"))
+    con = channels.duckdb_over(trades)
+    try:
+        duck = channels.bars_table(con)
+    finally:
+        con.close()
+    assert ours.num_rows == duck.num_rows == 1_440
+    channels._same_bars(ours, duck)
+    with pytest.raises(RuntimeError, match="disagree on close"):
+        channels._same_bars(ours, duck.set_column(
+            duck.schema.get_field_index("close"), "close",
+            pa.array([1.0] * duck.num_rows)))
+
+
+def test_channel_sizes_measure_the_goals_cases() -> None:
+    full = channels.sizes(FULL)
+    assert full == channels.FULL_SIZES and channels.sizes(SMOKE) == channels.SMOKE_SIZES
+    assert full.memory_trades == 1_000_000 and full.memory_books == 200_000
+    assert full.bars_trades == 10_000_000
+    assert channels.GOAL_FRESHNESS_RATE == 1_000
 
 
 _unused: Callable[..., object] = freshness.measure  # the section exists under its name
