@@ -77,9 +77,11 @@ VENUE = Venue(
         Channel.BOOK: BOOK_METHODS,
     },
     symbols_per_message=100,
-    # The diff stream (<symbol>@depth@100ms) maintains the whole book; the depth is that of
-    # the REST snapshot ccxt fetches to start it (GET /api/v3/depth limits).
-    book_depths=(5, 10, 20, 50, 100, 500, 1000, 5000),
+    # The diff stream (<symbol>@depth@100ms) updates the whole book; the depth is that of the
+    # REST snapshot ccxt fetches to start it (GET /api/v3/depth). At least 1,000 levels, as
+    # Binance advises: a level below a shallow snapshot is missing from ccxt's book until a diff
+    # touches it, and surfaces as a wrong top N when the price moves there.
+    book_depths=(1000, 5000),
     sequential_trade_ids=True,  # trade: t; aggTrade: a (both count up by one per market)
     trade_backfill=_trade_backfill,
     streams_per_connection=1024,
