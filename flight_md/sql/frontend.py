@@ -283,18 +283,23 @@ class SqlFrontend:
         assert isinstance(message, pb.TicketStatementQuery)
         sql, params = _decode_handle(message.statement_handle)
         _limited(sql.encode(), "SQL text")
-        execution = self.engine.execute(sql, _params(params, self.engine.check(sql)),
-                                        cancelled=context.is_cancelled)
-        guard = self._guard
+        values = _params(params, self.engine.check(sql))
+        schema = self.engine.schema(sql, values)  # planned (cached): the stream's schema
+        engine, guard = self.engine, self._guard
 
+        # The query starts on the stream's first pull, not here: a generator that is never
+        # started never runs its finally, and would keep a query slot and a cursor forever.
         def batches() -> Iterator[pa.RecordBatch]:
-            try:
-                with guard("DoGet(sql)"):
-                    yield from execution.batches()
-            finally:
-                execution.close()  # also when the client went away mid-stream
+            with guard("DoGet(sql)"):
+                execution = engine.execute(sql, values, cancelled=context.is_cancelled)
+                try:
+                    same = execution.schema.equals(schema)
+                    for batch in execution.batches():
+                        yield batch if same else batch.cast(schema)
+                finally:
+                    execution.close()  # also when the client went away mid-stream
 
-        return flight.GeneratorStream(execution.schema, batches())
+        return flight.GeneratorStream(schema, batches())
 
     def do_action(self, context: flight.ServerCallContext,
                   action: flight.Action) -> Iterator[flight.Result]:
