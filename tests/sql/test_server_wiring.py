@@ -201,3 +201,32 @@ def test_the_world_spans_history_held_rows_and_ring(world: World) -> None:
     # ETH's ring holds 100 rows but the snapshot 350: the rows evicted and held for the history.
     eth = snapshot.table.filter(pa.compute.equal(snapshot.table["symbol"], "ETH/USDT"))
     assert eth.num_rows == 350 > RING
+
+
+def test_bearer_tokens_apply_to_sql(tmp_path: Path) -> None:
+    from adbc_driver_flightsql import dbapi
+    from adbc_driver_manager import Error as AdbcError
+
+    from flight_md.auth import MIDDLEWARE_KEY, TokenAuth
+    from flight_md.config import Secret
+
+    store = Store(RING)
+    trade(store.buffer("trades"), "binance", "BTC/USDT", 1)
+    events = EventLog()
+    auth = TokenAuth([Secret("full-s3cret")], read_only_tokens=[Secret("ro-s3cret")])
+    server = WiredServer("grpc://127.0.0.1:0", store=store, events=events,
+                         sql_source=StoreTableSource(store, events), authorize=auth.authorize,
+                         middleware={MIDDLEWARE_KEY: auth})
+    uri = f"grpc://127.0.0.1:{server.port}"
+    try:
+        with pytest.raises(AdbcError, match="(?i)unauthenticated") as refused, \
+                dbapi.connect(uri, autocommit=True) as conn, conn.cursor() as cursor:
+            cursor.execute("SELECT count(*) FROM trades")
+        assert "s3cret" not in str(refused.value)
+        header = {"adbc.flight.sql.authorization_header": "Bearer ro-s3cret"}
+        with dbapi.connect(uri, autocommit=True, db_kwargs=header) as conn, \
+                conn.cursor() as cursor:  # a read-only token may query
+            cursor.execute("SELECT count(*) AS n FROM trades WHERE symbol = ?", ("BTC/USDT",))
+            assert cursor.fetchall() == [(1,)]
+    finally:
+        assert server.stop(2.0 * MS)
