@@ -38,10 +38,12 @@ Freshness of trades through a live tail
     (``SYMBOL?channel=trades&follow=true&latest=0``) per symbol in this process, each stamping
     its batches on arrival. Latency per trade = arrival time - the row's
     ``receive_timestamp`` (ms, floored: the figure is at most 1 ms above the true one);
-    beside it the whole path from the emulator's trade time (``T``, stamped as it renders).
-    Every trade stored in the window must reach its tail once.
+    beside it the whole path from the emulator's trade time (``T``, stamped as it renders),
+    and, as the baseline of that, a raw aiohttp websocket client (own process) of the same
+    ``@trade`` streams: trade time -> its arrival. Every trade stored in the window must
+    reach its tail once.
 
-Run as children: ``python -m benchmarks.channels server|ceiling|memory|bars ...``.
+Run as children: ``python -m benchmarks.channels server|ceiling|memory|bars|raw ...``.
 """
 
 from __future__ import annotations
@@ -783,12 +785,62 @@ class _TradeTail:
             self.client.close()
 
 
+def _raw_child(args: argparse.Namespace) -> None:
+    """A raw aiohttp websocket client of the emulator's ``<symbol>@trade`` streams: (trade
+    id, trade time ms, arrival ns) per trade; no ccxt, no store, no Flight."""
+    import json
+
+    import aiohttp
+
+    streams = [f"{s.replace('/', '').lower()}@{TRADE_STREAM}"
+               for s in ticks.venue_symbols(VENUE, args.symbols)]
+    got: list[tuple[int, int, int]] = []
+    state: dict[str, Any] = {"error": None}
+    lock = threading.Lock()
+    subscribed = threading.Event()
+    loop = asyncio.new_event_loop()
+
+    async def run() -> None:
+        try:
+            async with aiohttp.ClientSession() as session, \
+                    session.ws_connect(args.url.replace("http://", "ws://") + "/ws") as ws:
+                await ws.send_str(json.dumps({"method": "SUBSCRIBE", "params": streams, "id": 1}))
+                subscribed.set()
+                async for message in ws:
+                    now = time.time_ns()
+                    frame = json.loads(message.data)
+                    if isinstance(frame, dict) and frame.get("e") == "trade":
+                        with lock:
+                            got.append((int(frame["t"]), int(frame["T"]), now))
+        except Exception as exc:  # noqa: BLE001 - reported through "take"
+            state["error"] = repr(exc)
+            subscribed.set()
+
+    thread = threading.Thread(target=loop.run_forever, daemon=True, name="raw-loop")
+    thread.start()
+    task = asyncio.run_coroutine_threadsafe(run(), loop)
+    subscribed.wait(30)
+
+    def take() -> dict[str, Any]:
+        with lock:
+            return {"entries": got[:], "error": state["error"]}
+
+    def close() -> None:
+        task.cancel()
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(5)
+
+    serve({"ready": True}, {"take": take}, args.max_seconds, on_exit=close)
+
+
 def _freshness(settings: Settings, section: Section) -> None:
     size = sizes(settings)
     names = ticks.venue_symbols(VENUE, size.fresh_symbols)
     rate = GOAL_FRESHNESS_RATE
     with exchange(symbols=size.fresh_symbols, rate=rate, venue=VENUE) as emulator, \
-            _server(emulator.hello["url"], size.fresh_symbols, 1_000_000) as server:
+            _server(emulator.hello["url"], size.fresh_symbols, 1_000_000) as server, \
+            Child("benchmarks.channels", "raw", "--url", emulator.hello["url"], "--symbols",
+                  str(size.fresh_symbols), name="raw-trades") as raw:
         if not wait_until(lambda: len(server.call("counts")["appended"]) >= len(names),
                           60.0, 0.2):
             raise RuntimeError("trades did not flow in 60 s")
@@ -813,6 +865,7 @@ def _freshness(settings: Settings, section: Section) -> None:
                 return done
 
             wait_until(quiet, 10.0, 0.5)
+            baseline = raw.call("take")
         finally:
             for tail in tails:
                 tail.close()
@@ -835,11 +888,26 @@ def _freshness(settings: Settings, section: Section) -> None:
             if begin <= arrived <= end:
                 lat.append((arrived - recv_ms * 1_000_000) / 1e6)
                 whole.append((arrived - trade_ms * 1_000_000) / 1e6)
-    out = Table(("Trades/s", "Tails", "Trades judged", "receive -> tail p50 (ms)",
-                 "p99 (ms)", "max (ms)", "emulator trade time -> tail p50 (ms)", "p99 (ms)"))
-    out.add(f"{rate:,}", str(len(tails)), f"{len(lat):,}", show(percentile(lat, 50)),
-            show(percentile(lat, 99)), show(max(lat) if lat else None),
-            show(percentile(whole, 50)), show(percentile(whole, 99)))
+    raw_ms = [(arrived - trade_ms * 1_000_000) / 1e6
+              for _, trade_ms, arrived in baseline["entries"] if begin <= arrived <= end]
+    raw_ids = [entry[0] for entry in baseline["entries"]]
+    raw_note = baseline["error"] or (
+        f"{len(raw_ids) - len(set(raw_ids))} trades twice" if len(set(raw_ids)) != len(raw_ids)
+        else "")
+    out = Table(("Trades/s", "Path", "Trades judged", "p50 (ms)", "p99 (ms)", "max (ms)",
+                 "p50 ratio to raw", "p99 ratio to raw"))
+    raw50, raw99 = percentile(raw_ms, 50), percentile(raw_ms, 99)
+    out.add(f"{rate:,}", f"flight_md, {len(tails)} live tails: row receive_timestamp -> tail",
+            f"{len(lat):,}", show(percentile(lat, 50)), show(percentile(lat, 99)),
+            show(max(lat) if lat else None), "-", "-")
+    out.add(f"{rate:,}", "flight_md: emulator trade time -> tail", f"{len(whole):,}",
+            show(percentile(whole, 50)), show(percentile(whole, 99)),
+            show(max(whole) if whole else None),
+            show(ratio(percentile(whole, 50), raw50), "x"),
+            show(ratio(percentile(whole, 99), raw99), "x"))
+    out.add(f"{rate:,}", "raw websocket (baseline): emulator trade time -> client"
+            + (f" ({raw_note})" if raw_note else ""), f"{len(raw_ms):,}", show(raw50),
+            show(raw99), show(max(raw_ms) if raw_ms else None), "1x", "1x")
     section.tables.append(out)
     if not lat:
         problems.append("no trade reached a tail in the window")
@@ -890,8 +958,11 @@ of {max(settings.repetitions, 3)} alternating repetitions.
 **Freshness.** The emulator at {GOAL_FRESHNESS_RATE:,} trades/s over {size.fresh_symbols} symbols, the trades server
 ingesting, one `follow=true` trades tail per symbol in this process ({size.fresh_seconds:g} s window);
 latency = arrival - the row's `receive_timestamp` (whole ms, floored: at most 1 ms above the
-true figure). The emulator's trade time -> arrival (the whole path) is shown beside it. Every
-trade the ring holds must reach its tail once.
+true figure). The emulator's trade time (`T`, ms, stamped as it renders) -> arrival, the whole
+path, is shown beside it, with its **baseline**: a raw aiohttp websocket client in its own process
+subscribed to the same `@trade` streams straight from the emulator (no ccxt, no store, no
+Flight), trade time -> its arrival over the same window. Every trade the ring holds must reach
+its tail once.
 """)
     import traceback
 
@@ -910,7 +981,7 @@ trade the ring holds must reach its tail once.
 
 def _main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.channels")
-    parser.add_argument("role", choices=("server", "ceiling", "memory", "bars"))
+    parser.add_argument("role", choices=("server", "ceiling", "memory", "bars", "raw"))
     parser.add_argument("--url")
     parser.add_argument("--symbols", type=int, default=3)
     parser.add_argument("--buffer-size", type=int, default=100_000)
@@ -925,6 +996,10 @@ def _main(argv: Sequence[str] | None = None) -> None:
         _ceiling_child(args)
     elif args.role == "memory":
         serve({"ready": True}, {"fill": _memory_fill}, args.max_seconds)
+    elif args.role == "raw":
+        if not args.url:
+            parser.error("raw needs --url")
+        _raw_child(args)
     else:
         _bars_child(args)
 
