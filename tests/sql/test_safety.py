@@ -242,3 +242,11 @@ def test_symbol_filter_never_opens_other_symbols_files(tmp_path: Path) -> None:
             query(client, "SELECT count(*) FROM trades")
         assert str(tmp_path) not in str(info.value)
         assert query(client, "SELECT count(*) AS n FROM ticker").num_rows == 1  # serves on
+
+
+def test_memory_limit_is_unavailable_and_server_serves_on(source: MemorySource) -> None:
+    with serving(source, memory_limit="20MB") as server, flight.FlightClient(uri(server)) as client:
+        with pytest.raises(flight.FlightUnavailableError,
+                           match=r"more memory than the SQL engine's limit \(20MB\)"):
+            query(client, "SELECT list(i) FROM range(20000000) t(i)")
+        assert_serving(client)
