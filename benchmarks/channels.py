@@ -136,7 +136,7 @@ class ChannelSizes:
     fresh_seconds: float
 
 
-FULL_SIZES = ChannelSizes(symbols=20, rates=(5_000, 20_000), search_steps=4, max_rate=80_000,
+FULL_SIZES = ChannelSizes(symbols=20, rates=(4_000, 8_000), search_steps=4, max_rate=32_000,
                           ceiling_frames=20_000, ceiling_repetitions=5,
                           memory_trades=1_000_000, memory_books=200_000,
                           memory_naive_rows=200_000, bars_trades=10_000_000,
