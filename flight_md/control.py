@@ -54,6 +54,8 @@ class SymbolStatus:
         dropped: Updates dropped as bad data (non-numeric, non-positive price, ...).
         stale: Whether the symbol has been silent longer than the heartbeat interval.
         last_message_ms: Local time of the last update for the symbol, Unix ms, or ``None``.
+        channel: The channel of the stream these counts are of (``None``: the exchange's
+            tick channel, where a source does not say).
     """
 
     exchange: str
@@ -63,6 +65,7 @@ class SymbolStatus:
     dropped: int
     stale: bool
     last_message_ms: int | None
+    channel: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -635,7 +635,7 @@ class MarketDataStream:
                 stale=state.subscribed and self._policy.is_stale(now - (
                     state.last_mono if state.last_mono is not None and state.last_mono > state.since
                     else state.since)),
-                last_message_ms=state.last_ms)
+                last_message_ms=state.last_ms, channel=self.channel.value)
             for symbol, state in self._subs.states.items())
         return IngestionStatus((exchange,), symbols)
 
