@@ -178,8 +178,9 @@ def _server_child(args: argparse.Namespace) -> None:
     stream = StreamConfig(VENUE, names, channel="trades", mode="websocket", url=args.url,
                           buffer_size=args.buffer_size, heartbeat_interval=30.0,
                           reconnect_delay=0.5, max_reconnect_delay=5.0)
+    persist: dict[str, Any] = {"memory_only": True} if args.memory_only else {"data_dir": scratch}
     app = MarketDataApp(ServerConfig(port=0, buffer_size=args.buffer_size, streams=(stream,),
-                                     data_dir=scratch))
+                                     **persist))
     app.start()
     trades = app.store.buffer("trades")
 
@@ -199,10 +200,11 @@ def _server_child(args: argparse.Namespace) -> None:
           on_exit=stop)
 
 
-def _server(url: str, symbols: int, buffer_size: int) -> Child:
+def _server(url: str, symbols: int, buffer_size: int, *, memory_only: bool = False) -> Child:
+    """A trades server child (``MarketDataApp``, persisting unless ``memory_only``)."""
     return Child("benchmarks.channels", "server", "--url", url, "--symbols", str(symbols),
-                 "--buffer-size", str(buffer_size), name="flight_md-trades",
-                 start_timeout=120.0)
+                 "--buffer-size", str(buffer_size), *(["--memory-only"] if memory_only else []),
+                 name="flight_md-trades", start_timeout=120.0)
 
 
 # -- one ingest run ---------------------------------------------------------------------------
@@ -255,12 +257,14 @@ def _cpu(pid: int) -> float:
     return float(times.user + times.system)
 
 
-def _trade_run(rate: int, settings: Settings, size: ChannelSizes) -> TradeRun:
+def _trade_run(rate: int, settings: Settings, size: ChannelSizes, *,
+               memory_only: bool = False) -> TradeRun:
     names = ticks.venue_symbols(VENUE, size.symbols)
     # Every trade of the run stays in its ring, so that capture can be checked by id.
     budget = int(rate * (settings.ingest_seconds + settings.ingest_warmup + 30) / size.symbols)
     with exchange(symbols=size.symbols, rate=rate, venue=VENUE) as emulator, \
-            _server(emulator.hello["url"], size.symbols, max(budget, 10_000)) as server:
+            _server(emulator.hello["url"], size.symbols, max(budget, 10_000),
+                    memory_only=memory_only) as server:
         def stored() -> int:
             return sum(server.call("counts")["appended"].values())
 
@@ -986,6 +990,8 @@ def _main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--symbols", type=int, default=3)
     parser.add_argument("--buffer-size", type=int, default=100_000)
     parser.add_argument("--rows", type=int, default=100_000)
+    parser.add_argument("--memory-only", action="store_true",
+                        help="server: no persistence (for comparisons with the default)")
     parser.add_argument("--max-seconds", type=float, default=900)
     args = parser.parse_args(argv)
     if args.role == "server":
