@@ -859,7 +859,6 @@ def _freshness(settings: Settings, section: Section) -> None:
             time.sleep(size.fresh_seconds)
             end = time.time_ns()
             emulator.call("stall")
-            held = server.call("ids")
             counts = [0]
 
             def quiet() -> bool:
@@ -869,6 +868,7 @@ def _freshness(settings: Settings, section: Section) -> None:
                 return done
 
             wait_until(quiet, 10.0, 0.5)
+            held = server.call("ids")  # after the drain: what the tails must have got
             baseline = raw.call("take")
         finally:
             for tail in tails:
