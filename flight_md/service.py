@@ -326,7 +326,9 @@ class FlightMarketDataServer(flight.FlightServerBase):
                  events: EventLog | None = None,
                  control: IngestionControl | None = None, follow_max_lag: int | None = None,
                  authorize: Callable[[flight.ServerCallContext, bool], None] | None = None,
-                 persistence: Persistence | None = None, **kwargs: Any) -> None:
+                 persistence: Persistence | None = None, sql_timeout_s: float = 30.0,
+                 sql_memory_limit: str = "1GB", sql_max_concurrent: int = 4,
+                 **kwargs: Any) -> None:
         super().__init__(location, **kwargs)
         self.persistence = persistence
         if store is None:
@@ -342,6 +344,17 @@ class FlightMarketDataServer(flight.FlightServerBase):
         self._started = time.monotonic()
         self._shutdown_lock = threading.Lock()
         self._shut_down = False
+        from flight_md.sql.frontend import SqlFrontend
+        from flight_md.sql.store_source import StoreTableSource
+
+        # Flight SQL on the same port: every RPC asks the frontend first (by the command's
+        # google.protobuf.Any type URL), inside this server's error mapping and counters.
+        self.sql = SqlFrontend(
+            StoreTableSource(self.store, self.events,
+                             history=persistence.root if persistence is not None else None,
+                             status=self._status_table),
+            timeout_s=sql_timeout_s, memory_limit=sql_memory_limit,
+            max_concurrent=sql_max_concurrent, guard=lambda rpc: map_errors(rpc, self.refused))
 
     # -- helpers ---------------------------------------------------------------------------
 
@@ -573,6 +586,8 @@ class FlightMarketDataServer(flight.FlightServerBase):
                         descriptor: flight.FlightDescriptor) -> flight.FlightInfo:
         with map_errors("GetFlightInfo", self.refused):
             self._check(context)
+            if self.sql.handles_descriptor(descriptor):
+                return self.sql.get_flight_info(context, descriptor)
             query = self._descriptor_query(descriptor)
             answer = self._answer(query)
             endpoint = flight.FlightEndpoint(format_ticket(query).encode(), [])
@@ -585,6 +600,8 @@ class FlightMarketDataServer(flight.FlightServerBase):
                    descriptor: flight.FlightDescriptor) -> flight.SchemaResult:
         with map_errors("GetSchema", self.refused):
             self._check(context)
+            if self.sql.handles_descriptor(descriptor):
+                return self.sql.get_schema(context, descriptor)
             query = self._descriptor_query(descriptor)
             if query.target is Target.TICKS:
                 assert query.symbol is not None
@@ -604,6 +621,8 @@ class FlightMarketDataServer(flight.FlightServerBase):
                ticket: flight.Ticket) -> flight.FlightDataStream:
         with map_errors("DoGet", self.refused):
             self._check(context)
+            if self.sql.handles_ticket(ticket):
+                return self.sql.do_get(context, ticket)
             query = parse_ticket(ticket.ticket)
             if query.follow:
                 return self._follow(context, query)
@@ -714,11 +733,15 @@ class FlightMarketDataServer(flight.FlightServerBase):
     def list_actions(self, context: flight.ServerCallContext) -> list[tuple[str, str]]:
         with map_errors("ListActions", self.refused):
             self._check(context)
-            return [(spec.name.value, spec.description) for spec in ACTIONS.values()]
+            return [*((spec.name.value, spec.description) for spec in ACTIONS.values()),
+                    *self.sql.list_actions()]
 
     def do_action(self, context: flight.ServerCallContext,
                   action: flight.Action) -> Iterator[bytes]:
         with map_errors("DoAction", self.refused):
+            if self.sql.handles_action(action.type):  # prepared statements: read-only
+                self._check(context)
+                return iter(list(self.sql.do_action(context, action)))
             body = action.body.to_pybytes() if action.body is not None else b""
             request = parse_action(action.type, body)
             self._check(context, ACTIONS[ActionName(action.type)].mutates)
@@ -867,11 +890,20 @@ class FlightMarketDataServer(flight.FlightServerBase):
                             else {"state": "memory_only"}),
         }
 
+    def _status_table(self) -> pa.Table:
+        """The SQL ``status`` table: one row per (exchange, symbol, channel) of ``status``."""
+        return pa.Table.from_pylist(self.status()["symbols"])
+
     def do_put(self, context: flight.ServerCallContext, descriptor: flight.FlightDescriptor,
                reader: Any, writer: Any) -> None:
         with map_errors("DoPut", self.refused):
-            raise errors.UnknownAction("DoPut is not supported: flight_md is fed by exchange "
-                                       "streams; use DoGet to read and DoAction to control")
+            self._check(context)
+            if self.sql.handles_descriptor(descriptor):  # prepared-statement parameters
+                self.sql.do_put(context, descriptor, reader, writer)
+                return
+            raise errors.UnknownAction("DoPut takes only Flight SQL prepared-statement "
+                                       "parameters: flight_md is fed by exchange streams; use "
+                                       "DoGet to read and DoAction to control")
 
     def do_exchange(self, context: flight.ServerCallContext, descriptor: flight.FlightDescriptor,
                     reader: Any, writer: Any) -> None:
@@ -896,6 +928,7 @@ class FlightMarketDataServer(flight.FlightServerBase):
                 return True
             self._shut_down = True
         self._stopping.set()
+        self.sql.close()  # interrupt running queries: gRPC waits for their calls
         self.refused.log.flush()
         done = threading.Event()
 
