@@ -45,6 +45,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Final
 
 from flight_md.buffer import MarketDataBuffer
+from flight_md.errors import FlightMdError
 from flight_md.events import EventKind, EventLog
 from flight_md.ingest.fanout import Fanout, log_bad
 from flight_md.ingest.state import SymbolState
@@ -197,7 +198,7 @@ class TradeFanout(Fanout):
             side = Side.SELL if side is Side.BUY else Side.BUY
         seen = self._seen.get(symbol)
         if seen is None:
-            seen = self._seen[symbol] = _Seen()
+            seen = self._seen[symbol] = self._seeded(symbol)
         if trade_id is not None:
             info = trade.get("info")
             span = self._span(info) if self._span is not None and isinstance(info, Mapping) else 1
@@ -217,6 +218,29 @@ class TradeFanout(Fanout):
             self.dispatch(Trade(symbol, self._exchange_id, timestamp, trade_id, price, amount,
                                 side, receive_ms))
         return True
+
+    def _seeded(self, symbol: str) -> _Seen:
+        """A symbol's first trade in this process: what the ring already holds (rows refilled
+        from the history after a restart) says which ids were stored, so a venue resending
+        recent trades on subscribe (Coinbase) is not stored twice across a restart, and a jump
+        from the last stored id is a gap (the server was down) that is backfilled."""
+        seen = _Seen()
+        try:
+            held = self._buffer.get_latest_sync(symbol, DEDUPE_WINDOW, exchange=self._exchange_id,
+                                                columns=["trade_id", "timestamp"])
+        except FlightMdError:  # no ring yet: nothing stored before
+            return seen
+        ids = [i for i in held.column("trade_id").to_pylist() if i is not None]
+        if not ids:
+            return seen
+        numbers = [n for n in map(_number, ids) if n is not None] if self._sequential else []
+        if numbers:
+            seen.last_id = max(numbers)
+            seen.last_ms = int(max(held.column("timestamp").to_pylist()))
+        else:
+            for trade_id in ids:
+                seen.remember(trade_id)
+        return seen
 
     def _fresh(self, symbol: str, seen: _Seen, trade_id: str, backfill: bool,
                span: int = 1) -> bool | None:

@@ -152,8 +152,9 @@ def test_a_channel_without_exchange_time_reports_null_skew() -> None:
             "binance", ("BTC/USDT",), channel="bidask", mode="websocket", url=emulator.url),))
         with MarketDataApp(config) as app:
             client = flight.connect(app.location)
-            until(lambda: "BTC/USDT" in _symbols(app)
-                  and app.buffer.count("BTC/USDT", "binance") >= 10, 30, "bid/ask ticks")
+            bidask = app.store.buffer("bidask")  # the bid/ask stream's own rings
+            until(lambda: bidask.keys("binance")
+                  and bidask.count("BTC/USDT", "binance") >= 10, 30, "bid/ask ticks")
             skew = _status(client)["exchanges"]["binance"]["clock_skew_ms"]
             assert skew == {"median": None, "p99": None, "samples": 0, "window_s": 60.0}
             client.close()

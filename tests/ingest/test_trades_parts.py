@@ -156,6 +156,28 @@ def test_sequential_ids_at_or_below_the_highest_are_duplicates() -> None:
     assert made.counters == {"stored": 4, "duplicates": 2, "gaps": 0, "missing": 0, "backfilled": 0}
 
 
+@pytest.mark.parametrize("venue_id", ["coinbase", "bybit"])
+def test_a_restarted_stream_knows_the_ids_its_ring_holds(venue_id: str) -> None:
+    """After a restart the ring holds the newest trades again (refilled from the history): a
+    venue resending them on subscribe is not stored twice (a sequential venue's jump from the
+    last stored id is then a gap, as in the tests above)."""
+    before, buffer, state = fanout(venue_id)
+    ids = [str(n) if venue_id == "coinbase" else f"u-{n}" for n in range(100, 110)]
+    for trade_id in ids:
+        before.ingest("BTC/USDT", state, trade(id=trade_id), NOW)
+    events = EventLog()
+    after = TradeFanout(venue_id, venue(venue_id), buffer, set(), events, None,
+                        lambda symbol: state)  # the same rings, a new stream
+    for trade_id in ids[-5:]:  # the venue's snapshot of recent trades, again
+        after.ingest("BTC/USDT", state, trade(id=trade_id), NOW)
+    assert stored_ids(buffer, venue_id) == ids
+    assert after.counters["duplicates"] == 5 and after.counters["stored"] == 0
+    following = "110" if venue_id == "coinbase" else "u-110"
+    after.ingest("BTC/USDT", state, trade(id=following), NOW)  # the next one: no gap
+    assert stored_ids(buffer, venue_id) == [*ids, following]
+    assert after.counters["gaps"] == 0 and not events.events()
+
+
 def test_trades_without_an_id_are_all_stored_and_bad_ones_counted() -> None:
     made, buffer, state = fanout("kraken")
     made.ingest("BTC/USDT", state, trade(id=None), NOW)
