@@ -40,6 +40,7 @@ from benchmarks import (
     latency,
     memory,
     persist,
+    sql,
 )
 from benchmarks.findings import FINDINGS, PROFILED
 from benchmarks.latency import LoadedServers
@@ -59,6 +60,7 @@ MEASUREMENTS: dict[str, tuple[str, Callable[..., Section]]] = {
     "buffer": ("Buffer micro figures (in-process)", buffer_micro.measure),
     "persist": ("Persistence: journal and Parquet history", persist.measure),
     "channels": ("Trades, books and bars", channels.measure),
+    "sql": ("Flight SQL through ADBC", sql.measure),
 }
 """In run order. Latency and concurrency run back to back on one ingesting server."""
 _LOADED = ("latency", "concurrency")
