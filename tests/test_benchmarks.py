@@ -28,6 +28,7 @@ if str(ROOT) not in sys.path:  # `pytest` (not `python -m pytest`) leaves the re
     sys.path.insert(0, str(ROOT))
 
 from benchmarks import channels, freshness, ticks
+from benchmarks import sql as sql_bench
 from benchmarks.concurrency import _split
 from benchmarks.freshness import Matching, judge, match
 from benchmarks.ingest import TOLERANCE, lossless_rate, next_rate, shortfalls, slope
@@ -39,7 +40,8 @@ from flight_md.buffer import MarketDataBuffer
 
 MS = float(os.environ.get("FLIGHT_MD_TIME_SCALE", "1"))
 SECTIONS = ("Ingest", "Query latency", "Concurrency", "Bulk range pull", "Freshness", "Memory",
-            "Alternatives", "Buffer micro figures", "Persistence", "Trades, books and bars")
+            "Alternatives", "Buffer micro figures", "Persistence", "Trades, books and bars",
+            "Flight SQL through ADBC")
 
 
 # -- reading a report back ---------------------------------------------------------------------
@@ -635,3 +637,100 @@ def test_channel_sizes_measure_the_goals_cases() -> None:
 
 
 _unused: Callable[..., object] = freshness.measure  # the section exists under its name
+
+
+# -- Flight SQL through ADBC (issue 14) --------------------------------------------------------
+
+
+def _assert_sql(text: str) -> None:
+    """The SQL section's ratios and goals are its printed figures'."""
+    part = _section(text, "Flight SQL through ADBC")
+    goals = {row["Goal"]: row for row in _table(text.split("## Goals", 1)[1], "Goal", "Verdict")}
+    latest = _table(part, "Path", "Ratio to native (p50)")
+    native = latest[-1]
+    assert native["Path"].startswith("native DoGet")
+    for row in latest:
+        _assert_ratio(row["Ratio to native (p50)"], row["p50 (µs)"], native["p50 (µs)"], "latest")
+    goal = next(row for name, row in goals.items() if name.startswith("ADBC `ORDER BY"))
+    assert goal["Measured"].startswith(latest[0]["Ratio to native (p50)"])
+    bulk = _table(part, "Path", "MB/s", "Ratio to native")
+    assert bulk[0]["Rows"] == bulk[1]["Rows"] and bulk[0]["MB"] == bulk[1]["MB"]
+    _assert_ratio(bulk[0]["Ratio to native"], bulk[0]["MB/s"], bulk[1]["MB/s"], "sql bulk")
+    goal = next(row for name, row in goals.items() if name.startswith("ADBC `SELECT *`"))
+    assert goal["Measured"].startswith(bulk[0]["Ratio to native"])
+    bars = _table(part, "ADBC `bars_1m` (ms)")[0]
+    assert bars["Bars"] == "1,440"
+    _assert_ratio(bars["Ratio"], bars["ADBC `bars_1m` (ms)"],
+                  bars["DuckDB in-process read_parquet GROUP BY (ms)"], "sql bars")
+
+
+@pytest.mark.soak  # ~20 s on 2 cores
+@pytest.mark.timeout(int(200 * MS))
+def test_smoke_run_of_flight_sql(tmp_path: Path) -> None:
+    out = tmp_path / "BENCHMARKS.md"
+    result = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "--smoke", "--only", "sql", "--out", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=180 * MS, check=False)
+    assert result.returncode == 0, result.stderr[-4000:]
+    text = out.read_text(encoding="utf-8")
+    _assert_well_formed(text)
+    assert re.search(r"^## 1\. Flight SQL through ADBC", text, re.MULTILINE)
+    assert "This measurement failed" not in text
+    _assert_goal_verdicts(text)
+    _assert_sql(text)
+
+
+def test_sql_answers_are_compared_column_by_column() -> None:
+    ours = pa.table({"t": [1, 2, 3], "p": [1.0, 2.0, 3.0], "v": [10.0, 20.0, 30.0]})
+    assert sql_bench.differences(ours, ours, ["t", "p"], ["v"]) == []
+    near = ours.set_column(2, "v", pa.array([10.0, 20.0, 30.0 * (1 + 1e-12)]))
+    assert sql_bench.differences(ours, near, ["t", "p"], ["v"]) == []
+    off = ours.set_column(1, "p", pa.array([1.0, None, 3.0]))
+    assert sql_bench.differences(ours, off, ["t", "p"]) == ["p differs"]
+    far = ours.set_column(2, "v", pa.array([10.0, 20.0, 31.0]))
+    assert sql_bench.differences(ours, far, ["t"], ["v"])[0].startswith("v differs")
+    assert sql_bench.differences(ours, ours.slice(1), ["t"]) == ["3 rows vs 2"]
+    assert sql_bench.differences(ours, ours.drop_columns(["p"]), ["p"]) == ["no column 'p'"]
+    # int64 against a float64 of the same values is the same answer
+    assert sql_bench.differences(ours, ours.set_column(0, "t", pa.array([1.0, 2.0, 3.0])),
+                                 ["t"]) == []
+
+
+def test_the_sql_bars_baseline_is_the_same_query_as_bars_1m(tmp_path: Path) -> None:
+    """The baseline's GROUP BY over the files and the server's ``bars_1m`` view (ring and
+    history, through a real Persistence) give the same bars on the benchmark's trades."""
+    import duckdb
+
+    from flight_md.buffer import Store
+    from flight_md.events import EventLog
+    from flight_md.persist.retention import RetentionPolicy
+    from flight_md.persist.store import PersistConfig, Persistence
+    from flight_md.sql.engine import Engine
+    from flight_md.sql.store_source import StoreTableSource
+
+    size = replace(sql_bench.SMOKE_SIZES, bars_trades=30_000, write_chunk=7_000)
+    data_dir = tmp_path / "data"
+    sql_bench._write_history(data_dir, size)
+    store, events = Store(1_000), EventLog()
+    persistence = Persistence(PersistConfig(data_dir, retention=RetentionPolicy(None, None)),
+                              store, events).open()
+    try:
+        engine = Engine(StoreTableSource(store, events, history=persistence.root))
+        ours = engine.execute(sql_bench.BARS_SQL).read_all()
+        assert len(store.buffer("trades")) == 1_000  # the view reads ring and history
+    finally:
+        persistence.close()
+    files = data_dir / "history" / "channel=trades" / "**" / "*.parquet"
+    with duckdb.connect() as con:
+        theirs = con.sql(sql_bench.baseline_bars_sql(str(files))).to_arrow_table()
+    assert ours.num_rows == 1_440 and sum(ours["trades"].to_pylist()) == 30_000
+    assert sql_bench.differences(ours, theirs, sql_bench.BAR_EXACT, sql_bench.BAR_CLOSE) == []
+
+
+def test_sql_sizes_measure_the_goals_cases() -> None:
+    full = sql_bench.sizes(FULL)
+    assert full == sql_bench.FULL_SIZES and sql_bench.sizes(SMOKE) == sql_bench.SMOKE_SIZES
+    assert (full.ticker_symbols, full.ticker_rows) == (20, 10_000)
+    assert full.bulk_rows == 1_000_000 and full.bars_trades == 10_000_000
+    assert sql_bench.LATEST_SQL == ("SELECT * FROM ticker WHERE symbol='BTC/USDT' "
+                                    "ORDER BY timestamp DESC LIMIT 100")
