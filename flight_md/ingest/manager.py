@@ -51,7 +51,7 @@ from flight_md.buffer import MarketDataBuffer, Store
 from flight_md.control import IngestionStatus, MarketInfo
 from flight_md.errors import FlightMdError, InvalidArgument, Unavailable, UnknownExchange
 from flight_md.events import EventLog
-from flight_md.ingest.stream import MarketDataStream
+from flight_md.ingest.stream import MarketDataStream, channels_of
 from flight_md.normalize import TICKER_LIKE, Channel
 
 __all__ = ["DEFAULT_CONTROL_TIMEOUT", "IngestionThread", "MarketDataManager", "ThreadedControl",
@@ -217,47 +217,52 @@ class MarketDataManager:
     async def add_stream(self, exchange_id: str, symbols: Sequence[str] = (), *,
                          keep_retrying: bool = False,
                          **stream_kwargs: Any) -> MarketDataStream:
-        """Start a stream for ``exchange_id`` and a channel: connect, then subscribe ``symbols``.
+        """Start a stream for ``exchange_id`` and one or more channels: connect, then subscribe
+        ``symbols`` (on every channel).
 
         Args:
             exchange_id: ccxt exchange id.
             symbols: Symbols to subscribe right away.
             channel: The stream's channel (``stream_kwargs["channel"]``, default ``ticker``);
                 one stream per (exchange, channel).
+            channels: Several channels (``stream_kwargs["channels"]``, as for
+                :class:`MarketDataStream`): one stream per channel is registered (see
+                :meth:`stream`).
             keep_retrying: If the exchange cannot be reached, keep the stream and retry in
                 the background (:meth:`MarketDataStream.start`) instead of raising
                 ``Unavailable``: what a server does.
-            **stream_kwargs: :class:`MarketDataStream` arguments (``buffer`` and ``events``
-                are the manager's; ``buffer_size`` and ``book_depth`` are ignored: the store's
-                buffers have them).
+            **stream_kwargs: :class:`MarketDataStream` arguments (``buffer``, ``store`` and
+                ``events`` are the manager's; ``buffer_size`` and ``book_depth`` are ignored:
+                the store's buffers have them).
 
         Returns:
-            The connected stream.
+            The connected stream. With several channels, one stream over all of them (its
+            calls reach every channel); the registered per-channel streams share its
+            connections, so :meth:`remove_stream` of one channel stops that channel in it too.
 
         Raises:
-            InvalidArgument: A stream for the exchange and channel already runs, or a bad
-                argument or symbol (the stream is not kept).
-            Unavailable: The exchange cannot be reached (the stream is not kept), unless
+            InvalidArgument: A stream for the exchange and a channel already runs, or a bad
+                argument or symbol (no stream is kept).
+            Unavailable: The exchange cannot be reached (no stream is kept), unless
                 ``keep_retrying``.
         """
-        channel = _channel(stream_kwargs.pop("channel", Channel.TICKER))
-        key = (exchange_id, channel)
-        if key in self._streams:
-            raise InvalidArgument(f"a {channel} stream for {exchange_id!r} is already running; "
-                                  "subscribe to it or remove it first")
-        for reserved in ("buffer", "events"):
+        wanted = channels_of(stream_kwargs.pop("channel", None),
+                             stream_kwargs.pop("channels", None))
+        keys = [(exchange_id, channel) for channel in wanted]
+        for key in keys:
+            if key in self._streams:
+                raise InvalidArgument(f"a {key[1]} stream for {exchange_id!r} is already "
+                                      "running; subscribe to it or remove it first")
+        for reserved in ("buffer", "events", "store"):
             if reserved in stream_kwargs:
                 raise InvalidArgument(f"{reserved}= belongs to the manager; do not pass it")
         stream_kwargs.pop("buffer_size", None)
         stream_kwargs.pop("book_depth", None)
-        try:
-            buffer = self.store.buffer(channel.value)
-        except ValueError as error:
-            raise InvalidArgument(str(error)) from None
-        stream = MarketDataStream(exchange_id, buffer=buffer, events=self.events,
-                                  channel=channel, book_depth=self.store.book_depth,
-                                  **stream_kwargs)
-        self._streams[key] = stream  # reserve the key while connecting
+        stream = MarketDataStream(exchange_id, events=self.events, channels=wanted,
+                                  store=self.store, **stream_kwargs)
+        parts = stream.parts()
+        for key, part in zip(keys, parts, strict=True):
+            self._streams[key] = part  # reserve the keys while connecting
         try:
             if keep_retrying:
                 await stream.start(symbols, on_invalid=lambda error: self._fatal(exchange_id, error))
@@ -266,8 +271,9 @@ class MarketDataManager:
                 if symbols:
                     await stream.subscribe(symbols)
         except BaseException:
-            if self._streams.get(key) is stream:
-                del self._streams[key]
+            for key, part in zip(keys, parts, strict=True):
+                if self._streams.get(key) is part:
+                    del self._streams[key]
             await stream.disconnect()
             raise
         return stream

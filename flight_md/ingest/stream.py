@@ -1,6 +1,7 @@
 """One exchange's live market data: ccxt.pro websockets, or REST polling, into the buffer.
 
-:class:`MarketDataStream` owns one ccxt exchange instance and runs on one asyncio loop.
+:class:`MarketDataStream` owns one ccxt exchange instance per channel and runs on one asyncio
+loop.
 
 The stream is a facade over its parts, each in its own module:
 
@@ -16,13 +17,16 @@ The stream is a facade over its parts, each in its own module:
 - :mod:`flight_md.ingest.state`: connection state, last error, symbols and their groups;
 - :mod:`flight_md.ingest.policy`: every reconnect decision, pure.
 
-One stream, one channel
-    A stream carries one :class:`~flight_md.normalize.Channel` and writes into that channel's
-    buffer (``Store.buffer(channel)``): ``ticker`` and ``bidask`` store ticks, ``trades``
-    every trade ccxt parses (``watch_trades_for_symbols``; REST ``fetch_trades``), ``book``
-    the top ``book_depth`` levels after every update (``watch_order_book_for_symbols`` at the
-    venue's depth :meth:`Venue.book_limit <flight_md.venues.base.Venue.book_limit>`; websocket
-    only). Callbacks receive the channel's value objects: :class:`~flight_md.schema.MarketTick`,
+One stream, one or more channels
+    A channel engine carries one :class:`~flight_md.normalize.Channel` with its own ccxt
+    instance and writes into that channel's buffer (``Store.buffer(channel)``): ``ticker`` and
+    ``bidask`` store ticks, ``trades`` every trade ccxt parses (``watch_trades_for_symbols``;
+    REST ``fetch_trades``), ``book`` the top ``book_depth`` levels after every update
+    (``watch_order_book_for_symbols`` at the venue's depth :meth:`Venue.book_limit
+    <flight_md.venues.base.Venue.book_limit>`; websocket only). :class:`MarketDataStream` is
+    one engine (``channel=``) or several (``channels=[...]``, the same options, one shared
+    :class:`~flight_md.buffer.Store` and event log), and passes every call to each. Callbacks
+    receive each channel's value objects: :class:`~flight_md.schema.MarketTick`,
     :class:`~flight_md.normalize.Trade` or :class:`~flight_md.normalize.BookTop`.
 
 Gaps are visible
@@ -49,12 +53,12 @@ import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Final, Self
 
 import ccxt.async_support as ccxt_async
 import ccxt.pro as ccxt_pro
 
-from flight_md.buffer import DEFAULT_BUFFER_SIZE, MarketDataBuffer
+from flight_md.buffer import DEFAULT_BUFFER_SIZE, MarketDataBuffer, Store
 from flight_md.config import STREAM_DEFAULTS as _DEFAULTS
 from flight_md.control import ExchangeStatus, IngestionStatus, SymbolStatus
 from flight_md.core.channels import DEFAULT_BOOK_DEPTH
@@ -86,6 +90,7 @@ __all__ = [
     "ConnectionState",
     "MarketDataStream",
     "Mode",
+    "channels_of",
 ]
 
 logger = logging.getLogger(__name__)
@@ -98,41 +103,11 @@ def _positive(name: str, value: float) -> float:
     return float(value)
 
 
-class MarketDataStream:
-    """Live tickers of one exchange into a :class:`~flight_md.buffer.MarketDataBuffer`.
+class _ChannelStream:
+    """One channel of one exchange: the engine under :class:`MarketDataStream`.
 
-    Args:
-        exchange_id: ccxt exchange id, e.g. ``"binance"``.
-        testnet: Use the exchange's sandbox (``set_sandbox_mode(True)``).
-        api_key: Passed to ccxt only; never logged, stored on the stream or reported.
-        api_secret: Passed to ccxt only, likewise.
-        buffer_size: Ticks kept per symbol when the stream creates its own buffer.
-        heartbeat_interval: Seconds of silence after which a subscribed stream is stale
-            (and reconnected), and a symbol is reported stale.
-        reconnect_delay: First reconnect delay, seconds; doubled per failed attempt.
-        max_reconnect_delay: Cap of the reconnect delay, seconds.
-        buffer: Store here (shared with other streams) instead of a new buffer: a buffer of
-            the stream's channel (a tick buffer for ticker and bidask).
-        events: Record connection events here instead of a new log.
-        channel: ``"ticker"`` (full 24h ticker, ``watch_tickers``), ``"bidask"``
-            (real-time best bid/ask, ``watch_bids_asks``), ``"trades"`` (every trade) or
-            ``"book"`` (the top ``book_depth`` levels after every update).
-        book_depth: Levels a side a ``book`` stream stores (the buffer's depth when one is
-            given).
-        mode: ``"auto"``, ``"websocket"`` or ``"rest"``.
-        poll_interval: Seconds between REST polls.
-        url: Base URL (``http://host:port``) to point ccxt's REST and websocket URLs at,
-            e.g. the local emulator (:func:`flight_md.ingest.endpoints.url_overrides`).
-        urls: A ccxt ``urls`` dict merged over the exchange's own.
-        max_reconnect_attempts: Failed reconnect attempts before ``FAILED``; ``None``
-            retries forever.
-        ccxt_options: More ccxt constructor config, merged last.
-        rest_fallback_after: Consecutive websocket failures after which auto mode polls.
-        ws_probe_interval: Seconds between websocket probes while auto mode polls.
-
-    Raises:
-        InvalidArgument: Unknown exchange, bad channel, mode or interval, a mode the
-            exchange does not support in ccxt, or a testnet the exchange does not have.
+    Takes :class:`MarketDataStream`'s arguments (one ``channel``, a ``buffer`` of it); owns its
+    ccxt instance, sessions, poller and fanout.
     """
 
     def __init__(
@@ -438,7 +413,8 @@ class MarketDataStream:
         self._health.set_state(ConnectionState.CONNECTED)
         self._events.record(self.exchange_id, EventKind.CONNECT, self.symbols,
                             f"{len(self._exchange.markets)} markets loaded; "
-                            f"mode {self._supervisor.active.value}, channel {self.channel.value}")
+                            f"mode {self._supervisor.active.value}, channel {self.channel.value}",
+                            channel=self.channel.value)
         logger.info("%s: connected (%d markets; %s, %s)", self.exchange_id,
                     len(self._exchange.markets), self._supervisor.active.value, self.channel.value)
         self._fanout.start_workers()
@@ -494,7 +470,7 @@ class MarketDataStream:
         await self._close_exchange()
         if was is not ConnectionState.DISCONNECTED:
             self._events.record(self.exchange_id, EventKind.DISCONNECT, self.symbols,
-                                "closed by the user")
+                                "closed by the user", channel=self.channel.value)
             logger.info("%s: disconnected", self.exchange_id)
         self._health.set_state(ConnectionState.DISCONNECTED)
         if self._log_filter is not None:
@@ -592,29 +568,14 @@ class MarketDataStream:
     # -- callbacks --------------------------------------------------------------------------
 
     def add_callback(self, callback: Callback) -> None:
-        """Call ``callback(update)`` for every stored update: a
-        :class:`~flight_md.schema.MarketTick` (ticker, bidask), a
-        :class:`~flight_md.normalize.Trade` (trades) or a
-        :class:`~flight_md.normalize.BookTop` (book).
-
-        A plain function runs inline; a coroutine function is awaited in order by a task
-        of its own (its backlog grows if it is slower than the feed). An exception from a
-        callback is logged and counted in ``callback_errors``; streaming goes on.
-        """
-        if not callable(callback):
-            raise InvalidArgument(f"callback must be callable, got {callback!r}")
+        """:meth:`MarketDataStream.add_callback` on this channel (``callback`` is checked there)."""
         subscriber = self._fanout.add(callback)
         if self._task is not None:
             self._fanout.start_worker(subscriber)
 
-    def remove_callback(self, callback: Callback) -> None:
-        """Stop calling ``callback`` (its queued ticks are dropped).
-
-        Raises:
-            InvalidArgument: The callback was not added.
-        """
-        if not self._fanout.remove(callback):
-            raise InvalidArgument(f"callback {callback!r} is not registered")
+    def remove_callback(self, callback: Callback) -> bool:
+        """Stop calling ``callback`` here; whether it was registered."""
+        return self._fanout.remove(callback)
 
     # -- status -----------------------------------------------------------------------------
 
@@ -654,6 +615,438 @@ class MarketDataStream:
     def _describe(self, error: BaseException) -> str:
         """A one-line, secret-free description of an error."""
         return self._health.describe(error)
+
+
+def channels_of(channel: Channel | str | None,
+                channels: Sequence[Channel | str] | None) -> tuple[Channel, ...]:
+    """The channels a stream carries, from ``channel=`` and ``channels=`` (either, or both when
+    they agree: ``channels`` is ``[channel]``); neither is the default ``ticker``.
+
+    Raises:
+        InvalidArgument: An unknown channel, ``channels`` that is not a non-empty list of
+            distinct channel names, or ``channel`` and ``channels`` that disagree.
+    """
+    expected = ", ".join(Channel)
+    if channels is None:
+        if channel is None:
+            return (Channel(_DEFAULTS["channel"]),)
+        try:
+            return (Channel(channel),)
+        except ValueError:
+            raise InvalidArgument(f"unknown channel {channel!r}; expected one of: "
+                                  f"{expected}") from None
+    if isinstance(channels, str) or not isinstance(channels, Sequence) or not channels:
+        raise InvalidArgument(f"channels must be a non-empty list of channel names "
+                              f"({expected}), got {channels!r}")
+    found: list[Channel] = []
+    for name in channels:
+        try:
+            parsed = Channel(name)
+        except ValueError:
+            raise InvalidArgument(f"unknown channel {name!r} in channels; expected some of: "
+                                  f"{expected}") from None
+        if parsed in found:
+            raise InvalidArgument(f"channel {parsed.value!r} is listed twice in channels")
+        found.append(parsed)
+    if channel is not None and [c.value for c in found] != [channel]:
+        raise InvalidArgument(f"channel={channel!r} and channels={list(channels)!r} disagree; "
+                              "pass channels= alone")
+    return tuple(found)
+
+
+_STATE_RANK: Final = (ConnectionState.FAILED, ConnectionState.DOWN, ConnectionState.RECONNECTING,
+                      ConnectionState.CONNECTING, ConnectionState.DISCONNECTED,
+                      ConnectionState.CONNECTED)
+"""A several-channel stream's state is its channels' first in this order: the one that most
+needs attention (a connected stream whose trades channel failed is failed)."""
+
+
+class MarketDataStream:
+    """Live market data of one exchange, on one or more channels, into a
+    :class:`~flight_md.buffer.Store`.
+
+    One channel (``channel=``, the default ``ticker``) is one ccxt exchange instance and its
+    websocket sessions; ``channels=["ticker", "trades", "book"]`` runs one of those per channel,
+    with the same options, into one shared store and event log, and every method below acts on
+    every channel::
+
+        async with MarketDataStream("binance", channels=["ticker", "trades", "book"]) as stream:
+            stream.add_callback(on_update)        # MarketTick, Trade and BookTop values
+            await stream.subscribe(["BTC/USDT"])  # every channel
+            trades = stream.store.buffer("trades").get_latest_sync("BTC/USDT", 100)
+
+    Args:
+        exchange_id: ccxt exchange id, e.g. ``"binance"``.
+        testnet: Use the exchange's sandbox (``set_sandbox_mode(True)``).
+        api_key: Passed to ccxt only; never logged, stored on the stream or reported.
+        api_secret: Passed to ccxt only, likewise.
+        buffer_size: Rows kept per symbol and channel when the stream creates its own store.
+        heartbeat_interval: Seconds of silence after which a subscribed stream is stale
+            (and reconnected), and a symbol is reported stale.
+        reconnect_delay: First reconnect delay, seconds; doubled per failed attempt.
+        max_reconnect_delay: Cap of the reconnect delay, seconds.
+        buffer: Store the first channel here (shared with other streams): a buffer of that
+            channel (a tick buffer for ticker and bidask). Without ``store``, the stream's store
+            is one around it (:meth:`Store.of <flight_md.buffer.Store.of>`).
+        events: Record connection events here instead of a new log.
+        channel: The one channel: ``"ticker"`` (full 24h ticker, ``watch_tickers``),
+            ``"bidask"`` (real-time best bid/ask, ``watch_bids_asks``), ``"trades"`` (every
+            trade) or ``"book"`` (the top ``book_depth`` levels after every update).
+        channels: Several of those, distinct; the first is :attr:`channel` and
+            :attr:`buffer`'s. With ``channel`` too, only as ``channels=[channel]``.
+        store: Every channel's buffer (``store.buffer(channel)``) instead of a new
+            ``Store(buffer_size, book_depth=book_depth)``; its ``book_depth`` wins.
+        book_depth: Levels a side a ``book`` channel stores (the buffer's or store's depth
+            when one is given).
+        mode: ``"auto"``, ``"websocket"`` or ``"rest"``.
+        poll_interval: Seconds between REST polls.
+        url: Base URL (``http://host:port``) to point ccxt's REST and websocket URLs at,
+            e.g. the local emulator (:func:`flight_md.ingest.endpoints.url_overrides`).
+        urls: A ccxt ``urls`` dict merged over the exchange's own.
+        max_reconnect_attempts: Failed reconnect attempts before ``FAILED``; ``None``
+            retries forever.
+        ccxt_options: More ccxt constructor config, merged last.
+        rest_fallback_after: Consecutive websocket failures after which auto mode polls.
+        ws_probe_interval: Seconds between websocket probes while auto mode polls.
+
+    Raises:
+        InvalidArgument: Unknown exchange, bad channel(s), mode or interval, a mode the
+            exchange does not support in ccxt for a channel, a testnet the exchange does not
+            have, or a ``buffer`` that is not the store's or not of the first channel.
+    """
+
+    def __init__(
+        self,
+        exchange_id: str,
+        testnet: bool = False,
+        api_key: str | None = None,
+        api_secret: str | None = None,
+        buffer_size: int = DEFAULT_BUFFER_SIZE,
+        heartbeat_interval: float = _DEFAULTS["heartbeat_interval"],
+        reconnect_delay: float = _DEFAULTS["reconnect_delay"],
+        max_reconnect_delay: float = _DEFAULTS["max_reconnect_delay"],
+        *,
+        buffer: MarketDataBuffer | None = None,
+        events: EventLog | None = None,
+        channel: Channel | str | None = None,
+        channels: Sequence[Channel | str] | None = None,
+        store: Store | None = None,
+        mode: Mode | str = _DEFAULTS["mode"],
+        poll_interval: float = _DEFAULTS["poll_interval"],
+        url: str | None = None,
+        urls: Mapping[str, Any] | None = None,
+        max_reconnect_attempts: int | None = None,
+        ccxt_options: Mapping[str, Any] | None = None,
+        rest_fallback_after: int = _DEFAULTS["rest_fallback_after"],
+        ws_probe_interval: float = _DEFAULTS["ws_probe_interval"],
+        book_depth: int = DEFAULT_BOOK_DEPTH,
+    ) -> None:
+        wanted = channels_of(channel, channels)
+        if store is not None and buffer is not None and store.get(wanted[0].value) is not buffer:
+            raise InvalidArgument(f"pass store= or buffer=, not both (or the store's own "
+                                  f"{wanted[0]} buffer)")
+        if store is None:
+            try:
+                store = Store.of(buffer) if buffer is not None \
+                    else Store(buffer_size, book_depth=book_depth)
+            except ValueError as error:
+                raise InvalidArgument(str(error)) from None
+        events = events if events is not None else EventLog()
+        parts = []
+        for index, each in enumerate(wanted):
+            if index == 0 and buffer is not None:
+                into = buffer  # the engine says if it is of the wrong channel
+            else:
+                try:
+                    into = store.buffer(each.value)
+                except ValueError as error:
+                    raise InvalidArgument(str(error)) from None
+            parts.append(_ChannelStream(
+                exchange_id, testnet, api_key, api_secret, buffer_size, heartbeat_interval,
+                reconnect_delay, max_reconnect_delay, buffer=into, events=events, channel=each,
+                mode=mode, poll_interval=poll_interval, url=url, urls=urls,
+                max_reconnect_attempts=max_reconnect_attempts, ccxt_options=ccxt_options,
+                rest_fallback_after=rest_fallback_after, ws_probe_interval=ws_probe_interval,
+                book_depth=store.book_depth))
+        self._adopt(tuple(parts), store)
+
+    @classmethod
+    def _of(cls, parts: tuple[_ChannelStream, ...], store: Store) -> MarketDataStream:
+        """A stream over existing channel engines (the manager's per-channel views)."""
+        stream = cls.__new__(cls)
+        stream._adopt(parts, store)
+        return stream
+
+    def _adopt(self, parts: tuple[_ChannelStream, ...], store: Store) -> None:
+        self._parts = parts
+        self._store = store
+        first = parts[0]
+        # The options are the same on every channel: the first's are the stream's.
+        self.exchange_id = first.exchange_id
+        self.venue = first.venue
+        self.channel = first.channel
+        self.channels = tuple(part.channel for part in parts)
+        self.mode = first.mode
+        self.testnet = first.testnet
+        self.heartbeat_interval = first.heartbeat_interval
+        self.reconnect_delay = first.reconnect_delay
+        self.max_reconnect_delay = first.max_reconnect_delay
+        self.poll_interval = first.poll_interval
+        self.ws_probe_interval = first.ws_probe_interval
+        self.max_reconnect_attempts = first.max_reconnect_attempts
+        self.rest_fallback_after = first.rest_fallback_after
+        self.book_depth = first.book_depth
+
+    def parts(self) -> tuple[MarketDataStream, ...]:
+        """One single-channel stream per channel, sharing this stream's connections: what
+        :meth:`MarketDataManager.add_stream <flight_md.ingest.manager.MarketDataManager.add_stream>`
+        registers. Disconnecting one stops that channel here too."""
+        if len(self._parts) == 1:
+            return (self,)
+        return tuple(MarketDataStream._of((part,), self._store) for part in self._parts)
+
+    # -- public properties ------------------------------------------------------------------
+
+    @property
+    def state(self) -> ConnectionState:
+        """The connection state; with several channels, the one most in need of attention
+        (failed, then reconnecting, connecting, disconnected; connected only if all are)."""
+        states = {part.state for part in self._parts}
+        if len(states) == 1:
+            return states.pop()
+        return next(state for state in _STATE_RANK if state in states)
+
+    @property
+    def active_mode(self) -> Mode:
+        """What the first channel runs now: :attr:`Mode.WEBSOCKET` or :attr:`Mode.REST`."""
+        return self._parts[0].active_mode
+
+    @property
+    def buffer(self) -> MarketDataBuffer:
+        """Where the first channel is stored (``store.buffer(stream.channel)``)."""
+        return self._parts[0].buffer
+
+    @property
+    def store(self) -> Store:
+        """Every channel's buffer: ``stream.store.buffer("trades")``."""
+        return self._store
+
+    @property
+    def events(self) -> EventLog:
+        """Where connection events are recorded (one log for every channel)."""
+        return self._parts[0].events
+
+    @property
+    def exchange(self) -> Any:
+        """The first channel's ccxt exchange instance (owned by the stream; do not close it);
+        each channel has its own."""
+        return self._parts[0].exchange
+
+    @property
+    def symbols(self) -> tuple[str, ...]:
+        """Subscribed symbols (on any channel), in subscription order."""
+        if len(self._parts) == 1:
+            return self._parts[0].symbols
+        return tuple(dict.fromkeys(s for part in self._parts for s in part.symbols))
+
+    def __repr__(self) -> str:
+        if len(self._parts) == 1:
+            return repr(self._parts[0])
+        return (f"MarketDataStream(exchange={self.exchange_id!r}, "
+                f"channels={[c.value for c in self.channels]!r}, mode={self.mode.value!r}, "
+                f"state={self.state.value!r}, symbols={len(self.symbols)})")
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    async def connect(self) -> None:
+        """Load the exchange's markets and start streaming every channel (idempotent).
+
+        Raises:
+            Unavailable: The exchange cannot be reached; every channel stays disconnected.
+            StartupError: The installed ccxt breaks an assumption of
+                :mod:`flight_md.ingest.ccxt_compat`; that channel is ``FAILED``, the others
+                are disconnected.
+        """
+        try:
+            for part in self._parts:
+                await part.connect()
+        except BaseException:
+            if len(self._parts) > 1:
+                await self._disconnect_healthy()
+            raise
+
+    async def _disconnect_healthy(self) -> None:
+        # A channel that failed keeps FAILED and its reason for status(); the rest are stopped.
+        await asyncio.gather(*(part.disconnect() for part in self._parts
+                               if part.state is not ConnectionState.FAILED),
+                             return_exceptions=True)
+
+    async def start(self, symbols: Sequence[str] = (), *,
+                    on_invalid: Callable[[InvalidArgument], None] | None = None) -> None:
+        """Connect and subscribe ``symbols`` on every channel, and if the exchange cannot be
+        reached, keep trying.
+
+        What a daemon wants (``flight-md serve``): where :meth:`connect` raises
+        :class:`~flight_md.errors.Unavailable`, this returns with the stream ``RECONNECTING``
+        (``last_error`` says why) and loads the markets in the background with the reconnect
+        backoff; once they load, ``symbols`` are subscribed and streaming starts. Idempotent
+        like :meth:`connect`.
+
+        Args:
+            symbols: Symbols to subscribe once connected.
+            on_invalid: Called (on the loop) if, once the markets load in the background, a
+                symbol turns out not to be listed; the stream is then ``FAILED``. A symbol found
+                missing right away is raised instead. Called once, however many channels find it.
+
+        Raises:
+            InvalidArgument: No symbols, a symbol that is not a string, or (when the markets
+                load at once) a symbol the exchange does not list.
+            Unavailable: ``max_reconnect_attempts=0`` and the exchange cannot be reached.
+            StartupError: As for :meth:`connect`.
+        """
+        if on_invalid is not None and len(self._parts) > 1:
+            on_invalid = _once(on_invalid)
+        try:
+            for part in self._parts:
+                await part.start(symbols, on_invalid=on_invalid)
+        except BaseException:
+            if len(self._parts) > 1:
+                await self._disconnect_healthy()
+            raise
+
+    async def disconnect(self) -> None:
+        """Stop streaming every channel and release every connection (idempotent)."""
+        if len(self._parts) == 1:
+            await self._parts[0].disconnect()
+            return
+        results = await asyncio.gather(*(part.disconnect() for part in self._parts),
+                                       return_exceptions=True)
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+
+    async def __aenter__(self) -> Self:
+        await self.connect()
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        await self.disconnect()
+
+    # -- subscriptions ----------------------------------------------------------------------
+
+    async def subscribe(self, symbols: Sequence[str]) -> tuple[str, ...]:
+        """Start streaming ``symbols`` on every channel (those already subscribed on a channel
+        are left as they are there).
+
+        Args:
+            symbols: Unified ccxt symbols the exchange lists, e.g. ``["BTC/USDT"]``.
+
+        Returns:
+            The symbols newly subscribed on some channel.
+
+        Raises:
+            InvalidArgument: A symbol the exchange does not list (the message suggests
+                close matches), or no symbols; no channel subscribes it.
+            Unavailable: The stream is not connected, or has failed.
+        """
+        new: dict[str, None] = {}
+        for part in self._parts:
+            new.update(dict.fromkeys(await part.subscribe(symbols)))
+        return tuple(new)
+
+    async def unsubscribe(self, symbols: Sequence[str]) -> tuple[str, ...]:
+        """Stop streaming ``symbols`` on every channel that has them; what they stored stays
+        in the store.
+
+        Returns:
+            The symbols unsubscribed.
+
+        Raises:
+            InvalidArgument: A symbol that no channel has subscribed, or no symbols.
+        """
+        if len(self._parts) == 1:
+            return await self._parts[0].unsubscribe(symbols)
+        wanted = check_symbols(symbols, "unsubscribe")
+        current = self.symbols
+        missing = [s for s in wanted if s not in current]
+        if missing:
+            raise InvalidArgument(f"symbol {missing[0]!r} is not subscribed on "
+                                  f"{self.exchange_id}; subscribed: {preview(current)}")
+        for part in self._parts:
+            held = [s for s in wanted if s in part.symbols]
+            if held:
+                await part.unsubscribe(held)
+        return tuple(wanted)
+
+    # -- callbacks --------------------------------------------------------------------------
+
+    def add_callback(self, callback: Callback) -> None:
+        """Call ``callback(update)`` for every stored update of every channel: a
+        :class:`~flight_md.schema.MarketTick` (ticker, bidask), a
+        :class:`~flight_md.normalize.Trade` (trades) or a
+        :class:`~flight_md.normalize.BookTop` (book).
+
+        A plain function runs inline; a coroutine function is awaited in order by a task
+        of its own per channel (its backlog grows if it is slower than the feed; the
+        channels' orders are not merged). An exception from a callback is logged and counted
+        in ``callback_errors``; streaming goes on.
+
+        Raises:
+            InvalidArgument: ``callback`` is not callable.
+        """
+        if not callable(callback):
+            raise InvalidArgument(f"callback must be callable, got {callback!r}")
+        for part in self._parts:
+            part.add_callback(callback)
+
+    def remove_callback(self, callback: Callback) -> None:
+        """Stop calling ``callback`` on every channel (its queued updates are dropped).
+
+        Raises:
+            InvalidArgument: The callback was not added.
+        """
+        removed = [part.remove_callback(callback) for part in self._parts]
+        if not any(removed):
+            raise InvalidArgument(f"callback {callback!r} is not registered")
+
+    # -- status -----------------------------------------------------------------------------
+
+    def status(self) -> IngestionStatus:
+        """Counters of each channel and of each symbol it has subscribed: one
+        :class:`~flight_md.control.ExchangeStatus` per channel (its ``channel`` names it)."""
+        if len(self._parts) == 1:
+            return self._parts[0].status()
+        parts = [part.status() for part in self._parts]
+        return IngestionStatus(tuple(e for p in parts for e in p.exchanges),
+                               tuple(s for p in parts for s in p.symbols))
+
+    def counters(self) -> dict[str, int]:
+        """The channel's own counts: a trades stream's
+        :data:`~flight_md.ingest.trades.TRADE_COUNTERS`, a book stream's
+        :data:`~flight_md.ingest.books.COUNTERS`; empty for ticker and bidask. With several
+        channels, every channel's, named ``"<channel>.<counter>"`` (``"trades.gaps"``)."""
+        if len(self._parts) == 1:
+            return self._parts[0].counters()
+        return {f"{part.channel.value}.{name}": count
+                for part in self._parts for name, count in part.counters().items()}
+
+    def _describe(self, error: BaseException) -> str:
+        """A one-line, secret-free description of an error."""
+        return self._parts[0]._describe(error)
+
+
+def _once(callback: Callable[[InvalidArgument], None]) -> Callable[[InvalidArgument], None]:
+    """``callback`` that runs on the first call only (every channel finds the same bad symbol)."""
+    called = False
+
+    def call(error: InvalidArgument) -> None:
+        nonlocal called
+        if not called:
+            called = True
+            callback(error)
+
+    return call
 
 
 class _BookSink:
