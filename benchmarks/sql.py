@@ -78,13 +78,18 @@ BAR_EXACT = ("bar_start", "open", "high", "low", "close", "trades")
 BAR_CLOSE = ("volume", "vwap")
 
 
-def baseline_bars_sql(files: str) -> str:
+def baseline_bars_sql(files: str, *, tie_break: bool = False) -> str:
     """The baseline's 1m bars over the Parquet ``files`` (a glob), the query an analyst
-    would write with DuckDB: the same columns as ``bars_1m``, open and close by timestamp."""
+    would write with DuckDB: the same columns as ``bars_1m``, open and close by timestamp.
+
+    ``tie_break``: open and close as ``bars_1m`` orders them, by ``(timestamp,
+    receive_timestamp)`` (a struct key, about twice the work of a scalar one in DuckDB), to
+    show what the view's semantics cost apart from the server's engine."""
+    key = "(timestamp, receive_timestamp)" if tie_break else "timestamp"
     return f"""
 SELECT exchange, symbol, (timestamp // 60000) * 60000 AS bar_start,
-       arg_min(price, timestamp) AS open, max(price) AS high, min(price) AS low,
-       arg_max(price, timestamp) AS close, sum(amount) AS volume,
+       arg_min(price, {key}) AS open, max(price) AS high, min(price) AS low,
+       arg_max(price, {key}) AS close, sum(amount) AS volume,
        sum(price * amount) / sum(amount) AS vwap, count(*) AS trades
 FROM read_parquet('{files}')
 WHERE exchange = '{VENUE}' AND symbol = '{SYMBOL}'
@@ -361,7 +366,7 @@ def _latest(settings: Settings, section: Section) -> None:
         "sql.latest", f"ADBC `ORDER BY timestamp DESC LIMIT {LATEST}` vs native latest={LATEST} "
         f"({size.ticker_symbols} symbols x {size.ticker_rows:,} ticks)",
         ratio(median(adbc_us), base), "<=", GOAL_LATEST_RATIO, "x",
-        measured_note=f"{show(median(adbc_us), 'µs')} vs {show(base, 'µs')}; GetFlightInfo "
+        measured_note=f"{show(median(adbc_us), 'µs')} vs {show(base, 'µs')}, GetFlightInfo "
         f"{show(median(info_us), 'µs')}, DoGet {show(median(get_us), 'µs')}"))
 
 
@@ -423,10 +428,10 @@ def _bars(settings: Settings, section: Section) -> None:
         data_dir = work / "data"
         write_s = _write_history(data_dir, size)
         files = list((data_dir / "history" / "channel=trades").rglob("*.parquet"))
-        baseline = baseline_bars_sql(str(data_dir / "history" / "channel=trades" / "**" /
-                                         "*.parquet"))
-        ours_s: list[float] = []
-        duck_s: list[float] = []
+        glob = str(data_dir / "history" / "channel=trades" / "**" / "*.parquet")
+        baselines = {"duck": baseline_bars_sql(glob),
+                     "tied": baseline_bars_sql(glob, tie_break=True)}
+        times: dict[str, list[float]] = {"adbc": [], "duck": [], "tied": []}
         with ExitStack() as stack:
             server = stack.enter_context(_server("history", "--data-dir", str(data_dir),
                                                  "--rows", str(BARS_RING)))
@@ -434,34 +439,39 @@ def _bars(settings: Settings, section: Section) -> None:
             cursor = stack.enter_context(closing(conn.cursor()))
             duck = stack.enter_context(closing(duckdb.connect()))
 
-            def by_duckdb() -> pa.Table:
-                return duck.sql(baseline).to_arrow_table()
+            def run(which: str) -> pa.Table:
+                if which == "adbc":
+                    return _adbc_query(cursor, BARS_SQL)
+                return duck.sql(baselines[which]).to_arrow_table()
 
-            ours, theirs = _adbc_query(cursor, BARS_SQL), by_duckdb()
-            problems = differences(ours, theirs, BAR_EXACT, BAR_CLOSE)
+            ours = run("adbc")
+            problems = differences(ours, run("duck"), BAR_EXACT, BAR_CLOSE)
+            problems += [f"tie-broken baseline: {p}" for p in
+                         differences(ours, run("tied"), BAR_EXACT, BAR_CLOSE)]
             counted = pc.sum(ours.column("trades")).as_py() if ours.num_rows else 0
             if counted != size.bars_trades:
                 problems.append(f"the bars count {counted:,} trades of {size.bars_trades:,}")
             _check("1m bars", problems)
             for rep in range(size.repetitions):
-                for which in (("adbc", "duck") if rep % 2 == 0 else ("duck", "adbc")):
+                order = ("adbc", "duck", "tied") if rep % 2 == 0 else ("tied", "duck", "adbc")
+                for which in order:
                     start = time.perf_counter()
-                    if which == "adbc":
-                        _adbc_query(cursor, BARS_SQL)
-                        ours_s.append(time.perf_counter() - start)
-                    else:
-                        by_duckdb()
-                        duck_s.append(time.perf_counter() - start)
+                    run(which)
+                    times[which].append(time.perf_counter() - start)
             ring_rows = server.hello["ring_rows"]
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    ours_ms, duck_ms = 1e3 * median(ours_s), 1e3 * median(duck_s)
-    out = Table(("History trades", "Parquet files", "Bars", "ADBC `bars_1m` (ms)",
-                 "DuckDB in-process read_parquet GROUP BY (ms)", "Ratio",
-                 "ADBC trades/s reduced"))
-    out.add(f"{size.bars_trades:,}", f"{len(files):,}", f"{ours.num_rows:,}", show(ours_ms),
-            show(duck_ms), show(ratio(ours_ms, duck_ms), "x"),
-            show(size.bars_trades / (ours_ms / 1e3), "/s"))
+    ours_ms, duck_ms, tied_ms = (1e3 * median(times[k]) for k in ("adbc", "duck", "tied"))
+    out = Table(("Path", "History trades", "Parquet files", "Bars", "Median (ms)",
+                 "Ratio to DuckDB", "Trades/s reduced"))
+    for label, ms in ((f"ADBC `{BARS_SQL}`", ours_ms),
+                      (("DuckDB in-process, `read_parquet` + GROUP BY, open/close by timestamp "
+                        "(baseline)"), duck_ms),
+                      (("DuckDB in-process, the same with `bars_1m`'s tie-break "
+                        "(timestamp, receive_timestamp)"), tied_ms)):
+        out.add(label, f"{size.bars_trades:,}", f"{len(files):,}", f"{ours.num_rows:,}",
+                show(ms), show(ratio(ms, duck_ms), "x"),
+                show(size.bars_trades / (ms / 1e3), "/s"))
     section.tables.append(out)
     section.notes.append(f"The history was written in {write_s:.1f} s by `HistoryWriter` "
                          f"({size.write_chunk:,} trades a call); the server's `Persistence.open()` "
@@ -472,7 +482,8 @@ def _bars(settings: Settings, section: Section) -> None:
         "sql.bars", f"ADBC 1m bars over {size.bars_trades:,} history trades vs DuckDB "
         "in-process on the same Parquet files",
         ratio(ours_ms, duck_ms), "<=", GOAL_BARS_RATIO, "x",
-        measured_note=f"{show(ours_ms, 'ms')} vs {show(duck_ms, 'ms')}"))
+        measured_note=f"{show(ours_ms, 'ms')} vs {show(duck_ms, 'ms')}, vs the same tie-break "
+        f"{show(ratio(ours_ms, tied_ms), 'x')}"))
 
 
 # -- the section -------------------------------------------------------------------------------
@@ -508,8 +519,11 @@ native range pull `{SYMBOL}?start=0` (every row). MB/s = Arrow bytes received (`
 **1m bars over the history.** {size.bars_trades:,} trades of one symbol over one UTC day written to a data
 dir's Parquet history by `HistoryWriter`; the server opens a real `Persistence` over it.
 `{BARS_SQL}` through ADBC vs DuckDB in this process over the same Parquet files (`read_parquet`,
-`GROUP BY` minute with `arg_min`/`arg_max`, result as Arrow; DuckDB uses every core, the
-server's engine its default 2 threads). Median of {size.repetitions} alternating repetitions.
+`GROUP BY` minute with `arg_min`/`arg_max` by timestamp, result as Arrow; DuckDB uses every
+core, the server's engine its default 2 threads). Shown beside it, not judged: the same
+baseline with `bars_1m`'s own open/close tie-break, `(timestamp, receive_timestamp)`, which
+separates the view's semantics from the server's engine. Median of {size.repetitions} alternating
+repetitions.
 """)
     for name, part in (("latest 100", _latest), ("1 M-row pull", _bulk), ("1m bars", _bars)):
         try:
