@@ -213,7 +213,11 @@ class MarketDataApp:
             self.server = FlightMarketDataServer(self.config.location, store=self.store,
                                                  events=self.events, control=control,
                                                  follow_max_lag=self.config.follow_max_lag,
-                                                 persistence=self.persistence, **security)
+                                                 persistence=self.persistence,
+                                                 sql_timeout_s=self.config.sql_timeout,
+                                                 sql_memory_limit=self._sql_memory_limit(),
+                                                 sql_max_concurrent=self.config.sql_max_concurrent,
+                                                 **security)
         except Exception as exc:
             # pyarrow says only "Server did not start properly" (the reason goes to gRPC's log):
             # the address was taken between the check above and now, or TLS material is unusable.
@@ -226,6 +230,13 @@ class MarketDataApp:
         if rpc_metrics is not None:
             self._start_metrics(rpc_metrics)
         return self
+
+    def _sql_memory_limit(self) -> str:
+        """``sql_memory_limit`` in DuckDB's syntax (MiB: DuckDB's ``GB`` is 10^9 bytes)."""
+        from flight_md.config import parse_bytes
+
+        size = parse_bytes(self.config.sql_memory_limit, "sql_memory_limit") or 2**30
+        return f"{max(1, size // 2**20)}MiB"
 
     def _repeat_subscriptions(self, control: Any) -> None:
         """Repeat what ``subscribe``/``unsubscribe`` changed before the restart."""

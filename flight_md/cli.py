@@ -245,6 +245,15 @@ def _serve_parser(sub: Any) -> None:
     add("--max-history-bytes", default=None, metavar="SIZE",
         help="history beyond this size is removed oldest day first, e.g. 20GB, 500MiB, none "
         "(default 20GB)")
+    add("--sql-timeout", type=_POSITIVE, default=None, metavar="S",
+        help="seconds a Flight SQL query may run, start to last row, before it is cancelled "
+        f"(default {_server_default('sql_timeout')})")
+    add("--sql-memory-limit", default=None, metavar="SIZE",
+        help="memory the SQL engine may use, e.g. 1GB, 512MiB (a query beyond it is refused "
+        f"UNAVAILABLE) (default {_server_default('sql_memory_limit')})")
+    add("--sql-max-concurrent", type=_POSITIVE_INT, default=None, metavar="N",
+        help="Flight SQL queries running at once; more wait up to 1 s, then UNAVAILABLE "
+        f"(default {_server_default('sql_max_concurrent')})")
     add("--shutdown-timeout", type=_POSITIVE, default=SHUTDOWN_TIMEOUT_S, metavar="S",
         help="after SIGINT/SIGTERM, force the process out (exit status 1) if shutdown has not "
         f"finished (default {SHUTDOWN_TIMEOUT_S:g})")
@@ -322,7 +331,8 @@ def build_config(args: argparse.Namespace) -> ServerConfig:
 
 
 _PERSIST_OPTIONS: Final = ("memory_only", "data_dir", "history_uri", "fsync", "commit_interval",
-                           "seal_interval", "retention", "max_history_bytes", "book_depth")
+                           "seal_interval", "retention", "max_history_bytes", "book_depth",
+                           "sql_timeout", "sql_memory_limit", "sql_max_concurrent")
 """``serve`` options that set the ServerConfig field of the same name (unset: the file's)."""
 
 

@@ -227,6 +227,12 @@ class ServerConfig:
     1 day with ``--demo``)."""
     max_history_bytes: str | int | None = None
     """History size limit, e.g. ``"20GB"``, ``"none"`` (``None``: 20 GB)."""
+    sql_timeout: float = 30.0
+    """Seconds a Flight SQL query may run (start to last row) before it is cancelled."""
+    sql_memory_limit: str = "1GB"
+    """The SQL engine's memory limit, e.g. ``"1GB"``, ``"512MiB"``."""
+    sql_max_concurrent: int = 4
+    """Flight SQL queries running at once (more wait up to a second, then UNAVAILABLE)."""
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -239,6 +245,17 @@ class ServerConfig:
             raise ConfigError(must_be("buffer_size", "a positive integer", self.buffer_size))
         if self.follow_max_lag is not None and not _positive_int(self.follow_max_lag):
             raise ConfigError(must_be("follow_max_lag", "a positive integer", self.follow_max_lag))
+        if isinstance(self.sql_timeout, bool) or not isinstance(self.sql_timeout, (int, float)) \
+                or not 0 < self.sql_timeout <= 86_400:
+            raise ConfigError(must_be("sql_timeout", "a number of seconds > 0 (at most a day)",
+                                      self.sql_timeout))
+        if parse_bytes(self.sql_memory_limit, "sql_memory_limit") is None \
+                or not isinstance(self.sql_memory_limit, str):
+            raise ConfigError(must_be("sql_memory_limit", "a size such as 1GB or 512MiB",
+                                      self.sql_memory_limit))
+        if not _positive_int(self.sql_max_concurrent) or self.sql_max_concurrent > 64:
+            raise ConfigError(must_be("sql_max_concurrent", "an integer from 1 to 64",
+                                      self.sql_max_concurrent))
         if not _positive_int(self.book_depth) or self.book_depth > 1000:
             raise ConfigError(must_be("book_depth", "an integer from 1 to 1000", self.book_depth))
         if (self.tls_cert is None) != (self.tls_key is None):
@@ -442,11 +459,12 @@ def load_config(path: Path) -> ServerConfig:
     paths = {k: _file_key(base, server, k) for k in ("tls_cert", "tls_key", "tls_client_ca")
              if k in server}
     allowed = {"host", "port", "buffer_size", "follow_max_lag", "ingest_process", "metrics_port",
-               "book_depth", *_PERSIST_KEYS}
+               "book_depth", *_SQL_KEYS, *_PERSIST_KEYS}
     bad = sorted(set(server) - allowed)
     if bad:
         raise ConfigError(f"unknown key {bad[0]!r} in [server]; allowed: "
                           "host, port, buffer_size, follow_max_lag, book_depth, ingest_process, "
+                          f"{', '.join(_SQL_KEYS)}, "
                           f"metrics_port, {', '.join(_PERSIST_KEYS)}, auth_token_file, "
                           "read_only_token_file, auth_tokens, read_only_tokens, tls_cert, "
                           "tls_key, tls_client_ca")
@@ -491,6 +509,8 @@ def load_config(path: Path) -> ServerConfig:
                         data_dir=paths.get("data_dir"), **server)
 
 
+_SQL_KEYS: Final = ("sql_timeout", "sql_memory_limit", "sql_max_concurrent")
+"""``[server]`` keys of the Flight SQL engine (``ServerConfig`` fields of the same name)."""
 _PERSIST_KEYS: Final = ("memory_only", "data_dir", "history_uri", "fsync", "commit_interval",
                         "seal_interval", "retention", "max_history_bytes")
 """``[server]`` keys of persistence (``ServerConfig`` fields of the same name)."""
