@@ -327,8 +327,7 @@ def _latest(settings: Settings, section: Section) -> None:
         ours = _adbc_query(cursor, LATEST_SQL)
         native = client.do_get(ticket).read_all()
         _check("latest 100", differences(
-            ours.sort_by("timestamp"), native,
-            [n for n in native.column_names if n != "symbol"]) + (
+            ours.sort_by("timestamp"), native, native.column_names) + (
             [] if ours.column_names == native.column_names else
             [f"columns {ours.column_names} vs {native.column_names}"]))
         _by_hand(client, descriptor)  # warm-up, as the two calls above were
