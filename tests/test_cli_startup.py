@@ -137,16 +137,17 @@ def test_every_stream_parameter_is_a_serve_option_and_a_config_key_with_one_defa
 
     from flight_md.cli import _serve_parser
     from flight_md.config import STREAM_DEFAULTS, StreamConfig
-    from flight_md.ingest.stream import MarketDataStream
+    from flight_md.ingest.stream import MarketDataStream, channels_of
 
     sub = argparse.ArgumentParser().add_subparsers()
     _serve_parser(sub)
     dests = {a.dest for a in sub.choices["serve"]._actions}
     params = inspect.signature(MarketDataStream.__init__).parameters
-    python_only = {"self", "buffer", "events"}          # objects
+    python_only = {"self", "buffer", "events", "store"}  # objects
     server_wide = {"book_depth"}                         # ServerConfig / serve --book-depth
     by_option = {"exchange_id": "exchange", "url": "exchange_url",
-                 "api_key": "api_key_env", "api_secret": "api_secret_env"}
+                 "api_key": "api_key_env", "api_secret": "api_secret_env",
+                 "channels": "channel"}  # serve --channel takes the comma list
     for name, param in params.items():
         if name in python_only:
             continue
@@ -154,14 +155,16 @@ def test_every_stream_parameter_is_a_serve_option_and_a_config_key_with_one_defa
             assert name in dests, f"MarketDataStream({name}=) has no serve option"
             continue
         assert by_option.get(name, name) in dests, f"MarketDataStream({name}=) has no serve option"
-        if name in ("exchange_id", "api_key", "api_secret"):
+        if name in ("exchange_id", "api_key", "api_secret", "channels"):
             continue
         assert name in {f for f in StreamConfig.__dataclass_fields__}, f"{name} is no TOML key"
-        if param.default is not inspect.Parameter.empty and name != "buffer_size":
+        if param.default is not inspect.Parameter.empty and name not in ("buffer_size", "channel"):
             assert param.default == STREAM_DEFAULTS[name], (
                 f"MarketDataStream({name}={param.default!r}) but StreamConfig says "
                 f"{STREAM_DEFAULTS[name]!r}")
     assert params["buffer_size"].default == STREAM_DEFAULTS["buffer_size"]
+    # channel=None (so channels= can tell it was not given) means StreamConfig's default.
+    assert channels_of(None, None) == (STREAM_DEFAULTS["channel"],)
 
 
 def test_the_new_stream_options_reach_the_running_stream():
