@@ -7,6 +7,7 @@ manager registers one stream per channel, and bad arguments are refused with wha
 
 from __future__ import annotations
 
+import socket
 from typing import Any
 
 import pytest
@@ -178,3 +179,20 @@ async def test_bad_callbacks_and_manager_arguments_are_refused() -> None:
         with pytest.raises(InvalidArgument, match=r"store= belongs to the manager"):
             await manager.add_stream("binance", channels=["ticker"], store=Store())
         assert manager.all_streams() == ()
+
+
+@pytest.mark.asyncio
+async def test_a_server_keeps_retrying_every_channel_while_the_exchange_is_down() -> None:
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))  # bound, never listening: connections are refused
+        url = f"http://127.0.0.1:{closed.getsockname()[1]}"
+        fatal: list[str] = []
+        async with MarketDataManager(on_fatal=lambda e, error: fatal.append(e)) as manager:
+            stream = await manager.add_stream("binance", ["BTC/USDT"], channels=["ticker", "trades"],
+                                              keep_retrying=True, url=url, **FAST)
+            assert stream.state is ConnectionState.RECONNECTING
+            assert [e.state for e in manager.status().exchanges] == ["reconnecting", "reconnecting"]
+            assert all(e.last_error for e in stream.status().exchanges)
+            with pytest.raises(Unavailable, match="not reachable yet"):
+                await stream.subscribe(["ETH/USDT"])
+        assert [e.state for e in stream.status().exchanges] == ["disconnected"] * 2 and fatal == []
