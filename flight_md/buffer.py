@@ -609,6 +609,21 @@ class MarketDataBuffer:
         with ring.lock:
             ring.append_id_row(row, trade_id)
 
+    def append_trade_row(self, exchange: str, symbol: str, row: Sequence[float],
+                         trade_id: str | None) -> None:
+        """Store one trade given as its numeric row: the ingestion fast path.
+
+        ``row`` is :func:`~flight_md.core.channels.trade_row`'s (timestamp, price, amount,
+        side code, receive timestamp) and must already be valid (what
+        :func:`flight_md.normalize.to_trade` returns is: a finite positive price, a finite
+        amount, integer Unix ms timestamps up to :data:`MAX_TIMESTAMP_MS`), ``trade_id`` a
+        string or ``None``, and this a ``trades`` buffer. Nothing is checked here;
+        :meth:`append_trade` checks.
+        """
+        ring = self._rings.get((exchange, symbol)) or self._ring_for(exchange, symbol)
+        with ring.lock:
+            ring.append_id_row(row, trade_id)
+
     def append_book(self, exchange: str, symbol: str, timestamp: int,
                     bids: Sequence[Sequence[float]], asks: Sequence[Sequence[float]],
                     nonce: int | None, receive_timestamp: int) -> None:

@@ -4,7 +4,8 @@
 websocket tap (:class:`~flight_md.ingest.ccxt_compat.TradeTap`, which reports every trade ccxt
 appends to its trade caches) and the REST poller call :meth:`TradeFanout.ingest` per trade.
 It normalises the trade (:func:`flight_md.normalize.to_trade`), drops a duplicate, stores the
-rest with :meth:`MarketDataBuffer.append_trade <flight_md.buffer.MarketDataBuffer.append_trade>`
+rest with :meth:`MarketDataBuffer.append_trade_row
+<flight_md.buffer.MarketDataBuffer.append_trade_row>` (unchecked: ``to_trade`` checked it)
 and hands a :class:`~flight_md.normalize.Trade` to every callback. ``side`` is the taker's:
 where the venue sends the maker's (``Venue.maker_side_trades``: Coinbase), it is turned round.
 
@@ -45,6 +46,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Final
 
 from flight_md.buffer import MarketDataBuffer
+from flight_md.core.channels import trade_row
 from flight_md.errors import FlightMdError
 from flight_md.events import EventKind, EventLog
 from flight_md.ingest.fanout import Fanout, log_bad
@@ -200,15 +202,20 @@ class TradeFanout(Fanout):
         if seen is None:
             seen = self._seen[symbol] = self._seeded(symbol)
         if trade_id is not None:
-            info = trade.get("info")
-            span = self._span(info) if self._span is not None and isinstance(info, Mapping) else 1
-            fresh = self._fresh(symbol, seen, trade_id, backfill, span)
+            if self._span is None:
+                fresh = self._fresh(symbol, seen, trade_id, backfill)
+            else:
+                info = trade.get("info")
+                fresh = self._fresh(symbol, seen, trade_id, backfill,
+                                    self._span(info) if isinstance(info, Mapping) else 1)
             if not fresh:
                 if fresh is False and resend and not backfill:  # overlapping pages are no resend
                     self.counters["duplicates"] += 1
                 return True
-        self._buffer.append_trade(self._exchange_id, symbol, timestamp, trade_id, price, amount,
-                                  side, receive_ms)
+        # to_trade checked every value (and receive_ms is our clock's): the unchecked row path.
+        self._buffer.append_trade_row(self._exchange_id, symbol,
+                                      trade_row(timestamp, price, amount, side, receive_ms),
+                                      trade_id)
         self.counters["stored"] += 1
         if not backfill:
             seen.last_ms = timestamp
@@ -246,7 +253,7 @@ class TradeFanout(Fanout):
                span: int = 1) -> bool | None:
         """Whether a trade id was not stored before (``None``: a backfill reached past the
         gap, to trades the websocket delivers); notes it, and any gap it reveals."""
-        number = _number(trade_id) if self._sequential else None
+        number = int(trade_id) if self._sequential and trade_id.isdigit() else None
         if number is None:
             if trade_id in seen.recent:
                 return False
