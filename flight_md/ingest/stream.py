@@ -51,7 +51,7 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Final, Self
 
@@ -866,14 +866,28 @@ class MarketDataStream:
             StartupError: The installed ccxt breaks an assumption of
                 :mod:`flight_md.ingest.ccxt_compat`; that channel is ``FAILED``, the others
                 are disconnected.
+
+        With several channels, they connect concurrently; if one fails, the others are
+        disconnected and the first channel's error (in channel order) is raised.
         """
+        if len(self._parts) == 1:
+            await self._parts[0].connect()
+            return
+        await self._all(part.connect() for part in self._parts)
+
+    async def _all(self, calls: Iterable[Coroutine[Any, Any, None]]) -> None:
+        """Run every channel's ``calls`` at once (each loads its markets: concurrently, connecting
+        costs about one load); if one raises, stop the others and raise the first, in channel
+        order."""
         try:
-            for part in self._parts:
-                await part.connect()
+            results = await asyncio.gather(*calls, return_exceptions=True)
         except BaseException:
-            if len(self._parts) > 1:
-                await self._disconnect_healthy()
+            await self._disconnect_healthy()
             raise
+        errors = [result for result in results if isinstance(result, BaseException)]
+        if errors:
+            await self._disconnect_healthy()
+            raise errors[0]
 
     async def _disconnect_healthy(self) -> None:
         # A channel that failed keeps FAILED and its reason for status(); the rest are stopped.
@@ -903,16 +917,14 @@ class MarketDataStream:
                 load at once) a symbol the exchange does not list.
             Unavailable: ``max_reconnect_attempts=0`` and the exchange cannot be reached.
             StartupError: As for :meth:`connect`.
+
+        With several channels, as for :meth:`connect`: concurrently, and all or none.
         """
-        if on_invalid is not None and len(self._parts) > 1:
-            on_invalid = _once(on_invalid)
-        try:
-            for part in self._parts:
-                await part.start(symbols, on_invalid=on_invalid)
-        except BaseException:
-            if len(self._parts) > 1:
-                await self._disconnect_healthy()
-            raise
+        if len(self._parts) == 1:
+            await self._parts[0].start(symbols, on_invalid=on_invalid)
+            return
+        once = None if on_invalid is None else _once(on_invalid)
+        await self._all(part.start(symbols, on_invalid=once) for part in self._parts)
 
     async def disconnect(self) -> None:
         """Stop streaming every channel and release every connection (idempotent)."""
@@ -948,7 +960,8 @@ class MarketDataStream:
         Raises:
             InvalidArgument: A symbol the exchange does not list (the message suggests
                 close matches), or no symbols; no channel subscribes it.
-            Unavailable: The stream is not connected, or has failed.
+            Unavailable: The stream is not connected, or has failed; with several channels,
+                the channels before the one that raised keep what they subscribed.
         """
         new: dict[str, None] = {}
         for part in self._parts:
