@@ -196,3 +196,15 @@ async def test_a_server_keeps_retrying_every_channel_while_the_exchange_is_down(
             with pytest.raises(Unavailable, match="not reachable yet"):
                 await stream.subscribe(["ETH/USDT"])
         assert [e.state for e in stream.status().exchanges] == ["disconnected"] * 2 and fatal == []
+
+
+@pytest.mark.asyncio
+async def test_connecting_to_an_unreachable_exchange_raises_and_leaves_every_channel_disconnected() -> None:
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        stream = MarketDataStream("binance", url=f"http://127.0.0.1:{closed.getsockname()[1]}",
+                                  channels=["ticker", "trades", "book"], **FAST)
+        with pytest.raises(Unavailable, match="cannot reach binance"):
+            await stream.connect()
+        assert [e.state for e in stream.status().exchanges] == ["disconnected"] * 3
+        await stream.disconnect()
