@@ -14,7 +14,10 @@ Tables
     ``__seams_<channel>``, ``__events``, ``__status``): the snapshot the source gives at that
     query's start, registered zero-copy (DuckDB scans the Arrow buffers in place, and the
     history dataset through pyarrow's scanner, which takes DuckDB's filters and projections).
-    Only the tables a statement names are fetched and registered. ``<channel>`` is::
+    Only the tables a statement names are fetched and registered, and of a channel only the
+    rings the statement provably reads (``WHERE symbol = 'X' AND ...``:
+    :mod:`flight_md.sql.prune`; the rest of the rings would be filtered out anyway).
+    ``<channel>`` is::
 
         SELECT <columns> FROM __ring_<channel>
         UNION ALL
@@ -62,6 +65,7 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 
 from flight_md import errors
+from flight_md.sql.prune import ring_filters
 from flight_md.sql.source import SEAMS_SCHEMA, TableSource
 
 __all__ = [
@@ -346,10 +350,14 @@ class Engine:
     Args:
         source: The server's tables.
         limits: Time, memory and concurrency bounds.
+        prune_rings: Snapshot only the rings a statement can read (:mod:`flight_md.sql.prune`);
+            ``False`` reads every ring of every table named (the tests' reference answer).
     """
 
-    def __init__(self, source: TableSource, limits: SqlLimits | None = None) -> None:
+    def __init__(self, source: TableSource, limits: SqlLimits | None = None, *,
+                 prune_rings: bool = True) -> None:
         self.source = source
+        self.prune_rings = prune_rings
         self.limits = limits if limits is not None else SqlLimits()
         try:
             self._db = duckdb.connect(":memory:", config={
@@ -531,7 +539,7 @@ class Engine:
         entry: _Running | None = None
         try:
             cursor = self._db.cursor()
-            self._register(cursor, sql, placeholders=schema_only)
+            self._register(cursor, sql, params, placeholders=schema_only)
             entry = _Running(cursor, time.monotonic() + self.limits.timeout_s, cancelled)
             key = self._watchdog.add(entry)
             try:
@@ -575,22 +583,31 @@ class Engine:
                     self._active -= 1
                 self._slots.release()
 
-    def _register(self, cursor: duckdb.DuckDBPyConnection, sql: str, *,
+    def _register(self, cursor: duckdb.DuckDBPyConnection, sql: str,
+                  params: Sequence[Any] | Mapping[str, Any] | None = None, *,
                   placeholders: bool = False) -> None:
         """Register, on ``cursor``, a snapshot of every table ``sql`` names (``placeholders``:
-        empty tables of the same schemas, which is all planning needs)."""
+        empty tables of the same schemas, which is all planning needs), of only the rings it
+        can read."""
         words = {w.lower() for w in re.findall(r"[A-Za-z_][A-Za-z0-9_]*", sql)}
         channels = dict(self._channels())
         wanted = set(words)
         if BARS_TABLE in words:
             wanted.add("trades")
+        filters = {}
+        if self.prune_rings and not placeholders and wanted & channels.keys():
+            with self._parser_lock:
+                filters = ring_filters(self._parser, sql, [c for c in channels if c in wanted],
+                                       params)
         for channel, schema in channels.items():
             if channel not in wanted:
                 continue
             if placeholders:
                 _register_channel(cursor, channel, schema, schema.empty_table(), None, None)
                 continue
-            snapshot = self.source.ring_snapshot(channel)
+            keys = filters.get(channel)
+            snapshot = self.source.ring_snapshot(channel, keys) if keys is not None \
+                else self.source.ring_snapshot(channel)
             ring = snapshot.table
             if isinstance(ring, pa.RecordBatchReader):
                 ring = ring.read_all()  # a reader scans once; a view may scan twice

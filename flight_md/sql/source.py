@@ -45,7 +45,7 @@ import pyarrow as pa
 if TYPE_CHECKING:
     import pyarrow.dataset as ds
 
-__all__ = ["SEAMS_SCHEMA", "RingSnapshot", "TableSource"]
+__all__ = ["SEAMS_SCHEMA", "KeyFilter", "RingSnapshot", "TableSource"]
 
 SEAMS_SCHEMA: Final = pa.schema([
     pa.field("exchange", pa.string(), nullable=False),
@@ -53,6 +53,22 @@ SEAMS_SCHEMA: Final = pa.schema([
     pa.field("before_sequence", pa.int64(), nullable=False),
 ])
 """The schema of :attr:`RingSnapshot.seams`."""
+
+
+@dataclass(frozen=True, slots=True)
+class KeyFilter:
+    """The rings a query can read: those whose exchange is in ``exchanges`` and whose symbol
+    is in ``symbols`` (``None``: any). Found by :func:`flight_md.sql.prune.ring_filters` only
+    where the statement itself guarantees it never reads other rings' rows.
+    """
+
+    exchanges: frozenset[str] | None = None
+    symbols: frozenset[str] | None = None
+
+    def matches(self, exchange: str, symbol: str) -> bool:
+        """Whether the ring of ``(exchange, symbol)`` is one a query can read."""
+        return (self.exchanges is None or exchange in self.exchanges) \
+            and (self.symbols is None or symbol in self.symbols)
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,8 +101,9 @@ class TableSource(Protocol):
         """The public Arrow schema of ``channel``."""
         ...
 
-    def ring_snapshot(self, channel: str) -> RingSnapshot:
-        """A zero-copy snapshot of every ring of ``channel`` and where each meets the history."""
+    def ring_snapshot(self, channel: str, keys: KeyFilter | None = None) -> RingSnapshot:
+        """A zero-copy snapshot of every ring of ``channel`` (only those ``keys`` matches, when
+        given) and where each meets the history (seams of other rings may be left out)."""
         ...
 
     def history_dataset(self, channel: str) -> ds.Dataset | None:

@@ -1,7 +1,8 @@
 """The server's :class:`~flight_md.sql.source.TableSource`: a :class:`~flight_md.buffer.Store`,
 its Parquet history and the event log.
 
-* ``ring_snapshot(channel)``: for every ring of the channel's buffer,
+* ``ring_snapshot(channel, keys)``: for every ring of the channel's buffer (that ``keys``
+  matches, when given),
   :meth:`~flight_md.buffer.MarketDataBuffer.seam_rows` (under that ring's lock: its rows from
   the first one the history does not hold, and that row's sequence number), assembled in the
   public schema without copying (the ring's immutable batches plus constant ``exchange`` and
@@ -32,7 +33,7 @@ import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 
 from flight_md import errors
-from flight_md.sql.source import SEAMS_SCHEMA, RingSnapshot
+from flight_md.sql.source import SEAMS_SCHEMA, KeyFilter, RingSnapshot
 
 if TYPE_CHECKING:
     from flight_md.buffer import Store
@@ -110,7 +111,7 @@ class StoreTableSource:
         schema: pa.Schema = self.store.buffer(channel).schema
         return schema
 
-    def ring_snapshot(self, channel: str) -> RingSnapshot:
+    def ring_snapshot(self, channel: str, keys: KeyFilter | None = None) -> RingSnapshot:
         buffer = self.store.get(channel)
         schema = self.schema(channel)
         if buffer is None:
@@ -118,6 +119,8 @@ class StoreTableSource:
         tables, seams = [], []
         series = buffer.keys()  # every (exchange, symbol) with a ring
         for exchange, symbol in series:
+            if keys is not None and not keys.matches(exchange, symbol):
+                continue
             try:
                 ring, first_seq, batches = buffer.seam_rows(symbol, exchange, None, None)
             except errors.NotFound:  # cleared since keys() listed it

@@ -37,7 +37,7 @@ from flight_md.schema import EVENT_SCHEMA, SCHEMA
 from flight_md.service import map_errors
 from flight_md.sql.engine import SqlLimits
 from flight_md.sql.frontend import SqlFrontend
-from flight_md.sql.source import SEAMS_SCHEMA, RingSnapshot
+from flight_md.sql.source import SEAMS_SCHEMA, KeyFilter, RingSnapshot
 
 T0 = int(datetime(2026, 11, 30, 23, 58, tzinfo=UTC).timestamp() * 1000)
 """First trade: two minutes before midnight, so the history spans two date partitions."""
@@ -93,6 +93,11 @@ def write_history(root: Path, channel: str, table: pa.Table) -> None:
                        compression="zstd")
 
 
+def _matching(table: pa.Table, keys: KeyFilter) -> pa.Array:
+    rows = zip(table["exchange"].to_pylist(), table["symbol"].to_pylist(), strict=True)
+    return pa.array([keys.matches(e, s) for e, s in rows], pa.bool_())
+
+
 @dataclass
 class MemorySource:
     """A real TableSource: ring tables in memory, the history as a pyarrow dataset."""
@@ -104,6 +109,7 @@ class MemorySource:
     event_table: pa.Table = field(default_factory=EVENT_SCHEMA.empty_table)
     status: pa.Table | None = None
     calls: list[str] = field(default_factory=list)
+    filters: list[KeyFilter | None] = field(default_factory=list)
 
     def channels(self) -> Sequence[str]:
         return list(self.schemas)
@@ -111,9 +117,14 @@ class MemorySource:
     def schema(self, channel: str) -> pa.Schema:
         return self.schemas[channel]
 
-    def ring_snapshot(self, channel: str) -> RingSnapshot:
+    def ring_snapshot(self, channel: str, keys: KeyFilter | None = None) -> RingSnapshot:
         self.calls.append(f"ring:{channel}")
-        return RingSnapshot(self.rings[channel], self.seams.get(channel))
+        self.filters.append(keys)
+        ring, seams = self.rings[channel], self.seams.get(channel)
+        if keys is not None:
+            ring = ring.filter(_matching(ring, keys))
+            seams = seams.filter(_matching(seams, keys)) if seams is not None else None
+        return RingSnapshot(ring, seams)
 
     def history_dataset(self, channel: str) -> ds.Dataset | None:
         if self.history_root is None or not (self.history_root / f"channel={channel}").exists():
