@@ -65,7 +65,7 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 
 from flight_md import errors
-from flight_md.sql.prune import ring_filters
+from flight_md.sql.prune import parse_tree, ring_filters
 from flight_md.sql.source import SEAMS_SCHEMA, TableSource
 
 __all__ = [
@@ -100,6 +100,9 @@ WATCH_INTERVAL_S: Final = 0.05
 """How often the watchdog checks deadlines and cancelled calls."""
 MAX_MESSAGE_CHARS: Final = 2000
 SCHEMA_CACHE_ENTRIES: Final = 512
+TREE_CACHE_ENTRIES: Final = 512
+TREE_CACHE_MAX_CHARS: Final = 65_536
+"""Longest statement whose parse tree is cached (a tree is several times its text)."""
 
 EVENTS_TABLE: Final = "events"
 STATUS_TABLE: Final = "status"
@@ -376,6 +379,7 @@ class Engine:
         self._views: tuple[Any, ...] | None = None
         self._generation = 0  # bumped whenever the views are redefined
         self._schemas: OrderedDict[tuple[Any, ...], pa.Schema] = OrderedDict()
+        self._trees: OrderedDict[str, dict[str, Any] | None] = OrderedDict()
         self._tables: list[TableInfo] = []
         self._watchdog = _Watchdog()
         self._parser = self._db.cursor()
@@ -449,16 +453,19 @@ class Engine:
             tables: list[TableInfo] = []
             wanted: list[str] = []
             for channel, schema in channels:
-                _register_channel(cursor, channel, schema, schema.empty_table(), None, None)
+                _create_stand_in(cursor, f"__ring_{channel}", schema)
+                _create_stand_in(cursor, f"__history_{channel}",
+                                 schema.append(pa.field(SEQUENCE, pa.int64())))
+                _create_stand_in(cursor, f"__seams_{channel}", SEAMS_SCHEMA)
                 cursor.execute(_channel_view(channel, schema))
                 tables.append(TableInfo(channel, "TABLE", schema))
                 wanted.append(channel)
-            cursor.register("__events", events.empty_table())
+            _create_stand_in(cursor, "__events", events)
             cursor.execute(f"CREATE OR REPLACE VIEW {EVENTS_TABLE} AS SELECT * FROM __events")
             tables.append(TableInfo(EVENTS_TABLE, "TABLE", events))
             wanted.append(EVENTS_TABLE)
             if status is not None:
-                cursor.register("__status", status.empty_table())
+                _create_stand_in(cursor, "__status", status)
                 cursor.execute(f"CREATE OR REPLACE VIEW {STATUS_TABLE} AS SELECT * FROM __status")
                 tables.append(TableInfo(STATUS_TABLE, "TABLE", status))
                 wanted.append(STATUS_TABLE)
@@ -594,16 +601,14 @@ class Engine:
         wanted = set(words)
         if BARS_TABLE in words:
             wanted.add("trades")
+        if placeholders:
+            return  # the database's own empty stand-ins (_define_views) are what planning reads
         filters = {}
-        if self.prune_rings and not placeholders and wanted & channels.keys():
-            with self._parser_lock:
-                filters = ring_filters(self._parser, sql, [c for c in channels if c in wanted],
-                                       params)
-        for channel, schema in channels.items():
+        if self.prune_rings and wanted & channels.keys():
+            filters = ring_filters(self._tree(sql), sql, [c for c in channels if c in wanted],
+                                   params)
+        for channel in channels:
             if channel not in wanted:
-                continue
-            if placeholders:
-                _register_channel(cursor, channel, schema, schema.empty_table(), None, None)
                 continue
             keys = filters.get(channel)
             snapshot = self.source.ring_snapshot(channel, keys) if keys is not None \
@@ -611,27 +616,33 @@ class Engine:
             ring = snapshot.table
             if isinstance(ring, pa.RecordBatchReader):
                 ring = ring.read_all()  # a reader scans once; a view may scan twice
-            _register_channel(cursor, channel, schema, ring,
-                              self.source.history_dataset(channel), snapshot.seams)
-        with self._lock:
-            known = self._views
-        assert known is not None
+            _register_channel(cursor, channel, ring, self.source.history_dataset(channel),
+                              snapshot.seams)
         if EVENTS_TABLE in words:
-            if placeholders:
-                cursor.register("__events", known[1].empty_table())
-            else:
-                events = self.source.events()
-                self._ensure_views(events=events.schema)
-                cursor.register("__events", events)
+            events = self.source.events()
+            self._ensure_views(events=events.schema)
+            cursor.register("__events", events)
         if STATUS_TABLE in words:
-            if placeholders:
-                if known[2] is not None:
-                    cursor.register("__status", known[2].empty_table())
-            else:
-                status = self.source.status_table()
-                self._ensure_views(status=status.schema if status is not None else None)
-                if status is not None:
-                    cursor.register("__status", status)
+            status = self.source.status_table()
+            self._ensure_views(status=status.schema if status is not None else None)
+            if status is not None:
+                cursor.register("__status", status)
+
+    def _tree(self, sql: str) -> dict[str, Any] | None:
+        """:func:`~flight_md.sql.prune.parse_tree` of ``sql``, cached per text: parsing costs
+        about as much as a small query in this DuckDB, and dashboards repeat statements."""
+        with self._lock:
+            if sql in self._trees:
+                self._trees.move_to_end(sql)
+                return self._trees[sql]
+        with self._parser_lock:
+            tree = parse_tree(self._parser, sql)
+        if len(sql) <= TREE_CACHE_MAX_CHARS:
+            with self._lock:
+                self._trees[sql] = tree
+                while len(self._trees) > TREE_CACHE_ENTRIES:
+                    self._trees.popitem(last=False)
+        return tree
 
     def _translate(self, exc: BaseException, entry: _Running | None) -> errors.FlightMdError:
         """The flight_md error for an engine failure (logged where it is the server's fault)."""
@@ -678,15 +689,23 @@ def _channel_view(channel: str, schema: pa.Schema) -> str:
             f"WHERE s.before_sequence IS NULL OR h.{SEQUENCE} < s.before_sequence")
 
 
-def _register_channel(cursor: duckdb.DuckDBPyConnection, channel: str, schema: pa.Schema,
-                      ring: pa.Table, history: ds.Dataset | None, seams: pa.Table | None) -> None:
+def _register_channel(cursor: duckdb.DuckDBPyConnection, channel: str, ring: pa.Table,
+                      history: ds.Dataset | None, seams: pa.Table | None) -> None:
+    # Each registration costs about a small query in this DuckDB: an absent history or seam
+    # table is left to the database's empty stand-in of that name (_define_views), which a
+    # name registered on the cursor shadows.
     cursor.register(f"__ring_{channel}", ring)
-    if history is None:
-        history_schema = schema.append(pa.field(SEQUENCE, pa.int64()))
-        cursor.register(f"__history_{channel}", history_schema.empty_table())
-    else:
+    if history is not None:
         cursor.register(f"__history_{channel}", history)
-    cursor.register(f"__seams_{channel}", seams if seams is not None else SEAMS_SCHEMA.empty_table())
+    if seams is not None:
+        cursor.register(f"__seams_{channel}", seams)
+
+
+def _create_stand_in(cursor: duckdb.DuckDBPyConnection, name: str, schema: pa.Schema) -> None:
+    """An empty table ``name`` of ``schema`` in the database itself (seen by every cursor)."""
+    cursor.register("__stand_in", schema.empty_table())
+    cursor.execute(f"CREATE OR REPLACE TABLE {name} AS SELECT * FROM __stand_in")
+    cursor.unregister("__stand_in")
 
 
 # Open and close follow flight_md.core.bars: the earliest and latest trade in exchange time;

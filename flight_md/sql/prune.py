@@ -38,28 +38,39 @@ import duckdb
 
 from flight_md.sql.source import KeyFilter
 
-__all__ = ["ring_filters"]
+__all__ = ["parse_tree", "ring_filters"]
 
 _WORD_RE: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _KEY_COLUMNS: Final = ("exchange", "symbol")
 _BARS_TABLE: Final = "bars_1m"
 
 
-def ring_filters(cursor: duckdb.DuckDBPyConnection, sql: str, channels: Sequence[str],
-                 params: Sequence[Any] | Mapping[str, Any] | None = None
-                 ) -> dict[str, KeyFilter]:
-    """The filter of each channel in ``channels`` that ``sql`` provably reads only a part of
-    (channels absent from the answer are read whole). ``cursor`` only parses."""
+def parse_tree(cursor: duckdb.DuckDBPyConnection, sql: str) -> dict[str, Any] | None:
+    """DuckDB's parse tree of ``sql`` (one statement), or ``None`` when it has none to give
+    (``cursor`` only parses: ``json_serialize_sql`` binds nothing). Deterministic per text, so
+    callers may cache it."""
     try:
         raw = cursor.execute("SELECT json_serialize_sql(?::VARCHAR)", [sql]).fetchone()
     except duckdb.Error:
-        return {}
-    if raw is None:
-        return {}
+        return None
+    if raw is None or not isinstance(raw[0], str):
+        return None
     tree = json.loads(raw[0])
-    if tree.get("error") or len(tree.get("statements", ())) != 1:
+    if not isinstance(tree, dict) or tree.get("error") or len(tree.get("statements", ())) != 1:
+        return None
+    statement: dict[str, Any] = tree["statements"][0]
+    return statement
+
+
+def ring_filters(tree: dict[str, Any] | None, sql: str, channels: Sequence[str],
+                 params: Sequence[Any] | Mapping[str, Any] | None = None
+                 ) -> dict[str, KeyFilter]:
+    """The filter of each channel in ``channels`` that ``sql`` (whose :func:`parse_tree` is
+    ``tree``) provably reads only a part of, with ``params`` bound; channels absent from the
+    answer are read whole."""
+    if tree is None:
         return {}
-    nodes = list(_dicts(tree["statements"][0]))
+    nodes = list(_dicts(tree))
     if any(n.get("type") == "TABLE_FUNCTION" for n in nodes):
         return {}
     words: dict[str, int] = {}

@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from flight_md.sql.engine import Engine
-from flight_md.sql.prune import ring_filters
+from flight_md.sql.prune import parse_tree, ring_filters
 from flight_md.sql.source import KeyFilter
 from tests.sql.conftest import MemorySource, market
 
@@ -30,7 +30,7 @@ BTC = frozenset({"BTC/USDT"})
 
 def filters(sql: str, params: Sequence[Any] | Mapping[str, Any] | None = None
             ) -> dict[str, KeyFilter]:
-    return ring_filters(duckdb.connect(), sql, CHANNELS, params)
+    return ring_filters(parse_tree(duckdb.connect(), sql), sql, CHANNELS, params)
 
 
 @pytest.mark.parametrize(("sql", "params", "expected"), [
