@@ -16,6 +16,7 @@ emulator on a thread of its own.
 from __future__ import annotations
 
 import errno
+import gc
 import logging
 import socket
 from typing import Any, Final, Self
@@ -199,6 +200,10 @@ class MarketDataApp:
             control = self.ingestion.control()
         if control is not None and self.persistence is not None:
             self._repeat_subscriptions(control)
+        # Markets, ccxt's exchange definitions and the modules are loaded now and live for the
+        # whole run: out of the collector's sight they no longer cost a 75-150 ms full
+        # collection every few seconds on the ingestion thread (~280k objects, measured).
+        gc.freeze()
         if self.persistence is not None:
             self.persistence.start()
         security = self._security()
