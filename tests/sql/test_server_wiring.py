@@ -27,7 +27,9 @@ from flight_md.persist.retention import RetentionPolicy
 from flight_md.persist.store import PersistConfig, Persistence
 from flight_md.schema import now_ms
 from flight_md.service import FlightMarketDataServer, map_errors
+from flight_md.sql.engine import Engine
 from flight_md.sql.frontend import SqlFrontend
+from flight_md.sql.source import KeyFilter
 from flight_md.sql.store_source import StoreTableSource
 from tests.sql.test_safety import query
 from tests.support import MS
@@ -230,3 +232,31 @@ def test_bearer_tokens_apply_to_sql(tmp_path: Path) -> None:
             assert cursor.fetchall() == [(1,)]
     finally:
         assert server.stop(2.0 * MS)
+
+
+@pytest.mark.parametrize("sql", [
+    "SELECT * FROM trades WHERE symbol = 'ETH/USDT' ORDER BY timestamp DESC LIMIT 500",
+    ("SELECT exchange, count(*), min(timestamp), max(timestamp) FROM trades "
+    "WHERE symbol = 'BTC/USDT' AND exchange IN ('bybit', 'binance') GROUP BY ALL"),
+    "SELECT count(*) FROM trades WHERE exchange = 'bybit' AND symbol = 'BTC/USDT'",
+    "SELECT count(*) FROM trades WHERE exchange = 'kraken'",
+])
+def test_pruned_rings_answer_as_every_ring_does(world: World, sql: str) -> None:
+    # The real store's seams and held rows: a pruned snapshot (one series' ring and seam) must
+    # meet the history exactly where the whole snapshot does.
+    source = world.server.sql.engine.source
+    assert isinstance(source, StoreTableSource)
+    pruned, whole = Engine(source), Engine(source, prune_rings=False)
+    got = pruned.execute(sql).read_all().to_pylist()
+    assert got == whole.execute(sql).read_all().to_pylist()
+    if "500" in sql:
+        assert len(got) == 500 and {r["symbol"] for r in got} == {"ETH/USDT"}
+
+
+def test_a_pruned_ring_snapshot_holds_only_its_series(world: World) -> None:
+    source = world.server.sql.engine.source
+    snapshot = source.ring_snapshot("trades", KeyFilter(symbols=frozenset({"ETH/USDT"})))
+    assert set(snapshot.table["symbol"].to_pylist()) == {"ETH/USDT"}
+    assert snapshot.table.num_rows == 350  # the evicted rows held for the history included
+    assert snapshot.seams is not None and snapshot.seams.to_pylist() == [
+        r for r in source.ring_snapshot("trades").seams.to_pylist() if r["symbol"] == "ETH/USDT"]
