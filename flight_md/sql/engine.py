@@ -7,13 +7,17 @@ threads). Every query runs on its own cursor (a DuckDB connection to that databa
 queries on different Flight threads do not share state.
 
 Tables
-    The database holds views only, one per table (:meth:`Engine.tables`): ``<channel>`` for
+    The database holds one view per table (:meth:`Engine.tables`): ``<channel>`` for
     each channel of the :class:`~flight_md.sql.source.TableSource`, ``events``, ``status``
     (when the source has one) and ``bars_1m`` (over ``trades``). A view reads names that each
     query's cursor registers for itself (``__ring_<channel>``, ``__history_<channel>``,
     ``__seams_<channel>``, ``__events``, ``__status``): the snapshot the source gives at that
     query's start, registered zero-copy (DuckDB scans the Arrow buffers in place, and the
     history dataset through pyarrow's scanner, which takes DuckDB's filters and projections).
+    The database also holds an empty table under each of those names (created with the
+    views): a cursor's registration shadows it, so a query registers only what exists (no
+    history, no seams: nothing), and planning (``schema``) registers nothing at all; each
+    registration costs about as much as a small query in this DuckDB.
     Only the tables a statement names are fetched and registered, and of a channel only the
     rings the statement provably reads (``WHERE symbol = 'X' AND ...``:
     :mod:`flight_md.sql.prune`; the rest of the rings would be filtered out anyway).
