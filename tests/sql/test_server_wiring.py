@@ -237,7 +237,7 @@ def test_bearer_tokens_apply_to_sql(tmp_path: Path) -> None:
 @pytest.mark.parametrize("sql", [
     "SELECT * FROM trades WHERE symbol = 'ETH/USDT' ORDER BY timestamp DESC LIMIT 500",
     ("SELECT exchange, count(*), min(timestamp), max(timestamp) FROM trades "
-    "WHERE symbol = 'BTC/USDT' AND exchange IN ('bybit', 'binance') GROUP BY ALL"),
+    "WHERE symbol = 'BTC/USDT' AND exchange IN ('bybit', 'binance') GROUP BY ALL ORDER BY ALL"),
     "SELECT count(*) FROM trades WHERE exchange = 'bybit' AND symbol = 'BTC/USDT'",
     "SELECT count(*) FROM trades WHERE exchange = 'kraken'",
 ])
