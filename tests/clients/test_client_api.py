@@ -209,7 +209,8 @@ def test_subscribe_without_ingestion_is_unavailable(md: MarketDataClient) -> Non
 
 
 def test_actions_and_unknown_action(md: MarketDataClient) -> None:
-    assert set(md.actions()) == {"subscribe", "unsubscribe", "clear", "status", "health", "flush"}
+    assert set(md.actions()) == {"subscribe", "unsubscribe", "clear", "status", "health", "flush",
+                                 "CreatePreparedStatement", "ClosePreparedStatement"}  # Flight SQL
     with pytest.raises(Unimplemented, match="^unknown action 'explode'; available: subscribe, "
                                             "unsubscribe, clear, status, health, flush$"):
         md.action("explode")

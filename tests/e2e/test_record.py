@@ -196,7 +196,8 @@ def test_the_replayed_recording_serves_the_recorded_values(recorded: Recorded) -
 
             def served(symbol: str) -> list[tuple[float, float | None, float | None]]:
                 table = get(f"{symbol}?exchange={recorded.venue.id}&columns=price,bid,ask") \
-                    if symbol in {s.symbol for s in app.buffer.stats()} else []
+                    if symbol in {s.symbol for s in app.store.buffer(recorded.channel).stats()} \
+                    else []
                 return [(r["price"], r["bid"], r["ask"]) for r in table]
 
             until(lambda: all(len(served(s)) >= len(v) for s, v in expected.items()), 30,
