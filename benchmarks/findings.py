@@ -134,6 +134,51 @@ one `array('d')` (80 B a row instead of ~390 as tuples of floats); and the merge
 the eviction point cuts through is trimmed (its live rows copied) once 256 of its rows are
 dead, instead of keeping on average half a segment (~7 % of the data) of evicted rows.
 """,
+    "channels.trades.lossless": """
+**Limit: ccxt's trade parsing and its per-frame receive path on the one ingestion thread,
+which gets well under a core on this 2-core machine while the emulator shares it.** Profiled
+2026-12-01 (py-spy and per-thread CPU of the server child, Binance, 20 symbols, 2,000
+trades/s, `--memory-only`, loaded machine): all of the server's CPU is on `flight-md-ingest`;
+frame handling (ccxt's parse plus flight_md's) 250-270 µs a trade, of which flight_md's tap,
+`to_trade`, de-duplication and store ~14 µs in isolation; the socket read, websocket framing
+and ccxt's receive loop (one asyncio task per frame, which the ceiling skips) 20-57 µs; a full
+garbage collection of 75-150 ms every 4-8 s (now gone: `gc.freeze()` after start-up). The
+ceiling is a tight loop timed by wall clock, the server's figure a process woken per frame:
+measured CPU to CPU in the same minute the server costs ~1.6x the ceiling per trade. Nothing
+is lost at any rate (every id sent was stored once after the drain); what falls short is the
+rate sustained while the feed keeps coming. Levers: a decoder of flight_md's own for the hot
+channels and ingestion spread over processes (issue "Performance").
+""",
+    "channels.freshness": _FRESHNESS,
+    "sql.latest": """
+**Limit: DuckDB's fixed cost per statement.** Profiled 2026-12-01 (py-spy on the server
+child while ADBC repeated the query; cProfile of `Engine.execute` in-process): GetFlightInfo
+is about one native round trip (the result schema is cached); DoGet is the rest. Since ring
+pruning (`flight_md.sql.prune`: a `WHERE symbol = ...` snapshots and registers only that
+ring) and the engine's empty stand-in tables, the query scans one 10,000-row ring and
+registers one table; what remains is ~1-3 ms each for registering the ring, binding and
+running in this DuckDB build (a 10,000-row top-100 ~6 ms in-process, against ~1 ms for the
+native ticket's zero-copy slice). Use the native tickets where latency matters; SQL is for
+what they cannot say (joins, aggregates, BI tools).
+""",
+    "sql.bulk": """
+**Limit: DuckDB's Arrow -> DuckDB -> Arrow conversion of every row; the native pull is zero
+copy into `RecordBatchStream`.** Profiled 2026-12-01: 76 % of the server's samples are DuckDB
+materialising each 65,536-row Arrow batch of its streaming result, 10 % registering, 9 %
+planning; in-process DuckDB alone does ~300 MB/s on this machine, and the two constant string
+columns (`symbol`, `exchange`) cost about as much as the eight numeric ones. Lever: hand a
+plain projection/filter of one ring to Flight without DuckDB.
+""",
+    "sql.bars": """
+**Limit: half the gap is `bars_1m`'s own semantics, the rest the history read through a
+pyarrow dataset rather than DuckDB's Parquet reader.** The view orders open and close by
+(timestamp, receive_timestamp), `flight_md.core.bars`' tie-break, which doubles DuckDB's
+aggregate (the unjudged baseline row of the run uses the same tie-break). With external
+access off the engine cannot use `read_parquet`; the registered dataset scan costs ~1.5x
+DuckDB's own reader on the same files (2 M trades in-process: 0.57 s `read_parquet`, 0.90 s
+pyarrow dataset, 1.85 s with the tie-break). An int128 key of the same order was only ~13 %
+faster than the struct key.
+""",
     "buffer.append": """
 **Limit: Python work per append, ~1.8-2.4 µs depending on the machine's load (this shared
 machine ran the same code 20-30 % slower in the evening runs than in the earlier ones).**
