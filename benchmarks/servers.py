@@ -169,7 +169,9 @@ def _run_flight_md(args: argparse.Namespace) -> None:
                                          **_persist_options(args)))
         _fill(app.buffer, args.fill_symbols, args.fill_ticks)
         app.start()
-        buffer = app.buffer
+        # Counts are of the streamed channel's own rings (each channel has its buffer; the
+        # filled rows are ticker rows).
+        buffer = app.store.buffer(args.channel) if args.exchange_url else app.buffer
         hello = {"location": app.location}
         stop: Callable[[], object] = partial(app.stop, grace=0.5)
     else:

@@ -658,8 +658,11 @@ class FlightMarketDataServer(flight.FlightServerBase):
                                and self.store.channels_of(query.symbol, exchange)):
                 raise
             exchange = key[0]
+            wanted: str = channel if channel is not None else next(
+                # the tick channel the symbol is subscribed on, ticker first
+                (c for c in TICKER_LIKE if c in self.events.subscribed_channels(*key)), "ticker")
             # The ring its first row will go to: follow that.
-            buffer = self.store.buffer(channel) if channel is not None else self.buffer
+            buffer = self.store.buffer(wanted)
             buffer.ensure(*key)
         interval = BarInterval(query.bars) if query.bars is not None else None
         start = query.start

@@ -179,3 +179,20 @@ def test_clear_empties_every_channel_and_status_counts_each(
     assert act(client, "clear", {"symbols": ["BTC/USDT"]}) == {"cleared": 607}
     assert store.buffer("trades").count("ETH/USDT") == 5
     assert get(client, "BTC/USDT?channel=trades").num_rows == 0
+
+
+def test_a_tail_opened_before_the_first_bidask_tick_follows_the_bidask_ring(
+        md_server_factory: Callable[..., Any]) -> None:
+    """Subscribed on bid/ask only, no tick yet: a ticket without channel= waits on the ring the
+    first bid/ask tick goes to (not the ticker's, which never gets one)."""
+    from flight_md.events import EventKind
+
+    store = Store(100)
+    events = EventLog()
+    events.record("binance", EventKind.SUBSCRIBE, ["NEW/USDT"], "subscribed", channel="bidask")
+    harness = md_server_factory(store.buffer("ticker"), events, store=store)
+    reader = harness.client.do_get(flight.Ticket(b"NEW/USDT?follow=true"))
+    store.buffer("bidask").append(MarketTick("NEW/USDT", 5, 1.5, None, 1.0, 2.0, None, None, None,
+                                             None, "binance", 6))
+    assert reader.read_chunk().data.column("price").to_pylist() == [1.5]
+    reader.cancel()
