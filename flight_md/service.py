@@ -393,14 +393,16 @@ class FlightMarketDataServer(flight.FlightServerBase):
         """Answer a non-follow query: an immutable table, or a read over history and ring."""
         if query.target is Target.TICKS and query.bars is not None:
             return self._bars(query)
+        buffer = None
         if query.target is Target.TICKS and self.persistence is not None:
             try:
-                spanned = span(self.persistence, self._buffer_for(query), query)
+                buffer = self._buffer_for(query)
+                spanned = span(self.persistence, buffer, query)
             except errors.NotFound:
                 spanned = None  # answered below (NOT_FOUND, or empty while awaiting a tick)
             if spanned is not None:
                 return spanned
-        return self._table(query)
+        return self._table(query, buffer)
 
     def _bars(self, query: Query) -> pa.Table:
         """OHLCV bars of the query's trades (history and ring), computed in Arrow."""
@@ -414,8 +416,9 @@ class FlightMarketDataServer(flight.FlightServerBase):
             table = table.slice(table.num_rows - query.latest)
         return table if query.columns is None else table.select(list(query.columns))
 
-    def _table(self, query: Query) -> pa.Table:
-        """Answer a non-follow query with an immutable table."""
+    def _table(self, query: Query, buffer: MarketDataBuffer | None = None) -> pa.Table:
+        """Answer a non-follow query with an immutable table (``buffer``: the query's, when
+        the caller already looked it up)."""
         if query.target is Target.MARKETS:
             return self._markets(query)
         if query.target is Target.EVENTS:
@@ -432,7 +435,8 @@ class FlightMarketDataServer(flight.FlightServerBase):
             return self._snapshot(query)
         assert query.symbol is not None
         try:
-            buffer = self._buffer_for(query)
+            if buffer is None:
+                buffer = self._buffer_for(query)
             if query.start is None and query.end is None:
                 limit = query.latest if query.latest is not None else buffer.buffer_size
                 return buffer.get_latest_sync(query.symbol, limit, exchange=query.exchange,
