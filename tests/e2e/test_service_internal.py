@@ -65,10 +65,10 @@ class BrokenServer(FlightMarketDataServer):
         super().__init__("grpc://127.0.0.1:0", buffer)
         self.broken = broken
 
-    def _table(self, query: Any) -> Any:
+    def _table(self, query: Any, buffer: Any = None) -> Any:
         if self.broken == "table":
             raise RuntimeError(SECRET_DETAIL)
-        return super()._table(query)
+        return super()._table(query, buffer)
 
     def status(self) -> dict[str, Any]:
         if self.broken == "status":
