@@ -45,7 +45,7 @@ PULL_PAUSE_S = 0.1
 MEMORY_SLACK = 24 * 2**20
 """Resident memory may wander this much after warm-up (allocator and gRPC pools)."""
 STEADY = [
-    pytest.param(8.0, id="ci", marks=pytest.mark.timeout(300)),
+    pytest.param(8.0, id="ci", marks=pytest.mark.timeout(480)),
     pytest.param(600.0, id="soak", marks=[pytest.mark.soak, pytest.mark.timeout(1800)]),
 ]
 """Seconds of load after the rings are full (memory is judged over this part)."""
@@ -198,13 +198,20 @@ def test_load(stack: ExitStack, steady: float) -> None:
     emulator_fault(str(emulator.ready_value), {"fault": "stall", "duration": 600})
     paused.set()
     final: dict[str, int] = {}
+    drained: list[int] = []
 
     def settled() -> bool:
         nonlocal final
         previous, final = final, _appended(control)
+        drained.append(sum(final.values()))
         return previous == final
 
-    assert wait_until(settled, 60, interval=1.0), "ingestion never caught up with the exchange"
+    # What the emulator had written before the stall (its socket buffers, the kernel's and
+    # aiohttp's: tens of thousands of frames on loopback) still arrives; how long that takes
+    # depends on the machine, so the bound is generous and the message shows the progress.
+    assert wait_until(settled, 180, interval=1.0), (
+        f"ingestion never caught up with the exchange: stored totals {drained[:3]} ... "
+        f"{drained[-3:]} (emulator sent {sent})")
     assert wait_until(lambda: all(t.rows >= final[t.symbol] for t in tails), 30), (
         {t.symbol: (t.rows, final[t.symbol]) for t in tails})
     stored = {s: control.do_get(flight.Ticket(f"{s}?exchange=binance".encode()),
