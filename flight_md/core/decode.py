@@ -23,17 +23,26 @@ The contract, which a differential test checks over every frame of every recordi
   sends deltas against a previous ticker) is theirs and is reset by :meth:`reset` when the
   connection is replaced.
 
+Registering one: a venue module lists a :data:`DecoderFactory` per channel in
+:attr:`Venue.decoders <flight_md.venues.base.Venue.decoders>`. Ingestion calls it once per
+websocket connection (ccxt client) of a stream of that channel, with a
+:class:`DecoderContext` (the connection's URL, ccxt's loaded markets and options); the
+factory returns the connection's decoder, or ``None`` where it cannot decode that
+connection (every frame then goes to ccxt). ``decoder="ccxt"`` on a stream never calls it.
+
 This module imports neither asyncio, ccxt nor pyarrow.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Protocol
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 from flight_md.normalize import DropReason, TradeFields
 
-__all__ = ["DecodeSink", "FrameDecoder", "Markets"]
+__all__ = ["DecodeSink", "DecoderContext", "DecoderFactory", "FrameDecoder", "Markets",
+           "symbols_by_id"]
 
 Markets = Mapping[str, str]
 """A venue's market id as its frames name it (``BTCUSDT``) -> the unified symbol (``BTC/USDT``),
@@ -64,3 +73,47 @@ class FrameDecoder(Protocol):
 
     def reset(self) -> None:
         """Forget per-connection state (the websocket was replaced)."""
+
+
+@dataclass(frozen=True, slots=True)
+class DecoderContext:
+    """What a decoder of one websocket connection is built with.
+
+    Attributes:
+        url: The connection's websocket URL (Bybit tells spot from linear by its path).
+        markets_by_id: ccxt's ``markets_by_id`` once markets are loaded: a market id ->
+            the unified markets (plain dicts) carrying it (several where ids collide across
+            types, as Bybit's spot and linear ``BTCUSDT``).
+        options: The ccxt exchange's ``options`` (Binance's ``watchTradesForSymbols.name``).
+        raw_fields: The venue's raw numeric fields
+            (:attr:`~flight_md.venues.base.Venue.raw_numeric_fields`), for the same checks
+            :func:`flight_md.normalize.to_row` makes of ccxt's ``info``.
+    """
+
+    url: str
+    markets_by_id: Mapping[str, Sequence[Mapping[str, Any]]]
+    options: Mapping[str, Any]
+    raw_fields: frozenset[str]
+
+
+DecoderFactory = Callable[[DecoderContext], FrameDecoder | None]
+"""A venue's decoder maker for one channel (``None``: this connection is left to ccxt)."""
+
+
+def symbols_by_id(markets_by_id: Mapping[str, Sequence[Mapping[str, Any]]],
+                  market_type: str | None = None) -> Markets:
+    """Market id -> unified symbol as ccxt's ``safe_market(id, None, None, market_type)``
+    resolves it: the only market of an id, else the first whose ``market_type`` flag
+    (``spot``, ``contract``, ...) is true. An id it resolves to no market is left out: ccxt
+    then names the update by the id itself (``markets.get(id, id)`` does the same)."""
+    found: dict[str, str] = {}
+    for market_id, markets in markets_by_id.items():
+        if len(markets) == 1:
+            symbol = markets[0].get("symbol")
+        elif market_type is None:
+            continue
+        else:
+            symbol = next((m.get("symbol") for m in markets if m.get(market_type) is True), None)
+        if isinstance(symbol, str):
+            found[market_id] = symbol
+    return found

@@ -18,6 +18,7 @@ from types import MappingProxyType
 from typing import Any, Final
 from urllib.parse import urlsplit
 
+from flight_md.core.decode import DecoderFactory
 from flight_md.normalize import Channel
 
 __all__ = ["BOOKS_CACHE", "BOOK_METHODS", "GENERIC_CHANNELS", "TRADES_CACHE", "TRADES_METHODS",
@@ -133,6 +134,9 @@ class Venue:
         trade_backfill: ``(ccxt options, first missing id) -> fetch_trades params`` that fetch
             trades from that id on (Binance ``fromId``); ``None``: a backfill asks
             ``fetch_trades(since=...)`` from the last stored trade's time.
+        decoders: The venue's fast decoders (:mod:`flight_md.core.decode`) by channel: each
+            makes the decoder of one websocket connection; a channel without one (and any
+            stream with ``decoder="ccxt"``) is parsed by ccxt.
     """
 
     id: str
@@ -157,6 +161,8 @@ class Venue:
     trade_id_span: Callable[[Mapping[str, Any]], int] | None = None
     maker_side_trades: bool = False
     trade_backfill: Callable[[Mapping[str, Any], int], Mapping[str, Any]] | None = None
+    decoders: Mapping[Channel, DecoderFactory] = field(
+        default_factory=lambda: MappingProxyType({}))
 
     def book_limit(self, depth: int) -> int | None:
         """The depth a ``book`` stream storing ``depth`` levels asks ccxt for: the smallest the
