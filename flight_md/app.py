@@ -9,8 +9,9 @@ the same thing in-process::
 Ingestion (ccxt streams, and the emulator in demo mode) runs on one asyncio loop in a
 background thread; the Flight server runs on gRPC's threads. They meet at the buffer and at
 :class:`~flight_md.ingest.manager.ThreadedControl`. With ``ingest_process`` the streams run in
-a child process instead (:class:`~flight_md.ingest.process.IngestionProcess`) and the demo
-emulator on a thread of its own.
+a child process instead (:class:`~flight_md.ingest.process.IngestionProcess`), with
+``ingest_workers`` N > 1 in N of them (:class:`~flight_md.ingest.workers.IngestionWorkers`),
+and the demo emulator on a thread of its own.
 """
 
 from __future__ import annotations
@@ -295,15 +296,23 @@ class MarketDataApp:
                     **self._emulator_options)
                 emulator.start()
                 logger.info("demo: exchange emulator (%s protocol) at %s", venue_id, emulator.url)
-        self.ingestion = IngestionProcess(self.buffer, self.events,
-                                          on_fatal=self._on_fatal).start()
+        if self.config.workers > 1:
+            from flight_md.ingest.workers import IngestionWorkers
+
+            self.ingestion = IngestionWorkers(self.config.workers, self.buffer, self.events,
+                                              on_fatal=self._on_fatal)
+        else:
+            self.ingestion = IngestionProcess(self.buffer, self.events, on_fatal=self._on_fatal)
+        self.ingestion.start()
         try:
             for stream in self.streams:
                 self.ingestion.add_stream(stream.exchange, list(stream.symbols),
                                           START_TIMEOUT_S, keep_retrying=True,
                                           **stream.stream_kwargs())
-                logger.info("streaming %s: %s (ingestion process %d)", stream.exchange,
-                            ", ".join(stream.symbols), self.ingestion.pid)
+                pids = getattr(self.ingestion, "pids", None) or (self.ingestion.pid,)
+                logger.info("streaming %s: %s (ingestion process%s %s)", stream.exchange,
+                            ", ".join(stream.symbols), "es" if len(pids) > 1 else "",
+                            ", ".join(map(str, pids)))
         except BaseException:
             self.stop()
             raise

@@ -33,7 +33,7 @@ from flight_md.config import (
     secret_from_env,
 )
 from flight_md.core.channels import MAX_BOOK_DEPTH
-from flight_md.errors import FlightMdError, StartupError
+from flight_md.errors import ConfigError, FlightMdError, StartupError
 
 __all__ = ["main"]
 
@@ -83,6 +83,7 @@ def _number(kind: type[int | float], minimum: float, *, above: bool) -> Callable
 _POSITIVE = _number(float, 0, above=True)
 _POSITIVE_INT = _number(int, 0, above=True)
 _COUNT = _number(int, 0, above=False)
+_WORKERS = _number(int, 1, above=False)
 
 
 def _port(text: str) -> int:
@@ -217,6 +218,10 @@ def _serve_parser(sub: Any) -> None:
         help="run ingestion (ccxt) in a child process, so that queries do not wait for it "
         "(recommended under heavy ingest or query load); --no-ingest-process overrides "
         "ingest_process = true in --config (default off)")
+    add("--ingest-workers", type=_WORKERS, default=None, metavar="N",
+        help="run ingestion in N child processes, each exchange's symbols spread evenly over "
+        "them, so that parsing can use N cores (implies --ingest-process, which is one); see "
+        "the README on choosing N; TOML key ingest_workers (default 1 with --ingest-process)")
     add("--metrics-port", type=_port, default=None, metavar="PORT",
         help="serve Prometheus /metrics, /healthz and /readyz over HTTP on this port of --host "
         "(0 picks one) (default off)")
@@ -323,11 +328,23 @@ def build_config(args: argparse.Namespace) -> ServerConfig:
         tls_client_ca=args.tls_client_ca or base.tls_client_ca,
         follow_max_lag=args.follow_max_lag if args.follow_max_lag is not None
         else base.follow_max_lag,
-        ingest_process=args.ingest_process if args.ingest_process is not None
-        else base.ingest_process,
+        **_ingest_options(args, base),
         metrics_port=args.metrics_port if args.metrics_port is not None else base.metrics_port,
         **{name: getattr(args, name) if getattr(args, name) is not None else getattr(base, name)
            for name in _PERSIST_OPTIONS})
+
+
+def _ingest_options(args: argparse.Namespace, base: ServerConfig) -> dict[str, Any]:
+    """``ingest_process`` and ``ingest_workers``: the options over the file's;
+    ``--no-ingest-process`` runs ingestion on a thread whatever the file says."""
+    if args.ingest_process is False:
+        if args.ingest_workers is not None:
+            raise ConfigError("--ingest-workers runs ingestion in worker processes; drop "
+                              "--no-ingest-process")
+        return {"ingest_process": False, "ingest_workers": None}
+    return {"ingest_process": bool(args.ingest_process) or base.ingest_process,
+            "ingest_workers": args.ingest_workers if args.ingest_workers is not None
+            else base.ingest_workers}
 
 
 _PERSIST_OPTIONS: Final = ("memory_only", "data_dir", "history_uri", "fsync", "commit_interval",

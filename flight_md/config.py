@@ -10,6 +10,7 @@ A config file describes the server and any number of exchanges::
     tls_cert = "server.pem"          # optional, with tls_key (and tls_client_ca for mTLS)
     tls_key = "server.key"
     book_depth = 10                  # book levels a side the book channel keeps
+    ingest_workers = 2               # optional: ingestion in 2 processes (see flight_md.ingest.workers)
 
     [[exchanges]]
     id = "binance"
@@ -206,6 +207,10 @@ class ServerConfig:
     it offers that is at least this)."""
     ingest_process: bool = False
     """Run ingestion in a child process (see :mod:`flight_md.ingest.process`)."""
+    ingest_workers: int | None = None
+    """Run ingestion in this many child processes, the streams' symbols spread over them (see
+    :mod:`flight_md.ingest.workers`); setting it implies ``ingest_process`` (1 is the same as
+    ``ingest_process``). ``None``: ``ingest_process`` decides (one child, or none)."""
     metrics_port: int | None = None
     """Serve Prometheus ``/metrics``, ``/healthz`` and ``/readyz`` on this port of ``host``
     (0 picks one); ``None``: off (see :mod:`flight_md.metrics`)."""
@@ -264,6 +269,11 @@ class ServerConfig:
             raise ConfigError("--tls-client-ca (mutual TLS) needs --tls-cert and --tls-key")
         if not isinstance(self.ingest_process, bool):
             raise ConfigError(must_be("ingest_process", "true or false", self.ingest_process))
+        if self.ingest_workers is not None:
+            if not _positive_int(self.ingest_workers):
+                raise ConfigError(must_be("ingest_workers", "an integer >= 1 (ingestion worker "
+                                          "processes)", self.ingest_workers))
+            object.__setattr__(self, "ingest_process", True)
         if self.metrics_port is not None and (
                 not isinstance(self.metrics_port, int) or isinstance(self.metrics_port, bool)
                 or not 0 <= self.metrics_port <= 65535):
@@ -328,6 +338,14 @@ class ServerConfig:
             history_uri=self.history_uri, fsync=FsyncMode(self.fsync),
             commit_interval=float(self.commit_interval), seal_interval=float(self.seal_interval),
             retention=RetentionPolicy(max_age, max_bytes))
+
+    @property
+    def workers(self) -> int:
+        """Ingestion worker processes: :attr:`ingest_workers`, 1 with just
+        :attr:`ingest_process`, 0 when ingestion runs on a thread of the serving process."""
+        if self.ingest_workers is not None:
+            return self.ingest_workers
+        return 1 if self.ingest_process else 0
 
     @property
     def location(self) -> str:
@@ -458,12 +476,14 @@ def load_config(path: Path) -> ServerConfig:
             read_only += tuple(Secret(v) for v in values)
     paths = {k: _file_key(base, server, k) for k in ("tls_cert", "tls_key", "tls_client_ca")
              if k in server}
-    allowed = {"host", "port", "buffer_size", "follow_max_lag", "ingest_process", "metrics_port",
+    allowed = {"host", "port", "buffer_size", "follow_max_lag", "ingest_process", "ingest_workers",
+               "metrics_port",
                "book_depth", *_SQL_KEYS, *_PERSIST_KEYS}
     bad = sorted(set(server) - allowed)
     if bad:
         raise ConfigError(f"unknown key {bad[0]!r} in [server]; allowed: "
                           "host, port, buffer_size, follow_max_lag, book_depth, ingest_process, "
+                          "ingest_workers, "
                           f"{', '.join(_SQL_KEYS)}, "
                           f"metrics_port, {', '.join(_PERSIST_KEYS)}, auth_token_file, "
                           "read_only_token_file, auth_tokens, read_only_tokens, tls_cert, "
