@@ -39,6 +39,7 @@ from benchmarks import (
     ingest,
     latency,
     memory,
+    peer,
     persist,
     sql,
 )
@@ -61,6 +62,7 @@ MEASUREMENTS: dict[str, tuple[str, Callable[..., Section]]] = {
     "persist": ("Persistence: journal and Parquet history", persist.measure),
     "channels": ("Trades, books and bars", channels.measure),
     "sql": ("Flight SQL through ADBC", sql.measure),
+    "peer": ("Side by side with cryptofeed: lossless ingest", peer.measure),
 }
 """In run order. Latency and concurrency run back to back on one ingesting server."""
 _LOADED = ("latency", "concurrency")

@@ -82,6 +82,16 @@ class Settings:
         persist_ring: Ring capacity of the server serving the range pull.
         persist_seal_run: Also run the persisting server at the lossless rate with a seal
             every second.
+        peer_channels: Channels of the side by side with cryptofeed (``bidask``, ``trades``).
+        peer_symbols: Symbol counts of the side by side.
+        peer_rates: Rates each design's first search starts from.
+        peer_repetitions: Searches per design, channel and symbol count (medians reported).
+        peer_seconds: Seconds of each run's measured window.
+        peer_warmup: Seconds between every symbol flowing and the window.
+        peer_resolution: A search stops when the lowest failed rate is within this fraction
+            above the lossless rate.
+        peer_max_rate: Highest rate a search probes.
+        peer_max_runs: Runs one search may make.
     """
 
     smoke: bool
@@ -145,6 +155,15 @@ class Settings:
     persist_pull_repetitions: int
     persist_ring: int
     persist_seal_run: bool
+    peer_channels: tuple[str, ...]
+    peer_symbols: tuple[int, ...]
+    peer_rates: tuple[int, ...]
+    peer_repetitions: int
+    peer_seconds: float
+    peer_warmup: float
+    peer_resolution: float
+    peer_max_rate: int
+    peer_max_runs: int
 
 
 FULL = Settings(
@@ -209,6 +228,15 @@ FULL = Settings(
     persist_pull_repetitions=3,
     persist_ring=1_000,
     persist_seal_run=True,
+    peer_channels=("bidask", "trades"),
+    peer_symbols=(20, 200),
+    peer_rates=(10_000,),
+    peer_repetitions=2,
+    peer_seconds=2.0,
+    peer_warmup=0.5,
+    peer_resolution=0.25,
+    peer_max_rate=80_000,
+    peer_max_runs=6,
 )
 
 SMOKE = Settings(
@@ -273,4 +301,13 @@ SMOKE = Settings(
     persist_pull_repetitions=2,
     persist_ring=1_000,
     persist_seal_run=False,
+    peer_channels=("bidask", "trades"),
+    peer_symbols=(3,),
+    peer_rates=(500,),
+    peer_repetitions=1,
+    peer_seconds=0.5,
+    peer_warmup=0.2,
+    peer_resolution=0.25,
+    peer_max_rate=1_000,
+    peer_max_runs=1,
 )
