@@ -482,7 +482,7 @@ The figure is each design's median lossless rate; the ratio flight_md / {PEER}; 
         for design in capped:
             section.notes.append(
                 f"{config.channel}, {config.symbols} symbols: {design} kept up with every rate "
-                "probed in a repetition (marked "none failed"): its lossless rate is at least that.")
+                "probed in a repetition (marked 'none failed'): its lossless rate is at least that.")
     runs = Table(("Channel", "Symbols", "Repetition", "Design", "Target msg/s", "Delivered/s",
                   "Stored/s", "Backlog growth", "Kept up", "CPU µs/msg", "Consumer CPU %"))
     for probe in probes:
