@@ -89,6 +89,8 @@ class ExchangeStatus:
             exchange time.
         counters: The channel's own counts (``trades``: stored, duplicates, gaps, missing,
             backfilled; ``book``: stored, resyncs, ...); empty for ticker and bidask.
+        decoder: What parses the stream's websocket frames: ``"fast"`` (the venue's fast
+            decoder, :mod:`flight_md.core.decode`) or ``"ccxt"``.
     """
 
     exchange: str
@@ -103,6 +105,7 @@ class ExchangeStatus:
     last_error_ms: int | None = None
     clock_skew: ClockSkew = field(default_factory=ClockSkew)
     counters: dict[str, int] = field(default_factory=dict)
+    decoder: str = "ccxt"
 
 
 @dataclass(frozen=True, slots=True)

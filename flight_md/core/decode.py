@@ -35,18 +35,57 @@ This module imports neither asyncio, ccxt nor pyarrow.
 
 from __future__ import annotations
 
+import math
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from enum import StrEnum
+from typing import Any, Final, Protocol
 
-from flight_md.normalize import DropReason, TradeFields
+from flight_md.normalize import (
+    MAX_FUTURE_MS,
+    MIN_TIMESTAMP_MS,
+    Channel,
+    DropReason,
+    TradeFields,
+    to_row,
+    to_trade,
+)
 
-__all__ = ["DecodeSink", "DecoderContext", "DecoderFactory", "FrameDecoder", "Markets",
-           "symbols_by_id"]
+__all__ = [
+    "Decline",
+    "DecodeSink",
+    "DecoderContext",
+    "DecoderFactory",
+    "DecoderKind",
+    "FrameDecoder",
+    "Markets",
+    "bidask",
+    "ccxt_first",
+    "ccxt_int",
+    "ccxt_int_n",
+    "ccxt_number",
+    "ccxt_quote",
+    "ccxt_string",
+    "ccxt_string_n",
+    "clean_decimal",
+    "symbols_by_id",
+    "ticker",
+    "trade",
+]
 
 Markets = Mapping[str, str]
 """A venue's market id as its frames name it (``BTCUSDT``) -> the unified symbol (``BTC/USDT``),
 for the markets ccxt loaded."""
+
+
+class DecoderKind(StrEnum):
+    """What parses a stream's websocket frames (``decoder=`` of a stream, ``--decoder``)."""
+
+    FAST = "fast"
+    """The venue's fast decoder for the channel where it has one, else ccxt."""
+    CCXT = "ccxt"
+    """ccxt parses every frame."""
 
 
 class DecodeSink(Protocol):
@@ -57,8 +96,11 @@ class DecodeSink(Protocol):
         second element; ``stamped``: the exchange sent a timestamp (else ``row[0]`` is the
         receive time)."""
 
-    def trade(self, fields: TradeFields) -> None:
-        """A good trade, exactly what :func:`flight_md.normalize.to_trade` returns for it."""
+    def trade(self, fields: TradeFields, stamped: bool = True, span: int = 1) -> None:
+        """A good trade, exactly what :func:`flight_md.normalize.to_trade` returns for it;
+        ``stamped``: ccxt's trade had a ``timestamp`` (else ``fields[1]`` is the receive
+        time); ``span``: what :attr:`Venue.trade_id_span
+        <flight_md.venues.base.Venue.trade_id_span>` gives for its payload (OKX ``count``)."""
 
     def drop(self, symbol: str | None, reason: DropReason) -> None:
         """An update the ccxt path would have dropped (``symbol``: ``None`` when it had none)."""
@@ -117,3 +159,165 @@ def symbols_by_id(markets_by_id: Mapping[str, Sequence[Mapping[str, Any]]],
         if isinstance(symbol, str):
             found[market_id] = symbol
     return found
+
+
+# -- ccxt's conversions, for decoders to reproduce what ccxt's parse makes of a field -------------
+
+clean_decimal: Final = re.compile(r"-?[0-9]+(?:\.[0-9]+)?").fullmatch
+"""Whether a string is a plain decimal (``"0.00123"``): what every venue sends, and the only form
+on which ccxt's ``float`` and its ``Precise`` string arithmetic agree (``Precise`` raises on
+``"nan"``, ``"1e5"`` parses differently). A decoder declines a frame whose fields ccxt would
+run through ``Precise`` unless they are clean."""
+
+_INF: Final = math.inf
+
+
+def ccxt_string(value: Any) -> str | None:
+    """ccxt's ``safe_string`` of a value: a non-empty ``str`` as it is, an ``int`` or ``float``
+    (not a ``bool``) as ``str()``, anything else ``None``."""
+    kind = type(value)
+    if kind is str:
+        return value if value else None
+    if kind is float or kind is int:
+        return str(value)
+    return None
+
+
+def ccxt_quote(value: Any) -> float | None:
+    """``parse_number(omit_zero(safe_string(value)))``: how ccxt's ``safe_ticker`` turns a raw
+    price into a number (``None`` for missing, zero or unparseable; ``"nan"`` is NaN)."""
+    text = ccxt_string(value)
+    if text is None:
+        return None
+    try:
+        number = float(text)
+    except ValueError:
+        return None
+    return None if number == 0 else number
+
+
+def ccxt_number(value: Any) -> float | None:
+    """``parse_number(safe_string(value))`` (``safe_number``: a zero stays zero)."""
+    text = ccxt_string(value)
+    if text is None:
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        return None
+
+
+def ccxt_int(value: Any) -> int | None:
+    """ccxt's ``safe_integer``: ``int(float(value))``, ``None`` where that raises."""
+    try:
+        return int(float(value))
+    except Exception:  # noqa: BLE001 - ccxt catches everything here too
+        return None
+
+
+class Decline(Exception):
+    """Raised inside a decoder where ccxt's parse would raise (the frame goes to ccxt, which
+    counts it): a decoder catches it and returns ``False``."""
+
+
+def ccxt_first(message: Mapping[str, Any], keys: Sequence[str]) -> Any:
+    """The first of ``keys`` whose value is neither ``None`` nor ``""`` (ccxt's
+    ``get_object_value_from_key_list``, under its ``safe_*_n`` helpers)."""
+    get = message.get
+    for key in keys:
+        value = get(key)
+        if value is not None and value != "":
+            return value
+    return None
+
+
+def ccxt_int_n(message: Mapping[str, Any], keys: Sequence[str]) -> int | None:
+    """ccxt's ``safe_integer_n`` (``safe_integer_2``'s cousin that does not try the next key
+    when the first present one is bad). Raises :class:`Decline` where ccxt raises (an infinite
+    value: ``OverflowError``)."""
+    value = ccxt_first(message, keys)
+    if value is None:
+        return None
+    try:
+        return int(float(value))
+    except (ValueError, TypeError):
+        return None
+    except OverflowError:
+        raise Decline from None
+
+
+def ccxt_string_n(message: Mapping[str, Any], keys: Sequence[str]) -> str | None:
+    """ccxt's ``safe_string_n``: the first present value as a string, if it is one."""
+    value = ccxt_first(message, keys)
+    kind = type(value)
+    if kind is str:
+        return value  # type: ignore[no-any-return]
+    if kind is float or kind is int:
+        return str(value)
+    return None
+
+
+# -- rows, exactly as flight_md.normalize makes them of ccxt's structures -------------------------
+
+
+def _stamp_ok(timestamp: int | None, receive_ms: int) -> bool:
+    return timestamp is None or MIN_TIMESTAMP_MS <= timestamp <= receive_ms + MAX_FUTURE_MS
+
+
+def bidask(sink: DecodeSink, symbol: str, timestamp: int | None, bid: float | None,
+           ask: float | None, info: Mapping[str, Any], raw_fields: frozenset[str],
+           receive_ms: int) -> None:
+    """Deliver the best bid/ask ccxt's parse would have made (``timestamp``, ``bid``, ``ask``:
+    ccxt's unified values; ``info``: the raw payload): the row
+    :func:`~flight_md.normalize.to_row` makes of it, or its drop."""
+    if (type(bid) is float and type(ask) is float and 0.0 < bid <= ask < _INF
+            and _stamp_ok(timestamp, receive_ms)):
+        sink.tick(symbol, (receive_ms if timestamp is None else timestamp, (bid + ask) / 2.0,
+                           math.nan, bid, ask, math.nan, math.nan, math.nan, math.nan,
+                           receive_ms), timestamp is not None)
+        return
+    made = to_row({"symbol": symbol, "timestamp": timestamp, "bid": bid, "ask": ask,
+                   "info": info}, exchange="", channel=Channel.BIDASK, receive_ms=receive_ms,
+                  raw_fields=raw_fields)
+    if isinstance(made, DropReason):
+        sink.drop(symbol, made)
+    else:
+        sink.tick(made[0], made[1], timestamp is not None)
+
+
+def ticker(sink: DecodeSink, symbol: str, timestamp: int | None, *, last: float | None,
+           bid: float | None, ask: float | None, high: float | None, low: float | None,
+           open_: float | None, volume: float | None, info: Mapping[str, Any],
+           raw_fields: frozenset[str], receive_ms: int) -> None:
+    """Deliver the full ticker ccxt's parse would have made (``last`` is also its ``close``,
+    as ccxt's ``safe_ticker`` makes them): the row :func:`~flight_md.normalize.to_row` makes
+    of it, or its drop."""
+    if (type(last) is float and type(bid) is float and type(ask) is float
+            and type(high) is float and type(low) is float and type(open_) is float
+            and type(volume) is float and 0.0 < last < _INF and 0.0 < bid <= ask < _INF
+            and 0.0 < high < _INF and 0.0 < low < _INF and 0.0 < open_ < _INF
+            and 0.0 <= volume < _INF and _stamp_ok(timestamp, receive_ms)):
+        sink.tick(symbol, (receive_ms if timestamp is None else timestamp, last, volume, bid,
+                           ask, high, low, open_, last, receive_ms), timestamp is not None)
+        return
+    made = to_row({"symbol": symbol, "timestamp": timestamp, "last": last, "close": last,
+                   "bid": bid, "ask": ask, "high": high, "low": low, "open": open_,
+                   "baseVolume": volume, "info": info}, exchange="", channel=Channel.TICKER,
+                  receive_ms=receive_ms, raw_fields=raw_fields)
+    if isinstance(made, DropReason):
+        sink.drop(symbol, made)
+    else:
+        sink.tick(made[0], made[1], timestamp is not None)
+
+
+def trade(sink: DecodeSink, symbol: str, timestamp: int | None, trade_id: str | None,
+          price: float | None, amount: float | None, side: str | None, receive_ms: int,
+          span: int = 1) -> None:
+    """Deliver the trade ccxt's parse would have made (its unified values): what
+    :func:`~flight_md.normalize.to_trade` makes of it, or its drop."""
+    made = to_trade({"symbol": symbol, "timestamp": timestamp, "id": trade_id, "price": price,
+                     "amount": amount, "side": side}, receive_ms)
+    if isinstance(made, DropReason):
+        sink.drop(symbol, made)
+    else:
+        sink.trade(made, timestamp is not None, span)

@@ -94,6 +94,25 @@ Assumptions (the name each check reports):
     never needed for market data, and on Binance and Bybit they are a private call, made
     whenever API keys are set, failing on a public-only host). Not checked: a user's
     ``ccxt_options`` may turn it back on on purpose.
+``decoder``
+    A client's ``handle_message(message)`` is given aiohttp's ``WSMessage`` (``type``,
+    ``data``), sets ``client.last_message_at`` and, for a ``TEXT`` frame, parses
+    ``message.data`` and hands the result to ``on_message_callback`` (the exchange's
+    ``handle_message``); ping, pong, close and error frames are the client's own business. A
+    stream with a fast decoder (:mod:`flight_md.core.decode`) sets ``flight_md_decode`` on the
+    guarded exchange (a :class:`DecodeHook`); the :class:`FrameGuard` then offers each
+    ``TEXT`` frame of the current client to that client's decoder first (made on its first
+    frame: a replaced connection is a new client, so a new decoder), and a frame the decoder
+    claims skips ccxt: the guard sets ``client.last_message_at`` itself, as ccxt would have.
+    Everything else (binary and compressed frames, control frames, every frame a decoder
+    declines) goes to ccxt unchanged, so ccxt's keep-alive (its ``lastPong``, set by a pong
+    frame or by the exchange's parse of an application pong, which no decoder claims),
+    subscriptions and reconnects behave as without a decoder. The futures of ``watch_*``
+    calls are not resolved for claimed frames: the stream's watchers only keep groups
+    subscribed and surface errors (ccxt rejects those futures when a connection fails).
+    Checked: ``handle_message`` reads ``message.type``, sets ``last_message_at`` and treats
+    ``WSMsgType.TEXT`` (the source of the client class), and aiohttp's ``WSMsgType.TEXT``
+    exists.
 ``logger``
     The ``logger`` constructor option replaces the logger ccxt writes request headers to (at
     DEBUG, with the API key): the stream gives it one whose records are redacted.
@@ -102,7 +121,8 @@ Our own attributes on ccxt objects are prefixed ``flight_md_``: ``flight_md_clos
 client the stream is closing (its close is not a failure of the current connection); on
 the class :func:`guarded_class` makes, the three hooks :func:`attach` sets,
 ``flight_md_book`` (the book observer, ``None`` but on a book stream) and ``flight_md_base``,
-the ccxt.pro class it guards; ``flight_md_sink`` and ``flight_md_symbol`` on a tapped trade
+the ccxt.pro class it guards, and ``flight_md_decode`` (the decode hook, ``None`` without a
+fast decoder); ``flight_md_sink`` and ``flight_md_symbol`` on a tapped trade
 cache.
 """
 
@@ -120,20 +140,25 @@ from typing import Any, Final, Protocol
 
 import ccxt
 import ccxt.pro as ccxt_pro
+from aiohttp import WSMsgType
 from ccxt.async_support.base.ws.cache import ArrayCache
 
+from flight_md.core.decode import DecodeSink, FrameDecoder
 from flight_md.errors import StartupError
+from flight_md.schema import now_ms
 from flight_md.venues.base import BOOKS_CACHE, TRADES_CACHE, ChannelMethods
 
 __all__ = [
     "BELOW_VERSION",
     "MIN_VERSION",
     "BookObserver",
+    "DecodeHook",
     "FrameGuard",
     "Tap",
     "TradeTap",
     "attach",
     "attach_book",
+    "attach_decoder",
     "check",
     "close_clients",
     "close_idle_clients",
@@ -150,6 +175,8 @@ MIN_VERSION: Final = (4, 5, 90)
 BELOW_VERSION: Final = (4, 6, 0)
 """The first ccxt refused: a new minor line may move the internals without a trace."""
 _CHECK_URL: Final = "wss://flight-md.invalid/ccxt-compat-check"
+
+logger = logging.getLogger("flight_md.ingest.stream")
 
 
 def _incompatible(assumption: str, found: str) -> StartupError:
@@ -268,37 +295,90 @@ class BookObserver(Protocol):
         """``client``'s websocket closed or failed."""
 
 
+class DecodeHook(Protocol):
+    """What a stream with a fast decoder installs as ``exchange.flight_md_decode`` (see
+    ``decoder`` above)."""
+
+    @property
+    def enabled(self) -> bool:
+        """Whether frames go to decoders now (not while the stream polls: a websocket probe
+        waits for ccxt to resolve its watch call)."""
+
+    def sink_at(self, receive_ms: int) -> DecodeSink:
+        """Where every decoder of the stream delivers a frame received at ``receive_ms``."""
+
+    def decoder(self, client: Any) -> FrameDecoder | None:
+        """The decoder of a new connection (``client``), or ``None`` to leave it to ccxt."""
+
+
+_UNSET: Final[Any] = object()
+_TEXT: Final = WSMsgType.TEXT
+
+
 class FrameGuard:
-    """A ccxt websocket client's message handler that survives one bad frame.
+    """A ccxt websocket client's message handler that survives one bad frame, and offers
+    ``TEXT`` frames to the stream's fast decoder first (``decoder`` above).
 
     Messages of a client that is no longer the exchange's current client for its URL
     (left over from an earlier session) are dropped and the client is closed, so a late
     handshake can never deliver a second copy of a tick.
     """
 
-    __slots__ = ("_client", "_exchange", "_handle")
+    __slots__ = ("_client", "_decoder", "_exchange", "_handle")
 
     def __init__(self, client: Any, exchange: Any) -> None:
         self._client = client
         self._exchange = exchange
         self._handle = client.handle_message
+        self._decoder: Any = _UNSET
 
     def __call__(self, message: Any) -> None:
         client = self._client
-        clients = self._exchange.clients
+        exchange = self._exchange
+        clients = exchange.clients
         if clients is None or clients.get(client.url) is not client:
             if not getattr(client, "flight_md_closing", False):
                 client.flight_md_closing = True
-                orphan = self._exchange.flight_md_orphan
+                orphan = exchange.flight_md_orphan
                 if orphan is not None:
                     orphan(client)
             return
+        hook = exchange.flight_md_decode
+        if hook is not None and message.type is _TEXT and hook.enabled:
+            decoder = self._decoder
+            if decoder is _UNSET:
+                decoder = self._decoder = self._build(hook)
+            if decoder is not None:
+                receive_ms = now_ms()
+                try:
+                    claimed = decoder.decode(message.data, receive_ms, hook.sink_at(receive_ms))
+                except Exception:  # a decoder bug: ccxt parses the frame (nothing was delivered)
+                    logger.exception("%s: the fast decoder raised on a frame; ccxt parses it",
+                                     client.url)
+                    claimed = False
+                if claimed:
+                    client.last_message_at = receive_ms  # what ccxt's handle_message sets first
+                    return
         try:
             self._handle(message)
         except Exception as error:  # noqa: BLE001 - one bad frame must not stop the receive loop
-            hook = self._exchange.flight_md_frame_error
-            if hook is not None:
-                hook(error)
+            on_error = exchange.flight_md_frame_error
+            if on_error is not None:
+                on_error(error)
+
+    def _build(self, hook: DecodeHook) -> FrameDecoder | None:
+        try:
+            return hook.decoder(self._client)
+        except Exception:  # no decoder then: ccxt parses every frame
+            logger.exception("%s: building the fast decoder failed; ccxt parses every frame",
+                             self._client.url)
+            return None
+
+    def reset(self) -> None:
+        """Forget this connection's decoder state (the next frame builds it afresh)."""
+        decoder = self._decoder
+        if decoder is not _UNSET and decoder is not None:
+            decoder.reset()
 
 
 _GUARDED: dict[type, type] = {}
@@ -369,6 +449,7 @@ def guarded_class(cls: type) -> type:
             "handle_message": handle_message,
             "ws_dial_delay": ws_dial_delay,
             "flight_md_book": None,
+            "flight_md_decode": None,
             "flight_md_closed": None,
             "flight_md_orphan": None,
             "flight_md_frame_error": None,
@@ -389,6 +470,11 @@ def _book_lost(exchange: Any, ws_client: Any) -> None:
 def attach_book(exchange: Any, book: BookObserver | None) -> None:
     """Install (``None``: remove) the book observer of a guarded exchange (see ``book``)."""
     exchange.flight_md_book = book
+
+
+def attach_decoder(exchange: Any, hook: DecodeHook | None) -> None:
+    """Install (``None``: remove) the decode hook of a guarded exchange (see ``decoder``)."""
+    exchange.flight_md_decode = hook
 
 
 def attach(exchange: Any, *, frame_error: Callable[[BaseException], None],
@@ -549,6 +635,7 @@ def _check_client(exchange: Any) -> None:
                                                   "self.handle_message")
         if not isinstance(vars(client).get("handle_message"), FrameGuard):
             raise _incompatible("handle_message", "the frame guard could not be installed")
+        _check_decoder(client_cls)
     finally:
         registry = getattr(exchange, "clients", None)
         if isinstance(registry, dict) and _CHECK_URL not in had:
@@ -600,6 +687,26 @@ def check(exchange: Any, methods: ChannelMethods, *, websocket: bool,
         _method(base, name, 2, name)
     _method(base, "ws_dial_delay", 1, "ws_dial_delay")
     _check_client(exchange)
+
+
+@functools.cache
+def _handles_text(client_cls: type) -> bool:
+    try:
+        source = inspect.getsource(client_cls.handle_message)  # type: ignore[attr-defined]
+    except (AttributeError, OSError, TypeError):
+        return False
+    return all(part in source for part in (
+        "self.last_message_at =", "message.type == WSMsgType.TEXT", "message.data",
+        "self.handle_text_or_binary_message("))
+
+
+def _check_decoder(client_cls: type) -> None:
+    """The receive path the decode hook stands in for (see ``decoder``)."""
+    if getattr(WSMsgType, "TEXT", None) is None:
+        raise _incompatible("decoder", "aiohttp has no WSMsgType.TEXT")
+    if not _handles_text(client_cls):
+        raise _incompatible("decoder", "a client's handle_message does not set last_message_at "
+                                       "and parse TEXT frames' data")
 
 
 def _check_trade_cache() -> None:

@@ -1,7 +1,8 @@
 """The tick path of one stream: a parsed update into the buffer, and out to the callbacks.
 
 :meth:`Fanout.ingest` is called for every update, from inside ccxt's message handler (the
-websocket tap) or from the poller: it counts the update against its symbol, normalises it
+websocket tap) or from the poller (:meth:`Fanout.ingest_row` for a row a fast decoder of
+:mod:`flight_md.core.decode` made from the frame itself, counted the same way): it counts the update against its symbol, normalises it
 (:func:`flight_md.normalize.to_row`), stores the row in the
 :class:`~flight_md.buffer.MarketDataBuffer` and hands a :class:`~flight_md.schema.MarketTick`
 to every callback. A bad update is dropped and counted by reason, never raised.
@@ -29,7 +30,7 @@ from typing import Any, Final, TypeAlias
 from flight_md.buffer import MarketDataBuffer
 from flight_md.ingest.skew import SkewWindow
 from flight_md.ingest.state import SymbolState
-from flight_md.normalize import BookTop, Channel, DropReason, Trade, row_to_tick, to_row
+from flight_md.normalize import BookTop, Channel, DropReason, Row, Trade, row_to_tick, to_row
 from flight_md.schema import MarketTick
 
 __all__ = ["DRAIN_TIMEOUT", "Callback", "Fanout", "Subscriber", "Update"]
@@ -127,6 +128,43 @@ class Fanout:
         if self.subscribers:
             self.dispatch(row_to_tick(made[0], made[1], self._exchange_id))
         return True
+
+    def ingest_row(self, symbol: str, state: SymbolState, row: Row, stamped: bool) -> None:
+        """Count, store and deliver one row a fast decoder made (:mod:`flight_md.core.decode`):
+        :meth:`ingest` after :func:`~flight_md.normalize.to_row`, which the decoder did;
+        ``row[-1]`` is the receive time, ``stamped`` whether the exchange sent a timestamp."""
+        mono = time.monotonic()
+        receive_ms = int(row[-1])
+        state.received += 1
+        state.last_ms = receive_ms
+        state.last_mono = mono
+        self.last_update = mono
+        self._buffer.append_row(self._exchange_id, symbol, row)
+        if stamped:
+            self.skew.add(receive_ms, int(row[0]))
+        if self.subscribers:
+            self.dispatch(row_to_tick(symbol, row, self._exchange_id))
+
+    def drop(self, symbol: str, state: SymbolState, reason: DropReason, receive_ms: int) -> None:
+        """Count an update a fast decoder found bad, as :meth:`ingest` counts one."""
+        mono = time.monotonic()
+        state.received += 1
+        state.last_ms = receive_ms
+        state.last_mono = mono
+        self.last_update = mono
+        state.dropped += 1
+        count = self.bad_frames[reason] = self.bad_frames[reason] + 1
+        log_bad(count, "%s %s: dropped a bad update (%s; %d so far)",
+                self._exchange_id, symbol, reason, count)
+
+    def unnamed_drop(self, reason: DropReason) -> None:
+        """Count a bad update or frame that names no symbol (a decoder's ``drop(None, ...)``)."""
+        if reason is DropReason.MISSING_SYMBOL:
+            self.nameless()
+            return
+        self.last_update = time.monotonic()
+        count = self.bad_frames[reason] = self.bad_frames[reason] + 1
+        log_bad(count, "%s: dropped a bad frame (%s; %d so far)", self._exchange_id, reason, count)
 
     def nameless(self) -> None:
         """Count an update ccxt stored under no symbol (the frame named none, or one the

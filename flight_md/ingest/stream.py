@@ -62,6 +62,7 @@ from flight_md.buffer import DEFAULT_BUFFER_SIZE, MarketDataBuffer, Store
 from flight_md.config import STREAM_DEFAULTS as _DEFAULTS
 from flight_md.control import ExchangeStatus, IngestionStatus, SymbolStatus
 from flight_md.core.channels import DEFAULT_BOOK_DEPTH
+from flight_md.core.decode import DecoderContext, DecoderFactory, DecoderKind, FrameDecoder
 from flight_md.errors import InvalidArgument, StartupError, Unavailable
 from flight_md.events import EventKind, EventLog
 from flight_md.ingest import ccxt_compat
@@ -81,7 +82,7 @@ from flight_md.ingest.state import (
 )
 from flight_md.ingest.supervisor import Supervisor
 from flight_md.ingest.trades import TradeFanout
-from flight_md.normalize import TICKER_LIKE, BookTop, Channel
+from flight_md.normalize import TICKER_LIKE, BookTop, Channel, DropReason, TradeFields
 from flight_md.schema import now_ms
 from flight_md.venues import VENUES, venue
 
@@ -133,6 +134,7 @@ class _ChannelStream:
         rest_fallback_after: int = _DEFAULTS["rest_fallback_after"],
         ws_probe_interval: float = _DEFAULTS["ws_probe_interval"],
         book_depth: int = DEFAULT_BOOK_DEPTH,
+        decoder: DecoderKind | str = DecoderKind.FAST,
     ) -> None:
         if not isinstance(exchange_id, str) or exchange_id not in ccxt_async.exchanges:
             raise InvalidArgument(f"unknown exchange {exchange_id!r}; expected a ccxt exchange id "
@@ -148,6 +150,11 @@ class _ChannelStream:
         except ValueError:
             raise InvalidArgument(f"unknown mode {mode!r}; expected one of: "
                                   f"{', '.join(Mode)}") from None
+        try:
+            self.decoder_asked = DecoderKind(decoder)
+        except ValueError:
+            raise InvalidArgument(f"unknown decoder {decoder!r}; expected one of: "
+                                  f"{', '.join(DecoderKind)}") from None
         self.heartbeat_interval = _positive("heartbeat_interval", heartbeat_interval)
         self.reconnect_delay = _positive("reconnect_delay", reconnect_delay)
         self.max_reconnect_delay = max(_positive("max_reconnect_delay", max_reconnect_delay),
@@ -220,6 +227,14 @@ class _ChannelStream:
                                orphan=self._websocket.close_later)
             if self.channel is Channel.BOOK:
                 self._attach_book(self._websocket)
+        factory = self.venue.decoders.get(self.channel)
+        self.decoder = DecoderKind.FAST if (
+            factory is not None and self._websocket is not None
+            and self.decoder_asked is DecoderKind.FAST) else DecoderKind.CCXT
+        if self.decoder is DecoderKind.FAST and self._websocket is not None and factory is not None:
+            ccxt_compat.attach_decoder(self._exchange, _Decoded(
+                factory, self._exchange, self.venue.raw_numeric_fields, self._fanout,
+                self._subs, self._websocket))
         self._poller: Poller | None = None
         if self._rest_method is not None:
             self._poller = Poller(
@@ -588,7 +603,8 @@ class _ChannelStream:
             bad_frames={str(reason): count for reason, count in self._fanout.bad_frames.items()},
             callback_errors=self._fanout.callback_errors,
             last_error=self._health.last_error, last_error_ms=self._health.last_error_ms,
-            clock_skew=self._fanout.skew.summary(now_ms()), counters=self.counters())
+            clock_skew=self._fanout.skew.summary(now_ms()), counters=self.counters(),
+            decoder=self.decoder.value)
         symbols = tuple(
             SymbolStatus(
                 exchange=self.exchange_id, symbol=symbol, subscribed=state.subscribed,
@@ -708,6 +724,10 @@ class MarketDataStream:
         ccxt_options: More ccxt constructor config, merged last.
         rest_fallback_after: Consecutive websocket failures after which auto mode polls.
         ws_probe_interval: Seconds between websocket probes while auto mode polls.
+        decoder: ``"fast"``: a channel whose venue has a fast decoder
+            (:mod:`flight_md.core.decode`) has its websocket frames parsed by it, straight
+            into rows, and ccxt does everything else; ``"ccxt"``: ccxt parses every frame.
+            Each channel's ``status()`` says which it uses (``decoder``).
 
     Raises:
         InvalidArgument: Unknown exchange, bad channel(s), mode or interval, a mode the
@@ -740,6 +760,7 @@ class MarketDataStream:
         rest_fallback_after: int = _DEFAULTS["rest_fallback_after"],
         ws_probe_interval: float = _DEFAULTS["ws_probe_interval"],
         book_depth: int = DEFAULT_BOOK_DEPTH,
+        decoder: DecoderKind | str = DecoderKind.FAST,
     ) -> None:
         wanted = channels_of(channel, channels)
         if store is not None and buffer is not None and store.get(wanted[0].value) is not buffer:
@@ -767,7 +788,7 @@ class MarketDataStream:
                 mode=mode, poll_interval=poll_interval, url=url, urls=urls,
                 max_reconnect_attempts=max_reconnect_attempts, ccxt_options=ccxt_options,
                 rest_fallback_after=rest_fallback_after, ws_probe_interval=ws_probe_interval,
-                book_depth=store.book_depth))
+                book_depth=store.book_depth, decoder=decoder))
         self._adopt(tuple(parts), store)
 
     @classmethod
@@ -796,6 +817,7 @@ class MarketDataStream:
         self.max_reconnect_attempts = first.max_reconnect_attempts
         self.rest_fallback_after = first.rest_fallback_after
         self.book_depth = first.book_depth
+        self.decoder = first.decoder_asked
 
     def parts(self) -> tuple[MarketDataStream, ...]:
         """One single-channel stream per channel, sharing this stream's connections: what
@@ -1126,3 +1148,68 @@ class _BookFrames:
             self._capture.connection_lost(client)
         except Exception:
             logger.exception("book capture failed on a lost connection")
+
+
+class _Decoded:
+    """A stream's fast-decoder hook (``exchange.flight_md_decode``) and the sink its decoders
+    deliver to: the same paths the cache tap feeds (:meth:`WebsocketRunner.on_update
+    <flight_md.ingest.session.WebsocketRunner.on_update>`): only subscribed symbols are
+    stored, an update naming no symbol is counted, a good update confirms a reconnect.
+
+    Runs inside the frame guard, on the stream's loop; never raises into ccxt's receive loop
+    (the guard logs a decoder that does and lets ccxt parse the frame)."""
+
+    __slots__ = ("_exchange", "_factory", "_fanout", "_raw_fields", "_receive_ms", "_subs",
+                 "_trades", "_websocket")
+
+    def __init__(self, factory: DecoderFactory, exchange: Any, raw_fields: frozenset[str],
+                 fanout: Fanout, subscriptions: Subscriptions, websocket: WebsocketRunner) -> None:
+        self._factory = factory
+        self._exchange = exchange
+        self._raw_fields = raw_fields
+        self._fanout = fanout
+        self._trades = fanout if isinstance(fanout, TradeFanout) else None
+        self._subs = subscriptions
+        self._websocket = websocket
+        self._receive_ms = 0
+
+    # -- the hook -----------------------------------------------------------------------------
+
+    @property
+    def enabled(self) -> bool:
+        return self._websocket.delivering
+
+    def sink_at(self, receive_ms: int) -> _Decoded:
+        self._receive_ms = receive_ms
+        return self
+
+    def decoder(self, client: Any) -> FrameDecoder | None:
+        exchange = self._exchange
+        return self._factory(DecoderContext(
+            url=str(client.url), markets_by_id=exchange.markets_by_id or {},
+            options=exchange.options or {}, raw_fields=self._raw_fields))
+
+    # -- the sink -----------------------------------------------------------------------------
+
+    def tick(self, symbol: str, row: Sequence[float], stamped: bool) -> None:
+        state = self._subs.subscribed(symbol)
+        if state is None:
+            return  # unsubscribed: the exchange may still be sending it
+        self._fanout.ingest_row(symbol, state, tuple(row), stamped)
+        self._websocket.frame_ok()
+
+    def trade(self, fields: TradeFields, stamped: bool = True, span: int = 1) -> None:
+        trades = self._trades
+        state = self._subs.subscribed(fields[0])
+        if state is None or trades is None:
+            return
+        trades.ingest_fields(fields[0], state, fields, self._receive_ms, stamped, span)
+        self._websocket.frame_ok()
+
+    def drop(self, symbol: str | None, reason: DropReason) -> None:
+        if not symbol:
+            self._fanout.unnamed_drop(reason)
+            return
+        state = self._subs.subscribed(symbol)
+        if state is not None:
+            self._fanout.drop(symbol, state, reason, self._receive_ms)

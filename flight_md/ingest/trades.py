@@ -51,7 +51,7 @@ from flight_md.errors import FlightMdError
 from flight_md.events import EventKind, EventLog
 from flight_md.ingest.fanout import Fanout, log_bad
 from flight_md.ingest.state import SymbolState
-from flight_md.normalize import Channel, DropReason, Side, Trade, to_trade
+from flight_md.normalize import Channel, DropReason, Side, Trade, TradeFields, to_trade
 from flight_md.schema import now_ms
 from flight_md.venues.base import Venue
 
@@ -169,6 +169,33 @@ class TradeFanout(Fanout):
         self.last_update = mono
         return self._take(symbol, state, ticker, receive_ms, backfill=False)
 
+    def ingest_fields(self, symbol: str, state: SymbolState, made: TradeFields, receive_ms: int,
+                      stamped: bool = True, span: int = 1) -> None:
+        """:meth:`ingest` of a trade a fast decoder made (:mod:`flight_md.core.decode`): what
+        :func:`~flight_md.normalize.to_trade` returned for it; ``span``: the ids it stands for
+        (``Venue.trade_id_span`` of its payload)."""
+        mono = time.monotonic()
+        state.received += 1
+        state.last_ms = receive_ms
+        state.last_mono = mono
+        self.last_update = mono
+        self._store(symbol, made, receive_ms, stamped, span, backfill=False, resend=True)
+
+    def drop(self, symbol: str, state: SymbolState, reason: DropReason, receive_ms: int) -> None:
+        """Count a trade a fast decoder found bad, as :meth:`ingest` counts one."""
+        mono = time.monotonic()
+        state.received += 1
+        state.last_ms = receive_ms
+        state.last_mono = mono
+        self.last_update = mono
+        self._bad(symbol, state, reason)
+
+    def _bad(self, symbol: str, state: SymbolState, reason: DropReason) -> None:
+        state.dropped += 1
+        count = self.bad_frames[reason] = self.bad_frames[reason] + 1
+        log_bad(count, "%s %s: dropped a bad trade (%s; %d so far)",
+                self._exchange_id, symbol, reason, count)
+
     def ingest_polled(self, symbol: str, state: SymbolState, trades: Any, receive_ms: int) -> None:
         """Store what one ``fetch_trades`` poll answered: its trades in id order, each once.
 
@@ -190,11 +217,19 @@ class TradeFanout(Fanout):
               backfill: bool, resend: bool = True) -> bool:
         made = to_trade(trade, receive_ms)
         if isinstance(made, DropReason):
-            state.dropped += 1
-            count = self.bad_frames[made] = self.bad_frames[made] + 1
-            log_bad(count, "%s %s: dropped a bad trade (%s; %d so far)",
-                    self._exchange_id, symbol, made, count)
+            self._bad(symbol, state, made)
             return False
+        span = 1
+        if self._span is not None and made[2] is not None:
+            info = trade.get("info")
+            span = self._span(info) if isinstance(info, Mapping) else 1
+        self._store(symbol, made, receive_ms, trade.get("timestamp") is not None, span,
+                    backfill=backfill, resend=resend)
+        return True
+
+    def _store(self, symbol: str, made: TradeFields, receive_ms: int, stamped: bool, span: int,
+               *, backfill: bool, resend: bool) -> None:
+        """De-duplicate, store and deliver one good trade (both the tap's and a decoder's)."""
         _, timestamp, trade_id, price, amount, side = made
         if self._flip and side is not None:
             side = Side.SELL if side is Side.BUY else Side.BUY
@@ -202,16 +237,11 @@ class TradeFanout(Fanout):
         if seen is None:
             seen = self._seen[symbol] = self._seeded(symbol)
         if trade_id is not None:
-            if self._span is None:
-                fresh = self._fresh(symbol, seen, trade_id, backfill)
-            else:
-                info = trade.get("info")
-                fresh = self._fresh(symbol, seen, trade_id, backfill,
-                                    self._span(info) if isinstance(info, Mapping) else 1)
+            fresh = self._fresh(symbol, seen, trade_id, backfill, span)
             if not fresh:
                 if fresh is False and resend and not backfill:  # overlapping pages are no resend
                     self.counters["duplicates"] += 1
-                return True
+                return
         # to_trade checked every value (and receive_ms is our clock's): the unchecked row path.
         self._buffer.append_trade_row(self._exchange_id, symbol,
                                       trade_row(timestamp, price, amount, side, receive_ms),
@@ -219,12 +249,11 @@ class TradeFanout(Fanout):
         self.counters["stored"] += 1
         if not backfill:
             seen.last_ms = timestamp
-            if trade.get("timestamp") is not None:
+            if stamped:
                 self.skew.add(receive_ms, timestamp)
         if self.subscribers:
             self.dispatch(Trade(symbol, self._exchange_id, timestamp, trade_id, price, amount,
                                 side, receive_ms))
-        return True
 
     def _seeded(self, symbol: str) -> _Seen:
         """A symbol's first trade in this process: what the ring already holds (rows refilled

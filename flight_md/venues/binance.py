@@ -19,13 +19,26 @@ lacks).
 
 Limits: 100 symbols per subscribe message, each group on its own connection (at most 1,024
 streams a connection); ccxt paces control messages to 4 a second, under Binance's 5.
+
+Fast decoders (:mod:`flight_md.core.decode`) for ``bidask`` (``bookTicker``), ``ticker``
+(``24hrTicker``) and ``trades`` (``trade``, ``aggTrade``), raw or in a combined stream's
+``{"stream", "data"}`` envelope, reproducing ccxt 4.5's ``handle_bids_asks`` /
+``handle_tickers`` / ``handle_trade`` (``parse_ws_ticker``, ``parse_trade``, ``safe_ticker``,
+``safe_trade``). They decline (ccxt parses) any frame outside that plain shape: another
+event, a list, a missing or non-string ``s``, a numeric field ccxt would run through its
+``Precise`` arithmetic that is not a plain decimal, a ticker whose open or close ccxt would
+derive from the change, an inverse market, fallback field names (``price``, ``bidPrice``, ...).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Final
 
+import orjson
+
+from flight_md.core import decode
+from flight_md.core.decode import DecoderContext, DecodeSink, FrameDecoder
 from flight_md.normalize import Channel
 from flight_md.venues.base import BOOK_METHODS, TRADES_METHODS, ChannelMethods, Venue
 
@@ -66,6 +79,187 @@ def _trade_backfill(options: Mapping[str, Any], first_id: int) -> dict[str, Any]
     return {"fetchTradesMethod": "publicGetTrades", "limit": 1000}
 
 
+# -- fast decoders ------------------------------------------------------------------------------
+
+_BOOK_TICKER_KEYS: Final = frozenset({"u", "s", "b", "B", "a", "A"})
+"""A spot bookTicker event (it has no ``e``; ccxt routes a frame with ``a`` and ``b`` to it)."""
+_BOOK_TICKER_OPTIONAL: Final = frozenset({"E", "T"})
+_TICKER_NUMBERS: Final = ("c", "o", "h", "l", "v", "q", "b", "B", "a", "A", "p", "P", "w", "x", "Q")
+_TICKER_FALLBACKS: Final = ("price", "bidPrice", "askPrice", "bidQty", "askQty", "time", "symbol",
+                            "id", "status", "error", "event", "data")
+_TRADE_FALLBACKS: Final = ("x", "isDustTrade", "price", "qty", "quantity", "time", "executionAt",
+                           "tradeId", "executionId", "isBuyerMaker", "symbol", "optionSide",
+                           "side", "isBuyer", "status", "error", "event", "data", "id")
+
+
+def _event(frame: str | bytes) -> dict[str, Any] | None:
+    """The event a raw or combined-stream frame carries, as ccxt's ``handle_message`` unwraps
+    it, or ``None`` for anything else (not JSON, not an object, another envelope)."""
+    try:
+        message = orjson.loads(frame)
+    except orjson.JSONDecodeError:
+        return None
+    if type(message) is not dict:
+        return None
+    if "stream" in message:
+        data = message.get("data")
+        if len(message) != 2 or type(message["stream"]) is not str or type(data) is not dict:
+            return None
+        message = data
+    return message
+
+
+class _Markets:
+    """What every Binance decoder needs of the loaded markets (ccxt's ``safe_market`` by the
+    connection's URL)."""
+
+    __slots__ = ("inverse", "raw_fields", "symbols")
+
+    def __init__(self, context: DecoderContext) -> None:
+        # ccxt's is_spot_url: a spot stream's host has /stream (a redirected URL has not).
+        url = context.url
+        kind = "spot" if "/stream" in url or "demo-stream" in url else "contract"
+        self.symbols = decode.symbols_by_id(context.markets_by_id, kind)
+        self.inverse = frozenset(
+            market_id for market_id, markets in context.markets_by_id.items()
+            if any(m.get("inverse") is True for m in markets))
+        self.raw_fields = context.raw_fields
+
+    def symbol(self, market_id: Any) -> str | None:
+        """The unified symbol of a frame's ``s``, ``None`` (decline) where ccxt would not name
+        it plainly."""
+        if type(market_id) is not str or not market_id or market_id in self.inverse:
+            return None
+        return self.symbols.get(market_id, market_id)
+
+
+def _clean(message: Mapping[str, Any], keys: tuple[str, ...]) -> bool:
+    """Whether every present field of ``keys`` is a plain decimal string."""
+    clean = decode.clean_decimal
+    for key in keys:
+        value = message.get(key)
+        if value is not None and (type(value) is not str or clean(value) is None):
+            return False
+    return True
+
+
+class _BookTickerDecoder:
+    """``<symbol>@bookTicker`` -> bidask rows (ccxt ``handle_bids_asks``)."""
+
+    __slots__ = ("_markets",)
+
+    def __init__(self, context: DecoderContext) -> None:
+        self._markets = _Markets(context)
+
+    def decode(self, frame: str | bytes, receive_ms: int, sink: DecodeSink) -> bool:
+        message = _event(frame)
+        if message is None or "e" in message:
+            return False
+        keys = message.keys()
+        if not _BOOK_TICKER_KEYS <= keys or not keys - _BOOK_TICKER_KEYS <= _BOOK_TICKER_OPTIONAL:
+            return False
+        symbol = self._markets.symbol(message["s"])
+        if symbol is None:
+            return False
+        # parse_ws_ticker: timestamp = safe_integer_2(E, time); safe_ticker: bid, ask.
+        stamp = message.get("E")
+        decode.bidask(sink, symbol, None if stamp is None else decode.ccxt_int(stamp),
+                      decode.ccxt_quote(message["b"]), decode.ccxt_quote(message["a"]), message,
+                      self._markets.raw_fields, receive_ms)
+        return True
+
+    def reset(self) -> None:
+        """Nothing is kept between frames."""
+
+
+class _TickerDecoder:
+    """``<symbol>@ticker`` (``24hrTicker``) -> ticker rows (ccxt ``handle_tickers``)."""
+
+    __slots__ = ("_markets",)
+
+    def __init__(self, context: DecoderContext) -> None:
+        self._markets = _Markets(context)
+
+    def decode(self, frame: str | bytes, receive_ms: int, sink: DecodeSink) -> bool:
+        message = _event(frame)
+        if message is None or message.get("e") != "24hrTicker":
+            return False
+        if any(key in message for key in _TICKER_FALLBACKS) or not _clean(message, _TICKER_NUMBERS):
+            return False
+        symbol = self._markets.symbol(message.get("s"))
+        if symbol is None:
+            return False
+        quote = decode.ccxt_quote
+        last, open_ = quote(message.get("c")), quote(message.get("o"))
+        if last is None or open_ is None:
+            return False  # safe_ticker derives the missing one from the change (Precise)
+        try:
+            stamp = decode.ccxt_int_n(message, ("C", "E", "time"))  # parse_ws_ticker
+        except decode.Decline:
+            return False
+        decode.ticker(sink, symbol, stamp, last=last, bid=quote(message.get("b")),
+                      ask=quote(message.get("a")), high=quote(message.get("h")),
+                      low=quote(message.get("l")), open_=open_,
+                      volume=decode.ccxt_number(message.get("v")), info=message,
+                      raw_fields=self._markets.raw_fields, receive_ms=receive_ms)
+        return True
+
+    def reset(self) -> None:
+        """Nothing is kept between frames."""
+
+
+class _TradeDecoder:
+    """``<symbol>@trade`` / ``@aggTrade`` -> trades (ccxt ``handle_trade``, ``parse_trade``)."""
+
+    __slots__ = ("_markets",)
+
+    def __init__(self, context: DecoderContext) -> None:
+        self._markets = _Markets(context)
+
+    def decode(self, frame: str | bytes, receive_ms: int, sink: DecodeSink) -> bool:
+        message = _event(frame)
+        if message is None:
+            return False
+        event = message.get("e")
+        if event != "trade" and event != "aggTrade":
+            return False
+        if any(key in message for key in _TRADE_FALLBACKS) or not _clean(message, ("p", "q")):
+            return False
+        price, amount = message.get("p"), message.get("q")
+        if price is None or amount is None:
+            return False  # safe_trade's cost: Precise of None
+        symbol = self._markets.symbol(message.get("s"))
+        if symbol is None:
+            return False
+        # parse_trade: id = safe_string_n(t, a, ...); timestamp = safe_integer_n(T, ...);
+        # side from m (isBuyerMaker) when it is a bool.
+        trade_id = decode.ccxt_string_n(message, ("t", "a", "tradeId", "id", "executionId"))
+        try:
+            stamp = decode.ccxt_int_n(message, ("T", "time", "executionAt"))
+        except decode.Decline:
+            return False
+        maker = message.get("m")
+        side = None if type(maker) is not bool else ("sell" if maker else "buy")
+        decode.trade(sink, symbol, stamp, trade_id, float(price), float(amount), side,
+                     receive_ms)
+        return True
+
+    def reset(self) -> None:
+        """Nothing is kept between frames."""
+
+
+def _book_ticker(context: DecoderContext) -> FrameDecoder:
+    return _BookTickerDecoder(context)
+
+
+def _ticker(context: DecoderContext) -> FrameDecoder:
+    return _TickerDecoder(context)
+
+
+def _trades(context: DecoderContext) -> FrameDecoder:
+    return _TradeDecoder(context)
+
+
 VENUE = Venue(
     id="binance",
     title="Binance spot",
@@ -97,6 +291,7 @@ VENUE = Venue(
         "lastPrice", "openPrice", "highPrice", "lowPrice", "volume", "quoteVolume",
         "bidPrice", "bidQty", "askPrice", "askQty", "prevClosePrice", "weightedAvgPrice",
     }),
+    decoders={Channel.BIDASK: _book_ticker, Channel.TICKER: _ticker, Channel.TRADES: _trades},
     dialect="flight_md.emulator.dialects.binance:BinanceDialect",
     demo_symbols=("BTC/USDT", "ETH/USDT", "SOL/USDT", "BNB/USDT", "XRP/USDT"),
     test_symbols=("BTC/USDT", "ETH/USDT"),

@@ -129,8 +129,9 @@ async def test_an_unsubscribed_symbols_trades_stop_the_others_go_on_and_resubscr
 @pytest.mark.asyncio
 async def test_a_burst_of_20000_trades_in_one_second_is_captured_whole_and_once() -> None:
     # ccxt keeps 1,000 trades per symbol (tradesLimit): a watch_trades loop would see a fraction.
+    # The tap's path (decoder="ccxt"): the fast decoder's ccxt keeps none (test_decode.py).
     async with Emulator("binance", ["BTC/USDT"], rate=0) as emu:
-        stream = await trades_stream(emu, ["BTC/USDT"])
+        stream = await trades_stream(emu, ["BTC/USDT"], decoder="ccxt")
         try:
             await subscribed(emu, 1)
             emu.burst("trade", "BTC/USDT", 20_000)

@@ -1,0 +1,332 @@
+"""The differential test of a venue's fast decoders (:mod:`flight_md.core.decode`) against ccxt.
+
+:func:`assert_decoder_matches_ccxt` feeds the same frames, one by one, to two real streams of
+one venue and channel (``MarketDataStream``'s channel engine, never connected): one with
+``decoder="ccxt"``, one with ``decoder="fast"``. Each frame goes in as aiohttp hands it to a
+ccxt client (a ``TEXT`` ``WSMessage`` to the client's ``handle_message``, which is the
+product's :class:`~flight_md.ingest.ccxt_compat.FrameGuard`): on the ccxt side ccxt parses it
+and the stream's cache tap stores what ccxt stored; on the fast side the frame guard offers it
+to the decoder first. Both streams have the same markets loaded (from the emulator, real
+ccxt ``load_markets``), the same subscribed symbols (one listed symbol left out, to check that
+neither side stores it) and one fixed receive clock. After every frame the harness asserts
+that both stored the same updates in the same order (the updates every callback receives,
+NaN-equal: ``None`` in both), the same drop reasons and counts, the same per-symbol counters;
+at the end, the same rows in their buffers. A second decoder of the same venue, fed the same
+frames into a recording sink, checks that a frame it declines delivers nothing.
+
+Registering a venue's decoders is enough to run it (``/tmp/flags/decoder-framework.md``)::
+
+    @pytest.mark.parametrize("case", recording_cases("okx"), ids=str)
+    async def test_okx(case, monkeypatch): await assert_decoder_matches_ccxt(case, monkeypatch)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import gzip
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+import aiohttp
+import pytest
+from aiohttp import WSMessage, WSMsgType
+
+from flight_md.core.decode import DecoderContext
+from flight_md.emulator import Emulator, default_recording
+from flight_md.errors import NotFound
+from flight_md.ingest import ccxt_compat, session
+from flight_md.ingest.stream import _ChannelStream
+from flight_md.normalize import Channel, DropReason, TradeFields
+from flight_md.venues import venue
+
+__all__ = ["FIXED_MS", "Case", "Outcome", "RecordingSink", "assert_decoder_matches_ccxt",
+           "emulator_frames", "load_markets", "mutations", "recording_cases"]
+
+FIXED_MS: Final = 1_900_000_000_000
+"""The one receive time of every frame (2030: after every recorded and synthetic timestamp,
+within a day of none of them but the synthetic ones, which the emulator stamps now)."""
+_DEAD_URL: Final = "http://127.0.0.1:9"
+"""Where the streams' ccxt points (nothing connects: frames are handed in)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Case:
+    """Frames of one venue's channel, as they arrive on one websocket path.
+
+    Attributes:
+        venue: The venue id.
+        channel: The stream's channel.
+        path: The websocket URL path they arrive on (Bybit: ``/v5/public/linear``).
+        frames: The frames' text, in order.
+        symbols: Symbols the streams subscribe.
+        label: What the frames are (the test id).
+        replay: Markets from the venue's recording (else the synthetic emulator's).
+    """
+
+    venue: str
+    channel: Channel
+    path: str
+    frames: tuple[str, ...]
+    symbols: tuple[str, ...]
+    label: str
+    replay: bool = True
+
+    def __str__(self) -> str:
+        return f"{self.venue}-{self.channel}-{self.label}"
+
+
+@dataclass(slots=True)
+class Outcome:
+    """What the harness saw: frames the decoder claimed and declined, updates stored."""
+
+    claimed: int = 0
+    declined: int = 0
+    stored: int = 0
+    drops: dict[str, int] = field(default_factory=dict)
+
+
+class RecordingSink:
+    """A :class:`~flight_md.core.decode.DecodeSink` that keeps what it is given."""
+
+    def __init__(self) -> None:
+        self.out: list[tuple[Any, ...]] = []
+
+    def tick(self, symbol: str, row: Sequence[float], stamped: bool) -> None:
+        self.out.append(("tick", symbol, tuple(row), stamped))
+
+    def trade(self, fields: TradeFields, stamped: bool = True, span: int = 1) -> None:
+        self.out.append(("trade", fields, stamped, span))
+
+    def drop(self, symbol: str | None, reason: DropReason) -> None:
+        self.out.append(("drop", symbol, reason))
+
+
+# -- inputs -----------------------------------------------------------------------------------------
+
+_MARKETS: dict[tuple[str, bool], list[dict[str, Any]]] = {}
+
+
+async def load_markets(venue_id: str, replay: bool) -> list[dict[str, Any]]:
+    """ccxt's markets of the venue, loaded by a real ccxt from the emulator (the recording's
+    when ``replay``, else the synthetic test symbols'); loaded once per run."""
+    key = (venue_id, replay)
+    if key not in _MARKETS:
+        item = venue(venue_id)
+        options: dict[str, Any] = {"replay": default_recording(venue_id), "speed": 0} if replay \
+            else {"symbols": item.test_symbols}
+        async with Emulator(venue_id, **options) as emulator:
+            stream = _ChannelStream(venue_id, url=emulator.url, mode="websocket")
+            try:
+                await stream.exchange.load_markets()
+                _MARKETS[key] = list(stream.exchange.markets.values())
+            finally:
+                await stream.exchange.close()
+    return _MARKETS[key]
+
+
+def recorded(venue_id: str) -> list[tuple[str, str]]:
+    """``(websocket path, frame)`` of every frame the venue's recording received, read from
+    the file."""
+    path = default_recording(venue_id)
+    if not Path(path).is_file():
+        pytest.fail(f"recording of {venue_id!r} missing: expected {path}", pytrace=False)
+    frames: list[tuple[str, str]] = []
+    paths: dict[str, str] = {}
+    with gzip.open(path, "rt", encoding="utf-8") as lines:
+        for line in lines:
+            record = json.loads(line)
+            if record["t"] == "connect":
+                address = record["addr"].split("://", 1)[1]
+                paths[record["conn"]] = "/" + address.split("/", 1)[1].split("?")[0]
+            elif record["t"] == "recv":
+                frames.append((paths.get(record["conn"], ""), record["data"]))
+    return frames
+
+
+def recording_cases(venue_id: str, symbols: Sequence[str], *,
+                    ws_path: dict[str, str] | None = None,
+                    unwrap: bool = False) -> list[Case]:
+    """One case per registered decoder channel and websocket path: every frame of the venue's
+    recording on that path (every channel's: a decoder must decline the others). ``ws_path``
+    maps a recorded path to the one ccxt's client would have (Binance's combined
+    ``/stream`` is ccxt's ``/ws/<n>``); ``unwrap`` adds a case of combined-stream frames
+    unwrapped to their ``data``, as a raw ``/ws`` connection receives them."""
+    by_path: dict[str, list[str]] = {}
+    for path, text in recorded(venue_id):
+        by_path.setdefault((ws_path or {}).get(path, path), []).append(text)
+    cases = []
+    for channel in venue(venue_id).decoders:
+        for path, frames in by_path.items():
+            cases.append(Case(venue_id, channel, path, tuple(frames), tuple(symbols),
+                              f"recording{path.replace('/', '_')}"))
+            if unwrap:
+                inner = tuple(_unwrapped(text) for text in frames)
+                cases.append(Case(venue_id, channel, path, inner, tuple(symbols),
+                                  f"recording-unwrapped{path.replace('/', '_')}"))
+    return cases
+
+
+def _unwrapped(text: str) -> str:
+    if text.startswith('{"stream":') and '"data":' in text:
+        return text[text.index('"data":') + len('"data":'):-1]
+    return text
+
+
+async def emulator_frames(venue_id: str, path: str, subscribe: str, count: int,
+                          rate: float = 2_000.0) -> list[str]:
+    """``count`` frames the synthetic emulator sends a raw websocket client after
+    ``subscribe`` (the subscribe request's text), acknowledgements included."""
+    item = venue(venue_id)
+    async with Emulator(venue_id, symbols=item.test_symbols, rate=rate, seed=7) as emulator, \
+            aiohttp.ClientSession() as http, \
+            http.ws_connect(emulator.url.replace("http://", "ws://") + path) as ws:
+        await ws.send_str(subscribe)
+        frames: list[str] = []
+        async with asyncio.timeout(20):
+            while len(frames) < count:
+                message = await ws.receive()
+                if message.type is WSMsgType.TEXT:
+                    frames.append(message.data)
+    return frames
+
+
+_BAD_VALUES: Final[tuple[Any, ...]] = ("abc", "", None, "0", "-1", "nan", "inf", "1e5", " 7",
+                                        5, 2.5, 0, True, [], {})
+
+
+def mutations(template: dict[str, Any], fields: Sequence[str], *,
+              wrap: str | None = None) -> list[str]:
+    """Faulty variants of one frame: each of ``fields`` missing or set to each of a catalogue
+    of bad values (non-numeric, empty, null, zero, negative, NaN, infinite, exponent, padded,
+    numbers, a bool, structures), plus invalid and truncated JSON and other shapes (``wrap``:
+    the key of the dict, under the frame, that holds the fields, e.g. Bybit's ``data``)."""
+    frames: list[str] = []
+
+    def emit(changed: dict[str, Any]) -> None:
+        frames.append(json.dumps(changed))
+
+    def target(frame: dict[str, Any]) -> dict[str, Any]:
+        found: dict[str, Any] = frame[wrap] if wrap else frame
+        return found
+
+    for name in fields:
+        frame = json.loads(json.dumps(template))
+        target(frame).pop(name, None)
+        emit(frame)
+        for value in _BAD_VALUES:
+            frame = json.loads(json.dumps(template))
+            target(frame)[name] = value
+            emit(frame)
+    text = json.dumps(template)
+    frames += [text[: len(text) // 2], "{", "not json", "[]", "null", "{}", '"text"', text + " "]
+    frame = json.loads(text)
+    target(frame)["unexpected"] = 1
+    emit(frame)
+    return frames
+
+
+# -- the comparison ----------------------------------------------------------------------------------
+
+
+def _same(left: Any, right: Any) -> bool:
+    """Equal, NaN equal to NaN (inside tuples too)."""
+    if isinstance(left, float) and isinstance(right, float):
+        return left == right or (math.isnan(left) and math.isnan(right))
+    if isinstance(left, tuple) and isinstance(right, tuple):
+        return len(left) == len(right) and all(map(_same, left, right))
+    return bool(left == right)
+
+
+def _stream(case: Case, decoder: str) -> _ChannelStream:
+    return _ChannelStream(case.venue, url=_DEAD_URL, channel=case.channel, mode="websocket",
+                          decoder=decoder)
+
+
+def _ws_url(path: str) -> str:
+    return _DEAD_URL.replace("http://", "ws://") + path
+
+
+def _rows(stream: _ChannelStream, symbol: str) -> list[tuple[Any, ...]]:
+    try:
+        table = stream.buffer.get_latest_sync(symbol, 1_000_000, exchange=stream.exchange_id)
+    except NotFound:
+        return []
+    columns = [c for c in table.column_names if c != "receive_timestamp"]
+    return [tuple(row[c] for c in columns) for row in table.select(columns).to_pylist()]
+
+
+async def assert_decoder_matches_ccxt(case: Case, monkeypatch: pytest.MonkeyPatch) -> Outcome:
+    """Run ``case`` through ccxt's path and the fast decoder's; assert they store the same
+    (see the module docstring). Returns what happened, for the caller's own checks."""
+    markets = await load_markets(case.venue, case.replay)
+    # One receive clock for both paths: the tap's (session.now_ms) and the frame guard's.
+    monkeypatch.setattr(session, "now_ms", lambda: FIXED_MS)
+    monkeypatch.setattr(ccxt_compat, "now_ms", lambda: FIXED_MS)
+    slow, fast = _stream(case, "ccxt"), _stream(case, "fast")
+    assert fast.decoder.value == "fast" and slow.decoder.value == "ccxt"
+    seen: dict[str, list[Any]] = {"slow": [], "fast": []}
+    for name, stream in (("slow", slow), ("fast", fast)):
+        stream.exchange.set_markets(markets)
+        stream._subs.add(case.symbols)
+        stream._websocket.ensure_tap()  # type: ignore[union-attr]
+        stream.add_callback(seen[name].append)
+    url = _ws_url(case.path)
+    clients = [slow.exchange.client(url), fast.exchange.client(url)]
+    probe = venue(case.venue).decoders[case.channel](DecoderContext(
+        url=url, markets_by_id=fast.exchange.markets_by_id, options=fast.exchange.options,
+        raw_fields=fast.venue.raw_numeric_fields))
+    assert probe is not None
+    outcome = Outcome()
+    try:
+        for number, frame in enumerate(case.frames):
+            sink = RecordingSink()
+            claimed = probe.decode(frame, FIXED_MS, sink)
+            if claimed:
+                outcome.claimed += 1
+            else:
+                outcome.declined += 1
+                assert sink.out == [], f"frame {number} declined but delivered {sink.out}: {frame}"
+            before = len(seen["slow"]), len(seen["fast"])
+            for client in clients:
+                client.last_message_at = None
+                client.handle_message(WSMessage(WSMsgType.TEXT, frame, None))
+            assert clients[1].last_message_at is not None  # claimed or not, the guard notes it
+            new_slow, new_fast = seen["slow"][before[0]:], seen["fast"][before[1]:]
+            assert len(new_slow) == len(new_fast) and all(
+                _same(_fields(a), _fields(b)) for a, b in zip(new_slow, new_fast, strict=True)), (
+                f"frame {number} ({'claimed' if claimed else 'declined'}): ccxt stored "
+                f"{new_slow}, the decoder {new_fast}: {frame}")
+            assert dict(slow._fanout.bad_frames) == dict(fast._fanout.bad_frames), (
+                f"frame {number}: drops differ: ccxt {dict(slow._fanout.bad_frames)}, "
+                f"decoder {dict(fast._fanout.bad_frames)}: {frame}")
+        listed = {m["symbol"] for m in markets}
+        for symbol in sorted(listed | set(case.symbols)):
+            left, right = slow._subs.states.get(symbol), fast._subs.states.get(symbol)
+            assert (left is None) == (right is None), symbol
+            if left is not None and right is not None:
+                assert (left.received, left.dropped, left.last_ms) == \
+                    (right.received, right.dropped, right.last_ms), symbol
+        for symbol in case.symbols:
+            rows_slow, rows_fast = _rows(slow, symbol), _rows(fast, symbol)
+            assert len(rows_slow) == len(rows_fast) and all(
+                _same(a, b) for a, b in zip(rows_slow, rows_fast, strict=True)), symbol
+        outcome.stored = len(seen["slow"])
+        outcome.drops = {str(k): v for k, v in slow._fanout.bad_frames.items()}
+        if isinstance(slow._fanout, type(fast._fanout)) and hasattr(slow._fanout, "counters"):
+            assert slow._fanout.counters == fast._fanout.counters  # type: ignore[attr-defined]
+    finally:
+        for stream in (slow, fast):
+            for future in list(stream._background):
+                future.cancel()
+            await asyncio.gather(*stream._background, return_exceptions=True)
+            await stream.exchange.close()
+    return outcome
+
+
+def _fields(update: Any) -> tuple[Any, ...]:
+    return tuple(getattr(update, item.name) for item in dataclasses.fields(update))
