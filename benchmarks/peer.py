@@ -40,7 +40,7 @@ starts from the previous repetition's bracket (the lossless rate and the lowest 
 not keep up) and searches on from there. The figure is the median over repetitions of each
 design's lossless rate; the ratio is flight_md / cryptofeed.
 
-Run as a child: ``python -m benchmarks.peer cryptofeed --url URL --symbols N --channel C``.
+Run as a child: ``python -m benchmarks.peer cryptofeed --url URL --names A/B,C/D --channel C``.
 """
 
 from __future__ import annotations
@@ -57,20 +57,21 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from importlib import metadata
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import urlsplit
 
 import psutil
 
-from benchmarks import ticks
-from benchmarks.channels import ChannelSizes
-from benchmarks.channels import _trade_run as flight_md_trades_run  # private: one trades run, reused
-from benchmarks.exchange import exchange
-from benchmarks.ingest import TOLERANCE, Run, lossless_rate, next_rate, slope
-from benchmarks.ingest import _one as flight_md_bidask_run  # private: one bid/ask run, reused
 from benchmarks.process import Child, serve, wait_until
 from benchmarks.report import Goal, Section, Table, median, ratio, show
 from benchmarks.settings import Settings
+
+# The cryptofeed child runs this module: what only the parent uses (benchmarks.ingest,
+# channels, exchange and ticks, which import flight_md, pandas and pyarrow) is imported in the
+# parent's functions, so that the child starts in a fraction of the time.
+if TYPE_CHECKING:
+    from benchmarks.channels import ChannelSizes
+    from benchmarks.ingest import Run
 
 __all__ = ["GOAL_RATIO", "PEER", "STRETCH_RATIO", "Design", "PeerChannel", "Probe", "available",
            "measure", "measure_one"]
@@ -173,7 +174,7 @@ def _peer_child(args: argparse.Namespace) -> None:
     from cryptofeed.defines import TICKER, TRADES
 
     channel = PeerChannel(args.channel)
-    names = ticks.venue_symbols("binance", args.symbols)
+    names = args.names.split(",")
     errors = _Errors()
     logging.getLogger("feedhandler").addHandler(errors)
     counts: dict[str, int] = {}
@@ -212,9 +213,9 @@ def _peer_child(args: argparse.Namespace) -> None:
     handler.run()
 
 
-def _peer(url: str, symbols: int, channel: PeerChannel) -> Child:
-    return Child("benchmarks.peer", "cryptofeed", "--url", url, "--symbols", str(symbols),
-                 "--channel", str(channel), name=f"cryptofeed-{channel}-{symbols}")
+def _peer(url: str, names: Sequence[str], channel: PeerChannel) -> Child:
+    return Child("benchmarks.peer", "cryptofeed", "--url", url, "--names", ",".join(names),
+                 "--channel", str(channel), name=f"cryptofeed-{channel}-{len(names)}")
 
 
 # -- one run of either design ------------------------------------------------------------------
@@ -250,9 +251,13 @@ def _cryptofeed_run(channel: PeerChannel, rate: int, symbols: int, settings: Set
                     ) -> tuple[Run, list[str]]:
     """One cryptofeed run: its figures as an ingest :class:`~benchmarks.ingest.Run` (the same
     window and counters as ingest's runs) and, for trades, why capture was not complete."""
+    from benchmarks import ticks
+    from benchmarks.exchange import exchange
+    from benchmarks.ingest import Run, slope
+
     names = ticks.venue_symbols("binance", symbols)
     with exchange(symbols=symbols, rate=rate) as emulator, \
-            _peer(emulator.hello["url"], symbols, channel) as consumer:
+            _peer(emulator.hello["url"], names, channel) as consumer:
         def counted() -> dict[str, Any]:
             reply = consumer.call("count")
             if reply["error"] and not reply["total"]:
@@ -310,6 +315,11 @@ def _window(settings: Settings) -> Settings:
 def measure_one(design: Design, channel: PeerChannel, rate: int, symbols: int,
                 settings: Settings, repetition: int = 1) -> Probe:
     """One run of ``design`` on ``channel`` at ``rate`` msg/s over ``symbols`` symbols."""
+    # Private functions, reused rather than copied: ingest's one bid/ask run and the trades
+    # section's one trades run of flight_md (the same emulator, window and rule).
+    from benchmarks.channels import _trade_run as flight_md_trades_run
+    from benchmarks.ingest import _one as flight_md_bidask_run
+
     if design is Design.CRYPTOFEED:
         run, capture = _cryptofeed_run(channel, rate, symbols, settings)
         return Probe(design, channel, symbols, rate, repetition, run.delivered_per_s,
@@ -328,6 +338,8 @@ def measure_one(design: Design, channel: PeerChannel, rate: int, symbols: int,
 
 def _trade_sizes(symbols: int) -> ChannelSizes:
     """The trades run's sizes: only ``symbols`` is read by a run; the rest are unused here."""
+    from benchmarks.channels import ChannelSizes
+
     return ChannelSizes(symbols=symbols, rates=(), search_steps=0, max_rate=0,
                         ceiling_frames=0, ceiling_repetitions=0, memory_trades=0,
                         memory_books=0, memory_naive_rows=0, bars_trades=0, fresh_symbols=0,
@@ -340,6 +352,8 @@ def _trade_sizes(symbols: int) -> ChannelSizes:
 def _bracket(kept_up: Mapping[int, bool]) -> list[int]:
     """The lossless rate and the lowest rate above it that did not keep up (what a later
     repetition starts from)."""
+    from benchmarks.ingest import lossless_rate
+
     lo = lossless_rate(kept_up)
     above = [r for r, ok in kept_up.items() if not ok and (lo is None or r > lo)]
     return [r for r in (lo, min(above) if above else None) if r is not None]
@@ -350,6 +364,8 @@ def _search(design: Design, channel: PeerChannel, symbols: int, settings: Settin
             log: Callable[[str], None]) -> dict[int, bool]:
     """Probe ``start``, then :func:`~benchmarks.ingest.next_rate` on, within the section's
     budget of runs; every run is appended to ``probes``."""
+    from benchmarks.ingest import next_rate
+
     kept_up: dict[int, bool] = {}
     pending = list(start)
     while len(kept_up) < settings.peer_max_runs:
@@ -380,6 +396,8 @@ class _Config:
 
 def _measure_config(channel: PeerChannel, symbols: int, settings: Settings,
                     probes: list[Probe], log: Callable[[str], None]) -> _Config:
+    from benchmarks.ingest import lossless_rate
+
     lossless: dict[Design, list[float]] = {d: [] for d in Design}
     lowest_failed: dict[Design, list[int | None]] = {d: [] for d in Design}
     start: dict[Design, list[int]] = {d: list(settings.peer_rates) for d in Design}
@@ -423,6 +441,8 @@ def _not_measured(section: Section, settings: Settings, why: str) -> Section:
 
 def measure(settings: Settings, log: Callable[[str], None] | None = None) -> Section:
     """flight_md's lossless ingest rate beside cryptofeed's, per channel and symbol count."""
+    from benchmarks.ingest import TOLERANCE
+
     say = log or (lambda line: print(line, flush=True))
     section = Section(
         "peer", f"Side by side with {PEER}: lossless ingest",
@@ -502,7 +522,7 @@ def _main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.peer")
     parser.add_argument("role", choices=("cryptofeed",))
     parser.add_argument("--url", required=True)
-    parser.add_argument("--symbols", type=int, default=20)
+    parser.add_argument("--names", required=True, help="unified symbols, comma-separated")
     parser.add_argument("--channel", default="bidask", choices=[str(c) for c in PeerChannel])
     parser.add_argument("--max-seconds", type=float, default=900)
     args = parser.parse_args(argv)
