@@ -62,7 +62,7 @@ from types import TracebackType
 from typing import Any, Final, Self
 
 from flight_md import errors
-from flight_md.buffer import MarketDataBuffer
+from flight_md.buffer import MarketDataBuffer, Store
 from flight_md.control import ClockSkew, ExchangeStatus, IngestionStatus, MarketInfo
 from flight_md.errors import FlightMdError, InvalidArgument, Unavailable, UnknownExchange
 from flight_md.events import EventLog
@@ -205,16 +205,26 @@ class IngestionWorkers:
         name: The children's process name (``-<index>`` is appended).
         on_fatal: As for :class:`IngestionProcess` (called by the worker that found the bad
             symbol, once).
+        store: Every channel's buffers, shared by the workers (as for
+            :class:`IngestionProcess`).
     """
 
     def __init__(self, count: int, buffer: MarketDataBuffer | None = None,
                  events: EventLog | None = None, *, name: str = "flight-md-ingest",
-                 on_fatal: Callable[[str, errors.InvalidArgument], None] | None = None) -> None:
+                 on_fatal: Callable[[str, errors.InvalidArgument], None] | None = None,
+                 store: Store | None = None) -> None:
         self.shards = Shards(count)
+        if store is not None and buffer is None:
+            buffer = store.buffer("ticker")
         self.buffer = buffer if buffer is not None else MarketDataBuffer()
+        self.store = store
+        """Every channel's buffers, when given (else the buffer's channel only)."""
         self.events = events if events is not None else EventLog()
+        # ``store`` only when given: the workers' hand-off of every channel (issue 15) takes it.
+        options: dict[str, Any] = {"store": store} if store is not None else {}
         self.workers: tuple[IngestionProcess, ...] = tuple(
-            IngestionProcess(self.buffer, self.events, name=f"{name}-{index}", on_fatal=on_fatal)
+            IngestionProcess(self.buffer, self.events, name=f"{name}-{index}",
+                             on_fatal=on_fatal, **options)
             for index in range(count))
         """The workers, by index."""
         self._streams: list[_Stream] = []

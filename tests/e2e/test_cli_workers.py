@@ -1,0 +1,79 @@
+"""``flight-md serve --ingest-workers N``: ingestion sharded over N processes, from the command line.
+
+A real ``flight-md serve`` process with two ingestion workers streams through real ccxt.pro
+from a real ``flight-md emulator`` process and serves every symbol over Flight; a bad ``N``,
+on the command line or in the config file, is refused in one line before anything starts (run
+in forks of one pre-imported interpreter, as test_cli_config.py runs its error table).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from pyarrow import flight
+
+from tests.e2e.test_cli_config import ForkRunner, assert_one_line_error, ingestion_children
+from tests.support import MS, EmulatorProcess, ServerProcess, until
+
+pytestmark = pytest.mark.timeout(120 * MS)
+
+SYMBOLS = ("BTC/USDT", "ETH/USDT", "SOL/USDT", "BNB/USDT")
+
+
+@pytest.fixture(scope="module")
+def emulator() -> Iterator[EmulatorProcess]:
+    with EmulatorProcess("--exchange", "binance", "--symbols", ",".join(SYMBOLS),
+                         "--rate", "200") as process:
+        yield process
+
+
+@pytest.fixture(scope="module")
+def forks() -> Iterator[ForkRunner]:
+    runner = ForkRunner()
+    try:
+        yield runner
+    finally:
+        runner.close()
+
+
+def _rows(client: flight.FlightClient, symbol: str) -> int:
+    try:
+        return client.do_get(flight.Ticket(f"{symbol}?latest=5".encode())).read_all().num_rows
+    except flight.FlightError:  # no tick of it stored yet
+        return 0
+
+
+def test_two_workers_serve_every_symbol(emulator: EmulatorProcess) -> None:
+    with ServerProcess("--exchange", "binance", "--symbols", ",".join(SYMBOLS),
+                       "--exchange-url", emulator.url, "--mode", "websocket",
+                       "--reconnect-delay", "0.2", "--max-reconnect-delay", "1",
+                       "--ingest-workers", "2", "--memory-only") as server:
+        assert len(ingestion_children(server.pid)) == 2, server.output
+        client = flight.connect(server.location)
+        # A loaded machine may time out a worker's first markets load: it retries quickly.
+        until(lambda: all(_rows(client, s) == 5 for s in SYMBOLS), 60 * MS,
+              "ticks of every symbol over Flight")
+        status = json.loads(next(client.do_action(flight.Action("status", b""))).body
+                            .to_pybytes())
+        assert status["exchanges"]["binance"]["state"] == "connected"
+        assert sorted(status["exchanges"]["binance"]["symbols"]) == sorted(SYMBOLS)
+        named = [entry["symbol"] for entry in status["symbols"]]
+        assert sorted(named) == sorted(SYMBOLS)  # each once, though two processes stream them
+        client.close()
+
+
+@pytest.mark.parametrize("args, needle", [
+    (("--ingest-workers", "0"), "argument --ingest-workers: must be an integer >= 1, got '0'"),
+    (("--ingest-workers", "two"), "argument --ingest-workers: must be an integer >= 1, got 'two'"),
+    (("--no-ingest-process", "--ingest-workers", "2"),
+     "--ingest-workers runs ingestion in worker processes; drop --no-ingest-process"),
+    (("--config", "server.toml"),
+     "ingest_workers must be an integer >= 1 (ingestion worker processes), got 0"),
+], ids=["zero", "not a number", "with --no-ingest-process", "config file"])
+def test_a_bad_number_of_workers_is_one_line(forks: ForkRunner, tmp_path: Path,
+                                             args: tuple[str, ...], needle: str) -> None:
+    (tmp_path / "server.toml").write_text("[server]\ningest_workers = 0\n", encoding="utf-8")
+    assert_one_line_error(forks.run("serve", "--port", "0", *args, cwd=tmp_path), [needle])
