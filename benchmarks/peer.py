@@ -375,12 +375,13 @@ def _search(design: Design, channel: PeerChannel, symbols: int, settings: Settin
             break
         if rate in kept_up:
             continue
+        began = time.perf_counter()
         probe = measure_one(design, channel, rate, symbols, settings, repetition)
         probes.append(probe)
         kept_up[rate] = probe.kept_up
         log(f"peer: {design} {channel} x{symbols} at {rate:,}/s: "
             f"{'kept up' if probe.kept_up else '; '.join(probe.failures)} "
-            f"(repetition {repetition})")
+            f"(repetition {repetition}, {time.perf_counter() - began:.0f} s)")
     return kept_up
 
 

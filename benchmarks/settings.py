@@ -230,13 +230,13 @@ FULL = Settings(
     persist_seal_run=True,
     peer_channels=("bidask", "trades"),
     peer_symbols=(20, 200),
-    peer_rates=(10_000,),
+    peer_rates=(20_000,),
     peer_repetitions=2,
     peer_seconds=2.0,
     peer_warmup=0.5,
     peer_resolution=0.25,
-    peer_max_rate=80_000,
-    peer_max_runs=6,
+    peer_max_rate=64_000,
+    peer_max_runs=5,
 )
 
 SMOKE = Settings(
