@@ -362,13 +362,14 @@ def _bracket(kept_up: Mapping[int, bool]) -> list[int]:
 def _search(design: Design, channel: PeerChannel, symbols: int, settings: Settings,
             start: Sequence[int], repetition: int, probes: list[Probe],
             log: Callable[[str], None]) -> dict[int, bool]:
-    """Probe ``start``, then :func:`~benchmarks.ingest.next_rate` on, within the section's
-    budget of runs; every run is appended to ``probes``."""
+    """Probe ``start``, then :func:`~benchmarks.ingest.next_rate` on, within the budget of
+    runs of a first or a later repetition; every run is appended to ``probes``."""
     from benchmarks.ingest import next_rate
 
     kept_up: dict[int, bool] = {}
     pending = list(start)
-    while len(kept_up) < settings.peer_max_runs:
+    budget = settings.peer_max_runs if repetition == 1 else settings.peer_repeat_runs
+    while len(kept_up) < budget:
         rate = pending.pop(0) if pending else next_rate(
             kept_up, max_rate=settings.peer_max_rate, resolution=settings.peer_resolution)
         if rate is None:
@@ -465,9 +466,12 @@ flowing, {settings.peer_warmup:g} s warm-up, a {settings.peer_seconds:g} s windo
 repetitions; in each, one search per design, alternating which goes first (start
 {', '.join(f'{r:,}' for r in settings.peer_rates)} msg/s, doubling, then geometric bisection to
 {settings.peer_resolution:.0%}, at most {settings.peer_max_runs} runs, cap
-{settings.peer_max_rate:,} msg/s); a later repetition starts from the previous one's bracket.
-The figure is each design's median lossless rate; the ratio flight_md / {PEER}; the goal
->= {GOAL_RATIO:g}x (stretch {STRETCH_RATIO:g}x).
+{settings.peer_max_rate:,} msg/s); a later repetition re-probes the previous one's bracket
+(its lossless rate and the lowest rate that failed) and searches on from there, at most
+{settings.peer_repeat_runs} runs. The figure is each design's median lossless rate; the ratio
+flight_md / {PEER}; the goal >= {GOAL_RATIO:g}x (stretch {STRETCH_RATIO:g}x). A run in which the
+emulator did not deliver the target rate (it shares the cores) did not keep up, whichever
+consumer was reading: on a loaded machine that bounds both designs alike.
 """)
     if not available():
         return _not_measured(section, settings,

@@ -91,7 +91,9 @@ class Settings:
         peer_resolution: A search stops when the lowest failed rate is within this fraction
             above the lossless rate.
         peer_max_rate: Highest rate a search probes.
-        peer_max_runs: Runs one search may make.
+        peer_max_runs: Runs the first repetition's search may make.
+        peer_repeat_runs: Runs a later repetition's search may make (it starts from the
+            previous bracket: two runs re-probe it).
     """
 
     smoke: bool
@@ -164,6 +166,7 @@ class Settings:
     peer_resolution: float
     peer_max_rate: int
     peer_max_runs: int
+    peer_repeat_runs: int
 
 
 FULL = Settings(
@@ -237,6 +240,7 @@ FULL = Settings(
     peer_resolution=0.25,
     peer_max_rate=64_000,
     peer_max_runs=5,
+    peer_repeat_runs=3,
 )
 
 SMOKE = Settings(
@@ -310,4 +314,5 @@ SMOKE = Settings(
     peer_resolution=0.25,
     peer_max_rate=1_000,
     peer_max_runs=1,
+    peer_repeat_runs=1,
 )
