@@ -42,10 +42,15 @@ takes about 10 s.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Final
 
-from flight_md.normalize import Channel
+import orjson
+
+from flight_md.core.ccxt_parse import parse8601, precise_add, precise_div, safe_string
+from flight_md.core.decode import DecoderContext, DecodeSink, FrameDecoder, symbols_by_id
+from flight_md.normalize import Channel, DropReason, to_row, to_trade
 from flight_md.venues.base import BOOKS_CACHE, TRADES_CACHE, ChannelMethods, Venue
 
 # Both channels are the per-symbol ticker: see the module docstring.
@@ -65,6 +70,244 @@ def _alias_of(market: Mapping[str, Any]) -> str | None:
     info = market.get("info")
     alias = info.get("alias") if isinstance(info, Mapping) else None
     return alias if isinstance(alias, str) and alias else None
+
+
+
+# -- fast decoders (flight_md.core.decode) ----------------------------------------------------
+#
+# What ccxt 4.5.90 does with each frame, which the decoders reproduce:
+#
+# * ``handle_message`` raises on a top-level ``"type": "error"`` and routes by ``channel``. A
+#   decoder claims frames of its channels without a top-level ``type``.
+# * ``ticker`` / ``ticker_batch`` (``handle_tickers``): the frame's ``timestamp`` (ISO 8601,
+#   nanoseconds) through ``parse8601`` stamps every ticker in it. Each dict of each event's
+#   ``tickers`` with a ``product_id`` is ``parse_ws_ticker``: symbol ``safe_symbol(id, None,
+#   "-")``, last/close ``price``, bid/ask ``best_bid``/``best_ask``, high/low ``*_24_h``,
+#   ``baseVolume`` ``volume_24_h``, all zero-omitted but the volume, and **no open**:
+#   ``safe_ticker`` derives it from the close and ``price_percent_chg_24_h`` with ``Precise``
+#   (``close / (1 + pct / 100)``, 18 decimals, truncated), which raises on text that is not a
+#   number (such a frame is declined). ccxt stores each under its symbol, in order.
+# * ``market_trades`` (``handle_trade``): the cache key is ``safe_symbol`` of the first event's
+#   first trade; each event's trades are appended newest-first reversed (oldest first), each
+#   ``parse_trade``: id ``trade_id``, price ``price``, amount ``size`` (``Precise`` multiplies
+#   them), ``parse8601(time)``, side ``side`` lowercased (``unknown_order_side``: none). The
+#   side is the maker's: the decoder delivers it as ccxt does and the trade path turns it round
+#   (``maker_side_trades``).
+#
+# A product ccxt's markets do not know, a frame mixing products, a trade of another shape
+# (``parse_trade`` also reads REST and private fields) and anything else these rules do not
+# cover are declined: ccxt handles the frame as if there were no decoder.
+
+_TICKER_CHANNELS: Final = frozenset({"ticker", "ticker_batch"})
+_TRADE_KEYS: Final = frozenset({"trade_id", "product_id", "price", "size", "side", "time"})
+
+
+class _Decline(Exception):
+    """Internal: the frame goes to ccxt (nothing was delivered)."""
+
+
+def _strict(value: Any) -> str | None:
+    """A value ccxt passes through ``Precise``: its text, ``None`` when absent; text that is
+    not a finite number declines the frame (``Precise`` would raise)."""
+    text = safe_string(value)
+    if text is not None:
+        try:
+            if not math.isfinite(float(text)):
+                raise _Decline
+        except ValueError:
+            raise _Decline from None
+    return text
+
+
+def _number(text: str | None) -> float | None:
+    """ccxt's ``parse_number``."""
+    if text is None:
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        return None
+
+
+def _quote(value: Any) -> float | None:
+    """ccxt's ``parse_number(omit_zero(safe_string(value)))``."""
+    number = _number(safe_string(value))
+    return None if number == 0.0 else number
+
+
+def _loads(frame: str | bytes, channels: frozenset[str]) -> dict[str, Any] | None:
+    """The frame's object if it is a data frame of one of ``channels``, else ``None``."""
+    try:
+        message = orjson.loads(frame)
+    except orjson.JSONDecodeError:
+        return None
+    if type(message) is not dict or message.get("channel") not in channels or "type" in message:
+        return None
+    return message
+
+
+def _open(close: float | None, percentage: str | None) -> float | None:
+    """The open ``safe_ticker`` derives: ``close / (1 + percentage / 100)`` in ``Precise``
+    (zero-omitted), where both are there."""
+    if close is None or percentage is None:
+        return None
+    # safe_ticker re-reads the close as text: str() of the float parse_ws_ticker made.
+    derived = precise_div(str(close), precise_add("1", precise_div(percentage, "100")))
+    number = _number(derived)
+    return None if number == 0.0 else number
+
+
+class CoinbaseTickerDecoder:
+    """``ticker`` frames as ccxt's ``handle_tickers`` + ``to_row``: ``Channel.TICKER``, or
+    ``Channel.BIDASK`` (the same channel, the row made of its best bid and ask)."""
+
+    __slots__ = ("_channel", "_fields", "_symbols")
+
+    def __init__(self, context: DecoderContext, channel: Channel) -> None:
+        self._symbols = symbols_by_id(context.markets_by_id)
+        self._fields = context.raw_fields
+        self._channel = channel
+
+    def decode(self, frame: str | bytes, receive_ms: int, sink: DecodeSink) -> bool:
+        """See :meth:`flight_md.core.decode.FrameDecoder.decode`."""
+        message = _loads(frame, _TICKER_CHANNELS)
+        if message is None:
+            return False
+        events = message.get("events")
+        if type(events) is not list:
+            return False
+        timestamp = parse8601(safe_string(message.get("timestamp")))
+        made: list[tuple[str, tuple[str, Any] | DropReason]] = []
+        try:
+            for event in events:
+                tickers = event.get("tickers") if type(event) is dict else None
+                if type(tickers) is not list:
+                    continue  # ccxt: safe_list(..., []) of a missing or odd event
+                for row in tickers:
+                    if type(row) is not dict:
+                        continue  # ccxt's safe_string finds no product_id: skipped
+                    product = safe_string(row.get("product_id"))
+                    if product is None:
+                        continue  # ccxt skips a ticker without a product
+                    symbol = self._symbols.get(product)
+                    if symbol is None:
+                        return False  # ccxt would build a symbol from the id's parts
+                    made.append((symbol, self._ticker(symbol, row, timestamp, receive_ms)))
+        except _Decline:
+            return False
+        stamped = timestamp is not None
+        for symbol, result in made:
+            if isinstance(result, DropReason):
+                sink.drop(symbol, result)
+            else:
+                sink.tick(symbol, result[1], stamped)
+        return True
+
+    def _ticker(self, symbol: str, row: dict[str, Any], timestamp: int | None,
+                receive_ms: int) -> tuple[str, Any] | DropReason:
+        price = safe_string(row.get("price"))
+        last = _number(price)
+        percentage = _strict(row.get("price_percent_chg_24_h"))
+        if last is not None and not math.isfinite(last):
+            raise _Decline  # Precise of str(nan) / str(inf) raises in safe_ticker
+        close = None if last == 0.0 else last
+        if percentage is not None and _number(percentage) == 0.0:
+            percentage = None  # omit_zero
+        ticker = {
+            "symbol": symbol, "timestamp": timestamp, "last": close, "close": close,
+            "bid": _quote(row.get("best_bid")), "ask": _quote(row.get("best_ask")),
+            "high": _quote(row.get("high_24_h")), "low": _quote(row.get("low_24_h")),
+            "open": _open(close, percentage),
+            "baseVolume": _number(safe_string(row.get("volume_24_h"))), "info": row,
+        }
+        return to_row(ticker, exchange="coinbase", channel=self._channel, receive_ms=receive_ms,
+                      raw_fields=self._fields)
+
+    def reset(self) -> None:
+        """No per-connection state: every push is a whole ticker."""
+
+
+def _side(trade: Mapping[str, Any]) -> str | None:
+    """ccxt's ``safe_string_lower_2(trade, "resource", "side")``, ``unknown_order_side`` as none."""
+    side = safe_string(trade.get("side"))
+    if side is None:
+        return None
+    side = side.lower()
+    return None if side == "unknown_order_side" else side
+
+
+class CoinbaseTradesDecoder:
+    """``market_trades`` frames (``Channel.TRADES``) as ccxt's ``handle_trade`` + ``to_trade``."""
+
+    __slots__ = ("_symbols",)
+
+    def __init__(self, context: DecoderContext) -> None:
+        self._symbols = symbols_by_id(context.markets_by_id)
+
+    def decode(self, frame: str | bytes, receive_ms: int, sink: DecodeSink) -> bool:
+        """See :meth:`flight_md.core.decode.FrameDecoder.decode`."""
+        message = _loads(frame, _MARKET_TRADES)
+        if message is None:
+            return False
+        events = message.get("events")
+        if type(events) is not list or not events or type(events[0]) is not dict:
+            return False
+        first = events[0].get("trades")
+        if type(first) is not list or not first or type(first[0]) is not dict:
+            return False  # ccxt would name the cache after no product (and raise)
+        product = first[0].get("product_id")
+        if type(product) is not str:
+            return False
+        symbol = self._symbols.get(product)
+        if symbol is None:
+            return False
+        made: list[Any] = []
+        try:
+            for event in events:
+                trades = event.get("trades") if type(event) is dict else None
+                if type(trades) is not list:
+                    continue  # ccxt: an event without trades
+                for index in range(len(trades) - 1, -1, -1):  # newest first on the wire
+                    made.append(self._trade(symbol, product, trades[index], receive_ms))
+        except _Decline:
+            return False
+        for result in made:
+            if isinstance(result, DropReason):
+                sink.drop(symbol, result)
+            else:
+                sink.trade(result, True, 1)
+        return True
+
+    @staticmethod
+    def _trade(symbol: str, product: str, row: Any, receive_ms: int) -> Any:
+        if type(row) is not dict or not row.keys() <= _TRADE_KEYS or row.get("product_id") != product:
+            raise _Decline  # another product, or a trade shape parse_trade reads otherwise
+        timestamp = parse8601(safe_string(row.get("time")))
+        if timestamp is None:
+            raise _Decline  # the sink's trade is stamped by the exchange
+        price = _strict(row.get("price"))
+        amount = _strict(row.get("size"))
+        trade = {"symbol": symbol, "id": safe_string(row.get("trade_id")), "timestamp": timestamp,
+                 "price": _number(price), "amount": _number(amount), "side": _side(row)}
+        return to_trade(trade, receive_ms)
+
+    def reset(self) -> None:
+        """No per-connection state: every row is one whole trade."""
+
+
+_MARKET_TRADES: Final = frozenset({"market_trades"})
+
+
+def _ticker_decoder(context: DecoderContext) -> FrameDecoder | None:
+    return CoinbaseTickerDecoder(context, Channel.TICKER)
+
+
+def _bidask_decoder(context: DecoderContext) -> FrameDecoder | None:
+    return CoinbaseTickerDecoder(context, Channel.BIDASK)
+
+
+def _trades_decoder(context: DecoderContext) -> FrameDecoder | None:
+    return CoinbaseTradesDecoder(context)
 
 
 VENUE = Venue(
@@ -107,4 +350,6 @@ VENUE = Venue(
         "/": "wss://advanced-trade-ws.coinbase.com",
     },
     alias_of=_alias_of,
+    decoders={Channel.TICKER: _ticker_decoder, Channel.BIDASK: _bidask_decoder,
+              Channel.TRADES: _trades_decoder},
 )

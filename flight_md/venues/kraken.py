@@ -32,9 +32,14 @@ subscriptions; 100 symbols a subscribe message keeps a request small.
 
 from __future__ import annotations
 
-from typing import Any
+import math
+from typing import Any, Final
 
-from flight_md.normalize import Channel
+import orjson
+
+from flight_md.core.ccxt_parse import parse8601, precise_add, precise_div, precise_sub, safe_string
+from flight_md.core.decode import DecoderContext, DecodeSink, FrameDecoder
+from flight_md.normalize import Channel, DropReason, TradeFields, to_row, to_trade
 from flight_md.venues.base import BOOKS_CACHE, TRADES_CACHE, ChannelMethods, Venue
 
 _WS = {
@@ -51,6 +56,216 @@ def _overrides(rest: str, ws: str) -> dict[str, Any]:
 
 
 _REST = ("fetch_tickers", "fetch_ticker")
+
+
+# -- fast decoders (flight_md.core.decode) ----------------------------------------------------
+#
+# What ccxt 4.5.90 does with each websocket v2 frame, which the decoders reproduce:
+#
+# * ``handle_message`` routes by ``channel``, then looks for ``error``/``errorMessage`` and an
+#   ``event``/``method``. A decoder claims ``channel`` frames carrying none of those.
+# * ``ticker`` (``handle_ticker``, both event triggers): only ``data[0]``, stored under its own
+#   ``symbol`` (v2 names are ccxt's unified symbols; no market lookup). No timestamp. last/
+#   close ``last``, bid/ask/high/low as sent, all zero-omitted, ``baseVolume`` ``volume``;
+#   ``safe_ticker`` derives the open with ``Precise``: ``close - change``, or without a change
+#   ``close / (1 + change_pct / 100)``; ``Precise`` also multiplies ``volume`` by ``vwap``. It
+#   raises on text that is not a number: such a frame is declined.
+# * ``trade`` (``handle_trades``): ``market(data[0].symbol)`` (raises for a symbol it does not
+#   list: declined) names **every** trade of the frame; ``parse_trades`` parses each (id
+#   ``trade_id``, price, ``qty``, ``parse8601(timestamp)``, side), ``safe_trade`` multiplies
+#   price by amount with ``Precise``, and the list is sorted by ``(timestamp, id)`` (ids are
+#   text) before it is appended.
+#
+# Websocket v1 frames (arrays) are not ccxt's: ccxt ignores them, and so do the decoders.
+
+_NOT_OURS: Final = ("error", "errorMessage", "event", "method")
+
+
+class _Decline(Exception):
+    """Internal: the frame goes to ccxt (nothing was delivered)."""
+
+
+def _strict(value: Any) -> str | None:
+    """A value ccxt passes through ``Precise``: its text, ``None`` when absent; text that is
+    not a finite number declines the frame (``Precise`` would raise)."""
+    text = safe_string(value)
+    if text is not None:
+        try:
+            if not math.isfinite(float(text)):
+                raise _Decline
+        except ValueError:
+            raise _Decline from None
+    return text
+
+
+def _number(text: str | None) -> float | None:
+    """ccxt's ``parse_number``."""
+    if text is None:
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        return None
+
+
+def _quote(value: Any) -> float | None:
+    """ccxt's ``parse_number(omit_zero(safe_string(value)))``."""
+    number = _number(safe_string(value))
+    return None if number == 0.0 else number
+
+
+def _data(frame: str | bytes, channel: str) -> list[Any] | None:
+    """The ``data`` list of a frame of ``channel``, else ``None``."""
+    try:
+        message = orjson.loads(frame)
+    except orjson.JSONDecodeError:
+        return None
+    if type(message) is not dict or message.get("channel") != channel:
+        return None
+    for key in _NOT_OURS:
+        if key in message:
+            return None
+    data = message.get("data")
+    return data if type(data) is list and data else None
+
+
+def _open(close: str | None, change: str | None, percentage: str | None) -> float | None:
+    """The open ``safe_ticker`` derives (zero-omitted)."""
+    if close is None:
+        return None
+    if change is not None:
+        derived = precise_sub(close, change)
+    elif percentage is not None:
+        derived = precise_div(close, precise_add("1", precise_div(percentage, "100")))
+    else:
+        return None
+    number = _number(derived)
+    return None if number == 0.0 else number
+
+
+class KrakenTickerDecoder:
+    """``ticker`` frames as ccxt's ``handle_ticker`` + ``to_row``, for ``Channel.TICKER`` and
+    ``Channel.BIDASK`` (the same channel, triggered by the best bid/offer)."""
+
+    __slots__ = ("_channel", "_fields")
+
+    def __init__(self, context: DecoderContext, channel: Channel) -> None:
+        self._fields = context.raw_fields
+        self._channel = channel
+
+    def decode(self, frame: str | bytes, receive_ms: int, sink: DecodeSink) -> bool:
+        """See :meth:`flight_md.core.decode.FrameDecoder.decode`."""
+        data = _data(frame, "ticker")
+        row = data[0] if data is not None else None
+        if type(row) is not dict:
+            return False
+        symbol = row.get("symbol")
+        if type(symbol) is not str or not symbol:
+            return False  # ccxt stores it under None (or a number's text)
+        try:
+            _strict(row.get("volume"))
+            _strict(row.get("vwap"))  # quoteVolume = volume * vwap
+            last = _strict(row.get("last"))
+            change = _strict(row.get("change"))
+            percentage = _strict(row.get("change_pct"))
+        except _Decline:
+            return False
+        close_number = _number(last)
+        close = None if close_number == 0.0 else last
+        if percentage is not None and _number(percentage) == 0.0:
+            percentage = None  # omit_zero
+        price = None if close is None else close_number
+        ticker = {
+            "symbol": symbol, "timestamp": None, "last": price, "close": price,
+            "bid": _quote(row.get("bid")), "ask": _quote(row.get("ask")),
+            "high": _quote(row.get("high")), "low": _quote(row.get("low")),
+            "open": _open(close, change, percentage),
+            "baseVolume": _number(safe_string(row.get("volume"))), "info": row,
+        }
+        made = to_row(ticker, exchange="kraken", channel=self._channel, receive_ms=receive_ms,
+                      raw_fields=self._fields)
+        if isinstance(made, DropReason):
+            sink.drop(symbol, made)
+        else:
+            sink.tick(symbol, made[1], False)
+        return True
+
+    def reset(self) -> None:
+        """No per-connection state: every push is a whole ticker."""
+
+
+_Parsed = tuple[int, str | None, dict[str, Any]]
+"""A trade as ``parse_trades`` sorts it: ``(timestamp, id, unified trade)``."""
+
+
+def _by_time_then_id(parsed: list[_Parsed]) -> list[_Parsed]:
+    """ccxt's ``sort_by_2(trades, "timestamp", "id")``: ``None`` ids sort as ``""`` once
+    comparing one raised; ``TypeError`` where ccxt's fallback raises too."""
+    try:
+        return sorted(parsed, key=lambda item: (item[0], item[1]))
+    except TypeError:
+        return sorted(parsed, key=lambda item: (item[0], "" if item[1] is None else item[1]))
+
+
+class KrakenTradesDecoder:
+    """``trade`` frames (``Channel.TRADES``) as ccxt's ``handle_trades`` + ``to_trade``."""
+
+    __slots__ = ("_symbols",)
+
+    def __init__(self, context: DecoderContext) -> None:
+        self._symbols = frozenset(market["symbol"] for markets in context.markets_by_id.values()
+                                  for market in markets if isinstance(market.get("symbol"), str))
+
+    def decode(self, frame: str | bytes, receive_ms: int, sink: DecodeSink) -> bool:
+        """See :meth:`flight_md.core.decode.FrameDecoder.decode`."""
+        data = _data(frame, "trade")
+        first = data[0] if data is not None else None
+        symbol = first.get("symbol") if type(first) is dict else None
+        if type(symbol) is not str or symbol not in self._symbols:
+            return False  # ccxt's market(symbol) raises, or finds it by id
+        assert data is not None
+        parsed: list[_Parsed] = []
+        try:
+            for row in data:
+                if type(row) is not dict or "ordertxid" in row or "cost" in row:
+                    return False  # a private trade's shape
+                timestamp = parse8601(safe_string(row.get("timestamp")))
+                if timestamp is None:
+                    return False  # the sink's trade is stamped by the exchange
+                trade_id = safe_string(row.get("trade_id"))
+                price = _strict(row.get("price"))
+                amount = _strict(row.get("qty"))
+                parsed.append((timestamp, trade_id, {
+                    "symbol": symbol, "id": trade_id, "timestamp": timestamp,
+                    "price": _number(price), "amount": _number(amount),
+                    "side": safe_string(row.get("side"))}))
+            ordered = _by_time_then_id(parsed)
+        except (_Decline, TypeError):
+            return False
+        made: list[TradeFields | DropReason] = [to_trade(trade, receive_ms)
+                                                for _, _, trade in ordered]
+        for result in made:
+            if isinstance(result, DropReason):
+                sink.drop(symbol, result)
+            else:
+                sink.trade(result, True, 1)
+        return True
+
+    def reset(self) -> None:
+        """No per-connection state: every row is one whole trade."""
+
+
+def _ticker_decoder(context: DecoderContext) -> FrameDecoder | None:
+    return KrakenTickerDecoder(context, Channel.TICKER)
+
+
+def _bidask_decoder(context: DecoderContext) -> FrameDecoder | None:
+    return KrakenTickerDecoder(context, Channel.BIDASK)
+
+
+def _trades_decoder(context: DecoderContext) -> FrameDecoder | None:
+    return KrakenTradesDecoder(context)
+
 
 VENUE = Venue(
     id="kraken",
@@ -89,4 +304,6 @@ VENUE = Venue(
         "/v2": "wss://ws.kraken.com",
         "/0": "https://api.kraken.com",
     },
+    decoders={Channel.TICKER: _ticker_decoder, Channel.BIDASK: _bidask_decoder,
+              Channel.TRADES: _trades_decoder},
 )

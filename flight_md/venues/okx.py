@@ -31,10 +31,15 @@ which ccxt prevents by sending the text ``ping`` every 18 s (answered ``pong``).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Final
 
-from flight_md.normalize import Channel
+import orjson
+
+from flight_md.core.ccxt_parse import safe_integer, safe_string
+from flight_md.core.decode import DecoderContext, DecodeSink, FrameDecoder, Markets, symbols_by_id
+from flight_md.normalize import Channel, DropReason, to_row, to_trade
 from flight_md.venues.base import BOOK_METHODS, TRADES_METHODS, ChannelMethods, Venue
 
 
@@ -48,6 +53,267 @@ def _trade_id_span(info: Mapping[str, Any]) -> int:
     # verified against the live venue here: the 2022 recording and the emulator send count 1).
     count = info.get("count")
     return int(count) if isinstance(count, str) and count.isdigit() and int(count) > 0 else 1
+
+
+
+# -- fast decoders (flight_md.core.decode) ----------------------------------------------------
+#
+# What ccxt 4.5.90 does with each frame, which the decoders reproduce:
+#
+# * ``handle_message`` first runs ``handle_error_message`` (a ``code`` other than "0" raises),
+#   then routes ``event``/``op`` frames to their handlers and data frames by ``arg.channel``.
+#   A decoder claims data frames of its channel only, without ``event``, ``op`` or ``code``.
+# * ``tickers`` (``handle_ticker``): the key ccxt stores under is ``safe_market(arg.instId,
+#   None, "-")``'s symbol; each ``data`` row is ``parse_ticker(row)`` (its own ``instId``), then
+#   ``safe_ticker``: ``last``/``close`` = ``omit_zero(last)``, ``open``/``high``/``low``/``bid``/
+#   ``ask`` likewise zero-omitted, ``baseVolume`` = ``vol24h``, ``timestamp`` =
+#   ``safe_integer(ts)``. ``safe_ticker`` computes change, percentage, average and (spot) vwap
+#   from ``last``, ``open24h``, ``vol24h`` and ``volCcy24h`` with ``Precise``, which raises on
+#   text that is not a number: such a frame is declined (ccxt counts it unparseable). Every
+#   other field is ``parse_number`` (``None`` for text that is not a number), and
+#   :func:`~flight_md.normalize.to_row` checks the raw row (``info``), so the decoder hands it
+#   the same unified values and the same ``info``.
+# * ``bbo-tbt`` (``handle_order_book`` -> ``handle_bid_ask``; ``handle_ticker`` calls it for a
+#   ``tickers`` frame too): only ``data[0]``, named by ``arg.instId``; bid/ask are
+#   ``bidPx``/``askPx`` where present, else ``bids[0][0]`` / ``asks[0][0]``; no ``Precise``.
+# * ``trades`` (``handle_trades``): the cache key is ``safe_symbol(arg.instId)``; each row is
+#   ``parse_trade(row)``: id ``tradeId``, symbol from its own ``instId``, price ``fillPx`` else
+#   ``px``, amount ``fillSz`` else ``sz``, ``safe_integer(ts)``, side as sent; ``safe_trade``
+#   multiplies price by amount with ``Precise`` (raises on text that is not a number).
+#
+# An id ccxt's markets do not know (so ``safe_market`` would build a symbol from the id's
+# parts), a row naming another instrument than its ``arg``, and any value of a shape these
+# rules do not cover are declined: ccxt handles the frame as if there were no decoder.
+
+_NOT_OURS: Final = ("event", "op", "code")
+
+
+class _Decline(Exception):
+    """Internal: the frame goes to ccxt (nothing was delivered)."""
+
+
+def _strict(value: Any) -> str | None:
+    """A value ccxt passes through ``Precise``: its text, ``None`` when absent; text that is
+    not a finite number declines the frame (``Precise`` would raise)."""
+    text = safe_string(value)
+    if text is not None:
+        try:
+            if not math.isfinite(float(text)):
+                raise _Decline
+        except ValueError:
+            raise _Decline from None
+    return text
+
+
+def _number(text: str | None) -> float | None:
+    """ccxt's ``parse_number``."""
+    if text is None:
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        return None
+
+
+def _quote(value: Any) -> float | None:
+    """ccxt's ``parse_number(omit_zero(safe_string(value)))``."""
+    number = _number(safe_string(value))
+    return None if number == 0.0 else number
+
+
+def _loads(frame: str | bytes) -> dict[str, Any] | None:
+    """The frame's object, or ``None`` (not JSON, not an object, or not a data frame)."""
+    try:
+        message = orjson.loads(frame)
+    except orjson.JSONDecodeError:
+        return None
+    if type(message) is not dict or "data" not in message:
+        return None
+    for key in _NOT_OURS:
+        if key in message:
+            return None
+    return message
+
+
+def _arg(message: Mapping[str, Any], channel: str, symbols: Markets) -> tuple[str, str] | None:
+    """``(instId, symbol)`` of a data frame of ``channel`` on a market ccxt knows."""
+    arg = message.get("arg")
+    if type(arg) is not dict or arg.get("channel") != channel:
+        return None
+    inst_id = arg.get("instId")
+    if type(inst_id) is not str:
+        return None
+    symbol = symbols.get(inst_id)
+    return None if symbol is None else (inst_id, symbol)
+
+
+class OkxTickerDecoder:
+    """``tickers`` frames (``Channel.TICKER``) as ccxt's ``handle_ticker`` + ``to_row``."""
+
+    __slots__ = ("_fields", "_symbols")
+
+    def __init__(self, context: DecoderContext) -> None:
+        self._symbols = symbols_by_id(context.markets_by_id)
+        self._fields = context.raw_fields
+
+    def decode(self, frame: str | bytes, receive_ms: int, sink: DecodeSink) -> bool:
+        """See :meth:`flight_md.core.decode.FrameDecoder.decode`."""
+        message = _loads(frame)
+        named = None if message is None else _arg(message, "tickers", self._symbols)
+        if message is None or named is None:
+            return False
+        inst_id, symbol = named
+        data = message["data"]
+        if type(data) is not list:
+            return False
+        made: list[tuple[tuple[str, Any] | DropReason, bool]] = []
+        try:
+            for row in data:
+                if type(row) is not dict or row.get("instId") != inst_id:
+                    return False  # parse_ticker would name it by another (or no) instrument
+                last = _strict(row.get("last"))
+                open_ = _strict(row.get("open24h"))
+                volume = _strict(row.get("vol24h"))
+                _strict(row.get("volCcy24h"))  # spot vwap: Precise
+                price = _number(last)
+                if price == 0.0:
+                    price = None
+                ticker = {
+                    "symbol": symbol, "timestamp": safe_integer(row.get("ts")),
+                    "last": price, "close": price, "bid": _quote(row.get("bidPx")),
+                    "ask": _quote(row.get("askPx")), "high": _quote(row.get("high24h")),
+                    "low": _quote(row.get("low24h")), "open": _quote(open_),
+                    "baseVolume": _number(volume), "info": row,
+                }
+                made.append((to_row(ticker, exchange="okx", channel=Channel.TICKER,
+                                    receive_ms=receive_ms, raw_fields=self._fields),
+                             ticker["timestamp"] is not None))
+        except _Decline:
+            return False
+        for result, stamped in made:
+            if isinstance(result, DropReason):
+                sink.drop(symbol, result)
+            else:
+                sink.tick(symbol, result[1], stamped)
+        return True
+
+    def reset(self) -> None:
+        """No per-connection state: every push is a whole ticker."""
+
+
+class OkxBidAskDecoder:
+    """``bbo-tbt`` frames (``Channel.BIDASK``) as ccxt's ``handle_bid_ask`` + ``to_row``; also
+    ``tickers`` frames, whose best bid and ask ccxt stores as a bid/ask too."""
+
+    __slots__ = ("_fields", "_symbols")
+
+    def __init__(self, context: DecoderContext) -> None:
+        self._symbols = symbols_by_id(context.markets_by_id)
+        self._fields = context.raw_fields
+
+    def decode(self, frame: str | bytes, receive_ms: int, sink: DecodeSink) -> bool:
+        """See :meth:`flight_md.core.decode.FrameDecoder.decode`."""
+        message = _loads(frame)
+        named = None if message is None else (_arg(message, "bbo-tbt", self._symbols)
+                                               or _arg(message, "tickers", self._symbols))
+        if message is None or named is None:
+            return False
+        inst_id, symbol = named
+        data = message["data"]
+        row = data[0] if type(data) is list and data else None
+        if type(row) is not dict or row.get("instId", inst_id) != inst_id:
+            return False  # no row (ccxt stores an empty ticker), or a row naming another market
+        ask = safe_string(row.get("askPx"))
+        bid = safe_string(row.get("bidPx"))
+        if ask is None:
+            ask = _first_price(row.get("asks"))
+        if bid is None:
+            bid = _first_price(row.get("bids"))
+        ask_number, bid_number = _number(ask), _number(bid)
+        ticker = {
+            "symbol": symbol, "timestamp": safe_integer(row.get("ts")),
+            "bid": None if bid_number == 0.0 else bid_number,
+            "ask": None if ask_number == 0.0 else ask_number, "info": row,
+        }
+        made = to_row(ticker, exchange="okx", channel=Channel.BIDASK, receive_ms=receive_ms,
+                      raw_fields=self._fields)
+        if isinstance(made, DropReason):
+            sink.drop(symbol, made)
+        else:
+            sink.tick(symbol, made[1], ticker["timestamp"] is not None)
+        return True
+
+    def reset(self) -> None:
+        """No per-connection state: every push is the whole best bid and ask."""
+
+
+def _first_price(levels: Any) -> str | None:
+    """ccxt's ``safe_string(safe_list(safe_list(row, side, []), 0, []), 0)``."""
+    if type(levels) is not list or not levels:
+        return None
+    level = levels[0]
+    if type(level) is not list or not level:
+        return None
+    return safe_string(level[0])
+
+
+class OkxTradesDecoder:
+    """``trades`` frames (``Channel.TRADES``) as ccxt's ``handle_trades`` + ``to_trade``."""
+
+    __slots__ = ("_symbols",)
+
+    def __init__(self, context: DecoderContext) -> None:
+        self._symbols = symbols_by_id(context.markets_by_id)
+
+    def decode(self, frame: str | bytes, receive_ms: int, sink: DecodeSink) -> bool:
+        """See :meth:`flight_md.core.decode.FrameDecoder.decode`."""
+        message = _loads(frame)
+        named = None if message is None else _arg(message, "trades", self._symbols)
+        if message is None or named is None:
+            return False
+        inst_id, symbol = named
+        data = message["data"]
+        if type(data) is not list:
+            return False
+        made: list[tuple[Any, int]] = []
+        try:
+            for row in data:
+                if type(row) is not dict or row.get("instId") != inst_id:
+                    return False
+                if "fillPx" in row or "fillSz" in row or "fee" in row:
+                    return False  # a private fill's shape, not the public channel's
+                timestamp = safe_integer(row.get("ts"))
+                if timestamp is None:
+                    return False  # the sink's trade is stamped by the exchange
+                price = _strict(row.get("px"))
+                amount = _strict(row.get("sz"))
+                trade = {"symbol": symbol, "id": safe_string(row.get("tradeId")),
+                         "timestamp": timestamp, "price": _number(price),
+                         "amount": _number(amount), "side": safe_string(row.get("side"))}
+                made.append((to_trade(trade, receive_ms), _trade_id_span(row)))
+        except _Decline:
+            return False
+        for result, span in made:
+            if isinstance(result, DropReason):
+                sink.drop(symbol, result)
+            else:
+                sink.trade(result, True, span)
+        return True
+
+    def reset(self) -> None:
+        """No per-connection state: every row is one whole trade."""
+
+
+def _ticker_decoder(context: DecoderContext) -> FrameDecoder | None:
+    return OkxTickerDecoder(context)
+
+
+def _bidask_decoder(context: DecoderContext) -> FrameDecoder | None:
+    return OkxBidAskDecoder(context)
+
+
+def _trades_decoder(context: DecoderContext) -> FrameDecoder | None:
+    return OkxTradesDecoder(context)
 
 
 VENUE = Venue(
@@ -88,4 +354,6 @@ VENUE = Venue(
         "ccxt has no REST bids/asks for OKX: the bidask REST fallback polls fetch_tickers",
     ),
     live_hosts={"/api/v5": "https://www.okx.com", "/ws/v5": "wss://ws.okx.com:443"},
+    decoders={Channel.TICKER: _ticker_decoder, Channel.BIDASK: _bidask_decoder,
+              Channel.TRADES: _trades_decoder},
 )

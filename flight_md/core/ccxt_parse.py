@@ -1,0 +1,233 @@
+"""Exact replicas of the few ccxt parse helpers the fast decoders need; pure.
+
+A fast decoder (:mod:`flight_md.core.decode`) must give the values ccxt's parse would have
+given, to the bit. Most of ccxt's per-field work is ``float(text)``, which a decoder does
+itself, but two helpers are not: ``Exchange.parse8601`` (ISO-8601 text to Unix ms: Coinbase
+and Kraken stamp their frames so) and ``Precise``, ccxt's decimal string arithmetic, which
+``safe_ticker`` uses to derive the open Coinbase and Kraken do not send (``last - change``,
+``last / (1 + percentage / 100)`` at 18 decimals, truncated). Both are copied here from ccxt
+4.5.90 (``ccxt/base/exchange.py``, ``ccxt/base/precise.py``, MIT licence) with their
+rounding and their failures: :func:`precise` raises :class:`ValueError` exactly where ccxt's
+``Precise`` constructor raises, which a decoder takes as "ccxt's parser would raise on this
+frame" and declines the frame.
+
+:func:`safe_string`, :func:`safe_integer`, :func:`number` and :func:`omit_zero` are ccxt's
+``safe_string`` (of one value), ``safe_integer``, ``parse_number`` and ``omit_zero``.
+
+This module imports neither asyncio, ccxt nor pyarrow.
+"""
+
+from __future__ import annotations
+
+import calendar
+import datetime
+import re
+from typing import Any, Final
+
+__all__ = ["number", "omit_zero", "parse8601", "precise_add", "precise_div", "precise_sub",
+           "safe_integer", "safe_string"]
+
+
+def safe_string(value: Any) -> str | None:
+    """ccxt's ``safe_string`` of one value: a non-empty string as it is, an ``int`` or ``float``
+    (not a ``bool``) as ``str()``, anything else ``None``."""
+    kind = type(value)
+    if kind is str:
+        return value if value else None
+    if kind is float or kind is int:
+        return str(value)
+    return None
+
+
+def number(text: str | None) -> float | None:
+    """ccxt's ``parse_number``: ``float(text)``, ``None`` where that fails or ``text`` is ``None``."""
+    if text is None:
+        return None
+    try:
+        return float(text)
+    except (ValueError, TypeError, OverflowError):
+        return None
+
+
+def omit_zero(text: str | None) -> str | None:
+    """ccxt's ``omit_zero``: ``None`` for ``None``, ``""`` or a number equal to 0; other text as it is
+    (text that is not a number too)."""
+    if text is None or text == "":
+        return None
+    try:
+        if float(text) == 0:
+            return None
+    except (ValueError, TypeError, OverflowError):
+        pass
+    return text
+
+
+def safe_integer(value: Any) -> int | None:
+    """ccxt's ``safe_integer`` of one value: ``int(float(value))``, ``None`` where that fails."""
+    try:
+        return int(float(value))
+    except Exception:  # noqa: BLE001 - ccxt catches everything here too
+        return None
+
+
+# -- parse8601 ------------------------------------------------------------------------------
+
+_ISO8601: Final = re.compile(
+    r'([0-9]{4})-?([0-9]{2})-?([0-9]{2})(?:T|[\s])?'
+    r'([0-9]{2}):?([0-9]{2}):?([0-9]{2})'
+    r'(\.[0-9]+)?'
+    r'(?:(\+|\-)([0-9]{2})\:?([0-9]{2})|Z)?',
+    re.IGNORECASE,
+)
+_EPOCH_SECONDS: dict[str, int] = {}
+"""``YYYY-MM-DDTHH:MM:SS`` -> its Unix seconds, for the fast path (a frame's second repeats)."""
+_EPOCH_CACHE_MAX: Final = 4096
+_DIGITS: Final = frozenset("0123456789")
+
+
+def _parse8601_slow(text: Any) -> int | None:
+    """ccxt 4.5.90's ``Exchange.parse8601``, line for line."""
+    if text is None:
+        return None
+    try:
+        match = _ISO8601.search(text)
+        if match is None:
+            return None
+        yyyy, mm, dd, h, m, s, ms, sign, hours, minutes = match.groups()
+        msint = int((ms[1:] + "00")[:3]) if ms else 0
+        if sign:
+            offset_sign = -1 if sign == "+" else 1
+            offset_hours = int(hours) * offset_sign
+            offset_minutes = int(minutes) * offset_sign
+        else:
+            offset_hours = 0
+            offset_minutes = 0
+        dt = datetime.datetime(int(yyyy), int(mm), int(dd), int(h), int(m), int(s))
+        dt = dt + datetime.timedelta(hours=offset_hours, minutes=offset_minutes)
+        return calendar.timegm(dt.utctimetuple()) * 1000 + msint
+    except (TypeError, OverflowError, OSError, ValueError):
+        return None
+
+
+def parse8601(text: Any) -> int | None:
+    """ccxt's ``parse8601``: ISO-8601 text -> Unix ms (``None`` where ccxt gives ``None``).
+
+    The common shape, ``YYYY-MM-DDTHH:MM:SS.f...Z`` (Coinbase's nanoseconds, Kraken's
+    microseconds), takes a fast path: the seconds are looked up (frames of one second share
+    them) and the milliseconds are the fraction's first three digits, as ccxt takes them;
+    anything else goes through ccxt's own regex.
+    """
+    if (type(text) is str and len(text) > 21 and text[-1] == "Z" and text[19] == "."
+            and text[4] == "-" and text[7] == "-" and text[10] == "T" and text[13] == ":"
+            and text[16] == ":" and _DIGITS.issuperset(text[20:-1])):
+        head = text[:19]
+        seconds = _EPOCH_SECONDS.get(head)
+        if seconds is None:
+            whole = _parse8601_slow(head + "Z")
+            if whole is None:
+                return _parse8601_slow(text)
+            seconds = whole // 1000
+            if len(_EPOCH_SECONDS) >= _EPOCH_CACHE_MAX:
+                _EPOCH_SECONDS.clear()
+            _EPOCH_SECONDS[head] = seconds
+        return seconds * 1000 + int((text[20:-1] + "00")[:3])
+    return _parse8601_slow(text)
+
+
+# -- Precise --------------------------------------------------------------------------------
+
+_Precise = tuple[int, int]
+"""``(integer, decimals)``: ``integer * 10 ** -decimals``, as ccxt's ``Precise`` holds it."""
+
+
+_POW10: Final = tuple(10 ** exponent for exponent in range(129))
+
+
+def _pow10(exponent: int) -> int:
+    return _POW10[exponent] if exponent < 129 else int(10 ** exponent)
+
+
+def precise(text: str) -> _Precise:
+    """ccxt's ``Precise(text)``.
+
+    Raises:
+        ValueError: Where ccxt's constructor raises (text that is not a decimal number).
+    """
+    modifier = 0
+    if "e" in text or "E" in text:
+        text = text.lower()
+        text, exponent = text.split("e")  # ValueError for two exponent markers, as ccxt
+        modifier = int(exponent)
+    point = text.find(".")
+    if point > -1:
+        return int(text.replace(".", "")), len(text) - point - 1 - modifier
+    return int(text), -modifier
+
+
+def _str(value: _Precise) -> str:
+    """ccxt's ``str(Precise)`` (trailing zeros reduced)."""
+    integer, decimals = value
+    digits = str(integer)
+    if digits == "0":
+        decimals = 0
+    else:
+        reduced = digits.rstrip("0")
+        decimals -= len(digits) - len(reduced)
+        digits = reduced
+    sign = ""
+    if digits[0] == "-":
+        sign, digits = "-", digits[1:]
+    if decimals <= 0:
+        return sign + digits + "0" * (-decimals)
+    length = len(digits)
+    if length > decimals:
+        return sign + digits[:length - decimals] + "." + digits[length - decimals:]
+    if length < decimals:
+        return sign + "0." + "0" * (decimals - length) + digits
+    return sign + "0." + digits
+
+
+def _add(a: _Precise, b: _Precise, sign: int) -> _Precise:
+    (ai, ad), (bi, bd) = a, b
+    bi *= sign
+    if ad == bd:
+        return ai + bi, ad
+    if ad > bd:
+        return ai + bi * _pow10(ad - bd), ad
+    return ai * _pow10(bd - ad) + bi, bd
+
+
+def precise_add(left: str | None, right: str | None) -> str | None:
+    """ccxt's ``Precise.string_add``."""
+    if left is None or right is None:
+        return None
+    return _str(_add(precise(left), precise(right), 1))
+
+
+def precise_sub(left: str | None, right: str | None) -> str | None:
+    """ccxt's ``Precise.string_sub``."""
+    if left is None or right is None:
+        return None
+    return _str(_add(precise(left), precise(right), -1))
+
+
+def precise_div(left: str | None, right: str | None, precision: int = 18) -> str | None:
+    """ccxt's ``Precise.string_div``: truncated (towards zero) at ``precision`` decimals;
+    ``None`` for a zero divisor."""
+    if left is None or right is None:
+        return None
+    bi, bd = precise(right)
+    if bi == 0:
+        return None
+    ai, ad = precise(left)
+    distance = precision - ad + bd
+    if distance == 0:
+        numerator = ai
+    elif distance < 0:
+        numerator = ai // _pow10(-distance)
+    else:
+        numerator = ai * _pow10(distance)
+    result, mod = divmod(numerator, bi)
+    if result < 0 and mod:
+        result += 1  # Python floors; ccxt truncates
+    return _str((result, precision))
