@@ -427,10 +427,11 @@ class IngestionWorkers:
         if not lists:
             raise answers[0]
         subscribed = {(m.exchange, m.symbol) for found in lists for m in found if m.subscribed}
-        for index, answer in enumerate(answers):
-            if isinstance(answer, FlightMdError):  # a worker being restarted: what it was given
-                subscribed.update((e, s) for e in self.exchanges
-                                  for s in self.shards.subscribed(e, index))
+        with self._lock:  # a subscribe on another thread changes the placement
+            for index, answer in enumerate(answers):
+                if isinstance(answer, FlightMdError):  # being restarted: what it was given
+                    subscribed.update((e, s) for e in self.exchanges
+                                      for s in self.shards.subscribed(e, index))
         return tuple(m if m.subscribed == ((m.exchange, m.symbol) in subscribed)
                      else replace(m, subscribed=not m.subscribed) for m in lists[0])
 
