@@ -91,10 +91,13 @@ class DecoderKind(StrEnum):
 class DecodeSink(Protocol):
     """Where a decoder delivers what one frame holds (the stream's tick or trade path)."""
 
-    def tick(self, symbol: str, row: Sequence[float], stamped: bool) -> None:
+    def tick(self, symbol: str, row: Sequence[float], stamped: bool,
+             key: str | None = None) -> None:
         """A good ``ticker``/``bidask`` row, exactly :func:`flight_md.normalize.to_row`'s
         second element; ``stamped``: the exchange sent a timestamp (else ``row[0]`` is the
-        receive time)."""
+        receive time); ``key``: where it differs from ``symbol`` (the ticker's own), the key
+        ccxt stored it under in its cache, which the stream's subscriptions and counts go by
+        (a Bybit delta naming another market than its topic)."""
 
     def trade(self, fields: TradeFields, stamped: bool = True, span: int = 1) -> None:
         """A good trade, exactly what :func:`flight_md.normalize.to_trade` returns for it;
@@ -288,12 +291,13 @@ def bidask(sink: DecodeSink, symbol: str, timestamp: int | None, bid: float | No
 def ticker(sink: DecodeSink, symbol: str, timestamp: int | None, *, last: float | None,
            bid: float | None, ask: float | None, high: float | None, low: float | None,
            open_: float | None, volume: float | None, info: Mapping[str, Any],
-           raw_fields: frozenset[str], receive_ms: int) -> None:
+           raw_fields: frozenset[str], receive_ms: int, key: str | None = None) -> None:
     """Deliver the full ticker ccxt's parse would have made (``last`` is also its ``close``,
     as ccxt's ``safe_ticker`` makes them): the row :func:`~flight_md.normalize.to_row` makes
-    of it, or its drop."""
-    if (type(last) is float and type(bid) is float and type(ask) is float
-            and type(high) is float and type(low) is float and type(open_) is float
+    of it, or its drop; ``key``: ccxt's cache key where it is not ``symbol``
+    (:meth:`DecodeSink.tick`)."""
+    if ((key is None or key == symbol) and type(last) is float and type(bid) is float
+            and type(ask) is float and type(high) is float and type(low) is float and type(open_) is float
             and type(volume) is float and 0.0 < last < _INF and 0.0 < bid <= ask < _INF
             and 0.0 < high < _INF and 0.0 < low < _INF and 0.0 < open_ < _INF
             and 0.0 <= volume < _INF and _stamp_ok(timestamp, receive_ms)):
@@ -305,9 +309,11 @@ def ticker(sink: DecodeSink, symbol: str, timestamp: int | None, *, last: float 
                    "baseVolume": volume, "info": info}, exchange="", channel=Channel.TICKER,
                   receive_ms=receive_ms, raw_fields=raw_fields)
     if isinstance(made, DropReason):
-        sink.drop(symbol, made)
-    else:
+        sink.drop(symbol if key is None else key, made)
+    elif key is None or key == made[0]:
         sink.tick(made[0], made[1], timestamp is not None)
+    else:
+        sink.tick(made[0], made[1], timestamp is not None, key)
 
 
 def trade(sink: DecodeSink, symbol: str, timestamp: int | None, trade_id: str | None,

@@ -1191,8 +1191,9 @@ class _Decoded:
 
     # -- the sink -----------------------------------------------------------------------------
 
-    def tick(self, symbol: str, row: Sequence[float], stamped: bool) -> None:
-        state = self._subs.subscribed(symbol)
+    def tick(self, symbol: str, row: Sequence[float], stamped: bool,
+             key: str | None = None) -> None:
+        state = self._subs.subscribed(symbol if key is None else key)
         if state is None:
             return  # unsubscribed: the exchange may still be sending it
         self._fanout.ingest_row(symbol, state, tuple(row), stamped)

@@ -12,13 +12,31 @@ URLs: ``urls.api`` ``spot``, ``futures``, ``v2``, ``public``, ``private`` -> the
 ``GET /v5/market/instruments-info`` for ``category=spot`` and ``category=linear``.
 
 Limits: spot accepts at most 10 topics a subscribe request.
+
+Fast decoders (:mod:`flight_md.core.decode`) for ``ticker`` (``tickers.<symbol>``) and
+``trades`` (``publicTrade.<symbol>``), reproducing ccxt 4.5's ``handle_ticker`` (``parse_ticker``,
+``safe_ticker`` with its ``Precise`` arithmetic) and ``handle_trades`` (``parse_ws_trade``,
+``safe_trade``). A ticker delta is merged into the symbol's previous raw ticker as ccxt merges
+it into its own: the decoder keeps that state per connection, so once it claims ``tickers``
+frames it claims them all (ccxt's own state is no longer fed); a frame ccxt's parse raises on
+is delivered as the ``unparseable_frame`` ccxt's would have been. ``bidask``
+(``orderbook.1``) stays on ccxt: ccxt derives it from an order book it maintains.
+A ticker delta whose ``data.symbol`` names another market than its topic is, as in ccxt's
+path, counted under the topic's symbol and stored under the other (``DecodeSink.tick``'s
+``key``).
 """
 
 from __future__ import annotations
 
-from typing import Any
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any, Final
 
-from flight_md.normalize import Channel
+import orjson
+
+from flight_md.core import decode
+from flight_md.core.decode import DecoderContext, DecodeSink, FrameDecoder
+from flight_md.normalize import Channel, DropReason
 from flight_md.venues.base import BOOK_METHODS, TRADES_METHODS, ChannelMethods, Venue
 
 _REST_KEYS = ("spot", "futures", "v2", "public", "private")
@@ -39,6 +57,323 @@ def _overrides(rest: str, ws: str) -> dict[str, Any]:
     return {"urls": {"api": api}, "options": {"fetchMarkets": {"types": ["spot", "linear"]}}}
 
 
+# -- fast decoders ------------------------------------------------------------------------------
+
+_NOT_DATA: Final = ("code", "ret_code", "retCode", "success", "ret_msg", "pong", "event", "op",
+                    "req_id", "reqId", "conn_id")
+"""Keys of frames ccxt's ``handle_message`` treats before a topic's handler (errors, pongs,
+subscription answers): such a frame is declined."""
+_TICKER_TOPIC: Final = re.compile(r"tickers\.([A-Za-z0-9_-]+)").fullmatch
+_TRADE_TOPIC: Final = re.compile(r"publicTrade\.([A-Za-z0-9_-]+)").fullmatch
+
+
+class _Raise(Exception):
+    """ccxt's parse raises on the frame (its ``Precise`` met text that is no number)."""
+
+
+# ccxt's Precise (ccxt/base/precise.py, MIT): (integer, decimals), with its failures.
+
+def _precise(text: str) -> tuple[int, int]:
+    try:
+        modifier = 0
+        if "e" in text or "E" in text:
+            text = text.lower()
+            text, exponent = text.split("e")
+            modifier = int(exponent)
+        point = text.find(".")
+        if point > -1:
+            return int(text.replace(".", "")), len(text) - point - 1 - modifier
+        return int(text), -modifier
+    except ValueError:
+        raise _Raise from None
+
+
+def _text(value: tuple[int, int]) -> str:
+    integer, decimals = value
+    digits = str(integer)
+    if digits == "0":
+        decimals = 0
+    else:
+        reduced = digits.rstrip("0")
+        decimals -= len(digits) - len(reduced)
+        digits = reduced
+    sign = ""
+    if digits[0] == "-":
+        sign, digits = "-", digits[1:]
+    if decimals <= 0:
+        return sign + digits + "0" * (-decimals)
+    length = len(digits)
+    if length > decimals:
+        return sign + digits[:length - decimals] + "." + digits[length - decimals:]
+    return sign + "0." + "0" * (decimals - length) + digits
+
+
+def _mul(left: str | None, right: str | None) -> str | None:
+    if left is None or right is None:
+        return None
+    (ai, ad), (bi, bd) = _precise(left), _precise(right)
+    return _text((ai * bi, ad + bd))
+
+
+def _add(left: str | None, right: str | None, sign: int = 1) -> str | None:
+    if left is None or right is None:
+        return None
+    (ai, ad), (bi, bd) = _precise(left), _precise(right)
+    bi *= sign
+    if ad == bd:
+        return _text((ai + bi, ad))
+    if ad > bd:
+        return _text((ai + bi * 10 ** (ad - bd), ad))
+    return _text((ai * 10 ** (bd - ad) + bi, bd))
+
+
+def _div(left: str | None, right: str | None, precision: int = 18) -> str | None:
+    if left is None or right is None:
+        return None
+    bi, bd = _precise(right)
+    if bi == 0:
+        return None
+    ai, ad = _precise(left)
+    distance = precision - ad + bd
+    numerator = ai if distance == 0 else (ai // 10 ** -distance if distance < 0
+                                          else ai * 10 ** distance)
+    result, mod = divmod(numerator, bi)
+    if result < 0 and mod:
+        result += 1  # Python floors; ccxt truncates
+    return _text((result, precision))
+
+
+def _omit_zero(text: str | None) -> str | None:
+    """ccxt's ``omit_zero`` of a ``safe_string`` result."""
+    if text is None:
+        return None
+    try:
+        return None if float(text) == 0 else text
+    except ValueError:
+        return text
+
+
+def _number(text: str | None) -> float | None:
+    if text is None:
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        return None
+
+
+def _frame(frame: str | bytes) -> dict[str, Any] | None:
+    """A topic frame ccxt would hand to a topic's handler, else ``None`` (decline)."""
+    try:
+        message = orjson.loads(frame)
+    except orjson.JSONDecodeError:
+        return None
+    if type(message) is not dict or any(key in message for key in _NOT_DATA):
+        return None
+    return message
+
+
+class _Symbols:
+    """ccxt's ``safe_market(id, None, None, type)`` of the loaded markets, by type."""
+
+    __slots__ = ("by_id", "contract", "spot")
+
+    def __init__(self, context: DecoderContext) -> None:
+        self.by_id = context.markets_by_id
+        self.spot = decode.symbols_by_id(self.by_id, "spot")
+        self.contract = decode.symbols_by_id(self.by_id, "contract")
+
+    def of(self, market_id: str, kind: str) -> str:
+        return (self.spot if kind == "spot" else self.contract).get(market_id, market_id)
+
+
+class _TickerDecoder:
+    """``tickers.<symbol>`` snapshots and deltas -> ticker rows (ccxt ``handle_ticker``)."""
+
+    __slots__ = ("_raw", "_raw_fields", "_symbols")
+
+    def __init__(self, context: DecoderContext) -> None:
+        self._symbols = _Symbols(context)
+        self._raw_fields = context.raw_fields
+        self._raw: dict[str, dict[str, Any]] = {}  # ccxt's tickers[symbol]["info"]
+
+    def reset(self) -> None:
+        self._raw.clear()
+
+    def decode(self, frame: str | bytes, receive_ms: int, sink: DecodeSink) -> bool:
+        message = _frame(frame)
+        if message is None:
+            return False
+        topic = message.get("topic")
+        found = _TICKER_TOPIC(topic) if type(topic) is str else None
+        if found is None:
+            return False
+        update = decode.ccxt_string(message.get("type")) or ""
+        data = message.get("data")
+        if type(data) is not dict:
+            data = {}
+        kind = "spot" if decode.ccxt_string(data.get("usdIndexPrice")) is not None else "contract"
+        if update == "snapshot":
+            info = data
+        elif update == "delta":
+            key = self._symbols.of(found.group(1), kind)
+            info = {**self._raw.get(key, {}), **data}
+        else:
+            return True  # ccxt parses nothing of it
+        try:
+            symbol, values = self._parse(info)
+        except _Raise:
+            sink.drop(None, DropReason.UNPARSEABLE_FRAME)
+            return True
+        if update == "snapshot":
+            if symbol is None:
+                return True
+            key = symbol
+        self._raw[key] = info
+        if not symbol:  # a delta merged into no snapshot: ccxt stores a ticker without a symbol
+            sink.drop(key, DropReason.MISSING_SYMBOL)
+            return True
+        last, bid, ask, high, low, open_, volume = values
+        decode.ticker(sink, symbol, decode.ccxt_int(message.get("ts")), last=last, bid=bid,
+                      ask=ask, high=high, low=low, open_=open_, volume=volume, info=info,
+                      raw_fields=self._raw_fields, receive_ms=receive_ms, key=key)
+        return True
+
+    def _parse(self, ticker: Mapping[str, Any]) -> tuple[str | None, tuple[float | None, ...]]:
+        """bybit ``parse_ticker`` then ``safe_ticker``: the symbol and the values a row is made
+        of (last, bid, ask, high, low, open, baseVolume); :class:`_Raise` where ccxt raises."""
+        text = decode.ccxt_string
+        kind = "spot" if text(ticker.get("openInterestValue")) is None else "contract"
+        market_id = text(ticker.get("symbol"))
+        symbol = None if market_id is None else self._symbols.of(market_id, kind)
+        last, open_ = text(ticker.get("lastPrice")), text(ticker.get("prevPrice24h"))
+        percentage = _mul(text(ticker.get("price24hPcnt")), "100")
+        quote_volume, base_volume = text(ticker.get("turnover24h")), text(ticker.get("volume24h"))
+        # safe_ticker (change, average and vwap are None in parse_ticker's structure)
+        open_ = _omit_zero(open_)
+        close = _omit_zero(last)
+        percentage = _omit_zero(percentage)
+        _div(_omit_zero(quote_volume), base_volume)  # vwap: raises where ccxt's does
+        change: str | None = None
+        if percentage is not None and open_ is None and close is not None:
+            open_ = _div(close, _add("1", _div(percentage, "100")))
+        if close is not None and open_ is not None:
+            change = _add(close, open_, -1)
+        elif close is not None and percentage is not None:
+            change = _mul(_div(percentage, "100"), _div(close, "100"))
+        elif open_ is not None and percentage is not None:
+            change = _mul(open_, _div(percentage, "100"))
+        if open_ is not None:
+            if percentage is None and change is not None:
+                _mul(_div(change, open_), "100")
+            if close is None and change is not None:
+                close = _add(open_, change)
+            if close is not None:
+                _div(_add(open_, close), "2")  # average: its precision cannot make it raise
+        quote = decode.ccxt_quote
+        return symbol, (_number(_omit_zero(close)), quote(ticker.get("bid1Price")),
+                        quote(ticker.get("ask1Price")), quote(ticker.get("highPrice24h")),
+                        quote(ticker.get("lowPrice24h")), _number(_omit_zero(open_)),
+                        _number(base_volume))
+
+
+class _TradeDecoder:
+    """``publicTrade.<symbol>`` -> trades (ccxt ``handle_trades``, ``parse_ws_trade``)."""
+
+    __slots__ = ("_kind", "_markets", "_symbols")
+
+    def __init__(self, context: DecoderContext) -> None:
+        self._symbols = _Symbols(context)
+        self._kind = "spot" if "spot" in context.url else "contract"  # ccxt: client.url
+        self._markets: Mapping[str, Sequence[Mapping[str, Any]]] = context.markets_by_id
+
+    def reset(self) -> None:
+        """Nothing is kept between frames."""
+
+    def decode(self, frame: str | bytes, receive_ms: int, sink: DecodeSink) -> bool:
+        message = _frame(frame)
+        if message is None:
+            return False
+        topic = message.get("topic")
+        found = _TRADE_TOPIC(topic) if type(topic) is str else None
+        if found is None or found.group(1) not in self._markets:
+            return False
+        data = message.get("data")
+        if type(data) is not list:
+            data = []
+        if any(type(item) is not dict for item in data):
+            return False
+        key = self._symbols.of(found.group(1), self._kind)
+        market = self._market(found.group(1), self._kind)
+        if market is None:
+            return False
+        for item in data:
+            try:
+                made = self._parse(item, market)
+            except _Raise:
+                sink.drop(None, DropReason.UNPARSEABLE_FRAME)
+                return True
+            decode.trade(sink, key, made[0], made[1], made[2], made[3], made[4], receive_ms)
+        return True
+
+    def _market(self, market_id: str, kind: str) -> Mapping[str, Any] | None:
+        markets = self._markets[market_id]
+        if len(markets) == 1:
+            return markets[0]
+        return next((m for m in markets if m.get(kind) is True), None)
+
+    def _parse(self, trade: Mapping[str, Any], market: Mapping[str, Any]
+               ) -> tuple[int | None, str | None, float | None, float | None, str | None]:
+        """``(timestamp, id, price, amount, side)`` as bybit ``parse_ws_trade`` and
+        ``safe_trade`` make them; :class:`_Raise` where ccxt raises."""
+        text = decode.ccxt_string
+        trade_id = decode.ccxt_string_n(trade, ("i", "T", "v"))
+        stamp = decode.ccxt_int(trade["t"]) if "t" in trade else None
+        if stamp is None:
+            stamp = decode.ccxt_int(trade["T"]) if "T" in trade else None
+        raw_side = trade.get("S")
+        side = text(raw_side)
+        if side is not None:
+            side = side.lower()
+        else:
+            side = "buy" if trade.get("m") is True else "sell"
+        price = text(trade.get("p"))
+        amount = text(trade.get("q")) or text(trade.get("v"))
+        resolved = self._resolved(trade, market)
+        size = text(resolved.get("contractSize"))
+        multiply = price
+        if size is not None:
+            if resolved.get("inverse") is True:
+                multiply = _div("1", price)
+            multiply = _mul(multiply, size)
+        _mul(multiply, amount)  # cost: raises where ccxt's does
+        return stamp, trade_id, _number(price), _number(amount), side
+
+    def _resolved(self, trade: Mapping[str, Any], market: Mapping[str, Any]) -> Mapping[str, Any]:
+        """ccxt's ``safe_market(trade.s, market, None, market.type)``."""
+        market_id = decode.ccxt_string(trade.get("s"))
+        found = self._markets.get(market_id) if market_id is not None else None
+        if not found:
+            return market
+        if len(found) == 1:
+            return found[0]
+        kind = decode.ccxt_string(market.get("type")) or ""
+        for candidate in found:
+            if kind not in candidate:
+                raise _Raise  # ccxt's currentMarket[type]: a KeyError
+            if candidate[kind] is True:
+                return candidate
+        return market
+
+
+def _ticker(context: DecoderContext) -> FrameDecoder:
+    return _TickerDecoder(context)
+
+
+def _trades(context: DecoderContext) -> FrameDecoder:
+    return _TradeDecoder(context)
+
+
 VENUE = Venue(
     id="bybit",
     title="Bybit v5 (spot and linear)",
@@ -52,6 +387,7 @@ VENUE = Venue(
     symbols_per_message=10,
     book_depths=(1, 50, 200, 1000),
     url_overrides=_overrides,
+    decoders={Channel.TICKER: _ticker, Channel.TRADES: _trades},
     # tickers.<symbol> websocket data and /v5/market/tickers rows.
     raw_numeric_fields=frozenset({
         "lastPrice", "bid1Price", "bid1Size", "ask1Price", "ask1Size", "prevPrice24h",

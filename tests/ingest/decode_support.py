@@ -96,8 +96,9 @@ class RecordingSink:
     def __init__(self) -> None:
         self.out: list[tuple[Any, ...]] = []
 
-    def tick(self, symbol: str, row: Sequence[float], stamped: bool) -> None:
-        self.out.append(("tick", symbol, tuple(row), stamped))
+    def tick(self, symbol: str, row: Sequence[float], stamped: bool,
+             key: str | None = None) -> None:
+        self.out.append(("tick", symbol, tuple(row), stamped, key))
 
     def trade(self, fields: TradeFields, stamped: bool = True, span: int = 1) -> None:
         self.out.append(("trade", fields, stamped, span))
