@@ -10,6 +10,13 @@ Design (pure and synchronous; the async methods are thin facades the original AP
   history.
 * Small segments (sealed early for a reader) are compacted into one when they pile up. The
   compacted segment replaces them in the ring; readers that hold the small ones keep them.
+* Columnar writers: :meth:`MarketDataBuffer.append_batch` appends a record batch (it joins
+  the small segments, under the same compaction and sealing rules), and
+  :meth:`MarketDataBuffer.run_appender` appends a ring's rows of an ingestion process's
+  hand-off message (:class:`HandOff`): their floats join the pending rows in one copy, and
+  while the ring is read live the child's Arrow slice of them is kept beside them
+  (``pieces``), so that a live tail or a ``latest`` read slices it and nothing converts rows
+  under the lock. No path does work per row.
 * Eviction is logical: the ring keeps the newest ``capacity`` rows (by a sequence number)
   and drops a segment once every row in it is older. So a table a reader holds is never
   mutated afterwards, however the ring wraps or is cleared.
@@ -34,7 +41,7 @@ import math
 import threading
 from array import array
 from collections import OrderedDict, deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Final
 
@@ -58,6 +65,7 @@ __all__ = [
     "MEMORY_POOL",
     "BufferStats",
     "Follower",
+    "HandOff",
     "MarketDataBuffer",
     "Store",
     "ambiguous_exchange",
@@ -70,6 +78,12 @@ MERGE_ROWS: Final = 8192
 """Largest merged segment: a 1,000,000-tick ring holds ~120 segments, not ~500."""
 COMPACT_SEGMENTS: Final = 8
 """Small trailing segments that trigger a compaction into one."""
+FRESH_BATCHES: Final = 64
+"""Appended batches (:meth:`MarketDataBuffer.append_batch`) a ring holds as they are before
+it compacts them without waiting for a reader: a reader compacts beyond
+:data:`COMPACT_SEGMENTS` (it needs few pieces); a writer alone compacts less often (each
+compaction is a copy and a concatenation), and this bounds how many hand-off messages one
+ring's unsealed rows keep in memory."""
 CONSTANT_CACHE_BYTES: Final = 32 * 1024 * 1024
 """Budget of the cache of constant ``symbol``/``exchange`` columns (least recently used go)."""
 MEMORY_POOL: Final = pa.system_memory_pool()
@@ -134,6 +148,41 @@ def _concat(batches: list[pa.RecordBatch]) -> pa.RecordBatch:
     return pa.concat_batches(batches, memory_pool=MEMORY_POOL)
 
 
+class HandOff:
+    """One hand-off message of an ingestion process: rows of several rings of one channel,
+    sorted by ring, in two forms built by the child: the pending layout's float64 values
+    (``width`` a row, see :mod:`flight_md.core.channels`) and the same rows as one Arrow IPC
+    record batch in the channel's stored schema, decoded only if a ring is read live.
+
+    Args:
+        floats: The rows' float64 values, row after row.
+        ids: Trades: the rows' ids; otherwise ``None``.
+        ipc: The rows as one serialized record batch (``RecordBatch.serialize``).
+        spec: The channel's spec.
+    """
+
+    __slots__ = ("_batch", "floats", "ids", "ipc", "spec")
+
+    def __init__(self, floats: bytes, ids: list[str | None] | None, ipc: bytes,
+                 spec: ChannelSpec) -> None:
+        self.floats = memoryview(floats).cast("B")
+        self.ids = ids
+        self.ipc = ipc
+        self.spec = spec
+        self._batch: pa.RecordBatch | None = None
+
+    def batch(self) -> pa.RecordBatch:
+        """Every row as one record batch (decoded once, zero copy)."""
+        if self._batch is None:
+            self._batch = pa.ipc.read_record_batch(pa.py_buffer(self.ipc), self.spec.stored)
+        return self._batch
+
+    def row(self, index: int) -> Sequence[float]:
+        """Row ``index``'s float values."""
+        width = self.spec.width
+        return self.floats[index * width * 8:(index + 1) * width * 8].cast("d")
+
+
 class _ConstantCache:
     """Constant string columns by value, each at the longest length asked for so far.
 
@@ -169,8 +218,35 @@ class _ConstantCache:
         return built
 
 
-def _timestamps(row: Sequence[float] | None) -> tuple[int | None, int | None]:
+def _timestamps(row: Sequence[float] | _LastOf | None) -> tuple[int | None, int | None]:
     return (None, None) if row is None else (int(row[0]), int(row[-1]))
+
+
+class _LastOf:
+    """The newest row of an appended batch or hand-off run, read only when stats ask
+    (``row[0]``, ``row[-1]``: its exchange and receive timestamps), so that an append does
+    no per-row work."""
+
+    __slots__ = ("at", "of")
+
+    def __init__(self, of: pa.RecordBatch | HandOff, at: int = -1) -> None:
+        self.of = of
+        self.at = at
+
+    def __getitem__(self, index: int) -> float:
+        of = self.of
+        if isinstance(of, HandOff):
+            return of.row(self.at)[index]
+        return float(of.column(_TS if index == 0 else of.num_columns - 1)[self.at].as_py())
+
+
+def _slice_into(out: list[pa.RecordBatch], batch: pa.RecordBatch, first: int, first_seq: int,
+                end_seq: int) -> None:
+    """Append the part of ``batch`` (rows from sequence ``first``) within
+    ``[first_seq, end_seq)``; the caller checked that they overlap."""
+    lo = max(first_seq - first, 0)
+    hi = min(end_seq - first, batch.num_rows)
+    out.append(batch if (lo == 0 and hi == batch.num_rows) else batch.slice(lo, hi - lo))
 
 
 def _constant_strings(value: bytes, length: int) -> pa.Array:
@@ -209,6 +285,7 @@ class _Ring:
         # for large rings a bounded trailing run (at most MERGE_ROWS / seal_rows segments).
         self.merge_rows = max(self.seal_rows, min(capacity // 8, MERGE_ROWS))
         self.run = 0  # trailing segments not merged yet
+        self.run_rows = 0  # rows in them
         self._exchange_bytes = exchange.encode()
         self._symbol_bytes = symbol.encode()
         self.lock = threading.Lock()
@@ -222,7 +299,13 @@ class _Ring:
         self.next_seq = 0  # sequence number of the next appended row
         self.start_seq = 0  # oldest retained row
         self.sealed_seq = 0  # rows below this are in segments
-        self.last_row: Sequence[float] | None = None  # the newest row (for stats)
+        self.last_row: Sequence[float] | _LastOf | None = None  # the newest row (for stats)
+        self.fresh_foreign = False  # fresh holds a batch given by append_batch (see _seal)
+        # The newest pending rows as Arrow slices of hand-off messages (append_run), kept
+        # while the ring is read live (followers, or a reader since the last seal).
+        self.pieces: list[pa.RecordBatch] = []
+        self.piece_rows = 0
+        self.live = False
         self.followers: set[Follower] = set()
         self.waiting = 0
         # Persistence (see MarketDataBuffer.persisting): rows below journal_seq were handed to
@@ -237,6 +320,9 @@ class _Ring:
 
     def append_row(self, row: Sequence[float]) -> None:
         """Append one valid row (one method call: this is the hot path)."""
+        if self.pieces:  # they must cover the newest pending rows: this one has none
+            self.pieces = []
+            self.piece_rows = 0
         self.pending.extend(row)
         self.pending_rows += 1
         self.next_seq += 1
@@ -253,29 +339,107 @@ class _Ring:
         self.pending_ids.append(row_id)
         self.append_row(row)
 
+    def append_batch(self, batch: pa.RecordBatch) -> None:
+        """Append a valid, non-empty batch in :attr:`stored_schema` (a columnar hand-off).
+
+        The batch joins ``fresh`` as it is (no per-row work); the fresh and compaction rules
+        that fold readers' early seals fold these too, so a stream of small batches becomes
+        ``seal_rows`` segments, not one segment per batch. Rows still pending (from
+        :meth:`append_row` on the same ring) are converted first, so that order holds.
+        """
+        rows = batch.num_rows
+        if self.pending_rows:
+            self._freshen()
+        self.fresh.append(batch)
+        self.fresh_rows += rows
+        self.fresh_foreign = True
+        self.next_seq += rows
+        if self.next_seq - self.start_seq > self.capacity:
+            self.start_seq = self.next_seq - self.capacity  # logical eviction (see _evict)
+        if self.fresh_rows >= self.seal_rows:
+            self._seal()
+        elif len(self.fresh) >= FRESH_BATCHES:
+            self._compact_fresh()
+        self.last_row = _LastOf(batch)
+        if self.waiting:
+            self.changed.notify_all()
+
+    def _compact_fresh(self) -> None:
+        self.fresh = [_concat(self.fresh)]
+        self.fresh_foreign = False
+
+    def append_run(self, run: HandOff, first: int, rows: int) -> None:
+        """Append rows ``[first, first + rows)`` of a hand-off message (a copy of their
+        floats into ``pending``; no per-row work). While the ring is read live, the Arrow
+        slice of those rows is kept beside them (``pieces``), so that readers slice it instead
+        of converting pending rows under the lock."""
+        width = self.spec.width
+        self.pending.frombytes(run.floats[first * width * 8:(first + rows) * width * 8])
+        if run.ids is not None:
+            self.pending_ids += run.ids[first:first + rows]
+        if self.live and len(self.pieces) < FRESH_BATCHES:
+            self.pieces.append(run.batch().slice(first, rows))
+            self.piece_rows += rows
+        elif self.pieces:  # no longer read live, or holding many messages: a reader converts
+            self.pieces = []
+            self.piece_rows = 0
+        self.pending_rows += rows
+        self.next_seq += rows
+        if self.next_seq - self.start_seq > self.capacity:
+            self.start_seq = self.next_seq - self.capacity  # logical eviction (see _evict)
+        if self.fresh_rows + self.pending_rows >= self.seal_rows:
+            self._seal()
+        self.last_row = _LastOf(run, first + rows - 1)
+        if self.waiting:
+            self.changed.notify_all()
+
+    def _pieces_cover(self, seq: int) -> bool:
+        """Whether the pieces hold the rows from ``seq`` on (``seq < next_seq``), in fewer
+        than :data:`COMPACT_SEGMENTS` pieces (a reader needs few)."""
+        if seq < self.next_seq - self.piece_rows:
+            return False
+        end = self.next_seq
+        for count, piece in enumerate(reversed(self.pieces), 1):
+            end -= piece.num_rows
+            if end <= seq:
+                return count < COMPACT_SEGMENTS
+        return False
+
     def _sealed_pending(self) -> pa.RecordBatch:
         batch = self.spec.seal(self.pending, self.pending_rows, self.pending_ids)
         self.pending = array("d")
         self.pending_ids = []
         self.pending_rows = 0
+        if self.pieces:
+            self.pieces = []
+            self.piece_rows = 0
         return batch
 
     def _seal(self) -> None:
         parts = self.fresh
         if self.pending_rows:
             parts = [*parts, self._sealed_pending()]
-        batch = parts[0] if len(parts) == 1 else _concat(parts)
+        # One batch given by append_batch is copied too: it may be a slice of a larger
+        # hand-off message, which a segment kept as is would hold in memory whole.
+        batch = parts[0] if len(parts) == 1 and not self.fresh_foreign else _concat(parts)
         self.segments.append(_Segment(batch, self.sealed_seq))
         self.sealed_seq += batch.num_rows
         self.fresh = []
         self.fresh_rows = 0
-        self.run += 1
-        if self.run > 1 and self.run * self.seal_rows >= self.merge_rows:
+        self.fresh_foreign = False
+        self.live = bool(self.followers)  # a reader that comes back arms it again
+        if batch.num_rows >= self.merge_rows:
+            self.run = self.run_rows = 0  # large enough alone (a large appended batch)
+        else:
+            self.run += 1
+            self.run_rows += batch.num_rows
+        # By rows, not segments: appended batches make segments of seal_rows or more.
+        if self.run > 1 and self.run_rows >= self.merge_rows:
             merged = [self.segments.pop() for _ in range(min(self.run, len(self.segments)))]
             merged.reverse()
             self.segments.append(_Segment(_concat([m.batch for m in merged]),
                                           merged[0].first_seq))
-            self.run = 0
+            self.run = self.run_rows = 0
         self._evict()
 
     def _evict(self) -> None:
@@ -297,13 +461,14 @@ class _Ring:
             segments[0] = _Segment(_concat([head.batch.slice(start - head.first_seq)]), start)
 
     def _freshen(self) -> None:
-        """Convert pending rows so a reader can see them (each row converts once)."""
-        if not self.pending_rows:
-            return
-        self.fresh_rows += self.pending_rows
-        self.fresh.append(self._sealed_pending())
+        """Convert pending rows so a reader can see them (each row converts once), and
+        compact the unsealed batches once they are many (appended batches pile up to
+        :data:`FRESH_BATCHES` before a writer compacts them)."""
+        if self.pending_rows:
+            self.fresh_rows += self.pending_rows
+            self.fresh.append(self._sealed_pending())
         if len(self.fresh) >= COMPACT_SEGMENTS:
-            self.fresh = [_concat(self.fresh)]
+            self._compact_fresh()
 
     # -- reader side (caller holds the lock) ---------------------------------------------
 
@@ -316,25 +481,49 @@ class _Ring:
             seq += batch.num_rows
         return out
 
-    def snapshot(self, first_seq: int, end_seq: int) -> list[pa.RecordBatch]:
-        """Immutable slices covering rows ``[first_seq, end_seq)``."""
-        if end_seq > self.sealed_seq:
+    def snapshot(self, first_seq: int, end_seq: int, live: bool = True) -> list[pa.RecordBatch]:
+        """Immutable slices covering rows ``[first_seq, end_seq)``.
+
+        Walks from the newest piece back, so that a tail or a ``latest`` read costs the
+        pieces it reads, not every segment of a large ring. ``live``: a reader of the newest
+        rows (not the journal), which makes the ring keep hand-off pieces (``append_run``).
+        """
+        pending_seq = self.sealed_seq + self.fresh_rows  # the first pending row
+        if end_seq > pending_seq and self.pending_rows and not self._pieces_cover(
+                max(first_seq, pending_seq)):
+            # Pending rows without (few enough) Arrow pieces: convert them, and from now on
+            # keep the pieces of hand-off runs, so that the next read only slices.
+            self.live = self.live or live
             self._freshen()
+            pending_seq = self.sealed_seq + self.fresh_rows
+        elif end_seq > self.sealed_seq and len(self.fresh) >= COMPACT_SEGMENTS:
+            self._compact_fresh()
         out: list[pa.RecordBatch] = []
-        seq = self.sealed_seq
-        pieces: list[tuple[int, pa.RecordBatch]] = [(s.first_seq, s.batch) for s in self.segments]
-        for batch in self.fresh:
-            pieces.append((seq, batch))
-            seq += batch.num_rows
-        for first, batch in pieces:
-            end = first + batch.num_rows
+        end = self.next_seq
+        for piece in reversed(self.pieces):  # the newest pending rows, as the child built them
+            first = end - piece.num_rows
+            if first < end_seq and end > first_seq:
+                _slice_into(out, piece, first, first_seq, end_seq)
+            end = first
             if end <= first_seq:
-                continue
-            if first >= end_seq:
+                out.reverse()
+                return out
+        end = pending_seq  # pending rows without pieces are outside the range (see above)
+        for batch in reversed(self.fresh):
+            first = end - batch.num_rows
+            if first < end_seq and end > first_seq:
+                _slice_into(out, batch, first, first_seq, end_seq)
+            end = first
+            if end <= first_seq:
                 break
-            lo = max(first_seq - first, 0)
-            hi = min(end_seq, end) - first
-            out.append(batch if (lo == 0 and hi == batch.num_rows) else batch.slice(lo, hi - lo))
+        if end > first_seq:
+            for segment in reversed(self.segments):
+                first = segment.first_seq
+                if first < end_seq:
+                    _slice_into(out, segment.batch, first, first_seq, end_seq)
+                if first <= first_seq:
+                    break
+        out.reverse()
         return out
 
     def segments_between(self, start_ms: int | None, end_ms: int | None) -> list[pa.RecordBatch]:
@@ -399,17 +588,20 @@ class _Ring:
         """
         if self.journal_seq is not None and self.journal_seq < self.next_seq:
             self.cleared.append((self.journal_seq, self.snapshot(self.journal_seq,
-                                                                 self.next_seq)))
+                                                                 self.next_seq, live=False)))
             self.journal_seq = self.next_seq
         if self.history_seq is not None:
             self.history_seq = self.next_seq
         self.segments = deque()
         self.fresh = []
         self.fresh_rows = 0
+        self.fresh_foreign = False
         self.pending = array("d")
         self.pending_ids = []
         self.pending_rows = 0
-        self.run = 0
+        self.pieces = []
+        self.piece_rows = 0
+        self.run = self.run_rows = 0
         self.start_seq = self.sealed_seq = self.next_seq
         self.last_row = None
         for follower in self.followers:
@@ -425,7 +617,8 @@ class _Ring:
         assert self.journal_seq is not None
         out, self.cleared = self.cleared, []
         if self.journal_seq < self.next_seq:
-            out.append((self.journal_seq, self.snapshot(self.journal_seq, self.next_seq)))
+            out.append((self.journal_seq, self.snapshot(self.journal_seq, self.next_seq,
+                                                        live=False)))
             self.journal_seq = self.next_seq
         return out
 
@@ -534,6 +727,9 @@ class MarketDataBuffer:
         self.spec = spec_for(str(channel), book_depth)
         self.channel = self.spec.name
         self.schema = self.spec.schema
+        self.stored_schema = self.spec.stored
+        """:attr:`schema` without ``symbol`` and ``exchange``: the columns a ring stores (and
+        :meth:`append_batch` takes)."""
         self.book_depth = self.spec.depth
         self.buffer_size = buffer_size
         self._rings: dict[tuple[str, str], _Ring] = {}
@@ -634,18 +830,76 @@ class MarketDataBuffer:
             ValueError: A level that is not a pair of finite numbers, a nonce that is not an
                 integer, or timestamps outside 0..:data:`MAX_TIMESTAMP_MS`.
         """
+        row = self._book_row(exchange, symbol, timestamp, bids, asks, nonce, receive_timestamp)
+        ring = self._rings.get((exchange, symbol)) or self._ring_for(exchange, symbol)
+        with ring.lock:
+            ring.append_row(row)
+
+    def _book_row(self, exchange: str, symbol: str, timestamp: int,
+                  bids: Sequence[Sequence[float]], asks: Sequence[Sequence[float]],
+                  nonce: int | None, receive_timestamp: int) -> list[float]:
+        """A book update's checked pending row (see :meth:`append_book`)."""
         self._need("book")
         _check_times(timestamp, receive_timestamp, exchange, symbol)
         if nonce is not None and (isinstance(nonce, bool) or not isinstance(nonce, int)):
             raise ValueError(f"book nonce must be an integer or None, got {nonce!r}")
         try:
-            row = book_row(timestamp, bids, asks, nonce, receive_timestamp, self.book_depth)
+            return book_row(timestamp, bids, asks, nonce, receive_timestamp, self.book_depth)
         except (TypeError, IndexError):
             raise ValueError(f"book levels must be [price, amount] pairs of numbers "
                              f"({exchange}, {symbol})") from None
+
+    def run_appender(self, exchange: str, symbol: str) -> Callable[[HandOff, int, int], None]:
+        """The ingestion process's path: a function that appends rows ``[first, first +
+        rows)`` of a :class:`HandOff` message (of this buffer's channel, rows valid as for
+        :meth:`append_row`, ``rows >= 1``) to the ring of ``(exchange, symbol)``, created now
+        if new. It copies the rows' floats (no per-row work) and, while the ring is read
+        live, keeps their Arrow slice for readers."""
+        ring = self._ring_for(exchange, symbol)
+        lock, append = ring.lock, ring.append_run
+
+        def append_run(run: HandOff, first: int, rows: int) -> None:
+            with lock:
+                append(run, first, rows)
+
+        return append_run
+
+    def appender(self, exchange: str, symbol: str) -> Callable[[pa.RecordBatch], None]:
+        """:meth:`append_batch` bound to one ring (created now if new), without the lookup
+        and the schema check: for a writer that hands batches of one ring over and over and
+        guarantees their schema (the ingestion process's hand-off reads them in
+        :attr:`stored_schema`). Empty batches are not allowed."""
+        ring = self._ring_for(exchange, symbol)
+        lock, append = ring.lock, ring.append_batch
+
+        def append_batch(batch: pa.RecordBatch) -> None:
+            with lock:
+                append(batch)
+
+        return append_batch
+
+    def append_batch(self, exchange: str, symbol: str, batch: pa.RecordBatch) -> None:
+        """Store a run of rows given as one record batch: the columnar hand-off's fast path.
+
+        ``batch`` is in the ring's stored schema (:attr:`stored_schema`: the channel's
+        :attr:`schema` without ``symbol`` and ``exchange``), oldest row first, and every value
+        must already be valid, as for :meth:`append_row`: only the schema is checked. The rows
+        get the next sequence numbers in order and count, evict, journal and reach live tails
+        like appended rows; the batch is kept as it is (zero copy) until the ring folds it into
+        a segment, and must not be mutated afterwards (Arrow batches are not).
+
+        Raises:
+            ValueError: ``batch`` is not in :attr:`stored_schema`.
+        """
+        if not batch.schema.equals(self.stored_schema):
+            raise ValueError(f"a {self.channel} batch must have the schema "
+                             f"{self.stored_schema.names}, got {batch.schema.names} "
+                             f"({exchange}, {symbol})")
+        if not batch.num_rows:
+            return
         ring = self._rings.get((exchange, symbol)) or self._ring_for(exchange, symbol)
         with ring.lock:
-            ring.append_row(row)
+            ring.append_batch(batch)
 
     def _need(self, channel: str) -> None:
         if self.channel != channel:
@@ -830,6 +1084,7 @@ class MarketDataBuffer:
                 batches = ring.snapshot(first, end) if end > first else []
             follower = Follower(ring, end, lag, columns)
             ring.followers.add(follower)
+            ring.live = True
         table = ring.table(batches, columns)
         if start_ms is not None and backlog is not None and table.num_rows > backlog:
             table = table.slice(table.num_rows - backlog)

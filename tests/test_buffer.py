@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from array import array
 from collections.abc import Callable
 from typing import Any
 from unittest import mock
@@ -14,7 +15,8 @@ from hypothesis import strategies as st
 from hypothesis.stateful import Bundle, RuleBasedStateMachine, consumes, initialize, invariant, rule
 
 from flight_md import buffer as buffer_module
-from flight_md.buffer import DEFAULT_BUFFER_SIZE, BufferStats, Follower, MarketDataBuffer
+from flight_md.buffer import DEFAULT_BUFFER_SIZE, BufferStats, Follower, HandOff, MarketDataBuffer
+from flight_md.core.channels import TICKER_SPEC, spec_for, trade_row
 from flight_md.errors import AmbiguousExchange, FlightMdError, SlowConsumer, UnknownExchange, UnknownSymbol
 from flight_md.schema import SCHEMA, MarketTick
 from tests.support import until
@@ -31,6 +33,28 @@ def mk(serial: int, ts: int, symbol: str = "BTC/USDT", exchange: str = "binance"
     return MarketTick(symbol, ts, price, opt, None if missing else price - 0.25,
                       None if missing else price + 0.25, opt, None if missing else price - 3.0,
                       opt, None if missing else price, exchange, serial + 1_000_000)
+
+
+def _stored(ticks: list[MarketTick]) -> pa.RecordBatch:
+    """Ticks as one batch of the ring's stored schema (what an ingestion child hands over)."""
+    flat = array("d")
+    for t in ticks:
+        flat.extend(buffer_module._row(t))
+    return TICKER_SPEC.seal(flat, len(ticks), [])
+
+
+def _hand_off(by_ring: dict[tuple[str, str], list[MarketTick]]
+              ) -> tuple[HandOff, list[tuple[tuple[str, str], int]]]:
+    """One hand-off message holding every ring's ticks, sorted by ring, and its header."""
+    flat = array("d")
+    header = []
+    for key, ticks in by_ring.items():
+        for t in ticks:
+            flat.extend(buffer_module._row(t))
+        header.append((key, len(ticks)))
+    rows_ = len(flat) // TICKER_SPEC.width
+    ipc = TICKER_SPEC.seal(flat, rows_, []).serialize().to_pybytes()
+    return HandOff(flat.tobytes(), None, ipc, TICKER_SPEC), header
 
 
 def row(t: MarketTick) -> dict[str, Any]:
@@ -176,7 +200,8 @@ class BufferModel(RuleBasedStateMachine):
                                            st.booleans()), min_size=1, max_size=60))
     def setup(self, capacity: int, seal: int, compact: int,
               prefill: list[tuple[str, str, int, bool]]) -> None:
-        for name, value in (("SEAL_ROWS", seal), ("COMPACT_SEGMENTS", compact)):
+        for name, value in (("SEAL_ROWS", seal), ("COMPACT_SEGMENTS", compact),
+                            ("FRESH_BATCHES", compact + 1)):
             patch = mock.patch.object(buffer_module, name, value)
             patch.start()
             self.patches.append(patch)
@@ -231,6 +256,29 @@ class BufferModel(RuleBasedStateMachine):
         assert self.buf.extend(ticks) == len(ticks)
         for t in ticks:
             self._store(t)
+
+    @rule(items=st.lists(st.tuples(st.sampled_from(EXCHANGES), st.sampled_from(SYMBOLS),
+                                   st.integers(0, 15), st.booleans()), min_size=1, max_size=40),
+          how=st.sampled_from(["batch", "run"]))
+    def append_columnar(self, items: list[tuple[str, str, int, bool]], how: str) -> None:
+        """The columnar paths: one batch per ring (append_batch), or one hand-off message
+        holding every ring's rows, sorted by ring (run_appender)."""
+        ticks = [self._tick(*item) for item in items]
+        by_ring: dict[tuple[str, str], list[MarketTick]] = {}
+        for t in ticks:
+            by_ring.setdefault((t.exchange, t.symbol), []).append(t)
+        if how == "batch":
+            for (exchange, symbol), ring_ticks in by_ring.items():
+                self.buf.append_batch(exchange, symbol, _stored(ring_ticks))
+        else:
+            run, header = _hand_off(by_ring)
+            first = 0
+            for (exchange, symbol), n in header:
+                self.buf.run_appender(exchange, symbol)(run, first, n)
+                first += n
+        for ring_ticks in by_ring.values():
+            for t in ring_ticks:
+                self._store(t)
 
     @rule(n=st.integers(1, 300))
     def append_many_one_symbol(self, n: int) -> None:
@@ -797,3 +845,105 @@ def test_followers_on_other_rings_are_untouched() -> None:
     buf.append(mk(3, 3, "BTC/USDT"))
     table = btc.read(0)
     assert table is not None and rows(table) == [row(mk(3, 3, "BTC/USDT"))]
+
+
+# -- columnar appends (the ingestion process's hand-off) ------------------------------------
+
+
+def test_append_batch_refuses_another_schema() -> None:
+    buf = MarketDataBuffer(10)
+    with pytest.raises(ValueError, match=r"a ticker batch must have the schema \['timestamp'"):
+        buf.append_batch("binance", "BTC/USDT", pa.record_batch({"price": [1.0]}))
+    buf.append_batch("binance", "BTC/USDT", _stored([]))  # empty: nothing stored, no ring
+    assert buf.keys() == []
+
+
+def test_small_batches_are_merged_not_kept_one_segment_each() -> None:
+    buf = MarketDataBuffer(10_000)
+    ticks = [mk(i, 1000 + i) for i in range(5000)]
+    for t in ticks:
+        buf.append_batch("binance", "BTC/USDT", _stored([t]))
+    ring = buf._rings["binance", "BTC/USDT"]
+    assert len(ring.segments) + len(ring.fresh) < 30  # not 5,000 one-row segments
+    table = buf.get_latest_sync("BTC/USDT", 10_000)
+    assert rows(table) == [row(t) for t in ticks]
+    assert table.column("price").num_chunks < 30
+
+
+def test_batch_appends_evict_across_batch_boundaries() -> None:
+    buf = MarketDataBuffer(100)
+    ticks = [mk(i, 1000 + i) for i in range(1000)]
+    sizes = [1, 7, 33, 64, 99, 100, 101, 250]
+    at = 0
+    while at < len(ticks):
+        n = sizes[at % len(sizes)]
+        buf.append_batch("binance", "BTC/USDT", _stored(ticks[at:at + n]))
+        at += n
+        kept = ticks[max(0, min(at, len(ticks)) - 100):min(at, len(ticks))]
+        assert rows(buf.get_latest_sync("BTC/USDT", 100)) == [row(t) for t in kept]
+    stats = buf.stats()[0]
+    assert (stats.stored, stats.appended) == (100, 1000)
+    assert (stats.last_timestamp, stats.last_receive_timestamp) == (
+        ticks[-1].timestamp, ticks[-1].receive_timestamp)
+    ring = buf._rings["binance", "BTC/USDT"]
+    held = sum(seg.batch.num_rows for seg in ring.segments) + ring.fresh_rows
+    assert held < 100 + 2 * ring.seal_rows + 250  # evicted rows are freed, not all kept
+
+
+def test_a_tail_reads_hand_off_pieces_without_converting_pending_rows() -> None:
+    buf = MarketDataBuffer(1000)
+    buf.ensure("binance", "BTC/USDT")
+    _, follower = buf.follow("BTC/USDT", exchange="binance")
+    ticks = [mk(i, 1000 + i) for i in range(40)]
+    got = []
+    for i in range(0, 40, 4):  # 10 messages of 4 rows
+        run, _ = _hand_off({("binance", "BTC/USDT"): ticks[i:i + 4]})
+        buf.run_appender("binance", "BTC/USDT")(run, 0, 4)
+        table = follower.read(0)
+        assert table is not None
+        got += rows(table)
+        # What the tail got is the child's batch itself (zero copy), not a conversion.
+        assert _data_addresses(table) == _data_addresses(pa.Table.from_batches([run.batch()]))
+    assert got == [row(t) for t in ticks]
+    ring = buf._rings["binance", "BTC/USDT"]
+    assert ring.pending_rows == 40  # their floats wait for one vectorised seal
+
+
+def test_hand_off_runs_of_trades_keep_their_ids() -> None:
+    spec = spec_for("trades")
+    buf = MarketDataBuffer(100, channel="trades")
+    flat = array("d")
+    ids: list[str | None] = []
+    for i in range(6):
+        flat.extend(trade_row(1000 + i, 10.0 + i, 1.0, "buy" if i % 2 else None, 2000 + i))
+        ids.append(None if i == 3 else f"t{i}")
+    run = HandOff(flat.tobytes(), ids, spec.seal(flat, 6, ids).serialize().to_pybytes(), spec)
+    buf.run_appender("binance", "BTC/USDT")(run, 0, 2)
+    buf.run_appender("binance", "ETH/USDT")(run, 2, 4)
+    assert buf.get_latest_sync("BTC/USDT", 10).column("trade_id").to_pylist() == ["t0", "t1"]
+    eth = buf.get_latest_sync("ETH/USDT", 10)
+    assert eth.column("trade_id").to_pylist() == ["t2", None, "t4", "t5"]
+    assert eth.column("side").to_pylist() == [None, "buy", None, "buy"]
+    assert buf.stats()[1].last_receive_timestamp == 2005
+
+
+def test_batch_appended_rows_are_journalled_once() -> None:
+    buf = MarketDataBuffer(50)
+    buf.persist()
+    ticks = [mk(i, 1000 + i) for i in range(300)]
+    journalled = []
+    for i in range(0, 300, 10):
+        if i % 20:
+            buf.append_batch("binance", "BTC/USDT", _stored(ticks[i:i + 10]))
+        else:
+            run, _ = _hand_off({("binance", "BTC/USDT"): ticks[i:i + 10]})
+            buf.run_appender("binance", "BTC/USDT")(run, 0, 10)
+        if i % 30 == 0:
+            for _, _, first, batches in buf.take_unjournalled():
+                assert first == len(journalled)
+                journalled += pa.Table.from_batches(batches).to_pylist()
+    for _, _, first, batches in buf.take_unjournalled():
+        assert first == len(journalled)
+        journalled += pa.Table.from_batches(batches).to_pylist()
+    stored = [{k: v for k, v in row(t).items() if k not in ("symbol", "exchange")} for t in ticks]
+    assert journalled == stored

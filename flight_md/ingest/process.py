@@ -5,10 +5,11 @@ Why: CPython runs one thread of a process at a time. In one process, the ingesti
 handler waits for it: at 5,000 msg/s a ``latest=100`` DoGet took several times as long as
 on an idle server (BENCHMARKS.md). With :class:`IngestionProcess` the child runs the
 :class:`~flight_md.ingest.manager.MarketDataManager` (streams, reconnects, heartbeats,
-REST fallback, all as in-process) and sends each parsed row to the parent, which only
-appends rows to its :class:`~flight_md.buffer.MarketDataBuffer` (about a microsecond each)
-and answers Flight calls. The buffer, the event log and every read stay in the parent:
-tickets, live tails and actions behave exactly as with :class:`IngestionThread`.
+REST fallback, all as in-process, every channel) and hands its rows to the parent in columnar
+runs, which the parent appends to its :class:`~flight_md.buffer.Store` a ring at a time (no
+work per row) while it answers Flight calls. The buffers, the event log and every read stay
+in the parent: tickets, live tails and actions behave exactly as with
+:class:`IngestionThread`.
 
 Protocol: one duplex :func:`multiprocessing.Pipe`, pickled tuples.
 
@@ -16,16 +17,30 @@ Protocol: one duplex :func:`multiprocessing.Pipe`, pickled tuples.
   ``subscribe``, ``unsubscribe``, ``status``, ``markets``, ``stop``. ``markets`` answers a
   tuple of :class:`~flight_md.control.MarketInfo`, filtered by symbol glob in the child (all
   of Binance spot's 1,700 are some 125 KB pickled).
-* child -> parent: ``("rows", [(exchange, symbol, row), ...])``, ``("event", Event)``,
+* child -> parent: ``("batch", channel, header, named, floats, ids, ipc)`` (the hand-off,
+  below), ``("event", Event)``,
   ``("fatal", exchange, message)`` (a configured symbol the exchange turned out not to list) and
   ``("reply", id, error, value)`` (``error`` is ``None`` or ``(class name, message)`` of a
   :mod:`flight_md.errors` class; other exceptions arrive as ``Unavailable`` naming only their
   type, so no exchange message, which could quote a credential, crosses).
 
-Rows are sent in batches: the first row of a batch schedules a flush at the end of the
-current event-loop iteration, so a quiet stream sends each tick at once and a busy one
-sends what one read of the socket produced. Rows and events leave in the order they
-happened. If the parent dies, the child sees the pipe close and exits; if the child dies,
+Hand-off: the first row after a flush schedules the next at the end of the current
+event-loop iteration (and no sooner than :data:`FLUSH_INTERVAL_S` after the previous one),
+so a quiet stream sends each tick at once and a busy one what one read of the socket
+produced. A flush sends one message per channel with rows: every ring's rows sorted by ring;
+``header`` is ``[ring, rows, ring, rows, ...]`` with ring numbers the child assigns (``named``
+lists ``(ring, exchange, symbol)`` for rings new in this message); ``floats`` the rows in the
+ring's pending layout (float64, :mod:`flight_md.core.channels`), ``ids`` the trade ids (else
+``None``) and ``ipc`` the same rows as one Arrow record batch in the channel's stored schema,
+built in the child (``RecordBatch.serialize``). The parent copies each ring's floats into
+the ring in one call (a memcpy; the ring seals them into Arrow ``SEAL_ROWS`` at a time,
+vectorised) and, for a ring read live (a tail, or a reader since its last seal), keeps the
+zero-copy slice of the child's batch beside them, which readers slice instead of converting
+rows under the ring's lock (:class:`~flight_md.buffer.HandOff`). Both forms because
+splitting the batch into per-ring Arrow slices for every ring costs more than the rows it
+saves at a few rows per ring per message (measured: ~15 us per slice and append against
+~1 us for the copy). Rows and events leave in the order they happened (an event flushes the
+rows before it, under the outbox's lock). If the parent dies, the child sees the pipe close and exits; if the child dies,
 the parent records a ``failed`` event, starts a new child after a backoff and gives it every
 stream and symbol (:class:`IngestionProcess`, "Supervision").
 Callbacks (``add_callback``) are not available here: they would run in the child.
@@ -41,6 +56,7 @@ import multiprocessing
 import signal
 import threading
 import time
+from array import array
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -49,7 +65,7 @@ from types import TracebackType
 from typing import Any, Final, Self
 
 from flight_md import errors
-from flight_md.buffer import MarketDataBuffer
+from flight_md.buffer import HandOff, MarketDataBuffer, Store
 from flight_md.control import ExchangeStatus, IngestionStatus, MarketInfo, SymbolStatus
 from flight_md.errors import FlightMdError, Unavailable
 from flight_md.events import Event, EventKind, EventLog
@@ -76,61 +92,166 @@ _Send = Callable[[tuple[Any, ...]], None]
 # -- the child ------------------------------------------------------------------------------
 
 
-class _ForwardingBuffer(MarketDataBuffer):
-    """The child's buffer: keeps nothing, batches rows to the parent (loop thread only)."""
+class _Outbox:
+    """What the child has not sent yet, by channel; one hand-off message per channel a flush.
+
+    Every ``_ForwardingBuffer`` appends into it (the loop thread) and the first row after a
+    flush schedules the next flush; events flush it before they are sent (any thread), so
+    rows and events leave in the order they happened.
+    """
 
     def __init__(self, send: _Send) -> None:
-        super().__init__(1)
-        self._send = send
-        self._rows: list[tuple[str, str, Sequence[float]]] = []
-        self._last_flush = 0.0
+        self.send = send
         self.loop: asyncio.AbstractEventLoop | None = None
+        self.lock = threading.Lock()
+        self.scheduled = False
+        self.buffers: dict[str, _ForwardingBuffer] = {}
+        self._last_flush = 0.0
+        self._ring_ids: dict[tuple[str, str, str], int] = {}
+
+    def schedule(self) -> None:
+        """Flush at the end of this loop iteration (rows parsed from one socket read go
+        together), and no sooner than FLUSH_INTERVAL_S after the previous flush (caller
+        holds the lock)."""
+        self.scheduled = True
+        loop = self.loop
+        assert loop is not None
+        wait = self._last_flush + FLUSH_INTERVAL_S - loop.time()
+        if wait > 0:
+            loop.call_later(wait, self.flush)
+        else:
+            loop.call_soon(self.flush)
+
+    def flush(self) -> None:
+        """Send every gathered row: one message per channel that has rows."""
+        with self.lock:
+            self.flush_locked()
+
+    def flush_locked(self) -> None:
+        """:meth:`flush`, the caller holding the lock (sent under it, so that a flush or an
+        event from another thread cannot overtake these rows)."""
+        self.scheduled = False
+        messages = [m for b in self.buffers.values() if (m := b.drain(self._ring_ids))]
+        if messages and self.loop is not None and not self.loop.is_closed():
+            self._last_flush = self.loop.time()
+        for message in messages:
+            self.send(message)
+
+
+class _ForwardingBuffer(MarketDataBuffer):
+    """The child's buffer of one channel: keeps nothing, gathers rows per ring for the
+    outbox, which sends them as one Arrow batch (:meth:`drain`)."""
+
+    def __init__(self, outbox: _Outbox, channel: str, book_depth: int) -> None:
+        super().__init__(1, channel=channel, book_depth=book_depth)
+        self._outbox = outbox
+        self._floats: dict[tuple[str, str], array[float]] = {}
+        self._ids: dict[tuple[str, str], list[str | None]] = {}
 
     def append_row(self, exchange: str, symbol: str, row: Sequence[float]) -> None:
-        rows = self._rows
-        rows.append((exchange, symbol, row))
-        if len(rows) == 1:
-            loop = self.loop
-            assert loop is not None
-            # At the end of this loop iteration (rows parsed from one socket read go
-            # together), and no sooner than FLUSH_INTERVAL_S after the previous batch.
-            wait = self._last_flush + FLUSH_INTERVAL_S - loop.time()
-            if wait > 0:
-                loop.call_later(wait, self.flush)
-            else:
-                loop.call_soon(self.flush)
+        outbox = self._outbox
+        with outbox.lock:
+            floats = self._floats.get((exchange, symbol))
+            if floats is None:
+                floats = self._floats[exchange, symbol] = array("d")
+            floats.extend(row)
+            if not outbox.scheduled:
+                outbox.schedule()
+
+    def append_trade_row(self, exchange: str, symbol: str, row: Sequence[float],
+                         trade_id: str | None) -> None:
+        outbox = self._outbox
+        with outbox.lock:
+            floats = self._floats.get((exchange, symbol))
+            if floats is None:
+                floats = self._floats[exchange, symbol] = array("d")
+                self._ids[exchange, symbol] = []
+            floats.extend(row)
+            self._ids[exchange, symbol].append(trade_id)
+            if not outbox.scheduled:
+                outbox.schedule()
+
+    def append_book(self, exchange: str, symbol: str, timestamp: int,
+                    bids: Sequence[Sequence[float]], asks: Sequence[Sequence[float]],
+                    nonce: int | None, receive_timestamp: int) -> None:
+        self.append_row(exchange, symbol, self._book_row(exchange, symbol, timestamp, bids,
+                                                         asks, nonce, receive_timestamp))
 
     def append(self, tick: MarketTick) -> None:  # pragma: no cover - streams use append_row
         from flight_md.buffer import _row
 
         self.append_row(tick.exchange, tick.symbol, _row(tick))
 
-    def flush(self) -> None:
-        if self._rows:
-            rows, self._rows = self._rows, []
-            if self.loop is not None and not self.loop.is_closed():
-                self._last_flush = self.loop.time()
-            self._send(("rows", rows))
+    def drain(self, ring_ids: dict[tuple[str, str, str], int]) -> tuple[Any, ...] | None:
+        """The hand-off message of every row gathered since the last drain, or ``None``
+        (caller holds the outbox lock): see the module docstring, "Hand-off"."""
+        if not self._floats:
+            return None
+        gathered, self._floats = self._floats, {}
+        ids, self._ids = self._ids, {}
+        spec, channel = self.spec, self.channel
+        width = spec.width
+        header: list[int] = []
+        named: list[tuple[int, str, str]] = []
+        all_ids: list[str | None] = []
+        flat: array[float] | None = None
+        for key, floats in gathered.items():
+            ring = ring_ids.get((channel, *key))
+            if ring is None:
+                ring = ring_ids[channel, *key] = len(ring_ids)
+                named.append((ring, *key))
+            header += (ring, len(floats) // width)
+            if flat is None:
+                flat = floats
+            else:
+                flat.extend(floats)
+            if spec.has_ids:
+                all_ids += ids[key]
+        assert flat is not None
+        batch = spec.seal(flat, len(flat) // width, all_ids)
+        return ("batch", channel, header, named, flat.tobytes(),
+                all_ids if spec.has_ids else None, batch.serialize().to_pybytes())
+
+
+class _ForwardingStore(Store):
+    """The child's store: a :class:`_ForwardingBuffer` per channel (none shared, so that the
+    parent's store decides where each channel goes)."""
+
+    def __init__(self, outbox: _Outbox, book_depth: int) -> None:
+        super().__init__(1, book_depth=book_depth)
+        self._outbox = outbox
+
+    def buffer(self, channel: str) -> MarketDataBuffer:
+        found = self._outbox.buffers.get(channel)
+        if found is None:
+            found = _ForwardingBuffer(self._outbox, channel, self.book_depth)
+            self._outbox.buffers = {**self._outbox.buffers, channel: found}
+        return found
+
+    def get(self, channel: str) -> MarketDataBuffer | None:
+        return self._outbox.buffers.get(channel)
 
 
 class _ForwardingEvents(EventLog):
     """The child's event log: sends each event to the parent, after the rows before it."""
 
-    def __init__(self, send: _Send, rows: _ForwardingBuffer) -> None:
+    def __init__(self, send: _Send, outbox: _Outbox) -> None:
         super().__init__(capacity=1)
         self._send = send
-        self._rows = rows
+        self._outbox = outbox
 
     def record(self, exchange: str, kind: EventKind, symbols: Sequence[str] = (),
                detail: str = "", *, timestamp: int | None = None, channel: str = "") -> Event:
         event = super().record(exchange, kind, symbols, detail, timestamp=timestamp,
                                channel=channel)
-        self._rows.flush()
-        self._send(("event", event))
+        with self._outbox.lock:  # no flush can slip in between the rows and the event
+            self._outbox.flush_locked()
+            self._send(("event", event))
         return event
 
 
-def _child_main(conn: Connection, log_level: int) -> None:  # pragma: no cover - child process
+def _child_main(conn: Connection, log_level: int,
+                book_depth: int) -> None:  # pragma: no cover - child process
     """The child: an :class:`IngestionThread` plus a loop answering the parent's calls."""
     from flight_md.ingest.manager import IngestionThread
 
@@ -143,12 +264,13 @@ def _child_main(conn: Connection, log_level: int) -> None:  # pragma: no cover -
         with lock:
             conn.send(message)
 
-    buffer = _ForwardingBuffer(send)
-    events = _ForwardingEvents(send, buffer)
-    ingestion = IngestionThread(buffer, events, name="flight-md-ingest",
+    outbox = _Outbox(send)
+    events = _ForwardingEvents(send, outbox)
+    ingestion = IngestionThread(events=events, store=_ForwardingStore(outbox, book_depth),
+                                name="flight-md-ingest",
                                 on_fatal=lambda exchange, error: send(("fatal", exchange,
                                                                         str(error)))).start()
-    buffer.loop = ingestion.loop
+    outbox.loop = ingestion.loop
     control = ingestion.control(DEFAULT_CONTROL_TIMEOUT)
     pool = concurrent.futures.ThreadPoolExecutor(4, thread_name_prefix="flight-md-call")
 
@@ -193,7 +315,7 @@ def _child_main(conn: Connection, log_level: int) -> None:  # pragma: no cover -
     ingestion.stop()
     if stop_id is not None:
         try:
-            buffer.flush()  # the loop has stopped: nothing else touches the rows now
+            outbox.flush()  # the loop has stopped: these are the last rows
             send(("reply", stop_id, None, None))
         except (OSError, ValueError):
             pass
@@ -217,6 +339,9 @@ class _Child:
     good: bool = False
     """It has sent rows: the restart backoff starts over."""
     last_status: IngestionStatus | None = None
+    rings: dict[int, Callable[[HandOff, int, int], None]] = field(default_factory=dict)
+    """The child's ring numbers (its hand-off headers name rings by them): the ring's
+    appender."""
 
 
 @dataclass(slots=True)
@@ -254,8 +379,16 @@ class IngestionProcess:
 
     def __init__(self, buffer: MarketDataBuffer | None = None, events: EventLog | None = None,
                  *, name: str = "flight-md-ingest",
-                 on_fatal: Callable[[str, errors.InvalidArgument], None] | None = None) -> None:
-        self.buffer = buffer if buffer is not None else MarketDataBuffer()
+                 on_fatal: Callable[[str, errors.InvalidArgument], None] | None = None,
+                 store: Store | None = None) -> None:
+        if store is not None and buffer is not None and store.get(buffer.channel) is not buffer:
+            raise ValueError(f"the {buffer.channel} buffer given is not the store's")
+        if store is None:
+            store = Store.of(buffer if buffer is not None else MarketDataBuffer())
+        self.store = store
+        """Every channel's buffer: rows of each channel go to ``store.buffer(channel)``."""
+        self.buffer = buffer if buffer is not None else store.buffer("ticker")
+        """The tick buffer."""
         self.events = events if events is not None else EventLog()
         self.name = name
         self.on_fatal = on_fatal
@@ -331,7 +464,8 @@ class IngestionProcess:
         context = multiprocessing.get_context("spawn")
         parent, child_end = context.Pipe(duplex=True)
         process = context.Process(target=_child_main, name=self.name, daemon=True,
-                                  args=(child_end, logging.getLogger().getEffectiveLevel()))
+                                  args=(child_end, logging.getLogger().getEffectiveLevel(),
+                                        self.store.book_depth))
         process.start()
         child_end.close()
         child = _Child(process, parent)
@@ -367,14 +501,22 @@ class IngestionProcess:
     def _read(self, child: _Child) -> None:
         """A reader thread: rows into the buffer, events into the log, replies to callers."""
         conn = child.conn
-        append_row = self.buffer.append_row
+        rings = child.rings
         try:
             while True:
                 message = conn.recv()
                 kind = message[0]
-                if kind == "rows":
-                    for exchange, symbol, row in message[1]:
-                        append_row(exchange, symbol, row)
+                if kind == "batch":
+                    _, channel, header, named, floats, ids, ipc = message
+                    buffer = self.store.buffer(channel)
+                    for ring, exchange, symbol in named:
+                        rings[ring] = buffer.run_appender(exchange, symbol)
+                    run = HandOff(floats, ids, ipc, buffer.spec)
+                    first = 0
+                    for i in range(0, len(header), 2):  # per ring, not per row
+                        rows = header[i + 1]
+                        rings[header[i]](run, first, rows)
+                        first += rows
                     if not child.good:
                         child.good = True
                         self._policy.good(websocket=False)
@@ -540,19 +682,9 @@ class IngestionProcess:
 
     def add_stream(self, exchange_id: str, symbols: Sequence[str] = (),
                    timeout: float | None = 30.0, **stream_kwargs: Any) -> None:
-        """Start a stream in the child (``MarketDataManager.add_stream``); blocks until
-        connected. A restarted child is given it again, with the symbols subscribed then.
-
-        Raises:
-            InvalidArgument: A ``trades`` or ``book`` stream: the child hands ticks to the
-                serving process row by row, which only the tick channels have (the columnar
-                hand-off of issue 15 replaces it).
-        """
-        channel = str(stream_kwargs.get("channel", "ticker"))
-        if channel in ("trades", "book"):
-            raise errors.InvalidArgument(
-                f"--ingest-process streams ticker and bidask only; run {channel} in the serving "
-                "process (without --ingest-process)")
+        """Start a stream in the child (``MarketDataManager.add_stream``, any channel or
+        ``channels=``); blocks until connected. Its rows go to ``store.buffer(channel)``. A
+        restarted child is given it again, with the symbols subscribed then."""
         wait = None if timeout is None else timeout + 5.0
         self.call("add_stream", (exchange_id, list(symbols), timeout, stream_kwargs), wait)
         self._wanted[exchange_id] = _Wanted(list(dict.fromkeys(symbols)), timeout,
