@@ -148,6 +148,21 @@ def _concat(batches: list[pa.RecordBatch]) -> pa.RecordBatch:
     return pa.concat_batches(batches, memory_pool=MEMORY_POOL)
 
 
+class _Tails:
+    """How many live tails are open on one buffer (the hand-off asks for Arrow pieces only
+    while some are)."""
+
+    __slots__ = ("_lock", "open")
+
+    def __init__(self) -> None:
+        self.open = 0
+        self._lock = threading.Lock()
+
+    def add(self, n: int) -> None:
+        with self._lock:
+            self.open += n
+
+
 class HandOff:
     """One hand-off message of an ingestion process: rows of several rings of one channel,
     sorted by ring, in two forms built by the child: the pending layout's float64 values
@@ -157,13 +172,14 @@ class HandOff:
     Args:
         floats: The rows' float64 values, row after row.
         ids: Trades: the rows' ids; otherwise ``None``.
-        ipc: The rows as one serialized record batch (``RecordBatch.serialize``).
+        ipc: The rows as one serialized record batch (``RecordBatch.serialize``), or
+            ``None`` when the child sent none (nothing tails the channel).
         spec: The channel's spec.
     """
 
     __slots__ = ("_batch", "floats", "ids", "ipc", "spec")
 
-    def __init__(self, floats: bytes, ids: list[str | None] | None, ipc: bytes,
+    def __init__(self, floats: bytes, ids: list[str | None] | None, ipc: bytes | None,
                  spec: ChannelSpec) -> None:
         self.floats = memoryview(floats).cast("B")
         self.ids = ids
@@ -174,6 +190,7 @@ class HandOff:
     def batch(self) -> pa.RecordBatch:
         """Every row as one record batch (decoded once, zero copy)."""
         if self._batch is None:
+            assert self.ipc is not None
             self._batch = pa.ipc.read_record_batch(pa.py_buffer(self.ipc), self.spec.stored)
         return self._batch
 
@@ -377,7 +394,7 @@ class _Ring:
         self.pending.frombytes(run.floats[first * width * 8:(first + rows) * width * 8])
         if run.ids is not None:
             self.pending_ids += run.ids[first:first + rows]
-        if self.live and len(self.pieces) < FRESH_BATCHES:
+        if self.live and run.ipc is not None and len(self.pieces) < FRESH_BATCHES:
             self.pieces.append(run.batch().slice(first, rows))
             self.piece_rows += rows
         elif self.pieces:  # no longer read live, or holding many messages: a reader converts
@@ -659,6 +676,7 @@ class Follower:
         self.max_lag = max_lag
         self._columns = columns
         self.closed = False
+        self._tails: _Tails | None = None
 
     @property
     def exchange(self) -> str:
@@ -698,9 +716,12 @@ class Follower:
         """Stop following; a pending :meth:`read` returns ``None`` promptly."""
         ring = self._ring
         with ring.lock:
+            was_open = not self.closed
             self.closed = True
             ring.followers.discard(self)
             ring.changed.notify_all()
+        if was_open and self._tails is not None:
+            self._tails.add(-1)
 
 
 class MarketDataBuffer:
@@ -736,6 +757,12 @@ class MarketDataBuffer:
         self._by_symbol: dict[str, list[str]] = {}
         self._lock = threading.Lock()
         self._persisting = False
+        self._tails = _Tails()
+
+    @property
+    def tails(self) -> int:
+        """Live tails (:meth:`follow`) open on this buffer's rings now."""
+        return self._tails.open
 
     # -- writers -------------------------------------------------------------------------
 
@@ -1085,6 +1112,8 @@ class MarketDataBuffer:
             follower = Follower(ring, end, lag, columns)
             ring.followers.add(follower)
             ring.live = True
+        follower._tails = self._tails
+        self._tails.add(1)
         table = ring.table(batches, columns)
         if start_ms is not None and backlog is not None and table.num_rows > backlog:
             table = table.slice(table.num_rows - backlog)

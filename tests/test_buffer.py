@@ -947,3 +947,15 @@ def test_batch_appended_rows_are_journalled_once() -> None:
         journalled += pa.Table.from_batches(batches).to_pylist()
     stored = [{k: v for k, v in row(t).items() if k not in ("symbol", "exchange")} for t in ticks]
     assert journalled == stored
+
+
+def test_tails_counts_open_live_tails() -> None:
+    buf, _ = filled(3)
+    _, first = buf.follow("BTC/USDT")
+    _, second = buf.follow("BTC/USDT")
+    assert buf.tails == 2
+    first.close()
+    first.close()  # twice: counted once
+    assert buf.tails == 1
+    second.close()
+    assert buf.tails == 0

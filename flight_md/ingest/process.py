@@ -14,7 +14,9 @@ in the parent: tickets, live tails and actions behave exactly as with
 Protocol: one duplex :func:`multiprocessing.Pipe`, pickled tuples.
 
 * parent -> child: ``("call", id, name, args)`` with ``name`` one of ``add_stream``,
-  ``subscribe``, ``unsubscribe``, ``status``, ``markets``, ``stop``. ``markets`` answers a
+  ``subscribe``, ``unsubscribe``, ``status``, ``markets``, ``stop`` and ``arrow`` (``(channel,
+  on)``: whether the channel's messages carry the Arrow form, below; nobody waits for its
+  answer). ``markets`` answers a
   tuple of :class:`~flight_md.control.MarketInfo`, filtered by symbol glob in the child (all
   of Binance spot's 1,700 are some 125 KB pickled).
 * child -> parent: ``("batch", channel, header, named, floats, ids, ipc)`` (the hand-off,
@@ -32,7 +34,9 @@ produced. A flush sends one message per channel with rows: every ring's rows sor
 lists ``(ring, exchange, symbol)`` for rings new in this message); ``floats`` the rows in the
 ring's pending layout (float64, :mod:`flight_md.core.channels`), ``ids`` the trade ids (else
 ``None``) and ``ipc`` the same rows as one Arrow record batch in the channel's stored schema,
-built in the child (``RecordBatch.serialize``). The parent copies each ring's floats into
+built in the child (``RecordBatch.serialize``) while the parent tails the channel (else
+``None``: building it costs the child more than the rows' floats, and only live readers use
+it). The parent copies each ring's floats into
 the ring in one call (a memcpy; the ring seals them into Arrow ``SEAL_ROWS`` at a time,
 vectorised) and, for a ring read live (a tail, or a reader since its last seal), keeps the
 zero-copy slice of the child's batch beside them, which readers slice instead of converting
@@ -106,6 +110,8 @@ class _Outbox:
         self.lock = threading.Lock()
         self.scheduled = False
         self.buffers: dict[str, _ForwardingBuffer] = {}
+        self.arrow: set[str] = set()
+        """Channels whose messages carry the Arrow form too: the parent tails them."""
         self._last_flush = 0.0
         self._ring_ids: dict[tuple[str, str, str], int] = {}
 
@@ -131,7 +137,8 @@ class _Outbox:
         """:meth:`flush`, the caller holding the lock (sent under it, so that a flush or an
         event from another thread cannot overtake these rows)."""
         self.scheduled = False
-        messages = [m for b in self.buffers.values() if (m := b.drain(self._ring_ids))]
+        messages = [m for b in self.buffers.values()
+                    if (m := b.drain(self._ring_ids, b.channel in self.arrow))]
         if messages and self.loop is not None and not self.loop.is_closed():
             self._last_flush = self.loop.time()
         for message in messages:
@@ -182,9 +189,11 @@ class _ForwardingBuffer(MarketDataBuffer):
 
         self.append_row(tick.exchange, tick.symbol, _row(tick))
 
-    def drain(self, ring_ids: dict[tuple[str, str, str], int]) -> tuple[Any, ...] | None:
+    def drain(self, ring_ids: dict[tuple[str, str, str], int],
+              arrow: bool) -> tuple[Any, ...] | None:
         """The hand-off message of every row gathered since the last drain, or ``None``
-        (caller holds the outbox lock): see the module docstring, "Hand-off"."""
+        (caller holds the outbox lock): see the module docstring, "Hand-off". ``arrow``:
+        with the rows' Arrow batch as well."""
         if not self._floats:
             return None
         gathered, self._floats = self._floats, {}
@@ -208,9 +217,10 @@ class _ForwardingBuffer(MarketDataBuffer):
             if spec.has_ids:
                 all_ids += ids[key]
         assert flat is not None
-        batch = spec.seal(flat, len(flat) // width, all_ids)
+        ipc = spec.seal(flat, len(flat) // width, all_ids).serialize().to_pybytes() \
+            if arrow else None
         return ("batch", channel, header, named, flat.tobytes(),
-                all_ids if spec.has_ids else None, batch.serialize().to_pybytes())
+                all_ids if spec.has_ids else None, ipc)
 
 
 class _ForwardingStore(Store):
@@ -288,6 +298,11 @@ def _child_main(conn: Connection, log_level: int,
                 value = control.status()
             elif name == "markets":
                 value = control.markets(*args)
+            elif name == "arrow":  # the parent tails a channel now (or no longer)
+                channel, on = args
+                with outbox.lock:
+                    outbox.arrow = outbox.arrow | {channel} if on else outbox.arrow - {channel}
+                value = None
             else:
                 raise errors.UnknownAction(f"unknown ingestion call {name!r}")
         except FlightMdError as error:
@@ -339,6 +354,8 @@ class _Child:
     good: bool = False
     """It has sent rows: the restart backoff starts over."""
     last_status: IngestionStatus | None = None
+    arrow: dict[str, bool] = field(default_factory=dict)
+    """Channels this child was asked to send in Arrow form too."""
     rings: dict[int, Callable[[HandOff, int, int], None]] = field(default_factory=dict)
     """The child's ring numbers (its hand-off headers name rings by them): the ring's
     appender."""
@@ -406,7 +423,8 @@ class IngestionProcess:
         self._wanted: dict[str, _Wanted] = {}
         self._down: str | None = None
         self._down_ms: int | None = None
-        self._base_symbols: dict[tuple[str, str], tuple[int, int]] = {}
+        self._base_symbols: dict[tuple[str, str, str | None], tuple[int, int]] = {}
+        """(received, dropped) of earlier children by (exchange, symbol, channel)."""
         self._base_exchanges: dict[str, tuple[int, Counter[str], int]] = {}
         self._last_seen: dict[str, IngestionStatus] = {}
         self.restarts = 0
@@ -512,6 +530,10 @@ class IngestionProcess:
                     for ring, exchange, symbol in named:
                         rings[ring] = buffer.run_appender(exchange, symbol)
                     run = HandOff(floats, ids, ipc, buffer.spec)
+                    tailed = buffer.tails > 0
+                    if child.arrow.get(channel, False) is not tailed:
+                        child.arrow[channel] = tailed
+                        self._tell(child, "arrow", (channel, tailed))
                     first = 0
                     for i in range(0, len(header), 2):  # per ring, not per row
                         rows = header[i + 1]
@@ -583,14 +605,19 @@ class IngestionProcess:
     def _carry_counters(self, child: _Child) -> None:
         """Fold a dead child's counters into the bases its successor's are added to."""
         seen = child.last_status
-        received = {(s.exchange, s.symbol): (s.received, s.dropped)
+        received = {(s.exchange, s.symbol, s.channel): (s.received, s.dropped)
                     for s in (seen.symbols if seen is not None else ())}
-        for stats in self.buffer.stats():
-            key = (stats.exchange, stats.symbol)
-            base, base_dropped = self._base_symbols.get(key, (0, 0))
-            got, dropped = received.pop(key, (0, 0))
-            # What this process stored from every child so far is a floor of what they received.
-            self._base_symbols[key] = (max(base + got, stats.appended), base_dropped + dropped)
+        for exchange_id, wanted in list(self._wanted.items()):
+            for channel in _channels(wanted.kwargs):
+                buffer = self.store.get(channel)
+                for stats in buffer.stats(exchange_id) if buffer is not None else ():
+                    key: tuple[str, str, str | None] = (exchange_id, stats.symbol, channel)
+                    base, base_dropped = self._base_symbols.get(key, (0, 0))
+                    got, dropped = received.pop(key, (0, 0))
+                    # What this process stored from every child so far is a floor of what
+                    # they received.
+                    self._base_symbols[key] = (max(base + got, stats.appended),
+                                               base_dropped + dropped)
         for key, (got, dropped) in received.items():
             base, base_dropped = self._base_symbols.get(key, (0, 0))
             self._base_symbols[key] = (base + got, base_dropped + dropped)
@@ -680,6 +707,14 @@ class IngestionProcess:
             raise Unavailable(f"ingestion did not answer within {timeout:g} s ({name}); "
                               "the exchange may be slow or unreachable") from None
 
+    def _tell(self, child: _Child, name: str, args: tuple[Any, ...]) -> None:
+        """A call whose answer nobody waits for (the reader thread must not block)."""
+        try:
+            with self._send_lock:
+                child.conn.send(("call", next(self._ids), name, args))
+        except (OSError, ValueError):
+            pass  # the child is gone: the reader sees its pipe close
+
     def add_stream(self, exchange_id: str, symbols: Sequence[str] = (),
                    timeout: float | None = 30.0, **stream_kwargs: Any) -> None:
         """Start a stream in the child (``MarketDataManager.add_stream``, any channel or
@@ -753,7 +788,8 @@ class IngestionProcess:
                                      callback_errors=ex.callback_errors + callback_errors))
         symbols = []
         for sym in status.symbols:
-            received, dropped = self._base_symbols.get((sym.exchange, sym.symbol), (0, 0))
+            received, dropped = self._base_symbols.get((sym.exchange, sym.symbol, sym.channel),
+                                                       (0, 0))
             symbols.append(replace(sym, received=sym.received + received,
                                    dropped=sym.dropped + dropped))
         return IngestionStatus(tuple(exchanges), tuple(symbols))
@@ -761,7 +797,7 @@ class IngestionProcess:
     def _down_status(self) -> IngestionStatus:
         seen = self._last_seen.get("*")
         known = {e.exchange: e for e in (seen.exchanges if seen is not None else ())}
-        last_ms = {(s.exchange, s.symbol): s.last_message_ms
+        last_ms = {(s.exchange, s.symbol, s.channel): s.last_message_ms
                    for s in (seen.symbols if seen is not None else ())}
         reason, since = self._down, self._down_ms
         exchanges, symbols = [], []
@@ -776,10 +812,12 @@ class IngestionProcess:
                 else str(wanted.kwargs.get("channel", "ticker")),
                 reconnects=reconnects, symbols=tuple(wanted.symbols), bad_frames=dict(bad),
                 callback_errors=callback_errors, last_error=reason, last_error_ms=since))
-            for symbol in wanted.symbols:
-                received, dropped = self._base_symbols.get((exchange, symbol), (0, 0))
-                symbols.append(SymbolStatus(exchange, symbol, True, received, dropped, True,
-                                            last_ms.get((exchange, symbol))))
+            for channel in _channels(wanted.kwargs):
+                for symbol in wanted.symbols:
+                    key = (exchange, symbol, channel)
+                    received, dropped = self._base_symbols.get(key, (0, 0))
+                    symbols.append(SymbolStatus(exchange, symbol, True, received, dropped, True,
+                                                last_ms.get(key), channel))
         return IngestionStatus(tuple(exchanges), tuple(symbols))
 
     def control(self, timeout: float = DEFAULT_CONTROL_TIMEOUT) -> ProcessControl:
@@ -832,6 +870,14 @@ class IngestionProcess:
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         self.stop()
+
+
+def _channels(stream_kwargs: dict[str, Any]) -> list[str]:
+    """The channels a stream's ``add_stream`` keywords ask for."""
+    channels = stream_kwargs.get("channels")
+    if channels:
+        return [str(c) for c in channels]
+    return [str(stream_kwargs.get("channel", "ticker"))]
 
 
 def _names(symbols: Sequence[str]) -> list[str] | str:
