@@ -102,7 +102,8 @@ Assumptions (the name each check reports):
     stream with a fast decoder (:mod:`flight_md.core.decode`) sets ``flight_md_decode`` on the
     guarded exchange (a :class:`DecodeHook`); the :class:`FrameGuard` then offers each
     ``TEXT`` frame of the current client to that client's decoder first (made on its first
-    frame: a replaced connection is a new client, so a new decoder), and a frame the decoder
+    frame: a replaced connection is a new client, so a new decoder; the old one is ``reset()``
+    when its connection closes or fails), and a frame the decoder
     claims skips ccxt: the guard sets ``client.last_message_at`` itself, as ccxt would have.
     Everything else (binary and compressed frames, control frames, every frame a decoder
     declines) goes to ccxt unchanged, so ccxt's keep-alive (its ``lastPong``, set by a pong
@@ -414,12 +415,14 @@ def guarded_class(cls: type) -> type:
             if current is None or current is ws_client:
                 cls.on_close(self, ws_client, error)  # type: ignore[attr-defined]
             _book_lost(self, ws_client)
+            _decoder_lost(ws_client)
             _report_closed(self, ws_client, error, current is ws_client)
 
         def on_error(self: Any, ws_client: Any, error: Any) -> None:
             current = (self.clients or {}).get(ws_client.url)
             cls.on_error(self, ws_client, error)  # type: ignore[attr-defined]
             _book_lost(self, ws_client)
+            _decoder_lost(ws_client)
             _report_closed(self, ws_client, error, current is ws_client)
 
         def handle_message(self: Any, ws_client: Any, message: Any) -> Any:
@@ -465,6 +468,14 @@ def _book_lost(exchange: Any, ws_client: Any) -> None:
     book = exchange.flight_md_book
     if book is not None:
         book.connection_lost(ws_client)
+
+
+def _decoder_lost(ws_client: Any) -> None:
+    # A decoder's state (Bybit's merged tickers) belongs to its connection; the next
+    # connection is a new client, whose guard builds a new decoder.
+    guard = vars(ws_client).get("handle_message")
+    if isinstance(guard, FrameGuard):
+        guard.reset()
 
 
 def attach_book(exchange: Any, book: BookObserver | None) -> None:

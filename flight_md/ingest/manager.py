@@ -233,7 +233,8 @@ class MarketDataManager:
                 ``Unavailable``: what a server does.
             **stream_kwargs: :class:`MarketDataStream` arguments (``buffer``, ``store`` and
                 ``events`` are the manager's; ``buffer_size`` and ``book_depth`` are ignored:
-                the store's buffers have them).
+                the store's buffers have them), ``decoder`` among them (``"fast"``, the
+                default, or ``"ccxt"``; ``status()`` reports each stream's).
 
         Returns:
             The connected stream. With several channels, one stream over all of them (its

@@ -202,3 +202,15 @@ async def test_a_burst_of_20000_trades_is_stored_whole_and_once_by_the_fast_deco
             assert stream.status().exchanges[0].counters["duplicates"] == 0
         finally:
             await stream.disconnect()
+
+
+async def test_the_check_refuses_a_client_whose_handler_does_not_parse_text_frames() -> None:
+    from flight_md.errors import StartupError
+    from flight_md.ingest import ccxt_compat
+
+    class Client:
+        def handle_message(self, message: Any) -> None:
+            """Reads no TEXT frame (a ccxt whose receive path moved)."""
+
+    with pytest.raises(StartupError, match="decoder: a client's handle_message does not set"):
+        ccxt_compat._check_decoder(Client)
