@@ -24,8 +24,8 @@ import datetime
 import re
 from typing import Any, Final
 
-__all__ = ["number", "omit_zero", "parse8601", "precise_add", "precise_div", "precise_sub",
-           "safe_integer", "safe_string"]
+__all__ = ["number", "omit_zero", "open_from_change", "open_from_percentage", "parse8601",
+           "precise", "precise_add", "precise_div", "precise_sub", "safe_integer", "safe_string"]
 
 
 def safe_string(value: Any) -> str | None:
@@ -231,3 +231,75 @@ def precise_div(left: str | None, right: str | None, precision: int = 18) -> str
     if result < 0 and mod:
         result += 1  # Python floors; ccxt truncates
     return _str((result, precision))
+
+
+# The derived opens, computed on (integer, decimals) pairs: each intermediate ccxt turns into
+# text and parses again is put in the form that round trip gives (_reparsed), so the result
+# is ccxt's to the last digit without the text; float(str(x)) of ccxt's result is
+# integer / 10 ** decimals, which Python's int division rounds correctly too.
+
+
+def _reparsed(value: _Precise) -> _Precise:
+    """``precise(_str(value))``: trailing zeros stripped, never negative decimals."""
+    integer, decimals = value
+    if integer == 0:
+        return 0, 0
+    digits = str(integer)
+    reduced = digits.rstrip("0")
+    if len(reduced) != len(digits):
+        decimals -= len(digits) - len(reduced)
+        integer = int(reduced)
+    if decimals < 0:
+        return integer * _pow10(-decimals), 0
+    return integer, decimals
+
+
+def _div(left: _Precise, right: _Precise, precision: int = 18) -> _Precise | None:
+    (ai, ad), (bi, bd) = left, right
+    if bi == 0:
+        return None
+    distance = precision - ad + bd
+    if distance == 0:
+        numerator = ai
+    elif distance < 0:
+        numerator = ai // _pow10(-distance)
+    else:
+        numerator = ai * _pow10(distance)
+    result, mod = divmod(numerator, bi)
+    if result < 0 and mod:
+        result += 1
+    return result, precision
+
+
+def _float(value: _Precise) -> float:
+    integer, decimals = value
+    return integer / _pow10(decimals) if decimals > 0 else float(integer * _pow10(-decimals))
+
+
+_HUNDRED: Final = (100, 0)
+_ONE: Final = (1, 0)
+
+
+def open_from_percentage(close: str, percentage: str) -> float | None:
+    """``parse_number(precise_div(close, precise_add("1", precise_div(percentage, "100"))))``:
+    the open ``safe_ticker`` derives from a close and a 24 h change in percent; ``None`` for a
+    change of -100 %.
+
+    Raises:
+        ValueError: Where ccxt's ``Precise`` raises (text that is not a decimal number).
+    """
+    ratio = _div(precise(percentage), _HUNDRED)
+    assert ratio is not None
+    denominator = _reparsed(_add(_ONE, _reparsed(ratio), 1))
+    result = _div(precise(close), denominator)
+    return None if result is None else _float(result)
+
+
+def open_from_change(close: str, change: str) -> float:
+    """``parse_number(precise_sub(close, change))``: the open ``safe_ticker`` derives from a
+    close and a 24 h change.
+
+    Raises:
+        ValueError: Where ccxt's ``Precise`` raises (text that is not a decimal number).
+    """
+    return _float(_add(precise(close), precise(change), -1))

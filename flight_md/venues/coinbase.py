@@ -48,7 +48,7 @@ from typing import Any, Final
 
 import orjson
 
-from flight_md.core.ccxt_parse import parse8601, precise_add, precise_div, safe_string
+from flight_md.core.ccxt_parse import open_from_percentage, parse8601, safe_string
 from flight_md.core.decode import DecoderContext, DecodeSink, FrameDecoder, symbols_by_id
 from flight_md.normalize import Channel, DropReason, to_row, to_trade
 from flight_md.venues.base import BOOKS_CACHE, TRADES_CACHE, ChannelMethods, Venue
@@ -152,8 +152,7 @@ def _open(close: float | None, percentage: str | None) -> float | None:
     if close is None or percentage is None:
         return None
     # safe_ticker re-reads the close as text: str() of the float parse_ws_ticker made.
-    derived = precise_div(str(close), precise_add("1", precise_div(percentage, "100")))
-    number = _number(derived)
+    number = open_from_percentage(str(close), percentage)
     return None if number == 0.0 else number
 
 

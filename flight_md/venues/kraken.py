@@ -37,7 +37,7 @@ from typing import Any, Final
 
 import orjson
 
-from flight_md.core.ccxt_parse import parse8601, precise_add, precise_div, precise_sub, safe_string
+from flight_md.core.ccxt_parse import open_from_change, open_from_percentage, parse8601, safe_string
 from flight_md.core.decode import DecoderContext, DecodeSink, FrameDecoder
 from flight_md.normalize import Channel, DropReason, TradeFields, to_row, to_trade
 from flight_md.venues.base import BOOKS_CACHE, TRADES_CACHE, ChannelMethods, Venue
@@ -110,8 +110,17 @@ def _number(text: str | None) -> float | None:
 
 def _quote(value: Any) -> float | None:
     """ccxt's ``parse_number(omit_zero(safe_string(value)))``."""
+    if type(value) is float:  # what Kraken sends: float(str(x)) is x (orjson gives no NaN)
+        return None if value == 0.0 else value
     number = _number(safe_string(value))
     return None if number == 0.0 else number
+
+
+def _amount(value: Any) -> float | None:
+    """ccxt's ``parse_number(safe_string(value))``."""
+    if type(value) is float:
+        return value
+    return _number(safe_string(value))
 
 
 def _data(frame: str | bytes, channel: str) -> list[Any] | None:
@@ -134,12 +143,11 @@ def _open(close: str | None, change: str | None, percentage: str | None) -> floa
     if close is None:
         return None
     if change is not None:
-        derived = precise_sub(close, change)
+        number: float | None = open_from_change(close, change)
     elif percentage is not None:
-        derived = precise_div(close, precise_add("1", precise_div(percentage, "100")))
+        number = open_from_percentage(close, percentage)
     else:
         return None
-    number = _number(derived)
     return None if number == 0.0 else number
 
 
@@ -162,12 +170,16 @@ class KrakenTickerDecoder:
         symbol = row.get("symbol")
         if type(symbol) is not str or not symbol:
             return False  # ccxt stores it under None (or a number's text)
+        get = row.get
         try:
-            _strict(row.get("volume"))
-            _strict(row.get("vwap"))  # quoteVolume = volume * vwap
-            last = _strict(row.get("last"))
-            change = _strict(row.get("change"))
-            percentage = _strict(row.get("change_pct"))
+            volume, vwap = get("volume"), get("vwap")
+            if type(volume) is not float:
+                _strict(volume)
+            if type(vwap) is not float:
+                _strict(vwap)  # quoteVolume = volume * vwap
+            last = _strict(get("last"))
+            change = _strict(get("change"))
+            percentage = _strict(get("change_pct"))
         except _Decline:
             return False
         close_number = _number(last)
@@ -177,10 +189,9 @@ class KrakenTickerDecoder:
         price = None if close is None else close_number
         ticker = {
             "symbol": symbol, "timestamp": None, "last": price, "close": price,
-            "bid": _quote(row.get("bid")), "ask": _quote(row.get("ask")),
-            "high": _quote(row.get("high")), "low": _quote(row.get("low")),
-            "open": _open(close, change, percentage),
-            "baseVolume": _number(safe_string(row.get("volume"))), "info": row,
+            "bid": _quote(get("bid")), "ask": _quote(get("ask")),
+            "high": _quote(get("high")), "low": _quote(get("low")),
+            "open": _open(close, change, percentage), "baseVolume": _amount(volume), "info": row,
         }
         made = to_row(ticker, exchange="kraken", channel=self._channel, receive_ms=receive_ms,
                       raw_fields=self._fields)
