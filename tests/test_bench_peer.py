@@ -98,7 +98,7 @@ def test_cryptofeed_ingests_the_emulator_and_every_message_is_counted(
 
 
 @needs_cryptofeed
-@pytest.mark.soak  # ~25 s on 2 cores: two designs x two channels, each a server start
+@pytest.mark.soak  # ~25 s on an idle 2-core machine (75 s loaded): 2 designs x 2 channels
 @pytest.mark.timeout(int(240 * MS))
 def test_smoke_run_of_the_peer_section(tmp_path: Path) -> None:
     out = tmp_path / "BENCHMARKS.md"
@@ -109,15 +109,19 @@ def test_smoke_run_of_the_peer_section(tmp_path: Path) -> None:
     text = out.read_text(encoding="utf-8")
     assert re.search(r"^## 1\. Side by side with cryptofeed: lossless ingest", text, re.MULTILINE)
     assert "This measurement failed" not in text
-    goals, summary, runs = _tables(text)
+    (goals,) = _tables(text.split("## Goals", 1)[1].split("\n## ", 1)[0])
+    summary, runs = _tables(text.split("## 1. ", 1)[1].split("\n## ", 1)[0])
     assert {(r["Channel"], r["Symbols"]) for r in summary} == {
         (c, str(s)) for c in SMOKE.peer_channels for s in SMOKE.peer_symbols}
     for row in summary:
         ours, theirs = _number(row["flight_md lossless (median)"]), \
             _number(row["cryptofeed lossless (median)"])
-        assert _number(row["flight_md / cryptofeed"]) == pytest.approx(ours / theirs, rel=0.01)
         goal = next(g for g in goals if g["Goal"] == (
             f"Lossless {row['Channel']} ingest vs cryptofeed, {row['Symbols']} symbols"))
+        if math.isnan(ours) or math.isnan(theirs):  # a design kept up at no rate probed
+            assert goal["Verdict"] == "**missed**" and "did not keep up" in goal["Measured"]
+            continue
+        assert _number(row["flight_md / cryptofeed"]) == pytest.approx(ours / theirs, rel=0.01)
         assert goal["Verdict"] == ("met" if ours / theirs >= peer.GOAL_RATIO else "**missed**")
     # Both designs ran on every channel, and each run's verdict is printed.
     assert {(r["Channel"], r["Design"]) for r in runs} == {
