@@ -23,6 +23,7 @@ from typing import Any, Final, NoReturn, cast
 from flight_md import __version__
 from flight_md.config import (
     CHANNELS,
+    DECODERS,
     FSYNC_MODES,
     MODES,
     STREAM_DEFAULTS,
@@ -171,6 +172,10 @@ def _serve_parser(sub: Any) -> None:
     add("--mode", choices=MODES, default=None,
         help="auto falls back to REST polling after repeated websocket failures and returns when "
         f"it recovers (default {_default('mode')})")
+    add("--decoder", choices=DECODERS, default=None,
+        help="fast decodes the hot channels' frames with the venue's own decoder where it has "
+        "one (ccxt still runs connections, subscriptions and every other message); ccxt parses "
+        f"every frame (default {_default('decoder')})")
     add("--poll-interval", type=_POSITIVE, default=None, metavar="S",
         help="pause between REST polls, seconds; ccxt's rate limiter may stretch it (Binance: "
         f"about 1.1 s) (default {_default('poll_interval')})")
@@ -355,7 +360,7 @@ _PERSIST_OPTIONS: Final = ("memory_only", "data_dir", "history_uri", "fsync", "c
 
 _STREAM_OPTIONS: Final = ("channel", "mode", "urls", "poll_interval", "heartbeat_interval",
                           "reconnect_delay", "max_reconnect_delay", "max_reconnect_attempts",
-                          "rest_fallback_after", "ws_probe_interval", "ccxt_options")
+                          "rest_fallback_after", "ws_probe_interval", "ccxt_options", "decoder")
 """``serve`` options that set a StreamConfig field of the same name (unset: its default)."""
 
 

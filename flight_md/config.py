@@ -17,6 +17,7 @@ A config file describes the server and any number of exchanges::
     symbols = ["BTC/USDT", "ETH/USDT"]
     channel = "ticker,trades"   # any of ticker, bidask, trades, book (a list works too)
     mode = "auto"               # "websocket" | "rest"
+    decoder = "fast"            # "ccxt": ccxt parses every frame
     url = "http://127.0.0.1:9000"    # optional: point ccxt at an emulator
     api_key_env = "BINANCE_API_KEY"  # keys come from the environment, never the file
 
@@ -37,6 +38,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from flight_md.buffer import DEFAULT_BUFFER_SIZE
+from flight_md.core.decode import DecoderKind
 from flight_md.errors import ConfigError
 from flight_md.tickets import EXCHANGE_RE, SYMBOL_RE
 
@@ -49,6 +51,8 @@ DEMO_VENUE: Final = "binance"
 CHANNELS: Final = ("ticker", "bidask", "trades", "book")
 """What a stream's ``channel`` may name (a comma list of them: one stream per channel)."""
 MODES: Final = ("auto", "websocket", "rest")
+DECODERS: Final = tuple(kind.value for kind in DecoderKind)
+"""What a stream's ``decoder`` may name."""
 SECRET_CCXT_KEYS: Final = frozenset({"apiKey", "secret", "password", "uid", "privateKey",
                                      "walletAddress", "token"})
 """ccxt credentials: never accepted in ``ccxt_options`` (they would be printed with it)."""
@@ -96,6 +100,9 @@ class StreamConfig:
     max_reconnect_attempts: int | None = None
     rest_fallback_after: int = 3
     ws_probe_interval: float = 60.0
+    decoder: str = DecoderKind.FAST.value
+    """``fast``: the venue's own decoder for its hot channels where it has one; ``ccxt``: ccxt
+    parses every frame (:class:`~flight_md.core.decode.DecoderKind`)."""
     urls: dict[str, Any] | None = field(default=None, hash=False)
     ccxt_options: dict[str, Any] | None = field(default=None, hash=False)
     api_key: Secret | None = None
@@ -127,6 +134,8 @@ class StreamConfig:
         object.__setattr__(self, "channel", ",".join(names))
         if self.mode not in MODES:
             raise ConfigError(f"invalid mode {self.mode!r}; allowed: {', '.join(MODES)}")
+        if self.decoder not in DECODERS:
+            raise ConfigError(must_be("decoder", " or ".join(DECODERS), self.decoder))
         for name in ("heartbeat_interval", "reconnect_delay", "max_reconnect_delay",
                      "poll_interval", "ws_probe_interval"):
             value = getattr(self, name)
@@ -182,6 +191,7 @@ class StreamConfig:
             "ccxt_options": self.ccxt_options,
             "rest_fallback_after": self.rest_fallback_after,
             "ws_probe_interval": self.ws_probe_interval,
+            "decoder": self.decoder,
         }
 
 

@@ -1,5 +1,7 @@
 """``flight-md serve --ingest-workers N``: ingestion sharded over N processes, from the command line.
 
+(And a bad ``--decoder``, the stream option of issue 15, refused the same way.)
+
 A real ``flight-md serve`` process with two ingestion workers streams through real ccxt.pro
 from a real ``flight-md emulator`` process and serves every symbol over Flight; a bad ``N``,
 on the command line or in the config file, is refused in one line before anything starts (run
@@ -77,3 +79,12 @@ def test_a_bad_number_of_workers_is_one_line(forks: ForkRunner, tmp_path: Path,
                                              args: tuple[str, ...], needle: str) -> None:
     (tmp_path / "server.toml").write_text("[server]\ningest_workers = 0\n", encoding="utf-8")
     assert_one_line_error(forks.run("serve", "--port", "0", *args, cwd=tmp_path), [needle])
+
+
+def test_a_bad_decoder_is_one_line(forks: ForkRunner, tmp_path: Path) -> None:
+    (tmp_path / "server.toml").write_text('[[exchanges]]\nid = "binance"\ndecoder = "json"\n',
+                                          encoding="utf-8")
+    assert_one_line_error(forks.run("serve", "--port", "0", "--config", "server.toml",
+                                    cwd=tmp_path), ["decoder must be fast or ccxt, got 'json'"])
+    assert_one_line_error(forks.run("serve", "--port", "0", "--decoder", "json", cwd=tmp_path),
+                          ["argument --decoder: invalid choice: 'json'"])

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from flight_md.buffer import MarketDataBuffer
-from flight_md.config import ServerConfig
+from flight_md.config import ServerConfig, StreamConfig
 from flight_md.control import ClockSkew, ExchangeStatus, IngestionStatus, SymbolStatus
 from flight_md.emulator import Fault
 from flight_md.emulator.thread import EmulatorThread
@@ -99,6 +99,13 @@ def test_status_merges_exactly() -> None:
     assert exchange.clock_skew == ClockSkew(4, 20, 400, 60000)
     assert [(s.symbol, s.received) for s in merged.symbols] == [
         ("A/USDT", 10), ("B/USDT", 20), ("C/USDT", 30)]
+
+
+def test_the_decoder_setting_reaches_the_stream_options() -> None:
+    assert StreamConfig("binance").stream_kwargs()["decoder"] == "fast"
+    assert StreamConfig("binance", decoder="ccxt").stream_kwargs()["decoder"] == "ccxt"
+    with pytest.raises(ConfigError, match="decoder must be fast or ccxt, got 'json'"):
+        StreamConfig("binance", decoder="json")
 
 
 def test_the_config_validates_the_number_of_workers() -> None:
