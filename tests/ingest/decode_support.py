@@ -155,20 +155,19 @@ def recording_cases(venue_id: str, symbols: Sequence[str], *,
     """One case per registered decoder channel and websocket path: every frame of the venue's
     recording on that path (every channel's: a decoder must decline the others). ``ws_path``
     maps a recorded path to the one ccxt's client would have (Binance's combined
-    ``/stream`` is ccxt's ``/ws/<n>``); ``unwrap`` adds a case of combined-stream frames
-    unwrapped to their ``data``, as a raw ``/ws`` connection receives them."""
+    ``/stream`` is ccxt's ``/ws/<n>``); ``unwrap`` follows the recorded frames with the same
+    combined-stream frames unwrapped to their ``data``, as a raw ``/ws`` connection receives
+    them."""
     by_path: dict[str, list[str]] = {}
     for path, text in recorded(venue_id):
         by_path.setdefault((ws_path or {}).get(path, path), []).append(text)
     cases = []
     for channel in venue(venue_id).decoders:
         for path, frames in by_path.items():
+            if unwrap:  # the recorded frames, then the same unwrapped: one stream pair for both
+                frames = frames + [_unwrapped(text) for text in frames]
             cases.append(Case(venue_id, channel, path, tuple(frames), tuple(symbols),
                               f"recording{path.replace('/', '_')}"))
-            if unwrap:
-                inner = tuple(_unwrapped(text) for text in frames)
-                cases.append(Case(venue_id, channel, path, inner, tuple(symbols),
-                                  f"recording-unwrapped{path.replace('/', '_')}"))
     return cases
 
 

@@ -137,7 +137,7 @@ WIRE = {("binance", "bidask"): "bookTicker", ("binance", "ticker"): "ticker",
         ("bybit", "trades"): "publicTrade"}
 
 
-@pytest.mark.parametrize(("venue_id", "channel"), list(WIRE), ids="-".join)
+@pytest.mark.parametrize(("venue_id", "channel"), list(WIRE), ids=[f"{v}-{c}" for v, c in WIRE])
 async def test_fast_and_ccxt_streams_store_the_same_session(venue_id: str, channel: str) -> None:
     # One seeded emulator session streamed by both at once (each update goes to both): a
     # burst of updates of each symbol once both are subscribed, the market still before it.
