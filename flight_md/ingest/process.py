@@ -204,6 +204,7 @@ class _ForwardingBuffer(MarketDataBuffer):
         named: list[tuple[int, str, str]] = []
         all_ids: list[str | None] = []
         flat: array[float] | None = None
+        has_ids = spec.has_ids
         for key, floats in gathered.items():
             ring = ring_ids.get((channel, *key))
             if ring is None:
@@ -214,13 +215,13 @@ class _ForwardingBuffer(MarketDataBuffer):
                 flat = floats
             else:
                 flat.extend(floats)
-            if spec.has_ids:
+            if has_ids:
                 all_ids += ids[key]
         assert flat is not None
         ipc = spec.seal(flat, len(flat) // width, all_ids).serialize().to_pybytes() \
             if arrow else None
-        return ("batch", channel, header, named, flat.tobytes(),
-                all_ids if spec.has_ids else None, ipc)
+        return ("batch", channel, header, named, flat.tobytes(), all_ids if has_ids else None,
+                ipc)
 
 
 class _ForwardingStore(Store):

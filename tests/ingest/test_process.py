@@ -20,7 +20,7 @@ import pytest
 from pyarrow import flight
 
 from flight_md.app import MarketDataApp
-from flight_md.buffer import MarketDataBuffer
+from flight_md.buffer import MarketDataBuffer, Store
 from flight_md.cli import _parser as cli_parser
 from flight_md.cli import build_config
 from flight_md.config import ServerConfig, StreamConfig, load_config
@@ -177,3 +177,12 @@ def test_the_command_line_and_the_config_file_turn_it_on(tmp_path: Path) -> None
     path.write_text('[server]\ningest_process = "yes"\n')
     with pytest.raises(ConfigError, match="ingest_process must be true or false"):
         load_config(path)
+
+
+def test_a_buffer_given_with_a_store_must_be_the_stores() -> None:
+    store = Store(100)
+    with pytest.raises(ValueError, match="the ticker buffer given is not the store's"):
+        IngestionProcess(MarketDataBuffer(100), store=store)
+    ingestion = IngestionProcess(store.buffer("ticker"), store=store)
+    assert ingestion.buffer is store.buffer("ticker") and ingestion.store is store
+    assert IngestionProcess(store=store).buffer is store.buffer("ticker")
