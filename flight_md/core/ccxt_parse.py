@@ -14,6 +14,11 @@ frame" and declines the frame.
 :func:`safe_string`, :func:`safe_integer`, :func:`number` and :func:`omit_zero` are ccxt's
 ``safe_string`` (of one value), ``safe_integer``, ``parse_number`` and ``omit_zero``.
 
+:func:`ticker_row` and :func:`bidask_row` are the decoders' common case:
+:func:`flight_md.normalize.to_row`'s row of a ccxt ticker whose values pass every check,
+built without the checks' work (``None`` where any value would need one: the decoder then
+calls ``to_row``, which says why).
+
 This module imports neither asyncio, ccxt nor pyarrow.
 """
 
@@ -21,11 +26,15 @@ from __future__ import annotations
 
 import calendar
 import datetime
+import math
 import re
 from typing import Any, Final
 
-__all__ = ["number", "omit_zero", "open_from_change", "open_from_percentage", "parse8601",
-           "precise", "precise_add", "precise_div", "precise_sub", "safe_integer", "safe_string"]
+from flight_md.normalize import MAX_FUTURE_MS, MIN_TIMESTAMP_MS
+
+__all__ = ["bidask_row", "number", "omit_zero", "open_from_change", "open_from_percentage",
+           "parse8601", "precise", "precise_add", "precise_div", "precise_sub", "safe_integer",
+           "safe_string", "ticker_row"]
 
 
 def safe_string(value: Any) -> str | None:
@@ -303,3 +312,47 @@ def open_from_change(close: str, change: str) -> float:
         ValueError: Where ccxt's ``Precise`` raises (text that is not a decimal number).
     """
     return _float(_add(precise(close), precise(change), -1))
+
+
+# -- rows of good values ----------------------------------------------------------------------
+
+_NAN: Final = math.nan
+_INF: Final = math.inf
+
+
+def _stamp(timestamp: int | None, receive_ms: int) -> int | None:
+    if timestamp is None:
+        return receive_ms
+    if type(timestamp) is int and MIN_TIMESTAMP_MS <= timestamp <= receive_ms + MAX_FUTURE_MS:
+        return timestamp
+    return None
+
+
+def bidask_row(timestamp: int | None, bid: float | None, ask: float | None,
+               receive_ms: int) -> tuple[float, ...] | None:
+    """``to_row``'s ``bidask`` row of a ccxt ticker with these values, if they pass every
+    check (a positive, finite, uncrossed bid and ask; no timestamp, or one in range), else
+    ``None``."""
+    stamp = _stamp(timestamp, receive_ms)
+    if (stamp is None or type(bid) is not float or type(ask) is not float
+            or not 0.0 < bid <= ask < _INF):
+        return None
+    return (stamp, (bid + ask) / 2.0, _NAN, bid, ask, _NAN, _NAN, _NAN, _NAN, receive_ms)
+
+
+def ticker_row(timestamp: int | None, last: float | None, volume: float | None,
+               bid: float | None, ask: float | None, high: float | None, low: float | None,
+               open_: float | None, close: float | None,
+               receive_ms: int) -> tuple[float, ...] | None:
+    """``to_row``'s ``ticker`` row of a ccxt ticker with these values, if every one is there
+    and passes every check (prices positive and finite, bid not above ask, volume not
+    negative; no timestamp, or one in range), else ``None``."""
+    stamp = _stamp(timestamp, receive_ms)
+    if (stamp is None or type(last) is not float or type(volume) is not float
+            or type(bid) is not float or type(ask) is not float or type(high) is not float
+            or type(low) is not float or type(open_) is not float or type(close) is not float
+            or not (0.0 < bid <= ask < _INF and 0.0 < last < _INF and 0.0 <= volume < _INF
+                    and 0.0 < high < _INF and 0.0 < low < _INF and 0.0 < open_ < _INF
+                    and 0.0 < close < _INF)):
+        return None
+    return (stamp, last, volume, bid, ask, high, low, open_, close, receive_ms)

@@ -48,7 +48,13 @@ from typing import Any, Final
 
 import orjson
 
-from flight_md.core.ccxt_parse import open_from_percentage, parse8601, safe_string
+from flight_md.core.ccxt_parse import (
+    bidask_row,
+    open_from_percentage,
+    parse8601,
+    safe_string,
+    ticker_row,
+)
 from flight_md.core.decode import DecoderContext, DecodeSink, FrameDecoder, symbols_by_id
 from flight_md.normalize import Channel, DropReason, to_row, to_trade
 from flight_md.venues.base import BOOKS_CACHE, TRADES_CACHE, ChannelMethods, Venue
@@ -212,13 +218,24 @@ class CoinbaseTickerDecoder:
         close = None if last == 0.0 else last
         if percentage is not None and _number(percentage) == 0.0:
             percentage = None  # omit_zero
-        ticker = {
-            "symbol": symbol, "timestamp": timestamp, "last": close, "close": close,
-            "bid": _quote(row.get("best_bid")), "ask": _quote(row.get("best_ask")),
-            "high": _quote(row.get("high_24_h")), "low": _quote(row.get("low_24_h")),
-            "open": _open(close, percentage),
-            "baseVolume": _number(safe_string(row.get("volume_24_h"))), "info": row,
-        }
+        bid, ask = _quote(row.get("best_bid")), _quote(row.get("best_ask"))
+        if self._channel is Channel.BIDASK:
+            good = bidask_row(timestamp, bid, ask, receive_ms)
+            if good is not None:  # the common case, without to_row's checks
+                return symbol, good
+            ticker = {"symbol": symbol, "timestamp": timestamp, "bid": bid, "ask": ask,
+                      "last": close, "info": row}
+        else:
+            high, low = _quote(row.get("high_24_h")), _quote(row.get("low_24_h"))
+            opened = _open(close, percentage)
+            volume = _number(safe_string(row.get("volume_24_h")))
+            good = ticker_row(timestamp, close, volume, bid, ask, high, low, opened, close,
+                              receive_ms)
+            if good is not None:
+                return symbol, good
+            ticker = {"symbol": symbol, "timestamp": timestamp, "last": close, "close": close,
+                      "bid": bid, "ask": ask, "high": high, "low": low, "open": opened,
+                      "baseVolume": volume, "info": row}
         return to_row(ticker, exchange="coinbase", channel=self._channel, receive_ms=receive_ms,
                       raw_fields=self._fields)
 

@@ -37,7 +37,14 @@ from typing import Any, Final
 
 import orjson
 
-from flight_md.core.ccxt_parse import open_from_change, open_from_percentage, parse8601, safe_string
+from flight_md.core.ccxt_parse import (
+    bidask_row,
+    open_from_change,
+    open_from_percentage,
+    parse8601,
+    safe_string,
+    ticker_row,
+)
 from flight_md.core.decode import DecoderContext, DecodeSink, FrameDecoder
 from flight_md.normalize import Channel, DropReason, TradeFields, to_row, to_trade
 from flight_md.venues.base import BOOKS_CACHE, TRADES_CACHE, ChannelMethods, Venue
@@ -187,12 +194,21 @@ class KrakenTickerDecoder:
         if percentage is not None and _number(percentage) == 0.0:
             percentage = None  # omit_zero
         price = None if close is None else close_number
-        ticker = {
-            "symbol": symbol, "timestamp": None, "last": price, "close": price,
-            "bid": _quote(get("bid")), "ask": _quote(get("ask")),
-            "high": _quote(get("high")), "low": _quote(get("low")),
-            "open": _open(close, change, percentage), "baseVolume": _amount(volume), "info": row,
-        }
+        bid, ask = _quote(get("bid")), _quote(get("ask"))
+        if self._channel is Channel.BIDASK:
+            good = bidask_row(None, bid, ask, receive_ms)
+            ticker = {"symbol": symbol, "timestamp": None, "bid": bid, "ask": ask, "info": row}
+        else:
+            high, low = _quote(get("high")), _quote(get("low"))
+            opened, base_volume = _open(close, change, percentage), _amount(volume)
+            good = ticker_row(None, price, base_volume, bid, ask, high, low, opened, price,
+                              receive_ms)
+            ticker = {"symbol": symbol, "timestamp": None, "last": price, "close": price,
+                      "bid": bid, "ask": ask, "high": high, "low": low, "open": opened,
+                      "baseVolume": base_volume, "info": row}
+        if good is not None:  # the common case, without to_row's checks
+            sink.tick(symbol, good, False)
+            return True
         made = to_row(ticker, exchange="kraken", channel=self._channel, receive_ms=receive_ms,
                       raw_fields=self._fields)
         if isinstance(made, DropReason):

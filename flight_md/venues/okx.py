@@ -37,7 +37,7 @@ from typing import Any, Final
 
 import orjson
 
-from flight_md.core.ccxt_parse import safe_integer, safe_string
+from flight_md.core.ccxt_parse import bidask_row, safe_integer, safe_string, ticker_row
 from flight_md.core.decode import DecoderContext, DecodeSink, FrameDecoder, Markets, symbols_by_id
 from flight_md.normalize import Channel, DropReason, to_row, to_trade
 from flight_md.venues.base import BOOK_METHODS, TRADES_METHODS, ChannelMethods, Venue
@@ -178,16 +178,23 @@ class OkxTickerDecoder:
                 price = _number(last)
                 if price == 0.0:
                     price = None
+                timestamp = safe_integer(row.get("ts"))
+                bid, ask = _quote(row.get("bidPx")), _quote(row.get("askPx"))
+                high, low = _quote(row.get("high24h")), _quote(row.get("low24h"))
+                opened, base_volume = _quote(open_), _number(volume)
+                good = ticker_row(timestamp, price, base_volume, bid, ask, high, low, opened,
+                                  price, receive_ms)
+                if good is not None:  # the common case, without to_row's checks
+                    made.append(((symbol, good), timestamp is not None))
+                    continue
                 ticker = {
-                    "symbol": symbol, "timestamp": safe_integer(row.get("ts")),
-                    "last": price, "close": price, "bid": _quote(row.get("bidPx")),
-                    "ask": _quote(row.get("askPx")), "high": _quote(row.get("high24h")),
-                    "low": _quote(row.get("low24h")), "open": _quote(open_),
-                    "baseVolume": _number(volume), "info": row,
+                    "symbol": symbol, "timestamp": timestamp, "last": price, "close": price,
+                    "bid": bid, "ask": ask, "high": high, "low": low, "open": opened,
+                    "baseVolume": base_volume, "info": row,
                 }
                 made.append((to_row(ticker, exchange="okx", channel=Channel.TICKER,
                                     receive_ms=receive_ms, raw_fields=self._fields),
-                             ticker["timestamp"] is not None))
+                             timestamp is not None))
         except _Decline:
             return False
         for result, stamped in made:
@@ -230,8 +237,13 @@ class OkxBidAskDecoder:
         if bid is None:
             bid = _first_price(row.get("bids"))
         ask_number, bid_number = _number(ask), _number(bid)
+        timestamp = safe_integer(row.get("ts"))
+        good = bidask_row(timestamp, bid_number, ask_number, receive_ms)
+        if good is not None:  # the common case, without to_row's checks
+            sink.tick(symbol, good, timestamp is not None)
+            return True
         ticker = {
-            "symbol": symbol, "timestamp": safe_integer(row.get("ts")),
+            "symbol": symbol, "timestamp": timestamp,
             "bid": None if bid_number == 0.0 else bid_number,
             "ask": None if ask_number == 0.0 else ask_number, "info": row,
         }

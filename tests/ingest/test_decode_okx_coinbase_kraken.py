@@ -21,6 +21,7 @@ from __future__ import annotations
 import copy
 import functools
 import json
+import math
 from collections.abc import Callable
 from typing import Any, Final
 
@@ -36,9 +37,10 @@ from flight_md.emulator.dialects import dialect_class
 from flight_md.emulator.fault import FRAME_FAULTS
 from flight_md.emulator.recording import Recording
 from flight_md.ingest.stream import MarketDataStream
-from flight_md.normalize import Channel
+from flight_md.normalize import Channel, DropReason, to_row
 from flight_md.venues import venue
 from tests.ingest.decode_support import (
+    FIXED_MS,
     Case,
     assert_decoder_matches_ccxt,
     emulator_frames,
@@ -155,6 +157,42 @@ _stamp = st.builds(
 @given(st.one_of(_stamp, st.text(max_size=30)))
 def test_parse8601_is_ccxts(text: str) -> None:
     assert ccxt_parse.parse8601(text) == CcxtExchange.parse8601(text)
+
+
+_bad = st.one_of(st.none(), st.floats(), st.sampled_from([0.0, -0.0, -1.0]), st.integers(-5, 5))
+_time = st.one_of(st.none(), st.integers(0, 2 * FIXED_MS), st.just(FIXED_MS - 1),
+                  st.floats(1e12, 2e12))
+
+
+@st.composite
+def _values(draw: st.DrawFn) -> list[Any]:
+    """Eight good ticker values (bid and ask sorted, or equal), at times one of them bad."""
+    values: list[Any] = draw(st.lists(st.floats(1e-9, 1e12), min_size=8, max_size=8))
+    values[2:4] = sorted(values[2:4])
+    if draw(st.booleans()):
+        values[2] = values[3]  # a locked book is kept
+    if draw(st.booleans()):
+        values[draw(st.integers(0, 7))] = draw(_bad)
+    return values
+
+
+@settings(max_examples=300, deadline=None)
+@given(_time, _values())
+def test_the_rows_of_good_values_are_to_rows(timestamp: Any, values: list[Any]) -> None:
+    last, volume, bid, ask, high, low, open_, close = values
+    ticker = {"symbol": "X/Y", "timestamp": timestamp, "last": last, "close": close, "bid": bid,
+              "ask": ask, "high": high, "low": low, "open": open_, "baseVolume": volume}
+    for channel, row in (
+            (Channel.TICKER, ccxt_parse.ticker_row(timestamp, last, volume, bid, ask, high, low,
+                                                   open_, close, FIXED_MS)),
+            (Channel.BIDASK, ccxt_parse.bidask_row(timestamp, bid, ask, FIXED_MS))):
+        if row is not None:  # None: the decoder asks to_row itself
+            made = to_row(ticker, exchange="okx", channel=channel, receive_ms=FIXED_MS)
+            assert not isinstance(made, DropReason)
+            assert made[0] == "X/Y" and len(made[1]) == len(row)
+            assert all(a == b or (math.isnan(a) and math.isnan(b))
+                       for a, b in zip(made[1], row, strict=True))
+            assert [type(a) for a in made[1]] == [type(b) for b in row]
 
 
 # -- synthetic frames: the emulator's, its faults, and variants ---------------------------------
