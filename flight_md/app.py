@@ -22,7 +22,7 @@ import logging
 import socket
 from typing import Any, Final, Self
 
-from flight_md.buffer import MarketDataBuffer, Store
+from flight_md.buffer import Store
 from flight_md.config import DEMO_SYMBOLS, DEMO_VENUE, ServerConfig, StreamConfig
 from flight_md.errors import ConfigError, FlightMdError, StartupError
 from flight_md.events import EventLog
@@ -95,12 +95,7 @@ class MarketDataApp:
 
     def __init__(self, config: ServerConfig, **emulator_options: Any) -> None:
         self.config = config
-        if config.ingest_process:
-            # The ingestion process hands over ticks of either tick channel through one
-            # buffer (its streams are labelled by exchange, as persistence records them).
-            self.store = Store.of(MarketDataBuffer(config.buffer_size))
-        else:
-            self.store = Store(config.buffer_size, book_depth=config.book_depth)
+        self.store = Store(config.buffer_size, book_depth=config.book_depth)
         """Every channel's rings (one buffer per channel)."""
         self.buffer = self.store.buffer("ticker")
         """The ticker channel's buffer."""
@@ -162,10 +157,7 @@ class MarketDataApp:
             return
         from flight_md.persist.store import Persistence
 
-        channels = None
-        if self.config.ingest_process:  # one tick buffer: say which channel each exchange has
-            channels = {stream.exchange: stream.channels[0] for stream in self.streams_planned()}
-        self.persistence = Persistence(persist, self.store, self.events, channels).open()
+        self.persistence = Persistence(persist, self.store, self.events).open()
         logger.debug("data dir %s (fsync %s, commit every %g s)", persist.data_dir,
                     persist.fsync.value, persist.commit_interval)
 
@@ -280,13 +272,6 @@ class MarketDataApp:
     def _start_process(self) -> Any:
         from flight_md.ingest.process import IngestionProcess
 
-        other = [f"{s.exchange} {c}" for s in self.config.streams for c in s.channels
-                 if c not in ("ticker", "bidask")]
-        if other:
-            raise ConfigError(f"--ingest-process streams ticker and bidask only, not "
-                              f"{', '.join(other)}; run without --ingest-process for trades "
-                              "and books")
-
         if self.config.demo:
             from flight_md.emulator.thread import EmulatorThread
 
@@ -299,16 +284,21 @@ class MarketDataApp:
         if self.config.workers > 1:
             from flight_md.ingest.workers import IngestionWorkers
 
-            self.ingestion = IngestionWorkers(self.config.workers, self.buffer, self.events,
-                                              on_fatal=self._on_fatal)
+            self.ingestion = IngestionWorkers(self.config.workers, events=self.events,
+                                              store=self.store, on_fatal=self._on_fatal)
         else:
-            self.ingestion = IngestionProcess(self.buffer, self.events, on_fatal=self._on_fatal)
+            self.ingestion = IngestionProcess(events=self.events, store=self.store,
+                                              on_fatal=self._on_fatal)
         self.ingestion.start()
         try:
             for stream in self.streams:
+                # One stream over all of its channels (the child hands each channel's rows
+                # to that channel's buffer); one channel is passed as before.
+                channels = ({"channel": None, "channels": list(stream.channels)}
+                            if len(stream.channels) > 1 else {})
                 self.ingestion.add_stream(stream.exchange, list(stream.symbols),
                                           START_TIMEOUT_S, keep_retrying=True,
-                                          **stream.stream_kwargs())
+                                          **{**stream.stream_kwargs(), **channels})
                 pids = getattr(self.ingestion, "pids", None) or (self.ingestion.pid,)
                 logger.info("streaming %s: %s (ingestion process%s %s)", stream.exchange,
                             ", ".join(stream.symbols), "es" if len(pids) > 1 else "",

@@ -200,13 +200,13 @@ class IngestionWorkers:
 
     Args:
         count: Worker processes (>= 1).
-        buffer: Where every worker's rows go (this process).
+        buffer: The tick buffer, when no ``store`` is given (as for :class:`IngestionProcess`).
         events: Where every worker's events go.
         name: The children's process name (``-<index>`` is appended).
         on_fatal: As for :class:`IngestionProcess` (called by the worker that found the bad
             symbol, once).
-        store: Every channel's buffers, shared by the workers (as for
-            :class:`IngestionProcess`).
+        store: Every channel's buffers, shared by the workers (default: one around
+            ``buffer``); each worker's rows of a channel go to ``store.buffer(channel)``.
     """
 
     def __init__(self, count: int, buffer: MarketDataBuffer | None = None,
@@ -214,17 +214,16 @@ class IngestionWorkers:
                  on_fatal: Callable[[str, errors.InvalidArgument], None] | None = None,
                  store: Store | None = None) -> None:
         self.shards = Shards(count)
-        if store is not None and buffer is None:
-            buffer = store.buffer("ticker")
-        self.buffer = buffer if buffer is not None else MarketDataBuffer()
+        if store is None:
+            store = Store.of(buffer if buffer is not None else MarketDataBuffer())
         self.store = store
-        """Every channel's buffers, when given (else the buffer's channel only)."""
+        """Every channel's buffers, which every worker fills."""
+        self.buffer = buffer if buffer is not None else store.buffer("ticker")
+        """The tick buffer (``store.buffer("ticker")`` unless one was given)."""
         self.events = events if events is not None else EventLog()
-        # ``store`` only when given: the workers' hand-off of every channel (issue 15) takes it.
-        options: dict[str, Any] = {"store": store} if store is not None else {}
         self.workers: tuple[IngestionProcess, ...] = tuple(
-            IngestionProcess(self.buffer, self.events, name=f"{name}-{index}",
-                             on_fatal=on_fatal, **options)
+            IngestionProcess(buffer, self.events, name=f"{name}-{index}", on_fatal=on_fatal,
+                             store=store)
             for index in range(count))
         """The workers, by index."""
         self._streams: list[_Stream] = []

@@ -1,11 +1,10 @@
 """``flight-md serve --ingest-workers N``: ingestion sharded over N processes, from the command line.
 
-(And a bad ``--decoder``, the stream option of issue 15, refused the same way.)
-
-A real ``flight-md serve`` process with two ingestion workers streams through real ccxt.pro
-from a real ``flight-md emulator`` process and serves every symbol over Flight; a bad ``N``,
-on the command line or in the config file, is refused in one line before anything starts (run
-in forks of one pre-imported interpreter, as test_cli_config.py runs its error table).
+A real ``flight-md serve`` process with two ingestion workers streams tickers and trades
+through real ccxt.pro from a real ``flight-md emulator`` process and serves every symbol over
+Flight; a bad ``N``, on the command line or in the config file, is refused in one line before
+anything starts, and so is a bad ``--decoder`` (run in forks of one pre-imported interpreter,
+as test_cli_config.py runs its error table).
 """
 
 from __future__ import annotations
@@ -41,30 +40,37 @@ def forks() -> Iterator[ForkRunner]:
         runner.close()
 
 
-def _rows(client: flight.FlightClient, symbol: str) -> int:
+def _rows(client: flight.FlightClient, symbol: str, channel: str) -> int:
+    ticket = f"{symbol}?latest=5&channel={channel}"
     try:
-        return client.do_get(flight.Ticket(f"{symbol}?latest=5".encode())).read_all().num_rows
+        return client.do_get(flight.Ticket(ticket.encode())).read_all().num_rows
     except flight.FlightError:  # no tick of it stored yet
         return 0
 
 
 def test_two_workers_serve_every_symbol(emulator: EmulatorProcess) -> None:
-    with ServerProcess("--exchange", "binance", "--symbols", ",".join(SYMBOLS),
-                       "--exchange-url", emulator.url, "--mode", "websocket",
-                       "--reconnect-delay", "0.2", "--max-reconnect-delay", "1",
-                       "--ingest-workers", "2", "--memory-only") as server:
+    server = ServerProcess("--exchange", "binance", "--symbols", ",".join(SYMBOLS),
+                           "--exchange-url", emulator.url, "--mode", "websocket",
+                           "--channel", "ticker,trades", "--reconnect-delay", "0.2", "--max-reconnect-delay", "1",
+                           "--ingest-workers", "2", "--memory-only")
+    server.start(90.0)  # three fresh interpreters import flight_md (two of them ccxt too)
+    try:
         assert len(ingestion_children(server.pid)) == 2, server.output
         client = flight.connect(server.location)
         # A loaded machine may time out a worker's first markets load: it retries quickly.
-        until(lambda: all(_rows(client, s) == 5 for s in SYMBOLS), 60 * MS,
-              "ticks of every symbol over Flight")
+        until(lambda: all(_rows(client, s, c) == 5 for s in SYMBOLS
+                          for c in ("ticker", "trades")), 60 * MS,
+              "ticks and trades of every symbol over Flight")
         status = json.loads(next(client.do_action(flight.Action("status", b""))).body
                             .to_pybytes())
         assert status["exchanges"]["binance"]["state"] == "connected"
         assert sorted(status["exchanges"]["binance"]["symbols"]) == sorted(SYMBOLS)
-        named = [entry["symbol"] for entry in status["symbols"]]
-        assert sorted(named) == sorted(SYMBOLS)  # each once, though two processes stream them
+        named = [(entry["symbol"], entry.get("channel")) for entry in status["symbols"]]
+        # each once per channel, though two processes stream them
+        assert sorted(named) == sorted((s, c) for s in SYMBOLS for c in ("ticker", "trades"))
         client.close()
+    finally:
+        server.stop()
 
 
 @pytest.mark.parametrize("args, needle", [
