@@ -32,8 +32,9 @@ Venue limits
     adds is connections: an (exchange, channel) with S symbols opens at most
     ``ceil(S / symbols_per_message) + N - 1`` websockets in all where one process opens
     ``ceil(S / symbols_per_message)`` (a venue without connection-per-group: at most N instead
-    of 1). Keep N within a venue's per-IP connection limits (Binance: 300 new connections per
-    5 minutes; OKX: 3 a second), which the venue registry does not model yet.
+    of 1), and each worker loads the exchange's markets itself (N REST requests at start where
+    one process makes one). Keep N within a venue's per-IP limits (Binance: 300 new
+    connections per 5 minutes; OKX: 3 a second), which the venue registry does not model yet.
 
 Supervision
     Each worker is an :class:`~flight_md.ingest.process.IngestionProcess`, which restarts its
