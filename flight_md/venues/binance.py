@@ -81,15 +81,16 @@ def _trade_backfill(options: Mapping[str, Any], first_id: int) -> dict[str, Any]
 
 # -- fast decoders ------------------------------------------------------------------------------
 
+_TRADE_NUMBERS: Final = ("p", "q")
 _BOOK_TICKER_KEYS: Final = frozenset({"u", "s", "b", "B", "a", "A"})
 """A spot bookTicker event (it has no ``e``; ccxt routes a frame with ``a`` and ``b`` to it)."""
 _BOOK_TICKER_OPTIONAL: Final = frozenset({"E", "T"})
 _TICKER_NUMBERS: Final = ("c", "o", "h", "l", "v", "q", "b", "B", "a", "A", "p", "P", "w", "x", "Q")
-_TICKER_FALLBACKS: Final = ("price", "bidPrice", "askPrice", "bidQty", "askQty", "time", "symbol",
-                            "id", "status", "error", "event", "data")
-_TRADE_FALLBACKS: Final = ("x", "isDustTrade", "price", "qty", "quantity", "time", "executionAt",
+_TICKER_FALLBACKS: Final = frozenset(("price", "bidPrice", "askPrice", "bidQty", "askQty", "time", "symbol",
+                            "id", "status", "error", "event", "data"))
+_TRADE_FALLBACKS: Final = frozenset(("x", "isDustTrade", "price", "qty", "quantity", "time", "executionAt",
                            "tradeId", "executionId", "isBuyerMaker", "symbol", "optionSide",
-                           "side", "isBuyer", "status", "error", "event", "data", "id")
+                           "side", "isBuyer", "status", "error", "event", "data", "id"))
 
 
 def _event(frame: str | bytes) -> dict[str, Any] | None:
@@ -184,7 +185,7 @@ class _TickerDecoder:
         message = _event(frame)
         if message is None or message.get("e") != "24hrTicker":
             return False
-        if any(key in message for key in _TICKER_FALLBACKS) or not _clean(message, _TICKER_NUMBERS):
+        if not message.keys().isdisjoint(_TICKER_FALLBACKS) or not _clean(message, _TICKER_NUMBERS):
             return False
         symbol = self._markets.symbol(message.get("s"))
         if symbol is None:
@@ -223,7 +224,7 @@ class _TradeDecoder:
         event = message.get("e")
         if event != "trade" and event != "aggTrade":
             return False
-        if any(key in message for key in _TRADE_FALLBACKS) or not _clean(message, ("p", "q")):
+        if not message.keys().isdisjoint(_TRADE_FALLBACKS) or not _clean(message, _TRADE_NUMBERS):
             return False
         price, amount = message.get("p"), message.get("q")
         if price is None or amount is None:
