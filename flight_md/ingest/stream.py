@@ -12,6 +12,9 @@ The stream is a facade over its parts, each in its own module:
   unsubscribing, closing connections);
 - :mod:`flight_md.ingest.poller`: REST polling, ``Retry-After``, websocket probes;
 - :mod:`flight_md.ingest.fanout`: the tick path into the buffer and out to callbacks;
+- the venue's fast decoders (:mod:`flight_md.core.decode`, ``decoder="fast"``, the default):
+  ``TEXT`` frames of the hot channels decoded by flight_md straight into rows, delivered to
+  the same counting, storing and callback paths the cache tap feeds (``_Decoded``);
 - :mod:`flight_md.ingest.trades`: the trade path (every trade once, gaps, backfill);
 - :mod:`flight_md.ingest.books`: the book capture (the top N levels after every frame);
 - :mod:`flight_md.ingest.state`: connection state, last error, symbols and their groups;
