@@ -112,11 +112,17 @@ class _Decline(Exception):
     """Internal: the frame goes to ccxt (nothing was delivered)."""
 
 
+_LONGEST: Final = 64
+"""Characters of the longest number text a decoder takes to ``Precise`` (no venue sends more)."""
+
+
 def _strict(value: Any) -> str | None:
     """A value ccxt passes through ``Precise``: its text, ``None`` when absent; text that is
     not a finite number declines the frame (``Precise`` would raise)."""
     text = safe_string(value)
     if text is not None:
+        if len(text) > _LONGEST:
+            raise _Decline  # Precise's intermediates could outgrow int <-> str (ccxt raises)
         try:
             if not math.isfinite(float(text)):
                 raise _Decline
@@ -198,7 +204,7 @@ class CoinbaseTickerDecoder:
                     if symbol is None:
                         return False  # ccxt would build a symbol from the id's parts
                     made.append((symbol, self._ticker(symbol, row, timestamp, receive_ms)))
-        except _Decline:
+        except (_Decline, ValueError):  # ValueError: where ccxt's Precise raises too
             return False
         stamped = timestamp is not None
         for symbol, result in made:

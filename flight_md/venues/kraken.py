@@ -92,11 +92,17 @@ class _Decline(Exception):
     """Internal: the frame goes to ccxt (nothing was delivered)."""
 
 
+_LONGEST: Final = 64
+"""Characters of the longest number text a decoder takes to ``Precise`` (no venue sends more)."""
+
+
 def _strict(value: Any) -> str | None:
     """A value ccxt passes through ``Precise``: its text, ``None`` when absent; text that is
     not a finite number declines the frame (``Precise`` would raise)."""
     text = safe_string(value)
     if text is not None:
+        if len(text) > _LONGEST:
+            raise _Decline  # Precise's intermediates could outgrow int <-> str (ccxt raises)
         try:
             if not math.isfinite(float(text)):
                 raise _Decline
@@ -187,12 +193,13 @@ class KrakenTickerDecoder:
             last = _strict(get("last"))
             change = _strict(get("change"))
             percentage = _strict(get("change_pct"))
-        except _Decline:
+            close_number = _number(last)
+            close = None if close_number == 0.0 else last
+            if percentage is not None and _number(percentage) == 0.0:
+                percentage = None  # omit_zero
+            opened = _open(close, change, percentage)  # ccxt derives it for both channels
+        except (_Decline, ValueError):  # ValueError: where ccxt's Precise raises too
             return False
-        close_number = _number(last)
-        close = None if close_number == 0.0 else last
-        if percentage is not None and _number(percentage) == 0.0:
-            percentage = None  # omit_zero
         price = None if close is None else close_number
         bid, ask = _quote(get("bid")), _quote(get("ask"))
         if self._channel is Channel.BIDASK:
@@ -200,7 +207,7 @@ class KrakenTickerDecoder:
             ticker = {"symbol": symbol, "timestamp": None, "bid": bid, "ask": ask, "info": row}
         else:
             high, low = _quote(get("high")), _quote(get("low"))
-            opened, base_volume = _open(close, change, percentage), _amount(volume)
+            base_volume = _amount(volume)
             good = ticker_row(None, price, base_volume, bid, ask, high, low, opened, price,
                               receive_ms)
             ticker = {"symbol": symbol, "timestamp": None, "last": price, "close": price,

@@ -92,11 +92,17 @@ class _Decline(Exception):
     """Internal: the frame goes to ccxt (nothing was delivered)."""
 
 
+_LONGEST: Final = 64
+"""Characters of the longest number text a decoder takes to ``Precise`` (no venue sends more)."""
+
+
 def _strict(value: Any) -> str | None:
     """A value ccxt passes through ``Precise``: its text, ``None`` when absent; text that is
     not a finite number declines the frame (``Precise`` would raise)."""
     text = safe_string(value)
     if text is not None:
+        if len(text) > _LONGEST:
+            raise _Decline  # Precise's intermediates could outgrow int <-> str (ccxt raises)
         try:
             if not math.isfinite(float(text)):
                 raise _Decline

@@ -32,6 +32,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from flight_md.core import ccxt_parse
+from flight_md.core.decode import DecoderContext
 from flight_md.emulator import Emulator, default_recording
 from flight_md.emulator.dialects import dialect_class
 from flight_md.emulator.fault import FRAME_FAULTS
@@ -42,6 +43,7 @@ from flight_md.venues import venue
 from tests.ingest.decode_support import (
     FIXED_MS,
     Case,
+    RecordingSink,
     assert_decoder_matches_ccxt,
     emulator_frames,
     recording_cases,
@@ -193,6 +195,61 @@ def test_the_rows_of_good_values_are_to_rows(timestamp: Any, values: list[Any]) 
             assert all(a == b or (math.isnan(a) and math.isnan(b))
                        for a, b in zip(made[1], row, strict=True))
             assert [type(a) for a in made[1]] == [type(b) for b in row]
+
+
+_json = st.recursive(
+    st.none() | st.booleans() | st.floats(allow_nan=False, allow_infinity=False) | st.integers()
+    | st.text(max_size=6) | st.sampled_from(["1.5", "0", "-2", "abc", "1e400", "0." + "0" * 80 + "1",
+                                             "2026-08-09T21:05:42.514318Z", "BTC-USDT", "BTC-USD",
+                                             "BTC/USD", "buy", "SELL"]),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner, max_size=3),
+    max_leaves=8)
+
+
+def _rows_of(keys: tuple[str, ...]) -> st.SearchStrategy[Any]:
+    return st.lists(st.dictionaries(st.sampled_from(keys), _json, max_size=len(keys)), max_size=3) | _json
+
+
+_FRAMES: Final = {
+    "okx": st.fixed_dictionaries({
+        "arg": st.fixed_dictionaries({"channel": st.sampled_from(["tickers", "bbo-tbt", "trades", "x"]),
+                                      "instId": st.sampled_from(["BTC-USDT", "ZZZ-USDT"]) | _json}),
+        "data": _rows_of(("instId", "last", "bidPx", "askPx", "open24h", "high24h", "low24h", "vol24h",
+                          "volCcy24h", "ts", "asks", "bids", "px", "sz", "side", "tradeId", "count")),
+    }, optional={"event": _json, "code": _json}),
+    "coinbase": st.fixed_dictionaries({
+        "channel": st.sampled_from(["ticker", "ticker_batch", "market_trades", "x"]),
+        "timestamp": st.sampled_from(["2026-08-09T21:05:48.228568804Z"]) | _json,
+        "events": st.lists(st.fixed_dictionaries({}, optional={
+            "tickers": _rows_of(("product_id", "price", "best_bid", "best_ask", "high_24_h", "low_24_h",
+                                 "volume_24_h", "price_percent_chg_24_h")),
+            "trades": _rows_of(("product_id", "trade_id", "price", "size", "time", "side"))}),
+            max_size=2) | _json,
+    }, optional={"type": _json}),
+    "kraken": st.fixed_dictionaries({
+        "channel": st.sampled_from(["ticker", "trade", "x"]),
+        "data": _rows_of(("symbol", "bid", "ask", "last", "volume", "vwap", "low", "high", "change",
+                          "change_pct", "price", "qty", "side", "trade_id", "timestamp")),
+    }, optional={"error": _json, "method": _json}),
+}
+_MARKETS: Final = {"okx": {"BTC-USDT": [{"symbol": "BTC/USDT"}]},
+                   "coinbase": {"BTC-USD": [{"symbol": "BTC/USD"}]},
+                   "kraken": {"XXBTZUSD": [{"symbol": "BTC/USD"}]}}
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from(sorted(_FRAMES)).flatmap(lambda v: st.tuples(st.just(v), _FRAMES[v])))
+def test_the_decoders_never_raise_and_deliver_nothing_they_decline(case: tuple[str, Any]) -> None:
+    venue_id, frame = case
+    text = json.dumps(frame)
+    item = venue(venue_id)
+    for channel, factory in item.decoders.items():
+        decoder = factory(DecoderContext(url="ws://x/", markets_by_id=_MARKETS[venue_id], options={},
+                                         raw_fields=item.raw_numeric_fields))
+        assert decoder is not None
+        sink = RecordingSink()
+        if not decoder.decode(text, FIXED_MS, sink):
+            assert sink.out == [], (channel, text)
 
 
 # -- synthetic frames: the emulator's, its faults, and variants ---------------------------------
