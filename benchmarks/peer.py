@@ -493,9 +493,12 @@ consumer was reading: on a loaded machine that bounds both designs alike.
                                 config.lowest_failed[Design.CRYPTOFEED]),
                     "stretch met" if math.isfinite(frac) and frac >= STRETCH_RATIO
                     else "stretch missed")
-        failures = [f"{design} did not keep up at the lowest rate probed"
-                    for design in Design if not math.isfinite(
-                        _median_rate(config.lossless[design]))]
+        failures = [f"{design} kept up at no rate probed in repetition {i} (lowest {low:,} msg/s)"
+                    for design in Design
+                    for i, (value, low) in enumerate(zip(config.lossless[design],
+                                                         config.lowest_failed[design],
+                                                         strict=True), 1)
+                    if not math.isfinite(value) and low is not None]
         section.goals.append(Goal.judge(
             f"peer.{config.channel}.{config.symbols}",
             f"Lossless {config.channel} ingest vs {PEER}, {config.symbols} symbols",
