@@ -73,6 +73,12 @@ class _Raise(Exception):
 
 # ccxt's Precise (ccxt/base/precise.py, MIT): (integer, decimals), with its failures.
 
+_MAX_EXPONENT: Final = 1000
+"""An exponent beyond which ccxt's Precise would build integers of that many digits (a frame
+``"1e999999999"`` stalls ccxt's parse for minutes): the one place the decoder departs from
+ccxt, dropping such a frame as ``unparseable_frame`` instead."""
+
+
 def _precise(text: str) -> tuple[int, int]:
     try:
         modifier = 0
@@ -80,6 +86,8 @@ def _precise(text: str) -> tuple[int, int]:
             text = text.lower()
             text, exponent = text.split("e")
             modifier = int(exponent)
+            if abs(modifier) > _MAX_EXPONENT:
+                raise _Raise
         point = text.find(".")
         if point > -1:
             return int(text.replace(".", "")), len(text) - point - 1 - modifier
