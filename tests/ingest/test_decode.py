@@ -214,3 +214,23 @@ async def test_the_check_refuses_a_client_whose_handler_does_not_parse_text_fram
 
     with pytest.raises(StartupError, match="decoder: a client's handle_message does not set"):
         ccxt_compat._check_decoder(Client)
+
+
+async def test_a_bybit_exponent_that_would_stall_ccxt_is_dropped_at_once() -> None:
+    # The one departure from ccxt's path: its Precise would build a billion-digit integer.
+    from flight_md.core.decode import DecoderContext
+    from flight_md.normalize import DropReason
+    from flight_md.venues import VENUES
+    from tests.ingest.decode_support import RecordingSink
+
+    markets = {"BTCUSDT": [{"symbol": "BTC/USDT:USDT", "type": "swap", "spot": False,
+                            "contract": True}]}
+    decoder = VENUES["bybit"].decoders[Channel.TICKER](
+        DecoderContext("ws://127.0.0.1:9/v5/public/linear", markets, {}, frozenset()))
+    assert decoder is not None
+    sink = RecordingSink()
+    frame = json.dumps({"topic": "tickers.BTCUSDT", "type": "snapshot", "ts": 1_800_000_000_000,
+                        "data": {"symbol": "BTCUSDT", "lastPrice": "1", "prevPrice24h": "0",
+                                 "price24hPcnt": "1e999999999"}})
+    assert decoder.decode(frame, 1_800_000_000_000, sink)
+    assert sink.out == [("drop", None, DropReason.UNPARSEABLE_FRAME)]
