@@ -114,6 +114,14 @@ class _Decline(Exception):
 
 _LONGEST: Final = 64
 """Characters of the longest number text a decoder takes to ``Precise`` (no venue sends more)."""
+_MAX_EXPONENT: Final = 1000
+"""An exponent beyond which ccxt's ``Precise`` builds integers of that many digits (``"1e-999999999"``
+stalls ccxt's parse for minutes): the one place the decoders depart from ccxt, dropping such a
+frame as ``unparseable_frame`` (as the Bybit decoder does)."""
+
+
+class _Unparseable(_Decline):
+    """Internal: the frame is dropped as ``unparseable_frame`` (see :data:`_MAX_EXPONENT`)."""
 
 
 def _strict(value: Any) -> str | None:
@@ -121,6 +129,13 @@ def _strict(value: Any) -> str | None:
     not a finite number declines the frame (``Precise`` would raise)."""
     text = safe_string(value)
     if text is not None:
+        if "e" in text or "E" in text:
+            try:
+                huge = abs(int(text.lower().partition("e")[2])) > _MAX_EXPONENT
+            except ValueError:
+                raise _Decline from None  # Precise raises on it too
+            if huge:
+                raise _Unparseable
         if len(text) > _LONGEST:
             raise _Decline  # Precise's intermediates could outgrow int <-> str (ccxt raises)
         try:
@@ -204,6 +219,9 @@ class CoinbaseTickerDecoder:
                     if symbol is None:
                         return False  # ccxt would build a symbol from the id's parts
                     made.append((symbol, self._ticker(symbol, row, timestamp, receive_ms)))
+        except _Unparseable:
+            sink.drop(None, DropReason.UNPARSEABLE_FRAME)
+            return True
         except (_Decline, ValueError):  # ValueError: where ccxt's Precise raises too
             return False
         stamped = timestamp is not None
@@ -291,6 +309,9 @@ class CoinbaseTradesDecoder:
                     continue  # ccxt: an event without trades
                 for index in range(len(trades) - 1, -1, -1):  # newest first on the wire
                     made.append(self._trade(symbol, product, trades[index], receive_ms))
+        except _Unparseable:
+            sink.drop(None, DropReason.UNPARSEABLE_FRAME)
+            return True
         except _Decline:
             return False
         for result in made:

@@ -94,6 +94,14 @@ class _Decline(Exception):
 
 _LONGEST: Final = 64
 """Characters of the longest number text a decoder takes to ``Precise`` (no venue sends more)."""
+_MAX_EXPONENT: Final = 1000
+"""An exponent beyond which ccxt's ``Precise`` builds integers of that many digits (``"1e-999999999"``
+stalls ccxt's parse for minutes): the one place the decoders depart from ccxt, dropping such a
+frame as ``unparseable_frame`` (as the Bybit decoder does)."""
+
+
+class _Unparseable(_Decline):
+    """Internal: the frame is dropped as ``unparseable_frame`` (see :data:`_MAX_EXPONENT`)."""
 
 
 def _strict(value: Any) -> str | None:
@@ -101,6 +109,13 @@ def _strict(value: Any) -> str | None:
     not a finite number declines the frame (``Precise`` would raise)."""
     text = safe_string(value)
     if text is not None:
+        if "e" in text or "E" in text:
+            try:
+                huge = abs(int(text.lower().partition("e")[2])) > _MAX_EXPONENT
+            except ValueError:
+                raise _Decline from None  # Precise raises on it too
+            if huge:
+                raise _Unparseable
         if len(text) > _LONGEST:
             raise _Decline  # Precise's intermediates could outgrow int <-> str (ccxt raises)
         try:
@@ -198,6 +213,9 @@ class KrakenTickerDecoder:
             if percentage is not None and _number(percentage) == 0.0:
                 percentage = None  # omit_zero
             opened = _open(close, change, percentage)  # ccxt derives it for both channels
+        except _Unparseable:
+            sink.drop(None, DropReason.UNPARSEABLE_FRAME)
+            return True
         except (_Decline, ValueError):  # ValueError: where ccxt's Precise raises too
             return False
         price = None if close is None else close_number
@@ -274,6 +292,9 @@ class KrakenTradesDecoder:
                     "price": _number(price), "amount": _number(amount),
                     "side": safe_string(row.get("side"))}))
             ordered = _by_time_then_id(parsed)
+        except _Unparseable:
+            sink.drop(None, DropReason.UNPARSEABLE_FRAME)
+            return True
         except (_Decline, TypeError):
             return False
         made: list[TradeFields | DropReason] = [to_trade(trade, receive_ms)

@@ -252,6 +252,40 @@ def test_the_decoders_never_raise_and_deliver_nothing_they_decline(case: tuple[s
             assert sink.out == [], (channel, text)
 
 
+_HUGE: Final = "1e-999999999"  # ccxt's Precise would build a billion-digit integer from it
+_STALLING: Final = [
+    ("okx", Channel.TICKER, {"arg": {"channel": "tickers", "instId": "BTC-USDT"},
+                             "data": [{"instId": "BTC-USDT", "last": "1.5", "open24h": _HUGE}]}),
+    ("okx", Channel.TRADES, {"arg": {"channel": "trades", "instId": "BTC-USDT"}, "data": [
+        {"instId": "BTC-USDT", "px": "1.5", "sz": _HUGE, "ts": "1786309475345", "side": "buy"}]}),
+    ("coinbase", Channel.TICKER, {"channel": "ticker", "events": [{"tickers": [
+        {"product_id": "BTC-USD", "price": "1.5", "price_percent_chg_24_h": _HUGE}]}]}),
+    ("coinbase", Channel.TRADES, {"channel": "market_trades", "events": [{"trades": [
+        {"product_id": "BTC-USD", "price": _HUGE, "size": "1", "side": "BUY", "trade_id": "1",
+         "time": "2026-08-09T21:05:42.514318Z"}]}]}),
+    ("kraken", Channel.BIDASK, {"channel": "ticker", "data": [
+        {"symbol": "BTC/USD", "bid": 1.0, "ask": 2.0, "last": 1.5, "change": _HUGE}]}),
+    ("kraken", Channel.TRADES, {"channel": "trade", "data": [
+        {"symbol": "BTC/USD", "price": 1.5, "qty": _HUGE, "side": "buy", "trade_id": 1,
+         "timestamp": "2026-08-09T21:05:42.514318Z"}]}),
+]
+
+
+@pytest.mark.parametrize(("venue_id", "channel", "frame"), _STALLING,
+                         ids=[f"{v}-{c}" for v, c, _ in _STALLING])
+def test_a_huge_exponent_ccxt_would_stall_on_drops_the_frame_as_unparseable(
+        venue_id: str, channel: Channel, frame: dict[str, Any]) -> None:
+    # The one departure from ccxt's path (it would take minutes over the frame, then raise).
+    item = venue(venue_id)
+    decoder = item.decoders[channel](DecoderContext(
+        url="ws://x/", markets_by_id=_MARKETS[venue_id], options={},
+        raw_fields=item.raw_numeric_fields))
+    assert decoder is not None
+    sink = RecordingSink()
+    assert decoder.decode(json.dumps(frame), FIXED_MS, sink)
+    assert sink.out == [("drop", None, DropReason.UNPARSEABLE_FRAME)]
+
+
 # -- synthetic frames: the emulator's, its faults, and variants ---------------------------------
 
 _BAD: Final[tuple[Any, ...]] = ("abc", "", None, "0", "-1", "nan", "inf", "1e5", " 7", "1_0",
