@@ -834,6 +834,7 @@ class FlightMarketDataServer(flight.FlightServerBase):
             for ex in ingestion.exchanges:
                 entry = {
                     "state": ex.state, "mode": ex.mode, "channel": ex.channel,
+                    "decoder": getattr(ex, "decoder", "ccxt"),
                     "reconnects": ex.reconnects, "symbols": list(ex.symbols),
                     "bad_frames": dict(ex.bad_frames), "callback_errors": ex.callback_errors,
                     "last_error": ex.last_error, "last_error_ms": ex.last_error_ms,

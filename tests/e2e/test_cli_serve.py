@@ -107,6 +107,9 @@ def test_demo_streams_the_emulated_binance_market() -> None:
         streams = status(client)["exchanges"]["binance"]["channels"]
         assert {c: s["state"] for c, s in streams.items()} == {
             "ticker": "connected", "trades": "connected", "book": "connected"}
+        # Binance's tickers and trades are read by its fast decoders, books by ccxt.
+        assert {c: s["decoder"] for c, s in streams.items()} == {
+            "ticker": "fast", "trades": "fast", "book": "ccxt"}
 
 
 def test_host_binds_the_address_given() -> None:
