@@ -21,6 +21,7 @@ from importlib import metadata
 from pathlib import Path
 
 __all__ = [
+    "FAILURE_SEPARATOR",
     "README_BLOCKS",
     "Goal",
     "Section",
@@ -67,6 +68,15 @@ def holds(value: float, op: str, limit: float) -> bool:
     return math.isfinite(value) and bool(_OPS[op](value, limit))
 
 
+FAILURE_SEPARATOR = "; "
+"""What introduces each failed condition of a goal after its measured figure."""
+
+
+def _plain(text: str) -> str:
+    """``text`` without the failure separator (its ``"; "`` written ``", "``)."""
+    return text.replace(FAILURE_SEPARATOR, ", ")
+
+
 @dataclass(frozen=True, slots=True)
 class Goal:
     """One goal of the issue and whether this run met it.
@@ -109,8 +119,10 @@ class Goal:
         """
         target = f"{op} {show(limit, unit)}" + (f" ({target_note})" if target_note else "") \
             + (f", {conditions}" if conditions else "")
-        measured = show(value, unit) + (f" ({measured_note})" if measured_note else "")
-        measured += "".join(f"; {failure}" for failure in failures)
+        # "; " is what introduces a failed condition in the measured cell: a note that holds
+        # one would read as a failure (and a failure's own "; " as two).
+        measured = show(value, unit) + (f" ({_plain(measured_note)})" if measured_note else "")
+        measured += "".join(FAILURE_SEPARATOR + _plain(failure) for failure in failures)
         return cls(key, what, target, measured, holds(value, op, limit) and not failures)
 
 

@@ -66,7 +66,7 @@ BATCHED = "#batched"
 """Appended to a ticket, asks the bare server for its table cut into BARE_BATCH_ROWS batches."""
 
 
-class BareServer(flight.FlightServerBase):  # type: ignore[misc]
+class BareServer(flight.FlightServerBase):
     """DoGet of a known ticket streams its pre-built table; nothing else."""
 
     def __init__(self, location: str, tables: dict[bytes, pa.Table]) -> None:

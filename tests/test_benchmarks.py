@@ -33,7 +33,17 @@ from benchmarks.concurrency import _split
 from benchmarks.freshness import Matching, judge, match
 from benchmarks.ingest import TOLERANCE, lossless_rate, next_rate, shortfalls, slope
 from benchmarks.readme import copy_blocks, stale_blocks
-from benchmarks.report import Goal, Section, Table, blocks, holds, percentile, render, show
+from benchmarks.report import (
+    FAILURE_SEPARATOR,
+    Goal,
+    Section,
+    Table,
+    blocks,
+    holds,
+    percentile,
+    render,
+    show,
+)
 from benchmarks.servers import FLIGHT_MD_IPC_OPTIONS, bare_table
 from benchmarks.settings import FULL, SMOKE
 from flight_md.buffer import MarketDataBuffer
@@ -356,6 +366,12 @@ def test_goal_verdict_is_computed_from_the_figure() -> None:
     assert late.met is False  # fast, but it lost ticks
     assert late.target == "< 5.00 ms, every tick delivered"
     assert late.measured == "3.20 ms; 3 of 900 ticks not delivered"
+    # A note's own "; " is not a failed condition: one failure, one separator, still met.
+    noted = Goal.judge("k", "w", 1.0, ">=", 0.8, "x", measured_note="N = 1; N = 2",
+                       failures=["stored 1; lost 2"])
+    assert noted.measured.count(FAILURE_SEPARATOR) == 1 and noted.met is False
+    assert Goal.judge("k", "w", 1.0, ">=", 0.8, "x", measured_note="a; b").measured == \
+        "1.00x (a, b)"
     assert holds(5.0, "<=", 5.0) and not holds(5.0, "<", 5.0)
     with pytest.raises(ValueError, match="unknown comparison"):
         holds(1.0, "==", 1.0)
