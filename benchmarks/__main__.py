@@ -35,6 +35,7 @@ from benchmarks import (
     bulk,
     channels,
     concurrency,
+    decoders,
     freshness,
     ingest,
     latency,
@@ -42,6 +43,7 @@ from benchmarks import (
     peer,
     persist,
     sql,
+    workers,
 )
 from benchmarks.findings import FINDINGS, PROFILED
 from benchmarks.latency import LoadedServers
@@ -52,6 +54,7 @@ __all__ = ["MEASUREMENTS", "main"]
 
 MEASUREMENTS: dict[str, tuple[str, Callable[..., Section]]] = {
     "ingest": ("Ingest: lossless rate through real ccxt", ingest.measure),
+    "decoders": ("Decoders: CPU per frame, --decoder fast vs ccxt", decoders.measure),
     "latency": ("Query latency: DoGet latest=N round trips", latency.measure),
     "concurrency": ("Concurrency: latest=100 requests/s while ingesting", concurrency.measure),
     "bulk": ("Bulk range pull", bulk.measure),
@@ -63,6 +66,8 @@ MEASUREMENTS: dict[str, tuple[str, Callable[..., Section]]] = {
     "channels": ("Trades, books and bars", channels.measure),
     "sql": ("Flight SQL through ADBC", sql.measure),
     "peer": ("Side by side with cryptofeed: lossless ingest", peer.measure),
+    "workers": ("Ingestion workers: total lossless rate with --ingest-workers N",
+                workers.measure),
 }
 """In run order. Latency and concurrency run back to back on one ingesting server."""
 _LOADED = ("latency", "concurrency")

@@ -79,6 +79,7 @@ from benchmarks.process import Child, serve, wait_until
 from benchmarks.report import Goal, Section, Table, median, percentile, ratio, show
 from benchmarks.settings import Settings
 from benchmarks.sink import sink
+from flight_md.core.decode import DecoderKind
 
 __all__ = ["ChannelSizes", "TradeRun", "bars_table", "duckdb_over", "measure", "sizes",
            "trades_table"]
@@ -177,7 +178,7 @@ def _server_child(args: argparse.Namespace) -> None:
     scratch = Path(tempfile.mkdtemp(prefix="flight_md-bench-trades-"))
     stream = StreamConfig(VENUE, names, channel="trades", mode="websocket", url=args.url,
                           buffer_size=args.buffer_size, heartbeat_interval=30.0,
-                          reconnect_delay=0.5, max_reconnect_delay=5.0)
+                          reconnect_delay=0.5, max_reconnect_delay=5.0, decoder=args.decoder)
     persist: dict[str, Any] = {"memory_only": True} if args.memory_only else {"data_dir": scratch}
     app = MarketDataApp(ServerConfig(port=0, buffer_size=args.buffer_size, streams=(stream,),
                                      **persist))
@@ -200,10 +201,13 @@ def _server_child(args: argparse.Namespace) -> None:
           on_exit=stop)
 
 
-def _server(url: str, symbols: int, buffer_size: int, *, memory_only: bool = False) -> Child:
-    """A trades server child (``MarketDataApp``, persisting unless ``memory_only``)."""
+def _server(url: str, symbols: int, buffer_size: int, *, memory_only: bool = False,
+            decoder: str = DecoderKind.FAST.value) -> Child:
+    """A trades server child (``MarketDataApp``, persisting unless ``memory_only``; its
+    stream's ``decoder`` as ``--decoder`` names it)."""
     return Child("benchmarks.channels", "server", "--url", url, "--symbols", str(symbols),
                  "--buffer-size", str(buffer_size), *(["--memory-only"] if memory_only else []),
+                 "--decoder", DecoderKind(decoder).value,
                  name="flight_md-trades", start_timeout=120.0)
 
 
@@ -258,13 +262,13 @@ def _cpu(pid: int) -> float:
 
 
 def _trade_run(rate: int, settings: Settings, size: ChannelSizes, *,
-               memory_only: bool = False) -> TradeRun:
+               memory_only: bool = False, decoder: str = DecoderKind.FAST.value) -> TradeRun:
     names = ticks.venue_symbols(VENUE, size.symbols)
     # Every trade of the run stays in its ring, so that capture can be checked by id.
     budget = int(rate * (settings.ingest_seconds + settings.ingest_warmup + 30) / size.symbols)
     with exchange(symbols=size.symbols, rate=rate, venue=VENUE) as emulator, \
             _server(emulator.hello["url"], size.symbols, max(budget, 10_000),
-                    memory_only=memory_only) as server:
+                    memory_only=memory_only, decoder=decoder) as server:
         def stored() -> int:
             return sum(server.call("counts")["appended"].values())
 
@@ -992,6 +996,9 @@ def _main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--rows", type=int, default=100_000)
     parser.add_argument("--memory-only", action="store_true",
                         help="server: no persistence (for comparisons with the default)")
+    parser.add_argument("--decoder", default=DecoderKind.FAST.value,
+                        choices=[kind.value for kind in DecoderKind],
+                        help="server: the stream's decoder (default: the product's)")
     parser.add_argument("--max-seconds", type=float, default=900)
     args = parser.parse_args(argv)
     if args.role == "server":

@@ -80,6 +80,8 @@ __all__ = ["TOLERANCE", "Ceiling", "Run", "VenueResult", "lossless_rate", "measu
            "slope"]
 
 GOAL_CEILING_FRACTION = 0.7
+GOAL_CCXT_FRACTION = 0.8
+"""Issue 15: lossless ingest with ``--decoder ccxt`` >= this x ccxt's parse ceiling."""
 TOLERANCE = 0.02
 """How far below the target a kept-up run may deliver, store and let its backlog grow."""
 DRAIN_TIMEOUT_S = 20.0
@@ -180,6 +182,14 @@ class Run:
     consumer_cpu_pct: float
     emulator_cpu_pct: float
     venue: str = "binance"
+    decoder: str = "fast"
+    """The flight_md design's ``--decoder`` (the naive design has none: ccxt parses)."""
+
+    @property
+    def label(self) -> str:
+        """The design as the tables name it (with its decoder where it is not the default)."""
+        return (f"{self.design} --decoder {self.decoder}"
+                if self.design == "flight_md" and self.decoder != "fast" else self.design)
 
     @property
     def shortfalls(self) -> list[str]:
@@ -369,7 +379,8 @@ def _one(design: str, channel: str, rate: int, symbols: int, settings: Settings,
                (stored1 - stored0) / elapsed,
                slope([(t - t0, s - k) for t, s, k in samples]), sent1 - stored1, final,
                stored_total, (cpu1 - cpu0) / window * 1e6, 100.0 * (cpu1 - cpu0) / elapsed,
-               100.0 * (emu_cpu1 - emu_cpu0) / elapsed, venue)
+               100.0 * (emu_cpu1 - emu_cpu0) / elapsed, venue,
+               str((server or {}).get("decoder", "fast")) if design == "flight_md" else "ccxt")
 
 
 # -- the product's parse ceiling ---------------------------------------------------------------
@@ -490,7 +501,8 @@ class _CeilingRig:
     def call(self, coroutine: Any, timeout: float) -> Any:
         return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout)
 
-    async def prepare(self, venue_id: str, symbols: int, channel: str) -> dict[str, Any]:
+    async def prepare(self, venue_id: str, symbols: int, channel: str,
+                      decoder: str = "fast") -> dict[str, Any]:
         import ccxt.pro as ccxt_pro
 
         from flight_md.buffer import MarketDataBuffer
@@ -507,7 +519,7 @@ class _CeilingRig:
         await emulator.start()
         buffer = MarketDataBuffer()
         stream = MarketDataStream(venue_id, buffer=buffer, channel=channel, mode="websocket",
-                                  url=emulator.url, heartbeat_interval=60.0)
+                                  url=emulator.url, heartbeat_interval=60.0, decoder=decoder)
         plain = getattr(ccxt_pro, venue_id)(_ccxt_config(venue_id, emulator.url))
         self.state = {"emulator": emulator, "stream": stream, "plain": plain,
                       "buffer": buffer, "capture": capture, "names": names, "venue": venue_id}
@@ -601,8 +613,8 @@ def _ceiling_child(args: argparse.Namespace) -> None:
 
     rig = _CeilingRig()
 
-    def prepare(venue: str, symbols: int, channel: str) -> dict[str, Any]:
-        return dict(rig.call(rig.prepare(venue, symbols, channel), 120.0))
+    def prepare(venue: str, symbols: int, channel: str, decoder: str = "fast") -> dict[str, Any]:
+        return dict(rig.call(rig.prepare(venue, symbols, channel, decoder), 120.0))
 
     def run(frames: int, repetitions: int) -> dict[str, Any]:
         return dict(rig.call(rig.run(frames, repetitions), 600.0))
@@ -629,10 +641,12 @@ class Ceiling:
     parse_only: float
     emulator_delivered_per_s: float
     venue: str = "binance"
+    decoder: str = "fast"
+    """The stream's decoder on the hot path (``ccxt``: ccxt's parse ceiling)."""
 
 
 def parse_ceiling(channel: str, symbols: int, rate: int, settings: Settings,
-                  venue: str = "binance") -> Ceiling:
+                  venue: str = "binance", decoder: str = "fast") -> Ceiling:
     """Median ticks/s of the product's hot path (and of ccxt's parse alone) for ``venue``'s
     frames, measured in a child process while the venue's emulator sends ``rate`` msg/s
     over ``symbols`` to sinks that discard the bytes.
@@ -656,7 +670,7 @@ def parse_ceiling(channel: str, symbols: int, rate: int, settings: Settings,
             drains[0].launch()
         measurer.start()
         prepared = measurer.call("prepare", timeout=150, venue=venue, symbols=symbols,
-                                 channel=channel)
+                                 channel=channel, decoder=decoder)
         if not legacy:
             drains += [sink(url, symbols, path=path, messages=messages)
                        for path, messages in prepared["plan"]]
@@ -679,7 +693,7 @@ def parse_ceiling(channel: str, symbols: int, rate: int, settings: Settings,
         reply = measurer.call("run", timeout=600, frames=frames, repetitions=repetitions)
         t1, sent1 = sent()
     return Ceiling(channel, symbols, rate, median(reply["hot_path"]),
-                   median(reply["parse_only"]), (sent1 - sent0) / (t1 - t0), venue)
+                   median(reply["parse_only"]), (sent1 - sent0) / (t1 - t0), venue, decoder)
 
 
 # -- the section -------------------------------------------------------------------------------
@@ -777,7 +791,7 @@ _RUN_HEADERS = ("Target msg/s", "Design", "Delivered/s", "Stored/s", "Backlog gr
 
 
 def _run_cells(run: Run) -> tuple[str, ...]:
-    return (f"{run.rate:,}", run.design, show(run.delivered_per_s, "/s"),
+    return (f"{run.rate:,}", run.label, show(run.delivered_per_s, "/s"),
             show(run.stored_per_s, "/s"), show(run.backlog_per_s, "/s"), f"{run.backlog_end:,}",
             "yes" if run.kept_up else "no: " + "; ".join(run.shortfalls),
             show(run.capture_after_drain, "%"), show(run.cpu_us_per_tick, "µs"),
@@ -912,9 +926,59 @@ def _binance_search(settings: Settings, section: Section) -> None:
                 f"{symbols} symbols: flight_md kept up with every rate probed, up to "
                 f"{max(kept_up):,} msg/s (the search's cap): the lossless rate is at least that.")
     section.tables += [summary, table, ceiling_table]
+    if settings.ingest_ccxt_decoder:
+        _ccxt_decoder_search(settings, section, runs, table,
+                             {symbols: kept_up for symbols, (kept_up, _) in found.items()})
     section.notes.append(
         "Rates between the lossless rate and the lowest one that did not keep up were not "
         "probed (search resolution); a run that did not keep up lists what failed.")
+    section.notes.append(
+        "Decoders: every flight_md row above runs the default `--decoder fast` (the venue's "
+        "decoder reads the frames it claims, ccxt the rest), and so does the parse ceiling its "
+        "goals are judged against, except the rows marked `--decoder ccxt` (ccxt parses every "
+        "frame), whose goal is judged against ccxt's parse ceiling: the same hot path with "
+        "`--decoder ccxt`. The naive design always parses with ccxt.")
+
+
+def _ccxt_decoder_search(settings: Settings, section: Section, runs: list[Run], table: Table,
+                         fast: Mapping[int, Mapping[int, bool]]) -> None:
+    """The Binance bidask search again with ``--decoder ccxt``, judged against ccxt's parse
+    ceiling (the hot path with ``--decoder ccxt``); its runs are added to ``table``."""
+    summary = Table(("Symbols", "Lossless rate, --decoder ccxt",
+                     "Lowest rate that did not keep up",
+                     "ccxt's parse ceiling (hot path, --decoder ccxt)", "Ratio to ceiling",
+                     "Lossless rate, --decoder fast (above)", "fast / ccxt"))
+    for symbols in settings.ingest_symbols:
+        ccxt_runs: list[Run] = []
+        kept_up = _search(symbols, settings, ccxt_runs, server={"decoder": "ccxt"})
+        for run in ccxt_runs:
+            table.add(_CHANNELS[run.channel], str(run.symbols), *_run_cells(run))
+        runs += ccxt_runs
+        lossless = lossless_rate(kept_up)
+        ceiling = parse_ceiling("bidask", symbols, lossless or min(kept_up), settings,
+                                decoder="ccxt")
+        failed = [r for r, ok in kept_up.items() if not ok]
+        value = float(lossless) if lossless is not None else math.nan
+        frac = ratio(value, ceiling.hot_path)
+        fast_rate = lossless_rate(fast.get(symbols, {}))
+        summary.add(str(symbols), _lossless_cell(kept_up),
+                    f"{min(failed):,} msg/s" if failed else "none probed",
+                    show(ceiling.hot_path, "/s"), show(frac, "x"),
+                    _lossless_cell(fast.get(symbols, {})),
+                    show(ratio(float(fast_rate), value) if fast_rate is not None else None, "x"))
+        section.goals.append(Goal.judge(
+            f"ingest.ccxt.{symbols}",
+            f"Lossless ingest rate with --decoder ccxt vs ccxt's parse ceiling, {symbols} symbols",
+            frac, ">=", GOAL_CCXT_FRACTION, "x",
+            target_note=show(GOAL_CCXT_FRACTION * ceiling.hot_path, "/s"),
+            measured_note=f"{lossless:,} msg/s" if lossless is not None else "none",
+            failures=() if lossless is not None else
+            [f"did not keep up at {min(kept_up):,} msg/s"]))
+        if not failed:
+            section.notes.append(
+                f"{symbols} symbols, --decoder ccxt: flight_md kept up with every rate probed, "
+                f"up to {max(kept_up):,} msg/s: the lossless rate is at least that.")
+    section.tables.append(summary)
 
 
 def measure(settings: Settings) -> Section:

@@ -53,6 +53,7 @@ from pyarrow import flight
 from benchmarks import ticks
 from benchmarks.process import Child, serve
 from flight_md.buffer import MarketDataBuffer
+from flight_md.core.decode import DecoderKind
 from flight_md.schema import SCHEMA
 from flight_md.service import _IPC_OPTIONS as FLIGHT_MD_IPC_OPTIONS
 from flight_md.tickets import parse_ticket
@@ -163,9 +164,10 @@ def _run_flight_md(args: argparse.Namespace) -> None:
                 args.exchange, tuple(ticks.venue_symbols(args.exchange, args.ingest_symbols)),
                 channel=args.channel, mode="websocket", url=args.exchange_url,
                 buffer_size=args.buffer_size, heartbeat_interval=30.0, reconnect_delay=0.5,
-                max_reconnect_delay=5.0),)
+                max_reconnect_delay=5.0, decoder=args.decoder),)
         app = MarketDataApp(ServerConfig(port=0, buffer_size=args.buffer_size, streams=streams,
                                          ingest_process=args.ingest_process,
+                                         ingest_workers=args.ingest_workers,
                                          **_persist_options(args)))
         _fill(app.buffer, args.fill_symbols, args.fill_ticks)
         app.start()
@@ -211,6 +213,9 @@ def _main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--exchange", default="binance")
     parser.add_argument("--channel", default="bidask", choices=("bidask", "ticker"))
     parser.add_argument("--ingest-process", action="store_true")
+    parser.add_argument("--ingest-workers", type=int)
+    parser.add_argument("--decoder", default=DecoderKind.FAST.value,
+                        choices=[kind.value for kind in DecoderKind])
     parser.add_argument("--data-dir")
     parser.add_argument("--memory-only", action="store_true")
     parser.add_argument("--history", action="store_true")
@@ -243,14 +248,17 @@ def flight_md_server(*, buffer_size: int = 10_000, fill_symbols: int = 0, fill_t
                      ingest_process: bool = False, max_seconds: float = 900,
                      exchange: str = "binance", data_dir: Path | None = None,
                      memory_only: bool = False, history: bool = False,
-                     seal_interval: float | None = None) -> Child:
+                     seal_interval: float | None = None, decoder: str = DecoderKind.FAST.value,
+                     ingest_workers: int | None = None) -> Child:
     """A flight_md server child (not started: use it in a ``with``); with ``exchange_url``
     it ingests :func:`benchmarks.ticks.venue_symbols` of ``exchange`` from there.
 
     An ingesting (or ``history``) server persists, with the default settings, into
     ``data_dir``, or into a scratch dir of its own that is deleted when the child closes;
     ``memory_only`` turns persistence off. ``history``: no ingestion, the data dir's history
-    served (``data_dir`` required).
+    served (``data_dir`` required). ``decoder``: the stream's ``--decoder`` (``fast``, the
+    product's default, or ``ccxt``); ``ingest_workers``: ``--ingest-workers N`` (implies
+    process ingestion).
     """
     args = ["flight_md", "--buffer-size", str(buffer_size), "--fill-symbols", str(fill_symbols),
             "--fill-ticks", str(fill_ticks)]
@@ -259,6 +267,9 @@ def flight_md_server(*, buffer_size: int = 10_000, fill_symbols: int = 0, fill_t
                  "--channel", channel, "--exchange", exchange]
         if ingest_process:
             args.append("--ingest-process")
+        if ingest_workers is not None:
+            args += ["--ingest-workers", str(ingest_workers)]
+        args += ["--decoder", DecoderKind(decoder).value]
     if history:
         if data_dir is None or memory_only:
             raise ValueError("a history server needs a data_dir and persistence")

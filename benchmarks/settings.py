@@ -43,6 +43,8 @@ class Settings:
         ceiling_repetitions: Repetitions of the parse ceiling; the median is used.
         venues: Emulated venues whose ticker channel the ingest section measures, each
             against its own parse ceiling; ``None``: every emulated venue.
+        ingest_ccxt_decoder: Repeat the Binance bidask search with ``--decoder ccxt``,
+            judged against ccxt's parse ceiling.
         ingest_binance_search: Run the ingest section's Binance bidask search (its symbol
             counts, the naive loop and the ticker run) beside the venues.
         venue_symbols: Symbols of each venue's ticker runs.
@@ -94,6 +96,14 @@ class Settings:
         peer_max_runs: Runs the first repetition's search may make.
         peer_repeat_runs: Runs a later repetition's search may make (it starts from the
             previous bracket: two runs re-probe it).
+        decoder_symbols: Symbols of each venue's frames in the decoder section.
+        decoder_frames: Frames per repetition per decoder there.
+        decoder_repetitions: Repetitions per decoder (medians reported).
+        workers_counts: ``--ingest-workers`` values the workers section searches.
+        workers_symbols: Symbols of the workers section's Binance bid/ask runs.
+        workers_rates: Rates each workers search starts from.
+        workers_search_steps: Runs each workers search may add.
+        workers_max_rate: Highest rate a workers search probes.
     """
 
     smoke: bool
@@ -124,6 +134,7 @@ class Settings:
     ceiling_repetitions: int
     venues: tuple[str, ...] | None
     ingest_binance_search: bool
+    ingest_ccxt_decoder: bool
     venue_symbols: int
     venue_rates: tuple[int, ...]
     venue_search_steps: int
@@ -167,6 +178,14 @@ class Settings:
     peer_max_rate: int
     peer_max_runs: int
     peer_repeat_runs: int
+    decoder_symbols: int
+    decoder_frames: int
+    decoder_repetitions: int
+    workers_counts: tuple[int, ...]
+    workers_symbols: int
+    workers_rates: tuple[int, ...]
+    workers_search_steps: int
+    workers_max_rate: int
 
 
 FULL = Settings(
@@ -198,6 +217,7 @@ FULL = Settings(
     ceiling_repetitions=5,
     venues=None,
     ingest_binance_search=True,
+    ingest_ccxt_decoder=True,
     venue_symbols=20,
     venue_rates=(4_000,),
     venue_search_steps=3,
@@ -241,6 +261,14 @@ FULL = Settings(
     peer_max_rate=64_000,
     peer_max_runs=5,
     peer_repeat_runs=3,
+    decoder_symbols=20,
+    decoder_frames=4_000,
+    decoder_repetitions=5,
+    workers_counts=(1, 2),
+    workers_symbols=20,
+    workers_rates=(10_000,),
+    workers_search_steps=4,
+    workers_max_rate=80_000,
 )
 
 SMOKE = Settings(
@@ -272,6 +300,7 @@ SMOKE = Settings(
     ceiling_repetitions=2,
     venues=("bybit",),  # the per-venue path once beside Binance's; more venues add nothing new
     ingest_binance_search=True,
+    ingest_ccxt_decoder=True,
     venue_symbols=3,
     venue_rates=(300,),
     venue_search_steps=0,
@@ -315,4 +344,12 @@ SMOKE = Settings(
     peer_max_rate=1_000,
     peer_max_runs=1,
     peer_repeat_runs=1,
+    decoder_symbols=3,
+    decoder_frames=300,
+    decoder_repetitions=2,
+    workers_counts=(1, 2),
+    workers_symbols=3,
+    workers_rates=(500,),
+    workers_search_steps=0,
+    workers_max_rate=1_000,
 )

@@ -130,6 +130,9 @@ def _assert_goal_verdicts(text: str) -> None:
         if row["Verdict"] == "**failed**":
             assert row["Measured"] == "failed to run"
             continue
+        if row["Verdict"] == "not measured":  # a goal this machine cannot judge says why
+            assert row["Measured"].startswith("not measurable here: "), row
+            continue
         op, limit = re.match(r"(<=|>=|<|>) (\S+)", row["Target"]).groups()  # type: ignore[union-attr]
         figure = row["Measured"].split(";")[0]
         value, bound = _number(figure), _number(limit)
