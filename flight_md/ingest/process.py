@@ -61,6 +61,7 @@ import itertools
 import logging
 import multiprocessing
 import signal
+import struct
 import threading
 import time
 from array import array
@@ -102,26 +103,27 @@ _Send = Callable[[tuple[Any, ...]], None]
 class _Outbox:
     """What the child has not sent yet, by channel; one hand-off message per channel a flush.
 
-    Every ``_ForwardingBuffer`` appends into it (the loop thread) and the first row after a
-    flush schedules the next flush; events flush it before they are sent (any thread), so
-    rows and events leave in the order they happened.
+    The loop thread's alone, so that the per-row path takes no lock (every stream, and so
+    every ``_ForwardingBuffer`` append, runs on the loop): the first row after a flush
+    schedules the next flush; an event flushes it before the event is sent, and an event
+    recorded on another thread is handed to the loop (:meth:`on_loop`), so rows and events
+    leave in the order they happened.
     """
 
     def __init__(self, send: _Send) -> None:
         self.send = send
         self.loop: asyncio.AbstractEventLoop | None = None
-        self.lock = threading.Lock()
         self.scheduled = False
         self.buffers: dict[str, _ForwardingBuffer] = {}
-        self.arrow: set[str] = set()
-        """Channels whose messages carry the Arrow form too: the parent tails them."""
+        self.arrow: frozenset[str] = frozenset()
+        """Channels whose messages carry the Arrow form too: the parent tails them (replaced
+        whole by the call thread, read by the loop)."""
         self._last_flush = 0.0
         self._ring_ids: dict[tuple[str, str, str], int] = {}
 
     def schedule(self) -> None:
         """Flush at the end of this loop iteration (rows parsed from one socket read go
-        together), and no sooner than FLUSH_INTERVAL_S after the previous flush (caller
-        holds the lock)."""
+        together), and no sooner than FLUSH_INTERVAL_S after the previous flush."""
         self.scheduled = True
         loop = self.loop
         assert loop is not None
@@ -132,54 +134,84 @@ class _Outbox:
             loop.call_soon(self.flush)
 
     def flush(self) -> None:
-        """Send every gathered row: one message per channel that has rows."""
-        with self.lock:
-            self.flush_locked()
-
-    def flush_locked(self) -> None:
-        """:meth:`flush`, the caller holding the lock (sent under it, so that a flush or an
-        event from another thread cannot overtake these rows)."""
+        """Send every gathered row: one message per channel that has rows (the loop thread,
+        or any thread once the loop has stopped)."""
         self.scheduled = False
-        messages = [m for b in self.buffers.values()
-                    if (m := b.drain(self._ring_ids, b.channel in self.arrow))]
+        arrow = self.arrow
+        messages = [m for b in self.buffers.values() if (m := b.drain(self._ring_ids,
+                                                                        b.channel in arrow))]
         if messages and self.loop is not None and not self.loop.is_closed():
             self._last_flush = self.loop.time()
         for message in messages:
             self.send(message)
 
+    def on_loop(self, action: Callable[[], None]) -> None:
+        """Run ``action`` (a flush and a send) on the loop thread and return once it ran:
+        there it cannot interleave with the rows the loop gathers. Off the loop, it waits
+        for the loop (so that a reply sent after it follows it); with the loop stopped, it
+        runs here (no rows are gathered any more)."""
+        loop = self.loop
+        if loop is None or not loop.is_running():
+            action()
+            return
+        try:
+            if asyncio.get_running_loop() is loop:
+                action()
+                return
+        except RuntimeError:
+            pass  # another thread, with no loop of its own
+        done: concurrent.futures.Future[None] = concurrent.futures.Future()
+
+        def run() -> None:
+            try:
+                action()
+            finally:
+                done.set_result(None)
+
+        try:
+            loop.call_soon_threadsafe(run)
+        except RuntimeError:  # the loop closed meanwhile
+            action()
+            return
+        try:
+            done.result(DEFAULT_CONTROL_TIMEOUT)
+        except concurrent.futures.TimeoutError:
+            logger.warning("the ingestion loop did not take an event in %.0f s",
+                           DEFAULT_CONTROL_TIMEOUT)
+
 
 class _ForwardingBuffer(MarketDataBuffer):
     """The child's buffer of one channel: keeps nothing, gathers rows per ring for the
-    outbox, which sends them as one hand-off message (:meth:`drain`)."""
+    outbox, which sends them as one hand-off message (:meth:`drain`).
+
+    Each row is packed into its float64 bytes as it comes (``struct``: a third of the cost
+    of extending an ``array`` from a row tuple, measured), so that a drain joins bytes."""
 
     def __init__(self, outbox: _Outbox, channel: str, book_depth: int) -> None:
         super().__init__(1, channel=channel, book_depth=book_depth)
         self._outbox = outbox
-        self._floats: dict[tuple[str, str], array[float]] = {}
+        self._pack = struct.Struct(f"={self.spec.width}d").pack
+        self._rows: dict[tuple[str, str], list[bytes]] = {}
         self._ids: dict[tuple[str, str], list[str | None]] = {}
 
     def append_row(self, exchange: str, symbol: str, row: Sequence[float]) -> None:
-        outbox = self._outbox
-        with outbox.lock:
-            floats = self._floats.get((exchange, symbol))
-            if floats is None:
-                floats = self._floats[exchange, symbol] = array("d")
-            floats.extend(row)
-            if not outbox.scheduled:
-                outbox.schedule()
+        rows = self._rows.get((exchange, symbol))
+        if rows is None:
+            rows = self._rows[exchange, symbol] = []
+        rows.append(self._pack(*row))
+        if not self._outbox.scheduled:
+            self._outbox.schedule()
 
     def append_trade_row(self, exchange: str, symbol: str, row: Sequence[float],
                          trade_id: str | None) -> None:
-        outbox = self._outbox
-        with outbox.lock:
-            floats = self._floats.get((exchange, symbol))
-            if floats is None:
-                floats = self._floats[exchange, symbol] = array("d")
-                self._ids[exchange, symbol] = []
-            floats.extend(row)
-            self._ids[exchange, symbol].append(trade_id)
-            if not outbox.scheduled:
-                outbox.schedule()
+        rows = self._rows.get((exchange, symbol))
+        if rows is None:
+            rows = self._rows[exchange, symbol] = []
+            self._ids[exchange, symbol] = []
+        rows.append(self._pack(*row))
+        self._ids[exchange, symbol].append(trade_id)
+        if not self._outbox.scheduled:
+            self._outbox.schedule()
 
     def append_book(self, exchange: str, symbol: str, timestamp: int,
                     bids: Sequence[Sequence[float]], asks: Sequence[Sequence[float]],
@@ -195,36 +227,34 @@ class _ForwardingBuffer(MarketDataBuffer):
     def drain(self, ring_ids: dict[tuple[str, str, str], int],
               arrow: bool) -> tuple[Any, ...] | None:
         """The hand-off message of every row gathered since the last drain, or ``None``
-        (caller holds the outbox lock): see the module docstring, "Hand-off". ``arrow``:
-        with the rows' Arrow batch as well."""
-        if not self._floats:
+        (the outbox's thread): see the module docstring, "Hand-off". ``arrow``: with the
+        rows' Arrow batch as well."""
+        if not self._rows:
             return None
-        gathered, self._floats = self._floats, {}
+        gathered, self._rows = self._rows, {}
         ids, self._ids = self._ids, {}
         spec, channel = self.spec, self.channel
-        width = spec.width
         header: list[int] = []
         named: list[tuple[int, str, str]] = []
         all_ids: list[str | None] = []
-        flat: array[float] | None = None
+        parts: list[bytes] = []
         has_ids = spec.has_ids
-        for key, floats in gathered.items():
+        for key, rows in gathered.items():
             ring = ring_ids.get((channel, *key))
             if ring is None:
                 ring = ring_ids[channel, *key] = len(ring_ids)
                 named.append((ring, *key))
-            header += (ring, len(floats) // width)
-            if flat is None:
-                flat = floats
-            else:
-                flat.extend(floats)
+            header += (ring, len(rows))
+            parts += rows
             if has_ids:
                 all_ids += ids[key]
-        assert flat is not None
-        ipc = spec.seal(flat, len(flat) // width, all_ids).serialize().to_pybytes() \
-            if arrow else None
-        return ("batch", channel, header, named, flat.tobytes(), all_ids if has_ids else None,
-                ipc)
+        floats = b"".join(parts)
+        ipc = None
+        if arrow:
+            flat = array("d")
+            flat.frombytes(floats)
+            ipc = spec.seal(flat, len(parts), all_ids).serialize().to_pybytes()
+        return ("batch", channel, header, named, floats, all_ids if has_ids else None, ipc)
 
 
 class _ForwardingStore(Store):
@@ -258,9 +288,13 @@ class _ForwardingEvents(EventLog):
                detail: str = "", *, timestamp: int | None = None, channel: str = "") -> Event:
         event = super().record(exchange, kind, symbols, detail, timestamp=timestamp,
                                channel=channel)
-        with self._outbox.lock:  # no flush can slip in between the rows and the event
-            self._outbox.flush_locked()
+        outbox = self._outbox
+
+        def send() -> None:  # on the loop: no row can slip in between the rows and the event
+            outbox.flush()
             self._send(("event", event))
+
+        outbox.on_loop(send)
         return event
 
 
@@ -304,8 +338,7 @@ def _child_main(conn: Connection, log_level: int,
                 value = control.markets(*args)
             elif name == "arrow":  # the parent tails a channel now (or no longer)
                 channel, on = args
-                with outbox.lock:
-                    outbox.arrow = outbox.arrow | {channel} if on else outbox.arrow - {channel}
+                outbox.arrow = outbox.arrow | {channel} if on else outbox.arrow - {channel}
                 value = None
             else:
                 raise errors.UnknownAction(f"unknown ingestion call {name!r}")
