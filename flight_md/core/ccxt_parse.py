@@ -5,14 +5,25 @@ given, to the bit. Most of ccxt's per-field work is ``float(text)``, which a dec
 itself, but two helpers are not: ``Exchange.parse8601`` (ISO-8601 text to Unix ms: Coinbase
 and Kraken stamp their frames so) and ``Precise``, ccxt's decimal string arithmetic, which
 ``safe_ticker`` uses to derive the open Coinbase and Kraken do not send (``last - change``,
-``last / (1 + percentage / 100)`` at 18 decimals, truncated). Both are copied here from ccxt
-4.5.90 (``ccxt/base/exchange.py``, ``ccxt/base/precise.py``, MIT licence) with their
-rounding and their failures: :func:`precise` raises :class:`ValueError` exactly where ccxt's
-``Precise`` constructor raises, which a decoder takes as "ccxt's parser would raise on this
-frame" and declines the frame.
+``last / (1 + percentage / 100)`` at 18 decimals, truncated) and ``safe_trade`` / Bybit's
+``safe_ticker`` multiply with. Both are copied here from ccxt 4.5.90 (``ccxt/base/exchange.py``,
+``ccxt/base/precise.py``, MIT licence) with their rounding and their failures:
+:func:`precise` raises :class:`ValueError` exactly where ccxt's ``Precise`` constructor
+raises, which a decoder takes as "ccxt's parser would raise on this frame" and declines the
+frame.
 
-:func:`safe_string`, :func:`safe_integer`, :func:`number` and :func:`omit_zero` are ccxt's
-``safe_string`` (of one value), ``safe_integer``, ``parse_number`` and ``omit_zero``.
+This is the one checked place of ccxt's parse internals (STYLE.md): every replica's docstring
+names the ccxt 4.5.90 function it copies, and :data:`REPLICATED` holds a hash of each such
+function's source as 4.5.90 ships it; ``tests/ingest/test_decode_replicas.py`` hashes the
+installed ccxt's and fails on any that changed, so a ccxt upgrade (``ccxt_compat`` accepts
+later 4.5 patches) cannot change a replica's original unseen.
+
+:func:`safe_string`, :func:`safe_integer`, :func:`number`, :func:`safe_number`,
+:func:`quote` and :func:`omit_zero` are ccxt's ``safe_string`` (of one value),
+``safe_integer``, ``parse_number``, ``safe_number``, ``parse_number(omit_zero(...))`` and
+``omit_zero``. :func:`precise_text` is the check a decoder makes of a value ccxt hands to
+``Precise``: :class:`Decline` (the frame goes to ccxt) where ``Precise`` would raise, and
+:class:`Unparseable` where it would stall (the decoders' one departure from ccxt).
 
 :func:`ticker_row` and :func:`bidask_row` are the decoders' common case:
 :func:`flight_md.normalize.to_row`'s row of a ccxt ticker whose values pass every check,
@@ -32,14 +43,67 @@ from typing import Any, Final
 
 from flight_md.normalize import MAX_FUTURE_MS, MIN_TIMESTAMP_MS
 
-__all__ = ["bidask_row", "number", "omit_zero", "open_from_change", "open_from_percentage",
-           "parse8601", "precise", "precise_add", "precise_div", "precise_sub", "safe_integer",
-           "safe_string", "ticker_row"]
+__all__ = ["LONGEST", "MAX_EXPONENT", "REPLICATED", "Decline", "ExponentTooLarge", "Unparseable",
+           "bidask_row", "number", "omit_zero", "open_from_change", "open_from_percentage",
+           "parse8601", "precise", "precise_add", "precise_div", "precise_mul", "precise_sub",
+           "precise_text", "quote", "safe_integer", "safe_number", "safe_string", "ticker_row"]
+
+REPLICATED: Final = {
+    "ccxt.base.exchange.Exchange.safe_string": "6d6e77962d36d496",
+    "ccxt.base.exchange.Exchange.safe_integer": "f1c99cd827baebd9",
+    "ccxt.base.exchange.Exchange.safe_number": "412c3763fec6f792",
+    "ccxt.base.exchange.Exchange.parse_number": "4c337c339f2f91fe",
+    "ccxt.base.exchange.Exchange.omit_zero": "bd8a7db456562305",
+    "ccxt.base.exchange.Exchange.parse8601": "34404c283aaa4478",
+    "ccxt.base.exchange.Exchange.safe_ticker": "df007246c74c12f6",
+    "ccxt.base.exchange.Exchange.get_object_value_from_key_list": "d02994c84c2768d2",
+    "ccxt.base.exchange.Exchange.safe_integer_n": "02d905afbd18944a",
+    "ccxt.base.exchange.Exchange.safe_string_n": "b866e36c51a3e2d0",
+    "ccxt.base.precise.Precise.__init__": "b6c032ef0a5f50da",
+    "ccxt.base.precise.Precise.__str__": "fee33b7c1d1475de",
+    "ccxt.base.precise.Precise.reduce": "c6098824065636e5",
+    "ccxt.base.precise.Precise.add": "86e2945f4fe70711",
+    "ccxt.base.precise.Precise.sub": "6403dbbfc28e2547",
+    "ccxt.base.precise.Precise.mul": "c99041b4c9a4d338",
+    "ccxt.base.precise.Precise.div": "fa490a1171685b06",
+    "ccxt.base.precise.Precise.string_add": "27c37670f1050e5a",
+    "ccxt.base.precise.Precise.string_sub": "9346b0a9a83f4d88",
+    "ccxt.base.precise.Precise.string_mul": "43c81f3c26f7b282",
+    "ccxt.base.precise.Precise.string_div": "d53ddbdd60af4dd8",
+}
+"""ccxt 4.5.90's functions the replicas here (and the decoders' use of them) copy: qualified
+name -> the first 16 hex digits of the SHA-256 of ``inspect.getsource`` of it. A different hash
+in an installed ccxt means the original changed and its replica must be checked again."""
+
+
+class Decline(Exception):
+    """Raised inside a decoder where ccxt's parse would raise, or where the decoder cannot
+    prove its result equal (the frame goes to ccxt, which counts it): the decoder catches it
+    and returns ``False``, having delivered nothing."""
+
+
+class Unparseable(Decline):
+    """Raised inside a decoder for a frame it drops as ``unparseable_frame`` itself (a
+    :data:`MAX_EXPONENT` beyond which ccxt's parse would stall)."""
+
+
+class ExponentTooLarge(ValueError):
+    """:func:`precise` of text whose exponent is beyond :data:`MAX_EXPONENT`."""
+
+
+LONGEST: Final = 64
+"""Characters of the longest number text a decoder takes to ``Precise`` (no venue sends more;
+longer text could make ``Precise``'s intermediates outgrow Python's int <-> str limit, where
+ccxt raises)."""
+MAX_EXPONENT: Final = 1000
+"""An exponent beyond which ccxt's ``Precise`` builds integers of that many digits
+(``"1e-999999999"`` stalls ccxt's parse for minutes): the one place the decoders depart from
+ccxt, dropping such a frame as ``unparseable_frame``."""
 
 
 def safe_string(value: Any) -> str | None:
-    """ccxt's ``safe_string`` of one value: a non-empty string as it is, an ``int`` or ``float``
-    (not a ``bool``) as ``str()``, anything else ``None``."""
+    """ccxt 4.5.90 ``Exchange.safe_string`` of one value: a non-empty string as it is, an
+    ``int`` or ``float`` (not a ``bool``) as ``str()``, anything else ``None``."""
     kind = type(value)
     if kind is str:
         return value if value else None
@@ -49,7 +113,8 @@ def safe_string(value: Any) -> str | None:
 
 
 def number(text: str | None) -> float | None:
-    """ccxt's ``parse_number``: ``float(text)``, ``None`` where that fails or ``text`` is ``None``."""
+    """ccxt 4.5.90 ``Exchange.parse_number``: ``float(text)``, ``None`` where that fails or
+    ``text`` is ``None``."""
     if text is None:
         return None
     try:
@@ -58,8 +123,23 @@ def number(text: str | None) -> float | None:
         return None
 
 
+def safe_number(value: Any) -> float | None:
+    """ccxt 4.5.90 ``Exchange.safe_number`` of one value: ``parse_number(safe_string(value))``
+    (a zero stays zero). A float is itself (``float(str(x))`` is ``x``: what Kraken sends)."""
+    if type(value) is float:
+        return value
+    return number(safe_string(value))
+
+
+def quote(value: Any) -> float | None:
+    """``parse_number(omit_zero(safe_string(value)))``: how ccxt 4.5.90's ``safe_ticker`` turns
+    a raw price into a number (``None`` for missing, zero or unparseable; ``"nan"`` is NaN)."""
+    found = safe_number(value)
+    return None if found == 0.0 else found
+
+
 def omit_zero(text: str | None) -> str | None:
-    """ccxt's ``omit_zero``: ``None`` for ``None``, ``""`` or a number equal to 0; other text as it is
+    """ccxt 4.5.90 ``Exchange.omit_zero``: ``None`` for ``None``, ``""`` or a number equal to 0; other text as it is
     (text that is not a number too)."""
     if text is None or text == "":
         return None
@@ -72,7 +152,8 @@ def omit_zero(text: str | None) -> str | None:
 
 
 def safe_integer(value: Any) -> int | None:
-    """ccxt's ``safe_integer`` of one value: ``int(float(value))``, ``None`` where that fails."""
+    """ccxt 4.5.90 ``Exchange.safe_integer`` of one value: ``int(float(value))``, ``None`` where
+    that fails."""
     try:
         return int(float(value))
     except Exception:  # noqa: BLE001 - ccxt catches everything here too
@@ -119,7 +200,7 @@ def _parse8601_slow(text: Any) -> int | None:
 
 
 def parse8601(text: Any) -> int | None:
-    """ccxt's ``parse8601``: ISO-8601 text -> Unix ms (``None`` where ccxt gives ``None``).
+    """ccxt 4.5.90 ``Exchange.parse8601``: ISO-8601 text -> Unix ms (``None`` where ccxt gives ``None``).
 
     The common shape, ``YYYY-MM-DDTHH:MM:SS.f...Z`` (Coinbase's nanoseconds, Kraken's
     microseconds), takes a fast path: the seconds are looked up (frames of one second share
@@ -157,16 +238,19 @@ def _pow10(exponent: int) -> int:
 
 
 def precise(text: str) -> _Precise:
-    """ccxt's ``Precise(text)``.
+    """ccxt 4.5.90 ``Precise.__init__(text)``.
 
     Raises:
         ValueError: Where ccxt's constructor raises (text that is not a decimal number).
+        ExponentTooLarge: An exponent beyond :data:`MAX_EXPONENT` (where ccxt stalls).
     """
     modifier = 0
     if "e" in text or "E" in text:
         text = text.lower()
         text, exponent = text.split("e")  # ValueError for two exponent markers, as ccxt
         modifier = int(exponent)
+        if abs(modifier) > MAX_EXPONENT:
+            raise ExponentTooLarge(exponent)
     point = text.find(".")
     if point > -1:
         return int(text.replace(".", "")), len(text) - point - 1 - modifier
@@ -174,7 +258,7 @@ def precise(text: str) -> _Precise:
 
 
 def _str(value: _Precise) -> str:
-    """ccxt's ``str(Precise)`` (trailing zeros reduced)."""
+    """ccxt 4.5.90 ``Precise.__str__`` (after ``Precise.reduce``: trailing zeros reduced)."""
     integer, decimals = value
     digits = str(integer)
     if digits == "0":
@@ -197,6 +281,7 @@ def _str(value: _Precise) -> str:
 
 
 def _add(a: _Precise, b: _Precise, sign: int) -> _Precise:
+    """ccxt 4.5.90 ``Precise.add`` (``sign`` -1: ``Precise.sub``)."""
     (ai, ad), (bi, bd) = a, b
     bi *= sign
     if ad == bd:
@@ -207,39 +292,66 @@ def _add(a: _Precise, b: _Precise, sign: int) -> _Precise:
 
 
 def precise_add(left: str | None, right: str | None) -> str | None:
-    """ccxt's ``Precise.string_add``."""
+    """ccxt 4.5.90 ``Precise.string_add``."""
     if left is None or right is None:
         return None
     return _str(_add(precise(left), precise(right), 1))
 
 
 def precise_sub(left: str | None, right: str | None) -> str | None:
-    """ccxt's ``Precise.string_sub``."""
+    """ccxt 4.5.90 ``Precise.string_sub``."""
     if left is None or right is None:
         return None
     return _str(_add(precise(left), precise(right), -1))
 
 
 def precise_div(left: str | None, right: str | None, precision: int = 18) -> str | None:
-    """ccxt's ``Precise.string_div``: truncated (towards zero) at ``precision`` decimals;
+    """ccxt 4.5.90 ``Precise.string_div``: truncated (towards zero) at ``precision`` decimals;
     ``None`` for a zero divisor."""
     if left is None or right is None:
         return None
-    bi, bd = precise(right)
-    if bi == 0:
+    divisor = precise(right)
+    if divisor[0] == 0:
+        return None  # before the dividend is read, as ccxt
+    result = _div(precise(left), divisor, precision)
+    assert result is not None
+    return _str(result)
+
+
+def precise_mul(left: str | None, right: str | None) -> str | None:
+    """ccxt 4.5.90 ``Precise.string_mul`` (``Precise.mul``: integers multiplied, decimals added)."""
+    if left is None or right is None:
         return None
-    ai, ad = precise(left)
-    distance = precision - ad + bd
-    if distance == 0:
-        numerator = ai
-    elif distance < 0:
-        numerator = ai // _pow10(-distance)
-    else:
-        numerator = ai * _pow10(distance)
-    result, mod = divmod(numerator, bi)
-    if result < 0 and mod:
-        result += 1  # Python floors; ccxt truncates
-    return _str((result, precision))
+    (ai, ad), (bi, bd) = precise(left), precise(right)
+    return _str((ai * bi, ad + bd))
+
+
+def precise_text(value: Any) -> str | None:
+    """A raw value ccxt's parse hands to ``Precise``: ``safe_string(value)``, which ``Precise``
+    reads without raising or stalling; ``None`` when absent.
+
+    Raises:
+        Unparseable: An exponent beyond :data:`MAX_EXPONENT` (ccxt's parse would stall).
+        Decline: Text ``Precise`` raises on, text longer than :data:`LONGEST`, or a value that
+            is not finite (the frame goes to ccxt).
+    """
+    text = safe_string(value)
+    if text is not None:
+        if "e" in text or "E" in text:
+            try:
+                huge = abs(int(text.lower().partition("e")[2])) > MAX_EXPONENT
+            except ValueError:
+                raise Decline from None  # Precise raises on it too
+            if huge:
+                raise Unparseable
+        if len(text) > LONGEST:
+            raise Decline  # Precise's intermediates could outgrow int <-> str (ccxt raises)
+        try:
+            if not math.isfinite(float(text)):
+                raise Decline
+        except ValueError:
+            raise Decline from None
+    return text
 
 
 # The derived opens, computed on (integer, decimals) pairs: each intermediate ccxt turns into
@@ -264,6 +376,7 @@ def _reparsed(value: _Precise) -> _Precise:
 
 
 def _div(left: _Precise, right: _Precise, precision: int = 18) -> _Precise | None:
+    """ccxt 4.5.90 ``Precise.div`` (``None`` for a zero divisor, as ``string_div``)."""
     (ai, ad), (bi, bd) = left, right
     if bi == 0:
         return None
@@ -276,7 +389,7 @@ def _div(left: _Precise, right: _Precise, precision: int = 18) -> _Precise | Non
         numerator = ai * _pow10(distance)
     result, mod = divmod(numerator, bi)
     if result < 0 and mod:
-        result += 1
+        result += 1  # Python floors; ccxt truncates
     return result, precision
 
 

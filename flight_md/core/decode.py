@@ -42,6 +42,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Final, Protocol
 
+from flight_md.core import ccxt_parse
 from flight_md.normalize import (
     MAX_FUTURE_MS,
     MIN_TIMESTAMP_MS,
@@ -176,58 +177,22 @@ run through ``Precise`` unless they are clean."""
 _INF: Final = math.inf
 _SIDES: Final[Mapping[str | None, Side | None]] = {"buy": Side.BUY, "sell": Side.SELL, None: None}
 
-
-def ccxt_string(value: Any) -> str | None:
-    """ccxt's ``safe_string`` of a value: a non-empty ``str`` as it is, an ``int`` or ``float``
-    (not a ``bool``) as ``str()``, anything else ``None``."""
-    kind = type(value)
-    if kind is str:
-        return value if value else None
-    if kind is float or kind is int:
-        return str(value)
-    return None
-
-
-def ccxt_quote(value: Any) -> float | None:
-    """``parse_number(omit_zero(safe_string(value)))``: how ccxt's ``safe_ticker`` turns a raw
-    price into a number (``None`` for missing, zero or unparseable; ``"nan"`` is NaN)."""
-    text = ccxt_string(value)
-    if text is None:
-        return None
-    try:
-        number = float(text)
-    except ValueError:
-        return None
-    return None if number == 0 else number
-
-
-def ccxt_number(value: Any) -> float | None:
-    """``parse_number(safe_string(value))`` (``safe_number``: a zero stays zero)."""
-    text = ccxt_string(value)
-    if text is None:
-        return None
-    try:
-        return float(text)
-    except ValueError:
-        return None
-
-
-def ccxt_int(value: Any) -> int | None:
-    """ccxt's ``safe_integer``: ``int(float(value))``, ``None`` where that raises."""
-    try:
-        return int(float(value))
-    except Exception:  # noqa: BLE001 - ccxt catches everything here too
-        return None
-
-
-class Decline(Exception):
-    """Raised inside a decoder where ccxt's parse would raise (the frame goes to ccxt, which
-    counts it): a decoder catches it and returns ``False``."""
+# ccxt's one-value helpers live in flight_md.core.ccxt_parse (the one checked place of ccxt's
+# parse internals); these names are the decoders' vocabulary for them.
+ccxt_string: Final = ccxt_parse.safe_string
+"""ccxt's ``safe_string`` of a value (:func:`flight_md.core.ccxt_parse.safe_string`)."""
+ccxt_quote: Final = ccxt_parse.quote
+"""``parse_number(omit_zero(safe_string(value)))`` (:func:`flight_md.core.ccxt_parse.quote`)."""
+ccxt_number: Final = ccxt_parse.safe_number
+"""ccxt's ``safe_number`` (:func:`flight_md.core.ccxt_parse.safe_number`: a zero stays zero)."""
+ccxt_int: Final = ccxt_parse.safe_integer
+"""ccxt's ``safe_integer`` (:func:`flight_md.core.ccxt_parse.safe_integer`)."""
+Decline = ccxt_parse.Decline
 
 
 def ccxt_first(message: Mapping[str, Any], keys: Sequence[str]) -> Any:
-    """The first of ``keys`` whose value is neither ``None`` nor ``""`` (ccxt's
-    ``get_object_value_from_key_list``, under its ``safe_*_n`` helpers)."""
+    """The first of ``keys`` whose value is neither ``None`` nor ``""`` (ccxt 4.5.90
+    ``Exchange.get_object_value_from_key_list``, under its ``safe_*_n`` helpers)."""
     get = message.get
     for key in keys:
         value = get(key)
@@ -237,7 +202,7 @@ def ccxt_first(message: Mapping[str, Any], keys: Sequence[str]) -> Any:
 
 
 def ccxt_int_n(message: Mapping[str, Any], keys: Sequence[str]) -> int | None:
-    """ccxt's ``safe_integer_n`` (``safe_integer_2``'s cousin that does not try the next key
+    """ccxt 4.5.90 ``Exchange.safe_integer_n`` (``safe_integer_2``'s cousin that does not try the next key
     when the first present one is bad). Raises :class:`Decline` where ccxt raises (an infinite
     value: ``OverflowError``)."""
     value = ccxt_first(message, keys)
@@ -252,7 +217,7 @@ def ccxt_int_n(message: Mapping[str, Any], keys: Sequence[str]) -> int | None:
 
 
 def ccxt_string_n(message: Mapping[str, Any], keys: Sequence[str]) -> str | None:
-    """ccxt's ``safe_string_n``: the first present value as a string, if it is one."""
+    """ccxt 4.5.90 ``Exchange.safe_string_n``: the first present value as a string, if it is one."""
     value = ccxt_first(message, keys)
     kind = type(value)
     if kind is str:
@@ -265,21 +230,15 @@ def ccxt_string_n(message: Mapping[str, Any], keys: Sequence[str]) -> str | None
 # -- rows, exactly as flight_md.normalize makes them of ccxt's structures -------------------------
 
 
-def _stamp_ok(timestamp: int | None, receive_ms: int) -> bool:
-    return timestamp is None or MIN_TIMESTAMP_MS <= timestamp <= receive_ms + MAX_FUTURE_MS
-
-
 def bidask(sink: DecodeSink, symbol: str, timestamp: int | None, bid: float | None,
            ask: float | None, info: Mapping[str, Any], raw_fields: frozenset[str],
            receive_ms: int) -> None:
     """Deliver the best bid/ask ccxt's parse would have made (``timestamp``, ``bid``, ``ask``:
     ccxt's unified values; ``info``: the raw payload): the row
     :func:`~flight_md.normalize.to_row` makes of it, or its drop."""
-    if (type(bid) is float and type(ask) is float and 0.0 < bid <= ask < _INF
-            and _stamp_ok(timestamp, receive_ms)):
-        sink.tick(symbol, (receive_ms if timestamp is None else timestamp, (bid + ask) / 2.0,
-                           math.nan, bid, ask, math.nan, math.nan, math.nan, math.nan,
-                           receive_ms), timestamp is not None)
+    good = ccxt_parse.bidask_row(timestamp, bid, ask, receive_ms)
+    if good is not None:  # the common case, without to_row's checks
+        sink.tick(symbol, good, timestamp is not None)
         return
     made = to_row({"symbol": symbol, "timestamp": timestamp, "bid": bid, "ask": ask,
                    "info": info}, exchange="", channel=Channel.BIDASK, receive_ms=receive_ms,
@@ -298,14 +257,12 @@ def ticker(sink: DecodeSink, symbol: str, timestamp: int | None, *, last: float 
     as ccxt's ``safe_ticker`` makes them): the row :func:`~flight_md.normalize.to_row` makes
     of it, or its drop; ``key``: ccxt's cache key where it is not ``symbol``
     (:meth:`DecodeSink.tick`)."""
-    if ((key is None or key == symbol) and type(last) is float and type(bid) is float
-            and type(ask) is float and type(high) is float and type(low) is float and type(open_) is float
-            and type(volume) is float and 0.0 < last < _INF and 0.0 < bid <= ask < _INF
-            and 0.0 < high < _INF and 0.0 < low < _INF and 0.0 < open_ < _INF
-            and 0.0 <= volume < _INF and _stamp_ok(timestamp, receive_ms)):
-        sink.tick(symbol, (receive_ms if timestamp is None else timestamp, last, volume, bid,
-                           ask, high, low, open_, last, receive_ms), timestamp is not None)
-        return
+    if key is None or key == symbol:
+        good = ccxt_parse.ticker_row(timestamp, last, volume, bid, ask, high, low, open_, last,
+                                     receive_ms)
+        if good is not None:  # the common case, without to_row's checks
+            sink.tick(symbol, good, timestamp is not None)
+            return
     made = to_row({"symbol": symbol, "timestamp": timestamp, "last": last, "close": last,
                    "bid": bid, "ask": ask, "high": high, "low": low, "open": open_,
                    "baseVolume": volume, "info": info}, exchange="", channel=Channel.TICKER,

@@ -35,6 +35,14 @@ from typing import Any, Final
 import orjson
 
 from flight_md.core import decode
+from flight_md.core.ccxt_parse import (
+    number,
+    omit_zero,
+    precise_add,
+    precise_div,
+    precise_mul,
+    precise_sub,
+)
 from flight_md.core.decode import DecoderContext, DecodeSink, FrameDecoder
 from flight_md.normalize import Channel, DropReason
 from flight_md.venues.base import BOOK_METHODS, TRADES_METHODS, ChannelMethods, Venue
@@ -68,106 +76,11 @@ _TRADE_TOPIC: Final = re.compile(r"publicTrade\.([A-Za-z0-9_-]+)").fullmatch
 
 
 class _Raise(Exception):
-    """ccxt's parse raises on the frame (its ``Precise`` met text that is no number)."""
-
-
-# ccxt's Precise (ccxt/base/precise.py, MIT): (integer, decimals), with its failures.
-
-_MAX_EXPONENT: Final = 1000
-"""An exponent beyond which ccxt's Precise would build integers of that many digits (a frame
-``"1e999999999"`` stalls ccxt's parse for minutes): the one place the decoder departs from
-ccxt, dropping such a frame as ``unparseable_frame`` instead."""
-
-
-def _precise(text: str) -> tuple[int, int]:
-    try:
-        modifier = 0
-        if "e" in text or "E" in text:
-            text = text.lower()
-            text, exponent = text.split("e")
-            modifier = int(exponent)
-            if abs(modifier) > _MAX_EXPONENT:
-                raise _Raise
-        point = text.find(".")
-        if point > -1:
-            return int(text.replace(".", "")), len(text) - point - 1 - modifier
-        return int(text), -modifier
-    except ValueError:
-        raise _Raise from None
-
-
-def _text(value: tuple[int, int]) -> str:
-    integer, decimals = value
-    digits = str(integer)
-    if digits == "0":
-        decimals = 0
-    else:
-        reduced = digits.rstrip("0")
-        decimals -= len(digits) - len(reduced)
-        digits = reduced
-    sign = ""
-    if digits[0] == "-":
-        sign, digits = "-", digits[1:]
-    if decimals <= 0:
-        return sign + digits + "0" * (-decimals)
-    length = len(digits)
-    if length > decimals:
-        return sign + digits[:length - decimals] + "." + digits[length - decimals:]
-    return sign + "0." + "0" * (decimals - length) + digits
-
-
-def _mul(left: str | None, right: str | None) -> str | None:
-    if left is None or right is None:
-        return None
-    (ai, ad), (bi, bd) = _precise(left), _precise(right)
-    return _text((ai * bi, ad + bd))
-
-
-def _add(left: str | None, right: str | None, sign: int = 1) -> str | None:
-    if left is None or right is None:
-        return None
-    (ai, ad), (bi, bd) = _precise(left), _precise(right)
-    bi *= sign
-    if ad == bd:
-        return _text((ai + bi, ad))
-    if ad > bd:
-        return _text((ai + bi * 10 ** (ad - bd), ad))
-    return _text((ai * 10 ** (bd - ad) + bi, bd))
-
-
-def _div(left: str | None, right: str | None, precision: int = 18) -> str | None:
-    if left is None or right is None:
-        return None
-    bi, bd = _precise(right)
-    if bi == 0:
-        return None
-    ai, ad = _precise(left)
-    distance = precision - ad + bd
-    numerator = ai if distance == 0 else (ai // 10 ** -distance if distance < 0
-                                          else ai * 10 ** distance)
-    result, mod = divmod(numerator, bi)
-    if result < 0 and mod:
-        result += 1  # Python floors; ccxt truncates
-    return _text((result, precision))
-
-
-def _omit_zero(text: str | None) -> str | None:
-    """ccxt's ``omit_zero`` of a ``safe_string`` result."""
-    if text is None:
-        return None
-    try:
-        return None if float(text) == 0 else text
-    except ValueError:
-        return text
-
-
-def _number(text: str | None) -> float | None:
-    if text is None:
-        return None
-    try:
-        return float(text)
-    except ValueError:
-        return None
+    """ccxt's parse raises on the frame (a market lookup that fails). Where its ``Precise``
+    meets text that is no number, :mod:`flight_md.core.ccxt_parse`'s replica raises
+    :class:`ValueError` (:class:`~flight_md.core.ccxt_parse.ExponentTooLarge` for an exponent
+    beyond :data:`~flight_md.core.ccxt_parse.MAX_EXPONENT`, where ccxt's would stall: the one
+    place the decoder departs from ccxt, dropping such a frame as ``unparseable_frame`` too)."""
 
 
 def _frame(frame: str | bytes) -> dict[str, Any] | None:
@@ -230,7 +143,7 @@ class _TickerDecoder:
             return True  # ccxt parses nothing of it
         try:
             symbol, values = self._parse(info)
-        except _Raise:
+        except (_Raise, ValueError):
             sink.drop(None, DropReason.UNPARSEABLE_FRAME)
             return True
         if update == "snapshot":
@@ -249,40 +162,40 @@ class _TickerDecoder:
 
     def _parse(self, ticker: Mapping[str, Any]) -> tuple[str | None, tuple[float | None, ...]]:
         """bybit ``parse_ticker`` then ``safe_ticker``: the symbol and the values a row is made
-        of (last, bid, ask, high, low, open, baseVolume); :class:`_Raise` where ccxt raises."""
+        of (last, bid, ask, high, low, open, baseVolume); :class:`ValueError` where ccxt raises."""
         text = decode.ccxt_string
         kind = "spot" if text(ticker.get("openInterestValue")) is None else "contract"
         market_id = text(ticker.get("symbol"))
         symbol = None if market_id is None else self._symbols.of(market_id, kind)
         last, open_ = text(ticker.get("lastPrice")), text(ticker.get("prevPrice24h"))
-        percentage = _mul(text(ticker.get("price24hPcnt")), "100")
+        percentage = precise_mul(text(ticker.get("price24hPcnt")), "100")
         quote_volume, base_volume = text(ticker.get("turnover24h")), text(ticker.get("volume24h"))
         # safe_ticker (change, average and vwap are None in parse_ticker's structure)
-        open_ = _omit_zero(open_)
-        close = _omit_zero(last)
-        percentage = _omit_zero(percentage)
-        _div(_omit_zero(quote_volume), base_volume)  # vwap: raises where ccxt's does
+        open_ = omit_zero(open_)
+        close = omit_zero(last)
+        percentage = omit_zero(percentage)
+        precise_div(omit_zero(quote_volume), base_volume)  # vwap: raises where ccxt's does
         change: str | None = None
         if percentage is not None and open_ is None and close is not None:
-            open_ = _div(close, _add("1", _div(percentage, "100")))
+            open_ = precise_div(close, precise_add("1", precise_div(percentage, "100")))
         if close is not None and open_ is not None:
-            change = _add(close, open_, -1)
+            change = precise_sub(close, open_)
         elif close is not None and percentage is not None:
-            change = _mul(_div(percentage, "100"), _div(close, "100"))
+            change = precise_mul(precise_div(percentage, "100"), precise_div(close, "100"))
         elif open_ is not None and percentage is not None:
-            change = _mul(open_, _div(percentage, "100"))
+            change = precise_mul(open_, precise_div(percentage, "100"))
         if open_ is not None:
             if percentage is None and change is not None:
-                _mul(_div(change, open_), "100")
+                precise_mul(precise_div(change, open_), "100")
             if close is None and change is not None:
-                close = _add(open_, change)
+                close = precise_add(open_, change)
             if close is not None:
-                _div(_add(open_, close), "2")  # average: its precision cannot make it raise
+                precise_div(precise_add(open_, close), "2")  # average: its precision cannot make it raise
         quote = decode.ccxt_quote
-        return symbol, (_number(_omit_zero(close)), quote(ticker.get("bid1Price")),
+        return symbol, (number(omit_zero(close)), quote(ticker.get("bid1Price")),
                         quote(ticker.get("ask1Price")), quote(ticker.get("highPrice24h")),
-                        quote(ticker.get("lowPrice24h")), _number(_omit_zero(open_)),
-                        _number(base_volume))
+                        quote(ticker.get("lowPrice24h")), number(omit_zero(open_)),
+                        number(base_volume))
 
 
 class _TradeDecoder:
@@ -318,7 +231,7 @@ class _TradeDecoder:
         for item in data:
             try:
                 made = self._parse(item, market)
-            except _Raise:
+            except (_Raise, ValueError):
                 sink.drop(None, DropReason.UNPARSEABLE_FRAME)
                 return True
             decode.trade(sink, key, made[0], made[1], made[2], made[3], made[4], receive_ms)
@@ -333,7 +246,7 @@ class _TradeDecoder:
     def _parse(self, trade: Mapping[str, Any], market: Mapping[str, Any]
                ) -> tuple[int | None, str | None, float | None, float | None, str | None]:
         """``(timestamp, id, price, amount, side)`` as bybit ``parse_ws_trade`` and
-        ``safe_trade`` make them; :class:`_Raise` where ccxt raises."""
+        ``safe_trade`` make them; :class:`ValueError` or :class:`_Raise` where ccxt raises."""
         text = decode.ccxt_string
         trade_id = decode.ccxt_string_n(trade, ("i", "T", "v"))
         stamp = decode.ccxt_int(trade["t"]) if "t" in trade else None
@@ -352,10 +265,10 @@ class _TradeDecoder:
         multiply = price
         if size is not None:
             if resolved.get("inverse") is True:
-                multiply = _div("1", price)
-            multiply = _mul(multiply, size)
-        _mul(multiply, amount)  # cost: raises where ccxt's does
-        return stamp, trade_id, _number(price), _number(amount), side
+                multiply = precise_div("1", price)
+            multiply = precise_mul(multiply, size)
+        precise_mul(multiply, amount)  # cost: raises where ccxt's does
+        return stamp, trade_id, number(price), number(amount), side
 
     def _resolved(self, trade: Mapping[str, Any], market: Mapping[str, Any]) -> Mapping[str, Any]:
         """ccxt's ``safe_market(trade.s, market, None, market.type)``."""

@@ -49,9 +49,14 @@ from typing import Any, Final
 import orjson
 
 from flight_md.core.ccxt_parse import (
+    Decline,
+    Unparseable,
     bidask_row,
+    number,
     open_from_percentage,
     parse8601,
+    precise_text,
+    quote,
     safe_string,
     ticker_row,
 )
@@ -108,60 +113,6 @@ _TICKER_CHANNELS: Final = frozenset({"ticker", "ticker_batch"})
 _TRADE_KEYS: Final = frozenset({"trade_id", "product_id", "price", "size", "side", "time"})
 
 
-class _Decline(Exception):
-    """Internal: the frame goes to ccxt (nothing was delivered)."""
-
-
-_LONGEST: Final = 64
-"""Characters of the longest number text a decoder takes to ``Precise`` (no venue sends more)."""
-_MAX_EXPONENT: Final = 1000
-"""An exponent beyond which ccxt's ``Precise`` builds integers of that many digits (``"1e-999999999"``
-stalls ccxt's parse for minutes): the one place the decoders depart from ccxt, dropping such a
-frame as ``unparseable_frame`` (as the Bybit decoder does)."""
-
-
-class _Unparseable(_Decline):
-    """Internal: the frame is dropped as ``unparseable_frame`` (see :data:`_MAX_EXPONENT`)."""
-
-
-def _strict(value: Any) -> str | None:
-    """A value ccxt passes through ``Precise``: its text, ``None`` when absent; text that is
-    not a finite number declines the frame (``Precise`` would raise)."""
-    text = safe_string(value)
-    if text is not None:
-        if "e" in text or "E" in text:
-            try:
-                huge = abs(int(text.lower().partition("e")[2])) > _MAX_EXPONENT
-            except ValueError:
-                raise _Decline from None  # Precise raises on it too
-            if huge:
-                raise _Unparseable
-        if len(text) > _LONGEST:
-            raise _Decline  # Precise's intermediates could outgrow int <-> str (ccxt raises)
-        try:
-            if not math.isfinite(float(text)):
-                raise _Decline
-        except ValueError:
-            raise _Decline from None
-    return text
-
-
-def _number(text: str | None) -> float | None:
-    """ccxt's ``parse_number``."""
-    if text is None:
-        return None
-    try:
-        return float(text)
-    except ValueError:
-        return None
-
-
-def _quote(value: Any) -> float | None:
-    """ccxt's ``parse_number(omit_zero(safe_string(value)))``."""
-    number = _number(safe_string(value))
-    return None if number == 0.0 else number
-
-
 def _loads(frame: str | bytes, channels: frozenset[str]) -> dict[str, Any] | None:
     """The frame's object if it is a data frame of one of ``channels``, else ``None``."""
     try:
@@ -179,8 +130,8 @@ def _open(close: float | None, percentage: str | None) -> float | None:
     if close is None or percentage is None:
         return None
     # safe_ticker re-reads the close as text: str() of the float parse_ws_ticker made.
-    number = open_from_percentage(str(close), percentage)
-    return None if number == 0.0 else number
+    opened = open_from_percentage(str(close), percentage)
+    return None if opened == 0.0 else opened
 
 
 class CoinbaseTickerDecoder:
@@ -219,10 +170,10 @@ class CoinbaseTickerDecoder:
                     if symbol is None:
                         return False  # ccxt would build a symbol from the id's parts
                     made.append((symbol, self._ticker(symbol, row, timestamp, receive_ms)))
-        except _Unparseable:
+        except Unparseable:
             sink.drop(None, DropReason.UNPARSEABLE_FRAME)
             return True
-        except (_Decline, ValueError):  # ValueError: where ccxt's Precise raises too
+        except (Decline, ValueError):  # ValueError: where ccxt's Precise raises too
             return False
         stamped = timestamp is not None
         for symbol, result in made:
@@ -235,14 +186,14 @@ class CoinbaseTickerDecoder:
     def _ticker(self, symbol: str, row: dict[str, Any], timestamp: int | None,
                 receive_ms: int) -> tuple[str, Any] | DropReason:
         price = safe_string(row.get("price"))
-        last = _number(price)
-        percentage = _strict(row.get("price_percent_chg_24_h"))
+        last = number(price)
+        percentage = precise_text(row.get("price_percent_chg_24_h"))
         if last is not None and not math.isfinite(last):
-            raise _Decline  # Precise of str(nan) / str(inf) raises in safe_ticker
+            raise Decline  # Precise of str(nan) / str(inf) raises in safe_ticker
         close = None if last == 0.0 else last
-        if percentage is not None and _number(percentage) == 0.0:
+        if percentage is not None and number(percentage) == 0.0:
             percentage = None  # omit_zero
-        bid, ask = _quote(row.get("best_bid")), _quote(row.get("best_ask"))
+        bid, ask = quote(row.get("best_bid")), quote(row.get("best_ask"))
         if self._channel is Channel.BIDASK:
             good = bidask_row(timestamp, bid, ask, receive_ms)
             if good is not None:  # the common case, without to_row's checks
@@ -250,9 +201,9 @@ class CoinbaseTickerDecoder:
             ticker = {"symbol": symbol, "timestamp": timestamp, "bid": bid, "ask": ask,
                       "last": close, "info": row}
         else:
-            high, low = _quote(row.get("high_24_h")), _quote(row.get("low_24_h"))
+            high, low = quote(row.get("high_24_h")), quote(row.get("low_24_h"))
             opened = _open(close, percentage)
-            volume = _number(safe_string(row.get("volume_24_h")))
+            volume = number(safe_string(row.get("volume_24_h")))
             good = ticker_row(timestamp, close, volume, bid, ask, high, low, opened, close,
                               receive_ms)
             if good is not None:
@@ -309,10 +260,10 @@ class CoinbaseTradesDecoder:
                     continue  # ccxt: an event without trades
                 for index in range(len(trades) - 1, -1, -1):  # newest first on the wire
                     made.append(self._trade(symbol, product, trades[index], receive_ms))
-        except _Unparseable:
+        except Unparseable:
             sink.drop(None, DropReason.UNPARSEABLE_FRAME)
             return True
-        except _Decline:
+        except Decline:
             return False
         for result in made:
             if isinstance(result, DropReason):
@@ -324,14 +275,14 @@ class CoinbaseTradesDecoder:
     @staticmethod
     def _trade(symbol: str, product: str, row: Any, receive_ms: int) -> Any:
         if type(row) is not dict or not row.keys() <= _TRADE_KEYS or row.get("product_id") != product:
-            raise _Decline  # another product, or a trade shape parse_trade reads otherwise
+            raise Decline  # another product, or a trade shape parse_trade reads otherwise
         timestamp = parse8601(safe_string(row.get("time")))
         if timestamp is None:
-            raise _Decline  # the sink's trade is stamped by the exchange
-        price = _strict(row.get("price"))
-        amount = _strict(row.get("size"))
+            raise Decline  # the sink's trade is stamped by the exchange
+        price = precise_text(row.get("price"))
+        amount = precise_text(row.get("size"))
         trade = {"symbol": symbol, "id": safe_string(row.get("trade_id")), "timestamp": timestamp,
-                 "price": _number(price), "amount": _number(amount), "side": _side(row)}
+                 "price": number(price), "amount": number(amount), "side": _side(row)}
         return to_trade(trade, receive_ms)
 
     def reset(self) -> None:

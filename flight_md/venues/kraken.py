@@ -32,16 +32,21 @@ subscriptions; 100 symbols a subscribe message keeps a request small.
 
 from __future__ import annotations
 
-import math
 from typing import Any, Final
 
 import orjson
 
 from flight_md.core.ccxt_parse import (
+    Decline,
+    Unparseable,
     bidask_row,
+    number,
     open_from_change,
     open_from_percentage,
     parse8601,
+    precise_text,
+    quote,
+    safe_number,
     safe_string,
     ticker_row,
 )
@@ -88,69 +93,6 @@ _REST = ("fetch_tickers", "fetch_ticker")
 _NOT_OURS: Final = ("error", "errorMessage", "event", "method")
 
 
-class _Decline(Exception):
-    """Internal: the frame goes to ccxt (nothing was delivered)."""
-
-
-_LONGEST: Final = 64
-"""Characters of the longest number text a decoder takes to ``Precise`` (no venue sends more)."""
-_MAX_EXPONENT: Final = 1000
-"""An exponent beyond which ccxt's ``Precise`` builds integers of that many digits (``"1e-999999999"``
-stalls ccxt's parse for minutes): the one place the decoders depart from ccxt, dropping such a
-frame as ``unparseable_frame`` (as the Bybit decoder does)."""
-
-
-class _Unparseable(_Decline):
-    """Internal: the frame is dropped as ``unparseable_frame`` (see :data:`_MAX_EXPONENT`)."""
-
-
-def _strict(value: Any) -> str | None:
-    """A value ccxt passes through ``Precise``: its text, ``None`` when absent; text that is
-    not a finite number declines the frame (``Precise`` would raise)."""
-    text = safe_string(value)
-    if text is not None:
-        if "e" in text or "E" in text:
-            try:
-                huge = abs(int(text.lower().partition("e")[2])) > _MAX_EXPONENT
-            except ValueError:
-                raise _Decline from None  # Precise raises on it too
-            if huge:
-                raise _Unparseable
-        if len(text) > _LONGEST:
-            raise _Decline  # Precise's intermediates could outgrow int <-> str (ccxt raises)
-        try:
-            if not math.isfinite(float(text)):
-                raise _Decline
-        except ValueError:
-            raise _Decline from None
-    return text
-
-
-def _number(text: str | None) -> float | None:
-    """ccxt's ``parse_number``."""
-    if text is None:
-        return None
-    try:
-        return float(text)
-    except ValueError:
-        return None
-
-
-def _quote(value: Any) -> float | None:
-    """ccxt's ``parse_number(omit_zero(safe_string(value)))``."""
-    if type(value) is float:  # what Kraken sends: float(str(x)) is x (orjson gives no NaN)
-        return None if value == 0.0 else value
-    number = _number(safe_string(value))
-    return None if number == 0.0 else number
-
-
-def _amount(value: Any) -> float | None:
-    """ccxt's ``parse_number(safe_string(value))``."""
-    if type(value) is float:
-        return value
-    return _number(safe_string(value))
-
-
 def _data(frame: str | bytes, channel: str) -> list[Any] | None:
     """The ``data`` list of a frame of ``channel``, else ``None``."""
     try:
@@ -171,12 +113,12 @@ def _open(close: str | None, change: str | None, percentage: str | None) -> floa
     if close is None:
         return None
     if change is not None:
-        number: float | None = open_from_change(close, change)
+        opened: float | None = open_from_change(close, change)
     elif percentage is not None:
-        number = open_from_percentage(close, percentage)
+        opened = open_from_percentage(close, percentage)
     else:
         return None
-    return None if number == 0.0 else number
+    return None if opened == 0.0 else opened
 
 
 class KrakenTickerDecoder:
@@ -202,30 +144,30 @@ class KrakenTickerDecoder:
         try:
             volume, vwap = get("volume"), get("vwap")
             if type(volume) is not float:
-                _strict(volume)
+                precise_text(volume)
             if type(vwap) is not float:
-                _strict(vwap)  # quoteVolume = volume * vwap
-            last = _strict(get("last"))
-            change = _strict(get("change"))
-            percentage = _strict(get("change_pct"))
-            close_number = _number(last)
+                precise_text(vwap)  # quoteVolume = volume * vwap
+            last = precise_text(get("last"))
+            change = precise_text(get("change"))
+            percentage = precise_text(get("change_pct"))
+            close_number = number(last)
             close = None if close_number == 0.0 else last
-            if percentage is not None and _number(percentage) == 0.0:
+            if percentage is not None and number(percentage) == 0.0:
                 percentage = None  # omit_zero
             opened = _open(close, change, percentage)  # ccxt derives it for both channels
-        except _Unparseable:
+        except Unparseable:
             sink.drop(None, DropReason.UNPARSEABLE_FRAME)
             return True
-        except (_Decline, ValueError):  # ValueError: where ccxt's Precise raises too
+        except (Decline, ValueError):  # ValueError: where ccxt's Precise raises too
             return False
         price = None if close is None else close_number
-        bid, ask = _quote(get("bid")), _quote(get("ask"))
+        bid, ask = quote(get("bid")), quote(get("ask"))
         if self._channel is Channel.BIDASK:
             good = bidask_row(None, bid, ask, receive_ms)
             ticker = {"symbol": symbol, "timestamp": None, "bid": bid, "ask": ask, "info": row}
         else:
-            high, low = _quote(get("high")), _quote(get("low"))
-            base_volume = _amount(volume)
+            high, low = quote(get("high")), quote(get("low"))
+            base_volume = safe_number(volume)
             good = ticker_row(None, price, base_volume, bid, ask, high, low, opened, price,
                               receive_ms)
             ticker = {"symbol": symbol, "timestamp": None, "last": price, "close": price,
@@ -285,17 +227,17 @@ class KrakenTradesDecoder:
                 if timestamp is None:
                     return False  # the sink's trade is stamped by the exchange
                 trade_id = safe_string(row.get("trade_id"))
-                price = _strict(row.get("price"))
-                amount = _strict(row.get("qty"))
+                price = precise_text(row.get("price"))
+                amount = precise_text(row.get("qty"))
                 parsed.append((timestamp, trade_id, {
                     "symbol": symbol, "id": trade_id, "timestamp": timestamp,
-                    "price": _number(price), "amount": _number(amount),
+                    "price": number(price), "amount": number(amount),
                     "side": safe_string(row.get("side"))}))
             ordered = _by_time_then_id(parsed)
-        except _Unparseable:
+        except Unparseable:
             sink.drop(None, DropReason.UNPARSEABLE_FRAME)
             return True
-        except (_Decline, TypeError):
+        except (Decline, TypeError):
             return False
         made: list[TradeFields | DropReason] = [to_trade(trade, receive_ms)
                                                 for _, _, trade in ordered]

@@ -31,13 +31,22 @@ which ccxt prevents by sending the text ``ping`` every 18 s (answered ``pong``).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from typing import Any, Final
 
 import orjson
 
-from flight_md.core.ccxt_parse import bidask_row, safe_integer, safe_string, ticker_row
+from flight_md.core.ccxt_parse import (
+    Decline,
+    Unparseable,
+    bidask_row,
+    number,
+    precise_text,
+    quote,
+    safe_integer,
+    safe_string,
+    ticker_row,
+)
 from flight_md.core.decode import DecoderContext, DecodeSink, FrameDecoder, Markets, symbols_by_id
 from flight_md.normalize import Channel, DropReason, to_row, to_trade
 from flight_md.venues.base import BOOK_METHODS, TRADES_METHODS, ChannelMethods, Venue
@@ -86,60 +95,6 @@ def _trade_id_span(info: Mapping[str, Any]) -> int:
 # rules do not cover are declined: ccxt handles the frame as if there were no decoder.
 
 _NOT_OURS: Final = ("event", "op", "code")
-
-
-class _Decline(Exception):
-    """Internal: the frame goes to ccxt (nothing was delivered)."""
-
-
-_LONGEST: Final = 64
-"""Characters of the longest number text a decoder takes to ``Precise`` (no venue sends more)."""
-_MAX_EXPONENT: Final = 1000
-"""An exponent beyond which ccxt's ``Precise`` builds integers of that many digits (``"1e-999999999"``
-stalls ccxt's parse for minutes): the one place the decoders depart from ccxt, dropping such a
-frame as ``unparseable_frame`` (as the Bybit decoder does)."""
-
-
-class _Unparseable(_Decline):
-    """Internal: the frame is dropped as ``unparseable_frame`` (see :data:`_MAX_EXPONENT`)."""
-
-
-def _strict(value: Any) -> str | None:
-    """A value ccxt passes through ``Precise``: its text, ``None`` when absent; text that is
-    not a finite number declines the frame (``Precise`` would raise)."""
-    text = safe_string(value)
-    if text is not None:
-        if "e" in text or "E" in text:
-            try:
-                huge = abs(int(text.lower().partition("e")[2])) > _MAX_EXPONENT
-            except ValueError:
-                raise _Decline from None  # Precise raises on it too
-            if huge:
-                raise _Unparseable
-        if len(text) > _LONGEST:
-            raise _Decline  # Precise's intermediates could outgrow int <-> str (ccxt raises)
-        try:
-            if not math.isfinite(float(text)):
-                raise _Decline
-        except ValueError:
-            raise _Decline from None
-    return text
-
-
-def _number(text: str | None) -> float | None:
-    """ccxt's ``parse_number``."""
-    if text is None:
-        return None
-    try:
-        return float(text)
-    except ValueError:
-        return None
-
-
-def _quote(value: Any) -> float | None:
-    """ccxt's ``parse_number(omit_zero(safe_string(value)))``."""
-    number = _number(safe_string(value))
-    return None if number == 0.0 else number
 
 
 def _loads(frame: str | bytes) -> dict[str, Any] | None:
@@ -192,17 +147,17 @@ class OkxTickerDecoder:
             for row in data:
                 if type(row) is not dict or row.get("instId") != inst_id:
                     return False  # parse_ticker would name it by another (or no) instrument
-                last = _strict(row.get("last"))
-                open_ = _strict(row.get("open24h"))
-                volume = _strict(row.get("vol24h"))
-                _strict(row.get("volCcy24h"))  # spot vwap: Precise
-                price = _number(last)
+                last = precise_text(row.get("last"))
+                open_ = precise_text(row.get("open24h"))
+                volume = precise_text(row.get("vol24h"))
+                precise_text(row.get("volCcy24h"))  # spot vwap: Precise
+                price = number(last)
                 if price == 0.0:
                     price = None
                 timestamp = safe_integer(row.get("ts"))
-                bid, ask = _quote(row.get("bidPx")), _quote(row.get("askPx"))
-                high, low = _quote(row.get("high24h")), _quote(row.get("low24h"))
-                opened, base_volume = _quote(open_), _number(volume)
+                bid, ask = quote(row.get("bidPx")), quote(row.get("askPx"))
+                high, low = quote(row.get("high24h")), quote(row.get("low24h"))
+                opened, base_volume = quote(open_), number(volume)
                 good = ticker_row(timestamp, price, base_volume, bid, ask, high, low, opened,
                                   price, receive_ms)
                 if good is not None:  # the common case, without to_row's checks
@@ -216,10 +171,10 @@ class OkxTickerDecoder:
                 made.append((to_row(ticker, exchange="okx", channel=Channel.TICKER,
                                     receive_ms=receive_ms, raw_fields=self._fields),
                              timestamp is not None))
-        except _Unparseable:
+        except Unparseable:
             sink.drop(None, DropReason.UNPARSEABLE_FRAME)
             return True
-        except _Decline:
+        except Decline:
             return False
         for result, stamped in made:
             if isinstance(result, DropReason):
@@ -260,7 +215,7 @@ class OkxBidAskDecoder:
             ask = _first_price(row.get("asks"))
         if bid is None:
             bid = _first_price(row.get("bids"))
-        ask_number, bid_number = _number(ask), _number(bid)
+        ask_number, bid_number = number(ask), number(bid)
         timestamp = safe_integer(row.get("ts"))
         good = bidask_row(timestamp, bid_number, ask_number, receive_ms)
         if good is not None:  # the common case, without to_row's checks
@@ -321,16 +276,16 @@ class OkxTradesDecoder:
                 timestamp = safe_integer(row.get("ts"))
                 if timestamp is None:
                     return False  # the sink's trade is stamped by the exchange
-                price = _strict(row.get("px"))
-                amount = _strict(row.get("sz"))
+                price = precise_text(row.get("px"))
+                amount = precise_text(row.get("sz"))
                 trade = {"symbol": symbol, "id": safe_string(row.get("tradeId")),
-                         "timestamp": timestamp, "price": _number(price),
-                         "amount": _number(amount), "side": safe_string(row.get("side"))}
+                         "timestamp": timestamp, "price": number(price),
+                         "amount": number(amount), "side": safe_string(row.get("side"))}
                 made.append((to_trade(trade, receive_ms), _trade_id_span(row)))
-        except _Unparseable:
+        except Unparseable:
             sink.drop(None, DropReason.UNPARSEABLE_FRAME)
             return True
-        except _Decline:
+        except Decline:
             return False
         for result, span in made:
             if isinstance(result, DropReason):
