@@ -4,9 +4,11 @@ Differential (:mod:`tests.ingest.decode_support`): through a ``decoder="ccxt"`` 
 ``decoder="fast"`` stream, frame by frame, the same updates in the same order, the same drops
 and reasons, the same counters, the same rows, for
 
-* every frame of each venue's recording, as the file holds it and as the emulator serves it
-  (``Dialect.recorded_frames``: Kraken's 2021 websocket v1 session transcoded to v2, the
-  protocol ccxt and the venue module use);
+* every frame of each venue's recording: OKX's and Coinbase's as the file holds them (the
+  emulator serves them byte for byte), Kraken's as the emulator serves them
+  (``Dialect.recorded_frames``: the 2021 websocket v1 session transcoded to v2, the protocol
+  ccxt and the venue module use) and, as the file holds them, each v1 frame declined (order-book
+  frames after the first few go to the decoder alone: ``decode_support``'s ``probe_only``);
 * frames the synthetic emulator sends, the same frames corrupted by each of the emulator's
   frame faults (``Dialect.corrupt``), and variants of one frame with each numeric, symbol and
   time field missing or set to each of a catalogue of bad values, plus frames of other shapes
@@ -47,6 +49,7 @@ from tests.ingest.decode_support import (
     assert_decoder_matches_ccxt,
     emulator_frames,
     recording_cases,
+    split_books,
 )
 from tests.support import MS
 from tests.support import async_until as wait_until
@@ -60,9 +63,7 @@ WS_PATH: Final = {"okx": "/ws/v5/public", "coinbase": "/", "kraken": "/v2"}
 
 
 BOOK_STREAMS: Final = ("level2", "book")
-BOOK_FRAMES_KEPT: Final = 50
-SERVED: Final = {"coinbase": COINBASE_RECORDED,
-                 "kraken": KRAKEN_RECORDED}  # Kraken: the 2021 websocket v1 session, as v2
+SERVED: Final = {"kraken": KRAKEN_RECORDED}  # the 2021 websocket v1 session, as v2
 
 
 @functools.cache
@@ -77,28 +78,29 @@ def served_frames(venue_id: str) -> tuple[tuple[str, str], ...]:
 
 
 def served_case(venue_id: str, channel: Channel) -> Case:
-    """The frames the emulator serves from the venue's recording, every stream's (a decoder
-    declines the others'). The ticker case has every frame; the others every frame but the
-    book's after its first :data:`BOOK_FRAMES_KEPT` (thousands, which only cost time: the
-    ticker case shows each is declined and stored alike)."""
+    """Every frame the emulator serves from the venue's recording, every stream's (a decoder
+    declines the others'); the book's after the first ``BOOK_FRAMES_KEPT`` are ``probe_only``
+    (thousands: ccxt's order-book work on them, twice, was most of the time)."""
     served = served_frames(venue_id)
-    if channel is Channel.TICKER:
-        frames = tuple(text for _stream, text in served)
-    else:
-        books = [text for stream, text in served if stream.startswith(BOOK_STREAMS)]
-        kept = set(books[:BOOK_FRAMES_KEPT])
-        frames = tuple(text for stream, text in served
-                       if not stream.startswith(BOOK_STREAMS) or text in kept)
-    return Case(venue_id, channel, WS_PATH[venue_id], frames, SERVED[venue_id], "served")
+    books = {text for stream, text in served if stream.startswith(BOOK_STREAMS)}
+    frames, probe = split_books([text for _stream, text in served], books.__contains__)
+    return Case(venue_id, channel, WS_PATH[venue_id], frames, SERVED[venue_id], "served",
+                probe_only=probe)
+
+
+RECORDED: Final = [
+    # OKX's and Coinbase's are served byte for byte: the file's frames, acks and pongs included.
+    *recording_cases("okx", OKX_RECORDED, is_book=lambda text: '"books' in text),
+    *recording_cases("coinbase", COINBASE_RECORDED, is_book=lambda text: '"l2_data"' in text),
+]
 
 
 @pytest.mark.asyncio
-@pytest.mark.parametrize("case", recording_cases("okx", OKX_RECORDED), ids=str)
+@pytest.mark.parametrize("case", RECORDED, ids=str)
 async def test_every_recorded_frame_decodes_as_ccxt_parses_it(
         case: Case, monkeypatch: pytest.MonkeyPatch) -> None:
-    # OKX's are served byte for byte: the file's frames, acknowledgements and pongs included.
     outcome = await assert_decoder_matches_ccxt(case, monkeypatch)
-    assert outcome.claimed + outcome.declined == len(case.frames)
+    assert outcome.claimed + outcome.declined == len(case.frames) + len(case.probe_only)
     assert outcome.claimed > 0 and outcome.stored > 0  # the decoder did the work
 
 
@@ -109,8 +111,19 @@ async def test_every_served_recorded_frame_decodes_as_ccxt_parses_it(
         venue_id: str, channel: Channel, monkeypatch: pytest.MonkeyPatch) -> None:
     case = served_case(venue_id, channel)
     outcome = await assert_decoder_matches_ccxt(case, monkeypatch)
-    assert outcome.claimed + outcome.declined == len(case.frames)
+    assert outcome.claimed + outcome.declined == len(case.frames) + len(case.probe_only)
     assert outcome.claimed > 0 and outcome.stored > 0
+
+
+@pytest.mark.asyncio
+async def test_every_frame_of_krakens_v1_recording_is_left_to_ccxt(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # The file's frames are websocket v1 (arrays, v1 events), which ccxt's v2 client does not
+    # parse: every decoder declines each, and ccxt's path and the fast one store nothing alike.
+    for case in recording_cases("kraken", KRAKEN_RECORDED, is_book=lambda text: True):
+        outcome = await assert_decoder_matches_ccxt(case, monkeypatch)
+        assert outcome.claimed == 0 and outcome.stored == 0
+        assert outcome.declined == len(case.frames) + len(case.probe_only) > 4000
 
 
 # -- the replicas of ccxt's helpers, against ccxt's own ---------------------------------------
@@ -145,7 +158,8 @@ def test_the_derived_opens_are_ccxts_precise_arithmetic_to_the_bit(close: str, c
     assert _ccxt(lambda: ccxt_parse.open_from_change(close, change)) == expected
     for ours, theirs in ((ccxt_parse.precise_add, Precise.string_add),
                          (ccxt_parse.precise_sub, Precise.string_sub),
-                         (ccxt_parse.precise_div, Precise.string_div)):
+                         (ccxt_parse.precise_div, Precise.string_div),
+                         (ccxt_parse.precise_mul, Precise.string_mul)):
         assert _ccxt(lambda o=ours: o(close, change)) == _ccxt(lambda t=theirs: t(close, change))
 
 
@@ -501,6 +515,33 @@ async def test_synthetic_faulty_and_odd_frames_decode_as_ccxt_parses_them(
     outcome = await assert_decoder_matches_ccxt(case, monkeypatch)
     assert outcome.claimed >= 40  # the emulator's own frames are the decoder's
     assert outcome.declined > 0 and outcome.drops  # faults reached ccxt's counts, or the decoder's
+
+
+def _okx_trade(trade_id: int, count: int) -> str:
+    return json.dumps({"arg": {"channel": "trades", "instId": "BTC-USDT"}, "data": [{
+        "instId": "BTC-USDT", "tradeId": str(trade_id), "px": "65000.5", "sz": "0.01",
+        "side": "buy", "ts": str(1_786_309_475_345 + trade_id), "count": str(count)}]})
+
+
+@pytest.mark.asyncio
+async def test_okx_aggregated_trades_are_claimed_with_their_span(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # OKX's tradeId is an aggregate's last fill and count its fills: 103 with count 3 follows
+    # 100 without a gap, 110 with count 2 (109-110) leaves 105-108 missing. The decoder claims every row
+    # with its span, and the trade path counts the same gaps as ccxt's (Venue.trade_id_span).
+    frames = tuple(_okx_trade(i, c) for i, c in ((100, 1), (103, 3), (104, 1), (110, 2)))
+    sink = RecordingSink()
+    decoder = venue("okx").decoders[Channel.TRADES](DecoderContext(
+        url="ws://x/", markets_by_id=_MARKETS["okx"], options={},
+        raw_fields=venue("okx").raw_numeric_fields))
+    assert decoder is not None
+    assert all(decoder.decode(frame, FIXED_MS, sink) for frame in frames)
+    assert [item[3] for item in sink.out] == [1, 3, 1, 2]
+    case = Case("okx", Channel.TRADES, WS_PATH["okx"], frames, ("BTC/USDT",), "count-span",
+                replay=False)
+    outcome = await assert_decoder_matches_ccxt(case, monkeypatch)
+    assert outcome.claimed == len(frames) and outcome.stored == len(frames)
+    assert outcome.counters["gaps"] == 1 and outcome.counters["missing"] == 4
 
 
 # -- end to end ---------------------------------------------------------------------------------
