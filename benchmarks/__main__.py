@@ -5,10 +5,11 @@ Usage::
     python -m benchmarks [--smoke] [--out BENCHMARKS.md] [--only ingest,latency,...]
                          [--venues bybit,okx,...]
 
-The full run takes about twenty-five minutes on an otherwise idle 2-core machine, some eight
+The full run takes about fifty minutes on an otherwise idle 2-core machine, some eight
 of them the five venues' ticker runs and five or six the persistence section, plus three or
-four for trades, books and bars (the ingest searches' length depends on where the lossless
-rates lie); ``--smoke`` runs tiny sizes in
+four for trades, books and bars, three or four for the ingest section's ``--decoder ccxt``
+search, two for the decoders and three or four for the ingestion workers (the searches'
+length depends on where the lossless rates lie); ``--smoke`` runs tiny sizes in
 about two and a half minutes to prove the harness works
 (its figures mean nothing). ``--venues`` runs only those venues' ticker measurements of the
 ingest section (about a minute and a half each), without its Binance bidask search, and no
@@ -54,7 +55,6 @@ __all__ = ["MEASUREMENTS", "main"]
 
 MEASUREMENTS: dict[str, tuple[str, Callable[..., Section]]] = {
     "ingest": ("Ingest: lossless rate through real ccxt", ingest.measure),
-    "decoders": ("Decoders: CPU per frame, --decoder fast vs ccxt", decoders.measure),
     "latency": ("Query latency: DoGet latest=N round trips", latency.measure),
     "concurrency": ("Concurrency: latest=100 requests/s while ingesting", concurrency.measure),
     "bulk": ("Bulk range pull", bulk.measure),
@@ -66,6 +66,7 @@ MEASUREMENTS: dict[str, tuple[str, Callable[..., Section]]] = {
     "channels": ("Trades, books and bars", channels.measure),
     "sql": ("Flight SQL through ADBC", sql.measure),
     "peer": ("Side by side with cryptofeed: lossless ingest", peer.measure),
+    "decoders": ("Decoders: CPU per frame, --decoder fast vs ccxt", decoders.measure),
     "workers": ("Ingestion workers: total lossless rate with --ingest-workers N",
                 workers.measure),
 }

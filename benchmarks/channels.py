@@ -62,7 +62,6 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-import psutil
 import pyarrow as pa
 from pyarrow import flight
 
@@ -71,18 +70,20 @@ from benchmarks.exchange import exchange
 from benchmarks.ingest import (
     TOLERANCE,
     lossless_rate,
-    next_rate,
+    sample_window,
+    search,
+    serve_rig,
     shortfalls,
-    slope,
 )
+from benchmarks.ingest import _CeilingRig as IngestCeilingRig
 from benchmarks.process import Child, serve, wait_until
-from benchmarks.report import Goal, Section, Table, median, percentile, ratio, show
+from benchmarks.report import Goal, Section, Table, median, percentile, ratio, run_parts, show
 from benchmarks.settings import Settings
 from benchmarks.sink import sink
 from flight_md.core.decode import DecoderKind
 
 __all__ = ["ChannelSizes", "TradeRun", "bars_table", "duckdb_over", "measure", "sizes",
-           "trades_table"]
+           "trade_run", "trades_table"]
 
 GOAL_CEILING_FRACTION = 0.7
 GOAL_TRADE_BYTES = 64.0
@@ -256,13 +257,10 @@ def _capture(sent: Mapping[str, int], held: Mapping[str, Mapping[str, Any]],
     return out[:3] + ([f"and {len(out) - 3} more symbols"] if len(out) > 3 else [])
 
 
-def _cpu(pid: int) -> float:
-    times = psutil.Process(pid).cpu_times()
-    return float(times.user + times.system)
-
-
-def _trade_run(rate: int, settings: Settings, size: ChannelSizes, *,
-               memory_only: bool = False, decoder: str = DecoderKind.FAST.value) -> TradeRun:
+def trade_run(rate: int, settings: Settings, size: ChannelSizes, *,
+              memory_only: bool = False, decoder: str = DecoderKind.FAST.value) -> TradeRun:
+    """One trades run of flight_md (Binance trades, a ``MarketDataApp``): the ingest
+    section's window and rule, plus capture checked by trade id."""
     names = ticks.venue_symbols(VENUE, size.symbols)
     # Every trade of the run stays in its ring, so that capture can be checked by id.
     budget = int(rate * (settings.ingest_seconds + settings.ingest_warmup + 30) / size.symbols)
@@ -279,100 +277,48 @@ def _trade_run(rate: int, settings: Settings, size: ChannelSizes, *,
                           60.0, 0.2):
             raise RuntimeError(f"trades of {size.symbols} symbols did not flow in 60 s")
         time.sleep(settings.ingest_warmup)
-        samples: list[tuple[float, int, int]] = []
-        cpu0 = _cpu(server.pid)
-        end = time.perf_counter() + settings.ingest_seconds
-        while True:
-            now = time.perf_counter()
-            samples.append((now, sent(), stored()))
-            if now >= end:
-                break
-            time.sleep(max(0.0, min(settings.ingest_sample_s, end - time.perf_counter())))
-        cpu1 = _cpu(server.pid)
+        window = sample_window(sent, stored, seconds=settings.ingest_seconds,
+                               every=settings.ingest_sample_s, pids=(server.pid,))
         final = emulator.call("stall")
         total = sum(final["by_channel"].values())
         wait_until(lambda: stored() >= total, DRAIN_TIMEOUT_S, 0.1)
         per_market = final["per_symbol"].get(TRADE_STREAM, {})
         failures = _capture(per_market, server.call("ids"), names)
         stored_total = stored()
-    (t0, sent0, stored0), (t1, sent1, stored1) = samples[0], samples[-1]
-    elapsed = t1 - t0
-    return TradeRun(rate, (sent1 - sent0) / elapsed, (stored1 - stored0) / elapsed,
-                    slope([(t - t0, s - k) for t, s, k in samples]), total, stored_total,
-                    tuple(failures), (cpu1 - cpu0) / max(stored1 - stored0, 1) * 1e6,
-                    100.0 * (cpu1 - cpu0) / elapsed)
+    return TradeRun(rate, window.delivered_per_s, window.stored_per_s, window.backlog_per_s,
+                    total, stored_total, tuple(failures), window.cpu_s[0] / window.stored * 1e6,
+                    100.0 * window.cpu_s[0] / window.seconds)
 
 
 def _search(settings: Settings, size: ChannelSizes) -> tuple[dict[int, bool], list[TradeRun]]:
-    kept_up: dict[int, bool] = {}
     runs: list[TradeRun] = []
-    probe: int | None = None
-    pending = list(size.rates)
-    for step in range(len(pending) + size.search_steps):
-        if pending:
-            probe = pending.pop(0)
-        else:
-            probe = next_rate(kept_up, max_rate=size.max_rate,
-                              resolution=settings.ingest_resolution)
-            if probe is None:
-                break
-        run = _trade_run(probe, settings, size)
-        print(f"channels: trades at {probe:,}/s: "
-              f"{'kept up' if run.kept_up else '; '.join(run.shortfalls)} (run {step + 1})",
+
+    def probe(rate: int) -> bool:
+        run = trade_run(rate, settings, size)
+        print(f"channels: trades at {rate:,}/s: "
+              f"{'kept up' if run.kept_up else '; '.join(run.shortfalls)} (run {len(runs) + 1})",
               flush=True)
         runs.append(run)
-        kept_up[probe] = run.kept_up
+        return run.kept_up
+
+    kept_up = search(probe, rates=size.rates, steps=size.search_steps, max_rate=size.max_rate,
+                     resolution=settings.ingest_resolution)
     return kept_up, runs
 
 
 # -- the trade-parse ceiling (child) ----------------------------------------------------------
 
 
-class _CeilingRig:
-    """A silent in-process emulator, a subscribed ``MarketDataStream(channel="trades")``
-    and a plain ccxt client, on an event loop of their own thread."""
+class _CeilingRig(IngestCeilingRig):
+    """The ingest ceiling's rig on Binance's ``trades`` channel: a silent in-process
+    emulator, a subscribed ``MarketDataStream(channel="trades")`` and a plain ccxt client,
+    on an event loop of their own thread; fresh trades every run."""
 
-    def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, name="ceiling-loop",
-                                       daemon=True)
-        self.thread.start()
-        self.state: dict[str, Any] = {}
-
-    def call(self, coroutine: Any, timeout: float) -> Any:
-        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout)
-
-    async def prepare(self, symbols: int, rows: int) -> dict[str, Any]:
-        import ccxt.pro as ccxt_pro
-
-        from benchmarks.ingest import _Capture, _ccxt_config
-        from flight_md.buffer import MarketDataBuffer
-        from flight_md.emulator import Emulator
-        from flight_md.ingest.stream import MarketDataStream
-
-        names = ticks.venue_symbols(VENUE, symbols)
-        capture = _Capture(VENUE)
-        capture.install()
-        emulator = Emulator(exchange=VENUE, symbols=tuple(names), rate=0)
-        await emulator.start()
-        buffer = MarketDataBuffer(max(rows // symbols + 1, 1_000), channel="trades")
-        stream = MarketDataStream(VENUE, buffer=buffer, channel="trades", mode="websocket",
-                                  url=emulator.url, heartbeat_interval=60.0)
-        plain = getattr(ccxt_pro, VENUE)(_ccxt_config(VENUE, emulator.url))
-        self.state = {"emulator": emulator, "stream": stream, "plain": plain,
-                      "buffer": buffer, "capture": capture, "names": names}
-        await stream.connect()
-        await stream.subscribe(names)
-        await plain.load_markets()
-        for _ in range(600):
-            if emulator.stats.subscriptions >= len(names):
-                break
-            await asyncio.sleep(0.05)
-        else:
-            raise RuntimeError(f"the stream did not subscribe {len(names)} symbols in 30 s")
-        await asyncio.sleep(0.3)
-        capture.uninstall()
-        return {"plan": capture.plan()}
+    async def prepare(self, symbols: int, rows: int,  # type: ignore[override]
+                      decoder: str = "fast", capacity: int | None = None,
+                      ) -> dict[str, Any]:
+        return await super().prepare(VENUE, symbols, "trades", decoder,
+                                     capacity or max(rows // symbols + 1, 1_000))
 
     async def run(self, frames: int, repetitions: int) -> dict[str, Any]:
         from aiohttp import WSMessage, WSMsgType
@@ -425,34 +371,8 @@ class _CeilingRig:
             await asyncio.sleep(0.05)  # let the watchers re-arm, as between live frames
         return {"hot_path": hot_path, "parse_only": parse_only}
 
-    async def close(self) -> None:
-        state, self.state = self.state, {}
-        if state:
-            state["capture"].uninstall()
-            await state["stream"].disconnect()
-            await state["plain"].close()
-            await state["emulator"].stop()
-
-
 def _ceiling_child(args: argparse.Namespace) -> None:
-    import ccxt.pro  # noqa: F401 - imported before the hello, not inside the timing
-
-    rig = _CeilingRig()
-
-    def prepare(symbols: int, rows: int) -> dict[str, Any]:
-        return dict(rig.call(rig.prepare(symbols, rows), 120.0))
-
-    def run(frames: int, repetitions: int) -> dict[str, Any]:
-        return dict(rig.call(rig.run(frames, repetitions), 600.0))
-
-    def stop() -> None:
-        try:
-            rig.call(rig.close(), 30.0)
-        finally:
-            rig.loop.call_soon_threadsafe(rig.loop.stop)
-            rig.thread.join(5)
-
-    serve({"ready": True}, {"prepare": prepare, "run": run}, args.max_seconds, on_exit=stop)
+    serve_rig(_CeilingRig(), args.max_seconds)
 
 
 @dataclass(frozen=True, slots=True)
@@ -796,49 +716,16 @@ class _TradeTail:
 def _raw_child(args: argparse.Namespace) -> None:
     """A raw aiohttp websocket client of the emulator's ``<symbol>@trade`` streams: (trade
     id, trade time ms, arrival ns) per trade; no ccxt, no store, no Flight."""
-    import json
+    from benchmarks.freshness import raw_client
 
-    import aiohttp
+    def trade(frame: Any, now: int) -> tuple[int, int, int] | None:
+        if isinstance(frame, dict) and frame.get("e") == "trade":
+            return (int(frame["t"]), int(frame["T"]), now)
+        return None
 
-    streams = [f"{s.replace('/', '').lower()}@{TRADE_STREAM}"
-               for s in ticks.venue_symbols(VENUE, args.symbols)]
-    got: list[tuple[int, int, int]] = []
-    state: dict[str, Any] = {"error": None}
-    lock = threading.Lock()
-    subscribed = threading.Event()
-    loop = asyncio.new_event_loop()
-
-    async def run() -> None:
-        try:
-            async with aiohttp.ClientSession() as session, \
-                    session.ws_connect(args.url.replace("http://", "ws://") + "/ws") as ws:
-                await ws.send_str(json.dumps({"method": "SUBSCRIBE", "params": streams, "id": 1}))
-                subscribed.set()
-                async for message in ws:
-                    now = time.time_ns()
-                    frame = json.loads(message.data)
-                    if isinstance(frame, dict) and frame.get("e") == "trade":
-                        with lock:
-                            got.append((int(frame["t"]), int(frame["T"]), now))
-        except Exception as exc:  # noqa: BLE001 - reported through "take"
-            state["error"] = repr(exc)
-            subscribed.set()
-
-    thread = threading.Thread(target=loop.run_forever, daemon=True, name="raw-loop")
-    thread.start()
-    task = asyncio.run_coroutine_threadsafe(run(), loop)
-    subscribed.wait(30)
-
-    def take() -> dict[str, Any]:
-        with lock:
-            return {"entries": got[:], "error": state["error"]}
-
-    def close() -> None:
-        task.cancel()
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(5)
-
-    serve({"ready": True}, {"take": take}, args.max_seconds, on_exit=close)
+    raw_client(args.url, [f"{s.replace('/', '').lower()}@{TRADE_STREAM}"
+                          for s in ticks.venue_symbols(VENUE, args.symbols)], trade,
+               args.max_seconds)
 
 
 def _freshness(settings: Settings, section: Section) -> None:
@@ -972,19 +859,10 @@ subscribed to the same `@trade` streams straight from the emulator (no ccxt, no 
 Flight), trade time -> its arrival over the same window. Every trade the ring holds must reach
 its tail once.
 """)
-    import traceback
-
-    for name, part in (("trades ingest", _ingest), ("memory", _memory), ("bars", _bars),
-                       ("freshness", _freshness)):
-        try:
-            part(settings, section)
-        except Exception as exc:  # noqa: BLE001 - one failed part is reported, the rest run
-            text = traceback.format_exc(limit=8)
-            print(f"channels: {name} failed:\n{text}", flush=True)
-            section.notes.append(f"The {name} measurement failed: "
-                                 f"{type(exc).__name__}: {str(exc).splitlines()[-1:]}")
-            section.error = (section.error or "") + f"{name}:\n{text}\n"
-    return section
+    parts = (("trades ingest", _ingest), ("memory", _memory), ("bars", _bars),
+             ("freshness", _freshness))
+    return run_parts(section, [(name, partial(part, settings, section)) for name, part in parts],
+                     log="channels")
 
 
 def _main(argv: Sequence[str] | None = None) -> None:

@@ -33,7 +33,7 @@ import json
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from typing import Any
@@ -50,7 +50,7 @@ from benchmarks.servers import flight_md_server
 from benchmarks.settings import Settings
 
 __all__ = ["GOAL_P99_MS", "GOAL_RATE", "GOAL_TAILS", "Judged", "Matching", "judge", "match",
-           "measure"]
+           "measure", "raw_client"]
 
 GOAL_P99_MS = 5.0
 GOAL_RATE = 5_000
@@ -205,10 +205,26 @@ class _Tail:
 
 
 def _raw_child(args: argparse.Namespace) -> None:
+    symbols = [s for s in args.symbols.split(",") if s]
+
+    def quote(frame: Any, now: int) -> Arrival | None:
+        if isinstance(frame, dict) and "s" in frame and "b" in frame:
+            return (frame["s"], now, float(frame["b"]), float(frame["a"]))
+        return None
+
+    raw_client(args.url, [f"{s.replace('/', '').lower()}@bookTicker" for s in symbols], quote,
+               args.max_seconds)
+
+
+def raw_client(url: str, streams: Sequence[str], entry: Callable[[Any, int], Any | None],
+               max_seconds: float) -> None:
+    """Serve a raw aiohttp websocket client of the Binance emulator at ``url`` (no ccxt, no
+    store, no Flight) subscribed to ``streams``: ``entry(frame, arrival ns)`` of each JSON
+    frame, where not ``None``, is kept until ``take`` (which hands them over) and counted by
+    ``count``. The hello says when it subscribed (``subscribed_ns``)."""
     import aiohttp
 
-    symbols = [s for s in args.symbols.split(",") if s]
-    arrivals: list[Arrival] = []
+    arrivals: list[Any] = []
     lock = threading.Lock()
     state: dict[str, Any] = {"subscribed_ns": 0, "error": None}
     subscribed = threading.Event()
@@ -216,12 +232,12 @@ def _raw_child(args: argparse.Namespace) -> None:
     stop = asyncio.Event()
 
     async def run() -> None:
-        ws_url = args.url.replace("http://", "ws://") + "/ws"
-        streams = [f"{s.replace('/', '').lower()}@bookTicker" for s in symbols]
+        ws_url = url.replace("http://", "ws://") + "/ws"
         try:
             async with aiohttp.ClientSession() as session, session.ws_connect(ws_url) as ws:
                 state["subscribed_ns"] = time.time_ns()
-                await ws.send_str(json.dumps({"method": "SUBSCRIBE", "params": streams, "id": 1}))
+                await ws.send_str(json.dumps({"method": "SUBSCRIBE", "params": list(streams),
+                                              "id": 1}))
                 subscribed.set()
                 receive = asyncio.ensure_future(ws.receive())
                 halt = asyncio.ensure_future(stop.wait())
@@ -235,11 +251,10 @@ def _raw_child(args: argparse.Namespace) -> None:
                     now = time.time_ns()
                     if message.type != aiohttp.WSMsgType.TEXT:
                         raise ConnectionError(f"websocket ended: {message.type!r}")
-                    frame = json.loads(message.data)
-                    if isinstance(frame, dict) and "s" in frame and "b" in frame:
+                    kept = entry(json.loads(message.data), now)
+                    if kept is not None:
                         with lock:
-                            arrivals.append((frame["s"], now, float(frame["b"]),
-                                             float(frame["a"])))
+                            arrivals.append(kept)
                     receive = asyncio.ensure_future(ws.receive())
         except Exception as exc:  # noqa: BLE001 - reported through "take"
             state["error"] = repr(exc)
@@ -270,7 +285,7 @@ def _raw_child(args: argparse.Namespace) -> None:
         thread.join(5)
 
     serve({"subscribed_ns": state["subscribed_ns"]}, {"take": take, "count": count},
-          args.max_seconds, on_exit=close)
+          max_seconds, on_exit=close)
 
 
 # -- one server session ------------------------------------------------------------------------

@@ -75,9 +75,9 @@ from benchmarks.servers import flight_md_server
 from benchmarks.settings import Settings
 from benchmarks.sink import sink
 
-__all__ = ["TOLERANCE", "Ceiling", "Run", "VenueResult", "lossless_rate", "measure",
-           "measure_venue", "next_rate", "parse_ceiling", "selected_venues", "shortfalls",
-           "slope"]
+__all__ = ["TOLERANCE", "Ceiling", "Run", "VenueResult", "Window", "lossless_rate", "measure",
+           "measure_venue", "next_rate", "one_run", "parse_ceiling", "run_of", "sample_window",
+           "search", "selected_venues", "serve_rig", "shortfalls", "slope"]
 
 GOAL_CEILING_FRACTION = 0.7
 GOAL_CCXT_FRACTION = 0.8
@@ -307,8 +307,81 @@ def _cpu(pid: int) -> float:
     return float(times.user + times.system)
 
 
-def _one(design: str, channel: str, rate: int, symbols: int, settings: Settings,
-         venue: str = "binance", server: Mapping[str, Any] | None = None) -> Run:
+@dataclass(frozen=True, slots=True)
+class Window:
+    """The measured window of one run: ``(time, sent, stored)`` samples and the CPU seconds
+    each watched process spent in it."""
+
+    samples: Sequence[tuple[float, int, int]]
+    cpu_s: Sequence[float]
+
+    @property
+    def seconds(self) -> float:
+        return self.samples[-1][0] - self.samples[0][0]
+
+    @property
+    def delivered_per_s(self) -> float:
+        return (self.samples[-1][1] - self.samples[0][1]) / self.seconds
+
+    @property
+    def stored(self) -> int:
+        """Stored in the window (at least 1, a divisor)."""
+        return max(self.samples[-1][2] - self.samples[0][2], 1)
+
+    @property
+    def stored_per_s(self) -> float:
+        return (self.samples[-1][2] - self.samples[0][2]) / self.seconds
+
+    @property
+    def backlog_per_s(self) -> float:
+        t0 = self.samples[0][0]
+        return slope([(t - t0, sent - stored) for t, sent, stored in self.samples])
+
+    @property
+    def backlog_end(self) -> int:
+        return self.samples[-1][1] - self.samples[-1][2]
+
+    @property
+    def sent_end(self) -> int:
+        return self.samples[-1][1]
+
+    @property
+    def stored_end(self) -> int:
+        return self.samples[-1][2]
+
+
+def sample_window(sent: Callable[[], int], stored: Callable[[], int], *, seconds: float,
+                  every: float, pids: Sequence[int]) -> Window:
+    """Sample ``sent`` and ``stored`` every ``every`` s for ``seconds``, and the CPU time of
+    ``pids`` over the same window (the consumer first, then e.g. the emulator)."""
+    samples: list[tuple[float, int, int]] = []
+    cpu0 = [_cpu(pid) for pid in pids]
+    end = time.perf_counter() + seconds
+    while True:
+        now = time.perf_counter()
+        # Same order every time: a constant skew between the two counters moves the
+        # backlog, never its slope.
+        samples.append((now, sent(), stored()))
+        if now >= end:
+            break
+        time.sleep(max(0.0, min(every, end - time.perf_counter())))
+    return Window(samples, [_cpu(pid) - c for pid, c in zip(pids, cpu0, strict=True)])
+
+
+def run_of(design: str, channel: str, rate: int, symbols: int, window: Window, final: int,
+           stored_total: int, venue: str = "binance", decoder: str = "fast") -> Run:
+    """A :class:`Run` of the window's figures (the consumer's CPU is ``window.cpu_s[0]``,
+    the emulator's ``[1]``)."""
+    elapsed = window.seconds
+    return Run(design, channel, rate, symbols, elapsed, window.delivered_per_s,
+               window.stored_per_s, window.backlog_per_s, window.backlog_end, final,
+               stored_total, window.cpu_s[0] / window.stored * 1e6,
+               100.0 * window.cpu_s[0] / elapsed, 100.0 * window.cpu_s[1] / elapsed, venue,
+               decoder)
+
+
+def one_run(design: str, channel: str, rate: int, symbols: int, settings: Settings,
+            venue: str = "binance", server: Mapping[str, Any] | None = None) -> Run:
     """One run; ``server``: options of :func:`~benchmarks.servers.flight_md_server` (e.g.
     ``memory_only``) for the flight_md design (default: the server's defaults)."""
     with exchange(symbols=symbols, rate=rate, venue=venue) as emulator:
@@ -346,19 +419,9 @@ def _one(design: str, channel: str, rate: int, symbols: int, settings: Settings,
             if not wait_until(flowing, 60.0, 0.2):
                 raise RuntimeError(f"{design}: ingestion did not reach {symbols} symbols in 60 s")
             time.sleep(settings.ingest_warmup)
-            emu_pid = emulator.hello["pid"]
-            samples: list[tuple[float, int, int]] = []  # (time, sent, stored)
-            cpu0, emu_cpu0 = _cpu(consumer.pid), _cpu(emu_pid)
-            end = time.perf_counter() + settings.ingest_seconds
-            while True:
-                now = time.perf_counter()
-                # Same order every time: a constant skew between the two counters moves
-                # the backlog, never its slope.
-                samples.append((now, sent(), stored()))
-                if now >= end:
-                    break
-                time.sleep(max(0.0, min(settings.ingest_sample_s, end - time.perf_counter())))
-            cpu1, emu_cpu1 = _cpu(consumer.pid), _cpu(emu_pid)
+            window = sample_window(sent, stored, seconds=settings.ingest_seconds,
+                                   every=settings.ingest_sample_s,
+                                   pids=(consumer.pid, emulator.hello["pid"]))
             final = sum(emulator.call("stall")["by_channel"].values())
             last = [stored(), time.perf_counter()]
 
@@ -372,15 +435,9 @@ def _one(design: str, channel: str, rate: int, symbols: int, settings: Settings,
 
             wait_until(drained, DRAIN_TIMEOUT_S, 0.1)
             stored_total = stored()
-    (t0, sent0, stored0), (t1, sent1, stored1) = samples[0], samples[-1]
-    elapsed = t1 - t0
-    window = max(stored1 - stored0, 1)
-    return Run(design, channel, rate, symbols, elapsed, (sent1 - sent0) / elapsed,
-               (stored1 - stored0) / elapsed,
-               slope([(t - t0, s - k) for t, s, k in samples]), sent1 - stored1, final,
-               stored_total, (cpu1 - cpu0) / window * 1e6, 100.0 * (cpu1 - cpu0) / elapsed,
-               100.0 * (emu_cpu1 - emu_cpu0) / elapsed, venue,
-               str((server or {}).get("decoder", "fast")) if design == "flight_md" else "ccxt")
+    return run_of(design, channel, rate, symbols, window, final, stored_total, venue,
+                  str((server or {}).get("decoder", "fast")) if design == "flight_md"
+                  else "ccxt")
 
 
 # -- the product's parse ceiling ---------------------------------------------------------------
@@ -502,7 +559,9 @@ class _CeilingRig:
         return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout)
 
     async def prepare(self, venue_id: str, symbols: int, channel: str,
-                      decoder: str = "fast") -> dict[str, Any]:
+                      decoder: str = "fast", capacity: int | None = None) -> dict[str, Any]:
+        """Subscribe a stream of ``venue_id``'s ``channel`` (its rings ``capacity`` rows;
+        default: the buffer's) to ``symbols`` symbols of a silent emulator."""
         import ccxt.pro as ccxt_pro
 
         from flight_md.buffer import MarketDataBuffer
@@ -517,7 +576,8 @@ class _CeilingRig:
         # subscribe (and sends the venue's snapshot on subscribe, where it has one).
         emulator = Emulator(exchange=venue_id, symbols=tuple(names), rate=0)
         await emulator.start()
-        buffer = MarketDataBuffer()
+        buffer = (MarketDataBuffer() if capacity is None
+                  else MarketDataBuffer(capacity, channel=channel))
         stream = MarketDataStream(venue_id, buffer=buffer, channel=channel, mode="websocket",
                                   url=emulator.url, heartbeat_interval=60.0, decoder=decoder)
         plain = getattr(ccxt_pro, venue_id)(_ccxt_config(venue_id, emulator.url))
@@ -608,13 +668,13 @@ class _CeilingRig:
             await state["emulator"].stop()
 
 
-def _ceiling_child(args: argparse.Namespace) -> None:
+def serve_rig(rig: Any, max_seconds: float) -> None:
+    """Serve a ceiling rig's ``prepare`` (its own keyword arguments) and ``run`` requests on
+    its loop, closing it on exit (this ceiling child's and the trades section's)."""
     import ccxt.pro  # noqa: F401 - imported before the hello, not inside the timing
 
-    rig = _CeilingRig()
-
-    def prepare(venue: str, symbols: int, channel: str, decoder: str = "fast") -> dict[str, Any]:
-        return dict(rig.call(rig.prepare(venue, symbols, channel, decoder), 120.0))
+    def prepare(**kwargs: Any) -> dict[str, Any]:
+        return dict(rig.call(rig.prepare(**kwargs), 120.0))
 
     def run(frames: int, repetitions: int) -> dict[str, Any]:
         return dict(rig.call(rig.run(frames, repetitions), 600.0))
@@ -626,7 +686,11 @@ def _ceiling_child(args: argparse.Namespace) -> None:
             rig.loop.call_soon_threadsafe(rig.loop.stop)
             rig.thread.join(5)
 
-    serve({"ready": True}, {"prepare": prepare, "run": run}, args.max_seconds, on_exit=stop)
+    serve({"ready": True}, {"prepare": prepare, "run": run}, max_seconds, on_exit=stop)
+
+
+def _ceiling_child(args: argparse.Namespace) -> None:
+    serve_rig(_CeilingRig(), args.max_seconds)
 
 
 @dataclass(frozen=True, slots=True)
@@ -669,7 +733,7 @@ def parse_ceiling(channel: str, symbols: int, rate: int, settings: Settings,
             drains.append(sink(url, symbols, _CHANNELS[channel]))
             drains[0].launch()
         measurer.start()
-        prepared = measurer.call("prepare", timeout=150, venue=venue, symbols=symbols,
+        prepared = measurer.call("prepare", timeout=150, venue_id=venue, symbols=symbols,
                                  channel=channel, decoder=decoder)
         if not legacy:
             drains += [sink(url, symbols, path=path, messages=messages)
@@ -706,22 +770,31 @@ def _search(symbols: int, settings: Settings, runs: list[Run], *, venue: str = "
     """Run flight_md at the fixed rates, then search; every run is appended to ``runs``.
 
     The defaults are the Binance bidask search's settings (``ingest_*``); ``server`` as for
-    :func:`_one`.
+    :func:`one_run`.
     """
+    def probe(rate: int) -> bool:
+        run = one_run("flight_md", channel, rate, symbols, settings, venue, server)
+        runs.append(run)
+        return run.kept_up
+
+    return search(probe, rates=settings.ingest_rates if rates is None else rates,
+                  steps=settings.ingest_search_steps if steps is None else steps,
+                  max_rate=settings.ingest_max_rate if max_rate is None else max_rate,
+                  resolution=settings.ingest_resolution)
+
+
+def search(probe: Callable[[int], bool], *, rates: Sequence[int], steps: int, max_rate: int,
+           resolution: float) -> dict[int, bool]:
+    """Whether each probed rate kept up: ``probe`` at the fixed ``rates``, then at most
+    ``steps`` more rates :func:`next_rate` asks for."""
     kept_up: dict[int, bool] = {}
-    for rate in settings.ingest_rates if rates is None else rates:
-        run = _one("flight_md", channel, rate, symbols, settings, venue, server)
-        runs.append(run)
-        kept_up[rate] = run.kept_up
-    for _ in range(settings.ingest_search_steps if steps is None else steps):
-        probe = next_rate(kept_up,
-                          max_rate=settings.ingest_max_rate if max_rate is None else max_rate,
-                          resolution=settings.ingest_resolution)
-        if probe is None:
+    for rate in rates:
+        kept_up[rate] = probe(rate)
+    for _ in range(steps):
+        rate_ = next_rate(kept_up, max_rate=max_rate, resolution=resolution)
+        if rate_ is None:
             break
-        run = _one("flight_md", channel, probe, symbols, settings, venue, server)
-        runs.append(run)
-        kept_up[probe] = run.kept_up
+        kept_up[rate_] = probe(rate_)
     return kept_up
 
 
@@ -766,7 +839,8 @@ def measure_venue(venue: str, settings: Settings) -> VenueResult:
                           rates=settings.venue_rates, steps=settings.venue_search_steps,
                           max_rate=settings.venue_max_rate)
         for rate in settings.venue_rates:
-            runs.append(_one("naive", "ticker", rate, settings.venue_symbols, settings, venue))
+            runs.append(one_run("naive", "ticker", rate, settings.venue_symbols, settings,
+                                venue))
         lossless = lossless_rate(kept_up)
         ceiling = parse_ceiling("ticker", settings.venue_symbols,
                                 lossless if lossless is not None else min(kept_up), settings,
@@ -870,7 +944,7 @@ def _binance_search(settings: Settings, section: Section) -> None:
     for symbols in settings.ingest_symbols:
         kept_up = _search(symbols, settings, runs)
         for rate in settings.ingest_rates:
-            runs.append(_one("naive", "bidask", rate, symbols, settings))
+            runs.append(one_run("naive", "bidask", rate, symbols, settings))
         lossless = lossless_rate(kept_up)
         found[symbols] = (kept_up, parse_ceiling("bidask", symbols, lossless or min(kept_up),
                                                  settings))
@@ -879,7 +953,7 @@ def _binance_search(settings: Settings, section: Section) -> None:
         symbols0 = settings.ingest_symbols[0]
         ticker_rate = settings.ingest_rates[0]
         for design in ("flight_md", "naive"):
-            runs.append(_one(design, "ticker", ticker_rate, symbols0, settings))
+            runs.append(one_run(design, "ticker", ticker_rate, symbols0, settings))
         ceilings.append(parse_ceiling("ticker", symbols0, ticker_rate, settings))
 
     ceiling_table = Table(("Channel", "Symbols", "Emulator competing at msg/s",
@@ -913,18 +987,10 @@ def _binance_search(settings: Settings, section: Section) -> None:
                     show(at.cpu_us_per_tick if at else None, "µs"),
                     show(1e6 / ceiling.hot_path if ceiling.hot_path else None, "µs"),
                     ", ".join(f"{r:,}" for r in naive) + " msg/s" if naive else "none")
-        section.goals.append(Goal.judge(
-            f"ingest.lossless.{symbols}",
-            f"Lossless (kept-up) ingest rate vs the product's parse ceiling, {symbols} symbols",
-            frac, ">=", GOAL_CEILING_FRACTION, "x",
-            target_note=show(GOAL_CEILING_FRACTION * ceiling.hot_path, "/s"),
-            measured_note=f"{lossless:,} msg/s" if lossless is not None else "none",
-            failures=() if lossless is not None else
-            [f"did not keep up at {min(kept_up):,} msg/s"]))
-        if not failed:
-            section.notes.append(
-                f"{symbols} symbols: flight_md kept up with every rate probed, up to "
-                f"{max(kept_up):,} msg/s (the search's cap): the lossless rate is at least that.")
+        _ceiling_goal(section, f"ingest.lossless.{symbols}",
+                      f"Lossless (kept-up) ingest rate vs the product's parse ceiling, "
+                      f"{symbols} symbols", kept_up, ceiling, GOAL_CEILING_FRACTION,
+                      f"{symbols} symbols")
     section.tables += [summary, table, ceiling_table]
     if settings.ingest_ccxt_decoder:
         _ccxt_decoder_search(settings, section, runs, table,
@@ -966,19 +1032,29 @@ def _ccxt_decoder_search(settings: Settings, section: Section, runs: list[Run], 
                     show(ceiling.hot_path, "/s"), show(frac, "x"),
                     _lossless_cell(fast.get(symbols, {})),
                     show(ratio(float(fast_rate), value) if fast_rate is not None else None, "x"))
-        section.goals.append(Goal.judge(
-            f"ingest.ccxt.{symbols}",
-            f"Lossless ingest rate with --decoder ccxt vs ccxt's parse ceiling, {symbols} symbols",
-            frac, ">=", GOAL_CCXT_FRACTION, "x",
-            target_note=show(GOAL_CCXT_FRACTION * ceiling.hot_path, "/s"),
-            measured_note=f"{lossless:,} msg/s" if lossless is not None else "none",
-            failures=() if lossless is not None else
-            [f"did not keep up at {min(kept_up):,} msg/s"]))
-        if not failed:
-            section.notes.append(
-                f"{symbols} symbols, --decoder ccxt: flight_md kept up with every rate probed, "
-                f"up to {max(kept_up):,} msg/s: the lossless rate is at least that.")
+        _ceiling_goal(section, f"ingest.ccxt.{symbols}",
+                      f"Lossless ingest rate with --decoder ccxt vs ccxt's parse ceiling, "
+                      f"{symbols} symbols", kept_up, ceiling, GOAL_CCXT_FRACTION,
+                      f"{symbols} symbols, --decoder ccxt")
     section.tables.append(summary)
+
+
+def _ceiling_goal(section: Section, key: str, what: str, kept_up: Mapping[int, bool],
+                  ceiling: Ceiling, fraction: float, who: str) -> None:
+    """The goal ``lossless rate >= fraction x ceiling``, and the note when no probed rate
+    failed (the lossless rate is then a lower bound)."""
+    lossless = lossless_rate(kept_up)
+    value = float(lossless) if lossless is not None else math.nan
+    section.goals.append(Goal.judge(
+        key, what, ratio(value, ceiling.hot_path), ">=", fraction, "x",
+        target_note=show(fraction * ceiling.hot_path, "/s"),
+        measured_note=f"{lossless:,} msg/s" if lossless is not None else "none",
+        failures=() if lossless is not None else
+        [f"did not keep up at {min(kept_up):,} msg/s"]))
+    if all(kept_up.values()):
+        section.notes.append(
+            f"{who}: flight_md kept up with every rate probed, up to {max(kept_up):,} msg/s "
+            "(the search's cap): the lossless rate is at least that.")
 
 
 def measure(settings: Settings) -> Section:

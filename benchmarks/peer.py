@@ -7,9 +7,9 @@ is not installed). Both ingest the same Binance spot emulator (own process,
 process at a time:
 
 flight_md
-    Bid/ask: :func:`benchmarks.ingest._one` (a ``MarketDataApp`` with its Flight server,
+    Bid/ask: :func:`benchmarks.ingest.one_run` (a ``MarketDataApp`` with its Flight server,
     ``watch_bids_asks`` on the ``bookTicker`` streams, default settings, persisting).
-    Trades: :func:`benchmarks.channels._trade_run` (the same app on the ``trades`` channel,
+    Trades: :func:`benchmarks.channels.trade_run` (the same app on the ``trades`` channel,
     ``<symbol>@trade`` streams; kept up also requires 100 % capture by trade id).
 cryptofeed
     A child process (:func:`_peer_child`) running cryptofeed's own ``FeedHandler`` in its
@@ -59,8 +59,6 @@ from enum import StrEnum
 from importlib import metadata
 from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import urlsplit
-
-import psutil
 
 from benchmarks.process import Child, serve, wait_until
 from benchmarks.report import Goal, Section, Table, median, ratio, show
@@ -242,18 +240,13 @@ class Probe:
         return not self.failures
 
 
-def _cpu(pid: int) -> float:
-    times = psutil.Process(pid).cpu_times()
-    return float(times.user + times.system)
-
-
 def _cryptofeed_run(channel: PeerChannel, rate: int, symbols: int, settings: Settings
                     ) -> tuple[Run, list[str]]:
     """One cryptofeed run: its figures as an ingest :class:`~benchmarks.ingest.Run` (the same
     window and counters as ingest's runs) and, for trades, why capture was not complete."""
     from benchmarks import ticks
     from benchmarks.exchange import exchange
-    from benchmarks.ingest import Run, slope
+    from benchmarks.ingest import run_of, sample_window
 
     names = ticks.venue_symbols("binance", symbols)
     with exchange(symbols=symbols, rate=rate) as emulator, \
@@ -274,16 +267,9 @@ def _cryptofeed_run(channel: PeerChannel, rate: int, symbols: int, settings: Set
             raise RuntimeError(f"cryptofeed: {symbols} symbols did not flow in 60 s "
                                f"(last error: {consumer.call('count')['error']})")
         time.sleep(settings.peer_warmup)
-        samples: list[tuple[float, int, int]] = []  # (time, sent, stored), as ingest's runs
-        cpu0, emu_cpu0 = _cpu(consumer.pid), _cpu(emulator.hello["pid"])
-        end = time.perf_counter() + settings.peer_seconds
-        while True:
-            now = time.perf_counter()
-            samples.append((now, sent(), stored()))
-            if now >= end:
-                break
-            time.sleep(max(0.0, min(settings.ingest_sample_s, end - time.perf_counter())))
-        cpu1, emu_cpu1 = _cpu(consumer.pid), _cpu(emulator.hello["pid"])
+        window = sample_window(sent, stored, seconds=settings.peer_seconds,
+                               every=settings.ingest_sample_s,
+                               pids=(consumer.pid, emulator.hello["pid"]))
         final = emulator.call("stall")
         total = sum(final["by_channel"].values())
         wait_until(lambda: stored() >= total, DRAIN_TIMEOUT_S, 0.1)
@@ -296,13 +282,7 @@ def _cryptofeed_run(channel: PeerChannel, rate: int, symbols: int, settings: Set
                      if got.get(s, 0) != want.get(s, 0)]
             failures = short[:3] + ([f"and {len(short) - 3} more symbols"] if len(short) > 3
                                     else [])
-    (t0, sent0, stored0), (t1, sent1, stored1) = samples[0], samples[-1]
-    elapsed = t1 - t0
-    run = Run(Design.CRYPTOFEED, str(channel), rate, symbols, elapsed, (sent1 - sent0) / elapsed,
-              (stored1 - stored0) / elapsed, slope([(t - t0, s - k) for t, s, k in samples]),
-              sent1 - stored1, total, stored_total,
-              (cpu1 - cpu0) / max(stored1 - stored0, 1) * 1e6, 100.0 * (cpu1 - cpu0) / elapsed,
-              100.0 * (emu_cpu1 - emu_cpu0) / elapsed)
+    run = run_of(Design.CRYPTOFEED, str(channel), rate, symbols, window, total, stored_total)
     return run, failures
 
 
@@ -315,10 +295,10 @@ def _window(settings: Settings) -> Settings:
 def measure_one(design: Design, channel: PeerChannel, rate: int, symbols: int,
                 settings: Settings, repetition: int = 1) -> Probe:
     """One run of ``design`` on ``channel`` at ``rate`` msg/s over ``symbols`` symbols."""
-    # Private functions, reused rather than copied: ingest's one bid/ask run and the trades
-    # section's one trades run of flight_md (the same emulator, window and rule).
-    from benchmarks.channels import _trade_run as flight_md_trades_run
-    from benchmarks.ingest import _one as flight_md_bidask_run
+    # Reused rather than copied: ingest's one bid/ask run and the trades section's one
+    # trades run of flight_md (the same emulator, window and rule).
+    from benchmarks.channels import trade_run as flight_md_trades_run
+    from benchmarks.ingest import one_run as flight_md_bidask_run
 
     if design is Design.CRYPTOFEED:
         run, capture = _cryptofeed_run(channel, rate, symbols, settings)

@@ -248,7 +248,7 @@ def _ingest(settings: Settings) -> IngestResult:
 
     def probe(which: int, rate: int) -> None:
         name, server = _DESIGNS[which]
-        run = ingest._one("flight_md", CHANNEL, rate, symbols, settings, VENUE, server)
+        run = ingest.one_run("flight_md", CHANNEL, rate, symbols, settings, VENUE, server)
         out.runs.append(dataclasses.replace(run, design=name))
         kept[which][rate] = run.kept_up
 
@@ -268,7 +268,7 @@ def _ingest(settings: Settings) -> IngestResult:
         both = [ingest.lossless_rate(k) for k in kept]
         sealed = min(r for r in both if r is not None) if any(both) else \
             min(settings.persist_rates)
-        run = ingest._one("flight_md", CHANNEL, sealed, symbols, settings, VENUE,
+        run = ingest.one_run("flight_md", CHANNEL, sealed, symbols, settings, VENUE,
                           {"seal_interval": 1.0})
         out.runs.append(dataclasses.replace(run, design="persisting, seal every 1 s"))
     return out

@@ -14,7 +14,8 @@ import platform
 import re
 import statistics
 import sys
-from collections.abc import Sequence
+import traceback
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib import metadata
@@ -37,6 +38,7 @@ __all__ = [
     "ratio",
     "render",
     "replace_block",
+    "run_parts",
     "show",
     "verdict",
 ]
@@ -140,6 +142,23 @@ class Section:
     error: str | None = None
     readme: dict[str, list[str]] = field(default_factory=dict)
     """Lines this section contributes to the README blocks (:data:`README_BLOCKS`)."""
+
+
+def run_parts(section: Section, parts: Sequence[tuple[str, Callable[[], object]]], *,
+              log: str) -> Section:
+    """Run each ``(name, part)`` of ``section`` in turn; a part that raises is reported in
+    the section (a note, its traceback in ``section.error``, on stdout after ``log``) and the
+    rest still run."""
+    for name, part in parts:
+        try:
+            part()
+        except Exception as exc:  # noqa: BLE001 - one failed part is reported, the rest run
+            text = traceback.format_exc(limit=8)
+            print(f"{log}: {name} failed:\n{text}", flush=True)
+            section.notes.append(f"The {name} measurement failed: "
+                                 f"{type(exc).__name__}: {str(exc).splitlines()[-1:]}")
+            section.error = (section.error or "") + f"{name}:\n{text}\n"
+    return section
 
 
 # -- statistics -------------------------------------------------------------------------------

@@ -53,7 +53,7 @@ from pyarrow import flight
 
 from benchmarks import ticks
 from benchmarks.process import Child, serve
-from benchmarks.report import Goal, Section, Table, median, percentile, ratio, show
+from benchmarks.report import Goal, Section, Table, median, percentile, ratio, run_parts, show
 from benchmarks.settings import Settings
 
 __all__ = ["BARS_SQL", "BULK_SQL", "LATEST_SQL", "SqlSizes", "baseline_bars_sql",
@@ -490,7 +490,6 @@ def _bars(settings: Settings, section: Section) -> None:
 
 def measure(settings: Settings) -> Section:
     """The three issue-14 measurements; one that fails is reported and the others still run."""
-    import traceback
 
     size = sizes(settings)
     section = Section(
@@ -524,16 +523,9 @@ baseline with `bars_1m`'s own open/close tie-break, `(timestamp, receive_timesta
 separates the view's semantics from the server's engine. Median of {size.repetitions} alternating
 repetitions.
 """)
-    for name, part in (("latest 100", _latest), ("1 M-row pull", _bulk), ("1m bars", _bars)):
-        try:
-            part(settings, section)
-        except Exception as exc:  # noqa: BLE001 - one failed part is reported, the rest run
-            text = traceback.format_exc(limit=8)
-            print(f"sql: {name} failed:\n{text}", flush=True)
-            section.notes.append(f"The {name} measurement failed: "
-                                 f"{type(exc).__name__}: {str(exc).splitlines()[-1:]}")
-            section.error = (section.error or "") + f"{name}:\n{text}\n"
-    return section
+    parts = (("latest 100", _latest), ("1 M-row pull", _bulk), ("1m bars", _bars))
+    return run_parts(section, [(name, partial(part, settings, section)) for name, part in parts],
+                     log="sql")
 
 
 def _main(argv: Sequence[str] | None = None) -> None:

@@ -11,6 +11,7 @@ BENCHMARKS.md, never asserted as a wall-clock limit.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import re
@@ -44,14 +45,15 @@ from benchmarks.report import (
     render,
     show,
 )
-from benchmarks.servers import FLIGHT_MD_IPC_OPTIONS, bare_table
+from benchmarks.servers import FLIGHT_MD_IPC_OPTIONS, bare_table, flight_md_server
 from benchmarks.settings import FULL, SMOKE
 from flight_md.buffer import MarketDataBuffer
 
 MS = float(os.environ.get("FLIGHT_MD_TIME_SCALE", "1"))
 SECTIONS = ("Ingest", "Query latency", "Concurrency", "Bulk range pull", "Freshness", "Memory",
             "Alternatives", "Buffer micro figures", "Persistence", "Trades, books and bars",
-            "Flight SQL through ADBC")
+            "Flight SQL through ADBC", "Side by side with cryptofeed", "Decoders",
+            "Ingestion workers")
 
 
 # -- reading a report back ---------------------------------------------------------------------
@@ -188,6 +190,29 @@ def _assert_ingest(text: str) -> None:
             row["Parse ceiling (hot path)"]
         assert ceiling[0]["Emulator competing at msg/s"] == (f"{best:,}" if best is not None
                                                              else f"{min(probed):,}")
+
+
+def _assert_decoders(text: str) -> None:
+    """Every measured hot channel's ratio is ccxt / fast of its printed medians."""
+    rows = _table(_section(text, "Decoders"), "fast µs/frame (median)", "ccxt / fast")
+    assert {row["Venue"] for row in rows} >= {"binance"}
+    for row in rows:
+        assert row["ccxt / fast"] != "n/a", row
+        _assert_ratio(row["ccxt / fast"], row["ccxt µs/frame (median)"],
+                      row["fast µs/frame (median)"], f"decoders {row['Venue']} {row['Channel']}")
+
+
+def _assert_workers(text: str) -> None:
+    """One summary row per worker count; each N's ratio is R(N) / (N x R(first))."""
+    rows = _table(_section(text, "Ingestion workers"), "--ingest-workers", "R(N) / (N x R(1))")
+    assert [int(row["--ingest-workers"]) for row in rows] == list(SMOKE.workers_counts)
+    base = _number(rows[0]["Lossless rate (kept up)"])
+    for row in rows:
+        n = int(row["--ingest-workers"])
+        if math.isfinite(base) and row["Lossless rate (kept up)"][0].isdigit():
+            got, want = _number(row["R(N) / (N x R(1))"]), _number(
+                row["Lossless rate (kept up)"]) / (n * base)
+            assert abs(got - want) <= 0.01 * want + 0.006, row
 
 
 def _assert_venues(text: str, venues: tuple[str, ...]) -> None:
@@ -330,6 +355,8 @@ def test_smoke_run_produces_every_section_with_consistent_verdicts(tmp_path: Pat
     _assert_ratios(text)
     _assert_persist(text)
     _assert_channels(text)
+    _assert_decoders(text)
+    _assert_workers(text)
     # The README quotes the goals table exactly as the report prints it.
     assert blocks(text)["goals"].splitlines() == _goal_lines(text)
 
@@ -543,11 +570,79 @@ def test_readme_quotes_the_committed_benchmarks() -> None:
     assert stale_blocks(bench, readme) == []
 
 
+def test_a_failed_part_of_a_section_is_reported_and_the_rest_still_run() -> None:
+    from benchmarks.report import run_parts
+
+    ran: list[str] = []
+
+    def broken() -> None:
+        raise RuntimeError("the emulator went away\nat 500 msg/s")
+
+    section = run_parts(Section("k", "T", ""), [("first", broken),
+                                                ("second", lambda: ran.append("second"))],
+                        log="test")
+    assert ran == ["second"]
+    assert section.notes == ["The first measurement failed: RuntimeError: ['at 500 msg/s']"]
+    assert section.error is not None and section.error.startswith("first:\n")
+
+
+def test_workers_scaling_is_judged_only_where_each_process_has_a_core() -> None:
+    from benchmarks.workers import GOAL_SCALING, judge_scaling
+
+    here = judge_scaling(2, 16_000, 1, 10_000, available=2)
+    assert here.met is None  # 2 cores: the emulator competes with the workers
+    assert here.measured.startswith("not measurable here: 2 cores, 4 needed (0.80x: ")
+    assert FAILURE_SEPARATOR not in here.measured
+    assert judge_scaling(2, 16_000, 1, 10_000, available=4).met is True
+    missed = judge_scaling(2, 12_000, 1, 10_000, available=16)
+    assert missed.met is False and missed.target == (
+        f">= {GOAL_SCALING:.2f}x, on a machine with 4 cores")
+    unknown = judge_scaling(2, None, 1, 10_000, available=16)
+    assert unknown.met is False and "a rate missing" in unknown.measured
+    bound = judge_scaling(2, 20_000, 1, 10_000, available=4, lower_bound=True)
+    assert bound.met is True and "a lower bound" in bound.measured
+
+
+def test_server_helpers_pass_the_decoder_and_the_workers() -> None:
+    from benchmarks import channels
+
+    child = flight_md_server(exchange_url="ws://127.0.0.1:9", memory_only=True,
+                             decoder="ccxt", ingest_workers=2)
+    assert child.args[child.args.index("--decoder") + 1] == "ccxt"
+    assert child.args[child.args.index("--ingest-workers") + 1] == "2"
+    default = flight_md_server(exchange_url="ws://127.0.0.1:9", memory_only=True)
+    assert default.args[default.args.index("--decoder") + 1] == "fast"
+    assert "--ingest-workers" not in default.args
+    trades = channels._server("ws://127.0.0.1:9", 3, 1_000, decoder="ccxt")
+    assert trades.args[trades.args.index("--decoder") + 1] == "ccxt"
+    with pytest.raises(ValueError, match="'cxt'"):
+        flight_md_server(exchange_url="ws://127.0.0.1:9", decoder="cxt")
+
+
+def test_decoder_cost_feeds_both_decoders_the_same_frames_into_the_ring() -> None:
+    """A real stream per decoder on a silent emulator; each batch stored one row a frame."""
+    from benchmarks import decoders
+    from flight_md.normalize import Channel
+    from flight_md.venues import emulated, venue
+
+    assert set(decoders.pairs()) == {(v, str(c)) for v in emulated()
+                                     for c in venue(v).decoders
+                                     if str(c) in ("bidask", "ticker", "trades")}
+    settings = dataclasses.replace(SMOKE, decoder_frames=100, decoder_repetitions=2)
+    # Trades: each repetition's frames must be fresh (a trade fed twice is dropped), and the
+    # smoke run covers the ticker-like channels.
+    cost = decoders.measure_pair("binance", str(Channel.TRADES), settings)
+    assert len(cost.fast_us) == len(cost.ccxt_us) == 2
+    assert all(x > 0 for x in (*cost.fast_us, *cost.ccxt_us))
+    assert math.isfinite(cost.ratio)
+
+
 def test_settings_measure_the_goals_cases() -> None:
     assert freshness.GOAL_RATE in FULL.freshness_rates
     assert FULL.freshness_follow == freshness.GOAL_TAILS
     assert FULL.freshness_symbols >= FULL.freshness_follow
     assert FULL.ingest_process_modes == (False, True)
+    assert FULL.workers_counts == (1, 2) and FULL.ingest_ccxt_decoder  # issue 15's N and goal
     assert SMOKE.smoke and not FULL.smoke
 
 
