@@ -389,7 +389,8 @@ def test_actions_with_ingestion(md_server_factory: Callable[..., Any]) -> None:
     binance = dict(result["exchanges"]["binance"])
     streams = binance.pop("channels")
     expected = {
-        "state": "connected", "mode": "websocket", "channel": "ticker", "reconnects": 2,
+        "state": "connected", "mode": "websocket", "channel": "ticker", "decoder": "ccxt",
+        "reconnects": 2,
         "symbols": ["BTC/USDT", "XRP/USDT"], "bad_frames": {"bad_json": 3},
         "callback_errors": 1, "last_error": "timeout", "last_error_ms": None,
         "clock_skew_ms": {"median": None, "p99": None, "samples": 0, "window_s": 0.0},
