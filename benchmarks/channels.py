@@ -314,6 +314,7 @@ class _CeilingRig(IngestCeilingRig):
     emulator, a subscribed ``MarketDataStream(channel="trades")`` and a plain ccxt client,
     on an event loop of their own thread; fresh trades every run."""
 
+    # The trades child's own request (symbols and rows): the venue and channel are fixed.
     async def prepare(self, symbols: int, rows: int,  # type: ignore[override]
                       decoder: str = "fast", capacity: int | None = None,
                       ) -> dict[str, Any]:

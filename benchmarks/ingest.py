@@ -1061,6 +1061,10 @@ def measure(settings: Settings) -> Section:
     """Lossless rate (kept up, by search) of flight_md; the naive loop; the parse ceiling:
     Binance's bidask search, then each selected venue's ticker channel."""
     venues = selected_venues(settings)
+    ccxt_search = (
+        "The Binance bid/ask search runs again with `--decoder ccxt` (ccxt parses every "
+        "frame), judged against ccxt's parse ceiling: the same hot path with `--decoder "
+        f"ccxt`; goal >= {GOAL_CCXT_FRACTION:g}x." if settings.ingest_ccxt_decoder else "")
     section = Section(
         "ingest", "Ingest: lossless rate through real ccxt",
         f"""
@@ -1104,6 +1108,9 @@ hot path of a real `MarketDataStream` of that venue ({settings.venue_ceiling_fra
 {settings.venue_ceiling_repetitions} repetitions), while its emulator sends at the lossless rate found to sinks that
 subscribe with the very control messages the stream sent. One goal per venue: its lossless
 ticker rate >= {GOAL_CEILING_FRACTION:g}x its own parse ceiling.
+
+**Decoders**: flight_md runs the default `--decoder fast` above (the venue's decoder reads the frames
+it claims), and so does the parse ceiling of those goals. {ccxt_search}
 """)
     if settings.ingest_binance_search:
         _binance_search(settings, section)
