@@ -131,13 +131,13 @@ def _emulated_feed(base_url: str) -> type[Any]:
     Raises:
         ValueError: If ``base_url`` is not a loopback ``http://host:port`` address.
     """
-    from cryptofeed.connection import RestEndpoint, Routes, WebsocketEndpoint
-    from cryptofeed.exchanges import Binance
-
     parts = urlsplit(base_url)
     if parts.scheme != "http" or parts.hostname not in _LOOPBACK or parts.port is None:
         raise ValueError(f"emulator url {base_url!r} is not a loopback http://host:port address")
     host = parts.netloc
+    # Imported once the address is known good: the check holds without the bench extra.
+    from cryptofeed.connection import RestEndpoint, Routes, WebsocketEndpoint
+    from cryptofeed.exchanges import Binance
 
     class EmulatedBinance(Binance):
         websocket_endpoints: ClassVar[list[Any]] = [WebsocketEndpoint(f"wss://{host}")]
