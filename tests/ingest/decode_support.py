@@ -50,7 +50,7 @@ from flight_md.ingest.stream import _ChannelStream
 from flight_md.normalize import Channel, DropReason, TradeFields
 from flight_md.venues import venue
 
-__all__ = ["BOOK_FRAMES_KEPT", "FIXED_MS", "Case", "Outcome", "RecordingSink",
+__all__ = ["BOOK_FRAMES_KEPT", "BOOK_FRAME_CHARS", "FIXED_MS", "Case", "Outcome", "RecordingSink",
            "assert_decoder_matches_ccxt", "emulator_frames", "load_markets", "mutations",
            "recording_cases", "split_books"]
 
@@ -164,12 +164,15 @@ def recorded(venue_id: str) -> list[tuple[str, str]]:
 
 BOOK_FRAMES_KEPT: Final = 8
 """Order-book frames of a case that go through both streams; the rest are ``probe_only``."""
+BOOK_FRAME_CHARS: Final = 4_000
+"""Longer order-book frames (snapshots: Coinbase's hold tens of thousands of levels, which
+ccxt's book code takes a second each to store) are ``probe_only`` too."""
 
 
 def split_books(frames: Sequence[str], is_book: Callable[[str], bool] | None
                 ) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """``(frames, probe_only)``: every frame in order but the order-book ones (``is_book``)
-    after the first :data:`BOOK_FRAMES_KEPT`, and those."""
+    after the first :data:`BOOK_FRAMES_KEPT` of at most :data:`BOOK_FRAME_CHARS`, and those."""
     if is_book is None:
         return tuple(frames), ()
     kept: list[str] = []
@@ -177,10 +180,10 @@ def split_books(frames: Sequence[str], is_book: Callable[[str], bool] | None
     books = 0
     for text in frames:
         if is_book(text):
-            books += 1
-            if books > BOOK_FRAMES_KEPT:
+            if books >= BOOK_FRAMES_KEPT or len(text) > BOOK_FRAME_CHARS:
                 probe.append(text)
                 continue
+            books += 1
         kept.append(text)
     return tuple(kept), tuple(probe)
 
