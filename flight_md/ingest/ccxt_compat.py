@@ -114,6 +114,14 @@ Assumptions (the name each check reports):
     Checked: ``handle_message`` reads ``message.type``, sets ``last_message_at`` and treats
     ``WSMsgType.TEXT`` (the source of the client class), and aiohttp's ``WSMsgType.TEXT``
     exists.
+``replicas``
+    The fast decoders reproduce some of ccxt's parsing functions digit for digit
+    (:mod:`flight_md.core.ccxt_parse`, each naming the ccxt 4.5.90 function it copies;
+    :data:`~flight_md.core.ccxt_parse.REPLICATED` holds a hash of each one's source). A later
+    4.5 patch that changes one of them would make a decoder's rows differ from ccxt's, so
+    :func:`changed_replicas` compares the installed sources, and a stream whose replicas no
+    longer match uses ccxt's parse (``decoder`` ``ccxt`` in its status) and logs one warning
+    naming the functions, instead of failing: ccxt's own path is still correct.
 ``logger``
     The ``logger`` constructor option replaces the logger ccxt writes request headers to (at
     DEBUG, with the API key): the stream gives it one whose records are redacted.
@@ -131,6 +139,8 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import hashlib
+import importlib
 import inspect
 import logging
 import re
@@ -144,6 +154,7 @@ import ccxt.pro as ccxt_pro
 from aiohttp import WSMsgType
 from ccxt.async_support.base.ws.cache import ArrayCache
 
+from flight_md.core.ccxt_parse import REPLICATED
 from flight_md.core.decode import DecodeSink, FrameDecoder
 from flight_md.errors import StartupError
 from flight_md.schema import now_ms
@@ -160,6 +171,7 @@ __all__ = [
     "attach",
     "attach_book",
     "attach_decoder",
+    "changed_replicas",
     "check",
     "close_clients",
     "close_idle_clients",
@@ -698,6 +710,24 @@ def check(exchange: Any, methods: ChannelMethods, *, websocket: bool,
         _method(base, name, 2, name)
     _method(base, "ws_dial_delay", 1, "ws_dial_delay")
     _check_client(exchange)
+
+
+def _source_digest(name: str) -> str:
+    module_name, class_name, attribute = name.rsplit(".", 2)
+    try:
+        owner = getattr(importlib.import_module(module_name), class_name)
+        return hashlib.sha256(inspect.getsource(getattr(owner, attribute)).encode()).hexdigest()[:16]
+    except (ImportError, AttributeError, TypeError, OSError):
+        return ""  # gone or unreadable: changed
+
+
+@functools.cache
+def changed_replicas(replicated: tuple[tuple[str, str], ...] | None = None) -> tuple[str, ...]:
+    """The ccxt functions :mod:`flight_md.core.ccxt_parse` copies whose installed source
+    differs from the one copied (``replicated``: ``(name, digest)`` pairs, by default
+    :data:`~flight_md.core.ccxt_parse.REPLICATED`'s); empty when every replica matches."""
+    pairs = tuple(REPLICATED.items()) if replicated is None else replicated
+    return tuple(name for name, digest in pairs if _source_digest(name) != digest)
 
 
 @functools.cache

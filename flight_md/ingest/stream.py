@@ -231,6 +231,13 @@ class _ChannelStream:
             if self.channel is Channel.BOOK:
                 self._attach_book(self._websocket)
         factory = self.venue.decoders.get(self.channel)
+        if factory is not None and self.decoder_asked is DecoderKind.FAST:
+            changed = ccxt_compat.changed_replicas()
+            if changed:  # ccxt's parse is still right; a decoder copying old code may not be
+                logger.warning("%s: the installed ccxt changed %s, which the fast decoders "
+                               "copy; ccxt parses the %s frames", self.exchange_id,
+                               ", ".join(changed), self.channel.value)
+                factory = None
         self.decoder = DecoderKind.FAST if (
             factory is not None and self._websocket is not None
             and self.decoder_asked is DecoderKind.FAST) else DecoderKind.CCXT

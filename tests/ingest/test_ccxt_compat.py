@@ -144,3 +144,32 @@ async def test_a_stream_on_an_incompatible_exchange_fails_loudly(how: str) -> No
             await stream.connect()
     finally:
         await stream.disconnect()
+
+
+def test_the_replicas_of_ccxt_functions_match_the_installed_ccxt() -> None:
+    assert ccxt_compat.changed_replicas() == ()
+    name = "ccxt.base.exchange.Exchange.safe_string"
+    assert ccxt_compat.changed_replicas(((name, "0" * 16),)) == (name,)
+    assert ccxt_compat.changed_replicas((("ccxt.base.exchange.Exchange.gone", "0" * 16),)) == (
+        "ccxt.base.exchange.Exchange.gone",)
+
+
+@pytest.mark.asyncio
+async def test_a_changed_replica_makes_the_stream_parse_with_ccxt(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A ccxt patch that changed a function the fast decoders copy: ccxt's parse is used."""
+    def changed() -> tuple[str, ...]:
+        return ("ccxt.base.exchange.Exchange.safe_string",)
+
+    monkeypatch.setattr(ccxt_compat, "changed_replicas", changed)  # flight_md's own check
+    stream = MarketDataStream("binance", url=UNREACHABLE, channel="bidask")
+    try:
+        assert [e.decoder for e in stream.status().exchanges] == ["ccxt"]
+    finally:
+        await stream.disconnect()
+    monkeypatch.undo()
+    stream = MarketDataStream("binance", url=UNREACHABLE, channel="bidask")
+    try:
+        assert [e.decoder for e in stream.status().exchanges] == ["fast"]
+    finally:
+        await stream.disconnect()
