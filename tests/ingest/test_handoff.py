@@ -7,6 +7,7 @@ process's store, live tails and journal hand-over reading what arrived.
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -150,3 +151,43 @@ def test_a_single_tick_of_a_quiet_stream_arrives_without_waiting_for_a_batch() -
             assert emu.sent("bookTicker", "BTC/USDT") - before <= table.num_rows + 1
     finally:
         emu.stop()
+
+
+def test_an_event_recorded_off_the_loop_follows_the_rows_before_it() -> None:
+    """The child's outbox takes no lock per row: it is the loop thread's alone, and an
+    event recorded on another thread is flushed and sent on the loop, its caller waiting
+    (a reply sent after it still follows it); with the loop stopped it is sent at once."""
+    from flight_md.events import EventKind
+    from flight_md.ingest.process import _ForwardingEvents, _ForwardingStore, _Outbox
+
+    sent: list[tuple[Any, ...]] = []
+    outbox = _Outbox(sent.append)
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    outbox.loop = loop
+    buffer = _ForwardingStore(outbox, 10).buffer("bidask")
+    events = _ForwardingEvents(sent.append, outbox)
+    row = (1_700_000_000_000, *[1.0] * (buffer.spec.width - 2), 1_700_000_000_001)
+    try:
+        appended = threading.Event()
+
+        def append() -> None:
+            buffer.append_row("binance", "BTC/USDT", row)
+            appended.set()
+
+        loop.call_soon_threadsafe(append)
+        assert appended.wait(5 * MS)
+        events.record("binance", EventKind.STALE, ("BTC/USDT",), "quiet")  # this thread
+        # Both sent before record returned, the row first (its flush had not run yet, or
+        # ran before the event's).
+        assert [m[0] for m in sent] == ["batch", "event"]
+        (channel, header, named, floats, _, _), = sent[0][1]
+        assert (channel, header, named) == ("bidask", [0, 1], [(0, "binance", "BTC/USDT")])
+        assert list(memoryview(floats).cast("d")) == [float(v) for v in row]
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(5 * MS)
+        loop.close()
+    events.record("binance", EventKind.STALE, ("BTC/USDT",), "after the loop")
+    assert [m[0] for m in sent] == ["batch", "event", "event"]
