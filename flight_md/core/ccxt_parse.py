@@ -394,8 +394,13 @@ def _div(left: _Precise, right: _Precise, precision: int = 18) -> _Precise | Non
 
 
 def _float(value: _Precise) -> float:
+    """``float()`` of the value's decimal text, as ccxt's ``parse_number`` reads it: correctly
+    rounded, and an infinity (not an error) beyond the float range."""
     integer, decimals = value
-    return integer / _pow10(decimals) if decimals > 0 else float(integer * _pow10(-decimals))
+    try:
+        return integer / _pow10(decimals) if decimals > 0 else float(integer * _pow10(-decimals))
+    except OverflowError:
+        return math.inf if integer > 0 else -math.inf
 
 
 _HUNDRED: Final = (100, 0)
