@@ -123,6 +123,20 @@ def _arg(message: Mapping[str, Any], channel: str, symbols: Markets) -> tuple[st
     return None if symbol is None else (inst_id, symbol)
 
 
+def _data_frame(frame: str | bytes, channels: tuple[str, ...],
+                symbols: Markets) -> tuple[str, str, Any] | None:
+    """``(instId, symbol, data)`` of a data frame of one of ``channels`` (the first that
+    matches) on a market ccxt knows, else ``None``."""
+    message = _loads(frame)
+    if message is None:
+        return None
+    for channel in channels:
+        named = _arg(message, channel, symbols)
+        if named is not None:
+            return named[0], named[1], message["data"]
+    return None
+
+
 class OkxTickerDecoder:
     """``tickers`` frames (``Channel.TICKER``) as ccxt's ``handle_ticker`` + ``to_row``."""
 
@@ -134,12 +148,10 @@ class OkxTickerDecoder:
 
     def decode(self, frame: str | bytes, receive_ms: int, sink: DecodeSink) -> bool:
         """See :meth:`flight_md.core.decode.FrameDecoder.decode`."""
-        message = _loads(frame)
-        named = None if message is None else _arg(message, "tickers", self._symbols)
-        if message is None or named is None:
+        framed = _data_frame(frame, ("tickers",), self._symbols)
+        if framed is None:
             return False
-        inst_id, symbol = named
-        data = message["data"]
+        inst_id, symbol, data = framed
         if type(data) is not list:
             return False
         made: list[tuple[tuple[str, Any] | DropReason, bool]] = []
@@ -199,13 +211,10 @@ class OkxBidAskDecoder:
 
     def decode(self, frame: str | bytes, receive_ms: int, sink: DecodeSink) -> bool:
         """See :meth:`flight_md.core.decode.FrameDecoder.decode`."""
-        message = _loads(frame)
-        named = None if message is None else (_arg(message, "bbo-tbt", self._symbols)
-                                               or _arg(message, "tickers", self._symbols))
-        if message is None or named is None:
+        framed = _data_frame(frame, ("bbo-tbt", "tickers"), self._symbols)
+        if framed is None:
             return False
-        inst_id, symbol = named
-        data = message["data"]
+        inst_id, symbol, data = framed
         row = data[0] if type(data) is list and data else None
         if type(row) is not dict or row.get("instId", inst_id) != inst_id:
             return False  # no row (ccxt stores an empty ticker), or a row naming another market
@@ -258,12 +267,10 @@ class OkxTradesDecoder:
 
     def decode(self, frame: str | bytes, receive_ms: int, sink: DecodeSink) -> bool:
         """See :meth:`flight_md.core.decode.FrameDecoder.decode`."""
-        message = _loads(frame)
-        named = None if message is None else _arg(message, "trades", self._symbols)
-        if message is None or named is None:
+        framed = _data_frame(frame, ("trades",), self._symbols)
+        if framed is None:
             return False
-        inst_id, symbol = named
-        data = message["data"]
+        inst_id, symbol, data = framed
         if type(data) is not list:
             return False
         made: list[tuple[Any, int]] = []
