@@ -29,11 +29,12 @@ Registering a venue's decoders is enough to run it (``/tmp/flags/decoder-framewo
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import gzip
 import json
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
@@ -46,13 +47,13 @@ from flight_md.core.decode import DecoderContext
 from flight_md.emulator import Emulator, default_recording
 from flight_md.errors import NotFound
 from flight_md.ingest import ccxt_compat, session
-from flight_md.ingest.stream import _ChannelStream
+from flight_md.ingest.stream import MarketDataStream, _ChannelStream
 from flight_md.normalize import Channel, DropReason, TradeFields
 from flight_md.venues import venue
 
 __all__ = ["BOOK_FRAMES_KEPT", "BOOK_FRAME_CHARS", "FIXED_MS", "Case", "Outcome", "RecordingSink",
-           "assert_decoder_matches_ccxt", "emulator_frames", "load_markets", "mutations",
-           "recording_cases", "split_books"]
+           "assert_decoder_matches_ccxt", "emulator_frames", "fast_and_ccxt_streams", "load_markets",
+           "mutations", "recording_cases", "split_books", "stored_rows"]
 
 FIXED_MS: Final = 1_900_000_000_000
 """The one receive time of every frame (2030: after every recorded and synthetic timestamp,
@@ -384,3 +385,32 @@ async def assert_decoder_matches_ccxt(case: Case, monkeypatch: pytest.MonkeyPatc
 
 def _fields(update: Any) -> tuple[Any, ...]:
     return tuple(getattr(update, item.name) for item in dataclasses.fields(update))
+
+
+@contextlib.asynccontextmanager
+async def fast_and_ccxt_streams(venue_id: str, url: str, channel: str, symbols: Sequence[str]
+                                ) -> AsyncIterator[tuple[MarketDataStream, MarketDataStream]]:
+    """Two streams of one emulator session, ``decoder="fast"`` and ``decoder="ccxt"``, each
+    connected and subscribed to ``symbols`` (the status says which decoder each uses);
+    disconnected on exit."""
+    streams = [MarketDataStream(venue_id, url=url, channel=channel, decoder=decoder,
+                                buffer_size=50_000) for decoder in ("fast", "ccxt")]
+    try:
+        for stream in streams:
+            await stream.connect()
+            await stream.subscribe(list(symbols))
+        assert [s.status().exchanges[0].decoder for s in streams] == ["fast", "ccxt"]
+        yield streams[0], streams[1]
+    finally:
+        for stream in streams:
+            await stream.disconnect()
+
+
+def stored_rows(stream: MarketDataStream, symbol: str, *, timestamped: bool
+                ) -> list[tuple[Any, ...]]:
+    """``symbol``'s stored rows without their receive time, and without their timestamp where
+    the venue sends none (``timestamped`` false: the receive time stands in for it)."""
+    table = stream.buffer.get_latest_sync(symbol, 100_000, exchange=stream.exchange_id)
+    keep = [c for c in table.column_names
+            if c != "receive_timestamp" and (timestamped or c != "timestamp")]
+    return [tuple(row.values()) for row in table.select(keep).to_pylist()]

@@ -22,8 +22,10 @@ from tests.ingest.decode_support import (
     Case,
     assert_decoder_matches_ccxt,
     emulator_frames,
+    fast_and_ccxt_streams,
     mutations,
     recording_cases,
+    stored_rows,
 )
 from tests.support import MS
 from tests.support import async_until as wait_until
@@ -126,11 +128,9 @@ async def test_bybit_synthetic_and_faulty_frames_decode_as_ccxt_parses_them(
 
 
 def _rows(stream: MarketDataStream, symbol: str) -> list[tuple[Any, ...]]:
-    table = stream.buffer.get_latest_sync(symbol, 100_000, exchange=stream.exchange_id)
-    keep = [c for c in table.column_names if c != "receive_timestamp"]
-    if stream.channel is Channel.BIDASK and stream.exchange_id == "binance":
-        keep.remove("timestamp")  # bookTicker has none: the receive time stands in
-    return [tuple(row.values()) for row in table.select(keep).to_pylist()]
+    # bookTicker has no timestamp: the receive time stands in
+    return stored_rows(stream, symbol, timestamped=not (
+        stream.channel is Channel.BIDASK and stream.exchange_id == "binance"))
 
 
 WIRE = {("binance", "bidask"): "bookTicker", ("binance", "ticker"): "ticker",
@@ -145,13 +145,7 @@ async def test_fast_and_ccxt_streams_store_the_same_session(venue_id: str, chann
     symbols = ("BTC/USDT", "ETH/USDT") if venue_id == "binance" else ("BTC/USDT:USDT", "ETH/USDT:USDT")
     count = 300
     async with Emulator(venue_id, symbols, rate=0, seed=11) as emu:
-        streams = [MarketDataStream(venue_id, url=emu.url, channel=channel, decoder=decoder,
-                                    buffer_size=50_000) for decoder in ("fast", "ccxt")]
-        try:
-            for stream in streams:
-                await stream.connect()
-                await stream.subscribe(list(symbols))
-            assert [s.status().exchanges[0].decoder for s in streams] == ["fast", "ccxt"]
+        async with fast_and_ccxt_streams(venue_id, emu.url, channel, symbols) as streams:
             await wait_until(lambda: emu.stats.subscriptions >= 2 * len(symbols), 10 * MS,
                              "both streams to subscribe every symbol")
             received = [sum(s.received for s in st.status().symbols) for st in streams]
@@ -161,9 +155,6 @@ async def test_fast_and_ccxt_streams_store_the_same_session(venue_id: str, chann
                 sum(s.received for s in st.status().symbols) >= before + count * len(symbols)
                 for st, before in zip(streams, received, strict=True)),
                 20 * MS, "both streams to receive the burst")
-        finally:
-            for stream in streams:
-                await stream.disconnect()
         fast, slow = streams
         # Bybit answers each subscription with a snapshot stamped when it is sent.
         skip = 1 if (venue_id, channel) == ("bybit", "ticker") else 0

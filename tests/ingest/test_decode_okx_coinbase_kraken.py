@@ -48,8 +48,10 @@ from tests.ingest.decode_support import (
     RecordingSink,
     assert_decoder_matches_ccxt,
     emulator_frames,
+    fast_and_ccxt_streams,
     recording_cases,
     split_books,
+    stored_rows,
 )
 from tests.support import MS
 from tests.support import async_until as wait_until
@@ -550,11 +552,9 @@ async def test_okx_aggregated_trades_are_claimed_with_their_span(
 
 
 def _rows(stream: MarketDataStream, symbol: str) -> list[tuple[Any, ...]]:
-    table = stream.buffer.get_latest_sync(symbol, 100_000, exchange=stream.exchange_id)
-    keep = [c for c in table.column_names if c != "receive_timestamp"]
-    if stream.exchange_id == "kraken" and stream.channel is not Channel.TRADES:
-        keep.remove("timestamp")  # Kraken tickers have none: the receive time stands in
-    return [tuple(row.values()) for row in table.select(keep).to_pylist()]
+    # Kraken tickers have no timestamp: the receive time stands in
+    return stored_rows(stream, symbol, timestamped=not (
+        stream.exchange_id == "kraken" and stream.channel is not Channel.TRADES))
 
 
 @pytest.mark.asyncio
@@ -566,19 +566,10 @@ async def test_fast_and_ccxt_streams_store_the_same_session(venue_id: str, chann
     symbols = venue(venue_id).test_symbols
     # One seeded emulator session, streamed by both at once: each update goes to both.
     async with Emulator(venue_id, symbols, rate=200, seed=11) as emu:
-        streams = [MarketDataStream(venue_id, url=emu.url, channel=channel, decoder=decoder,
-                                    buffer_size=50_000) for decoder in ("fast", "ccxt")]
-        try:
-            for stream in streams:
-                await stream.connect()
-                await stream.subscribe(list(symbols))
-            assert [s.status().exchanges[0].decoder for s in streams] == ["fast", "ccxt"]
+        async with fast_and_ccxt_streams(venue_id, emu.url, channel, symbols) as streams:
             await wait_until(lambda: all(state.received >= 40 for s in streams
                                          for state in s.status().symbols),
                              20 * MS, "both streams to store 40 updates of each symbol")
-        finally:
-            for stream in streams:
-                await stream.disconnect()
         fast, slow = streams
         for symbol in symbols:
             # Both subscribed a moment apart: compare the updates both saw.
