@@ -12,7 +12,18 @@ from typing import Any
 
 import pytest
 
+from tests.e2e.test_cli_config import ForkRunner
 from tests.support import until
+
+
+@pytest.fixture(scope="module")
+def forks() -> Iterator[ForkRunner]:
+    """A forking runner of ``flight-md`` commands, for a module's one-line-error cases."""
+    runner = ForkRunner()
+    try:
+        yield runner
+    finally:
+        runner.close()
 
 
 class MarketMover:

@@ -280,15 +280,6 @@ class ForkRunner:
         self.proc.wait(10 * MS)
 
 
-@pytest.fixture(scope="module")
-def forks() -> Iterator[ForkRunner]:
-    runner = ForkRunner()
-    try:
-        yield runner
-    finally:
-        runner.close()
-
-
 ERROR_LINE_RE = re.compile(r"flight-md( serve)?: ")
 """A command-line error line: ``flight-md: ...``, or argparse's ``flight-md serve: ...``."""
 

@@ -49,15 +49,6 @@ def own_emulator() -> Iterator[EmulatorProcess]:
         yield running
 
 
-@pytest.fixture(scope="module")
-def forks() -> Iterator[ForkRunner]:
-    runner = ForkRunner()
-    try:
-        yield runner
-    finally:
-        runner.close()
-
-
 def status(client: flight.FlightClient) -> dict[str, Any]:
     return json.loads(next(client.do_action(flight.Action("status", b""))).body.to_pybytes())  # type: ignore[no-any-return]
 

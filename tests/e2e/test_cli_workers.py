@@ -31,15 +31,6 @@ def emulator() -> Iterator[EmulatorProcess]:
         yield process
 
 
-@pytest.fixture(scope="module")
-def forks() -> Iterator[ForkRunner]:
-    runner = ForkRunner()
-    try:
-        yield runner
-    finally:
-        runner.close()
-
-
 def _rows(client: flight.FlightClient, symbol: str, channel: str) -> int:
     ticket = f"{symbol}?latest=5&channel={channel}"
     try:
