@@ -1,0 +1,265 @@
+"""The serving node's side of the bus: a durable consumer that stores each batch once.
+
+A serving node has a stable name (``--node-name``); its durable JetStream consumer is named
+from it (:func:`durable_name`), so that a restarted node resumes where the server last saw it
+ack, and two nodes each read the whole stream. The consumer pulls messages in stream order,
+decodes each (:func:`flight_md.bus.message.decode`), asks the :class:`~flight_md.bus.ledger.Ledger`
+whether it is new, hands a new one to the store callback, records it in the ledger, and only
+then acks it. A message the callback did not store (it raised) is not acked: the consumer
+stops and the server delivers it again to the next run. A duplicate (at or below the last
+stored sequence of its producer on its subject: a redelivery after a lost ack, or a
+re-publish outside the server's duplicate window) is acked and not stored. A message that is
+not one :func:`~flight_md.bus.message.encode` makes is terminated (never redelivered) and
+counted.
+
+Lag (:meth:`Consumer.lag`): the consumer's pending count, and per subject the messages in
+the stream after the last one this node stored (a short-lived consumer's ``num_pending``
+per subject: two API calls a subject, for ``status``, not for a per-tick path).
+
+Threads: none of its own; the callback runs on the consumer's loop and may be a coroutine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import logging
+import re
+from collections import Counter
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Final
+
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.js import api
+from nats.js.client import JetStreamContext
+
+from flight_md.bus.connection import BUS_ERRORS, BusUnavailable, bus_error, connect
+from flight_md.bus.ledger import Gap, Ledger, Verdict
+from flight_md.bus.message import BusMessage, decode
+from flight_md.bus.options import BusOptions
+from flight_md.bus.subjects import ALL_SUBJECTS, InvalidSubject, validate_filter
+
+__all__ = ["Consumer", "ConsumerLag", "ConsumerStats", "durable_name", "validate_node_name"]
+
+logger = logging.getLogger(__name__)
+
+FETCH_BATCH: Final = 256
+FETCH_WAIT_S: Final = 0.5
+"""A pull waits this long for messages before asking again (and seeing a close)."""
+ACK_WAIT_S: Final = 30.0
+"""The server redelivers a message not acked within this."""
+_NODE: Final = re.compile(r"[A-Za-z0-9_-]{1,48}")
+
+StoreCallback = Callable[[BusMessage], Awaitable[None] | None]
+GapCallback = Callable[[Gap], None]
+
+
+def validate_node_name(name: str) -> str:
+    """``name`` if it is a valid node name: 1 to 48 of ``A-Z a-z 0-9 _ -``.
+
+    Raises:
+        InvalidSubject: it is not.
+    """
+    if not isinstance(name, str) or not _NODE.fullmatch(name):
+        raise InvalidSubject(f"node name {name!r} must be 1 to 48 of A-Z a-z 0-9 _ -")
+    return name
+
+
+def durable_name(node: str) -> str:
+    """The durable consumer of serving node ``node``."""
+    return f"flight-md-{validate_node_name(node)}"
+
+
+@dataclass(frozen=True, slots=True)
+class ConsumerLag:
+    """How far behind the stream a consumer is: ``pending`` messages not yet delivered to it,
+    ``ack_pending`` delivered but not acked, and per subject the messages after the last one
+    it stored."""
+
+    pending: int
+    ack_pending: int
+    subjects: dict[str, int]
+
+
+@dataclass(frozen=True, slots=True)
+class ConsumerStats:
+    """What a consumer did: messages ``stored``, ``duplicates`` skipped, ``invalid`` ones
+    terminated, and the ``gaps`` it found (oldest first)."""
+
+    stored: int
+    duplicates: int
+    invalid: int
+    gaps: tuple[Gap, ...]
+
+
+class Consumer:
+    """Reads the bus stream into a store, each batch once.
+
+    Args:
+        options: The bus.
+        node: This serving node's name (names its durable consumer).
+        store: Called with each new message; it stores the rows (and, to be exactly-once
+            across restarts, the ledger entry with them: :mod:`flight_md.bus.ledger`).
+        ledger: What this node stored before (restored from its own persistence).
+        subjects: Subject filters (:func:`~flight_md.bus.subjects.validate_filter`); every
+            subject by default.
+        on_gap: Called with each gap found (after the message that revealed it is stored).
+    """
+
+    def __init__(self, options: BusOptions, node: str, store: StoreCallback, *,
+                 ledger: Ledger | None = None, subjects: Sequence[str] = (ALL_SUBJECTS,),
+                 on_gap: GapCallback | None = None) -> None:
+        self.options = options
+        self.node = validate_node_name(node)
+        self.durable = durable_name(node)
+        if not subjects:
+            raise InvalidSubject("a consumer needs at least one subject filter")
+        self.subjects = tuple(validate_filter(s) for s in subjects)
+        self.ledger = ledger if ledger is not None else Ledger()
+        self._store = store
+        self._on_gap = on_gap
+        self._client: Client | None = None
+        self._js: JetStreamContext | None = None
+        self._sub: JetStreamContext.PullSubscription | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._counts: Counter[str] = Counter()
+        self._gaps: list[Gap] = []
+        self._last_stream_seq: dict[str, int] = {}
+
+    def __repr__(self) -> str:
+        return (f"Consumer(node={self.node!r}, subjects={self.subjects!r}, "
+                f"bus={self.options.display_url!r})")
+
+    async def start(self) -> None:
+        """Connect, create or bind the durable consumer, and start reading.
+
+        Raises:
+            BusUnavailable: the bus is away, or has no such stream.
+        """
+        self._client = await connect(self.options, name=f"flight-md-{self.node}")
+        self._js = self._client.jetstream()
+        config = api.ConsumerConfig(
+            durable_name=self.durable,
+            ack_policy=api.AckPolicy.EXPLICIT,
+            deliver_policy=api.DeliverPolicy.ALL,
+            ack_wait=ACK_WAIT_S,
+            max_ack_pending=4 * FETCH_BATCH,
+        )
+        if len(self.subjects) == 1:
+            config.filter_subject = self.subjects[0]
+        else:
+            config.filter_subjects = list(self.subjects)
+        try:
+            self._sub = await self._js.pull_subscribe(self.subjects[0], durable=self.durable,
+                                                      stream=self.options.stream, config=config)
+        except BUS_ERRORS as exc:
+            await self.close()
+            raise bus_error(self.options, f"cannot read the bus stream {self.options.stream!r}",
+                            exc) from None
+        self._task = asyncio.get_running_loop().create_task(self._run(),
+                                                            name=f"bus-consume-{self.node}")
+
+    @property
+    def failed(self) -> BaseException | None:
+        """What stopped the reading task (the store callback's error), if it stopped."""
+        task = self._task
+        if task is None or not task.done() or task.cancelled():
+            return None
+        return task.exception()
+
+    def stats(self) -> ConsumerStats:
+        """Counts so far."""
+        return ConsumerStats(self._counts["stored"], self._counts["duplicates"],
+                             self._counts["invalid"], tuple(self._gaps))
+
+    async def _run(self) -> None:
+        sub = self._sub
+        assert sub is not None
+        while True:
+            try:
+                messages = await sub.fetch(FETCH_BATCH, timeout=FETCH_WAIT_S)
+            except TimeoutError:
+                continue
+            except BUS_ERRORS as exc:
+                # nats-py reconnects by itself; the next pull goes to the server again.
+                logger.warning("bus consumer %s: %s", self.node,
+                               bus_error(self.options, "pull failed", exc))
+                await asyncio.sleep(self.options.reconnect_wait_s)
+                continue
+            for msg in messages:
+                await self._handle(msg)
+
+    async def _handle(self, msg: Msg) -> None:
+        try:
+            message = decode(msg.subject, msg.headers, msg.data)
+        except InvalidSubject as exc:  # InvalidMessage included
+            self._counts["invalid"] += 1
+            logger.warning("bus consumer %s: dropped a message: %s", self.node, exc)
+            await msg.term()
+            return
+        verdict, gap = self.ledger.check(message)
+        if verdict is Verdict.STORE:
+            done = self._store(message)
+            if inspect.isawaitable(done):
+                await done
+            self.ledger.stored(message)
+            self._counts["stored"] += 1
+            if gap is not None:
+                self._gaps.append(gap)
+                logger.warning("bus consumer %s: producer %s lost messages on %s after #%d up to "
+                               "#%d", self.node, gap.producer, gap.subject, gap.after, gap.through)
+                if self._on_gap is not None:
+                    self._on_gap(gap)
+        else:
+            self._counts["duplicates"] += 1
+        self._last_stream_seq[message.subject] = msg.metadata.sequence.stream
+        await msg.ack()
+
+    async def lag(self) -> ConsumerLag:
+        """How far behind it is (see the module docstring).
+
+        Raises:
+            BusUnavailable: the bus is away.
+        """
+        js = self._js
+        if js is None:
+            raise BusUnavailable(f"the bus consumer {self.node!r} is not started")
+        stream = self.options.stream
+        try:
+            info = await js.consumer_info(stream, self.durable)
+            floor = info.ack_floor.stream_seq if info.ack_floor is not None else 0
+            subjects: dict[str, int] = {}
+            for subject_filter in self.subjects:
+                found = await js.stream_info(stream, subjects_filter=subject_filter)
+                for subject in (found.state.subjects or {}):
+                    start = max(floor, self._last_stream_seq.get(subject, 0)) + 1
+                    probe = await js.add_consumer(stream, api.ConsumerConfig(
+                        filter_subject=subject, deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE,
+                        opt_start_seq=start, ack_policy=api.AckPolicy.NONE, mem_storage=True,
+                        inactive_threshold=5.0))
+                    subjects[subject] = probe.num_pending or 0
+                    with contextlib.suppress(*BUS_ERRORS):
+                        await js.delete_consumer(stream, probe.name or "")
+        except BUS_ERRORS as exc:
+            raise bus_error(self.options, "cannot read the consumer's lag", exc) from None
+        return ConsumerLag(info.num_pending or 0, info.num_ack_pending or 0, subjects)
+
+    async def close(self) -> None:
+        """Stop reading (a message being stored is finished first only if the callback is
+        quick: the task is cancelled) and disconnect; the durable consumer stays on the server."""
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, *BUS_ERRORS):
+                await task
+        sub, self._sub = self._sub, None
+        if sub is not None:
+            with contextlib.suppress(*BUS_ERRORS):
+                await sub.unsubscribe()
+        client, self._client = self._client, None
+        if client is not None:
+            with contextlib.suppress(*BUS_ERRORS):
+                await client.close()

@@ -1,0 +1,239 @@
+"""One bus message: one ring's rows as one Arrow record batch, and who sent it.
+
+The payload is an Arrow IPC *stream* (schema message, one record batch, end marker) of the
+rows in the channel's stored schema (:attr:`flight_md.core.channels.ChannelSpec.stored`: the
+public schema without ``symbol`` and ``exchange``, which the subject carries): the same batch
+the ingestion process's hand-off builds (:class:`flight_md.buffer.HandOff`, ``spec.seal``) and
+:meth:`flight_md.buffer.MarketDataBuffer.append_batch` stores, so a serving node appends what it
+receives with no conversion. A stream rather than ``RecordBatch.serialize`` because a bus
+message is read alone, by a node that may run another version: the schema travels with it
+(a few hundred bytes) and is checked against the reader's (:func:`decode`).
+
+Headers (NATS headers, text)::
+
+    Flight-Md-Producer   the producer id (see Producer ids)
+    Flight-Md-Seq        the producer's sequence number of this message: 1, 2, 3 ... over all
+                         its subjects, in the order it published
+    Flight-Md-Prev       the producer's sequence number of its previous message on this subject
+                         (0: none): a serving node that reads a filtered part of the stream
+                         sees a producer's Seq jump between its subjects, and finds a real gap
+                         (a message the producer dropped) where Prev is not the last it stored
+    Flight-Md-Channel, Flight-Md-Exchange, Flight-Md-Symbol
+                         the ring (the subject's tokens, subject-safe: ``flight_md.bus.subjects``)
+    Flight-Md-Schema     SCHEMA_VERSION of this layout
+    Nats-Msg-Id          "<producer>:<seq>": JetStream drops a re-publish of the same message
+                         within the stream's duplicate window (a publish retried after a lost ack)
+
+Producer ids: ``[A-Za-z0-9_-]``, 1 to 64 characters, one per incarnation of a producer (its
+sequence starts at 1 each time): :func:`new_producer_id` adds the start time to a node's name.
+
+This module is pure: no I/O.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass
+from typing import Final
+
+import pyarrow as pa
+
+from flight_md.bus.subjects import InvalidSubject, decode_token, encode_token, parse_subject, subject_for
+from flight_md.core.channels import spec_for
+
+__all__ = [
+    "HEADER_CHANNEL",
+    "HEADER_EXCHANGE",
+    "HEADER_MSG_ID",
+    "HEADER_PREV",
+    "HEADER_PRODUCER",
+    "HEADER_SCHEMA",
+    "HEADER_SEQ",
+    "HEADER_SYMBOL",
+    "SCHEMA_VERSION",
+    "BusMessage",
+    "InvalidMessage",
+    "check_batch",
+    "decode",
+    "encode",
+    "new_producer_id",
+    "validate_producer",
+]
+
+SCHEMA_VERSION: Final = 1
+"""The layout of :func:`encode`'s headers and payload; a reader refuses any other."""
+HEADER_PRODUCER: Final = "Flight-Md-Producer"
+HEADER_SEQ: Final = "Flight-Md-Seq"
+HEADER_PREV: Final = "Flight-Md-Prev"
+HEADER_CHANNEL: Final = "Flight-Md-Channel"
+HEADER_EXCHANGE: Final = "Flight-Md-Exchange"
+HEADER_SYMBOL: Final = "Flight-Md-Symbol"
+HEADER_SCHEMA: Final = "Flight-Md-Schema"
+HEADER_MSG_ID: Final = "Nats-Msg-Id"
+_PRODUCER: Final = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+class InvalidMessage(InvalidSubject):
+    """A bus message is not one :func:`encode` makes: headers, subject or payload."""
+
+
+def validate_producer(producer: str) -> str:
+    """``producer`` if it is a valid producer id (see the module docstring).
+
+    Raises:
+        InvalidMessage: it is not.
+    """
+    if not isinstance(producer, str) or not _PRODUCER.fullmatch(producer):
+        raise InvalidMessage(f"producer id {producer!r} must be 1 to 64 of A-Z a-z 0-9 _ -")
+    return producer
+
+
+def new_producer_id(name: str, now_ms: int | None = None) -> str:
+    """A producer id for one incarnation of ``name`` (a node name): ``<name>-<start ms>``.
+
+    Raises:
+        InvalidMessage: ``name`` makes no valid producer id.
+    """
+    stamp = time.time_ns() // 1_000_000 if now_ms is None else now_ms
+    return validate_producer(f"{name[:50]}-{stamp}")
+
+
+@dataclass(frozen=True, slots=True)
+class BusMessage:
+    """One ring's rows from one producer.
+
+    Args:
+        producer: The producer id.
+        seq: The producer's sequence number of this message (>= 1).
+        prev: Its sequence number of the previous message on this subject (0: none).
+        channel: The ring's channel; ``exchange`` and ``symbol`` name the ring.
+        batch: The rows, oldest first, in the channel's stored schema; not empty.
+    """
+
+    producer: str
+    seq: int
+    prev: int
+    channel: str
+    exchange: str
+    symbol: str
+    batch: pa.RecordBatch
+
+    @property
+    def subject(self) -> str:
+        """Its subject: ``md.<channel>.<exchange>.<symbol>``."""
+        return subject_for(self.channel, self.exchange, self.symbol)
+
+    @property
+    def msg_id(self) -> str:
+        """JetStream's de-duplication id: ``<producer>:<seq>``."""
+        return f"{self.producer}:{self.seq}"
+
+
+def encode(message: BusMessage) -> tuple[str, dict[str, str], bytes]:
+    """``(subject, headers, payload)`` of ``message`` (see the module docstring).
+
+    Raises:
+        InvalidMessage: a bad producer id or sequence numbers, an empty batch, or a batch not in
+            the channel's stored schema.
+    """
+    validate_producer(message.producer)
+    _check_seqs(message.seq, message.prev)
+    subject = message.subject
+    stored = check_batch(message.channel, message.exchange, message.symbol, message.batch)
+    batch = message.batch
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, stored) as writer:
+        writer.write_batch(batch)
+    headers = {
+        HEADER_PRODUCER: message.producer,
+        HEADER_SEQ: str(message.seq),
+        HEADER_PREV: str(message.prev),
+        HEADER_CHANNEL: message.channel,
+        HEADER_EXCHANGE: encode_token(message.exchange),
+        HEADER_SYMBOL: encode_token(message.symbol),
+        HEADER_SCHEMA: str(SCHEMA_VERSION),
+        HEADER_MSG_ID: message.msg_id,
+    }
+    return subject, headers, sink.getvalue().to_pybytes()
+
+
+def check_batch(channel: str, exchange: str, symbol: str, batch: pa.RecordBatch) -> pa.Schema:
+    """The channel's stored schema, if ``batch`` is a non-empty batch in it.
+
+    Raises:
+        InvalidMessage: it is not (or ``channel`` is unknown).
+    """
+    try:
+        stored = spec_for(channel).stored
+    except ValueError as exc:
+        raise InvalidMessage(str(exc)) from None
+    if not isinstance(batch, pa.RecordBatch) or not batch.schema.equals(stored):
+        names = batch.schema.names if isinstance(batch, pa.RecordBatch) else type(batch).__name__
+        raise InvalidMessage(f"a {channel} batch must have the schema {stored.names}, "
+                             f"got {names} ({exchange}, {symbol})")
+    if not batch.num_rows:
+        raise InvalidMessage(f"an empty batch is not sent ({exchange}, {symbol})")
+    return stored
+
+
+def decode(subject: str, headers: dict[str, str] | None, payload: bytes) -> BusMessage:
+    """The message :func:`encode` made ``(subject, headers, payload)`` of.
+
+    Raises:
+        InvalidMessage: a missing or malformed header, another schema version, headers that
+            disagree with the subject, or a payload that is not one batch in the channel's
+            stored schema.
+    """
+    found = headers or {}
+    version = _header(found, HEADER_SCHEMA)
+    if version != str(SCHEMA_VERSION):
+        raise InvalidMessage(f"bus message schema version {version!r} is not supported; "
+                             f"this node reads {SCHEMA_VERSION}")
+    ring = parse_subject(subject)
+    named = (_header(found, HEADER_CHANNEL), decode_token(_header(found, HEADER_EXCHANGE)),
+             decode_token(_header(found, HEADER_SYMBOL)))
+    if named != (ring.channel, ring.exchange, ring.symbol):
+        raise InvalidMessage(f"bus message headers name {named!r} but its subject is {subject!r}")
+    producer = validate_producer(_header(found, HEADER_PRODUCER))
+    seq, prev = _int(found, HEADER_SEQ), _int(found, HEADER_PREV)
+    _check_seqs(seq, prev)
+    msg_id = found.get(HEADER_MSG_ID)
+    if msg_id is not None and msg_id != f"{producer}:{seq}":
+        raise InvalidMessage(f"bus message id {msg_id!r} is not {producer}:{seq}")
+    stored = spec_for(ring.channel).stored
+    try:
+        reader = pa.ipc.open_stream(pa.py_buffer(payload))
+        batches = list(reader)
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise InvalidMessage(f"bus message payload on {subject!r} is not an Arrow IPC stream: "
+                             f"{exc}") from exc
+    if not reader.schema.equals(stored):
+        raise InvalidMessage(f"bus message payload on {subject!r} has the schema "
+                             f"{reader.schema.names}; a {ring.channel} batch has {stored.names}")
+    if len(batches) != 1 or not batches[0].num_rows:
+        raise InvalidMessage(f"bus message payload on {subject!r} must be one non-empty batch, "
+                             f"got {len(batches)} batches")
+    return BusMessage(producer, seq, prev, ring.channel, ring.exchange, ring.symbol, batches[0])
+
+
+def _header(headers: dict[str, str], name: str) -> str:
+    value = headers.get(name)
+    if value is None:
+        raise InvalidMessage(f"bus message has no {name} header")
+    return value
+
+
+def _int(headers: dict[str, str], name: str) -> int:
+    text = _header(headers, name)
+    if not text.isascii() or not text.isdigit():
+        raise InvalidMessage(f"bus message header {name} must be a decimal integer, got {text!r}")
+    return int(text)
+
+
+def _check_seqs(seq: int, prev: int) -> None:
+    if isinstance(seq, bool) or not isinstance(seq, int) or seq < 1:
+        raise InvalidMessage(f"bus sequence number must be an integer >= 1, got {seq!r}")
+    if isinstance(prev, bool) or not isinstance(prev, int) or not 0 <= prev < seq:
+        raise InvalidMessage(f"previous sequence number must be an integer from 0 to {seq - 1}, "
+                             f"got {prev!r}")

@@ -1,0 +1,214 @@
+"""The ingestion node's side of the bus: every ring's batches into JetStream, in order, acked.
+
+:meth:`Publisher.publish` is called on the publisher's event loop (the ingestion loop, where
+the hand-off gathers rows) and never waits: it numbers the message and puts it in the
+:class:`~flight_md.bus.backlog.Backlog`. One task sends the backlog's head, waits for the
+server's ack, and only then sends the next: so messages reach the stream in the order they
+were published, including after an outage, and a publish whose ack was lost is sent again
+with the same ``Nats-Msg-Id``, which the server drops as a duplicate within the stream's
+duplicate window.
+
+While the server is away (not reachable at start, or lost later: nats-py reconnects by
+itself) the backlog grows up to its limits; beyond them messages are dropped, counted and
+recorded as runs of sequence numbers (:attr:`Publisher.stats`), which serving nodes see as
+gaps. When the connection is back, the sender resumes from the head.
+
+Threads: none of its own; every method but :meth:`stats` must be called on the loop that
+:meth:`start` ran on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass
+
+import pyarrow as pa
+from nats.aio.client import Client
+from nats.js.client import JetStreamContext
+
+from flight_md.bus.backlog import DEFAULT_LIMITS, Backlog, BacklogLimits, BacklogStats, Pending
+from flight_md.bus.connection import BUS_ERRORS, BusUnavailable, bus_error, connect, ensure_stream
+from flight_md.bus.message import BusMessage, check_batch, encode, validate_producer
+from flight_md.bus.options import BusOptions
+from flight_md.bus.subjects import subject_for
+
+__all__ = ["Publisher", "PublisherStats"]
+
+logger = logging.getLogger(__name__)
+
+ACK_TIMEOUT_S = 2.0
+"""How long one publish waits for its ack before it is sent again."""
+RETRY_MIN_S = 0.02
+RETRY_MAX_S = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class PublisherStats:
+    """The publisher's counts: its backlog's (:class:`BacklogStats`), whether it is connected
+    now, how often the connection was lost, and how many publishes were sent again."""
+
+    producer: str
+    connected: bool
+    disconnects: int
+    resent: int
+    backlog: BacklogStats
+
+
+class Publisher:
+    """Publishes one producer's batches to the bus stream.
+
+    Args:
+        options: The bus (URL, credentials, stream and its limits).
+        producer: This producer's id, one per incarnation
+            (:func:`~flight_md.bus.message.new_producer_id`).
+        limits: The backlog's bounds while the bus is away.
+        ack_timeout_s: See :data:`ACK_TIMEOUT_S`.
+    """
+
+    def __init__(self, options: BusOptions, producer: str, *,
+                 limits: BacklogLimits = DEFAULT_LIMITS,
+                 ack_timeout_s: float = ACK_TIMEOUT_S) -> None:
+        self.options = options
+        self.producer = validate_producer(producer)
+        self.ack_timeout_s = ack_timeout_s
+        self._backlog = Backlog(limits)
+        self._client: Client | None = None
+        self._js: JetStreamContext | None = None
+        self._wake = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._task: asyncio.Task[None] | None = None
+        self._stream_ready = False
+        self._disconnects = 0
+        self._resent = 0
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return f"Publisher(producer={self.producer!r}, bus={self.options.display_url!r})"
+
+    @property
+    def connected(self) -> bool:
+        return self._client is not None and self._client.is_connected
+
+    async def start(self) -> None:
+        """Start sending (the first dial happens in the background: a bus that is not up yet
+        is an outage like any other, and messages published meanwhile wait in the backlog)."""
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run(),
+                                                                name=f"bus-publish-{self.producer}")
+
+    def publish(self, channel: str, exchange: str, symbol: str, batch: pa.RecordBatch) -> int | None:
+        """Queue one ring's rows; returns its sequence number, or ``None`` if the backlog was
+        full and it was dropped (counted in :attr:`stats`).
+
+        Raises:
+            InvalidMessage: an unknown channel, or a batch not in the channel's stored schema
+                or empty (see :func:`flight_md.bus.message.encode`); nothing is numbered then.
+        """
+        if self._closed:
+            raise BusUnavailable(f"the bus publisher {self.producer!r} is closed")
+        subject = subject_for(channel, exchange, symbol)
+        # Checked before a number is taken, so that a bad batch leaves no hole in the sequence.
+        check_batch(channel, exchange, symbol, batch)
+
+        def build(seq: int, prev: int) -> tuple[dict[str, str], bytes]:
+            _, headers, payload = encode(BusMessage(self.producer, seq, prev, channel, exchange,
+                                                    symbol, batch))
+            return headers, payload
+
+        kept = self._backlog.add(subject, build, online=self.connected)
+        if kept is not None:
+            self._idle.clear()
+            self._wake.set()
+            return kept.seq
+        return None
+
+    async def flush(self, timeout: float) -> None:
+        """Wait until every kept message is acked.
+
+        Raises:
+            TimeoutError: ``timeout`` seconds passed first.
+        """
+        async with asyncio.timeout(timeout):
+            await self._idle.wait()
+
+    def stats(self) -> PublisherStats:
+        """Counts so far (any thread: a snapshot of numbers)."""
+        return PublisherStats(self.producer, self.connected, self._disconnects, self._resent,
+                              self._backlog.stats())
+
+    async def close(self, timeout: float = 5.0) -> None:
+        """Send what the backlog holds for up to ``timeout`` seconds, then disconnect."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._task is not None:
+            with contextlib.suppress(TimeoutError):
+                if self.connected:
+                    await self.flush(timeout)
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        client, self._client = self._client, None
+        if client is not None:
+            with contextlib.suppress(*BUS_ERRORS):
+                await client.close()
+
+    # -- the sender ---------------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        delay = RETRY_MIN_S
+        while True:
+            try:
+                if self._client is None:
+                    self._client = await connect(self.options, name=f"flight-md-{self.producer}",
+                                                 on_disconnect=self._on_disconnect,
+                                                 on_reconnect=self._on_reconnect)
+                    self._js = self._client.jetstream(timeout=self.ack_timeout_s)
+                if not self._stream_ready:
+                    assert self._js is not None
+                    await ensure_stream(self._js, self.options)
+                    self._stream_ready = True
+                await self._send_all()
+                delay = RETRY_MIN_S
+                self._wake.clear()
+                if not self._backlog.head():
+                    self._idle.set()
+                    await self._wake.wait()
+            except BusUnavailable as exc:
+                logger.warning("bus publisher %s: %s; %d messages wait (retry in %.2f s)",
+                               self.producer, exc, len(self._backlog), delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, RETRY_MAX_S)
+
+    async def _send_all(self) -> None:
+        js = self._js
+        assert js is not None
+        while (head := self._backlog.head()) is not None:
+            if not self.connected:
+                raise BusUnavailable(f"the bus is unreachable ({self.options.display_url})")
+            await self._send(js, head)
+            self._backlog.acked(head.seq)
+
+    async def _send(self, js: JetStreamContext, pending: Pending) -> None:
+        try:
+            # A copy: nats-py adds its own headers to the dict it is given.
+            await js.publish(pending.subject, pending.payload, timeout=self.ack_timeout_s,
+                             headers=dict(pending.headers))
+        except BUS_ERRORS as exc:
+            self._resent += 1
+            # The stream may have been lost with the server's storage: create it again.
+            self._stream_ready = False
+            raise bus_error(self.options, f"publish of {pending.subject} #{pending.seq} failed",
+                            exc) from None
+
+    async def _on_disconnect(self) -> None:
+        self._disconnects += 1
+        logger.warning("bus publisher %s: disconnected from %s", self.producer,
+                       self.options.display_url)
+
+    async def _on_reconnect(self) -> None:
+        logger.info("bus publisher %s: reconnected to %s", self.producer, self.options.display_url)
+        self._wake.set()
