@@ -59,6 +59,12 @@ says), and a book frame that names no book (no symbol, no product, no ``instId``
 book of the connection, since it may have been any one's: both are ``MALFORMED``. When ccxt
 raises on a frame the verifier passed, :meth:`BookVerifier.invalidate` fails that book.
 
+Kept books (``verifier_for(venue, keep=True)``: Bybit, OKX; :func:`keeps_books`): the
+verifier also keeps every book it checks (:meth:`BookVerifier.kept`, a :class:`KeptBook`)
+exactly as ccxt 4.5.90's would be after the same frames, so the fast book path
+(:mod:`flight_md.ingest.books`) stores it instead of ccxt's. Its verdicts are the same with
+or without ``keep``.
+
 This module is pure: no asyncio, ccxt, pyarrow or disk.
 """
 
@@ -73,6 +79,8 @@ from decimal import Decimal, InvalidOperation
 from enum import StrEnum
 from typing import Any, ClassVar, Final, TypeGuard
 
+from flight_md.core.ccxt_parse import safe_integer
+
 __all__ = [
     "KRAKEN_CHECKSUM_LEVELS",
     "OKX_CHECKSUM_LEVELS",
@@ -81,6 +89,7 @@ __all__ = [
     "BookVerifier",
     "BybitVerifier",
     "CoinbaseVerifier",
+    "KeptBook",
     "KrakenVerifier",
     "OkxVerifier",
     "Precision",
@@ -88,6 +97,7 @@ __all__ = [
     "Status",
     "Verdict",
     "crossed",
+    "keeps_books",
     "kraken_checksum",
     "okx_checksum",
     "verifier_for",
@@ -97,6 +107,8 @@ KRAKEN_CHECKSUM_LEVELS: Final = 10
 """Levels per side Kraken's book checksum covers (asks, then bids), whatever the depth."""
 OKX_CHECKSUM_LEVELS: Final = 25
 """Levels per side OKX's book checksum covers (bid and ask interleaved)."""
+_UNLIMITED: Final = 1 << 62
+"""The depth of a kept book the venue never cuts (Bybit: ccxt keeps every level)."""
 _KRAKEN_DEPTHS: Final = frozenset({10, 25, 100, 500, 1000})
 _OKX_DEPTHS: Final = {"books": 400, "books-l2-tbt": 400, "books50-l2-tbt": 50}
 
@@ -272,12 +284,13 @@ def okx_checksum(bids: Sequence[Sequence[str]], asks: Sequence[Sequence[str]]) -
 class _Side:
     """One side of a kept book: levels by price, best first, each kept as it arrived."""
 
-    __slots__ = ("_keys", "_levels", "_rendered", "_sign")
+    __slots__ = ("_amounts", "_keys", "_levels", "_rendered", "_sign")
 
     def __init__(self, *, bids: bool) -> None:
         self._sign = -1.0 if bids else 1.0
         self._keys: list[float] = []  # sign * price, ascending: best first
         self._levels: dict[float, tuple[Any, Any]] = {}
+        self._amounts: dict[float, float] = {}  # float(qty): a stored row's amount, made once
         # A level's checksum text, made when the level first reaches the top: the top levels
         # stay for many frames, and formatting them anew every frame was most of the cost.
         self._rendered: dict[float, str] = {}
@@ -286,22 +299,34 @@ class _Side:
         """Set a level (quantity 0 removes it); ``ValueError`` if either is not a number."""
         key = self._sign * float(price)
         self._rendered.pop(key, None)
-        if float(qty) == 0:
+        amount = float(qty)
+        if amount == 0:
             if self._levels.pop(key, None) is not None:
+                del self._amounts[key]
                 del self._keys[bisect.bisect_left(self._keys, key)]
             return
         if key not in self._levels:
             bisect.insort(self._keys, key)
         self._levels[key] = (price, qty)
+        self._amounts[key] = amount
 
     def truncate(self, depth: int) -> None:
         for key in self._keys[depth:]:
             del self._levels[key]
+            del self._amounts[key]
             self._rendered.pop(key, None)
         del self._keys[depth:]
 
     def top(self, count: int) -> list[tuple[Any, Any]]:
         return [self._levels[key] for key in self._keys[:count]]
+
+    def floats(self, count: int) -> list[tuple[float, float]]:
+        """The top ``count`` levels as ``(price, amount)`` floats, best first: ``float`` of the
+        texts as sent, which is what ccxt stores (``safe_float``, or ``parse_number`` of
+        ``safe_string``: the same float for every number text and JSON number)."""
+        sign, amounts = self._sign, self._amounts
+        # sign * key is the price's float again: negation is exact.
+        return [(sign * key, amounts[key]) for key in self._keys[:count]]
 
     def rendered(self, count: int, render: Callable[[Any, Any], str]) -> list[str]:
         """``render(price, qty)`` of the top ``count`` levels, each made once while the level stands."""
@@ -320,13 +345,28 @@ class _Side:
         return len(self._keys)
 
 
-class _Book:
-    __slots__ = ("asks", "bids", "depth")
+class KeptBook:
+    """A book a verifier keeps: both sides, levels as sent, plus what ccxt's book would carry.
+
+    Attributes:
+        depth: Levels a side kept (the rest are cut after every frame, as the venue does).
+        timestamp: The book's exchange time as ccxt parses it from the last frame applied
+            (``None`` where that frame carries none).
+        nonce: ccxt's book nonce after that frame, where ccxt sets one.
+    """
+
+    __slots__ = ("asks", "bids", "depth", "nonce", "timestamp")
 
     def __init__(self, depth: int) -> None:
         self.depth = depth
         self.bids = _Side(bids=True)
         self.asks = _Side(bids=False)
+        self.timestamp: int | None = None
+        self.nonce: int | None = None
+
+    def rows(self, count: int) -> tuple[list[tuple[float, float]], list[tuple[float, float]]]:
+        """The top ``count`` bids and asks as ccxt's book would give them (floats, best first)."""
+        return self.bids.floats(count), self.asks.floats(count)
 
     def truncate(self) -> None:
         self.bids.truncate(self.depth)
@@ -375,9 +415,15 @@ class BookVerifier(ABC):
     rest_snapshot: ClassVar[bool] = False
     """Whether the venue's snapshots come over REST, not in the frames (Binance): the caller
     reports each one with ``on_rest_snapshot`` once :meth:`pending_snapshots` names its book."""
+    can_keep: ClassVar[bool] = False
+    """Whether the verifier can keep every book it checks for its caller (``keep=True``)."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, keep: bool = False) -> None:
+        if keep and not self.can_keep:
+            raise ValueError(f"the {self.venue} verifier cannot keep its books")
         self._awaiting: set[str] = set()  # books that failed and wait for their next snapshot
+        self.keeps = keep
+        """Whether :meth:`kept` gives the books (the fast book path stores them instead of ccxt's)."""
 
     @abstractmethod
     def verify(self, frame: object) -> tuple[Verdict, ...]:
@@ -412,6 +458,12 @@ class BookVerifier(ABC):
     def pending_snapshots(self) -> set[str]:
         """The books seen in frames that wait for a REST snapshot (none unless :attr:`rest_snapshot`)."""
         return set()
+
+    def kept(self, symbol: str) -> KeptBook | None:
+        """The book of ``symbol`` as this connection's frames built it, levels as sent, with the
+        ``timestamp`` and ``nonce`` ccxt's book would carry; ``None`` without ``keep=True``, or
+        while the book has no snapshot (it is then never storable either)."""
+        return None
 
     def on_rest_snapshot(self, symbol: str, last_update_id: int) -> Verdict:
         """The REST snapshot a book was rebuilt from (only where :attr:`rest_snapshot`)."""
@@ -542,10 +594,29 @@ class BybitVerifier(BookVerifier):
     """Bybit v5 ``orderbook.<depth>.<symbol>`` update ids: ``u`` one more per delta, reset by a snapshot."""
 
     venue = "bybit"
+    can_keep = True
 
-    def __init__(self) -> None:
-        super().__init__()
+    def __init__(self, *, keep: bool = False) -> None:
+        super().__init__(keep=keep)
         self._last: dict[str, int] = {}
+        self._books: dict[str, KeptBook] = {}  # keep=True only
+
+    def kept(self, symbol: str) -> KeptBook | None:
+        return self._books.get(symbol)
+
+    def _keep(self, book: KeptBook, frame: Mapping[str, Any], data: Mapping[str, Any]) -> None:
+        """Apply a checked frame's levels (all numbers: ``_bad_level``) to the kept book.
+
+        ccxt 4.5.90 ``bybit.handle_order_book``: the snapshot's levels, or the deltas, stored by
+        price (an amount of 0 removes), no depth limit; the book's timestamp is
+        ``safe_integer(message, 'ts')``; its nonce is not read (the row's is ``u``).
+        """
+        bids, asks = book.bids, book.asks
+        for level in data["b"]:
+            bids.set(level[0], level[1])
+        for level in data["a"]:
+            asks.set(level[0], level[1])
+        book.timestamp = safe_integer(frame.get("ts"))
 
     def verify(self, frame: object) -> tuple[Verdict, ...]:
         if not isinstance(frame, Mapping):
@@ -568,6 +639,9 @@ class BybitVerifier(BookVerifier):
         if kind == "snapshot":
             self._awaiting.discard(symbol)
             self._last[symbol] = update_id
+            if self.keeps:
+                book = self._books[symbol] = KeptBook(_UNLIMITED)
+                self._keep(book, frame, data)
             return (Verdict(symbol, Status.OK, sequence=update_id),)
         last = self._last.get(symbol)
         if last is None:
@@ -575,13 +649,17 @@ class BybitVerifier(BookVerifier):
         if update_id != last + 1:
             return (self._fail(symbol, Reason.GAP, _gap("u", last + 1, update_id), update_id),)
         self._last[symbol] = update_id
+        if self.keeps:
+            self._keep(self._books[symbol], frame, data)
         return (Verdict(symbol, Status.OK, sequence=update_id),)
 
     def _forget(self, symbol: str | None) -> None:
         if symbol is None:
             self._last.clear()
+            self._books.clear()
         else:
             self._last.pop(symbol, None)
+            self._books.pop(symbol, None)
 
     def _held(self) -> set[str]:
         return set(self._last)
@@ -674,7 +752,7 @@ class KrakenVerifier(BookVerifier):
             raise ValueError(f"kraken book depth must be one of {sorted(_KRAKEN_DEPTHS)}, got {depth!r}")
         self._precision = precision
         self._depth = depth
-        self._books: dict[str, _Book] = {}
+        self._books: dict[str, KeptBook] = {}
 
     def verify(self, frame: object) -> tuple[Verdict, ...]:
         if not isinstance(frame, Mapping) or frame.get("channel") != "book":
@@ -697,7 +775,7 @@ class KrakenVerifier(BookVerifier):
         if not isinstance(bids, list) or not isinstance(asks, list):
             return self._fail(symbol, Reason.MALFORMED, _malformed("bids and asks must be lists"))
         if snapshot:
-            book = _Book(max(self._depth, len(bids), len(asks)))
+            book = KeptBook(max(self._depth, len(bids), len(asks)))
         else:
             found = self._books.get(symbol)
             if found is None or symbol in self._awaiting:
@@ -755,11 +833,20 @@ class OkxVerifier(BookVerifier):
     """OKX v5 order books: ``prevSeqId`` chained to the last ``seqId``, and the top-25 CRC32 ``checksum``."""
 
     venue = "okx"
+    can_keep = True
 
-    def __init__(self) -> None:
-        super().__init__()
-        self._books: dict[str, _Book] = {}
+    def __init__(self, *, keep: bool = False) -> None:
+        super().__init__(keep=keep)
+        self._books: dict[str, KeptBook] = {}
         self._seq: dict[str, int | None] = {}
+
+    def kept(self, symbol: str) -> KeptBook | None:
+        # ccxt 4.5.90 okx.handle_order_book_message: levels by safe_float (float() of each,
+        # as the kept side's), the book's nonce seqId and timestamp safe_integer(row, 'ts') of
+        # the last row applied. Both sides are cut to the channel's depth here after every
+        # row, by ccxt only when a watch call returns (limit()): the top levels agree while
+        # fewer than depth - stored depth levels go at once.
+        return self._books.get(symbol) if self.keeps else None
 
     def verify(self, frame: object) -> tuple[Verdict, ...]:
         if not isinstance(frame, Mapping):
@@ -784,7 +871,7 @@ class OkxVerifier(BookVerifier):
         if not isinstance(bids, list) or not isinstance(asks, list):
             return self._fail(symbol, Reason.MALFORMED, _malformed("bids and asks must be lists"), sequence)
         if snapshot:
-            book = _Book(max(depth, len(bids), len(asks)))
+            book = KeptBook(max(depth, len(bids), len(asks)))
         else:
             found = self._books.get(symbol)
             if found is None or symbol in self._awaiting:
@@ -804,6 +891,8 @@ class OkxVerifier(BookVerifier):
             self._awaiting.discard(symbol)
             self._books[symbol] = book
         self._seq[symbol] = sequence
+        if self.keeps:
+            book.timestamp, book.nonce = safe_integer(row.get("ts")), safe_integer(seq)
         expected = row.get("checksum")
         if _is_int(expected) and expected != 0:  # 0: OKX no longer sends it (deprecated June 2026)
             computed = okx_checksum(book.bids.top(OKX_CHECKSUM_LEVELS), book.asks.top(OKX_CHECKSUM_LEVELS))
@@ -839,19 +928,38 @@ VERIFIERS: Final[Mapping[str, Callable[[int | None, Mapping[str, Precision] | No
     "okx": lambda depth, precision: OkxVerifier(),
 }
 """Venue id -> ``factory(depth, precision)`` of its verifier; only Kraken reads either."""
+_KEEPING: Final[Mapping[str, Callable[[], BookVerifier]]] = {
+    "bybit": lambda: BybitVerifier(keep=True),
+    "okx": lambda: OkxVerifier(keep=True),
+}
+"""The verifiers that keep their books (``verifier_for(..., keep=True)``), by venue id."""
 
 
 def verifier_for(venue_id: str, *, depth: int | None = None,
-                 precision: Mapping[str, Precision] | None = None) -> BookVerifier | None:
+                 precision: Mapping[str, Precision] | None = None,
+                 keep: bool = False) -> BookVerifier | None:
     """A new verifier for one connection of a venue, or ``None`` for a venue without checks.
 
     Args:
         venue_id: The ccxt id (``flight_md.venues``).
         depth: The subscribed book depth where the check depends on it (Kraken; default 10).
         precision: Each pair's decimals by symbol (Kraken: required).
+        keep: Keep every book for the caller (:meth:`BookVerifier.kept`): the fast book path.
 
     Raises:
-        ValueError: For Kraken without ``precision``, or a depth Kraken does not offer.
+        ValueError: For Kraken without ``precision``, a depth Kraken does not offer, or
+            ``keep`` for a venue whose verifier cannot keep its books (:func:`keeps_books`).
     """
+    if keep:
+        keeping = _KEEPING.get(venue_id)
+        if keeping is None:
+            raise ValueError(f"the {venue_id!r} book verifier cannot keep its books; "
+                             f"those that can: {', '.join(sorted(_KEEPING))}")
+        return keeping()
     factory = VERIFIERS.get(venue_id)
     return None if factory is None else factory(depth, precision)
+
+
+def keeps_books(venue_id: str) -> bool:
+    """Whether the venue's verifier can keep its books (``verifier_for(..., keep=True)``)."""
+    return venue_id in _KEEPING

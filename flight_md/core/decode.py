@@ -30,6 +30,12 @@ websocket connection (ccxt client) of a stream of that channel, with a
 factory returns the connection's decoder, or ``None`` where it cannot decode that
 connection (every frame then goes to ccxt). ``decoder="ccxt"`` on a stream never calls it.
 
+Book decoders (``Channel.BOOK``) deliver no rows: they recognise the venue's book frames,
+parse them once (orjson) and hand each to :meth:`DecodeSink.book`, which the book stream's
+capture answers (:mod:`flight_md.ingest.books`): its verifier keeps the books, so the rows are
+made of its levels. A book decoder declines every frame ccxt's book code could treat other
+than the verifier does (:func:`book_levels`), so those keep ccxt's path exactly.
+
 This module imports neither asyncio, ccxt nor pyarrow.
 """
 
@@ -63,6 +69,7 @@ __all__ = [
     "FrameDecoder",
     "Markets",
     "bidask",
+    "book_levels",
     "ccxt_first",
     "ccxt_int",
     "ccxt_int_n",
@@ -109,6 +116,11 @@ class DecodeSink(Protocol):
 
     def drop(self, symbol: str | None, reason: DropReason) -> None:
         """An update the ccxt path would have dropped (``symbol``: ``None`` when it had none)."""
+
+    def book(self, frame: Mapping[str, Any]) -> bool:
+        """A book frame, parsed (a ``book`` decoder's only delivery): the book stream's capture
+        verifies it and applies it to its kept book (:mod:`flight_md.ingest.books`, "the fast
+        path"); ``False`` (only a stream without a book capture) leaves the frame to ccxt."""
 
 
 class FrameDecoder(Protocol):
@@ -293,3 +305,23 @@ def trade(sink: DecodeSink, symbol: str, timestamp: int | None, trade_id: str | 
         sink.drop(symbol, made)
     else:
         sink.trade(made, timestamp is not None, span)
+
+
+_LEVEL_NUMBERS: Final = (str, float, int)
+
+
+def book_levels(levels: object) -> bool:
+    """Whether a frame's list of book levels is one a book decoder may claim: a list of lists
+    of at least a price and an amount, each a string or a JSON number. ccxt 4.5.90 reads a
+    level by ``safe_string``/``safe_number`` (``None`` for anything else, a ``bool`` included,
+    on which its book side then raises) or ``safe_float``; on these types ``float`` of the value,
+    which the verifier's kept book stores, is what ccxt stores, or both fail (``""``, ``"x"``:
+    the verifier resynchronises the book either way)."""
+    if type(levels) is not list:
+        return False
+    numbers = _LEVEL_NUMBERS
+    for level in levels:
+        if (type(level) is not list or len(level) < 2 or type(level[0]) not in numbers
+                or type(level[1]) not in numbers):
+            return False
+    return True

@@ -22,6 +22,24 @@ What is stored, and when
     ``seqId``, Coinbase's connection-wide ``sequence_num``), else ccxt's book nonce, else null
     (Kraken has none).
 
+The fast path (``decoder="fast"``, venues with a ``Channel.BOOK`` decoder: Bybit, OKX)
+    ccxt's book code costs more per frame than everything else together (a ``safe_number``
+    chain and a bisect per level, on its Python book sides), and the verifier already reads
+    every book frame. With ``keep=True`` the verifiers keep every book they check
+    (:meth:`~flight_md.core.books.BookVerifier.kept`: levels as sent, and the ``timestamp``
+    and nonce ccxt's book would carry after the same frame), and the rows are their top
+    ``depth`` levels as floats, which are ccxt's floats (``float`` of each text). The venue's
+    book decoder (:mod:`flight_md.core.decode`) hands each book frame, parsed once by orjson
+    in the frame guard, to :meth:`BookCapture.claim`, which does what :meth:`before` and
+    :meth:`after` do for a frame ccxt applied without an error; ccxt never sees it. A frame
+    the decoder declines (an unknown shape, levels ccxt could read differently) goes through
+    ccxt and :meth:`before`/:meth:`after` as without the fast path, and the row is still the
+    kept book's: every frame is verified once, in order, by the one verifier of its
+    connection, so verdicts, resyncs, events and counters are the same on both paths. ccxt
+    keeps connections, subscriptions, keep-alive, reconnects and every other frame; its own
+    books stay as the frames it saw left them (none, on the fast venues), and nothing reads
+    them. ``decoder="ccxt"`` keeps ccxt's books and all of the above as before.
+
 Resynchronisation
     A failed sequence or checksum, a crossed book, a malformed book frame or a frame ccxt
     raised on fails that book: ``resync(symbol)`` asks the stream to resubscribe it, one
@@ -56,9 +74,9 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, Final, Protocol
+from typing import Any, Final, Protocol, TypeGuard
 
-from flight_md.core.books import BookVerifier, Precision, Status, Verdict, verifier_for
+from flight_md.core.books import BookVerifier, Precision, Status, Verdict, keeps_books, verifier_for
 from flight_md.events import EventKind, EventLog
 from flight_md.venues.base import Venue
 
@@ -144,15 +162,23 @@ class BookCapture:
         depth: Levels a side stored (the buffer's ``book_depth``).
         subscribed: Whether a unified symbol is still subscribed (books of others are not stored).
         resync: Asks the stream to resubscribe / re-snapshot one unified symbol.
+        keep: The fast path (see the module docstring): the verifiers keep the books and the
+            rows are made of their levels, not of ccxt's book; :meth:`claim` takes the book
+            frames ccxt never sees. Only for a venue whose verifier keeps books
+            (:func:`~flight_md.core.books.keeps_books`).
 
     Raises:
-        ValueError: A depth below 1.
+        ValueError: A depth below 1, or ``keep`` for a venue whose verifier cannot keep books.
     """
 
     def __init__(self, venue: Venue, exchange: Any, buffer: BookSink, events: EventLog, depth: int, *,
-                 subscribed: Callable[[str], bool], resync: Callable[[str], None]) -> None:
+                 subscribed: Callable[[str], bool], resync: Callable[[str], None],
+                 keep: bool = False) -> None:
         if not isinstance(depth, int) or isinstance(depth, bool) or depth < 1:
             raise ValueError(f"book depth must be a positive integer, got {depth!r}")
+        if keep and not keeps_books(venue.id):
+            raise ValueError(f"the {venue.id!r} book verifier cannot keep its books")
+        self._keep = keep
         self._id = venue.id
         self._exchange = exchange
         self._buffer = buffer
@@ -195,6 +221,22 @@ class BookCapture:
             if pending:
                 self._rest_snapshots(client, conn, pending)
         self._frame = verifier.verify(message)
+
+    def claim(self, client: Any, frame: Mapping[str, Any], receive_ms: int) -> bool:
+        """The fast path: one book frame of ``client`` that flight_md parsed and ccxt never sees.
+
+        Everything :meth:`before` and :meth:`after` do for a frame ccxt applied without an
+        error, the kept book standing for ccxt's (``keep=True``; otherwise ``False``: the frame
+        is left to ccxt).
+        """
+        if not self._keep:
+            return False
+        conn = self._connection(client)
+        self._current, self._current_conn = client, conn
+        self._received = receive_ms
+        self._frame = conn.verifier.verify(frame)
+        self.after(client, frame, None)
+        return True
 
     def after(self, client: Any, message: Any, error: BaseException | None) -> None:
         """Store (or resynchronise) every book the frame touched, now that ccxt has applied it."""
@@ -241,7 +283,8 @@ class BookCapture:
         found = self._connections.get(id(client))
         if found is not None and found[0] is client:
             return found[1]
-        verifier = verifier_for(self._id, depth=self._verifier_depth, precision=self._precision)
+        verifier = verifier_for(self._id, depth=self._verifier_depth, precision=self._precision,
+                                keep=self._keep)
         if verifier is None:
             raise ValueError(f"no book verifier for venue {self._id!r}")
         conn = _Connection(verifier)
@@ -303,23 +346,30 @@ class BookCapture:
         if symbol is None or not self._subscribed(symbol):
             self._counts["unsubscribed"] += 1
             return
-        book = (getattr(self._exchange, "orderbooks", None) or {}).get(symbol)
-        if book is None:
-            self._counts["no_book"] += 1
-            return
         depth = self._depth
-        bids, asks = book["bids"][:depth], book["asks"][:depth]
+        if self._keep:
+            kept = conn.verifier.kept(market_id)
+            if kept is None:
+                self._counts["no_book"] += 1
+                return
+            bids, asks = kept.rows(depth)
+            timestamp, found = kept.timestamp, kept.nonce
+        else:
+            book = (getattr(self._exchange, "orderbooks", None) or {}).get(symbol)
+            if book is None:
+                self._counts["no_book"] += 1
+                return
+            bids, asks = book["bids"][:depth], book["asks"][:depth]
+            timestamp, found = book.get("timestamp"), book.get("nonce")
         checked = conn.verifier.check_book(market_id, bids[:1], asks[:1])
         if checked.status is Status.RESYNC:
             self._fail(client, conn, checked)
             return
         received = self._received
-        timestamp = book.get("timestamp")
         if not _is_int(timestamp) or timestamp <= 0:
             timestamp = received
         nonce = verdict.sequence
         if nonce is None:
-            found = book.get("nonce")
             nonce = found if _is_int(found) else None
         try:
             self._buffer.append_book(self._id, symbol, timestamp, bids, asks, nonce, received)
@@ -390,6 +440,6 @@ class BookCapture:
         return "spot" in url
 
 
-def _is_int(value: object) -> bool:
+def _is_int(value: object) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool)
 

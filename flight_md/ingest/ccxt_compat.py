@@ -59,7 +59,12 @@ Assumptions (the name each check reports):
     and the next one subscribes every book afresh. Tried with the emulator's ``book_gap`` on
     every venue (tests/ingest/test_trades_book_plumbing.py): one ``book_resync``, storing
     resumes from the new snapshot, nothing crossed stored. Checked: ``handle_message`` takes
-    ``(client, message)``.
+    ``(client, message)``. With the fast book path a book stream also sets
+    ``flight_md_decode`` (``decoder`` below): the book frames its venue's book decoder claims
+    never reach ``handle_message``, so ccxt's books of those venues stay empty and its
+    ``watch_order_book`` futures are not resolved by them (the stream's watchers only keep
+    the books subscribed); ccxt's unsubscribe, resubscribe and the snapshot it asks for on
+    subscribing are the same.
 ``client``
     ``exchange.client(url)`` creates (once per URL) and returns a websocket client,
     registered in the ``exchange.clients`` dict by its ``url``, whose ``on_message``,

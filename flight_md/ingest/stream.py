@@ -228,8 +228,6 @@ class _ChannelStream:
             ccxt_compat.attach(self._exchange, frame_error=self._websocket.on_frame_error,
                                closed=self._websocket.on_closed,
                                orphan=self._websocket.close_later)
-            if self.channel is Channel.BOOK:
-                self._attach_book(self._websocket)
         factory = self.venue.decoders.get(self.channel)
         if factory is not None and self.decoder_asked is DecoderKind.FAST:
             changed = ccxt_compat.changed_replicas()
@@ -241,7 +239,9 @@ class _ChannelStream:
         self.decoder = DecoderKind.FAST if (
             factory is not None and self._websocket is not None
             and self.decoder_asked is DecoderKind.FAST) else DecoderKind.CCXT
-        if self.decoder is DecoderKind.FAST and self._websocket is not None and factory is not None:
+        if self.channel is Channel.BOOK and self._websocket is not None:
+            self._attach_book(self._websocket, factory if self.decoder is DecoderKind.FAST else None)
+        elif self.decoder is DecoderKind.FAST and self._websocket is not None and factory is not None:
             ccxt_compat.attach_decoder(self._exchange, _Decoded(
                 factory, self._exchange, self.venue.raw_numeric_fields, self._fanout,
                 self._subs, self._websocket))
@@ -271,17 +271,23 @@ class _ChannelStream:
                                   f"{held} buffer (Store.buffer({channel.value!r}))")
         return buffer
 
-    def _attach_book(self, websocket: WebsocketRunner) -> None:
-        """Install the book capture (the book helper's) into the guarded exchange's frames."""
+    def _attach_book(self, websocket: WebsocketRunner, factory: DecoderFactory | None) -> None:
+        """Install the book capture (the book helper's) into the guarded exchange's frames,
+        and with the venue's book decoder (``factory``: the fast path) the hook that hands it
+        the book frames ccxt then never sees."""
         from flight_md.ingest.books import BookCapture  # the book channel only
 
         sink = _BookSink(self.exchange_id, self._buffer, self._fanout, self._subs)
         capture = BookCapture(
             self.venue, self._exchange, sink, self._events, self.book_depth,
             subscribed=lambda symbol: self._subs.subscribed(symbol) is not None,
-            resync=websocket.resync)
+            resync=websocket.resync, keep=factory is not None)
         self._book = capture
-        ccxt_compat.attach_book(self._exchange, _BookFrames(capture, websocket, self._fanout))
+        frames = _BookFrames(capture, websocket, self._fanout)
+        ccxt_compat.attach_book(self._exchange, frames)
+        if factory is not None:
+            ccxt_compat.attach_decoder(self._exchange, _BookDecoded(
+                factory, self._exchange, self.venue.raw_numeric_fields, frames, websocket))
 
     # -- public properties ------------------------------------------------------------------
 
@@ -1159,6 +1165,86 @@ class _BookFrames:
         except Exception:
             logger.exception("book capture failed on a lost connection")
 
+    def claim(self, client: Any, frame: Mapping[str, Any], receive_ms: int) -> bool:
+        """A book frame of the fast path: :meth:`BookCapture.claim
+        <flight_md.ingest.books.BookCapture.claim>` with what :meth:`before` and
+        :meth:`after` do for every frame."""
+        self._fanout.last_update = time.monotonic()
+        try:
+            claimed = bool(self._capture.claim(client, frame, receive_ms))
+        except Exception:
+            # Claimed all the same: the verifier may have applied part of it, and ccxt's path
+            # would verify it a second time.
+            logger.exception("book capture failed on a decoded frame")
+            return True
+        if claimed:
+            self._websocket.frame_ok()
+        return claimed
+
+
+class _BookDecoded:
+    """A book stream's fast-decoder hook (``exchange.flight_md_decode``): each connection's
+    venue book decoder, whose :meth:`DecodeSink.book <flight_md.core.decode.DecodeSink.book>`
+    frames go to the capture (:meth:`_BookFrames.claim`) as that connection's."""
+
+    __slots__ = ("_exchange", "_factory", "_frames", "_raw_fields", "_websocket")
+
+    def __init__(self, factory: DecoderFactory, exchange: Any, raw_fields: frozenset[str],
+                 frames: _BookFrames, websocket: WebsocketRunner) -> None:
+        self._factory = factory
+        self._exchange = exchange
+        self._raw_fields = raw_fields
+        self._frames = frames
+        self._websocket = websocket
+
+    @property
+    def enabled(self) -> bool:
+        return self._websocket.delivering
+
+    def sink_at(self, receive_ms: int) -> Any:
+        return None  # each connection's decoder is its own sink (_BookConnection)
+
+    def decoder(self, client: Any) -> FrameDecoder | None:
+        exchange = self._exchange
+        inner = self._factory(DecoderContext(
+            url=str(client.url), markets_by_id=exchange.markets_by_id or {},
+            options=exchange.options or {}, raw_fields=self._raw_fields))
+        return None if inner is None else _BookConnection(inner, client, self._frames)
+
+
+class _BookConnection:
+    """One connection's book decoder and the sink it delivers to (that connection's capture)."""
+
+    __slots__ = ("_client", "_frames", "_inner", "_receive_ms")
+
+    def __init__(self, inner: FrameDecoder, client: Any, frames: _BookFrames) -> None:
+        self._inner = inner
+        self._client = client
+        self._frames = frames
+        self._receive_ms = 0
+
+    def decode(self, frame: str | bytes, receive_ms: int, sink: Any) -> bool:
+        self._receive_ms = receive_ms
+        return self._inner.decode(frame, receive_ms, self)
+
+    def reset(self) -> None:
+        self._inner.reset()
+
+    # -- the sink: a book decoder delivers nothing but book frames --------------------------
+
+    def book(self, frame: Mapping[str, Any]) -> bool:
+        return self._frames.claim(self._client, frame, self._receive_ms)
+
+    def tick(self, symbol: str, row: Sequence[float], stamped: bool,
+             key: str | None = None) -> None:
+        raise TypeError("a book decoder delivers book frames only")
+
+    def trade(self, fields: TradeFields, stamped: bool = True, span: int = 1) -> None:
+        raise TypeError("a book decoder delivers book frames only")
+
+    def drop(self, symbol: str | None, reason: DropReason) -> None:
+        raise TypeError("a book decoder delivers book frames only")
+
 
 class _Decoded:
     """A stream's fast-decoder hook (``exchange.flight_md_decode``) and the sink its decoders
@@ -1216,6 +1302,9 @@ class _Decoded:
             return
         trades.ingest_fields(fields[0], state, fields, self._receive_ms, stamped, span)
         self._websocket.frame_ok()
+
+    def book(self, frame: Mapping[str, Any]) -> bool:
+        return False  # not a book stream: ccxt applies the frame
 
     def drop(self, symbol: str | None, reason: DropReason) -> None:
         if not symbol:

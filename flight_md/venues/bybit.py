@@ -295,6 +295,40 @@ def _trades(context: DecoderContext) -> FrameDecoder:
     return _TradeDecoder(context)
 
 
+class _BookDecoder:
+    """``orderbook.<depth>.<symbol>`` frames, parsed once, for the book stream's capture
+    (:meth:`DecodeSink.book <flight_md.core.decode.DecodeSink.book>`), which applies them to
+    the books its verifier keeps (:class:`~flight_md.core.books.BybitVerifier`); ccxt never
+    sees them. Declined: every other frame, and a book frame whose ``data``, ``b`` or ``a``
+    ccxt's ``handle_order_book`` could read other than the verifier does
+    (:func:`~flight_md.core.decode.book_levels`)."""
+
+    __slots__ = ()
+
+    def decode(self, frame: str | bytes, receive_ms: int, sink: DecodeSink) -> bool:
+        if (_BOOK_TEXT if type(frame) is str else _BOOK_BYTES) not in frame:  # type: ignore[operator]
+            return False
+        message = _frame(frame)
+        if message is None:
+            return False
+        topic, data = message.get("topic"), message.get("data")
+        if (type(topic) is not str or not topic.startswith("orderbook.") or type(data) is not dict
+                or not decode.book_levels(data.get("b")) or not decode.book_levels(data.get("a"))):
+            return False
+        return sink.book(message)
+
+    def reset(self) -> None:
+        pass
+
+
+_BOOK_TEXT: Final = '"orderbook.'
+_BOOK_BYTES: Final = b'"orderbook.'
+
+
+def _book(context: DecoderContext) -> FrameDecoder:
+    return _BookDecoder()
+
+
 VENUE = Venue(
     id="bybit",
     title="Bybit v5 (spot and linear)",
@@ -308,7 +342,7 @@ VENUE = Venue(
     symbols_per_message=10,
     book_depths=(1, 50, 200, 1000),
     url_overrides=_overrides,
-    decoders={Channel.TICKER: _ticker, Channel.TRADES: _trades},
+    decoders={Channel.TICKER: _ticker, Channel.TRADES: _trades, Channel.BOOK: _book},
     # tickers.<symbol> websocket data and /v5/market/tickers rows.
     raw_numeric_fields=frozenset({
         "lastPrice", "bid1Price", "bid1Size", "ask1Price", "ask1Size", "prevPrice24h",

@@ -47,7 +47,14 @@ from flight_md.core.ccxt_parse import (
     safe_string,
     ticker_row,
 )
-from flight_md.core.decode import DecoderContext, DecodeSink, FrameDecoder, Markets, symbols_by_id
+from flight_md.core.decode import (
+    DecoderContext,
+    DecodeSink,
+    FrameDecoder,
+    Markets,
+    book_levels,
+    symbols_by_id,
+)
 from flight_md.normalize import Channel, DropReason, to_row, to_trade
 from flight_md.venues.base import BOOK_METHODS, TRADES_METHODS, ChannelMethods, Venue
 
@@ -317,6 +324,44 @@ def _trades_decoder(context: DecoderContext) -> FrameDecoder | None:
     return OkxTradesDecoder(context)
 
 
+_BOOK_CHANNELS: Final = frozenset({"books", "books-l2-tbt", "books50-l2-tbt"})
+"""The depth channels the verifier checks and keeps (:class:`~flight_md.core.books.OkxVerifier`)."""
+
+
+class OkxBookDecoder:
+    """``books`` (``books-l2-tbt``, ``books50-l2-tbt``) frames, parsed once, for the book
+    stream's capture (:meth:`DecodeSink.book <flight_md.core.decode.DecodeSink.book>`), which
+    applies them to the books its verifier keeps; ccxt never sees them (so ccxt never makes
+    a book of its own, and ignores an update it is handed later). Declined: every other
+    frame, a frame whose ``action`` is neither ``snapshot`` nor ``update``, and one whose
+    rows ccxt's ``handle_order_book_message`` could read other than the verifier does
+    (:func:`~flight_md.core.decode.book_levels`)."""
+
+    __slots__ = ()
+
+    def decode(self, frame: str | bytes, receive_ms: int, sink: DecodeSink) -> bool:
+        message = _loads(frame)
+        if message is None:
+            return False
+        arg, data = message.get("arg"), message["data"]
+        if (type(arg) is not dict or arg.get("channel") not in _BOOK_CHANNELS
+                or type(arg.get("instId")) is not str or type(data) is not list
+                or message.get("action") not in ("snapshot", "update")):
+            return False
+        for row in data:
+            if (type(row) is not dict or not book_levels(row.get("bids", []))
+                    or not book_levels(row.get("asks", []))):
+                return False
+        return sink.book(message)
+
+    def reset(self) -> None:
+        """No per-connection state: the capture's verifier keeps the books."""
+
+
+def _book_decoder(context: DecoderContext) -> FrameDecoder | None:
+    return OkxBookDecoder()
+
+
 VENUE = Venue(
     id="okx",
     title="OKX v5 (spot, swaps, futures)",
@@ -356,5 +401,5 @@ VENUE = Venue(
     ),
     live_hosts={"/api/v5": "https://www.okx.com", "/ws/v5": "wss://ws.okx.com:443"},
     decoders={Channel.TICKER: _ticker_decoder, Channel.BIDASK: _bidask_decoder,
-              Channel.TRADES: _trades_decoder},
+              Channel.TRADES: _trades_decoder, Channel.BOOK: _book_decoder},
 )
