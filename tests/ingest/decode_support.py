@@ -46,14 +46,16 @@ from aiohttp import WSMessage, WSMsgType
 from flight_md.core.decode import DecoderContext
 from flight_md.emulator import Emulator, default_recording
 from flight_md.errors import NotFound
+from flight_md.events import EventKind
 from flight_md.ingest import ccxt_compat, session
 from flight_md.ingest.stream import MarketDataStream, _ChannelStream
 from flight_md.normalize import Channel, DropReason, TradeFields
 from flight_md.venues import venue
 
-__all__ = ["BOOK_FRAMES_KEPT", "BOOK_FRAME_CHARS", "FIXED_MS", "Case", "Outcome", "RecordingSink",
-           "assert_decoder_matches_ccxt", "emulator_frames", "fast_and_ccxt_streams", "load_markets",
-           "mutations", "recording_cases", "split_books", "stored_rows"]
+__all__ = ["BOOK_FRAMES_KEPT", "BOOK_FRAME_CHARS", "FIXED_MS", "BookOutcome", "BookPair", "Case",
+           "Outcome", "RecordingSink", "assert_decoder_matches_ccxt", "book_pair", "book_stream",
+           "emulator_frames", "fast_and_ccxt_streams", "fast_book_path", "fix_book_clocks",
+           "load_markets", "mutations", "recording_cases", "split_books", "stored_rows"]
 
 FIXED_MS: Final = 1_900_000_000_000
 """The one receive time of every frame (2030: after every recorded and synthetic timestamp,
@@ -205,6 +207,8 @@ def recording_cases(venue_id: str, symbols: Sequence[str], *,
         by_path.setdefault((ws_path or {}).get(path, path), []).append(text)
     cases = []
     for channel in venue(venue_id).decoders:
+        if channel is Channel.BOOK:  # a kept book, not a parse: BookPair compares it
+            continue
         for path, frames in by_path.items():
             if unwrap:  # the recorded frames, then the same unwrapped: one stream pair for both
                 frames = frames + [_unwrapped(text) for text in frames]
@@ -414,3 +418,187 @@ def stored_rows(stream: MarketDataStream, symbol: str, *, timestamped: bool
     keep = [c for c in table.column_names
             if c != "receive_timestamp" and (timestamped or c != "timestamp")]
     return [tuple(row.values()) for row in table.select(keep).to_pylist()]
+
+
+# -- books: the fast book path against ccxt's handle_order_book ---------------------------------------
+#
+# A book stream's frames are compared as the ticker channels' are (the same frames, in order, as
+# aiohttp hands them, to a ``decoder="ccxt"`` and a ``decoder="fast"`` stream of the same markets
+# and subscriptions), but what is compared differs: a book frame touches a kept book, so after
+# every frame the books stored since the last one (``BookTop``: timestamp, bids, asks, nonce,
+# receive time), the capture's counters, the ``book_resync`` events, each symbol's counts and the
+# drops; at the end every stored row, read back from both buffers.
+
+
+@dataclass(slots=True)
+class BookOutcome:
+    """What the book harness saw, equal on both sides: frames compared, books stored, resyncs,
+    the final counters, and the decoder each stream reports (``("ccxt", "fast")`` when the
+    venue's fast book path is in; ``("ccxt", "ccxt")`` while it is not)."""
+
+    frames: int = 0
+    stored: int = 0
+    resyncs: int = 0
+    counters: dict[str, int] = field(default_factory=dict)
+    decoders: tuple[str, str] = ("ccxt", "ccxt")
+
+    @property
+    def compared(self) -> bool:
+        """Whether the fast side really ran the fast book path."""
+        return self.decoders == ("ccxt", "fast")
+
+
+def fix_book_clocks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One receive clock for every path a book's receive time comes from: the cache tap's,
+    the frame guard's and the book capture's (:data:`FIXED_MS`)."""
+    from flight_md.ingest import books
+
+    for module, name in ((session, "now_ms"), (ccxt_compat, "now_ms"), (books, "_now_ms")):
+        monkeypatch.setattr(module, name, lambda: FIXED_MS)
+
+
+def book_stream(venue_id: str, decoder: str, url: str = _DEAD_URL) -> _ChannelStream:
+    """A book stream of ``venue_id`` pointed at ``url`` (never connected by default)."""
+    return _ChannelStream(venue_id, url=url, channel=Channel.BOOK, mode="websocket",
+                          decoder=decoder)
+
+
+class _BookSide:
+    """One stream of a book comparison and what it stored since the last look."""
+
+    def __init__(self, stream: _ChannelStream) -> None:
+        self.stream = stream
+        self.tops: list[Any] = []
+        self.seen = 0
+        stream.add_callback(self.tops.append)
+
+    def new(self) -> list[tuple[Any, ...]]:
+        found = [_fields(top) for top in self.tops[self.seen:]]
+        self.seen = len(self.tops)
+        return found
+
+    def state(self) -> tuple[Any, ...]:
+        stream = self.stream
+        resyncs = tuple((e.kind, e.symbols, e.detail) for e in stream._events.events()
+                        if e.kind is EventKind.BOOK_RESYNC)
+        symbols = tuple(sorted((symbol, s.subscribed, s.received, s.dropped, s.last_ms)
+                               for symbol, s in stream._subs.states.items()))
+        return (stream.counters(), resyncs, symbols, dict(stream._fanout.bad_frames))
+
+
+def _book_rows(stream: _ChannelStream, symbol: str) -> list[tuple[Any, ...]]:
+    try:
+        table = stream.buffer.get_latest_sync(symbol, 1_000_000, exchange=stream.exchange_id)
+    except NotFound:
+        return []
+    return [tuple(row.values()) for row in table.to_pylist()]
+
+
+class BookPair:
+    """A ``decoder="ccxt"`` and a ``decoder="fast"`` book stream fed the same frames.
+
+    :meth:`feed` hands one frame to each stream's client for ``path`` (the frame guard: as
+    aiohttp hands it to ccxt) and asserts both stored and reported the same since the last
+    frame; :meth:`finish` compares every stored row and returns the :class:`BookOutcome`.
+    """
+
+    def __init__(self, slow: _ChannelStream, fast: _ChannelStream, symbols: Sequence[str],
+                 clients: Callable[[_ChannelStream, str], Any] | None = None) -> None:
+        self.sides = (_BookSide(slow), _BookSide(fast))
+        self.symbols = tuple(symbols)
+        self._clients = clients or (lambda stream, path: stream.exchange.client(_ws_url(path)))
+        self.outcome = BookOutcome(decoders=(slow.decoder.value, fast.decoder.value))
+        assert slow.decoder.value == "ccxt"
+
+    def feed(self, path: str, frame: str, label: str = "") -> None:
+        """Hand ``frame`` to both streams' client for ``path``; assert they agree after it."""
+        for side in self.sides:
+            client = self._clients(side.stream, path)
+            client.handle_message(WSMessage(WSMsgType.TEXT, frame, None))
+        self.check(f"frame {self.outcome.frames} {label}", frame)
+        self.outcome.frames += 1
+
+    def check(self, where: str, frame: str = "") -> None:
+        """Assert both stored the same books since the last check, and report the same."""
+        slow, fast = self.sides
+        new_slow, new_fast = slow.new(), fast.new()
+        shown = frame if len(frame) < 600 else frame[:600] + "..."
+        assert len(new_slow) == len(new_fast) and all(
+            _same(a, b) for a, b in zip(new_slow, new_fast, strict=True)), (
+            f"{where}: ccxt stored {new_slow}, the fast path {new_fast}: {shown}")
+        left, right = slow.state(), fast.state()
+        for name, a, b in zip(("counters", "book_resync events", "symbols", "drops"), left, right,
+                              strict=True):
+            assert a == b, f"{where}: {name} differ: ccxt {a}, the fast path {b}: {shown}"
+        self.outcome.stored += len(new_slow)
+
+    def feed_fast_only(self, frames: Sequence[tuple[str, str]]) -> None:
+        """Hand ``(path, frame)`` frames to the fast stream alone (past a comparison's budget);
+        assert it kept every book in sync (no resync, nothing refused, nothing malformed)."""
+        fast = self.sides[1]
+        for path, frame in frames:
+            self._clients(fast.stream, path).handle_message(WSMessage(WSMsgType.TEXT, frame, None))
+        counters = fast.stream.counters()
+        assert counters["resyncs"] == counters["refused"] == 0, counters
+
+    def fast_tops(self) -> dict[str, tuple[list[list[float]], list[list[float]]]]:
+        """The fast stream's last stored book of each symbol, ``([[price, amount]...], asks)``."""
+        tops: dict[str, tuple[list[list[float]], list[list[float]]]] = {}
+        for top in self.sides[1].tops:
+            tops[top.symbol] = ([list(level) for level in top.bids],
+                                [list(level) for level in top.asks])
+        return tops
+
+    def finish(self) -> BookOutcome:
+        """Compare every stored row (receive time included) and the final state."""
+        slow, fast = (side.stream for side in self.sides)
+        listed = {m["symbol"] for m in slow.exchange.markets.values()}
+        for symbol in sorted(listed):
+            rows_slow, rows_fast = _book_rows(slow, symbol), _book_rows(fast, symbol)
+            assert len(rows_slow) == len(rows_fast) and all(
+                _same(a, b) for a, b in zip(rows_slow, rows_fast, strict=True)), symbol
+            if symbol not in self.symbols:
+                assert rows_slow == [], f"{symbol} is not subscribed but was stored"
+        decoders = (slow.status().exchanges[0].decoder, fast.status().exchanges[0].decoder)
+        assert decoders == self.outcome.decoders
+        self.outcome.counters = slow.counters()
+        self.outcome.resyncs = self.outcome.counters.get("resyncs", 0)
+        return self.outcome
+
+
+@contextlib.asynccontextmanager
+async def book_pair(venue_id: str, symbols: Sequence[str], monkeypatch: pytest.MonkeyPatch, *,
+                    replay: bool = True) -> AsyncIterator[BookPair]:
+    """Two never-connected book streams of ``venue_id`` with the emulator's markets (the
+    recording's when ``replay``) and ``symbols`` subscribed, as a :class:`BookPair`."""
+    markets = await load_markets(venue_id, replay)
+    fix_book_clocks(monkeypatch)
+    streams = (book_stream(venue_id, "ccxt"), book_stream(venue_id, "fast"))
+    for stream in streams:
+        stream.exchange.set_markets(markets)
+        stream._subs.add(tuple(symbols))
+    try:
+        yield BookPair(*streams, symbols)
+    finally:
+        for stream in streams:
+            await _close(stream)
+
+
+async def _close(stream: _ChannelStream) -> None:
+    for future in list(stream._background):
+        future.cancel()
+    await asyncio.gather(*stream._background, return_exceptions=True)
+    await stream.exchange.close()
+
+
+def fast_book_path(venue_id: str) -> bool:
+    """Whether a ``decoder="fast"`` book stream of ``venue_id`` runs the fast book path (its
+    status says ``decoder="fast"``) rather than ccxt's."""
+    found = _FAST_BOOKS.get(venue_id)
+    if found is None:
+        stream = book_stream(venue_id, "fast")
+        found = _FAST_BOOKS[venue_id] = stream.status().exchanges[0].decoder == "fast"
+    return found
+
+
+_FAST_BOOKS: dict[str, bool] = {}
