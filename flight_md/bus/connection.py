@@ -10,6 +10,10 @@ nats-py is connected with ``pending_size=0``: while the server is away nats-py b
 publish of its own (by default it would, 2 MiB, unbounded in count, and lose it on close), so
 that every unacked message is in the publisher's :class:`~flight_md.bus.backlog.Backlog`,
 counted and bounded in one place.
+
+Assumption on nats-py's internals (2.16, pinned to the minor): ``Client.options`` is the dict
+its reconnect loop reads ``max_reconnect_attempts`` from at each attempt, so that the first
+dial can be bounded and later reconnects not (:func:`connect`; the bus tests cover both).
 """
 
 from __future__ import annotations
@@ -57,11 +61,19 @@ async def connect(options: BusOptions, *, name: str,
         BusUnavailable: the first dial failed (no server, refused login, bad TLS).
     """
 
+    seen: list[Exception] = []
+
     async def on_error(exc: Exception) -> None:
+        if len(seen) < 2:
+            seen.append(exc)
         logger.debug("bus %s: %s", name, options.redact(f"{type(exc).__name__}: {exc}"))
 
     kwargs: dict[str, Any] = options.connect_kwargs()
-    kwargs.update(name=name, pending_size=0, error_cb=on_error, allow_reconnect=True)
+    # nats-py applies max_reconnect_attempts to the first dial too (-1: it never returns while
+    # the server is away); the first dial gets one retry, and the connection, once made,
+    # reconnects forever (set below).
+    kwargs.update(name=name, pending_size=0, error_cb=on_error, allow_reconnect=True,
+                  max_reconnect_attempts=1)
     if on_disconnect is not None:
         kwargs["disconnected_cb"] = on_disconnect
     if on_reconnect is not None:
@@ -70,9 +82,12 @@ async def connect(options: BusOptions, *, name: str,
     try:
         await client.connect(**kwargs)
     except BUS_ERRORS as exc:
+        # nats-py raises "no servers" after its retries; the first error seen says why.
+        cause = seen[0] if seen and isinstance(exc, nats.errors.NoServersError) else exc
         await _close_quietly(client)
         # No cause chained: its text (and its own causes) can hold the credentials.
-        raise bus_error(options, "cannot connect to the bus", exc) from None
+        raise bus_error(options, "cannot connect to the bus", cause) from None
+    client.options["max_reconnect_attempts"] = -1  # an assumption on nats-py: module docstring
     return client
 
 

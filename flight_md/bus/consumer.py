@@ -107,11 +107,13 @@ class Consumer:
         subjects: Subject filters (:func:`~flight_md.bus.subjects.validate_filter`); every
             subject by default.
         on_gap: Called with each gap found (after the message that revealed it is stored).
+        ack_wait_s: The server redelivers a message not acked within this (a node that died
+            holding it); set when the durable consumer is created.
     """
 
     def __init__(self, options: BusOptions, node: str, store: StoreCallback, *,
                  ledger: Ledger | None = None, subjects: Sequence[str] = (ALL_SUBJECTS,),
-                 on_gap: GapCallback | None = None) -> None:
+                 on_gap: GapCallback | None = None, ack_wait_s: float = ACK_WAIT_S) -> None:
         self.options = options
         self.node = validate_node_name(node)
         self.durable = durable_name(node)
@@ -120,6 +122,7 @@ class Consumer:
         self.subjects = tuple(validate_filter(s) for s in subjects)
         self.ledger = ledger if ledger is not None else Ledger()
         self._store = store
+        self.ack_wait_s = ack_wait_s
         self._on_gap = on_gap
         self._client: Client | None = None
         self._js: JetStreamContext | None = None
@@ -128,6 +131,8 @@ class Consumer:
         self._counts: Counter[str] = Counter()
         self._gaps: list[Gap] = []
         self._last_stream_seq: dict[str, int] = {}
+        self._stopping = False
+        self._failed: BaseException | None = None
 
     def __repr__(self) -> str:
         return (f"Consumer(node={self.node!r}, subjects={self.subjects!r}, "
@@ -145,7 +150,7 @@ class Consumer:
             durable_name=self.durable,
             ack_policy=api.AckPolicy.EXPLICIT,
             deliver_policy=api.DeliverPolicy.ALL,
-            ack_wait=ACK_WAIT_S,
+            ack_wait=self.ack_wait_s,
             max_ack_pending=4 * FETCH_BATCH,
         )
         if len(self.subjects) == 1:
@@ -161,14 +166,18 @@ class Consumer:
                             exc) from None
         self._task = asyncio.get_running_loop().create_task(self._run(),
                                                             name=f"bus-consume-{self.node}")
+        self._task.add_done_callback(self._done)
 
     @property
     def failed(self) -> BaseException | None:
         """What stopped the reading task (the store callback's error), if it stopped."""
-        task = self._task
-        if task is None or not task.done() or task.cancelled():
-            return None
-        return task.exception()
+        return self._failed
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and (error := task.exception()) is not None:
+            self._failed = error
+            logger.error("bus consumer %s stopped: %s", self.node,
+                         self.options.redact(f"{type(error).__name__}: {error}"))
 
     def stats(self) -> ConsumerStats:
         """Counts so far."""
@@ -178,7 +187,7 @@ class Consumer:
     async def _run(self) -> None:
         sub = self._sub
         assert sub is not None
-        while True:
+        while not self._stopping:
             try:
                 messages = await sub.fetch(FETCH_BATCH, timeout=FETCH_WAIT_S)
             except TimeoutError:
@@ -189,8 +198,21 @@ class Consumer:
                                bus_error(self.options, "pull failed", exc))
                 await asyncio.sleep(self.options.reconnect_wait_s)
                 continue
+            for index, msg in enumerate(messages):
+                if self._stopping:
+                    await self._give_back(messages[index:])
+                    return
+                try:
+                    await self._handle(msg)
+                except BaseException:
+                    # Not stored: delivered again at once (not after ack_wait) to the next run.
+                    await self._give_back(messages[index:])
+                    raise
+
+    async def _give_back(self, messages: Sequence[Msg]) -> None:
+        with contextlib.suppress(*BUS_ERRORS):
             for msg in messages:
-                await self._handle(msg)
+                await msg.nak()
 
     async def _handle(self, msg: Msg) -> None:
         try:
@@ -247,14 +269,18 @@ class Consumer:
             raise bus_error(self.options, "cannot read the consumer's lag", exc) from None
         return ConsumerLag(info.num_pending or 0, info.num_ack_pending or 0, subjects)
 
-    async def close(self) -> None:
-        """Stop reading (a message being stored is finished first only if the callback is
-        quick: the task is cancelled) and disconnect; the durable consumer stays on the server."""
+    async def close(self, timeout: float = 5.0) -> None:
+        """Stop reading and disconnect; the durable consumer stays on the server. The message
+        being stored is finished and acked, the rest of the pulled ones are given back (nak:
+        redelivered at once to the next run); after ``timeout`` seconds the reading is
+        cancelled wherever it is."""
+        self._stopping = True
         task, self._task = self._task, None
         if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, *BUS_ERRORS):
-                await task
+            done, _ = await asyncio.wait({task}, timeout=timeout)
+            if not done:
+                task.cancel()
+                await asyncio.wait({task})
         sub, self._sub = self._sub, None
         if sub is not None:
             with contextlib.suppress(*BUS_ERRORS):

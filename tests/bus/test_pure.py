@@ -33,22 +33,12 @@ from flight_md.bus.subjects import (
     subject_for,
     validate_filter,
 )
-from flight_md.core.channels import CHANNELS, spec_for, trade_row
+from flight_md.core.channels import CHANNELS, spec_for
 from flight_md.errors import ConfigError
+from tests.bus.nats_support import trades_batch
 
 SYMBOLS = ["BTC/USDT", "BTC-USDT-SWAP", "ETH/USD:ETH", "1000.PEPE/USDT", "a*b", "x>y", "two words",
            "100%", "tab\there", "é/€", "", "%41"]
-
-
-def trades_batch(rows: int, start: int = 1_700_000_000_000) -> pa.RecordBatch:
-    """``rows`` trades in the stored schema, as the hand-off's ``spec.seal`` builds them."""
-    spec = spec_for("trades")
-    flat = array("d")
-    ids: list[str | None] = []
-    for i in range(rows):
-        flat.extend(trade_row(start + i, 100.0 + i, 0.5, "buy" if i % 2 else "sell", start + i + 3))
-        ids.append(str(1000 + i) if i % 3 else None)
-    return spec.seal(flat, rows, ids)
 
 
 # -- subjects -----------------------------------------------------------------------------------
