@@ -1,7 +1,8 @@
 """Assembly of a running flight_md: store, ingestion thread, optional emulator, Flight server.
 
 :class:`MarketDataApp` is what ``flight-md serve`` runs, and what tests and notebooks use to run
-the same thing in-process::
+the same thing in-process (``ServerConfig``'s default keeps ingestion on a thread of the caller's
+process; ``flight-md serve`` sets ``ingest_process`` unless told ``--no-ingest-process``)::
 
     with MarketDataApp(ServerConfig(demo=True, port=0)) as app:
         client = pyarrow.flight.connect(app.location)
@@ -215,6 +216,7 @@ class MarketDataApp:
                                                  sql_timeout_s=self.config.sql_timeout,
                                                  sql_memory_limit=self._sql_memory_limit(),
                                                  sql_max_concurrent=self.config.sql_max_concurrent,
+                                                 ingestion_mode=self.config.ingestion_mode,
                                                  **security)
         except Exception as exc:
             # pyarrow says only "Server did not start properly" (the reason goes to gRPC's log):

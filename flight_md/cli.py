@@ -26,6 +26,7 @@ from flight_md.config import (
     DECODERS,
     FSYNC_MODES,
     MODES,
+    SERVE_INGEST_PROCESS,
     STREAM_DEFAULTS,
     ServerConfig,
     StreamConfig,
@@ -220,13 +221,15 @@ def _serve_parser(sub: Any) -> None:
     add("--tls-client-ca", type=Path, metavar="F",
         help="mutual TLS: require client certificates signed by this CA")
     add("--ingest-process", action=argparse.BooleanOptionalAction, default=None,
-        help="run ingestion (ccxt) in a child process, so that queries do not wait for it "
-        "(recommended under heavy ingest or query load); --no-ingest-process overrides "
-        "ingest_process = true in --config (default off)")
+        help="run ingestion (ccxt) in a child process, so that queries and live tails do not "
+        "wait for it: the default, as they measured faster so (BENCHMARKS.md); "
+        "--no-ingest-process runs it on a thread of the server (one interpreter, less memory), "
+        "whatever ingest_process in --config says; the Python API's ServerConfig stays "
+        f"in-process (default {'on' if SERVE_INGEST_PROCESS else 'off'})")
     add("--ingest-workers", type=_WORKERS, default=None, metavar="N",
         help="run ingestion in N child processes, each exchange's symbols spread evenly over "
         "them, so that parsing can use N cores (implies --ingest-process, which is one); see "
-        "the README on choosing N; TOML key ingest_workers (default 1 with --ingest-process)")
+        "the README on choosing N; TOML key ingest_workers (default 1, unless --no-ingest-process)")
     add("--metrics-port", type=_port, default=None, metavar="PORT",
         help="serve Prometheus /metrics, /healthz and /readyz over HTTP on this port of --host "
         "(0 picks one) (default off)")
@@ -304,7 +307,8 @@ def options_markdown() -> str:
 
 def build_config(args: argparse.Namespace) -> ServerConfig:
     """Merge ``serve`` options over the config file (options win)."""
-    base = load_config(args.config) if args.config else ServerConfig()
+    base = (load_config(args.config, ingest_process=SERVE_INGEST_PROCESS) if args.config
+            else ServerConfig(ingest_process=SERVE_INGEST_PROCESS))
     streams = base.streams
     buffer_size = args.buffer_size if args.buffer_size is not None else base.buffer_size
     stream_options = {name: getattr(args, name) for name in _STREAM_OPTIONS
@@ -340,7 +344,8 @@ def build_config(args: argparse.Namespace) -> ServerConfig:
 
 
 def _ingest_options(args: argparse.Namespace, base: ServerConfig) -> dict[str, Any]:
-    """``ingest_process`` and ``ingest_workers``: the options over the file's;
+    """``ingest_process`` and ``ingest_workers``: the options over the file's (whose
+    ``ingest_process`` is :data:`SERVE_INGEST_PROCESS` unless it sets it);
     ``--no-ingest-process`` runs ingestion on a thread whatever the file says."""
     if args.ingest_process is False:
         if args.ingest_workers is not None:

@@ -34,6 +34,7 @@ import os
 import re
 import tomllib
 from dataclasses import dataclass, field, fields
+from enum import StrEnum
 from pathlib import Path
 from typing import Any, Final
 
@@ -42,7 +43,8 @@ from flight_md.core.decode import DecoderKind
 from flight_md.errors import ConfigError
 from flight_md.tickets import EXCHANGE_RE, SYMBOL_RE
 
-__all__ = ["DEMO_SYMBOLS", "DEMO_VENUE", "STREAM_DEFAULTS", "Secret", "ServerConfig", "StreamConfig", "load_config"]
+__all__ = ["DEMO_SYMBOLS", "DEMO_VENUE", "SERVE_INGEST_PROCESS", "STREAM_DEFAULTS", "IngestionMode",
+           "Secret", "ServerConfig", "StreamConfig", "load_config"]
 
 DEMO_SYMBOLS: Final = ("BTC/USDT", "ETH/USDT", "SOL/USDT", "BNB/USDT", "XRP/USDT")
 """What plain ``--demo`` serves: the emulated Binance market's symbols."""
@@ -53,6 +55,23 @@ CHANNELS: Final = ("ticker", "bidask", "trades", "book")
 MODES: Final = ("auto", "websocket", "rest")
 DECODERS: Final = tuple(kind.value for kind in DecoderKind)
 """What a stream's ``decoder`` may name."""
+SERVE_INGEST_PROCESS: Final = True
+"""``flight-md serve``'s default for ``ingest_process`` (and for the key when its ``--config``
+file leaves it out): ingestion in a child process, which the benchmarks measure as at least as
+fast as a thread on every serving figure (BENCHMARKS.md). :class:`ServerConfig` (the Python API)
+keeps ``False``: callbacks and :class:`~flight_md.ingest.stream.MarketDataStream` run in the
+caller's process."""
+
+
+class IngestionMode(StrEnum):
+    """Where ingestion runs, as ``status`` reports it (``server.ingestion_mode``)."""
+
+    PROCESS = "process"
+    """In child processes (``ingest_process``/``ingest_workers``): the ``flight-md serve`` default."""
+    THREAD = "thread"
+    """On a thread of the serving process (``--no-ingest-process``; the Python API's default)."""
+
+
 SECRET_CCXT_KEYS: Final = frozenset({"apiKey", "secret", "password", "uid", "privateKey",
                                      "walletAddress", "token"})
 """ccxt credentials: never accepted in ``ccxt_options`` (they would be printed with it)."""
@@ -216,7 +235,9 @@ class ServerConfig:
     """Levels a side the ``book`` channel stores (each venue subscribes the smallest depth
     it offers that is at least this)."""
     ingest_process: bool = False
-    """Run ingestion in a child process (see :mod:`flight_md.ingest.process`)."""
+    """Run ingestion in a child process (see :mod:`flight_md.ingest.process`). ``False`` here,
+    so that an app built from Python keeps its ingestion (and any callbacks) in-process;
+    ``flight-md serve`` defaults to ``True`` (:data:`SERVE_INGEST_PROCESS`)."""
     ingest_workers: int | None = None
     """Run ingestion in this many child processes, the streams' symbols spread over them (see
     :mod:`flight_md.ingest.workers`); setting it implies ``ingest_process`` (1 is the same as
@@ -358,6 +379,13 @@ class ServerConfig:
         return 1 if self.ingest_process else 0
 
     @property
+    def ingestion_mode(self) -> IngestionMode | None:
+        """Where ingestion runs; ``None`` when there is nothing to ingest (no stream, no demo)."""
+        if not (self.demo or self.streams):
+            return None
+        return IngestionMode.PROCESS if self.ingest_process else IngestionMode.THREAD
+
+    @property
     def location(self) -> str:
         scheme = "grpc+tls" if self.tls_cert else "grpc"
         host = f"[{self.host}]" if ":" in self.host else self.host
@@ -447,8 +475,13 @@ _STREAM_KEYS: Final = {f.name for f in fields(StreamConfig)} - {"exchange", "api
                                                                  "api_secret"}
 
 
-def load_config(path: Path) -> ServerConfig:
+def load_config(path: Path, *, ingest_process: bool = False) -> ServerConfig:
     """Load a TOML config file (see the module docstring).
+
+    Args:
+        path: The file.
+        ingest_process: ``ingest_process`` when ``[server]`` does not set it (``flight-md
+            serve`` passes :data:`SERVE_INGEST_PROCESS`; the Python API's default is ``False``).
 
     Raises:
         ConfigError: The file is unreadable or invalid; the message names the key.
@@ -533,6 +566,7 @@ def load_config(path: Path) -> ServerConfig:
                                         api_secret=api_secret, **entry))
         except TypeError as exc:
             raise ConfigError(f"invalid settings for exchange {exchange!r}: {exc}") from None
+    server.setdefault("ingest_process", ingest_process)
     return ServerConfig(streams=tuple(streams), auth_tokens=tokens, read_only_tokens=read_only,
                         tls_cert=paths.get("tls_cert"), tls_key=paths.get("tls_key"),
                         tls_client_ca=paths.get("tls_client_ca"),

@@ -317,6 +317,8 @@ class FlightMarketDataServer(flight.FlightServerBase):
         persistence: The journal and Parquet history: range and ``latest`` queries beyond the
             ring read it (:mod:`flight_md.persist.query`), ``flush`` writes it, ``status``
             reports it. ``None``: memory only.
+        ingestion_mode: Where ingestion runs (``"process"`` or ``"thread"``), as ``status``
+            reports it in ``server.ingestion_mode`` (the app passes it; ``None``: not said).
         **kwargs: Passed to :class:`pyarrow.flight.FlightServerBase` (``tls_certificates``,
             ``verify_client``, ``root_certificates``, ``middleware``, ...).
     """
@@ -328,7 +330,7 @@ class FlightMarketDataServer(flight.FlightServerBase):
                  authorize: Callable[[flight.ServerCallContext, bool], None] | None = None,
                  persistence: Persistence | None = None, sql_timeout_s: float = 30.0,
                  sql_memory_limit: str = "1GB", sql_max_concurrent: int = 4,
-                 **kwargs: Any) -> None:
+                 ingestion_mode: str | None = None, **kwargs: Any) -> None:
         super().__init__(location, **kwargs)
         self.persistence = persistence
         if store is None:
@@ -337,6 +339,7 @@ class FlightMarketDataServer(flight.FlightServerBase):
         self.buffer = buffer if buffer is not None else store.buffer("ticker")
         self.events = events if events is not None else EventLog()
         self.control = control
+        self.ingestion_mode = ingestion_mode
         self.follow_max_lag = follow_max_lag
         self._authorize = authorize
         self.refused = _Counters()
@@ -889,6 +892,7 @@ class FlightMarketDataServer(flight.FlightServerBase):
                 "uptime_s": round(time.monotonic() - self._started, 3),
                 "buffer_size": self.buffer.buffer_size,
                 "ingestion": self.control is not None,
+                "ingestion_mode": self.ingestion_mode if self.control is not None else None,
                 "refused_requests": self.refused.snapshot(),
                 "events": len(self.events),
             },

@@ -507,13 +507,21 @@ def get_command(args: argparse.Namespace, md: MarketDataClient) -> int:
 # -- status ----------------------------------------------------------------------------------
 
 
+def _ingestion(server: dict[str, Any]) -> str:
+    """``off``, ``on`` (on a thread of the server, or not said), or ``out of process`` in
+    child processes (``flight-md serve``'s default)."""
+    if not server.get("ingestion"):
+        return "off"
+    return "out of process" if server.get("ingestion_mode") == "process" else "on"
+
+
 def status_lines(status: dict[str, Any], location: str) -> list[str]:
     """The ``status`` action's result as text."""
     server = status.get("server", {})
     refused = server.get("refused_requests") or {}
     lines = [f"server {location}: up {format_age(server.get('uptime_s', 0) * 1000)}, "
              f"buffer {server.get('buffer_size', '-')} ticks per symbol, ingestion "
-             f"{'on' if server.get('ingestion') else 'off'}, {server.get('events', 0)} events, "
+             f"{_ingestion(server)}, {server.get('events', 0)} events, "
              f"{sum(refused.values())} refused requests"
              + (f" ({', '.join(f'{k} {v}' for k, v in sorted(refused.items()))})"
                 if refused else "")]

@@ -63,6 +63,15 @@ def symbol_status(client: flight.FlightClient, exchange: str, symbol: str) -> di
 
 def ingestion_children(pid: int) -> list[str]:
     """Command lines of the multiprocessing children of process ``pid`` (``--ingest-process``)."""
+    return [cmdline for _, cmdline in _ingestion_processes(pid)]
+
+
+def ingestion_child_pids(pid: int) -> list[int]:
+    """Process ids of the multiprocessing children of process ``pid``."""
+    return [child for child, _ in _ingestion_processes(pid)]
+
+
+def _ingestion_processes(pid: int) -> list[tuple[int, str]]:
     found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -74,7 +83,7 @@ def ingestion_children(pid: int) -> list[str]:
             continue
         ppid = int(stat.rsplit(")", 1)[1].split()[1])
         if ppid == pid and "multiprocessing" in cmdline and "resource_tracker" not in cmdline:
-            found.append(cmdline)
+            found.append((int(entry.name), cmdline))
     return found
 
 
@@ -113,6 +122,7 @@ def test_config_with_two_exchanges_and_options_over_it(
         assert not server.location.endswith(f":{held_port}")
         assert ingestion_children(server.pid), "--ingest-process started no ingestion child"
         first = status(client)
+        assert first["server"]["ingestion_mode"] == "process"
         assert first["server"]["buffer_size"] == 40
         assert {ex: first["exchanges"][ex]["channel"] for ex in first["exchanges"]} == \
             {"binance": "bidask", "bybit": "ticker"}
@@ -144,11 +154,59 @@ def test_the_file_is_used_where_no_option_overrides_it(
     with ServerProcess("--config", str(config), "--no-ingest-process") as server, \
             flight.connect(server.location) as client:
         assert status(client)["server"]["buffer_size"] == 25
+        assert status(client)["server"]["ingestion_mode"] == "thread"
         until(lambda: symbol_status(client, "bybit", "BTC/USDT:USDT").get("ticks_appended", 0)
               > 25, 30, "more than 25 bybit ticks")
         table = client.do_get(flight.Ticket(b"BTC/USDT:USDT")).read_all()
         assert table.num_rows == 25
         assert ingestion_children(server.pid) == []
+
+
+# (serve options, [server] lines of --config or None for no file) -> (ingest_process, workers)
+WHERE_INGESTION_RUNS = {
+    "default": ((), None, (True, 1)),
+    "--no-ingest-process": (("--no-ingest-process",), None, (False, 0)),
+    "file without the key": ((), "buffer_size = 25", (True, 1)),
+    "file false": ((), "ingest_process = false", (False, 0)),
+    "file false, --ingest-process": (("--ingest-process",), "ingest_process = false", (True, 1)),
+    "file true, --no-ingest-process": (("--no-ingest-process",), "ingest_process = true",
+                                       (False, 0)),
+    "file false, --ingest-workers 2": (("--ingest-workers", "2"), "ingest_process = false",
+                                       (True, 2)),
+    "file workers 2, --no-ingest-process": (("--no-ingest-process",), "ingest_workers = 2",
+                                            (False, 0)),
+}
+
+
+@pytest.mark.parametrize("args, server, expected", list(WHERE_INGESTION_RUNS.values()),
+                         ids=list(WHERE_INGESTION_RUNS))
+def test_serve_runs_ingestion_in_a_child_process_unless_told_otherwise(
+        tmp_path: Path, args: tuple[str, ...], server: str | None,
+        expected: tuple[bool, int]) -> None:
+    """``flight-md serve`` ingests in a child process by default (SERVE_INGEST_PROCESS);
+    ``--no-ingest-process`` or the file's ``ingest_process = false`` puts it on a thread, and
+    the command line wins over the file either way."""
+    from flight_md.cli import _parser, build_config
+
+    config_args: tuple[str, ...] = ()
+    if server is not None:
+        (tmp_path / "server.toml").write_text(f"[server]\n{server}\n", encoding="utf-8")
+        config_args = ("--config", str(tmp_path / "server.toml"))
+    config = build_config(_parser().parse_args(["serve", "--demo", *config_args, *args]))
+    assert (config.ingest_process, config.workers) == expected
+    assert config.ingestion_mode == ("process" if expected[0] else "thread")
+
+
+def test_the_python_api_keeps_ingestion_in_process(tmp_path: Path) -> None:
+    """``ServerConfig`` and ``load_config`` from Python keep ingestion on a thread of the
+    caller (callbacks and MarketDataStream stay in-process); the file's key still counts."""
+    from flight_md.config import ServerConfig, load_config
+
+    assert ServerConfig(demo=True).ingestion_mode == "thread"
+    (tmp_path / "server.toml").write_text("[server]\nbuffer_size = 25\n", encoding="utf-8")
+    assert load_config(tmp_path / "server.toml").ingest_process is False
+    (tmp_path / "server.toml").write_text("[server]\ningest_process = true\n", encoding="utf-8")
+    assert load_config(tmp_path / "server.toml").ingest_process is True
 
 
 # -- config errors ---------------------------------------------------------------------------

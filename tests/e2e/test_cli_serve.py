@@ -27,7 +27,7 @@ from pyarrow import flight
 
 from flight_md.config import DEMO_SYMBOLS
 from tests.e2e.conftest import MarketMover
-from tests.e2e.test_cli_config import ForkRunner, assert_one_line_error
+from tests.e2e.test_cli_config import ForkRunner, assert_one_line_error, ingestion_child_pids
 from tests.support import MS, EmulatorProcess, ServerProcess, until
 
 SYMBOLS = ("BTC/USDT", "ETH/USDT")
@@ -82,8 +82,13 @@ def stream_args(url: str, *more: str) -> tuple[str, ...]:
 
 def test_demo_streams_the_emulated_binance_market() -> None:
     """``--demo``: the five demo symbols on binance, ticking, trading and quoting their book,
-    with no exchange given."""
-    with ServerProcess("--demo") as server, flight.connect(server.location) as client:
+    with no exchange given; by default ingestion runs in one child process, which SIGTERM
+    stops with the server (exit 0, no child left)."""
+    server = ServerProcess("--demo")
+    with server, flight.connect(server.location) as client:
+        assert status(client)["server"]["ingestion_mode"] == "process"
+        children = ingestion_child_pids(server.pid)
+        assert len(children) == 1, server.output
         until(lambda: all(stored(client, s) >= 3 for s in DEMO_SYMBOLS), 30,
               "three ticks of every demo symbol")
         flights = {tuple(p.decode() for p in f.descriptor.path) for f in client.list_flights()
@@ -101,6 +106,9 @@ def test_demo_streams_the_emulated_binance_market() -> None:
         # Binance's tickers and trades are read by its fast decoders, books by ccxt.
         assert {c: s["decoder"] for c, s in streams.items()} == {
             "ticker": "fast", "trades": "fast", "book": "ccxt"}
+    assert server.stop() == 0, server.output
+    until(lambda: not any(Path(f"/proc/{pid}").exists() for pid in children), 10 * MS,
+          "the ingestion child gone with the server")
 
 
 def test_host_binds_the_address_given() -> None:

@@ -170,7 +170,8 @@ def test_stop_is_bounded_and_leaves_no_child(app: MarketDataApp) -> None:
 
 def test_the_command_line_and_the_config_file_turn_it_on(tmp_path: Path) -> None:
     assert build_config(cli_parser().parse_args(["serve", "--ingest-process"])).ingest_process
-    assert not build_config(cli_parser().parse_args(["serve"])).ingest_process
+    assert not build_config(cli_parser().parse_args(["serve", "--no-ingest-process"])
+                            ).ingest_process
     path = tmp_path / "server.toml"
     path.write_text("[server]\ningest_process = true\n")
     assert load_config(path).ingest_process

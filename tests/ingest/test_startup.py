@@ -52,7 +52,7 @@ def _events(client: flight.FlightClient) -> list[dict[str, Any]]:
 def test_a_server_started_while_its_exchange_is_down_serves_and_connects_later(
         process: bool) -> None:
     port = _free_port()  # nothing listens here until the emulator starts below
-    extra = ("--ingest-process",) if process else ()
+    extra = ("--ingest-process",) if process else ("--no-ingest-process",)
     server = ServerProcess("--exchange", "binance", "--symbols", "BTC/USDT",
                            "--exchange-url", f"http://127.0.0.1:{port}", *FAST, *extra).start()
     emulator: EmulatorProcess | None = None
