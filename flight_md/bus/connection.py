@@ -18,6 +18,7 @@ dial can be bounded and later reconnects not (:func:`connect`; the bus tests cov
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -79,11 +80,14 @@ async def connect(options: BusOptions, *, name: str,
     if on_reconnect is not None:
         kwargs["reconnected_cb"] = on_reconnect
     client = Client()
+    # Bounded as a whole too: after a failed TLS handshake nats-py 2.16 can wait forever in
+    # connect() (seen with an untrusted server certificate).
+    first_dial = 2 * (options.connect_timeout_s + options.reconnect_wait_s) + 1.0
     try:
-        await client.connect(**kwargs)
+        await asyncio.wait_for(client.connect(**kwargs), first_dial)
     except BUS_ERRORS as exc:
         # nats-py raises "no servers" after its retries; the first error seen says why.
-        cause = seen[0] if seen and isinstance(exc, nats.errors.NoServersError) else exc
+        cause = seen[0] if seen and isinstance(exc, nats.errors.NoServersError | TimeoutError) else exc
         await _close_quietly(client)
         # No cause chained: its text (and its own causes) can hold the credentials.
         raise bus_error(options, "cannot connect to the bus", cause) from None
@@ -93,7 +97,7 @@ async def connect(options: BusOptions, *, name: str,
 
 async def _close_quietly(client: Client) -> None:
     try:
-        await client.close()
+        await asyncio.wait_for(client.close(), 2.0)
     except BUS_ERRORS:
         pass
 

@@ -205,6 +205,8 @@ class Publisher:
                             exc) from None
 
     async def _on_disconnect(self) -> None:
+        if self._closed:
+            return
         self._disconnects += 1
         logger.warning("bus publisher %s: disconnected from %s", self.producer,
                        self.options.display_url)

@@ -350,3 +350,37 @@ async def test_credentials_never_appear_in_reprs_or_errors(tmp_path: Path) -> No
     for text in shown:
         for secret in ("hunter2-SECRET", "wrong-SECRET", "url-SECRET"):
             assert secret not in text, text
+
+
+@pytest.mark.asyncio
+async def test_tls_and_token_reach_the_server(tmp_path: Path) -> None:
+    trustme = pytest.importorskip("trustme")
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1")
+    ca_file, cert_file, key_file = tmp_path / "ca.pem", tmp_path / "server.pem", tmp_path / "key.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+    cert.cert_chain_pems[0].write_to_path(str(cert_file))
+    cert.private_key_pem.write_to_path(str(key_file))
+    server = NatsServer(tmp_path, "--tls", "--tlscert", str(cert_file), "--tlskey", str(key_file),
+                        "--auth", "tok-SECRET-7").start()
+    try:
+        options = BusOptions(url=f"tls://127.0.0.1:{server.port}", token="tok-SECRET-7",
+                             tls_ca=ca_file, connect_timeout_s=2.0)
+        publisher = Publisher(options, "ingest-a-1")
+        await publisher.start()
+        publisher.publish("trades", "binance", "BTC/USDT", trades_batch(3))
+        await publisher.flush(TIMEOUT * MS)
+        stored = Stored()
+        consumer = Consumer(options, "serve-a", stored)
+        await consumer.start()
+        await consume_until(consumer, stored, 1)
+        await consumer.close()
+        await publisher.close()
+        untrusted = BusOptions(url=f"tls://127.0.0.1:{server.port}", token="tok-SECRET-7",
+                               connect_timeout_s=0.3, reconnect_wait_s=0.1)
+        with pytest.raises(BusUnavailable, match="SSL|certificate") as raised:
+            await Consumer(untrusted, "serve-a", Stored()).start()
+    finally:
+        server.kill()
+    assert stored.messages[0].batch.equals(trades_batch(3))
+    assert "tok-SECRET-7" not in str(raised.value) + repr(options) + repr(untrusted)
