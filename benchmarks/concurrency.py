@@ -22,7 +22,17 @@ from pyarrow import flight
 
 from benchmarks.latency import MODES, LoadedServers, tickets
 from benchmarks.process import Child, serve
-from benchmarks.report import Section, Table, median, ratio, show
+from benchmarks.report import (
+    DEFAULT_SERVE,
+    THREAD_SERVE,
+    ModeFigure,
+    Section,
+    Table,
+    median,
+    ratio,
+    serve_mode_line,
+    show,
+)
 from benchmarks.servers import check_equal
 from benchmarks.settings import Settings
 
@@ -113,10 +123,12 @@ section). **Baseline**: the bare `pyarrow.flight` server of the latency section 
 table built without flight_md's buffer, the same schema and row count, flight_md's IPC
 options), measured in alternation under the same machine load. {repetitions} repetitions, medians. On 2 cores the
 clients, the emulator, ingestion and the server share the CPU: the figures are for comparing the
-two servers, not absolute capacity. **Child process**: flight_md with `ingest_process` (ccxt
-in a child process), measured the same way while the other server is stopped.
+two servers, not absolute capacity. Measured with ingestion in a child process (`ingest_process`,
+`flight-md serve`'s default) and on a thread of the flight_md process (`--no-ingest-process`),
+one at a time (the other's servers stopped).
 """)
     table = Table(("Ingestion", "Clients", "flight_md req/s", "bare req/s", "Ratio"))
+    ratios: dict[tuple[str, str], float] = {}  # (mode, clients) -> flight_md / bare req/s
     with ExitStack() as stack:
         if loaded is None:
             loaded = stack.enter_context(LoadedServers(settings))
@@ -131,17 +143,26 @@ in a child process), measured the same way while the other server is stopped.
             if ingest_process not in settings.ingest_process_modes:
                 continue
             servers = loaded.get(ingest_process)
-            _rows(table, section, children, servers.flight_md.hello["location"],
+            _rows(table, ratios, section, children, servers.flight_md.hello["location"],
                   servers.bare.hello["location"], settings, repetitions,
-                  "child process" if ingest_process else "thread")
+                  DEFAULT_SERVE if ingest_process else THREAD_SERVE)
     section.tables.append(table)
     figures = {(row[0], row[1]): row[4] for row in table.rows}
     most = str(max(settings.concurrency_clients))
-    if ("thread", most) in figures and ("child process", most) in figures:
+    if (THREAD_SERVE, most) in figures and (DEFAULT_SERVE, most) in figures:
         section.readme["ingest-process"] = [
             (f"- `latest=100` requests/s with {most} concurrent clients while ingesting, vs a "
-            f"bare Flight server (no goal): {figures[('thread', most)]} with ingestion on a "
-            f"thread, {figures[('child process', most)]} with `--ingest-process`.")]
+            f"bare Flight server (no goal): {figures[(DEFAULT_SERVE, most)]} with the default "
+            f"serve (ingestion process), {figures[(THREAD_SERVE, most)]} with ingestion on a "
+            "thread (`--no-ingest-process`).")]
+    compared = [ModeFigure(f"req/s with {clients} clients vs bare", ratios[(DEFAULT_SERVE, clients)],
+                           ratios[(THREAD_SERVE, clients)], higher_is_better=True)
+                for clients in map(str, settings.concurrency_clients)
+                if (DEFAULT_SERVE, clients) in ratios and (THREAD_SERVE, clients) in ratios]
+    if compared:
+        line = serve_mode_line("latest=100 requests/s while ingesting", compared)
+        section.notes.append(line.removeprefix("- "))
+        section.readme["serve-mode"] = [line]
     section.notes.append(
         "The flight_md process also runs ingestion (one asyncio thread parsing with ccxt) unless "
         "ingestion runs in a child process; the bare server's process does not. Why that costs "
@@ -149,7 +170,8 @@ in a child process), measured the same way while the other server is stopped.
     return section
 
 
-def _rows(table: Table, section: Section, children: list[Child], fm_location: str,
+def _rows(table: Table, ratios: dict[tuple[str, str], float], section: Section,
+          children: list[Child], fm_location: str,
           bare_location: str, settings: Settings, repetitions: int, mode: str) -> None:
     seconds = settings.concurrency_seconds
     ticket = tickets(100)
@@ -173,6 +195,7 @@ def _rows(table: Table, section: Section, children: list[Child], fm_location: st
                 for error in errors:
                     section.notes.append(f"{name}, {clients} clients: {error}")
         fm, bare = median(rates["flight_md"]), median(rates["bare"])
+        ratios[(mode, str(clients))] = ratio(fm, bare)
         table.add(mode, str(clients), show(fm, "/s"), show(bare, "/s"),
                   show(ratio(fm, bare), "x"))
 

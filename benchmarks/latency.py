@@ -5,7 +5,8 @@ ticket with an equal table: flight_md assembles it from its ring per request, th
 server streams one it built at start. Repetitions alternate between the two servers so
 that machine noise falls on both. Then the same again while flight_md ingests from an
 emulator through ccxt (the bare server idles meanwhile; the emulator and ingestion load the
-machine for both).
+machine for both), once with ingestion on a thread of the server process and once in a child
+process, ``flight-md serve``'s default: the goals under ingest are judged on the default.
 """
 
 from __future__ import annotations
@@ -21,7 +22,20 @@ from pyarrow import flight
 from benchmarks import ticks
 from benchmarks.exchange import exchange
 from benchmarks.process import Child, wait_until
-from benchmarks.report import Goal, Section, Table, median, percentile, ratio, show, verdict
+from benchmarks.report import (
+    DEFAULT_SERVE,
+    THREAD_SERVE,
+    Goal,
+    ModeFigure,
+    Section,
+    Table,
+    median,
+    percentile,
+    ratio,
+    serve_mode_line,
+    show,
+    verdict,
+)
 from benchmarks.servers import bare_server, check_equal, flight_md_server
 from benchmarks.settings import Settings
 
@@ -118,8 +132,11 @@ class LoadedServers:
         self.close()
 
 
-MODES = ((False, "under ingest"), (True, "under ingest, ingestion process"))
-"""(``ingest_process``, condition label) of the loaded measurements, in run order."""
+MODES = ((False, f"under ingest, {THREAD_SERVE}"), (True, f"under ingest ({DEFAULT_SERVE})"))
+"""(``ingest_process``, condition label) of the loaded measurements, in run order; the goal
+keys stay ``latency.load.N`` (thread) and ``latency.process.N`` (the default serve)."""
+_KEYS = {False: "load", True: "process"}
+"""The goal key of each mode (``latency.<key>.<latest>``, read by benchmarks.findings)."""
 
 
 def _compare(settings: Settings, fm: str, bare: str, *, live: bool = False
@@ -173,14 +190,15 @@ ticket with equal tables. **Under ingest**:
 the flight_md process also runs a `MarketDataApp` ingesting {settings.load_rate:,} bookTicker
 msg/s across {settings.load_symbols} symbols from the emulator (another process) through ccxt; the
 queried symbol is one of them (so flight_md answers with live ticks: the same schema and row
-count as the bare server's table, other values). **Under ingest, ingestion process**: the same with
-`ingest_process` (`flight-md serve --ingest-process`): ccxt parses in a child process and the
+count as the bare server's table, other values), with ingestion on a thread of the flight_md
+process (`flight-md serve --no-ingest-process`). **Under ingest (default serve)**: the same
+with `ingest_process`, `flight-md serve`'s default: ccxt parses in a child process and the
 Flight process only appends the rows it forwards. p50 and p99 are per repetition; the table
 shows their medians.
 """)
     table = Table(("Request", "Condition", "flight_md p50", "bare p50", "p50 ratio",
                    "flight_md p99", "bare p99", "p99 ratio"))
-    runs = []
+    runs: list[tuple[bool | None, str, dict[tuple[str, int], list[list[float]]]]] = []
     with ExitStack() as stack:
         fm = flight_md_server(buffer_size=CAPACITY, fill_symbols=1, fill_ticks=CAPACITY)
         bare = bare_server([tickets(100), tickets(CAPACITY)], buffer_size=CAPACITY,
@@ -190,7 +208,8 @@ shows their medians.
             child.launch()
         for child in (fm, bare):
             child.wait_ready()
-        runs.append(("idle", _compare(settings, fm.hello["location"], bare.hello["location"])))
+        runs.append((None, "idle", _compare(settings, fm.hello["location"],
+                                            bare.hello["location"])))
     with ExitStack() as stack:
         if loaded is None:
             loaded = stack.enter_context(LoadedServers(settings))
@@ -198,17 +217,21 @@ shows their medians.
             if ingest_process not in settings.ingest_process_modes:
                 continue
             servers = loaded.get(ingest_process)
-            runs.append((condition, _compare(settings, servers.flight_md.hello["location"],
-                                             servers.bare.hello["location"], live=True)))
-    for condition, result in runs:
+            runs.append((ingest_process, condition, _compare(
+                settings, servers.flight_md.hello["location"], servers.bare.hello["location"],
+                live=True)))
+    ratios: dict[tuple[bool | None, str], float] = {}  # (mode, figure) -> flight_md / bare
+    for mode, condition, result in runs:
         for latest in settings.latency_requests:
             fm_p50, fm_p99 = (median(v) for v in result[("flight_md", latest)])
             bare_p50, bare_p99 = (median(v) for v in result[("bare", latest)])
             p50_ratio = ratio(fm_p50, bare_p50)
+            ratios[(mode, f"latest={latest:,} p50")] = p50_ratio
+            ratios[(mode, f"latest={latest:,} p99")] = ratio(fm_p99, bare_p99)
             table.add(f"latest={latest:,}", condition, show(fm_p50, "µs"), show(bare_p50, "µs"),
                       show(p50_ratio, "x"), show(fm_p99, "µs"), show(bare_p99, "µs"),
                       show(ratio(fm_p99, bare_p99), "x"))
-            key = {"idle": "idle", "under ingest": "load"}.get(condition, "process")
+            key = "idle" if mode is None else _KEYS[mode]
             section.goals.append(Goal.judge(
                 f"latency.{key}.{latest}",
                 f"DoGet latest={latest:,} p50 vs bare server, {condition}",
@@ -219,7 +242,13 @@ shows their medians.
     if thread is not None and process is not None:
         section.readme["ingest-process"] = [
             (f"- `latest=100` DoGet p50 while ingesting {settings.load_rate:,} msg/s, vs a bare "
-            f"Flight server (goal {thread.target}): {thread.measured} with ingestion on a "
-            f"thread ({verdict(thread.met)}), {process.measured} with `--ingest-process` "
-            f"({verdict(process.met)}).")]
+            f"Flight server (goal {process.target}): {process.measured} with the default serve "
+            f"(ingestion process) ({verdict(process.met)}), {thread.measured} with ingestion on "
+            f"a thread, `--no-ingest-process` ({verdict(thread.met)}).")]
+    figures = [ModeFigure(f"{what} vs bare", value, ratios[(False, what)])
+               for (mode, what), value in ratios.items() if mode is True and (False, what) in ratios]
+    if figures:
+        line = serve_mode_line("DoGet under ingest", figures)
+        section.notes.append(line.removeprefix("- "))
+        section.readme["serve-mode"] = [line]
     return section

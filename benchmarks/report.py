@@ -22,9 +22,12 @@ from importlib import metadata
 from pathlib import Path
 
 __all__ = [
+    "DEFAULT_SERVE",
     "FAILURE_SEPARATOR",
     "README_BLOCKS",
+    "THREAD_SERVE",
     "Goal",
+    "ModeFigure",
     "Section",
     "Table",
     "block",
@@ -39,12 +42,17 @@ __all__ = [
     "render",
     "replace_block",
     "run_parts",
+    "serve_mode_line",
     "show",
     "verdict",
 ]
 
-README_BLOCKS = ("goals", "ingest-process")
+README_BLOCKS = ("goals", "ingest-process", "serve-mode")
 """Blocks of BENCHMARKS.md that the README quotes verbatim (see :mod:`benchmarks.readme`)."""
+DEFAULT_SERVE = "default serve: ingestion process"
+"""How the sections name ``flight-md serve``'s default mode (ingestion in a child process)."""
+THREAD_SERVE = "ingestion on a thread (--no-ingest-process)"
+"""How the sections name the other mode (ingestion on a thread of the serving process)."""
 _OPS = {"<": lambda a, b: a < b, "<=": lambda a, b: a <= b, ">": lambda a, b: a > b,
         ">=": lambda a, b: a >= b}
 
@@ -142,6 +150,49 @@ class Section:
     error: str | None = None
     readme: dict[str, list[str]] = field(default_factory=dict)
     """Lines this section contributes to the README blocks (:data:`README_BLOCKS`)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ModeFigure:
+    """One figure measured in both serve modes, for :func:`serve_mode_line`.
+
+    Attributes:
+        what: The figure, e.g. ``"latest=100 p50 vs bare"``.
+        process: Its value with ingestion in a child process (the default serve).
+        thread: Its value with ingestion on a thread (``--no-ingest-process``).
+        higher_is_better: Throughput is; latencies and losses are not.
+    """
+
+    what: str
+    process: float
+    thread: float
+    higher_is_better: bool = False
+
+    @property
+    def process_as_good(self) -> bool:
+        """Whether the process mode's value is at least as good (a missing value is not)."""
+        if not (math.isfinite(self.process) and math.isfinite(self.thread)):
+            return False
+        return (self.process >= self.thread if self.higher_is_better
+                else self.process <= self.thread)
+
+    def shown(self) -> str:
+        """``what process/thread``: their ratio, or both values when it has none (a 0)."""
+        value = ratio(self.process, self.thread)
+        if math.isfinite(value):
+            return f"{self.what} {show(value, 'x')}"
+        return f"{self.what} {show(self.process)} vs {show(self.thread)}"
+
+
+def serve_mode_line(title: str, figures: Sequence[ModeFigure]) -> str:
+    """The section's line comparing the two serve modes: process / thread per figure, and
+    whether the process mode (the default) is at least as good on every one (which not)."""
+    worse = [figure.what for figure in figures if not figure.process_as_good]
+    answer = "yes" if figures and not worse else (
+        f"no ({', '.join(worse)})" if figures else "no (nothing measured in both)")
+    return (f"- {title}, {DEFAULT_SERVE} / {THREAD_SERVE}: "
+            f"{', '.join(figure.shown() for figure in figures)}; process at least as good as "
+            f"thread on every figure: {answer}.")
 
 
 def run_parts(section: Section, parts: Sequence[tuple[str, Callable[[], object]]], *,

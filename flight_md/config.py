@@ -10,6 +10,7 @@ A config file describes the server and any number of exchanges::
     tls_cert = "server.pem"          # optional, with tls_key (and tls_client_ca for mTLS)
     tls_key = "server.key"
     book_depth = 10                  # book levels a side the book channel keeps
+    ingest_process = true            # flight-md serve's default (false: ingestion on a thread)
     ingest_workers = 2               # optional: ingestion in 2 processes (see flight_md.ingest.workers)
 
     [[exchanges]]
