@@ -59,7 +59,7 @@ says), and a book frame that names no book (no symbol, no product, no ``instId``
 book of the connection, since it may have been any one's: both are ``MALFORMED``. When ccxt
 raises on a frame the verifier passed, :meth:`BookVerifier.invalidate` fails that book.
 
-Kept books (``verifier_for(venue, keep=True)``: Bybit, OKX; :func:`keeps_books`): the
+Kept books (``verifier_for(venue, keep=True)``: Bybit, Kraken, OKX; :func:`keeps_books`): the
 verifier also keeps every book it checks (:meth:`BookVerifier.kept`, a :class:`KeptBook`)
 exactly as ccxt 4.5.90's would be after the same frames, so the fast book path
 (:mod:`flight_md.ingest.books`) stores it instead of ccxt's. Its verdicts are the same with
@@ -79,7 +79,7 @@ from decimal import Decimal, InvalidOperation
 from enum import StrEnum
 from typing import Any, ClassVar, Final, TypeGuard
 
-from flight_md.core.ccxt_parse import safe_integer
+from flight_md.core.ccxt_parse import parse8601, safe_integer, safe_string
 
 __all__ = [
     "KRAKEN_CHECKSUM_LEVELS",
@@ -465,6 +465,18 @@ class BookVerifier(ABC):
         while the book has no snapshot (it is then never storable either)."""
         return None
 
+    def named(self, frame: object) -> tuple[str, ...]:
+        """The market ids whose book ccxt's own handler would change with this frame, as the
+        frame names them to ccxt (none for other frames, and where the venue does not keep
+        books): the fast path makes ccxt's book the kept one before ccxt handles such a frame."""
+        return ()
+
+    def claims(self, frame: Mapping[str, Any]) -> bool:
+        """Whether the fast path may take this book frame (a book decoder's), ccxt never seeing
+        it; ``False`` where ccxt's path raises on it for want of a book (ccxt's error is then
+        counted as on that path: the frame goes to ccxt). Every frame, but where a venue says."""
+        return True
+
     def on_rest_snapshot(self, symbol: str, last_update_id: int) -> Verdict:
         """The REST snapshot a book was rebuilt from (only where :attr:`rest_snapshot`)."""
         raise TypeError(f"{self.venue} books have no REST snapshot")
@@ -603,6 +615,16 @@ class BybitVerifier(BookVerifier):
 
     def kept(self, symbol: str) -> KeptBook | None:
         return self._books.get(symbol)
+
+    def named(self, frame: object) -> tuple[str, ...]:
+        # ccxt's handle_order_book: any topic containing "orderbook", the book of data.s.
+        if not isinstance(frame, Mapping):
+            return ()
+        topic, data = frame.get("topic"), frame.get("data")
+        if not isinstance(topic, str) or "orderbook" not in topic or not isinstance(data, Mapping):
+            return ()
+        symbol = data.get("s")
+        return (symbol,) if isinstance(symbol, str) else ()
 
     def _keep(self, book: KeptBook, frame: Mapping[str, Any], data: Mapping[str, Any]) -> None:
         """Apply a checked frame's levels (all numbers: ``_bad_level``) to the kept book.
@@ -745,9 +767,10 @@ class KrakenVerifier(BookVerifier):
     """
 
     venue = "kraken"
+    can_keep = True
 
-    def __init__(self, precision: Mapping[str, Precision], depth: int = 10) -> None:
-        super().__init__()
+    def __init__(self, precision: Mapping[str, Precision], depth: int = 10, *, keep: bool = False) -> None:
+        super().__init__(keep=keep)
         if depth not in _KRAKEN_DEPTHS:
             raise ValueError(f"kraken book depth must be one of {sorted(_KRAKEN_DEPTHS)}, got {depth!r}")
         self._precision = precision
@@ -770,6 +793,37 @@ class KrakenVerifier(BookVerifier):
                 verdicts += self._fail_all(_malformed(f"book row without a symbol: {row!r:.80}"))
         return tuple(verdicts)
 
+    def kept(self, symbol: str) -> KeptBook | None:
+        # ccxt 4.5.90 kraken.handle_order_book: levels by safe_number of price and qty (float()
+        # of the JSON number, as the kept side's), cut to the depth after every frame (limit()),
+        # no nonce; the timestamp is parse8601 of an update's timestamp, None after a snapshot
+        # (reset({})). ccxt applies only a frame's first row and sizes a snapshot's book by its
+        # asks (max(limit, len(asks))); the book decoder declines a frame of several rows, and a
+        # snapshot with more bids than both is not Kraken's (it sends the subscribed depth).
+        return self._books.get(symbol) if self.keeps else None
+
+    def named(self, frame: object) -> tuple[str, ...]:
+        # ccxt's handle_order_book: channel "book", the first row's symbol only.
+        if not isinstance(frame, Mapping) or frame.get("channel") != "book":
+            return ()
+        data = frame.get("data")
+        row = data[0] if isinstance(data, list) and data else None
+        symbol = row.get("symbol") if isinstance(row, Mapping) else None
+        return (symbol,) if isinstance(symbol, str) else ()
+
+    def claims(self, frame: Mapping[str, Any]) -> bool:
+        # ccxt raises (KeyError) on an update of a book it has no snapshot of; so does its
+        # path while the book never had one here, and the frame goes to ccxt to do so. A book
+        # that failed and waits for its snapshot is refused on both paths: claimed.
+        if frame.get("type") != "update":
+            return True
+        books, awaiting = self._books, self._awaiting
+        for row in frame.get("data") or ():
+            symbol = row.get("symbol") if isinstance(row, Mapping) else None
+            if symbol not in books and symbol not in awaiting:
+                return False
+        return True
+
     def _row(self, symbol: str, snapshot: bool, row: Mapping[str, Any]) -> Verdict:
         bids, asks = row.get("bids", []), row.get("asks", [])
         if not isinstance(bids, list) or not isinstance(asks, list):
@@ -791,6 +845,8 @@ class KrakenVerifier(BookVerifier):
         if snapshot:
             self._awaiting.discard(symbol)
             self._books[symbol] = book
+        if self.keeps:
+            book.timestamp = None if snapshot else parse8601(safe_string(row.get("timestamp")))
         precision = self._precision.get(symbol)
         if precision is None:
             crossing = book.crossing()
@@ -848,13 +904,22 @@ class OkxVerifier(BookVerifier):
         # fewer than depth - stored depth levels go at once.
         return self._books.get(symbol) if self.keeps else None
 
+    def named(self, frame: object) -> tuple[str, ...]:
+        # ccxt's handle_order_book: the depth channels, the book of arg.instId.
+        if not isinstance(frame, Mapping):
+            return ()
+        arg = frame.get("arg")
+        channel = arg.get("channel") if isinstance(arg, Mapping) else None
+        symbol = arg.get("instId") if isinstance(channel, str) and channel in _OKX_DEPTHS else None  # type: ignore[union-attr]
+        return (symbol,) if isinstance(symbol, str) else ()
+
     def verify(self, frame: object) -> tuple[Verdict, ...]:
         if not isinstance(frame, Mapping):
             return ()
         arg, action, data = frame.get("arg"), frame.get("action"), frame.get("data")
         channel = arg.get("channel") if isinstance(arg, Mapping) else None
         symbol = arg.get("instId") if isinstance(arg, Mapping) else None
-        if channel not in _OKX_DEPTHS or not isinstance(data, list):
+        if not isinstance(channel, str) or channel not in _OKX_DEPTHS or not isinstance(data, list):
             return ()
         if not isinstance(symbol, str):
             return tuple(self._fail_all(_malformed(f"arg without an instId: {arg!r:.80}")))
@@ -914,10 +979,10 @@ class OkxVerifier(BookVerifier):
         return set(self._books)
 
 
-def _kraken(depth: int | None, precision: Mapping[str, Precision] | None) -> BookVerifier:
+def _kraken(depth: int | None, precision: Mapping[str, Precision] | None, keep: bool = False) -> BookVerifier:
     if precision is None:
         raise ValueError("kraken's book checksum needs each pair's precision: pass precision={symbol: Precision}")
-    return KrakenVerifier(precision, 10 if depth is None else depth)
+    return KrakenVerifier(precision, 10 if depth is None else depth, keep=keep)
 
 
 VERIFIERS: Final[Mapping[str, Callable[[int | None, Mapping[str, Precision] | None], BookVerifier]]] = {
@@ -928,9 +993,10 @@ VERIFIERS: Final[Mapping[str, Callable[[int | None, Mapping[str, Precision] | No
     "okx": lambda depth, precision: OkxVerifier(),
 }
 """Venue id -> ``factory(depth, precision)`` of its verifier; only Kraken reads either."""
-_KEEPING: Final[Mapping[str, Callable[[], BookVerifier]]] = {
-    "bybit": lambda: BybitVerifier(keep=True),
-    "okx": lambda: OkxVerifier(keep=True),
+_KEEPING: Final[Mapping[str, Callable[[int | None, Mapping[str, Precision] | None], BookVerifier]]] = {
+    "bybit": lambda depth, precision: BybitVerifier(keep=True),
+    "kraken": lambda depth, precision: _kraken(depth, precision, keep=True),
+    "okx": lambda depth, precision: OkxVerifier(keep=True),
 }
 """The verifiers that keep their books (``verifier_for(..., keep=True)``), by venue id."""
 
@@ -955,7 +1021,7 @@ def verifier_for(venue_id: str, *, depth: int | None = None,
         if keeping is None:
             raise ValueError(f"the {venue_id!r} book verifier cannot keep its books; "
                              f"those that can: {', '.join(sorted(_KEEPING))}")
-        return keeping()
+        return keeping(depth, precision)
     factory = VERIFIERS.get(venue_id)
     return None if factory is None else factory(depth, precision)
 

@@ -70,6 +70,7 @@ __all__ = [
     "Markets",
     "bidask",
     "book_levels",
+    "book_named_levels",
     "ccxt_first",
     "ccxt_int",
     "ccxt_int_n",
@@ -312,16 +313,41 @@ _LEVEL_NUMBERS: Final = (str, float, int)
 
 def book_levels(levels: object) -> bool:
     """Whether a frame's list of book levels is one a book decoder may claim: a list of lists
-    of at least a price and an amount, each a string or a JSON number. ccxt 4.5.90 reads a
-    level by ``safe_string``/``safe_number`` (``None`` for anything else, a ``bool`` included,
-    on which its book side then raises) or ``safe_float``; on these types ``float`` of the value,
-    which the verifier's kept book stores, is what ccxt stores, or both fail (``""``, ``"x"``:
-    the verifier resynchronises the book either way)."""
+    of at least a price and an amount, each a string or a JSON number that ``float`` reads.
+    ccxt 4.5.90 reads a level by ``safe_string``/``safe_number`` (``None`` for anything else, a
+    ``bool`` included) or ``safe_float``; on these values ``float`` of the value, which the
+    verifier's kept book stores, is what ccxt stores. On any other ccxt's book side may raise
+    or not, depending on the levels it holds: such a frame goes to ccxt (with the kept book as
+    ccxt's: :mod:`flight_md.ingest.books`), whose error is then counted as on its path."""
     if type(levels) is not list:
         return False
     numbers = _LEVEL_NUMBERS
-    for level in levels:
-        if (type(level) is not list or len(level) < 2 or type(level[0]) not in numbers
-                or type(level[1]) not in numbers):
-            return False
+    try:
+        for level in levels:
+            if (type(level) is not list or len(level) < 2 or type(level[0]) not in numbers
+                    or type(level[1]) not in numbers):
+                return False
+            float(level[0])
+            float(level[1])
+    except (ValueError, OverflowError):
+        return False
+    return True
+
+
+def book_named_levels(levels: object, price: str, amount: str) -> bool:
+    """:func:`book_levels` of levels that are objects (Kraken v2 ``{"price": ..., "qty":
+    ...}``, Coinbase's ``price_level`` and ``new_quantity``): a list of dicts whose ``price``
+    and ``amount`` are each a string or a JSON number."""
+    if type(levels) is not list:
+        return False
+    numbers = _LEVEL_NUMBERS
+    try:
+        for level in levels:
+            if (type(level) is not dict or type(level.get(price)) not in numbers
+                    or type(level.get(amount)) not in numbers):
+                return False
+            float(level[price])
+            float(level[amount])
+    except (ValueError, OverflowError):
+        return False
     return True

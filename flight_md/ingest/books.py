@@ -22,7 +22,7 @@ What is stored, and when
     ``seqId``, Coinbase's connection-wide ``sequence_num``), else ccxt's book nonce, else null
     (Kraken has none).
 
-The fast path (``decoder="fast"``, venues with a ``Channel.BOOK`` decoder: Bybit, OKX)
+The fast path (``decoder="fast"``, venues with a ``Channel.BOOK`` decoder: Bybit, Kraken, OKX)
     ccxt's book code costs more per frame than everything else together (a ``safe_number``
     chain and a bisect per level, on its Python book sides), and the verifier already reads
     every book frame. With ``keep=True`` the verifiers keep every book they check
@@ -32,13 +32,19 @@ The fast path (``decoder="fast"``, venues with a ``Channel.BOOK`` decoder: Bybit
     book decoder (:mod:`flight_md.core.decode`) hands each book frame, parsed once by orjson
     in the frame guard, to :meth:`BookCapture.claim`, which does what :meth:`before` and
     :meth:`after` do for a frame ccxt applied without an error; ccxt never sees it. A frame
-    the decoder declines (an unknown shape, levels ccxt could read differently) goes through
-    ccxt and :meth:`before`/:meth:`after` as without the fast path, and the row is still the
-    kept book's: every frame is verified once, in order, by the one verifier of its
-    connection, so verdicts, resyncs, events and counters are the same on both paths. ccxt
-    keeps connections, subscriptions, keep-alive, reconnects and every other frame; its own
-    books stay as the frames it saw left them (none, on the fast venues), and nothing reads
-    them. ``decoder="ccxt"`` keeps ccxt's books and all of the above as before.
+    the decoder declines (anything the verifier would not find well formed, levels ccxt
+    could read differently) goes through ccxt and :meth:`before`/:meth:`after` as without
+    the fast path, ccxt's book of that market made the kept one first (none where there is
+    none), so ccxt raises, checks OKX's sequence and stores as on its own path, and that
+    frame's row is ccxt's book's. Every frame is verified once, in order, by the one
+    verifier of its connection, so verdicts, resyncs, events and counters are the same on
+    both paths. ccxt keeps connections, subscriptions, keep-alive, reconnects and every
+    other frame; its books are otherwise left as the frames it saw made them (none, on the
+    fast venues), and nothing reads them. Known to differ: a declined frame for a book that
+    failed and awaits its snapshot meets no ccxt book, where ccxt's path kept applying to
+    its own (it may raise on one path only); and on a new connection, a Kraken update
+    before its snapshot, which Kraken never sends. ``decoder="ccxt"`` keeps ccxt's books and
+    all of the above as before.
 
 Resynchronisation
     A failed sequence or checksum, a crossed book, a malformed book frame or a frame ccxt
@@ -78,6 +84,7 @@ from typing import Any, Final, Protocol, TypeGuard
 
 from flight_md.core.books import BookVerifier, Precision, Status, Verdict, keeps_books, verifier_for
 from flight_md.events import EventKind, EventLog
+from flight_md.ingest import ccxt_compat
 from flight_md.venues.base import Venue
 
 __all__ = ["COUNTERS", "BookCapture", "BookSink"]
@@ -179,6 +186,7 @@ class BookCapture:
         if keep and not keeps_books(venue.id):
             raise ValueError(f"the {venue.id!r} book verifier cannot keep its books")
         self._keep = keep
+        self._claimed = False  # in claim(): the frame is the fast path's, its rows the kept book's
         self._id = venue.id
         self._exchange = exchange
         self._buffer = buffer
@@ -220,6 +228,9 @@ class BookCapture:
             pending = verifier.pending_snapshots()
             if pending:
                 self._rest_snapshots(client, conn, pending)
+        if self._keep:
+            for market_id in verifier.named(message):
+                self._mirror(client, conn, market_id)
         self._frame = verifier.verify(message)
 
     def claim(self, client: Any, frame: Mapping[str, Any], receive_ms: int) -> bool:
@@ -232,10 +243,16 @@ class BookCapture:
         if not self._keep:
             return False
         conn = self._connection(client)
+        if not conn.verifier.claims(frame):
+            return False
         self._current, self._current_conn = client, conn
         self._received = receive_ms
         self._frame = conn.verifier.verify(frame)
-        self.after(client, frame, None)
+        self._claimed = True
+        try:
+            self.after(client, frame, None)
+        finally:
+            self._claimed = False
         return True
 
     def after(self, client: Any, message: Any, error: BaseException | None) -> None:
@@ -278,6 +295,22 @@ class BookCapture:
             self._current, self._current_conn, self._frame = None, None, ()
 
     # -- parts -------------------------------------------------------------------------------
+
+    def _mirror(self, client: Any, conn: _Connection, market_id: str) -> None:
+        """Make ccxt's book of a market the kept one, before ccxt handles a frame the fast path
+        declined: ccxt's handler then does what it does on its own path (raises where it would,
+        checks OKX's ``prevSeqId`` against the same nonce). A book without a kept one (before
+        its snapshot, or since it failed) has none in ccxt either."""
+        symbol = self._symbol(client, conn, market_id)
+        if symbol is None:
+            return
+        kept = conn.verifier.kept(market_id)
+        if kept is None:
+            ccxt_compat.forget_book(self._exchange, symbol)
+            return
+        bids, asks = kept.rows(kept.depth)
+        ccxt_compat.seed_book(self._exchange, symbol, bids, asks, depth=kept.depth,
+                              timestamp=kept.timestamp, nonce=kept.nonce)
 
     def _connection(self, client: Any) -> _Connection:
         found = self._connections.get(id(client))
@@ -347,7 +380,7 @@ class BookCapture:
             self._counts["unsubscribed"] += 1
             return
         depth = self._depth
-        if self._keep:
+        if self._claimed:
             kept = conn.verifier.kept(market_id)
             if kept is None:
                 self._counts["no_book"] += 1

@@ -65,6 +65,14 @@ Assumptions (the name each check reports):
     ``watch_order_book`` futures are not resolved by them (the stream's watchers only keep
     the books subscribed); ccxt's unsubscribe, resubscribe and the snapshot it asks for on
     subscribing are the same.
+``book_mirror``
+    With the fast book path, ccxt's books are the kept ones only when ccxt is to handle a
+    book frame the path declined (:mod:`flight_md.ingest.books`): ``exchange.orderbooks`` is
+    a dict by unified symbol, and ``exchange.order_book(snapshot, depth)`` makes ccxt's book
+    of a snapshot (``bids``, ``asks`` as ``[price, amount]`` levels, ``timestamp``,
+    ``nonce``, ``symbol``), cut to ``depth`` where the venue's handler calls ``limit()``
+    (OKX's ``prevSeqId`` check reads that ``nonce``). Checked: ``order_book`` takes
+    ``(snapshot, depth)`` and ``orderbooks`` is a dict, by the book tests.
 ``client``
     ``exchange.client(url)`` creates (once per URL) and returns a websocket client,
     registered in the ``exchange.clients`` dict by its ``url``, whose ``on_message``,
@@ -150,7 +158,7 @@ import inspect
 import logging
 import re
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Final, Protocol
 
@@ -498,6 +506,19 @@ def _decoder_lost(ws_client: Any) -> None:
 def attach_book(exchange: Any, book: BookObserver | None) -> None:
     """Install (``None``: remove) the book observer of a guarded exchange (see ``book``)."""
     exchange.flight_md_book = book
+
+
+def seed_book(exchange: Any, symbol: str, bids: Sequence[Sequence[float]],
+              asks: Sequence[Sequence[float]], *, depth: int, timestamp: int | None,
+              nonce: int | None) -> None:
+    """Make ``exchange.orderbooks[symbol]`` a new ccxt book of these levels (``book_mirror``)."""
+    exchange.orderbooks[symbol] = exchange.order_book(
+        {"bids": bids, "asks": asks, "timestamp": timestamp, "nonce": nonce, "symbol": symbol}, depth)
+
+
+def forget_book(exchange: Any, symbol: str) -> None:
+    """Drop ccxt's book of ``symbol``, if it has one (``book_mirror``)."""
+    exchange.orderbooks.pop(symbol, None)
 
 
 def attach_decoder(exchange: Any, hook: DecodeHook | None) -> None:

@@ -299,9 +299,11 @@ class _BookDecoder:
     """``orderbook.<depth>.<symbol>`` frames, parsed once, for the book stream's capture
     (:meth:`DecodeSink.book <flight_md.core.decode.DecodeSink.book>`), which applies them to
     the books its verifier keeps (:class:`~flight_md.core.books.BybitVerifier`); ccxt never
-    sees them. Declined: every other frame, and a book frame whose ``data``, ``b`` or ``a``
-    ccxt's ``handle_order_book`` could read other than the verifier does
-    (:func:`~flight_md.core.decode.book_levels`)."""
+    sees them. Declined: every other frame, and every book frame the verifier would not find
+    well formed (``data.s`` not the topic's, a ``type`` neither ``snapshot`` nor ``delta``, no
+    integer ``u``, a ``ts`` that is no integer) or whose levels ccxt's ``handle_order_book``
+    could read other than the verifier does (:func:`~flight_md.core.decode.book_levels`):
+    ccxt's path, with the kept book as ccxt's, then counts it as it would."""
 
     __slots__ = ()
 
@@ -311,9 +313,15 @@ class _BookDecoder:
         message = _frame(frame)
         if message is None:
             return False
-        topic, data = message.get("topic"), message.get("data")
+        topic, data, kind = message.get("topic"), message.get("data"), message.get("type")
         if (type(topic) is not str or not topic.startswith("orderbook.") or type(data) is not dict
-                or not decode.book_levels(data.get("b")) or not decode.book_levels(data.get("a"))):
+                or (kind != "snapshot" and kind != "delta") or type(data.get("u")) is not int
+                or type(message.get("ts", 0)) is not int):
+            return False
+        market_id = data.get("s")
+        if (type(market_id) is not str or not topic.endswith(market_id)
+                or topic.rsplit(".", 1)[-1] != market_id or not decode.book_levels(data.get("b"))
+                or not decode.book_levels(data.get("a"))):
             return False
         return sink.book(message)
 

@@ -50,7 +50,7 @@ from flight_md.core.ccxt_parse import (
     safe_string,
     ticker_row,
 )
-from flight_md.core.decode import DecoderContext, DecodeSink, FrameDecoder
+from flight_md.core.decode import DecoderContext, DecodeSink, FrameDecoder, book_named_levels
 from flight_md.normalize import Channel, DropReason, TradeFields, to_row, to_trade
 from flight_md.venues.base import BOOKS_CACHE, TRADES_CACHE, ChannelMethods, Venue
 
@@ -264,6 +264,52 @@ def _trades_decoder(context: DecoderContext) -> FrameDecoder | None:
     return KrakenTradesDecoder(context)
 
 
+class KrakenBookDecoder:
+    """v2 ``book`` frames, parsed once, for the book stream's capture (:meth:`DecodeSink.book
+    <flight_md.core.decode.DecodeSink.book>`), which applies them to the books its verifier
+    keeps (:class:`~flight_md.core.books.KrakenVerifier`: the checksum's book is the stored
+    one); ccxt never sees them. Declined: every other frame, a frame of more or fewer than one
+    row (ccxt applies only the first), every book frame the verifier would not find well formed
+    (no symbol, no integer ``checksum``, an update without its ``timestamp`` string), and one
+    whose levels ccxt's ``custom_handle_deltas`` could read other than the verifier does
+    (:func:`~flight_md.core.decode.book_named_levels`): ccxt's path, with the kept book as
+    ccxt's, then counts it as it would."""
+
+    __slots__ = ()
+
+    def decode(self, frame: str | bytes, receive_ms: int, sink: DecodeSink) -> bool:
+        try:
+            message = orjson.loads(frame)
+        except orjson.JSONDecodeError:
+            return False
+        if type(message) is not dict or message.get("channel") != "book":
+            return False
+        kind = message.get("type")
+        if kind != "snapshot" and kind != "update":
+            return False
+        for key in _NOT_OURS:
+            if key in message:
+                return False
+        data = message.get("data")
+        if type(data) is not list or len(data) != 1:
+            return False
+        row = data[0]
+        if (type(row) is not dict or type(row.get("symbol")) is not str or not row["symbol"]
+                or type(row.get("checksum")) is not int
+                or (kind == "update" and type(row.get("timestamp")) is not str)
+                or not book_named_levels(row.get("bids", []), "price", "qty")
+                or not book_named_levels(row.get("asks", []), "price", "qty")):
+            return False
+        return sink.book(message)
+
+    def reset(self) -> None:
+        """No per-connection state: the capture's verifier keeps the books."""
+
+
+def _book_decoder(context: DecoderContext) -> FrameDecoder | None:
+    return KrakenBookDecoder()
+
+
 VENUE = Venue(
     id="kraken",
     title="Kraken spot (websocket v2)",
@@ -302,5 +348,5 @@ VENUE = Venue(
         "/0": "https://api.kraken.com",
     },
     decoders={Channel.TICKER: _ticker_decoder, Channel.BIDASK: _bidask_decoder,
-              Channel.TRADES: _trades_decoder},
+              Channel.TRADES: _trades_decoder, Channel.BOOK: _book_decoder},
 )

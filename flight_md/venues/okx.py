@@ -325,6 +325,7 @@ def _trades_decoder(context: DecoderContext) -> FrameDecoder | None:
 
 
 _BOOK_CHANNELS: Final = frozenset({"books", "books-l2-tbt", "books50-l2-tbt"})
+_ACTIONS: Final = frozenset({"snapshot", "update"})
 """The depth channels the verifier checks and keeps (:class:`~flight_md.core.books.OkxVerifier`)."""
 
 
@@ -333,9 +334,12 @@ class OkxBookDecoder:
     stream's capture (:meth:`DecodeSink.book <flight_md.core.decode.DecodeSink.book>`), which
     applies them to the books its verifier keeps; ccxt never sees them (so ccxt never makes
     a book of its own, and ignores an update it is handed later). Declined: every other
-    frame, a frame whose ``action`` is neither ``snapshot`` nor ``update``, and one whose
-    rows ccxt's ``handle_order_book_message`` could read other than the verifier does
-    (:func:`~flight_md.core.decode.book_levels`)."""
+    frame, and every book frame the verifier would not find well formed (an ``action``
+    neither ``snapshot`` nor ``update``, an empty ``instId``, a row without its integer
+    ``seqId``, ``prevSeqId`` and ``checksum``, a ``ts`` that is no string) or whose levels
+    ccxt's ``handle_order_book_message`` could read other than the verifier does
+    (:func:`~flight_md.core.decode.book_levels`): ccxt's path, with the kept book as
+    ccxt's, then counts it as it would."""
 
     __slots__ = ()
 
@@ -344,12 +348,16 @@ class OkxBookDecoder:
         if message is None:
             return False
         arg, data = message.get("arg"), message["data"]
-        if (type(arg) is not dict or arg.get("channel") not in _BOOK_CHANNELS
-                or type(arg.get("instId")) is not str or type(data) is not list
-                or message.get("action") not in ("snapshot", "update")):
+        if type(arg) is not dict or type(data) is not list or not data:
+            return False
+        channel, inst_id, action = arg.get("channel"), arg.get("instId"), message.get("action")
+        if (type(channel) is not str or channel not in _BOOK_CHANNELS or type(inst_id) is not str
+                or not inst_id or type(action) is not str or action not in _ACTIONS):
             return False
         for row in data:
-            if (type(row) is not dict or not book_levels(row.get("bids", []))
+            if (type(row) is not dict or type(row.get("seqId")) is not int
+                    or type(row.get("prevSeqId")) is not int or type(row.get("checksum")) is not int
+                    or type(row.get("ts")) is not str or not book_levels(row.get("bids", []))
                     or not book_levels(row.get("asks", []))):
                 return False
         return sink.book(message)

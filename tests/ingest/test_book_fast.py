@@ -21,7 +21,7 @@ from flight_md.ingest.stream import _ChannelStream
 from flight_md.normalize import Channel
 from tests.ingest.decode_support import FIXED_MS, load_markets
 
-FAST_VENUES = ("bybit", "okx")
+FAST_VENUES = ("bybit", "kraken", "okx")
 """The venues whose book frames the fast path takes so far."""
 
 
@@ -90,7 +90,7 @@ def test_a_kept_okx_book_carries_ccxts_timestamp_and_nonce() -> None:
     assert verifier_for("okx").kept("BTC-USDT") is None  # type: ignore[union-attr]
 
 
-@pytest.mark.parametrize("venue_id", ["binance", "coinbase", "kraken"])
+@pytest.mark.parametrize("venue_id", ["binance", "coinbase"])
 def test_only_the_fast_venues_keep_books(venue_id: str) -> None:
     assert not keeps_books(venue_id)
     with pytest.raises(ValueError, match="cannot keep its books"):
@@ -149,3 +149,68 @@ async def test_the_fast_path_stores_the_frames_ccxt_never_sees(monkeypatch: pyte
     assert seen["fast"][1] == [(EventKind.BOOK_RESYNC, "gap: expected u 3 got 4")]
     # ccxt built its book on its path only: the fast path's frames never reached it.
     assert (seen["ccxt"][3], seen["fast"][3]) == (True, False)
+
+
+def kraken(kind: str, bids: list[dict[str, Any]], asks: list[dict[str, Any]],
+           timestamp: str = "2023-11-14T22:13:20.250000Z") -> dict[str, Any]:
+    return {"channel": "book", "type": kind,
+            "data": [{"symbol": "BTC/USD", "bids": bids, "asks": asks, "checksum": 0,
+                      "timestamp": timestamp}]}
+
+
+def test_a_kept_kraken_book_is_cut_to_the_depth_and_stamped_by_its_updates() -> None:
+    verifier = verifier_for("kraken", depth=10, precision={}, keep=True)  # no precision: unchecked
+    assert verifier is not None
+    snapshot = kraken("snapshot", [{"price": 100 - i, "qty": 1.0} for i in range(10)],
+                      [{"price": 101 + i, "qty": 2.5} for i in range(10)])
+    assert [v.status for v in verifier.verify(snapshot)] == [Status.UNCHECKED]
+    kept = verifier.kept("BTC/USD")
+    assert kept is not None and kept.timestamp is None  # ccxt's reset({}): the receive time
+    verifier.verify(kraken("update", [{"price": 100.5, "qty": 3.0}], [{"price": 101, "qty": 0.0}]))
+    bids, asks = kept.rows(20)
+    assert bids[:2] == [(100.5, 3.0), (100.0, 1.0)] and len(bids) == 10  # 91 pushed out
+    assert asks[0] == (102.0, 2.5) and len(asks) == 9
+    assert kept.timestamp == 1_700_000_000_250
+
+
+def test_kraken_leaves_an_update_before_any_snapshot_to_ccxt() -> None:
+    # ccxt raises on it (no book), and its path counts that: the fast path hands it to ccxt.
+    verifier = verifier_for("kraken", depth=10, precision={}, keep=True)
+    assert verifier is not None
+    update = kraken("update", [{"price": 100.5, "qty": 3.0}], [])
+    assert not verifier.claims(update)
+    verifier.verify(kraken("snapshot", [{"price": 100, "qty": 1.0}], [{"price": 101, "qty": 1.0}]))
+    assert verifier.claims(update)
+
+
+@pytest.mark.asyncio
+async def test_a_declined_book_frame_meets_the_kept_book_in_ccxt(monkeypatch: pytest.MonkeyPatch) -> None:
+    """OKX: a frame the decoder leaves to ccxt (a prevSeqId that is no integer) is handled by ccxt
+    on a book that is the kept one, nonce included, as on ccxt's own path."""
+    from flight_md.ingest import books, ccxt_compat
+
+    for module, name in ((ccxt_compat, "now_ms"), (books, "_now_ms")):
+        monkeypatch.setattr(module, name, lambda: FIXED_MS)
+    markets = await load_markets("okx", True)
+    made = stream("okx", "fast")
+    try:
+        made.exchange.set_markets(markets)
+        made._subs.add(("BTC/USDT",))
+        client = made.exchange.client("ws://127.0.0.1:9/ws/v5/public")
+        client.subscriptions["books:BTC/USDT"] = True  # as ccxt's subscribe leaves it
+
+        def feed(frame: dict[str, Any]) -> None:
+            client.handle_message(WSMessage(WSMsgType.TEXT, json.dumps(frame), None))
+
+        feed(okx("snapshot", 100, -1, [["10.1", "1", "0", "1"]], [["10.2", "3", "0", "1"]]))
+        feed(okx("update", 101, 100, [["10.0", "2", "0", "1"]], []))
+        assert "BTC/USDT" not in made.exchange.orderbooks  # both frames the fast path's
+        declined = okx("update", 102, 101, [["9.9", "4", "0", "1"]], [])
+        declined["data"][0]["prevSeqId"] = "101"  # ccxt reads it as 101: its nonce check passes
+        feed(declined)
+        book = made.exchange.orderbooks["BTC/USDT"]
+        assert (book["bids"][:3], book["asks"][:1], book["nonce"]) == (
+            [[10.1, 1.0], [10.0, 2.0], [9.9, 4.0]], [[10.2, 3.0]], 102)
+        assert made.counters()["stored"] == 3 and made.counters()["ccxt_errors"] == 0
+    finally:
+        await made.exchange.close()
