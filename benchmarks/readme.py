@@ -2,8 +2,8 @@
 
 BENCHMARKS.md holds each figure the README quotes between markers
 (``<!-- benchmarks:NAME -->`` ... ``<!-- /benchmarks:NAME -->``, see
-:data:`benchmarks.report.README_BLOCKS`): the goals table with its verdicts, and the lines
-on ``--ingest-process``. The README holds the same markers where it quotes them; this copies
+:data:`benchmarks.report.README_BLOCKS`): the goals table with its verdicts, the lines
+on ``--ingest-process``, and the comparison of the two serve modes (``serve-mode``). The README holds the same markers where it quotes them; this copies
 the content between them unchanged, so that the README's figures are those of the committed
 BENCHMARKS.md of the same code, misses included.
 
