@@ -949,6 +949,41 @@ def test_batch_appended_rows_are_journalled_once() -> None:
     assert journalled == stored
 
 
+@pytest.mark.parametrize("channel", ["ticker", "trades"])
+def test_pending_rows_of_many_rings_are_journalled_once_with_their_sequence(channel: str) -> None:
+    # Rings whose unjournalled rows are still pending are converted together (one batch
+    # for all of them); a read between two takes, or a ring's own seal, sends a ring down
+    # the per-ring path. Every row reaches the journal once, in order, with its number.
+    buf = MarketDataBuffer(50, channel=channel)  # seal_rows 12: some rounds seal
+    buf.persist()
+    sequence = pa.field("sequence", pa.int64(), nullable=False)
+    sent: dict[str, list[dict[str, Any]]] = {s: [] for s in SYMBOLS}
+    got: dict[str, list[dict[str, Any]]] = {s: [] for s in SYMBOLS}
+    serial = 0
+    for round_ in range(12):
+        for k, symbol in enumerate(SYMBOLS):
+            for _ in range((round_ * 5 + k * 3) % 9):
+                serial += 1
+                if channel == "trades":
+                    trade_id = None if serial % 7 == 0 else f"t{serial}"
+                    buf.append_trade("binance", symbol, 1000 + serial, trade_id, 10.0 + serial,
+                                     1.0, "buy" if serial % 2 else None, 2000 + serial)
+                    sent[symbol].append({"trade_id": trade_id, "price": 10.0 + serial})
+                else:
+                    buf.append_row("binance", symbol, buffer_module._row(mk(serial, 1000 + serial)))
+                    sent[symbol].append({"price": float(serial) * 2.0 + 0.5})
+        if round_ % 4 == 3:
+            buf.get_latest_sync(SYMBOLS[round_ % 3], 5)
+        for _, symbol, first, batches in buf.take_unjournalled(sequence):
+            assert first == len(got[symbol])
+            table = pa.Table.from_batches(batches)
+            assert table.schema == buf.spec.stored.append(sequence)
+            assert table.column("sequence").to_pylist() == list(range(first, first + len(table)))
+            got[symbol] += table.select(list(sent[symbol][0])).to_pylist()
+    assert buf.take_unjournalled(sequence) == []
+    assert got == sent
+
+
 def test_tails_counts_open_live_tails() -> None:
     buf, _ = filled(3)
     _, first = buf.follow("BTC/USDT")

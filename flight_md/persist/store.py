@@ -50,7 +50,6 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, Final, Self
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -122,12 +121,6 @@ _SEQUENCE_FIELD: Final = pa.field(SEQUENCE, pa.int64(), nullable=False)
 def history_schema(schema: pa.Schema = SCHEMA) -> pa.Schema:
     """A channel's history columns: its schema (default: ticks, :data:`SCHEMA`) and ``sequence``."""
     return schema.append(_SEQUENCE_FIELD)
-
-
-def _journal_schema(buffer: MarketDataBuffer) -> pa.Schema:
-    """What the journal holds per row of ``buffer``'s channel (``symbol`` and ``exchange`` are
-    in its key)."""
-    return buffer.spec.stored.append(_SEQUENCE_FIELD)
 
 
 class PersistState(StrEnum):
@@ -426,15 +419,12 @@ class Persistence:
 
     def _feed_locked(self, journal: Journal) -> None:
         for buffer in self._buffers():
-            schema = _journal_schema(buffer)
-            for exchange, symbol, first, batches in buffer.take_unjournalled():
+            # The buffer adds the sequence column: once per commit for all its rings' rows,
+            # not once per ring (Arrow objects per ring per commit dominated at 200 symbols).
+            for exchange, symbol, _, batches in buffer.take_unjournalled(_SEQUENCE_FIELD):
                 channel = self.channel(exchange, buffer)
                 for batch in batches:
-                    n = batch.num_rows
-                    seq = pa.array(np.arange(first, first + n, dtype=np.int64))
-                    journal.append(channel, exchange, symbol, pa.RecordBatch.from_arrays(
-                        [*batch.columns, seq], schema=schema))
-                    first += n
+                    journal.append(channel, exchange, symbol, batch)
         if self._pending_events:
             events = []
             while self._pending_events:
