@@ -32,7 +32,9 @@ This module is pure: no I/O.
 
 from __future__ import annotations
 
+import functools
 import re
+import struct
 import time
 from dataclasses import dataclass
 from typing import Final
@@ -142,9 +144,6 @@ def encode(message: BusMessage) -> tuple[str, dict[str, str], bytes]:
     subject = message.subject
     stored = check_batch(message.channel, message.exchange, message.symbol, message.batch)
     batch = message.batch
-    sink = pa.BufferOutputStream()
-    with pa.ipc.new_stream(sink, stored) as writer:
-        writer.write_batch(batch)
     headers = {
         HEADER_PRODUCER: message.producer,
         HEADER_SEQ: str(message.seq),
@@ -155,7 +154,29 @@ def encode(message: BusMessage) -> tuple[str, dict[str, str], bytes]:
         HEADER_SCHEMA: str(SCHEMA_VERSION),
         HEADER_MSG_ID: message.msg_id,
     }
-    return subject, headers, sink.getvalue().to_pybytes()
+    # The stream's three parts joined: what pa.ipc.new_stream writes, byte for byte (tested),
+    # at a tenth of its cost (~13 us against ~145 us for 15 trades, measured).
+    return subject, headers, b"".join((_schema_message(message.channel), batch.serialize(), _EOS))
+
+
+_EOS: Final = b"\xff\xff\xff\xff\x00\x00\x00\x00"
+"""The end of an Arrow IPC stream: a continuation marker and a zero length."""
+
+
+@functools.cache
+def _stored(channel: str) -> pa.Schema:
+    """``channel``'s stored schema (``ChannelSpec.stored`` builds a new one at each call).
+
+    Raises:
+        ValueError: unknown channel.
+    """
+    return spec_for(channel).stored
+
+
+@functools.cache
+def _schema_message(channel: str) -> bytes:
+    """The encapsulated IPC schema message of ``channel``'s stored schema (the stream's start)."""
+    return bytes(_stored(channel).serialize())
 
 
 def check_batch(channel: str, exchange: str, symbol: str, batch: pa.RecordBatch) -> pa.Schema:
@@ -165,7 +186,7 @@ def check_batch(channel: str, exchange: str, symbol: str, batch: pa.RecordBatch)
         InvalidMessage: it is not (or ``channel`` is unknown).
     """
     try:
-        stored = spec_for(channel).stored
+        stored = _stored(channel)
     except ValueError as exc:
         raise InvalidMessage(str(exc)) from None
     if not isinstance(batch, pa.RecordBatch) or not batch.schema.equals(stored):
@@ -201,20 +222,39 @@ def decode(subject: str, headers: dict[str, str] | None, payload: bytes) -> BusM
     msg_id = found.get(HEADER_MSG_ID)
     if msg_id is not None and msg_id != f"{producer}:{seq}":
         raise InvalidMessage(f"bus message id {msg_id!r} is not {producer}:{seq}")
-    stored = spec_for(ring.channel).stored
+    return BusMessage(producer, seq, prev, ring.channel, ring.exchange, ring.symbol,
+                      _read_batch(subject, ring.channel, payload))
+
+
+def _read_batch(subject: str, channel: str, payload: bytes) -> pa.RecordBatch:
+    stored = _stored(channel)
+    head = _schema_message(channel)
     try:
-        reader = pa.ipc.open_stream(pa.py_buffer(payload))
-        batches = list(reader)
+        if payload.startswith(head) and payload.endswith(_EOS):
+            # The schema message is this node's own, byte for byte: read the one message
+            # between it and the end marker alone (a stream reader costs 5 times as much).
+            body = pa.py_buffer(payload)[len(head):len(payload) - len(_EOS)]
+            message = pa.ipc.read_message(body)
+            # Its framing: continuation marker, metadata length, metadata, body.
+            (length,) = struct.unpack_from("<i", payload, len(head) + 4)
+            if message.type != "record batch" or 8 + length + message.body.size != body.size:
+                raise InvalidMessage(f"bus message payload on {subject!r} must be one record "
+                                     f"batch after its schema")
+            batches = [pa.ipc.read_record_batch(message, stored)]
+        else:
+            reader = pa.ipc.open_stream(pa.py_buffer(payload))
+            batches = list(reader)
+            if not reader.schema.equals(stored):
+                raise InvalidMessage(f"bus message payload on {subject!r} has the schema "
+                                     f"{reader.schema.names}; a {channel} batch has {stored.names}")
     except (pa.ArrowInvalid, OSError) as exc:
         raise InvalidMessage(f"bus message payload on {subject!r} is not an Arrow IPC stream: "
                              f"{exc}") from exc
-    if not reader.schema.equals(stored):
-        raise InvalidMessage(f"bus message payload on {subject!r} has the schema "
-                             f"{reader.schema.names}; a {ring.channel} batch has {stored.names}")
     if len(batches) != 1 or not batches[0].num_rows:
         raise InvalidMessage(f"bus message payload on {subject!r} must be one non-empty batch, "
                              f"got {len(batches)} batches")
-    return BusMessage(producer, seq, prev, ring.channel, ring.exchange, ring.symbol, batches[0])
+    return batches[0]
+
 
 
 def _header(headers: dict[str, str], name: str) -> str:

@@ -132,6 +132,35 @@ def test_message_round_trip_is_the_same_batch() -> None:
     assert back.batch.schema.equals(spec_for("trades").stored)
 
 
+def test_the_payload_is_the_stream_arrow_writes() -> None:
+    batch = trades_batch(5)
+    _, _, payload = encode(BusMessage("p", 1, 0, "trades", "binance", "BTC/USDT", batch))
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, batch.schema) as writer:
+        writer.write_batch(batch)
+    assert payload == sink.getvalue().to_pybytes()
+    assert pa.ipc.open_stream(payload).read_all().equals(pa.Table.from_batches([batch]))
+
+
+def test_a_payload_of_two_batches_is_refused() -> None:
+    batch = trades_batch(2)
+    subject, headers, payload = encode(BusMessage("p", 1, 0, "trades", "binance", "BTC/USDT", batch))
+    schema = batch.schema.serialize().to_pybytes()
+    body = batch.serialize().to_pybytes()
+    doubled = schema + body + body + payload[-8:]
+    with pytest.raises(InvalidMessage, match="one record batch"):
+        decode(subject, headers, doubled)
+    with pytest.raises(InvalidMessage, match="one record batch|not an Arrow"):
+        decode(subject, headers, schema + body[:-8] + payload[-8:])
+    sink = pa.BufferOutputStream()  # another writer's stream (here: two batches) takes the slow path
+    with pa.ipc.new_stream(sink, batch.schema,
+                           options=pa.ipc.IpcWriteOptions(metadata_version=pa.ipc.MetadataVersion.V4)) as w:
+        w.write_batch(batch)
+        w.write_batch(batch)
+    with pytest.raises(InvalidMessage, match="one non-empty batch, got 2"):
+        decode(subject, headers, sink.getvalue().to_pybytes())
+
+
 @pytest.mark.parametrize("channel", CHANNELS)
 def test_every_channel_stored_schema_travels(channel: str) -> None:
     spec = spec_for(channel)
