@@ -142,7 +142,7 @@ def encode(message: BusMessage) -> tuple[str, dict[str, str], bytes]:
     validate_producer(message.producer)
     _check_seqs(message.seq, message.prev)
     subject = message.subject
-    stored = check_batch(message.channel, message.exchange, message.symbol, message.batch)
+    check_batch(message.channel, message.exchange, message.symbol, message.batch)
     batch = message.batch
     headers = {
         HEADER_PRODUCER: message.producer,
