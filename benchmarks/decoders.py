@@ -81,7 +81,7 @@ class _Rig:
                       repetitions: int) -> DecoderCost:
         from aiohttp import WSMessage, WSMsgType
 
-        from benchmarks.ingest import _Capture, _frames, _route
+        from benchmarks.ingest import FRAME_SEED, _Capture, _frames, _route
         from flight_md.buffer import MarketDataBuffer
         from flight_md.emulator import Emulator
         from flight_md.ingest.stream import MarketDataStream
@@ -91,7 +91,10 @@ class _Rig:
         total = warm + frames * repetitions
         capture = _Capture(venue_id)
         capture.install()
-        emulator = Emulator(exchange=venue_id, symbols=tuple(names), rate=0)
+        # Seeded as the fed frames' walks are: a venue whose subscription answers with its
+        # recent trades (Coinbase's market_trades snapshot) gives the streams ids of the same
+        # walks, which the fed trades then continue (see below).
+        emulator = Emulator(exchange=venue_id, symbols=tuple(names), rate=0, seed=FRAME_SEED)
         await emulator.start()
         streams: dict[str, tuple[MarketDataStream, MarketDataBuffer]] = {}
         try:
@@ -119,7 +122,8 @@ class _Rig:
             if missing:
                 raise RuntimeError(f"{venue_id}: the emulator saw no subscription of "
                                    f"{missing[:3]}")
-            pairs = _frames(venue_id, names, total, native)
+            held = _held_trade_ids(channel, names, [b for _, b in streams.values()])
+            pairs = _frames(venue_id, names, total, native, trades_after=held)
             feeds = {}
             for decoder, (stream, buffer) in streams.items():
                 route = _route(list(stream.exchange.clients.values()), names)
@@ -157,6 +161,35 @@ class _Rig:
             for stream, _ in streams.values():
                 await stream.disconnect()
             await emulator.stop()
+
+
+def _held_trade_ids(channel: str, names: Sequence[str], buffers: Sequence[Any]
+                    ) -> dict[str, int]:
+    """Per symbol, the last trade id the streams stored before any frame was fed (a
+    subscription's snapshot of recent trades), so that the fed trades follow on from it: a
+    jump from it is a gap the stream backfills, which is not the per-frame path measured.
+
+    Raises:
+        RuntimeError: The streams hold different last ids for a symbol (no one sequence of
+            frames can follow on from both).
+    """
+    if channel != "trades":
+        return {}
+    held: dict[str, int] = {}
+    for name in names:
+        last = set()
+        for buffer in buffers:
+            ids = [int(i) for i in buffer.get_latest_sync(name, 1, columns=["trade_id"])
+                   .column("trade_id").to_pylist() if i is not None and i.isdigit()] \
+                if any(s.symbol == name for s in buffer.stats()) else []
+            last.add(ids[-1] if ids else None)
+        if len(last) != 1:
+            raise RuntimeError(f"{name}: the streams' snapshots ended at different trade ids "
+                               f"{sorted(last, key=str)}")
+        (value,) = last
+        if value is not None:
+            held[name] = value
+    return held
 
 
 def pairs(venues: Sequence[str] | None = None) -> list[tuple[str, str]]:

@@ -63,7 +63,7 @@ import traceback
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 import psutil
 
@@ -519,18 +519,33 @@ class _Capture:
                 for path in sorted(paths)]
 
 
+FRAME_SEED: Final = 7
+"""The seed of :func:`_frames`' walks (an emulator started with it walks the same markets)."""
+
+
 def _frames(venue_id: str, symbols: Sequence[str], count: int,
-            streams: Mapping[str, tuple[str, bool]], *, snapshot: bool = False
-            ) -> list[tuple[str, str]]:
+            streams: Mapping[str, tuple[str, bool]], *, snapshot: bool = False,
+            trades_after: Mapping[str, int] | None = None) -> list[tuple[str, str]]:
     """``count`` (symbol, frame) pairs exactly as the venue's emulator renders them,
     round-robin; ``streams`` gives each symbol's native channel and whether its connection
-    wraps frames."""
+    wraps frames. ``trades_after``: per symbol, the last trade id a consumer holds (of an
+    emulator seeded :data:`FRAME_SEED`: its subscription's snapshot); that symbol's walk
+    first steps past it, unrendered, so that the rendered trades' ids follow on from it
+    rather than jump (a gap the consumer would backfill) or repeat (duplicates it drops)."""
     from flight_md.emulator.dialects import dialect_class
     from flight_md.emulator.market import StreamKey, parse_symbols
     from flight_md.emulator.synthetic import PriceWalk
 
     markets = parse_symbols(tuple(symbols))
-    walks = {m.symbol: PriceWalk(m, 7) for m in markets}
+    walks = {m.symbol: PriceWalk(m, FRAME_SEED) for m in markets}
+    for symbol, last in (trades_after or {}).items():
+        walk = walks[symbol]
+        if walk.quote.trade_id > last:
+            raise ValueError(f"{symbol}: the consumer's last trade id {last} is older than "
+                             f"the walk's first ({walk.quote.trade_id}): not seeded "
+                             f"{FRAME_SEED}?")
+        while walk.quote.trade_id < last:
+            walk.step(ticks.START_MS)
     dialect = dialect_class(venue_id)(markets, walks, None)
     out = []
     for i in range(count):
