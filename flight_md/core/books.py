@@ -59,7 +59,7 @@ says), and a book frame that names no book (no symbol, no product, no ``instId``
 book of the connection, since it may have been any one's: both are ``MALFORMED``. When ccxt
 raises on a frame the verifier passed, :meth:`BookVerifier.invalidate` fails that book.
 
-Kept books (``verifier_for(venue, keep=True)``: Bybit, Kraken, OKX; :func:`keeps_books`): the
+Kept books (``verifier_for(venue, keep=True)``: Bybit, Coinbase, Kraken, OKX; :func:`keeps_books`): the
 verifier also keeps every book it checks (:meth:`BookVerifier.kept`, a :class:`KeptBook`)
 exactly as ccxt 4.5.90's would be after the same frames, so the fast book path
 (:mod:`flight_md.ingest.books`) stores it instead of ccxt's. Its verdicts are the same with
@@ -665,23 +665,33 @@ class BybitVerifier(BookVerifier):
                 book = self._books[symbol] = KeptBook(_UNLIMITED)
                 self._keep(book, frame, data)
             return (Verdict(symbol, Status.OK, sequence=update_id),)
+        if self.keeps:  # ccxt applies every delta, to a new book if it has none
+            found = self._books.get(symbol)
+            if found is None:
+                found = self._books[symbol] = KeptBook(_UNLIMITED)
+            self._keep(found, frame, data)
         last = self._last.get(symbol)
         if last is None:
             return (Verdict(symbol, Status.AWAITING, sequence=update_id),)
         if update_id != last + 1:
             return (self._fail(symbol, Reason.GAP, _gap("u", last + 1, update_id), update_id),)
         self._last[symbol] = update_id
-        if self.keeps:
-            self._keep(self._books[symbol], frame, data)
         return (Verdict(symbol, Status.OK, sequence=update_id),)
 
-    def _forget(self, symbol: str | None) -> None:
+    def reset(self, symbol: str | None = None) -> None:
+        super().reset(symbol)
         if symbol is None:
-            self._last.clear()
             self._books.clear()
         else:
-            self._last.pop(symbol, None)
             self._books.pop(symbol, None)
+
+    def _forget(self, symbol: str | None) -> None:
+        # A failed book's kept one stays and takes every delta, as ccxt's does (the rows wait
+        # for the next snapshot): ccxt's handler, handed a declined frame, meets the same book.
+        if symbol is None:
+            self._last.clear()
+        else:
+            self._last.pop(symbol, None)
 
     def _held(self) -> set[str]:
         return set(self._last)
@@ -691,11 +701,47 @@ class CoinbaseVerifier(BookVerifier):
     """Coinbase Advanced Trade: ``sequence_num`` of the connection, ``l2_data`` snapshots per product."""
 
     venue = "coinbase"
+    can_keep = True
 
-    def __init__(self) -> None:
-        super().__init__()
+    def __init__(self, *, keep: bool = False) -> None:
+        super().__init__(keep=keep)
         self._next: int | None = None
         self._books: set[str] = set()  # products with a snapshot on this connection
+        self._kept: dict[str, KeptBook] = {}  # keep=True only
+        self._timestamp: int | None = None  # of the frame being verified (keep=True)
+
+    def kept(self, symbol: str) -> KeptBook | None:
+        # ccxt 4.5.90 coinbase.handle_order_book: every event's updates stored by side
+        # (bid, offer) at safe_number(price_level) and safe_number(new_quantity), no depth
+        # limit, whatever the sequence says, once a snapshot made the book; a snapshot resets
+        # it; the timestamp is parse8601 of the frame's timestamp; no nonce (the row's is
+        # sequence_num). A failed book's kept one stays and takes every update, as ccxt's.
+        return self._kept.get(symbol)
+
+    def reset(self, symbol: str | None = None) -> None:
+        super().reset(symbol)
+        if symbol is None:
+            self._kept.clear()
+        else:
+            self._kept.pop(symbol, None)
+
+    def named(self, frame: object) -> tuple[str, ...]:
+        if not isinstance(frame, Mapping) or frame.get("channel") != "l2_data":
+            return ()
+        events = frame.get("events")
+        named = [event.get("product_id") for event in events if isinstance(event, Mapping)] \
+            if isinstance(events, list) else []
+        return tuple(dict.fromkeys(name for name in named if isinstance(name, str)))
+
+    def _keep(self, product: str, event: Mapping[str, Any], snapshot: bool) -> None:
+        book = KeptBook(_UNLIMITED) if snapshot else self._kept.get(product)
+        if book is None:
+            return
+        bids, asks = book.bids, book.asks
+        for update in event["updates"]:
+            (bids if update.get("side") == "bid" else asks).set(update["price_level"], update["new_quantity"])
+        book.timestamp = self._timestamp
+        self._kept[product] = book
 
     def verify(self, frame: object) -> tuple[Verdict, ...]:
         if not isinstance(frame, Mapping):
@@ -707,6 +753,8 @@ class CoinbaseVerifier(BookVerifier):
         verdicts: list[Verdict] = []
         number = frame.get("sequence_num")
         sequence = number if _is_int(number) else None
+        if self.keeps and events:
+            self._timestamp = parse8601(safe_string(frame.get("timestamp")))
         if sequence is not None:
             expected, self._next = self._next, sequence + 1
             if expected is not None and sequence != expected:
@@ -724,6 +772,8 @@ class CoinbaseVerifier(BookVerifier):
                 continue
             kind = event.get("type")
             bad = _bad_level(event.get("updates"), "price_level", "new_quantity")
+            if self.keeps and bad is None and kind in ("snapshot", "update"):
+                self._keep(product, event, kind == "snapshot")
             if bad is not None or kind not in ("snapshot", "update"):
                 detail = bad if bad is not None else _malformed(f"l2_data event type {kind!r}")
                 if product not in self._awaiting:
@@ -995,6 +1045,7 @@ VERIFIERS: Final[Mapping[str, Callable[[int | None, Mapping[str, Precision] | No
 """Venue id -> ``factory(depth, precision)`` of its verifier; only Kraken reads either."""
 _KEEPING: Final[Mapping[str, Callable[[int | None, Mapping[str, Precision] | None], BookVerifier]]] = {
     "bybit": lambda depth, precision: BybitVerifier(keep=True),
+    "coinbase": lambda depth, precision: CoinbaseVerifier(keep=True),
     "kraken": lambda depth, precision: _kraken(depth, precision, keep=True),
     "okx": lambda depth, precision: OkxVerifier(keep=True),
 }

@@ -22,7 +22,7 @@ What is stored, and when
     ``seqId``, Coinbase's connection-wide ``sequence_num``), else ccxt's book nonce, else null
     (Kraken has none).
 
-The fast path (``decoder="fast"``, venues with a ``Channel.BOOK`` decoder: Bybit, Kraken, OKX)
+The fast path (``decoder="fast"``, venues with a ``Channel.BOOK`` decoder: all but Binance)
     ccxt's book code costs more per frame than everything else together (a ``safe_number``
     chain and a bisect per level, on its Python book sides), and the verifier already reads
     every book frame. With ``keep=True`` the verifiers keep every book they check

@@ -60,7 +60,13 @@ from flight_md.core.ccxt_parse import (
     safe_string,
     ticker_row,
 )
-from flight_md.core.decode import DecoderContext, DecodeSink, FrameDecoder, symbols_by_id
+from flight_md.core.decode import (
+    DecoderContext,
+    DecodeSink,
+    FrameDecoder,
+    book_named_levels,
+    symbols_by_id,
+)
 from flight_md.normalize import Channel, DropReason, to_row, to_trade
 from flight_md.venues.base import BOOKS_CACHE, TRADES_CACHE, ChannelMethods, Venue
 
@@ -304,6 +310,62 @@ def _trades_decoder(context: DecoderContext) -> FrameDecoder | None:
     return CoinbaseTradesDecoder(context)
 
 
+_L2: Final = frozenset({"l2_data"})
+_BOOK_EVENTS: Final = frozenset({"snapshot", "update"})
+_BOOK_SIDES: Final = frozenset({"bid", "offer"})
+
+
+class CoinbaseBookDecoder:
+    """``l2_data`` frames, parsed once, for the book stream's capture (:meth:`DecodeSink.book
+    <flight_md.core.decode.DecodeSink.book>`), which applies them to the books its verifier
+    keeps (:class:`~flight_md.core.books.CoinbaseVerifier`, which also numbers every frame of
+    the connection: the ones declined reach it through ccxt's path); ccxt never sees them.
+    Declined: every other frame, and every ``l2_data`` frame the verifier would not find well
+    formed (no integer ``sequence_num``, an event without its ``product_id``, of another
+    ``type``) or that ccxt's ``handle_order_book`` could read other than the verifier does (a
+    ``timestamp`` that is no string, a side neither ``bid`` nor ``offer``, levels
+    :func:`~flight_md.core.decode.book_named_levels` refuses): ccxt's path, with the kept
+    book as ccxt's, then counts it as it would."""
+
+    __slots__ = ()
+
+    def decode(self, frame: str | bytes, receive_ms: int, sink: DecodeSink) -> bool:
+        if (_L2_TEXT if type(frame) is str else _L2_BYTES) not in frame:  # type: ignore[operator]
+            return False
+        message = _loads(frame, _L2)
+        if (message is None or type(message.get("sequence_num")) is not int
+                or type(message.get("timestamp")) is not str):
+            return False
+        events = message.get("events")
+        if type(events) is not list or not events:
+            return False
+        sides = _BOOK_SIDES
+        for event in events:
+            if type(event) is not dict:
+                return False
+            product, kind, updates = event.get("product_id"), event.get("type"), event.get("updates")
+            if (type(product) is not str or not product or type(kind) is not str
+                    or kind not in _BOOK_EVENTS or type(updates) is not list
+                    or not book_named_levels(updates, "price_level", "new_quantity")):
+                return False
+            for update in updates:
+                side = update.get("side")
+                if type(side) is not str or side not in sides:
+                    return False
+        return sink.book(message)
+
+    def reset(self) -> None:
+        """No per-connection state: the capture's verifier keeps the books."""
+
+
+_L2_TEXT: Final = '"l2_data"'
+_L2_BYTES: Final = b'"l2_data"'
+
+
+def _book_decoder(context: DecoderContext) -> FrameDecoder | None:
+    return CoinbaseBookDecoder()
+
+
 VENUE = Venue(
     id="coinbase",
     title="Coinbase Advanced Trade (spot)",
@@ -345,5 +407,5 @@ VENUE = Venue(
     },
     alias_of=_alias_of,
     decoders={Channel.TICKER: _ticker_decoder, Channel.BIDASK: _bidask_decoder,
-              Channel.TRADES: _trades_decoder},
+              Channel.TRADES: _trades_decoder, Channel.BOOK: _book_decoder},
 )

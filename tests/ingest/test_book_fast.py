@@ -21,7 +21,7 @@ from flight_md.ingest.stream import _ChannelStream
 from flight_md.normalize import Channel
 from tests.ingest.decode_support import FIXED_MS, load_markets
 
-FAST_VENUES = ("bybit", "kraken", "okx")
+FAST_VENUES = ("bybit", "coinbase", "kraken", "okx")
 """The venues whose book frames the fast path takes so far."""
 
 
@@ -90,7 +90,7 @@ def test_a_kept_okx_book_carries_ccxts_timestamp_and_nonce() -> None:
     assert verifier_for("okx").kept("BTC-USDT") is None  # type: ignore[union-attr]
 
 
-@pytest.mark.parametrize("venue_id", ["binance", "coinbase"])
+@pytest.mark.parametrize("venue_id", ["binance"])
 def test_only_the_fast_venues_keep_books(venue_id: str) -> None:
     assert not keeps_books(venue_id)
     with pytest.raises(ValueError, match="cannot keep its books"):
