@@ -140,11 +140,15 @@ class Backlog:
         """The oldest message not yet acked."""
         return self._queue[0] if self._queue else None
 
+    def peek(self, index: int) -> Pending | None:
+        """The ``index``-th oldest message not yet acked (0: the head), or ``None``."""
+        return self._queue[index] if index < len(self._queue) else None
+
     def acked(self, seq: int) -> None:
         """The server acked message ``seq``, the head: forget it.
 
         Raises:
-            ValueError: ``seq`` is not the head's (acks come in order: one publish at a time).
+            ValueError: ``seq`` is not the head's (acks are taken in order).
         """
         if not self._queue or self._queue[0].seq != seq:
             raise ValueError(f"ack of {seq!r} is not of the oldest message "

@@ -2,11 +2,15 @@
 
 :meth:`Publisher.publish` is called on the publisher's event loop (the ingestion loop, where
 the hand-off gathers rows) and never waits: it numbers the message and puts it in the
-:class:`~flight_md.bus.backlog.Backlog`. One task sends the backlog's head, waits for the
-server's ack, and only then sends the next: so messages reach the stream in the order they
-were published, including after an outage, and a publish whose ack was lost is sent again
-with the same ``Nats-Msg-Id``, which the server drops as a duplicate within the stream's
-duplicate window.
+:class:`~flight_md.bus.backlog.Backlog`. One task sends the backlog oldest first, up to
+:data:`WINDOW` publishes in flight on the one connection (which keeps their order in the
+stream), and takes the acks in that order. When an ack fails or times out, or the connection is
+lost, everything from the oldest unacked message on is sent again, in order, with the same
+``Nats-Msg-Id``: the server drops the copies of those it had stored (within the stream's
+duplicate window). So messages reach the stream in the order they were published, including
+after an outage. The one order it cannot keep: a server that stored message k+1 but not k
+(on one connection, in order: a cluster's leader change at most); k then lands after k+1 and
+serving nodes take it for a duplicate (:mod:`flight_md.bus.ledger`).
 
 While the server is away (not reachable at start, or lost later: nats-py reconnects by
 itself) the backlog grows up to its limits; beyond them messages are dropped, counted and
@@ -22,7 +26,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections import deque
 from dataclasses import dataclass
+from typing import Any, Final
 
 import pyarrow as pa
 from nats.aio.client import Client
@@ -33,15 +39,19 @@ from flight_md.bus.connection import BUS_ERRORS, BusUnavailable, bus_error, conn
 from flight_md.bus.message import BusMessage, check_batch, encode, validate_producer
 from flight_md.bus.options import BusOptions
 from flight_md.bus.subjects import subject_for
+from flight_md.errors import ConfigError
 
 __all__ = ["Publisher", "PublisherStats"]
 
 logger = logging.getLogger(__name__)
 
-ACK_TIMEOUT_S = 2.0
-"""How long one publish waits for its ack before it is sent again."""
-RETRY_MIN_S = 0.02
-RETRY_MAX_S = 1.0
+ACK_TIMEOUT_S: Final = 2.0
+"""How long the oldest publish in flight waits for its ack before the window is sent again."""
+WINDOW: Final = 64
+"""Publishes in flight at once: one at a time made ~830 batches/s (a round trip each), a window
+~3,700 (measured on loopback, this machine under load)."""
+RETRY_MIN_S: Final = 0.02
+RETRY_MAX_S: Final = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,12 +75,16 @@ class Publisher:
             (:func:`~flight_md.bus.message.new_producer_id`).
         limits: The backlog's bounds while the bus is away.
         ack_timeout_s: See :data:`ACK_TIMEOUT_S`.
+        window: See :data:`WINDOW`; 1 sends one message at a time.
     """
 
     def __init__(self, options: BusOptions, producer: str, *,
                  limits: BacklogLimits = DEFAULT_LIMITS,
-                 ack_timeout_s: float = ACK_TIMEOUT_S) -> None:
+                 ack_timeout_s: float = ACK_TIMEOUT_S, window: int = WINDOW) -> None:
         self.options = options
+        if isinstance(window, bool) or not isinstance(window, int) or window < 1:
+            raise ConfigError(f"bus publish window must be a positive integer, got {window!r}")
+        self.window = window
         self.producer = validate_producer(producer)
         self.ack_timeout_s = ack_timeout_s
         self._backlog = Backlog(limits)
@@ -184,25 +198,45 @@ class Publisher:
                 delay = min(delay * 2, RETRY_MAX_S)
 
     async def _send_all(self) -> None:
+        """Send the backlog with up to ``window`` publishes in flight, taking acks in order."""
         js = self._js
         assert js is not None
-        while (head := self._backlog.head()) is not None:
-            if not self.connected:
-                raise BusUnavailable(f"the bus is unreachable ({self.options.display_url})")
-            await self._send(js, head)
-            self._backlog.acked(head.seq)
+        flight: deque[tuple[Pending, asyncio.Future[Any]]] = deque()
+        try:
+            while True:
+                while len(flight) < self.window and \
+                        (pending := self._backlog.peek(len(flight))) is not None:
+                    if not self.connected:
+                        raise BusUnavailable(f"the bus is unreachable ({self.options.display_url})")
+                    flight.append((pending, await self._send(js, pending)))
+                if not flight:
+                    return
+                pending, ack = flight[0]
+                try:
+                    await asyncio.wait_for(ack, self.ack_timeout_s)
+                except BUS_ERRORS as exc:
+                    raise self._failed(pending, exc) from None
+                flight.popleft()
+                self._backlog.acked(pending.seq)
+        finally:
+            # What was in flight is sent again from the oldest unacked: with the same message
+            # ids, so that the server drops the copies of those it had stored.
+            self._resent += len(flight)
+            for _, ack in flight:
+                ack.cancel()
 
-    async def _send(self, js: JetStreamContext, pending: Pending) -> None:
+    async def _send(self, js: JetStreamContext, pending: Pending) -> asyncio.Future[Any]:
         try:
             # A copy: nats-py adds its own headers to the dict it is given.
-            await js.publish(pending.subject, pending.payload, timeout=self.ack_timeout_s,
-                             headers=dict(pending.headers))
+            return await js.publish_async(pending.subject, pending.payload,
+                                          headers=dict(pending.headers))
         except BUS_ERRORS as exc:
-            self._resent += 1
-            # The stream may have been lost with the server's storage: create it again.
-            self._stream_ready = False
-            raise bus_error(self.options, f"publish of {pending.subject} #{pending.seq} failed",
-                            exc) from None
+            raise self._failed(pending, exc) from None
+
+    def _failed(self, pending: Pending, exc: BaseException) -> BusUnavailable:
+        # The stream may have been lost with the server's storage: create it again.
+        self._stream_ready = False
+        return bus_error(self.options, f"publish of {pending.subject} #{pending.seq} failed", exc)
 
     async def _on_disconnect(self) -> None:
         if self._closed:

@@ -230,6 +230,29 @@ async def test_an_outage_is_buffered_and_resumed_in_order(nats_server: NatsServe
 
 
 @pytest.mark.asyncio
+async def test_a_kill_with_publishes_in_flight_loses_and_reorders_nothing(
+        nats_server: NatsServer, publisher: Publisher) -> None:
+    for i in range(400):
+        publisher.publish("trades", "binance", f"S{i % 7}/USDT", trades_batch(1, i))
+    await async_until(lambda: publisher.stats().backlog.acked >= 50, TIMEOUT, "some acks")
+    nats_server.kill()  # with a window of publishes in flight
+    nats_server.restart()
+    await publisher.flush(TIMEOUT * MS)
+    assert publisher.stats().backlog.acked == 400
+    stored = Stored()
+    consumer = Consumer(options_for(nats_server), "serve-a", stored)
+    await consumer.start()
+    try:
+        await consume_until(consumer, stored, 400)
+        await async_until(lambda: consumer.stats().stored + consumer.stats().duplicates >= 400,
+                          TIMEOUT, "the stream")
+    finally:
+        await consumer.close()
+    assert stored.seqs() == list(range(1, 401))  # each once, in publish order
+    assert consumer.stats().gaps == ()
+
+
+@pytest.mark.asyncio
 async def test_an_overflow_is_counted_and_the_gap_recorded(nats_server: NatsServer) -> None:
     publisher = Publisher(options_for(nats_server), "ingest-a-1", ack_timeout_s=0.5,
                           limits=BacklogLimits(max_messages=5))
