@@ -59,7 +59,7 @@ def test_readable_symbols_stay_as_they_are() -> None:
     assert subject_for("trades", "binance", "1000.PEPE/USDT") == "md.trades.binance.1000%2EPEPE/USDT"
 
 
-@settings(max_examples=300)
+@settings(max_examples=150)
 @given(st.sampled_from(CHANNELS), st.text(min_size=1, max_size=12), st.text(min_size=1, max_size=30))
 def test_subject_round_trip(channel: str, exchange: str, symbol: str) -> None:
     subject = subject_for(channel, exchange, symbol)
