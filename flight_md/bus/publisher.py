@@ -108,7 +108,12 @@ class Publisher:
 
     async def start(self) -> None:
         """Start sending (the first dial happens in the background: a bus that is not up yet
-        is an outage like any other, and messages published meanwhile wait in the backlog)."""
+        is an outage like any other, and messages published meanwhile wait in the backlog).
+
+        Raises:
+            ConfigError: the TLS files cannot be used (checked now, not in the background).
+        """
+        self.options.tls_context()
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._run(),
                                                                 name=f"bus-publish-{self.producer}")
@@ -154,7 +159,8 @@ class Publisher:
                               self._backlog.stats())
 
     async def close(self, timeout: float = 5.0) -> None:
-        """Send what the backlog holds for up to ``timeout`` seconds, then disconnect."""
+        """Send what the backlog holds (if the bus is up) for up to ``timeout`` seconds, then
+        disconnect; what is left unsent is counted in :attr:`stats` as queued."""
         if self._closed:
             return
         self._closed = True
@@ -186,14 +192,18 @@ class Publisher:
                     await ensure_stream(self._js, self.options)
                     self._stream_ready = True
                 await self._send_all()
+                if delay > RETRY_MIN_S:
+                    logger.info("bus publisher %s: sending again", self.producer)
                 delay = RETRY_MIN_S
                 self._wake.clear()
                 if not self._backlog.head():
                     self._idle.set()
                     await self._wake.wait()
             except BusUnavailable as exc:
-                logger.warning("bus publisher %s: %s; %d messages wait (retry in %.2f s)",
-                               self.producer, exc, len(self._backlog), delay)
+                # Once an outage (then quiet: the retries of one outage are one event).
+                logger.log(logging.WARNING if delay == RETRY_MIN_S else logging.DEBUG,
+                           "bus publisher %s: %s; %d messages wait (retrying)", self.producer,
+                           exc, len(self._backlog))
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, RETRY_MAX_S)
 

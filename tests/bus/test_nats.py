@@ -21,7 +21,7 @@ from flight_md.bus.message import HEADER_MSG_ID, BusMessage, encode
 from flight_md.bus.options import BusOptions, StreamLimits
 from flight_md.bus.publisher import Publisher
 from flight_md.core.channels import spec_for
-from flight_md.errors import Unavailable
+from flight_md.errors import ConfigError, Unavailable
 from tests.bus.nats_support import NatsServer, nats_server, trades_batch
 from tests.support import MS, async_until
 
@@ -407,3 +407,13 @@ async def test_tls_and_token_reach_the_server(tmp_path: Path) -> None:
         server.kill()
     assert stored.messages[0].batch.equals(trades_batch(3))
     assert "tok-SECRET-7" not in str(raised.value) + repr(options) + repr(untrusted)
+
+
+@pytest.mark.asyncio
+async def test_unusable_tls_files_are_refused_at_start(tmp_path: Path) -> None:
+    key = tmp_path / "key.pem"
+    key.write_text("-----BEGIN PRIVATE KEY-----\nkey-SECRET\n-----END PRIVATE KEY-----\n")
+    options = BusOptions(url="tls://127.0.0.1:4222", tls_cert=key, tls_key=key)
+    with pytest.raises(ConfigError, match="bus TLS files cannot be used") as raised:
+        await Publisher(options, "ingest-a-1").start()
+    assert "key-SECRET" not in str(raised.value)
