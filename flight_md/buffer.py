@@ -1202,8 +1202,13 @@ class MarketDataBuffer:
             spec = ring.spec
             batch = spec.seal(flat, len(flat) // spec.width, ids)
             if sequence is not None:
-                seq = np.concatenate([np.arange(first, first + rows, dtype=np.int64)
-                                      for _, _, first, rows in keys])
+                # Each ring's run of numbers in one pass (no array per ring): the offset of
+                # its first row in the batch, taken from its first number, repeated per row.
+                firsts = np.fromiter((k[2] for k in keys), np.int64, len(keys))
+                counts = np.fromiter((k[3] for k in keys), np.int64, len(keys))
+                starts = np.cumsum(counts) - counts
+                seq = np.repeat(firsts - starts, counts) + np.arange(batch.num_rows,
+                                                                     dtype=np.int64)
                 batch = pa.RecordBatch.from_arrays(
                     [*batch.columns, pa.array(seq, memory_pool=MEMORY_POOL)],
                     schema=ring.stored_schema.append(sequence))
