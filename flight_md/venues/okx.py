@@ -335,8 +335,8 @@ class OkxBookDecoder:
     applies them to the books its verifier keeps; ccxt never sees them (so ccxt never makes
     a book of its own, and ignores an update it is handed later). Declined: every other
     frame, and every book frame the verifier would not find well formed (an ``action``
-    neither ``snapshot`` nor ``update``, an empty ``instId``, a row without its integer
-    ``seqId``, ``prevSeqId`` and ``checksum``, a ``ts`` that is no string) or whose levels
+    neither ``snapshot`` nor ``update``, an empty ``instId``, a ``seqId``, ``prevSeqId`` or
+    ``checksum`` that is no integer, a ``ts`` that is no string) or whose levels
     ccxt's ``handle_order_book_message`` could read other than the verifier does
     (:func:`~flight_md.core.decode.book_levels`): ccxt's path, with the kept book as
     ccxt's, then counts it as it would."""
@@ -355,8 +355,10 @@ class OkxBookDecoder:
                 or not inst_id or type(action) is not str or action not in _ACTIONS):
             return False
         for row in data:
-            if (type(row) is not dict or type(row.get("seqId")) is not int
-                    or type(row.get("prevSeqId")) is not int or type(row.get("checksum")) is not int
+            # seqId, prevSeqId, checksum: absent (OKX before 2023) or integers.
+            if (type(row) is not dict or type(row.get("seqId", 0)) is not int
+                    or type(row.get("prevSeqId", 0)) is not int
+                    or type(row.get("checksum", 0)) is not int
                     or type(row.get("ts")) is not str or not book_levels(row.get("bids", []))
                     or not book_levels(row.get("asks", []))):
                 return False
