@@ -14,7 +14,20 @@ from __future__ import annotations
 
 __all__ = ["FINDINGS", "PROFILED"]
 
-PROFILED = "profiled 2026-11-23 on the code of that day; not re-profiled since"
+PROFILED = ("profiled 2026-11-23 to 2026-12-02, each entry on the code of its day (the entries "
+            "written on 2026-12-02 say so); not re-profiled since")
+
+# How the 2026-12-02 entries were profiled (a script outside the repository, the same
+# children as the measurement): start `benchmarks.exchange.exchange(symbols=N, rate=R)` and
+# `benchmarks.servers.flight_md_server(exchange_url=..., ingest_symbols=N, channel=C)`
+# (trades: `benchmarks.channels._server`), persisting as the measurement does, wait for every
+# symbol to flow and 3 s more, then `py-spy record --pid PID -d 10 -r 200 --nonblocking -F
+# --format raw` on the server child, and the child's CPU time over the same window divided by
+# the rows it stored ("µs CPU a message"). The machine was shared with other work (load 4-8 on
+# 2 cores): shares of samples are comparable between runs of one day, absolute µs less so.
+_HOW = ("Profiled 2026-12-02 (py-spy `record --pid PID -d 10 -r 200 --nonblocking -F` on the "
+        "server child, CPU time per stored row over the same window; see the comment at the "
+        "top of `benchmarks/findings.py`), outside this run.")
 
 _INGEST = """
 **Limit: ccxt's own per-frame work on the one ingestion thread, plus the network path
@@ -96,9 +109,108 @@ sealing them under the ring lock (copy the few rows under the lock, convert outs
 and leave sealing to the writer); (3) yield one combined batch per read.
 """
 
+_INGEST_FAST = f"""
+**Limit: the Python per frame on the one ingestion thread (the fast decoder, the fan-out,
+the ring append), ccxt's receive loop and aiohttp's reader, and at 200 symbols the journal's
+feed, on a machine whose 2 cores the emulator shares.** {_HOW} Binance bookTicker,
+persisting, 12,000 msg/s offered: at 20 symbols ~31-38 µs CPU a stored row, of which the
+frame path (`FrameGuard` -> `_BookTickerDecoder.decode` -> `decode.bidask` -> `Fanout.ingest_row`
+-> `MarketDataBuffer.append_row`) ~45 % of samples, ccxt's `receive_loop` and aiohttp ~15 %,
+the event loop's `select` ~15 %, the journal thread ~19 %. At 200 symbols it was 47-59 µs,
+and the difference was the journal's feed (49 % of samples against 19 %): every commit sealed
+every ring's few new rows (`ChannelSpec.seal`, ~25 % of samples) and rebuilt each as a batch
+with its sequence column (`Persistence._feed_locked`, 15-25 %), several Arrow objects per
+ring per commit at ~10 µs each with pyarrow 26; `--memory-only` cost ~33 µs at both symbol
+counts. Fixed 2026-12-02: the feed converts the pending rows of all rings of a channel at
+once, sequence column included (`MarketDataBuffer.take_unjournalled(sequence)`): 200 symbols,
+A/B alternating in the same minutes, 54.6-59.1 -> 32.0-41.1 µs a row, the 20-symbol figure
+again. Left: a ring that sealed itself since the last commit still goes the per-ring way
+(~4 % of samples), and the journal's own write (`Journal._commit_locked`, `_with_keys`) ~8 %.
+Levers: fewer Python calls per frame (the decoder, `Fanout.ingest_row` and
+`MarketDataBuffer.append_row` are ~1-5 % each, nothing dominant), `--ingest-workers N` on a
+machine with cores to spare.
+"""
+
+_INGEST_CCXT = """
+**Limit: ccxt's own parse on the one ingestion thread (this is the `--decoder ccxt` path,
+which is what the 2026-11-23 profile below measured, before the fast decoders existed).**
+""" + _INGEST
+
+_PEER_TRADES = f"""
+**Limit: the Python per trade on the one ingestion thread, the event loop and the journal;
+cryptofeed does less per trade (no de-duplication by id, no store, no persistence).** {_HOW}
+Binance `@trade`, 20 symbols, 6,000 trades/s offered, persisting: ~55 µs CPU a stored trade
+at that rate (a process woken per few frames), of which `_TradeDecoder.decode` 61 % of
+samples inclusive: its own body ~11 %, `_event` (orjson) ~6 %, `_clean` (the decimal-string
+check of price and amount) ~6 %, `ccxt_string_n`/`ccxt_int_n` ~6 %, then `decode.trade` ->
+`TradeFanout.ingest_fields` -> `_store` (de-duplication by id, `SkewWindow.add`, the row)
+-> `MarketDataBuffer.append_trade_row` ~30 %; the event loop's `select` ~12 %, ccxt's
+`receive_loop` and aiohttp ~10 %, the journal thread ~11 %. At 200 symbols, 4,000 trades/s
+offered, the emulator sent only ~2,750 a second on the loaded machine (the rig, not
+flight_md, was the limit there) and flight_md stored every one at ~61 µs a trade, the journal
+~17 % of samples. Levers: fewer calls per trade in `TradeFanout._store` (counters, clock and
+skew per trade), the decoder's `_clean` folded into the float conversion.
+"""
+
+_WORKERS = """
+**Not profiled: the goal needs N + 2 free cores (N workers, the Flight process, the
+emulator), which the 2-core machine these notes come from does not have, so it gives no
+verdict here.** What to look at where it misses: the Flight process's reader/appender thread
+(one per worker, `flight_md.ingest.process`), which takes the GIL for every hand-off message
+(~120 µs of CPU per message beyond its rows, measured 2026-12-01 over a real pipe) and for
+`append_batch`/`run_appender` (~1 µs a row): with N workers the parent's share grows with
+N, and past one core it caps R(N). Profile: `py-spy record --pid <server> --threads --gil`
+during the workers section's run at the rate that missed.
+"""
+
+_VENUE_COINBASE = f"""
+**Limit: a wake-up of the event loop per frame, and the decoder's per-frame work, on the
+one ingestion thread; the ceiling is a tight loop without either.** {_HOW} Coinbase
+`ticker`, 20 symbols, 2,500 msg/s offered, persisting: ~127 µs CPU a stored row (Binance's
+bookTicker ~35 µs at 12,000 msg/s, where a wake-up carries several frames). The event loop
+(`_run_once`) ~88 % of samples, of which `EpollSelector.select` 33 % (one `epoll_wait` per
+frame at this rate) and the frames 52 %: `CoinbaseTickerDecoder.decode` 39 % inclusive
+(`_ticker` 16 %, the derived open `open_from_percentage` 7 %, the ISO time `parse8601` 4 %,
+orjson `_loads` 3 %), the fan-out and ring ~12 %; ccxt's `receive_loop` ~8 % more; the
+journal thread ~10 %. The lossless search itself was not profiled at its failing rate.
+"""
+
+_VENUE_KRAKEN = f"""
+**Limit: a wake-up of the event loop per frame on the one ingestion thread; the ceiling is a
+tight loop without it.** {_HOW} Kraken `ticker`, 20 symbols, 2,500 msg/s offered,
+persisting: ~137 µs CPU a stored row. `EpollSelector.select` 57 % of samples (a wake-up per
+frame), `KrakenTickerDecoder.decode` 17 % inclusive (`_data` 4 %, `precise_text` 3 %), ccxt's
+`receive_loop` 16 %, the journal thread ~9 %. The decoder is not the limit; the per-frame
+wake-up is. The lossless search itself was not profiled at its failing rate.
+"""
+
+_PERSIST_INGEST = f"""
+**Limit: the journal's feed took CPU from the ingestion thread's process per commit and per
+ring.** {_HOW} Binance bookTicker, persisting vs `--memory-only`, the same rate: at 20
+symbols (this section's count, on the ticker channel) the journal thread (take the rings'
+new rows, build the batches, `_with_keys`, IPC write) was ~19 % of the server's samples and
+cost up to ~7 µs more CPU a row (35-38 vs 31-35 µs, two runs each); at 200 symbols 49 % and ~15-25 µs a row, because every commit sealed and rebuilt every
+ring's few new rows (several Arrow objects per ring per commit, ~10 µs each with pyarrow
+26). Fixed 2026-12-02 (one conversion per channel per commit,
+`MarketDataBuffer.take_unjournalled(sequence)`): 200 symbols 54.6-59.1 -> 32.0-41.1 µs a row,
+A/B alternating; the ratio persisting / memory-only should rise accordingly (not re-measured
+by this section yet). What is left of the feed: `Journal._commit_locked`/`_with_keys` ~8 %.
+"""
+
 FINDINGS: dict[str, str] = {
-    "ingest.lossless.20": _INGEST,
-    "ingest.lossless.200": _INGEST,
+    "ingest.lossless.20": _INGEST_FAST,
+    "ingest.lossless.200": _INGEST_FAST,
+    "ingest.ccxt.20": _INGEST_CCXT,
+    "ingest.ccxt.200": _INGEST_CCXT,
+    "peer.bidask.20": _INGEST_FAST,
+    "peer.bidask.200": _INGEST_FAST,
+    "peer.trades.20": _PEER_TRADES,
+    "peer.trades.200": _PEER_TRADES,
+    **{f"workers.scaling.{n}": _WORKERS for n in (2, 3, 4, 6, 8, 12, 16)},
+    "persist.ingest": _PERSIST_INGEST,
+    "ingest.venue.binance": _INGEST_FAST,
+    "ingest.venue.coinbase": _VENUE_COINBASE,
+    "ingest.venue.kraken": _VENUE_KRAKEN,
     "latency.idle.100": _LATENCY_IDLE,
     "latency.idle.10000": _LATENCY_IDLE,
     "latency.load.100": _LATENCY_LOAD,
