@@ -506,9 +506,22 @@ class BookPair:
                  clients: Callable[[_ChannelStream, str], Any] | None = None) -> None:
         self.sides = (_BookSide(slow), _BookSide(fast))
         self.symbols = tuple(symbols)
-        self._clients = clients or (lambda stream, path: stream.exchange.client(_ws_url(path)))
+        self._clients = clients or self._client
         self.outcome = BookOutcome(decoders=(slow.decoder.value, fast.decoder.value))
         assert slow.decoder.value == "ccxt"
+
+    def _client(self, stream: _ChannelStream, path: str) -> Any:
+        """The stream's ccxt client for ``path``, holding the subscriptions a real subscribe
+        leaves (ccxt's OKX handler deletes its book's on a failed sequence, and on the
+        ccxt side writes it back after every update it handles while it is missing)."""
+        url = _ws_url(path)
+        known = url in (stream.exchange.clients or {})
+        client = stream.exchange.client(url)
+        pattern = _BOOK_HASH.get(stream.exchange_id)
+        if not known and pattern is not None:
+            for symbol in self.symbols:
+                client.subscriptions[pattern.format(symbol=symbol)] = True
+        return client
 
     def feed(self, path: str, frame: str, label: str = "") -> None:
         """Hand ``frame`` to both streams' client for ``path``; assert they agree after it."""
@@ -566,6 +579,10 @@ class BookPair:
         return self.outcome
 
 
+_BOOK_HASH: Final = {"okx": "books:{symbol}"}
+"""ccxt's subscription hash of a subscribed book, where its handler reads it."""
+
+
 @contextlib.asynccontextmanager
 async def book_pair(venue_id: str, symbols: Sequence[str], monkeypatch: pytest.MonkeyPatch, *,
                     replay: bool = True) -> AsyncIterator[BookPair]:
@@ -602,3 +619,93 @@ def fast_book_path(venue_id: str) -> bool:
 
 
 _FAST_BOOKS: dict[str, bool] = {}
+
+
+async def emulator_book_sessions(venue_id: str, path: str, subscribe: str, count: int,
+                                 faults: Sequence[Any] = (), rate: float = 2_000.0
+                                 ) -> list[list[str]]:
+    """Websocket sessions of one synthetic emulator, one after another: a clean one, then one
+    per fault of ``faults`` (``flight_md.emulator.Fault``), injected after the session's first
+    ``count`` frames; each session's ``2 * count`` frames (acknowledgements included), from
+    its snapshots on."""
+    item = venue(venue_id)
+    sessions: list[list[str]] = []
+    async with Emulator(venue_id, symbols=item.test_symbols, rate=rate, seed=7) as emulator, \
+            aiohttp.ClientSession() as http:
+        for fault in (None, *faults):
+            async with http.ws_connect(emulator.url.replace("http://", "ws://") + path) as ws:
+                await ws.send_str(subscribe)
+                frames: list[str] = []
+                injected = fault is None
+                async with asyncio.timeout(20):
+                    while len(frames) < 2 * count:
+                        if not injected and len(frames) >= count:
+                            await emulator.inject(fault)
+                            injected = True
+                        message = await ws.receive()
+                        if message.type is WSMsgType.TEXT:
+                            frames.append(message.data)
+            sessions.append(frames)
+    return sessions
+
+
+def book_mutations(template: dict[str, Any], fields: Sequence[tuple[Any, ...]],
+                   levels: Sequence[tuple[Any, ...]]) -> list[str]:
+    """Faulty variants of one book frame: each field of the dicts at ``fields`` (paths of keys
+    and indices from the frame) missing or set to each bad value of :func:`mutations`'
+    catalogue; each list of levels at ``levels`` missing, empty, of another type, its first
+    level of another shape or with each of its values bad, an extra value in a level, a zero
+    quantity for a price the book does not hold; and :func:`mutations`' other shapes."""
+    text = json.dumps(template)
+    frames: list[str] = []
+
+    def at(frame: Any, path: tuple[Any, ...]) -> Any:
+        for key in path:
+            frame = frame[key]
+        return frame
+
+    def emit(path: tuple[Any, ...], change: Callable[[Any], None]) -> None:
+        frame = json.loads(text)
+        change(at(frame, path))
+        frames.append(json.dumps(frame))
+
+    for path in fields:
+        for name in at(template, path):
+            emit(path, lambda found, n=name: found.pop(n))
+            for value in _BAD_VALUES:
+                emit(path, lambda found, n=name, v=value: found.__setitem__(n, v))
+    for path in levels:
+        *outer, key = path
+        emit(tuple(outer), lambda found, k=key: found.pop(k))
+        for value in ([], {}, "x", None, 5, [[]], [None], ["x"], [{}]):
+            emit(tuple(outer), lambda found, k=key, v=value: found.__setitem__(k, v))
+        first = at(template, path)[0]
+        slots = range(len(first)) if isinstance(first, list) else list(first)
+        for slot in slots:
+            for value in _BAD_VALUES:
+                emit(path, lambda found, s=slot, v=value: found[0].__setitem__(s, v))
+        if isinstance(first, list):
+            emit(path, lambda found: found[0].append("9"))
+            emit(path, lambda found: found.__setitem__(0, found[0][:1]))
+        emit(path, lambda found: found.insert(0, _absent(found[0])))
+    frames += mutations(template, ())
+    return frames
+
+
+def _absent(level: Any) -> Any:
+    """A zero-quantity level at a price far from ``level``'s (a level the book does not hold)."""
+    def far(price: Any) -> Any:
+        return repr(float(price) * 0.37) if isinstance(price, str) else price * 0.37
+
+    def zero(quantity: Any) -> Any:
+        return "0" if isinstance(quantity, str) else 0
+
+    if isinstance(level, list):
+        return [far(level[0]), zero(level[1]), *level[2:]]
+    changed = dict(level)
+    for key, value in level.items():
+        if "price" in key:
+            changed[key] = far(value)
+        elif "q" in key:
+            changed[key] = zero(value)
+    return changed

@@ -34,11 +34,23 @@ path once.
 
 from __future__ import annotations
 
-from typing import Final
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Final
 
 import pytest
 
-from tests.ingest.decode_support import book_pair, fast_book_path, recorded
+from flight_md.emulator import Fault
+from flight_md.emulator.fault import FRAME_FAULTS
+from flight_md.venues import venue
+from tests.ingest.decode_support import (
+    book_mutations,
+    book_pair,
+    emulator_book_sessions,
+    fast_book_path,
+    recorded,
+)
 from tests.ingest.test_book_capture import EXPECTED
 from tests.ingest.test_decode_okx_coinbase_kraken import (
     COINBASE_RECORDED,
@@ -101,3 +113,104 @@ async def test_every_recorded_book_frame_is_stored_as_ccxt_stores_it(
             for symbol, top in expected.tops.items():
                 if symbol in symbols:
                     assert tops[symbol] == top, symbol
+
+
+# -- synthetic frames: the emulator's, with its faults, and a catalogue of bad values ---------------
+
+
+@dataclass(frozen=True, slots=True)
+class Synthetic:
+    """How one venue's synthetic book session is asked for and where its frames hold what."""
+
+    path: str
+    subscribe: dict[str, Any]
+    market: str  # the subscribed symbol's market id as frames name it (the other is left out)
+    fields: tuple[tuple[Any, ...], ...]  # paths to the dicts whose fields are mutated
+    levels: tuple[tuple[Any, ...], ...]  # paths to the lists of levels
+    best_ask: Callable[[dict[str, Any]], Any]  # a snapshot's best ask price
+    crossing: Callable[[dict[str, Any], Any], None]  # make an update a lone bid at a price
+    checksum: bool = False  # the venue's updates carry a checksum (the emulator's book_checksum)
+
+
+def _lists(bids: str, asks: str, extra: tuple[str, ...] = ()) -> Callable[[dict[str, Any], Any], None]:
+    def crossing(holder: dict[str, Any], price: Any) -> None:
+        holder[bids], holder[asks] = [[price, "1", *extra]], []
+    return crossing
+
+
+def _coinbase_crossing(frame: dict[str, Any], price: Any) -> None:
+    event = frame["events"][0]
+    event["updates"] = [dict(event["updates"][0], side="bid", price_level=price, new_quantity="1")]
+
+
+def _kraken_crossing(frame: dict[str, Any], price: Any) -> None:
+    frame["data"][0]["bids"], frame["data"][0]["asks"] = [{"price": price, "qty": 1.0}], []
+
+
+SYNTHETIC: Final = {
+    "bybit": Synthetic(
+        "/v5/public/linear",
+        {"op": "subscribe", "args": ["orderbook.50.BTCUSDT", "orderbook.50.ETHUSDT"], "req_id": "1"},
+        '"BTCUSDT"', ((), ("data",)), (("data", "b"), ("data", "a")),
+        lambda s: s["data"]["a"][0][0], lambda f, p: _lists("b", "a")(f["data"], p)),
+    "okx": Synthetic(
+        "/ws/v5/public",
+        {"op": "subscribe", "args": [{"channel": "books", "instId": "BTC-USDT"},
+                                     {"channel": "books", "instId": "ETH-USDT-SWAP"}]},
+        '"BTC-USDT"', ((), ("arg",), ("data", 0)), (("data", 0, "bids"), ("data", 0, "asks")),
+        lambda s: s["data"][0]["asks"][0][0],
+        lambda f, p: _lists("bids", "asks", ("0", "1"))(f["data"][0], p), checksum=True),
+    "coinbase": Synthetic(
+        "/", {"type": "subscribe", "product_ids": ["BTC-USD", "ETH-USD"], "channel": "level2"},
+        '"BTC-USD"', ((), ("events", 0), ("events", 0, "updates", 0)), (("events", 0, "updates"),),
+        lambda s: next(u["price_level"] for u in s["events"][0]["updates"] if u["side"] != "bid"),
+        _coinbase_crossing),
+    "kraken": Synthetic(
+        "/v2", {"method": "subscribe",
+                "params": {"channel": "book", "symbol": ["BTC/USD", "ETH/USD"], "depth": 10}},
+        '"BTC/USD"', ((), ("data", 0)), (("data", 0, "bids"), ("data", 0, "asks")),
+        lambda s: s["data"][0]["asks"][0]["price"], _kraken_crossing, checksum=True),
+}
+SYNTHETIC_COUNT: Final = 40
+"""Frames of a synthetic session before its fault is injected (and as many after)."""
+
+
+def _book_frames(frames: list[str], market: str) -> tuple[str, str, str]:
+    """The subscribed market's snapshot and the two updates after it."""
+    ours = [text for text in frames if market in text[:200] and '"subscribe' not in text[:40]]
+    start = next(i for i, text in enumerate(ours) if '"snapshot"' in text[:400])
+    snapshot, first, second = ours[start:start + 3]
+    assert '"snapshot"' not in first[:400] + second[:400]
+    return snapshot, first, second
+
+
+@pytest.mark.parametrize("venue_id", sorted(SYNTHETIC), ids=_id)
+async def test_synthetic_book_frames_faults_and_bad_values_are_stored_as_ccxt_stores_them(
+        venue_id: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    spec = SYNTHETIC[venue_id]
+    faults = [Fault.BOOK_GAP, *sorted(FRAME_FAULTS)] + ([Fault.BOOK_CHECKSUM] if spec.checksum else [])
+    sessions = await emulator_book_sessions(venue_id, spec.path, json.dumps(spec.subscribe),
+                                            SYNTHETIC_COUNT, faults)
+    snapshot, first, second = _book_frames(sessions[0], spec.market)
+    template = json.loads(second)
+    crossed = [json.loads(second), json.loads(second)]
+    best_ask = spec.best_ask(json.loads(snapshot))
+    spec.crossing(crossed[0], best_ask)  # locked: a bid at the best ask
+    spec.crossing(crossed[1], type(best_ask)(float(best_ask) * 1.01)
+                  if not isinstance(best_ask, str) else repr(float(best_ask) * 1.01))
+    bad = [json.dumps(frame) for frame in crossed]
+    bad += book_mutations(template, spec.fields, spec.levels)
+    symbol = venue(venue_id).test_symbols[0]
+    async with book_pair(venue_id, (symbol,), monkeypatch, replay=False) as pair:
+        for number, frames in enumerate(sessions):  # each session on a connection of its own
+            for text in frames:
+                pair.feed(f"{spec.path}?session={number}", text, f"session {number}")
+        for number, text in enumerate(bad):  # each on a fresh connection's fresh book
+            path = f"{spec.path}?bad={number}"
+            for frame in (snapshot, first, text):
+                pair.feed(path, frame, f"bad value {number}")
+        outcome = pair.finish()
+    assert outcome.decoders == ("ccxt", "fast" if fast_book_path(venue_id) else "ccxt")
+    counters = outcome.counters
+    assert counters["stored"] > len(bad) and counters["resyncs"] > 0  # the faults did resync
+    assert counters["gap" if venue_id != "kraken" else "checksum"] > 0
