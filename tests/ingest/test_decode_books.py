@@ -34,21 +34,27 @@ path once.
 
 from __future__ import annotations
 
+import gzip
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Final
 
 import pytest
 
-from flight_md.emulator import Fault
+from flight_md.emulator import Emulator, Fault, default_recording
 from flight_md.emulator.fault import FRAME_FAULTS
 from flight_md.venues import venue
 from tests.ingest.decode_support import (
+    BookPair,
+    _unwrapped,
     book_mutations,
     book_pair,
+    book_stream,
     emulator_book_sessions,
     fast_book_path,
+    fix_book_clocks,
     recorded,
 )
 from tests.ingest.test_book_capture import EXPECTED
@@ -58,6 +64,7 @@ from tests.ingest.test_decode_okx_coinbase_kraken import (
     OKX_RECORDED,
     served_frames,
 )
+from tests.support import MS, async_until
 
 pytestmark = pytest.mark.asyncio
 
@@ -66,9 +73,9 @@ RECORDED_SYMBOLS: Final = {"bybit": BYBIT_RECORDED, "okx": OKX_RECORDED,
                            "coinbase": COINBASE_RECORDED, "kraken": KRAKEN_RECORDED}
 IS_BOOK: Final = {"bybit": '"orderbook.', "okx": '"books', "coinbase": '"l2_data"',
                   "kraken": '"book"'}
-LOCKSTEP: Final = {"bybit": 700, "okx": 10_000, "coinbase": 10_000, "kraken": 2_500}
+LOCKSTEP: Final = {"bybit": 700, "okx": 10_000, "coinbase": 10_000, "kraken": 1_500}
 """Book frames of a recording compared with ccxt's path (the rest: the fast stream alone).
-Bybit: 700 of 2,148 (ccxt's 200-level books take ~2 ms a frame on both sides); Kraken: 2,500 of
+Bybit: 700 of 2,148 (ccxt's 200-level books take ~2 ms a frame on both sides); Kraken: 1,500 of
 about 17,600 served (the whole served session is ~25 s through both); OKX's 293 and Coinbase's
 775 all (Coinbase's cost is its two snapshots, which every later frame needs)."""
 
@@ -214,3 +221,57 @@ async def test_synthetic_book_frames_faults_and_bad_values_are_stored_as_ccxt_st
     counters = outcome.counters
     assert counters["stored"] > len(bad) and counters["resyncs"] > 0  # the faults did resync
     assert counters["gap" if venue_id != "kraken" else "checksum"] > 0
+
+
+# -- Binance: the REST snapshot ccxt fetches when it subscribes ---------------------------------------
+
+BINANCE_RECORDED: Final = ("NKN/USDT", "LRC/BTC", "BLZ/ETH")  # RUNE/EUR is listed, left out
+
+
+def rest_only_recording(path: Path) -> Path:
+    """The Binance recording without its depth frames: a replay of it acknowledges a book
+    subscription, serves the recorded REST snapshots and sends a book stream nothing (its
+    other streams' frames go to their subscribers only), so that the test hands the streams
+    the recorded depth frames itself."""
+    with gzip.open(default_recording("binance"), "rt", encoding="utf-8") as source, \
+            gzip.open(path, "wt", encoding="utf-8") as kept:
+        for line in source:
+            record = json.loads(line)
+            if record["t"] != "recv" or '"depthUpdate"' not in record["data"]:
+                kept.write(line)
+    return path
+
+
+async def test_binance_recorded_depth_updates_after_the_recorded_rest_snapshot_are_stored_as_ccxt_stores_them(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Binance's snapshot is REST: both streams really subscribe (ccxt fetches each book's
+    # recorded snapshot from the emulator), then get the recorded depthUpdate frames, as a raw
+    # /ws connection receives them, on their live connection.
+    fix_book_clocks(monkeypatch)
+    frames = [_unwrapped(text) for _path, text in recorded("binance")]
+    async with Emulator("binance", replay=rest_only_recording(tmp_path / "binance.jsonl.gz"),
+                        speed=0) as emulator:
+        streams = (book_stream("binance", "ccxt", emulator.url),
+                   book_stream("binance", "fast", emulator.url))
+        pair = BookPair(*streams, BINANCE_RECORDED,
+                        clients=lambda stream, _path: next(iter(stream.exchange.clients.values())))
+        try:
+            for stream in streams:
+                await stream.connect()
+                await stream.subscribe(list(BINANCE_RECORDED))
+            # Before any frame (else when the snapshot lands would decide which are applied):
+            # every book has its snapshot, the nonce ccxt's book takes from it.
+            await async_until(lambda: all(
+                isinstance((stream.exchange.orderbooks.get(symbol) or {}).get("nonce"), int)
+                for stream in streams for symbol in BINANCE_RECORDED), 10 * MS,
+                "each book's REST snapshot")
+            pair.check("the REST snapshots")
+            for text in frames:
+                pair.feed("", text)
+            outcome = pair.finish()
+        finally:
+            for stream in streams:
+                await stream.disconnect()
+    assert outcome.decoders == ("ccxt", "fast" if fast_book_path("binance") else "ccxt")
+    assert outcome.resyncs == 0 and outcome.stored > len(BINANCE_RECORDED)
+    assert outcome.counters["stored"] == outcome.stored
