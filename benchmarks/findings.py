@@ -145,10 +145,12 @@ samples inclusive: its own body ~11 %, `_event` (orjson) ~6 %, `_clean` (the dec
 check of price and amount) ~6 %, `ccxt_string_n`/`ccxt_int_n` ~6 %, then `decode.trade` ->
 `TradeFanout.ingest_fields` -> `_store` (de-duplication by id, `SkewWindow.add`, the row)
 -> `MarketDataBuffer.append_trade_row` ~30 %; the event loop's `select` ~12 %, ccxt's
-`receive_loop` and aiohttp ~10 %, the journal thread ~11 %. At 200 symbols, 4,000 trades/s
-offered, the emulator sent only ~2,750 a second on the loaded machine (the rig, not
-flight_md, was the limit there) and flight_md stored every one at ~61 µs a trade, the journal
-~17 % of samples. Levers: fewer calls per trade in `TradeFanout._store` (counters, clock and
+`receive_loop` and aiohttp ~10 %, the journal thread ~11 %. At 200 symbols (15 trades a
+second a symbol at 3,000/s) nearly every frame is a wake-up of its own: ~108 µs CPU a trade,
+`EpollSelector.select` 51 % of samples, ccxt's `receive_loop` 18 %, the decoder 17 %, the
+journal thread 14 % (before the 2026-12-02 journal-feed fix, which sealed every ring's few
+trades at every commit: ~215 µs a trade, A/B alternating; at 4,000/s offered on a busier
+machine, where frames queued and shared wake-ups, ~61 µs). Levers: fewer calls per trade in `TradeFanout._store` (counters, clock and
 skew per trade), the decoder's `_clean` folded into the float conversion.
 """
 
