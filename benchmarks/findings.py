@@ -123,8 +123,9 @@ with its sequence column (`Persistence._feed_locked`, 15-25 %), several Arrow ob
 ring per commit at ~10 µs each with pyarrow 26; `--memory-only` cost ~33 µs at both symbol
 counts. Fixed 2026-12-02: the feed converts the pending rows of all rings of a channel at
 once, sequence column included (`MarketDataBuffer.take_unjournalled(sequence)`): 200 symbols,
-A/B alternating in the same minutes, 54.6-59.1 -> 32.0-41.1 µs a row, the 20-symbol figure
-again. Left: a ring that sealed itself since the last commit still goes the per-ring way
+A/B alternating in the same minutes, 54.6-59.1 -> 32.0-41.1 µs a row, and in a later pair
+of runs 54.2-70.9 -> 35.3-36.0 µs, the 20-symbol figure again (20 symbols unchanged: 38.6-40.8
+vs 35.3-41.4 µs). Left: a ring that sealed itself since the last commit still goes the per-ring way
 (~4 % of samples), and the journal's own write (`Journal._commit_locked`, `_with_keys`) ~8 %.
 Levers: fewer Python calls per frame (the decoder, `Fanout.ingest_row` and
 `MarketDataBuffer.append_row` are ~1-5 % each, nothing dominant), `--ingest-workers N` on a
