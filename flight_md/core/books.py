@@ -59,7 +59,7 @@ says), and a book frame that names no book (no symbol, no product, no ``instId``
 book of the connection, since it may have been any one's: both are ``MALFORMED``. When ccxt
 raises on a frame the verifier passed, :meth:`BookVerifier.invalidate` fails that book.
 
-Kept books (``verifier_for(venue, keep=True)``: Bybit, Coinbase, Kraken, OKX; :func:`keeps_books`): the
+Kept books (``verifier_for(venue, keep=True)``: every venue; :func:`keeps_books`): the
 verifier also keeps every book it checks (:meth:`BookVerifier.kept`, a :class:`KeptBook`)
 exactly as ccxt 4.5.90's would be after the same frames, so the fast book path
 (:mod:`flight_md.ingest.books`) stores it instead of ccxt's. Its verdicts are the same with
@@ -513,13 +513,44 @@ class BinanceVerifier(BookVerifier):
 
     venue = "binance"
     rest_snapshot = True
+    can_keep = True
 
-    def __init__(self) -> None:
-        super().__init__()
+    def __init__(self, *, keep: bool = False) -> None:
+        super().__init__(keep=keep)
         self._chain_first: dict[str, int] = {}  # U of the oldest delta of the unbroken chain
         self._next: dict[str, int] = {}  # the update id the next delta must start at (or cover)
         self._bridging: dict[str, bool] = {}  # snapshot taken, first delta to apply not seen yet
         self._synced: set[str] = set()
+        self._kept: dict[str, KeptBook] = {}  # keep=True: seeded from ccxt's book (seed)
+        self._applied = False  # whether the last delta checked is one ccxt applies
+
+    def seed(self, symbol: str, bids: Iterable[Sequence[Any]], asks: Iterable[Sequence[Any]],
+             nonce: int | None, timestamp: int | None) -> None:
+        """``keep=True``: the book ccxt built from its REST snapshot and the deltas it buffered
+        (its levels, ``nonce``, ``timestamp``), which the kept book starts from; the deltas
+        after it are kept here. Call it once :meth:`on_rest_snapshot` said ``OK``."""
+        book = KeptBook(_UNLIMITED)
+        for level in bids:
+            book.bids.set(level[0], level[1])
+        for level in asks:
+            book.asks.set(level[0], level[1])
+        book.nonce, book.timestamp = nonce, timestamp
+        self._kept[symbol] = book
+
+    def kept(self, symbol: str) -> KeptBook | None:
+        # ccxt 4.5.90 binance.handle_order_book_message: levels by safe_float (float()), the
+        # book's nonce u and timestamp safe_integer(message, 'E') of the last delta applied.
+        return self._kept.get(symbol)
+
+    def named(self, frame: object) -> tuple[str, ...]:
+        frame = _binance_event(frame)
+        symbol = frame.get("s") if frame is not None else None
+        return (symbol,) if isinstance(symbol, str) else ()
+
+    def claims(self, frame: Mapping[str, Any]) -> bool:
+        # Only a book seeded from ccxt's REST snapshot: until then ccxt buffers the deltas.
+        found = _binance_event(frame)
+        return found is not None and found.get("s") in self._kept
 
     def on_rest_snapshot(self, symbol: str, last_update_id: int) -> Verdict:
         """The REST depth snapshot ccxt built the book of ``symbol`` from (its ``lastUpdateId``).
@@ -549,10 +580,10 @@ class BinanceVerifier(BookVerifier):
         return Verdict(symbol, Status.OK, sequence=last_update_id)
 
     def verify(self, frame: object) -> tuple[Verdict, ...]:
-        if isinstance(frame, Mapping) and isinstance(frame.get("stream"), str) and isinstance(frame.get("data"), Mapping):
-            frame = frame["data"]  # a combined stream's envelope
-        if not isinstance(frame, Mapping) or frame.get("e") != "depthUpdate":
+        found = _binance_event(frame)
+        if found is None:
             return ()
+        frame = found
         symbol = frame.get("s")
         if not isinstance(symbol, str):
             return tuple(self._fail_all(_malformed(f"symbol {symbol!r}")))
@@ -562,7 +593,17 @@ class BinanceVerifier(BookVerifier):
         bad = _bad_level(frame.get("b"), 0, 1) or _bad_level(frame.get("a"), 0, 1)
         if bad is not None:
             return (self._fail(symbol, Reason.MALFORMED, bad, last),)
-        return (self._delta(symbol, first, last),)
+        self._applied = False
+        verdict = self._delta(symbol, first, last)
+        if self._applied and self.keeps:
+            book = self._kept.get(symbol)
+            if book is not None:
+                for level in frame["a"]:
+                    book.asks.set(level[0], level[1])
+                for level in frame["b"]:
+                    book.bids.set(level[0], level[1])
+                book.nonce, book.timestamp = last, safe_integer(frame.get("E"))
+        return (verdict,)
 
     def _delta(self, symbol: str, first: int, last: int) -> Verdict:
         expected = self._next.get(symbol)
@@ -582,10 +623,11 @@ class BinanceVerifier(BookVerifier):
         elif first != expected:
             return self._fail(symbol, Reason.GAP, _gap("U", expected, first), last)
         self._next[symbol] = last + 1
+        self._applied = True
         return Verdict(symbol, Status.OK, sequence=last)
 
     def _forget(self, symbol: str | None) -> None:
-        for state in (self._chain_first, self._next, self._bridging):
+        for state in (self._chain_first, self._next, self._bridging, self._kept):
             if symbol is None:
                 state.clear()
             else:
@@ -600,6 +642,15 @@ class BinanceVerifier(BookVerifier):
 
     def pending_snapshots(self) -> set[str]:
         return set(self._next) - self._synced
+
+
+def _binance_event(frame: object) -> Mapping[str, Any] | None:
+    """A ``depthUpdate`` event, raw or in a combined stream's envelope, else ``None``."""
+    if isinstance(frame, Mapping) and isinstance(frame.get("stream"), str) and isinstance(frame.get("data"), Mapping):
+        frame = frame["data"]
+    if not isinstance(frame, Mapping) or frame.get("e") != "depthUpdate":
+        return None
+    return frame
 
 
 class BybitVerifier(BookVerifier):
@@ -1044,6 +1095,7 @@ VERIFIERS: Final[Mapping[str, Callable[[int | None, Mapping[str, Precision] | No
 }
 """Venue id -> ``factory(depth, precision)`` of its verifier; only Kraken reads either."""
 _KEEPING: Final[Mapping[str, Callable[[int | None, Mapping[str, Precision] | None], BookVerifier]]] = {
+    "binance": lambda depth, precision: BinanceVerifier(keep=True),
     "bybit": lambda depth, precision: BybitVerifier(keep=True),
     "coinbase": lambda depth, precision: CoinbaseVerifier(keep=True),
     "kraken": lambda depth, precision: _kraken(depth, precision, keep=True),

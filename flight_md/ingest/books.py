@@ -82,7 +82,15 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Final, Protocol, TypeGuard
 
-from flight_md.core.books import BookVerifier, Precision, Status, Verdict, keeps_books, verifier_for
+from flight_md.core.books import (
+    BinanceVerifier,
+    BookVerifier,
+    Precision,
+    Status,
+    Verdict,
+    keeps_books,
+    verifier_for,
+)
 from flight_md.events import EventKind, EventLog
 from flight_md.ingest import ccxt_compat
 from flight_md.venues.base import Venue
@@ -243,7 +251,12 @@ class BookCapture:
         if not self._keep:
             return False
         conn = self._connection(client)
-        if not conn.verifier.claims(frame):
+        verifier = conn.verifier
+        if verifier.rest_snapshot:  # a snapshot ccxt applied since the last frame seeds its book
+            pending = verifier.pending_snapshots()
+            if pending:
+                self._rest_snapshots(client, conn, pending)
+        if not verifier.claims(frame):
             return False
         self._current, self._current_conn = client, conn
         self._received = receive_ms
@@ -304,13 +317,16 @@ class BookCapture:
         symbol = self._symbol(client, conn, market_id)
         if symbol is None:
             return
-        kept = conn.verifier.kept(market_id)
+        verifier = conn.verifier
+        kept = verifier.kept(market_id)
         if kept is None:
-            ccxt_compat.forget_book(self._exchange, symbol)
+            if not verifier.rest_snapshot:  # Binance's: ccxt's book may be waiting for its snapshot
+                ccxt_compat.forget_book(self._exchange, symbol)
             return
         bids, asks = kept.rows(kept.depth)
         ccxt_compat.seed_book(self._exchange, symbol, bids, asks, depth=kept.depth,
-                              timestamp=kept.timestamp, nonce=kept.nonce)
+                              timestamp=kept.timestamp, nonce=kept.nonce,
+                              in_place=verifier.rest_snapshot)
 
     def _connection(self, client: Any) -> _Connection:
         found = self._connections.get(id(client))
@@ -372,6 +388,10 @@ class BookCapture:
         verdict = conn.verifier.on_rest_snapshot(market_id, book["nonce"])
         if verdict.status is Status.RESYNC:
             self._fail(client, conn, verdict)
+        elif self._keep and isinstance(conn.verifier, BinanceVerifier):
+            # The fast path takes this book's deltas from now on, from the book ccxt made of
+            # its snapshot and the deltas it buffered (see the module docstring).
+            conn.verifier.seed(market_id, book["bids"], book["asks"], book["nonce"], book.get("timestamp"))
         return verdict
 
     def _store(self, client: Any, conn: _Connection, market_id: str, verdict: Verdict) -> None:

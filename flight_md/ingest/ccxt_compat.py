@@ -71,8 +71,11 @@ Assumptions (the name each check reports):
     a dict by unified symbol, and ``exchange.order_book(snapshot, depth)`` makes ccxt's book
     of a snapshot (``bids``, ``asks`` as ``[price, amount]`` levels, ``timestamp``,
     ``nonce``, ``symbol``), cut to ``depth`` where the venue's handler calls ``limit()``
-    (OKX's ``prevSeqId`` check reads that ``nonce``). Checked: ``order_book`` takes
-    ``(snapshot, depth)`` and ``orderbooks`` is a dict, by the book tests.
+    (OKX's ``prevSeqId`` check reads that ``nonce``); a book's ``reset(snapshot)`` does the
+    same in place, keeping the object and its delta buffer ``cache`` (Binance's, which the
+    capture tells a rebuilt book by). Binance's kept book is seeded the other way: from
+    ccxt's book once ccxt applied its REST snapshot and buffered deltas (``bids``, ``asks``
+    of ``[price, amount]`` floats, ``nonce`` its last update id). Checked by the book tests.
 ``client``
     ``exchange.client(url)`` creates (once per URL) and returns a websocket client,
     registered in the ``exchange.clients`` dict by its ``url``, whose ``on_message``,
@@ -510,10 +513,18 @@ def attach_book(exchange: Any, book: BookObserver | None) -> None:
 
 def seed_book(exchange: Any, symbol: str, bids: Sequence[Sequence[float]],
               asks: Sequence[Sequence[float]], *, depth: int, timestamp: int | None,
-              nonce: int | None) -> None:
-    """Make ``exchange.orderbooks[symbol]`` a new ccxt book of these levels (``book_mirror``)."""
-    exchange.orderbooks[symbol] = exchange.order_book(
-        {"bids": bids, "asks": asks, "timestamp": timestamp, "nonce": nonce, "symbol": symbol}, depth)
+              nonce: int | None, in_place: bool = False) -> None:
+    """Make ``exchange.orderbooks[symbol]`` a ccxt book of these levels (``book_mirror``): a new
+    one, or with ``in_place`` the one ccxt has, ``reset`` (Binance's: the capture tells its
+    rebuilt books by their identity and delta buffer)."""
+    # Lists: a book side replaces a level's amount in place (reset stores the levels as given).
+    snapshot = {"bids": [list(level) for level in bids], "asks": [list(level) for level in asks],
+                "timestamp": timestamp, "nonce": nonce, "symbol": symbol}
+    book = exchange.orderbooks.get(symbol) if in_place else None
+    if book is not None:
+        book.reset(snapshot)
+    else:
+        exchange.orderbooks[symbol] = exchange.order_book(snapshot, depth)
 
 
 def forget_book(exchange: Any, symbol: str) -> None:

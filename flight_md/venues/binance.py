@@ -261,6 +261,46 @@ def _trades(context: DecoderContext) -> FrameDecoder:
     return _TradeDecoder(context)
 
 
+_DEPTH_KEYS: Final = frozenset({"e", "E", "s", "U", "u", "b", "a"})
+
+
+class _BookDecoder:
+    """Spot ``depthUpdate`` frames (raw or in a combined stream's envelope), parsed once, for
+    the book stream's capture (:meth:`DecodeSink.book <flight_md.core.decode.DecodeSink.book>`).
+    The capture takes them only for a book whose kept one it seeded from ccxt's REST snapshot
+    (:class:`~flight_md.core.books.BinanceVerifier`): until then, and again after a resync or
+    a new connection, they go to ccxt, which buffers them for its snapshot. Declined: every
+    other frame, and every depth frame with other keys than a spot event's, update ids that
+    are no integers, or levels ccxt could read other than the verifier does
+    (:func:`~flight_md.core.decode.book_levels`)."""
+
+    __slots__ = ()
+
+    def decode(self, frame: str | bytes, receive_ms: int, sink: DecodeSink) -> bool:
+        if (_DEPTH_TEXT if type(frame) is str else _DEPTH_BYTES) not in frame:  # type: ignore[operator]
+            return False
+        message = _event(frame)
+        if message is None or message.get("e") != "depthUpdate" or not _DEPTH_KEYS.issuperset(message):
+            return False
+        symbol, first, last = message.get("s"), message.get("U"), message.get("u")
+        if (type(symbol) is not str or not symbol or type(first) is not int or type(last) is not int
+                or first > last or type(message.get("E", 0)) is not int
+                or not decode.book_levels(message.get("b")) or not decode.book_levels(message.get("a"))):
+            return False
+        return sink.book(message)
+
+    def reset(self) -> None:
+        """No per-connection state: the capture's verifier keeps the books."""
+
+
+_DEPTH_TEXT: Final = '"depthUpdate"'
+_DEPTH_BYTES: Final = b'"depthUpdate"'
+
+
+def _book(context: DecoderContext) -> FrameDecoder:
+    return _BookDecoder()
+
+
 VENUE = Venue(
     id="binance",
     title="Binance spot",
@@ -292,7 +332,8 @@ VENUE = Venue(
         "lastPrice", "openPrice", "highPrice", "lowPrice", "volume", "quoteVolume",
         "bidPrice", "bidQty", "askPrice", "askQty", "prevClosePrice", "weightedAvgPrice",
     }),
-    decoders={Channel.BIDASK: _book_ticker, Channel.TICKER: _ticker, Channel.TRADES: _trades},
+    decoders={Channel.BIDASK: _book_ticker, Channel.TICKER: _ticker, Channel.TRADES: _trades,
+              Channel.BOOK: _book},
     dialect="flight_md.emulator.dialects.binance:BinanceDialect",
     demo_symbols=("BTC/USDT", "ETH/USDT", "SOL/USDT", "BNB/USDT", "XRP/USDT"),
     test_symbols=("BTC/USDT", "ETH/USDT"),

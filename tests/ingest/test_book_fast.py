@@ -21,7 +21,7 @@ from flight_md.ingest.stream import _ChannelStream
 from flight_md.normalize import Channel
 from tests.ingest.decode_support import FIXED_MS, load_markets
 
-FAST_VENUES = ("bybit", "coinbase", "kraken", "okx")
+FAST_VENUES = ("binance", "bybit", "coinbase", "kraken", "okx")
 """The venues whose book frames the fast path takes so far."""
 
 
@@ -90,11 +90,10 @@ def test_a_kept_okx_book_carries_ccxts_timestamp_and_nonce() -> None:
     assert verifier_for("okx").kept("BTC-USDT") is None  # type: ignore[union-attr]
 
 
-@pytest.mark.parametrize("venue_id", ["binance"])
-def test_only_the_fast_venues_keep_books(venue_id: str) -> None:
-    assert not keeps_books(venue_id)
+def test_only_a_venue_whose_verifier_keeps_books_takes_keep() -> None:
+    assert not keeps_books("bitstamp")
     with pytest.raises(ValueError, match="cannot keep its books"):
-        verifier_for(venue_id, keep=True, precision={})
+        verifier_for("bitstamp", keep=True)
 
 
 def stream(venue_id: str, decoder: str) -> _ChannelStream:
@@ -214,3 +213,40 @@ async def test_a_declined_book_frame_meets_the_kept_book_in_ccxt(monkeypatch: py
         assert made.counters()["stored"] == 3 and made.counters()["ccxt_errors"] == 0
     finally:
         await made.exchange.close()
+
+
+@pytest.mark.asyncio
+async def test_binance_deltas_after_ccxts_rest_snapshot_are_the_fast_paths(
+        make_emulator: Any, make_stream: Any) -> None:
+    """Binance's hybrid: ccxt fetches the REST snapshot and applies the deltas it buffered; the
+    kept book is seeded from that book and takes every later delta, which ccxt never sees. The
+    rows equal a ``decoder="ccxt"`` stream's on the same market (the emulator sends both
+    connections the same deltas), update by update: by nonce, since where each stream's
+    snapshot came in depends on timing."""
+    from flight_md.buffer import MarketDataBuffer
+    from tests.ingest.support import wait_until
+    from tests.ingest.test_book_stream import count, rows
+
+    symbols = ("BTC/USDT", "ETH/USDT")
+    emulator = await make_emulator("binance", symbols, rate=40.0)
+    buffers = {decoder: MarketDataBuffer(10_000, channel="book", book_depth=10) for decoder in ("ccxt", "fast")}
+    streams = {decoder: await make_stream(emulator, symbols, channel="book", buffer=buffers[decoder],
+                                          decoder=decoder)
+               for decoder in ("ccxt", "fast")}
+    await wait_until(lambda: all(count(b, "binance", s) >= 20 for b in buffers.values() for s in symbols), 15,
+                     "20 books of each symbol on each stream")
+    assert {d: s.status().exchanges[0].decoder for d, s in streams.items()} == {"ccxt": "ccxt", "fast": "fast"}
+    for symbol in symbols:
+        by_nonce = {}
+        for decoder, buffer in buffers.items():
+            table = rows(buffer, "binance", symbol)
+            assert table is not None
+            # The first row is the book as ccxt's snapshot left it, stamped when it came in.
+            by_nonce[decoder] = {row["nonce"]: (row["bids"], row["asks"], row["timestamp"])
+                                 for row in table.to_pylist()[1:]}
+        shared = set(by_nonce["ccxt"]) & set(by_nonce["fast"])
+        assert len(shared) >= 10, symbol
+        assert all(by_nonce["ccxt"][n] == by_nonce["fast"][n] for n in shared), symbol
+        # ccxt's own book stopped at its snapshot (and buffered deltas) on the fast stream.
+        assert streams["fast"].exchange.orderbooks[symbol]["nonce"] < max(by_nonce["fast"]), symbol
+    assert streams["fast"].counters()["resyncs"] == streams["ccxt"].counters()["resyncs"] == 0
