@@ -22,7 +22,7 @@ What is stored, and when
     ``seqId``, Coinbase's connection-wide ``sequence_num``), else ccxt's book nonce, else null
     (Kraken has none).
 
-The fast path (``decoder="fast"``, venues with a ``Channel.BOOK`` decoder: all but Binance)
+The fast path (``decoder="fast"``, venues with a ``Channel.BOOK`` decoder: all five)
     ccxt's book code costs more per frame than everything else together (a ``safe_number``
     chain and a bisect per level, on its Python book sides), and the verifier already reads
     every book frame. With ``keep=True`` the verifiers keep every book they check
@@ -40,11 +40,16 @@ The fast path (``decoder="fast"``, venues with a ``Channel.BOOK`` decoder: all b
     verifier of its connection, so verdicts, resyncs, events and counters are the same on
     both paths. ccxt keeps connections, subscriptions, keep-alive, reconnects and every
     other frame; its books are otherwise left as the frames it saw made them (none, on the
-    fast venues), and nothing reads them. Known to differ: a declined frame for a book that
-    failed and awaits its snapshot meets no ccxt book, where ccxt's path kept applying to
-    its own (it may raise on one path only); and on a new connection, a Kraken update
-    before its snapshot, which Kraken never sends. ``decoder="ccxt"`` keeps ccxt's books and
-    all of the above as before.
+    fast venues), and nothing reads them. Binance (its snapshot is REST, fetched and applied
+    by ccxt): its depth frames go to ccxt, which buffers them, until ccxt applied its
+    snapshot and the buffered deltas (noticed as below); the kept book is then seeded from
+    ccxt's book (levels and nonce) and takes every later delta, which ccxt no longer sees;
+    after a resync or a lost connection, ccxt again until its next snapshot. Known to
+    differ: a declined frame for an OKX or Kraken book that failed and awaits its snapshot
+    meets no ccxt book, where ccxt's path kept applying to its own (it may raise on one path
+    only; Bybit's and Coinbase's kept books follow ccxt's through a failure); and on a new
+    connection, a Kraken update before its snapshot, which Kraken never sends.
+    ``decoder="ccxt"`` keeps ccxt's books and all of the above as before.
 
 Resynchronisation
     A failed sequence or checksum, a crossed book, a malformed book frame or a frame ccxt
@@ -69,7 +74,13 @@ ccxt internals relied on (besides ``orderbooks``, ``markets_by_id`` and ``safe_s
     the book had when it last failed. The book's ``nonce`` is then the last update id ccxt
     applied, the snapshot the verifier chains the next delta to, and that book is stored at
     once (its ``timestamp``: the last buffered delta's ``E``, else the time it was noticed),
-    so a book whose deltas all came before its snapshot is stored too.
+    so a book whose deltas all came before its snapshot is stored too. On the fast path
+    that book's levels (``bids``, ``asks``: ``[price, amount]`` floats) and ``nonce`` seed
+    the kept book; ccxt's book then keeps its snapshot's nonce, since ccxt sees no later
+    delta, which is why a failed book is told from a rebuilt one by its identity and delta
+    buffer, not by its nonce (ccxt's unsubscribe drops it; the new subscription makes a new
+    one). Where a declined frame's mirror (``ccxt_compat``'s ``book_mirror``) writes a Binance
+    book, it resets ccxt's book in place, and it never drops one: ccxt may be building it.
 """
 
 from __future__ import annotations
