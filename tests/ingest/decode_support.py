@@ -20,6 +20,10 @@ nothing, and so would reach ccxt as if there were no decoder; ccxt's own order-b
 thousands of them, twice, proves nothing about a decoder and was most of the suite's time.
 Every recorded frame thus meets the decoder once.
 
+Books (:class:`BookPair`, :func:`book_pair`) are compared the same way, frame by frame, but
+as kept books: what the book capture stored after each frame, its counters, its
+``book_resync`` events, each symbol's counts and the drops (see ``tests/ingest/test_decode_books.py``).
+
 Registering a venue's decoders is enough to run it (``/tmp/flags/decoder-framework.md``)::
 
     @pytest.mark.parametrize("case", recording_cases("okx"), ids=str)
@@ -565,8 +569,9 @@ class BookPair:
     def finish(self) -> BookOutcome:
         """Compare every stored row (receive time included) and the final state."""
         slow, fast = (side.stream for side in self.sides)
-        listed = {m["symbol"] for m in slow.exchange.markets.values()}
-        for symbol in sorted(listed):
+        held = {symbol for stream in (slow, fast)
+                for _exchange, symbol in stream.buffer.keys(stream.exchange_id)}
+        for symbol in sorted(held | set(self.symbols)):
             rows_slow, rows_fast = _book_rows(slow, symbol), _book_rows(fast, symbol)
             assert len(rows_slow) == len(rows_fast) and all(
                 _same(a, b) for a, b in zip(rows_slow, rows_fast, strict=True)), symbol
