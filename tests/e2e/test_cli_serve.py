@@ -103,9 +103,9 @@ def test_demo_streams_the_emulated_binance_market() -> None:
         streams = status(client)["exchanges"]["binance"]["channels"]
         assert {c: s["state"] for c, s in streams.items()} == {
             "ticker": "connected", "trades": "connected", "book": "connected"}
-        # Binance's tickers and trades are read by its fast decoders, books by ccxt.
+        # Binance's tickers, trades and books are read by its fast decoders.
         assert {c: s["decoder"] for c, s in streams.items()} == {
-            "ticker": "fast", "trades": "fast", "book": "ccxt"}
+            "ticker": "fast", "trades": "fast", "book": "fast"}
     assert server.stop() == 0, server.output
     until(lambda: not any(Path(f"/proc/{pid}").exists() for pid in children), 10 * MS,
           "the ingestion child gone with the server")
