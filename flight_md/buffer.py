@@ -148,6 +148,10 @@ def _concat(batches: list[pa.RecordBatch]) -> pa.RecordBatch:
     return pa.concat_batches(batches, memory_pool=MEMORY_POOL)
 
 
+_CLOSE_WAIT_S: Final = 0.05
+"""How long :meth:`Follower.close` waits for its ring's lock before leaving the close to the ring."""
+
+
 class _Tails:
     """How many live tails are open on one buffer (the hand-off asks for Arrow pieces only
     while some are)."""
@@ -338,6 +342,7 @@ class _Ring:
         self.piece_rows = 0
         self.live = False
         self.followers: set[Follower] = set()
+        self.closing: list[Follower] = []  # closed without the lock (Follower.close)
         self.waiting = 0
         # Persistence (see MarketDataBuffer.persisting): rows below journal_seq were handed to
         # the journal; rows below history_seq are in the Parquet history. Eviction frees no
@@ -458,6 +463,7 @@ class _Ring:
         self.fresh = []
         self.fresh_rows = 0
         self.fresh_foreign = False
+        self.drop_closed()
         self.live = bool(self.followers)  # a reader that comes back arms it again
         if batch.num_rows >= self.merge_rows:
             self.run = self.run_rows = 0  # large enough alone (a large appended batch)
@@ -606,7 +612,13 @@ class _Ring:
         """Symbol and exchange columns of length ``n`` (cached, immutable)."""
         return _CONSTANTS.get(self._symbol_bytes, n), _CONSTANTS.get(self._exchange_bytes, n)
 
+    def drop_closed(self) -> None:
+        """Forget the followers closed while the lock was held elsewhere (caller holds it)."""
+        while self.closing:
+            self.followers.discard(self.closing.pop())
+
     def stats(self) -> BufferStats:
+        self.drop_closed()
         return BufferStats(self.exchange, self.symbol, self.next_seq - self.start_seq,
                            self.next_seq, *_timestamps(self.last_row),
                            len(self.followers))
@@ -727,13 +739,29 @@ class Follower:
         return ring.table(batches, self._columns)
 
     def close(self) -> None:
-        """Stop following; a pending :meth:`read` returns ``None`` promptly."""
+        """Stop following; a pending :meth:`read` returns ``None`` promptly.
+
+        Never waits long for the ring's lock. A Flight tail abandoned by its client is closed
+        by its generator's ``finally`` when the garbage collector finds it, and that can run
+        on any thread that allocates, including one holding this very ring's lock (the
+        journal sealing the ring, the hand-off appending to it): waiting there deadlocks that
+        thread and every reader of the ring. A close that cannot take the lock at once is
+        left to the ring, which drops closed followers the next time it seals or reports
+        (:meth:`_Ring.drop_closed`); the follower reads nothing more either way.
+        """
         ring = self._ring
-        with ring.lock:
+        if not ring.lock.acquire(timeout=_CLOSE_WAIT_S):
             was_open = not self.closed
             self.closed = True
-            ring.followers.discard(self)
-            ring.changed.notify_all()
+            ring.closing.append(self)  # list.append is atomic: no lock needed
+        else:
+            try:
+                was_open = not self.closed
+                self.closed = True
+                ring.followers.discard(self)
+                ring.changed.notify_all()
+            finally:
+                ring.lock.release()
         if was_open and self._tails is not None:
             self._tails.add(-1)
 

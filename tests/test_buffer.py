@@ -620,6 +620,26 @@ def test_follower_projection() -> None:
     assert table is not None and rows(table) == [{"symbol": "BTC/USDT", "price": 18.5}]
 
 
+def test_a_tail_closed_on_the_thread_that_holds_its_rings_lock_does_not_deadlock() -> None:
+    # The garbage collector closes an abandoned Flight tail (its generator's `finally`) on
+    # whichever thread allocates; once that was the journal thread, mid-seal of that very ring
+    # under its lock, and the server hung. Its close must return, the tail must count as
+    # closed at once, and the ring must forget it at its next report.
+    buf, _ = filled(3)
+    _, follower = buf.follow("BTC/USDT")
+    assert buf.tails == 1 and buf.stats()[0].followers == 1
+    ring = follower._ring
+    with ring.lock:
+        follower.close()  # the same thread holds the (non-reentrant) lock
+        assert follower.closed and buf.tails == 0
+    assert follower.read(0) is None
+    assert buf.stats()[0].followers == 0
+    buf.append(mk(9, 9))  # the ring works on
+    assert buf.get_latest_sync("BTC/USDT", 1).num_rows == 1
+    follower.close()  # twice is harmless
+    assert buf.tails == 0
+
+
 # -- snapshot and stats ---------------------------------------------------------------------
 
 
