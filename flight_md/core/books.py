@@ -422,6 +422,9 @@ class BookVerifier(ABC):
         if keep and not self.can_keep:
             raise ValueError(f"the {self.venue} verifier cannot keep its books")
         self._awaiting: set[str] = set()  # books that failed and wait for their next snapshot
+        # keep=True: the books as this connection's frames built them (the venues whose
+        # checksum needs the levels keep their own, and override kept()).
+        self._kept: dict[str, KeptBook] = {}
         self.keeps = keep
         """Whether :meth:`kept` gives the books (the fast book path stores them instead of ccxt's)."""
 
@@ -463,7 +466,7 @@ class BookVerifier(ABC):
         """The book of ``symbol`` as this connection's frames built it, levels as sent, with the
         ``timestamp`` and ``nonce`` ccxt's book would carry; ``None`` without ``keep=True``, or
         while the book has no snapshot (it is then never storable either)."""
-        return None
+        return self._kept.get(symbol)
 
     def named(self, frame: object) -> tuple[str, ...]:
         """The market ids whose book ccxt's own handler would change with this frame, as the
@@ -485,8 +488,10 @@ class BookVerifier(ABC):
         """Forget what is known of one book (or of all): its next frame starts it afresh."""
         if symbol is None:
             self._awaiting.clear()
+            self._kept.clear()
         else:
             self._awaiting.discard(symbol)
+            self._kept.pop(symbol, None)
         self._forget(symbol)
 
     @abstractmethod
@@ -521,7 +526,6 @@ class BinanceVerifier(BookVerifier):
         self._next: dict[str, int] = {}  # the update id the next delta must start at (or cover)
         self._bridging: dict[str, bool] = {}  # snapshot taken, first delta to apply not seen yet
         self._synced: set[str] = set()
-        self._kept: dict[str, KeptBook] = {}  # keep=True: seeded from ccxt's book (seed)
         self._applied = False  # whether the last delta checked is one ccxt applies
 
     def seed(self, symbol: str, bids: Iterable[Sequence[Any]], asks: Iterable[Sequence[Any]],
@@ -537,10 +541,9 @@ class BinanceVerifier(BookVerifier):
         book.nonce, book.timestamp = nonce, timestamp
         self._kept[symbol] = book
 
-    def kept(self, symbol: str) -> KeptBook | None:
-        # ccxt 4.5.90 binance.handle_order_book_message: levels by safe_float (float()), the
-        # book's nonce u and timestamp safe_integer(message, 'E') of the last delta applied.
-        return self._kept.get(symbol)
+    # kept() (seeded from ccxt's book by seed()): ccxt 4.5.90 binance.handle_order_book_message:
+    # levels by safe_float (float()), the book's nonce u and timestamp safe_integer(message,
+    # 'E') of the last delta applied.
 
     def named(self, frame: object) -> tuple[str, ...]:
         frame = _binance_event(frame)
@@ -662,10 +665,6 @@ class BybitVerifier(BookVerifier):
     def __init__(self, *, keep: bool = False) -> None:
         super().__init__(keep=keep)
         self._last: dict[str, int] = {}
-        self._books: dict[str, KeptBook] = {}  # keep=True only
-
-    def kept(self, symbol: str) -> KeptBook | None:
-        return self._books.get(symbol)
 
     def named(self, frame: object) -> tuple[str, ...]:
         # ccxt's handle_order_book: any topic containing "orderbook", the book of data.s.
@@ -713,13 +712,13 @@ class BybitVerifier(BookVerifier):
             self._awaiting.discard(symbol)
             self._last[symbol] = update_id
             if self.keeps:
-                book = self._books[symbol] = KeptBook(_UNLIMITED)
+                book = self._kept[symbol] = KeptBook(_UNLIMITED)
                 self._keep(book, frame, data)
             return (Verdict(symbol, Status.OK, sequence=update_id),)
         if self.keeps:  # ccxt applies every delta, to a new book if it has none
-            found = self._books.get(symbol)
+            found = self._kept.get(symbol)
             if found is None:
-                found = self._books[symbol] = KeptBook(_UNLIMITED)
+                found = self._kept[symbol] = KeptBook(_UNLIMITED)
             self._keep(found, frame, data)
         last = self._last.get(symbol)
         if last is None:
@@ -728,13 +727,6 @@ class BybitVerifier(BookVerifier):
             return (self._fail(symbol, Reason.GAP, _gap("u", last + 1, update_id), update_id),)
         self._last[symbol] = update_id
         return (Verdict(symbol, Status.OK, sequence=update_id),)
-
-    def reset(self, symbol: str | None = None) -> None:
-        super().reset(symbol)
-        if symbol is None:
-            self._books.clear()
-        else:
-            self._books.pop(symbol, None)
 
     def _forget(self, symbol: str | None) -> None:
         # A failed book's kept one stays and takes every delta, as ccxt's does (the rows wait
@@ -758,23 +750,13 @@ class CoinbaseVerifier(BookVerifier):
         super().__init__(keep=keep)
         self._next: int | None = None
         self._books: set[str] = set()  # products with a snapshot on this connection
-        self._kept: dict[str, KeptBook] = {}  # keep=True only
         self._timestamp: int | None = None  # of the frame being verified (keep=True)
 
-    def kept(self, symbol: str) -> KeptBook | None:
-        # ccxt 4.5.90 coinbase.handle_order_book: every event's updates stored by side
-        # (bid, offer) at safe_number(price_level) and safe_number(new_quantity), no depth
-        # limit, whatever the sequence says, once a snapshot made the book; a snapshot resets
-        # it; the timestamp is parse8601 of the frame's timestamp; no nonce (the row's is
-        # sequence_num). A failed book's kept one stays and takes every update, as ccxt's.
-        return self._kept.get(symbol)
-
-    def reset(self, symbol: str | None = None) -> None:
-        super().reset(symbol)
-        if symbol is None:
-            self._kept.clear()
-        else:
-            self._kept.pop(symbol, None)
+    # kept(): ccxt 4.5.90 coinbase.handle_order_book: every event's updates stored by side
+    # (bid, offer) at safe_number(price_level) and safe_number(new_quantity), no depth
+    # limit, whatever the sequence says, once a snapshot made the book; a snapshot resets
+    # it; the timestamp is parse8601 of the frame's timestamp; no nonce (the row's is
+    # sequence_num). A failed book's kept one stays and takes every update, as ccxt's.
 
     def named(self, frame: object) -> tuple[str, ...]:
         if not isinstance(frame, Mapping) or frame.get("channel") != "l2_data":
