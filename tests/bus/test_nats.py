@@ -7,6 +7,7 @@ import asyncio
 from array import array
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import nats
 import pyarrow as pa
@@ -65,19 +66,26 @@ async def consume_until(consumer: Consumer, stored: Stored, count: int) -> None:
     assert consumer.failed is None
 
 
+async def consumed(server: NatsServer, count: int, **options: Any) -> Stored:
+    """What a consumer ``serve-a`` (``options``: the Consumer's) stores of its first ``count``
+    messages, the consumer closed again."""
+    stored = Stored()
+    consumer = Consumer(options_for(server), "serve-a", stored, **options)
+    await consumer.start()
+    try:
+        await consume_until(consumer, stored, count)
+    finally:
+        await consumer.close()
+    return stored
+
+
 @pytest.mark.asyncio
 async def test_a_published_batch_arrives_exactly_as_sent(nats_server: NatsServer,
                                                          publisher: Publisher) -> None:
     batch = trades_batch(50)
     assert publisher.publish("trades", "binance", "BTC/USDT", batch) == 1
     await publisher.flush(TIMEOUT * MS)
-    stored = Stored()
-    consumer = Consumer(options_for(nats_server), "serve-a", stored)
-    await consumer.start()
-    try:
-        await consume_until(consumer, stored, 1)
-    finally:
-        await consumer.close()
+    stored = await consumed(nats_server, 1)
     [message] = stored.messages
     assert message.batch.equals(batch)
     assert message.batch.schema.equals(batch.schema)
@@ -276,14 +284,8 @@ async def test_an_overflow_is_counted_and_the_gap_recorded(nats_server: NatsServ
     size = stats.dropped_bytes // 7
     assert (stats.dropped, stats.acked) == (7, 8)
     assert stats.gaps == (DroppedRun(8, 14, 7, 7 * size),)
-    stored = Stored()
     gaps: list[Gap] = []
-    consumer = Consumer(options_for(nats_server), "serve-a", stored, on_gap=gaps.append)
-    await consumer.start()
-    try:
-        await consume_until(consumer, stored, 8)
-    finally:
-        await consumer.close()
+    stored = await consumed(nats_server, 8, on_gap=gaps.append)
     assert stored.seqs() == [1, 2, 3, 4, 5, 6, 7, 15]
     assert gaps == [Gap("ingest-a-1", "md.trades.binance.BTC/USDT", 7, 14)]
 
