@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 import tomllib
 from dataclasses import dataclass, field, fields
 from enum import StrEnum
@@ -40,8 +41,12 @@ from pathlib import Path
 from typing import Any, Final
 
 from flight_md.buffer import DEFAULT_BUFFER_SIZE
+from flight_md.bus.backlog import DEFAULT_LIMITS, BacklogLimits
+from flight_md.bus.options import BusOptions
+from flight_md.bus.subjects import ALL_SUBJECTS as BUS_ALL_SUBJECTS
+from flight_md.bus.subjects import validate_filter
 from flight_md.core.decode import DecoderKind
-from flight_md.errors import ConfigError
+from flight_md.errors import ConfigError, InvalidArgument
 from flight_md.tickets import EXCHANGE_RE, SYMBOL_RE
 
 __all__ = ["DEMO_SYMBOLS", "DEMO_VENUE", "SERVE_INGEST_PROCESS", "STREAM_DEFAULTS", "IngestionMode",
@@ -71,6 +76,9 @@ class IngestionMode(StrEnum):
     """In child processes (``ingest_process``/``ingest_workers``): the ``flight-md serve`` default."""
     THREAD = "thread"
     """On a thread of the serving process (``--no-ingest-process``; the Python API's default)."""
+    BUS = "bus"
+    """On ingestion nodes elsewhere (``flight-md ingest``); this node reads the bus
+    (``flight-md serve --bus``)."""
 
 
 SECRET_CCXT_KEYS: Final = frozenset({"apiKey", "secret", "password", "uid", "privateKey",
@@ -270,6 +278,23 @@ class ServerConfig:
     """The SQL engine's memory limit, e.g. ``"1GB"``, ``"512MiB"``."""
     sql_max_concurrent: int = 4
     """Flight SQL queries running at once (more wait up to a second, then UNAVAILABLE)."""
+    bus: BusOptions | None = None
+    """The NATS JetStream bus (``--bus URL``, TOML ``[bus]``): a serving node reads its rings
+    from it (no ingestion of its own), an ingestion node (``flight-md ingest``) publishes to it;
+    ``None``: one process, no NATS (nats-py is not even imported)."""
+    bus_subjects: tuple[str, ...] = (BUS_ALL_SUBJECTS,)
+    """The subject filters a serving node consumes (``--bus-subjects``): its shard."""
+    node_name: str | None = None
+    """This node's name on the bus (``--node-name``; it names the durable consumer);
+    ``None``: :meth:`resolved_node_name` derives one from the data dir."""
+    advertise: str | None = None
+    """The Flight location other nodes send clients to for the rings this node holds
+    (``--advertise grpc://host:port``); ``None``: the server's own location."""
+    bus_backlog_bytes: int = DEFAULT_LIMITS.max_bytes
+    """An ingestion node's unacked publishes kept while the bus is away, in payload bytes."""
+    bus_backlog_messages: int = DEFAULT_LIMITS.max_messages
+    """... and in messages; beyond either, messages are dropped, counted, and the serving
+    nodes record the gap."""
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -341,6 +366,70 @@ class ServerConfig:
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
                 raise ConfigError(must_be(name, "a positive number of seconds", value))
         self.persist_config()  # checks retention and max_history_bytes
+        self._check_bus()
+
+    def _check_bus(self) -> None:
+        if self.bus is not None and not isinstance(self.bus, BusOptions):
+            raise ConfigError(must_be("bus", "BusOptions (or none)", self.bus))
+        subjects: Any = self.bus_subjects
+        if isinstance(subjects, str):
+            subjects = tuple(s.strip() for s in subjects.split(",") if s.strip())
+        if not isinstance(subjects, (tuple, list)) or not subjects \
+                or not all(isinstance(s, str) for s in subjects):
+            raise ConfigError(must_be("bus_subjects", "a list of subject filters such as "
+                                      f"{BUS_ALL_SUBJECTS!r}", self.bus_subjects))
+        try:
+            checked = tuple(validate_filter(s) for s in subjects)
+        except InvalidArgument as exc:
+            raise ConfigError(str(exc)) from None
+        if len(set(checked)) != len(checked):
+            raise ConfigError(f"bus_subjects names a filter twice: {', '.join(checked)}")
+        object.__setattr__(self, "bus_subjects", checked)
+        if self.node_name is not None and (not isinstance(self.node_name, str)
+                                           or not NODE_NAME_RE.fullmatch(self.node_name)):
+            raise ConfigError(must_be("node_name", "1 to 48 of A-Z a-z 0-9 _ -", self.node_name))
+        if self.advertise is not None and (not isinstance(self.advertise, str)
+                                           or not _LOCATION_RE.fullmatch(self.advertise)):
+            raise ConfigError(must_be("advertise", "a Flight location such as "
+                                      "'grpc://10.0.0.5:8815' (or grpc+tls://)", self.advertise))
+        try:
+            self.backlog_limits  # noqa: B018 - building it checks both
+        except ConfigError:
+            raise ConfigError(must_be("bus_backlog_bytes and bus_backlog_messages",
+                                      "positive integers",
+                                      (self.bus_backlog_bytes, self.bus_backlog_messages))
+                              ) from None
+        if self.bus is None:
+            given = [name for name in ("node_name", "advertise") if getattr(self, name)]
+            if self.bus_subjects != (BUS_ALL_SUBJECTS,):
+                given.append("bus_subjects")
+            if given:
+                raise ConfigError(f"{', '.join(given)} set a node of the bus; add --bus URL "
+                                  "(or a [bus] table with its url)")
+
+    @property
+    def backlog_limits(self) -> BacklogLimits:
+        """What an ingestion node's publisher keeps while the bus is away."""
+        return BacklogLimits(self.bus_backlog_bytes, self.bus_backlog_messages)
+
+    def resolved_node_name(self, port: int | None = None) -> str:
+        """This node's name: :attr:`node_name`, or ``<short host>-<8 hex>`` of the resolved data
+        dir (so that two nodes on one host, each with its own data dir, differ and a restarted
+        node finds its durable consumer again); memory-only, ``<short host>-mem-<8 hex>`` of
+        ``host:port`` (``port``: the port really bound, for ``port = 0``; with none known, the
+        process id stands in: nothing of a memory-only node survives its restart anyway)."""
+        if self.node_name is not None:
+            return self.node_name
+        import hashlib
+
+        short = re.sub(r"[^A-Za-z0-9_-]", "-", socket.gethostname().split(".")[0])[:26] or "node"
+        persist = self.persist_config()
+        if persist is not None:
+            key = str(Path(persist.data_dir).expanduser().resolve())
+            return f"{short}-{hashlib.sha256(key.encode()).hexdigest()[:8]}"
+        bound = port if port is not None else self.port
+        key = f"{self.host}:{bound}" if bound else f"{self.host}:0:{os.getpid()}"
+        return f"{short}-mem-{hashlib.sha256(key.encode()).hexdigest()[:8]}"
 
     def persist_config(self) -> Any:
         """The :class:`~flight_md.persist.store.PersistConfig` of this server, ``None`` with
@@ -381,7 +470,10 @@ class ServerConfig:
 
     @property
     def ingestion_mode(self) -> IngestionMode | None:
-        """Where ingestion runs; ``None`` when there is nothing to ingest (no stream, no demo)."""
+        """Where ingestion runs; ``None`` when there is nothing to ingest (no stream, no demo,
+        no bus)."""
+        if self.bus is not None:
+            return IngestionMode.BUS
         if not (self.demo or self.streams):
             return None
         return IngestionMode.PROCESS if self.ingest_process else IngestionMode.THREAD
@@ -394,6 +486,10 @@ class ServerConfig:
 
 
 FSYNC_MODES: Final = ("always", "interval", "never")
+NODE_NAME_RE: Final = re.compile(r"[A-Za-z0-9_-]{1,48}")
+"""A bus node's name (as :func:`flight_md.bus.consumer.validate_node_name` checks it; that
+module needs nats-py, this one must not)."""
+_LOCATION_RE: Final = re.compile(r"grpc(\+tls|\+tcp)?://(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):\d{1,5}")
 _DURATION_RE: Final = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$")
 _DURATION_UNITS: Final = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400, "": 86400}
 _BYTES_RE: Final = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?i?b?)\s*$", re.IGNORECASE)
