@@ -8,7 +8,8 @@ Usage::
 The full run takes about fifty minutes on an otherwise idle 2-core machine, some eight
 of them the five venues' ticker runs and five or six the persistence section, plus three or
 four for trades, books and bars, three or four for the ingest section's ``--decoder ccxt``
-search, two for the decoders and three or four for the ingestion workers (the searches'
+search, two for the decoders, three or four for the ingestion workers and five or six for
+the bus (``--only bus``: a nats-server, ``flight-md ingest`` and a serving node; the searches'
 length depends on where the lossless rates lie); ``--smoke`` runs tiny sizes in
 about two and a half minutes to prove the harness works
 (its figures mean nothing). ``--venues`` runs only those venues' ticker measurements of the
@@ -34,6 +35,7 @@ from benchmarks import (
     alternatives,
     buffer_micro,
     bulk,
+    bus,
     channels,
     concurrency,
     decoders,
@@ -69,6 +71,7 @@ MEASUREMENTS: dict[str, tuple[str, Callable[..., Section]]] = {
     "decoders": ("Decoders: CPU per frame, --decoder fast vs ccxt", decoders.measure),
     "workers": ("Ingestion workers: total lossless rate with --ingest-workers N",
                 workers.measure),
+    "bus": ("The bus: ingest -> NATS JetStream -> serving node", bus.measure),
 }
 """In run order. Latency and concurrency run back to back on one ingesting server."""
 _LOADED = ("latency", "concurrency")

@@ -104,6 +104,22 @@ class Settings:
         workers_rates: Rates each workers search starts from.
         workers_search_steps: Runs each workers search may add.
         workers_max_rate: Highest rate a workers search probes.
+        bus_symbols: Symbols of the bus section's Binance bid/ask runs (the aggregate run
+            splits them over its two ingestion nodes).
+        bus_rates: Rates each design's first lossless search starts from.
+        bus_max_rate: Highest rate a bus-section search probes.
+        bus_resolution: A search stops when the lowest failed rate is within this fraction
+            above the lossless rate.
+        bus_repetitions: Searches per design (alternating which goes first; medians).
+        bus_max_runs: Runs the first repetition's search may make.
+        bus_repeat_runs: Runs a later repetition's search may make (it starts from the
+            previous bracket).
+        bus_seconds: Seconds of each lossless run's measured window.
+        bus_warmup: Seconds between every symbol flowing and that window.
+        bus_fresh_rates: Emulator rates of the bus freshness runs.
+        bus_fresh_seconds: Seconds of each freshness window.
+        bus_fresh_tails: Live tails at once in a freshness run, one symbol each.
+        bus_aggregate_runs: Runs of the search with two ingestion nodes.
     """
 
     smoke: bool
@@ -186,6 +202,19 @@ class Settings:
     workers_rates: tuple[int, ...]
     workers_search_steps: int
     workers_max_rate: int
+    bus_symbols: int
+    bus_rates: tuple[int, ...]
+    bus_max_rate: int
+    bus_resolution: float
+    bus_repetitions: int
+    bus_max_runs: int
+    bus_repeat_runs: int
+    bus_seconds: float
+    bus_warmup: float
+    bus_fresh_rates: tuple[int, ...]
+    bus_fresh_seconds: float
+    bus_fresh_tails: int
+    bus_aggregate_runs: int
 
 
 FULL = Settings(
@@ -269,6 +298,19 @@ FULL = Settings(
     workers_rates=(10_000,),
     workers_search_steps=4,
     workers_max_rate=80_000,
+    bus_symbols=20,
+    bus_rates=(10_000,),
+    bus_max_rate=64_000,
+    bus_resolution=0.15,
+    bus_repetitions=2,
+    bus_max_runs=4,
+    bus_repeat_runs=3,
+    bus_seconds=4.0,
+    bus_warmup=1.0,
+    bus_fresh_rates=(1_000, 5_000),
+    bus_fresh_seconds=4.0,
+    bus_fresh_tails=4,
+    bus_aggregate_runs=3,
 )
 
 SMOKE = Settings(
@@ -352,4 +394,17 @@ SMOKE = Settings(
     workers_rates=(500,),
     workers_search_steps=0,
     workers_max_rate=1_000,
+    bus_symbols=4,
+    bus_rates=(500,),
+    bus_max_rate=1_000,
+    bus_resolution=0.25,
+    bus_repetitions=1,
+    bus_max_runs=1,
+    bus_repeat_runs=1,
+    bus_seconds=0.5,
+    bus_warmup=0.2,
+    bus_fresh_rates=(500,),
+    bus_fresh_seconds=1.0,
+    bus_fresh_tails=2,
+    bus_aggregate_runs=1,
 )
