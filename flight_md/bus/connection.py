@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Final
 
 import nats
 import nats.errors
@@ -30,17 +30,22 @@ from nats.aio.client import Client
 from nats.js import api
 from nats.js.client import JetStreamContext
 
+from flight_md.bus.message import ALL_EVENTS
 from flight_md.bus.options import BusOptions
 from flight_md.bus.subjects import ALL_SUBJECTS
 from flight_md.errors import Unavailable
 
-__all__ = ["BUS_ERRORS", "BusUnavailable", "connect", "ensure_stream"]
+__all__ = ["BUS_ERRORS", "STREAM_SUBJECTS", "BusUnavailable", "connect", "ensure_stream"]
 
 logger = logging.getLogger(__name__)
 
 BUS_ERRORS: tuple[type[BaseException], ...] = (nats.errors.Error, OSError, TimeoutError)
 """What a call to the bus raises when the server is away, slow or refuses (nats-py's errors,
 sockets, timeouts)."""
+
+
+STREAM_SUBJECTS: Final = (ALL_SUBJECTS, ALL_EVENTS)
+"""The stream's subjects: the rings' batches and the ingestion nodes' events."""
 
 
 class BusUnavailable(Unavailable):
@@ -103,11 +108,12 @@ async def _close_quietly(client: Client) -> None:
 
 
 def stream_config(options: BusOptions) -> api.StreamConfig:
-    """The stream every node shares: every ``md.>`` subject, on disk, limits retention."""
+    """The stream every node shares: every ``md.>`` (data) and ``mdev.>`` (events) subject,
+    on disk, limits retention."""
     limits = options.limits
     return api.StreamConfig(
         name=options.stream,
-        subjects=[ALL_SUBJECTS],
+        subjects=list(STREAM_SUBJECTS),
         retention=api.RetentionPolicy.LIMITS,
         storage=api.StorageType.FILE,
         discard=api.DiscardPolicy.OLD,
@@ -120,7 +126,8 @@ def stream_config(options: BusOptions) -> api.StreamConfig:
 
 
 async def ensure_stream(js: JetStreamContext, options: BusOptions) -> api.StreamInfo:
-    """Create the stream, or update an existing one to ``options``' limits.
+    """Create the stream, or update an existing one to ``options``' limits and subjects (a
+    stream an earlier version made with ``md.>`` alone gains ``mdev.>``).
 
     Raises:
         BusUnavailable: the server refused (no JetStream, limits it does not allow) or is away.

@@ -27,6 +27,7 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -36,10 +37,22 @@ from nats.js.client import JetStreamContext
 
 from flight_md.bus.backlog import DEFAULT_LIMITS, Backlog, BacklogLimits, BacklogStats, Pending
 from flight_md.bus.connection import BUS_ERRORS, BusUnavailable, bus_error, connect, ensure_stream
-from flight_md.bus.message import BusMessage, check_batch, encode, validate_producer
+from flight_md.bus.message import (
+    HEADER_PRODUCER,
+    HEADER_SCHEMA,
+    SCHEMA_VERSION,
+    check_batch,
+    event_payload,
+    event_subject,
+    payload_of,
+    ring_headers,
+    sequenced,
+    validate_producer,
+)
 from flight_md.bus.options import BusOptions
 from flight_md.bus.subjects import subject_for
 from flight_md.errors import ConfigError
+from flight_md.events import Event
 
 __all__ = ["Publisher", "PublisherStats"]
 
@@ -98,6 +111,7 @@ class Publisher:
         self._disconnects = 0
         self._resent = 0
         self._closed = False
+        self._rings: dict[tuple[str, str, str], tuple[str, dict[str, str]]] = {}
 
     def __repr__(self) -> str:
         return f"Publisher(producer={self.producer!r}, bus={self.options.display_url!r})"
@@ -128,19 +142,53 @@ class Publisher:
         """
         if self._closed:
             raise BusUnavailable(f"the bus publisher {self.producer!r} is closed")
-        subject = subject_for(channel, exchange, symbol)
-        # Checked before a number is taken, so that a bad batch leaves no hole in the sequence.
+        ring = self._rings.get((channel, exchange, symbol))
+        if ring is None:
+            # Once per ring: its subject and constant headers (an unknown channel or an empty
+            # name raises here, before anything is kept).
+            ring = (subject_for(channel, exchange, symbol),
+                    {**ring_headers(channel, exchange, symbol), HEADER_PRODUCER: self.producer})
+            self._rings[channel, exchange, symbol] = ring
+        subject, base = ring
+        # Checked once (encode's own check is skipped), and before a number is taken, so that
+        # a bad batch leaves no hole in the sequence.
         check_batch(channel, exchange, symbol, batch)
+        payload = payload_of(channel, batch)
+        producer = self.producer
 
         def build(seq: int, prev: int) -> tuple[dict[str, str], bytes]:
-            _, headers, payload = encode(BusMessage(self.producer, seq, prev, channel, exchange,
-                                                    symbol, batch))
-            return headers, payload
+            return sequenced(base, producer, seq, prev), payload
 
+        return self._keep(subject, build)
+
+    def publish_event(self, event: Event) -> int | None:
+        """Queue one event on ``mdev.<exchange>`` (see :mod:`flight_md.bus.message`, "Events"):
+        numbered, kept, sent and counted like the batches, in order with them; returns its
+        sequence number, or ``None`` if the backlog was full.
+
+        Raises:
+            InvalidMessage: the event names no exchange.
+        """
+        if self._closed:
+            raise BusUnavailable(f"the bus publisher {self.producer!r} is closed")
+        subject = event_subject(event.exchange)
+        payload = event_payload(event)
+        producer = self.producer
+        base = {HEADER_PRODUCER: producer, HEADER_SCHEMA: str(SCHEMA_VERSION)}
+
+        def build(seq: int, prev: int) -> tuple[dict[str, str], bytes]:
+            return sequenced(base, producer, seq, prev, f"{producer}:e{seq}"), payload
+
+        return self._keep(subject, build)
+
+    def _keep(self, subject: str, build: Callable[[int, int], tuple[dict[str, str], bytes]],
+              ) -> int | None:
         kept = self._backlog.add(subject, build, online=self.connected)
         if kept is not None:
-            self._idle.clear()
-            self._wake.set()
+            if self._idle.is_set():
+                self._idle.clear()
+            if not self._wake.is_set():
+                self._wake.set()
             return kept.seq
         return None
 

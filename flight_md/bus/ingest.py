@@ -1,0 +1,501 @@
+"""An ingestion node: exchange streams in, bus messages out, no Flight port (``flight-md ingest``).
+
+:class:`IngestNode` runs an :class:`~flight_md.ingest.manager.IngestionThread` (every
+stream, reconnect, heartbeat, REST fallback and channel as a server runs them) whose store
+keeps nothing: it forwards rows as the ingestion child process does
+(:mod:`flight_md.ingest.process`: ``_Outbox``, ``_ForwardingStore``, ``_ForwardingEvents``),
+except that each flush hands every ring's rows, as one Arrow batch a ring (one ``spec.seal``
+a channel, sliced), to the :class:`~flight_md.bus.publisher.Publisher` instead of a pipe. The
+flush runs on the ingestion loop, and so does the publisher (its sends, acks and backlog),
+the control responder and the node's registry record: one loop, no lock on the row path.
+Events (connects, reconnects, gaps, book resyncs, stale streams...) are published on
+``mdev.<exchange>`` after the rows before them (:mod:`flight_md.bus.message`, "Events").
+
+Two NATS connections: the publisher's own (nats-py buffers nothing while the server is away:
+every unacked message is in the publisher's bounded backlog) and one for control
+(:class:`~flight_md.bus.control.ControlResponder`) and the registry
+(:class:`~flight_md.bus.registry.Registry`), dialled in the background until the bus answers,
+so that a node started before its bus is an outage like any other.
+
+Stopping: the streams first (their last rows and events are flushed), then the publisher
+gets up to :data:`FLUSH_TIMEOUT_S` to have every kept message acked; what is still unacked
+then is lost with the process, counted in one log line.
+
+Threads: the ingestion loop's, the demo emulators' (one each), and the caller's:
+:meth:`IngestNode.status` from any thread other than the loop hands its work to the loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import re
+import signal
+import socket
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from types import FrameType, TracebackType
+from typing import Any, Final, Self
+
+import pyarrow as pa
+
+from flight_md.bus.backlog import DEFAULT_LIMITS, BacklogLimits
+from flight_md.bus.connection import BusUnavailable, connect
+from flight_md.bus.consumer import validate_node_name
+from flight_md.bus.control import ControlResponder, status_to_json
+from flight_md.bus.message import new_producer_id
+from flight_md.bus.options import BusOptions
+from flight_md.bus.publisher import Publisher, PublisherStats
+from flight_md.bus.subjects import PREFIX, InvalidSubject, encode_token
+from flight_md.config import DEMO_SYMBOLS, DEMO_VENUE, ServerConfig, StreamConfig
+from flight_md.errors import ConfigError, FlightMdError, InvalidArgument, StartupError
+from flight_md.events import Event
+from flight_md.schema import now_ms
+
+__all__ = ["FLUSH_INTERVAL_S", "FLUSH_TIMEOUT_S", "IngestNode", "default_node_name",
+           "publisher_json", "run_ingest_node"]
+
+logger = logging.getLogger(__name__)
+
+FLUSH_INTERVAL_S: Final = 0.005
+"""An ingestion node flushes its rows at most this often: every flush makes a bus message a
+ring, each costing the publisher and every serving node more than its rows (a publish, an
+ack, a decode, a ledger check), so a busy stream's rows go together; a quiet stream's tick
+still leaves at once (the first row after a quiet spell schedules the flush at the end of the
+loop iteration). 5 ms: see the benchmark's findings."""
+FLUSH_TIMEOUT_S: Final = 5.0
+"""At stop, how long the publisher may take to have its backlog acked."""
+START_TIMEOUT_S: Final = 30.0
+CONTROL_TIMEOUT_S: Final = 10.0
+CONTROL_RETRY_MAX_S: Final = 5.0
+GAPS_SHOWN: Final = 10
+"""Runs of dropped messages listed in the status (the newest; all are counted)."""
+
+
+def default_node_name(streams: Sequence[StreamConfig], demo: Sequence[str] = ()) -> str:
+    """``<short host>-ingest-<8 hex>`` of what the node streams: stable across restarts, and
+    two ingestion nodes of one host with different streams differ."""
+    short = re.sub(r"[^A-Za-z0-9_-]", "-", socket.gethostname().split(".")[0])[:26] or "node"
+    key = ";".join([*(f"{s.exchange}:{s.channel}:{','.join(s.symbols)}" for s in streams),
+                    *(f"demo:{venue}" for venue in demo)])
+    return f"{short}-ingest-{hashlib.sha256(key.encode()).hexdigest()[:8]}"
+
+
+def publisher_json(stats: PublisherStats, options: BusOptions) -> dict[str, Any]:
+    """The publisher's counts as the status shows them (no secret: the display URL)."""
+    backlog = stats.backlog
+    return {
+        "url": options.display_url, "stream": options.stream, "producer": stats.producer,
+        "connected": stats.connected, "published": backlog.added, "acked": backlog.acked,
+        "backlog_messages": backlog.queued, "backlog_bytes": backlog.queued_bytes,
+        "backlog_peak": backlog.peak, "backlog_peak_bytes": backlog.peak_bytes,
+        "buffered": backlog.buffered, "dropped": backlog.dropped,
+        "dropped_bytes": backlog.dropped_bytes, "dropped_runs": len(backlog.gaps),
+        "gaps": [{"first": g.first, "last": g.last, "count": g.count, "bytes": g.bytes}
+                 for g in backlog.gaps[-GAPS_SHOWN:]],
+        "disconnects": stats.disconnects, "resent": stats.resent,
+    }
+
+
+def _demo_symbols(venue_id: str) -> tuple[str, ...]:
+    from flight_md.venues import VENUES
+
+    return DEMO_SYMBOLS if venue_id == DEMO_VENUE else VENUES[venue_id].demo_symbols
+
+
+class IngestNode:
+    """Ingestion only: streams every ring's rows and every event to the bus.
+
+    Args:
+        streams: The exchange streams (as ``flight-md serve`` takes them).
+        options: The bus.
+        node: This node's name (:func:`~flight_md.bus.consumer.validate_node_name`); its
+            producer id is ``new_producer_id(node)`` at each start.
+        demo: Venues to emulate on loopback and stream from, as ``serve --demo`` does (the
+            same symbols, rate and channels).
+        limits: The publisher's backlog while the bus is away.
+        book_depth: Levels a side of the ``book`` channel.
+        flush_interval: See :data:`FLUSH_INTERVAL_S`.
+        control_timeout: Seconds a control call waits for the ingestion loop.
+        emulator_options: Extra keyword arguments for each demo ``Emulator`` (tests: its
+            rate, seed).
+
+    Raises:
+        ConfigError: nothing to stream, or a bad node name.
+    """
+
+    def __init__(self, streams: Sequence[StreamConfig], options: BusOptions, *, node: str,
+                 demo: Sequence[str] = (), limits: BacklogLimits = DEFAULT_LIMITS,
+                 book_depth: int = 10, flush_interval: float = FLUSH_INTERVAL_S,
+                 control_timeout: float = CONTROL_TIMEOUT_S,
+                 emulator_options: Mapping[str, Any] | None = None) -> None:
+        try:
+            self.node = validate_node_name(node)
+        except InvalidSubject as exc:
+            raise ConfigError(str(exc)) from None
+        if not streams and not demo:
+            raise ConfigError("an ingestion node needs something to stream: --exchange ID "
+                              "--symbols ..., streams in --config, or --demo")
+        self.configured = tuple(streams)
+        self.options = options
+        self.demo = tuple(demo)
+        self.limits = limits
+        self.book_depth = book_depth
+        self.flush_interval = flush_interval
+        self.control_timeout = control_timeout
+        self._emulator_options = dict(emulator_options or {})
+        self.producer: str | None = None
+        """This incarnation's producer id (after :meth:`start`)."""
+        self.emulators: dict[str, Any] = {}
+        """The demo's emulators by venue id (after :meth:`start`)."""
+        self.streams: tuple[StreamConfig, ...] = ()
+        """What runs (the demo's streams pointed at their emulators) (after :meth:`start`)."""
+        self.fatal: FlightMdError | None = None
+        """A configured symbol the exchange turned out not to list (found once its markets
+        loaded): :func:`run_ingest_node` exits 2 with it."""
+        self.started_ms: int | None = None
+        self.unpublished = 0
+        """Rows and events that could not be handed to the publisher (it was closed)."""
+        self._ingestion: Any = None
+        self._outbox: Any = None
+        self._publisher: Publisher | None = None
+        self._control_task: asyncio.Task[None] | None = None
+        self._control_client: Any = None
+        self._responder: ControlResponder | None = None
+        self._registry: Any = None
+
+    def __repr__(self) -> str:
+        return (f"IngestNode(node={self.node!r}, producer={self.producer!r}, "
+                f"bus={self.options.display_url!r})")
+
+    @classmethod
+    def from_config(cls, config: ServerConfig, **kwargs: Any) -> IngestNode:
+        """The node ``config`` describes: its streams, demo, bus, node name, backlog limits
+        and book depth (``kwargs``: the other arguments).
+
+        Raises:
+            ConfigError: nothing to stream, or a bad node name.
+        """
+        options = getattr(config, "bus", None) or BusOptions()
+        node = getattr(config, "node_name", None) or default_node_name(config.streams,
+                                                                       config.demo)
+        limits_of = getattr(config, "backlog_limits", None)
+        limits = limits_of() if callable(limits_of) else DEFAULT_LIMITS
+        return cls(config.streams, options, node=node, demo=config.demo, limits=limits,
+                   book_depth=config.book_depth, **kwargs)
+
+    @property
+    def exchanges(self) -> tuple[str, ...]:
+        """The exchanges this node streams (each answers ``mdctl.<exchange>.*``)."""
+        return tuple(dict.fromkeys([*(s.exchange for s in self.configured), *self.demo]))
+
+    @property
+    def publisher(self) -> Publisher:
+        if self._publisher is None:
+            raise BusUnavailable(f"ingestion node {self.node!r} is not started")
+        return self._publisher
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        """The ingestion loop (after :meth:`start`): the publisher's and the responder's."""
+        if self._ingestion is None:
+            raise BusUnavailable(f"ingestion node {self.node!r} is not started")
+        loop: asyncio.AbstractEventLoop = self._ingestion.loop
+        return loop
+
+    # -- start ------------------------------------------------------------------------------
+
+    def start(self, timeout: float = START_TIMEOUT_S) -> Self:
+        """Start publishing, the demo emulators, every stream and the control responder.
+
+        Raises:
+            ConfigError: unusable TLS files, or a bad stream argument.
+            StartupError: a demo emulator or a stream could not start.
+        """
+        if self._ingestion is not None:
+            return self
+        self.options.tls_context()  # unusable TLS files: now, not in the background
+        try:
+            self._start(timeout)
+        except BaseException:
+            self.stop(2.0)
+            raise
+        return self
+
+    def _start(self, timeout: float) -> None:
+        from flight_md.ingest.manager import IngestionThread
+        from flight_md.ingest.process import _ForwardingEvents, _ForwardingStore, _Outbox
+
+        self.producer = new_producer_id(self.node)
+        self.started_ms = now_ms()
+        outbox = self._outbox = _Outbox(self._send, sink=self._publish_rows,
+                                        interval=self.flush_interval)
+        events = _ForwardingEvents(self._send, outbox)
+        ingestion = self._ingestion = IngestionThread(
+            events=events, store=_ForwardingStore(outbox, self.book_depth),
+            name="flight-md-ingest", on_fatal=self._on_fatal).start()
+        outbox.loop = ingestion.loop
+        ingestion.run(self._start_bus(), timeout)
+        self._start_demo()
+        for stream in self.streams:
+            channels = ({"channel": None, "channels": list(stream.channels)}
+                        if len(stream.channels) > 1 else {})
+            try:
+                ingestion.add_stream(stream.exchange, list(stream.symbols), timeout,
+                                     keep_retrying=True, **{**stream.stream_kwargs(), **channels})
+            except InvalidArgument as exc:
+                raise ConfigError(f"{stream.exchange}: {exc}") from None
+            except FlightMdError as exc:
+                raise StartupError(f"cannot start the {stream.exchange} stream: {exc}") from None
+
+    def _start_demo(self) -> None:
+        from flight_md.app import DEMO_CHANNELS, DEMO_RATE
+        from flight_md.emulator.thread import EmulatorThread
+
+        demo_streams = []
+        for venue_id in self.demo:
+            options = {"exchange": venue_id, "symbols": _demo_symbols(venue_id),
+                       "rate": DEMO_RATE, "seed": 7, **self._emulator_options}
+            emulator = self.emulators[venue_id] = EmulatorThread(**options)
+            try:
+                emulator.start()
+            except (OSError, RuntimeError, ValueError) as exc:
+                raise StartupError(f"cannot start the {venue_id} demo emulator: "
+                                   f"{type(exc).__name__}: {exc}") from None
+            logger.info("demo: exchange emulator (%s protocol) at %s", venue_id, emulator.url)
+            demo_streams.append(StreamConfig(
+                venue_id, _demo_symbols(venue_id), channel=DEMO_CHANNELS, mode="websocket",
+                url=emulator.url, heartbeat_interval=10.0, reconnect_delay=0.5,
+                max_reconnect_delay=5.0))
+        self.streams = (*self.configured, *demo_streams)
+
+    async def _start_bus(self) -> None:
+        assert self.producer is not None
+        publisher = self._publisher = Publisher(self.options, self.producer, limits=self.limits)
+        await publisher.start()
+        self._control_task = asyncio.get_running_loop().create_task(
+            self._start_control(), name=f"bus-control-{self.node}")
+
+    async def _start_control(self) -> None:
+        """Dial the control connection until the bus answers, then answer control requests
+        and keep the registry record."""
+        delay = self.options.reconnect_wait_s
+        while True:
+            try:
+                client = await connect(self.options, name=f"flight-md-{self.node}-control")
+                break
+            except BusUnavailable as exc:
+                logger.log(logging.WARNING if delay == self.options.reconnect_wait_s
+                           else logging.DEBUG, "ingestion node %s: control: %s (retrying)",
+                           self.node, exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, CONTROL_RETRY_MAX_S)
+        self._control_client = client
+        self._responder = await ControlResponder(
+            client, self.node, "ingest", status=self.status_async,
+            control=self._ingestion.control(self.control_timeout),
+            exchanges=self.exchanges).start()
+        try:
+            from flight_md.bus.registry import Registry, node_record
+        except ImportError:  # pragma: no cover - the registry is optional
+            return
+        exchanges = self.exchanges
+        record = node_record("ingest", exchanges=exchanges,
+                             subjects=[f"{PREFIX}.*.{encode_token(e)}.>" for e in exchanges])
+        registry = Registry(client, self.node, record)
+        try:
+            self._registry = await registry.start()
+        except BusUnavailable as exc:
+            logger.warning("ingestion node %s: no registry record: %s", self.node, exc)
+
+    # -- the row path (the ingestion loop) --------------------------------------------------
+
+    def _publish_rows(self, channel: str, exchange: str, symbol: str,
+                      batch: pa.RecordBatch) -> None:
+        publisher = self._publisher
+        if publisher is None:
+            self.unpublished += 1
+            return
+        try:
+            publisher.publish(channel, exchange, symbol, batch)
+        except FlightMdError as exc:  # closed, or a batch the bus refuses (a bug)
+            self.unpublished += 1
+            logger.debug("ingestion node %s: not published (%s %s %s): %s", self.node,
+                         channel, exchange, symbol, exc)
+
+    def _send(self, message: tuple[Any, ...]) -> None:
+        """What ``_ForwardingEvents`` sends: ``("event", Event)``, on the loop (after the rows
+        before it were flushed) while it runs."""
+        if message[0] != "event":
+            return
+        event: Event = message[1]
+        publisher = self._publisher
+        if publisher is None or not self._on_loop():
+            self.unpublished += 1
+            return
+        try:
+            publisher.publish_event(event)
+        except FlightMdError as exc:
+            self.unpublished += 1
+            logger.debug("ingestion node %s: event not published: %s", self.node, exc)
+
+    def _on_loop(self) -> bool:
+        ingestion = self._ingestion
+        if ingestion is None:
+            return False
+        try:
+            return asyncio.get_running_loop() is ingestion.loop
+        except (RuntimeError, FlightMdError):
+            return False
+
+    def _on_fatal(self, exchange: str, error: FlightMdError) -> None:
+        if self.fatal is None:
+            self.fatal = error
+
+    # -- status -----------------------------------------------------------------------------
+
+    async def status_async(self) -> dict[str, Any]:
+        """:meth:`status`, on the ingestion loop."""
+        ingestion = self._ingestion
+        status = ingestion.manager.status() if ingestion is not None else None
+        publisher = self._publisher
+        return {
+            "node": self.node, "role": "ingest", "producer": self.producer,
+            "exchanges": list(self.exchanges), "started_ms": self.started_ms,
+            "bus": publisher_json(publisher.stats(), self.options) if publisher else None,
+            "control": self._responder is not None, "unpublished": self.unpublished,
+            "demo": {venue: emulator.url for venue, emulator in self.emulators.items()},
+            "ingestion": status_to_json(status) if status is not None else None,
+        }
+
+    def status(self, timeout: float = CONTROL_TIMEOUT_S) -> dict[str, Any]:
+        """The node's status, JSON-ready: its ingestion status (``"ingestion"``: exchanges
+        and symbols), the publisher's counts (``"bus"``: published, acked, backlog messages
+        and bytes, dropped and the dropped runs, disconnects, resent, connected), node,
+        role, producer, exchanges. Any thread but the loop's (there: :meth:`status_async`).
+
+        Raises:
+            Unavailable: the node is not running, or its loop did not answer in time.
+        """
+        ingestion = self._ingestion
+        if ingestion is None:
+            raise BusUnavailable(f"ingestion node {self.node!r} is not running")
+        if self._on_loop():
+            raise RuntimeError("IngestNode.status() must not be called from its loop; "
+                               "await status_async()")
+        result: dict[str, Any] = ingestion.run(self.status_async(), timeout)
+        return result
+
+    # -- stop -------------------------------------------------------------------------------
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop the streams, then flush the publisher (up to :data:`FLUSH_TIMEOUT_S`, within
+        ``timeout``), the control responder, the registry record, the emulators and the loop
+        (idempotent)."""
+        ingestion, self._ingestion = self._ingestion, None
+        deadline = time.monotonic() + timeout
+        if ingestion is not None:
+            self._ingestion = ingestion  # status and the loop stay reachable while stopping
+            try:
+                with contextlib.suppress(FlightMdError):
+                    ingestion.run(ingestion.manager.shutdown(), max(timeout / 2, 0.5))
+                for emulator in self.emulators.values():
+                    with contextlib.suppress(Exception):
+                        emulator.stop()
+                left = max(deadline - time.monotonic(), 0.5)
+                with contextlib.suppress(FlightMdError):
+                    ingestion.run(self._stop_bus(min(FLUSH_TIMEOUT_S, left)), left + 3.0)
+            finally:
+                self._ingestion = None
+                ingestion.stop(max(deadline - time.monotonic(), 1.0))
+        else:
+            for emulator in self.emulators.values():
+                with contextlib.suppress(Exception):
+                    emulator.stop()
+        self.emulators = {}
+
+    async def _stop_bus(self, flush_timeout: float) -> None:
+        if self._outbox is not None:
+            self._outbox.flush()  # the streams' last rows
+        task, self._control_task = self._control_task, None
+        if task is not None and not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        registry, self._registry = self._registry, None
+        if registry is not None:
+            with contextlib.suppress(FlightMdError):
+                await registry.stop()
+        responder, self._responder = self._responder, None
+        if responder is not None:
+            await responder.stop()
+        client, self._control_client = self._control_client, None
+        if client is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(client.close(), 2.0)
+        publisher = self._publisher
+        if publisher is None:
+            return
+        with contextlib.suppress(TimeoutError):
+            await publisher.flush(flush_timeout)
+        await publisher.close(timeout=0.5)
+        backlog = publisher.stats().backlog
+        if backlog.queued:
+            logger.warning("ingestion node %s: %d bus messages (%d bytes) were not acked within "
+                           "%g s and are lost; %d acked in all", self.node, backlog.queued,
+                           backlog.queued_bytes, flush_timeout, backlog.acked)
+        else:
+            logger.info("ingestion node %s: every bus message acked (%d)", self.node,
+                        backlog.acked)
+
+    def run_forever(self, stop: threading.Event | None = None) -> None:
+        """Block until ``stop`` is set (or forever), or a configured symbol turns out not
+        to exist (:attr:`fatal`)."""
+        stop = stop if stop is not None else threading.Event()
+        while not stop.wait(0.2):
+            if self.fatal is not None:
+                return
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.stop()
+
+
+def run_ingest_node(config: ServerConfig) -> int:
+    """``flight-md ingest``: start the node, log what it streams and where it publishes, run
+    until SIGTERM or SIGINT, then stop (streams first, then the publisher's backlog, bounded).
+
+    Returns:
+        The exit code: 0, or 2 when a configured symbol turned out not to exist.
+
+    Raises:
+        ConfigError, StartupError: the node cannot start (the CLI prints the one line).
+    """
+    node = IngestNode.from_config(config)
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        node.start()
+        for stream in node.streams:
+            logger.info("streaming %s (%s): %s", stream.exchange, ", ".join(stream.channels),
+                        ", ".join(stream.symbols) or "no symbols yet")
+        logger.info("publishing to %s as %s", node.options.display_url, node.producer)
+        node.run_forever(stop)
+    finally:
+        node.stop()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if node.fatal is not None:
+        logger.error("%s", node.fatal)
+        return 2
+    return 0
