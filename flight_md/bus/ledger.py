@@ -18,7 +18,12 @@ The caller persists the ledger with the rows it stores (:meth:`Ledger.snapshot`,
 :meth:`Ledger.restore`): saved together, atomically (the same journal record, or the same
 checkpoint), a restart neither stores a message twice nor skips one. Saved apart, a crash in
 between either re-stores (ledger older than the rows) or loses (rows older than the ledger)
-what came between.
+what came between. :meth:`Ledger.take_changes` gives the entries changed since it was last
+called, so that each journal commit carries only those (a serving node's journal: a
+few entries a commit, not every producer's every subject).
+
+Events (:class:`~flight_md.bus.message.EventMessage`) are numbered like batches and kept in
+the same ledger: their subjects (``mdev.<exchange>``) never meet a ring's.
 
 This module is pure: no I/O.
 """
@@ -28,10 +33,28 @@ from __future__ import annotations
 import enum
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Protocol
 
-from flight_md.bus.message import BusMessage, InvalidMessage, validate_producer
+from flight_md.bus.message import InvalidMessage, validate_producer
 
-__all__ = ["Gap", "Ledger", "Verdict"]
+__all__ = ["Gap", "Ledger", "Sequenced", "Verdict"]
+
+
+class Sequenced(Protocol):
+    """What the ledger reads of a message: a :class:`~flight_md.bus.message.BusMessage` or an
+    :class:`~flight_md.bus.message.EventMessage`."""
+
+    @property
+    def producer(self) -> str: ...
+
+    @property
+    def seq(self) -> int: ...
+
+    @property
+    def prev(self) -> int: ...
+
+    @property
+    def subject(self) -> str: ...
 
 
 class Verdict(enum.StrEnum):
@@ -57,12 +80,16 @@ class Ledger:
     """The last stored sequence number per ``(producer, subject)``; not thread-safe (the
     consumer's loop owns it)."""
 
-    __slots__ = ("_last",)
+    __slots__ = ("_changed", "_last")
 
     def __init__(self) -> None:
         self._last: dict[tuple[str, str], int] = {}
+        self._changed: dict[tuple[str, str], int] = {}
 
-    def check(self, message: BusMessage) -> tuple[Verdict, Gap | None]:
+    def __len__(self) -> int:
+        return len(self._last)
+
+    def check(self, message: Sequenced) -> tuple[Verdict, Gap | None]:
         """Whether to store ``message``, and the gap it reveals, if any (nothing changes
         until :meth:`stored`)."""
         key = (message.producer, message.subject)
@@ -75,11 +102,24 @@ class Ledger:
             return Verdict.STORE, Gap(message.producer, message.subject, last, message.prev)
         return Verdict.STORE, None
 
-    def stored(self, message: BusMessage) -> None:
+    def stored(self, message: Sequenced) -> None:
         """Record that ``message`` is stored."""
         key = (message.producer, message.subject)
         if message.seq > self._last.get(key, 0):
-            self._last[key] = message.seq
+            self._last[key] = self._changed[key] = message.seq
+
+    def take_changes(self) -> dict[tuple[str, str], int]:
+        """The entries :meth:`stored` changed since the last call: ``{(producer, subject):
+        seq}`` (what a journal commit carries besides the rows of those messages)."""
+        changed, self._changed = self._changed, {}
+        return changed
+
+    def merge(self, entries: Mapping[tuple[str, str], int]) -> None:
+        """Take ``entries`` (``(producer, subject) -> seq``, e.g. journalled changes replayed
+        in any order) where they are newer than what the ledger has."""
+        for key, seq in entries.items():
+            if seq > self._last.get(key, 0):
+                self._last[key] = seq
 
     def last(self, producer: str, subject: str | None = None) -> int:
         """The last stored sequence number of ``producer`` (on ``subject``, or on any): 0 if none."""

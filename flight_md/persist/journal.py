@@ -96,6 +96,8 @@ __all__ = [
     "DEFAULT_SEGMENT_BYTES",
     "EVENTS_KEY",
     "KEY_COLUMN",
+    "LEDGER_KEY",
+    "LEDGER_SCHEMA",
     "FsyncMode",
     "Journal",
     "JournalKey",
@@ -155,6 +157,14 @@ class JournalKey:
 
 EVENTS_KEY: Final = JournalKey("@events", "", "")
 """The key event-log entries are journalled under (schema :data:`~flight_md.schema.EVENT_SCHEMA`)."""
+
+LEDGER_KEY: Final = JournalKey("@bus", "", "")
+"""The key a serving node's bus ledger changes are journalled under, in the same group commit
+as the rows of the messages they record (:mod:`flight_md.bus.ledger`; schema
+:data:`LEDGER_SCHEMA`). Reserved: it never reaches a ring, the history or a query."""
+LEDGER_SCHEMA: Final = pa.schema([pa.field("producer", pa.string(), nullable=False),
+                                  pa.field("subject", pa.string(), nullable=False),
+                                  pa.field("seq", pa.int64(), nullable=False)])
 
 
 @dataclass(frozen=True, slots=True)
@@ -298,7 +308,8 @@ class Journal:
                  segment_bytes: int = DEFAULT_SEGMENT_BYTES,
                  max_pending_rows: int = DEFAULT_MAX_PENDING_ROWS, start_lsn: int = 0,
                  closed: Sequence[SegmentInfo] = (),
-                 feed: Callable[[], None] | None = None) -> None:
+                 feed: Callable[[], None] | None = None,
+                 on_commit: Callable[[int], None] | None = None) -> None:
         try:
             self.fsync = FsyncMode(fsync)
         except ValueError:
@@ -350,6 +361,12 @@ class Journal:
         """Called by the committer before each commit (and by :meth:`commit`, :meth:`rotate`
         and :meth:`close`) to :meth:`append` what is waiting elsewhere, e.g. the rows the
         rings stored since the last commit; so a row waits at most one interval."""
+        self.on_commit = on_commit
+        """Called with :attr:`committed_through` after each commit that wrote something, on
+        the committing thread and before any other thread can see the commit's segment
+        closed (:meth:`closed_segments`): what a commit made durable is known to whoever
+        seals segments next (a serving node's bus ledger, :mod:`flight_md.persist.store`).
+        It must be quick and take no lock but its own."""
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="flight-md-journal", daemon=True)
         self._thread.start()
@@ -357,12 +374,13 @@ class Journal:
     # -- the ingestion side ---------------------------------------------------------------
 
     def append(self, channel: str, exchange: str, symbol: str,
-               batch: pa.RecordBatch | pa.Table) -> int:
+               batch: pa.RecordBatch | pa.Table, *, always: bool = False) -> int:
         """Queue ``batch`` for the next group commit and return its lsn.
 
         The batch's schema is fixed per (channel, exchange, symbol) by its first append.
         Returns ``0`` (no lsn) if the batch was dropped because too many rows are waiting
-        for the disk (counted in :attr:`JournalStats.dropped_rows`).
+        for the disk (counted in :attr:`JournalStats.dropped_rows`), unless ``always``
+        (a few rows that must go with the others: the bus ledger's changes).
 
         Raises:
             InvalidArgument: Not a record batch or table, a bad key, or a schema that
@@ -389,7 +407,7 @@ class Journal:
                 raise Unavailable("the journal is closed")
             if not rows:
                 return self._lsn
-            if self._pending_rows + rows > self.max_pending_rows:
+            if self._pending_rows + rows > self.max_pending_rows and not always:
                 self._dropped += rows
                 return 0
             self._pending.append((kid, batch))
@@ -413,6 +431,11 @@ class Journal:
             raise InvalidArgument("journal channel must not be empty")
         if key.channel == EVENTS_KEY.channel and key != EVENTS_KEY:
             raise InvalidArgument(f"channel {key.channel!r} is reserved for the event log")
+        if key.channel == LEDGER_KEY.channel and key != LEDGER_KEY:
+            raise InvalidArgument(f"channel {key.channel!r} is reserved for the bus ledger")
+        if key == LEDGER_KEY and not schema.equals(LEDGER_SCHEMA):
+            raise InvalidArgument(f"bus ledger changes must have the schema "
+                                  f"{_schema_text(LEDGER_SCHEMA)}, not {_schema_text(schema)}")
         if KEY_COLUMN in schema.names:
             raise InvalidArgument(f"column name {KEY_COLUMN!r} is reserved by the journal")
         if key == EVENTS_KEY and not schema.equals(EVENT_SCHEMA):
@@ -436,6 +459,11 @@ class Journal:
             return kid
 
     # -- what is durable -------------------------------------------------------------------
+
+    @property
+    def appended(self) -> int:
+        """The last lsn :meth:`append` handed out."""
+        return self._lsn
 
     @property
     def committed_through(self) -> int:
@@ -507,6 +535,11 @@ class Journal:
         except OSError as exc:
             self._fail(exc, pending, rows)
             return exc
+        if pending and self.on_commit is not None:
+            try:
+                self.on_commit(self._committed)
+            except Exception:  # a bug there must not undo or stop the commits
+                log.exception("journal %s: the commit callback failed", self.directory)
         if self._last_error is not None:
             log.info("journal %s: commits resumed", self.directory)
             self._last_error = None

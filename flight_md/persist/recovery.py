@@ -263,7 +263,8 @@ def open_journal(data_dir: DataDir, *, fsync: FsyncMode | str = FsyncMode.INTERV
                  commit_interval: float = DEFAULT_COMMIT_INTERVAL_S,
                  segment_bytes: int = DEFAULT_SEGMENT_BYTES,
                  max_pending_rows: int = DEFAULT_MAX_PENDING_ROWS,
-                 feed: Callable[[], None] | None = None) -> tuple[Journal, Recovery]:
+                 feed: Callable[[], None] | None = None,
+                 on_commit: Callable[[int], None] | None = None) -> tuple[Journal, Recovery]:
     """Recover the data dir's journal, then open a journal that continues it (the options
     are :class:`~flight_md.persist.journal.Journal`'s).
 
@@ -273,7 +274,8 @@ def open_journal(data_dir: DataDir, *, fsync: FsyncMode | str = FsyncMode.INTERV
     recovery = recover(data_dir.journal, data_dir.quarantine)
     journal = Journal(data_dir.journal, fsync=fsync, commit_interval=commit_interval,
                       segment_bytes=segment_bytes, max_pending_rows=max_pending_rows,
-                      start_lsn=recovery.last_lsn, closed=recovery.segments, feed=feed)
+                      start_lsn=recovery.last_lsn, closed=recovery.segments, feed=feed,
+                      on_commit=on_commit)
     return journal, recovery
 
 

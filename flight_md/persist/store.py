@@ -23,6 +23,13 @@
   ``unsubscribe`` changed before the restart.
 * **Retention** (:mod:`flight_md.persist.retention`) runs at start and every
   ``retention_interval``.
+* **The bus ledger** of a serving node (:class:`BusLedger`, issue 16): which bus messages
+  the rings hold. Its changes go into the same group commit as the rows of those messages
+  (under the reserved key :data:`~flight_md.persist.journal.LEDGER_KEY`), so that what the
+  journal recovers after ``kill -9`` is exactly what the restored ledger says was stored;
+  before journal segments are sealed (deleted) the ledger as of the last commit goes to
+  ``bus-ledger.json`` in the data dir (atomically). At start it is that file plus every
+  change the journal still holds.
 
 Disk errors never stop ingestion or serving: a failed commit is retried every interval (the
 journal keeps the rows pending, up to its limit), a failed history write on the next seal;
@@ -43,7 +50,7 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -54,6 +61,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from flight_md.buffer import MarketDataBuffer, Store
+from flight_md.bus.ledger import Ledger
 from flight_md.core.channels import TICKER_LIKE, spec_for
 from flight_md.errors import FlightMdError
 from flight_md.events import Event, EventKind, EventLog
@@ -69,6 +77,8 @@ from flight_md.persist.history import (
 from flight_md.persist.journal import (
     DEFAULT_COMMIT_INTERVAL_S,
     EVENTS_KEY,
+    LEDGER_KEY,
+    LEDGER_SCHEMA,
     FsyncMode,
     Journal,
     JournalKey,
@@ -83,7 +93,9 @@ from flight_md.schema import SCHEMA, now_ms
 
 __all__ = [
     "DEFAULT_SEAL_INTERVAL_S",
+    "LEDGER_FILE",
     "SEQUENCE",
+    "BusLedger",
     "FlushResult",
     "PersistConfig",
     "PersistState",
@@ -110,6 +122,9 @@ WRITE_THREADS: Final = 2
 HOLD_LIMIT_ROWS: Final = 1_000_000
 """Evicted rows the rings keep in all, while the history cannot be written (~80 MB)."""
 SUBSCRIPTIONS_FILE: Final = "subscriptions.json"
+LEDGER_FILE: Final = "bus-ledger.json"
+"""The bus ledger as of the last commit before journal segments were sealed (see
+:class:`BusLedger`)."""
 EVENT_RESTORE_MS: Final = 24 * 3600 * 1000
 """The event log is refilled with this much of the events history at start."""
 STOP_BUDGET_S: Final = 5.0
@@ -176,6 +191,119 @@ class FlushResult:
 _NOTHING = FlushResult(0, 0, 0, 0, 0, 0, 0.0)
 
 
+class BusLedger:
+    """A serving node's bus ledger, journalled atomically with the rows it records.
+
+    The writer (the bus consumer's loop, :class:`flight_md.bus.serve.ServeBus`) holds
+    :attr:`lock` while it appends one message's rows to a ring, records the message in
+    :attr:`ledger` (or finds it a duplicate) and :meth:`settle` s it with its ack token. The
+    journal's feed holds the same lock while it takes every ring's new rows, the new events
+    and the ledger's changes (:meth:`Ledger.take_changes`) into one group commit, so a commit
+    holds a message's rows exactly when it holds its ledger entry. When that commit is
+    written, the tokens settled before the feed are handed to :attr:`on_durable` (on the
+    committing thread): only then may the writer ack them, so a message the bus forgets
+    (acked) is always one the journal holds.
+
+    Threads: the writer and the feed meet in :attr:`lock`; the committing thread and the
+    history thread (which saves :meth:`durable` before sealing segments) in a second, inner
+    lock. :attr:`on_durable` is called under the journal's file lock: it must be quick
+    (e.g. ``loop.call_soon_threadsafe``).
+    """
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.ledger = Ledger()
+        """The ledger (entries restored at :meth:`Persistence.open`); read and written by the
+        writer, its changes taken by the feed under :attr:`lock`."""
+        self.on_durable: Callable[[list[object]], None] | None = None
+        self._tokens: list[object] = []
+        self._inner = threading.Lock()
+        self._fed: deque[tuple[int, dict[tuple[str, str], int], list[object]]] = deque()
+        self._durable: dict[tuple[str, str], int] = {}
+        self._saved = True  # _durable is what the file holds
+        self._committed: Callable[[], int] = lambda: 0
+
+    def settle(self, token: object) -> None:
+        """Hand ``token`` (a delivered message's ack) to :attr:`on_durable` once the rows and
+        ledger entries recorded so far are in the journal. Call with :attr:`lock` held."""
+        self._tokens.append(token)
+
+    @property
+    def waiting(self) -> int:
+        """Tokens settled and not handed back yet (acks the journal has yet to allow)."""
+        with self._inner:
+            return len(self._tokens) + sum(len(t) for _, _, t in self._fed)
+
+    def durable(self) -> dict[tuple[str, str], int] | None:
+        """The ledger as of the last commit written, or ``None`` if the file holds it already."""
+        with self._inner:
+            if self._saved:
+                return None
+            self._saved = True
+            return dict(self._durable)
+
+    def _restore(self, entries: Mapping[tuple[str, str], int], saved: bool) -> None:
+        self.ledger.merge(entries)
+        with self._inner:
+            for key, seq in entries.items():
+                if seq > self._durable.get(key, 0):
+                    self._durable[key] = seq
+            self._saved = self._saved and saved
+
+    def _unsaved(self) -> None:
+        with self._inner:
+            self._saved = False
+
+    def _feed(self, journal: Journal) -> None:
+        """Journal the ledger's changes (lock held, after the rows of the same messages)."""
+        changes = self.ledger.take_changes()
+        tokens, self._tokens = self._tokens, []
+        if changes:
+            lsn = journal.append(LEDGER_KEY.channel, LEDGER_KEY.exchange, LEDGER_KEY.symbol,
+                                 ledger_batch(changes), always=True)
+        elif tokens:
+            lsn = journal.appended  # duplicates only: their originals are in this lsn or before
+        else:
+            return
+        with self._inner:
+            self._fed.append((lsn, changes, tokens))
+        # Another thread's commit may have written this lsn already (it took the pending
+        # batches after this feed appended them, before it got here).
+        self._on_commit(self._committed())
+
+    def _on_commit(self, committed: int) -> None:
+        tokens: list[object] = []
+        with self._inner:
+            while self._fed and self._fed[0][0] <= committed:
+                _, changes, done = self._fed.popleft()
+                if changes:
+                    self._durable.update(changes)  # a change only ever raises a seq
+                    self._saved = False
+                tokens += done
+        callback = self.on_durable
+        if tokens and callback is not None:
+            callback(tokens)
+
+
+def ledger_batch(changes: Mapping[tuple[str, str], int]) -> pa.RecordBatch:
+    """Ledger changes as one batch in :data:`~flight_md.persist.journal.LEDGER_SCHEMA`."""
+    return pa.RecordBatch.from_arrays(
+        [pa.array([p for p, _ in changes], pa.string()),
+         pa.array([s for _, s in changes], pa.string()),
+         pa.array(list(changes.values()), pa.int64())], schema=LEDGER_SCHEMA)
+
+
+def ledger_entries(table: pa.Table | pa.RecordBatch) -> dict[tuple[str, str], int]:
+    """Journalled ledger changes as entries, the newest per key (changes only raise)."""
+    out: dict[tuple[str, str], int] = {}
+    columns = table.to_pydict()
+    for producer, subject, seq in zip(columns["producer"], columns["subject"], columns["seq"],
+                                      strict=True):
+        if seq > out.get((producer, subject), 0):
+            out[producer, subject] = seq
+    return out
+
+
 class Persistence:
     """The journal, history and recovery of one server (see the module docstring).
 
@@ -225,6 +353,8 @@ class Persistence:
         self._writers = threading.local()
         self.recovery: dict[str, Any] = {}
         """What :meth:`open` found and did (for ``status`` and ``@events``)."""
+        self.bus_ledger = BusLedger()
+        """The bus ledger of a serving node (restored at :meth:`open`; see :class:`BusLedger`)."""
 
     # -- start ---------------------------------------------------------------------------
 
@@ -277,7 +407,10 @@ class Persistence:
         cleaned = self.writer.recover()
         self.journal, recovery = open_journal(self.data_dir, fsync=self.config.fsync,
                                               commit_interval=self.config.commit_interval,
-                                              feed=self._feed)
+                                              feed=self._feed,
+                                              on_commit=self.bus_ledger._on_commit)
+        journal = self.journal
+        self.bus_ledger._committed = lambda: journal.committed_through
         for key in self.root.series():
             newest = self.reader.newest(key.channel, key.exchange, key.symbol)
             if newest is not None and newest.sequence is not None:
@@ -286,6 +419,7 @@ class Persistence:
         # have come between a segment's Parquet writes and its seal: rows the history holds
         # are skipped by sequence number, events by content (the first move after a start).
         recovered = recovery.tables()
+        self._restore_ledger(recovered.pop(LEDGER_KEY, None))
         self._dedupe_events = True
         journal_tail = {(k.channel, k.exchange, k.symbol): [t] for k, t in recovered.items()
                         if k != EVENTS_KEY and t.num_rows}
@@ -317,6 +451,48 @@ class Persistence:
         # DEBUG: a start-up problem found after this (a bad option) must stay one line.
         log.debug("data dir %s: %d journalled rows recovered, %d rings refilled in %.2f s",
                  self.data_dir.path, recovery.rows, rings, seconds)
+
+    def _restore_ledger(self, journalled: pa.Table | None) -> None:
+        """The bus ledger: its file (as of the last seal) and the changes the journal holds."""
+        assert self.data_dir is not None
+        path = self.data_dir.path / LEDGER_FILE
+        try:
+            data = json.loads(path.read_bytes())
+            saved = Ledger.restore(data).snapshot()
+        except FileNotFoundError:
+            saved = {}
+        except (OSError, ValueError, FlightMdError, AttributeError) as exc:
+            # Refusing to start would stop the node; starting without it re-stores what the
+            # bus still holds (duplicates in the rings), which the event says.
+            log.error("ignoring the unreadable bus ledger %s: %s", path, exc)
+            self.events.record("*", EventKind.PERSIST_ERROR, (),
+                               f"bus ledger {path.name} unreadable, ignored: {exc}")
+            saved = {}
+        entries = {(p, s): seq for p, subjects in saved.items() for s, seq in subjects.items()}
+        self.bus_ledger._restore(entries, saved=True)
+        if journalled is not None and journalled.num_rows:
+            self.bus_ledger._restore(ledger_entries(journalled), saved=False)
+
+    def _save_ledger(self) -> None:
+        """Write the bus ledger as of the last commit to its file, before segments holding
+        its changes are deleted.
+
+        Raises:
+            OSError: it cannot be written (the segments must not be sealed then).
+        """
+        assert self.data_dir is not None
+        durable = self.bus_ledger.durable()
+        if durable is None:
+            return
+        data: dict[str, dict[str, int]] = {}
+        for (producer, subject), seq in sorted(durable.items()):
+            data.setdefault(producer, {})[subject] = seq
+        try:
+            write_atomic(self.data_dir.path / LEDGER_FILE,
+                         json.dumps(data, separators=(",", ":")).encode())
+        except OSError:
+            self.bus_ledger._unsaved()
+            raise
 
     def start(self) -> Self:
         """Start the history thread (seals and retention); it first moves what the journal
@@ -418,6 +594,13 @@ class Persistence:
         self._release_if_degraded()
 
     def _feed_locked(self, journal: Journal) -> None:
+        # Under the bus ledger's lock: the rows, events and ledger changes of the bus
+        # messages stored so far go into this commit together (see BusLedger).
+        with self.bus_ledger.lock:
+            self._feed_rows(journal)
+            self.bus_ledger._feed(journal)
+
+    def _feed_rows(self, journal: Journal) -> None:
         for buffer in self._buffers():
             # The buffer adds the sequence column: once per commit for all its rings' rows,
             # not once per ring (Arrow objects per ring per commit dominated at 200 symbols).
@@ -540,6 +723,7 @@ class Persistence:
                 per_key.setdefault(part.key, []).append(part.table)
         if not readable:
             return _NOTHING
+        per_key.pop(LEDGER_KEY, None)  # never history: BusLedger saves it before the seal
         events = 0
         skipped = 0
         jobs: list[tuple[JournalKey, pa.Table]] = []
@@ -558,6 +742,7 @@ class Persistence:
                 if table.num_rows:
                     jobs.append((key, table))
             written = list(self._pool().map(self._write_key, jobs))
+            self._save_ledger()
         except OSError as exc:
             self._history_error = f"{type(exc).__name__}: {exc}"
             self._check_health()
