@@ -19,6 +19,36 @@ metaclass makes ``traceback.format_exception`` fail for them, so pyarrow falls b
 the type. The client sees ``"<message>. Detail: Python exception: InvalidArgument"`` and the
 right code; no path or source line leaves the server. Unexpected errors are logged here with
 their traceback and reach the client as INTERNAL with an incident id.
+
+On a bus (issue 16, ``bus=``: a :class:`~flight_md.bus.view.BusView`) a serving node may hold
+only a shard of the rings (its ``--bus-subjects``). A ring it neither stores nor holds by its
+filters is routed (:meth:`FlightMarketDataServer._route`):
+
+* ``GetFlightInfo`` answers with one endpoint, the same ticket, whose locations are every live
+  serving node that holds the ring (replicas of one stream, so one endpoint: a client reads it
+  from any one location, ``locations[0]`` first, as pyarrow, ADBC and Ballista/Dremio-style
+  clients do; an endpoint per node would tell the client to read and concatenate all of
+  them). Its record and byte counts are -1 (unknown here). ``GetSchema`` answers from the
+  ticket alone.
+* ``DoGet`` of such a ring is NOT_FOUND naming the holders' locations (a Flight server cannot
+  redirect a DoGet; following GetFlightInfo is the way).
+* A ring nobody holds is NOT_FOUND saying which subjects this node holds and that no node on
+  the bus holds it.
+* A ticket without ``exchange=`` is answered here whenever this node's store resolves it (the
+  default-exchange rules of :mod:`flight_md.tickets`, as without a bus). Otherwise the event
+  log decides, as it does without a bus (the ingestion nodes' subscribe events reach every
+  serving node): a symbol subscribed on several exchanges is INVALID_ARGUMENT asking for
+  ``exchange=``; on one, that exchange's ring is routed as above. A symbol the event log does
+  not know either: among the exchanges the bus knows
+  (:meth:`~flight_md.bus.view.BusView.exchanges`) that this node does not hold (it would store
+  the ring if it were there), those other nodes hold; all held by the same nodes: routed there
+  with the ticket unchanged (they resolve the exchange by the same rules); by different nodes:
+  INVALID_ARGUMENT asking for ``exchange=``; none: the answer without a bus.
+
+Routing reads memory only (the registry's cached records), and a ring this node stores costs
+one ring lookup more, so the bytes path is unchanged. Flight SQL is not routed: its tables
+span every ring of a channel, so a statement names no shard unless its predicates are
+analysed; each node's SQL answers over its own rings (``status`` says which node holds what).
 """
 
 from __future__ import annotations
@@ -67,6 +97,7 @@ from flight_md.tickets import (
 )
 
 if TYPE_CHECKING:
+    from flight_md.bus.view import BusView
     from flight_md.persist.store import Persistence
 
 __all__ = ["DEFAULT_LOCATION", "FlightMarketDataServer", "map_errors"]
@@ -82,6 +113,9 @@ BAR_CLOSE_DELAY_MS: Final = 500
 """How long after a bar's end (on the feed's clock) a ``follow=true&bars=`` tail waits for
 its last trades before it sends the bar; a trade arriving later is late and left out."""
 GET_BATCH_ROWS: Final = 65_536
+CLUSTER_TIMEOUT_S: Final = 0.5
+"""How long the ``status`` action waits for the cluster's answers (``bus=`` only): every
+node's status on ``mdctl.cluster`` and the stream's view, gathered at the same time."""
 _IPC_OPTIONS: Final = pa.ipc.IpcWriteOptions()
 
 
@@ -319,6 +353,9 @@ class FlightMarketDataServer(flight.FlightServerBase):
             reports it. ``None``: memory only.
         ingestion_mode: Where ingestion runs (``"process"`` or ``"thread"``), as ``status``
             reports it in ``server.ingestion_mode`` (the app passes it; ``None``: not said).
+        bus: The bus this node serves from (:class:`~flight_md.bus.view.BusView`): rings it
+            does not hold are routed to the nodes that do (see the module docstring), and
+            ``status`` gains ``bus`` and (the action) ``cluster``. ``None``: no bus.
         **kwargs: Passed to :class:`pyarrow.flight.FlightServerBase` (``tls_certificates``,
             ``verify_client``, ``root_certificates``, ``middleware``, ...).
     """
@@ -330,7 +367,8 @@ class FlightMarketDataServer(flight.FlightServerBase):
                  authorize: Callable[[flight.ServerCallContext, bool], None] | None = None,
                  persistence: Persistence | None = None, sql_timeout_s: float = 30.0,
                  sql_memory_limit: str = "1GB", sql_max_concurrent: int = 4,
-                 ingestion_mode: str | None = None, **kwargs: Any) -> None:
+                 ingestion_mode: str | None = None, bus: BusView | None = None,
+                 **kwargs: Any) -> None:
         super().__init__(location, **kwargs)
         self.persistence = persistence
         if store is None:
@@ -340,6 +378,7 @@ class FlightMarketDataServer(flight.FlightServerBase):
         self.events = events if events is not None else EventLog()
         self.control = control
         self.ingestion_mode = ingestion_mode
+        self.bus = bus
         self.follow_max_lag = follow_max_lag
         self._authorize = authorize
         self.refused = _Counters()
@@ -364,6 +403,83 @@ class FlightMarketDataServer(flight.FlightServerBase):
     def _check(self, context: flight.ServerCallContext, mutating: bool = False) -> None:
         if self._authorize is not None:
             self._authorize(context, mutating)
+
+    def _route(self, query: Query) -> list[str] | None:
+        """Where the ring of a ``SYMBOL`` query is when this node does not hold it: the
+        Flight locations of the nodes that do; ``None``: answer here (no bus, not a ``SYMBOL``
+        query, or a ring this node stores or holds by its filters). See the module docstring.
+
+        Raises:
+            UnknownSymbol: No node on the bus holds the ring.
+            AmbiguousExchange: No exchange was given and the symbol is on several.
+        """
+        bus = self.bus
+        if bus is None or query.target is not Target.TICKS:
+            return None
+        symbol = query.symbol
+        assert symbol is not None
+        wanted = query.effective_channel
+        channels: tuple[str, ...] = (wanted,) if wanted is not None else TICKER_LIKE
+        if self._stores(symbol, query.exchange, channels):
+            return None
+        exchange = query.exchange
+        if exchange is None:
+            subscribed = self.events.subscribers(symbol)
+            if len(subscribed) > 1:  # as without a bus: the symbol is on several
+                raise errors.AmbiguousExchange(ambiguous_exchange(symbol, subscribed))
+            if not subscribed:
+                return self._guess(bus, symbol, channels)
+            exchange = subscribed[0]
+        if any(bus.holds(c, exchange, symbol) for c in channels):
+            return None
+        locations = self._holders(bus, exchange, symbol, channels)
+        if locations:
+            return locations
+        what = wanted if wanted is not None else " or ".join(TICKER_LIKE)
+        raise errors.UnknownSymbol(
+            f"no node on the bus holds {what} of {symbol!r} on {exchange}: this node holds "
+            f"{', '.join(bus.subjects) or 'no subject'}, and no live serving node's subject "
+            f"filters take it")
+
+    @staticmethod
+    def _holders(bus: BusView, exchange: str, symbol: str,
+                 channels: tuple[str, ...]) -> list[str]:
+        """The locations of the other nodes holding the ring in one of ``channels``, in
+        channel order (ticker's before bidask's), each once."""
+        return list(dict.fromkeys(location for c in channels
+                                  for location in bus.locations(c, exchange, symbol)))
+
+    def _guess(self, bus: BusView, symbol: str, channels: tuple[str, ...]) -> list[str] | None:
+        """A symbol with no exchange given that neither this node's store nor the event log
+        knows: the exchanges the bus knows that this node does not hold (it would store the
+        ring if it existed there) and other nodes do. All held by the same nodes: route there
+        (they resolve the exchange as a single node would); by different ones: ask for
+        ``exchange=``; none: ``None``, the local answer says what is here."""
+        found = {exchange: locations for exchange in bus.exchanges()
+                 if not any(bus.holds(c, exchange, symbol) for c in channels)
+                 and (locations := self._holders(bus, exchange, symbol, channels))}
+        distinct = {tuple(locations) for locations in found.values()}
+        if len(distinct) > 1:
+            raise errors.AmbiguousExchange(
+                f"symbol {symbol!r} is not on this node and may be on several exchanges that "
+                f"other nodes hold; add exchange= one of: {', '.join(sorted(found))}")
+        return list(distinct.pop()) if distinct else None
+
+    def _stores(self, symbol: str, exchange: str | None, channels: tuple[str, ...]) -> bool:
+        """Whether this node's store has a ring of ``symbol`` (on ``exchange``) in one of
+        ``channels`` (several exchanges with none given count: the local answer says so)."""
+        for channel in channels:
+            buffer = self.store.get(channel)
+            if buffer is None:
+                continue
+            try:
+                buffer.resolve(symbol, exchange)
+            except (errors.UnknownSymbol, errors.UnknownExchange):
+                continue
+            except errors.AmbiguousExchange:
+                pass
+            return True
+        return False
 
     def _buffer_for(self, query: Query) -> MarketDataBuffer:
         """The buffer a ``SYMBOL`` query reads: its channel's, or the ticker-like one.
@@ -596,6 +712,10 @@ class FlightMarketDataServer(flight.FlightServerBase):
             if self.sql.handles_descriptor(descriptor):
                 return self.sql.get_flight_info(context, descriptor)
             query = self._descriptor_query(descriptor)
+            routed = self._route(query)
+            if routed is not None:  # the same ticket, redeemed at any holder
+                endpoint = flight.FlightEndpoint(format_ticket(query).encode(), routed)
+                return flight.FlightInfo(self._schema(query), descriptor, [endpoint], -1, -1)
             answer = self._answer(query)
             endpoint = flight.FlightEndpoint(format_ticket(query).encode(), [])
             if isinstance(answer, Spanned):  # counted from file footers, bytes unknown
@@ -610,7 +730,7 @@ class FlightMarketDataServer(flight.FlightServerBase):
             if self.sql.handles_descriptor(descriptor):
                 return self.sql.get_schema(context, descriptor)
             query = self._descriptor_query(descriptor)
-            if query.target is Target.TICKS:
+            if query.target is Target.TICKS and self._route(query) is None:
                 assert query.symbol is not None
                 try:
                     self._buffer_for(query).resolve(query.symbol, query.exchange)
@@ -631,6 +751,14 @@ class FlightMarketDataServer(flight.FlightServerBase):
             if self.sql.handles_ticket(ticket):
                 return self.sql.do_get(context, ticket)
             query = parse_ticket(ticket.ticket)
+            if self.bus is not None:
+                routed = self._route(query)
+                if routed is not None:
+                    raise errors.UnknownSymbol(
+                        f"this node does not hold {query.symbol!r}"
+                        f"{f' on {query.exchange}' if query.exchange else ''}; the serving "
+                        f"node(s) at {', '.join(routed)} hold it: DoGet the same ticket there "
+                        "(GetFlightInfo on this node answers with those locations)")
             if query.follow:
                 return self._follow(context, query)
             answer = self._answer(query)
@@ -761,7 +889,10 @@ class FlightMarketDataServer(flight.FlightServerBase):
 
     def _run_action(self, name: ActionName, request: Any) -> dict[str, Any]:
         if name is ActionName.STATUS:
-            return self.status()
+            status = self.status()
+            if self.bus is not None:
+                status["cluster"] = self.bus.cluster(CLUSTER_TIMEOUT_S)
+            return status
         if name is ActionName.HEALTH:
             return server_health(self)
         if name is ActionName.CLEAR:
@@ -900,6 +1031,7 @@ class FlightMarketDataServer(flight.FlightServerBase):
             "symbols": symbols,
             "persistence": (self.persistence.status() if self.persistence is not None
                             else {"state": "memory_only"}),
+            **({"bus": self.bus.status()} if self.bus is not None else {}),
         }
 
     def _status_table(self) -> pa.Table:
