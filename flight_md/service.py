@@ -46,9 +46,18 @@ filters is routed (:meth:`FlightMarketDataServer._route`):
   INVALID_ARGUMENT asking for ``exchange=``; none: the answer without a bus.
 
 Routing reads memory only (the registry's cached records), and a ring this node stores costs
-one ring lookup more, so the bytes path is unchanged. Flight SQL is not routed: its tables
-span every ring of a channel, so a statement names no shard unless its predicates are
-analysed; each node's SQL answers over its own rings (``status`` says which node holds what).
+one ring lookup more, so the bytes path is unchanged.
+
+Flight SQL: a table spans every ring of its channel, so each node's SQL answers over its own
+rings, except a statement without bound parameters (plain or prepared: the ADBC driver
+prepares ``execute(sql)``) that provably reads only rings held elsewhere, all by the same
+nodes: the
+``WHERE`` of its only read of each channel table pins exchanges and symbols
+(:func:`flight_md.sql.prune.ring_filters`, the proof the engine prunes rings by) and it names
+no table of this node's own (events, status, bars_1m). Its ``GetFlightInfo`` endpoint carries
+those nodes' locations and the same statement handle (handles are stateless: they carry the
+SQL), so the ADBC driver reads the answer there. Anything else (prepared statements with
+parameters, joins, a symbol without an exchange) is answered here, over the rings here.
 """
 
 from __future__ import annotations
@@ -58,6 +67,7 @@ import fnmatch
 import itertools
 import logging
 import os
+import re
 import socket
 import threading
 import time
@@ -80,7 +90,7 @@ from flight_md.actions import (
 from flight_md.buffer import MarketDataBuffer, Store, ambiguous_exchange
 from flight_md.control import MARKET_SCHEMA, IngestionControl, markets_table
 from flight_md.core.bars import BAR_SCHEMA, BarBuilder, BarInterval, bars
-from flight_md.core.channels import TICKER_LIKE
+from flight_md.core.channels import CHANNELS, TICKER_LIKE
 from flight_md.events import EventKind, EventLog
 from flight_md.metrics import mark_follow, server_health
 from flight_md.persist.query import Spanned, span
@@ -117,6 +127,7 @@ CLUSTER_TIMEOUT_S: Final = 0.5
 """How long the ``status`` action waits for the cluster's answers (``bus=`` only): every
 node's status on ``mdctl.cluster`` and the stream's view, gathered at the same time."""
 _IPC_OPTIONS: Final = pa.ipc.IpcWriteOptions()
+_WORD_RE: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 class _Opaque(type):
@@ -379,6 +390,8 @@ class FlightMarketDataServer(flight.FlightServerBase):
         self.control = control
         self.ingestion_mode = ingestion_mode
         self.bus = bus
+        self._sql_parser: Any = None  # a DuckDB connection that only parses (_sql_route)
+        self._sql_parse_lock = threading.Lock()
         self.follow_max_lag = follow_max_lag
         self._authorize = authorize
         self.refused = _Counters()
@@ -464,6 +477,62 @@ class FlightMarketDataServer(flight.FlightServerBase):
                 f"symbol {symbol!r} is not on this node and may be on several exchanges that "
                 f"other nodes hold; add exchange= one of: {', '.join(sorted(found))}")
         return list(distinct.pop()) if distinct else None
+
+    def _sql_route(self, descriptor: flight.FlightDescriptor) -> list[str] | None:
+        """Where a Flight SQL statement is answered when it reads only rings this node does
+        not hold: the nodes that hold every one of them; ``None``: answer here.
+
+        Only a statement without bound parameters (``CommandStatementQuery``, or
+        ``CommandPreparedStatementQuery`` of a handle that carries none, as the ADBC driver
+        sends for ``execute(sql)``) whose every channel table is read under a filter that
+        :func:`flight_md.sql.prune.ring_filters` proves pins both exchanges and symbols, that
+        names no other table of the node (events, status, bars_1m), and whose rings are all
+        neither stored nor held here and all held by one same node.
+        """
+        from flight_md.sql.engine import BARS_TABLE, EVENTS_TABLE, STATUS_TABLE
+        from flight_md.sql.frontend import _decode_handle  # the stateless handle's format
+        from flight_md.sql.protocol import Command, unpack
+        from flight_md.sql.prune import parse_tree, ring_filters
+
+        bus = self.bus
+        assert bus is not None
+        try:
+            command, message = unpack(descriptor.command, (Command.STATEMENT_QUERY,
+                                                           Command.PREPARED_STATEMENT_QUERY))
+            if command is Command.STATEMENT_QUERY:
+                sql: str = message.query
+            else:
+                sql, params = _decode_handle(message.prepared_statement_handle)
+                if params is not None:
+                    return None  # the filters may name parameters: answered here
+        except errors.FlightMdError:
+            return None
+        words = {word.lower() for word in _WORD_RE.findall(sql)}
+        channels = [c for c in CHANNELS if c in words]
+        if not channels or words & {BARS_TABLE, EVENTS_TABLE, STATUS_TABLE}:
+            return None
+        with self._sql_parse_lock:
+            if self._sql_parser is None:
+                import duckdb
+
+                self._sql_parser = duckdb.connect(":memory:")
+            tree = parse_tree(self._sql_parser, sql)
+        filters = ring_filters(tree, sql, channels)
+        common: list[str] | None = None
+        for channel in channels:
+            keys = filters.get(channel)
+            if keys is None or keys.exchanges is None or keys.symbols is None:
+                return None  # it may read any exchange's or symbol's rings
+            for exchange in sorted(keys.exchanges):
+                for symbol in sorted(keys.symbols):
+                    if self._stores(symbol, exchange, (channel,)) \
+                            or bus.holds(channel, exchange, symbol):
+                        return None
+                    there = bus.locations(channel, exchange, symbol)
+                    common = there if common is None else [c for c in common if c in there]
+                    if not common:
+                        return None  # held by nobody, or not all by one node
+        return common
 
     def _stores(self, symbol: str, exchange: str | None, channels: tuple[str, ...]) -> bool:
         """Whether this node's store has a ring of ``symbol`` (on ``exchange``) in one of
@@ -710,7 +779,12 @@ class FlightMarketDataServer(flight.FlightServerBase):
         with map_errors("GetFlightInfo", self.refused):
             self._check(context)
             if self.sql.handles_descriptor(descriptor):
-                return self.sql.get_flight_info(context, descriptor)
+                info = self.sql.get_flight_info(context, descriptor)
+                held = self._sql_route(descriptor) if self.bus is not None else None
+                if held:  # the same (stateless) statement handle, redeemed at a holder
+                    endpoint = flight.FlightEndpoint(info.endpoints[0].ticket, held)
+                    return flight.FlightInfo(info.schema, descriptor, [endpoint], -1, -1)
+                return info
             query = self._descriptor_query(descriptor)
             routed = self._route(query)
             if routed is not None:  # the same ticket, redeemed at any holder
@@ -1073,6 +1147,10 @@ class FlightMarketDataServer(flight.FlightServerBase):
             self._shut_down = True
         self._stopping.set()
         self.sql.close()  # interrupt running queries: gRPC waits for their calls
+        with self._sql_parse_lock:
+            if self._sql_parser is not None:
+                self._sql_parser.close()
+                self._sql_parser = None
         self.refused.log.flush()
         done = threading.Event()
 

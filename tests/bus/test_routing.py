@@ -314,3 +314,39 @@ def test_status_shows_the_bus_and_the_cluster(pair: tuple[Node, Node],
     nodes = alone.cluster(0.3)["nodes"]
     assert [(n["node"], n["answered"]) for n in nodes] == [("s1", True), ("s2", False)]
     assert nodes[0]["status"]["registry"]["nodes"] == ["s1", "s2"]
+
+
+def test_adbc_follows_a_statement_that_reads_only_rings_held_elsewhere(
+        pair: tuple[Node, Node]) -> None:
+    from adbc_driver_flightsql import dbapi
+
+    s1, s2 = pair
+    sent = s2.trades("okx", "ETH/USDT", 9)
+    s2.trades("kraken", "ETH/USD", 4)
+    here = s1.trades("binance", "ETH/USDT", 3)
+    statements = {
+        # Every ring it reads is s2's: routed, the answer is s2's.
+        "SELECT price FROM trades WHERE exchange = 'okx' AND symbol = 'ETH/USDT' "
+        "ORDER BY timestamp": rows(sent, "price"),
+        "SELECT count(*) AS n FROM trades WHERE symbol IN ('ETH/USDT', 'ETH/USD') "
+        "AND exchange IN ('okx', 'kraken')": [(13,)],
+        # A ring of s1's own: answered on s1, over its own rings.
+        "SELECT price FROM trades WHERE exchange IN ('okx', 'binance') AND symbol = 'ETH/USDT' "
+        "ORDER BY timestamp": rows(here, "price"),
+        # No exchange pinned: it may read any ring, answered here.
+        "SELECT price FROM trades WHERE symbol = 'ETH/USDT' ORDER BY timestamp":
+            rows(here, "price"),
+    }
+    with dbapi.connect(s1.location, autocommit=True) as conn:
+        for sql, expected in statements.items():
+            with conn.cursor() as cursor:
+                cursor.execute(sql)
+                table = cursor.fetch_arrow_table()
+            assert rows(table, *table.column_names) == expected, sql
+    with flight.connect(s1.location) as client:  # what the driver was told
+        from flight_md.sql import flight_sql_pb2 as pb
+        from flight_md.sql.protocol import pack
+
+        command = pack(pb.CommandStatementQuery(query=next(iter(statements))))
+        [endpoint] = client.get_flight_info(flight.FlightDescriptor.for_command(command)).endpoints
+        assert [loc.uri.decode() for loc in endpoint.locations] == [s2.location]
