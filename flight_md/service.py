@@ -51,13 +51,12 @@ one ring lookup more, so the bytes path is unchanged.
 Flight SQL: a table spans every ring of its channel, so each node's SQL answers over its own
 rings, except a statement without bound parameters (plain or prepared: the ADBC driver
 prepares ``execute(sql)``) that provably reads only rings held elsewhere, all by the same
-nodes: the
-``WHERE`` of its only read of each channel table pins exchanges and symbols
+nodes: the ``WHERE`` of its only read of each channel table pins exchanges and symbols
 (:func:`flight_md.sql.prune.ring_filters`, the proof the engine prunes rings by) and it names
 no table of this node's own (events, status, bars_1m). Its ``GetFlightInfo`` endpoint carries
 those nodes' locations and the same statement handle (handles are stateless: they carry the
-SQL), so the ADBC driver reads the answer there. Anything else (prepared statements with
-parameters, joins, a symbol without an exchange) is answered here, over the rings here.
+SQL), so the ADBC driver reads the answer there. Anything else (bound parameters, joins, a
+symbol without an exchange, rings of several nodes) is answered here, over the rings here.
 """
 
 from __future__ import annotations
@@ -366,7 +365,9 @@ class FlightMarketDataServer(flight.FlightServerBase):
             reports it in ``server.ingestion_mode`` (the app passes it; ``None``: not said).
         bus: The bus this node serves from (:class:`~flight_md.bus.view.BusView`): rings it
             does not hold are routed to the nodes that do (see the module docstring), and
-            ``status`` gains ``bus`` and (the action) ``cluster``. ``None``: no bus.
+            ``status`` gains ``bus`` and (the action) ``cluster``. ``None``: no bus. It may
+            also be set as the attribute ``bus`` after construction, before serving (the
+            view's advertised location can need the port the server bound).
         **kwargs: Passed to :class:`pyarrow.flight.FlightServerBase` (``tls_certificates``,
             ``verify_client``, ``root_certificates``, ``middleware``, ...).
     """
