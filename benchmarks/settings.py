@@ -304,13 +304,13 @@ FULL = Settings(
     bus_resolution=0.15,
     bus_repetitions=2,
     bus_max_runs=4,
-    bus_repeat_runs=3,
-    bus_seconds=4.0,
-    bus_warmup=1.0,
+    bus_repeat_runs=2,
+    bus_seconds=3.0,
+    bus_warmup=0.5,
     bus_fresh_rates=(1_000, 5_000),
-    bus_fresh_seconds=4.0,
+    bus_fresh_seconds=3.0,
     bus_fresh_tails=4,
-    bus_aggregate_runs=3,
+    bus_aggregate_runs=2,
 )
 
 SMOKE = Settings(
