@@ -24,6 +24,11 @@ objects::
                              ingestion node's holds "exchanges" and "ingestion"
                              ({"exchanges": [ExchangeStatus], "symbols": [SymbolStatus]})
 
+A serving node with the node registry (:mod:`flight_md.bus.registry`) learns from it which
+exchanges are streamed (an ingestion node's record lists them), asks each exchange's
+``status`` for the merged ingestion status, and stops a cluster round once every live node
+answered; without one it asks ``mdctl.cluster`` and waits the round out.
+
 A failed call answers ``{"error": <class name of a flight_md.errors class>, "message": ...}``
 (never a traceback; anything that is not a flight_md error answers ``Unavailable`` naming
 only its type, so no exchange message, which could quote a credential, crosses), and a body
@@ -490,21 +495,31 @@ class BusControl:
         return sorted(replies, key=lambda r: str(r.get("node", "")))
 
     def _expected(self) -> int | None:
+        nodes = self._registered()
+        return len(nodes) or None if nodes is not None else None
+
+    def _registered(self) -> list[dict[str, Any]] | None:
+        """The live nodes' records, or ``None`` without a registry (or one that cannot say)."""
         if self.registry is None:
             return None
         try:
-            return len(self.registry.nodes()) or None
-        except Exception:  # noqa: BLE001 - a registry that cannot say: wait the full time
+            nodes: list[dict[str, Any]] = self.registry.nodes()
+        except Exception:  # noqa: BLE001 - a registry that cannot say: ask the cluster
             return None
+        return nodes
 
     async def exchanges(self) -> dict[str, list[str]]:
-        """The exchanges the ingestion nodes stream, each with the nodes streaming it."""
+        """The exchanges the ingestion nodes stream, each with the nodes streaming it: from
+        the registry's records if there is one, else from a cluster status round."""
+        nodes = self._registered()
+        if nodes is None:
+            nodes = await self.gather(self.cluster_timeout)
         found: dict[str, list[str]] = {}
-        for reply in await self.gather(self.cluster_timeout):
-            if reply.get("role") != "ingest":
+        for record in nodes:
+            if record.get("role") != "ingest":
                 continue
-            for exchange in reply.get("exchanges") or ():
-                found.setdefault(str(exchange), []).append(str(reply.get("node")))
+            for exchange in record.get("exchanges") or ():
+                found.setdefault(str(exchange), []).append(str(record.get("node")))
         return found
 
     async def _pick(self, exchange: str | None) -> str:
@@ -529,9 +544,22 @@ class BusControl:
         return await self.request(target, verb, body)
 
     async def _merged_status(self) -> IngestionStatus:
+        """With a registry: each streamed exchange's ``status`` (its ingestion node alone; a
+        node that went away meanwhile is left out); without: a cluster status round. Never
+        the cluster round when the registry can say: a serving node's own answer to it
+        includes this status, and would ask again."""
         exchanges: list[ExchangeStatus] = []
         symbols: list[SymbolStatus] = []
-        for reply in await self.gather(self.cluster_timeout):
+        replies: list[Any]
+        if self._registered() is not None:
+            streamed = sorted(await self.exchanges())
+            replies = list(await asyncio.gather(*(self.request(e, "status", {}) for e in streamed),
+                                                return_exceptions=True))
+        else:
+            replies = await self.gather(self.cluster_timeout)
+        for reply in replies:
+            if not isinstance(reply, dict):
+                continue  # that node went away or failed: the others still answer
             ingestion = reply.get("ingestion")
             if reply.get("role") != "ingest" or not isinstance(ingestion, dict):
                 continue

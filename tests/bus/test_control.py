@@ -158,6 +158,27 @@ def test_the_cluster_lists_every_node(bus_loop: BusLoop, ingest: IngestNode,
     assert "password" not in json.dumps(nodes)
 
 
+def test_with_the_registry_the_exchanges_come_from_its_records(
+        bus_loop: BusLoop, ingest: IngestNode, serving: tuple[Client, BusControl]) -> None:
+    from flight_md.bus.registry import Registry, node_record
+
+    client, _ = serving
+    registry = bus_loop.run(Registry(client, "serve-a", node_record("serve")).start())
+    try:
+        control = BusControl(bus_loop.loop, client, "serve-a", timeout=5.0 * MS,
+                             cluster_timeout=5.0 * MS, registry=registry)
+        records = until(lambda: (n := registry.nodes()) and len(n) == 2 and n, 20,
+                        "the ingestion node's record")
+        status = control.status()  # each exchange's status: no cluster round
+        answer = control.subscribe(None, ["ETH/USDT"])  # the registry names the one exchange
+    finally:
+        bus_loop.run(registry.stop())
+    ing = next(r for r in records if r["node"] == "ing1")
+    assert (ing["role"], ing["exchanges"], ing["location"]) == ("ingest", ["binance"], None)
+    assert [e.exchange for e in status.exchanges] == ["binance"]
+    assert answer["node"] == "ing1" and answer["subscribed"] == ["ETH/USDT"]
+
+
 def test_no_ingestion_node_is_a_clear_error(serving: tuple[Client, BusControl]) -> None:
     _, control = serving
     with pytest.raises(errors.Unavailable, match="no ingestion node on the bus answered"):
