@@ -191,7 +191,7 @@ def test_a_demo_node_publishes_every_ring_exactly_once_in_order(
 
 def test_a_bus_outage_is_buffered_counted_and_drained(
         nats_server: NatsServer, bus_loop: BusLoop, emulator: EmulatorThread) -> None:
-    node = IngestNode([stream_to(emulator, "trades")], options_for(nats_server),
+    node = IngestNode([stream_to(emulator, "trades,bidask")], options_for(nats_server),
                       node="ing-outage").start()
     try:
         until(lambda: bus_stats(node)["acked"] >= 10, 30, "trades to be published")
@@ -204,12 +204,13 @@ def test_a_bus_outage_is_buffered_counted_and_drained(
         until(lambda: (s := bus_stats(node))["connected"] and s["backlog_messages"] == 0, 30,
               "the backlog to drain")
         emulator.inject(Fault.STALL)
-        expected = {s: emulator.sent("trade", s) for s in SYMBOLS}
+        expected = {(c, s): emulator.sent(WIRE[c], s) for c in ("trades", "bidask")
+                    for s in SYMBOLS}
         received = Received()
         consumer = consumer_of(nats_server, bus_loop, received)
         try:
-            until(lambda: {s: received.count("trades", s) for s in SYMBOLS} == expected, 30,
-                  "every trade sent, through the outage")
+            until(lambda: {key: received.count(*key) for key in expected} == expected, 30,
+                  "every trade and bid/ask sent, through the outage")
         finally:
             bus_loop.run(consumer.close())
         after = bus_stats(node)
@@ -219,7 +220,9 @@ def test_a_bus_outage_is_buffered_counted_and_drained(
     assert consumer.stats().gaps == () and consumer.stats().duplicates == 0
     for symbol in SYMBOLS:
         ids = received.rows("trades", symbol).column("trade_id").to_pylist()
-        assert len(set(ids)) == len(ids) == expected[symbol]
+        assert len(set(ids)) == len(ids) == expected["trades", symbol]
+        receive = received.rows("bidask", symbol).column("receive_timestamp").to_pylist()
+        assert receive == sorted(receive)
 
 
 def test_a_tiny_backlog_overflows_and_the_dropped_run_is_counted(
