@@ -13,6 +13,15 @@ background thread; the Flight server runs on gRPC's threads. They meet at the bu
 a child process instead (:class:`~flight_md.ingest.process.IngestionProcess`), with
 ``ingest_workers`` N > 1 in N of them (:class:`~flight_md.ingest.workers.IngestionWorkers`),
 and the demo emulator on a thread of its own.
+
+With ``config.bus`` (``flight-md serve --bus``) the node ingests nothing itself: its rings and
+event log fill from the bus (:class:`~flight_md.bus.serve.ServeBus`, one asyncio loop thread
+``flight-md-bus`` with one NATS connection), and on that loop and connection run the control
+client the service uses (:class:`~flight_md.bus.control.BusControl`: ``subscribe`` reaches the
+ingestion node of the exchange), this node's registry record
+(:class:`~flight_md.bus.registry.Registry`), its answer to ``mdctl.cluster``
+(:class:`~flight_md.bus.control.ControlResponder`) and the service's view of the cluster
+(:class:`~flight_md.bus.view.ClusterView`). None of it is imported without a bus.
 """
 
 from __future__ import annotations
@@ -25,10 +34,10 @@ from typing import Any, Final, Self
 
 from flight_md.buffer import Store
 from flight_md.config import DEMO_SYMBOLS, DEMO_VENUE, ServerConfig, StreamConfig
-from flight_md.errors import ConfigError, FlightMdError, StartupError
+from flight_md.errors import ConfigError, FlightMdError, StartupError, Unavailable
 from flight_md.events import EventLog
 
-__all__ = ["DEMO_RATE", "MarketDataApp", "check_listen_address"]
+__all__ = ["DEMO_RATE", "MarketDataApp", "check_listen_address", "check_serving_bus"]
 
 logger = logging.getLogger(__name__)
 
@@ -84,6 +93,18 @@ def check_listen_address(host: str, port: int) -> None:
     raise StartupError(f"cannot listen on {host}:{port}: {detail}")
 
 
+def check_serving_bus(config: ServerConfig) -> None:
+    """A serving node of a bus ingests nothing itself: refuse streams or a demo beside it.
+
+    Raises:
+        ConfigError: ``config.bus`` with streams or ``demo``.
+    """
+    if config.bus is not None and (config.streams or config.demo):
+        what = "--demo" if config.demo else "--exchange/[[exchanges]] streams"
+        raise ConfigError(f"serve --bus ingests nothing itself, so {what} cannot go with it: "
+                          "run them in a flight-md ingest --bus node, or drop --bus")
+
+
 class MarketDataApp:
     """A complete server: buffer, event log, ingestion loop thread and Flight service.
 
@@ -95,6 +116,7 @@ class MarketDataApp:
     """
 
     def __init__(self, config: ServerConfig, **emulator_options: Any) -> None:
+        check_serving_bus(config)
         self.config = config
         self.store = Store(config.buffer_size, book_depth=config.book_depth)
         """Every channel's rings (one buffer per channel)."""
@@ -111,6 +133,13 @@ class MarketDataApp:
         self.persistence: Any = None
         """The journal and Parquet history (:class:`~flight_md.persist.store.Persistence`),
         unless ``config.memory_only``."""
+        self.bus: Any = None
+        """The serving node's bus side (:class:`~flight_md.bus.serve.ServeBus`), with
+        ``config.bus``."""
+        self.registry: Any = None
+        self.cluster: Any = None
+        """The service's view of the bus (:class:`~flight_md.bus.view.ClusterView`)."""
+        self._responder: Any = None
         self.fatal: FlightMdError | None = None
         """An invalid argument found after start-up (a configured symbol the exchange does not
         list, seen once its markets load): ``flight-md serve`` exits 2 with it."""
@@ -166,7 +195,9 @@ class MarketDataApp:
         from flight_md.service import FlightMarketDataServer
 
         control = None
-        if (self.config.demo or self.config.streams) and self.config.ingest_process:
+        if self.config.bus is not None:
+            control = self._start_bus()
+        elif (self.config.demo or self.config.streams) and self.config.ingest_process:
             control = self._start_process()
         elif self.config.demo or self.config.streams:
             from flight_md.ingest.manager import IngestionThread
@@ -192,13 +223,14 @@ class MarketDataApp:
                 logger.info("streaming %s (%s): %s", stream.exchange,
                             ", ".join(stream.channels), ", ".join(stream.symbols))
             control = self.ingestion.control()
-        if control is not None and self.persistence is not None:
+        if control is not None and self.persistence is not None and self.bus is None:
+            # (On a bus the ingestion nodes own their subscriptions.)
             self._repeat_subscriptions(control)
         # Markets, ccxt's exchange definitions and the modules are loaded now and live for the
         # whole run: out of the collector's sight they no longer cost a 75-150 ms full
         # collection every few seconds on the ingestion thread (~280k objects, measured).
         gc.freeze()
-        if self.persistence is not None:
+        if self.persistence is not None and self.bus is None:
             self.persistence.start()
         security = self._security()
         rpc_metrics = None
@@ -217,7 +249,7 @@ class MarketDataApp:
                                                  sql_memory_limit=self._sql_memory_limit(),
                                                  sql_max_concurrent=self.config.sql_max_concurrent,
                                                  ingestion_mode=self.config.ingestion_mode,
-                                                 **security)
+                                                 bus=self.cluster, **security)
         except Exception as exc:
             # pyarrow says only "Server did not start properly" (the reason goes to gRPC's log):
             # the address was taken between the check above and now, or TLS material is unusable.
@@ -226,10 +258,72 @@ class MarketDataApp:
             what = "with this certificate and key" if security.get("tls_certificates") else ""
             raise StartupError(f"cannot listen on {self.config.host}:{self.config.port} {what}"
                                .rstrip() + "; gRPC refused it (see its log line above)") from None
+        if self.cluster is not None:
+            self._advertise()
         logger.info("serving on %s", self.location)
         if rpc_metrics is not None:
             self._start_metrics(rpc_metrics)
         return self
+
+    def _start_bus(self) -> Any:
+        """The serving node's bus side, started after persistence opened (the ledger of what
+        this node stored is restored by then) and before the Flight server: its consumer, the
+        control client (the service's ``control``), the registry record and the cluster view.
+
+        Returns:
+            The :class:`~flight_md.bus.control.BusControl` the service uses.
+
+        Raises:
+            BusUnavailable: the bus cannot be reached (the message names no secret).
+        """
+        from flight_md.bus.control import BusControl, ControlResponder
+        from flight_md.bus.registry import Registry, node_record
+        from flight_md.bus.serve import ServeBus
+        from flight_md.bus.view import ClusterView
+
+        config = self.config
+        assert config.bus is not None
+        node = config.resolved_node_name()
+        if self.persistence is not None:
+            # Before the consumer: its acks wait for the journal commits holding their rows.
+            self.persistence.start()
+        self.bus = ServeBus(config.bus, node=node, store=self.store, events=self.events,
+                            persistence=self.persistence, subjects=config.bus_subjects)
+        try:
+            self.bus.start(START_TIMEOUT_S)
+        except Unavailable as exc:
+            # Exit 1, not 2: the bus being away at start is worth a restart (systemd).
+            raise StartupError(str(exc)) from None
+        loop, client = self.bus.loop, self.bus.client
+        # The location is final once the server is bound (port 0): _advertise puts it then.
+        location = config.advertise or (config.location if config.port else None)
+        self.registry = self.bus.submit(Registry(client, node, node_record(
+            "serve", location=location, subjects=config.bus_subjects)).start()
+        ).result(START_TIMEOUT_S)
+        control = BusControl(loop, client, node, registry=self.registry)
+        self._responder = self.bus.submit(ControlResponder(
+            client, node, "serve", status=self._node_status).start()).result(START_TIMEOUT_S)
+        self.cluster = ClusterView(self.registry, subjects=config.bus_subjects,
+                                   location=location, status=self.bus.status, control=control,
+                                   loop=loop, stream=config.bus.stream)
+        logger.info("bus node %s reading %s from %s", node, ", ".join(config.bus_subjects),
+                    config.bus.display_url)
+        return control
+
+    def _node_status(self) -> dict[str, Any]:
+        """This node's answer to ``mdctl.cluster``: the service's status (without the
+        cluster, which would ask every node again)."""
+        server = self.server
+        if server is None:
+            return {"starting": True}
+        status: dict[str, Any] = server.status()
+        return status
+
+    def _advertise(self) -> None:
+        """Tell the registry where this node serves, once the port is bound."""
+        location = self.config.advertise or self.location
+        self.cluster.location = location
+        self.registry.update(location=location)
 
     def _sql_memory_limit(self) -> str:
         """``sql_memory_limit`` in DuckDB's syntax (MiB: DuckDB's ``GB`` is 10^9 bytes)."""
@@ -353,6 +447,8 @@ class MarketDataApp:
         if self.server is not None:
             self.server.stop(grace)
             self.server = None
+        if self.bus is not None:
+            self._stop_bus(grace)
         if self.config.ingest_process:
             if self.ingestion is not None:
                 self.ingestion.stop(grace * 2)
@@ -378,6 +474,22 @@ class MarketDataApp:
             if result.rows:
                 logger.info("wrote %d rows to the history (%d files) in %.2f s", result.rows,
                             result.files, result.seconds)
+
+    def _stop_bus(self, grace: float) -> None:
+        """After the server, before persistence: the record and the responder go first (no
+        node routes clients here any more), then the consumer, so that its last acks follow
+        the journal commits that hold their rows; persistence closes after."""
+        bus = self.bus
+        for part in (self._responder, self.registry):
+            if part is None:
+                continue
+            try:
+                bus.submit(part.stop()).result(grace * 2)
+            except Exception:
+                logger.warning("bus %r did not stop cleanly", part, exc_info=True)
+        self._responder = self.registry = self.cluster = None
+        bus.stop(grace * 2)
+        self.bus = None
 
     def __enter__(self) -> Self:
         return self.start()

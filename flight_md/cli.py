@@ -1,6 +1,7 @@
 """The ``flight-md`` command.
 
-``flight-md serve`` runs the server; ``flight-md emulator`` runs the exchange emulator alone;
+``flight-md serve`` runs the server (``--bus``: a serving node of a NATS JetStream bus);
+``flight-md ingest`` an ingestion node of the bus; ``flight-md emulator`` runs the exchange emulator alone;
 ``get``, ``status``, ``top`` and ``tail`` are terminal views over a running server. Errors
 print as one line on stderr, never a traceback.
 """
@@ -17,6 +18,7 @@ import signal
 import sys
 import threading
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Final, NoReturn, cast
 
@@ -30,6 +32,7 @@ from flight_md.config import (
     STREAM_DEFAULTS,
     ServerConfig,
     StreamConfig,
+    bus_options,
     load_config,
     read_tokens,
     secret_from_env,
@@ -37,7 +40,7 @@ from flight_md.config import (
 from flight_md.core.channels import MAX_BOOK_DEPTH
 from flight_md.errors import ConfigError, FlightMdError, StartupError
 
-__all__ = ["main"]
+__all__ = ["add_bus_options", "build_config", "build_ingest_config", "main", "require_bus"]
 
 logger = logging.getLogger("flight_md")
 
@@ -142,22 +145,16 @@ def _server_default(name: str) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
-def _serve_parser(sub: Any) -> None:
-    p = sub.add_parser("serve", help="run the Flight server",
-                       description="Run the Flight server. With --demo it streams from a built-in "
-                       "exchange emulator (offline); with --exchange from a real exchange or an "
-                       "emulator given by --exchange-url; with --config from several exchanges.")
-    add = p.add_argument
+def _demo_argument(add: Callable[..., Any]) -> None:
     add("--demo", nargs="?", const="binance", default=None, metavar="VENUE,...",
         help="stream from built-in emulated exchanges on loopback (offline): binance by "
              "default, or a comma list of venues such as coinbase,kraken")
-    add("--host", default=None, metavar="ADDR",
-        help="address to listen on; beyond loopback is an explicit choice (default 127.0.0.1)")
-    add("--port", type=_port, default=None, help="port to listen on; 0 picks one (default 8815)")
-    add("--config", type=Path, metavar="FILE.toml",
-        help="several exchanges and server settings (see below); server options (host, port, "
-        "buffer size, tokens, TLS, ingestion process, metrics) override the file's, and "
-        "--exchange adds a stream beside the file's, set by the stream options")
+
+
+def _stream_arguments(add: Callable[..., Any], *, config_help: str) -> None:
+    """The options that say what to stream: ``serve`` and ``ingest`` share them (one parser
+    code, one set of defaults, one :func:`_streams` reading them)."""
+    add("--config", type=Path, metavar="FILE.toml", help=config_help)
     add("--exchange", metavar="ID", help="stream one exchange (a ccxt exchange id, e.g. binance)")
     add("--symbols", default="", metavar="A,B",
         help="comma-separated symbols of --exchange, e.g. BTC/USDT,ETH/USDT")
@@ -210,6 +207,108 @@ def _serve_parser(sub: Any) -> None:
         help="environment variable holding the exchange API key (never on the command line)")
     add("--api-secret-env", default=None, metavar="VAR",
         help="environment variable holding the exchange API secret")
+
+
+def _subject_list(text: str) -> list[str]:
+    """``--bus-subjects``: one subject filter or a comma list of them (checked by the config)."""
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError(f"must name a subject filter such as 'md.>', got {text!r}")
+    return names
+
+
+def add_bus_options(add: Callable[..., Any], *, serving: bool) -> None:
+    """The bus options: how a node reaches NATS JetStream and what it is on it. ``serving``:
+    the ``serve`` set (its shard, its advertised location); otherwise ``ingest``'s (its
+    backlog). Secrets are options naming files (or environment variables), never values."""
+    if serving:
+        add("--bus", default=None, metavar="URL",
+            help="read the rings from this NATS JetStream bus (nats://host:4222, tls://...) "
+            "instead of ingesting: flight-md ingest nodes publish to it; no --exchange, --demo "
+            "or [[exchanges]] then; TOML [bus] url (default off: one process, no NATS)")
+        add("--bus-subjects", type=_subject_list, action="append", default=None,
+            metavar="FILTER,...",
+            help="the subjects this node consumes, its shard, e.g. 'md.*.binance.>' or "
+            "'md.trades.>' (repeat or comma list); GetFlightInfo of another ring names the node "
+            "that holds it; TOML [bus] subjects (default md.>)")
+    else:
+        add("--bus", default=None, metavar="URL",
+            help="publish to this NATS JetStream bus (nats://host:4222, tls://...); TOML [bus] "
+            f"url (default {_bus_default_url()})")
+    add("--node-name", default=None, metavar="NAME",
+        help="this node's name on the bus (1-48 of A-Z a-z 0-9 _ -), stable across restarts"
+        + (": it names the durable consumer; TOML [bus] node_name (default <host>-<8 hex of "
+           "the data dir>; --memory-only: of host:port)" if serving else
+           "; TOML [bus] node_name (default <host>-ingest-<8 hex of what it streams>)"))
+    if serving:
+        add("--advertise", default=None, metavar="LOCATION",
+            help="the Flight location other nodes send clients to for the rings this node "
+            "holds, e.g. grpc://10.0.0.5:8815; TOML [bus] advertise (default the server's own "
+            "location)")
+    add("--bus-user", default=None, metavar="USER",
+        help="bus login user, with --bus-password-file (or $FLIGHT_MD_BUS_PASSWORD); "
+        "TOML [bus] user")
+    add("--bus-password-file", type=Path, default=None, metavar="F",
+        help="file holding the bus password (never on the command line); TOML [bus] "
+        "password_file")
+    add("--bus-token-file", type=Path, default=None, metavar="F",
+        help="file holding a bus token (or $FLIGHT_MD_BUS_TOKEN); TOML [bus] token_file")
+    add("--bus-creds", type=Path, default=None, metavar="F",
+        help="a NATS .creds file (JWT and NKey seed); TOML [bus] creds")
+    add("--bus-tls-ca", type=Path, default=None, metavar="F",
+        help="CA bundle of the bus server's certificate (TLS); TOML [bus] tls_ca")
+    add("--bus-tls-cert", type=Path, default=None, metavar="F",
+        help="client certificate for mutual TLS to the bus, with --bus-tls-key; TOML [bus] "
+        "tls_cert")
+    add("--bus-tls-key", type=Path, default=None, metavar="F",
+        help="the client certificate's key; TOML [bus] tls_key")
+    add("--bus-stream", default=None, metavar="NAME",
+        help=f"the JetStream stream's name; TOML [bus] stream (default {_bus_default_stream()})")
+    if not serving:
+        add("--bus-backlog-bytes", type=_POSITIVE_INT, default=None, metavar="N",
+            help="payload bytes of unacked publishes kept while the bus is away; beyond it "
+            "messages are dropped, counted, and serving nodes record the gap; TOML [bus] "
+            f"backlog_bytes (default {_server_default('bus_backlog_bytes')})")
+        add("--bus-backlog-messages", type=_POSITIVE_INT, default=None, metavar="N",
+            help="... and messages; TOML [bus] backlog_messages "
+            f"(default {_server_default('bus_backlog_messages')})")
+
+
+def _bus_default_url() -> str:
+    from flight_md.bus.options import DEFAULT_URL
+
+    return DEFAULT_URL
+
+
+def _bus_default_stream() -> str:
+    from flight_md.bus.options import DEFAULT_STREAM
+
+    return DEFAULT_STREAM
+
+
+def _shutdown_arguments(add: Callable[..., Any]) -> None:
+    add("--shutdown-timeout", type=_POSITIVE, default=SHUTDOWN_TIMEOUT_S, metavar="S",
+        help="after SIGINT/SIGTERM, force the process out (exit status 1) if shutdown has not "
+        f"finished (default {SHUTDOWN_TIMEOUT_S:g})")
+    add("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"),
+        help="log level (default INFO)")
+
+
+def _serve_parser(sub: Any) -> None:
+    p = sub.add_parser("serve", help="run the Flight server",
+                       description="Run the Flight server. With --demo it streams from a built-in "
+                       "exchange emulator (offline); with --exchange from a real exchange or an "
+                       "emulator given by --exchange-url; with --config from several exchanges; "
+                       "with --bus from the ingestion nodes of a NATS JetStream bus.")
+    add = p.add_argument
+    _demo_argument(add)
+    add("--host", default=None, metavar="ADDR",
+        help="address to listen on; beyond loopback is an explicit choice (default 127.0.0.1)")
+    add("--port", type=_port, default=None, help="port to listen on; 0 picks one (default 8815)")
+    _stream_arguments(add, config_help="several exchanges and server settings (see below); "
+                      "server options (host, port, buffer size, tokens, TLS, ingestion process, "
+                      "metrics) override the file's, and --exchange adds a stream beside the "
+                      "file's, set by the stream options")
     add("--follow-max-lag", type=_POSITIVE_INT, default=None, metavar="N",
         help="ticks a live tail may fall behind before it is cancelled (default: --buffer-size)")
     add("--auth-token-file", type=Path, metavar="F",
@@ -267,12 +366,26 @@ def _serve_parser(sub: Any) -> None:
     add("--sql-max-concurrent", type=_POSITIVE_INT, default=None, metavar="N",
         help="Flight SQL queries running at once; more wait up to 1 s, then UNAVAILABLE "
         f"(default {_server_default('sql_max_concurrent')})")
-    add("--shutdown-timeout", type=_POSITIVE, default=SHUTDOWN_TIMEOUT_S, metavar="S",
-        help="after SIGINT/SIGTERM, force the process out (exit status 1) if shutdown has not "
-        f"finished (default {SHUTDOWN_TIMEOUT_S:g})")
-    add("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"),
-        help="log level (default INFO)")
+    add_bus_options(add, serving=True)
+    _shutdown_arguments(add)
     p.set_defaults(func=_serve)
+
+
+def _ingest_parser(sub: Any) -> None:
+    p = sub.add_parser("ingest", help="run an ingestion node of a NATS JetStream bus",
+                       description="Stream exchanges (the same options as serve: --demo, "
+                       "--exchange, --config) and publish every batch to a NATS JetStream bus "
+                       "(--bus), for flight-md serve --bus nodes to serve; no Flight port. "
+                       "SIGINT/SIGTERM stop it after flushing what the bus has not acked "
+                       "(bounded by --shutdown-timeout).")
+    add = p.add_argument
+    _demo_argument(add)
+    _stream_arguments(add, config_help="several exchanges and the [bus] table (see flight-md "
+                      "serve --help); options override the file's, and --exchange adds a "
+                      "stream beside the file's, set by the stream options")
+    add_bus_options(add, serving=False)
+    _shutdown_arguments(add)
+    p.set_defaults(func=_ingest)
 
 
 _DEFAULT_RE = re.compile(r"\s*\(default:? ([^()]*)\)$")
@@ -305,12 +418,16 @@ def options_markdown() -> str:
     return "\n".join(rows)
 
 
-def build_config(args: argparse.Namespace) -> ServerConfig:
-    """Merge ``serve`` options over the config file (options win)."""
-    base = (load_config(args.config, ingest_process=SERVE_INGEST_PROCESS) if args.config
+def _base(args: argparse.Namespace) -> ServerConfig:
+    """The ``--config`` file's settings, or the defaults of ``flight-md serve``."""
+    return (load_config(args.config, ingest_process=SERVE_INGEST_PROCESS) if args.config
             else ServerConfig(ingest_process=SERVE_INGEST_PROCESS))
+
+
+def _streams(args: argparse.Namespace, base: ServerConfig,
+             buffer_size: int) -> tuple[StreamConfig, ...]:
+    """The file's streams and the one of ``--exchange`` (set by the stream options)."""
     streams = base.streams
-    buffer_size = args.buffer_size if args.buffer_size is not None else base.buffer_size
     stream_options = {name: getattr(args, name) for name in _STREAM_OPTIONS
                       if getattr(args, name) is not None}
     if args.exchange:
@@ -326,6 +443,48 @@ def build_config(args: argparse.Namespace) -> ServerConfig:
         raise FlightMdError(f"{', '.join(g for g in given if g)} set a stream of --exchange; "
                             "add --exchange ID (streams of --config take their settings from "
                             "the file)")
+    return streams
+
+
+def _bus_fields(args: argparse.Namespace, base: ServerConfig, *,
+                required: bool) -> dict[str, Any]:
+    """The bus settings: the options over the file's ``[bus]`` (options win). ``required``
+    (``ingest``): a bus even with neither, on the default (loopback) URL."""
+    connection = {key: getattr(args, option, None) for key, option in _BUS_OPTIONS.items()}
+    given = [f"--{_BUS_OPTIONS[k].replace('_', '-')}" for k, v in connection.items()
+             if v is not None and k != "url"]
+    subjects = getattr(args, "bus_subjects", None)
+    if base.bus is None and args.bus is None and not required:
+        given += [f"--{name.replace('_', '-')}" for name in ("bus_subjects", "advertise",
+                                                             "node_name")
+                  if getattr(args, name, None) is not None]
+        if given:
+            raise ConfigError(f"{', '.join(given)} set a node of the bus; add --bus URL "
+                              "(or a [bus] table with its url in --config)")
+        return {}
+    fields: dict[str, Any] = {"bus": bus_options(connection, base.bus)}
+    if subjects is not None:
+        fields["bus_subjects"] = tuple(f for group in subjects for f in group)
+    else:
+        fields["bus_subjects"] = base.bus_subjects
+    for name in ("node_name", "advertise", "bus_backlog_bytes", "bus_backlog_messages"):
+        value = getattr(args, name, None)
+        fields[name] = value if value is not None else getattr(base, name)
+    return fields
+
+
+_BUS_OPTIONS: Final = {"url": "bus", "stream": "bus_stream", "user": "bus_user",
+                       "password_file": "bus_password_file", "token_file": "bus_token_file",
+                       "creds": "bus_creds", "tls_ca": "bus_tls_ca", "tls_cert": "bus_tls_cert",
+                       "tls_key": "bus_tls_key"}
+"""``[bus]`` connection keys (:data:`flight_md.config.BUS_CONNECTION_KEYS`) and their options."""
+
+
+def build_config(args: argparse.Namespace) -> ServerConfig:
+    """Merge ``serve`` options over the config file (options win)."""
+    base = _base(args)
+    buffer_size = args.buffer_size if args.buffer_size is not None else base.buffer_size
+    streams = _streams(args, base, buffer_size)
     tokens = base.auth_tokens + (read_tokens(args.auth_token_file) if args.auth_token_file else ())
     read_only = base.read_only_tokens + (
         read_tokens(args.read_only_token_file) if args.read_only_token_file else ())
@@ -340,7 +499,27 @@ def build_config(args: argparse.Namespace) -> ServerConfig:
         **_ingest_options(args, base),
         metrics_port=args.metrics_port if args.metrics_port is not None else base.metrics_port,
         **{name: getattr(args, name) if getattr(args, name) is not None else getattr(base, name)
-           for name in _PERSIST_OPTIONS})
+           for name in _PERSIST_OPTIONS},
+        **_bus_fields(args, base, required=False))
+
+
+def build_ingest_config(args: argparse.Namespace) -> ServerConfig:
+    """``ingest`` options over the config file: the streams (or demo venues), the book depth,
+    and the bus (on the default URL unless told); nothing on disk, no Flight port. The node
+    name is resolved here (:meth:`~flight_md.config.ServerConfig.ingest_node_name`)."""
+    base = _base(args)
+    buffer_size = args.buffer_size if args.buffer_size is not None else base.buffer_size
+    config = ServerConfig(
+        buffer_size=buffer_size, streams=_streams(args, base, buffer_size),
+        demo=args.demo or (), memory_only=True,
+        book_depth=args.book_depth if args.book_depth is not None else base.book_depth,
+        **_bus_fields(args, base, required=True))
+    if not config.demo and not config.streams:
+        raise ConfigError("nothing to ingest: give --exchange ID, --demo or a --config file "
+                          "with [[exchanges]]")
+    if config.node_name is None:
+        config = replace(config, node_name=config.ingest_node_name())
+    return config
 
 
 def _ingest_options(args: argparse.Namespace, base: ServerConfig) -> dict[str, Any]:
@@ -375,8 +554,10 @@ def _serve(args: argparse.Namespace) -> int:
     logging.basicConfig(level=args.log_level,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     config = build_config(args)
+    if config.bus is not None:
+        require_bus()
     check_listen_address(config.host, config.port)  # before anything is logged or started
-    if not config.demo and not config.streams:
+    if not config.demo and not config.streams and config.bus is None:
         logger.warning("no exchange configured: serving an empty store (try --demo, or "
                        "--exchange binance --symbols BTC/USDT)")
     if config.host not in ("127.0.0.1", "localhost", "::1") and not config.auth_tokens:
@@ -414,6 +595,24 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def require_bus() -> None:
+    """Fail with one line when the ``bus`` extra is not installed (nats-py)."""
+    import importlib.util
+
+    if importlib.util.find_spec("nats") is None:
+        raise ConfigError("the bus needs nats-py: install flight-md[bus]")
+
+
+def _ingest(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=args.log_level,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    config = build_ingest_config(args)
+    require_bus()
+    from flight_md.bus.ingest import run_ingest_node
+
+    return int(run_ingest_node(config, shutdown_timeout=args.shutdown_timeout) or 0)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="flight-md",
                                      description="Live crypto market data over Arrow Flight.")
@@ -421,6 +620,7 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     _serve_parser(sub)
+    _ingest_parser(sub)
     from flight_md.emulator import command as emulator_command
 
     emulator = sub.add_parser("emulator", help="run the local exchange emulator",

@@ -22,6 +22,22 @@ A config file describes the server and any number of exchanges::
     url = "http://127.0.0.1:9000"    # optional: point ccxt at an emulator
     api_key_env = "BINANCE_API_KEY"  # keys come from the environment, never the file
 
+With a bus (issue 16: several machines, see :mod:`flight_md.bus`), a ``[bus]`` table says
+how this node reaches it; ``flight-md serve`` and ``flight-md ingest`` read the same keys::
+
+    [bus]
+    url = "nats://127.0.0.1:4222"    # loopback unless told otherwise
+    subjects = ["md.>"]              # serve: the rings this node holds (its shard)
+    node_name = "s1"                 # default <host>-<8 hex of the data dir>
+    advertise = "grpc://10.0.0.5:8815"   # serve: where other nodes send clients for them
+    stream = "MD"
+    user = "md"                      # with password_file (or $FLIGHT_MD_BUS_PASSWORD)
+    password_file = "bus.password"   # or token_file (or $FLIGHT_MD_BUS_TOKEN), or creds
+    creds = "node.creds"             # a NATS .creds file
+    tls_ca = "ca.pem"                # tls_cert and tls_key for mutual TLS
+    backlog_bytes = 67108864         # ingest: what it keeps while the bus is away
+    backlog_messages = 100000
+
 Every :class:`StreamConfig` field is a key of an ``[[exchanges]]`` entry, and every field's
 default is defined there once (``flight-md serve`` reads its option defaults from it).
 
@@ -49,8 +65,9 @@ from flight_md.core.decode import DecoderKind
 from flight_md.errors import ConfigError, InvalidArgument
 from flight_md.tickets import EXCHANGE_RE, SYMBOL_RE
 
-__all__ = ["DEMO_SYMBOLS", "DEMO_VENUE", "SERVE_INGEST_PROCESS", "STREAM_DEFAULTS", "IngestionMode",
-           "Secret", "ServerConfig", "StreamConfig", "load_config"]
+__all__ = ["BUS_PASSWORD_ENV", "BUS_TOKEN_ENV", "DEMO_SYMBOLS", "DEMO_VENUE", "SERVE_INGEST_PROCESS",
+           "STREAM_DEFAULTS", "IngestionMode", "Secret", "ServerConfig", "StreamConfig",
+           "bus_options", "load_config"]
 
 DEMO_SYMBOLS: Final = ("BTC/USDT", "ETH/USDT", "SOL/USDT", "BNB/USDT", "XRP/USDT")
 """What plain ``--demo`` serves: the emulated Binance market's symbols."""
@@ -422,7 +439,7 @@ class ServerConfig:
             return self.node_name
         import hashlib
 
-        short = re.sub(r"[^A-Za-z0-9_-]", "-", socket.gethostname().split(".")[0])[:26] or "node"
+        short = _short_host()
         persist = self.persist_config()
         if persist is not None:
             key = str(Path(persist.data_dir).expanduser().resolve())
@@ -430,6 +447,19 @@ class ServerConfig:
         bound = port if port is not None else self.port
         key = f"{self.host}:{bound}" if bound else f"{self.host}:0:{os.getpid()}"
         return f"{short}-mem-{hashlib.sha256(key.encode()).hexdigest()[:8]}"
+
+    def ingest_node_name(self) -> str:
+        """An ingestion node's name when :attr:`node_name` is not given:
+        ``<short host>-ingest-<8 hex>`` of what it streams (its exchanges, channels, symbols
+        and demo venues), so that two ingestion nodes on one host streaming different venues
+        differ, and a restarted one keeps its name."""
+        if self.node_name is not None:
+            return self.node_name
+        import hashlib
+
+        what = repr((sorted((s.exchange, s.channel, s.symbols) for s in self.streams),
+                     sorted(self.demo)))
+        return f"{_short_host()}-ingest-{hashlib.sha256(what.encode()).hexdigest()[:8]}"
 
     def persist_config(self) -> Any:
         """The :class:`~flight_md.persist.store.PersistConfig` of this server, ``None`` with
@@ -525,6 +555,11 @@ def parse_bytes(value: object, name: str) -> int | None:
     return int(float(match.group(1)) * _BYTE_UNITS[match.group(2).lower()])
 
 
+def _short_host() -> str:
+    """This host's short name as node names use it (subject-safe, at most 26 characters)."""
+    return re.sub(r"[^A-Za-z0-9_-]", "-", socket.gethostname().split(".")[0])[:26] or "node"
+
+
 def must_be(name: str, allowed: str, value: object) -> str:
     """The one phrasing of a setting with a wrong value: ``NAME must be ALLOWED, got VALUE``."""
     return f"{name} must be {allowed}, got {value!r}"
@@ -565,6 +600,120 @@ def secret_from_env(variable: str | None) -> Secret | None:
     return Secret(value)
 
 
+BUS_PASSWORD_ENV: Final = "FLIGHT_MD_BUS_PASSWORD"
+"""The bus password when no password file is given (with a bus user)."""
+BUS_TOKEN_ENV: Final = "FLIGHT_MD_BUS_TOKEN"
+"""The bus token when no token file is given (and no user or creds file)."""
+BUS_KEYS: Final = ("url", "subjects", "node_name", "advertise", "stream", "user",
+                   "password_file", "token_file", "creds", "tls_ca", "tls_cert", "tls_key",
+                   "backlog_bytes", "backlog_messages")
+"""The keys of a ``[bus]`` table (``--bus``, ``--bus-subjects``, ... on the command line)."""
+BUS_CONNECTION_KEYS: Final = ("url", "stream", "user", "password_file", "token_file", "creds",
+                              "tls_ca", "tls_cert", "tls_key")
+"""The keys that say how to reach the bus (the others say what this node does on it)."""
+
+
+def read_secret(path: Path, what: str) -> str:
+    """The secret in a file: its first line that is not blank (never shown in an error)."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        raise ConfigError(f"cannot read {what} file {str(path)!r}: {exc.strerror}") from None
+    for line in lines:
+        if line.strip():
+            return line.strip()
+    raise ConfigError(f"{what} file {str(path)!r} is empty")
+
+
+def bus_options(settings: dict[str, Any], base: BusOptions | None = None) -> BusOptions:
+    """The bus connection of ``settings`` (keys of :data:`BUS_CONNECTION_KEYS`, paths as
+    ``Path``) over ``base`` (a ``[bus]`` table's, or none): a key given replaces the base's;
+    a login given (user, token file or creds) replaces the base's whole login.
+
+    Secrets come from files or the environment only (:data:`BUS_PASSWORD_ENV`,
+    :data:`BUS_TOKEN_ENV`): a password in the URL is refused, as anything on a command line
+    or in a shared config file is seen by whoever lists processes or reads the file.
+
+    Raises:
+        ConfigError: a setting is invalid or a secret file unreadable; no secret is quoted.
+    """
+    from dataclasses import replace
+    from urllib.parse import urlsplit
+
+    from flight_md.bus.options import DEFAULT_URL
+
+    url = settings.get("url") or (base.url if base is not None else DEFAULT_URL)
+    if not isinstance(url, str):
+        raise ConfigError(must_be("bus url", "a URL such as 'nats://127.0.0.1:4222'", url))
+    try:
+        password_in_url = urlsplit(url).password is not None
+    except ValueError:
+        password_in_url = False  # BusOptions says what is wrong with it
+    if password_in_url:
+        raise ConfigError("the bus url must not hold a password: give --bus-user with "
+                          f"--bus-password-file (or ${BUS_PASSWORD_ENV})")
+    changes: dict[str, Any] = {"url": url}
+    if settings.get("stream") is not None:
+        changes["stream"] = settings["stream"]
+    for key in ("tls_ca", "tls_cert", "tls_key"):
+        if settings.get(key) is not None:
+            changes[key] = Path(settings[key])
+    user, token_file, creds = (settings.get(k) for k in ("user", "token_file", "creds"))
+    password_file = settings.get("password_file")
+    if password_file is not None and user is None and (base is None or base.user is None):
+        raise ConfigError("--bus-password-file needs --bus-user")
+    if user is not None or token_file is not None or creds is not None:
+        changes.update(user=None, password=None, token=None, creds_file=None)
+        if user is not None:
+            if not isinstance(user, str) or not user:
+                raise ConfigError(must_be("bus user", "a user name", user))
+            changes["user"] = user
+        if token_file is not None:
+            changes["token"] = read_secret(Path(token_file), "bus token")
+        if creds is not None:
+            changes["creds_file"] = Path(creds)
+            if not changes["creds_file"].is_file():
+                raise ConfigError(f"bus creds file {str(creds)!r} does not exist")
+    if password_file is not None:
+        changes["password"] = read_secret(Path(password_file), "bus password")
+    merged = replace(base, **changes) if base is not None else BusOptions(**changes)
+    if merged.user is not None and merged.password is None and os.environ.get(BUS_PASSWORD_ENV):
+        merged = replace(merged, password=os.environ[BUS_PASSWORD_ENV])
+    if merged.user is None and merged.token is None and merged.creds_file is None \
+            and os.environ.get(BUS_TOKEN_ENV):
+        merged = replace(merged, token=os.environ[BUS_TOKEN_ENV])
+    return merged
+
+
+def _bus_table(table: Any, base: Path) -> dict[str, Any]:
+    """A config file's ``[bus]`` table as :class:`ServerConfig` fields."""
+    if not isinstance(table, dict):
+        raise ConfigError(must_be("bus", "a table ([bus])", table))
+    bad = sorted(set(table) - set(BUS_KEYS))
+    if bad:
+        raise ConfigError(f"unknown key {bad[0]!r} in [bus]; allowed: {', '.join(BUS_KEYS)}")
+    connection: dict[str, Any] = {}
+    for key in BUS_CONNECTION_KEYS:
+        if key not in table:
+            continue
+        value = table[key]
+        if not isinstance(value, str) or not value:
+            raise ConfigError(must_be(f"[bus] {key}", "a non-empty string", value))
+        is_file = key in ("password_file", "token_file", "creds", "tls_ca", "tls_cert", "tls_key")
+        connection[key] = base / Path(value).expanduser() if is_file else value
+    fields_: dict[str, Any] = {"bus": bus_options(connection)}
+    if "subjects" in table:
+        subjects = table["subjects"]
+        fields_["bus_subjects"] = tuple(subjects) if isinstance(subjects, list) else subjects
+    for key in ("node_name", "advertise"):
+        if key in table:
+            fields_[key] = table[key]
+    for key in ("backlog_bytes", "backlog_messages"):
+        if key in table:
+            fields_[f"bus_{key}"] = table[key]
+    return fields_
+
+
 STREAM_DEFAULTS: Final[dict[str, Any]] = {f.name: f.default for f in fields(StreamConfig)
                                            if f.name != "exchange"}
 """Each stream setting's one default (the CLI and the TOML loader read them from here)."""
@@ -589,10 +738,10 @@ def load_config(path: Path, *, ingest_process: bool = False) -> ServerConfig:
         raise ConfigError(f"cannot read config {str(path)!r}: {exc.strerror}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config {str(path)!r} is not valid TOML: {exc}") from None
-    unknown = sorted(set(data) - {"server", "exchanges"})
+    unknown = sorted(set(data) - {"server", "exchanges", "bus"})
     if unknown:
         raise ConfigError(f"unknown section {unknown[0]!r} in {str(path)!r}; allowed: server, "
-                          "exchanges")
+                          "exchanges, bus")
     if not isinstance(data.get("server", {}), dict):
         raise ConfigError(must_be("server", "a table ([server])", data["server"]))
     entries = data.get("exchanges", [])
@@ -664,7 +813,8 @@ def load_config(path: Path, *, ingest_process: bool = False) -> ServerConfig:
         except TypeError as exc:
             raise ConfigError(f"invalid settings for exchange {exchange!r}: {exc}") from None
     server.setdefault("ingest_process", ingest_process)
-    return ServerConfig(streams=tuple(streams), auth_tokens=tokens, read_only_tokens=read_only,
+    bus = _bus_table(data["bus"], base) if "bus" in data else {}
+    return ServerConfig(**bus, streams=tuple(streams), auth_tokens=tokens, read_only_tokens=read_only,
                         tls_cert=paths.get("tls_cert"), tls_key=paths.get("tls_key"),
                         tls_client_ca=paths.get("tls_client_ca"),
                         data_dir=paths.get("data_dir"), **server)
