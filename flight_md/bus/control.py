@@ -87,8 +87,10 @@ CLUSTER_SUBJECT: Final = f"{CONTROL_PREFIX}.cluster"
 VERBS: Final = ("subscribe", "unsubscribe", "markets", "status")
 CLUSTER_TIMEOUT_S: Final = 0.5
 """How long a cluster status gathers replies (unless every node it expects answered first)."""
-DEFAULT_TIMEOUT_S: Final = 10.0
-"""How long a control call waits for the ingestion node (a subscribe waits for the exchange)."""
+DEFAULT_TIMEOUT_S: Final = 12.0
+"""How long a control call waits for the ingestion node: a little longer than the node waits
+for its own ingestion loop (10 s, :data:`flight_md.ingest.manager.DEFAULT_CONTROL_TIMEOUT`; a
+subscribe waits for the exchange), so that its answer, even a timeout, arrives."""
 STATUS_CACHE_S: Final = 1.0
 """A serving node's merged ingestion status is reused this long: the service asks for it on
 paths that must not wait a cluster round each time (which exchanges are known)."""
@@ -307,6 +309,12 @@ class ControlResponder:
             payload = _dumps(reply)
         except (TypeError, ValueError) as error:
             payload = _dumps(error_reply(error, what))
+        limit = self.client.max_payload
+        if limit and len(payload) > limit:
+            # Unsent, the asker would only time out: say why (a markets list without a pattern).
+            payload = _dumps(error_reply(errors.RequestTooLarge(
+                f"the answer to {what} is {len(payload)} bytes, more than the bus takes "
+                f"({limit}); narrow it (a symbol pattern)"), what))
         with contextlib.suppress(*BUS_ERRORS):
             await msg.respond(payload)
 
