@@ -18,7 +18,6 @@ import signal
 import sys
 import threading
 from collections.abc import Callable, Sequence
-from dataclasses import replace
 from pathlib import Path
 from typing import Any, Final, NoReturn, cast
 
@@ -505,8 +504,9 @@ def build_config(args: argparse.Namespace) -> ServerConfig:
 
 def build_ingest_config(args: argparse.Namespace) -> ServerConfig:
     """``ingest`` options over the config file: the streams (or demo venues), the book depth,
-    and the bus (on the default URL unless told); nothing on disk, no Flight port. The node
-    name is resolved here (:meth:`~flight_md.config.ServerConfig.ingest_node_name`)."""
+    and the bus (on the default URL unless told); nothing on disk, no Flight port. Without
+    ``--node-name`` the node derives its name
+    (:func:`flight_md.bus.ingest.default_node_name`)."""
     base = _base(args)
     buffer_size = args.buffer_size if args.buffer_size is not None else base.buffer_size
     config = ServerConfig(
@@ -517,8 +517,6 @@ def build_ingest_config(args: argparse.Namespace) -> ServerConfig:
     if not config.demo and not config.streams:
         raise ConfigError("nothing to ingest: give --exchange ID, --demo or a --config file "
                           "with [[exchanges]]")
-    if config.node_name is None:
-        config = replace(config, node_name=config.ingest_node_name())
     return config
 
 

@@ -410,7 +410,7 @@ class ServerConfig:
             raise ConfigError(must_be("advertise", "a Flight location such as "
                                       "'grpc://10.0.0.5:8815' (or grpc+tls://)", self.advertise))
         try:
-            self.backlog_limits  # noqa: B018 - building it checks both
+            self.backlog_limits()  # building it checks both
         except ConfigError:
             raise ConfigError(must_be("bus_backlog_bytes and bus_backlog_messages",
                                       "positive integers",
@@ -424,7 +424,6 @@ class ServerConfig:
                 raise ConfigError(f"{', '.join(given)} set a node of the bus; add --bus URL "
                                   "(or a [bus] table with its url)")
 
-    @property
     def backlog_limits(self) -> BacklogLimits:
         """What an ingestion node's publisher keeps while the bus is away."""
         return BacklogLimits(self.bus_backlog_bytes, self.bus_backlog_messages)
@@ -447,19 +446,6 @@ class ServerConfig:
         bound = port if port is not None else self.port
         key = f"{self.host}:{bound}" if bound else f"{self.host}:0:{os.getpid()}"
         return f"{short}-mem-{hashlib.sha256(key.encode()).hexdigest()[:8]}"
-
-    def ingest_node_name(self) -> str:
-        """An ingestion node's name when :attr:`node_name` is not given:
-        ``<short host>-ingest-<8 hex>`` of what it streams (its exchanges, channels, symbols
-        and demo venues), so that two ingestion nodes on one host streaming different venues
-        differ, and a restarted one keeps its name."""
-        if self.node_name is not None:
-            return self.node_name
-        import hashlib
-
-        what = repr((sorted((s.exchange, s.channel, s.symbols) for s in self.streams),
-                     sorted(self.demo)))
-        return f"{_short_host()}-ingest-{hashlib.sha256(what.encode()).hexdigest()[:8]}"
 
     def persist_config(self) -> Any:
         """The :class:`~flight_md.persist.store.PersistConfig` of this server, ``None`` with
