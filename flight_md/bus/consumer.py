@@ -12,11 +12,28 @@ re-publish outside the server's duplicate window) is acked and not stored. A mes
 not one :func:`~flight_md.bus.message.encode` makes is terminated (never redelivered) and
 counted.
 
-Lag (:meth:`Consumer.lag`): the consumer's pending count, and per subject the messages in
-the stream after the last one this node stored (a short-lived consumer's ``num_pending``
-per subject: two API calls a subject, for ``status``, not for a per-tick path).
+Deferred acks (``settle``): a node that persists must not let the server forget a message
+before the journal holds its rows (:class:`flight_md.persist.store.BusLedger`). Given
+``settle``, the consumer calls it with each message (stored or duplicate) instead of acking,
+inside ``guard`` (the lock the journal's feed takes) together with the store callback and
+the ledger entry; the caller acks later, once the commit holding them is written.
 
-Threads: none of its own; the callback runs on the consumer's loop and may be a coroutine.
+Start: the durable consumer is created if missing (``redeliver_now``: or again from its ack
+floor, when an incarnation that died left messages unacked); if it exists with other subject filters
+(a changed ``--bus-subjects``), or ``fresh`` is asked (a memory-only node: nothing of an
+earlier run survives, so it re-reads the stream's retention window), it is deleted and
+created again, delivering everything the stream holds: the ledger makes the re-read of
+what this node already stored duplicates.
+
+Lag (:meth:`Consumer.lag`): the consumer's pending count, and per subject the messages in
+the stream after the last one this node stored: zero for every subject when nothing is
+pending (one API call, and one per filter for the subject list); otherwise a short-lived
+consumer's ``num_pending`` per subject, two API calls a subject, at most ``max_probes``
+subjects a call (round robin; the others keep their last value): for ``status``, not a
+per-tick path.
+
+Threads: none of its own; the callback runs on the consumer's loop and may be a coroutine
+(not with ``guard``: a lock is not held across an await).
 """
 
 from __future__ import annotations
@@ -28,17 +45,19 @@ import logging
 import re
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final
 
+import nats.js.errors
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import api
 from nats.js.client import JetStreamContext
 
 from flight_md.bus.connection import BUS_ERRORS, BusUnavailable, bus_error, connect
-from flight_md.bus.ledger import Gap, Ledger, Verdict
-from flight_md.bus.message import BusMessage, decode
+from flight_md.bus.ledger import Gap, Ledger, Sequenced, Verdict
+from flight_md.bus.message import decode
 from flight_md.bus.options import BusOptions
 from flight_md.bus.subjects import ALL_SUBJECTS, InvalidSubject, validate_filter
 
@@ -51,10 +70,15 @@ FETCH_WAIT_S: Final = 0.5
 """A pull waits this long for messages before asking again (and seeing a close)."""
 ACK_WAIT_S: Final = 30.0
 """The server redelivers a message not acked within this."""
+MAX_GAPS_KEPT: Final = 100
+"""Gaps :meth:`Consumer.stats` lists (the newest; all are counted)."""
+MAX_PROBES: Final = 64
+"""Subjects whose lag one :meth:`Consumer.lag` call measures while the consumer is behind."""
 _NODE: Final = re.compile(r"[A-Za-z0-9_-]{1,48}")
 
-StoreCallback = Callable[[BusMessage], Awaitable[None] | None]
+StoreCallback = Callable[[Any], Awaitable[None] | None]
 GapCallback = Callable[[Gap], None]
+Decoder = Callable[[str, "dict[str, str] | None", bytes], Sequenced]
 
 
 def validate_node_name(name: str) -> str:
@@ -87,12 +111,14 @@ class ConsumerLag:
 @dataclass(frozen=True, slots=True)
 class ConsumerStats:
     """What a consumer did: messages ``stored``, ``duplicates`` skipped, ``invalid`` ones
-    terminated, and the ``gaps`` it found (oldest first)."""
+    terminated, and the ``gaps`` it found (the last :data:`MAX_GAPS_KEPT`, oldest first;
+    ``gap_count`` of them in all)."""
 
     stored: int
     duplicates: int
     invalid: int
     gaps: tuple[Gap, ...]
+    gap_count: int = 0
 
 
 class Consumer:
@@ -102,29 +128,65 @@ class Consumer:
         options: The bus.
         node: This serving node's name (names its durable consumer).
         store: Called with each new message; it stores the rows (and, to be exactly-once
-            across restarts, the ledger entry with them: :mod:`flight_md.bus.ledger`).
+            across restarts, the ledger entry with them: :mod:`flight_md.bus.ledger`). A
+            message it refuses with :class:`~flight_md.bus.subjects.InvalidSubject` is
+            counted invalid and terminated; any other error stops the consumer.
         ledger: What this node stored before (restored from its own persistence).
         subjects: Subject filters (:func:`~flight_md.bus.subjects.validate_filter`); every
             subject by default.
-        on_gap: Called with each gap found (after the message that revealed it is stored).
+        on_gap: Called with each gap found (after the message that revealed it is stored,
+            inside ``guard``).
         ack_wait_s: The server redelivers a message not acked within this (a node that died
             holding it); set when the durable consumer is created.
+        client: A connection to use (kept open by :meth:`close`); by default the consumer
+            connects on its own.
+        durable: The durable consumer's name (default :func:`durable_name` of ``node``).
+        decoder: Reads a delivered message (default :func:`~flight_md.bus.message.decode`;
+            events: :func:`~flight_md.bus.message.decode_event`).
+        validate: Checks each subject filter (default
+            :func:`~flight_md.bus.subjects.validate_filter`).
+        guard: Held around the store callback, the ledger entry and ``settle`` (see the
+            module docstring, "Deferred acks").
+        settle: Called with each handled message instead of acking it.
+        fresh: Delete the durable consumer at start and read the stream from its start.
+        redeliver_now: If the durable consumer has messages delivered and not acked at
+            start (a node that died holding them), create it again from its ack floor so
+            that they come again now rather than after ``ack_wait_s``: for a caller whose
+            ledger skips what it stored (a persisting node).
+        max_ack_pending: Messages delivered and not acked the server allows at once.
     """
 
     def __init__(self, options: BusOptions, node: str, store: StoreCallback, *,
                  ledger: Ledger | None = None, subjects: Sequence[str] = (ALL_SUBJECTS,),
-                 on_gap: GapCallback | None = None, ack_wait_s: float = ACK_WAIT_S) -> None:
+                 on_gap: GapCallback | None = None, ack_wait_s: float = ACK_WAIT_S,
+                 client: Client | None = None, durable: str | None = None,
+                 decoder: Decoder = decode, validate: Callable[[str], str] = validate_filter,
+                 guard: AbstractContextManager[Any] | None = None,
+                 settle: Callable[[Msg], None] | None = None, fresh: bool = False,
+                 redeliver_now: bool = False, max_ack_pending: int = 4 * FETCH_BATCH) -> None:
         self.options = options
         self.node = validate_node_name(node)
-        self.durable = durable_name(node)
+        self.durable = durable if durable is not None else durable_name(node)
         if not subjects:
             raise InvalidSubject("a consumer needs at least one subject filter")
-        self.subjects = tuple(validate_filter(s) for s in subjects)
+        self.subjects = tuple(validate(s) for s in subjects)
         self.ledger = ledger if ledger is not None else Ledger()
         self._store = store
         self.ack_wait_s = ack_wait_s
         self._on_gap = on_gap
-        self._client: Client | None = None
+        self._own_client = client is None
+        self._decode = decoder
+        self._guard: AbstractContextManager[Any] = guard if guard is not None else nullcontext()
+        self._settle = settle
+        self.fresh = fresh
+        self.redeliver_now = redeliver_now
+        self.max_ack_pending = max_ack_pending
+        self.recreated = False
+        """Whether :meth:`start` deleted an existing durable consumer (``fresh`` or changed
+        filters) and created it again."""
+        self._probe_at = 0
+        self._subject_lag: dict[str, int] = {}
+        self._client: Client | None = client
         self._js: JetStreamContext | None = None
         self._sub: JetStreamContext.PullSubscription | None = None
         self._task: asyncio.Task[None] | None = None
@@ -144,22 +206,24 @@ class Consumer:
         Raises:
             BusUnavailable: the bus is away, or has no such stream.
         """
-        self._client = await connect(self.options, name=f"flight-md-{self.node}")
+        if self._client is None:
+            self._client = await connect(self.options, name=f"flight-md-{self.node}")
         self._js = self._client.jetstream()
         config = api.ConsumerConfig(
             durable_name=self.durable,
             ack_policy=api.AckPolicy.EXPLICIT,
             deliver_policy=api.DeliverPolicy.ALL,
             ack_wait=self.ack_wait_s,
-            max_ack_pending=4 * FETCH_BATCH,
+            max_ack_pending=self.max_ack_pending,
         )
         if len(self.subjects) == 1:
             config.filter_subject = self.subjects[0]
         else:
             config.filter_subjects = list(self.subjects)
         try:
-            self._sub = await self._js.pull_subscribe(self.subjects[0], durable=self.durable,
-                                                      stream=self.options.stream, config=config)
+            await self._prepare(self._js, config)
+            self._sub = await self._js.pull_subscribe_bind(durable=self.durable,
+                                                           stream=self.options.stream)
         except BUS_ERRORS as exc:
             await self.close()
             raise bus_error(self.options, f"cannot read the bus stream {self.options.stream!r}",
@@ -167,6 +231,40 @@ class Consumer:
         self._task = asyncio.get_running_loop().create_task(self._run(),
                                                             name=f"bus-consume-{self.node}")
         self._task.add_done_callback(self._done)
+
+    async def _prepare(self, js: JetStreamContext, config: api.ConsumerConfig) -> None:
+        """Create the durable consumer, first deleting one with other filters (or any, if
+        ``fresh``)."""
+        stream = self.options.stream
+        try:
+            info = await js.consumer_info(stream, self.durable)
+        except nats.js.errors.NotFoundError:
+            info = None
+        if info is not None:
+            existing = info.config.filter_subjects or (
+                [info.config.filter_subject] if info.config.filter_subject else [])
+            same = sorted(existing) == sorted(self.subjects)
+            floor = info.ack_floor.stream_seq if info.ack_floor is not None else 0
+            if not self.fresh and same and self.redeliver_now and info.num_ack_pending:
+                # An earlier incarnation died holding these: the server would redeliver them
+                # after ack_wait only. From the ack floor on, now (the ledger skips those
+                # stored).
+                await js.delete_consumer(stream, self.durable)
+                self.recreated = True
+                if floor:
+                    config.deliver_policy = api.DeliverPolicy.BY_START_SEQUENCE
+                    config.opt_start_seq = floor + 1
+                await js.add_consumer(stream, config)
+                return
+            if not self.fresh and same:
+                return
+            if not self.fresh:
+                logger.info("bus consumer %s: subject filters changed from %s to %s; reading "
+                            "the stream again (the ledger skips what is stored)", self.node,
+                            existing, list(self.subjects))
+            await js.delete_consumer(stream, self.durable)
+            self.recreated = True
+        await js.add_consumer(stream, config)
 
     @property
     def failed(self) -> BaseException | None:
@@ -182,7 +280,7 @@ class Consumer:
     def stats(self) -> ConsumerStats:
         """Counts so far."""
         return ConsumerStats(self._counts["stored"], self._counts["duplicates"],
-                             self._counts["invalid"], tuple(self._gaps))
+                             self._counts["invalid"], tuple(self._gaps), self._counts["gaps"])
 
     async def _run(self) -> None:
         sub = self._sub
@@ -216,29 +314,42 @@ class Consumer:
 
     async def _handle(self, msg: Msg) -> None:
         try:
-            message = decode(msg.subject, msg.headers, msg.data)
+            message = self._decode(msg.subject, msg.headers, msg.data)
         except InvalidSubject as exc:  # InvalidMessage included
             self._counts["invalid"] += 1
             logger.warning("bus consumer %s: dropped a message: %s", self.node, exc)
             await msg.term()
             return
         verdict, gap = self.ledger.check(message)
-        if verdict is Verdict.STORE:
-            done = self._store(message)
-            if inspect.isawaitable(done):
-                await done
-            self.ledger.stored(message)
-            self._counts["stored"] += 1
-            if gap is not None:
-                self._gaps.append(gap)
-                logger.warning("bus consumer %s: producer %s lost messages on %s after #%d up to "
-                               "#%d", self.node, gap.producer, gap.subject, gap.after, gap.through)
-                if self._on_gap is not None:
-                    self._on_gap(gap)
-        else:
-            self._counts["duplicates"] += 1
+        with self._guard:
+            if verdict is Verdict.STORE:
+                try:
+                    done = self._store(message)
+                    if inspect.isawaitable(done):
+                        await done
+                except InvalidSubject as exc:  # the store refused it as it is (never stored)
+                    self._counts["invalid"] += 1
+                    logger.warning("bus consumer %s: dropped a message: %s", self.node, exc)
+                    await msg.term()
+                    return
+                self.ledger.stored(message)
+                self._counts["stored"] += 1
+                if gap is not None:
+                    self._gaps.append(gap)
+                    del self._gaps[:-MAX_GAPS_KEPT]
+                    self._counts["gaps"] += 1
+                    logger.warning("bus consumer %s: producer %s lost messages on %s after #%d "
+                                   "up to #%d", self.node, gap.producer, gap.subject, gap.after,
+                                   gap.through)
+                    if self._on_gap is not None:
+                        self._on_gap(gap)
+            else:
+                self._counts["duplicates"] += 1
+            if self._settle is not None:
+                self._settle(msg)
         self._last_stream_seq[message.subject] = msg.metadata.sequence.stream
-        await msg.ack()
+        if self._settle is None:
+            await msg.ack()
 
     async def lag(self) -> ConsumerLag:
         """How far behind it is (see the module docstring).
@@ -253,18 +364,28 @@ class Consumer:
         try:
             info = await js.consumer_info(stream, self.durable)
             floor = info.ack_floor.stream_seq if info.ack_floor is not None else 0
-            subjects: dict[str, int] = {}
+            names: list[str] = []
             for subject_filter in self.subjects:
                 found = await js.stream_info(stream, subjects_filter=subject_filter)
-                for subject in (found.state.subjects or {}):
-                    start = max(floor, self._last_stream_seq.get(subject, 0)) + 1
-                    probe = await js.add_consumer(stream, api.ConsumerConfig(
-                        filter_subject=subject, deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE,
-                        opt_start_seq=start, ack_policy=api.AckPolicy.NONE, mem_storage=True,
-                        inactive_threshold=5.0))
-                    subjects[subject] = probe.num_pending or 0
-                    with contextlib.suppress(*BUS_ERRORS):
-                        await js.delete_consumer(stream, probe.name or "")
+                names += sorted(found.state.subjects or {})
+            if not info.num_pending:  # everything delivered: no subject is behind
+                self._subject_lag = dict.fromkeys(names, 0)
+                return ConsumerLag(0, info.num_ack_pending or 0, dict(self._subject_lag))
+            known = {name: self._subject_lag.get(name, 0) for name in names}
+            at = self._probe_at % len(names) if names else 0
+            chosen = (names[at:] + names[:at])[:MAX_PROBES]
+            self._probe_at = at + len(chosen)
+            for subject in chosen:
+                start = max(floor, self._last_stream_seq.get(subject, 0)) + 1
+                probe = await js.add_consumer(stream, api.ConsumerConfig(
+                    filter_subject=subject, deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE,
+                    opt_start_seq=start, ack_policy=api.AckPolicy.NONE, mem_storage=True,
+                    inactive_threshold=5.0))
+                known[subject] = probe.num_pending or 0
+                with contextlib.suppress(*BUS_ERRORS):
+                    await js.delete_consumer(stream, probe.name or "")
+            self._subject_lag = known
+            subjects = dict(known)
         except BUS_ERRORS as exc:
             raise bus_error(self.options, "cannot read the consumer's lag", exc) from None
         return ConsumerLag(info.num_pending or 0, info.num_ack_pending or 0, subjects)
@@ -286,6 +407,6 @@ class Consumer:
             with contextlib.suppress(*BUS_ERRORS):
                 await sub.unsubscribe()
         client, self._client = self._client, None
-        if client is not None:
+        if client is not None and self._own_client:
             with contextlib.suppress(*BUS_ERRORS):
                 await client.close()
