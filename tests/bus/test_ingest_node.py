@@ -277,3 +277,25 @@ def test_a_node_needs_something_to_stream(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="node name"):
         IngestNode([StreamConfig("binance", ("BTC/USDT",))], BusOptions(), node="bad name!")
 
+
+
+def test_from_config_takes_the_streams_demo_bus_node_and_backlog() -> None:
+    from dataclasses import fields
+
+    from flight_md.config import ServerConfig
+
+    bus = BusOptions(url="nats://127.0.0.1:4333", stream="MD2")
+    stream = StreamConfig("okx", ("BTC/USDT",), channel="trades")
+    values: dict[str, Any] = {"streams": (stream,), "book_depth": 5}
+    names = {f.name for f in fields(ServerConfig)}
+    if "bus" in names:  # the bus settings of ServerConfig (issue 16)
+        values.update(bus=bus, node_name="ing-cfg", bus_backlog_messages=7)
+    node = IngestNode.from_config(ServerConfig(**values))
+    assert node.configured == (stream,) and node.demo == ()
+    assert node.exchanges == ("okx",) and node.book_depth == 5
+    assert IngestNode.from_config(ServerConfig(demo=("binance",))).exchanges == ("binance",)
+    if "bus" in names:
+        assert (node.options, node.node, node.limits.max_messages) == (bus, "ing-cfg", 7)
+    again = IngestNode.from_config(ServerConfig(streams=(stream,)))
+    assert again.node == IngestNode.from_config(ServerConfig(streams=(stream,))).node
+    assert again.node != IngestNode.from_config(ServerConfig(demo=("binance",))).node
