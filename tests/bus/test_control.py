@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -177,6 +178,30 @@ def test_with_the_registry_the_exchanges_come_from_its_records(
     assert (ing["role"], ing["exchanges"], ing["location"]) == ("ingest", ["binance"], None)
     assert [e.exchange for e in status.exchanges] == ["binance"]
     assert answer["node"] == "ing1" and answer["subscribed"] == ["ETH/USDT"]
+
+
+def test_a_node_started_before_its_bus_answers_once_the_bus_is_up(
+        tmp_path: Path, bus_loop: BusLoop, emulator: EmulatorThread) -> None:
+    server = NatsServer(tmp_path)  # not started yet
+    node = IngestNode([stream_to(emulator, "trades", ("BTC/USDT",))], options_for(server),
+                      node="ing-early").start()
+    try:
+        until(lambda: node.status()["bus"]["buffered"] > 0, 20, "trades kept while away")
+        server.start()
+        client = bus_loop.run(connect(options_for(server), name="serve-a"))
+        try:
+            control = BusControl(bus_loop.loop, client, "serve-a", timeout=5.0 * MS,
+                                 cluster_timeout=0.3 * MS)
+            nodes = until(control.cluster, 20, "the node to answer the cluster")
+            markets = control.markets("binance", "BTC/*")
+        finally:
+            bus_loop.run(client.close())
+        until(lambda: (s := node.status()["bus"])["acked"] == s["published"], 20, "the backlog")
+    finally:
+        node.stop()
+        server.kill()
+    assert [n["node"] for n in nodes] == ["ing-early"]
+    assert [(m.symbol, m.subscribed) for m in markets] == [("BTC/USDT", True)]
 
 
 def test_no_ingestion_node_is_a_clear_error(serving: tuple[Client, BusControl]) -> None:
