@@ -547,11 +547,12 @@ _STREAM_OPTIONS: Final = ("channel", "mode", "urls", "poll_interval", "heartbeat
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from flight_md.app import MarketDataApp, check_listen_address
+    from flight_md.app import MarketDataApp, check_listen_address, check_serving_bus
 
     logging.basicConfig(level=args.log_level,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     config = build_config(args)
+    check_serving_bus(config)
     if config.bus is not None:
         require_bus()
     check_listen_address(config.host, config.port)  # before anything is logged or started
@@ -595,10 +596,10 @@ def _serve(args: argparse.Namespace) -> int:
 
 def require_bus() -> None:
     """Fail with one line when the ``bus`` extra is not installed (nats-py)."""
-    import importlib.util
-
-    if importlib.util.find_spec("nats") is None:
-        raise ConfigError("the bus needs nats-py: install flight-md[bus]")
+    try:
+        import nats  # noqa: F401 - only asked for with a bus
+    except ImportError:
+        raise ConfigError("the bus needs nats-py: install flight-md[bus]") from None
 
 
 def _ingest(args: argparse.Namespace) -> int:
