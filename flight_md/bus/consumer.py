@@ -27,7 +27,8 @@ what this node already stored duplicates.
 
 Lag (:meth:`Consumer.lag`): the consumer's pending count, and per subject the messages in
 the stream after the last one this node stored: zero for every subject when nothing is
-pending (one API call, and one per filter for the subject list); otherwise a short-lived
+pending and every delivered message is handled (one API call, and one per filter for the
+subject list); otherwise a short-lived
 consumer's ``num_pending`` per subject, two API calls a subject, at most ``max_probes``
 subjects a call (round robin; the others keep their last value): for ``status``, not a
 per-tick path.
@@ -193,6 +194,7 @@ class Consumer:
         self._counts: Counter[str] = Counter()
         self._gaps: list[Gap] = []
         self._last_stream_seq: dict[str, int] = {}
+        self._handled_through = 0  # the newest stream sequence handled (stored or not)
         self._stopping = False
         self._failed: BaseException | None = None
 
@@ -318,6 +320,7 @@ class Consumer:
         except InvalidSubject as exc:  # InvalidMessage included
             self._counts["invalid"] += 1
             logger.warning("bus consumer %s: dropped a message: %s", self.node, exc)
+            self._handled_through = max(self._handled_through, msg.metadata.sequence.stream)
             await msg.term()
             return
         verdict, gap = self.ledger.check(message)
@@ -347,7 +350,9 @@ class Consumer:
                 self._counts["duplicates"] += 1
             if self._settle is not None:
                 self._settle(msg)
-        self._last_stream_seq[message.subject] = msg.metadata.sequence.stream
+        stream_seq = msg.metadata.sequence.stream
+        self._last_stream_seq[message.subject] = stream_seq
+        self._handled_through = max(self._handled_through, stream_seq)
         if self._settle is None:
             await msg.ack()
 
@@ -368,7 +373,9 @@ class Consumer:
             for subject_filter in self.subjects:
                 found = await js.stream_info(stream, subjects_filter=subject_filter)
                 names += sorted(found.state.subjects or {})
-            if not info.num_pending:  # everything delivered: no subject is behind
+            delivered = info.delivered.stream_seq if info.delivered is not None else 0
+            if not info.num_pending and (delivered or 0) <= self._handled_through:
+                # Everything delivered, and handled here: no subject is behind.
                 self._subject_lag = dict.fromkeys(names, 0)
                 return ConsumerLag(0, info.num_ack_pending or 0, dict(self._subject_lag))
             known = {name: self._subject_lag.get(name, 0) for name in names}
