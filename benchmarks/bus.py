@@ -561,8 +561,12 @@ def _search(run: Callable[[int], Probe], start: Sequence[int], budget: int,
     from benchmarks.ingest import next_rate
 
     kept_up: dict[int, bool] = {}
-    pending = list(start)
+    pending = sorted(start)
     while len(kept_up) < budget:
+        # A start rate above one that failed cannot be the lossless rate: the search goes
+        # on below instead (a later repetition whose previous lossless rate fails now).
+        failed = [r for r, ok in kept_up.items() if not ok]
+        pending = [r for r in pending if not failed or r < min(failed)]
         rate = pending.pop(0) if pending else next_rate(
             kept_up, max_rate=settings.bus_max_rate, resolution=settings.bus_resolution)
         if rate is None:
@@ -595,11 +599,13 @@ class _Results:
         return median(finite) if values and len(finite) == len(values) else math.nan
 
     def at_lossless(self, design: Design, nodes: int = 1) -> Probe | None:
-        """The last kept-up run of ``design`` at its median lossless rate (or nearest below)."""
+        """The kept-up run of ``design`` at the highest rate at or below its (median) lossless
+        rate, the later repetition's first; with no lossless rate (a repetition found none),
+        its highest kept-up run."""
         rate = (self.median_rate(design) if nodes == 1 else
                 float(_lossless_of(self.aggregate) or math.nan))
         kept = [p for p in self.probes if p.design is design and p.nodes == nodes and p.kept_up
-                and math.isfinite(rate) and p.rate <= rate]
+                and (not math.isfinite(rate) or p.rate <= rate)]
         return max(kept, key=lambda p: (p.rate, p.repetition)) if kept else None
 
 
@@ -784,8 +790,9 @@ def model(results: _Results) -> str:
                 f"({show(ratio(float(two), bus_rate), 'x')} of one node's)" if two is not None
                 else "the two-node run did not keep up at any rate probed")
     return f"""
-**The model for 10 nodes, from this run's figures.** Measured here at the bus path's lossless
-rate ({at.rate:,} msg/s, {at.symbols} symbols, one ingestion node): the ingestion node spent
+**The model for 10 nodes, from this run's figures.** Measured here in the kept-up bus run at
+{at.rate:,} msg/s ({at.symbols} symbols, one ingestion node; the highest kept-up rate at or below
+the bus path's median lossless rate): the ingestion node spent
 {show(ingest_us, 'µs')} of CPU per row (ccxt, the decoder, the hand-off into Arrow batches and
 the publish), the serving node {show(serve_us, 'µs')} per row (fetch, decode, ledger, rings,
 journal, acks), nats-server {show(nats_pct, '%')} of a core, i.e. {show(nats_us_msg, 'µs')} per

@@ -986,7 +986,7 @@ def test_bus_model_needs_a_kept_up_bus_run() -> None:
     text = model(results)
     # 80 % of a core over 16,000 rows/s is 50 µs a row; 16 % over 1,600 messages/s 100 µs each.
     assert "50.0 µs of CPU per row" in text and "100 µs per\nstream message" in text
-    assert "16,000 msg/s, 20 symbols" in text
+    assert "16,000 msg/s (20 symbols" in text
 
 
 def test_bus_settings_measure_the_issues_cases() -> None:
@@ -996,3 +996,18 @@ def test_bus_settings_measure_the_issues_cases() -> None:
     assert {1_000, 5_000} <= set(FULL.bus_fresh_rates)
     assert FULL.bus_repetitions >= 2 and FULL.bus_symbols % 2 == 0  # two nodes: halves
     assert SMOKE.bus_repetitions == 1
+
+
+def test_a_bus_search_goes_below_a_start_rate_that_fails_now() -> None:
+    """A later repetition starts from the previous bracket; when its lower rate fails now, the
+    search probes below it rather than the (pointless) higher one."""
+    from benchmarks.bus import Design, Probe, _search
+
+    def run(rate: int) -> Probe:
+        ok = rate <= 20_000
+        return Probe(Design.BUS, 1, rate, 20, 2, 3.0, float(rate), float(rate) if ok else 0.0,
+                     0.0, rate, rate if ok else 0, {})
+
+    probes: list[Probe] = []
+    kept = _search(run, [40_000, 64_000], 2, FULL, probes)
+    assert [p.rate for p in probes] == [40_000, 20_000] and kept == {40_000: False, 20_000: True}
