@@ -159,6 +159,7 @@ class Registry:
         self._lock = threading.Lock()
         self._live: dict[str, _Live] = {}
         self._tasks: list[asyncio.Task[None]] = []
+        self._stopping = False
         self._counts = {"puts": 0, "put_failures": 0, "watch_restarts": 0, "invalid": 0}
         self._last_error: str | None = None
 
@@ -181,6 +182,7 @@ class Registry:
         except BUS_ERRORS as exc:
             raise _unavailable(f"cannot open the node registry (bucket {self.bucket!r})",
                                exc) from None
+        self._stopping = False
         loop = asyncio.get_running_loop()
         ready = loop.create_future()
         self._tasks = [loop.create_task(self._put_loop(), name=f"registry-put-{self.node}"),
@@ -195,11 +197,16 @@ class Registry:
     async def stop(self) -> None:
         """Stop putting and watching, and delete this node's record (bounded: a bus that is
         away leaves the record to expire)."""
+        self._stopping = True
         tasks, self._tasks = self._tasks, []
-        for task in tasks:
-            task.cancel()
-        if tasks:
-            await asyncio.wait(tasks)
+        # Python 3.11's wait_for (in nats-py's calls and the watch) can swallow a cancel that
+        # arrives as its awaitable completes: the loops also check _stopping, and the cancel
+        # is repeated until they end (each round bounded).
+        while tasks:
+            for task in tasks:
+                task.cancel()
+            _, pending = await asyncio.wait(tasks, timeout=STOP_TIMEOUT_S / 4)
+            tasks = list(pending)
         kv = self._kv
         if kv is not None:
             try:
@@ -242,7 +249,7 @@ class Registry:
         self._counts["puts"] += 1
 
     async def _put_loop(self) -> None:
-        while True:
+        while not self._stopping:
             await asyncio.sleep(self.interval_s)
             self._expire()
             try:
@@ -261,7 +268,7 @@ class Registry:
         """Keep the live records from a watch of the whole bucket. This node's own puts come
         through it every interval: a watch silent for three intervals (a server that
         restarted and lost the watch's consumer) is started again."""
-        while True:
+        while not self._stopping:
             kv = self._kv
             try:
                 assert kv is not None
@@ -273,7 +280,7 @@ class Registry:
                 continue
             replaying = True
             try:
-                while True:
+                while not self._stopping:
                     try:
                         entry = await watcher.updates(timeout=3 * self.interval_s)
                     except nats.errors.TimeoutError:

@@ -123,6 +123,23 @@ async def test_nodes_see_each_other_and_holders_follow_the_filters(
 
 
 @pytest.mark.asyncio
+async def test_an_updated_record_reaches_the_others_at_the_next_put(
+        connect: Callable[[], Awaitable[Client]]) -> None:
+    s1 = await serving(await connect(), "s1", "md.>")
+    ingest = await Registry(await connect(), "ing1", node_record("ingest", exchanges=["okx"]),
+                            interval_s=INTERVAL, ttl_s=TTL).start()
+    try:
+        ingest.update(exchanges=["okx", "kraken"])  # e.g. after a subscribe on a new exchange
+        await async_until(lambda: any(r.get("exchanges") == ["okx", "kraken"]
+                                      for r in s1.nodes()), TIMEOUT, "the new exchanges")
+        with pytest.raises(ValueError, match="not valid"):
+            ingest.update(role="replica")
+    finally:
+        await s1.stop()
+        await ingest.stop()
+
+
+@pytest.mark.asyncio
 async def test_a_node_that_stops_or_dies_leaves_the_holders(
         connect: Callable[[], Awaitable[Client]]) -> None:
     s1 = await serving(await connect(), "s1", "md.>")
