@@ -390,15 +390,16 @@ def _ingest_parser(sub: Any) -> None:
 _DEFAULT_RE = re.compile(r"\s*\(default:? ([^()]*)\)$")
 
 
-def options_markdown() -> str:
-    """The README's table of ``flight-md serve`` options, made from the parser itself.
+def options_markdown(command: str = "serve") -> str:
+    """The README's table of ``flight-md serve`` options (``command="ingest"``: of
+    ``flight-md ingest``), made from the parser itself.
 
     ``tests/test_readme_truth.py`` checks that the README holds exactly this table; print it
     with ``python -c "from flight_md.cli import options_markdown; print(options_markdown())"``.
     """
-    serve = _Parser(prog="flight-md").add_subparsers(dest="command")
-    _serve_parser(serve)
-    actions = serve.choices["serve"]._actions
+    sub = _Parser(prog="flight-md").add_subparsers(dest="command")
+    {"serve": _serve_parser, "ingest": _ingest_parser}[command](sub)
+    actions = sub.choices[command]._actions
     rows = ["| option | default | meaning |", "|---|---|---|"]
     for action in actions:
         if not action.option_strings or action.dest == "help":
@@ -575,6 +576,8 @@ def _serve(args: argparse.Namespace) -> int:
         app.start()
         data = (f"data in {app.persistence.data_dir.path}" if app.persistence is not None
                 else "memory only")
+        if app.bus is not None and config.bus is not None:
+            data = f"bus node {app.bus.node} on {config.bus.display_url}; {data}"
         print(f"flight-md serving on {app.location}"
               + (f" (demo: emulated {', '.join(config.demo)} market"
                  f"{'s' if len(config.demo) > 1 else ''}; {data})" if config.demo
