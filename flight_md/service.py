@@ -1032,6 +1032,12 @@ class FlightMarketDataServer(flight.FlightServerBase):
         The store is read before ingestion: ingestion counts an update as received before it
         stores it, so every symbol's ``ticks_appended`` (and ``ticks_stored``) is at most its
         ``ticks_received`` by construction.
+
+        With a bus, ``bus`` is this node's bus status (:meth:`BusView.status
+        <flight_md.bus.view.BusView.status>`, from memory); the action alone adds ``cluster``
+        (every node's answer and the stream's view, gathered for at most
+        :data:`CLUSTER_TIMEOUT_S`), so metrics scrapes and the SQL ``status`` table, which call
+        this too, never wait for the cluster.
         """
         buffered = [(buffer, stats) for buffer in self.store.buffers()
                     for stats in buffer.stats()]
