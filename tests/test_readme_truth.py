@@ -324,3 +324,117 @@ def test_the_readme_config_example_loads_and_names_the_url_key(tmp_path, monkeyp
     config = load_config(tmp_path / "server.toml")
     assert [s.exchange for s in config.streams] == ["binance", "bybit"]
     assert config.streams[0].url is not None
+
+
+# -- running on several machines (the bus) ---------------------------------------------------------
+
+
+def _section(title: str) -> str:
+    start = README.index(f"## {title}\n")
+    end = README.find("\n## ", start + 1)
+    return README[start:end if end != -1 else None]
+
+
+def _bash_commands(block: str) -> list[list[str]]:
+    return [shlex.split(line, comments=True) for line in block.replace("\\\n", " ").splitlines()
+            if line.strip() and not line.lstrip().startswith("#")]
+
+
+def test_the_bus_options_the_readme_names_are_the_parsers():
+    from flight_md.cli import _parser
+    from flight_md.config import BUS_KEYS
+
+    text = _section("Running on several machines")
+    commands = _parser()._subparsers._group_actions[0].choices  # type: ignore[union-attr]
+    known = {flag for name in ("serve", "ingest") for action in commands[name]._actions
+             for flag in action.option_strings}
+    named = set(re.findall(r"(?<![\w-])--(?:bus[\w-]*|node-name|advertise|shutdown-timeout)", text))
+    assert named and named <= known, named - known
+    ingest = {flag for action in commands["ingest"]._actions for flag in action.option_strings}
+    rows = text.split("| option | default | meaning |", 1)[1].split("\n\n", 1)[0]
+    for flag in re.findall(r"`(--[\w-]+)", rows):
+        assert flag in ingest, f"{flag} is in the README's ingest options but not flight-md ingest's"
+    keys = re.search(r"a `\[bus\]` table of the config file \(([^)]*)\)", text.replace("\n", " "))
+    assert keys is not None
+    assert set(re.findall(r"`(\w+)`", keys.group(1))) == set(BUS_KEYS)
+
+
+def test_the_three_node_example_serves_and_routes_the_shard(tmp_path):
+    """The README's four commands, run as written (ports, store and data dirs made free and
+    temporary), then its routing snippet against them: asked of the Binance shard, the Coinbase
+    ring is served by the other node."""
+    from tests.bus.nats_support import NATS_SERVER, free_port
+    from tests.support import ChildProcess
+
+    if not NATS_SERVER.exists():
+        pytest.skip("nats-server is not installed (pip install .[test])")
+    nats_argv, ingest_argv, s1_argv, s2_argv = _bash_commands(
+        block_after("### A three-node example", "bash"))
+    assert nats_argv[0] == "nats-server" and "-js" in nats_argv
+    assert ingest_argv[:2] == ["flight-md", "ingest"]
+    assert s1_argv[:2] == s2_argv[:2] == ["flight-md", "serve"]
+    port = free_port()
+    url = f"nats://127.0.0.1:{port}"
+
+    def replaced(argv: list[str], **values: str) -> list[str]:
+        out = list(argv)
+        for flag, value in values.items():
+            out[out.index(flag) + 1] = value
+        return out
+
+    nats = subprocess.Popen(
+        [str(NATS_SERVER), *replaced(nats_argv, **{"-p": str(port), "-sd": str(tmp_path / "js")})[1:]],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        until(lambda: nats.poll() is None and _answers(port), 10, "nats-server")
+        ingest = ChildProcess(["-m", "flight_md", *replaced(ingest_argv, **{"--bus": url})[1:]])
+        ingest.start()
+        try:
+            served = []
+            for name, argv in (("s1", s1_argv), ("s2", s2_argv)):
+                args = replaced(argv, **{"--bus": url, "--data-dir": str(tmp_path / name)})[2:]
+                i = args.index("--port")
+                served.append(ServerProcess(*args[:i], *args[i + 2:]).start())
+            s1, s2 = served
+            try:
+                snippet = block_after("as pyarrow's does here:", "python").replace(
+                    "grpc://127.0.0.1:8816", s2.location)
+                until(lambda: _rows(s1.location, "BTC/USD?exchange=coinbase&latest=1")
+                      and _rows(s2.location, "BTC/USDT?exchange=binance&latest=1"), 60,
+                      "both nodes' rings")
+
+                def routed() -> str:
+                    result = subprocess.run([sys.executable, "-c", snippet], capture_output=True,
+                                            text=True, env=child_env(), timeout=60 * MS,
+                                            check=False)
+                    return result.stdout if result.returncode == 0 else ""
+
+                # s2 learns where s1 is from the registry (every node puts its record every 2 s).
+                out = until(lambda: s1.location in routed() and routed(), 30, "routing to s1")
+                assert re.search(rf"^{re.escape(s1.location)} [1-9]\d* rows$", out, re.MULTILINE), out
+            finally:
+                for server in served:
+                    server.stop()
+        finally:
+            ingest.stop()
+    finally:
+        nats.kill()
+        nats.wait(10)
+
+
+def _rows(location: str, ticket: str) -> int:
+    with flight.connect(location) as client:
+        try:
+            return client.do_get(flight.Ticket(ticket.encode())).read_all().num_rows
+        except (flight.FlightError, OSError):
+            return 0
+
+
+def _answers(port: int) -> bool:
+    import socket
+
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
+            return sock.recv(5) == b"INFO "
+    except OSError:
+        return False
