@@ -125,13 +125,20 @@ class _Outbox:
     """
 
     def __init__(self, send: _Send, *, sink: RingSink | None = None,
-                 interval: float = FLUSH_INTERVAL_S) -> None:
+                 interval: float = FLUSH_INTERVAL_S, sink_rate: float | None = None,
+                 max_interval: float = 0.05) -> None:
         self.send = send
         self.sink = sink
         """If set, a flush hands each ring's rows to it as one Arrow batch
         (:meth:`_ForwardingBuffer.drain_batches`) instead of sending a hand-off message."""
         self.interval = interval
         """Seconds between flushes at least (:data:`FLUSH_INTERVAL_S` by default)."""
+        self.sink_rate = sink_rate
+        """With a sink: the batches a second it should get at most, so that a flush of ``n``
+        rings waits ``n / sink_rate`` seconds (from ``interval`` to ``max_interval``) before
+        the next; ``None``: ``interval``."""
+        self.max_interval = max_interval
+        self._gap = interval
         self.loop: asyncio.AbstractEventLoop | None = None
         self.scheduled = False
         self.buffers: dict[str, _ForwardingBuffer] = {}
@@ -143,11 +150,12 @@ class _Outbox:
 
     def schedule(self) -> None:
         """Flush at the end of this loop iteration (rows parsed from one socket read go
-        together), and no sooner than FLUSH_INTERVAL_S after the previous flush."""
+        together), and no sooner than ``interval`` after the previous flush (with a
+        ``sink_rate``: the gap the previous flush's size asks for)."""
         self.scheduled = True
         loop = self.loop
         assert loop is not None
-        wait = self._last_flush + self.interval - loop.time()
+        wait = self._last_flush + self._gap - loop.time()
         if wait > 0:
             loop.call_later(wait, self.flush)
         else:
@@ -160,8 +168,12 @@ class _Outbox:
         sink = self.sink
         if sink is not None:
             drained = [(b.channel, b.drain_batches()) for b in self.buffers.values()]
-            if any(rings for _, rings in drained):
+            count = sum(len(rings) for _, rings in drained)
+            if count:
                 self._flushed()
+                if self.sink_rate is not None:
+                    self._gap = min(max(count / self.sink_rate, self.interval),
+                                    self.max_interval)
             for channel, rings in drained:
                 for exchange, symbol, batch in rings:
                     sink(channel, exchange, symbol, batch)
