@@ -73,7 +73,7 @@ ACK_WAIT_S: Final = 30.0
 """The server redelivers a message not acked within this."""
 MAX_GAPS_KEPT: Final = 100
 """Gaps :meth:`Consumer.stats` lists (the newest; all are counted)."""
-MAX_PROBES: Final = 64
+MAX_PROBES: Final = 16
 """Subjects whose lag one :meth:`Consumer.lag` call measures while the consumer is behind."""
 _NODE: Final = re.compile(r"[A-Za-z0-9_-]{1,48}")
 
@@ -356,8 +356,9 @@ class Consumer:
         if self._settle is None:
             await msg.ack()
 
-    async def lag(self) -> ConsumerLag:
-        """How far behind it is (see the module docstring).
+    async def lag(self, probes: int = MAX_PROBES) -> ConsumerLag:
+        """How far behind it is (see the module docstring): while behind, ``probes``
+        subjects are measured (0: the counts and the last per-subject values only).
 
         Raises:
             BusUnavailable: the bus is away.
@@ -380,7 +381,7 @@ class Consumer:
                 return ConsumerLag(0, info.num_ack_pending or 0, dict(self._subject_lag))
             known = {name: self._subject_lag.get(name, 0) for name in names}
             at = self._probe_at % len(names) if names else 0
-            chosen = (names[at:] + names[:at])[:MAX_PROBES]
+            chosen = (names[at:] + names[:at])[:probes]
             self._probe_at = at + len(chosen)
             for subject in chosen:
                 start = max(floor, self._last_stream_seq.get(subject, 0)) + 1

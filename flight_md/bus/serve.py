@@ -30,7 +30,8 @@ ledger (a new data dir under an old node name) the same happens.
 
 Gaps (a producer's messages that never reached the stream, e.g. its backlog overflowed while
 the bus was away) become ``gap`` events in ``@events`` (:meth:`ServeBus.status` counts them).
-Lag (:meth:`Consumer.lag`) is refreshed in the background at most once a second;
+Lag (:meth:`Consumer.lag`) is refreshed in the background at most once a second (while the
+node is behind, the per-subject figures every :data:`PROBE_INTERVAL_S`);
 :meth:`ServeBus.status` returns the cached value and never waits for the bus. A subject that
 falls more than ``lag_threshold`` messages behind, and later catches up, is recorded once
 each way in ``@events`` (kind ``stale``).
@@ -59,7 +60,7 @@ from nats.aio.msg import Msg
 
 from flight_md.buffer import Store
 from flight_md.bus.connection import BUS_ERRORS, BusUnavailable, bus_error, connect, ensure_stream
-from flight_md.bus.consumer import ACK_WAIT_S, Consumer, ConsumerLag, durable_name
+from flight_md.bus.consumer import ACK_WAIT_S, MAX_PROBES, Consumer, ConsumerLag, durable_name
 from flight_md.bus.ledger import Gap, Ledger
 from flight_md.bus.message import (
     ALL_EVENTS,
@@ -91,6 +92,8 @@ T = TypeVar("T")
 
 LAG_REFRESH_S: Final = 1.0
 """The cached lag is refreshed at most this often."""
+PROBE_INTERVAL_S: Final = 5.0
+"""While behind, per-subject lag is measured this often (the total every :data:`LAG_REFRESH_S`)."""
 LAG_EVENT_MESSAGES: Final = 1_000
 """A subject this many messages behind is recorded in ``@events`` (and again once caught up)."""
 DEFERRED_MAX_ACK_PENDING: Final = 16_384
@@ -426,12 +429,19 @@ class ServeBus:
                            f"bus: connected again to {self.options.display_url}")
 
     async def _watch_lag(self) -> None:
+        probed = 0.0
         while True:
             started = time.monotonic()
             consumer = self._data
             if consumer is not None and self._client is not None and self._client.is_connected:
+                # A subject's probe is a consumer created on the server, which counts its
+                # messages: costly while far behind (20,000 messages on 200 subjects: ~30 %
+                # slower with 64 probes a second, measured), so they run every few seconds.
+                probes = MAX_PROBES if started - probed >= PROBE_INTERVAL_S else 0
+                if probes:
+                    probed = started
                 try:
-                    lag = await asyncio.wait_for(consumer.lag(), 10.0)
+                    lag = await asyncio.wait_for(consumer.lag(probes), 10.0)
                 except (BusUnavailable, TimeoutError) as exc:
                     self._lag_error = str(exc)
                 else:
