@@ -200,6 +200,31 @@ A/B alternating; the ratio persisting / memory-only should rise accordingly (not
 by this section yet). What is left of the feed: `Journal._commit_locked`/`_with_keys` ~8 %.
 """
 
+_BUS = """
+**Limit on this machine: two cores shared by five busy processes (the emulator, the ingestion
+node, the serving node, nats-server, the harness), not one of the path's processes.**
+Development runs of 2026-12-02 (`--only bus` twice, on a machine other work kept at load 6-12;
+not the run of record): the bus path kept up at 40,000 msg/s in one repetition and at none of
+40,000 and 64,000 in the next, the single-process path at 16,500-20,000; every miss of either
+was the emulator delivering short (TCP back-pressure while the cores were taken), and no
+process of either path was at a full core in its window (ingestion node 30-57 %, serving node
+11-26 %, nats-server 4-10 % of a core; the single-process server with its ingestion child
+33-45 %). The bus path's CPU per row falls with the rows a message carries: 64 µs a row at
+10,000 msg/s (10.8 rows and 2.4 kB a message, 913 messages/s) against 33 µs single-process,
+21 µs at 40,000 msg/s (45 rows, 5.2 kB a message): a bus message costs each process a fixed
+amount (publish and ack, fetch, decode, ledger, journal) whatever its rows.
+
+py-spy 0.4.2 (`record -r 100 -d 8 --nonblocking -F --format raw`) on both nodes at a 30,000
+msg/s target (the emulator delivered 19,760/s; load 11.7): the ingestion node's samples were
+58 % the websocket receive loop and the fast decoder (`decode` 40 %), ~26 % the bus side (the
+flush that seals each ring's rows into an Arrow batch 10 %, `Publisher.publish` 9 %, nats-py's
+writer/flusher 7 %); the serving node's 29 % the consumer's message handling (`decode` 10 %,
+`append_batch` 8 %, fetch 4 %) and 39 % the journal (`_commit_locked` 25 %, its feed 14 %). So
+on a machine with a core per process the bus path should reach the ingestion node's parse rate,
+which is the single-process ingestion child's; what to measure there: this section with the
+emulator and each node on cores of their own.
+"""
+
 FINDINGS: dict[str, str] = {
     "ingest.lossless.20": _INGEST_FAST,
     "ingest.lossless.200": _INGEST_FAST,
@@ -211,6 +236,7 @@ FINDINGS: dict[str, str] = {
     "peer.trades.200": _PEER_TRADES,
     **{f"workers.scaling.{n}": _WORKERS for n in (2, 3, 4, 6, 8, 12, 16)},
     "persist.ingest": _PERSIST_INGEST,
+    "bus.lossless": _BUS,
     "ingest.venue.binance": _INGEST_FAST,
     "ingest.venue.coinbase": _VENUE_COINBASE,
     "ingest.venue.kraken": _VENUE_KRAKEN,
