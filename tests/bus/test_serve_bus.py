@@ -375,3 +375,18 @@ async def test_the_ingestion_nodes_events_are_recorded_once_across_a_restart(
     assert [(e.timestamp, e.detail) for e in received(second)] == [
         (e.timestamp, e.detail) for e in sent]
     assert second.bus.status()["events"]["stored"] == 0
+
+
+def test_a_bus_away_at_start_is_one_clear_error_naming_no_secret(tmp_path: Path) -> None:
+    from flight_md.bus.connection import BusUnavailable
+    from tests.bus.nats_support import free_port
+
+    options = BusOptions(url=f"nats://127.0.0.1:{free_port()}", user="reader",
+                         password="s3cret-pw", reconnect_wait_s=0.1, connect_timeout_s=0.5)
+    bus = ServeBus(options, node="serve-x", store=Store(), events=EventLog(), persistence=None)
+    with pytest.raises(BusUnavailable) as caught:
+        bus.start(10 * MS)
+    assert "s3cret-pw" not in str(caught.value) and "s3cret-pw" not in repr(bus)
+    assert "cannot connect to the bus" in str(caught.value)
+    bus.stop()  # idempotent after a failed start
+    assert bus.status()["connected"] is False
