@@ -867,9 +867,10 @@ duplicates, invalid messages or gaps. Each design's lossless rate is searched (f
 {settings.bus_repetitions} times, alternating which design goes first; the goal compares the
 medians (>= {GOAL_RATIO:g}x per ingestion node). *CPU % by process* is of one core over the window
 (`server` includes its ingestion child; `ingest`, `serve`, `nats` are the bus path's processes);
-*CPU µs/row* is the path's processes without the emulator, per stored row. *Stream msgs/s*,
-*bytes/msg* (as JetStream stores it: payload, headers, subject) and *rows/msg* are read from
-nats-server's monitoring port over the window.
+*CPU µs/row* is the path's processes without the emulator, per stored row. *Stream msgs/s* and
+*bytes/msg* (as JetStream stores it: payload, headers, subject) are read from nats-server's
+monitoring port over the window, *rows/msg* is the rows stored over those messages (which
+include the ingestion node's few events).
 **Freshness of the bus hop**: {settings.bus_fresh_tails} live tails (`SYMBOL?follow=true&latest=0`,
 one symbol each) in this process on the consumer's Flight port; each row's latency is its arrival
 minus its `receive_timestamp` (stamped by the ingesting process when ccxt handed it the frame; the

@@ -892,10 +892,14 @@ def _assert_bus(text: str) -> None:
     runs = _table(part, "Lost after drain", "Stream msgs/s")
     assert {row["Path"] for row in runs} == {d.label for d in Design}
     for row in runs:
-        kept = row["Kept up"] == "yes"
-        assert kept == (row["Lost after drain"] == "0" and not row["Kept up"].startswith("no")), row
+        if row["Kept up"] == "yes":  # kept up means nothing lost or duplicated after the drain
+            assert row["Lost after drain"] == "0", row
+        elif row["Lost after drain"] != "0":
+            assert "after the drain" in row["Kept up"] or "beyond" in row["Kept up"], row
         if row["Path"] == Design.BUS.label:  # the stream's own figures, read from nats-server
-            assert _number(row["Stream msgs/s"]) > 0 and _number(row["Rows/msg"]) >= 1, row
+            # (its messages include the ingestion nodes' events: a quiet stream's row a message
+            # can read as a little under one)
+            assert _number(row["Stream msgs/s"]) > 0 and _number(row["Rows/msg"]) > 0, row
         else:
             assert row["Stream msgs/s"] == "n/a", row
     summary = {(row["Path"], row["Ingestion nodes"]): row
@@ -925,7 +929,7 @@ def _assert_bus(text: str) -> None:
     assert "The model for 10 nodes" in part
 
 
-@pytest.mark.soak  # ~90 s on 2 cores: nats-server, flight-md ingest and serving nodes
+@pytest.mark.soak  # 60-100 s on 2 cores: nats-server, flight-md ingest and serving nodes
 @pytest.mark.timeout(int(300 * MS))
 def test_smoke_run_of_the_bus(tmp_path: Path) -> None:
     from benchmarks.bus import NATS_BINARY
