@@ -407,10 +407,11 @@ def test_the_three_node_example_serves_and_routes_the_shard(tmp_path):
                     result = subprocess.run([sys.executable, "-c", snippet], capture_output=True,
                                             text=True, env=child_env(), timeout=60 * MS,
                                             check=False)
-                    return result.stdout if result.returncode == 0 else ""
+                    ok = result.returncode == 0 and s1.location in result.stdout
+                    return result.stdout if ok else ""
 
                 # s2 learns where s1 is from the registry (every node puts its record every 2 s).
-                out = until(lambda: s1.location in routed() and routed(), 30, "routing to s1")
+                out = until(routed, 30, "routing to s1", interval=0.5)
                 assert re.search(rf"^{re.escape(s1.location)} [1-9]\d* rows$", out, re.MULTILINE), out
             finally:
                 for server in served:
