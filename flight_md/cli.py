@@ -45,6 +45,9 @@ logger = logging.getLogger("flight_md")
 
 SHUTDOWN_TIMEOUT_S = 4.5
 """Seconds a signalled ``serve`` may spend shutting down before the watchdog forces it out."""
+INGEST_SHUTDOWN_TIMEOUT_S = 10.0
+"""Seconds a signalled ``ingest`` may spend stopping (its streams, then the bus backlog's
+flush): longer than ``serve``'s, as unacked messages are worth waiting for."""
 EXIT_FORCED = 1
 """Exit status when the shutdown watchdog fired: a hung shutdown must not look clean."""
 
@@ -285,10 +288,16 @@ def _bus_default_stream() -> str:
     return DEFAULT_STREAM
 
 
-def _shutdown_arguments(add: Callable[..., Any]) -> None:
-    add("--shutdown-timeout", type=_POSITIVE, default=SHUTDOWN_TIMEOUT_S, metavar="S",
-        help="after SIGINT/SIGTERM, force the process out (exit status 1) if shutdown has not "
-        f"finished (default {SHUTDOWN_TIMEOUT_S:g})")
+def _shutdown_arguments(add: Callable[..., Any], *, ingest: bool = False) -> None:
+    if ingest:
+        add("--shutdown-timeout", type=_POSITIVE, default=INGEST_SHUTDOWN_TIMEOUT_S, metavar="S",
+            help="after SIGINT/SIGTERM, the seconds the stop may take: the streams, then what "
+            "the bus has not acked yet (flushed for at most 5 s of it; what is left is counted "
+            f"as lost in the log) (default {INGEST_SHUTDOWN_TIMEOUT_S:g})")
+    else:
+        add("--shutdown-timeout", type=_POSITIVE, default=SHUTDOWN_TIMEOUT_S, metavar="S",
+            help="after SIGINT/SIGTERM, force the process out (exit status 1) if shutdown has "
+            f"not finished (default {SHUTDOWN_TIMEOUT_S:g})")
     add("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"),
         help="log level (default INFO)")
 
@@ -383,7 +392,7 @@ def _ingest_parser(sub: Any) -> None:
                       "serve --help); options override the file's, and --exchange adds a "
                       "stream beside the file's, set by the stream options")
     add_bus_options(add, serving=False)
-    _shutdown_arguments(add)
+    _shutdown_arguments(add, ingest=True)
     p.set_defaults(func=_ingest)
 
 
