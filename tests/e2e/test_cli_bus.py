@@ -191,3 +191,37 @@ def test_config_errors_of_the_bus_table(tmp_path: Path) -> None:
     config_file.write_text('[bus]\nurl = "nats://127.0.0.1:1"\npassword = "inline"\n')
     with pytest.raises(ConfigError, match="unknown key 'password' in \\[bus\\]"):
         serve("--config", str(config_file))
+
+
+def test_a_serving_node_logs_in_with_a_password_file_and_never_shows_it(tmp_path: Path) -> None:
+    """A real nats-server that wants a user and password: the node logs in from the file; its
+    output and status never hold the password; a wrong one is one line, exit 1, without it."""
+    import json
+
+    from pyarrow import flight
+
+    from tests.bus.nats_support import NatsServer
+    from tests.support import ServerProcess
+
+    (tmp_path / "nats").mkdir()
+    server = NatsServer(tmp_path / "nats", "--user", "md", "--pass", SECRET).start()
+    try:
+        (tmp_path / "pw").write_text(SECRET + "\n")
+        with ServerProcess("--bus", server.url, "--bus-user", "md", "--bus-password-file",
+                           str(tmp_path / "pw"), "--memory-only", "--node-name", "s1") as node:
+            with flight.connect(node.location) as client:
+                body = next(iter(client.do_action(flight.Action("status", b"")))).body
+                status = json.loads(body.to_pybytes())
+            assert status["bus"]["connected"] and status["server"]["ingestion_mode"] == "bus"
+            assert SECRET not in body.to_pybytes().decode()
+        assert SECRET not in node.output
+        (tmp_path / "wrong").write_text("not-the-password\n")
+        done = subprocess.run(check=False, args=[
+            sys.executable, "-m", "flight_md", "serve", "--port", "0", "--bus", server.url,
+            "--bus-user", "md", "--bus-password-file", str(tmp_path / "wrong"), "--memory-only"],
+            env=child_env(), capture_output=True, text=True, timeout=90 * MS)
+        errors = [line for line in done.stderr.splitlines() if line.startswith("flight-md:")]
+        assert done.returncode == 1 and len(errors) == 1, done.stderr
+        assert "not-the-password" not in done.stderr and SECRET not in done.stderr
+    finally:
+        server.kill()
