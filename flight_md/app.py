@@ -97,12 +97,17 @@ def check_serving_bus(config: ServerConfig) -> None:
     """A serving node of a bus ingests nothing itself: refuse streams or a demo beside it.
 
     Raises:
-        ConfigError: ``config.bus`` with streams or ``demo``.
+        ConfigError: ``config.bus`` with streams, ``demo`` or ``ingest_workers``.
     """
-    if config.bus is not None and (config.streams or config.demo):
+    if config.bus is None:
+        return
+    if config.streams or config.demo:
         what = "--demo" if config.demo else "--exchange/[[exchanges]] streams"
         raise ConfigError(f"serve --bus ingests nothing itself, so {what} cannot go with it: "
                           "run them in a flight-md ingest --bus node, or drop --bus")
+    if config.ingest_workers is not None:
+        raise ConfigError("serve --bus ingests nothing itself, so --ingest-workers cannot go "
+                          "with it: run more flight-md ingest nodes instead")
 
 
 class MarketDataApp:

@@ -128,6 +128,8 @@ def test_secrets_come_from_the_environment(tmp_path: Path,
 @pytest.mark.parametrize(("argv", "says"), [
     (["serve", "--port", "0", "--bus", "nats://127.0.0.1:1", "--demo"], "flight-md ingest"),
     (["serve", "--bus", "nats://127.0.0.1:1", "--exchange", "binance"], "flight-md ingest"),
+    (["serve", "--port", "0", "--bus", "nats://127.0.0.1:1", "--ingest-workers", "2"],
+     "flight-md ingest nodes"),
     (["serve", "--node-name", "s1"], "add --bus"),
     (["serve", "--bus-subjects", "md.>"], "add --bus"),
     (["serve", "--bus", "nats://127.0.0.1:1", "--bus-subjects", "trades.>"], "must start with"),
