@@ -786,17 +786,23 @@ def model(results: _Results) -> str:
     nats_cap_in = per_core_nats / (1 + fanout) * 2 if math.isfinite(per_core_nats) else math.nan
     total = min(ingest_total, replica_cap, shard_cap,
                 nats_cap_in * rows_msg if math.isfinite(nats_cap_in) else math.nan)
+    limits = {"the ingestion nodes (5 x `0.85 / c_ingest`)": ingest_total,
+              "a full replica (`0.85 / c_serve`)": replica_cap,
+              "nats-server's one core": nats_cap_in * rows_msg if math.isfinite(nats_cap_in)
+              else math.nan}
+    known = {name: value for name, value in limits.items() if math.isfinite(value)}
+    limit = min(known, key=lambda name: known[name]) if known else "not known"
     two_cell = (f"{two:,} msg/s with two ingestion nodes into one serving node "
                 f"({show(ratio(float(two), bus_rate), 'x')} of one node's)" if two is not None
                 else "the two-node run did not keep up at any rate probed")
     return f"""
 **The model for 10 nodes, from this run's figures.** Measured here in the kept-up bus run at
 {at.rate:,} msg/s ({at.symbols} symbols, one ingestion node; the highest kept-up rate at or below
-the bus path's median lossless rate): the ingestion node spent
+the bus path's median lossless rate): the ingestion node spent `c_ingest` =
 {show(ingest_us, 'µs')} of CPU per row (ccxt, the decoder, the hand-off into Arrow batches and
-the publish), the serving node {show(serve_us, 'µs')} per row (fetch, decode, ledger, rings,
-journal, acks), nats-server {show(nats_pct, '%')} of a core, i.e. {show(nats_us_msg, 'µs')} per
-stream message with one consumer; the stream took {show(at.bus.messages_per_s, '/s')} messages
+the publish), the serving node `c_serve` = {show(serve_us, 'µs')} per row (fetch, decode, ledger,
+rings, journal, acks), nats-server {show(nats_pct, '%')} of a core, i.e. {show(nats_us_msg, 'µs')}
+per stream message with one consumer; the stream took {show(at.bus.messages_per_s, '/s')} messages
 of {show(rows_msg)} rows and {show(bytes_msg, 'B')} each ({show(bytes_row, 'B')} per row, the Arrow
 IPC schema included in every message). The lossless rates: single process {show(single, 'msg/s')},
 bus {show(bus_rate, 'msg/s')} (medians), {two_cell}. On this 2-core machine every process of a
@@ -824,9 +830,9 @@ then takes up to 5 x {show(per_core_ingest, 'rows/s')} = {show(ingest_total, 'ro
 replica caps the total at {show(replica_cap, 'rows/s')} (the sharded pair at twice that); at
 {show(rows_msg)} rows a message that is {show(nats_msgs_in, 'messages/s')} into nats-server, which
 delivers each to 3 consumers and so takes about {show(nats_cap_in, 'messages/s')} in on one core.
-The cluster's lossless rate is the least of these: about {show(total, 'rows/s')}; the limit is
-the full replicas (`0.85 / c_serve`) unless rows per message fall (a quieter market: more,
-smaller messages load nats-server and every consumer per message, not per row). More replicas of
+The cluster's lossless rate is the least of these: about {show(total, 'rows/s')}, set by {limit}
+with this run's figures; fewer rows per message (a quieter market: more, smaller messages)
+load nats-server and every consumer per message, not per row. More replicas of
 the whole stream add read capacity for clients, not ingest capacity; more ingest capacity than
 one replica takes needs sharded serving nodes.
 """
