@@ -204,8 +204,10 @@ _BUS = """
 **Limit on this machine: two cores shared by five busy processes (the emulator, the ingestion
 node, the serving node, nats-server, the harness), not one of the path's processes.**
 Development runs of 2026-12-02 (`--only bus` twice, on a machine other work kept at load 6-12;
-not the run of record): the bus path kept up at 40,000 msg/s in one repetition and at none of
-40,000 and 64,000 in the next, the single-process path at 16,500-20,000; every miss of either
+not the run of record): in the first (load ~6) the bus path kept up at 40,000 msg/s in one
+repetition and at none of 40,000 and 64,000 in the next, the single-process path at
+16,500-20,000; in the second (load ~10) the bus path at 6,000 in both, the single-process path
+at 2,500 and then at nothing (its emulator delivered 933 of 1,000 msg/s). Every miss of either
 was the emulator delivering short (TCP back-pressure while the cores were taken), and no
 process of either path was at a full core in its window (ingestion node 30-57 %, serving node
 11-26 %, nats-server 4-10 % of a core; the single-process server with its ingestion child
