@@ -208,10 +208,10 @@ not the run of record): in the first (load ~6) the bus path kept up at 40,000 ms
 repetition and at none of 40,000 and 64,000 in the next, the single-process path at
 16,500-20,000; in the second (load ~10) the bus path at 6,000 in both, the single-process path
 at 2,500 and then at nothing (its emulator delivered 933 of 1,000 msg/s). Every miss of either
-was the emulator delivering short (TCP back-pressure while the cores were taken), and no
-process of either path was at a full core in its window (ingestion node 30-57 %, serving node
-11-26 %, nats-server 4-10 % of a core; the single-process server with its ingestion child
-33-45 %). The bus path's CPU per row falls with the rows a message carries: 64 µs a row at
+was the emulator delivering short (its own loop starved of CPU, which makes it skip what it
+falls behind by, or TCP back-pressure while the cores were taken), and no process of either
+path was at a full core in its window (ingestion node 18-57 %, serving node 11-26 %,
+nats-server 4-10 % of a core; the single-process server with its ingestion child 21-45 %). The bus path's CPU per row falls with the rows a message carries: 64 µs a row at
 10,000 msg/s (10.8 rows and 2.4 kB a message, 913 messages/s) against 33 µs single-process,
 21 µs at 40,000 msg/s (45 rows, 5.2 kB a message): a bus message costs each process a fixed
 amount (publish and ack, fetch, decode, ledger, journal) whatever its rows.
