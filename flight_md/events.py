@@ -52,6 +52,7 @@ class EventKind(StrEnum):
     GAP = "gap"  # sequential trade ids jumped: detail says how many and which ids
     BACKFILL = "backfill"  # missing trades fetched over REST after a gap or reconnect
     BOOK_RESYNC = "book_resync"  # an out-of-sequence or failed-checksum book was rebuilt
+    LAG = "lag"  # a serving node's bus consumer fell behind on a subject, or caught up
 
 
 @dataclass(frozen=True, slots=True)

@@ -507,6 +507,9 @@ def run_ingest_node(config: ServerConfig, *, shutdown_timeout: float = 10.0) -> 
             logger.info("streaming %s (%s): %s", stream.exchange, ", ".join(stream.channels),
                         ", ".join(stream.symbols) or "no symbols yet")
         logger.info("publishing to %s as %s", node.options.display_url, node.producer)
+        # The ready line, as `flight-md serve` prints its own: scripts wait for it.
+        print(f"flight-md ingesting as {node.node} into {node.options.display_url} "
+              f"(producer {node.producer}; {', '.join(node.exchanges)})", flush=True)
         node.run_forever(stop)
     finally:
         node.stop(shutdown_timeout)

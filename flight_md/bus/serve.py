@@ -465,7 +465,7 @@ class ServeBus:
             exchange, symbols = ring.exchange, (ring.symbol,)
         except InvalidSubject:
             exchange, symbols = "*", ()
-        self.events.record(exchange, EventKind.STALE, symbols, detail)
+        self.events.record(exchange, EventKind.LAG, symbols, detail)
 
     # -- status ------------------------------------------------------------------------------
 
