@@ -242,6 +242,17 @@ class _Running:
     deadline: float
     cancelled: Callable[[], bool] | None
     reason: str | None = None  # why the watchdog interrupted it
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    """Held while the cursor is interrupted or closed: DuckDB's ``interrupt`` on a cursor that
+    another thread is closing crashes the process (a use after free, seen as a worker's
+    segfault under load), so the two never overlap, and a closed cursor is never interrupted."""
+    closed: bool = False
+
+    def interrupt(self) -> None:
+        """Interrupt the query, unless its cursor is closed (then it has nothing to stop)."""
+        with self.lock:
+            if not self.closed:
+                self.cursor.interrupt()
 
 
 class _Watchdog:
@@ -277,7 +288,7 @@ class _Watchdog:
         for entry in entries:
             entry.reason = reason
             try:
-                entry.cursor.interrupt()
+                entry.interrupt()
             except Exception:
                 logger.debug("sql: interrupt failed", exc_info=True)
         return len(entries)
@@ -299,7 +310,7 @@ class _Watchdog:
                         entry.reason = "cancelled"
                     else:
                         continue
-                    entry.cursor.interrupt()
+                    entry.interrupt()
                 except Exception:  # a closed cursor or a finished call: nothing to interrupt
                     logger.debug("sql watchdog: interrupt failed", exc_info=True)
             with self._lock:
@@ -578,15 +589,22 @@ class Engine:
         cursor = entry.cursor if entry is not None else cursor
         try:
             if reader is not None:
-                if cursor is not None:
-                    cursor.interrupt()  # stops a query abandoned mid-stream
+                if entry is not None:
+                    entry.interrupt()  # stops a query abandoned mid-stream
+                elif cursor is not None:
+                    cursor.interrupt()
                 reader.close()
         except Exception:
             logger.debug("sql: closing a reader failed", exc_info=True)
         finally:
             if cursor is not None:
                 try:
-                    cursor.close()
+                    if entry is not None:
+                        with entry.lock:  # never while the watchdog interrupts it
+                            entry.closed = True
+                            cursor.close()
+                    else:
+                        cursor.close()
                 except Exception:
                     logger.debug("sql: closing a cursor failed", exc_info=True)
             if slot:
