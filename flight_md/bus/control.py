@@ -5,7 +5,12 @@ Core NATS request/reply (not JetStream: a control call is answered now or not at
 Subjects::
 
     mdctl.<exchange token>.<verb>   verb: subscribe | unsubscribe | markets | status
-                                    answered by an ingestion node that streams the exchange
+                                    answered by ONE ingestion node that streams the exchange
+                                    (a queue group: the first protocol, kept for old askers)
+    mdctl.<exchange token>.<verb>.all
+                                    answered by EVERY ingestion node that streams it
+    mdctl.<exchange token>.<verb>.to.<node>
+                                    answered by that ingestion node alone
     mdctl.cluster                   answered by every node, ingestion and serving: its own
                                     status; the asker gathers the replies for a bounded time
 
@@ -29,11 +34,23 @@ exchanges are streamed (an ingestion node's record lists them), asks each exchan
 ``status`` for the merged ingestion status, and stops a cluster round once every live node
 answered; without one it asks ``mdctl.cluster`` and waits the round out.
 
+Several ingestion nodes may stream one exchange (symbol shards). :class:`BusControl` never
+relies on the queue group, which would hand a request to one of them at random: ``status``
+and ``markets`` ask every node of the exchange (``.all``) and merge the answers; a
+``subscribe`` or ``unsubscribe`` first asks each node's ``status`` (``.all``) to learn which
+node streams which symbol, then sends each node its part (``.to.<node>``): an unsubscribe
+reaches every node streaming one of its symbols (a symbol no node streams goes, with the whole
+request, to one node, which refuses it as a lone node does), a subscribe of a symbol some node
+streams goes to that node and new symbols to exactly one node (:func:`subscribe_target`: the
+fewest symbols, ties by name). The answer of one node is that node's; of several, the merged
+symbols, ``"node"`` the acting nodes' names joined by ``", "`` and ``"nodes"`` each node's own
+answer (or error). A round of ``.all`` waits :data:`CLUSTER_TIMEOUT_S`, or until as many nodes
+answered as the registry lists for the exchange.
+
 A failed call answers ``{"error": <class name of a flight_md.errors class>, "message": ...}``
 (never a traceback; anything that is not a flight_md error answers ``Unavailable`` naming
 only its type, so no exchange message, which could quote a credential, crosses), and a body
-that is not such an object answers ``InvalidActionBody``. Several ingestion nodes of one
-exchange share its subjects in one queue group: each request reaches one of them.
+that is not such an object answers ``InvalidActionBody``.
 
 :class:`ControlResponder` answers on a node's loop; :class:`BusControl` is the serving node's
 :class:`~flight_md.control.IngestionControl`, called from gRPC threads, which hands each
@@ -51,7 +68,7 @@ import json
 import logging
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
-from dataclasses import asdict, fields
+from dataclasses import asdict, fields, replace
 from typing import Any, Final, Self, TypeVar
 
 import nats.errors
@@ -74,10 +91,13 @@ __all__ = [
     "ControlResponder",
     "control_subject",
     "error_reply",
+    "fleet_subject",
     "markets_from_json",
     "markets_to_json",
+    "node_subject",
     "status_from_json",
     "status_to_json",
+    "subscribe_target",
 ]
 
 logger = logging.getLogger(__name__)
@@ -95,6 +115,10 @@ STATUS_CACHE_S: Final = 1.0
 """A serving node's merged ingestion status is reused this long: the service asks for it on
 paths that must not wait a cluster round each time (which exchanges are known)."""
 QUEUE_GROUP: Final = "flight-md-ingest"
+FLEET_TOKEN: Final = "all"
+"""The last token of a request every ingestion node of the exchange answers."""
+NODE_TOKEN: Final = "to"
+"""The token before a node name: a request that node alone answers."""
 
 T = TypeVar("T")
 StatusSource = Callable[[], Awaitable[dict[str, Any]]] | Callable[[], dict[str, Any]]
@@ -107,6 +131,26 @@ def control_subject(exchange: str, verb: str) -> str:
         InvalidSubject: an empty exchange.
     """
     return f"{CONTROL_PREFIX}.{encode_token(exchange)}.{verb}"
+
+
+def fleet_subject(exchange: str, verb: str) -> str:
+    """``mdctl.<exchange token>.<verb>.all``: every ingestion node of ``exchange`` answers."""
+    return f"{control_subject(exchange, verb)}.{FLEET_TOKEN}"
+
+
+def node_subject(exchange: str, verb: str, node: str) -> str:
+    """``mdctl.<exchange token>.<verb>.to.<node>``: ingestion node ``node`` alone answers."""
+    return f"{control_subject(exchange, verb)}.{NODE_TOKEN}.{encode_token(node)}"
+
+
+def subscribe_target(streamed: dict[str, dict[str, set[str]]]) -> str:
+    """The node a symbol no node streams is subscribed on: the one streaming the fewest
+    symbols, ties by name (deterministic, so two askers at once choose the same node).
+
+    Args:
+        streamed: node -> {symbol: its channels} (not empty).
+    """
+    return min(streamed, key=lambda node: (len(streamed[node]), node))
 
 
 # -- JSON forms -------------------------------------------------------------------------------
@@ -267,9 +311,13 @@ class ControlResponder:
         """Subscribe (and make sure the server has the subscriptions before returning)."""
         self._subs.append(await self.client.subscribe(CLUSTER_SUBJECT, cb=self._on_message))
         for exchange in self.exchanges:
+            base = f"{CONTROL_PREFIX}.{encode_token(exchange)}.*"
+            self._subs.append(await self.client.subscribe(base, queue=QUEUE_GROUP,
+                                                          cb=self._on_message))
+            self._subs.append(await self.client.subscribe(f"{base}.{FLEET_TOKEN}",
+                                                          cb=self._on_message))
             self._subs.append(await self.client.subscribe(
-                f"{CONTROL_PREFIX}.{encode_token(exchange)}.*", queue=QUEUE_GROUP,
-                cb=self._on_message))
+                f"{base}.{NODE_TOKEN}.{encode_token(self.node)}", cb=self._on_message))
         with contextlib.suppress(*BUS_ERRORS):
             await self.client.flush(2)
         return self
@@ -330,7 +378,12 @@ class ControlResponder:
     async def _handle(self, subject: str, body: dict[str, Any]) -> Any:
         if subject == CLUSTER_SUBJECT:
             return await self.node_status()
-        _, token, verb = subject.split(".", 2)
+        parts = subject.split(".")
+        if not (len(parts) == 3 or (len(parts) == 4 and parts[3] == FLEET_TOKEN)
+                or (len(parts) == 5 and parts[3] == NODE_TOKEN)):
+            raise InvalidArgument(f"control subject {subject!r} is not mdctl.<exchange>.<verb>"
+                                  f"[.{FLEET_TOKEN} | .{NODE_TOKEN}.<node>]")
+        token, verb = parts[1], parts[2]
         try:
             exchange = decode_token(token)
         except InvalidSubject:
@@ -368,6 +421,58 @@ class ControlResponder:
             return found
         raise errors.UnknownAction(f"unknown control verb {verb!r}; expected one of: "
                                    f"{', '.join(VERBS)}")
+
+
+# -- several ingestion nodes of one exchange ---------------------------------------------------
+
+
+def _plan(verb: str, streamed: dict[str, dict[str, set[str]]], names: list[str],
+          channels: Sequence[str] | None) -> list[tuple[str, list[str]]]:
+    """Which node gets which of ``names`` (see the module docstring), in node order."""
+    wanted = set(channels) if channels is not None else None
+    parts: dict[str, list[str]] = {}
+    if verb == "unsubscribe":
+        def owners(symbol: str) -> list[str]:
+            return [node for node in sorted(streamed) if symbol in streamed[node]
+                    and (wanted is None or wanted & streamed[node][symbol])]
+        if not names or any(not owners(s) for s in names):
+            # Refused as a lone node refuses it (nothing is unsubscribed anywhere).
+            return [(subscribe_target(streamed), names)]
+        for symbol in names:
+            for node in owners(symbol):
+                parts.setdefault(node, []).append(symbol)
+    else:
+        new = subscribe_target(streamed)
+        for symbol in names:
+            holders = [node for node in sorted(streamed) if symbol in streamed[node]]
+            parts.setdefault(holders[0] if holders else new, []).append(symbol)
+    return sorted(parts.items())
+
+
+def _merge(verb: str, exchange: str, names: Sequence[str], nodes: Sequence[str],
+           answers: Sequence[Any]) -> dict[str, Any]:
+    """One answer of the nodes' answers to their parts of a subscribe or unsubscribe: a lone
+    node's as it is; else the symbols any node took, ``"node"`` the acting nodes joined and
+    ``"nodes"`` each node's answer (or its error). Every node failed: the first's error."""
+    key = "subscribed" if verb == "subscribe" else "unsubscribed"
+    done = [(node, a) for node, a in zip(nodes, answers) if isinstance(a, dict)]
+    failed = [(node, a) for node, a in zip(nodes, answers) if not isinstance(a, dict)]
+    if not done:
+        error = failed[0][1]
+        raise error if isinstance(error, Exception) else Unavailable(f"{verb} was cancelled")
+    if len(done) == 1 and not failed:
+        answer: dict[str, Any] = done[0][1]
+        return answer
+    took = {s for _, a in done for s in a.get(key) or ()}
+    merged: dict[str, Any] = {"exchange": exchange,
+                              key: [s for s in dict.fromkeys(names) if s in took]}
+    channels = [c for _, a in done for c in a.get("channels") or ()]
+    if channels:
+        merged["channels"] = list(dict.fromkeys(channels))
+    merged["node"] = ", ".join(node for node, _ in done)
+    merged["nodes"] = [{**a, "node": node} for node, a in done] + \
+        [{"node": node, **error_reply(e, verb)} for node, e in failed]
+    return merged
 
 
 # -- the asking side --------------------------------------------------------------------------
@@ -443,23 +548,41 @@ class BusControl:
     # -- on the loop ------------------------------------------------------------------------
 
     async def request(self, exchange: str, verb: str, body: dict[str, Any]) -> dict[str, Any]:
-        """One control request to ``exchange``'s ingestion node (on the bus loop).
+        """One control request to one ingestion node of ``exchange`` (the queue group's
+        choice; on the bus loop). With several nodes of an exchange use
+        :meth:`request_node` or :meth:`fleet`.
 
         Raises:
             UnknownExchange: no ingestion node on the bus streams ``exchange``.
             Unavailable: the bus is away, or the node did not answer in time.
             FlightMdError: what the node answered.
         """
+        return await self._ask(control_subject(exchange, verb), exchange, verb, body,
+                               f"the ingestion node of {exchange!r}")
+
+    async def request_node(self, exchange: str, node: str, verb: str,
+                           body: dict[str, Any]) -> dict[str, Any]:
+        """One control request to ingestion node ``node`` about ``exchange`` (on the bus
+        loop); raises as :meth:`request` (a node gone meanwhile: ``Unavailable``)."""
+        try:
+            return await self._ask(node_subject(exchange, verb, node), exchange, verb, body,
+                                   f"ingestion node {node!r} of {exchange!r}")
+        except UnknownExchange as exc:
+            if "no ingestion node on the bus" not in str(exc):
+                raise
+            raise Unavailable(f"ingestion node {node!r} of {exchange!r} left the bus; cannot "
+                              f"{verb} there") from None
+
+    async def _ask(self, subject: str, exchange: str, verb: str, body: dict[str, Any],
+                   who: str) -> dict[str, Any]:
         what = f"{verb} on {exchange!r}"
         try:
-            msg = await self.client.request(control_subject(exchange, verb), _dumps(body),
-                                            timeout=self.timeout)
+            msg = await self.client.request(subject, _dumps(body), timeout=self.timeout)
         except nats.errors.NoRespondersError:
             raise UnknownExchange(f"no ingestion node on the bus streams {exchange!r}; "
                                   f"cannot {verb}") from None
         except (TimeoutError, nats.errors.TimeoutError):
-            raise Unavailable(f"the ingestion node of {exchange!r} did not answer {verb} within "
-                              f"{self.timeout:g} s") from None
+            raise Unavailable(f"{who} did not answer {verb} within {self.timeout:g} s") from None
         except BUS_ERRORS as exc:
             raise Unavailable(f"cannot {what}: the bus is unreachable "
                               f"({type(exc).__name__})") from None
@@ -469,17 +592,36 @@ class BusControl:
             raise Unavailable(f"{what}: the node's reply is not JSON") from None
         return _raise_reply(reply, what)
 
+    async def fleet(self, exchange: str, verb: str, body: dict[str, Any],
+                    timeout: float | None = None) -> list[dict[str, Any]]:
+        """Every ingestion node of ``exchange``'s answer to ``verb`` (``.all``; on the bus
+        loop), gathered for at most ``timeout`` seconds (:attr:`cluster_timeout`), sooner
+        once as many answered as the registry lists for ``exchange``; sorted by node name,
+        error answers included (``{"error", "message"}``, no ``"node"``: last)."""
+        wait = self.cluster_timeout if timeout is None else timeout
+        nodes = self._registered()
+        expected = None
+        if nodes is not None:
+            expected = sum(1 for r in nodes if r.get("role") == "ingest"
+                           and exchange in (r.get("exchanges") or ())) or None
+        return await self._collect(fleet_subject(exchange, verb), body, wait, expected,
+                                   errors_too=True)
+
     async def gather(self, timeout: float) -> list[dict[str, Any]]:
         """Every node's answer on ``mdctl.cluster`` within ``timeout`` seconds (sooner if the
         registry lists that many nodes and all answered), sorted by node name."""
-        expected = self._expected()
+        return await self._collect(CLUSTER_SUBJECT, {}, timeout, self._expected())
+
+    async def _collect(self, subject: str, body: dict[str, Any], timeout: float,
+                       expected: int | None, *, errors_too: bool = False,
+                       ) -> list[dict[str, Any]]:
         replies: list[dict[str, Any]] = []
         done = asyncio.Event()
 
         async def take(msg: Msg) -> None:
             with contextlib.suppress(ValueError, UnicodeDecodeError):
                 found = json.loads(msg.data)
-                if isinstance(found, dict) and "error" not in found:
+                if isinstance(found, dict) and (errors_too or "error" not in found):
                     replies.append(found)
             if expected is not None and len(replies) >= expected:
                 done.set()
@@ -491,7 +633,7 @@ class BusControl:
             raise Unavailable(f"cannot ask the cluster: the bus is unreachable "
                               f"({type(exc).__name__})") from None
         try:
-            await self.client.publish(CLUSTER_SUBJECT, b"{}", reply=inbox)
+            await self.client.publish(subject, _dumps(body), reply=inbox)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(done.wait(), timeout)
         except BUS_ERRORS as exc:
@@ -500,7 +642,7 @@ class BusControl:
         finally:
             with contextlib.suppress(*BUS_ERRORS):
                 await sub.unsubscribe()
-        return sorted(replies, key=lambda r: str(r.get("node", "")))
+        return sorted(replies, key=lambda r: ("node" not in r, str(r.get("node", ""))))
 
     def _expected(self) -> int | None:
         nodes = self._registered()
@@ -542,27 +684,59 @@ class BusControl:
         raise InvalidArgument(f"several exchanges are streamed on the bus; name one of: "
                               f"{', '.join(sorted(streamed))}")
 
+    async def streamed(self, exchange: str, what: str) -> dict[str, dict[str, set[str]]]:
+        """Which ingestion node of ``exchange`` streams which symbols: node -> {symbol: its
+        channels}, from every node's ``status`` (one :meth:`fleet` round).
+
+        Raises:
+            UnknownExchange: no ingestion node answered for ``exchange`` (``what``: the
+                verb the message names).
+        """
+        found: dict[str, dict[str, set[str]]] = {}
+        for reply in await self.fleet(exchange, "status", {}):
+            if "error" in reply or reply.get("role") != "ingest" or "node" not in reply:
+                continue
+            symbols = found.setdefault(str(reply["node"]), {})
+            ingestion = reply.get("ingestion")
+            for item in (ingestion.get("exchanges") or ()) if isinstance(ingestion, dict) else ():
+                if isinstance(item, dict) and item.get("exchange") == exchange:
+                    for symbol in item.get("symbols") or ():
+                        symbols.setdefault(str(symbol), set()).add(str(item.get("channel")))
+        if not found:
+            raise UnknownExchange(f"no ingestion node on the bus streams {exchange!r}; "
+                                  f"cannot {what}")
+        return found
+
     async def _change(self, verb: str, exchange: str | None, symbols: Sequence[str],
                       channels: Sequence[str] | None) -> dict[str, Any]:
         target = await self._pick(exchange)
-        body: dict[str, Any] = {"symbols": [symbols] if isinstance(symbols, str) else list(symbols)}
-        if channels is not None:
-            body["channels"] = list(channels)
+        names = [symbols] if isinstance(symbols, str) else list(symbols)
+        extra: dict[str, Any] = {} if channels is None else {"channels": list(channels)}
         self._status = None  # the next status shows the change
-        return await self.request(target, verb, body)
+        streamed = await self.streamed(target, verb)
+        if len(streamed) == 1:
+            [node] = streamed
+            return await self.request_node(target, node, verb, {"symbols": names, **extra})
+        plan = _plan(verb, streamed, list(dict.fromkeys(names)), channels)
+        answers = await asyncio.gather(
+            *(self.request_node(target, node, verb, {"symbols": part, **extra})
+              for node, part in plan), return_exceptions=True)
+        return _merge(verb, target, names, [node for node, _ in plan], answers)
 
     async def _merged_status(self) -> IngestionStatus:
-        """With a registry: each streamed exchange's ``status`` (its ingestion node alone; a
-        node that went away meanwhile is left out); without: a cluster status round. Never
-        the cluster round when the registry can say: a serving node's own answer to it
+        """With a registry: each streamed exchange's ``status`` from every ingestion node of
+        it (a node that went away meanwhile is left out); without: a cluster status round.
+        Never the cluster round when the registry can say: a serving node's own answer to it
         includes this status, and would ask again."""
         exchanges: list[ExchangeStatus] = []
         symbols: list[SymbolStatus] = []
-        replies: list[Any]
+        replies: list[Any] = []
         if self._registered() is not None:
             streamed = sorted(await self.exchanges())
-            replies = list(await asyncio.gather(*(self.request(e, "status", {}) for e in streamed),
-                                                return_exceptions=True))
+            for found in await asyncio.gather(*(self.fleet(e, "status", {}) for e in streamed),
+                                              return_exceptions=True):
+                if isinstance(found, list):
+                    replies += found
         else:
             replies = await self.gather(self.cluster_timeout)
         for reply in replies:
@@ -577,11 +751,26 @@ class BusControl:
         return IngestionStatus(tuple(exchanges), tuple(symbols))
 
     async def _markets(self, exchange: str | None, pattern: str | None) -> tuple[MarketInfo, ...]:
+        """Each exchange's markets from every ingestion node of it, merged: a market once,
+        subscribed if any node streams it."""
         targets = [exchange] if exchange is not None else sorted(await self.exchanges())
         found: list[MarketInfo] = []
         for target in targets:
-            reply = await self.request(target, "markets", {"pattern": pattern})
-            found += markets_from_json(reply.get("markets") or [])
+            replies = await self.fleet(target, "markets", {"pattern": pattern})
+            answered = [r for r in replies if "error" not in r]
+            if not replies:
+                raise UnknownExchange(f"no ingestion node on the bus streams {target!r}; "
+                                      f"cannot list its markets")
+            if not answered:
+                _raise_reply(replies[0], f"markets on {target!r}")
+            merged: dict[str, MarketInfo] = {}
+            for reply in answered:
+                for market in markets_from_json(reply.get("markets") or []):
+                    seen = merged.get(market.symbol)
+                    if seen is None or (market.subscribed and not seen.subscribed):
+                        merged[market.symbol] = market if seen is None else \
+                            replace(seen, subscribed=True)
+            found += merged.values()
         return tuple(found)
 
     # -- the bridge -------------------------------------------------------------------------

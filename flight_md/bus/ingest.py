@@ -17,9 +17,20 @@ every unacked message is in the publisher's bounded backlog) and one for control
 (:class:`~flight_md.bus.registry.Registry`), dialled in the background until the bus answers,
 so that a node started before its bus is an outage like any other.
 
+Run-time subscriptions: a node has no data dir, so what ``subscribe`` and ``unsubscribe``
+changed is kept in the JetStream KV bucket :data:`SUBSCRIPTIONS_BUCKET` (key: the node name,
+value: ``{exchange: {"added": [...], "removed": [...]}}`` relative to the configured symbols,
+as a serving node's data dir keeps it), written after each change that succeeded, read when
+the control connection is up (before the node answers control requests) and repeated then,
+for the exchanges still configured (as ``flight-md serve`` repeats its own; the streams record
+the subscribe and unsubscribe events as for any change).
+
 Stopping: the streams first (their last rows and events are flushed), then the publisher
 gets up to :data:`FLUSH_TIMEOUT_S` to have every kept message acked; what is still unacked
-then is lost with the process, counted in one log line.
+then is lost with the process, counted in one log line. Last, the tasks ccxt spawned that
+outlived the streams' close (a book snapshot waiting for its throttler, the throttler's
+looper) are cancelled and awaited on the loop: ccxt's ``close()`` leaves them, and a loop
+closed with them pending logs "Task was destroyed but it is pending" for each.
 
 Threads: the ingestion loop's, the demo emulators' (one each), and the caller's:
 :meth:`IngestNode.status` from any thread other than the loop hands its work to the loop.
@@ -30,6 +41,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import json
 import logging
 import re
 import signal
@@ -43,7 +55,7 @@ from typing import Any, Final, Self
 import pyarrow as pa
 
 from flight_md.bus.backlog import DEFAULT_LIMITS, BacklogLimits
-from flight_md.bus.connection import BusUnavailable, connect
+from flight_md.bus.connection import BUS_ERRORS, BusUnavailable, connect
 from flight_md.bus.consumer import validate_node_name
 from flight_md.bus.control import ControlResponder, status_to_json
 from flight_md.bus.message import new_producer_id
@@ -51,12 +63,14 @@ from flight_md.bus.options import BusOptions
 from flight_md.bus.publisher import Publisher, PublisherStats
 from flight_md.bus.subjects import PREFIX, InvalidSubject, encode_token
 from flight_md.config import DEMO_SYMBOLS, DEMO_VENUE, ServerConfig, StreamConfig
+from flight_md.control import IngestionControl, IngestionStatus, MarketInfo
 from flight_md.errors import ConfigError, FlightMdError, InvalidArgument, StartupError
 from flight_md.events import Event
 from flight_md.schema import now_ms
 
 __all__ = ["FLUSH_INTERVAL_S", "FLUSH_TIMEOUT_S", "MAX_FLUSH_INTERVAL_S", "MESSAGES_PER_S",
-           "IngestNode", "default_node_name", "publisher_json", "run_ingest_node"]
+           "SUBSCRIPTIONS_BUCKET", "IngestNode", "default_node_name", "note_subscription",
+           "publisher_json", "run_ingest_node"]
 
 logger = logging.getLogger(__name__)
 
@@ -82,6 +96,49 @@ CONTROL_TIMEOUT_S: Final = 10.0
 CONTROL_RETRY_MAX_S: Final = 5.0
 GAPS_SHOWN: Final = 10
 """Runs of dropped messages listed in the status (the newest; all are counted)."""
+SUBSCRIPTIONS_BUCKET: Final = "flight_md_subscriptions"
+"""The KV bucket of the ingestion nodes' run-time subscriptions (see the module docstring)."""
+KV_TIMEOUT_S: Final = 5.0
+LEFTOVER_TIMEOUT_S: Final = 2.0
+"""At stop, how long the tasks ccxt left behind get to end once cancelled."""
+
+Subscriptions = dict[str, dict[str, list[str]]]
+_PUT_ERRORS: tuple[type[BaseException], ...] = (*BUS_ERRORS, RuntimeError, FlightMdError)
+"""A record's put from a thread: the bus's errors, a closed loop, a stopped node."""
+
+
+def note_subscription(changes: Subscriptions, exchange: str, symbols: Sequence[str],
+                      subscribed: bool) -> None:
+    """Record in ``changes`` a run-time subscribe (or unsubscribe) of ``symbols``, relative
+    to the configured symbols: a symbol added then removed (or removed then added) is back
+    as configured and listed in neither (as a serving node's data dir records it)."""
+    change = changes.setdefault(exchange, {"added": [], "removed": []})
+    add, remove = ("added", "removed") if subscribed else ("removed", "added")
+    for symbol in symbols:
+        if symbol in change[remove]:
+            change[remove].remove(symbol)
+        elif symbol not in change[add]:
+            change[add].append(symbol)
+    if not change["added"] and not change["removed"]:
+        del changes[exchange]
+
+
+def _subscriptions_from(data: bytes | None) -> Subscriptions:
+    """The changes a KV value holds (``{}`` for none or an unreadable one, logged)."""
+    if not data:
+        return {}
+    try:
+        found = json.loads(data)
+    except (ValueError, UnicodeDecodeError) as exc:
+        logger.warning("ignoring an unreadable record in %s: %s", SUBSCRIPTIONS_BUCKET, exc)
+        return {}
+    out: Subscriptions = {}
+    if isinstance(found, dict):
+        for exchange, change in found.items():
+            if isinstance(change, dict):
+                out[str(exchange)] = {k: [str(s) for s in change.get(k) or () if isinstance(s, str)]
+                                      for k in ("added", "removed")}
+    return out
 
 
 def default_node_name(streams: Sequence[StreamConfig], demo: Sequence[str] = ()) -> str:
@@ -178,6 +235,12 @@ class IngestNode:
         self._control_client: Any = None
         self._responder: ControlResponder | None = None
         self._registry: Any = None
+        self.subscriptions: Subscriptions = {}
+        """What run-time ``subscribe``/``unsubscribe`` changed (kept in
+        :data:`SUBSCRIPTIONS_BUCKET`, read back at start)."""
+        self._subscriptions_lock = threading.Lock()
+        self._subscriptions_kv: Any = None
+        self._streams_started = threading.Event()
 
     def __repr__(self) -> str:
         return (f"IngestNode(node={self.node!r}, producer={self.producer!r}, "
@@ -243,6 +306,7 @@ class IngestNode:
 
         self.producer = new_producer_id(self.node)
         self.started_ms = now_ms()
+        self._streams_started.clear()
         outbox = self._outbox = _Outbox(self._send, sink=self._publish_rows,
                                         interval=self.flush_interval,
                                         sink_rate=self.messages_per_s,
@@ -265,6 +329,7 @@ class IngestNode:
                 raise ConfigError(f"{stream.exchange}: {exc}") from None
             except FlightMdError as exc:
                 raise StartupError(f"cannot start the {stream.exchange} stream: {exc}") from None
+        self._streams_started.set()  # the run-time subscriptions may be repeated now
 
     def _start_demo(self) -> None:
         from flight_md.app import DEMO_CHANNELS, DEMO_RATE
@@ -309,10 +374,14 @@ class IngestNode:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, CONTROL_RETRY_MAX_S)
         self._control_client = client
+        await self._restore_subscriptions(client)  # before any change can be answered
+        inner = self._ingestion.control(self.control_timeout)
         self._responder = await ControlResponder(
             client, self.node, "ingest", status=self.status_async,
-            control=self._ingestion.control(self.control_timeout),
-            exchanges=self.exchanges).start()
+            control=_RecordingControl(self, inner), exchanges=self.exchanges).start()
+        if self.subscriptions:
+            await asyncio.get_running_loop().run_in_executor(
+                None, self._repeat_subscriptions, inner)
         try:
             from flight_md.bus.registry import Registry, node_record
         except ImportError:  # pragma: no cover - the registry is optional
@@ -325,6 +394,94 @@ class IngestNode:
             self._registry = await registry.start()
         except BusUnavailable as exc:
             logger.warning("ingestion node %s: no registry record: %s", self.node, exc)
+
+    # -- run-time subscriptions ------------------------------------------------------------
+
+    async def _restore_subscriptions(self, client: Any) -> None:
+        """Open :data:`SUBSCRIPTIONS_BUCKET` (creating it) and read this node's record. A bus
+        that refuses the bucket costs only the repeat (logged): the node streams anyway."""
+        import nats.js.errors as js_errors
+        from nats.js import api
+
+        js = client.jetstream()
+        try:
+            try:
+                kv = await asyncio.wait_for(js.key_value(SUBSCRIPTIONS_BUCKET), KV_TIMEOUT_S)
+            except js_errors.BucketNotFoundError:
+                config = api.KeyValueConfig(
+                    bucket=SUBSCRIPTIONS_BUCKET, history=1, storage=api.StorageType.FILE,
+                    description="flight_md ingestion nodes' run-time subscriptions (issue 16)")
+                try:
+                    kv = await asyncio.wait_for(js.create_key_value(config), KV_TIMEOUT_S)
+                except js_errors.BadRequestError:  # another node created it meanwhile
+                    kv = await asyncio.wait_for(js.key_value(SUBSCRIPTIONS_BUCKET), KV_TIMEOUT_S)
+            try:
+                entry = await asyncio.wait_for(kv.get(self.node), KV_TIMEOUT_S)
+                value = entry.value
+            except js_errors.KeyNotFoundError:
+                value = None
+        except BUS_ERRORS as exc:
+            logger.warning("ingestion node %s: run-time subscriptions are not kept (%s %s: %s)",
+                           self.node, SUBSCRIPTIONS_BUCKET, type(exc).__name__, exc)
+            return
+        self._subscriptions_kv = kv
+        with self._subscriptions_lock:
+            self.subscriptions = _subscriptions_from(value)
+
+    def _repeat_subscriptions(self, control: IngestionControl) -> None:
+        """Repeat what ``subscribe``/``unsubscribe`` changed before the restart, once the
+        streams were added (a thread of the loop's executor: the control blocks)."""
+        if not self._streams_started.wait(START_TIMEOUT_S):
+            logger.warning("ingestion node %s: the streams did not start; run-time "
+                           "subscriptions not repeated", self.node)
+            return
+        streamed = {stream.exchange for stream in self.streams}
+        with self._subscriptions_lock:
+            changes = {e: {k: list(v) for k, v in c.items()} for e, c in self.subscriptions.items()}
+        for exchange, change in changes.items():
+            if exchange not in streamed:
+                logger.warning("ingestion node %s: not repeating the run-time subscriptions "
+                               "of %s: it is not configured now", self.node, exchange)
+                continue
+            done: list[str] = []
+            for sign, symbols, method in (("+", change["added"], control.subscribe),
+                                          ("-", change["removed"], control.unsubscribe)):
+                if not symbols:
+                    continue
+                try:
+                    method(exchange, symbols)
+                    done += [f"{sign}{symbol}" for symbol in symbols]
+                except FlightMdError as exc:
+                    logger.warning("ingestion node %s: cannot repeat the run-time %s of %s "
+                                   "%s: %s", self.node, method.__name__, exchange,
+                                   ", ".join(symbols), exc)
+            if done:
+                logger.info("ingestion node %s: repeated the run-time subscriptions of %s: %s",
+                            self.node, exchange, ", ".join(done))
+
+    def _note(self, exchange: str, symbols: Sequence[str], subscribed: bool) -> None:
+        """Record a change that succeeded and write this node's record (a thread of the
+        loop's executor: the put runs on the loop, this thread waits for it)."""
+        if not symbols:
+            return
+        with self._subscriptions_lock:
+            note_subscription(self.subscriptions, exchange, symbols, subscribed)
+            value = json.dumps(self.subscriptions, sort_keys=True,
+                               separators=(",", ":")).encode()
+            kv, ingestion = self._subscriptions_kv, self._ingestion
+            if kv is None or ingestion is None:
+                logger.warning("ingestion node %s: the run-time %s of %s is not kept (no %s)",
+                               self.node, "subscribe" if subscribed else "unsubscribe",
+                               exchange, SUBSCRIPTIONS_BUCKET)
+                return
+            try:  # under the lock: two changes at once are written in their order
+                asyncio.run_coroutine_threadsafe(
+                    asyncio.wait_for(kv.put(self.node, value), KV_TIMEOUT_S),
+                    ingestion.loop).result(KV_TIMEOUT_S + 1.0)
+            except _PUT_ERRORS as exc:
+                logger.warning("ingestion node %s: the run-time change of %s is not kept in "
+                               "%s (%s); the next one writes it", self.node, exchange,
+                               SUBSCRIPTIONS_BUCKET, type(exc).__name__)
 
     # -- the row path (the ingestion loop) --------------------------------------------------
 
@@ -423,6 +580,8 @@ class IngestNode:
                 left = max(deadline - time.monotonic(), 0.5)
                 with contextlib.suppress(FlightMdError):
                     ingestion.run(self._stop_bus(min(FLUSH_TIMEOUT_S, left)), left + 3.0)
+                with contextlib.suppress(FlightMdError):
+                    ingestion.run(_cancel_leftovers(), LEFTOVER_TIMEOUT_S + 1.0)
             finally:
                 self._ingestion = None
                 ingestion.stop(max(deadline - time.monotonic(), 1.0))
@@ -480,6 +639,57 @@ class IngestNode:
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         self.stop()
+
+
+async def _cancel_leftovers() -> None:
+    """Cancel and await every task still on the loop but this one: after the streams and
+    the bus stopped, only what ccxt spawned and its ``close()`` left (see the module
+    docstring). The thread path of ``flight-md serve`` is not seen to leave them: its demo
+    emulators run on the ingestion loop and their stop, awaited there after the streams',
+    keeps the loop running while the throttler's sleep and the snapshot end (which fails
+    on the closed session); here the emulators run on their own threads and nothing ran
+    on the loop after the bus stopped, so it closed with them pending."""
+    current = asyncio.current_task()
+    tasks = [task for task in asyncio.all_tasks() if task is not current and not task.done()]
+    for task in tasks:
+        task.cancel()
+    if tasks:
+        await asyncio.wait(tasks, timeout=LEFTOVER_TIMEOUT_S)
+
+
+class _RecordingControl:
+    """The ingestion control an ingestion node answers with: each ``subscribe`` or
+    ``unsubscribe`` that succeeded is recorded in :data:`SUBSCRIPTIONS_BUCKET` before its
+    answer leaves (so the asker knows it survives a restart)."""
+
+    def __init__(self, node: IngestNode, inner: IngestionControl) -> None:
+        self.node = node
+        self.inner = inner
+
+    def subscribe(self, exchange: str | None, symbols: Sequence[str],
+                  channels: Sequence[str] | None = None) -> dict[str, Any]:
+        return self._change(True, exchange, symbols, channels)
+
+    def unsubscribe(self, exchange: str | None, symbols: Sequence[str],
+                    channels: Sequence[str] | None = None) -> dict[str, Any]:
+        return self._change(False, exchange, symbols, channels)
+
+    def _change(self, subscribed: bool, exchange: str | None, symbols: Sequence[str],
+                channels: Sequence[str] | None) -> dict[str, Any]:
+        method: Any = self.inner.subscribe if subscribed else self.inner.unsubscribe
+        answer: dict[str, Any] = (method(exchange, symbols) if channels is None
+                                  else method(exchange, symbols, channels))
+        changed = answer.get("subscribed" if subscribed else "unsubscribed") or []
+        self.node._note(str(answer.get("exchange") or exchange), [str(s) for s in changed],
+                        subscribed)
+        return answer
+
+    def status(self) -> IngestionStatus:
+        return self.inner.status()
+
+    def markets(self, exchange: str | None, pattern: str | None = None,
+                ) -> tuple[MarketInfo, ...]:
+        return self.inner.markets(exchange, pattern)
 
 
 def run_ingest_node(config: ServerConfig, *, shutdown_timeout: float = 10.0) -> int:
