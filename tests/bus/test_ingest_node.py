@@ -299,3 +299,17 @@ def test_from_config_takes_the_streams_demo_bus_node_and_backlog() -> None:
     again = IngestNode.from_config(ServerConfig(streams=(stream,)))
     assert again.node == IngestNode.from_config(ServerConfig(streams=(stream,))).node
     assert again.node != IngestNode.from_config(ServerConfig(demo=("binance",))).node
+
+
+@pytest.mark.parametrize("after", [0.3, 1.0])
+def test_stop_leaves_no_task_of_ccxt_pending(nats_server: NatsServer, emulator: EmulatorThread,
+                                             after: float) -> None:
+    """Stopped while ccxt fetches the books' snapshots (its throttler waiting): ccxt's close
+    leaves those tasks and the throttler's looper, and a loop closed with them pending logs
+    "Task was destroyed but it is pending" for each; the node's stop ends them first."""
+    node = IngestNode([stream_to(emulator, "book", EMULATED)], options_for(nats_server),
+                      node="ing-stop").start()
+    loop = node.loop
+    threading.Event().wait(after)
+    node.stop()
+    assert [task.get_coro() for task in asyncio.all_tasks(loop)] == []
