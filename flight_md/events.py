@@ -11,6 +11,15 @@ from its ``subscribe`` event until its ``unsubscribe`` event, however many event
 bounded log has dropped since. Subscriptions are kept per (exchange, channel) when the
 events name their channel (every stream's do): unsubscribing a symbol's trades leaves it
 subscribed on the exchange while its ticker stream still has it.
+
+After a restart the events of the earlier run are put back (:meth:`EventLog.restore`) but
+count for nothing by default: a server's own ingestion subscribes its symbols again at start,
+recording new events. A serving node of a bus has no ingestion of its own, and the
+ingestion nodes sent their events once, to the incarnation that stored them: it takes what
+the restored events say (:meth:`EventLog.resume_subscriptions`). Restored events have lost
+their channel (the journal keeps the ``@events`` schema), so those subscriptions count on
+every channel of the exchange until the next live ``subscribe`` or ``unsubscribe`` event for
+that symbol there, which replaces them.
 """
 
 from __future__ import annotations
@@ -77,6 +86,16 @@ class Event:
     channel: str = ""
 
 
+def _applied(subscribed: dict[tuple[str, str], frozenset[str]],
+             event: Event) -> dict[tuple[str, str], frozenset[str]]:
+    """``subscribed`` after a ``subscribe`` or ``unsubscribe`` event (a new dict)."""
+    key = (event.exchange, event.channel)
+    current = subscribed.get(key, frozenset())
+    changed = (current | set(event.symbols) if event.kind is EventKind.SUBSCRIBE
+               else current - set(event.symbols))
+    return {**subscribed, key: changed}
+
+
 class EventLog:
     """A bounded, thread-safe, append-only log of :class:`Event`.
 
@@ -90,6 +109,8 @@ class EventLog:
         self._lock = threading.Lock()
         self.recorded = 0
         self._subscribed: dict[tuple[str, str], frozenset[str]] = {}  # (exchange, channel) -> symbols
+        self._restorable: dict[tuple[str, str], frozenset[str]] = {}  # what restored events say
+        self._resumed: dict[tuple[str, str], frozenset[str]] = {}  # taken by resume_subscriptions
         self.sink: Callable[[Event], None] | None = None
         """Called with every recorded event (the journal's queue, when persisting)."""
 
@@ -102,12 +123,12 @@ class EventLog:
             self._events.append(event)
             self.recorded += 1
             if event.kind is EventKind.SUBSCRIBE or event.kind is EventKind.UNSUBSCRIBE:
-                key = (exchange, event.channel)
-                current = self._subscribed.get(key, frozenset())
-                changed = (current | set(event.symbols) if event.kind is EventKind.SUBSCRIBE
-                           else current - set(event.symbols))
                 # Replaced, never mutated: readers take the dict without the lock.
-                self._subscribed = {**self._subscribed, key: changed}
+                self._subscribed = _applied(self._subscribed, event)
+                if self._resumed:  # a live event replaces what the restored ones said
+                    names = set(event.symbols)
+                    self._resumed = {k: v - names if k[0] == exchange else v
+                                     for k, v in self._resumed.items()}
         sink = self.sink
         if sink is not None:
             sink(event)
@@ -118,7 +139,7 @@ class EventLog:
 
         They are served by ``@events`` but change nothing else: what is subscribed now is
         what this run subscribes (the configured symbols and the run-time changes it
-        repeats), not what the old events say.
+        repeats), not what the old events say, unless :meth:`resume_subscriptions` takes it.
         """
         with self._lock:
             current = list(self._events)
@@ -126,21 +147,39 @@ class EventLog:
             self._events.extend(events)
             self._events.extend(current)
             self.recorded += len(events)
+            restorable = self._restorable
+            for event in events:
+                if event.kind is EventKind.SUBSCRIBE or event.kind is EventKind.UNSUBSCRIBE:
+                    restorable = _applied(restorable, event)
+            self._restorable = restorable
+
+    def resume_subscriptions(self) -> list[tuple[str, str]]:
+        """Count as subscribed what the restored events say (a serving node of a bus, see
+        the module docstring; call it before live events come); the ``(exchange, symbol)``
+        pairs taken, sorted."""
+        with self._lock:
+            self._resumed = {k: v for k, v in self._restorable.items() if v}
+            self._restorable = {}
+            return sorted({(e, s) for (e, _), symbols in self._resumed.items()
+                           for s in symbols})
+
+    def _subscriptions(self) -> list[tuple[tuple[str, str], frozenset[str]]]:
+        return [*self._subscribed.items(), *self._resumed.items()]
 
     def subscribed(self) -> list[tuple[str, str]]:
         """Every subscribed ``(exchange, symbol)``, on any channel, sorted (see the module
         docstring)."""
-        return sorted({(e, s) for (e, _), symbols in self._subscribed.items() for s in symbols})
+        return sorted({(e, s) for (e, _), symbols in self._subscriptions() for s in symbols})
 
     def subscribers(self, symbol: str) -> list[str]:
         """The exchanges that subscribed ``symbol`` on any channel, sorted."""
-        return sorted({e for (e, _), symbols in self._subscribed.items() if symbol in symbols})
+        return sorted({e for (e, _), symbols in self._subscriptions() if symbol in symbols})
 
     def subscribed_channels(self, exchange: str, symbol: str) -> list[str]:
         """The channels ``symbol`` is subscribed on at ``exchange``, sorted (``""``: events
         that named no channel)."""
-        return sorted(c for (e, c), symbols in self._subscribed.items()
-                      if e == exchange and symbol in symbols)
+        return sorted({c for (e, c), symbols in self._subscriptions()
+                       if e == exchange and symbol in symbols})
 
     def events(self, exchange: str | None = None, start: int | None = None,
                end: int | None = None, latest: int | None = None) -> list[Event]:

@@ -323,6 +323,7 @@ class Consumer:
             self._handled_through = max(self._handled_through, msg.metadata.sequence.stream)
             await msg.term()
             return
+        stream_seq = msg.metadata.sequence.stream
         verdict, gap = self.ledger.check(message)
         with self._guard:
             if verdict is Verdict.STORE:
@@ -335,7 +336,7 @@ class Consumer:
                     logger.warning("bus consumer %s: dropped a message: %s", self.node, exc)
                     await msg.term()
                     return
-                self.ledger.stored(message)
+                self.ledger.stored(message, stream_seq)
                 self._counts["stored"] += 1
                 if gap is not None:
                     self._gaps.append(gap)
@@ -347,10 +348,10 @@ class Consumer:
                     if self._on_gap is not None:
                         self._on_gap(gap)
             else:
+                self.ledger.seen(message.producer, stream_seq)
                 self._counts["duplicates"] += 1
             if self._settle is not None:
                 self._settle(msg)
-        stream_seq = msg.metadata.sequence.stream
         self._last_stream_seq[message.subject] = stream_seq
         self._handled_through = max(self._handled_through, stream_seq)
         if self._settle is None:

@@ -34,7 +34,20 @@ Lag (:meth:`Consumer.lag`) is refreshed in the background at most once a second 
 node is behind, the per-subject figures every :data:`PROBE_INTERVAL_S`);
 :meth:`ServeBus.status` returns the cached value and never waits for the bus. A subject that
 falls more than ``lag_threshold`` messages behind, and later catches up, is recorded once
-each way in ``@events`` (kind ``stale``).
+each way in ``@events`` (kind ``lag``).
+
+Ledger pruning (:meth:`flight_md.bus.ledger.Ledger.prune`): every ``prune_interval_s``
+(:data:`PRUNE_INTERVAL_S`) the loop reads the stream's first and last sequence and both
+consumers' ack floors. Producers whose highest handled stream sequence is below the first
+sequence of the check before are dropped, if by now each consumer has acked everything up to
+that check's last sequence (or has nothing pending at all): every message the stream held
+then is handled, so none of those producers' messages is left in the stream to deliver, not
+even to a consumer created again. Changes go into the journal like every ledger change.
+
+Subscriptions: at start a persisting node takes what the restored ``subscribe`` and
+``unsubscribe`` events say is subscribed (:meth:`flight_md.events.EventLog.resume_subscriptions`):
+the ingestion nodes sent those events once, to the incarnation that stored them, and a
+restarted node reads on after them.
 
 Threads: the bus loop's thread does all bus I/O and writes the rings (under the ring locks and
 the ledger's lock); :meth:`ServeBus.start`, :meth:`ServeBus.stop` and :meth:`ServeBus.status`
@@ -52,6 +65,7 @@ import threading
 import time
 from collections import Counter, deque
 from collections.abc import Coroutine, Sequence
+from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any, Final, Self, TypeVar
 
 import nats.js.errors
@@ -84,7 +98,8 @@ from flight_md.events import EventKind, EventLog
 if TYPE_CHECKING:
     from flight_md.persist.store import Persistence
 
-__all__ = ["LAG_EVENT_MESSAGES", "LAG_REFRESH_S", "ServeBus", "events_durable_name"]
+__all__ = ["LAG_EVENT_MESSAGES", "LAG_REFRESH_S", "PRUNE_INTERVAL_S", "ServeBus",
+           "events_durable_name"]
 
 logger = logging.getLogger(__name__)
 
@@ -102,6 +117,9 @@ journal commit (~0.2-0.4 s), during which a fast stream delivers thousands."""
 LAG_SHOWN: Final = 200
 """Subjects ``status`` lists by name (the most behind first)."""
 GAPS_SHOWN: Final = 10
+PRUNE_INTERVAL_S: Final = 300.0
+"""The ledger is checked for producers to prune this often (two checks: one to note the
+stream's range, the next to prune against it)."""
 
 
 def events_durable_name(node: str) -> str:
@@ -129,12 +147,14 @@ class ServeBus:
         subjects: The data subject filters this node holds.
         lag_threshold: See :data:`LAG_EVENT_MESSAGES`.
         ack_wait_s: The server redelivers a message not acked within this.
+        prune_interval_s: See :data:`PRUNE_INTERVAL_S`.
     """
 
     def __init__(self, options: BusOptions, *, node: str, store: Store, events: EventLog,
                  persistence: Persistence | None, subjects: Sequence[str] = (ALL_SUBJECTS,),
                  lag_threshold: int = LAG_EVENT_MESSAGES,
-                 ack_wait_s: float = ACK_WAIT_S) -> None:
+                 ack_wait_s: float = ACK_WAIT_S,
+                 prune_interval_s: float = PRUNE_INTERVAL_S) -> None:
         self.options = options
         self.node = node
         self.durable = durable_name(node)  # validates the name
@@ -148,6 +168,10 @@ class ServeBus:
         self.subjects = tuple(validate_filter(s) for s in subjects)
         self.lag_threshold = lag_threshold
         self.ack_wait_s = ack_wait_s
+        self.prune_interval_s = prune_interval_s
+        self._ledger = Ledger()
+        self._guard: AbstractContextManager[Any] = contextlib.nullcontext()
+        self._prune_mark: tuple[int, int] | None = None  # (first, last) stream seq at a check
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._client: Client | None = None
@@ -258,6 +282,11 @@ class ServeBus:
             shared.on_durable = self._durable
         else:
             ledger, guard, settle = Ledger(), None, None
+        self._ledger = ledger
+        self._guard = guard if guard is not None else contextlib.nullcontext()
+        if persistence is not None:
+            # Before the events come: what the earlier incarnations stored is subscribed.
+            self.events.resume_subscriptions()
         # Nothing of an earlier run to resume from: read the retention window again.
         fresh = persistence is None or len(ledger) == 0
         max_ack = DEFERRED_MAX_ACK_PENDING if persistence is not None else 1024
@@ -282,7 +311,8 @@ class ServeBus:
             logger.warning("bus node %s reads no events: %s", self.node, exc)
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(self._acker(), name="bus-acks"),
-                       loop.create_task(self._watch_lag(), name="bus-lag")]
+                       loop.create_task(self._watch_lag(), name="bus-lag"),
+                       loop.create_task(self._prune_loop(), name="bus-ledger-prune")]
         if persistence is not None:
             self._tasks.append(loop.create_task(self._keep_alive(), name="bus-in-progress"))
 
@@ -467,6 +497,58 @@ class ServeBus:
             exchange, symbols = "*", ()
         self.events.record(exchange, EventKind.LAG, symbols, detail)
 
+    # -- ledger pruning ----------------------------------------------------------------------
+
+    async def _prune_loop(self) -> None:
+        while True:
+            client = self._client
+            if client is not None and client.is_connected:
+                try:
+                    await asyncio.wait_for(self._prune_check(), 10.0)
+                except BUS_ERRORS as exc:
+                    self._prune_failed(exc)
+                except TimeoutError as exc:
+                    self._prune_failed(exc)
+            await asyncio.sleep(self.prune_interval_s)
+
+    def _prune_failed(self, exc: BaseException) -> None:
+        # The next check tries again; the mark stays as it was (still safe).
+        logger.info("bus node %s: ledger prune check failed: %s", self.node,
+                    self.options.redact(f"{type(exc).__name__}: {exc}"))
+
+    async def _prune_check(self) -> None:
+        """One check (see the module docstring, "Ledger pruning")."""
+        assert self._client is not None
+        js = self._client.jetstream()
+        stream = self.options.stream
+        state = (await js.stream_info(stream)).state
+        first, last = state.first_seq or 0, state.last_seq or 0
+        mark = self._prune_mark
+        if mark is not None:
+            caught_up = True
+            for consumer in (self._data, self._events_consumer):
+                if consumer is None:
+                    continue
+                info = await js.consumer_info(stream, consumer.durable)
+                floor = info.ack_floor.stream_seq if info.ack_floor is not None else 0
+                idle = not info.num_pending and not info.num_ack_pending
+                if not idle and (floor or 0) < mark[1]:
+                    caught_up = False
+            if caught_up and mark[0] > 1:
+                with self._guard:
+                    pruned = self._ledger.prune(mark[0])
+                if pruned:
+                    self._counts["pruned_producers"] += len(pruned)
+                    logger.info("bus node %s: ledger pruned %d producers none of whose "
+                                "messages the stream holds (before #%d)", self.node,
+                                len(pruned), mark[0])
+        with self._guard:
+            # Entries restored from a ledger of before pruning: handled at or below this.
+            self._ledger.bound(last)
+            if self.persistence is None:
+                self._ledger.take_changes()  # no journal takes them: do not keep them
+        self._prune_mark = (first, last)
+
     # -- status ------------------------------------------------------------------------------
 
     def status(self) -> dict[str, Any]:
@@ -505,6 +587,8 @@ class ServeBus:
                        "error": self._events_error},
             "ack_pending": waiting,
             "acked": self._counts["acked"],
+            "ledger": {"entries": len(self._ledger),
+                       "pruned_producers": self._counts["pruned_producers"]},
             "recreated": bool(self._data is not None and self._data.recreated),
             "failed": (self.options.redact(f"{type(failed).__name__}: {failed}")
                        if failed is not None else None),

@@ -30,6 +30,9 @@
   before journal segments are sealed (deleted) the ledger as of the last commit goes to
   ``bus-ledger.json`` in the data dir (atomically). At start it is that file plus every
   change the journal still holds.
+  Entries of producers none of whose messages can reach the node again are pruned
+  (:meth:`flight_md.bus.ledger.Ledger.prune`): journalled as tombstones, gone from the file
+  at the next seal.
 
 Disk errors never stop ingestion or serving: a failed commit is retried every interval (the
 journal keeps the rows pending, up to its limit), a failed history write on the next seal;
@@ -61,7 +64,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from flight_md.buffer import MarketDataBuffer, Store
-from flight_md.bus.ledger import Ledger
+from flight_md.bus.ledger import Ledger, apply_changes
 from flight_md.core.channels import TICKER_LIKE, spec_for
 from flight_md.errors import FlightMdError
 from flight_md.events import Event, EventKind, EventLog
@@ -245,9 +248,7 @@ class BusLedger:
     def _restore(self, entries: Mapping[tuple[str, str], int], saved: bool) -> None:
         self.ledger.merge(entries)
         with self._inner:
-            for key, seq in entries.items():
-                if seq > self._durable.get(key, 0):
-                    self._durable[key] = seq
+            apply_changes(self._durable, entries)
             self._saved = self._saved and saved
 
     def _unsaved(self) -> None:
@@ -277,7 +278,7 @@ class BusLedger:
             while self._fed and self._fed[0][0] <= committed:
                 _, changes, done = self._fed.popleft()
                 if changes:
-                    self._durable.update(changes)  # a change only ever raises a seq
+                    apply_changes(self._durable, changes)  # raises, or prunes (tombstones)
                     self._saved = False
                 tokens += done
         callback = self.on_durable
@@ -294,13 +295,23 @@ def ledger_batch(changes: Mapping[tuple[str, str], int]) -> pa.RecordBatch:
 
 
 def ledger_entries(table: pa.Table | pa.RecordBatch) -> dict[tuple[str, str], int]:
-    """Journalled ledger changes as entries, the newest per key (changes only raise)."""
-    out: dict[tuple[str, str], int] = {}
+    """Journalled ledger changes as changes for :meth:`Ledger.merge`, one per key, in any
+    order: the highest sequence, or the tombstone (a negative sequence, an entry pruned) of
+    the highest one if no higher positive one came after it (sequences only rise)."""
+    raised: dict[tuple[str, str], int] = {}
+    pruned: dict[tuple[str, str], int] = {}
     columns = table.to_pydict()
     for producer, subject, seq in zip(columns["producer"], columns["subject"], columns["seq"],
                                       strict=True):
-        if seq > out.get((producer, subject), 0):
-            out[producer, subject] = seq
+        key = (producer, subject)
+        if seq > raised.get(key, 0):
+            raised[key] = seq
+        elif seq < 0 and -seq > pruned.get(key, 0):
+            pruned[key] = -seq
+    out = dict(raised)
+    for key, seq in pruned.items():
+        if raised.get(key, 0) <= seq:
+            out[key] = -seq
     return out
 
 

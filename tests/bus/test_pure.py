@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from flight_md.bus.backlog import Backlog, BacklogLimits, DroppedRun
-from flight_md.bus.ledger import Gap, Ledger, Verdict
+from flight_md.bus.ledger import STREAM_KEY, Gap, Ledger, Verdict, apply_changes
 from flight_md.bus.message import (
     HEADER_MSG_ID,
     HEADER_SCHEMA,
@@ -35,6 +35,7 @@ from flight_md.bus.subjects import (
 )
 from flight_md.core.channels import CHANNELS, spec_for
 from flight_md.errors import ConfigError
+from flight_md.persist.store import ledger_batch, ledger_entries
 from tests.bus.nats_support import trades_batch
 
 SYMBOLS = ["BTC/USDT", "BTC-USDT-SWAP", "ETH/USD:ETH", "1000.PEPE/USDT", "a*b", "x>y", "two words",
@@ -240,6 +241,52 @@ def test_ledger_stores_once_and_finds_gaps() -> None:
 
 def test_a_new_node_mid_stream_records_no_gap() -> None:
     assert Ledger().check(msg(90, 80)) == (Verdict.STORE, None)
+
+
+def test_the_ledger_prunes_producers_below_the_streams_first_sequence() -> None:
+    ledger = Ledger()
+    a, b = "md.trades.binance.BTC/USDT", "md.trades.binance.ETH/USDT"
+    ledger.stored(msg(1, 0, producer="old"), 1)
+    ledger.stored(msg(2, 0, "ETH/USDT", producer="old"), 2)
+    ledger.seen("old", 5)  # a copy of one of them, later in the stream
+    ledger.stored(msg(1, 0, producer="new"), 6)
+    ledger.take_changes()
+    assert ledger.stream_seq("old") == 5 and ledger.prune(5) == []  # the copy is still there
+    assert ledger.prune(6) == ["old"]
+    assert ledger.producers() == {"new"} and len(ledger) == 1
+    changes = ledger.take_changes()
+    assert changes == {("old", a): -1, ("old", b): -2, ("old", STREAM_KEY): -5}
+    # Journalled rows merge in any order: the tombstones win over what they pruned, and an
+    # entry stored again later (a higher sequence) over its tombstone.
+    rows = [(("old", a), 1), (("old", b), 2), (("old", STREAM_KEY), 5), (("new", a), 1),
+            (("new", STREAM_KEY), 6), *changes.items(), (("old", b), 3)]
+    for order in (rows, rows[::-1]):
+        table = pa.Table.from_batches([ledger_batch(dict([row])) for row in order])
+        entries = ledger_entries(table)
+        restored = Ledger()
+        restored.merge(entries)
+        assert restored.snapshot() == {"new": {a: 1, STREAM_KEY: 6}, "old": {b: 3}}
+        # A reader of before pruning (the highest sequence per key) ignores the tombstones:
+        # it prunes nothing, and takes the stream sequence as one more subject.
+        before: dict[tuple[str, str], int] = {}
+        for key, seq in order:
+            if seq > before.get(key, 0):
+                before[key] = seq
+        assert before == {("old", a): 1, ("old", b): 3, ("old", STREAM_KEY): 5,
+                          ("new", a): 1, ("new", STREAM_KEY): 6}
+    # A ledger of before pruning (no stream sequences): bounded by the stream's last sequence
+    # at the first check, pruned once the stream's first sequence passes it.
+    legacy = Ledger.restore({"old": {a: 4}, "new": {a: 2, STREAM_KEY: 40}})
+    assert legacy.stream_seq("old") is None and legacy.prune(1_000) == ["new"]
+    assert legacy.bound(50) == ["old"] and legacy.prune(50) == []
+    assert legacy.prune(51) == ["old"] and len(legacy) == 0
+    assert Ledger.restore(legacy.snapshot()).snapshot() == {}
+
+
+def test_tombstones_apply_only_to_entries_at_most_as_high() -> None:
+    target = {("p", "s"): 5, ("q", "s"): 9}
+    apply_changes(target, {("p", "s"): -5, ("q", "s"): -8, ("r", "s"): -1, ("q", "t"): 2})
+    assert target == {("q", "s"): 9, ("q", "t"): 2}
 
 
 # -- the backlog --------------------------------------------------------------------------------

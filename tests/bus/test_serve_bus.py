@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import shutil
 import signal
 from collections.abc import AsyncIterator, Iterator
 from functools import partial
@@ -19,6 +20,7 @@ import pytest
 import pytest_asyncio
 
 from flight_md.buffer import Store
+from flight_md.bus.ledger import STREAM_KEY
 from flight_md.bus.message import (
     HEADER_MSG_ID,
     BusMessage,
@@ -105,7 +107,8 @@ class Node:
     the test's process."""
 
     def __init__(self, server: NatsServer, name: str, data_dir: Path | None,
-                 subjects: tuple[str, ...] = ("md.>",)) -> None:
+                 subjects: tuple[str, ...] = ("md.>",), options: BusOptions | None = None,
+                 prune_interval_s: float = 300.0) -> None:
         self.store = Store(BUFFER_ROWS)
         self.events = EventLog()
         self.persistence = None
@@ -113,8 +116,9 @@ class Node:
             self.persistence = Persistence(PersistConfig(data_dir, commit_interval=0.05,
                                                          seal_interval=3600.0),
                                            self.store, self.events).open().start()
-        self.bus = ServeBus(options_for(server), node=name, store=self.store,
-                            events=self.events, persistence=self.persistence, subjects=subjects)
+        self.bus = ServeBus(options or options_for(server), node=name, store=self.store,
+                            events=self.events, persistence=self.persistence, subjects=subjects,
+                            prune_interval_s=prune_interval_s)
 
     async def start(self) -> Node:
         await asyncio.to_thread(self.bus.start)
@@ -175,8 +179,9 @@ async def test_each_batch_reaches_its_ring_once_and_is_acked_after_the_journal_c
         ("trades", *r) for r in RINGS}
     assert LEDGER_KEY.channel not in {k.channel for k in persistence.root.series()}
     saved = json.loads((tmp_path / "a" / LEDGER_FILE).read_text())
-    assert saved == {"ingest-a-1": {subject_for("trades", *r): 57 + RINGS.index(r) + 1
-                                    for r in RINGS}}
+    # The last stored message per subject, and the producer's highest handled stream sequence.
+    assert saved == {"ingest-a-1": {**{subject_for("trades", *r): 57 + RINGS.index(r) + 1
+                                       for r in RINGS}, STREAM_KEY: 60}}
 
 
 def serve_node(server: NatsServer, node: str, data_dir: Path | str,
@@ -255,9 +260,10 @@ async def test_a_serving_node_killed_mid_stream_and_restarted_loses_and_duplicat
     try:
         assert_rings_hold_exactly(store, sent)
         assert (data_dir / LEDGER_FILE).exists()
-        saved = json.loads((data_dir / LEDGER_FILE).read_text())
-        assert saved == {"ingest-a-1": {subject_for("trades", *r): max(
-            seq for seq in range(1, total + 1) if RINGS[(seq - 1) % 3] == r) for r in RINGS}}
+        saved = json.loads((data_dir / LEDGER_FILE).read_text())["ingest-a-1"]
+        assert saved.pop(STREAM_KEY) >= total
+        assert saved == {subject_for("trades", *r): max(
+            seq for seq in range(1, total + 1) if RINGS[(seq - 1) % 3] == r) for r in RINGS}
     finally:
         persistence.close()
 
@@ -390,3 +396,92 @@ def test_a_bus_away_at_start_is_one_clear_error_naming_no_secret(tmp_path: Path)
     assert "cannot connect to the bus" in str(caught.value)
     bus.stop()  # idempotent after a failed start
     assert bus.status()["connected"] is False
+
+
+@pytest.mark.asyncio
+async def test_a_producer_gone_from_the_stream_is_pruned_persisted_and_never_stored_twice(
+        nats_server: NatsServer, tmp_path: Path, nodes: list[Node]) -> None:
+    # A stream of at most 30 messages: an old ingestion incarnation's messages age out.
+    limited = BusOptions(url=nats_server.url, reconnect_wait_s=0.1, connect_timeout_s=1.0,
+                         limits=StreamLimits(max_age_s=600, max_msgs=30))
+    sent = Sent()
+
+    async def publish(producer: str, count: int) -> None:
+        pub = Publisher(limited, producer, ack_timeout_s=0.5)
+        await pub.start()
+        try:
+            for i in range(count):
+                sent.publish(pub, RINGS[i % 3], 3)
+            await pub.flush(TIMEOUT * MS)
+        finally:
+            await pub.close(timeout=1)
+
+    await publish("ingest-old-1", 10)  # stream 1..10
+    node = await start_node(nodes, nats_server, "serve-p", tmp_path / "p", options=limited,
+                            prune_interval_s=0.1)
+    ledger = node.bus._ledger
+    await async_until(lambda: node.bus.status()["acked"] == 10, TIMEOUT, "the old messages")
+    assert ledger.producers() == {"ingest-old-1"}
+    await publish("ingest-new-1", 25)  # 1..5 gone, 6..10 of the old producer still there
+    await async_until(lambda: node.bus.status()["acked"] == 35, TIMEOUT, "the new messages")
+    await asyncio.sleep(0.5 * MS)  # several checks
+    assert node.bus.status()["ledger"]["pruned_producers"] == 0
+    assert ledger.producers() == {"ingest-old-1", "ingest-new-1"}
+    await publish("ingest-new-2", 12)  # first sequence 18: nothing of the old one is left
+    await async_until(lambda: node.bus.status()["ledger"]["pruned_producers"] == 1, TIMEOUT,
+                      "the old producer pruned")
+    assert ledger.producers() == {"ingest-new-1", "ingest-new-2"}
+    await async_until(lambda: node.bus.status()["ack_pending"] == 0, TIMEOUT, "the acks")
+    await asyncio.sleep(0.2 * MS)  # a commit after the prune: its tombstones are journalled
+    # The journal alone (a copy of the live data dir: a crash now) restores it pruned.
+    crashed = tmp_path / "crashed"
+    shutil.copytree(tmp_path / "p", crashed)
+    copy = Persistence(PersistConfig(crashed), Store(BUFFER_ROWS), EventLog()).open()
+    try:
+        assert copy.bus_ledger.ledger.producers() == {"ingest-new-1", "ingest-new-2"}
+    finally:
+        copy.close()
+    await node.stop()  # the history move saves the file: without the pruned producer
+    nodes.remove(node)
+    saved = json.loads((tmp_path / "p" / LEDGER_FILE).read_text())
+    assert set(saved) == {"ingest-new-1", "ingest-new-2"}
+    # Read the whole stream again (a changed filter recreates the durable consumer): what it
+    # still holds is all stored already, so nothing is stored twice.
+    again = await start_node(nodes, nats_server, "serve-p", tmp_path / "p", options=limited,
+                             subjects=("md.trades.>",), prune_interval_s=0.1)
+    await async_until(lambda: again.bus.status()["duplicates"] == 30, TIMEOUT,
+                      "the stream read again")
+    await asyncio.sleep(0.3 * MS)
+    status = again.bus.status()
+    assert status["recreated"] and status["stored"] == 0 and status["duplicates"] == 30
+    assert_rings_hold_exactly(again.store, sent)
+
+
+@pytest.mark.asyncio
+async def test_a_restarted_node_knows_what_the_ingestion_nodes_subscribed(
+        nats_server: NatsServer, publisher: Publisher, tmp_path: Path, nodes: list[Node]) -> None:
+    await publisher.flush(TIMEOUT * MS)
+    at = now_ms() - 60_000
+    sent = [Event(at, "binance", EventKind.SUBSCRIBE, ("BTC/USDT", "ETH/USDT"), "s", "trades"),
+            Event(at + 1, "binance", EventKind.UNSUBSCRIBE, ("ETH/USDT",), "u", "trades"),
+            Event(at + 2, "okx", EventKind.SUBSCRIBE, ("BTC/USDT",), "s", "ticker")]
+    await publish_raw(nats_server, [encode_event(EventMessage("ing-s", i + 1, i, e))
+                                    for i, e in enumerate(sent)])
+    wanted = [("binance", "BTC/USDT"), ("okx", "BTC/USDT")]
+    first = await start_node(nodes, nats_server, "serve-s", tmp_path / "s")
+    await async_until(lambda: first.events.subscribed() == wanted, TIMEOUT, "the subscriptions")
+    await async_until(lambda: first.bus.status()["ack_pending"] == 0
+                      and first.bus.status()["events"]["stored"] == 3, TIMEOUT, "the acks")
+    await first.stop()
+    nodes.remove(first)
+    # The events are not delivered again; the node takes what its restored ones say.
+    second = await start_node(nodes, nats_server, "serve-s", tmp_path / "s")
+    assert second.events.subscribed() == wanted
+    assert second.events.subscribers("BTC/USDT") == ["binance", "okx"]
+    assert second.events.subscribed_channels("binance", "ETH/USDT") == []
+    # A live event replaces what the restored ones said of that symbol there.
+    await publish_raw(nats_server, [encode_event(EventMessage("ing-s", 4, 3, Event(
+        now_ms(), "binance", EventKind.UNSUBSCRIBE, ("BTC/USDT",), "u", "trades")))])
+    await async_until(lambda: second.events.subscribed() == [("okx", "BTC/USDT")], TIMEOUT,
+                      "the live unsubscribe")
+    assert second.bus.status()["events"]["stored"] == 1
