@@ -5,6 +5,7 @@ the emulator, real IngestNodes (a restart: one stopped, another started with its
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -19,7 +20,7 @@ from flight_md.config import StreamConfig
 from flight_md.emulator.thread import EmulatorThread
 from tests.bus.nats_support import NatsServer, nats_server
 from tests.bus.test_ingest_node import BusLoop, bus_loop, options_for, stream_to
-from tests.support import MS, until
+from tests.support import MS, ChildProcess, until
 
 __all__ = ["bus_loop", "nats_server"]
 
@@ -149,6 +150,39 @@ def test_a_node_no_longer_streaming_an_exchange_does_not_repeat_its_changes(
     # Kept for when binance is configured on it again.
     assert kv_value(bus_loop, client, "ing-m") == {
         "binance": {"added": ["ETH/USDT"], "removed": []}}
+
+
+def test_a_restarted_ingest_process_repeats_what_control_changed(
+        nats_server: NatsServer, serving: tuple[Client, BusControl]) -> None:
+    """The real command: ``flight-md ingest --demo`` stopped by SIGTERM and started again
+    with the same node name streams what control left it streaming, not what it was told
+    at start; both stops are clean (exit 0)."""
+    _, control = serving
+    argv = ["-m", "flight_md", "ingest", "--demo", "--bus", nats_server.url,
+            "--node-name", "ing-p"]
+    ready = re.compile(r"flight-md ingesting as (\S+)")
+
+    def binance_symbols() -> set[str]:
+        return {s for e in control.status().exchanges if e.exchange == "binance"
+                for s in e.symbols}
+
+    first = ChildProcess(argv, ready=ready).start()
+    try:
+        until(lambda: answering(control, "ing-p"), 30, "the node to answer")
+        before = binance_symbols()
+        gone = control.unsubscribe("binance", ["SOL/USDT"])
+    finally:
+        first_code = first.stop(15)
+    second = ChildProcess(argv, ready=ready).start()
+    try:
+        until(lambda: answering(control, "ing-p") and "SOL/USDT" not in binance_symbols()
+              and binance_symbols(), 30, "the unsubscribe repeated")
+        after = binance_symbols()
+    finally:
+        second_code = second.stop(15)
+    assert gone["node"] == "ing-p" and gone["unsubscribed"] == ["SOL/USDT"]
+    assert after == before - {"SOL/USDT"}
+    assert (first_code, second_code) == (0, 0), first.output + second.output
 
 
 def kv_value(bus_loop: BusLoop, client: Client, key: str) -> Any:
