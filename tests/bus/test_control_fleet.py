@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -100,6 +101,32 @@ def test_every_node_of_an_exchange_is_asked_and_each_symbol_reaches_one_node(
     assert markets == {"BTC/USDT": True, "ETH/USDT": True, "SOL/USDT": False,
                        "XRP/USDT": False}
     assert sorted(s for e in after.exchanges for s in e.symbols) == ["BTC/USDT", "ETH/USDT"]
+
+
+def test_with_the_registry_a_round_ends_once_every_node_of_the_exchange_answered(
+        nats_server: NatsServer, bus_loop: BusLoop, emulator: EmulatorThread,
+        serving: tuple[Client, BusControl]) -> None:
+    from flight_md.bus.registry import Registry, node_record
+
+    client, _ = serving
+    options = options_for(nats_server)
+    registry = bus_loop.run(Registry(client, "serve-a", node_record("serve")).start())
+    try:
+        # A round waits 30 s unless every node the registry lists for binance answered.
+        control = BusControl(bus_loop.loop, client, "serve-a", timeout=8.0 * MS,
+                             cluster_timeout=30.0, registry=registry)
+        with IngestNode([stream_to(emulator, "trades", ("BTC/USDT",))], options, node="ing-a"), \
+                IngestNode([stream_to(emulator, "trades", ("ETH/USDT",))], options, node="ing-b"):
+            until(lambda: len(registry.nodes()) == 3, 20, "both ingestion nodes' records")
+            started = time.monotonic()
+            status = control.status()
+            answer = control.subscribe("binance", ["SOL/USDT"])
+            took = time.monotonic() - started
+    finally:
+        bus_loop.run(registry.stop())
+    assert sorted(s for e in status.exchanges for s in e.symbols) == ["BTC/USDT", "ETH/USDT"]
+    assert answer["node"] == "ing-a"  # 1 symbol each: by name
+    assert took < 10.0
 
 
 def test_run_time_subscriptions_are_repeated_after_a_restart(
