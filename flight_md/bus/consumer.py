@@ -8,7 +8,9 @@ whether it is new, hands a new one to the store callback, records it in the ledg
 then acks it. A message the callback did not store (it raised) is not acked: the consumer
 stops and the server delivers it again to the next run. A duplicate (at or below the last
 stored sequence of its producer on its subject: a redelivery after a lost ack, or a
-re-publish outside the server's duplicate window) is acked and not stored. A message that is
+re-publish outside the server's duplicate window) is acked and not stored; one whose headers
+name a stored sequence is known without decoding its batch (a restarted node's catch-up
+reads thousands of them). A message that is
 not one :func:`~flight_md.bus.message.encode` makes is terminated (never redelivered) and
 counted.
 
@@ -34,7 +36,8 @@ subjects a call (round robin; the others keep their last value): for ``status``,
 per-tick path.
 
 Threads: none of its own; the callback runs on the consumer's loop and may be a coroutine
-(not with ``guard``: a lock is not held across an await).
+function (``async def``, awaited; not with ``guard``: a lock is not held across an await). A
+plain callback is called as is (the per-message path then makes no coroutine of its own).
 """
 
 from __future__ import annotations
@@ -58,7 +61,7 @@ from nats.js.client import JetStreamContext
 
 from flight_md.bus.connection import BUS_ERRORS, BusUnavailable, bus_error, connect
 from flight_md.bus.ledger import Gap, Ledger, Sequenced, Verdict
-from flight_md.bus.message import decode
+from flight_md.bus.message import HEADER_PRODUCER, HEADER_SEQ, decode
 from flight_md.bus.options import BusOptions
 from flight_md.bus.subjects import ALL_SUBJECTS, InvalidSubject, validate_filter
 
@@ -80,6 +83,24 @@ _NODE: Final = re.compile(r"[A-Za-z0-9_-]{1,48}")
 StoreCallback = Callable[[Any], Awaitable[None] | None]
 GapCallback = Callable[[Gap], None]
 Decoder = Callable[[str, "dict[str, str] | None", bytes], Sequenced]
+
+
+_ACK: Final = "ack"
+_TERM: Final = "term"
+
+
+def _stream_seq(msg: Msg) -> int:
+    """``msg``'s stream sequence, read from its reply subject
+    (``$JS.ACK.<stream>.<consumer>.<delivered>.<stream seq>.<consumer seq>.<time>.<pending>``)
+    without nats-py's full metadata (a dataclass, a datetime: a tenth of a message's cost on
+    this path); the other forms of the reply subject go through nats-py."""
+    reply = msg.reply
+    if reply:
+        tokens = reply.split(".", 6)
+        if len(tokens) == 7 and tokens[0] == "$JS" and tokens[1] == "ACK" and \
+                tokens[6].count(".") == 2:
+            return int(tokens[5])
+    return msg.metadata.sequence.stream
 
 
 def validate_node_name(name: str) -> str:
@@ -173,6 +194,8 @@ class Consumer:
         self.subjects = tuple(validate(s) for s in subjects)
         self.ledger = ledger if ledger is not None else Ledger()
         self._store = store
+        self._async_store = inspect.iscoroutinefunction(store) or inspect.iscoroutinefunction(
+            type(store).__call__)
         self.ack_wait_s = ack_wait_s
         self._on_gap = on_gap
         self._own_client = client is None
@@ -287,6 +310,7 @@ class Consumer:
     async def _run(self) -> None:
         sub = self._sub
         assert sub is not None
+        take = None if self._async_store else self._take
         while not self._stopping:
             try:
                 messages = await sub.fetch(FETCH_BATCH, timeout=FETCH_WAIT_S)
@@ -303,7 +327,16 @@ class Consumer:
                     await self._give_back(messages[index:])
                     return
                 try:
-                    await self._handle(msg)
+                    if take is None:
+                        await self._handle(msg)
+                    else:
+                        # A plain store: one call, no coroutine a message; only an ack
+                        # (no deferred acks) or a terminate awaits.
+                        action = take(msg)
+                        if action is _ACK:
+                            await msg.ack()
+                        elif action is _TERM:
+                            await msg.term()
                 except BaseException:
                     # Not stored: delivered again at once (not after ack_wait) to the next run.
                     await self._give_back(messages[index:])
@@ -314,16 +347,87 @@ class Consumer:
             for msg in messages:
                 await msg.nak()
 
-    async def _handle(self, msg: Msg) -> None:
+    def _decoded(self, msg: Msg) -> Sequenced | None:
         try:
-            message = self._decode(msg.subject, msg.headers, msg.data)
+            return self._decode(msg.subject, msg.headers, msg.data)
         except InvalidSubject as exc:  # InvalidMessage included
-            self._counts["invalid"] += 1
-            logger.warning("bus consumer %s: dropped a message: %s", self.node, exc)
-            self._handled_through = max(self._handled_through, msg.metadata.sequence.stream)
+            self._invalid(msg, exc)
+            return None
+
+    def _invalid(self, msg: Msg, exc: InvalidSubject) -> None:
+        self._counts["invalid"] += 1
+        logger.warning("bus consumer %s: dropped a message: %s", self.node, exc)
+        self._handled_through = max(self._handled_through, _stream_seq(msg))
+
+    def _take(self, msg: Msg) -> object:
+        """Handle ``msg`` with a plain (not async) store; what is left to send: :data:`_ACK`,
+        :data:`_TERM` or ``None`` (settled: acked later by the caller of ``settle``)."""
+        stream_seq = _stream_seq(msg)
+        ledger = self.ledger
+        if (producer := self._known_duplicate(msg)) is not None:
+            with self._guard:
+                self._duplicate(producer, stream_seq)
+                if self._settle is not None:
+                    self._settle(msg)
+            self._last_stream_seq[msg.subject] = stream_seq
+            self._handled_through = max(self._handled_through, stream_seq)
+            return _ACK if self._settle is None else None
+        message = self._decoded(msg)
+        if message is None:
+            return _TERM
+        verdict, gap = ledger.check(message)
+        with self._guard:
+            if verdict is Verdict.STORE:
+                try:
+                    self._store(message)
+                except InvalidSubject as exc:  # the store refused it as it is (never stored)
+                    self._invalid(msg, exc)
+                    return _TERM
+                ledger.stored(message, stream_seq)
+                self._counts["stored"] += 1
+                if gap is not None:
+                    self._found(gap)
+            else:
+                self._duplicate(message.producer, stream_seq)
+            if self._settle is not None:
+                self._settle(msg)
+        self._last_stream_seq[msg.subject] = stream_seq
+        self._handled_through = max(self._handled_through, stream_seq)
+        return _ACK if self._settle is None else None
+
+    def _known_duplicate(self, msg: Msg) -> str | None:
+        """The producer of ``msg`` if its headers name a sequence the ledger has stored on
+        its subject: a redelivery (the catch-up after a restart, a re-read after a changed
+        filter), skipped without decoding its batch. Anything else (headers missing or
+        malformed included) goes through the full decode."""
+        headers = msg.headers
+        if not headers:
+            return None
+        producer, seq = headers.get(HEADER_PRODUCER), headers.get(HEADER_SEQ)
+        if producer is None or seq is None or not (seq.isascii() and seq.isdigit()):
+            return None
+        return producer if 0 < int(seq) <= self.ledger.last(producer, msg.subject) else None
+
+    def _duplicate(self, producer: str, stream_seq: int) -> None:
+        self.ledger.seen(producer, stream_seq)
+        self._counts["duplicates"] += 1
+
+    def _found(self, gap: Gap) -> None:
+        self._gaps.append(gap)
+        del self._gaps[:-MAX_GAPS_KEPT]
+        self._counts["gaps"] += 1
+        logger.warning("bus consumer %s: producer %s lost messages on %s after #%d up to #%d",
+                       self.node, gap.producer, gap.subject, gap.after, gap.through)
+        if self._on_gap is not None:
+            self._on_gap(gap)
+
+    async def _handle(self, msg: Msg) -> None:
+        """Handle ``msg`` with a store that may be a coroutine (no ``guard`` then)."""
+        message = self._decoded(msg)
+        if message is None:
             await msg.term()
             return
-        stream_seq = msg.metadata.sequence.stream
+        stream_seq = _stream_seq(msg)
         verdict, gap = self.ledger.check(message)
         with self._guard:
             if verdict is Verdict.STORE:
@@ -332,27 +436,18 @@ class Consumer:
                     if inspect.isawaitable(done):
                         await done
                 except InvalidSubject as exc:  # the store refused it as it is (never stored)
-                    self._counts["invalid"] += 1
-                    logger.warning("bus consumer %s: dropped a message: %s", self.node, exc)
+                    self._invalid(msg, exc)
                     await msg.term()
                     return
                 self.ledger.stored(message, stream_seq)
                 self._counts["stored"] += 1
                 if gap is not None:
-                    self._gaps.append(gap)
-                    del self._gaps[:-MAX_GAPS_KEPT]
-                    self._counts["gaps"] += 1
-                    logger.warning("bus consumer %s: producer %s lost messages on %s after #%d "
-                                   "up to #%d", self.node, gap.producer, gap.subject, gap.after,
-                                   gap.through)
-                    if self._on_gap is not None:
-                        self._on_gap(gap)
+                    self._found(gap)
             else:
-                self.ledger.seen(message.producer, stream_seq)
-                self._counts["duplicates"] += 1
+                self._duplicate(message.producer, stream_seq)
             if self._settle is not None:
                 self._settle(msg)
-        self._last_stream_seq[message.subject] = stream_seq
+        self._last_stream_seq[msg.subject] = stream_seq
         self._handled_through = max(self._handled_through, stream_seq)
         if self._settle is None:
             await msg.ack()

@@ -181,7 +181,10 @@ class ServeBus:
         self._tasks: list[asyncio.Task[None]] = []
         self._to_ack: deque[Msg] = deque()
         self._ack_wake: asyncio.Event | None = None
-        self._outstanding: dict[int, tuple[float, Msg]] = {}  # id(msg): (settled at, msg)
+        # Settled messages in order with the time of their batch, until acked (keep-alive).
+        self._outstanding: deque[tuple[float, Msg]] = deque()
+        self._bus_settle: Any = None  # the persistence's BusLedger.settle
+        self._ack_lost: set[int] = set()  # id() of outstanding messages whose ack was lost
         self._counts: Counter[str] = Counter()
         self._lag: ConsumerLag | None = None
         self._lag_at: float | None = None
@@ -280,6 +283,7 @@ class ServeBus:
             guard: Any = shared.lock
             settle: Any = self._settle
             shared.on_durable = self._durable
+            self._bus_settle = shared.settle
         else:
             ledger, guard, settle = Ledger(), None, None
         self._ledger = ledger
@@ -346,12 +350,20 @@ class ServeBus:
             await asyncio.sleep(0)  # the acks the commit handed back (call_soon_threadsafe)
             persistence.bus_ledger.on_durable = None
         await self._send_acks()
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
-        self._tasks = []
+        tasks, self._tasks = self._tasks, []
+        # Cancelled in bounded rounds: Python 3.11's wait_for (in nats-py's calls and the lag
+        # and prune checks) can swallow a cancel that arrives as its awaitable completes; the
+        # loops also end on _stopping.
+        for _ in range(10):
+            pending = [task for task in tasks if not task.done()]
+            if not pending:
+                break
+            for task in pending:
+                task.cancel()
+            await asyncio.wait(pending, timeout=0.2)
+        for task in tasks:
+            if task.done() and not task.cancelled():
+                task.exception()  # retrieved: a task's own error is not logged as unhandled
         client, self._client = self._client, None
         if client is not None:
             with contextlib.suppress(*BUS_ERRORS):
@@ -391,9 +403,8 @@ class ServeBus:
 
     def _settle(self, msg: Msg) -> None:
         """(Bus loop, ledger lock held.) ``msg`` is acked once the journal holds it."""
-        self._outstanding[id(msg)] = (time.monotonic(), msg)
-        assert self.persistence is not None
-        self.persistence.bus_ledger.settle(msg)
+        self._outstanding.append((time.monotonic(), msg))
+        self._bus_settle(msg)
 
     def _durable(self, tokens: list[object]) -> None:
         """(The journal's committing thread.) These messages' commit is written."""
@@ -411,39 +422,59 @@ class ServeBus:
 
     async def _acker(self) -> None:
         assert self._ack_wake is not None
-        while True:
+        while not self._stopping:
             await self._ack_wake.wait()
             self._ack_wake.clear()
             await self._send_acks()
 
     async def _send_acks(self) -> None:
-        while self._to_ack:
-            msg = self._to_ack.popleft()
-            self._outstanding.pop(id(msg), None)
+        to_ack, acked, lost = self._to_ack, 0, 0
+        while to_ack:
+            msg = to_ack.popleft()
             try:
                 await msg.ack()
             except BUS_ERRORS:
-                # Lost with the connection: the server delivers it again, the ledger skips it.
-                self._counts["acks_lost"] += 1
+                # Lost with the connection: the server delivers it again, the ledger skips it
+                # (and the keep-alive leaves it alone).
+                lost += 1
+                self._ack_lost.add(id(msg))
             else:
-                self._counts["acked"] += 1
+                acked += 1
+        self._counts["acked"] += acked
+        self._counts["acks_lost"] += lost
+        # Acks are sent in settle order (one journal's commits): drop what is acked (nats-py
+        # marks a message acked) or lost.
+        outstanding = self._outstanding
+        while outstanding and self._sent(outstanding[0][1]):
+            outstanding.popleft()
+
+    def _sent(self, msg: Msg) -> bool:
+        if msg._ackd:
+            return True
+        if self._ack_lost:
+            lost = id(msg) in self._ack_lost
+            self._ack_lost.discard(id(msg))
+            return lost
+        return False
 
     async def _keep_alive(self) -> None:
         """Tell the server "in progress" for messages whose commit has waited half the ack
         wait (a journal that cannot write): not redelivered, not forgotten either."""
-        while True:
+        while not self._stopping:
             await asyncio.sleep(self.ack_wait_s / 4)
             old = time.monotonic() - self.ack_wait_s / 2
+            outstanding = self._outstanding
             touched = []
-            for key, (at, msg) in self._outstanding.items():
-                if at > old:
-                    break  # settled in order: the rest are younger
-                touched.append((key, msg))
-            for key, msg in touched:
+            while outstanding and outstanding[0][0] <= old:  # settled in order
+                _, msg = outstanding.popleft()
+                if not self._sent(msg):
+                    touched.append(msg)
+            for msg in touched:
                 with contextlib.suppress(*BUS_ERRORS):
                     await msg.in_progress()
-                if self._outstanding.pop(key, None) is not None:
-                    self._outstanding[key] = (time.monotonic(), msg)
+            now = time.monotonic()
+            # Told now: due again in half the ack wait, the youngest (the rest stay in order).
+            outstanding.extend((now, msg) for msg in touched if not msg._ackd)
 
     # -- the connection and the lag ----------------------------------------------------------
 
@@ -460,7 +491,7 @@ class ServeBus:
 
     async def _watch_lag(self) -> None:
         probed = 0.0
-        while True:
+        while not self._stopping:
             started = time.monotonic()
             consumer = self._data
             if consumer is not None and self._client is not None and self._client.is_connected:
@@ -500,7 +531,7 @@ class ServeBus:
     # -- ledger pruning ----------------------------------------------------------------------
 
     async def _prune_loop(self) -> None:
-        while True:
+        while not self._stopping:
             client = self._client
             if client is not None and client.is_connected:
                 try:
