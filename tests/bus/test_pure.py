@@ -367,3 +367,15 @@ def test_bad_options_say_why() -> None:
     with pytest.raises(ConfigError, match="not a valid URL") as raised:
         BusOptions(url="nats://u:pw-SECRET@127.0.0.1:99999")
     assert "pw-SECRET" not in str(raised.value)
+
+
+def test_the_stream_sequence_is_read_from_the_reply_subject_as_nats_py_reads_it() -> None:
+    from nats.aio.msg import Msg
+
+    from flight_md.bus.consumer import _stream_seq
+
+    for reply in ("$JS.ACK.MD.flight-md-s1.1.4711.42.1700000000000000000.7",  # v1
+                  "$JS.ACK._.ACCHASH.MD.flight-md-s1.2.4712.43.1700000000000000000.0.r1",  # v2
+                  "$JS.ACK.hub.ACCHASH.MD.flight-md-s1.1.99.1.1700000000000000000.0"):
+        msg = Msg(None, subject="md.trades.binance.BTC/USDT", reply=reply)  # type: ignore[arg-type]
+        assert _stream_seq(msg) == msg.metadata.sequence.stream

@@ -108,17 +108,19 @@ class Node:
 
     def __init__(self, server: NatsServer, name: str, data_dir: Path | None,
                  subjects: tuple[str, ...] = ("md.>",), options: BusOptions | None = None,
-                 prune_interval_s: float = 300.0) -> None:
+                 prune_interval_s: float = 300.0, commit_interval: float = 0.05,
+                 ack_wait_s: float = 30.0) -> None:
         self.store = Store(BUFFER_ROWS)
         self.events = EventLog()
         self.persistence = None
         if data_dir is not None:
-            self.persistence = Persistence(PersistConfig(data_dir, commit_interval=0.05,
+            self.persistence = Persistence(PersistConfig(data_dir,
+                                                         commit_interval=commit_interval,
                                                          seal_interval=3600.0),
                                            self.store, self.events).open().start()
         self.bus = ServeBus(options or options_for(server), node=name, store=self.store,
                             events=self.events, persistence=self.persistence, subjects=subjects,
-                            prune_interval_s=prune_interval_s)
+                            prune_interval_s=prune_interval_s, ack_wait_s=ack_wait_s)
 
     async def start(self) -> Node:
         await asyncio.to_thread(self.bus.start)
@@ -485,3 +487,21 @@ async def test_a_restarted_node_knows_what_the_ingestion_nodes_subscribed(
     await async_until(lambda: second.events.subscribed() == [("okx", "BTC/USDT")], TIMEOUT,
                       "the live unsubscribe")
     assert second.bus.status()["events"]["stored"] == 1
+
+
+@pytest.mark.asyncio
+async def test_messages_waiting_longer_than_the_ack_wait_for_a_commit_are_not_redelivered(
+        nats_server: NatsServer, publisher: Publisher, tmp_path: Path, nodes: list[Node]) -> None:
+    # Commits every 5 s, the server redelivers after 2 s: the node tells it "in progress".
+    node = await start_node(nodes, nats_server, "serve-k", tmp_path / "k",
+                            commit_interval=5.0, ack_wait_s=2.0)
+    sent = Sent()
+    for i in range(30):
+        sent.publish(publisher, RINGS[i % 3], 2)
+    await publisher.flush(TIMEOUT * MS)
+    await async_until(lambda: node.bus.status()["stored"] == 30, TIMEOUT, "every message")
+    await async_until(lambda: node.bus.status()["acked"] == 30, TIMEOUT, "the commit's acks")
+    await asyncio.sleep(2.5)  # a redelivery would have come by now
+    status = node.bus.status()
+    assert (status["stored"], status["duplicates"], status["ack_pending"]) == (30, 0, 0)
+    assert_rings_hold_exactly(node.store, sent)
