@@ -585,7 +585,8 @@ class ServeBus:
     def status(self) -> dict[str, Any]:
         """The node's bus status, from memory (the lag as last refreshed, ``lag_age_s`` ago):
         node, durable consumers, subjects, connected, messages stored, duplicates, invalid,
-        gaps (count and the last few), events, acks waiting for the journal, lag."""
+        gaps (count and the last few), events, acks waiting for the journal, the ledger
+        (entries, producers pruned), lag."""
         data = self._data.stats() if self._data is not None else None
         events = self._events_consumer.stats() if self._events_consumer is not None else None
         client = self._client

@@ -379,3 +379,24 @@ def test_the_stream_sequence_is_read_from_the_reply_subject_as_nats_py_reads_it(
                   "$JS.ACK.hub.ACCHASH.MD.flight-md-s1.1.99.1.1700000000000000000.0"):
         msg = Msg(None, subject="md.trades.binance.BTC/USDT", reply=reply)  # type: ignore[arg-type]
         assert _stream_seq(msg) == msg.metadata.sequence.stream
+
+
+def test_restored_subscriptions_count_only_once_taken_and_give_way_to_live_events() -> None:
+    from flight_md.events import Event, EventKind, EventLog
+
+    # As the journal gives them back: without their channel.
+    old = [Event(1, "binance", EventKind.SUBSCRIBE, ("BTC/USDT", "ETH/USDT"), "s"),
+           Event(2, "binance", EventKind.UNSUBSCRIBE, ("ETH/USDT",), "u"),
+           Event(3, "okx", EventKind.SUBSCRIBE, ("SOL/USDT",), "s")]
+    single = EventLog()
+    single.restore(old)  # a server with its own ingestion: it subscribes again by itself
+    assert single.subscribed() == [] and len(single) == 3
+    node = EventLog()
+    node.restore(old)
+    assert node.resume_subscriptions() == [("binance", "BTC/USDT"), ("okx", "SOL/USDT")]
+    assert node.subscribed_channels("binance", "BTC/USDT") == [""]
+    node.record("binance", EventKind.SUBSCRIBE, ("BTC/USDT",), "s", channel="trades")
+    assert node.subscribed_channels("binance", "BTC/USDT") == ["trades"]
+    node.record("binance", EventKind.UNSUBSCRIBE, ("BTC/USDT",), "u", channel="trades")
+    node.record("okx", EventKind.UNSUBSCRIBE, ("SOL/USDT",), "u", channel="ticker")
+    assert node.subscribed() == [] and node.resume_subscriptions() == []
