@@ -52,7 +52,7 @@ from typing import Final
 
 import pyarrow as pa
 
-from flight_md.bus.subjects import InvalidSubject, decode_token, encode_token, parse_subject, subject_for
+from flight_md.bus.subjects import InvalidSubject, RingSubject, decode_token, encode_token, parse_subject, subject_for
 from flight_md.core.channels import spec_for
 from flight_md.events import Event, EventKind
 
@@ -255,12 +255,11 @@ def decode(subject: str, headers: dict[str, str] | None, payload: bytes) -> BusM
     if version != str(SCHEMA_VERSION):
         raise InvalidMessage(f"bus message schema version {version!r} is not supported; "
                              f"this node reads {SCHEMA_VERSION}")
-    ring = parse_subject(subject)
-    named = (_header(found, HEADER_CHANNEL), decode_token(_header(found, HEADER_EXCHANGE)),
-             decode_token(_header(found, HEADER_SYMBOL)))
-    if named != (ring.channel, ring.exchange, ring.symbol):
-        raise InvalidMessage(f"bus message headers name {named!r} but its subject is {subject!r}")
-    producer = validate_producer(_header(found, HEADER_PRODUCER))
+    ring = _ring(subject, _header(found, HEADER_CHANNEL), _header(found, HEADER_EXCHANGE),
+                 _header(found, HEADER_SYMBOL))
+    producer = _header(found, HEADER_PRODUCER)
+    if not _valid_producer(producer):
+        validate_producer(producer)  # raises, naming the rule
     seq, prev = _int(found, HEADER_SEQ), _int(found, HEADER_PREV)
     _check_seqs(seq, prev)
     msg_id = found.get(HEADER_MSG_ID)
@@ -268,6 +267,22 @@ def decode(subject: str, headers: dict[str, str] | None, payload: bytes) -> BusM
         raise InvalidMessage(f"bus message id {msg_id!r} is not {producer}:{seq}")
     return BusMessage(producer, seq, prev, ring.channel, ring.exchange, ring.symbol,
                       _read_batch(subject, ring.channel, payload))
+
+
+@functools.lru_cache(maxsize=8192)  # bounded: subjects and headers come from the bus
+def _ring(subject: str, channel: str, exchange: str, symbol: str) -> RingSubject:
+    """The ring of ``subject``, checked against the ring its headers name (a message per ring
+    per flush: cached, as the few hundred rings repeat)."""
+    ring = parse_subject(subject)
+    named = (channel, decode_token(exchange), decode_token(symbol))
+    if named != (ring.channel, ring.exchange, ring.symbol):
+        raise InvalidMessage(f"bus message headers name {named!r} but its subject is {subject!r}")
+    return ring
+
+
+@functools.lru_cache(maxsize=1024)
+def _valid_producer(producer: str) -> bool:
+    return bool(_PRODUCER.fullmatch(producer))
 
 
 def _read_batch(subject: str, channel: str, payload: bytes) -> pa.RecordBatch:

@@ -21,6 +21,7 @@ This module is pure: no I/O.
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 from typing import Final
@@ -119,6 +120,7 @@ def _channel(channel: str) -> str:
     return channel
 
 
+@functools.lru_cache(maxsize=8192)  # per message on both sides; a few hundred rings
 def subject_for(channel: str, exchange: str, symbol: str) -> str:
     """The subject of the ring ``(exchange, symbol)`` of ``channel``: ``md.<channel>.<exchange>.<symbol>``.
 
@@ -128,6 +130,7 @@ def subject_for(channel: str, exchange: str, symbol: str) -> str:
     return f"{PREFIX}.{_channel(channel)}.{encode_token(exchange)}.{encode_token(symbol)}"
 
 
+@functools.lru_cache(maxsize=8192)  # bounded: subjects come from the bus
 def parse_subject(subject: str) -> RingSubject:
     """The ring :func:`subject_for` made ``subject`` for.
 
