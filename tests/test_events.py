@@ -27,7 +27,7 @@ def test_event_kinds() -> None:
                                             "failed", "restarted", "subscribe", "unsubscribe", "clear",
                                             "mode", "error", "recovered", "persist_error",
                                             "persist_resumed", "quarantined", "gap", "backfill",
-                                            "book_resync"]
+                                            "book_resync", "lag"]
 
 
 def test_record_returns_the_event() -> None:
