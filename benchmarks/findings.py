@@ -202,7 +202,20 @@ by this section yet). What is left of the feed: `Journal._commit_locked`/`_with_
 
 _BUS = """
 **Limit on this machine: two cores shared by five busy processes (the emulator, the ingestion
-node, the serving node, nats-server, the harness), not one of the path's processes.**
+node, the serving node, nats-server, the harness), not one of the path's processes; the
+verdict flips between runs.** Two runs on issue 16's final code on a quiet machine (load < 1 at
+the start), 2026-12-02: at 07:35 (`--only bus`, the search's ceiling then 64,000 msg/s) both
+paths kept up at 64,000 msg/s in both repetitions (1.00x, met, at the ceiling); at 08:02 (the
+run of record, ceiling 160,000) the single process kept up at 80,000 (failing at 95,000 with
+its server at a full core, 101 %), the bus path at 40,000 in one repetition and 20,000 in the
+other (failing at 40,000-80,000). Every failure of the bus path in that run was the emulator
+delivering short (36,279 of 40,000/s, 39,379 of 43,500/s, 72,492 of 80,000/s) while none of the
+bus path's processes was at a full core (ingestion node 50-78 %, serving node 26-27 %,
+nats-server 10-11 % of a core) and the four together took 132-180 % of the two cores: the
+emulator's pacing loop skips what it falls behind by when it waits for a core, or under TCP
+back-pressure from the ingestion node's socket; which of the two was not measured. Not
+profiled on the quiet machine; what to measure next: the emulator pinned to a core of its own
+(or another machine) and the ingestion node's time between socket reads.
 Development runs of 2026-12-02 (`--only bus` twice, on a machine other work kept at load 6-12;
 not the run of record): in the first (load ~6) the bus path kept up at 40,000 msg/s in one
 repetition and at none of 40,000 and 64,000 in the next, the single-process path at
