@@ -14,14 +14,25 @@ other, and :func:`markets_table` turns the first into the second.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import asyncio
+import concurrent.futures
+from collections.abc import Coroutine, Iterable, Sequence
 from dataclasses import dataclass, field, fields
-from typing import Any, Final, Protocol
+from typing import Any, Final, Protocol, TypeVar
 
 import pyarrow as pa
 
-__all__ = ["MARKET_SCHEMA", "ClockSkew", "ExchangeStatus", "IngestionControl", "IngestionStatus",
-           "MarketInfo", "SymbolStatus", "markets_table"]
+__all__ = [
+    "MARKET_SCHEMA",
+    "ClockSkew",
+    "ExchangeStatus",
+    "IngestionControl",
+    "IngestionStatus",
+    "MarketInfo",
+    "SymbolStatus",
+    "markets_table",
+    "submit_to_loop",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -221,3 +232,33 @@ class IngestionControl(Protocol):
         streams were added, then by symbol. A stream whose markets have not loaded yet (its
         exchange unreachable so far) contributes none."""
         ...
+
+
+T = TypeVar("T")
+
+
+def submit_to_loop(loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, T], *,
+                   on_loop: str, closed: str) -> concurrent.futures.Future[T]:
+    """Hand ``coro`` to ``loop`` from another thread (a gRPC handler): the one bridge of the
+    controls that run on an asyncio loop (:class:`flight_md.ingest.manager.ThreadedControl`,
+    :class:`flight_md.bus.control.BusControl`); each waits for the future with its own timeout.
+
+    Raises:
+        RuntimeError: called on ``loop`` itself (waiting would block the loop it waits for);
+            ``on_loop`` is the message.
+        Unavailable: the loop is closed; ``closed`` is the message.
+    """
+    from flight_md.errors import Unavailable
+
+    try:
+        running = asyncio.get_running_loop()
+    except RuntimeError:
+        running = None
+    if running is loop:
+        coro.close()
+        raise RuntimeError(on_loop)
+    try:
+        return asyncio.run_coroutine_threadsafe(coro, loop)
+    except RuntimeError:  # the loop is closed
+        coro.close()
+        raise Unavailable(closed) from None

@@ -79,7 +79,15 @@ from nats.aio.subscription import Subscription
 from flight_md import errors
 from flight_md.bus.connection import BUS_ERRORS
 from flight_md.bus.subjects import InvalidSubject, decode_token, encode_token
-from flight_md.control import ClockSkew, ExchangeStatus, IngestionControl, IngestionStatus, MarketInfo, SymbolStatus
+from flight_md.control import (
+    ClockSkew,
+    ExchangeStatus,
+    IngestionControl,
+    IngestionStatus,
+    MarketInfo,
+    SymbolStatus,
+    submit_to_loop,
+)
 from flight_md.errors import FlightMdError, InvalidActionBody, InvalidArgument, Unavailable, UnknownExchange
 
 __all__ = [
@@ -776,19 +784,10 @@ class BusControl:
     # -- the bridge -------------------------------------------------------------------------
 
     def _call(self, coro: Coroutine[Any, Any, T], what: str, timeout: float | None = None) -> T:
-        try:
-            running = asyncio.get_running_loop()
-        except RuntimeError:
-            running = None
-        if running is self.loop:
-            coro.close()
-            raise RuntimeError("BusControl must not be called from the bus loop itself (it "
-                               "would wait for itself); await request() or gather() instead")
-        try:
-            future = asyncio.run_coroutine_threadsafe(coro, self.loop)
-        except RuntimeError:  # the loop is closed
-            coro.close()
-            raise Unavailable(f"the bus connection is closed; cannot {what}") from None
+        future = submit_to_loop(
+            self.loop, coro, closed=f"the bus connection is closed; cannot {what}",
+            on_loop="BusControl must not be called from the bus loop itself (it would wait for "
+                    "itself); await request() or gather() instead")
         # The request's own timeout answers first; this bounds a cluster round and the hop.
         wait = timeout if timeout is not None else self.timeout + self.cluster_timeout + 2.0
         try:

@@ -48,7 +48,7 @@ from typing import Any, Final, Self, TypeVar
 import ccxt.async_support as ccxt_async
 
 from flight_md.buffer import MarketDataBuffer, Store
-from flight_md.control import IngestionStatus, MarketInfo
+from flight_md.control import IngestionStatus, MarketInfo, submit_to_loop
 from flight_md.errors import FlightMdError, InvalidArgument, Unavailable, UnknownExchange
 from flight_md.events import EventLog
 from flight_md.ingest.stream import MarketDataStream, channels_of
@@ -475,19 +475,10 @@ class ThreadedControl:
     # -- the bridge -------------------------------------------------------------------------
 
     def _call(self, coro: Coroutine[Any, Any, T], what: str) -> T:
-        try:
-            running = asyncio.get_running_loop()
-        except RuntimeError:
-            running = None
-        if running is self.loop:
-            coro.close()
-            raise RuntimeError("ThreadedControl must not be called from the ingestion loop "
-                               "itself (it would wait for itself); await the manager instead")
-        try:
-            future = asyncio.run_coroutine_threadsafe(coro, self.loop)
-        except RuntimeError:  # the loop is closed
-            coro.close()
-            raise Unavailable(f"ingestion is not running; cannot {what}") from None
+        future = submit_to_loop(
+            self.loop, coro, closed=f"ingestion is not running; cannot {what}",
+            on_loop="ThreadedControl must not be called from the ingestion loop itself (it "
+                    "would wait for itself); await the manager instead")
         try:
             return future.result(self.timeout)
         except concurrent.futures.TimeoutError:
