@@ -363,19 +363,16 @@ class Consumer:
         """Handle ``msg`` with a plain (not async) store; what is left to send: :data:`_ACK`,
         :data:`_TERM` or ``None`` (settled: acked later by the caller of ``settle``)."""
         stream_seq = _stream_seq(msg)
-        ledger = self.ledger
         if (producer := self._known_duplicate(msg)) is not None:
             with self._guard:
                 self._duplicate(producer, stream_seq)
-                if self._settle is not None:
-                    self._settle(msg)
-            self._last_stream_seq[msg.subject] = stream_seq
-            self._handled_through = max(self._handled_through, stream_seq)
+                self._settled(msg)
+            self._handled(msg, stream_seq)
             return _ACK if self._settle is None else None
         message = self._decoded(msg)
         if message is None:
             return _TERM
-        verdict, gap = ledger.check(message)
+        verdict, gap = self.ledger.check(message)
         with self._guard:
             if verdict is Verdict.STORE:
                 try:
@@ -383,17 +380,30 @@ class Consumer:
                 except InvalidSubject as exc:  # the store refused it as it is (never stored)
                     self._invalid(msg, exc)
                     return _TERM
-                ledger.stored(message, stream_seq)
-                self._counts["stored"] += 1
-                if gap is not None:
-                    self._found(gap)
-            else:
-                self._duplicate(message.producer, stream_seq)
-            if self._settle is not None:
-                self._settle(msg)
+            self._record(msg, message, verdict, gap, stream_seq)
+        self._handled(msg, stream_seq)
+        return _ACK if self._settle is None else None
+
+    def _record(self, msg: Msg, message: Sequenced, verdict: Verdict, gap: Gap | None,
+                stream_seq: int) -> None:
+        """Note a message the store took (or a duplicate) in the ledger and the counts, and
+        settle it (under the guard, with the rows it stored)."""
+        if verdict is Verdict.STORE:
+            self.ledger.stored(message, stream_seq)
+            self._counts["stored"] += 1
+            if gap is not None:
+                self._found(gap)
+        else:
+            self._duplicate(message.producer, stream_seq)
+        self._settled(msg)
+
+    def _settled(self, msg: Msg) -> None:
+        if self._settle is not None:
+            self._settle(msg)
+
+    def _handled(self, msg: Msg, stream_seq: int) -> None:
         self._last_stream_seq[msg.subject] = stream_seq
         self._handled_through = max(self._handled_through, stream_seq)
-        return _ACK if self._settle is None else None
 
     def _known_duplicate(self, msg: Msg) -> str | None:
         """The producer of ``msg`` if its headers name a sequence the ledger has stored on
@@ -439,16 +449,8 @@ class Consumer:
                     self._invalid(msg, exc)
                     await msg.term()
                     return
-                self.ledger.stored(message, stream_seq)
-                self._counts["stored"] += 1
-                if gap is not None:
-                    self._found(gap)
-            else:
-                self._duplicate(message.producer, stream_seq)
-            if self._settle is not None:
-                self._settle(msg)
-        self._last_stream_seq[msg.subject] = stream_seq
-        self._handled_through = max(self._handled_through, stream_seq)
+            self._record(msg, message, verdict, gap, stream_seq)
+        self._handled(msg, stream_seq)
         if self._settle is None:
             await msg.ack()
 
